@@ -1,0 +1,1 @@
+"""predilect.build"""

@@ -1,0 +1,262 @@
+"""Preprocessing: the one definition shared by training, evaluation and serving.
+
+``PreprocessCfg`` travels inside every checkpoint and every served model repository; the
+DALI pipeline is derived from it and is the only code that turns encoded image bytes into
+model input. Training caches its tensors through the same ``Preprocessor`` that the
+Triton ``preprocess`` model runs, so served tensors equal training-time tensors bit for bit.
+
+Pipeline, per image: decode (RGB, 8 bit) -> field-of-view crop (the square around the
+fundus disc, padded with black where the disc is clipped by the frame) -> antialiased resize
+to ``size`` x ``size`` -> (x/255 - mean) / std -> CHW float32.
+"""
+from __future__ import annotations
+
+import io
+import json
+import threading
+from dataclasses import asdict, dataclass, field
+from typing import Sequence, Union
+
+import numpy as np
+
+Payload = Union[bytes, bytearray, memoryview, np.ndarray]
+
+_INTERPOLATIONS = ("linear", "cubic", "lanczos3", "triangular")
+_DECODERS = ("dali_cpu", "dali_mixed")
+
+
+class InvalidImageError(ValueError):
+    """The payload is not an image this service screens; the message names the cause."""
+
+
+@dataclass(frozen=True)
+class PreprocessCfg:
+    """Preprocessing constants; saved with the checkpoint and served with the model.
+
+    Attributes:
+        size: side of the square model input, in pixels.
+        mean, std: per-channel normalisation, in units of the [0, 1] intensity range.
+        fov_threshold: 8-bit level; a pixel whose brightest channel exceeds it lies inside
+            the camera's field of view (the fundus disc), darker pixels are the black mask.
+        interpolation: antialiased resize filter.
+        decoder: ``dali_cpu`` (host decode, the CPU profile) or ``dali_mixed`` (nvJPEG, GPU
+            profile).
+        min_side_px, max_pixels: accepted image dimensions, checked before decoding.
+    """
+
+    size: int = 224
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    fov_threshold: int = 20
+    interpolation: str = "linear"
+    decoder: str = "dali_cpu"
+    min_side_px: int = 64
+    max_pixels: int = 40_000_000
+
+    def __post_init__(self) -> None:
+        if self.size < 16:
+            raise ValueError(f"size must be >= 16, got {self.size}")
+        if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
+            raise ValueError("mean and std need three channels, std > 0")
+        if self.interpolation not in _INTERPOLATIONS:
+            raise ValueError(f"interpolation must be one of {_INTERPOLATIONS}, got {self.interpolation!r}")
+        if self.decoder not in _DECODERS:
+            raise ValueError(f"decoder must be one of {_DECODERS}, got {self.decoder!r}")
+        if not 0 <= self.fov_threshold < 255:
+            raise ValueError(f"fov_threshold must be an 8-bit level, got {self.fov_threshold}")
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        return (3, self.size, self.size)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str) -> "PreprocessCfg":
+        data = json.loads(text)
+        for key in ("mean", "std"):
+            data[key] = tuple(data[key])
+        return cls(**data)
+
+
+def as_uint8(payload: Payload) -> np.ndarray:
+    """View an encoded payload as a 1-D uint8 array without copying where possible."""
+    if isinstance(payload, np.ndarray):
+        if payload.dtype == np.object_:  # a Triton BYTES element
+            payload = payload.item()
+        else:
+            return np.ascontiguousarray(payload.reshape(-1).view(np.uint8))
+    return np.frombuffer(bytes(payload), dtype=np.uint8)
+
+
+def inspect_image(data: np.ndarray, cfg: PreprocessCfg) -> tuple[str, int, int]:
+    """Check an encoded image before it reaches the decoder.
+
+    Returns ``(format, width, height)``; raises ``InvalidImageError`` naming the cause, so
+    that a bad request is rejected on its own instead of failing a whole decoder batch.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    head = data[:16].tobytes()
+    if data.size == 0:
+        raise InvalidImageError("empty payload: expected the bytes of a JPEG or PNG image")
+    if head.startswith(b"\xff\xd8\xff"):
+        fmt = "jpeg"
+        # A transmission cut short loses the end-of-image marker; decoders would otherwise
+        # return a silently grey-filled image.
+        if b"\xff\xd9" not in data[-64:].tobytes():
+            raise InvalidImageError(f"truncated JPEG: no end-of-image marker in the last bytes of {data.size} bytes")
+    elif head.startswith(b"\x89PNG\r\n\x1a\n"):
+        fmt = "png"
+        if b"IEND" not in data[-32:].tobytes():
+            raise InvalidImageError(f"truncated PNG: no IEND chunk at the end of {data.size} bytes")
+    else:
+        raise InvalidImageError(f"not a JPEG or PNG image: payload of {data.size} bytes starts with {head[:8]!r}")
+    try:
+        with Image.open(io.BytesIO(data.tobytes())) as im:
+            width, height = im.size
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise InvalidImageError(f"corrupt {fmt.upper()} header: {e}") from e
+    if min(width, height) < cfg.min_side_px:
+        raise InvalidImageError(f"image too small: {width}x{height}, need at least {cfg.min_side_px} px a side")
+    if width * height > cfg.max_pixels:
+        raise InvalidImageError(f"image too large: {width}x{height} exceeds {cfg.max_pixels} pixels")
+    return fmt, width, height
+
+
+def build_pipeline(cfg: PreprocessCfg, *, batch_size: int, num_threads: int, device_id: int | None):
+    """Build the DALI pipeline derived from ``cfg``.
+
+    Outputs per sample: the CHW float32 tensor and the field-of-view width and height in
+    source pixels (zero when the image holds no field of view).
+    """
+    import nvidia.dali.fn as fn
+    import nvidia.dali.types as types
+    from nvidia.dali import pipeline_def
+
+    if cfg.decoder == "dali_mixed" and device_id is None:
+        raise ValueError("decoder 'dali_mixed' needs a GPU device_id; use 'dali_cpu' on CPU")
+    interp = {
+        "linear": types.INTERP_LINEAR,
+        "cubic": types.INTERP_CUBIC,
+        "lanczos3": types.INTERP_LANCZOS3,
+        "triangular": types.INTERP_TRIANGULAR,
+    }[cfg.interpolation]
+
+    @pipeline_def(batch_size=batch_size, num_threads=num_threads, device_id=device_id,
+                  prefetch_queue_depth=1, exec_dynamic=True)
+    def fundus_pipeline():
+        encoded = fn.external_source(name="encoded", dtype=types.UINT8, ndim=1, no_copy=False)
+        image = fn.decoders.image(encoded, device="mixed" if cfg.decoder == "dali_mixed" else "cpu",
+                                  output_type=types.RGB)
+        # Field of view: rows and columns holding any pixel brighter than the black mask.
+        inside = fn.cast(fn.reductions.max(image, axes=[2]) > cfg.fov_threshold, dtype=types.FLOAT)
+        fov_w = fn.reductions.sum(fn.reductions.max(inside, axes=[0]))
+        fov_h = fn.reductions.sum(fn.reductions.max(inside, axes=[1]))
+        # Square of side max(w, h), centred as fundus cameras centre the disc; where the disc
+        # is clipped by the frame the crop reaches past it and is padded with black.
+        side = fov_w + fn.cast(fov_h > fov_w, dtype=types.FLOAT) * (fov_h - fov_w)
+        side = side + fn.cast(side < 1.0, dtype=types.FLOAT)  # an all-black frame: keep DALI valid
+        square = fn.crop(image, crop_w=side, crop_h=side, out_of_bounds_policy="pad", fill_values=0)
+        resized = fn.resize(square, resize_x=cfg.size, resize_y=cfg.size, antialias=True, interp_type=interp)
+        tensor = fn.crop_mirror_normalize(
+            resized,
+            dtype=types.FLOAT,
+            output_layout="CHW",
+            mean=[255.0 * m for m in cfg.mean],
+            std=[255.0 * s for s in cfg.std],
+        )
+        return tensor, fov_w, fov_h
+
+    pipe = fundus_pipeline()
+    pipe.build()
+    return pipe
+
+
+@dataclass
+class Preprocessor:
+    """Runs the DALI pipeline of ``cfg`` on encoded images, isolating bad ones.
+
+    ``run`` returns one entry per payload, either the ``(3, size, size)`` float32 tensor or
+    the ``InvalidImageError`` that names why that payload was rejected; a bad payload never
+    fails or changes the others in its batch. Not thread-safe: one per worker.
+    """
+
+    cfg: PreprocessCfg
+    max_batch_size: int = 16
+    num_threads: int = 2
+    device_id: int | None = None
+    _pipe: object = field(default=None, init=False, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
+
+    def _pipeline(self):
+        if self._pipe is None:
+            self._pipe = build_pipeline(self.cfg, batch_size=self.max_batch_size,
+                                        num_threads=self.num_threads, device_id=self.device_id)
+        return self._pipe
+
+    def _run_dali(self, arrays: list[np.ndarray]) -> list[tuple[np.ndarray, float, float]]:
+        pipe = self._pipeline()
+        pipe.feed_input("encoded", arrays)
+        try:
+            tensors, widths, heights = pipe.run()
+        except RuntimeError:
+            self._pipe = None  # DALI invalidates a pipeline after a critical error
+            raise
+        if hasattr(tensors, "as_cpu"):
+            tensors = tensors.as_cpu()
+        return [(np.array(tensors[i]), float(np.array(widths[i])), float(np.array(heights[i])))
+                for i in range(len(arrays))]
+
+    def _decode(self, arrays: list[np.ndarray]) -> list[np.ndarray | InvalidImageError]:
+        try:
+            outputs = self._run_dali(arrays)
+        except RuntimeError as e:
+            if len(arrays) > 1:
+                # One image broke the decoder batch: rerun one by one to find it.
+                return [self._decode([a])[0] for a in arrays]
+            return [InvalidImageError(f"image could not be decoded: {_dali_cause(e)}")]
+        return [self._check_fov(tensor, fov_w, fov_h) for tensor, fov_w, fov_h in outputs]
+
+    def _check_fov(self, tensor: np.ndarray, fov_w: float, fov_h: float) -> np.ndarray | InvalidImageError:
+        if min(fov_w, fov_h) < self.cfg.min_side_px:
+            return InvalidImageError(
+                f"no fundus field of view: {int(fov_w)}x{int(fov_h)} px brighter than level "
+                f"{self.cfg.fov_threshold}; is this a colour fundus photograph?")
+        return tensor
+
+    def run(self, payloads: Sequence[Payload]) -> list[np.ndarray | InvalidImageError]:
+        """Preprocess encoded images; one tensor or error per payload, in order."""
+        with self._lock:
+            results: list[np.ndarray | InvalidImageError | None] = [None] * len(payloads)
+            valid: list[tuple[int, np.ndarray]] = []
+            for i, payload in enumerate(payloads):
+                array = as_uint8(payload)
+                try:
+                    inspect_image(array, self.cfg)
+                except InvalidImageError as e:
+                    results[i] = e
+                else:
+                    valid.append((i, array))
+            for start in range(0, len(valid), self.max_batch_size):
+                chunk = valid[start:start + self.max_batch_size]
+                outputs = self._decode([a for _, a in chunk])
+                for (i, _), out in zip(chunk, outputs):
+                    results[i] = out
+            return results  # type: ignore[return-value]
+
+    def run_strict(self, payloads: Sequence[Payload]) -> np.ndarray:
+        """Preprocess images that must all be valid; returns ``(B, 3, size, size)`` float32."""
+        outputs = self.run(payloads)
+        for i, out in enumerate(outputs):
+            if isinstance(out, Exception):
+                raise InvalidImageError(f"image {i}: {out}") from out
+        return np.stack(outputs).astype(np.float32, copy=False) if outputs else np.zeros((0, *self.cfg.input_shape), np.float32)
+
+
+def _dali_cause(error: RuntimeError) -> str:
+    """The decoder's own words from a DALI pipeline error, without its traceback boilerplate."""
+    text = str(error)
+    tail = text.split("encountered:")[-1].strip()
+    return tail.splitlines()[0] if tail else type(error).__name__
