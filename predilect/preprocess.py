@@ -116,7 +116,9 @@ def inspect_image(data: np.ndarray, cfg: PreprocessCfg) -> tuple[str, int, int]:
     try:
         with Image.open(io.BytesIO(data.tobytes())) as im:
             width, height = im.size
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+    except UnidentifiedImageError as e:
+        raise InvalidImageError(f"corrupt {fmt.upper()} header: the decoder cannot identify the image") from e
+    except (OSError, SyntaxError, ValueError) as e:
         raise InvalidImageError(f"corrupt {fmt.upper()} header: {e}") from e
     if min(width, height) < cfg.min_side_px:
         raise InvalidImageError(f"image too small: {width}x{height}, need at least {cfg.min_side_px} px a side")

@@ -1,0 +1,124 @@
+"""`predilect export`: checkpoint -> ONNX (dynamic batch) + a parity check under ONNX Runtime.
+
+The ONNX file is the serving artefact: besides the graph it carries, as metadata, the
+catalog, the preprocessing spec, the model name and the version, so that the model
+repository assembled from it needs nothing else.
+"""
+from __future__ import annotations
+
+import argparse
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from predilect.training.attention import reference_attention
+from predilect.training.checkpoint import CheckpointMeta, load_checkpoint
+
+INPUT_NAME = "PIXELS"
+OUTPUT_NAME = "LOGITS"
+OPSET = 17
+
+
+@dataclass(frozen=True)
+class ParityReport:
+    images: int
+    max_abs_prob_diff: float
+    tolerance: float
+
+    @property
+    def ok(self) -> bool:
+        return self.max_abs_prob_diff <= self.tolerance
+
+
+def onnx_metadata(meta: CheckpointMeta) -> dict[str, str]:
+    """The metadata_props every exported model carries (the serving contract)."""
+    strings = meta.to_strings()
+    keys = ("predilect.catalog", "predilect.preprocess", "predilect.model_name", "predilect.model_version",
+            "predilect.model")
+    return {k: strings[k] for k in keys}
+
+
+def export_onnx(checkpoint: Path, out: Path) -> CheckpointMeta:
+    """Export ``checkpoint`` to ``out`` with a dynamic batch axis; returns its metadata."""
+    import onnx
+
+    model, meta = load_checkpoint(checkpoint)
+    example = torch.randn(2, *meta.preprocess.input_shape)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with reference_attention(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", category=DeprecationWarning)  # the TorchScript exporter's notice
+        warnings.simplefilter("ignore", category=torch.jit.TracerWarning)  # D is a constant of the model
+        torch.onnx.export(
+            model, (example,), str(out), dynamo=False, opset_version=OPSET,
+            input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+            dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+        )
+    graph = onnx.load(str(out))
+    for key, value in onnx_metadata(meta).items():
+        graph.metadata_props.add(key=key, value=value)
+    graph.producer_name = "predilect"
+    onnx.checker.check_model(graph)
+    onnx.save(graph, str(out))
+    return meta
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return np.where(x >= 0, 1.0 / (1.0 + np.exp(-np.abs(x))), np.exp(-np.abs(x)) / (1.0 + np.exp(-np.abs(x))))
+
+
+def onnx_probabilities(onnx_path: Path, pixels: np.ndarray, *, threads: int = 2, batch_size: int = 32) -> np.ndarray:
+    """Probabilities ``(N, C)`` from the ONNX graph under ONNX Runtime (CPU)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+    logits = [session.run([OUTPUT_NAME], {INPUT_NAME: pixels[i:i + batch_size]})[0]
+              for i in range(0, len(pixels), batch_size)]
+    return _sigmoid(np.concatenate(logits).astype(np.float64)).astype(np.float32)
+
+
+def check_parity(checkpoint: Path, onnx_path: Path, pixels: np.ndarray, *, tolerance: float = 1e-4) -> ParityReport:
+    """Max |probability difference| between PyTorch and ONNX Runtime on ``pixels``."""
+    from predilect.training.evaluate import predict_proba
+
+    model, _ = load_checkpoint(checkpoint)
+    reference = predict_proba(model, pixels)
+    exported = onnx_probabilities(onnx_path, pixels)
+    diff = float(np.max(np.abs(reference - exported))) if len(pixels) else 0.0
+    return ParityReport(images=len(pixels), max_abs_prob_diff=diff, tolerance=tolerance)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="predilect export", description=__doc__.splitlines()[0])
+    p.add_argument("--checkpoint", type=Path, default=Path("artifacts/checkpoint/model.safetensors"))
+    p.add_argument("--out", type=Path, default=Path("artifacts/onnx/model.onnx"))
+    p.add_argument("--manifest", type=Path, default=None,
+                   help="check parity on this manifest's held-out images (default: random inputs)")
+    p.add_argument("--cache-dir", type=Path, default=None)
+    p.add_argument("--tolerance", type=float, default=1e-4, help="max |delta probability| allowed")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    meta = export_onnx(args.checkpoint, args.out)
+    if args.manifest is not None:
+        from predilect.training.data import load_fundus_pixels
+        from predilect.training.manifest import read_manifest
+
+        records = read_manifest(args.manifest, catalog=meta.catalog, split="heldout")
+        pixels = load_fundus_pixels(records, meta.preprocess, cache_dir=args.cache_dir)
+        source = f"{len(records)} held-out images"
+    else:
+        pixels = np.random.default_rng(0).standard_normal((16, *meta.preprocess.input_shape)).astype(np.float32)
+        source = "16 random inputs"
+    report = check_parity(args.checkpoint, args.out, pixels, tolerance=args.tolerance)
+    print(f"exported {args.out} ({meta.model.name} {meta.version})")
+    print(f"ONNX Runtime vs PyTorch on {source}: max |delta probability| = {report.max_abs_prob_diff:.2e} "
+          f"(tolerance {report.tolerance:.0e}) -> {'OK' if report.ok else 'FAIL'}")
+    return 0 if report.ok else 1

@@ -1,0 +1,55 @@
+"""The ``classifier`` model: PIXELS -> LOGITS with ONNX Runtime on CPU.
+
+All requests of a dynamic batch go through one ONNX Runtime run: their tensors are
+concatenated along the batch axis and the logits split back per request.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from predilect.serving import configs
+from predilect.serving.backends import model_parameters, parse_model_config
+
+
+class OnnxClassifier:
+    """An ONNX Runtime CPU session over the exported model."""
+
+    def __init__(self, model_path: Path, *, intra_op_threads: int = 2) -> None:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = intra_op_threads
+        options.inter_op_num_threads = 1  # Triton instances provide the request-level parallelism
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        self._session = ort.InferenceSession(str(model_path), sess_options=options,
+                                             providers=["CPUExecutionProvider"])
+
+    def run(self, batches: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """Logits for each ``[n_i, 3, S, S]`` batch, from one run over their concatenation."""
+        if not batches:
+            return []
+        pixels = np.concatenate(batches, axis=0) if len(batches) > 1 else batches[0]
+        (logits,) = self._session.run([configs.LOGITS], {configs.PIXELS: np.ascontiguousarray(pixels, np.float32)})
+        bounds = np.cumsum([len(b) for b in batches])[:-1]
+        return [np.ascontiguousarray(part, dtype=np.float32) for part in np.split(logits, bounds)]
+
+
+class TritonPythonModel:
+    """Triton adapter of ``OnnxClassifier``."""
+
+    def initialize(self, args: dict[str, str]) -> None:
+        import triton_python_backend_utils as pb_utils
+
+        self._pb = pb_utils
+        params = model_parameters(parse_model_config(args))
+        model_path = Path(args["model_repository"]) / args["model_version"] / configs.ONNX_FILENAME
+        self._classifier = OnnxClassifier(model_path, intra_op_threads=int(params.get(configs.PARAM_ORT_THREADS, "2")))
+
+    def execute(self, requests: list[Any]) -> list[Any]:
+        pb = self._pb
+        pixels = [pb.get_input_tensor_by_name(r, configs.PIXELS).as_numpy() for r in requests]
+        return [pb.InferenceResponse(output_tensors=[pb.Tensor(configs.LOGITS, logits)])
+                for logits in self._classifier.run(pixels)]

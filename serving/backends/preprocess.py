@@ -1,0 +1,72 @@
+"""The ``preprocess`` model: encoded image bytes -> normalised PIXELS, one image per request.
+
+Runs ``predilect.preprocess.Preprocessor`` (DALI on CPU) on all requests of a dynamic batch
+at once; a payload it rejects gets its own error response naming the cause, and the other
+requests of the batch are answered unchanged.
+"""
+from __future__ import annotations
+
+import io
+from typing import Any, Sequence
+
+import numpy as np
+
+from predilect.preprocess import InvalidImageError, PreprocessCfg, Preprocessor
+from predilect.serving import configs
+from predilect.serving.backends import REJECTED_PREFIX, model_parameters, parse_model_config
+
+
+def request_payload(image: np.ndarray) -> np.ndarray | InvalidImageError:
+    """The encoded bytes of one request's IMAGE tensor, shaped ``[1, length]``."""
+    if image.ndim != 2 or image.shape[0] != 1:
+        return InvalidImageError(f"one image per request: IMAGE must be shaped [1, n_bytes], got {list(image.shape)}")
+    return image[0]
+
+
+def preprocess_requests(preprocessor: Preprocessor, images: Sequence[np.ndarray]) -> list[np.ndarray | InvalidImageError]:
+    """One ``[1, 3, S, S]`` float32 tensor or one ``InvalidImageError`` per request, in order."""
+    payloads = [request_payload(image) for image in images]
+    good = [i for i, p in enumerate(payloads) if not isinstance(p, InvalidImageError)]
+    results: list[np.ndarray | InvalidImageError] = list(payloads)
+    for i, out in zip(good, preprocessor.run([payloads[i] for i in good])):
+        results[i] = out if isinstance(out, InvalidImageError) else out[np.newaxis]
+    return results
+
+
+def _warm_up(preprocessor: Preprocessor) -> None:
+    """Build the DALI pipeline now rather than on the first request."""
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (preprocessor.cfg.min_side_px, preprocessor.cfg.min_side_px)).save(buffer, format="PNG")
+    preprocessor.run([buffer.getvalue()])  # an all-black frame: rejected, but the pipeline is built
+
+
+class TritonPythonModel:
+    """Triton adapter of ``preprocess_requests``."""
+
+    def initialize(self, args: dict[str, str]) -> None:
+        import triton_python_backend_utils as pb_utils
+
+        self._pb = pb_utils
+        config = parse_model_config(args)
+        params = model_parameters(config)
+        self._preprocessor = Preprocessor(
+            PreprocessCfg.from_json(params[configs.PARAM_PREPROCESS]),
+            max_batch_size=max(1, int(config.get("max_batch_size", 1))),
+            num_threads=int(params.get(configs.PARAM_DALI_THREADS, "2")),
+            device_id=None,
+        )
+        _warm_up(self._preprocessor)
+
+    def execute(self, requests: list[Any]) -> list[Any]:
+        pb = self._pb
+        images = [pb.get_input_tensor_by_name(r, configs.IMAGE).as_numpy() for r in requests]
+        responses = []
+        for out in preprocess_requests(self._preprocessor, images):
+            if isinstance(out, InvalidImageError):
+                error = pb.TritonError(f"{REJECTED_PREFIX}{out}", pb.TritonError.INVALID_ARG)
+                responses.append(pb.InferenceResponse(output_tensors=[], error=error))
+            else:
+                responses.append(pb.InferenceResponse(output_tensors=[pb.Tensor(configs.PIXELS, out)]))
+        return responses

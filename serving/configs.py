@@ -1,0 +1,218 @@
+"""Typed definitions of the served models, rendered to Triton ``config.pbtxt``.
+
+Every config in the model repository is generated here: a small dataclass per model ->
+``model_config_pb2.ModelConfig`` -> protobuf text. Nothing writes pbtxt by hand, so the
+ensemble's wiring and the composing models' tensors cannot drift apart.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping, Union
+
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2 as mc
+
+from predilect.catalog import Catalog
+from predilect.preprocess import PreprocessCfg
+
+ENSEMBLE = "fundus_screen"
+PREPROCESS = "preprocess"
+CLASSIFIER = "classifier"
+POSTPROCESS = "postprocess"
+
+IMAGE = "IMAGE"
+PIXELS = "PIXELS"
+LOGITS = "LOGITS"
+PROBABILITIES = "PROBABILITIES"
+
+# Config parameters: the ensemble advertises the first four to clients ("model discovery");
+# the backends read theirs at initialize.
+PARAM_CATALOG = "catalog"
+PARAM_PREPROCESS = "preprocess"
+PARAM_MODEL_NAME = "model_name"
+PARAM_MODEL_VERSION = "model_version"
+PARAM_DALI_THREADS = "dali_threads"
+PARAM_ORT_THREADS = "ort_threads"
+
+ONNX_FILENAME = "model.onnx"
+TRITON_VERSION = "1"  # the one served version directory of every model
+
+
+@dataclass(frozen=True)
+class TensorDef:
+    """One input or output; ``dims`` exclude the batch dimension (-1: variable)."""
+
+    name: str
+    data_type: str
+    dims: tuple[int, ...]
+    allow_ragged_batch: bool = False
+
+    def __post_init__(self) -> None:
+        if self.data_type not in mc.DataType.keys():
+            raise ValueError(f"unknown Triton data type {self.data_type!r} for tensor {self.name!r}")
+        if not self.dims or any(d == 0 or d < -1 for d in self.dims):
+            raise ValueError(f"tensor {self.name!r} needs dims > 0 or -1, got {self.dims}")
+
+
+@dataclass(frozen=True)
+class PythonModelDef:
+    """A Python-backend model with dynamic batching on CPU instances."""
+
+    name: str
+    inputs: tuple[TensorDef, ...]
+    outputs: tuple[TensorDef, ...]
+    max_batch_size: int
+    max_queue_delay_us: int
+    instance_count: int = 1
+    parameters: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class EnsembleStepDef:
+    """One ensemble step; maps are ``{model tensor name: ensemble tensor name}``."""
+
+    model_name: str
+    input_map: Mapping[str, str]
+    output_map: Mapping[str, str]
+
+
+@dataclass(frozen=True)
+class EnsembleDef:
+    """An ensemble: a pipeline of steps, with its parameters served to clients."""
+
+    name: str
+    inputs: tuple[TensorDef, ...]
+    outputs: tuple[TensorDef, ...]
+    steps: tuple[EnsembleStepDef, ...]
+    max_batch_size: int
+    parameters: Mapping[str, str] = field(default_factory=dict)
+
+
+ModelDef = Union[PythonModelDef, EnsembleDef]
+
+
+@dataclass(frozen=True)
+class ServingOptions:
+    """Knobs of the served pipeline; everything else follows from the exported model."""
+
+    max_batch_size: int = 16
+    max_queue_delay_us: int = 2_000
+    preprocess_instances: int = 1
+    classifier_instances: int = 1
+    dali_threads: int = 2
+    ort_threads: int = 2
+
+    def __post_init__(self) -> None:
+        for name in ("max_batch_size", "preprocess_instances", "classifier_instances", "dali_threads", "ort_threads"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.max_queue_delay_us < 0:
+            raise ValueError(f"max_queue_delay_us must be >= 0, got {self.max_queue_delay_us}")
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    """What the ensemble advertises: the exported model's identity and its constants."""
+
+    catalog: Catalog
+    preprocess: PreprocessCfg
+    model_name: str
+    model_version: str
+
+    def parameters(self) -> dict[str, str]:
+        return {
+            PARAM_CATALOG: self.catalog.to_json(),
+            PARAM_PREPROCESS: self.preprocess.to_json(),
+            PARAM_MODEL_NAME: self.model_name,
+            PARAM_MODEL_VERSION: self.model_version,
+        }
+
+
+def fundus_screen_models(served: ServedModel, options: ServingOptions = ServingOptions()) -> list[ModelDef]:
+    """The four model definitions of the screening pipeline, composing models first."""
+    size, classes = served.preprocess.size, len(served.catalog)
+    image = TensorDef(IMAGE, "TYPE_UINT8", (-1,))
+    pixels = TensorDef(PIXELS, "TYPE_FP32", (3, size, size))
+    logits = TensorDef(LOGITS, "TYPE_FP32", (classes,))
+    probabilities = TensorDef(PROBABILITIES, "TYPE_FP32", (classes,))
+    batching = {"max_batch_size": options.max_batch_size, "max_queue_delay_us": options.max_queue_delay_us}
+    preprocess = PythonModelDef(
+        name=PREPROCESS,
+        # Encoded images differ in length: ragged batching lets the batcher group them anyway.
+        inputs=(TensorDef(IMAGE, "TYPE_UINT8", (-1,), allow_ragged_batch=True),),
+        outputs=(pixels,),
+        instance_count=options.preprocess_instances,
+        parameters={PARAM_PREPROCESS: served.preprocess.to_json(), PARAM_DALI_THREADS: str(options.dali_threads)},
+        **batching,
+    )
+    classifier = PythonModelDef(
+        name=CLASSIFIER, inputs=(pixels,), outputs=(logits,), instance_count=options.classifier_instances,
+        parameters={PARAM_ORT_THREADS: str(options.ort_threads)}, **batching,
+    )
+    postprocess = PythonModelDef(name=POSTPROCESS, inputs=(logits,), outputs=(probabilities,), **batching)
+    ensemble = EnsembleDef(
+        name=ENSEMBLE,
+        inputs=(image,),
+        outputs=(probabilities,),
+        steps=(
+            EnsembleStepDef(PREPROCESS, {IMAGE: IMAGE}, {PIXELS: "pixels"}),
+            EnsembleStepDef(CLASSIFIER, {PIXELS: "pixels"}, {LOGITS: "logits"}),
+            EnsembleStepDef(POSTPROCESS, {LOGITS: "logits"}, {PROBABILITIES: PROBABILITIES}),
+        ),
+        max_batch_size=options.max_batch_size,
+        parameters=served.parameters(),
+    )
+    return [preprocess, classifier, postprocess, ensemble]
+
+
+def _tensor_proto(tensor: TensorDef, proto: mc.ModelInput | mc.ModelOutput) -> None:
+    proto.name = tensor.name
+    proto.data_type = mc.DataType.Value(tensor.data_type)
+    proto.dims.extend(tensor.dims)
+    if tensor.allow_ragged_batch:
+        proto.allow_ragged_batch = True
+
+
+def _common_proto(definition: ModelDef) -> mc.ModelConfig:
+    config = mc.ModelConfig(name=definition.name, max_batch_size=definition.max_batch_size)
+    for tensor in definition.inputs:
+        _tensor_proto(tensor, config.input.add())
+    for tensor in definition.outputs:
+        if tensor.allow_ragged_batch:
+            raise ValueError(f"output {tensor.name!r} of {definition.name!r}: ragged batching is for inputs")
+        _tensor_proto(tensor, config.output.add())
+    for key, value in definition.parameters.items():
+        config.parameters[key].string_value = value
+    return config
+
+
+def to_model_config(definition: ModelDef) -> mc.ModelConfig:
+    """Render one typed definition as Triton's ``ModelConfig`` proto."""
+    config = _common_proto(definition)
+    if isinstance(definition, EnsembleDef):
+        config.platform = "ensemble"
+        for step in definition.steps:
+            proto = config.ensemble_scheduling.step.add(model_name=step.model_name, model_version=-1)
+            proto.input_map.update(step.input_map)
+            proto.output_map.update(step.output_map)
+        return config
+    config.backend = "python"
+    config.dynamic_batching.max_queue_delay_microseconds = definition.max_queue_delay_us
+    config.instance_group.add(kind=mc.ModelInstanceGroup.KIND_CPU, count=definition.instance_count)
+    return config
+
+
+def to_pbtxt(config: mc.ModelConfig) -> str:
+    """Protobuf text of ``config``, as Triton reads it from ``config.pbtxt``."""
+    return text_format.MessageToString(config)
+
+
+def parse_pbtxt(text: str) -> mc.ModelConfig:
+    """Parse ``config.pbtxt`` text into a ``ModelConfig``; raises ``text_format.ParseError``."""
+    return text_format.Parse(text, mc.ModelConfig())
+
+
+def read_config(path: Path) -> mc.ModelConfig:
+    """Read and parse a ``config.pbtxt`` file."""
+    return parse_pbtxt(Path(path).read_text(encoding="utf-8"))

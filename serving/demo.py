@@ -1,0 +1,185 @@
+"""`predilect demo` (what `make demo` runs): the whole path on this machine, end to end.
+
+phantom data -> UOPSL-style training -> ONNX export + parity -> model repository ->
+real tritonserver (CPU) -> every held-out image screened through the gRPC client ->
+results table, served macro AUROC, images/s -> server stopped.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+
+def _step(n: int, title: str) -> float:
+    print(f"\n[{n}/6] {title}", flush=True)
+    return time.monotonic()
+
+
+def _done(t0: float, what: str = "done") -> None:
+    print(f"      {what} in {time.monotonic() - t0:.1f}s", flush=True)
+
+
+def _parse_size(text: str) -> tuple[int, int]:
+    try:
+        width, height = (int(v) for v in text.lower().split("x"))
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"size must look like 2048x1536, got {text!r}") from e
+    return width, height
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="predilect demo", description=__doc__.splitlines()[0])
+    p.add_argument("--workdir", type=Path, default=Path("artifacts"))
+    p.add_argument("--count", type=int, default=720, help="phantom fundus photographs")
+    p.add_argument("--oct-count", type=int, default=480, help="phantom OCT B-scans (unpaired)")
+    p.add_argument("--size", type=_parse_size, default=(2048, 1536), help="camera frame, WxH")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-minutes", type=float, default=3.0, help="training time budget")
+    p.add_argument("--epochs", type=int, default=None, help="fundus epochs (default: training's)")
+    p.add_argument("--concurrency", type=int, default=8, help="requests in flight while screening")
+    p.add_argument("--grpc-port", type=int, default=0, help="0 picks a free port")
+    p.add_argument("--rows", type=int, default=12, help="result rows to print")
+    return p
+
+
+def _phantom(args: argparse.Namespace) -> Path:
+    from predilect.training.phantom import generate
+
+    out = args.workdir / "phantom"
+    params = {"count": args.count, "oct_count": args.oct_count, "seed": args.seed, "size": list(args.size)}
+    stamp = out / "params.json"
+    manifest = out / "manifest.csv"
+    if manifest.is_file() and stamp.is_file() and json.loads(stamp.read_text()) == params:
+        print(f"      reusing {manifest} (same parameters)")
+        return manifest
+    width, height = args.size
+
+    def progress(done: int, total: int) -> None:
+        if done == total or done % max(1, total // 10) == 0:
+            print(f"      {done}/{total}", flush=True)
+
+    manifest = generate(out, count=args.count, oct_count=args.oct_count, seed=args.seed, width=width,
+                        height=height, progress=progress)
+    stamp.write_text(json.dumps(params))
+    return manifest
+
+
+def _train(args: argparse.Namespace, manifest: Path) -> Path:
+    from predilect.training.train import TrainCfg, train
+
+    checkpoint = args.workdir / "checkpoint" / "model.safetensors"
+    overrides = {"max_minutes": args.max_minutes, "seed": args.seed}
+    if args.epochs is not None:
+        overrides["epochs"] = args.epochs
+    oct_manifest = manifest.with_name("oct_manifest.csv")
+    result = train(manifest, checkpoint, oct_manifest=oct_manifest if oct_manifest.is_file() else None,
+                   cfg=TrainCfg(**overrides), cache_dir=args.workdir / "cache",
+                   report=lambda line: print(f"      {line}", flush=True))
+    print(f"      in-process held-out macro AUROC {result.heldout_macro_auroc:.4f}; "
+          f"checkpoint {checkpoint} ({result.meta.version})")
+    return checkpoint
+
+
+def _export(args: argparse.Namespace, checkpoint: Path, manifest: Path) -> Path:
+    from predilect.build.export import check_parity, export_onnx
+    from predilect.training.data import load_fundus_pixels
+    from predilect.training.manifest import read_manifest
+
+    onnx_path = args.workdir / "onnx" / "model.onnx"
+    meta = export_onnx(checkpoint, onnx_path)
+    records = read_manifest(manifest, catalog=meta.catalog, split="heldout")
+    pixels = load_fundus_pixels(records, meta.preprocess, cache_dir=args.workdir / "cache")
+    report = check_parity(checkpoint, onnx_path, pixels)
+    print(f"      ONNX Runtime vs PyTorch on {report.images} held-out images: "
+          f"max |delta p| = {report.max_abs_prob_diff:.1e} (<= {report.tolerance:.0e}: {report.ok})")
+    if not report.ok:
+        raise SystemExit("ONNX parity check failed; not serving this export")
+    return onnx_path
+
+
+def _screen_all(url: str, paths: list[Path], concurrency: int):
+    from predilect.client import ScreeningClient
+
+    with ScreeningClient(url) as client:
+        with ThreadPoolExecutor(max_workers=concurrency) as pool:
+            list(pool.map(client.screen, paths[: min(len(paths), concurrency)]))  # warm-up
+            start = time.monotonic()
+            results = list(pool.map(client.screen, paths))
+            seconds = time.monotonic() - start
+    return results, seconds
+
+
+def _print_table(records, results, ids: list[str], rows: int) -> None:
+    print(f"      {'image':<22} {'truth':<18} {'screened positive':<18} " + " ".join(f"{d:>8}" for d in ids))
+    for record, result in list(zip(records, results))[:rows]:
+        truth = ";".join(sorted(record.labels)) or "normal"
+        found = ";".join(result.positive) or "normal"
+        probs = " ".join(f"{result.probabilities[d]:8.3f}" for d in ids)
+        print(f"      {record.path.name:<22} {truth:<18} {found:<18} {probs}")
+    if len(records) > rows:
+        print(f"      ... {len(records) - rows} more rows in results.jsonl")
+
+
+def _serve_and_screen(args: argparse.Namespace, repository: Path, manifest: Path, catalog) -> dict:
+    from predilect.serving.server import TritonServer, free_port
+    from predilect.training.manifest import label_matrix, read_manifest
+    from predilect.training.metrics import macro_auroc
+
+    grpc_port = args.grpc_port or free_port()
+    with TritonServer(model_repository=repository, grpc_port=grpc_port, http_port=free_port(),
+                      metrics_port=free_port()) as server:
+        print(f"      tritonserver ready: gRPC {server.grpc_url}, HTTP {server.http_url}, metrics {server.metrics_url}")
+        t0 = _step(6, "screening the held-out images through the gRPC client")
+        records = read_manifest(manifest, catalog=catalog, split="heldout")
+        results, seconds = _screen_all(server.grpc_url, [r.path for r in records], args.concurrency)
+    ids = list(results[0].probabilities)
+    _print_table(records, results, ids, args.rows)
+    served = np.array([[r.probabilities[d] for d in ids] for r in results])
+    if ids != catalog.ids:
+        raise SystemExit(f"served catalog {ids} differs from the checkpoint's {catalog.ids}")
+    auroc = macro_auroc(label_matrix(records, catalog), served, ids)
+    with (args.workdir / "results.jsonl").open("w") as f:
+        for record, result in zip(records, results):
+            f.write(json.dumps({"image": str(record.path), **json.loads(result.to_json())}) + "\n")
+    summary = {"images": len(records), "served_macro_auroc": auroc, "images_per_s": len(records) / seconds,
+               "concurrency": args.concurrency, "model_version": results[0].model_version}
+    _done(t0, f"screened {len(records)} images")
+    return summary
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    begin = time.monotonic()
+    t0 = _step(1, f"phantom data: {args.count} fundus photographs at {args.size[0]}x{args.size[1]}, "
+                  f"{args.oct_count} OCT B-scans")
+    manifest = _phantom(args)
+    _done(t0)
+    t0 = _step(2, "training (OCT teaches the predilection sites, fundus learns to attend)")
+    checkpoint = _train(args, manifest)
+    _done(t0)
+    t0 = _step(3, "export to ONNX + parity under ONNX Runtime")
+    onnx_path = _export(args, checkpoint, manifest)
+    _done(t0)
+    t0 = _step(4, "assembling the Triton model repository")
+    from predilect.serving.repository import assemble
+
+    repository = assemble(onnx_path, args.workdir / "model_repository")
+    print(f"      {repository}")
+    _done(t0)
+    _step(5, "starting the real tritonserver on CPU")
+    from predilect.training.checkpoint import read_meta
+
+    summary = _serve_and_screen(args, repository, manifest, read_meta(checkpoint).catalog)
+    print(f"\nserved macro AUROC {summary['served_macro_auroc']:.4f} on {summary['images']} held-out images; "
+          f"{summary['images_per_s']:.1f} images/s at concurrency {summary['concurrency']}; "
+          f"model {summary['model_version']}; total {time.monotonic() - begin:.0f}s")
+    (args.workdir / "demo_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    print(f"server stopped. Serve again with: predilect serve --model-repository {repository}")
+    return 0

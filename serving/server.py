@@ -1,0 +1,361 @@
+"""Run the real ``tritonserver`` that ships inside the nvidia-pytriton wheel.
+
+The wheel carries the server binary, its libraries, the Python backend and one backend stub
+per Python version; ``prepare_runtime`` lays out a backend directory with the stub of the
+running interpreter (cached, built once per pytriton and Python version), and
+``TritonServer`` runs the binary on a model repository with this virtualenv first on
+``PATH``, so the Python-backend stubs import ``predilect`` and its dependencies from here.
+"""
+from __future__ import annotations
+
+import argparse
+import ctypes
+import importlib.metadata
+import importlib.util
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+import uuid
+from pathlib import Path
+from types import TracebackType
+from typing import Callable, Sequence
+
+import predilect
+from predilect.serving.configs import ENSEMBLE
+
+_PR_SET_PDEATHSIG = 1
+# Log lines after which tritonserver never becomes ready nor exits (a stub that cannot even
+# preinitialize, e.g. no model.py, leaves the model loading forever): fail fast on them.
+_FATAL_MARKERS = ("Failed to preinitialize Python stub",)
+# Error lines that every CPU-only start logs; they say nothing about the failure at hand.
+_CPU_NOISE = ("CudaDriverHelper", "CUDA driver version is insufficient")
+_ERROR_LINE = re.compile(r"^E\d{4} |^error: |Failed to (?:pre)?initialize")
+_ANY_ADDRESS = ("0.0.0.0", "::", "")
+_SHM_BYTES = 16 * 1024 * 1024  # Python-backend shared memory per stub: one full PIXELS batch fits
+
+
+class ServerStartError(RuntimeError):
+    """``tritonserver`` exited or did not become ready; the message ends with its log tail."""
+
+
+def free_port() -> int:
+    """A TCP port that is free now (for tests; another process may take it before use)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("", 0))
+        return int(s.getsockname()[1])
+
+
+def _pytriton_dir() -> Path:
+    spec = importlib.util.find_spec("pytriton")
+    if spec is None or not spec.submodule_search_locations:
+        raise ServerStartError("nvidia-pytriton is not installed; install predilect[serve] to run tritonserver")
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def server_binary() -> Path:
+    """The ``tritonserver`` executable of the installed nvidia-pytriton."""
+    return _pytriton_dir() / "tritonserver" / "bin" / "tritonserver"
+
+
+def server_libs_dir() -> Path:
+    """The shared libraries that ``tritonserver`` links against (auditwheel's ``.libs``)."""
+    return _pytriton_dir().parent / "nvidia_pytriton.libs"
+
+
+def prepare_runtime(cache_dir: Path | None = None) -> Path:
+    """A backend directory holding the Python backend and the stub for this interpreter.
+
+    Built once under ``cache_dir`` (default: the temp dir) per pytriton and Python version,
+    then reused; concurrent callers race harmlessly, the loser discards its copy.
+    """
+    python = f"{sys.version_info.major}.{sys.version_info.minor}"
+    dist = _pytriton_dir() / "tritonserver"
+    stub = dist / "python_backend_stubs" / python / "triton_python_backend_stub"
+    if not stub.is_file():
+        raise ServerStartError(f"nvidia-pytriton ships no Python-backend stub for Python {python} ({stub})")
+    version = importlib.metadata.version("nvidia-pytriton")
+    base = Path(cache_dir) if cache_dir is not None else Path(tempfile.gettempdir())
+    runtime = base / f"predilect-tritonserver-{version}-py{python}-{os.getuid()}"
+    if (runtime / ".complete").is_file():
+        return runtime / "backends"
+    base.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{runtime.name}-", dir=base))
+    try:
+        shutil.copytree(dist / "backends", staging / "backends")
+        shutil.copy2(stub, staging / "backends" / "python" / "triton_python_backend_stub")
+        (staging / ".complete").touch()
+        try:
+            staging.rename(runtime)
+        except OSError:
+            if not (runtime / ".complete").is_file():
+                raise
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging)
+    return runtime / "backends"
+
+
+def _die_with_parent_hook() -> Callable[[], None]:
+    """A pre-exec hook asking the kernel to SIGTERM the child when this thread dies.
+
+    The libc symbol is resolved here, before the fork: the hook itself must not load
+    libraries in a child forked from a multi-threaded parent.
+    """
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+
+    def hook() -> None:
+        prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+    return hook
+
+
+class TritonServer:
+    """A ``tritonserver`` process on a model repository; a context manager.
+
+    ``start()`` returns once the server and (if the repository holds it) the
+    ``fundus_screen`` ensemble are ready, or raises ``ServerStartError`` with the log tail.
+    The server runs in its own session, so Ctrl+C reaches only this process, which then
+    stops it; when started from the main thread it also dies with this process.
+    """
+
+    def __init__(
+        self,
+        *,
+        model_repository: Path,
+        grpc_port: int = 8001,
+        http_port: int = 8000,
+        metrics_port: int = 8002,
+        bind_address: str = "0.0.0.0",
+        log_verbose: int = 0,
+        log_path: Path | None = None,
+        startup_timeout_s: float = 300.0,
+        stop_timeout_s: float = 30.0,
+        runtime_cache_dir: Path | None = None,
+    ) -> None:
+        self.model_repository = Path(model_repository).resolve()
+        self.grpc_port, self.http_port, self.metrics_port = grpc_port, http_port, metrics_port
+        self.bind_address = bind_address
+        self.log_verbose = log_verbose
+        self.log_path = Path(log_path) if log_path is not None else None
+        self.startup_timeout_s = startup_timeout_s
+        self.stop_timeout_s = stop_timeout_s
+        self.runtime_cache_dir = runtime_cache_dir
+        self._process: subprocess.Popen | None = None
+        self._log_file = None
+
+    @property
+    def _host(self) -> str:
+        return "localhost" if self.bind_address in _ANY_ADDRESS else self.bind_address
+
+    @property
+    def grpc_url(self) -> str:
+        """``host:port`` of the gRPC endpoint, as ``tritonclient.grpc`` takes it."""
+        return f"{self._host}:{self.grpc_port}"
+
+    @property
+    def http_url(self) -> str:
+        return f"http://{self._host}:{self.http_port}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://{self._host}:{self.metrics_port}/metrics"
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process is not None else None
+
+    @property
+    def is_running(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
+    def command(self, backend_dir: Path) -> list[str]:
+        """The ``tritonserver`` command line."""
+        # A unique shared-memory prefix keeps two servers on one machine from sharing regions.
+        shm_prefix = f"predilect_{os.getpid()}_{uuid.uuid4().hex[:8]}_"
+        return [
+            str(server_binary()),
+            f"--model-repository={self.model_repository}",
+            f"--backend-directory={backend_dir}",
+            f"--grpc-address={self.bind_address}", f"--grpc-port={self.grpc_port}",
+            f"--http-address={self.bind_address}", f"--http-port={self.http_port}",
+            f"--metrics-address={self.bind_address}", f"--metrics-port={self.metrics_port}",
+            "--allow-gpu-metrics=false",
+            "--disable-auto-complete-config",
+            f"--log-verbose={self.log_verbose}",
+            f"--exit-timeout-secs={max(1, int(self.stop_timeout_s))}",
+            f"--backend-config=python,shm-region-prefix-name={shm_prefix}",
+            f"--backend-config=python,shm-default-byte-size={_SHM_BYTES}",
+            f"--backend-config=python,shm-growth-byte-size={_SHM_BYTES}",
+        ]
+
+    def _environment(self) -> dict[str, str]:
+        env = dict(os.environ)
+        libs = str(server_libs_dir())
+        env["LD_LIBRARY_PATH"] = f"{libs}:{env['LD_LIBRARY_PATH']}" if env.get("LD_LIBRARY_PATH") else libs
+        # The stubs' embedded interpreter finds its environment through the python on PATH:
+        # make it this interpreter's, and let them import the very predilect running here (a
+        # checkout or the wheel), not whichever copy happens to be installed.
+        env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}"
+        root = str(Path(predilect.__file__).resolve().parent.parent)
+        env["PYTHONPATH"] = f"{root}:{env['PYTHONPATH']}" if env.get("PYTHONPATH") else root
+        return env
+
+    def start(self) -> "TritonServer":
+        """Start the server and wait until it is ready."""
+        if self._process is not None:
+            raise RuntimeError("this TritonServer was already started")
+        if not self.model_repository.is_dir():
+            raise ServerStartError(f"model repository {self.model_repository} does not exist; "
+                                   "run `predilect assemble` first")
+        backend_dir = prepare_runtime(self.runtime_cache_dir)
+        if self.log_path is None:
+            self.log_path = Path(tempfile.mkdtemp(prefix="predilect-triton-")) / "tritonserver.log"
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self._log_file = open(self.log_path, "wb")
+        in_main_thread = threading.current_thread() is threading.main_thread()
+        self._process = subprocess.Popen(
+            self.command(backend_dir), stdin=subprocess.DEVNULL, stdout=self._log_file, stderr=subprocess.STDOUT,
+            env=self._environment(), start_new_session=True,
+            preexec_fn=_die_with_parent_hook() if in_main_thread and sys.platform == "linux" else None,
+        )
+        try:
+            self._wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _ready(self, path: str) -> bool:
+        try:
+            host = "127.0.0.1" if self.bind_address in _ANY_ADDRESS else self.bind_address
+            with urllib.request.urlopen(f"http://{host}:{self.http_port}{path}", timeout=2) as response:
+                return response.status == 200
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            return False
+
+    def _wait_ready(self) -> None:
+        checks = ["/v2/health/ready"]
+        if (self.model_repository / ENSEMBLE / "config.pbtxt").is_file():
+            checks.append(f"/v2/models/{ENSEMBLE}/ready")
+        deadline = time.monotonic() + self.startup_timeout_s
+        while True:
+            code = self._process.poll()
+            if code is not None:
+                raise ServerStartError(self._failure(f"tritonserver exited with code {code} before it was ready"))
+            if all(self._ready(path) for path in checks):
+                return
+            fatal = self._fatal_line()
+            if fatal:
+                raise ServerStartError(self._failure(f"tritonserver cannot load a model ({fatal.strip()})"))
+            if time.monotonic() > deadline:
+                raise ServerStartError(self._failure(f"tritonserver was not ready after {self.startup_timeout_s:.0f} s"))
+            time.sleep(0.25)
+
+    def _log_lines(self) -> list[str]:
+        if self.log_path is None or not self.log_path.is_file():
+            return []
+        return self.log_path.read_text(encoding="utf-8", errors="replace").splitlines()
+
+    def _fatal_line(self) -> str | None:
+        return next((line for line in self._log_lines() if any(m in line for m in _FATAL_MARKERS)), None)
+
+    def log_errors(self) -> list[str]:
+        """The error lines of the server log, without the noise of a CPU-only machine."""
+        return [line for line in self._log_lines()
+                if _ERROR_LINE.search(line) and not any(n in line for n in _CPU_NOISE)]
+
+    def log_tail(self, lines: int = 40) -> str:
+        """The last ``lines`` lines of the server log."""
+        return "\n".join(self._log_lines()[-lines:])
+
+    def _failure(self, what: str) -> str:
+        errors = "\n".join(self.log_errors()[-10:]) or "(none)"
+        return (f"{what}; log: {self.log_path}\nerrors in the log:\n{errors}\n"
+                f"last lines of the log:\n{self.log_tail(15)}")
+
+    def stop(self) -> int | None:
+        """Stop the server gracefully (SIGTERM, then SIGKILL after the timeout); its exit code."""
+        process, self._process = self._process, None
+        code = None
+        if process is not None:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+            try:
+                code = process.wait(timeout=self.stop_timeout_s + 10)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)  # its own session: takes the backend stubs too
+                code = process.wait()
+        if self._log_file is not None:
+            self._log_file.close()
+            self._log_file = None
+        return code
+
+    def __enter__(self) -> "TritonServer":
+        return self.start()
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()
+
+
+class _Shutdown(Exception):
+    """Raised in the main thread by the SIGINT/SIGTERM handler of ``predilect serve``."""
+
+
+def _on_signal(signum: int, _frame: object) -> None:
+    # Ignore repeats so that a second Ctrl+C cannot interrupt the graceful stop.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise _Shutdown(signal.Signals(signum).name)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="predilect serve", description="Start tritonserver on a model repository.")
+    p.add_argument("--model-repository", type=Path, default=Path("artifacts/model_repository"))
+    p.add_argument("--grpc-port", type=int, default=8001)
+    p.add_argument("--http-port", type=int, default=8000)
+    p.add_argument("--metrics-port", type=int, default=8002)
+    p.add_argument("--bind-address", default="0.0.0.0")
+    p.add_argument("--log-verbose", type=int, default=0, help="tritonserver verbose log level (0: off)")
+    p.add_argument("--log-file", type=Path, default=None, help="server log (default: a new temp file)")
+    p.add_argument("--startup-timeout-s", type=float, default=300.0)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    server = TritonServer(
+        model_repository=args.model_repository, grpc_port=args.grpc_port, http_port=args.http_port,
+        metrics_port=args.metrics_port, bind_address=args.bind_address, log_verbose=args.log_verbose,
+        log_path=args.log_file, startup_timeout_s=args.startup_timeout_s)
+    signal.signal(signal.SIGINT, _on_signal)
+    signal.signal(signal.SIGTERM, _on_signal)
+    try:
+        with server:
+            print(f"tritonserver ready (pid {server.pid}, log {server.log_path})\n"
+                  f"  grpc    {server.grpc_url}\n  http    {server.http_url}\n  metrics {server.metrics_url}\n"
+                  "Ctrl+C or SIGTERM stops it.", flush=True)
+            while server.is_running:
+                time.sleep(0.5)
+            print(f"predilect serve: tritonserver exited on its own; last log lines:\n{server.log_tail()}",
+                  file=sys.stderr)
+            return 1
+    except _Shutdown as e:
+        print(f"predilect serve: {e}: tritonserver stopped", flush=True)
+        return 0
+    except ServerStartError as e:
+        print(f"predilect serve: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

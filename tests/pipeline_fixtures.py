@@ -1,0 +1,53 @@
+"""Session fixtures for the whole path: tiny phantom -> trained checkpoint -> ONNX ->
+assembled repository -> the real tritonserver. Shared by the training and end-to-end tests."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    manifest: Path
+    checkpoint: Path
+    onnx: Path
+    repository: Path
+    workdir: Path
+
+
+@pytest.fixture(scope="session")
+def phantom_manifest(tmp_path_factory) -> Path:
+    from predilect.training.phantom import generate
+
+    out = tmp_path_factory.mktemp("phantom")
+    return generate(out, count=40, oct_count=24, seed=7, width=1024, height=768, workers=2)
+
+
+@pytest.fixture(scope="session")
+def pipeline(phantom_manifest, tmp_path_factory) -> Pipeline:
+    import torch
+
+    from predilect.build.export import export_onnx
+    from predilect.serving.repository import assemble
+    from predilect.training.train import TrainCfg, train
+
+    torch.set_num_threads(2)
+    work = tmp_path_factory.mktemp("pipeline")
+    checkpoint = work / "checkpoint" / "model.safetensors"
+    train(phantom_manifest, checkpoint, oct_manifest=phantom_manifest.with_name("oct_manifest.csv"),
+          cfg=TrainCfg(epochs=2, oct_epochs=1, freeze_sites_epochs=1, max_minutes=2.0), cache_dir=work / "cache")
+    onnx_path = work / "onnx" / "model.onnx"
+    export_onnx(checkpoint, onnx_path)
+    repository = assemble(onnx_path, work / "model_repository", max_batch_size=8)
+    return Pipeline(phantom_manifest, checkpoint, onnx_path, repository, work)
+
+
+@pytest.fixture(scope="session")
+def pipeline_server(pipeline):
+    from predilect.serving.server import TritonServer, free_port
+
+    with TritonServer(model_repository=pipeline.repository, grpc_port=free_port(), http_port=free_port(),
+                      metrics_port=free_port()) as server:
+        yield server

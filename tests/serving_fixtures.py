@@ -1,0 +1,113 @@
+"""Shared fixtures of the serving and client tests: a tiny exported model, its assembled
+repository and one real ``tritonserver`` per test session.
+
+Loaded as a pytest plugin (``pytest_plugins`` in ``tests/conftest.py``), because the tests
+run with ``--import-mode=importlib`` and cannot import helper modules by name.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+import pytest
+
+from predilect.catalog import DEFAULT_CATALOG
+from predilect.preprocess import PreprocessCfg
+
+TINY_MODEL_NAME = "uopsl-tiny"
+
+
+def build_tiny_onnx(path: Path, *, seed: int = 0, metadata: bool = True) -> Path:
+    """A tiny exported model honouring the contract: PIXELS [B,3,S,S] -> LOGITS [B,C].
+
+    Per-channel mean over the image, times a weight matrix, plus a bias; with the
+    ``predilect.*`` metadata_props of DEFAULT_CATALOG and the default PreprocessCfg.
+    """
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    cfg, classes = PreprocessCfg(), len(DEFAULT_CATALOG)
+    rng = np.random.default_rng(seed)
+    weight = rng.normal(0.0, 3.0, size=(3, classes)).astype(np.float32)
+    bias = rng.normal(0.0, 0.5, size=(classes,)).astype(np.float32)
+    graph = helper.make_graph(
+        [
+            helper.make_node("ReduceMean", ["PIXELS"], ["channel_mean"], axes=[2, 3], keepdims=0),
+            helper.make_node("MatMul", ["channel_mean", "weight"], ["scores"]),
+            helper.make_node("Add", ["scores", "bias"], ["LOGITS"]),
+        ],
+        "tiny_classifier",
+        [helper.make_tensor_value_info("PIXELS", TensorProto.FLOAT, ["batch", 3, cfg.size, cfg.size])],
+        [helper.make_tensor_value_info("LOGITS", TensorProto.FLOAT, ["batch", classes])],
+        initializer=[numpy_helper.from_array(weight, "weight"), numpy_helper.from_array(bias, "bias")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="predilect-tests")
+    model.ir_version = 8
+    if metadata:
+        digest = hashlib.sha256(weight.tobytes() + bias.tobytes()).hexdigest()[:8]
+        helper.set_model_props(model, {
+            "predilect.catalog": DEFAULT_CATALOG.to_json(),
+            "predilect.preprocess": cfg.to_json(),
+            "predilect.model_name": TINY_MODEL_NAME,
+            "predilect.model_version": f"1+{digest}",
+        })
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path
+
+
+def make_fundus_jpeg(seed: int, *, size: tuple[int, int] = (1024, 768), quality: int = 92) -> bytes:
+    """A synthetic fundus-like photograph: an orange disc on black with random blobs."""
+    from PIL import Image, ImageDraw, ImageFilter
+
+    rng = np.random.default_rng(seed)
+    width, height = size
+    image = Image.new("RGB", size, (0, 0, 0))
+    draw = ImageDraw.Draw(image)
+    radius = int(min(width, height) * rng.uniform(0.40, 0.48))
+    cx, cy = width // 2 + int(rng.integers(-20, 21)), height // 2 + int(rng.integers(-20, 21))
+    draw.ellipse((cx - radius, cy - radius, cx + radius, cy + radius), fill=(200, 90, 30))
+    for _ in range(int(rng.integers(6, 16))):
+        r = int(rng.integers(8, 60))
+        x = cx + int(rng.integers(-radius // 2, radius // 2))
+        y = cy + int(rng.integers(-radius // 2, radius // 2))
+        colour = tuple(int(c) for c in rng.integers(40, 255, size=3))
+        draw.ellipse((x - r, y - r, x + r, y + r), fill=colour)
+    buffer = io.BytesIO()
+    image.filter(ImageFilter.GaussianBlur(2)).save(buffer, format="JPEG", quality=quality)
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="session")
+def fundus_jpeg() -> Callable[[int], bytes]:
+    """``fundus_jpeg(seed)``: synthetic fundus JPEG bytes, different per seed."""
+    return make_fundus_jpeg
+
+
+@pytest.fixture(scope="session")
+def tiny_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_onnx(tmp_path_factory.mktemp("export") / "model.onnx")
+
+
+@pytest.fixture(scope="session")
+def model_repository(tmp_path_factory: pytest.TempPathFactory, tiny_onnx: Path) -> Path:
+    from predilect.serving.repository import assemble
+
+    return assemble(tiny_onnx, tmp_path_factory.mktemp("serving") / "model_repository",
+                    max_batch_size=16, max_queue_delay_us=20_000)
+
+
+@pytest.fixture(scope="session")
+def triton_server(model_repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator["TritonServer"]:
+    """One real tritonserver on free ports for the whole session."""
+    from predilect.serving.server import TritonServer, free_port
+
+    server = TritonServer(
+        model_repository=model_repository, grpc_port=free_port(), http_port=free_port(),
+        metrics_port=free_port(), bind_address="127.0.0.1",
+        log_path=tmp_path_factory.mktemp("triton-log") / "tritonserver.log", startup_timeout_s=180)
+    with server:
+        yield server

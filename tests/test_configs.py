@@ -1,0 +1,152 @@
+"""Generated Triton configs: parse, round-trip, and wire the ensemble consistently."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2 as mc
+
+from predilect.catalog import DEFAULT_CATALOG
+from predilect.preprocess import PreprocessCfg
+from predilect.serving import configs
+from predilect.serving.repository import ModelMetadataError, assemble, main, read_served_model
+
+MODELS = (configs.PREPROCESS, configs.CLASSIFIER, configs.POSTPROCESS, configs.ENSEMBLE)
+
+
+def _served() -> configs.ServedModel:
+    return configs.ServedModel(catalog=DEFAULT_CATALOG, preprocess=PreprocessCfg(),
+                               model_name="uopsl-tiny", model_version="1+deadbeef")
+
+
+def _load(repository: Path) -> dict[str, mc.ModelConfig]:
+    return {name: configs.read_config(repository / name / "config.pbtxt") for name in MODELS}
+
+
+def _tensors(config: mc.ModelConfig, kind: str) -> dict[str, tuple[int, list[int]]]:
+    return {t.name: (t.data_type, list(t.dims)) for t in getattr(config, kind)}
+
+
+@pytest.mark.parametrize("index", range(4))
+def test_to_pbtxt_round_trips_when_parsed_back(index: int) -> None:
+    config = configs.to_model_config(configs.fundus_screen_models(_served())[index])
+    text = configs.to_pbtxt(config)
+    parsed = text_format.Parse(text, mc.ModelConfig())
+    assert parsed == config
+    assert configs.to_pbtxt(parsed) == text
+
+
+def test_assemble_writes_every_model_when_given_exported_model(model_repository: Path) -> None:
+    loaded = _load(model_repository)
+    assert sorted(p.name for p in model_repository.iterdir()) == sorted(MODELS)
+    for name, config in loaded.items():
+        assert config.name == name
+    for name in (configs.PREPROCESS, configs.CLASSIFIER, configs.POSTPROCESS):
+        shim = (model_repository / name / "1" / "model.py").read_text()
+        assert f"predilect.serving.backends.{name} import TritonPythonModel" in shim
+    assert (model_repository / configs.CLASSIFIER / "1" / "model.onnx").is_file()
+
+
+def test_ensemble_steps_reference_existing_models_and_tensors_when_assembled(model_repository: Path) -> None:
+    loaded = _load(model_repository)
+    ensemble = loaded[configs.ENSEMBLE]
+    # Ensemble tensor name -> (data_type, dims) of whoever provides it, starting with the ensemble inputs.
+    available = _tensors(ensemble, "input")
+    for step in ensemble.ensemble_scheduling.step:
+        model = loaded[step.model_name]
+        inputs, outputs = _tensors(model, "input"), _tensors(model, "output")
+        assert set(step.input_map) == set(inputs), f"{step.model_name}: every model input is fed"
+        for model_tensor, ensemble_tensor in step.input_map.items():
+            assert ensemble_tensor in available, f"{ensemble_tensor} is consumed before it is produced"
+            assert available[ensemble_tensor] == inputs[model_tensor]
+        for model_tensor, ensemble_tensor in step.output_map.items():
+            available[ensemble_tensor] = outputs[model_tensor]
+    for name, spec in _tensors(ensemble, "output").items():
+        assert available.get(name) == spec
+
+
+def test_configs_match_contract_when_assembled(model_repository: Path) -> None:
+    loaded = _load(model_repository)
+    size, classes = PreprocessCfg().size, len(DEFAULT_CATALOG)
+    ensemble = loaded[configs.ENSEMBLE]
+    assert ensemble.platform == "ensemble"
+    assert _tensors(ensemble, "input") == {"IMAGE": (mc.TYPE_UINT8, [-1])}
+    assert _tensors(ensemble, "output") == {"PROBABILITIES": (mc.TYPE_FP32, [classes])}
+    assert _tensors(loaded[configs.PREPROCESS], "output") == {"PIXELS": (mc.TYPE_FP32, [3, size, size])}
+    assert loaded[configs.PREPROCESS].input[0].allow_ragged_batch
+    assert _tensors(loaded[configs.CLASSIFIER], "output") == {"LOGITS": (mc.TYPE_FP32, [classes])}
+    for name in (configs.PREPROCESS, configs.CLASSIFIER, configs.POSTPROCESS):
+        config = loaded[name]
+        assert config.backend == "python"
+        assert config.max_batch_size == ensemble.max_batch_size == 16
+        assert config.HasField("dynamic_batching")
+        assert [g.kind for g in config.instance_group] == [mc.ModelInstanceGroup.KIND_CPU]
+
+
+def test_ensemble_parameters_describe_exported_model_when_assembled(model_repository: Path, tiny_onnx: Path) -> None:
+    params = {k: v.string_value for k, v in _load(model_repository)[configs.ENSEMBLE].parameters.items()}
+    served = read_served_model(tiny_onnx)
+    assert params == {
+        "catalog": DEFAULT_CATALOG.to_json(),
+        "preprocess": PreprocessCfg().to_json(),
+        "model_name": "uopsl-tiny",
+        "model_version": served.model_version,
+    }
+    assert served.model_version.startswith("1+") and len(served.model_version) == 10
+
+
+def test_assemble_sets_thread_and_instance_options_when_given(tiny_onnx: Path, tmp_path: Path) -> None:
+    repository = assemble(tiny_onnx, tmp_path / "repo", max_batch_size=8, max_queue_delay_us=500,
+                          preprocess_instances=2, classifier_instances=3, dali_threads=3, ort_threads=4)
+    loaded = _load(repository)
+    pre, cls = loaded[configs.PREPROCESS], loaded[configs.CLASSIFIER]
+    assert pre.parameters["dali_threads"].string_value == "3"
+    assert cls.parameters["ort_threads"].string_value == "4"
+    assert (pre.instance_group[0].count, cls.instance_group[0].count) == (2, 3)
+    assert pre.dynamic_batching.max_queue_delay_microseconds == 500
+    assert {c.max_batch_size for c in loaded.values()} == {8}
+
+
+def test_assemble_raises_model_metadata_error_when_metadata_missing(tmp_path: Path) -> None:
+    from serving_fixtures import build_tiny_onnx
+
+    bare = build_tiny_onnx(tmp_path / "bare.onnx", metadata=False)
+    with pytest.raises(ModelMetadataError, match="predilect.catalog"):
+        assemble(bare, tmp_path / "repo")
+    assert not (tmp_path / "repo").exists()
+
+
+def test_assemble_replaces_repository_when_out_dir_holds_previous_one(tiny_onnx: Path, tmp_path: Path) -> None:
+    out = assemble(tiny_onnx, tmp_path / "repo")
+    (out / "stale_model").mkdir()
+    assemble(tiny_onnx, out)
+    assert not (out / "stale_model").exists()
+
+
+def test_assemble_raises_file_exists_error_when_out_dir_is_foreign(tiny_onnx: Path, tmp_path: Path) -> None:
+    (tmp_path / "precious.txt").write_text("keep me")
+    with pytest.raises(FileExistsError, match="not a model repository"):
+        assemble(tiny_onnx, tmp_path)
+    assert (tmp_path / "precious.txt").read_text() == "keep me"
+
+
+def test_main_returns_zero_when_assembling_and_two_when_metadata_missing(tiny_onnx: Path, tmp_path: Path) -> None:
+    from serving_fixtures import build_tiny_onnx
+
+    assert main(["--onnx", str(tiny_onnx), "--out", str(tmp_path / "repo"), "--ort-threads", "1"]) == 0
+    assert configs.read_config(tmp_path / "repo" / "classifier" / "config.pbtxt").parameters["ort_threads"].string_value == "1"
+    bare = build_tiny_onnx(tmp_path / "bare.onnx", metadata=False)
+    assert main(["--onnx", str(bare), "--out", str(tmp_path / "other")]) == 2
+
+
+def test_parse_pbtxt_raises_parse_error_when_text_is_not_a_model_config() -> None:
+    with pytest.raises(text_format.ParseError):
+        configs.parse_pbtxt("name: \"x\"\nnot_a_field: 3\n")
+
+
+@pytest.mark.parametrize("option", ["max_batch_size", "preprocess_instances", "classifier_instances",
+                                    "dali_threads", "ort_threads"])
+def test_serving_options_raise_value_error_when_count_not_positive(option: str) -> None:
+    with pytest.raises(ValueError, match=option):
+        configs.ServingOptions(**{option: 0})

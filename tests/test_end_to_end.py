@@ -1,0 +1,62 @@
+"""The vertical slice against the real tritonserver: served results equal in-process results."""
+import json
+
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+
+from predilect.client import ScreeningClient
+from predilect.training.checkpoint import load_checkpoint
+from predilect.training.data import load_fundus_pixels
+from predilect.training.evaluate import predict_proba
+from predilect.training.manifest import read_manifest
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def heldout(pipeline):
+    return read_manifest(pipeline.manifest, split="heldout")
+
+
+def test_served_probabilities_equal_pytorch_when_same_image_files(pipeline, pipeline_server, heldout):
+    model, meta = load_checkpoint(pipeline.checkpoint)
+    expected = predict_proba(model, load_fundus_pixels(heldout, meta.preprocess))
+    with ScreeningClient(pipeline_server.grpc_url) as client:
+        served = [client.screen(r.path) for r in heldout]
+    got = np.array([[res.probabilities[d] for d in meta.catalog.ids] for res in served])
+    assert np.max(np.abs(got - expected)) <= 1e-4
+    assert {res.model_version for res in served} == {meta.version}
+    assert list(served[0].probabilities) == meta.catalog.ids
+
+
+def test_served_tensors_equal_training_tensors_when_same_image_files(pipeline, pipeline_server, heldout):
+    _, meta = load_checkpoint(pipeline.checkpoint)
+    training = load_fundus_pixels(heldout[:4], meta.preprocess)
+    client = grpcclient.InferenceServerClient(pipeline_server.grpc_url)
+    for record, expected in zip(heldout[:4], training):
+        payload = np.frombuffer(record.path.read_bytes(), dtype=np.uint8)[None, :]
+        image = grpcclient.InferInput("IMAGE", list(payload.shape), "UINT8")
+        image.set_data_from_numpy(payload)
+        served = client.infer("preprocess", [image]).as_numpy("PIXELS")[0]
+        assert served.dtype == np.float32 and np.array_equal(served, expected)
+
+
+def test_served_catalog_equals_checkpoint_catalog_when_discovered(pipeline, pipeline_server):
+    _, meta = load_checkpoint(pipeline.checkpoint)
+    config = grpcclient.InferenceServerClient(pipeline_server.grpc_url).get_model_config("fundus_screen", as_json=True)
+    params = {k: v["string_value"] for k, v in config["config"]["parameters"].items()}
+    assert json.loads(params["catalog"]) == meta.catalog.to_dict()
+    assert params["model_version"] == meta.version
+
+
+def test_demo_cli_screens_heldout_when_run_small(tmp_path, capsys):
+    from predilect.serving.demo import main as demo_main
+
+    rc = demo_main(["--workdir", str(tmp_path), "--count", "24", "--oct-count", "12", "--size", "640x480",
+                    "--epochs", "1", "--max-minutes", "1", "--concurrency", "4", "--rows", "3"])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "served macro AUROC" in out and "images/s" in out and "server stopped" in out
+    summary = json.loads((tmp_path / "demo_summary.json").read_text())
+    assert summary["images"] == len((tmp_path / "results.jsonl").read_text().splitlines())

@@ -1,0 +1,142 @@
+"""The real tritonserver: readiness, start errors, clean SIGTERM; the backends' pure logic."""
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from predilect.preprocess import InvalidImageError, PreprocessCfg, Preprocessor
+from predilect.serving import configs
+from predilect.serving.backends.classifier import OnnxClassifier
+from predilect.serving.backends.postprocess import stable_sigmoid
+from predilect.serving.backends.preprocess import preprocess_requests
+from predilect.serving.server import ServerStartError, TritonServer, free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _get(url: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, ""
+
+
+def test_server_reports_every_model_ready_when_started(triton_server: TritonServer) -> None:
+    assert triton_server.is_running
+    assert _get(f"{triton_server.http_url}/v2/health/ready")[0] == 200
+    for name in (configs.PREPROCESS, configs.CLASSIFIER, configs.POSTPROCESS, configs.ENSEMBLE):
+        assert _get(f"{triton_server.http_url}/v2/models/{name}/ready")[0] == 200, name
+    status, metrics = _get(triton_server.metrics_url)
+    assert status == 200 and "nv_inference_request_success" in metrics
+
+
+def _broken_repository(root: Path, model_py: str | None) -> Path:
+    model = root / "repo" / "broken"
+    (model / "1").mkdir(parents=True)
+    (model / "config.pbtxt").write_text('name: "broken"\nbackend: "python"\nmax_batch_size: 1\n')
+    if model_py is not None:
+        (model / "1" / "model.py").write_text(model_py)
+    return root / "repo"
+
+
+def _start_broken(repository: Path) -> ServerStartError:
+    server = TritonServer(model_repository=repository, grpc_port=free_port(), http_port=free_port(),
+                          metrics_port=free_port(), startup_timeout_s=60)
+    started = time.monotonic()
+    with pytest.raises(ServerStartError) as caught:
+        server.start()
+    assert time.monotonic() - started < 30, "a load failure must not wait for the startup timeout"
+    assert not server.is_running
+    return caught.value
+
+
+def test_server_start_raises_server_start_error_when_a_model_fails_to_initialize(tmp_path: Path) -> None:
+    model_py = "class TritonPythonModel:\n    def initialize(self, args):\n        raise ValueError('weights gone')\n"
+    error = _start_broken(_broken_repository(tmp_path, model_py))
+    assert "exited with code" in str(error)
+    assert "ValueError: weights gone" in str(error)  # the cause, from the log's error lines
+
+
+def test_server_start_raises_server_start_error_when_model_py_is_missing(tmp_path: Path) -> None:
+    # tritonserver itself never gives up on such a model: the log is how we know.
+    error = _start_broken(_broken_repository(tmp_path, None))
+    assert "Python model file not found" in str(error)
+
+
+def test_server_start_raises_server_start_error_when_repository_missing(tmp_path: Path) -> None:
+    with pytest.raises(ServerStartError, match="predilect assemble"):
+        TritonServer(model_repository=tmp_path / "nowhere").start()
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_serve_cli_exits_zero_and_stops_tritonserver_when_sent_sigterm(model_repository: Path, tmp_path: Path) -> None:
+    http_port = free_port()
+    command = [sys.executable, "-m", "predilect.cli", "serve", "--model-repository", str(model_repository),
+               "--grpc-port", str(free_port()), "--http-port", str(http_port), "--metrics-port", str(free_port()),
+               "--log-file", str(tmp_path / "triton.log")]
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        banner = process.stdout.readline()  # the first line is printed once the server is ready
+        assert "tritonserver ready" in banner, banner + process.stdout.read()
+        server_pid = int(re.search(r"pid (\d+)", banner).group(1))
+        assert _get(f"http://127.0.0.1:{http_port}/v2/health/ready")[0] == 200
+        process.send_signal(signal.SIGTERM)
+        output, _ = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 0, output
+    deadline = time.monotonic() + 10
+    while _pid_alive(server_pid) and time.monotonic() < deadline:
+        time.sleep(0.1)  # a zombie until its parent reaped it; the parent has exited, init reaps it
+    assert not _pid_alive(server_pid)
+    with pytest.raises(urllib.error.URLError):
+        urllib.request.urlopen(f"http://127.0.0.1:{http_port}/v2/health/ready", timeout=2)
+
+
+def test_stable_sigmoid_is_exact_and_finite_when_logits_are_extreme() -> None:
+    logits = np.array([[-1e4, -80.0, -20.0, -1e-3, 0.0, 1e-3, 20.0, 80.0, 1e4]], dtype=np.float32)
+    with np.errstate(over="raise", invalid="raise", divide="raise"):
+        probabilities = stable_sigmoid(logits)
+    reference = np.exp(-np.logaddexp(0.0, -logits.astype(np.float64)))
+    assert probabilities.dtype == np.float32 and probabilities.shape == logits.shape
+    np.testing.assert_allclose(probabilities, reference, rtol=1e-6, atol=0)
+
+
+def test_onnx_classifier_splits_logits_back_per_request_when_batched(tiny_onnx: Path) -> None:
+    classifier = OnnxClassifier(tiny_onnx, intra_op_threads=1)
+    rng = np.random.default_rng(0)
+    batches = [rng.normal(size=(n, 3, 224, 224)).astype(np.float32) for n in (1, 3, 1)]
+    together = classifier.run(batches)
+    assert [t.shape for t in together] == [(1, 6), (3, 6), (1, 6)]
+    for batch, logits in zip(batches, together):
+        np.testing.assert_allclose(logits, classifier.run([batch])[0], rtol=0, atol=1e-6)
+
+
+def test_preprocess_requests_rejects_only_bad_payloads_when_batched(fundus_jpeg) -> None:
+    preprocessor = Preprocessor(PreprocessCfg(), max_batch_size=4, num_threads=1)
+    good = np.frombuffer(fundus_jpeg(1), np.uint8)
+    images = [good[None], np.frombuffer(b"GIF89a not supported", np.uint8)[None], np.stack([good, good])]
+    results = preprocess_requests(preprocessor, images)
+    assert results[0].shape == (1, 3, 224, 224)
+    np.testing.assert_array_equal(results[0], preprocessor.run_strict([good]))
+    assert isinstance(results[1], InvalidImageError) and "not a JPEG or PNG" in str(results[1])
+    assert isinstance(results[2], InvalidImageError) and "one image per request" in str(results[2])

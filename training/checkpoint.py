@@ -1,0 +1,93 @@
+"""Checkpoints: one safetensors file carrying the weights and everything needed to use them.
+
+Metadata keys: the model config, the preprocessing spec, the disease catalog, the model name
+and version, and the held-out metrics. Export, serving and evaluation read them from here;
+nothing downstream re-declares them.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from safetensors import safe_open
+
+from predilect.catalog import Catalog
+from predilect.preprocess import PreprocessCfg
+
+from .model import FundusClassifier, ModelCfg
+
+MODEL_FORMAT = "predilect.checkpoint.v1"
+
+
+@dataclass(frozen=True)
+class CheckpointMeta:
+    model: ModelCfg
+    preprocess: PreprocessCfg
+    catalog: Catalog
+    version: str
+    metrics: dict[str, float] = field(default_factory=dict)
+
+    def to_strings(self) -> dict[str, str]:
+        return {
+            "format": MODEL_FORMAT,
+            "predilect.model": self.model.to_json(),
+            "predilect.preprocess": self.preprocess.to_json(),
+            "predilect.catalog": self.catalog.to_json(),
+            "predilect.model_name": self.model.name,
+            "predilect.model_version": self.version,
+            "predilect.metrics": json.dumps(self.metrics, sort_keys=True),
+        }
+
+    @classmethod
+    def from_strings(cls, data: dict[str, str]) -> "CheckpointMeta":
+        if data.get("format") != MODEL_FORMAT:
+            raise ValueError(f"not a predilect checkpoint: format is {data.get('format')!r}, expected {MODEL_FORMAT!r}")
+        return cls(
+            model=ModelCfg.from_json(data["predilect.model"]),
+            preprocess=PreprocessCfg.from_json(data["predilect.preprocess"]),
+            catalog=Catalog.from_json(data["predilect.catalog"]),
+            version=data["predilect.model_version"],
+            metrics=json.loads(data.get("predilect.metrics", "{}")),
+        )
+
+
+def weights_version(state: dict[str, torch.Tensor], *, major: int = 1) -> str:
+    """``<major>+<first 8 hex of the weights' sha256>``: changes whenever the weights do."""
+    digest = hashlib.sha256()
+    for name in sorted(state):
+        digest.update(name.encode())
+        digest.update(state[name].detach().cpu().contiguous().numpy().tobytes())
+    return f"{major}+{digest.hexdigest()[:8]}"
+
+
+def save_checkpoint(path: Path, model: FundusClassifier, *, preprocess: PreprocessCfg, catalog: Catalog,
+                    metrics: dict[str, float] | None = None) -> CheckpointMeta:
+    """Write ``model`` with its metadata; returns the metadata (with the computed version)."""
+    if model.cfg.num_diseases != len(catalog):
+        raise ValueError(f"model has {model.cfg.num_diseases} outputs but the catalog {len(catalog)} diseases")
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    meta = CheckpointMeta(model=model.cfg, preprocess=preprocess, catalog=catalog,
+                          version=weights_version(state), metrics=dict(metrics or {}))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(state, str(path), metadata=meta.to_strings())
+    return meta
+
+
+def read_meta(path: Path) -> CheckpointMeta:
+    with safe_open(str(path), framework="pt") as f:
+        return CheckpointMeta.from_strings(f.metadata() or {})
+
+
+def load_checkpoint(path: Path) -> tuple[FundusClassifier, CheckpointMeta]:
+    """Load a checkpoint into an eval-mode ``FundusClassifier``."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    meta = read_meta(path)
+    model = FundusClassifier(meta.model)
+    model.load_state_dict(load_file(str(path)))
+    model.eval()
+    return model, meta

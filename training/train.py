@@ -1,0 +1,184 @@
+"""`predilect train`: UOPSL-style two-stage training on a manifest.
+
+Stage 1 (teaching): an OCT encoder and the shared predilection head learn from unpaired OCT
+B-scans, so the sites matrix starts where OCT shows each disease's layer disruptions.
+Stage 2 (screening): the fundus encoder learns to attend with that matrix; the sites are
+frozen for the first epochs so the fundus tokens move into the matrix's space rather than
+the matrix being overwritten, then everything is fine-tuned. Held-out macro AUROC is
+reported on fundus images preprocessed exactly as the server preprocesses them.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from predilect.catalog import DEFAULT_CATALOG, Catalog
+from predilect.preprocess import PreprocessCfg
+
+from .checkpoint import CheckpointMeta, save_checkpoint
+from .data import OCT_SIZE, load_fundus_pixels, load_oct_scans
+from .manifest import label_matrix, read_manifest
+from .evaluate import predict_proba
+from .metrics import macro_auroc, per_disease_auroc
+from .model import FundusClassifier, ModelCfg, OctClassifier
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainCfg:
+    epochs: int = 24
+    oct_epochs: int = 6
+    freeze_sites_epochs: int = 3
+    batch_size: int = 32
+    lr: float = 3e-3
+    weight_decay: float = 0.02
+    sites_per_disease: int = 4
+    seed: int = 0
+    max_minutes: float = 3.0
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    meta: CheckpointMeta
+    heldout_macro_auroc: float
+    heldout_auroc: dict[str, float]
+    seconds: float
+
+
+def _augment(batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Mirror half the batch (left and right eyes mirror each other) and jitter brightness."""
+    flip = torch.rand(batch.shape[0], generator=generator) < 0.5
+    batch = torch.where(flip[:, None, None, None], batch.flip(-1), batch)
+    gain = 1.0 + 0.1 * (torch.rand(batch.shape[0], 1, 1, 1, generator=generator) - 0.5)
+    return batch * gain
+
+
+def fit(model: nn.Module, x: np.ndarray, y: np.ndarray, *, epochs: int, cfg: TrainCfg, deadline: float,
+        on_epoch: Callable[[int, float], None] | None = None, frozen: Sequence[nn.Parameter] = (),
+        frozen_epochs: int = 0) -> int:
+    """Minimise BCE on ``(x, y)``; returns the number of epochs completed before ``deadline``."""
+    generator = torch.Generator().manual_seed(cfg.seed)
+    optimiser = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    steps_per_epoch = max(1, -(-len(x) // cfg.batch_size))
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=cfg.lr, total_steps=epochs * steps_per_epoch,
+                                                   pct_start=0.15)
+    loss_fn = nn.BCEWithLogitsLoss()
+    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+    done = 0
+    for epoch in range(epochs):
+        if time.monotonic() > deadline:
+            log.warning("time budget reached after %d of %d epochs", done, epochs)
+            break
+        for p in frozen:
+            p.requires_grad_(epoch >= frozen_epochs)
+        model.train()
+        total = 0.0
+        for idx in torch.randperm(len(x), generator=generator).split(cfg.batch_size):
+            loss = loss_fn(model(_augment(xt[idx], generator)), yt[idx])
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            optimiser.step()
+            schedule.step()
+            total += loss.item() * len(idx)
+        done = epoch + 1
+        if on_epoch:
+            on_epoch(done, total / len(x))
+    return done
+
+
+def train(manifest: Path, out: Path, *, oct_manifest: Path | None, cfg: TrainCfg = TrainCfg(),
+          preprocess: PreprocessCfg = PreprocessCfg(), catalog: Catalog = DEFAULT_CATALOG,
+          cache_dir: Path | None = None, report: Callable[[str], None] = log.info) -> TrainResult:
+    """Train on ``manifest`` (splits ``train`` and ``heldout``) and write the checkpoint to ``out``."""
+    start = time.monotonic()
+    deadline = start + cfg.max_minutes * 60.0
+    torch.manual_seed(cfg.seed)
+    train_rec = read_manifest(manifest, catalog=catalog, split="train")
+    held_rec = read_manifest(manifest, catalog=catalog, split="heldout")
+    if not train_rec or not held_rec:
+        raise ValueError(f"{manifest} needs rows in both splits 'train' and 'heldout'")
+    report(f"preprocessing {len(train_rec) + len(held_rec)} fundus images with the serving pipeline")
+    x_train = load_fundus_pixels(train_rec, preprocess, cache_dir=cache_dir)
+    x_held = load_fundus_pixels(held_rec, preprocess, cache_dir=cache_dir)
+    y_train, y_held = label_matrix(train_rec, catalog), label_matrix(held_rec, catalog)
+
+    model_cfg = ModelCfg(num_diseases=len(catalog), image_size=preprocess.size,
+                         sites_per_disease=cfg.sites_per_disease)
+    model = FundusClassifier(model_cfg)
+    if oct_manifest is not None:
+        _teach_sites_from_oct(model, oct_manifest, cfg=cfg, catalog=catalog, deadline=deadline, report=report)
+        frozen, frozen_epochs = [model.head.sites], cfg.freeze_sites_epochs
+    else:
+        frozen, frozen_epochs = [], 0
+
+    def on_epoch(epoch: int, loss: float) -> None:
+        report(f"fundus epoch {epoch}/{cfg.epochs} loss {loss:.4f} ({time.monotonic() - start:.0f}s)")
+
+    fit(model, x_train, y_train, epochs=cfg.epochs, cfg=cfg, deadline=deadline, on_epoch=on_epoch,
+        frozen=frozen, frozen_epochs=frozen_epochs)
+    probs = predict_proba(model, x_held)
+    per = per_disease_auroc(y_held, probs, catalog.ids)
+    macro = macro_auroc(y_held, probs, catalog.ids)
+    metrics = {"heldout_macro_auroc": macro, **{f"heldout_auroc_{k}": v for k, v in per.items()}}
+    meta = save_checkpoint(out, model, preprocess=preprocess, catalog=catalog, metrics=metrics)
+    return TrainResult(meta=meta, heldout_macro_auroc=macro, heldout_auroc=per, seconds=time.monotonic() - start)
+
+
+def _teach_sites_from_oct(model: FundusClassifier, oct_manifest: Path, *, cfg: TrainCfg, catalog: Catalog,
+                          deadline: float, report: Callable[[str], None]) -> None:
+    records = read_manifest(oct_manifest, catalog=catalog)
+    scans, labels = load_oct_scans(records), label_matrix(records, catalog)
+    oct_cfg = replace(model.cfg, image_size=OCT_SIZE, in_channels=1)
+    oct_model = OctClassifier(oct_cfg, model.head)  # shares the sites matrix and read-out
+
+    def on_epoch(epoch: int, loss: float) -> None:
+        report(f"OCT teaching epoch {epoch}/{cfg.oct_epochs} loss {loss:.4f}")
+
+    fit(oct_model, scans, labels, epochs=cfg.oct_epochs, cfg=cfg, deadline=deadline, on_epoch=on_epoch)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="predilect train", description=__doc__.splitlines()[0])
+    p.add_argument("--manifest", type=Path, required=True, help="fundus manifest CSV (splits train/heldout)")
+    p.add_argument("--oct-manifest", type=Path, default=None,
+                   help="unpaired OCT manifest; default: oct_manifest.csv beside --manifest if present")
+    p.add_argument("--no-oct", action="store_true", help="skip the OCT teaching stage")
+    p.add_argument("--out", type=Path, default=Path("artifacts/checkpoint/model.safetensors"))
+    p.add_argument("--cache-dir", type=Path, default=None, help="cache for preprocessed tensors")
+    defaults = TrainCfg()
+    for name in ("epochs", "oct_epochs", "freeze_sites_epochs", "batch_size", "sites_per_disease", "seed"):
+        p.add_argument(f"--{name.replace('_', '-')}", type=int, default=getattr(defaults, name))
+    for name in ("lr", "weight_decay", "max_minutes"):
+        p.add_argument(f"--{name.replace('_', '-')}", type=float, default=getattr(defaults, name))
+    p.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    torch.set_num_threads(args.threads)
+    oct_manifest = None if args.no_oct else args.oct_manifest or args.manifest.with_name("oct_manifest.csv")
+    if oct_manifest is not None and not oct_manifest.is_file():
+        if args.oct_manifest is not None:
+            raise SystemExit(f"OCT manifest not found: {oct_manifest}")
+        oct_manifest = None
+    cfg = TrainCfg(**{k: getattr(args, k) for k in TrainCfg.__dataclass_fields__})
+    result = train(args.manifest, args.out, oct_manifest=oct_manifest, cfg=cfg, cache_dir=args.cache_dir,
+                   report=lambda line: print(line, flush=True))
+    print(f"held-out macro AUROC {result.heldout_macro_auroc:.4f} "
+          f"({', '.join(f'{k} {v:.3f}' for k, v in result.heldout_auroc.items())})")
+    print(f"checkpoint {args.out} version {result.meta.version} in {result.seconds:.0f}s")
+    (args.out.parent / "metrics.json").write_text(json.dumps(
+        {"heldout_macro_auroc": result.heldout_macro_auroc, "heldout_auroc": result.heldout_auroc,
+         "seconds": result.seconds, "version": result.meta.version}, indent=2) + "\n")
+    return 0
