@@ -9,7 +9,7 @@ ARTIFACTS ?= artifacts
 PYTEST_ARGS ?=
 export PYTHONSAFEPATH := 1
 
-.PHONY: install demo test serve clean
+.PHONY: install system-deps demo test serve clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -17,7 +17,7 @@ $(VENV)/bin/python:
 # Heavy dependencies: reinstalled only when pyproject.toml or the constraints change.
 $(VENV)/.deps: pyproject.toml constraints.txt | $(VENV)/bin/python
 	$(PIP) install -q -c constraints.txt torch==2.13.0
-	$(PIP) install -q -c constraints.txt hatchling '.[train,serve,test]'
+	$(PIP) install -q -c constraints.txt hatchling '.[train,serve,dicom,bench,test]'
 	@$(PY) -c "import torch, sys; v = torch.__version__; sys.exit(0 if v.startswith('2.13.0') and not torch.version.cuda else f'torch {v} (cuda {torch.version.cuda}) was pulled in; expected the 2.13.0 CPU wheel')"
 	touch $@
 
@@ -28,7 +28,12 @@ install: $(VENV)/.deps
 demo: install
 	$(VENV)/bin/predilect demo --workdir $(ARTIFACTS)
 
-test: install
+# DCMTK (storescu, img2dcm) is the real DICOM sender the gateway tests use.
+system-deps:
+	@command -v storescu >/dev/null && command -v img2dcm >/dev/null || \
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dcmtk >/dev/null; }
+
+test: install system-deps
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
 serve: install

@@ -17,6 +17,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "assemble": ("predilect.serving.repository", "assemble the Triton model repository from an exported model"),
     "serve": ("predilect.serving.server", "start the real tritonserver on a model repository"),
     "demo": ("predilect.serving.demo", "phantom -> train -> export -> assemble -> serve -> screen, end to end"),
+    "screen": ("predilect.client.screen_cli", "screen a folder, manifest or DICOM files; resumable JSONL output"),
+    "gateway": ("predilect.client.gateway_cli", "DICOM C-STORE gateway that screens what it receives"),
+    "bench": ("predilect.benchmarks.cli", "Locust concurrency sweep against the server and baselines"),
 }
 
 

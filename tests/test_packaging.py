@@ -32,7 +32,8 @@ def test_wheel_installs_only_predilect_namespace_when_built(wheel):
         tops = {name.split("/", 1)[0] for name in zf.namelist()}
         names = set(zf.namelist())
     assert tops == {"predilect", f"{wheel.name.split('-')[0]}-{wheel.name.split('-')[1]}.dist-info"}
-    for module in ("training/train.py", "build/export.py", "serving/server.py", "client/__init__.py", "catalog.py"):
+    for module in ("training/train.py", "build/export.py", "serving/server.py", "client/__init__.py", "catalog.py",
+                   "benchmarks/__init__.py"):
         assert f"predilect/{module}" in names
 
 

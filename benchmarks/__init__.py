@@ -1,0 +1,1 @@
+"""predilect.benchmarks: load generation, baselines and reports (the `bench` extra)."""
