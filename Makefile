@@ -9,7 +9,7 @@ ARTIFACTS ?= artifacts
 PYTEST_ARGS ?=
 export PYTHONSAFEPATH := 1
 
-.PHONY: install system-deps demo test serve clean
+.PHONY: install system-deps demo test serve bench clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,12 @@ test: install system-deps
 
 serve: install
 	$(VENV)/bin/predilect serve --model-repository $(ARTIFACTS)/model_repository
+
+# Concurrency sweep of the served ensemble vs the in-process bound and a FastAPI + PyTorch server,
+# on what `make demo` built; writes benchmarks/results/<date>-<machine>.md (about 12 minutes).
+bench: install
+	$(VENV)/bin/predilect bench --onnx $(ARTIFACTS)/onnx/model.onnx \
+		--checkpoint $(ARTIFACTS)/checkpoint/model.safetensors --manifest $(ARTIFACTS)/phantom/manifest.csv
 
 clean:
 	rm -rf $(ARTIFACTS) .pytest_cache dist

@@ -8,12 +8,19 @@ Triton ``preprocess`` model runs, so served tensors equal training-time tensors 
 Pipeline, per image: decode (RGB, 8 bit) -> field-of-view crop (the square around the
 fundus disc, padded with black where the disc is clipped by the frame) -> antialiased resize
 to ``size`` x ``size`` -> (x/255 - mean) / std -> CHW float32.
+
+Decoders: ``pil_draft`` (the CPU default) decodes JPEGs at the smallest libjpeg DCT scale
+(1/2, 1/4, 1/8) that still leaves the field-of-view square at least ``size`` pixels, then
+runs the same steps with Pillow and NumPy; ``dali_cpu`` and ``dali_mixed`` run the steps as
+a DALI pipeline on the full-resolution frame (host or nvJPEG decode).
 """
 from __future__ import annotations
 
 import io
 import json
+import math
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Sequence, Union
 
@@ -22,7 +29,8 @@ import numpy as np
 Payload = Union[bytes, bytearray, memoryview, np.ndarray]
 
 _INTERPOLATIONS = ("linear", "cubic", "lanczos3", "triangular")
-_DECODERS = ("dali_cpu", "dali_mixed")
+_DECODERS = ("pil_draft", "dali_cpu", "dali_mixed")
+_PIL_FILTERS = {"linear": "BILINEAR", "cubic": "BICUBIC", "lanczos3": "LANCZOS", "triangular": "BILINEAR"}
 
 
 class InvalidImageError(ValueError):
@@ -39,8 +47,9 @@ class PreprocessCfg:
         fov_threshold: 8-bit level; a pixel whose brightest channel exceeds it lies inside
             the camera's field of view (the fundus disc), darker pixels are the black mask.
         interpolation: antialiased resize filter.
-        decoder: ``dali_cpu`` (host decode, the CPU profile) or ``dali_mixed`` (nvJPEG, GPU
-            profile).
+        decoder: ``pil_draft`` (libjpeg DCT-domain downscaled decode, the CPU profile),
+            ``dali_cpu`` (full-resolution host decode in DALI) or ``dali_mixed`` (nvJPEG, GPU
+            profile). Checkpoints carry their cfg, so older ones keep ``dali_cpu``.
         min_side_px, max_pixels: accepted image dimensions, checked before decoding.
     """
 
@@ -49,7 +58,7 @@ class PreprocessCfg:
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
     fov_threshold: int = 20
     interpolation: str = "linear"
-    decoder: str = "dali_cpu"
+    decoder: str = "pil_draft"
     min_side_px: int = 64
     max_pixels: int = 40_000_000
 
@@ -176,6 +185,53 @@ def build_pipeline(cfg: PreprocessCfg, *, batch_size: int, num_threads: int, dev
     return pipe
 
 
+def _fov_extent(rgb: np.ndarray, threshold: int) -> tuple[int, int]:
+    """Columns and rows holding any pixel brighter than the black mask (as the DALI pipeline)."""
+    inside = rgb.max(axis=2) > threshold
+    return int(inside.any(axis=0).sum()), int(inside.any(axis=1).sum())
+
+
+def _decode_draft(raw: bytes, request_px: int) -> tuple[np.ndarray, tuple[int, int]]:
+    """RGB pixels at the coarsest DCT scale whose both sides are >= ``request_px``, and the full size."""
+    from PIL import Image
+
+    with Image.open(io.BytesIO(raw)) as im:
+        full_size = im.size
+        im.draft("RGB", (request_px, request_px))  # a no-op for PNG
+        return np.asarray(im.convert("RGB")), full_size
+
+
+def pil_draft_preprocess(data: np.ndarray, cfg: PreprocessCfg) -> tuple[np.ndarray, float, float]:
+    """The ``pil_draft`` decoder on one encoded image: ``(CHW tensor, fov_w, fov_h)``.
+
+    The field-of-view extent is returned in full-resolution source pixels. Raises the
+    decoder's ``OSError``/``ValueError`` when the bytes do not decode.
+    """
+    from PIL import Image
+
+    raw = data.tobytes()
+    request_px = cfg.size
+    while True:
+        rgb, (full_w, full_h) = _decode_draft(raw, request_px)
+        height, width = rgb.shape[:2]
+        fov_w, fov_h = _fov_extent(rgb, cfg.fov_threshold)
+        side = max(fov_w, fov_h)
+        if side >= cfg.size or side == 0 or (width, height) == (full_w, full_h):
+            break
+        # The disc fills less of the frame than the first guess assumed: decode one scale finer.
+        request_px = max(math.ceil(min(width, height) * cfg.size / side), min(width, height) + 1)
+    side = max(side, 1)
+    left, top = (width - side) // 2, (height - side) // 2
+    square = Image.fromarray(rgb).crop((left, top, left + side, top + side))  # pads with black outside
+    resized = square.resize((cfg.size, cfg.size), getattr(Image.Resampling, _PIL_FILTERS[cfg.interpolation]),
+                            reducing_gap=None)
+    mean = np.float32(255.0) * np.asarray(cfg.mean, np.float32)
+    std = np.float32(255.0) * np.asarray(cfg.std, np.float32)
+    tensor = (np.asarray(resized, dtype=np.float32) - mean) / std
+    return (np.ascontiguousarray(tensor.transpose(2, 0, 1), dtype=np.float32),
+            fov_w * full_w / width, fov_h * full_h / height)
+
+
 @dataclass
 class Preprocessor:
     """Runs the DALI pipeline of ``cfg`` on encoded images, isolating bad ones.
@@ -190,6 +246,7 @@ class Preprocessor:
     num_threads: int = 2
     device_id: int | None = None
     _pipe: object = field(default=None, init=False, repr=False)
+    _pool: ThreadPoolExecutor | None = field(default=None, init=False, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
 
     def _pipeline(self):
@@ -211,7 +268,25 @@ class Preprocessor:
         return [(np.array(tensors[i]), float(np.array(widths[i])), float(np.array(heights[i])))
                 for i in range(len(arrays))]
 
+    def _decode_pil_one(self, array: np.ndarray) -> np.ndarray | InvalidImageError:
+        try:
+            tensor, fov_w, fov_h = pil_draft_preprocess(array, self.cfg)
+        except (OSError, ValueError, SyntaxError) as e:
+            return InvalidImageError(f"image could not be decoded: {e}")
+        return self._check_fov(tensor, fov_w, fov_h)
+
+    def _decode_pil(self, arrays: list[np.ndarray]) -> list[np.ndarray | InvalidImageError]:
+        # Each image is processed on its own, so results cannot depend on the batch; libjpeg
+        # releases the GIL, so a small thread pool overlaps decodes.
+        if self.num_threads <= 1 or len(arrays) <= 1:
+            return [self._decode_pil_one(a) for a in arrays]
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=self.num_threads, thread_name_prefix="predilect-decode")
+        return list(self._pool.map(self._decode_pil_one, arrays))
+
     def _decode(self, arrays: list[np.ndarray]) -> list[np.ndarray | InvalidImageError]:
+        if self.cfg.decoder == "pil_draft":
+            return self._decode_pil(arrays)
         try:
             outputs = self._run_dali(arrays)
         except RuntimeError as e:

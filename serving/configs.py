@@ -66,6 +66,7 @@ class PythonModelDef:
     max_queue_delay_us: int
     instance_count: int = 1
     parameters: Mapping[str, str] = field(default_factory=dict)
+    preferred_batch_sizes: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -101,7 +102,8 @@ class ServingOptions:
     preprocess_instances: int = 1
     classifier_instances: int = 1
     dali_threads: int = 2
-    ort_threads: int = 2
+    ort_threads: int = 1  # 2 cores: the decode pool already takes both; see benchmarks/results/sweep-2core*.json
+    preferred_batch_sizes: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         for name in ("max_batch_size", "preprocess_instances", "classifier_instances", "dali_threads", "ort_threads"):
@@ -109,6 +111,8 @@ class ServingOptions:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.max_queue_delay_us < 0:
             raise ValueError(f"max_queue_delay_us must be >= 0, got {self.max_queue_delay_us}")
+        if any(not 1 <= b <= self.max_batch_size for b in self.preferred_batch_sizes):
+            raise ValueError(f"preferred_batch_sizes must lie in 1..max_batch_size, got {self.preferred_batch_sizes}")
 
 
 @dataclass(frozen=True)
@@ -136,7 +140,8 @@ def fundus_screen_models(served: ServedModel, options: ServingOptions = ServingO
     pixels = TensorDef(PIXELS, "TYPE_FP32", (3, size, size))
     logits = TensorDef(LOGITS, "TYPE_FP32", (classes,))
     probabilities = TensorDef(PROBABILITIES, "TYPE_FP32", (classes,))
-    batching = {"max_batch_size": options.max_batch_size, "max_queue_delay_us": options.max_queue_delay_us}
+    batching = {"max_batch_size": options.max_batch_size, "max_queue_delay_us": options.max_queue_delay_us,
+                "preferred_batch_sizes": options.preferred_batch_sizes}
     preprocess = PythonModelDef(
         name=PREPROCESS,
         # Encoded images differ in length: ragged batching lets the batcher group them anyway.
@@ -199,6 +204,7 @@ def to_model_config(definition: ModelDef) -> mc.ModelConfig:
         return config
     config.backend = "python"
     config.dynamic_batching.max_queue_delay_microseconds = definition.max_queue_delay_us
+    config.dynamic_batching.preferred_batch_size.extend(definition.preferred_batch_sizes)
     config.instance_group.add(kind=mc.ModelInstanceGroup.KIND_CPU, count=definition.instance_count)
     return config
 

@@ -15,6 +15,8 @@ from typing import Sequence
 
 import numpy as np
 
+from predilect.training.phantom.cli import parse_size
+
 
 def _step(n: int, title: str) -> float:
     print(f"\n[{n}/6] {title}", flush=True)
@@ -25,20 +27,12 @@ def _done(t0: float, what: str = "done") -> None:
     print(f"      {what} in {time.monotonic() - t0:.1f}s", flush=True)
 
 
-def _parse_size(text: str) -> tuple[int, int]:
-    try:
-        width, height = (int(v) for v in text.lower().split("x"))
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(f"size must look like 2048x1536, got {text!r}") from e
-    return width, height
-
-
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="predilect demo", description=__doc__.splitlines()[0])
     p.add_argument("--workdir", type=Path, default=Path("artifacts"))
     p.add_argument("--count", type=int, default=720, help="phantom fundus photographs")
     p.add_argument("--oct-count", type=int, default=480, help="phantom OCT B-scans (unpaired)")
-    p.add_argument("--size", type=_parse_size, default=(2048, 1536), help="camera frame, WxH")
+    p.add_argument("--size", type=parse_size, default=(2048, 1536), help="camera frame, WxH")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-minutes", type=float, default=3.0, help="training time budget")
     p.add_argument("--epochs", type=int, default=None, help="fundus epochs (default: training's)")

@@ -24,6 +24,7 @@ META_MODEL_NAME = "predilect.model_name"
 META_MODEL_VERSION = "predilect.model_version"
 _REQUIRED_META = (META_CATALOG, META_PREPROCESS, META_MODEL_NAME, META_MODEL_VERSION)
 _PYTHON_MODELS = (configs.PREPROCESS, configs.CLASSIFIER, configs.POSTPROCESS)
+_DEFAULTS = configs.ServingOptions()
 
 
 class ModelMetadataError(ValueError):
@@ -95,20 +96,24 @@ def assemble(
     onnx_path: Path,
     out_dir: Path,
     *,
-    max_batch_size: int = 16,
-    max_queue_delay_us: int = 2_000,
-    preprocess_instances: int = 1,
-    classifier_instances: int = 1,
-    dali_threads: int = 2,
-    ort_threads: int = 2,
+    max_batch_size: int = _DEFAULTS.max_batch_size,
+    max_queue_delay_us: int = _DEFAULTS.max_queue_delay_us,
+    preprocess_instances: int = _DEFAULTS.preprocess_instances,
+    classifier_instances: int = _DEFAULTS.classifier_instances,
+    dali_threads: int = _DEFAULTS.dali_threads,
+    ort_threads: int = _DEFAULTS.ort_threads,
+    preferred_batch_sizes: tuple[int, ...] = _DEFAULTS.preferred_batch_sizes,
 ) -> Path:
-    """Write the model repository for ``onnx_path`` into ``out_dir`` (replacing a previous one)."""
+    """Write the model repository for ``onnx_path`` into ``out_dir`` (replacing a previous one).
+
+    The defaults are ``configs.ServingOptions``'s, tuned for the CPU profile by ``benchmarks/sweep.py``.
+    """
     onnx_path, out_dir = Path(onnx_path), Path(out_dir)
     served = read_served_model(onnx_path)
     options = configs.ServingOptions(
         max_batch_size=max_batch_size, max_queue_delay_us=max_queue_delay_us,
         preprocess_instances=preprocess_instances, classifier_instances=classifier_instances,
-        dali_threads=dali_threads, ort_threads=ort_threads)
+        dali_threads=dali_threads, ort_threads=ort_threads, preferred_batch_sizes=tuple(preferred_batch_sizes))
     shims = shim_source_dir()
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     # Build beside the target and move it in at the end, so a failure leaves no half repository.
@@ -143,7 +148,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="dynamic batcher wait for more requests, in microseconds")
     p.add_argument("--preprocess-instances", type=int, default=defaults.preprocess_instances)
     p.add_argument("--classifier-instances", type=int, default=defaults.classifier_instances)
-    p.add_argument("--dali-threads", type=int, default=defaults.dali_threads, help="DALI CPU threads per instance")
+    p.add_argument("--dali-threads", type=int, default=defaults.dali_threads, help="decode threads per preprocess instance (DALI, or the pil_draft pool)")
     p.add_argument("--ort-threads", type=int, default=defaults.ort_threads, help="ONNX Runtime intra-op threads")
     return p
 

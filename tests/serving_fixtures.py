@@ -111,3 +111,92 @@ def triton_server(model_repository: Path, tmp_path_factory: pytest.TempPathFacto
         log_path=tmp_path_factory.mktemp("triton-log") / "tritonserver.log", startup_timeout_s=180)
     with server:
         yield server
+
+
+# Type 1 attributes of Ophthalmic Photography that img2dcm cannot invent.
+_OPHTHALMIC_TYPE1 = {
+    "ImageLaterality": "R",
+    "AcquisitionDeviceTypeCodeSequence[0].CodeValue": "409899009",
+    "AcquisitionDeviceTypeCodeSequence[0].CodingSchemeDesignator": "SCT",
+    "AcquisitionDeviceTypeCodeSequence[0].CodeMeaning": "Fundus camera",
+}
+
+
+def wrap_jpeg_as_dicom(jpeg: Path, out: Path, *, sop_class: str = "oph", keys: dict[str, str] | None = None,
+                       keep_appn: bool = False) -> Path:
+    """Wrap a JPEG file into DICOM with DCMTK's ``img2dcm`` (JPEG baseline, the JPEG bytes kept).
+
+    ``sop_class``: "oph" (Ophthalmic Photography 8 Bit), "vlp" (VL Photographic) or "sc".
+    ``keys``: extra attributes, e.g. {"PatientName": "Doe^Jane"}.
+    """
+    import subprocess
+
+    command = ["img2dcm", f"-{sop_class}", *([] if not keep_appn else ["-ka"])]
+    attributes = dict(_OPHTHALMIC_TYPE1 if sop_class == "oph" else {})
+    attributes.update(keys or {})
+    for keyword, value in attributes.items():
+        command += ["-k", f"{keyword}={value}"]
+    subprocess.run([*command, str(jpeg), str(out)], check=True, capture_output=True, timeout=60)
+    return out
+
+
+@pytest.fixture(scope="session")
+def dicom_from_jpeg() -> Callable[..., Path]:
+    """``dicom_from_jpeg(jpeg_path, out_path, sop_class=..., keys=..., keep_appn=...)``: see wrap_jpeg_as_dicom."""
+    import shutil
+
+    if shutil.which("img2dcm") is None:
+        pytest.fail("DCMTK's img2dcm is missing: `make system-deps` installs it (apt-get install dcmtk)")
+    return wrap_jpeg_as_dicom
+
+
+def make_tls_files(folder: Path) -> dict[str, Path]:
+    """A throw-away CA, a server certificate for localhost/127.0.0.1 and a client certificate (openssl)."""
+    import subprocess
+
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], check=True, capture_output=True, timeout=60)
+
+    files = {name: folder / f"{name}.pem" for name in ("ca", "ca_key", "server", "server_key", "client", "client_key")}
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=predilect-test-ca",
+            "-keyout", str(files["ca_key"]), "-out", str(files["ca"]))
+    for name, subject in (("server", "/CN=localhost"), ("client", "/CN=pacs-client")):
+        request = folder / f"{name}.csr"
+        openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", subject, "-keyout", str(files[f"{name}_key"]),
+                "-out", str(request))
+        extensions = folder / f"{name}.ext"
+        extensions.write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\n" if name == "server"
+                              else "extendedKeyUsage=clientAuth\n")
+        openssl("x509", "-req", "-in", str(request), "-CA", str(files["ca"]), "-CAkey", str(files["ca_key"]),
+                "-CAcreateserial", "-days", "2", "-extfile", str(extensions), "-out", str(files[name]))
+    return files
+
+
+@pytest.fixture(scope="session")
+def tls_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    import shutil
+
+    if shutil.which("openssl") is None:
+        pytest.fail("openssl is missing: apt-get install openssl")
+    return make_tls_files(tmp_path_factory.mktemp("tls"))
+
+
+@pytest.fixture(scope="session")
+def mutual_tls_server(model_repository: Path, tls_files: dict[str, Path],
+                      tmp_path_factory: pytest.TempPathFactory) -> Iterator["TritonServer"]:
+    """A second real tritonserver whose gRPC endpoint requires mutual TLS (client certificate)."""
+    from predilect.serving.server import TritonServer, free_port
+
+    class MutualTlsServer(TritonServer):
+        def command(self, backend_dir: Path) -> list[str]:
+            return super().command(backend_dir) + [
+                "--grpc-use-ssl=true", "--grpc-use-ssl-mutual=true",
+                f"--grpc-server-cert={tls_files['server']}", f"--grpc-server-key={tls_files['server_key']}",
+                f"--grpc-root-cert={tls_files['ca']}"]
+
+    server = MutualTlsServer(
+        model_repository=model_repository, grpc_port=free_port(), http_port=free_port(),
+        metrics_port=free_port(), bind_address="127.0.0.1",
+        log_path=tmp_path_factory.mktemp("triton-tls-log") / "tritonserver.log", startup_timeout_s=180)
+    with server:
+        yield server

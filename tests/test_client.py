@@ -159,8 +159,8 @@ def test_client_rejection_prefix_matches_server_when_compared() -> None:
 
 
 def test_import_client_loads_no_heavy_module_when_imported() -> None:
-    heavy = ["torch", "onnx", "onnxruntime", "nvidia.dali", "PIL"]
-    code = ("import sys, predilect.client; "
+    heavy = ["torch", "onnx", "onnxruntime", "nvidia.dali", "PIL", "pydicom", "highdicom", "pynetdicom"]
+    code = ("import sys, predilect.client, predilect.client.screen_cli, predilect.client.gateway_cli; "
             f"loaded = [m for m in {heavy!r} if m in sys.modules]; "
             "print(loaded); sys.exit(1 if loaded else 0)")
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)

@@ -92,3 +92,42 @@ def test_preprocessor_rejects_tiny_images_when_below_min_side(preprocessor):
 def test_run_strict_raises_with_index_when_any_image_invalid(preprocessor):
     with pytest.raises(InvalidImageError, match="image 1"):
         preprocessor.run_strict([_fundus_like(), b"nope"])
+
+
+@pytest.fixture(scope="module")
+def dali_preprocessor():
+    return Preprocessor(PreprocessCfg(decoder="dali_cpu"), max_batch_size=4)
+
+
+def test_preprocess_cfg_defaults_to_pil_draft_when_not_given():
+    assert PreprocessCfg().decoder == "pil_draft"
+
+
+def test_pil_draft_results_identical_when_batched_differently():
+    threaded = Preprocessor(PreprocessCfg(decoder="pil_draft"), max_batch_size=3, num_threads=2)
+    serial = Preprocessor(PreprocessCfg(decoder="pil_draft"), max_batch_size=16, num_threads=1)
+    images = [_fundus_like(2048, 1536, seed=s) for s in range(5)]
+    together, chunked = threaded.run(images), serial.run(images)
+    alone = [serial.run([im])[0] for im in images]
+    for a, b, c in zip(together, chunked, alone):
+        assert np.array_equal(a, b) and np.array_equal(a, c)
+
+
+def test_pil_draft_matches_dali_cpu_closely_when_same_image(preprocessor, dali_preprocessor):
+    images = [_fundus_like(2048, 1536, seed=s) for s in range(3)]
+    for fast, full in zip(preprocessor.run(images), dali_preprocessor.run(images)):
+        assert fast.shape == full.shape and np.mean(np.abs(fast - full)) < 0.05
+
+
+def test_pil_draft_decodes_finer_scale_when_disc_small_in_frame():
+    from predilect.preprocess import pil_draft_preprocess
+
+    small_disc = _fundus_like(2048, 1536, seed=4)
+    im = Image.open(io.BytesIO(small_disc)).resize((1024, 768))
+    framed = Image.new("RGB", (2048, 1536))
+    framed.paste(im.resize((400, 300)), (824, 618))  # the disc now spans ~300 px of the frame
+    buf = io.BytesIO()
+    framed.save(buf, "JPEG", quality=92)
+    tensor, fov_w, fov_h = pil_draft_preprocess(np.frombuffer(buf.getvalue(), np.uint8), PreprocessCfg())
+    assert tensor.shape == (3, 224, 224) and 250 < max(fov_w, fov_h) < 330
+

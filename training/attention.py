@@ -8,8 +8,9 @@ Shapes (B images, N tokens of width D, C diseases, K sites per disease):
        softmax weights over the tokens, averaged over its K sites.
 
 This module holds the pure-PyTorch reference: it is the CPU implementation and the one
-every export traces. A fused kernel may sit beside it; ``use_fused_attention`` is the one
-switch, and export forces the reference on (timm's fused_attn pattern).
+every export traces. The fused Triton kernel sits beside it (``predilect.training.kernels``,
+used by the model on CUDA); ``use_fused_attention`` is the one switch, and export forces the
+reference on (timm's fused_attn pattern). ``PREDILECT_FUSED_ATTN=0`` turns the kernel off.
 """
 from __future__ import annotations
 

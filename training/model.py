@@ -13,7 +13,8 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import Tensor, nn
 
-from .attention import predilection_attention_reference
+from .attention import predilection_attention_reference, use_fused_attention
+from .kernels import is_supported, predilection_attention
 
 
 @dataclass(frozen=True)
@@ -88,6 +89,11 @@ class PredilectionHead(nn.Module):
         self.bias = nn.Parameter(torch.zeros(num_diseases))
 
     def forward(self, tokens: Tensor, *, return_attention: bool = False) -> tuple[Tensor, Tensor | None]:
+        if use_fused_attention() and tokens.is_cuda:
+            # One fused kernel; parameters follow the tokens' dtype (e.g. under autocast).
+            sites, weight, bias = (p.to(tokens.dtype) for p in (self.sites, self.weight, self.bias))
+            if is_supported(tokens, sites, weight, bias):
+                return predilection_attention(tokens, sites, weight, bias, return_attention=return_attention)
         return predilection_attention_reference(tokens, self.sites, self.weight, self.bias,
                                                 return_attention=return_attention)
 

@@ -14,7 +14,7 @@ from ..manifest import label_counts, read_manifest
 from .generate import OCT_MANIFEST, generate
 
 
-def _size(text: str) -> tuple[int, int]:
+def parse_size(text: str) -> tuple[int, int]:
     try:
         width, height = (int(v) for v in text.lower().split("x"))
     except ValueError as e:
@@ -28,7 +28,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--count", type=int, default=720, help="fundus photographs (default 720)")
     p.add_argument("--oct-count", type=int, default=480, help="unpaired OCT B-scans (default 480)")
     p.add_argument("--seed", type=int, default=0, help="the data set is a function of this seed")
-    p.add_argument("--size", type=_size, default=(2048, 1536), help="fundus frame WIDTHxHEIGHT (default 2048x1536)")
+    p.add_argument("--size", type=parse_size, default=(2048, 1536), help="fundus frame WIDTHxHEIGHT (default 2048x1536)")
     p.add_argument("--heldout-fraction", type=float, default=0.25, help="share of patients held out (default 0.25)")
     p.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1), help="worker processes")
     return p

@@ -1,0 +1,42 @@
+"""What machine a benchmark ran on, for the report's header and file name."""
+from __future__ import annotations
+
+import os
+import platform
+import re
+from pathlib import Path
+
+
+def cpu_model() -> str:
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text(encoding="utf-8", errors="replace").splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def memory_gib() -> float | None:
+    meminfo = Path("/proc/meminfo")
+    if not meminfo.is_file():
+        return None
+    match = re.search(r"MemTotal:\s+(\d+) kB", meminfo.read_text(encoding="utf-8"))
+    return int(match.group(1)) / 2**20 if match else None
+
+
+def cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def describe() -> str:
+    memory = memory_gib()
+    mem = f", {memory:.0f} GiB RAM" if memory else ""
+    return f"{cores()} cores ({cpu_model()}){mem}, no GPU used, {platform.system()} {platform.release()}, " \
+           f"Python {platform.python_version()}"
+
+
+def slug() -> str:
+    """``<cores>core-<cpu model>``, lower-case, for file names."""
+    model = re.sub(r"\(r\)|\(tm\)|cpu|@.*$", "", cpu_model().lower())
+    model = re.sub(r"[^a-z0-9]+", "-", model).strip("-")[:40]
+    return f"{cores()}core-{model}"

@@ -1,0 +1,88 @@
+"""The stacks under test, started and warmed for a benchmark: Triton (c) and the FastAPI baseline (b)."""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+
+import predilect
+
+
+class BaselineStartError(RuntimeError):
+    """The baseline server exited or did not answer ``/health``; the message ends with its output."""
+
+
+@contextlib.contextmanager
+def baseline_server(checkpoint: Path, *, port: int, log_path: Path, torch_threads: int = 2,
+                    startup_timeout_s: float = 120.0) -> Iterator[str]:
+    """Run the FastAPI + PyTorch baseline in a subprocess; yields its base URL."""
+    env = dict(os.environ)
+    root = str(Path(predilect.__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = f"{root}:{env['PYTHONPATH']}" if env.get("PYTHONPATH") else root
+    command = [sys.executable, "-m", "predilect.benchmarks.baseline_server", "--checkpoint", str(checkpoint),
+               "--host", "127.0.0.1", "--port", str(port), "--torch-threads", str(torch_threads)]
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+        url = f"http://127.0.0.1:{port}"
+        try:
+            _wait_healthy(process, url, log_path, startup_timeout_s)
+            yield url
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+def _wait_healthy(process: subprocess.Popen, url: str, log_path: Path, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise BaselineStartError(f"baseline server exited with {process.returncode}:\n"
+                                     f"{log_path.read_text(errors='replace')[-2000:]}")
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            pass
+        time.sleep(0.3)
+    raise BaselineStartError(f"baseline server not healthy after {timeout_s:.0f} s; log {log_path}")
+
+
+def screen_http(url: str, payload: bytes, *, timeout_s: float = 120.0) -> dict[str, float]:
+    """One baseline request; its probabilities by disease id."""
+    request = urllib.request.Request(f"{url}/screen", data=payload, method="POST",
+                                     headers={"Content-Type": "application/octet-stream"})
+    with urllib.request.urlopen(request, timeout=timeout_s) as response:
+        return json.loads(response.read())["probabilities"]
+
+
+def screen_grpc_all(grpc_url: str, payloads: Sequence[bytes], *, concurrency: int = 4) -> list[dict[str, float]]:
+    """Screen every payload on the Triton ensemble through the client SDK (warm-up and answers)."""
+    from predilect.client import ScreeningClient
+
+    with ScreeningClient(grpc_url, timeout_s=120) as client, ThreadPoolExecutor(concurrency) as pool:
+        return [r.probabilities for r in pool.map(client.screen, payloads)]
+
+
+def screen_http_all(url: str, payloads: Sequence[bytes], *, concurrency: int = 4) -> list[dict[str, float]]:
+    with ThreadPoolExecutor(concurrency) as pool:
+        return list(pool.map(lambda p: screen_http(url, p), payloads))
+
+
+def answers_matrix(answers: Sequence[dict[str, float]], ids: Sequence[str]) -> np.ndarray:
+    return np.array([[a[d] for d in ids] for a in answers], dtype=np.float64)

@@ -1,0 +1,140 @@
+"""DICOM inputs: the frames of an OP / VL Photographic / Secondary Capture instance, as payloads.
+
+Only pixels leave this module: a JPEG-baseline frame as its compressed bytes minus the
+metadata segments (``jpeg.strip_metadata``), anything else decoded and re-encoded as lossless
+PNG. The SOP Instance UID and frame number travel beside the payload, for local correlation
+only. pydicom comes from the optional ``[dicom]`` extra and is imported on first use.
+"""
+from __future__ import annotations
+
+import io
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterator
+
+from predilect.client.errors import DicomSupportMissingError, UnsupportedDicomError
+from predilect.client.jpeg import JpegStructureError, strip_metadata
+from predilect.client.png import encode_png
+
+if TYPE_CHECKING:
+    from pydicom import Dataset
+
+SUPPORTED_SOP_CLASSES: dict[str, str] = {
+    "1.2.840.10008.5.1.4.1.1.77.1.5.1": "Ophthalmic Photography 8 Bit Image Storage",
+    "1.2.840.10008.5.1.4.1.1.77.1.4": "VL Photographic Image Storage",
+    "1.2.840.10008.5.1.4.1.1.7": "Secondary Capture Image Storage",
+}
+JPEG_BASELINE = "1.2.840.10008.1.2.4.50"
+IMPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2"
+EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1"
+UNCOMPRESSED_SYNTAXES = (EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN)
+_PREAMBLE_BYTES = 128
+_PHOTOMETRIC = {"RGB": 3, "MONOCHROME2": 1}  # photometric interpretation -> samples per pixel
+
+
+@dataclass(frozen=True)
+class DicomFrame:
+    """One frame ready to send: ``payload`` holds pixels only (JPEG or PNG bytes)."""
+
+    payload: bytes
+    sop_instance_uid: str
+    frame: int
+
+
+def pydicom_module() -> Any:
+    """pydicom, or DicomSupportMissingError saying how to install it."""
+    try:
+        import pydicom
+    except ImportError as e:
+        raise DicomSupportMissingError("DICOM input needs the optional extra: pip install 'predilect[dicom]'") from e
+    return pydicom
+
+
+def is_dataset(obj: object) -> bool:
+    """True for a pydicom Dataset; never imports pydicom (without it no Dataset can exist)."""
+    pydicom = sys.modules.get("pydicom")
+    return pydicom is not None and isinstance(obj, pydicom.Dataset)
+
+
+def is_dicom_bytes(data: bytes) -> bool:
+    """True when ``data`` is in the DICOM file format (128-byte preamble, then ``DICM``)."""
+    return data[_PREAMBLE_BYTES:_PREAMBLE_BYTES + 4] == b"DICM"
+
+
+def read_dataset(source: bytes | str | os.PathLike, *, stop_before_pixels: bool = False) -> "Dataset":
+    """A dataset from DICOM file bytes or a path; UnsupportedDicomError when it is not DICOM."""
+    pydicom = pydicom_module()
+    from pydicom.errors import InvalidDicomError
+
+    stream: Any = io.BytesIO(source) if isinstance(source, bytes) else Path(source)
+    try:
+        return pydicom.dcmread(stream, stop_before_pixels=stop_before_pixels)
+    except InvalidDicomError as e:
+        raise UnsupportedDicomError(f"{_describe(source)} is not a DICOM file: {e}") from e
+
+
+def _describe(source: object) -> str:
+    return "the bytes given" if isinstance(source, bytes) else str(source)
+
+
+def frame_count(dataset: "Dataset") -> int:
+    return int(dataset.get("NumberOfFrames", 1) or 1)
+
+
+def _transfer_syntax(dataset: "Dataset") -> str:
+    meta = getattr(dataset, "file_meta", None)
+    syntax = getattr(meta, "TransferSyntaxUID", None) if meta is not None else None
+    if syntax is None:
+        raise UnsupportedDicomError("the dataset has no file_meta.TransferSyntaxUID; read it with pydicom.dcmread "
+                                    "or set ds.file_meta.TransferSyntaxUID")
+    return str(syntax)
+
+
+def check_supported(dataset: "Dataset") -> str:
+    """The transfer syntax of a screenable instance; UnsupportedDicomError saying why not otherwise."""
+    sop_class = str(dataset.get("SOPClassUID", ""))
+    if sop_class not in SUPPORTED_SOP_CLASSES:
+        raise UnsupportedDicomError(f"SOP class {sop_class or '(none)'} is not screened; send Ophthalmic "
+                                    "Photography 8 Bit, VL Photographic or Secondary Capture images")
+    if "PixelData" not in dataset:
+        raise UnsupportedDicomError("the instance has no Pixel Data")
+    if not dataset.get("SOPInstanceUID"):
+        raise UnsupportedDicomError("the instance has no SOP Instance UID to correlate its results with")
+    syntax = _transfer_syntax(dataset)
+    if syntax != JPEG_BASELINE and syntax not in UNCOMPRESSED_SYNTAXES:
+        raise UnsupportedDicomError(f"transfer syntax {syntax} is not supported; send JPEG baseline "
+                                    f"({JPEG_BASELINE}) or uncompressed little-endian pixel data")
+    return syntax
+
+
+def _jpeg_frames(dataset: "Dataset") -> Iterator[bytes]:
+    from pydicom.encaps import generate_frames
+
+    for number, frame in enumerate(generate_frames(dataset.PixelData, number_of_frames=frame_count(dataset)), 1):
+        try:
+            yield strip_metadata(frame, allow_truncated=False)
+        except JpegStructureError as e:
+            raise UnsupportedDicomError(f"frame {number} is not a well-formed baseline JPEG: {e}") from e
+
+
+def _decoded_frames(dataset: "Dataset") -> Iterator[bytes]:
+    photometric = str(dataset.get("PhotometricInterpretation", ""))
+    if photometric not in _PHOTOMETRIC or int(dataset.get("BitsAllocated", 0)) != 8:
+        raise UnsupportedDicomError(f"uncompressed pixels must be 8-bit RGB or MONOCHROME2, got {photometric or '?'} "
+                                    f"with {dataset.get('BitsAllocated', '?')} bits allocated")
+    pixels = dataset.pixel_array
+    single_ndim = 3 if _PHOTOMETRIC[photometric] == 3 else 2
+    frames = pixels[None] if pixels.ndim == single_ndim else pixels
+    for frame in frames:
+        yield encode_png(frame)
+
+
+def iter_frames(dataset: "Dataset") -> Iterator[DicomFrame]:
+    """The frames of an instance (1-based numbers), each as an identifier-free payload."""
+    syntax = check_supported(dataset)
+    uid = str(dataset.SOPInstanceUID)
+    payloads = _jpeg_frames(dataset) if syntax == JPEG_BASELINE else _decoded_frames(dataset)
+    for number, payload in enumerate(payloads, 1):
+        yield DicomFrame(payload=payload, sop_instance_uid=uid, frame=number)

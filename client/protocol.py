@@ -1,0 +1,183 @@
+"""What the sync and async clients share: channel options, discovery, requests, error mapping.
+
+Nothing here performs I/O; the clients call tritonclient and hand the answers to these helpers.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import tritonclient.grpc as grpcclient
+from tritonclient.utils import InferenceServerException
+
+from predilect.catalog import Catalog
+from predilect.client.errors import (
+    REJECTED_PREFIX,
+    DeadlineExceededError,
+    ImageRejectedError,
+    IncompatibleModelError,
+    ModelNotReadyError,
+    PredilectClientError,
+    ServerUnavailableError,
+)
+from predilect.client.results import ScreeningResult
+
+IMAGE = "IMAGE"
+PROBABILITIES = "PROBABILITIES"
+_REQUIRED_PARAMETERS = ("catalog", "preprocess", "model_name", "model_version")
+_MAX_MESSAGE_BYTES = 2**31 - 1
+INVALID_ARGUMENT = "INVALID_ARGUMENT"
+
+
+@dataclass(frozen=True)
+class ServedModelInfo:
+    """What the server says about the model it screens with."""
+
+    catalog: Catalog
+    model_name: str
+    model_version: str
+    preprocess: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class TlsConfig:
+    """TLS for the gRPC channel: PEM files; client certificate and key together give mutual TLS.
+
+    ``root_cert_path`` None uses the system roots; ``server_name_override`` checks the server
+    certificate against that name instead of the URL's host (e.g. a cert for a service name).
+    """
+
+    root_cert_path: Path | None = None
+    client_cert_path: Path | None = None
+    client_key_path: Path | None = None
+    server_name_override: str | None = None
+
+    def __post_init__(self) -> None:
+        if (self.client_cert_path is None) != (self.client_key_path is None):
+            raise ValueError("mutual TLS needs both client_cert_path and client_key_path, or neither")
+
+    def credentials(self) -> Any:
+        """The ``grpc.ChannelCredentials`` (reads the PEM files now, so a wrong path fails at once)."""
+        import grpc
+
+        def read(path: Path | None) -> bytes | None:
+            if path is None:
+                return None
+            try:
+                return Path(path).read_bytes()
+            except OSError as e:
+                raise ValueError(f"cannot read TLS file {path}: {e.strerror}") from e
+
+        return grpc.ssl_channel_credentials(root_certificates=read(self.root_cert_path),
+                                            private_key=read(self.client_key_path),
+                                            certificate_chain=read(self.client_cert_path))
+
+
+def channel_args(*, keepalive_time_s: float, keepalive_timeout_s: float, tls: TlsConfig | None
+                 ) -> list[tuple[str, Any]]:
+    """gRPC channel arguments: unlimited message size (like tritonclient's default) and keepalive."""
+    if keepalive_time_s <= 0 or keepalive_timeout_s <= 0:
+        raise ValueError(f"keepalive times must be > 0, got {keepalive_time_s}, {keepalive_timeout_s}")
+    args: list[tuple[str, Any]] = [
+        ("grpc.max_send_message_length", _MAX_MESSAGE_BYTES),
+        ("grpc.max_receive_message_length", _MAX_MESSAGE_BYTES),
+        ("grpc.keepalive_time_ms", int(keepalive_time_s * 1000)),
+        ("grpc.keepalive_timeout_ms", int(keepalive_timeout_s * 1000)),
+        # Pings only while calls are in flight: Triton's default policy answers idle pings with GOAWAY.
+        ("grpc.keepalive_permit_without_calls", 0),
+        ("grpc.http2.max_pings_without_data", 2),
+    ]
+    if tls is not None and tls.server_name_override:
+        args.append(("grpc.ssl_target_name_override", tls.server_name_override))
+    return args
+
+
+def request_headers(*, auth_token: str | None, headers: Mapping[str, str] | None) -> dict[str, str] | None:
+    """gRPC metadata of every call: the caller's headers plus ``authorization: Bearer <token>``."""
+    merged = {key.lower(): value for key, value in (headers or {}).items()}
+    if auth_token is not None:
+        if not auth_token.strip():
+            raise ValueError("auth_token must not be empty")
+        merged["authorization"] = f"Bearer {auth_token}"
+    return merged or None
+
+
+def status_code(error: InferenceServerException) -> str:
+    """The gRPC code name of an error ("StatusCode.UNAVAILABLE" -> "UNAVAILABLE"); rejections are
+    INVALID_ARGUMENT whatever code the ensemble forwarded them with."""
+    if REJECTED_PREFIX in str(error.message() or error):
+        return INVALID_ARGUMENT
+    return str(error.status() or "").rsplit(".", 1)[-1]
+
+
+def translate(error: InferenceServerException, *, url: str, model_name: str, timeout_s: float | None,
+              attempts: int = 1, gave_up_because: str = "") -> PredilectClientError:
+    """The client error for a tritonclient error, with a message that says what to do."""
+    status, message = status_code(error), str(error.message() or error)
+    tried = f" after {attempts} attempts ({gave_up_because})" if attempts > 1 else ""
+    if REJECTED_PREFIX in message:
+        cause = message.split(REJECTED_PREFIX, 1)[1]
+        return ImageRejectedError(f"the server rejected the image: {cause}; send the bytes of a colour "
+                                  "fundus photograph (JPEG or PNG)", cause=cause, attempts=attempts)
+    if status == "DEADLINE_EXCEEDED":
+        return DeadlineExceededError(f"no answer from {url} within {timeout_s} s{tried}; raise timeout_s or "
+                                     "check the server's load", attempts=attempts)
+    lowered = message.lower()
+    if status == "NOT_FOUND" or "unknown model" in lowered or "not ready" in lowered or "not found" in lowered:
+        return ModelNotReadyError(f"model {model_name!r} is not ready on {url}: {message}; wait for the server "
+                                  "to finish loading it or check the model name", attempts=attempts)
+    if status in ("UNAVAILABLE", "RESOURCE_EXHAUSTED"):
+        return ServerUnavailableError(f"no Triton server answers at {url}{tried}: {message}; start one with "
+                                      "`predilect serve`, check the address, or retry later", attempts=attempts)
+    if status == "UNAUTHENTICATED" or status == "PERMISSION_DENIED":
+        return PredilectClientError(f"{url} refused the credentials ({status}): {message}; check auth_token "
+                                    "and the TLS client certificate", attempts=attempts)
+    return PredilectClientError(f"request to {url} failed ({status or 'no status'}): {message}", attempts=attempts)
+
+
+def served_info(config: Any, *, model_name: str, url: str) -> ServedModelInfo:
+    """Model discovery: the catalog and identity from the ensemble's config parameters."""
+    params = {key: value.string_value for key, value in config.parameters.items()}
+    missing = [key for key in _REQUIRED_PARAMETERS if not params.get(key)]
+    if missing:
+        raise IncompatibleModelError(f"model {model_name!r} on {url} lacks config parameters {missing}; is it a "
+                                     "Predilect repository made by `predilect assemble`?")
+    try:
+        catalog = Catalog.from_json(params["catalog"])
+        preprocess = json.loads(params["preprocess"])
+    except (ValueError, KeyError, TypeError) as e:
+        raise IncompatibleModelError(f"model {model_name!r} on {url} serves an unreadable catalog: {e}") from e
+    outputs = {o.name: list(o.dims) for o in config.output}
+    if outputs.get(PROBABILITIES) != [len(catalog)] or IMAGE not in {i.name for i in config.input}:
+        raise IncompatibleModelError(f"model {model_name!r} on {url} does not take {IMAGE} and return "
+                                     f"{PROBABILITIES} [{len(catalog)}]; its outputs are {outputs}")
+    return ServedModelInfo(catalog=catalog, model_name=params["model_name"],
+                           model_version=params["model_version"], preprocess=preprocess)
+
+
+def infer_inputs(payload: bytes) -> list[grpcclient.InferInput]:
+    """The request tensors: the encoded image bytes and nothing else (no names, no UIDs)."""
+    data = np.frombuffer(payload, dtype=np.uint8)
+    tensor = grpcclient.InferInput(IMAGE, [1, data.size], "UINT8")
+    tensor.set_data_from_numpy(data[np.newaxis])
+    return [tensor]
+
+
+def requested_outputs() -> list[grpcclient.InferRequestedOutput]:
+    return [grpcclient.InferRequestedOutput(PROBABILITIES)]
+
+
+def parse_result(response: Any, served: ServedModelInfo, *, url: str, model_name: str, latency_s: float,
+                 sop_instance_uid: str | None, frame: int | None) -> ScreeningResult:
+    """The ScreeningResult of an infer response; the DICOM correlation fields are filled locally."""
+    probabilities = response.as_numpy(PROBABILITIES)
+    if probabilities is None or probabilities.shape != (1, len(served.catalog)):
+        shape = None if probabilities is None else probabilities.shape
+        raise IncompatibleModelError(f"{model_name!r} on {url} returned {PROBABILITIES} of shape {shape}, "
+                                     f"expected (1, {len(served.catalog)})")
+    return ScreeningResult.from_probabilities(
+        probabilities[0].tolist(), served.catalog, model_name=served.model_name,
+        model_version=served.model_version, latency_s=latency_s, sop_instance_uid=sop_instance_uid, frame=frame)

@@ -1,0 +1,172 @@
+"""DICOM inputs against the real server: img2dcm-wrapped JPEGs, uncompressed multi-frame, SR export,
+and no patient identifier in requests, logs or the server log."""
+from __future__ import annotations
+
+import io
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from predilect.client import (
+    InputError,
+    ScreeningClient,
+    ScreeningResult,
+    UnsupportedDicomError,
+    structured_report,
+)
+from predilect.serving.server import TritonServer
+
+import pydicom  # noqa: E402
+
+OP_8BIT = "1.2.840.10008.5.1.4.1.1.77.1.5.1"
+COMPREHENSIVE_SR = "1.2.840.10008.5.1.4.1.1.88.33"
+NAME, PATIENT_ID = "Doe^Jane", "PID-4711-XYZ"
+
+
+@pytest.fixture(scope="module")
+def client(triton_server: TritonServer):
+    with ScreeningClient(triton_server.grpc_url, timeout_s=60) as c:
+        yield c
+
+
+def _values(result: ScreeningResult) -> np.ndarray:
+    return np.array(list(result.probabilities.values()))
+
+
+def _pixels(jpeg: bytes) -> np.ndarray:
+    from PIL import Image
+
+    return np.asarray(Image.open(io.BytesIO(jpeg)).convert("RGB"))
+
+
+@pytest.mark.parametrize("sop_class", ["oph", "vlp", "sc"])
+def test_screen_dicom_matches_source_jpeg_when_wrapped_by_img2dcm(client, fundus_jpeg, dicom_from_jpeg,
+                                                                  tmp_path: Path, sop_class: str) -> None:
+    jpeg = tmp_path / "fundus.jpg"
+    jpeg.write_bytes(fundus_jpeg(60))
+    path = dicom_from_jpeg(jpeg, tmp_path / "fundus.dcm", sop_class=sop_class)
+    dataset = pydicom.dcmread(path)
+    assert dataset.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.4.50"
+    for given in (path, dataset, path.read_bytes()):
+        result = client.screen(given)
+        np.testing.assert_allclose(_values(result), _values(client.screen(jpeg)), rtol=0, atol=1e-6)
+        assert (result.sop_instance_uid, result.frame) == (dataset.SOPInstanceUID, 1)
+
+
+def _jpeg_carrying_identifiers(jpeg: bytes) -> bytes:
+    """The photograph re-saved with the patient's name and ID in EXIF (APP1) and a COM segment."""
+    from PIL import Image
+
+    exif = Image.Exif()
+    exif[0x010E] = f"{NAME} {PATIENT_ID}"  # ImageDescription
+    buffer = io.BytesIO()
+    Image.open(io.BytesIO(jpeg)).save(buffer, format="JPEG", quality=92, exif=exif.tobytes(),
+                                      comment=f"patient {NAME} {PATIENT_ID}".encode())
+    return buffer.getvalue()
+
+
+def test_screen_dicom_sends_no_patient_identifier_when_dataset_and_jpeg_carry_them(
+        client, triton_server, fundus_jpeg, dicom_from_jpeg, tmp_path: Path, monkeypatch, caplog) -> None:
+    import tritonclient.grpc._client as grpc_client_module
+
+    jpeg = tmp_path / "named.jpg"
+    jpeg.write_bytes(_jpeg_carrying_identifiers(fundus_jpeg(61)))
+    path = dicom_from_jpeg(jpeg, tmp_path / "named.dcm", keep_appn=True,
+                           keys={"PatientName": NAME, "PatientID": PATIENT_ID})
+    dataset = pydicom.dcmread(path)
+    assert (str(dataset.PatientName), dataset.PatientID) == (NAME, PATIENT_ID)
+    assert NAME.encode() in dataset.PixelData and b"Exif" in dataset.PixelData, "the frame must carry them"
+
+    sent: list[bytes] = []
+    build = grpc_client_module._get_inference_request
+
+    def recording(*args, **kwargs):
+        request = build(*args, **kwargs)
+        sent.append(request.SerializeToString())
+        return request
+
+    monkeypatch.setattr(grpc_client_module, "_get_inference_request", recording)
+    caplog.set_level(logging.DEBUG)
+    result = client.screen(path)
+    assert result.sop_instance_uid == dataset.SOPInstanceUID
+    assert len(sent) == 1
+    forbidden = [NAME.encode(), b"Jane", PATIENT_ID.encode(), b"Exif", dataset.SOPInstanceUID.encode()]
+    assert not [f for f in forbidden if f in sent[0]], "an identifier left the client"
+    assert any("screened" in r.getMessage() for r in caplog.records), "DEBUG logs were captured"
+    assert not [r for r in caplog.records if NAME in r.getMessage() or PATIENT_ID in r.getMessage()]
+    server_log = Path(triton_server.log_path).read_text(errors="replace")
+    assert NAME not in server_log and PATIENT_ID not in server_log
+    np.testing.assert_allclose(_values(result), _values(client.screen(jpeg)), rtol=0, atol=1e-6)
+
+
+def _multiframe(frames: list[np.ndarray], path: Path) -> Path:
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = OP_8BIT, generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = pydicom.Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = OP_8BIT, meta.MediaStorageSOPInstanceUID
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    ds.PatientName, ds.PatientID, ds.Modality = NAME, PATIENT_ID, "OP"
+    ds.Rows, ds.Columns = frames[0].shape[:2]
+    ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PlanarConfiguration = 3, "RGB", 0
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+    ds.NumberOfFrames = len(frames)
+    ds.PixelData = np.stack(frames).tobytes()
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def test_screen_frames_returns_one_result_per_frame_when_dicom_is_uncompressed_multiframe(
+        client, fundus_jpeg, tmp_path: Path) -> None:
+    frames = [_pixels(fundus_jpeg(62)), _pixels(fundus_jpeg(63))]
+    path = _multiframe(frames, tmp_path / "two.dcm")
+    results = client.screen_frames(path)
+    assert [r.frame for r in results] == [1, 2]
+    for result, pixels in zip(results, frames):
+        np.testing.assert_allclose(_values(result), _values(client.screen(pixels)), rtol=0, atol=1e-6)
+    with pytest.raises(InputError, match="several frames"):
+        client.screen(path)
+    items = list(client.screen_many([path]))
+    assert sorted(i.result.frame for i in items) == [1, 2] and {i.frames for i in items} == {2}
+
+
+def test_screen_raises_unsupported_dicom_error_when_sop_class_is_not_photographic(client, fundus_jpeg,
+                                                                                  tmp_path: Path) -> None:
+    path = _multiframe([_pixels(fundus_jpeg(64))], tmp_path / "ct.dcm")
+    dataset = pydicom.dcmread(path)
+    dataset.SOPClassUID = "1.2.840.10008.5.1.4.1.1.2"  # CT Image Storage
+    with pytest.raises(UnsupportedDicomError, match="Ophthalmic Photography"):
+        client.screen(dataset)
+
+
+def test_structured_report_references_source_and_names_model_when_read_back(client, fundus_jpeg, dicom_from_jpeg,
+                                                                            tmp_path: Path) -> None:
+    jpeg = tmp_path / "sr.jpg"
+    jpeg.write_bytes(fundus_jpeg(65))
+    source = pydicom.dcmread(dicom_from_jpeg(jpeg, tmp_path / "sr-source.dcm",
+                                             keys={"PatientName": NAME, "PatientID": PATIENT_ID}))
+    result = client.screen(source)
+    structured_report(result, source, client.catalog).save_as(tmp_path / "report.dcm", enforce_file_format=True)
+    report = pydicom.dcmread(tmp_path / "report.dcm")
+    assert report.SOPClassUID == COMPREHENSIVE_SR
+    assert (str(report.PatientName), report.PatientID, report.StudyInstanceUID) == (
+        NAME, PATIENT_ID, source.StudyInstanceUID)
+    evidence = report.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence[0]
+    assert evidence.ReferencedSOPSequence[0].ReferencedSOPInstanceUID == source.SOPInstanceUID
+    items = report.ContentSequence
+    texts = {i.ConceptNameCodeSequence[0].CodeMeaning: i.TextValue for i in items if i.ValueType == "TEXT"}
+    assert texts["Algorithm Name"] == result.model_name and texts["Algorithm Version"] == result.model_version
+    image = next(i for i in items if i.ValueType == "IMAGE")
+    assert image.ReferencedSOPSequence[0].ReferencedSOPInstanceUID == source.SOPInstanceUID
+    numbers = {i.ConceptNameCodeSequence[0].CodeValue: float(i.MeasuredValueSequence[0].NumericValue)
+               for i in items if i.ValueType == "NUM"}
+    assert list(numbers) == list(result.probabilities)
+    np.testing.assert_allclose(list(numbers.values()), list(result.probabilities.values()), rtol=0, atol=1e-6)
+    findings = [i.ConceptCodeSequence[0].CodeValue for i in items if i.ValueType == "CODE"]
+    assert findings == result.positive
