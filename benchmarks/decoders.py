@@ -16,8 +16,6 @@ import time
 from pathlib import Path
 from typing import Callable, Sequence
 
-import numpy as np
-
 from predilect.preprocess import PreprocessCfg, Preprocessor
 
 CPU_DECODERS = ("pil_draft", "dali_cpu")

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import csv
 import os
+import resource
 import subprocess
 import sys
-from dataclasses import asdict, dataclass
+import time
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +37,9 @@ class LoadResult:
     p50_ms: float
     p90_ms: float
     p99_ms: float
+    # CPU the load generator itself burnt, in cores (CPU seconds / wall seconds of its run):
+    # on a shared machine it is capacity the server under test did not have.
+    loadgen_cpu_cores: float = float("nan")
 
     @property
     def error_rate(self) -> float:
@@ -89,11 +94,14 @@ def run_locust(user_class: str, host: str, *, users: int, run_time_s: int, image
     """One headless local run; blocks for about ``run_time_s`` (bounded by a hard timeout)."""
     csv_prefix.parent.mkdir(parents=True, exist_ok=True)
     command = _common_args(user_class, host, users=users, run_time_s=run_time_s, csv_prefix=csv_prefix)
+    before, start = resource.getrusage(resource.RUSAGE_CHILDREN), time.monotonic()
     process = subprocess.run(command, env=_environment(images_list, request_timeout_s), stdin=subprocess.DEVNULL,
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                              timeout=run_time_s + request_timeout_s + _GRACE_S)
+    wall_s, after = time.monotonic() - start, resource.getrusage(resource.RUSAGE_CHILDREN)
     _check(process, "locust")
-    return read_stats(csv_prefix, users=users)
+    cpu_s = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return replace(read_stats(csv_prefix, users=users), loadgen_cpu_cores=cpu_s / wall_s)
 
 
 def run_locust_distributed(user_class: str, host: str, *, users: int, run_time_s: int, images_list: Path,

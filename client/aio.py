@@ -10,7 +10,7 @@ import logging
 import time
 from dataclasses import replace
 from types import TracebackType
-from typing import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Mapping, TypeVar
+from typing import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, TypeVar
 
 import tritonclient.grpc.aio as aioclient
 from tritonclient.utils import InferenceServerException
@@ -19,10 +19,9 @@ from predilect.catalog import Catalog
 from predilect.client import protocol
 from predilect.client.errors import ModelNotReadyError, PredilectClientError, ServerUnavailableError
 from predilect.client.inputs import ImageInput, Prepared, prepare, single_frame
-from predilect.client.protocol import ServedModelInfo, TlsConfig
+from predilect.client.protocol import ServedModelInfo
 from predilect.client.results import ScreeningItem, ScreeningResult
-from predilect.client.retry import RetryBudget, RetryPolicy
-from predilect.client.screening import ClientSettings
+from predilect.client.screening import _ClientCore
 
 _log = logging.getLogger("predilect.client")
 T = TypeVar("T")
@@ -37,25 +36,13 @@ async def _aiter(images: Iterable[ImageInput] | AsyncIterable[ImageInput]) -> As
             yield image
 
 
-class AsyncScreeningClient:
+class AsyncScreeningClient(_ClientCore):
     """Asyncio client of the ``fundus_screen`` ensemble; an async context manager.
 
     Takes the options of ``ScreeningClient``. Create and use it inside one running event loop.
     """
 
-    def __init__(self, url: str = "localhost:8001", *, model_name: str = "fundus_screen", timeout_s: float = 30.0,
-                 attempt_timeout_s: float | None = None, retry_policy: RetryPolicy = RetryPolicy(),
-                 retry_budget: RetryBudget | None = None, auth_token: str | None = None,
-                 headers: Mapping[str, str] | None = None, tls: TlsConfig | None = None,
-                 keepalive_time_s: float = 60.0, keepalive_timeout_s: float = 20.0) -> None:
-        self._settings = ClientSettings(url, model_name=model_name, timeout_s=timeout_s,
-                                        attempt_timeout_s=attempt_timeout_s, retry_policy=retry_policy,
-                                        retry_budget=retry_budget, auth_token=auth_token, headers=headers, tls=tls,
-                                        keepalive_time_s=keepalive_time_s, keepalive_timeout_s=keepalive_timeout_s)
-        self.url, self.model_name, self.timeout_s = url, model_name, timeout_s
-        self._client: aioclient.InferenceServerClient | None = None
-        self._served: ServedModelInfo | None = None
-        self._lock = asyncio.Lock()
+    _new_lock = asyncio.Lock
 
     async def connect(self) -> "AsyncScreeningClient":
         """Check the server and the model, and discover the catalog; idempotent."""

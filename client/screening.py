@@ -80,7 +80,31 @@ class ClientSettings:
                                      attempts=attempts.number - 1)
 
 
-class ScreeningClient:
+class _ClientCore:
+    """Options and connection state shared by the sync and asyncio clients (see ``ScreeningClient``)."""
+
+    _new_lock: Callable[[], object] = threading.Lock
+
+    def __init__(self, url: str = "localhost:8001", *, model_name: str = "fundus_screen", timeout_s: float = 30.0,
+                 attempt_timeout_s: float | None = None, retry_policy: RetryPolicy = RetryPolicy(),
+                 retry_budget: RetryBudget | None = None, auth_token: str | None = None,
+                 headers: Mapping[str, str] | None = None, tls: TlsConfig | None = None,
+                 keepalive_time_s: float = 60.0, keepalive_timeout_s: float = 20.0) -> None:
+        self._settings = ClientSettings(url, model_name=model_name, timeout_s=timeout_s,
+                                        attempt_timeout_s=attempt_timeout_s, retry_policy=retry_policy,
+                                        retry_budget=retry_budget, auth_token=auth_token, headers=headers, tls=tls,
+                                        keepalive_time_s=keepalive_time_s, keepalive_timeout_s=keepalive_timeout_s)
+        self.url, self.model_name, self.timeout_s = url, model_name, timeout_s
+        self._client = None
+        self._served: ServedModelInfo | None = None
+        self._lock = self._new_lock()
+
+    @property
+    def retry_budget(self) -> RetryBudget:
+        return self._settings.retry_budget
+
+
+class ScreeningClient(_ClientCore):
     """Client of the ``fundus_screen`` ensemble over gRPC; thread-safe, a context manager.
 
     Args:
@@ -96,24 +120,6 @@ class ScreeningClient:
         tls: TLS / mutual TLS settings; None for a plaintext channel.
         keepalive_time_s, keepalive_timeout_s: HTTP/2 keepalive pings while calls are in flight.
     """
-
-    def __init__(self, url: str = "localhost:8001", *, model_name: str = "fundus_screen", timeout_s: float = 30.0,
-                 attempt_timeout_s: float | None = None, retry_policy: RetryPolicy = RetryPolicy(),
-                 retry_budget: RetryBudget | None = None, auth_token: str | None = None,
-                 headers: Mapping[str, str] | None = None, tls: TlsConfig | None = None,
-                 keepalive_time_s: float = 60.0, keepalive_timeout_s: float = 20.0) -> None:
-        self._settings = ClientSettings(url, model_name=model_name, timeout_s=timeout_s,
-                                        attempt_timeout_s=attempt_timeout_s, retry_policy=retry_policy,
-                                        retry_budget=retry_budget, auth_token=auth_token, headers=headers, tls=tls,
-                                        keepalive_time_s=keepalive_time_s, keepalive_timeout_s=keepalive_timeout_s)
-        self.url, self.model_name, self.timeout_s = url, model_name, timeout_s
-        self._client: grpcclient.InferenceServerClient | None = None
-        self._served: ServedModelInfo | None = None
-        self._lock = threading.Lock()
-
-    @property
-    def retry_budget(self) -> RetryBudget:
-        return self._settings.retry_budget
 
     def connect(self) -> "ScreeningClient":
         """Check the server and the model, and discover the catalog; idempotent."""

@@ -1,8 +1,8 @@
 """Preprocessing: the one definition shared by training, evaluation and serving.
 
 ``PreprocessCfg`` travels inside every checkpoint and every served model repository; the
-DALI pipeline is derived from it and is the only code that turns encoded image bytes into
-model input. Training caches its tensors through the same ``Preprocessor`` that the
+pipeline its ``decoder`` names (``pil_draft`` or a DALI pipeline derived from the cfg) is
+the only code that turns encoded image bytes into model input. Training caches its tensors through the same ``Preprocessor`` that the
 Triton ``preprocess`` model runs, so served tensors equal training-time tensors bit for bit.
 
 Pipeline, per image: decode (RGB, 8 bit) -> field-of-view crop (the square around the
@@ -234,7 +234,7 @@ def pil_draft_preprocess(data: np.ndarray, cfg: PreprocessCfg) -> tuple[np.ndarr
 
 @dataclass
 class Preprocessor:
-    """Runs the DALI pipeline of ``cfg`` on encoded images, isolating bad ones.
+    """Runs the pipeline of ``cfg`` (``cfg.decoder``) on encoded images, isolating bad ones.
 
     ``run`` returns one entry per payload, either the ``(3, size, size)`` float32 tensor or
     the ``InvalidImageError`` that names why that payload was rejected; a bad payload never

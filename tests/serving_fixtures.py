@@ -122,6 +122,15 @@ _OPHTHALMIC_TYPE1 = {
 }
 
 
+@pytest.fixture(scope="module")
+def client(triton_server: "TritonServer"):
+    """A connected sync ``ScreeningClient`` on the session's server."""
+    from predilect.client import ScreeningClient
+
+    with ScreeningClient(triton_server.grpc_url, timeout_s=60) as c:
+        yield c
+
+
 def wrap_jpeg_as_dicom(jpeg: Path, out: Path, *, sop_class: str = "oph", keys: dict[str, str] | None = None,
                        keep_appn: bool = False) -> Path:
     """Wrap a JPEG file into DICOM with DCMTK's ``img2dcm`` (JPEG baseline, the JPEG bytes kept).

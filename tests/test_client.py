@@ -26,12 +26,6 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
-def client(triton_server: TritonServer):
-    with ScreeningClient(triton_server.grpc_url, timeout_s=60) as c:
-        yield c
-
-
-@pytest.fixture(scope="module")
 def reference(tiny_onnx: Path) -> Callable[[bytes], np.ndarray]:
     """In-process reference: the same preprocessing and ONNX model, then a sigmoid."""
     import onnxruntime as ort

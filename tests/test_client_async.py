@@ -12,16 +12,8 @@ from predilect.client import (
     AsyncScreeningClient,
     ImageRejectedError,
     InputError,
-    ScreeningClient,
     ScreeningResult,
 )
-from predilect.serving.server import TritonServer
-
-
-@pytest.fixture(scope="module")
-def client(triton_server: TritonServer):
-    with ScreeningClient(triton_server.grpc_url, timeout_s=60) as c:
-        yield c
 
 
 def _values(result: ScreeningResult) -> np.ndarray:

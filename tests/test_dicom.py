@@ -7,28 +7,19 @@ import logging
 from pathlib import Path
 
 import numpy as np
+import pydicom
 import pytest
 
 from predilect.client import (
     InputError,
-    ScreeningClient,
     ScreeningResult,
     UnsupportedDicomError,
     structured_report,
 )
-from predilect.serving.server import TritonServer
-
-import pydicom  # noqa: E402
 
 OP_8BIT = "1.2.840.10008.5.1.4.1.1.77.1.5.1"
 COMPREHENSIVE_SR = "1.2.840.10008.5.1.4.1.1.88.33"
 NAME, PATIENT_ID = "Doe^Jane", "PID-4711-XYZ"
-
-
-@pytest.fixture(scope="module")
-def client(triton_server: TritonServer):
-    with ScreeningClient(triton_server.grpc_url, timeout_s=60) as c:
-        yield c
 
 
 def _values(result: ScreeningResult) -> np.ndarray:

@@ -8,7 +8,6 @@ import threading
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 from predilect.client import ScreeningClient
 from predilect.client.gateway import DicomGateway, GatewayConfig, RemoteAE
