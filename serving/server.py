@@ -140,6 +140,7 @@ class TritonServer:
         startup_timeout_s: float = 300.0,
         stop_timeout_s: float = 30.0,
         runtime_cache_dir: Path | None = None,
+        extra_args: Sequence[str] = (),
     ) -> None:
         self.model_repository = Path(model_repository).resolve()
         self.grpc_port, self.http_port, self.metrics_port = grpc_port, http_port, metrics_port
@@ -149,6 +150,7 @@ class TritonServer:
         self.startup_timeout_s = startup_timeout_s
         self.stop_timeout_s = stop_timeout_s
         self.runtime_cache_dir = runtime_cache_dir
+        self.extra_args = tuple(extra_args)  # further tritonserver flags, e.g. TLS or restricted protocols
         self._process: subprocess.Popen | None = None
         self._log_file = None
 
@@ -195,6 +197,7 @@ class TritonServer:
             f"--backend-config=python,shm-region-prefix-name={shm_prefix}",
             f"--backend-config=python,shm-default-byte-size={_SHM_BYTES}",
             f"--backend-config=python,shm-growth-byte-size={_SHM_BYTES}",
+            *self.extra_args,
         ]
 
     def _environment(self) -> dict[str, str]:

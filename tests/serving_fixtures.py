@@ -196,16 +196,12 @@ def mutual_tls_server(model_repository: Path, tls_files: dict[str, Path],
     """A second real tritonserver whose gRPC endpoint requires mutual TLS (client certificate)."""
     from predilect.serving.server import TritonServer, free_port
 
-    class MutualTlsServer(TritonServer):
-        def command(self, backend_dir: Path) -> list[str]:
-            return super().command(backend_dir) + [
-                "--grpc-use-ssl=true", "--grpc-use-ssl-mutual=true",
-                f"--grpc-server-cert={tls_files['server']}", f"--grpc-server-key={tls_files['server_key']}",
-                f"--grpc-root-cert={tls_files['ca']}"]
-
-    server = MutualTlsServer(
+    server = TritonServer(
         model_repository=model_repository, grpc_port=free_port(), http_port=free_port(),
         metrics_port=free_port(), bind_address="127.0.0.1",
-        log_path=tmp_path_factory.mktemp("triton-tls-log") / "tritonserver.log", startup_timeout_s=180)
+        log_path=tmp_path_factory.mktemp("triton-tls-log") / "tritonserver.log", startup_timeout_s=180,
+        extra_args=["--grpc-use-ssl=true", "--grpc-use-ssl-mutual=true",
+                    f"--grpc-server-cert={tls_files['server']}", f"--grpc-server-key={tls_files['server_key']}",
+                    f"--grpc-root-cert={tls_files['ca']}"])
     with server:
         yield server

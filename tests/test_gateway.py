@@ -160,3 +160,34 @@ def test_gateway_answers_out_of_resources_when_free_space_below_watermark(triton
     assert sent.returncode != 0
     assert "Refused: OutOfResources" in sent.stderr, sent.stderr  # DCMTK's name for status 0xA700
     assert not list(config.incoming_dir.glob("*.dcm"))
+
+
+def test_gateway_cli_screens_then_drains_when_sigterm_after_storescu(
+        triton_server: TritonServer, fundus_jpeg, dicom_from_jpeg, tmp_path: Path) -> None:
+    import signal
+    import sys
+    import time
+
+    jpeg = tmp_path / "eye.jpg"
+    jpeg.write_bytes(fundus_jpeg(80))
+    dicom = dicom_from_jpeg(jpeg, tmp_path / "eye.dcm", keys={"PatientName": NAME, "PatientID": PATIENT_ID})
+    port = free_port()
+    gateway = subprocess.Popen(
+        [sys.executable, "-m", "predilect.cli", "gateway", "--port", str(port), "--bind", "127.0.0.1",
+         "--allow-aet", "STORESCU", "--incoming", str(tmp_path / "in"), "--out", str(tmp_path / "out"),
+         "--min-free-mb", "1", "--server", triton_server.grpc_url],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while _storescu(port, [dicom]).returncode != 0:  # retried until the SCP listens
+            if gateway.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"gateway did not come up: {gateway.communicate()[1]}")
+            time.sleep(0.5)
+    finally:
+        gateway.send_signal(signal.SIGTERM)
+        _, stderr = gateway.communicate(timeout=60)
+    assert gateway.returncode == 0, stderr
+    assert "listening on 127.0.0.1" in stderr and "stopping" in stderr
+    (record,) = [json.loads(line) for line in (tmp_path / "out" / "results.jsonl").read_text().splitlines()]
+    assert record["sop_instance_uid"] == pydicom.dcmread(dicom).SOPInstanceUID
+    assert NAME not in stderr and PATIENT_ID not in stderr
