@@ -6,12 +6,9 @@ repository assembled from it needs nothing else.
 """
 from __future__ import annotations
 
-import argparse
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
-
 import numpy as np
 import torch
 
@@ -91,34 +88,3 @@ def check_parity(checkpoint: Path, onnx_path: Path, pixels: np.ndarray, *, toler
     exported = onnx_probabilities(onnx_path, pixels)
     diff = float(np.max(np.abs(reference - exported))) if len(pixels) else 0.0
     return ParityReport(images=len(pixels), max_abs_prob_diff=diff, tolerance=tolerance)
-
-
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="predilect export", description=__doc__.splitlines()[0])
-    p.add_argument("--checkpoint", type=Path, default=Path("artifacts/checkpoint/model.safetensors"))
-    p.add_argument("--out", type=Path, default=Path("artifacts/onnx/model.onnx"))
-    p.add_argument("--manifest", type=Path, default=None,
-                   help="check parity on this manifest's held-out images (default: random inputs)")
-    p.add_argument("--cache-dir", type=Path, default=None)
-    p.add_argument("--tolerance", type=float, default=1e-4, help="max |delta probability| allowed")
-    return p
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    meta = export_onnx(args.checkpoint, args.out)
-    if args.manifest is not None:
-        from predilect.training.data import load_fundus_pixels
-        from predilect.training.manifest import read_manifest
-
-        records = read_manifest(args.manifest, catalog=meta.catalog, split="heldout")
-        pixels = load_fundus_pixels(records, meta.preprocess, cache_dir=args.cache_dir)
-        source = f"{len(records)} held-out images"
-    else:
-        pixels = np.random.default_rng(0).standard_normal((16, *meta.preprocess.input_shape)).astype(np.float32)
-        source = "16 random inputs"
-    report = check_parity(args.checkpoint, args.out, pixels, tolerance=args.tolerance)
-    print(f"exported {args.out} ({meta.model.name} {meta.version})")
-    print(f"ONNX Runtime vs PyTorch on {source}: max |delta probability| = {report.max_abs_prob_diff:.2e} "
-          f"(tolerance {report.tolerance:.0e}) -> {'OK' if report.ok else 'FAIL'}")
-    return 0 if report.ok else 1

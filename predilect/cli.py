@@ -12,8 +12,10 @@ from typing import Sequence
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "phantom": ("predilect.training.phantom.cli", "generate synthetic fundus photographs, OCT B-scans and a manifest"),
-    "train": ("predilect.training.train", "train the predilection-site classifier on a manifest"),
-    "export": ("predilect.build.export", "export a checkpoint to ONNX and check it under ONNX Runtime"),
+    "train": ("predilect.training.train_cli", "train the predilection-site classifier on a manifest"),
+    "export": ("predilect.build.export_cli", "export a checkpoint to ONNX and check it under ONNX Runtime"),
+    "trt-rewrite": ("predilect.build.tensorrt.rewrite_cli", "fold the ONNX attention head into the TensorRT plugin node"),
+    "trt-engine": ("predilect.build.tensorrt.engine_cli", "build a TensorRT engine (needs TensorRT and a GPU)"),
     "assemble": ("predilect.serving.repository", "assemble the Triton model repository from an exported model"),
     "serve": ("predilect.serving.server", "start the real tritonserver on a model repository"),
     "demo": ("predilect.serving.demo", "phantom -> train -> export -> assemble -> serve -> screen, end to end"),

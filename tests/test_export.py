@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from predilect.build.export import check_parity, export_onnx, main as export_main, onnx_probabilities
+from predilect.build.export import check_parity, export_onnx, onnx_probabilities
+from predilect.build.export_cli import main as export_main
 from predilect.catalog import DEFAULT_CATALOG
 from predilect.preprocess import PreprocessCfg
 from predilect.training.checkpoint import load_checkpoint, read_meta, save_checkpoint

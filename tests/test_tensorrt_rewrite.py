@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from predilect.build.export import export_onnx, onnx_probabilities
-from predilect.build.tensorrt.onnx_rewrite import DOMAIN, OP_TYPE, find_attention, for_tensorrt, main, rewrite
+from predilect.build.tensorrt.onnx_rewrite import DOMAIN, OP_TYPE, find_attention, for_tensorrt, rewrite
+from predilect.build.tensorrt.rewrite_cli import main
 from predilect.catalog import DEFAULT_CATALOG
 from predilect.preprocess import PreprocessCfg
 from predilect.training.checkpoint import save_checkpoint

@@ -8,7 +8,7 @@ from predilect.preprocess import PreprocessCfg, Preprocessor
 from predilect.training.checkpoint import load_checkpoint
 from predilect.training.data import load_fundus_pixels, load_oct_scans
 from predilect.training.manifest import read_manifest
-from predilect.training.train import main as train_main
+from predilect.training.train_cli import main as train_main
 
 
 def test_train_cli_writes_checkpoint_and_metrics_when_run_on_phantom(phantom_manifest, tmp_path, capsys):

@@ -9,8 +9,6 @@ reported on fundus images preprocessed exactly as the server preprocesses them.
 """
 from __future__ import annotations
 
-import argparse
-import json
 import logging
 import time
 from dataclasses import dataclass, replace
@@ -26,8 +24,8 @@ from predilect.preprocess import PreprocessCfg
 
 from .checkpoint import CheckpointMeta, save_checkpoint
 from .data import OCT_SIZE, load_fundus_pixels, load_oct_scans
-from .manifest import label_matrix, read_manifest
 from .evaluate import predict_proba
+from .manifest import label_matrix, read_manifest
 from .metrics import macro_auroc, per_disease_auroc
 from .model import FundusClassifier, ModelCfg, OctClassifier
 
@@ -145,40 +143,3 @@ def _teach_sites_from_oct(model: FundusClassifier, oct_manifest: Path, *, cfg: T
         report(f"OCT teaching epoch {epoch}/{cfg.oct_epochs} loss {loss:.4f}")
 
     fit(oct_model, scans, labels, epochs=cfg.oct_epochs, cfg=cfg, deadline=deadline, on_epoch=on_epoch)
-
-
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="predilect train", description=__doc__.splitlines()[0])
-    p.add_argument("--manifest", type=Path, required=True, help="fundus manifest CSV (splits train/heldout)")
-    p.add_argument("--oct-manifest", type=Path, default=None,
-                   help="unpaired OCT manifest; default: oct_manifest.csv beside --manifest if present")
-    p.add_argument("--no-oct", action="store_true", help="skip the OCT teaching stage")
-    p.add_argument("--out", type=Path, default=Path("artifacts/checkpoint/model.safetensors"))
-    p.add_argument("--cache-dir", type=Path, default=None, help="cache for preprocessed tensors")
-    defaults = TrainCfg()
-    for name in ("epochs", "oct_epochs", "freeze_sites_epochs", "batch_size", "sites_per_disease", "seed"):
-        p.add_argument(f"--{name.replace('_', '-')}", type=int, default=getattr(defaults, name))
-    for name in ("lr", "weight_decay", "max_minutes"):
-        p.add_argument(f"--{name.replace('_', '-')}", type=float, default=getattr(defaults, name))
-    p.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
-    return p
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    torch.set_num_threads(args.threads)
-    oct_manifest = None if args.no_oct else args.oct_manifest or args.manifest.with_name("oct_manifest.csv")
-    if oct_manifest is not None and not oct_manifest.is_file():
-        if args.oct_manifest is not None:
-            raise SystemExit(f"OCT manifest not found: {oct_manifest}")
-        oct_manifest = None
-    cfg = TrainCfg(**{k: getattr(args, k) for k in TrainCfg.__dataclass_fields__})
-    result = train(args.manifest, args.out, oct_manifest=oct_manifest, cfg=cfg, cache_dir=args.cache_dir,
-                   report=lambda line: print(line, flush=True))
-    print(f"held-out macro AUROC {result.heldout_macro_auroc:.4f} "
-          f"({', '.join(f'{k} {v:.3f}' for k, v in result.heldout_auroc.items())})")
-    print(f"checkpoint {args.out} version {result.meta.version} in {result.seconds:.0f}s")
-    (args.out.parent / "metrics.json").write_text(json.dumps(
-        {"heldout_macro_auroc": result.heldout_macro_auroc, "heldout_auroc": result.heldout_auroc,
-         "seconds": result.seconds, "version": result.meta.version}, indent=2) + "\n")
-    return 0

@@ -1,4 +1,4 @@
-"""`python -m predilect.build.tensorrt.onnx_rewrite`: fold the exported attention head into one node.
+"""Fold the exported attention head into one node.
 
 The served ONNX (``predilect export``) spells predilection attention as ~30 reference ops.
 This rewrite finds that subgraph with onnx-graphsurgeon and replaces it with a single node,
@@ -16,10 +16,7 @@ and bias (C,). Anything else raises ValueError rather than rewriting a graph it 
 """
 from __future__ import annotations
 
-import argparse
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import onnx
@@ -194,27 +191,3 @@ def for_tensorrt(model: onnx.ModelProto) -> onnx.ModelProto:
         node.attribute.extend([helper.make_attribute("plugin_namespace", PLUGIN_NAMESPACE),
                                helper.make_attribute("aot", 1)])
     return out
-
-
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m predilect.build.tensorrt.onnx_rewrite", description=__doc__.splitlines()[0])
-    p.add_argument("--onnx", type=Path, default=Path("artifacts/onnx/model.onnx"), help="the exported model")
-    p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--target", choices=("ort", "tensorrt"), default="ort")
-    return p
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    model = rewrite(onnx.load(str(args.onnx)))
-    if args.target == "tensorrt":
-        model = for_tensorrt(model)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    onnx.save(model, str(args.out))
-    print(f"wrote {args.out}: attention head -> one {DOMAIN}.{OP_TYPE} node ({len(model.graph.node)} nodes, "
-          f"target {args.target})")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
