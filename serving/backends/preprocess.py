@@ -1,6 +1,6 @@
 """The ``preprocess`` model: encoded image bytes -> normalised PIXELS, one image per request.
 
-Runs ``predilect.preprocess.Preprocessor`` (DALI on CPU) on all requests of a dynamic batch
+Runs ``predilect.preprocess.Preprocessor`` (the decoder its served PreprocessCfg names) on all requests of a dynamic batch
 at once; a payload it rejects gets its own error response naming the cause, and the other
 requests of the batch are answered unchanged.
 """
@@ -34,7 +34,7 @@ def preprocess_requests(preprocessor: Preprocessor, images: Sequence[np.ndarray]
 
 
 def _warm_up(preprocessor: Preprocessor) -> None:
-    """Build the DALI pipeline now rather than on the first request."""
+    """Build the pipeline (and its decode threads) now rather than on the first request."""
     from PIL import Image
 
     buffer = io.BytesIO()
