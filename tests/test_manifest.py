@@ -67,33 +67,16 @@ def test_read_manifest_raises_naming_line_when_disease_id_unknown(tmp_path):
         read_manifest(path)
 
 
-def test_read_manifest_raises_when_label_column_disagrees_with_labels(tmp_path):
-    path = _write(tmp_path, "images/a.jpg,P1,R,train,dr,0,0,0,0,0,0")
-    with pytest.raises(ValueError, match=r"line 2.*dr=0"):
-        read_manifest(path)
-
-
-def test_read_manifest_raises_when_image_file_missing(tmp_path):
-    path = _write(tmp_path, "images/missing.jpg,P1,R,train,normal,0,0,0,0,0,0")
-    with pytest.raises(ValueError, match=r"line 2.*missing\.jpg"):
-        read_manifest(path)
-
-
-def test_read_manifest_raises_when_normal_mixed_with_disease(tmp_path):
-    path = _write(tmp_path, "images/a.jpg,P1,R,train,normal;dr,1,0,0,0,0,0")
-    with pytest.raises(ValueError, match="line 2"):
-        read_manifest(path)
-
-
-def test_read_manifest_raises_when_eye_invalid(tmp_path):
-    path = _write(tmp_path, "images/a.jpg,P1,OD,train,normal,0,0,0,0,0,0")
-    with pytest.raises(ValueError, match=r"line 2.*eye"):
-        read_manifest(path)
-
-
-def test_read_manifest_raises_when_row_has_missing_cells(tmp_path):
-    path = _write(tmp_path, "images/a.jpg,P1,R,train,normal,0,0,0")
-    with pytest.raises(ValueError, match="line 2"):
+@pytest.mark.parametrize("row, message", [
+    pytest.param("images/a.jpg,P1,R,train,dr,0,0,0,0,0,0", r"line 2.*dr=0", id="label-column-disagrees"),
+    pytest.param("images/missing.jpg,P1,R,train,normal,0,0,0,0,0,0", r"line 2.*missing\.jpg", id="image-missing"),
+    pytest.param("images/a.jpg,P1,R,train,normal;dr,1,0,0,0,0,0", "line 2", id="normal-mixed-with-disease"),
+    pytest.param("images/a.jpg,P1,OD,train,normal,0,0,0,0,0,0", r"line 2.*eye", id="eye-invalid"),
+    pytest.param("images/a.jpg,P1,R,train,normal,0,0,0", "line 2", id="missing-cells"),
+])
+def test_read_manifest_raises_naming_line_when_row_invalid(tmp_path, row, message):
+    path = _write(tmp_path, row)
+    with pytest.raises(ValueError, match=message):
         read_manifest(path)
 
 
