@@ -6,12 +6,13 @@ runs the sync endpoint in its thread pool, torch uses ``--torch-threads`` intra-
 
     python -m predilect.benchmarks.baseline_server --checkpoint artifacts/checkpoint/model.safetensors --port 8080
 """
+
 from __future__ import annotations
 
 import argparse
 import io
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 from fastapi import FastAPI, HTTPException, Request
@@ -55,7 +56,7 @@ def create_app(checkpoint: Path):
             raise HTTPException(status_code=400, detail=f"not an image: {e}") from e
         with torch.inference_mode():
             probabilities = torch.sigmoid(model(torch.from_numpy(pixels)[None]))[0].tolist()
-        return {"probabilities": dict(zip(ids, probabilities)), "model_version": meta.version}
+        return {"probabilities": dict(zip(ids, probabilities, strict=True)), "model_version": meta.version}
 
     @app.post("/screen")
     async def screen(request: Request) -> dict[str, object]:
@@ -66,7 +67,9 @@ def create_app(checkpoint: Path):
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m predilect.benchmarks.baseline_server", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(
+        prog="python -m predilect.benchmarks.baseline_server", description=__doc__.splitlines()[0]
+    )
     p.add_argument("--checkpoint", type=Path, required=True)
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8080)

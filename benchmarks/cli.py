@@ -5,6 +5,7 @@ eager driven by Locust over HTTP, (c) the Triton ensemble driven by Locust throu
 client SDK: same images, same concurrency points, one after the other on this machine.
 Writes ``<out-dir>/<date>-<machine>.md`` with PNG plots and the raw figures as JSON.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -15,8 +16,9 @@ import shlex
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from predilect.benchmarks import machine, payloads, report
 from predilect.benchmarks.locust_runner import LoadResult, run_locust, run_locust_distributed
@@ -35,20 +37,33 @@ def _users(text: str) -> list[int]:
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="predilect bench", description=__doc__.splitlines()[0])
     p.add_argument("--onnx", type=Path, default=Path("artifacts/onnx/model.onnx"), help="exported model")
-    p.add_argument("--checkpoint", type=Path, default=None,
-                   help="checkpoint for baseline (b); default: artifacts/checkpoint/model.safetensors if present")
-    p.add_argument("--model-repository", type=Path, default=None,
-                   help="serve this repository as is (default: assemble --onnx with the tuned defaults)")
-    p.add_argument("--manifest", type=Path, default=Path("artifacts/phantom/manifest.csv"),
-                   help="phantom manifest: held-out images are the camera payloads and give AUROC checks")
+    p.add_argument(
+        "--checkpoint",
+        type=Path,
+        default=None,
+        help="checkpoint for baseline (b); default: artifacts/checkpoint/model.safetensors if present",
+    )
+    p.add_argument(
+        "--model-repository",
+        type=Path,
+        default=None,
+        help="serve this repository as is (default: assemble --onnx with the tuned defaults)",
+    )
+    p.add_argument(
+        "--manifest",
+        type=Path,
+        default=Path("artifacts/phantom/manifest.csv"),
+        help="phantom manifest: held-out images are the camera payloads and give AUROC checks",
+    )
     p.add_argument("--images", type=int, default=180, help="camera-size images sent round-robin (the held-out split)")
     p.add_argument("--users", type=_users, default=[1, 2, 4, 8, 16, 32, 64], help="concurrency points, e.g. 1,4,16")
     p.add_argument("--seconds-per-point", type=int, default=20)
     p.add_argument("--locust-workers", type=int, default=0, help="0: one local locust process; N: master + N workers")
     p.add_argument("--no-baseline", action="store_true", help="skip baseline (b)")
     p.add_argument("--no-mix", action="store_true", help="skip the mixed 1.5-6 MP point")
-    p.add_argument("--quick", action="store_true",
-                   help="CI smoke: 2 rendered images, users 1,2, 3 s per point, no mix, no AUROC")
+    p.add_argument(
+        "--quick", action="store_true", help="CI smoke: 2 rendered images, users 1,2, 3 s per point, no mix, no AUROC"
+    )
     p.add_argument("--out-dir", type=Path, default=Path("benchmarks/results"))
     p.add_argument("--name", default=None, help="report name (default: <date>-<machine>)")
     p.add_argument("--workdir", type=Path, default=None, help="scratch folder (default: a new temp folder)")
@@ -69,15 +84,25 @@ def _camera_payloads(args: argparse.Namespace, work: Path) -> tuple[list[Path], 
     return paths, f"{len(paths)} rendered phantom JPEGs at {width}x{height}", False
 
 
-def _load(args: argparse.Namespace, user_class: str, host: str, users: int, images_list: Path, csv_prefix: Path) -> LoadResult:
+def _load(
+    args: argparse.Namespace, user_class: str, host: str, users: int, images_list: Path, csv_prefix: Path
+) -> LoadResult:
     if args.locust_workers:
         from predilect.serving.server import free_port
 
-        return run_locust_distributed(user_class, host, users=users, run_time_s=args.seconds_per_point,
-                                      images_list=images_list, csv_prefix=csv_prefix, workers=args.locust_workers,
-                                      master_port=free_port())
-    return run_locust(user_class, host, users=users, run_time_s=args.seconds_per_point, images_list=images_list,
-                      csv_prefix=csv_prefix)
+        return run_locust_distributed(
+            user_class,
+            host,
+            users=users,
+            run_time_s=args.seconds_per_point,
+            images_list=images_list,
+            csv_prefix=csv_prefix,
+            workers=args.locust_workers,
+            master_port=free_port(),
+        )
+    return run_locust(
+        user_class, host, users=users, run_time_s=args.seconds_per_point, images_list=images_list, csv_prefix=csv_prefix
+    )
 
 
 def _sweep_triton(args, server, camera_list: Path, work: Path) -> list[dict[str, Any]]:
@@ -89,8 +114,11 @@ def _sweep_triton(args, server, camera_list: Path, work: Path) -> list[dict[str,
         result = _load(args, "TritonGrpcUser", server.grpc_url, users, camera_list, work / "csv" / f"triton-{users}")
         times = interval_times(before, snapshot(server.grpc_url))
         points.append({**result.to_dict(), "triton_times": [t.to_dict() for t in times]})
-        print(f"  (c) triton   users {users:>3}: {result.requests_per_s:6.1f} images/s  p50 {result.p50_ms:6.0f} ms"
-              f"  p99 {result.p99_ms:6.0f} ms  errors {result.error_rate:.1%}", flush=True)
+        print(
+            f"  (c) triton   users {users:>3}: {result.requests_per_s:6.1f} images/s  p50 {result.p50_ms:6.0f} ms"
+            f"  p99 {result.p99_ms:6.0f} ms  errors {result.error_rate:.1%}",
+            flush=True,
+        )
     return points
 
 
@@ -99,8 +127,11 @@ def _sweep_baseline(args, url: str, camera_list: Path, work: Path) -> list[dict[
     for users in args.users:
         result = _load(args, "BaselineHttpUser", url, users, camera_list, work / "csv" / f"baseline-{users}")
         points.append(result.to_dict())
-        print(f"  (b) baseline users {users:>3}: {result.requests_per_s:6.1f} images/s  p50 {result.p50_ms:6.0f} ms"
-              f"  p99 {result.p99_ms:6.0f} ms  errors {result.error_rate:.1%}", flush=True)
+        print(
+            f"  (b) baseline users {users:>3}: {result.requests_per_s:6.1f} images/s  p50 {result.p50_ms:6.0f} ms"
+            f"  p99 {result.p99_ms:6.0f} ms  errors {result.error_rate:.1%}",
+            flush=True,
+        )
     return points
 
 
@@ -121,14 +152,22 @@ def _run_triton(args, results: dict, camera: list[Path], lists: dict[str, Path],
 
     repository = args.model_repository or assemble(args.onnx, work / "model_repository")
     print(f"(c) starting tritonserver on {repository}", flush=True)
-    with TritonServer(model_repository=repository, grpc_port=free_port(), http_port=free_port(),
-                      metrics_port=free_port(), bind_address="127.0.0.1", log_path=work / "tritonserver.log") as server:
+    with TritonServer(
+        model_repository=repository,
+        grpc_port=free_port(),
+        http_port=free_port(),
+        metrics_port=free_port(),
+        bind_address="127.0.0.1",
+        log_path=work / "tritonserver.log",
+    ) as server:
         answers = screen_grpc_all(server.grpc_url, [p.read_bytes() for p in camera])  # warm-up
         if labelled:
             results["accuracy"][report.STACK_TRITON] = _auroc(answers, args.manifest, len(camera))
         results["sweeps"][report.STACK_TRITON] = _sweep_triton(args, server, lists["camera"], work)
         if "mix" in lists:
-            result = _load(args, "TritonGrpcUser", server.grpc_url, MIX_USERS, lists["mix"], work / "csv" / "triton-mix")
+            result = _load(
+                args, "TritonGrpcUser", server.grpc_url, MIX_USERS, lists["mix"], work / "csv" / "triton-mix"
+            )
             results["mix"][report.STACK_TRITON] = result.to_dict()
 
 
@@ -164,10 +203,17 @@ def _setup(args: argparse.Namespace) -> dict[str, Any]:
 
     served = read_served_model(args.onnx)
     options = "as in " + str(args.model_repository) if args.model_repository else str(ServingOptions())
-    return {"onnx": str(args.onnx), "model_version": served.model_version, "decoder": served.preprocess.decoder,
-            "serving_options": options, "locust_version": version("locust"),
-            "seconds_per_point": args.seconds_per_point, "users": args.users, "headline_users": HEADLINE_USERS
-            if HEADLINE_USERS in args.users else args.users[-1], "locust_workers": args.locust_workers}
+    return {
+        "onnx": str(args.onnx),
+        "model_version": served.model_version,
+        "decoder": served.preprocess.decoder,
+        "serving_options": options,
+        "locust_version": version("locust"),
+        "seconds_per_point": args.seconds_per_point,
+        "users": args.users,
+        "headline_users": HEADLINE_USERS if HEADLINE_USERS in args.users else args.users[-1],
+        "locust_workers": args.locust_workers,
+    }
 
 
 def _resolve_checkpoint(args: argparse.Namespace) -> None:
@@ -189,15 +235,23 @@ def run(args: argparse.Namespace, work: Path, argv: Sequence[str]) -> Path:
     camera, camera_label, labelled = _camera_payloads(args, work)
     lists = {"camera": payloads.write_list(camera, work / "camera.txt")}
     results: dict[str, Any] = {
-        "date": now.strftime("%Y-%m-%d %H:%M UTC"), "command": "predilect bench " + shlex.join(argv),
-        "machine": {"description": machine.describe(), "slug": machine.slug()}, "setup": _setup(args),
-        "payloads": {"camera": {"label": camera_label}}, "sweeps": {}, "mix": {}, "accuracy": {}, "notes": [],
+        "date": now.strftime("%Y-%m-%d %H:%M UTC"),
+        "command": "predilect bench " + shlex.join(argv),
+        "machine": {"description": machine.describe(), "slug": machine.slug()},
+        "setup": _setup(args),
+        "payloads": {"camera": {"label": camera_label}},
+        "sweeps": {},
+        "mix": {},
+        "accuracy": {},
+        "notes": [],
     }
     if not args.no_mix:
         mix = payloads.render_set(work / "mix", count=8, sizes=payloads.MIX_SIZES)
         lists["mix"] = payloads.write_list(mix, work / "mix.txt")
-        results["payloads"]["mix"] = {"label": "8 rendered phantom JPEGs, " + ", ".join(
-            f"{w}x{h} ({w * h / 1e6:.1f} MP)" for w, h in payloads.MIX_SIZES)}
+        results["payloads"]["mix"] = {
+            "label": "8 rendered phantom JPEGs, "
+            + ", ".join(f"{w}x{h} ({w * h / 1e6:.1f} MP)" for w, h in payloads.MIX_SIZES)
+        }
     _run_inprocess(args, results, camera)
     _run_triton(args, results, camera, lists, work, labelled)
     if args.checkpoint is not None:

@@ -6,6 +6,7 @@
 Timings are single-threaded, per image, on the first ``--images`` held-out JPEGs; AUROC runs
 the checkpoint on every held-out image preprocessed with each ``PreprocessCfg.decoder``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -13,8 +14,8 @@ import dataclasses
 import io
 import json
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 from predilect.preprocess import PreprocessCfg, Preprocessor
 
@@ -51,7 +52,7 @@ def decode_timings(data: Sequence[bytes], cfg: PreprocessCfg) -> dict[str, float
     }
     for decoder in CPU_DECODERS:
         pre = Preprocessor(dataclasses.replace(cfg, decoder=decoder), max_batch_size=16, num_threads=1)
-        timings[f"full preprocess, decoder={decoder}"] = _per_image_ms(lambda: pre.run_strict(list(data)), n)
+        timings[f"full preprocess, decoder={decoder}"] = _per_image_ms(lambda pre=pre: pre.run_strict(list(data)), n)
     return timings
 
 
@@ -101,9 +102,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"held-out macro AUROC, decoder={decoder:<10} {value:.4f}")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps({"checkpoint": str(args.checkpoint), "trained_with": meta.preprocess.decoder,
-                                        "images_timed": len(data), "ms_per_image": timings,
-                                        "heldout_macro_auroc": aurocs}, indent=2) + "\n")
+        args.out.write_text(
+            json.dumps(
+                {
+                    "checkpoint": str(args.checkpoint),
+                    "trained_with": meta.preprocess.decoder,
+                    "images_timed": len(data),
+                    "ms_per_image": timings,
+                    "heldout_macro_auroc": aurocs,
+                },
+                indent=2,
+            )
+            + "\n"
+        )
     return 0
 
 

@@ -6,14 +6,15 @@ worker per core loops over batches (decode, then inference), so decoding on one 
 overlaps inference on the other as it does inside Triton; a single serial loop would
 leave a core idle and understate the bound.
 """
+
 from __future__ import annotations
 
 import os
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 
 @dataclass(frozen=True)
@@ -37,8 +38,14 @@ class _Tally:
     infer_s: float = 0.0
 
 
-def _worker(onnx_path: Path, batches: list[list[bytes]], offset: int, deadline: list[float], tally: _Tally,
-            ready: threading.Barrier) -> None:
+def _worker(
+    onnx_path: Path,
+    batches: list[list[bytes]],
+    offset: int,
+    deadline: list[float],
+    tally: _Tally,
+    ready: threading.Barrier,
+) -> None:
     from predilect.preprocess import Preprocessor
     from predilect.serving.backends.classifier import OnnxClassifier
     from predilect.serving.repository import read_served_model
@@ -61,18 +68,21 @@ def _worker(onnx_path: Path, batches: list[list[bytes]], offset: int, deadline: 
         tally.images += len(batch)
 
 
-def run_inprocess(onnx_path: Path, payloads: Sequence[bytes], *, duration_s: float, batch_size: int = 8,
-                  workers: int | None = None) -> InProcessResult:
+def run_inprocess(
+    onnx_path: Path, payloads: Sequence[bytes], *, duration_s: float, batch_size: int = 8, workers: int | None = None
+) -> InProcessResult:
     """Screen ``payloads`` round-robin in batches of ``batch_size`` on ``workers`` threads (default: one per
     core) for about ``duration_s``; per-image stage times are summed over workers (CPU-time-like)."""
     workers = workers or os.cpu_count() or 1
-    batches = [list(payloads[i:i + batch_size]) for i in range(0, len(payloads), batch_size)]
+    batches = [list(payloads[i : i + batch_size]) for i in range(0, len(payloads), batch_size)]
     tallies = [_Tally() for _ in range(workers)]
     ready = threading.Barrier(workers + 1)
     # The deadline is set once every worker has loaded its model, so set-up is not timed.
     deadline = [float("inf")]
-    threads = [threading.Thread(target=_worker, args=(onnx_path, batches, k, deadline, tallies[k], ready))
-               for k in range(workers)]
+    threads = [
+        threading.Thread(target=_worker, args=(onnx_path, batches, k, deadline, tallies[k], ready))
+        for k in range(workers)
+    ]
     for t in threads:
         t.start()
     ready.wait()
@@ -82,6 +92,11 @@ def run_inprocess(onnx_path: Path, payloads: Sequence[bytes], *, duration_s: flo
         t.join()
     seconds = time.perf_counter() - start
     images = sum(t.images for t in tallies)
-    return InProcessResult(images=images, seconds=seconds, batch_size=batch_size, workers=workers,
-                           preprocess_ms_per_image=sum(t.preprocess_s for t in tallies) / images * 1000.0,
-                           infer_ms_per_image=sum(t.infer_s for t in tallies) / images * 1000.0)
+    return InProcessResult(
+        images=images,
+        seconds=seconds,
+        batch_size=batch_size,
+        workers=workers,
+        preprocess_ms_per_image=sum(t.preprocess_s for t in tallies) / images * 1000.0,
+        infer_ms_per_image=sum(t.infer_s for t in tallies) / images * 1000.0,
+    )

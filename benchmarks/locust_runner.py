@@ -4,6 +4,7 @@ Locust monkey-patches the standard library with gevent at import; it therefore n
 in the calling process, only in ``python -m locust`` children (a master and workers on
 loopback in distributed mode).
 """
+
 from __future__ import annotations
 
 import csv
@@ -59,10 +60,33 @@ def _environment(images_list: Path, timeout_s: float) -> dict[str, str]:
 
 
 def _common_args(user_class: str, host: str, *, users: int, run_time_s: int, csv_prefix: Path) -> list[str]:
-    return [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), user_class, "--headless", "--host", host,
-            "--users", str(users), "--spawn-rate", str(users), "--run-time", f"{run_time_s}s",
-            "--csv", str(csv_prefix), "--reset-stats", "--only-summary", "--stop-timeout", "30",
-            "--exit-code-on-error", "0", "--loglevel", "WARNING"]
+    return [
+        sys.executable,
+        "-m",
+        "locust",
+        "-f",
+        str(LOCUSTFILE),
+        user_class,
+        "--headless",
+        "--host",
+        host,
+        "--users",
+        str(users),
+        "--spawn-rate",
+        str(users),
+        "--run-time",
+        f"{run_time_s}s",
+        "--csv",
+        str(csv_prefix),
+        "--reset-stats",
+        "--only-summary",
+        "--stop-timeout",
+        "30",
+        "--exit-code-on-error",
+        "0",
+        "--loglevel",
+        "WARNING",
+    ]
 
 
 def read_stats(csv_prefix: Path, *, users: int) -> LoadResult:
@@ -79,9 +103,15 @@ def read_stats(csv_prefix: Path, *, users: int) -> LoadResult:
         value = row.get(key, "")
         return float(value) if value not in ("", "N/A") else float("nan")
 
-    return LoadResult(users=users, requests=int(number("Request Count")), failures=int(number("Failure Count")),
-                      requests_per_s=number("Requests/s"), p50_ms=number("50%"), p90_ms=number("90%"),
-                      p99_ms=number("99%"))
+    return LoadResult(
+        users=users,
+        requests=int(number("Request Count")),
+        failures=int(number("Failure Count")),
+        requests_per_s=number("Requests/s"),
+        p50_ms=number("50%"),
+        p90_ms=number("90%"),
+        p99_ms=number("99%"),
+    )
 
 
 def _check(process: subprocess.CompletedProcess, what: str) -> None:
@@ -89,37 +119,86 @@ def _check(process: subprocess.CompletedProcess, what: str) -> None:
         raise LocustRunError(f"{what} exited with {process.returncode}:\n{process.stdout[-3000:]}")
 
 
-def run_locust(user_class: str, host: str, *, users: int, run_time_s: int, images_list: Path, csv_prefix: Path,
-               request_timeout_s: float = 120.0) -> LoadResult:
+def run_locust(
+    user_class: str,
+    host: str,
+    *,
+    users: int,
+    run_time_s: int,
+    images_list: Path,
+    csv_prefix: Path,
+    request_timeout_s: float = 120.0,
+) -> LoadResult:
     """One headless local run; blocks for about ``run_time_s`` (bounded by a hard timeout)."""
     csv_prefix.parent.mkdir(parents=True, exist_ok=True)
     command = _common_args(user_class, host, users=users, run_time_s=run_time_s, csv_prefix=csv_prefix)
     before, start = resource.getrusage(resource.RUSAGE_CHILDREN), time.monotonic()
-    process = subprocess.run(command, env=_environment(images_list, request_timeout_s), stdin=subprocess.DEVNULL,
-                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                             timeout=run_time_s + request_timeout_s + _GRACE_S)
+    process = subprocess.run(
+        command,
+        env=_environment(images_list, request_timeout_s),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=run_time_s + request_timeout_s + _GRACE_S,
+    )
     wall_s, after = time.monotonic() - start, resource.getrusage(resource.RUSAGE_CHILDREN)
     _check(process, "locust")
     cpu_s = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     return replace(read_stats(csv_prefix, users=users), loadgen_cpu_cores=cpu_s / wall_s)
 
 
-def run_locust_distributed(user_class: str, host: str, *, users: int, run_time_s: int, images_list: Path,
-                           csv_prefix: Path, workers: int, master_port: int,
-                           request_timeout_s: float = 120.0) -> LoadResult:
+def run_locust_distributed(
+    user_class: str,
+    host: str,
+    *,
+    users: int,
+    run_time_s: int,
+    images_list: Path,
+    csv_prefix: Path,
+    workers: int,
+    master_port: int,
+    request_timeout_s: float = 120.0,
+) -> LoadResult:
     """A master and ``workers`` worker processes on loopback; the master writes the CSV."""
     csv_prefix.parent.mkdir(parents=True, exist_ok=True)
     env = _environment(images_list, request_timeout_s)
     master_cmd = _common_args(user_class, host, users=users, run_time_s=run_time_s, csv_prefix=csv_prefix) + [
-        "--master", "--master-bind-host", "127.0.0.1", "--master-bind-port", str(master_port),
-        "--expect-workers", str(workers), "--expect-workers-max-wait", "60"]
-    worker_cmd = [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), user_class, "--worker",
-                  "--master-host", "127.0.0.1", "--master-port", str(master_port), "--loglevel", "WARNING"]
+        "--master",
+        "--master-bind-host",
+        "127.0.0.1",
+        "--master-bind-port",
+        str(master_port),
+        "--expect-workers",
+        str(workers),
+        "--expect-workers-max-wait",
+        "60",
+    ]
+    worker_cmd = [
+        sys.executable,
+        "-m",
+        "locust",
+        "-f",
+        str(LOCUSTFILE),
+        user_class,
+        "--worker",
+        "--master-host",
+        "127.0.0.1",
+        "--master-port",
+        str(master_port),
+        "--loglevel",
+        "WARNING",
+    ]
     hard_timeout = run_time_s + request_timeout_s + _GRACE_S + 60
-    master = subprocess.Popen(master_cmd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True)
-    worker_procs = [subprocess.Popen(worker_cmd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL) for _ in range(workers)]
+    master = subprocess.Popen(
+        master_cmd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    worker_procs = [
+        subprocess.Popen(
+            worker_cmd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        for _ in range(workers)
+    ]
     try:
         output, _ = master.communicate(timeout=hard_timeout)
     finally:

@@ -8,6 +8,7 @@
 each user cycles through them from its own offset, closed loop (no think time), so the
 number of users is the number of requests in flight.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -75,8 +76,13 @@ class TritonGrpcUser(User):
         except PredilectClientError as e:
             error = e
         self.environment.events.request.fire(
-            request_type="grpc", name="fundus_screen", response_time=(time.perf_counter() - start) * 1000.0,
-            response_length=len(payload), exception=error, context={})
+            request_type="grpc",
+            name="fundus_screen",
+            response_time=(time.perf_counter() - start) * 1000.0,
+            response_length=len(payload),
+            exception=error,
+            context={},
+        )
 
 
 class BaselineHttpUser(FastHttpUser):
@@ -92,8 +98,13 @@ class BaselineHttpUser(FastHttpUser):
     @task
     def screen(self) -> None:
         payload = next(self._payloads)
-        with self.client.post("/screen", data=payload, headers={"Content-Type": "application/octet-stream"},
-                              name="screen", catch_response=True) as response:
+        with self.client.post(
+            "/screen",
+            data=payload,
+            headers={"Content-Type": "application/octet-stream"},
+            name="screen",
+            catch_response=True,
+        ) as response:
             if response.status_code != 200:
                 response.failure(f"HTTP {response.status_code}: {response.text[:200]}")
             elif "probabilities" not in (response.json() or {}):

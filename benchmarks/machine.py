@@ -1,4 +1,5 @@
 """What machine a benchmark ran on, for the report's header and file name."""
+
 from __future__ import annotations
 
 import os
@@ -31,8 +32,10 @@ def cores() -> int:
 def describe() -> str:
     memory = memory_gib()
     mem = f", {memory:.0f} GiB RAM" if memory else ""
-    return f"{cores()} cores ({cpu_model()}){mem}, no GPU used, {platform.system()} {platform.release()}, " \
-           f"Python {platform.python_version()}"
+    return (
+        f"{cores()} cores ({cpu_model()}){mem}, no GPU used, {platform.system()} {platform.release()}, "
+        f"Python {platform.python_version()}"
+    )
 
 
 def slug() -> str:

@@ -3,10 +3,11 @@
 Two sets: ``camera`` (every image at one camera frame, 2048x1536 by default) and ``mix``
 (frames of 1.5 to 6 MP, as a screening programme with several camera models sends).
 """
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 # 1.6, 3.1, 5.0 and 5.9 MP frames, all 4:3 as fundus cameras deliver them.
 MIX_SIZES: tuple[tuple[int, int], ...] = ((1440, 1080), (2048, 1536), (2592, 1944), (2816, 2112))
@@ -28,8 +29,9 @@ def render_set(out_dir: Path, *, count: int, sizes: Sequence[tuple[int, int]], s
         if not path.is_file():
             rng = image_rng(seed, 0, i)
             labels = frozenset(d for d in DISEASES if rng.random() < 0.2)
-            image = render_fundus(labels, rng=np.random.default_rng(rng.integers(1 << 32)), width=width,
-                                  height=height, eye="RL"[i % 2])
+            image = render_fundus(
+                labels, rng=np.random.default_rng(rng.integers(1 << 32)), width=width, height=height, eye="RL"[i % 2]
+            )
             tmp = path.with_suffix(".tmp")
             image.save(tmp, "JPEG", quality=JPEG_QUALITY)
             tmp.replace(path)

@@ -1,4 +1,5 @@
 """The stacks under test, started and warmed for a benchmark: Triton (c) and the FastAPI baseline (b)."""
+
 from __future__ import annotations
 
 import contextlib
@@ -9,9 +10,9 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import numpy as np
 
@@ -23,14 +24,26 @@ class BaselineStartError(RuntimeError):
 
 
 @contextlib.contextmanager
-def baseline_server(checkpoint: Path, *, port: int, log_path: Path, torch_threads: int = 2,
-                    startup_timeout_s: float = 120.0) -> Iterator[str]:
+def baseline_server(
+    checkpoint: Path, *, port: int, log_path: Path, torch_threads: int = 2, startup_timeout_s: float = 120.0
+) -> Iterator[str]:
     """Run the FastAPI + PyTorch baseline in a subprocess; yields its base URL."""
     env = dict(os.environ)
     root = str(Path(predilect.__file__).resolve().parent.parent)
     env["PYTHONPATH"] = f"{root}:{env['PYTHONPATH']}" if env.get("PYTHONPATH") else root
-    command = [sys.executable, "-m", "predilect.benchmarks.baseline_server", "--checkpoint", str(checkpoint),
-               "--host", "127.0.0.1", "--port", str(port), "--torch-threads", str(torch_threads)]
+    command = [
+        sys.executable,
+        "-m",
+        "predilect.benchmarks.baseline_server",
+        "--checkpoint",
+        str(checkpoint),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--torch-threads",
+        str(torch_threads),
+    ]
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("wb") as log:
         process = subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
@@ -51,8 +64,9 @@ def _wait_healthy(process: subprocess.Popen, url: str, log_path: Path, timeout_s
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise BaselineStartError(f"baseline server exited with {process.returncode}:\n"
-                                     f"{log_path.read_text(errors='replace')[-2000:]}")
+            raise BaselineStartError(
+                f"baseline server exited with {process.returncode}:\n{log_path.read_text(errors='replace')[-2000:]}"
+            )
         try:
             with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
                 if response.status == 200:
@@ -65,8 +79,9 @@ def _wait_healthy(process: subprocess.Popen, url: str, log_path: Path, timeout_s
 
 def screen_http(url: str, payload: bytes, *, timeout_s: float = 120.0) -> dict[str, float]:
     """One baseline request; its probabilities by disease id."""
-    request = urllib.request.Request(f"{url}/screen", data=payload, method="POST",
-                                     headers={"Content-Type": "application/octet-stream"})
+    request = urllib.request.Request(
+        f"{url}/screen", data=payload, method="POST", headers={"Content-Type": "application/octet-stream"}
+    )
     with urllib.request.urlopen(request, timeout=timeout_s) as response:
         return json.loads(response.read())["probabilities"]
 

@@ -6,14 +6,16 @@
 Every config changes one knob (or two that belong together) from the current defaults of
 ``ServingOptions``; the table it prints and writes is what the defaults were chosen from.
 """
+
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import json
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from predilect.benchmarks import machine, payloads
 from predilect.benchmarks.locust_runner import run_locust
@@ -35,8 +37,16 @@ CONFIGS: dict[str, dict[str, Any]] = {
 }
 
 
-def run_point(onnx: Path, overrides: dict[str, Any], *, users: int, seconds: int, images_list: Path,
-              camera: Sequence[Path], work: Path) -> dict[str, Any]:
+def run_point(
+    onnx: Path,
+    overrides: dict[str, Any],
+    *,
+    users: int,
+    seconds: int,
+    images_list: Path,
+    camera: Sequence[Path],
+    work: Path,
+) -> dict[str, Any]:
     """Assemble with ``overrides``, serve, warm, load; the figures of one config."""
     from predilect.benchmarks.stacks import screen_grpc_all
     from predilect.serving.configs import ServingOptions
@@ -45,12 +55,24 @@ def run_point(onnx: Path, overrides: dict[str, Any], *, users: int, seconds: int
 
     options = dataclasses.replace(ServingOptions(), **overrides)
     repository = assemble(onnx, work / "model_repository", **dataclasses.asdict(options))
-    with TritonServer(model_repository=repository, grpc_port=free_port(), http_port=free_port(),
-                      metrics_port=free_port(), bind_address="127.0.0.1", log_path=work / "tritonserver.log") as server:
+    with TritonServer(
+        model_repository=repository,
+        grpc_port=free_port(),
+        http_port=free_port(),
+        metrics_port=free_port(),
+        bind_address="127.0.0.1",
+        log_path=work / "tritonserver.log",
+    ) as server:
         screen_grpc_all(server.grpc_url, [p.read_bytes() for p in camera[:16]])
         before = snapshot(server.grpc_url)
-        result = run_locust("TritonGrpcUser", server.grpc_url, users=users, run_time_s=seconds,
-                            images_list=images_list, csv_prefix=work / "csv" / f"sweep-{time.monotonic_ns()}")
+        result = run_locust(
+            "TritonGrpcUser",
+            server.grpc_url,
+            users=users,
+            run_time_s=seconds,
+            images_list=images_list,
+            csv_prefix=work / "csv" / f"sweep-{time.monotonic_ns()}",
+        )
         times = interval_times(before, snapshot(server.grpc_url))
     return {"options": dataclasses.asdict(options), **result.to_dict(), "triton_times": [t.to_dict() for t in times]}
 
@@ -76,16 +98,36 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name, overrides in CONFIGS.items():
         if args.only and name not in args.only:
             continue
-        row = run_point(args.onnx, overrides, users=args.users, seconds=args.seconds_per_point,
-                        images_list=images_list, camera=camera, work=args.workdir)
+        row = run_point(
+            args.onnx,
+            overrides,
+            users=args.users,
+            seconds=args.seconds_per_point,
+            images_list=images_list,
+            camera=camera,
+            work=args.workdir,
+        )
         rows[name] = row
         batches = {t["model"]: round(t["mean_batch"], 1) for t in row["triton_times"]}
-        print(f"{name:<32} {row['requests_per_s']:6.1f} images/s  p50 {row['p50_ms']:5.0f} ms  "
-              f"p99 {row['p99_ms']:5.0f} ms  errors {row['error_rate']:.1%}  batches {batches}", flush=True)
+        print(
+            f"{name:<32} {row['requests_per_s']:6.1f} images/s  p50 {row['p50_ms']:5.0f} ms  "
+            f"p99 {row['p99_ms']:5.0f} ms  errors {row['error_rate']:.1%}  batches {batches}",
+            flush=True,
+        )
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"machine": machine.describe(), "users": args.users,
-                                    "seconds_per_point": args.seconds_per_point, "onnx": str(args.onnx),
-                                    "configs": rows}, indent=2) + "\n")
+    args.out.write_text(
+        json.dumps(
+            {
+                "machine": machine.describe(),
+                "users": args.users,
+                "seconds_per_point": args.seconds_per_point,
+                "onnx": str(args.onnx),
+                "configs": rows,
+            },
+            indent=2,
+        )
+        + "\n"
+    )
     return 0
 
 

@@ -1,8 +1,10 @@
 """Triton's own per-model timings (statistics extension), as deltas over a benchmark point."""
+
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
-from typing import Any, Mapping
+from typing import Any
 
 PHASES = ("queue", "compute_input", "compute_infer", "compute_output")
 
@@ -61,8 +63,15 @@ def interval_times(before: Mapping[str, Mapping[str, int]], after: Mapping[str, 
         if requests <= 0:
             continue
         per_request = {phase: (end[f"{phase}_ns"] - start.get(f"{phase}_ns", 0)) / requests / 1e6 for phase in PHASES}
-        times.append(ModelTimes(
-            model=name, requests=requests, executions=end["executions"] - start.get("executions", 0),
-            queue_ms=per_request["queue"], compute_input_ms=per_request["compute_input"],
-            compute_infer_ms=per_request["compute_infer"], compute_output_ms=per_request["compute_output"]))
+        times.append(
+            ModelTimes(
+                model=name,
+                requests=requests,
+                executions=end["executions"] - start.get("executions", 0),
+                queue_ms=per_request["queue"],
+                compute_input_ms=per_request["compute_input"],
+                compute_infer_ms=per_request["compute_infer"],
+                compute_output_ms=per_request["compute_output"],
+            )
+        )
     return times

@@ -4,11 +4,13 @@ The ONNX file is the serving artefact: besides the graph it carries, as metadata
 catalog, the preprocessing spec, the model name and the version, so that the model
 repository assembled from it needs nothing else.
 """
+
 from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+
 import numpy as np
 import torch
 
@@ -34,8 +36,13 @@ class ParityReport:
 def onnx_metadata(meta: CheckpointMeta) -> dict[str, str]:
     """The metadata_props every exported model carries (the serving contract)."""
     strings = meta.to_strings()
-    keys = ("predilect.catalog", "predilect.preprocess", "predilect.model_name", "predilect.model_version",
-            "predilect.model")
+    keys = (
+        "predilect.catalog",
+        "predilect.preprocess",
+        "predilect.model_name",
+        "predilect.model_version",
+        "predilect.model",
+    )
     return {k: strings[k] for k in keys}
 
 
@@ -50,8 +57,13 @@ def export_onnx(checkpoint: Path, out: Path) -> CheckpointMeta:
         warnings.simplefilter("ignore", category=DeprecationWarning)  # the TorchScript exporter's notice
         warnings.simplefilter("ignore", category=torch.jit.TracerWarning)  # D is a constant of the model
         torch.onnx.export(
-            model, (example,), str(out), dynamo=False, opset_version=OPSET,
-            input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+            model,
+            (example,),
+            str(out),
+            dynamo=False,
+            opset_version=OPSET,
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
             dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
         )
     graph = onnx.load(str(out))
@@ -74,8 +86,10 @@ def onnx_probabilities(onnx_path: Path, pixels: np.ndarray, *, threads: int = 2,
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
-    logits = [session.run([OUTPUT_NAME], {INPUT_NAME: pixels[i:i + batch_size]})[0]
-              for i in range(0, len(pixels), batch_size)]
+    logits = [
+        session.run([OUTPUT_NAME], {INPUT_NAME: pixels[i : i + batch_size]})[0]
+        for i in range(0, len(pixels), batch_size)
+    ]
     return _sigmoid(np.concatenate(logits).astype(np.float64)).astype(np.float32)
 
 

@@ -1,9 +1,10 @@
 """`predilect export`: the command line of ``predilect.build.export``."""
+
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -11,12 +12,18 @@ from .export import check_parity, export_onnx
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="predilect export", description="Export a checkpoint to ONNX (dynamic batch) and check "
-                                "parity under ONNX Runtime.")
+    p = argparse.ArgumentParser(
+        prog="predilect export",
+        description="Export a checkpoint to ONNX (dynamic batch) and check parity under ONNX Runtime.",
+    )
     p.add_argument("--checkpoint", type=Path, default=Path("artifacts/checkpoint/model.safetensors"))
     p.add_argument("--out", type=Path, default=Path("artifacts/onnx/model.onnx"))
-    p.add_argument("--manifest", type=Path, default=None,
-                   help="check parity on this manifest's held-out images (default: random inputs)")
+    p.add_argument(
+        "--manifest",
+        type=Path,
+        default=None,
+        help="check parity on this manifest's held-out images (default: random inputs)",
+    )
     p.add_argument("--cache-dir", type=Path, default=None)
     p.add_argument("--tolerance", type=float, default=1e-4, help="max |delta probability| allowed")
     return p
@@ -37,6 +44,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         source = "16 random inputs"
     report = check_parity(args.checkpoint, args.out, pixels, tolerance=args.tolerance)
     print(f"exported {args.out} ({meta.model.name} {meta.version})")
-    print(f"ONNX Runtime vs PyTorch on {source}: max |delta probability| = {report.max_abs_prob_diff:.2e} "
-          f"(tolerance {report.tolerance:.0e}) -> {'OK' if report.ok else 'FAIL'}")
+    print(
+        f"ONNX Runtime vs PyTorch on {source}: max |delta probability| = {report.max_abs_prob_diff:.2e} "
+        f"(tolerance {report.tolerance:.0e}) -> {'OK' if report.ok else 'FAIL'}"
+    )
     return 0 if report.ok else 1

@@ -12,6 +12,7 @@ thresholds and the model version come from the server ("model discovery")::
         for item in client.screen_many(paths, max_in_flight=16):
             ...
 """
+
 from __future__ import annotations
 
 from predilect.client.aio import AsyncScreeningClient

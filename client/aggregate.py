@@ -1,9 +1,11 @@
 """Per-patient "any eye referable" aggregate and the summary of a screening journal."""
+
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any
 
 
 @dataclass
@@ -17,8 +19,13 @@ class PatientSummary:
     eyes: dict[str, bool] = field(default_factory=dict)  # eye -> any image of it referable
 
     def to_dict(self) -> dict[str, Any]:
-        return {"patient_id": self.patient_id, "images": self.images, "any_eye_referable": self.referable,
-                "incomplete": self.incomplete, "eyes": self.eyes}
+        return {
+            "patient_id": self.patient_id,
+            "images": self.images,
+            "any_eye_referable": self.referable,
+            "incomplete": self.incomplete,
+            "eyes": self.eyes,
+        }
 
 
 def patients(records: Iterable[dict[str, Any]]) -> list[PatientSummary]:
@@ -43,9 +50,13 @@ def summary_table(records: list[dict[str, Any]]) -> str:
     people = patients(records)
     positives: Counter[str] = Counter(d for r in screened for d in r["result"]["positive"])
     diseases = list(screened[0]["result"]["probabilities"]) if screened else []
-    rows = [("images screened", str(len(screened))), ("images failed", str(failed)),
-            ("images referable", str(sum(r["result"]["referable"] for r in screened))),
-            ("patients", str(len(people))), ("patients referable (any eye)", str(sum(p.referable for p in people)))]
+    rows = [
+        ("images screened", str(len(screened))),
+        ("images failed", str(failed)),
+        ("images referable", str(sum(r["result"]["referable"] for r in screened))),
+        ("patients", str(len(people))),
+        ("patients referable (any eye)", str(sum(p.referable for p in people))),
+    ]
     rows += [(f"  positive: {disease}", str(positives[disease])) for disease in diseases]
     width = max(len(name) for name, _ in rows)
     return "\n".join(f"{name:<{width}}  {value:>7}" for name, value in rows)

@@ -3,14 +3,16 @@
 Same options, discovery, retries and errors; local preparation (file reads, DICOM decoding,
 PNG encoding) runs in worker threads so the event loop stays responsive.
 """
+
 from __future__ import annotations
 
 import asyncio
 import logging
 import time
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import replace
 from types import TracebackType
-from typing import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, TypeVar
+from typing import TypeVar
 
 import tritonclient.grpc.aio as aioclient
 from tritonclient.utils import InferenceServerException
@@ -44,7 +46,7 @@ class AsyncScreeningClient(_ClientCore):
 
     _new_lock = asyncio.Lock
 
-    async def connect(self) -> "AsyncScreeningClient":
+    async def connect(self) -> AsyncScreeningClient:
         """Check the server and the model, and discover the catalog; idempotent."""
         await self._connection()
         return self
@@ -80,15 +82,22 @@ class AsyncScreeningClient(_ClientCore):
 
     async def _discover(self, client: aioclient.InferenceServerClient) -> ServedModelInfo:
         headers, name = self._settings.headers, self.model_name
-        if not await self._call("is_server_live", lambda t: client.is_server_live(headers=headers, client_timeout=t),
-                                timeout_s=None):
+        if not await self._call(
+            "is_server_live", lambda t: client.is_server_live(headers=headers, client_timeout=t), timeout_s=None
+        ):
             raise ServerUnavailableError(f"the Triton server at {self.url} is not live; check `predilect serve`")
-        if not await self._call("is_model_ready", lambda t: client.is_model_ready(name, headers=headers,
-                                                                                  client_timeout=t), timeout_s=None):
-            raise ModelNotReadyError(f"model {name!r} is not ready on {self.url}; wait for the server to finish "
-                                     "loading it or check the model name")
-        response = await self._call("get_model_config", lambda t: client.get_model_config(
-            name, headers=headers, client_timeout=t), timeout_s=None)
+        if not await self._call(
+            "is_model_ready", lambda t: client.is_model_ready(name, headers=headers, client_timeout=t), timeout_s=None
+        ):
+            raise ModelNotReadyError(
+                f"model {name!r} is not ready on {self.url}; wait for the server to finish "
+                "loading it or check the model name"
+            )
+        response = await self._call(
+            "get_model_config",
+            lambda t: client.get_model_config(name, headers=headers, client_timeout=t),
+            timeout_s=None,
+        )
         return protocol.served_info(response.config, model_name=name, url=self.url)
 
     async def served(self) -> ServedModelInfo:
@@ -102,13 +111,24 @@ class AsyncScreeningClient(_ClientCore):
         client, served = await self._connection()
         inputs, outputs = protocol.infer_inputs(prepared.payload), protocol.requested_outputs()
         start = time.perf_counter()
-        response = await self._call("infer", lambda t: client.infer(self.model_name, inputs, outputs=outputs,
-                                                                    headers=self._settings.headers, client_timeout=t),
-                                    timeout_s=timeout_s)
+        response = await self._call(
+            "infer",
+            lambda t: client.infer(
+                self.model_name, inputs, outputs=outputs, headers=self._settings.headers, client_timeout=t
+            ),
+            timeout_s=timeout_s,
+        )
         latency_s = time.perf_counter() - start
         _log.debug("screened a %d-byte payload in %.3f s", len(prepared.payload), latency_s)
-        return protocol.parse_result(response, served, url=self.url, model_name=self.model_name, latency_s=latency_s,
-                                     sop_instance_uid=prepared.sop_instance_uid, frame=prepared.frame)
+        return protocol.parse_result(
+            response,
+            served,
+            url=self.url,
+            model_name=self.model_name,
+            latency_s=latency_s,
+            sop_instance_uid=prepared.sop_instance_uid,
+            frame=prepared.frame,
+        )
 
     async def screen(self, image: ImageInput, *, timeout_s: float | None = None) -> ScreeningResult:
         """Screen one single-frame input (see ``ScreeningClient.screen``)."""
@@ -133,8 +153,13 @@ class AsyncScreeningClient(_ClientCore):
                 items.append(ScreeningItem(index, image, error=e))
         return [replace(item, frames=len(items)) for item in items]
 
-    async def screen_many(self, images: Iterable[ImageInput] | AsyncIterable[ImageInput], *, max_in_flight: int = 8,
-                          timeout_s: float | None = None) -> AsyncIterator[ScreeningItem]:
+    async def screen_many(
+        self,
+        images: Iterable[ImageInput] | AsyncIterable[ImageInput],
+        *,
+        max_in_flight: int = 8,
+        timeout_s: float | None = None,
+    ) -> AsyncIterator[ScreeningItem]:
         """Screen a (sync or async) stream with at most ``max_in_flight`` inputs in flight; yields
         ``ScreeningItem`` as they complete (see ``ScreeningClient.screen_many``)."""
         if max_in_flight < 1:
@@ -170,9 +195,10 @@ class AsyncScreeningClient(_ClientCore):
         if client is not None:
             await client.close()
 
-    async def __aenter__(self) -> "AsyncScreeningClient":
+    async def __aenter__(self) -> AsyncScreeningClient:
         return await self.connect()
 
-    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                        tb: TracebackType | None) -> None:
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         await self.close()

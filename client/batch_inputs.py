@@ -3,12 +3,13 @@
 Patient and eye are local bookkeeping for the per-patient aggregate: from the manifest's
 ``patient_id``/``eye`` columns, from a DICOM header (read here, never sent), or the file stem.
 """
+
 from __future__ import annotations
 
 import csv
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
 
 from predilect.client import dicom
 from predilect.client.errors import InputError
@@ -43,11 +44,14 @@ def _manifest(manifest: Path) -> list[Entry]:
         reader = csv.DictReader(f)
         column = next((c for c in _PATH_COLUMNS if c in (reader.fieldnames or [])), None)
         if column is None:
-            raise InputError(f"manifest {manifest} has no path column (one of {_PATH_COLUMNS}); "
-                             f"its columns are {reader.fieldnames}")
+            raise InputError(
+                f"manifest {manifest} has no path column (one of {_PATH_COLUMNS}); its columns are {reader.fieldnames}"
+            )
         rows = list(reader)
-    return [_entry(manifest.parent / row[column], patient_id=row.get("patient_id") or None,
-                   eye=_eye(row.get("eye"))) for row in rows]
+    return [
+        _entry(manifest.parent / row[column], patient_id=row.get("patient_id") or None, eye=_eye(row.get("eye")))
+        for row in rows
+    ]
 
 
 def _eye(value: str | None) -> str | None:

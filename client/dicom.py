@@ -5,14 +5,16 @@ metadata segments (``jpeg.strip_metadata``), anything else decoded and re-encode
 PNG. The SOP Instance UID and frame number travel beside the payload, for local correlation
 only. pydicom comes from the optional ``[dicom]`` extra and is imported on first use.
 """
+
 from __future__ import annotations
 
 import io
 import os
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any
 
 from predilect.client.errors import DicomSupportMissingError, UnsupportedDicomError
 from predilect.client.jpeg import JpegStructureError, strip_metadata
@@ -60,10 +62,10 @@ def is_dataset(obj: object) -> bool:
 
 def is_dicom_bytes(data: bytes) -> bool:
     """True when ``data`` is in the DICOM file format (128-byte preamble, then ``DICM``)."""
-    return data[_PREAMBLE_BYTES:_PREAMBLE_BYTES + 4] == b"DICM"
+    return data[_PREAMBLE_BYTES : _PREAMBLE_BYTES + 4] == b"DICM"
 
 
-def read_dataset(source: bytes | str | os.PathLike, *, stop_before_pixels: bool = False) -> "Dataset":
+def read_dataset(source: bytes | str | os.PathLike, *, stop_before_pixels: bool = False) -> Dataset:
     """A dataset from DICOM file bytes or a path; UnsupportedDicomError when it is not DICOM."""
     pydicom = pydicom_module()
     from pydicom.errors import InvalidDicomError
@@ -79,37 +81,43 @@ def _describe(source: object) -> str:
     return "the bytes given" if isinstance(source, bytes) else str(source)
 
 
-def frame_count(dataset: "Dataset") -> int:
+def frame_count(dataset: Dataset) -> int:
     return int(dataset.get("NumberOfFrames", 1) or 1)
 
 
-def _transfer_syntax(dataset: "Dataset") -> str:
+def _transfer_syntax(dataset: Dataset) -> str:
     meta = getattr(dataset, "file_meta", None)
     syntax = getattr(meta, "TransferSyntaxUID", None) if meta is not None else None
     if syntax is None:
-        raise UnsupportedDicomError("the dataset has no file_meta.TransferSyntaxUID; read it with pydicom.dcmread "
-                                    "or set ds.file_meta.TransferSyntaxUID")
+        raise UnsupportedDicomError(
+            "the dataset has no file_meta.TransferSyntaxUID; read it with pydicom.dcmread "
+            "or set ds.file_meta.TransferSyntaxUID"
+        )
     return str(syntax)
 
 
-def check_supported(dataset: "Dataset") -> str:
+def check_supported(dataset: Dataset) -> str:
     """The transfer syntax of a screenable instance; UnsupportedDicomError saying why not otherwise."""
     sop_class = str(dataset.get("SOPClassUID", ""))
     if sop_class not in SUPPORTED_SOP_CLASSES:
-        raise UnsupportedDicomError(f"SOP class {sop_class or '(none)'} is not screened; send Ophthalmic "
-                                    "Photography 8 Bit, VL Photographic or Secondary Capture images")
+        raise UnsupportedDicomError(
+            f"SOP class {sop_class or '(none)'} is not screened; send Ophthalmic "
+            "Photography 8 Bit, VL Photographic or Secondary Capture images"
+        )
     if "PixelData" not in dataset:
         raise UnsupportedDicomError("the instance has no Pixel Data")
     if not dataset.get("SOPInstanceUID"):
         raise UnsupportedDicomError("the instance has no SOP Instance UID to correlate its results with")
     syntax = _transfer_syntax(dataset)
     if syntax != JPEG_BASELINE and syntax not in UNCOMPRESSED_SYNTAXES:
-        raise UnsupportedDicomError(f"transfer syntax {syntax} is not supported; send JPEG baseline "
-                                    f"({JPEG_BASELINE}) or uncompressed little-endian pixel data")
+        raise UnsupportedDicomError(
+            f"transfer syntax {syntax} is not supported; send JPEG baseline "
+            f"({JPEG_BASELINE}) or uncompressed little-endian pixel data"
+        )
     return syntax
 
 
-def _jpeg_frames(dataset: "Dataset") -> Iterator[bytes]:
+def _jpeg_frames(dataset: Dataset) -> Iterator[bytes]:
     from pydicom.encaps import generate_frames
 
     for number, frame in enumerate(generate_frames(dataset.PixelData, number_of_frames=frame_count(dataset)), 1):
@@ -119,11 +127,13 @@ def _jpeg_frames(dataset: "Dataset") -> Iterator[bytes]:
             raise UnsupportedDicomError(f"frame {number} is not a well-formed baseline JPEG: {e}") from e
 
 
-def _decoded_frames(dataset: "Dataset") -> Iterator[bytes]:
+def _decoded_frames(dataset: Dataset) -> Iterator[bytes]:
     photometric = str(dataset.get("PhotometricInterpretation", ""))
     if photometric not in _PHOTOMETRIC or int(dataset.get("BitsAllocated", 0)) != 8:
-        raise UnsupportedDicomError(f"uncompressed pixels must be 8-bit RGB or MONOCHROME2, got {photometric or '?'} "
-                                    f"with {dataset.get('BitsAllocated', '?')} bits allocated")
+        raise UnsupportedDicomError(
+            f"uncompressed pixels must be 8-bit RGB or MONOCHROME2, got {photometric or '?'} "
+            f"with {dataset.get('BitsAllocated', '?')} bits allocated"
+        )
     pixels = dataset.pixel_array
     single_ndim = 3 if _PHOTOMETRIC[photometric] == 3 else 2
     frames = pixels[None] if pixels.ndim == single_ndim else pixels
@@ -131,7 +141,7 @@ def _decoded_frames(dataset: "Dataset") -> Iterator[bytes]:
         yield encode_png(frame)
 
 
-def iter_frames(dataset: "Dataset") -> Iterator[DicomFrame]:
+def iter_frames(dataset: Dataset) -> Iterator[DicomFrame]:
     """The frames of an instance (1-based numbers), each as an identifier-free payload."""
     syntax = check_supported(dataset)
     uid = str(dataset.SOPInstanceUID)

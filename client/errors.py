@@ -3,6 +3,7 @@
 Errors caused by a gRPC call are raised ``from`` the ``tritonclient`` exception that caused
 it; ``attempts`` counts the calls made (retries included) before giving up.
 """
+
 from __future__ import annotations
 
 # Must equal predilect.serving.backends.REJECTED_PREFIX (a test checks it); duplicated so the

@@ -7,6 +7,7 @@ for screening. ``stop()`` drains the queue; instances received but not yet recor
 after a crash) are queued again at the next start. pynetdicom/pydicom/highdicom come from
 the ``[dicom]`` extra.
 """
+
 from __future__ import annotations
 
 import logging
@@ -51,7 +52,7 @@ class RemoteAE:
     ae_title: str
 
     @classmethod
-    def parse(cls, text: str) -> "RemoteAE":
+    def parse(cls, text: str) -> RemoteAE:
         """``host:port:AETITLE``."""
         host, port, ae_title = text.rsplit(":", 2)
         return cls(host=host, port=int(port), ae_title=ae_title)
@@ -87,7 +88,7 @@ class DicomGateway:
         """The port listened on (the one bound, when configured as 0)."""
         return int(self._server.server_address[1]) if self._server is not None else self.config.port
 
-    def start(self) -> "DicomGateway":
+    def start(self) -> DicomGateway:
         from pynetdicom import AE, evt
         from pynetdicom.sop_class import Verification
 
@@ -107,16 +108,21 @@ class DicomGateway:
         ae.add_supported_context(Verification)
         if self.config.allowed_calling_aets:
             ae.require_calling_aet = list(self.config.allowed_calling_aets)
-        self._server = ae.start_server((self.config.bind_address, self.config.port), block=False,
-                                       evt_handlers=[(evt.EVT_C_STORE, self._on_store)])
+        self._server = ae.start_server(
+            (self.config.bind_address, self.config.port), block=False, evt_handlers=[(evt.EVT_C_STORE, self._on_store)]
+        )
         _log.info("gateway %s listening on %s:%d", self.config.ae_title, self.config.bind_address, self.port)
         return self
 
     def _on_store(self, event: Any) -> int:
         free = shutil.disk_usage(self.config.incoming_dir).free
         if free < self.config.min_free_bytes:
-            _log.warning("refusing C-STORE: %d bytes free under %s, below the %d-byte watermark", free,
-                         self.config.incoming_dir, self.config.min_free_bytes)
+            _log.warning(
+                "refusing C-STORE: %d bytes free under %s, below the %d-byte watermark",
+                free,
+                self.config.incoming_dir,
+                self.config.min_free_bytes,
+            )
             return STATUS_OUT_OF_RESOURCES
         uid = str(event.request.AffectedSOPInstanceUID or "")
         if not _UID.fullmatch(uid):
@@ -151,8 +157,19 @@ class DicomGateway:
             _log.warning("%s not screened (%s); it is retried at the next start", path.name, type(e).__name__)
             return
         except PredilectClientError as e:
-            self._journal.append([{"key": path.stem, "sop_instance_uid": path.stem, "frame": None, "frames": 1,
-                                   "result": None, "error": str(e), "error_type": type(e).__name__}])
+            self._journal.append(
+                [
+                    {
+                        "key": path.stem,
+                        "sop_instance_uid": path.stem,
+                        "frame": None,
+                        "frames": 1,
+                        "result": None,
+                        "error": str(e),
+                        "error_type": type(e).__name__,
+                    }
+                ]
+            )
             return
         records = []
         for result in results:
@@ -161,9 +178,18 @@ class DicomGateway:
             report.save_as(sr_path, enforce_file_format=True)
             if self.config.forward_to is not None:
                 self._forward(report, self.config.forward_to)
-            records.append({"key": path.stem, "sop_instance_uid": result.sop_instance_uid, "frame": result.frame,
-                            "frames": len(results), "result": result.model_dump(mode="json"), "error": None,
-                            "error_type": None, "sr": sr_path.name})
+            records.append(
+                {
+                    "key": path.stem,
+                    "sop_instance_uid": result.sop_instance_uid,
+                    "frame": result.frame,
+                    "frames": len(results),
+                    "result": result.model_dump(mode="json"),
+                    "error": None,
+                    "error_type": None,
+                    "sr": sr_path.name,
+                }
+            )
         self._journal.append(records)
 
     def _forward(self, report: Any, target: RemoteAE) -> None:
@@ -173,15 +199,24 @@ class DicomGateway:
         ae.add_requested_context(report.SOPClassUID, report.file_meta.TransferSyntaxUID)
         assoc = ae.associate(target.host, target.port, ae_title=target.ae_title)
         if not assoc.is_established:
-            _log.warning("could not forward the SR: association with %s@%s:%d refused or failed", target.ae_title,
-                         target.host, target.port)
+            _log.warning(
+                "could not forward the SR: association with %s@%s:%d refused or failed",
+                target.ae_title,
+                target.host,
+                target.port,
+            )
             return
         try:
             status = assoc.send_c_store(report)
             code = int(status.Status) if status is not None and "Status" in status else None
             if code != STATUS_SUCCESS:
-                _log.warning("%s@%s:%d answered C-STORE of the SR with status %s", target.ae_title, target.host,
-                             target.port, code)
+                _log.warning(
+                    "%s@%s:%d answered C-STORE of the SR with status %s",
+                    target.ae_title,
+                    target.host,
+                    target.port,
+                    code,
+                )
         finally:
             assoc.release()
 
@@ -205,9 +240,10 @@ class DicomGateway:
             self._worker = None
         self._journal.close()
 
-    def __enter__(self) -> "DicomGateway":
+    def __enter__(self) -> DicomGateway:
         return self.start()
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.stop()

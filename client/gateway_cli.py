@@ -1,4 +1,5 @@
 """``predilect gateway``: run the DICOM C-STORE gateway until SIGINT/SIGTERM, then drain and stop."""
+
 from __future__ import annotations
 
 import argparse
@@ -6,8 +7,8 @@ import logging
 import signal
 import sys
 import threading
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from predilect.client.cli_options import add_client_options, client_from_args
 from predilect.client.errors import PredilectClientError
@@ -19,12 +20,21 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--port", type=int, default=11112, help="DICOM port to listen on (default 11112)")
     parser.add_argument("--bind", default="0.0.0.0", help="address to listen on")
     parser.add_argument("--ae-title", default="PREDILECT", help="this gateway's AE title")
-    parser.add_argument("--allow-aet", action="append", default=[], metavar="AET",
-                        help="calling AE title allowed to send (repeatable; default: any)")
+    parser.add_argument(
+        "--allow-aet",
+        action="append",
+        default=[],
+        metavar="AET",
+        help="calling AE title allowed to send (repeatable; default: any)",
+    )
     parser.add_argument("--incoming", type=Path, default=Path("incoming"), help="folder for received instances")
     parser.add_argument("--out", type=Path, default=Path("results"), help="folder for results.jsonl and SRs")
-    parser.add_argument("--min-free-mb", type=float, default=1024.0,
-                        help="refuse C-STOREs (status 0xA700) below this much free disk space")
+    parser.add_argument(
+        "--min-free-mb",
+        type=float,
+        default=1024.0,
+        help="refuse C-STOREs (status 0xA700) below this much free disk space",
+    )
     parser.add_argument("--forward", type=RemoteAE.parse, metavar="HOST:PORT:AET", help="C-STORE each SR here")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     add_client_options(parser)
@@ -34,16 +44,26 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    config = GatewayConfig(incoming_dir=args.incoming, results_dir=args.out, ae_title=args.ae_title, port=args.port,
-                           bind_address=args.bind, allowed_calling_aets=tuple(args.allow_aet),
-                           min_free_bytes=int(args.min_free_mb * 1024 * 1024), forward_to=args.forward)
+    config = GatewayConfig(
+        incoming_dir=args.incoming,
+        results_dir=args.out,
+        ae_title=args.ae_title,
+        port=args.port,
+        bind_address=args.bind,
+        allowed_calling_aets=tuple(args.allow_aet),
+        min_free_bytes=int(args.min_free_mb * 1024 * 1024),
+        forward_to=args.forward,
+    )
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
     try:
         with client_from_args(args) as client, DicomGateway(client, config) as gateway:
-            print(f"predilect gateway: {args.ae_title} listening on {args.bind}:{gateway.port}", file=sys.stderr,
-                  flush=True)
+            print(
+                f"predilect gateway: {args.ae_title} listening on {args.bind}:{gateway.port}",
+                file=sys.stderr,
+                flush=True,
+            )
             stop.wait()
             print("predilect gateway: stopping; screening what is queued", file=sys.stderr, flush=True)
     except PredilectClientError as e:

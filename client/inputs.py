@@ -1,10 +1,13 @@
 """Turn what a caller gives (bytes, path, numpy array, DICOM) into identifier-free payloads."""
+
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Union
+from typing import Any, Union
 
 import numpy as np
 
@@ -35,10 +38,9 @@ def _read(path: str | os.PathLike) -> bytes:
 
 def _plain(data: bytes) -> Prepared:
     if data[:2] == b"\xff\xd8":
-        try:
+        # Unparseable: sent unchanged, the server names what is wrong with it.
+        with contextlib.suppress(JpegStructureError):
             data = strip_metadata(data, allow_truncated=True)
-        except JpegStructureError:
-            pass  # unparseable: sent unchanged, the server names what is wrong with it
     return Prepared(payload=data)
 
 

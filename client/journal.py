@@ -5,6 +5,7 @@ A group is written with one ``write`` and then flushed and fsynced, so after a c
 the last group can be incomplete or torn; ``ResultJournal.open`` cuts it off, and the keys
 it returns are exactly the inputs already recorded in full.
 """
+
 from __future__ import annotations
 
 import json
@@ -46,7 +47,6 @@ class ResultJournal:
         if self._file is not None:
             self._file.close()
             self._file = None
-
 
 
 def _complete_prefix(data: bytes, records: list[dict[str, Any]]) -> tuple[int, set[str]]:

@@ -5,6 +5,7 @@ dates or device serials. Kept: the frame/scan headers and tables the decoder nee
 APP0 rewritten without its thumbnail, an Adobe APP14 (its colour-transform flag changes how
 the pixels decode), and every entropy-coded segment unchanged. Bytes after EOI are dropped.
 """
+
 from __future__ import annotations
 
 import struct
@@ -77,8 +78,8 @@ def strip_metadata(data: bytes, *, allow_truncated: bool) -> bytes:
             continue
         if i + 2 > len(data):
             raise JpegStructureError("JPEG ends inside a segment header")
-        (length,) = struct.unpack(">H", data[i:i + 2])
-        body = data[i + 2:i + length]
+        (length,) = struct.unpack(">H", data[i : i + 2])
+        body = data[i + 2 : i + length]
         if length < 2 or len(body) != length - 2:
             raise JpegStructureError(f"segment 0xFF{marker:02X} at byte {i - 2} overruns the stream")
         i += length

@@ -1,4 +1,5 @@
 """A minimal lossless PNG encoder (zlib only): the thin client cannot depend on Pillow."""
+
 from __future__ import annotations
 
 import struct

@@ -1,4 +1,5 @@
 """A dependency-free progress line on stderr (redrawn on a terminal, throttled lines otherwise)."""
+
 from __future__ import annotations
 
 import sys
@@ -9,8 +10,9 @@ from typing import TextIO
 class Progress:
     """``done/total`` with a bar and a rate; ``advance()`` per finished input, ``finish()`` at the end."""
 
-    def __init__(self, total: int, *, already_done: int = 0, stream: TextIO | None = None,
-                 every_s: float = 2.0, width: int = 30) -> None:
+    def __init__(
+        self, total: int, *, already_done: int = 0, stream: TextIO | None = None, every_s: float = 2.0, width: int = 30
+    ) -> None:
         self.total, self.done, self._start_done = total, already_done, already_done
         self._stream = stream if stream is not None else sys.stderr
         self._tty = self._stream.isatty()

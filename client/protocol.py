@@ -2,12 +2,14 @@
 
 Nothing here performs I/O; the clients call tritonclient and hand the answers to these helpers.
 """
+
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 import tritonclient.grpc as grpcclient
@@ -71,13 +73,16 @@ class TlsConfig:
             except OSError as e:
                 raise ValueError(f"cannot read TLS file {path}: {e.strerror}") from e
 
-        return grpc.ssl_channel_credentials(root_certificates=read(self.root_cert_path),
-                                            private_key=read(self.client_key_path),
-                                            certificate_chain=read(self.client_cert_path))
+        return grpc.ssl_channel_credentials(
+            root_certificates=read(self.root_cert_path),
+            private_key=read(self.client_key_path),
+            certificate_chain=read(self.client_cert_path),
+        )
 
 
-def channel_args(*, keepalive_time_s: float, keepalive_timeout_s: float, tls: TlsConfig | None
-                 ) -> list[tuple[str, Any]]:
+def channel_args(
+    *, keepalive_time_s: float, keepalive_timeout_s: float, tls: TlsConfig | None
+) -> list[tuple[str, Any]]:
     """gRPC channel arguments: unlimited message size (like tritonclient's default) and keepalive."""
     if keepalive_time_s <= 0 or keepalive_timeout_s <= 0:
         raise ValueError(f"keepalive times must be > 0, got {keepalive_time_s}, {keepalive_timeout_s}")
@@ -113,28 +118,48 @@ def status_code(error: InferenceServerException) -> str:
     return str(error.status() or "").rsplit(".", 1)[-1]
 
 
-def translate(error: InferenceServerException, *, url: str, model_name: str, timeout_s: float | None,
-              attempts: int = 1, gave_up_because: str = "") -> PredilectClientError:
+def translate(
+    error: InferenceServerException,
+    *,
+    url: str,
+    model_name: str,
+    timeout_s: float | None,
+    attempts: int = 1,
+    gave_up_because: str = "",
+) -> PredilectClientError:
     """The client error for a tritonclient error, with a message that says what to do."""
     status, message = status_code(error), str(error.message() or error)
     tried = f" after {attempts} attempts ({gave_up_because})" if attempts > 1 else ""
     if REJECTED_PREFIX in message:
         cause = message.split(REJECTED_PREFIX, 1)[1]
-        return ImageRejectedError(f"the server rejected the image: {cause}; send the bytes of a colour "
-                                  "fundus photograph (JPEG or PNG)", cause=cause, attempts=attempts)
+        return ImageRejectedError(
+            f"the server rejected the image: {cause}; send the bytes of a colour fundus photograph (JPEG or PNG)",
+            cause=cause,
+            attempts=attempts,
+        )
     if status == "DEADLINE_EXCEEDED":
-        return DeadlineExceededError(f"no answer from {url} within {timeout_s} s{tried}; raise timeout_s or "
-                                     "check the server's load", attempts=attempts)
+        return DeadlineExceededError(
+            f"no answer from {url} within {timeout_s} s{tried}; raise timeout_s or check the server's load",
+            attempts=attempts,
+        )
     lowered = message.lower()
     if status == "NOT_FOUND" or "unknown model" in lowered or "not ready" in lowered or "not found" in lowered:
-        return ModelNotReadyError(f"model {model_name!r} is not ready on {url}: {message}; wait for the server "
-                                  "to finish loading it or check the model name", attempts=attempts)
+        return ModelNotReadyError(
+            f"model {model_name!r} is not ready on {url}: {message}; wait for the server "
+            "to finish loading it or check the model name",
+            attempts=attempts,
+        )
     if status in ("UNAVAILABLE", "RESOURCE_EXHAUSTED"):
-        return ServerUnavailableError(f"no Triton server answers at {url}{tried}: {message}; start one with "
-                                      "`predilect serve`, check the address, or retry later", attempts=attempts)
+        return ServerUnavailableError(
+            f"no Triton server answers at {url}{tried}: {message}; start one with "
+            "`predilect serve`, check the address, or retry later",
+            attempts=attempts,
+        )
     if status == "UNAUTHENTICATED" or status == "PERMISSION_DENIED":
-        return PredilectClientError(f"{url} refused the credentials ({status}): {message}; check auth_token "
-                                    "and the TLS client certificate", attempts=attempts)
+        return PredilectClientError(
+            f"{url} refused the credentials ({status}): {message}; check auth_token and the TLS client certificate",
+            attempts=attempts,
+        )
     return PredilectClientError(f"request to {url} failed ({status or 'no status'}): {message}", attempts=attempts)
 
 
@@ -143,8 +168,10 @@ def served_info(config: Any, *, model_name: str, url: str) -> ServedModelInfo:
     params = {key: value.string_value for key, value in config.parameters.items()}
     missing = [key for key in _REQUIRED_PARAMETERS if not params.get(key)]
     if missing:
-        raise IncompatibleModelError(f"model {model_name!r} on {url} lacks config parameters {missing}; is it a "
-                                     "Predilect repository made by `predilect assemble`?")
+        raise IncompatibleModelError(
+            f"model {model_name!r} on {url} lacks config parameters {missing}; is it a "
+            "Predilect repository made by `predilect assemble`?"
+        )
     try:
         catalog = Catalog.from_json(params["catalog"])
         preprocess = json.loads(params["preprocess"])
@@ -152,10 +179,13 @@ def served_info(config: Any, *, model_name: str, url: str) -> ServedModelInfo:
         raise IncompatibleModelError(f"model {model_name!r} on {url} serves an unreadable catalog: {e}") from e
     outputs = {o.name: list(o.dims) for o in config.output}
     if outputs.get(PROBABILITIES) != [len(catalog)] or IMAGE not in {i.name for i in config.input}:
-        raise IncompatibleModelError(f"model {model_name!r} on {url} does not take {IMAGE} and return "
-                                     f"{PROBABILITIES} [{len(catalog)}]; its outputs are {outputs}")
-    return ServedModelInfo(catalog=catalog, model_name=params["model_name"],
-                           model_version=params["model_version"], preprocess=preprocess)
+        raise IncompatibleModelError(
+            f"model {model_name!r} on {url} does not take {IMAGE} and return "
+            f"{PROBABILITIES} [{len(catalog)}]; its outputs are {outputs}"
+        )
+    return ServedModelInfo(
+        catalog=catalog, model_name=params["model_name"], model_version=params["model_version"], preprocess=preprocess
+    )
 
 
 def infer_inputs(payload: bytes) -> list[grpcclient.InferInput]:
@@ -170,14 +200,29 @@ def requested_outputs() -> list[grpcclient.InferRequestedOutput]:
     return [grpcclient.InferRequestedOutput(PROBABILITIES)]
 
 
-def parse_result(response: Any, served: ServedModelInfo, *, url: str, model_name: str, latency_s: float,
-                 sop_instance_uid: str | None, frame: int | None) -> ScreeningResult:
+def parse_result(
+    response: Any,
+    served: ServedModelInfo,
+    *,
+    url: str,
+    model_name: str,
+    latency_s: float,
+    sop_instance_uid: str | None,
+    frame: int | None,
+) -> ScreeningResult:
     """The ScreeningResult of an infer response; the DICOM correlation fields are filled locally."""
     probabilities = response.as_numpy(PROBABILITIES)
     if probabilities is None or probabilities.shape != (1, len(served.catalog)):
         shape = None if probabilities is None else probabilities.shape
-        raise IncompatibleModelError(f"{model_name!r} on {url} returned {PROBABILITIES} of shape {shape}, "
-                                     f"expected (1, {len(served.catalog)})")
+        raise IncompatibleModelError(
+            f"{model_name!r} on {url} returned {PROBABILITIES} of shape {shape}, expected (1, {len(served.catalog)})"
+        )
     return ScreeningResult.from_probabilities(
-        probabilities[0].tolist(), served.catalog, model_name=served.model_name,
-        model_version=served.model_version, latency_s=latency_s, sop_instance_uid=sop_instance_uid, frame=frame)
+        probabilities[0].tolist(),
+        served.catalog,
+        model_name=served.model_name,
+        model_version=served.model_version,
+        latency_s=latency_s,
+        sop_instance_uid=sop_instance_uid,
+        frame=frame,
+    )

@@ -1,8 +1,10 @@
 """The screening result returned by the clients, and the per-input item of ``screen_many``."""
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
@@ -31,17 +33,32 @@ class ScreeningResult(BaseModel):
     frame: int | None = None
 
     @classmethod
-    def from_probabilities(cls, probabilities: Sequence[float], catalog: Catalog, *, model_name: str,
-                           model_version: str, latency_s: float, sop_instance_uid: str | None = None,
-                           frame: int | None = None) -> "ScreeningResult":
+    def from_probabilities(
+        cls,
+        probabilities: Sequence[float],
+        catalog: Catalog,
+        *,
+        model_name: str,
+        model_version: str,
+        latency_s: float,
+        sop_instance_uid: str | None = None,
+        frame: int | None = None,
+    ) -> ScreeningResult:
         """Apply the catalog's thresholds to probabilities given in catalog order."""
         if len(probabilities) != len(catalog):
             raise ValueError(f"{len(probabilities)} probabilities for a catalog of {len(catalog)} diseases")
-        by_id = {d.id: float(p) for d, p in zip(catalog, probabilities)}
+        by_id = {d.id: float(p) for d, p in zip(catalog, probabilities, strict=True)}
         positive = [d.id for d in catalog if by_id[d.id] >= d.threshold]
-        return cls(probabilities=by_id, positive=positive, referable=bool(positive), model_name=model_name,
-                   model_version=model_version, latency_s=latency_s, sop_instance_uid=sop_instance_uid,
-                   frame=frame)
+        return cls(
+            probabilities=by_id,
+            positive=positive,
+            referable=bool(positive),
+            model_name=model_name,
+            model_version=model_version,
+            latency_s=latency_s,
+            sop_instance_uid=sop_instance_uid,
+            frame=frame,
+        )
 
     def to_json(self, *, indent: int | None = None) -> str:
         """The result as JSON (keys as the fields, probabilities in catalog order)."""

@@ -3,13 +3,14 @@
 Pure and clock-injectable, so the arithmetic is unit-tested without a server; the clients'
 call loops (``screening.py``, ``aio.py``) only ask ``Attempts`` what to do next.
 """
+
 from __future__ import annotations
 
 import random
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 # Safe to resend: the server did not take the request (down, overloaded). INVALID_ARGUMENT
 # (image rejected) and the rest would fail the same way again.
@@ -34,8 +35,9 @@ class RetryPolicy:
         if self.max_attempts < 1:
             raise ValueError(f"max_attempts must be >= 1, got {self.max_attempts}")
         if not 0 < self.initial_backoff_s <= self.max_backoff_s:
-            raise ValueError(f"need 0 < initial_backoff_s <= max_backoff_s, got {self.initial_backoff_s}, "
-                             f"{self.max_backoff_s}")
+            raise ValueError(
+                f"need 0 < initial_backoff_s <= max_backoff_s, got {self.initial_backoff_s}, {self.max_backoff_s}"
+            )
         if self.multiplier < 1:
             raise ValueError(f"multiplier must be >= 1, got {self.multiplier}")
 
@@ -94,9 +96,16 @@ class Attempts:
     to give up (``gave_up_because`` then says why).
     """
 
-    def __init__(self, policy: RetryPolicy, budget: RetryBudget, *, timeout_s: float,
-                 attempt_timeout_s: float | None = None, rng: random.Random | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        policy: RetryPolicy,
+        budget: RetryBudget,
+        *,
+        timeout_s: float,
+        attempt_timeout_s: float | None = None,
+        rng: random.Random | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.policy, self.budget, self._clock = policy, budget, clock
         self._rng = rng if rng is not None else random.Random()
         self.deadline = clock() + timeout_s

@@ -4,13 +4,15 @@ One JSON line per image (per frame for multi-frame DICOM) with the result or the
 failed; inputs already in the journal are skipped, so a rerun after an interruption ends
 with every input exactly once. Prints a per-patient "any eye referable" summary.
 """
+
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from predilect.client.aggregate import patients, summary_table
 from predilect.client.batch_inputs import Entry, collect_entries, local_identity
@@ -46,19 +48,25 @@ def _records(entry: Entry, items: list[ScreeningItem]) -> list[dict[str, Any]]:
     records = []
     for item in items:
         result = item.result
-        records.append({
-            "key": entry.key, "frame": result.frame if result is not None else None, "frames": len(items),
-            "patient_id": patient, "eye": eye,
-            "sop_instance_uid": result.sop_instance_uid if result is not None else None,
-            "result": result.model_dump(mode="json") if result is not None else None,
-            "error": str(item.error) if item.error is not None else None,
-            "error_type": type(item.error).__name__ if item.error is not None else None,
-        })
+        records.append(
+            {
+                "key": entry.key,
+                "frame": result.frame if result is not None else None,
+                "frames": len(items),
+                "patient_id": patient,
+                "eye": eye,
+                "sop_instance_uid": result.sop_instance_uid if result is not None else None,
+                "result": result.model_dump(mode="json") if result is not None else None,
+                "error": str(item.error) if item.error is not None else None,
+                "error_type": type(item.error).__name__ if item.error is not None else None,
+            }
+        )
     return records
 
 
-def _run(client: ScreeningClient, todo: list[Entry], journal: ResultJournal, progress: Progress,
-         max_in_flight: int) -> int:
+def _run(
+    client: ScreeningClient, todo: list[Entry], journal: ResultJournal, progress: Progress, max_in_flight: int
+) -> int:
     """Screen ``todo`` into the journal; the number of inputs left unfinished (transient errors)."""
     unfinished, groups = 0, {}
     for item in client.screen_many((e.path for e in todo), max_in_flight=max_in_flight):
@@ -94,8 +102,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         done = journal.open()
         todo = [e for e in entries if e.key not in done]
         progress = Progress(len(entries), already_done=len(entries) - len(todo))
-        print(f"predilect screen: {len(entries)} inputs, {len(entries) - len(todo)} already in {args.out}",
-              file=sys.stderr)
+        print(
+            f"predilect screen: {len(entries)} inputs, {len(entries) - len(todo)} already in {args.out}",
+            file=sys.stderr,
+        )
         try:
             with client_from_args(args) as client:
                 unfinished = _run(client, todo, journal, progress, args.max_in_flight)
@@ -112,7 +122,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         journal.close()
     if unfinished:
-        print(f"predilect screen: {unfinished} inputs timed out or met an unready model; rerun to retry them",
-              file=sys.stderr)
+        print(
+            f"predilect screen: {unfinished} inputs timed out or met an unready model; rerun to retry them",
+            file=sys.stderr,
+        )
         return 1
     return 0

@@ -5,16 +5,18 @@ thresholds; model name and version): this is the only source of labels and thres
 Calls retry on UNAVAILABLE / RESOURCE_EXHAUSTED (and a per-attempt timeout) with jittered
 exponential backoff inside the total deadline ``timeout_s`` and the client's retry budget.
 """
+
 from __future__ import annotations
 
 import logging
 import random
 import threading
 import time
-from dataclasses import replace
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import replace
 from types import TracebackType
-from typing import Callable, Iterable, Iterator, Mapping, TypeVar
+from typing import TypeVar
 
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
@@ -39,10 +41,21 @@ T = TypeVar("T")
 class ClientSettings:
     """The options both clients share; validated once (see ``ScreeningClient`` for their meaning)."""
 
-    def __init__(self, url: str, *, model_name: str, timeout_s: float, attempt_timeout_s: float | None,
-                 retry_policy: RetryPolicy, retry_budget: RetryBudget | None, auth_token: str | None,
-                 headers: Mapping[str, str] | None, tls: TlsConfig | None, keepalive_time_s: float,
-                 keepalive_timeout_s: float) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        model_name: str,
+        timeout_s: float,
+        attempt_timeout_s: float | None,
+        retry_policy: RetryPolicy,
+        retry_budget: RetryBudget | None,
+        auth_token: str | None,
+        headers: Mapping[str, str] | None,
+        tls: TlsConfig | None,
+        keepalive_time_s: float,
+        keepalive_timeout_s: float,
+    ) -> None:
         if timeout_s <= 0:
             raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
         if attempt_timeout_s is not None and attempt_timeout_s <= 0:
@@ -53,8 +66,9 @@ class ClientSettings:
         self.retry_budget = retry_budget if retry_budget is not None else RetryBudget()
         self.headers = protocol.request_headers(auth_token=auth_token, headers=headers)
         self.tls = tls
-        self.channel_args = protocol.channel_args(keepalive_time_s=keepalive_time_s,
-                                                  keepalive_timeout_s=keepalive_timeout_s, tls=tls)
+        self.channel_args = protocol.channel_args(
+            keepalive_time_s=keepalive_time_s, keepalive_timeout_s=keepalive_timeout_s, tls=tls
+        )
         self.rng = random.Random()
 
     def client_kwargs(self) -> dict:
@@ -65,19 +79,32 @@ class ClientSettings:
         return kwargs
 
     def attempts(self, timeout_s: float | None) -> Attempts:
-        return Attempts(self.retry_policy, self.retry_budget, timeout_s=self.timeout_s if timeout_s is None else timeout_s,
-                        attempt_timeout_s=self.attempt_timeout_s, rng=self.rng)
+        return Attempts(
+            self.retry_policy,
+            self.retry_budget,
+            timeout_s=self.timeout_s if timeout_s is None else timeout_s,
+            attempt_timeout_s=self.attempt_timeout_s,
+            rng=self.rng,
+        )
 
-    def failure(self, error: InferenceServerException, attempts: Attempts, timeout_s: float | None
-                ) -> PredilectClientError:
-        return protocol.translate(error, url=self.url, model_name=self.model_name,
-                                  timeout_s=self.timeout_s if timeout_s is None else timeout_s,
-                                  attempts=attempts.number, gave_up_because=attempts.gave_up_because)
+    def failure(
+        self, error: InferenceServerException, attempts: Attempts, timeout_s: float | None
+    ) -> PredilectClientError:
+        return protocol.translate(
+            error,
+            url=self.url,
+            model_name=self.model_name,
+            timeout_s=self.timeout_s if timeout_s is None else timeout_s,
+            attempts=attempts.number,
+            gave_up_because=attempts.gave_up_because,
+        )
 
     def deadline_passed(self, attempts: Attempts, timeout_s: float | None) -> DeadlineExceededError:
-        return DeadlineExceededError(f"no answer from {self.url} within {self.timeout_s if timeout_s is None else timeout_s}"
-                                     f" s ({attempts.number - 1} attempts); raise timeout_s or check the server's load",
-                                     attempts=attempts.number - 1)
+        return DeadlineExceededError(
+            f"no answer from {self.url} within {self.timeout_s if timeout_s is None else timeout_s}"
+            f" s ({attempts.number - 1} attempts); raise timeout_s or check the server's load",
+            attempts=attempts.number - 1,
+        )
 
 
 class _ClientCore:
@@ -85,15 +112,34 @@ class _ClientCore:
 
     _new_lock: Callable[[], object] = threading.Lock
 
-    def __init__(self, url: str = "localhost:8001", *, model_name: str = "fundus_screen", timeout_s: float = 30.0,
-                 attempt_timeout_s: float | None = None, retry_policy: RetryPolicy = RetryPolicy(),
-                 retry_budget: RetryBudget | None = None, auth_token: str | None = None,
-                 headers: Mapping[str, str] | None = None, tls: TlsConfig | None = None,
-                 keepalive_time_s: float = 60.0, keepalive_timeout_s: float = 20.0) -> None:
-        self._settings = ClientSettings(url, model_name=model_name, timeout_s=timeout_s,
-                                        attempt_timeout_s=attempt_timeout_s, retry_policy=retry_policy,
-                                        retry_budget=retry_budget, auth_token=auth_token, headers=headers, tls=tls,
-                                        keepalive_time_s=keepalive_time_s, keepalive_timeout_s=keepalive_timeout_s)
+    def __init__(
+        self,
+        url: str = "localhost:8001",
+        *,
+        model_name: str = "fundus_screen",
+        timeout_s: float = 30.0,
+        attempt_timeout_s: float | None = None,
+        retry_policy: RetryPolicy = RetryPolicy(),
+        retry_budget: RetryBudget | None = None,
+        auth_token: str | None = None,
+        headers: Mapping[str, str] | None = None,
+        tls: TlsConfig | None = None,
+        keepalive_time_s: float = 60.0,
+        keepalive_timeout_s: float = 20.0,
+    ) -> None:
+        self._settings = ClientSettings(
+            url,
+            model_name=model_name,
+            timeout_s=timeout_s,
+            attempt_timeout_s=attempt_timeout_s,
+            retry_policy=retry_policy,
+            retry_budget=retry_budget,
+            auth_token=auth_token,
+            headers=headers,
+            tls=tls,
+            keepalive_time_s=keepalive_time_s,
+            keepalive_timeout_s=keepalive_timeout_s,
+        )
         self.url, self.model_name, self.timeout_s = url, model_name, timeout_s
         self._client = None
         self._served: ServedModelInfo | None = None
@@ -121,7 +167,7 @@ class ScreeningClient(_ClientCore):
         keepalive_time_s, keepalive_timeout_s: HTTP/2 keepalive pings while calls are in flight.
     """
 
-    def connect(self) -> "ScreeningClient":
+    def connect(self) -> ScreeningClient:
         """Check the server and the model, and discover the catalog; idempotent."""
         self._connection()
         return self
@@ -157,18 +203,32 @@ class ScreeningClient(_ClientCore):
 
     def _discover(self, client: grpcclient.InferenceServerClient) -> ServedModelInfo:
         settings, headers = self._settings, self._settings.headers
-        if not self._call("is_server_live", lambda t: client.is_server_live(headers=headers, client_timeout=t),
-                          timeout_s=None):
+        if not self._call(
+            "is_server_live", lambda t: client.is_server_live(headers=headers, client_timeout=t), timeout_s=None
+        ):
             raise ServerUnavailableError(f"the Triton server at {self.url} is not live; check `predilect serve`")
-        if not self._call("is_model_ready", lambda t: client.is_model_ready(self.model_name, headers=headers,
-                                                                            client_timeout=t), timeout_s=None):
-            raise ModelNotReadyError(f"model {self.model_name!r} is not ready on {self.url}; wait for the server "
-                                     "to finish loading it or check the model name")
-        config = self._call("get_model_config", lambda t: client.get_model_config(
-            self.model_name, headers=headers, client_timeout=t), timeout_s=None).config
+        if not self._call(
+            "is_model_ready",
+            lambda t: client.is_model_ready(self.model_name, headers=headers, client_timeout=t),
+            timeout_s=None,
+        ):
+            raise ModelNotReadyError(
+                f"model {self.model_name!r} is not ready on {self.url}; wait for the server "
+                "to finish loading it or check the model name"
+            )
+        config = self._call(
+            "get_model_config",
+            lambda t: client.get_model_config(self.model_name, headers=headers, client_timeout=t),
+            timeout_s=None,
+        ).config
         served = protocol.served_info(config, model_name=self.model_name, url=self.url)
-        _log.debug("connected to %s: %s %s, %d diseases", settings.url, served.model_name, served.model_version,
-                   len(served.catalog))
+        _log.debug(
+            "connected to %s: %s %s, %d diseases",
+            settings.url,
+            served.model_name,
+            served.model_version,
+            len(served.catalog),
+        )
         return served
 
     @property
@@ -184,13 +244,24 @@ class ScreeningClient(_ClientCore):
         client, served = self._connection()
         inputs, outputs = protocol.infer_inputs(prepared.payload), protocol.requested_outputs()
         start = time.perf_counter()
-        response = self._call("infer", lambda t: client.infer(self.model_name, inputs, outputs=outputs,
-                                                              headers=self._settings.headers, client_timeout=t),
-                              timeout_s=timeout_s)
+        response = self._call(
+            "infer",
+            lambda t: client.infer(
+                self.model_name, inputs, outputs=outputs, headers=self._settings.headers, client_timeout=t
+            ),
+            timeout_s=timeout_s,
+        )
         latency_s = time.perf_counter() - start
         _log.debug("screened a %d-byte payload in %.3f s", len(prepared.payload), latency_s)
-        return protocol.parse_result(response, served, url=self.url, model_name=self.model_name, latency_s=latency_s,
-                                     sop_instance_uid=prepared.sop_instance_uid, frame=prepared.frame)
+        return protocol.parse_result(
+            response,
+            served,
+            url=self.url,
+            model_name=self.model_name,
+            latency_s=latency_s,
+            sop_instance_uid=prepared.sop_instance_uid,
+            frame=prepared.frame,
+        )
 
     def screen(self, image: ImageInput, *, timeout_s: float | None = None) -> ScreeningResult:
         """Screen one fundus photograph: JPEG/PNG bytes, a path, an HxWx3 uint8 RGB array, or a
@@ -211,16 +282,18 @@ class ScreeningClient(_ClientCore):
         try:
             for prepared in prepare(image):
                 try:
-                    items.append(ScreeningItem(index, image, result=self._screen_prepared(prepared,
-                                                                                           timeout_s=timeout_s)))
+                    items.append(
+                        ScreeningItem(index, image, result=self._screen_prepared(prepared, timeout_s=timeout_s))
+                    )
                 except PredilectClientError as e:
                     items.append(ScreeningItem(index, image, error=e))
         except PredilectClientError as e:  # the input itself could not be read or prepared
             items.append(ScreeningItem(index, image, error=e))
         return [replace(item, frames=len(items)) for item in items]
 
-    def screen_many(self, images: Iterable[ImageInput], *, max_in_flight: int = 8,
-                    timeout_s: float | None = None) -> Iterator[ScreeningItem]:
+    def screen_many(
+        self, images: Iterable[ImageInput], *, max_in_flight: int = 8, timeout_s: float | None = None
+    ) -> Iterator[ScreeningItem]:
         """Screen a stream of inputs with at most ``max_in_flight`` inputs in flight.
 
         Yields one ``ScreeningItem`` per image (per frame for DICOM) as they complete; a failed
@@ -259,11 +332,12 @@ class ScreeningClient(_ClientCore):
         if client is not None:
             client.close()
 
-    def __enter__(self) -> "ScreeningClient":
+    def __enter__(self) -> ScreeningClient:
         return self.connect()
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.close()
 
 

@@ -4,6 +4,7 @@ The wheel holds every layer under this one namespace: ``predilect.catalog`` and
 ``predilect.preprocess`` (the shared core), ``predilect.training``, ``predilect.build``,
 ``predilect.serving`` and ``predilect.client``.
 """
+
 from __future__ import annotations
 
 from pathlib import Path as _Path
@@ -15,5 +16,5 @@ __version__ = "0.1.0"
 # import names as the installed wheel, so `python -m pytest` from the root sees one layout.
 _root = _Path(__file__).resolve().parent.parent
 if (_root / "pyproject.toml").is_file() and (_root / "training" / "__init__.py").is_file():
-    __path__.append(str(_root))  # type: ignore[name-defined]  # noqa: F821
+    __path__.append(str(_root))  # type: ignore[name-defined]
 del _root

@@ -4,11 +4,12 @@ Training writes the catalog into every checkpoint, export copies it into the ONN
 and the model repository serves it in the ensemble's config parameters, from which the client
 reads labels and thresholds. Nothing else defines a disease.
 """
+
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
-from typing import Iterator
 
 NORMAL_LABEL = "normal"
 
@@ -81,11 +82,11 @@ class Catalog:
         return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
 
     @classmethod
-    def from_dict(cls, data: dict) -> "Catalog":
+    def from_dict(cls, data: dict) -> Catalog:
         return cls(diseases=tuple(Disease(**d) for d in data["diseases"]), version=str(data["version"]))
 
     @classmethod
-    def from_json(cls, text: str) -> "Catalog":
+    def from_json(cls, text: str) -> Catalog:
         return cls.from_dict(json.loads(text))
 
 

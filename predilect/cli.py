@@ -4,17 +4,21 @@ Each sub-command lives beside the code it drives and exposes ``main(argv)``; thi
 only dispatches, importing a layer when its command runs, so that the thin client install
 can run ``predilect --help`` without torch or DALI.
 """
+
 from __future__ import annotations
 
 import importlib
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "phantom": ("predilect.training.phantom.cli", "generate synthetic fundus photographs, OCT B-scans and a manifest"),
     "train": ("predilect.training.train_cli", "train the predilection-site classifier on a manifest"),
     "export": ("predilect.build.export_cli", "export a checkpoint to ONNX and check it under ONNX Runtime"),
-    "trt-rewrite": ("predilect.build.tensorrt.rewrite_cli", "fold the ONNX attention head into the TensorRT plugin node"),
+    "trt-rewrite": (
+        "predilect.build.tensorrt.rewrite_cli",
+        "fold the ONNX attention head into the TensorRT plugin node",
+    ),
     "trt-engine": ("predilect.build.tensorrt.engine_cli", "build a TensorRT engine (needs TensorRT and a GPU)"),
     "assemble": ("predilect.serving.repository", "assemble the Triton model repository from an exported model"),
     "serve": ("predilect.serving.server", "start the real tritonserver on a model repository"),

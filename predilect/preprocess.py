@@ -2,8 +2,9 @@
 
 ``PreprocessCfg`` travels inside every checkpoint and every served model repository; the
 pipeline its ``decoder`` names (``pil_draft`` or a DALI pipeline derived from the cfg) is
-the only code that turns encoded image bytes into model input. Training caches its tensors through the same ``Preprocessor`` that the
-Triton ``preprocess`` model runs, so served tensors equal training-time tensors bit for bit.
+the only code that turns encoded image bytes into model input. Training caches its tensors
+through the same ``Preprocessor`` that the Triton ``preprocess`` model runs, so served tensors
+equal training-time tensors bit for bit.
 
 Pipeline, per image: decode (RGB, 8 bit) -> field-of-view crop (the square around the
 fundus disc, padded with black where the disc is clipped by the frame) -> antialiased resize
@@ -14,15 +15,17 @@ Decoders: ``pil_draft`` (the CPU default) decodes JPEGs at the smallest libjpeg 
 runs the same steps with Pillow and NumPy; ``dali_cpu`` and ``dali_mixed`` run the steps as
 a DALI pipeline on the full-resolution frame (host or nvJPEG decode).
 """
+
 from __future__ import annotations
 
 import io
 import json
 import math
 import threading
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
-from typing import Sequence, Union
+from typing import Union
 
 import numpy as np
 
@@ -82,7 +85,7 @@ class PreprocessCfg:
         return json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
 
     @classmethod
-    def from_json(cls, text: str) -> "PreprocessCfg":
+    def from_json(cls, text: str) -> PreprocessCfg:
         data = json.loads(text)
         for key in ("mean", "std"):
             data[key] = tuple(data[key])
@@ -155,12 +158,14 @@ def build_pipeline(cfg: PreprocessCfg, *, batch_size: int, num_threads: int, dev
         "triangular": types.INTERP_TRIANGULAR,
     }[cfg.interpolation]
 
-    @pipeline_def(batch_size=batch_size, num_threads=num_threads, device_id=device_id,
-                  prefetch_queue_depth=1, exec_dynamic=True)
+    @pipeline_def(
+        batch_size=batch_size, num_threads=num_threads, device_id=device_id, prefetch_queue_depth=1, exec_dynamic=True
+    )
     def fundus_pipeline():
         encoded = fn.external_source(name="encoded", dtype=types.UINT8, ndim=1, no_copy=False)
-        image = fn.decoders.image(encoded, device="mixed" if cfg.decoder == "dali_mixed" else "cpu",
-                                  output_type=types.RGB)
+        image = fn.decoders.image(
+            encoded, device="mixed" if cfg.decoder == "dali_mixed" else "cpu", output_type=types.RGB
+        )
         # Field of view: rows and columns holding any pixel brighter than the black mask.
         inside = fn.cast(fn.reductions.max(image, axes=[2]) > cfg.fov_threshold, dtype=types.FLOAT)
         fov_w = fn.reductions.sum(fn.reductions.max(inside, axes=[0]))
@@ -223,13 +228,17 @@ def pil_draft_preprocess(data: np.ndarray, cfg: PreprocessCfg) -> tuple[np.ndarr
     side = max(side, 1)
     left, top = (width - side) // 2, (height - side) // 2
     square = Image.fromarray(rgb).crop((left, top, left + side, top + side))  # pads with black outside
-    resized = square.resize((cfg.size, cfg.size), getattr(Image.Resampling, _PIL_FILTERS[cfg.interpolation]),
-                            reducing_gap=None)
+    resized = square.resize(
+        (cfg.size, cfg.size), getattr(Image.Resampling, _PIL_FILTERS[cfg.interpolation]), reducing_gap=None
+    )
     mean = np.float32(255.0) * np.asarray(cfg.mean, np.float32)
     std = np.float32(255.0) * np.asarray(cfg.std, np.float32)
     tensor = (np.asarray(resized, dtype=np.float32) - mean) / std
-    return (np.ascontiguousarray(tensor.transpose(2, 0, 1), dtype=np.float32),
-            fov_w * full_w / width, fov_h * full_h / height)
+    return (
+        np.ascontiguousarray(tensor.transpose(2, 0, 1), dtype=np.float32),
+        fov_w * full_w / width,
+        fov_h * full_h / height,
+    )
 
 
 @dataclass
@@ -251,8 +260,9 @@ class Preprocessor:
 
     def _pipeline(self):
         if self._pipe is None:
-            self._pipe = build_pipeline(self.cfg, batch_size=self.max_batch_size,
-                                        num_threads=self.num_threads, device_id=self.device_id)
+            self._pipe = build_pipeline(
+                self.cfg, batch_size=self.max_batch_size, num_threads=self.num_threads, device_id=self.device_id
+            )
         return self._pipe
 
     def _run_dali(self, arrays: list[np.ndarray]) -> list[tuple[np.ndarray, float, float]]:
@@ -265,8 +275,9 @@ class Preprocessor:
             raise
         if hasattr(tensors, "as_cpu"):
             tensors = tensors.as_cpu()
-        return [(np.array(tensors[i]), float(np.array(widths[i])), float(np.array(heights[i])))
-                for i in range(len(arrays))]
+        return [
+            (np.array(tensors[i]), float(np.array(widths[i])), float(np.array(heights[i]))) for i in range(len(arrays))
+        ]
 
     def _decode_pil_one(self, array: np.ndarray) -> np.ndarray | InvalidImageError:
         try:
@@ -300,7 +311,8 @@ class Preprocessor:
         if min(fov_w, fov_h) < self.cfg.min_side_px:
             return InvalidImageError(
                 f"no fundus field of view: {int(fov_w)}x{int(fov_h)} px brighter than level "
-                f"{self.cfg.fov_threshold}; is this a colour fundus photograph?")
+                f"{self.cfg.fov_threshold}; is this a colour fundus photograph?"
+            )
         return tensor
 
     def run(self, payloads: Sequence[Payload]) -> list[np.ndarray | InvalidImageError]:
@@ -317,9 +329,9 @@ class Preprocessor:
                 else:
                     valid.append((i, array))
             for start in range(0, len(valid), self.max_batch_size):
-                chunk = valid[start:start + self.max_batch_size]
+                chunk = valid[start : start + self.max_batch_size]
                 outputs = self._decode([a for _, a in chunk])
-                for (i, _), out in zip(chunk, outputs):
+                for (i, _), out in zip(chunk, outputs, strict=True):
                     results[i] = out
             return results  # type: ignore[return-value]
 
@@ -329,7 +341,11 @@ class Preprocessor:
         for i, out in enumerate(outputs):
             if isinstance(out, Exception):
                 raise InvalidImageError(f"image {i}: {out}") from out
-        return np.stack(outputs).astype(np.float32, copy=False) if outputs else np.zeros((0, *self.cfg.input_shape), np.float32)
+        return (
+            np.stack(outputs).astype(np.float32, copy=False)
+            if outputs
+            else np.zeros((0, *self.cfg.input_shape), np.float32)
+        )
 
 
 def _dali_cause(error: RuntimeError) -> str:

@@ -4,11 +4,13 @@ Every config in the model repository is generated here: a small dataclass per mo
 ``model_config_pb2.ModelConfig`` -> protobuf text. Nothing writes pbtxt by hand, so the
 ensemble's wiring and the composing models' tensors cannot drift apart.
 """
+
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping, Union
+from typing import Union
 
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
@@ -49,7 +51,7 @@ class TensorDef:
     allow_ragged_batch: bool = False
 
     def __post_init__(self) -> None:
-        if self.data_type not in mc.DataType.keys():
+        if self.data_type not in mc.DataType.keys():  # noqa: SIM118 - a protobuf enum wrapper, not a dict
             raise ValueError(f"unknown Triton data type {self.data_type!r} for tensor {self.name!r}")
         if not self.dims or any(d == 0 or d < -1 for d in self.dims):
             raise ValueError(f"tensor {self.name!r} needs dims > 0 or -1, got {self.dims}")
@@ -140,8 +142,11 @@ def fundus_screen_models(served: ServedModel, options: ServingOptions = ServingO
     pixels = TensorDef(PIXELS, "TYPE_FP32", (3, size, size))
     logits = TensorDef(LOGITS, "TYPE_FP32", (classes,))
     probabilities = TensorDef(PROBABILITIES, "TYPE_FP32", (classes,))
-    batching = {"max_batch_size": options.max_batch_size, "max_queue_delay_us": options.max_queue_delay_us,
-                "preferred_batch_sizes": options.preferred_batch_sizes}
+    batching = {
+        "max_batch_size": options.max_batch_size,
+        "max_queue_delay_us": options.max_queue_delay_us,
+        "preferred_batch_sizes": options.preferred_batch_sizes,
+    }
     preprocess = PythonModelDef(
         name=PREPROCESS,
         # Encoded images differ in length: ragged batching lets the batcher group them anyway.
@@ -152,8 +157,12 @@ def fundus_screen_models(served: ServedModel, options: ServingOptions = ServingO
         **batching,
     )
     classifier = PythonModelDef(
-        name=CLASSIFIER, inputs=(pixels,), outputs=(logits,), instance_count=options.classifier_instances,
-        parameters={PARAM_ORT_THREADS: str(options.ort_threads)}, **batching,
+        name=CLASSIFIER,
+        inputs=(pixels,),
+        outputs=(logits,),
+        instance_count=options.classifier_instances,
+        parameters={PARAM_ORT_THREADS: str(options.ort_threads)},
+        **batching,
     )
     postprocess = PythonModelDef(name=POSTPROCESS, inputs=(logits,), outputs=(probabilities,), **batching)
     ensemble = EnsembleDef(

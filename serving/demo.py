@@ -4,14 +4,15 @@ phantom data -> UOPSL-style training -> ONNX export + parity -> model repository
 real tritonserver (CPU) -> every held-out image screened through the gRPC client ->
 results table, served macro AUROC, images/s -> server stopped.
 """
+
 from __future__ import annotations
 
 import argparse
 import json
 import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -58,8 +59,9 @@ def _phantom(args: argparse.Namespace) -> Path:
         if done == total or done % max(1, total // 10) == 0:
             print(f"      {done}/{total}", flush=True)
 
-    manifest = generate(out, count=args.count, oct_count=args.oct_count, seed=args.seed, width=width,
-                        height=height, progress=progress)
+    manifest = generate(
+        out, count=args.count, oct_count=args.oct_count, seed=args.seed, width=width, height=height, progress=progress
+    )
     stamp.write_text(json.dumps(params))
     return manifest
 
@@ -72,11 +74,18 @@ def _train(args: argparse.Namespace, manifest: Path) -> Path:
     if args.epochs is not None:
         overrides["epochs"] = args.epochs
     oct_manifest = manifest.with_name("oct_manifest.csv")
-    result = train(manifest, checkpoint, oct_manifest=oct_manifest if oct_manifest.is_file() else None,
-                   cfg=TrainCfg(**overrides), cache_dir=args.workdir / "cache",
-                   report=lambda line: print(f"      {line}", flush=True))
-    print(f"      in-process held-out macro AUROC {result.heldout_macro_auroc:.4f}; "
-          f"checkpoint {checkpoint} ({result.meta.version})")
+    result = train(
+        manifest,
+        checkpoint,
+        oct_manifest=oct_manifest if oct_manifest.is_file() else None,
+        cfg=TrainCfg(**overrides),
+        cache_dir=args.workdir / "cache",
+        report=lambda line: print(f"      {line}", flush=True),
+    )
+    print(
+        f"      in-process held-out macro AUROC {result.heldout_macro_auroc:.4f}; "
+        f"checkpoint {checkpoint} ({result.meta.version})"
+    )
     return checkpoint
 
 
@@ -90,8 +99,10 @@ def _export(args: argparse.Namespace, checkpoint: Path, manifest: Path) -> Path:
     records = read_manifest(manifest, catalog=meta.catalog, split="heldout")
     pixels = load_fundus_pixels(records, meta.preprocess, cache_dir=args.workdir / "cache")
     report = check_parity(checkpoint, onnx_path, pixels)
-    print(f"      ONNX Runtime vs PyTorch on {report.images} held-out images: "
-          f"max |delta p| = {report.max_abs_prob_diff:.1e} (<= {report.tolerance:.0e}: {report.ok})")
+    print(
+        f"      ONNX Runtime vs PyTorch on {report.images} held-out images: "
+        f"max |delta p| = {report.max_abs_prob_diff:.1e} (<= {report.tolerance:.0e}: {report.ok})"
+    )
     if not report.ok:
         raise SystemExit("ONNX parity check failed; not serving this export")
     return onnx_path
@@ -100,18 +111,17 @@ def _export(args: argparse.Namespace, checkpoint: Path, manifest: Path) -> Path:
 def _screen_all(url: str, paths: list[Path], concurrency: int):
     from predilect.client import ScreeningClient
 
-    with ScreeningClient(url) as client:
-        with ThreadPoolExecutor(max_workers=concurrency) as pool:
-            list(pool.map(client.screen, paths[: min(len(paths), concurrency)]))  # warm-up
-            start = time.monotonic()
-            results = list(pool.map(client.screen, paths))
-            seconds = time.monotonic() - start
+    with ScreeningClient(url) as client, ThreadPoolExecutor(max_workers=concurrency) as pool:
+        list(pool.map(client.screen, paths[: min(len(paths), concurrency)]))  # warm-up
+        start = time.monotonic()
+        results = list(pool.map(client.screen, paths))
+        seconds = time.monotonic() - start
     return results, seconds
 
 
 def _print_table(records, results, ids: list[str], rows: int) -> None:
     print(f"      {'image':<22} {'truth':<18} {'screened positive':<18} " + " ".join(f"{d:>8}" for d in ids))
-    for record, result in list(zip(records, results))[:rows]:
+    for record, result in list(zip(records, results, strict=True))[:rows]:
         truth = ";".join(sorted(record.labels)) or "normal"
         found = ";".join(result.positive) or "normal"
         probs = " ".join(f"{result.probabilities[d]:8.3f}" for d in ids)
@@ -126,8 +136,9 @@ def _serve_and_screen(args: argparse.Namespace, repository: Path, manifest: Path
     from predilect.training.metrics import macro_auroc
 
     grpc_port = args.grpc_port or free_port()
-    with TritonServer(model_repository=repository, grpc_port=grpc_port, http_port=free_port(),
-                      metrics_port=free_port()) as server:
+    with TritonServer(
+        model_repository=repository, grpc_port=grpc_port, http_port=free_port(), metrics_port=free_port()
+    ) as server:
         print(f"      tritonserver ready: gRPC {server.grpc_url}, HTTP {server.http_url}, metrics {server.metrics_url}")
         t0 = _step(6, "screening the held-out images through the gRPC client")
         records = read_manifest(manifest, catalog=catalog, split="heldout")
@@ -139,10 +150,15 @@ def _serve_and_screen(args: argparse.Namespace, repository: Path, manifest: Path
         raise SystemExit(f"served catalog {ids} differs from the checkpoint's {catalog.ids}")
     auroc = macro_auroc(label_matrix(records, catalog), served, ids)
     with (args.workdir / "results.jsonl").open("w") as f:
-        for record, result in zip(records, results):
+        for record, result in zip(records, results, strict=True):
             f.write(json.dumps({"image": str(record.path), **json.loads(result.to_json())}) + "\n")
-    summary = {"images": len(records), "served_macro_auroc": auroc, "images_per_s": len(records) / seconds,
-               "concurrency": args.concurrency, "model_version": results[0].model_version}
+    summary = {
+        "images": len(records),
+        "served_macro_auroc": auroc,
+        "images_per_s": len(records) / seconds,
+        "concurrency": args.concurrency,
+        "model_version": results[0].model_version,
+    }
     _done(t0, f"screened {len(records)} images")
     return summary
 
@@ -151,8 +167,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     args.workdir.mkdir(parents=True, exist_ok=True)
     begin = time.monotonic()
-    t0 = _step(1, f"phantom data: {args.count} fundus photographs at {args.size[0]}x{args.size[1]}, "
-                  f"{args.oct_count} OCT B-scans")
+    t0 = _step(
+        1,
+        f"phantom data: {args.count} fundus photographs at {args.size[0]}x{args.size[1]}, {args.oct_count} OCT B-scans",
+    )
     manifest = _phantom(args)
     _done(t0)
     t0 = _step(2, "training (OCT teaches the predilection sites, fundus learns to attend)")
@@ -171,9 +189,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     from predilect.training.checkpoint import read_meta
 
     summary = _serve_and_screen(args, repository, manifest, read_meta(checkpoint).catalog)
-    print(f"\nserved macro AUROC {summary['served_macro_auroc']:.4f} on {summary['images']} held-out images; "
-          f"{summary['images_per_s']:.1f} images/s at concurrency {summary['concurrency']}; "
-          f"model {summary['model_version']}; total {time.monotonic() - begin:.0f}s")
+    print(
+        f"\nserved macro AUROC {summary['served_macro_auroc']:.4f} on {summary['images']} held-out images; "
+        f"{summary['images_per_s']:.1f} images/s at concurrency {summary['concurrency']}; "
+        f"model {summary['model_version']}; total {time.monotonic() - begin:.0f}s"
+    )
     (args.workdir / "demo_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(f"server stopped. Serve again with: predilect serve --model-repository {repository}")
     return 0

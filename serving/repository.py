@@ -5,14 +5,15 @@ The exported model carries its catalog, preprocessing constants and identity in 
 definitions in ``predilect.serving.configs``, copies ``model.onnx`` into ``classifier/1/``
 and the ``model.py`` shims of the Python-backend models next to their configs.
 """
+
 from __future__ import annotations
 
 import argparse
 import shutil
 import sys
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from predilect.catalog import Catalog
 from predilect.preprocess import PreprocessCfg
@@ -56,7 +57,8 @@ def read_served_model(onnx_path: Path) -> configs.ServedModel:
     if missing:
         raise ModelMetadataError(
             f"{onnx_path} lacks ONNX metadata {missing}; export it with `predilect export`, "
-            f"which writes {list(_REQUIRED_META)}")
+            f"which writes {list(_REQUIRED_META)}"
+        )
     try:
         served = configs.ServedModel(
             catalog=Catalog.from_json(meta[META_CATALOG]),
@@ -77,18 +79,21 @@ def _check_tensors(model, served: configs.ServedModel, onnx_path: Path) -> None:
     pixels, logits = inputs.get(configs.PIXELS), outputs.get(configs.LOGITS)
     if pixels is None or len(pixels) != 4 or pixels[1:] != [3, size, size]:
         raise ModelMetadataError(
-            f"{onnx_path}: expected input {configs.PIXELS} [batch, 3, {size}, {size}], graph inputs are {inputs}")
+            f"{onnx_path}: expected input {configs.PIXELS} [batch, 3, {size}, {size}], graph inputs are {inputs}"
+        )
     if logits is None or len(logits) != 2 or logits[1] != classes:
         raise ModelMetadataError(
             f"{onnx_path}: expected output {configs.LOGITS} [batch, {classes}] (one per catalog disease), "
-            f"graph outputs are {outputs}")
+            f"graph outputs are {outputs}"
+        )
 
 
 def _prepare_out_dir(out_dir: Path) -> None:
     if out_dir.exists() and any(out_dir.iterdir()):
         if not (out_dir / configs.ENSEMBLE / "config.pbtxt").is_file():
-            raise FileExistsError(f"{out_dir} is not empty and is not a model repository made by assemble; "
-                                  "choose another --out")
+            raise FileExistsError(
+                f"{out_dir} is not empty and is not a model repository made by assemble; choose another --out"
+            )
         shutil.rmtree(out_dir)
 
 
@@ -111,9 +116,14 @@ def assemble(
     onnx_path, out_dir = Path(onnx_path), Path(out_dir)
     served = read_served_model(onnx_path)
     options = configs.ServingOptions(
-        max_batch_size=max_batch_size, max_queue_delay_us=max_queue_delay_us,
-        preprocess_instances=preprocess_instances, classifier_instances=classifier_instances,
-        dali_threads=dali_threads, ort_threads=ort_threads, preferred_batch_sizes=tuple(preferred_batch_sizes))
+        max_batch_size=max_batch_size,
+        max_queue_delay_us=max_queue_delay_us,
+        preprocess_instances=preprocess_instances,
+        classifier_instances=classifier_instances,
+        dali_threads=dali_threads,
+        ort_threads=ort_threads,
+        preferred_batch_sizes=tuple(preferred_batch_sizes),
+    )
     shims = shim_source_dir()
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     # Build beside the target and move it in at the end, so a failure leaves no half repository.
@@ -144,11 +154,20 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--onnx", type=Path, required=True, help="exported model (ONNX with predilect metadata)")
     p.add_argument("--out", type=Path, default=Path("artifacts/model_repository"), help="model repository to write")
     p.add_argument("--max-batch-size", type=int, default=defaults.max_batch_size)
-    p.add_argument("--max-queue-delay-us", type=int, default=defaults.max_queue_delay_us,
-                   help="dynamic batcher wait for more requests, in microseconds")
+    p.add_argument(
+        "--max-queue-delay-us",
+        type=int,
+        default=defaults.max_queue_delay_us,
+        help="dynamic batcher wait for more requests, in microseconds",
+    )
     p.add_argument("--preprocess-instances", type=int, default=defaults.preprocess_instances)
     p.add_argument("--classifier-instances", type=int, default=defaults.classifier_instances)
-    p.add_argument("--dali-threads", type=int, default=defaults.dali_threads, help="decode threads per preprocess instance (DALI, or the pil_draft pool)")
+    p.add_argument(
+        "--dali-threads",
+        type=int,
+        default=defaults.dali_threads,
+        help="decode threads per preprocess instance (DALI, or the pil_draft pool)",
+    )
     p.add_argument("--ort-threads", type=int, default=defaults.ort_threads, help="ONNX Runtime intra-op threads")
     return p
 
@@ -157,9 +176,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         out = assemble(
-            args.onnx, args.out, max_batch_size=args.max_batch_size, max_queue_delay_us=args.max_queue_delay_us,
-            preprocess_instances=args.preprocess_instances, classifier_instances=args.classifier_instances,
-            dali_threads=args.dali_threads, ort_threads=args.ort_threads)
+            args.onnx,
+            args.out,
+            max_batch_size=args.max_batch_size,
+            max_queue_delay_us=args.max_queue_delay_us,
+            preprocess_instances=args.preprocess_instances,
+            classifier_instances=args.classifier_instances,
+            dali_threads=args.dali_threads,
+            ort_threads=args.ort_threads,
+        )
     except (ValueError, OSError) as e:  # ModelMetadataError is a ValueError
         print(f"predilect assemble: {e}", file=sys.stderr)
         return 2

@@ -6,6 +6,7 @@ running interpreter (cached, built once per pytriton and Python version), and
 ``TritonServer`` runs the binary on a model repository with this virtualenv first on
 ``PATH``, so the Python-backend stubs import ``predilect`` and its dependencies from here.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,9 +26,9 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Callable, Sequence
 
 import predilect
 from predilect.serving.configs import ENSEMBLE
@@ -187,9 +188,12 @@ class TritonServer:
             str(server_binary()),
             f"--model-repository={self.model_repository}",
             f"--backend-directory={backend_dir}",
-            f"--grpc-address={self.bind_address}", f"--grpc-port={self.grpc_port}",
-            f"--http-address={self.bind_address}", f"--http-port={self.http_port}",
-            f"--metrics-address={self.bind_address}", f"--metrics-port={self.metrics_port}",
+            f"--grpc-address={self.bind_address}",
+            f"--grpc-port={self.grpc_port}",
+            f"--http-address={self.bind_address}",
+            f"--http-port={self.http_port}",
+            f"--metrics-address={self.bind_address}",
+            f"--metrics-port={self.metrics_port}",
             "--allow-gpu-metrics=false",
             "--disable-auto-complete-config",
             f"--log-verbose={self.log_verbose}",
@@ -212,13 +216,14 @@ class TritonServer:
         env["PYTHONPATH"] = f"{root}:{env['PYTHONPATH']}" if env.get("PYTHONPATH") else root
         return env
 
-    def start(self) -> "TritonServer":
+    def start(self) -> TritonServer:
         """Start the server and wait until it is ready."""
         if self._process is not None:
             raise RuntimeError("this TritonServer was already started")
         if not self.model_repository.is_dir():
-            raise ServerStartError(f"model repository {self.model_repository} does not exist; "
-                                   "run `predilect assemble` first")
+            raise ServerStartError(
+                f"model repository {self.model_repository} does not exist; run `predilect assemble` first"
+            )
         backend_dir = prepare_runtime(self.runtime_cache_dir)
         if self.log_path is None:
             self.log_path = Path(tempfile.mkdtemp(prefix="predilect-triton-")) / "tritonserver.log"
@@ -226,8 +231,12 @@ class TritonServer:
         self._log_file = open(self.log_path, "wb")
         in_main_thread = threading.current_thread() is threading.main_thread()
         self._process = subprocess.Popen(
-            self.command(backend_dir), stdin=subprocess.DEVNULL, stdout=self._log_file, stderr=subprocess.STDOUT,
-            env=self._environment(), start_new_session=True,
+            self.command(backend_dir),
+            stdin=subprocess.DEVNULL,
+            stdout=self._log_file,
+            stderr=subprocess.STDOUT,
+            env=self._environment(),
+            start_new_session=True,
             preexec_fn=_die_with_parent_hook() if in_main_thread and sys.platform == "linux" else None,
         )
         try:
@@ -260,7 +269,9 @@ class TritonServer:
             if fatal:
                 raise ServerStartError(self._failure(f"tritonserver cannot load a model ({fatal.strip()})"))
             if time.monotonic() > deadline:
-                raise ServerStartError(self._failure(f"tritonserver was not ready after {self.startup_timeout_s:.0f} s"))
+                raise ServerStartError(
+                    self._failure(f"tritonserver was not ready after {self.startup_timeout_s:.0f} s")
+                )
             time.sleep(0.25)
 
     def _log_lines(self) -> list[str]:
@@ -273,8 +284,9 @@ class TritonServer:
 
     def log_errors(self) -> list[str]:
         """The error lines of the server log, without the noise of a CPU-only machine."""
-        return [line for line in self._log_lines()
-                if _ERROR_LINE.search(line) and not any(n in line for n in _CPU_NOISE)]
+        return [
+            line for line in self._log_lines() if _ERROR_LINE.search(line) and not any(n in line for n in _CPU_NOISE)
+        ]
 
     def log_tail(self, lines: int = 40) -> str:
         """The last ``lines`` lines of the server log."""
@@ -282,8 +294,9 @@ class TritonServer:
 
     def _failure(self, what: str) -> str:
         errors = "\n".join(self.log_errors()[-10:]) or "(none)"
-        return (f"{what}; log: {self.log_path}\nerrors in the log:\n{errors}\n"
-                f"last lines of the log:\n{self.log_tail(15)}")
+        return (
+            f"{what}; log: {self.log_path}\nerrors in the log:\n{errors}\nlast lines of the log:\n{self.log_tail(15)}"
+        )
 
     def stop(self) -> int | None:
         """Stop the server gracefully (SIGTERM, then SIGKILL after the timeout); its exit code."""
@@ -302,11 +315,12 @@ class TritonServer:
             self._log_file = None
         return code
 
-    def __enter__(self) -> "TritonServer":
+    def __enter__(self) -> TritonServer:
         return self.start()
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.stop()
 
 
@@ -337,20 +351,31 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     server = TritonServer(
-        model_repository=args.model_repository, grpc_port=args.grpc_port, http_port=args.http_port,
-        metrics_port=args.metrics_port, bind_address=args.bind_address, log_verbose=args.log_verbose,
-        log_path=args.log_file, startup_timeout_s=args.startup_timeout_s)
+        model_repository=args.model_repository,
+        grpc_port=args.grpc_port,
+        http_port=args.http_port,
+        metrics_port=args.metrics_port,
+        bind_address=args.bind_address,
+        log_verbose=args.log_verbose,
+        log_path=args.log_file,
+        startup_timeout_s=args.startup_timeout_s,
+    )
     signal.signal(signal.SIGINT, _on_signal)
     signal.signal(signal.SIGTERM, _on_signal)
     try:
         with server:
-            print(f"tritonserver ready (pid {server.pid}, log {server.log_path})\n"
-                  f"  grpc    {server.grpc_url}\n  http    {server.http_url}\n  metrics {server.metrics_url}\n"
-                  "Ctrl+C or SIGTERM stops it.", flush=True)
+            print(
+                f"tritonserver ready (pid {server.pid}, log {server.log_path})\n"
+                f"  grpc    {server.grpc_url}\n  http    {server.http_url}\n  metrics {server.metrics_url}\n"
+                "Ctrl+C or SIGTERM stops it.",
+                flush=True,
+            )
             while server.is_running:
                 time.sleep(0.5)
-            print(f"predilect serve: tritonserver exited on its own; last log lines:\n{server.log_tail()}",
-                  file=sys.stderr)
+            print(
+                f"predilect serve: tritonserver exited on its own; last log lines:\n{server.log_tail()}",
+                file=sys.stderr,
+            )
             return 1
     except _Shutdown as e:
         print(f"predilect serve: {e}: tritonserver stopped", flush=True)

@@ -1,5 +1,6 @@
 """Session fixtures for the whole path: tiny phantom -> trained checkpoint -> ONNX ->
 assembled repository -> the real tritonserver. Shared by the training and end-to-end tests."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -36,8 +37,13 @@ def pipeline(phantom_manifest, tmp_path_factory) -> Pipeline:
     torch.set_num_threads(2)
     work = tmp_path_factory.mktemp("pipeline")
     checkpoint = work / "checkpoint" / "model.safetensors"
-    train(phantom_manifest, checkpoint, oct_manifest=phantom_manifest.with_name("oct_manifest.csv"),
-          cfg=TrainCfg(epochs=2, oct_epochs=1, freeze_sites_epochs=1, max_minutes=2.0), cache_dir=work / "cache")
+    train(
+        phantom_manifest,
+        checkpoint,
+        oct_manifest=phantom_manifest.with_name("oct_manifest.csv"),
+        cfg=TrainCfg(epochs=2, oct_epochs=1, freeze_sites_epochs=1, max_minutes=2.0),
+        cache_dir=work / "cache",
+    )
     onnx_path = work / "onnx" / "model.onnx"
     export_onnx(checkpoint, onnx_path)
     repository = assemble(onnx_path, work / "model_repository", max_batch_size=8)
@@ -48,6 +54,7 @@ def pipeline(phantom_manifest, tmp_path_factory) -> Pipeline:
 def pipeline_server(pipeline):
     from predilect.serving.server import TritonServer, free_port
 
-    with TritonServer(model_repository=pipeline.repository, grpc_port=free_port(), http_port=free_port(),
-                      metrics_port=free_port()) as server:
+    with TritonServer(
+        model_repository=pipeline.repository, grpc_port=free_port(), http_port=free_port(), metrics_port=free_port()
+    ) as server:
         yield server

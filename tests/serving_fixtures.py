@@ -4,18 +4,23 @@ repository and one real ``tritonserver`` per test session.
 Loaded as a pytest plugin (``pytest_plugins`` in ``tests/conftest.py``), because the tests
 run with ``--import-mode=importlib`` and cannot import helper modules by name.
 """
+
 from __future__ import annotations
 
 import hashlib
 import io
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
 
 from predilect.catalog import DEFAULT_CATALOG
 from predilect.preprocess import PreprocessCfg
+
+if TYPE_CHECKING:
+    from predilect.serving.server import TritonServer
 
 TINY_MODEL_NAME = "uopsl-tiny"
 
@@ -48,12 +53,15 @@ def build_tiny_onnx(path: Path, *, seed: int = 0, metadata: bool = True) -> Path
     model.ir_version = 8
     if metadata:
         digest = hashlib.sha256(weight.tobytes() + bias.tobytes()).hexdigest()[:8]
-        helper.set_model_props(model, {
-            "predilect.catalog": DEFAULT_CATALOG.to_json(),
-            "predilect.preprocess": cfg.to_json(),
-            "predilect.model_name": TINY_MODEL_NAME,
-            "predilect.model_version": f"1+{digest}",
-        })
+        helper.set_model_props(
+            model,
+            {
+                "predilect.catalog": DEFAULT_CATALOG.to_json(),
+                "predilect.preprocess": cfg.to_json(),
+                "predilect.model_name": TINY_MODEL_NAME,
+                "predilect.model_version": f"1+{digest}",
+            },
+        )
     onnx.checker.check_model(model)
     onnx.save(model, str(path))
     return path
@@ -96,19 +104,25 @@ def tiny_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def model_repository(tmp_path_factory: pytest.TempPathFactory, tiny_onnx: Path) -> Path:
     from predilect.serving.repository import assemble
 
-    return assemble(tiny_onnx, tmp_path_factory.mktemp("serving") / "model_repository",
-                    max_batch_size=16, max_queue_delay_us=20_000)
+    return assemble(
+        tiny_onnx, tmp_path_factory.mktemp("serving") / "model_repository", max_batch_size=16, max_queue_delay_us=20_000
+    )
 
 
 @pytest.fixture(scope="session")
-def triton_server(model_repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator["TritonServer"]:
+def triton_server(model_repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonServer]:
     """One real tritonserver on free ports for the whole session."""
     from predilect.serving.server import TritonServer, free_port
 
     server = TritonServer(
-        model_repository=model_repository, grpc_port=free_port(), http_port=free_port(),
-        metrics_port=free_port(), bind_address="127.0.0.1",
-        log_path=tmp_path_factory.mktemp("triton-log") / "tritonserver.log", startup_timeout_s=180)
+        model_repository=model_repository,
+        grpc_port=free_port(),
+        http_port=free_port(),
+        metrics_port=free_port(),
+        bind_address="127.0.0.1",
+        log_path=tmp_path_factory.mktemp("triton-log") / "tritonserver.log",
+        startup_timeout_s=180,
+    )
     with server:
         yield server
 
@@ -123,7 +137,7 @@ _OPHTHALMIC_TYPE1 = {
 
 
 @pytest.fixture(scope="module")
-def client(triton_server: "TritonServer"):
+def client(triton_server: TritonServer):
     """A connected sync ``ScreeningClient`` on the session's server."""
     from predilect.client import ScreeningClient
 
@@ -131,8 +145,9 @@ def client(triton_server: "TritonServer"):
         yield c
 
 
-def wrap_jpeg_as_dicom(jpeg: Path, out: Path, *, sop_class: str = "oph", keys: dict[str, str] | None = None,
-                       keep_appn: bool = False) -> Path:
+def wrap_jpeg_as_dicom(
+    jpeg: Path, out: Path, *, sop_class: str = "oph", keys: dict[str, str] | None = None, keep_appn: bool = False
+) -> Path:
     """Wrap a JPEG file into DICOM with DCMTK's ``img2dcm`` (JPEG baseline, the JPEG bytes kept).
 
     ``sop_class``: "oph" (Ophthalmic Photography 8 Bit), "vlp" (VL Photographic) or "sc".
@@ -167,17 +182,56 @@ def make_tls_files(folder: Path) -> dict[str, Path]:
         subprocess.run(["openssl", *args], check=True, capture_output=True, timeout=60)
 
     files = {name: folder / f"{name}.pem" for name in ("ca", "ca_key", "server", "server_key", "client", "client_key")}
-    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=predilect-test-ca",
-            "-keyout", str(files["ca_key"]), "-out", str(files["ca"]))
+    openssl(
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=predilect-test-ca",
+        "-keyout",
+        str(files["ca_key"]),
+        "-out",
+        str(files["ca"]),
+    )
     for name, subject in (("server", "/CN=localhost"), ("client", "/CN=pacs-client")):
         request = folder / f"{name}.csr"
-        openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", subject, "-keyout", str(files[f"{name}_key"]),
-                "-out", str(request))
+        openssl(
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            subject,
+            "-keyout",
+            str(files[f"{name}_key"]),
+            "-out",
+            str(request),
+        )
         extensions = folder / f"{name}.ext"
-        extensions.write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\n" if name == "server"
-                              else "extendedKeyUsage=clientAuth\n")
-        openssl("x509", "-req", "-in", str(request), "-CA", str(files["ca"]), "-CAkey", str(files["ca_key"]),
-                "-CAcreateserial", "-days", "2", "-extfile", str(extensions), "-out", str(files[name]))
+        extensions.write_text(
+            "subjectAltName=DNS:localhost,IP:127.0.0.1\n" if name == "server" else "extendedKeyUsage=clientAuth\n"
+        )
+        openssl(
+            "x509",
+            "-req",
+            "-in",
+            str(request),
+            "-CA",
+            str(files["ca"]),
+            "-CAkey",
+            str(files["ca_key"]),
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            str(extensions),
+            "-out",
+            str(files[name]),
+        )
     return files
 
 
@@ -191,17 +245,27 @@ def tls_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="session")
-def mutual_tls_server(model_repository: Path, tls_files: dict[str, Path],
-                      tmp_path_factory: pytest.TempPathFactory) -> Iterator["TritonServer"]:
+def mutual_tls_server(
+    model_repository: Path, tls_files: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[TritonServer]:
     """A second real tritonserver whose gRPC endpoint requires mutual TLS (client certificate)."""
     from predilect.serving.server import TritonServer, free_port
 
     server = TritonServer(
-        model_repository=model_repository, grpc_port=free_port(), http_port=free_port(),
-        metrics_port=free_port(), bind_address="127.0.0.1",
-        log_path=tmp_path_factory.mktemp("triton-tls-log") / "tritonserver.log", startup_timeout_s=180,
-        extra_args=["--grpc-use-ssl=true", "--grpc-use-ssl-mutual=true",
-                    f"--grpc-server-cert={tls_files['server']}", f"--grpc-server-key={tls_files['server_key']}",
-                    f"--grpc-root-cert={tls_files['ca']}"])
+        model_repository=model_repository,
+        grpc_port=free_port(),
+        http_port=free_port(),
+        metrics_port=free_port(),
+        bind_address="127.0.0.1",
+        log_path=tmp_path_factory.mktemp("triton-tls-log") / "tritonserver.log",
+        startup_timeout_s=180,
+        extra_args=[
+            "--grpc-use-ssl=true",
+            "--grpc-use-ssl-mutual=true",
+            f"--grpc-server-cert={tls_files['server']}",
+            f"--grpc-server-key={tls_files['server_key']}",
+            f"--grpc-root-cert={tls_files['ca']}",
+        ],
+    )
     with server:
         yield server

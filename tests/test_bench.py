@@ -2,6 +2,7 @@
 
 Locust (and its gevent monkey-patching) runs only in subprocesses started by the bench.
 """
+
 import json
 from pathlib import Path
 
@@ -30,8 +31,21 @@ def test_bench_writes_report_with_plots_when_run_quick(tmp_path, tiny_onnx, tiny
     from predilect.benchmarks.cli import main
 
     out = tmp_path / "results"
-    rc = main(["--quick", "--onnx", str(tiny_onnx), "--checkpoint", str(tiny_checkpoint), "--out-dir", str(out),
-               "--name", "smoke", "--workdir", str(tmp_path / "work")])
+    rc = main(
+        [
+            "--quick",
+            "--onnx",
+            str(tiny_onnx),
+            "--checkpoint",
+            str(tiny_checkpoint),
+            "--out-dir",
+            str(out),
+            "--name",
+            "smoke",
+            "--workdir",
+            str(tmp_path / "work"),
+        ]
+    )
     assert rc == 0
     text = (out / "smoke.md").read_text()
     assert "Headline" in text and "machine:" in text and "command:" in text
@@ -51,8 +65,15 @@ def test_locust_distributed_writes_csv_when_master_and_one_worker(tmp_path, trit
     image = tmp_path / "fundus.jpg"
     image.write_bytes(fundus_jpeg(3))
     prefix = tmp_path / "csv" / "dist"
-    result = run_locust_distributed("TritonGrpcUser", triton_server.grpc_url, users=2, run_time_s=4,
-                                    images_list=write_list([image], tmp_path / "images.txt"), csv_prefix=prefix,
-                                    workers=1, master_port=free_port())
+    result = run_locust_distributed(
+        "TritonGrpcUser",
+        triton_server.grpc_url,
+        users=2,
+        run_time_s=4,
+        images_list=write_list([image], tmp_path / "images.txt"),
+        csv_prefix=prefix,
+        workers=1,
+        master_port=free_port(),
+    )
     assert Path(f"{prefix}_stats.csv").is_file()
     assert result.requests > 0 and result.failures == 0

@@ -1,11 +1,12 @@
 """The thin client against the real server: results, discovery, rejections, batching, errors."""
+
 from __future__ import annotations
 
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pytest
@@ -48,8 +49,9 @@ def test_screen_matches_in_process_reference_when_given_jpeg_bytes(client, refer
     for seed in (1, 2):
         image = fundus_jpeg(seed)
         np.testing.assert_allclose(_values(client.screen(image)), reference(image), rtol=0, atol=1e-5)
-    assert not np.allclose(_values(client.screen(fundus_jpeg(1))), _values(client.screen(fundus_jpeg(2))),
-                           atol=1e-4), "different images must give different probabilities"
+    assert not np.allclose(_values(client.screen(fundus_jpeg(1))), _values(client.screen(fundus_jpeg(2))), atol=1e-4), (
+        "different images must give different probabilities"
+    )
 
 
 def test_screen_matches_reference_when_given_a_path(client, reference, fundus_jpeg, tmp_path: Path) -> None:
@@ -77,13 +79,18 @@ def _corrupt_jpeg(image: bytes) -> bytes:
     return image[:4] + bytes(range(256)) * 8 + image[-2:]
 
 
-@pytest.mark.parametrize(("make_bad", "cause"), [
-    (_corrupt_jpeg, "corrupt JPEG"),
-    (lambda image: b"%PDF-1.7\n" + image, "not a JPEG or PNG image"),
-    (lambda image: image[: len(image) // 2], "truncated JPEG"),
-], ids=["corrupt", "not_an_image", "truncated"])
-def test_screen_raises_image_rejected_error_naming_cause_when_payload_is_bad(client, fundus_jpeg, make_bad,
-                                                                             cause: str) -> None:
+@pytest.mark.parametrize(
+    ("make_bad", "cause"),
+    [
+        (_corrupt_jpeg, "corrupt JPEG"),
+        (lambda image: b"%PDF-1.7\n" + image, "not a JPEG or PNG image"),
+        (lambda image: image[: len(image) // 2], "truncated JPEG"),
+    ],
+    ids=["corrupt", "not_an_image", "truncated"],
+)
+def test_screen_raises_image_rejected_error_naming_cause_when_payload_is_bad(
+    client, fundus_jpeg, make_bad, cause: str
+) -> None:
     with pytest.raises(ImageRejectedError, match=cause) as caught:
         client.screen(make_bad(fundus_jpeg(5)))
     assert cause in caught.value.cause
@@ -154,8 +161,10 @@ def test_client_rejection_prefix_matches_server_when_compared() -> None:
 
 def test_import_client_loads_no_heavy_module_when_imported() -> None:
     heavy = ["torch", "onnx", "onnxruntime", "nvidia.dali", "PIL", "pydicom", "highdicom", "pynetdicom"]
-    code = ("import sys, predilect.client, predilect.client.screen_cli, predilect.client.gateway_cli; "
-            f"loaded = [m for m in {heavy!r} if m in sys.modules]; "
-            "print(loaded); sys.exit(1 if loaded else 0)")
+    code = (
+        "import sys, predilect.client, predilect.client.screen_cli, predilect.client.gateway_cli; "
+        f"loaded = [m for m in {heavy!r} if m in sys.modules]; "
+        "print(loaded); sys.exit(1 if loaded else 0)"
+    )
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stdout + done.stderr

@@ -1,4 +1,5 @@
 """The asyncio client, numpy inputs, concurrency and back-pressure, against the real server."""
+
 from __future__ import annotations
 
 import asyncio
@@ -36,8 +37,9 @@ def _pillow_png(pixels: np.ndarray) -> bytes:
 
 def test_screen_numpy_array_matches_pillow_png_when_given_same_pixels(client, fundus_jpeg) -> None:
     pixels = _decode(fundus_jpeg(11))
-    np.testing.assert_allclose(_values(client.screen(pixels)), _values(client.screen(_pillow_png(pixels))),
-                               rtol=0, atol=1e-6)
+    np.testing.assert_allclose(
+        _values(client.screen(pixels)), _values(client.screen(_pillow_png(pixels))), rtol=0, atol=1e-6
+    )
 
 
 def test_screen_raises_input_error_when_array_is_not_rgb_uint8(client) -> None:

@@ -1,4 +1,5 @@
 """Retries against real failure modes: nobody listening, per-attempt deadlines, rejected images."""
+
 from __future__ import annotations
 
 import asyncio
@@ -63,7 +64,8 @@ def test_screen_sends_rejected_image_once_when_server_rejects_it(triton_server: 
 
 
 def test_screen_retries_per_attempt_deadline_until_total_deadline_when_attempts_time_out(
-        triton_server: TritonServer, fundus_jpeg) -> None:
+    triton_server: TritonServer, fundus_jpeg
+) -> None:
     policy = RetryPolicy(max_attempts=50, initial_backoff_s=0.01, max_backoff_s=0.02)
     with ScreeningClient(triton_server.grpc_url, timeout_s=30, attempt_timeout_s=1e-4, retry_policy=policy) as client:
         start = time.monotonic()
@@ -74,6 +76,7 @@ def test_screen_retries_per_attempt_deadline_until_total_deadline_when_attempts_
 
 
 def test_screen_succeeds_with_bearer_token_when_auth_token_given(triton_server: TritonServer, fundus_jpeg) -> None:
-    with ScreeningClient(triton_server.grpc_url, timeout_s=30, auth_token="s3cr3t-token",
-                         headers={"x-site": "eye-clinic-7"}) as client:
+    with ScreeningClient(
+        triton_server.grpc_url, timeout_s=30, auth_token="s3cr3t-token", headers={"x-site": "eye-clinic-7"}
+    ) as client:
         assert client.screen(fundus_jpeg(51)).model_name == "uopsl-tiny"

@@ -1,4 +1,5 @@
 """Client pieces without a server: retry arithmetic and budget, PNG encoder, JPEG stripping, journal."""
+
 from __future__ import annotations
 
 import io
@@ -8,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from predilect.client.jpeg import JpegStructureError, strip_metadata
 from predilect.client.journal import ResultJournal
+from predilect.client.jpeg import JpegStructureError, strip_metadata
 from predilect.client.png import encode_png
 from predilect.client.retry import Attempts, RetryBudget, RetryPolicy
 
@@ -59,10 +60,22 @@ def test_retry_budget_caps_tokens_when_many_requests_succeed() -> None:
     assert [budget.try_spend() for _ in range(4)] == [True, True, True, False]
 
 
-def _attempts(policy: RetryPolicy, *, timeout_s: float = 10.0, attempt_timeout_s: float | None = None,
-              budget: RetryBudget | None = None, clock: FakeClock | None = None) -> Attempts:
-    return Attempts(policy, budget or RetryBudget(), timeout_s=timeout_s, attempt_timeout_s=attempt_timeout_s,
-                    rng=random.Random(0), clock=clock or FakeClock())
+def _attempts(
+    policy: RetryPolicy,
+    *,
+    timeout_s: float = 10.0,
+    attempt_timeout_s: float | None = None,
+    budget: RetryBudget | None = None,
+    clock: FakeClock | None = None,
+) -> Attempts:
+    return Attempts(
+        policy,
+        budget or RetryBudget(),
+        timeout_s=timeout_s,
+        attempt_timeout_s=attempt_timeout_s,
+        rng=random.Random(0),
+        clock=clock or FakeClock(),
+    )
 
 
 def test_attempts_retry_unavailable_until_max_attempts_when_server_down() -> None:
@@ -97,8 +110,9 @@ def test_attempts_retry_deadline_exceeded_only_when_per_attempt_timeout_cut_it()
 
 def test_attempts_give_up_when_backoff_would_pass_deadline() -> None:
     clock = FakeClock()
-    attempts = _attempts(RetryPolicy(initial_backoff_s=5.0, max_backoff_s=5.0, max_attempts=10), timeout_s=1.0,
-                         clock=clock)
+    attempts = _attempts(
+        RetryPolicy(initial_backoff_s=5.0, max_backoff_s=5.0, max_attempts=10), timeout_s=1.0, clock=clock
+    )
     attempts.begin()
     clock.now = 0.999
     assert attempts.retry_delay_s("UNAVAILABLE") is None
@@ -119,8 +133,10 @@ def test_encode_png_round_trips_losslessly_when_decoded_by_pillow() -> None:
     from PIL import Image
 
     rng = np.random.default_rng(0)
-    for pixels in (rng.integers(0, 256, size=(37, 53, 3), dtype=np.uint8),
-                   rng.integers(0, 256, size=(20, 11), dtype=np.uint8)):
+    for pixels in (
+        rng.integers(0, 256, size=(37, 53, 3), dtype=np.uint8),
+        rng.integers(0, 256, size=(20, 11), dtype=np.uint8),
+    ):
         decoded = np.asarray(Image.open(io.BytesIO(encode_png(pixels))))
         np.testing.assert_array_equal(decoded, pixels)
 
@@ -156,8 +172,9 @@ def test_strip_metadata_removes_exif_and_comment_keeping_scan_bytes_when_given_p
     stripped = strip_metadata(original, allow_truncated=False)
     assert b"Doe^Jane" not in stripped and b"Exif" not in stripped
     assert _scan_data(stripped) == _scan_data(original), "entropy-coded data must be untouched"
-    np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(stripped))),
-                                  np.asarray(Image.open(io.BytesIO(original))))
+    np.testing.assert_array_equal(
+        np.asarray(Image.open(io.BytesIO(stripped))), np.asarray(Image.open(io.BytesIO(original)))
+    )
 
 
 def test_strip_metadata_raises_structure_error_when_truncated_and_not_allowed() -> None:

@@ -1,4 +1,5 @@
 """Generated Triton configs: parse, round-trip, and wire the ensemble consistently."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -16,8 +17,9 @@ MODELS = (configs.PREPROCESS, configs.CLASSIFIER, configs.POSTPROCESS, configs.E
 
 
 def _served() -> configs.ServedModel:
-    return configs.ServedModel(catalog=DEFAULT_CATALOG, preprocess=PreprocessCfg(),
-                               model_name="uopsl-tiny", model_version="1+deadbeef")
+    return configs.ServedModel(
+        catalog=DEFAULT_CATALOG, preprocess=PreprocessCfg(), model_name="uopsl-tiny", model_version="1+deadbeef"
+    )
 
 
 def _load(repository: Path) -> dict[str, mc.ModelConfig]:
@@ -97,8 +99,16 @@ def test_ensemble_parameters_describe_exported_model_when_assembled(model_reposi
 
 
 def test_assemble_sets_thread_and_instance_options_when_given(tiny_onnx: Path, tmp_path: Path) -> None:
-    repository = assemble(tiny_onnx, tmp_path / "repo", max_batch_size=8, max_queue_delay_us=500,
-                          preprocess_instances=2, classifier_instances=3, dali_threads=3, ort_threads=4)
+    repository = assemble(
+        tiny_onnx,
+        tmp_path / "repo",
+        max_batch_size=8,
+        max_queue_delay_us=500,
+        preprocess_instances=2,
+        classifier_instances=3,
+        dali_threads=3,
+        ort_threads=4,
+    )
     loaded = _load(repository)
     pre, cls = loaded[configs.PREPROCESS], loaded[configs.CLASSIFIER]
     assert pre.parameters["dali_threads"].string_value == "3"
@@ -135,18 +145,22 @@ def test_main_returns_zero_when_assembling_and_two_when_metadata_missing(tiny_on
     from serving_fixtures import build_tiny_onnx
 
     assert main(["--onnx", str(tiny_onnx), "--out", str(tmp_path / "repo"), "--ort-threads", "1"]) == 0
-    assert configs.read_config(tmp_path / "repo" / "classifier" / "config.pbtxt").parameters["ort_threads"].string_value == "1"
+    assert (
+        configs.read_config(tmp_path / "repo" / "classifier" / "config.pbtxt").parameters["ort_threads"].string_value
+        == "1"
+    )
     bare = build_tiny_onnx(tmp_path / "bare.onnx", metadata=False)
     assert main(["--onnx", str(bare), "--out", str(tmp_path / "other")]) == 2
 
 
 def test_parse_pbtxt_raises_parse_error_when_text_is_not_a_model_config() -> None:
     with pytest.raises(text_format.ParseError):
-        configs.parse_pbtxt("name: \"x\"\nnot_a_field: 3\n")
+        configs.parse_pbtxt('name: "x"\nnot_a_field: 3\n')
 
 
-@pytest.mark.parametrize("option", ["max_batch_size", "preprocess_instances", "classifier_instances",
-                                    "dali_threads", "ort_threads"])
+@pytest.mark.parametrize(
+    "option", ["max_batch_size", "preprocess_instances", "classifier_instances", "dali_threads", "ort_threads"]
+)
 def test_serving_options_raise_value_error_when_count_not_positive(option: str) -> None:
     with pytest.raises(ValueError, match=option):
         configs.ServingOptions(**{option: 0})

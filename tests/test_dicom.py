@@ -1,5 +1,6 @@
 """DICOM inputs against the real server: img2dcm-wrapped JPEGs, uncompressed multi-frame, SR export,
 and no patient identifier in requests, logs or the server log."""
+
 from __future__ import annotations
 
 import io
@@ -33,8 +34,9 @@ def _pixels(jpeg: bytes) -> np.ndarray:
 
 
 @pytest.mark.parametrize("sop_class", ["oph", "vlp", "sc"])
-def test_screen_dicom_matches_source_jpeg_when_wrapped_by_img2dcm(client, fundus_jpeg, dicom_from_jpeg,
-                                                                  tmp_path: Path, sop_class: str) -> None:
+def test_screen_dicom_matches_source_jpeg_when_wrapped_by_img2dcm(
+    client, fundus_jpeg, dicom_from_jpeg, tmp_path: Path, sop_class: str
+) -> None:
     jpeg = tmp_path / "fundus.jpg"
     jpeg.write_bytes(fundus_jpeg(60))
     path = dicom_from_jpeg(jpeg, tmp_path / "fundus.dcm", sop_class=sop_class)
@@ -53,19 +55,22 @@ def _jpeg_carrying_identifiers(jpeg: bytes) -> bytes:
     exif = Image.Exif()
     exif[0x010E] = f"{NAME} {PATIENT_ID}"  # ImageDescription
     buffer = io.BytesIO()
-    Image.open(io.BytesIO(jpeg)).save(buffer, format="JPEG", quality=92, exif=exif.tobytes(),
-                                      comment=f"patient {NAME} {PATIENT_ID}".encode())
+    Image.open(io.BytesIO(jpeg)).save(
+        buffer, format="JPEG", quality=92, exif=exif.tobytes(), comment=f"patient {NAME} {PATIENT_ID}".encode()
+    )
     return buffer.getvalue()
 
 
 def test_screen_dicom_sends_no_patient_identifier_when_dataset_and_jpeg_carry_them(
-        client, triton_server, fundus_jpeg, dicom_from_jpeg, tmp_path: Path, monkeypatch, caplog) -> None:
+    client, triton_server, fundus_jpeg, dicom_from_jpeg, tmp_path: Path, monkeypatch, caplog
+) -> None:
     import tritonclient.grpc._client as grpc_client_module
 
     jpeg = tmp_path / "named.jpg"
     jpeg.write_bytes(_jpeg_carrying_identifiers(fundus_jpeg(61)))
-    path = dicom_from_jpeg(jpeg, tmp_path / "named.dcm", keep_appn=True,
-                           keys={"PatientName": NAME, "PatientID": PATIENT_ID})
+    path = dicom_from_jpeg(
+        jpeg, tmp_path / "named.dcm", keep_appn=True, keys={"PatientName": NAME, "PatientID": PATIENT_ID}
+    )
     dataset = pydicom.dcmread(path)
     assert (str(dataset.PatientName), dataset.PatientID) == (NAME, PATIENT_ID)
     assert NAME.encode() in dataset.PixelData and b"Exif" in dataset.PixelData, "the frame must carry them"
@@ -114,12 +119,13 @@ def _multiframe(frames: list[np.ndarray], path: Path) -> Path:
 
 
 def test_screen_frames_returns_one_result_per_frame_when_dicom_is_uncompressed_multiframe(
-        client, fundus_jpeg, tmp_path: Path) -> None:
+    client, fundus_jpeg, tmp_path: Path
+) -> None:
     frames = [_pixels(fundus_jpeg(62)), _pixels(fundus_jpeg(63))]
     path = _multiframe(frames, tmp_path / "two.dcm")
     results = client.screen_frames(path)
     assert [r.frame for r in results] == [1, 2]
-    for result, pixels in zip(results, frames):
+    for result, pixels in zip(results, frames, strict=True):
         np.testing.assert_allclose(_values(result), _values(client.screen(pixels)), rtol=0, atol=1e-6)
     with pytest.raises(InputError, match="several frames"):
         client.screen(path)
@@ -127,8 +133,9 @@ def test_screen_frames_returns_one_result_per_frame_when_dicom_is_uncompressed_m
     assert sorted(i.result.frame for i in items) == [1, 2] and {i.frames for i in items} == {2}
 
 
-def test_screen_raises_unsupported_dicom_error_when_sop_class_is_not_photographic(client, fundus_jpeg,
-                                                                                  tmp_path: Path) -> None:
+def test_screen_raises_unsupported_dicom_error_when_sop_class_is_not_photographic(
+    client, fundus_jpeg, tmp_path: Path
+) -> None:
     path = _multiframe([_pixels(fundus_jpeg(64))], tmp_path / "ct.dcm")
     dataset = pydicom.dcmread(path)
     dataset.SOPClassUID = "1.2.840.10008.5.1.4.1.1.2"  # CT Image Storage
@@ -136,18 +143,23 @@ def test_screen_raises_unsupported_dicom_error_when_sop_class_is_not_photographi
         client.screen(dataset)
 
 
-def test_structured_report_references_source_and_names_model_when_read_back(client, fundus_jpeg, dicom_from_jpeg,
-                                                                            tmp_path: Path) -> None:
+def test_structured_report_references_source_and_names_model_when_read_back(
+    client, fundus_jpeg, dicom_from_jpeg, tmp_path: Path
+) -> None:
     jpeg = tmp_path / "sr.jpg"
     jpeg.write_bytes(fundus_jpeg(65))
-    source = pydicom.dcmread(dicom_from_jpeg(jpeg, tmp_path / "sr-source.dcm",
-                                             keys={"PatientName": NAME, "PatientID": PATIENT_ID}))
+    source = pydicom.dcmread(
+        dicom_from_jpeg(jpeg, tmp_path / "sr-source.dcm", keys={"PatientName": NAME, "PatientID": PATIENT_ID})
+    )
     result = client.screen(source)
     structured_report(result, source, client.catalog).save_as(tmp_path / "report.dcm", enforce_file_format=True)
     report = pydicom.dcmread(tmp_path / "report.dcm")
     assert report.SOPClassUID == COMPREHENSIVE_SR
     assert (str(report.PatientName), report.PatientID, report.StudyInstanceUID) == (
-        NAME, PATIENT_ID, source.StudyInstanceUID)
+        NAME,
+        PATIENT_ID,
+        source.StudyInstanceUID,
+    )
     evidence = report.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence[0]
     assert evidence.ReferencedSOPSequence[0].ReferencedSOPInstanceUID == source.SOPInstanceUID
     items = report.ContentSequence
@@ -155,8 +167,11 @@ def test_structured_report_references_source_and_names_model_when_read_back(clie
     assert texts["Algorithm Name"] == result.model_name and texts["Algorithm Version"] == result.model_version
     image = next(i for i in items if i.ValueType == "IMAGE")
     assert image.ReferencedSOPSequence[0].ReferencedSOPInstanceUID == source.SOPInstanceUID
-    numbers = {i.ConceptNameCodeSequence[0].CodeValue: float(i.MeasuredValueSequence[0].NumericValue)
-               for i in items if i.ValueType == "NUM"}
+    numbers = {
+        i.ConceptNameCodeSequence[0].CodeValue: float(i.MeasuredValueSequence[0].NumericValue)
+        for i in items
+        if i.ValueType == "NUM"
+    }
     assert list(numbers) == list(result.probabilities)
     np.testing.assert_allclose(list(numbers.values()), list(result.probabilities.values()), rtol=0, atol=1e-6)
     findings = [i.ConceptCodeSequence[0].CodeValue for i in items if i.ValueType == "CODE"]

@@ -1,4 +1,5 @@
 """The vertical slice against the real tritonserver: served results equal in-process results."""
+
 import json
 
 import numpy as np
@@ -34,7 +35,7 @@ def test_served_tensors_equal_training_tensors_when_same_image_files(pipeline, p
     _, meta = load_checkpoint(pipeline.checkpoint)
     training = load_fundus_pixels(heldout[:4], meta.preprocess)
     client = grpcclient.InferenceServerClient(pipeline_server.grpc_url)
-    for record, expected in zip(heldout[:4], training):
+    for record, expected in zip(heldout[:4], training, strict=True):
         payload = np.frombuffer(record.path.read_bytes(), dtype=np.uint8)[None, :]
         image = grpcclient.InferInput("IMAGE", list(payload.shape), "UINT8")
         image.set_data_from_numpy(payload)
@@ -53,8 +54,26 @@ def test_served_catalog_equals_checkpoint_catalog_when_discovered(pipeline, pipe
 def test_demo_cli_screens_heldout_when_run_small(tmp_path, capsys):
     from predilect.serving.demo import main as demo_main
 
-    rc = demo_main(["--workdir", str(tmp_path), "--count", "24", "--oct-count", "12", "--size", "640x480",
-                    "--epochs", "1", "--max-minutes", "1", "--concurrency", "4", "--rows", "3"])
+    rc = demo_main(
+        [
+            "--workdir",
+            str(tmp_path),
+            "--count",
+            "24",
+            "--oct-count",
+            "12",
+            "--size",
+            "640x480",
+            "--epochs",
+            "1",
+            "--max-minutes",
+            "1",
+            "--concurrency",
+            "4",
+            "--rows",
+            "3",
+        ]
+    )
     assert rc == 0
     out = capsys.readouterr().out
     assert "served macro AUROC" in out and "images/s" in out and "server stopped" in out

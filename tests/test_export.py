@@ -1,4 +1,5 @@
 """Checkpoint format and ONNX export of the served model."""
+
 from pathlib import Path
 
 import numpy as np

@@ -1,4 +1,5 @@
 """The DICOM gateway with DCMTK's storescu as a real sender, against the real server."""
+
 from __future__ import annotations
 
 import json
@@ -8,12 +9,11 @@ import threading
 from pathlib import Path
 
 import numpy as np
+import pydicom
 
 from predilect.client import ScreeningClient
 from predilect.client.gateway import DicomGateway, GatewayConfig, RemoteAE
 from predilect.serving.server import TritonServer, free_port
-
-import pydicom  # noqa: E402
 
 if shutil.which("storescu") is None:
     raise RuntimeError("DCMTK's storescu is missing: `make system-deps` installs it (apt-get install dcmtk)")
@@ -24,11 +24,28 @@ UNCOMPRESSED_SYNTAXES = ("1.2.840.10008.1.2", "1.2.840.10008.1.2.1")
 NAME, PATIENT_ID = "Roe^Richard", "PID-9000"
 
 
-def _storescu(port: int, files: list[Path], *, calling_aet: str = "STORESCU",
-              verbose: bool = False) -> subprocess.CompletedProcess:
+def _storescu(
+    port: int, files: list[Path], *, calling_aet: str = "STORESCU", verbose: bool = False
+) -> subprocess.CompletedProcess:
     # -xy -R: propose JPEG baseline and uncompressed, for the SOP classes of the files only
-    return subprocess.run(["storescu", "-xy", "-R", *(["-v"] if verbose else []), "-aet", calling_aet, "-aec", "PREDILECT", "127.0.0.1", str(port),
-                           *map(str, files)], capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [
+            "storescu",
+            "-xy",
+            "-R",
+            *(["-v"] if verbose else []),
+            "-aet",
+            calling_aet,
+            "-aec",
+            "PREDILECT",
+            "127.0.0.1",
+            str(port),
+            *map(str, files),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 def _uncompressed(jpeg: bytes, path: Path) -> Path:
@@ -66,8 +83,9 @@ class SrReceiver:
         self.port = free_port()
         ae = AE(ae_title="ARCHIVE")
         ae.add_supported_context(ComprehensiveSRStorage)
-        self._server = ae.start_server(("127.0.0.1", self.port), block=False,
-                                       evt_handlers=[(evt.EVT_C_STORE, self._store)])
+        self._server = ae.start_server(
+            ("127.0.0.1", self.port), block=False, evt_handlers=[(evt.EVT_C_STORE, self._store)]
+        )
         self._lock = threading.Lock()
 
     def _store(self, event) -> int:
@@ -80,8 +98,14 @@ class SrReceiver:
 
 
 def _config(tmp_path: Path, **overrides) -> GatewayConfig:
-    options = dict(incoming_dir=tmp_path / "incoming", results_dir=tmp_path / "results", port=free_port(),
-                   bind_address="127.0.0.1", allowed_calling_aets=("STORESCU",), min_free_bytes=1)
+    options = dict(
+        incoming_dir=tmp_path / "incoming",
+        results_dir=tmp_path / "results",
+        port=free_port(),
+        bind_address="127.0.0.1",
+        allowed_calling_aets=("STORESCU",),
+        min_free_bytes=1,
+    )
     options.update(overrides)
     return GatewayConfig(**options)
 
@@ -91,11 +115,14 @@ def _records(config: GatewayConfig) -> list[dict]:
 
 
 def test_gateway_screens_and_writes_sr_when_storescu_sends_jpeg_and_uncompressed(
-        triton_server: TritonServer, fundus_jpeg, dicom_from_jpeg, tmp_path: Path) -> None:
+    triton_server: TritonServer, fundus_jpeg, dicom_from_jpeg, tmp_path: Path
+) -> None:
     jpeg = tmp_path / "eye.jpg"
     jpeg.write_bytes(fundus_jpeg(70))
-    files = [dicom_from_jpeg(jpeg, tmp_path / "eye.dcm", keys={"PatientName": NAME, "PatientID": PATIENT_ID}),
-             _uncompressed(fundus_jpeg(71), tmp_path / "raw.dcm")]
+    files = [
+        dicom_from_jpeg(jpeg, tmp_path / "eye.dcm", keys={"PatientName": NAME, "PatientID": PATIENT_ID}),
+        _uncompressed(fundus_jpeg(71), tmp_path / "raw.dcm"),
+    ]
     sources = [pydicom.dcmread(f) for f in files]
     archive = SrReceiver()
     config = _config(tmp_path, forward_to=RemoteAE("127.0.0.1", archive.port, "ARCHIVE"))
@@ -126,18 +153,22 @@ def test_gateway_screens_and_writes_sr_when_storescu_sends_jpeg_and_uncompressed
         assert report.SOPClassUID == COMPREHENSIVE_SR and report.PatientID == source.PatientID
         image = next(i for i in report.ContentSequence if i.ValueType == "IMAGE")
         assert image.ReferencedSOPSequence[0].ReferencedSOPInstanceUID == source.SOPInstanceUID
-        texts = {i.ConceptNameCodeSequence[0].CodeMeaning: i.TextValue
-                 for i in report.ContentSequence if i.ValueType == "TEXT"}
-        assert (texts["Algorithm Name"], texts["Algorithm Version"]) == (expected.model_name,
-                                                                          expected.model_version)
+        texts = {
+            i.ConceptNameCodeSequence[0].CodeMeaning: i.TextValue
+            for i in report.ContentSequence
+            if i.ValueType == "TEXT"
+        }
+        assert (texts["Algorithm Name"], texts["Algorithm Version"]) == (expected.model_name, expected.model_version)
     jpeg_record = records[sources[0].SOPInstanceUID]["result"]
-    np.testing.assert_allclose(list(jpeg_record["probabilities"].values()),
-                               list(expected.probabilities.values()), rtol=0, atol=1e-6)
+    np.testing.assert_allclose(
+        list(jpeg_record["probabilities"].values()), list(expected.probabilities.values()), rtol=0, atol=1e-6
+    )
     assert sorted(r.SOPClassUID for r in archive.received) == [COMPREHENSIVE_SR] * 2
 
 
-def test_gateway_rejects_association_when_calling_aet_not_allowed(triton_server, fundus_jpeg, dicom_from_jpeg,
-                                                                  tmp_path: Path) -> None:
+def test_gateway_rejects_association_when_calling_aet_not_allowed(
+    triton_server, fundus_jpeg, dicom_from_jpeg, tmp_path: Path
+) -> None:
     jpeg = tmp_path / "eye.jpg"
     jpeg.write_bytes(fundus_jpeg(72))
     path = dicom_from_jpeg(jpeg, tmp_path / "eye.dcm")
@@ -149,8 +180,9 @@ def test_gateway_rejects_association_when_calling_aet_not_allowed(triton_server,
     assert not list(config.incoming_dir.glob("*.dcm"))
 
 
-def test_gateway_answers_out_of_resources_when_free_space_below_watermark(triton_server, fundus_jpeg,
-                                                                          dicom_from_jpeg, tmp_path: Path) -> None:
+def test_gateway_answers_out_of_resources_when_free_space_below_watermark(
+    triton_server, fundus_jpeg, dicom_from_jpeg, tmp_path: Path
+) -> None:
     jpeg = tmp_path / "eye.jpg"
     jpeg.write_bytes(fundus_jpeg(73))
     path = dicom_from_jpeg(jpeg, tmp_path / "eye.dcm")
@@ -163,7 +195,8 @@ def test_gateway_answers_out_of_resources_when_free_space_below_watermark(triton
 
 
 def test_gateway_cli_screens_then_drains_when_sigterm_after_storescu(
-        triton_server: TritonServer, fundus_jpeg, dicom_from_jpeg, tmp_path: Path) -> None:
+    triton_server: TritonServer, fundus_jpeg, dicom_from_jpeg, tmp_path: Path
+) -> None:
     import signal
     import sys
     import time
@@ -173,10 +206,30 @@ def test_gateway_cli_screens_then_drains_when_sigterm_after_storescu(
     dicom = dicom_from_jpeg(jpeg, tmp_path / "eye.dcm", keys={"PatientName": NAME, "PatientID": PATIENT_ID})
     port = free_port()
     gateway = subprocess.Popen(
-        [sys.executable, "-m", "predilect.cli", "gateway", "--port", str(port), "--bind", "127.0.0.1",
-         "--allow-aet", "STORESCU", "--incoming", str(tmp_path / "in"), "--out", str(tmp_path / "out"),
-         "--min-free-mb", "1", "--server", triton_server.grpc_url],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        [
+            sys.executable,
+            "-m",
+            "predilect.cli",
+            "gateway",
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--allow-aet",
+            "STORESCU",
+            "--incoming",
+            str(tmp_path / "in"),
+            "--out",
+            str(tmp_path / "out"),
+            "--min-free-mb",
+            "1",
+            "--server",
+            triton_server.grpc_url,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 60
         while _storescu(port, [dicom]).returncode != 0:  # retried until the SCP listens

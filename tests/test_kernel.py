@@ -1,4 +1,5 @@
 """Fused predilection attention: the Triton kernel (interpreted on CPU) and the custom op."""
+
 import os
 
 os.environ["TRITON_INTERPRET"] = "1"  # before Triton is imported: the kernel runs on CPU tensors
@@ -24,7 +25,8 @@ if not kernel_module._INTERPRET:  # imported earlier in this process without the
 OP = torch.ops.predilect.predilection_attention.default
 BF16_SKIP = pytest.mark.skip(
     reason="Triton 3.9's CPU interpreter returns garbage (~1e10) from tl.dot on bfloat16 operands; "
-           "bf16 is checked on CUDA by benchmarks/kernels/bench_predilection_attention.py --check-only")
+    "bf16 is checked on CUDA by benchmarks/kernels/bench_predilection_attention.py --check-only"
+)
 
 
 def _inputs(b: int, n: int, d: int, c: int, k: int, seed: int = 0) -> list[torch.Tensor]:
@@ -94,12 +96,15 @@ def test_kernel_matches_reference_when_inputs_strided():
     torch.testing.assert_close(out_map, ref_map, atol=1e-6, rtol=1e-5)
 
 
-@pytest.mark.parametrize("shapes,match", [
-    (((1, 1025, 8), (2, 2, 8), (2, 8), (2,)), "N <= 1024"),
-    (((1, 4, 1030), (2, 2, 1030), (2, 1030), (2,)), "D <= 1024"),
-    (((1, 4, 8), (MAX_QUERIES + 1, 1, 8), (MAX_QUERIES + 1, 8), (MAX_QUERIES + 1,)), "C\\*K <= 512"),
-    (((1, 4, 8), (2, 2, 9), (2, 8), (2,)), "inconsistent shapes"),
-])
+@pytest.mark.parametrize(
+    "shapes,match",
+    [
+        (((1, 1025, 8), (2, 2, 8), (2, 8), (2,)), "N <= 1024"),
+        (((1, 4, 1030), (2, 2, 1030), (2, 1030), (2,)), "D <= 1024"),
+        (((1, 4, 8), (MAX_QUERIES + 1, 1, 8), (MAX_QUERIES + 1, 8), (MAX_QUERIES + 1,)), "C\\*K <= 512"),
+        (((1, 4, 8), (2, 2, 9), (2, 8), (2,)), "inconsistent shapes"),
+    ],
+)
 def test_check_inputs_raises_value_error_when_beyond_limits(shapes, match):
     with pytest.raises(ValueError, match=match):
         check_inputs(*(torch.ones(s) for s in shapes))
@@ -158,8 +163,9 @@ class _TinyHead(torch.nn.Module):
         self.bias = torch.nn.Parameter(torch.randn(diseases))
 
     def forward(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        logits, attention = predilection_attention(self.proj(tokens), self.sites, self.weight, self.bias,
-                                                   return_attention=True)
+        logits, attention = predilection_attention(
+            self.proj(tokens), self.sites, self.weight, self.bias, return_attention=True
+        )
         return logits, attention
 
 
@@ -176,5 +182,5 @@ def test_torch_compile_matches_eager_when_compiled_fullgraph():
     module, x = _TinyHead(), torch.randn(2, 11, 8)
     compiled = torch.compile(module, fullgraph=True)
     with torch.no_grad():
-        for got, want in zip(compiled(x), module(x)):
+        for got, want in zip(compiled(x), module(x), strict=True):
             torch.testing.assert_close(got, want)

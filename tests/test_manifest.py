@@ -1,4 +1,5 @@
 """Manifest reading, writing and validation."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -67,13 +68,16 @@ def test_read_manifest_raises_naming_line_when_disease_id_unknown(tmp_path):
         read_manifest(path)
 
 
-@pytest.mark.parametrize("row, message", [
-    pytest.param("images/a.jpg,P1,R,train,dr,0,0,0,0,0,0", r"line 2.*dr=0", id="label-column-disagrees"),
-    pytest.param("images/missing.jpg,P1,R,train,normal,0,0,0,0,0,0", r"line 2.*missing\.jpg", id="image-missing"),
-    pytest.param("images/a.jpg,P1,R,train,normal;dr,1,0,0,0,0,0", "line 2", id="normal-mixed-with-disease"),
-    pytest.param("images/a.jpg,P1,OD,train,normal,0,0,0,0,0,0", r"line 2.*eye", id="eye-invalid"),
-    pytest.param("images/a.jpg,P1,R,train,normal,0,0,0", "line 2", id="missing-cells"),
-])
+@pytest.mark.parametrize(
+    "row, message",
+    [
+        pytest.param("images/a.jpg,P1,R,train,dr,0,0,0,0,0,0", r"line 2.*dr=0", id="label-column-disagrees"),
+        pytest.param("images/missing.jpg,P1,R,train,normal,0,0,0,0,0,0", r"line 2.*missing\.jpg", id="image-missing"),
+        pytest.param("images/a.jpg,P1,R,train,normal;dr,1,0,0,0,0,0", "line 2", id="normal-mixed-with-disease"),
+        pytest.param("images/a.jpg,P1,OD,train,normal,0,0,0,0,0,0", r"line 2.*eye", id="eye-invalid"),
+        pytest.param("images/a.jpg,P1,R,train,normal,0,0,0", "line 2", id="missing-cells"),
+    ],
+)
 def test_read_manifest_raises_naming_line_when_row_invalid(tmp_path, row, message):
     path = _write(tmp_path, row)
     with pytest.raises(ValueError, match=message):
@@ -81,8 +85,11 @@ def test_read_manifest_raises_naming_line_when_row_invalid(tmp_path, row, messag
 
 
 def test_read_manifest_raises_when_header_does_not_match_catalog(tmp_path):
-    path = _write(tmp_path, "images/a.jpg,P1,R,train,normal,0,0,0,0,0",
-                  header="path,patient_id,eye,split,labels,dr,dme,amd,glaucoma,rvo")
+    path = _write(
+        tmp_path,
+        "images/a.jpg,P1,R,train,normal,0,0,0,0,0",
+        header="path,patient_id,eye,split,labels,dr,dme,amd,glaucoma,rvo",
+    )
     with pytest.raises(ValueError, match="header"):
         read_manifest(path)
 

@@ -62,13 +62,13 @@ def test_fundus_classifier_output_independent_of_batch_when_eval():
     x = torch.randn(5, 3, 64, 64)
     with torch.inference_mode():
         together = model(x)
-        alone = torch.cat([model(x[i:i + 1]) for i in range(5)])
+        alone = torch.cat([model(x[i : i + 1]) for i in range(5)])
     np.testing.assert_allclose(together.numpy(), alone.numpy(), atol=1e-5)
 
 
 def test_model_cfg_rejects_size_when_not_multiple_of_16():
     with pytest.raises(ValueError, match="multiple of 16"):
-        ModelCfg(num_diseases=2, image_size=100).grid
+        _ = ModelCfg(num_diseases=2, image_size=100).grid
 
 
 def test_model_cfg_round_trips_when_serialised():

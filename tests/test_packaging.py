@@ -1,4 +1,5 @@
 """The wheel: one namespace, and a base install that is the thin client only."""
+
 import json
 import subprocess
 import sys
@@ -14,8 +15,10 @@ HEAVY = ("torch", "onnx", "onnxruntime", "nvidia-dali", "nvidia-pytriton", "tens
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("wheel")
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(out),
-                    str(ROOT)], check=True)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(out), str(ROOT)],
+        check=True,
+    )
     (path,) = out.glob("predilect-*.whl")
     return path
 
@@ -32,8 +35,14 @@ def test_wheel_installs_only_predilect_namespace_when_built(wheel):
         tops = {name.split("/", 1)[0] for name in zf.namelist()}
         names = set(zf.namelist())
     assert tops == {"predilect", f"{wheel.name.split('-')[0]}-{wheel.name.split('-')[1]}.dist-info"}
-    for module in ("training/train.py", "build/export.py", "serving/server.py", "client/__init__.py", "catalog.py",
-                   "benchmarks/__init__.py"):
+    for module in (
+        "training/train.py",
+        "build/export.py",
+        "serving/server.py",
+        "client/__init__.py",
+        "catalog.py",
+        "benchmarks/__init__.py",
+    ):
         assert f"predilect/{module}" in names
 
 
@@ -61,12 +70,16 @@ def test_cli_help_runs_when_only_client_dependencies_importable(tmp_path):
         "    def find_spec(self, name, path=None, target=None):\n"
         "        if name.split('.')[0] in {'torch', 'onnx', 'onnxruntime', 'nvidia', 'PIL'}:\n"
         "            raise ImportError(f'{name} is not part of the thin client install')\n"
-        "sys.meta_path.insert(0, _Block())\n")
+        "sys.meta_path.insert(0, _Block())\n"
+    )
     env = {"PYTHONPATH": str(tmp_path), "PATH": "/usr/bin:/bin"}
-    code = ("from predilect.cli import main; import predilect.client, sys; "
-            "rc = main(['--help']); print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in "
-            "{'torch','onnx','onnxruntime','nvidia','PIL'})))")
-    proc = subprocess.run([sys.executable, "-P", "-c", "import json; " + code], capture_output=True, text=True,
-                          env=env, cwd=tmp_path)
+    code = (
+        "from predilect.cli import main; import predilect.client, sys; "
+        "rc = main(['--help']); print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in "
+        "{'torch','onnx','onnxruntime','nvidia','PIL'})))"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-P", "-c", "import json; " + code], capture_output=True, text=True, env=env, cwd=tmp_path
+    )
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout.strip().splitlines()[-1]) == []

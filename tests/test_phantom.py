@@ -1,4 +1,5 @@
 """The phantom generator: fundus and OCT renderers, cohort planning, data set and CLI."""
+
 from __future__ import annotations
 
 import io
@@ -13,13 +14,13 @@ from predilect.training.manifest import label_matrix, read_manifest
 from predilect.training.phantom import (
     DISEASES,
     allocate_labels,
+    cli,
     fundus_anatomy,
     generate,
     plan_cohort,
     render_fundus,
     render_oct,
 )
-from predilect.training.phantom import cli
 
 SMALL = (512, 384)
 
@@ -37,11 +38,11 @@ def _jpeg(image: Image.Image) -> bytes:
 
 def _distance_to(points: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     """Per pixel, the distance to the nearest of ``points`` (K, 2) in x, y."""
-    ys, xs = np.mgrid[0:shape[0], 0:shape[1]]
+    ys, xs = np.mgrid[0 : shape[0], 0 : shape[1]]
     pixels = np.column_stack([xs.ravel(), ys.ravel()]).astype(np.float32)
     best = np.full(len(pixels), np.inf, np.float32)
     for start in range(0, len(points), 64):
-        chunk = points[start:start + 64].astype(np.float32)
+        chunk = points[start : start + 64].astype(np.float32)
         d = np.linalg.norm(pixels[:, None, :] - chunk[None, :, :], axis=2).min(axis=1)
         best = np.minimum(best, d)
     return best.reshape(shape)
@@ -51,7 +52,7 @@ def _site_mask(disease: str, seed: int, size: tuple[int, int]) -> np.ndarray:
     """Where the predilection site of ``disease`` lies in the image rendered from ``seed``."""
     a = fundus_anatomy(np.random.default_rng(seed), width=size[0], height=size[1], eye="R")
     shape = (size[1], size[0])
-    ys, xs = np.mgrid[0:shape[0], 0:shape[1]]
+    ys, xs = np.mgrid[0 : shape[0], 0 : shape[1]]
     to_fovea = np.hypot(xs - a.fovea[0], ys - a.fovea[1]) / a.dd
     to_disc = np.hypot(xs - a.disc[0], ys - a.disc[1]) / a.dd
     to_centre = np.hypot(xs - a.centre[0], ys - a.centre[1]) / a.radius
@@ -137,9 +138,14 @@ def test_render_fundus_stays_black_outside_fov_and_preprocesses_when_default_siz
 
 
 def test_preprocessor_accepts_phantoms_when_small_frames_and_both_eyes():
-    payloads = [_jpeg(render_fundus(frozenset(labels), rng=np.random.default_rng(i), width=SMALL[0],
-                                    height=SMALL[1], eye="RL"[i % 2]))
-                for i, labels in enumerate([set(), {"glaucoma"}, {"dme", "amd"}, {"rvo"}])]
+    payloads = [
+        _jpeg(
+            render_fundus(
+                frozenset(labels), rng=np.random.default_rng(i), width=SMALL[0], height=SMALL[1], eye="RL"[i % 2]
+            )
+        )
+        for i, labels in enumerate([set(), {"glaucoma"}, {"dme", "amd"}, {"rvo"}])
+    ]
     for payload in payloads:
         decoded = np.asarray(Image.open(io.BytesIO(payload))).max(axis=2)
         # JPEG block noise reaches a few pixels past the rim; far below the FOV threshold of 20
@@ -208,8 +214,9 @@ def test_allocate_labels_balances_prevalence_when_count_large():
 
 
 def test_plan_cohort_keeps_both_eyes_in_one_split_when_planned():
-    planned = plan_cohort(41, prefix="P", disease_ids=DEFAULT_CATALOG.ids, heldout_fraction=0.25,
-                          rng=np.random.default_rng(3))
+    planned = plan_cohort(
+        41, prefix="P", disease_ids=DEFAULT_CATALOG.ids, heldout_fraction=0.25, rng=np.random.default_rng(3)
+    )
     assert len(planned) == 41 and len({(p.patient_id, p.eye) for p in planned}) == 41
     splits: dict[str, set[str]] = {}
     for p in planned:
@@ -220,8 +227,9 @@ def test_plan_cohort_keeps_both_eyes_in_one_split_when_planned():
 
 @pytest.mark.parametrize("count", [24, 40, 41])
 def test_plan_cohort_gives_every_disease_positives_and_negatives_in_each_split_when_count_small(count):
-    planned = plan_cohort(count, prefix="P", disease_ids=DEFAULT_CATALOG.ids, heldout_fraction=0.25,
-                          rng=np.random.default_rng(count))
+    planned = plan_cohort(
+        count, prefix="P", disease_ids=DEFAULT_CATALOG.ids, heldout_fraction=0.25, rng=np.random.default_rng(count)
+    )
     for split in ("train", "heldout"):
         members = [p for p in planned if p.split == split]
         for d in DEFAULT_CATALOG.ids:
@@ -274,20 +282,43 @@ def test_generate_writes_different_images_when_seed_differs(small_dataset, tmp_p
 
 def test_generate_reports_progress_to_total_when_callback_given(tmp_path):
     calls: list[tuple[int, int]] = []
-    generate(tmp_path, count=3, oct_count=2, width=256, height=192, workers=1,
-             progress=lambda done, total: calls.append((done, total)))
+    generate(
+        tmp_path,
+        count=3,
+        oct_count=2,
+        width=256,
+        height=192,
+        workers=1,
+        progress=lambda done, total: calls.append((done, total)),
+    )
     assert calls[-1] == (5, 5) and [d for d, _ in calls] == sorted(d for d, _ in calls)
 
 
-@pytest.mark.parametrize("kwargs", [{"count": 0}, {"heldout_fraction": 1.0}, {"workers": 0}, {"width": 100, "height": 200}])
+@pytest.mark.parametrize(
+    "kwargs", [{"count": 0}, {"heldout_fraction": 1.0}, {"workers": 0}, {"width": 100, "height": 200}]
+)
 def test_generate_raises_when_arguments_invalid(tmp_path, kwargs):
     with pytest.raises(ValueError):
         generate(tmp_path, **{"count": 4, "oct_count": 0, "width": 256, "height": 192, **kwargs})
 
 
 def test_cli_main_writes_dataset_and_prints_counts_when_tiny_count(tmp_path, capsys):
-    code = cli.main(["--out", str(tmp_path), "--count", "8", "--oct-count", "4", "--size", "512x384",
-                     "--workers", "1", "--seed", "2"])
+    code = cli.main(
+        [
+            "--out",
+            str(tmp_path),
+            "--count",
+            "8",
+            "--oct-count",
+            "4",
+            "--size",
+            "512x384",
+            "--workers",
+            "1",
+            "--seed",
+            "2",
+        ]
+    )
     out = capsys.readouterr().out
     assert code == 0
     assert str(tmp_path / "manifest.csv") in out and str(tmp_path / "oct_manifest.csv") in out

@@ -1,4 +1,5 @@
 """The shared preprocessing: the one definition training and serving both run."""
+
 import io
 
 import numpy as np
@@ -53,7 +54,7 @@ def test_preprocessor_results_identical_when_batched_differently(preprocessor):
     images = [_fundus_like(seed=s) for s in range(6)]
     together = preprocessor.run(images)
     alone = [preprocessor.run([im])[0] for im in images]
-    for a, b in zip(together, alone):
+    for a, b in zip(together, alone, strict=True):
         assert np.array_equal(a, b)
 
 
@@ -109,13 +110,13 @@ def test_pil_draft_results_identical_when_batched_differently():
     images = [_fundus_like(2048, 1536, seed=s) for s in range(5)]
     together, chunked = threaded.run(images), serial.run(images)
     alone = [serial.run([im])[0] for im in images]
-    for a, b, c in zip(together, chunked, alone):
+    for a, b, c in zip(together, chunked, alone, strict=True):
         assert np.array_equal(a, b) and np.array_equal(a, c)
 
 
 def test_pil_draft_matches_dali_cpu_closely_when_same_image(preprocessor, dali_preprocessor):
     images = [_fundus_like(2048, 1536, seed=s) for s in range(3)]
-    for fast, full in zip(preprocessor.run(images), dali_preprocessor.run(images)):
+    for fast, full in zip(preprocessor.run(images), dali_preprocessor.run(images), strict=True):
         assert fast.shape == full.shape and np.mean(np.abs(fast - full)) < 0.05
 
 
@@ -130,4 +131,3 @@ def test_pil_draft_decodes_finer_scale_when_disc_small_in_frame():
     framed.save(buf, "JPEG", quality=92)
     tensor, fov_w, fov_h = pil_draft_preprocess(np.frombuffer(buf.getvalue(), np.uint8), PreprocessCfg())
     assert tensor.shape == (3, 224, 224) and 250 < max(fov_w, fov_h) < 330
-

@@ -1,4 +1,5 @@
 """``predilect screen``: resumable after SIGKILL, per-patient aggregate, against the real server."""
+
 from __future__ import annotations
 
 import json
@@ -22,7 +23,8 @@ def _lines(path: Path) -> list[dict]:
 
 
 def test_screen_cli_records_every_input_exactly_once_when_killed_and_restarted(
-        triton_server: TritonServer, fundus_jpeg, dicom_from_jpeg, tmp_path: Path) -> None:
+    triton_server: TritonServer, fundus_jpeg, dicom_from_jpeg, tmp_path: Path
+) -> None:
     folder = tmp_path / "images"
     folder.mkdir()
     for i in range(24):
@@ -31,8 +33,19 @@ def test_screen_cli_records_every_input_exactly_once_when_killed_and_restarted(
     dicom_from_jpeg(folder / "p00.jpg", folder / "eye.dcm", keys={"PatientID": "PID-77"})
     inputs = {str(p.resolve()) for p in folder.iterdir()}
     out = tmp_path / "results.jsonl"
-    command = [sys.executable, "-m", "predilect.cli", "screen", str(folder), "--out", str(out), "--server",
-               triton_server.grpc_url, "--max-in-flight", "1"]
+    command = [
+        sys.executable,
+        "-m",
+        "predilect.cli",
+        "screen",
+        str(folder),
+        "--out",
+        str(out),
+        "--server",
+        triton_server.grpc_url,
+        "--max-in-flight",
+        "1",
+    ]
     first = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 60
     while len(_lines(out)) < 3 and first.poll() is None and time.monotonic() < deadline:
@@ -52,13 +65,15 @@ def test_screen_cli_records_every_input_exactly_once_when_killed_and_restarted(
     assert by_name["broken.jpg"]["error_type"] == "ImageRejectedError" and by_name["broken.jpg"]["result"] is None
     assert by_name["eye.dcm"]["patient_id"] == "PID-77" and by_name["eye.dcm"]["eye"] == "right"
     assert by_name["eye.dcm"]["result"]["probabilities"] == pytest.approx(
-        by_name["p00.jpg"]["result"]["probabilities"], abs=1e-6)
+        by_name["p00.jpg"]["result"]["probabilities"], abs=1e-6
+    )
     assert by_name["p05.jpg"]["patient_id"] == "p05"
     assert "patients referable (any eye)" in second.stdout
 
 
 def test_screen_cli_aggregates_any_eye_referable_per_patient_when_given_manifest(
-        triton_server: TritonServer, fundus_jpeg, tmp_path: Path, capsys) -> None:
+    triton_server: TritonServer, fundus_jpeg, tmp_path: Path, capsys
+) -> None:
     rows = ["path,patient_id,eye"]
     for i, (patient, eye) in enumerate([("A", "R"), ("A", "L"), ("B", "R"), ("B", "L"), ("C", "R")]):
         (tmp_path / f"{i}.jpg").write_bytes(fundus_jpeg(400 + i))
@@ -66,8 +81,9 @@ def test_screen_cli_aggregates_any_eye_referable_per_patient_when_given_manifest
     manifest = tmp_path / "manifest.csv"
     manifest.write_text("\n".join(rows) + "\n")
     out, patients_out = tmp_path / "out.jsonl", tmp_path / "patients.json"
-    code = main([str(manifest), "--out", str(out), "--patients-out", str(patients_out), "--server",
-                 triton_server.grpc_url])
+    code = main(
+        [str(manifest), "--out", str(out), "--patients-out", str(patients_out), "--server", triton_server.grpc_url]
+    )
     assert code == 0
     records = _lines(out)
     assert len(records) == 5 and {r["eye"] for r in records} == {"right", "left"}

@@ -1,4 +1,5 @@
 """The real tritonserver: readiness, start errors, clean SIGTERM; the backends' pure logic."""
+
 from __future__ import annotations
 
 import os
@@ -51,8 +52,13 @@ def _broken_repository(root: Path, model_py: str | None) -> Path:
 
 
 def _start_broken(repository: Path) -> ServerStartError:
-    server = TritonServer(model_repository=repository, grpc_port=free_port(), http_port=free_port(),
-                          metrics_port=free_port(), startup_timeout_s=60)
+    server = TritonServer(
+        model_repository=repository,
+        grpc_port=free_port(),
+        http_port=free_port(),
+        metrics_port=free_port(),
+        startup_timeout_s=60,
+    )
     started = time.monotonic()
     with pytest.raises(ServerStartError) as caught:
         server.start()
@@ -89,9 +95,22 @@ def _pid_alive(pid: int) -> bool:
 
 def test_serve_cli_exits_zero_and_stops_tritonserver_when_sent_sigterm(model_repository: Path, tmp_path: Path) -> None:
     http_port = free_port()
-    command = [sys.executable, "-m", "predilect.cli", "serve", "--model-repository", str(model_repository),
-               "--grpc-port", str(free_port()), "--http-port", str(http_port), "--metrics-port", str(free_port()),
-               "--log-file", str(tmp_path / "triton.log")]
+    command = [
+        sys.executable,
+        "-m",
+        "predilect.cli",
+        "serve",
+        "--model-repository",
+        str(model_repository),
+        "--grpc-port",
+        str(free_port()),
+        "--http-port",
+        str(http_port),
+        "--metrics-port",
+        str(free_port()),
+        "--log-file",
+        str(tmp_path / "triton.log"),
+    ]
     process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         banner = process.stdout.readline()  # the first line is printed once the server is ready
@@ -127,7 +146,7 @@ def test_onnx_classifier_splits_logits_back_per_request_when_batched(tiny_onnx: 
     batches = [rng.normal(size=(n, 3, 224, 224)).astype(np.float32) for n in (1, 3, 1)]
     together = classifier.run(batches)
     assert [t.shape for t in together] == [(1, 6), (3, 6), (1, 6)]
-    for batch, logits in zip(batches, together):
+    for batch, logits in zip(batches, together, strict=True):
         np.testing.assert_allclose(logits, classifier.run([batch])[0], rtol=0, atol=1e-6)
 
 

@@ -1,4 +1,5 @@
 """ONNX rewrite of the attention head into one plugin node, and the TensorRT plugin/engine code."""
+
 import importlib.util
 import os
 import subprocess
@@ -22,15 +23,17 @@ REPO = Path(__file__).resolve().parent.parent
 HAS_TENSORRT = importlib.util.find_spec("tensorrt") is not None
 NEEDS_TENSORRT = pytest.mark.skipif(
     not (HAS_TENSORRT and torch.cuda.is_available()),
-    reason="TensorRT not installable in this environment (needs the tensorrt package and a CUDA GPU)")
+    reason="TensorRT not installable in this environment (needs the tensorrt package and a CUDA GPU)",
+)
 SITES = 3
 
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory) -> Path:
     torch.manual_seed(0)
-    model = FundusClassifier(ModelCfg(num_diseases=len(DEFAULT_CATALOG), image_size=64, widths=(8, 16, 32),
-                                      sites_per_disease=SITES))
+    model = FundusClassifier(
+        ModelCfg(num_diseases=len(DEFAULT_CATALOG), image_size=64, widths=(8, 16, 32), sites_per_disease=SITES)
+    )
     model.train()
     with torch.no_grad():
         model(torch.randn(8, 3, 64, 64) * 2 + 0.5)  # non-trivial BatchNorm statistics
@@ -112,8 +115,9 @@ def test_plugin_kernel_compiles_to_ptx_with_aot_calling_convention_when_targetin
         "print(k.name, k.num_warps, k.shared_mem, ' '.join(params))\n"
     )
     env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
-    result = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=env, capture_output=True, text=True,
-                            timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-c", script], cwd=REPO, env=env, capture_output=True, text=True, timeout=300
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     name, warps, shared, *params = result.stdout.split()
     assert name == "predilection_attention_kernel" and int(warps) == 4 and int(shared) <= 48 * 1024

@@ -1,4 +1,5 @@
 """Training on phantom data, through the CLI and the library."""
+
 import json
 
 import numpy as np
@@ -13,8 +14,20 @@ from predilect.training.train_cli import main as train_main
 
 def test_train_cli_writes_checkpoint_and_metrics_when_run_on_phantom(phantom_manifest, tmp_path, capsys):
     out = tmp_path / "ckpt" / "model.safetensors"
-    rc = train_main(["--manifest", str(phantom_manifest), "--out", str(out), "--epochs", "1", "--oct-epochs", "1",
-                     "--max-minutes", "1"])
+    rc = train_main(
+        [
+            "--manifest",
+            str(phantom_manifest),
+            "--out",
+            str(out),
+            "--epochs",
+            "1",
+            "--oct-epochs",
+            "1",
+            "--max-minutes",
+            "1",
+        ]
+    )
     assert rc == 0
     text = capsys.readouterr().out
     assert "OCT teaching epoch 1/1" in text and "held-out macro AUROC" in text

@@ -12,12 +12,13 @@ every export traces. The fused Triton kernel sits beside it (``predilect.trainin
 used by the model on CUDA); ``use_fused_attention`` is the one switch, and export forces the
 reference on (timm's fused_attn pattern). ``PREDILECT_FUSED_ATTN=0`` turns the kernel off.
 """
+
 from __future__ import annotations
 
 import contextlib
 import math
 import os
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 from torch import Tensor

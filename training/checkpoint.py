@@ -4,6 +4,7 @@ Metadata keys: the model config, the preprocessing spec, the disease catalog, th
 and version, and the held-out metrics. Export, serving and evaluation read them from here;
 nothing downstream re-declares them.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -12,8 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
 from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 
 from predilect.catalog import Catalog
 from predilect.preprocess import PreprocessCfg
@@ -43,7 +44,7 @@ class CheckpointMeta:
         }
 
     @classmethod
-    def from_strings(cls, data: dict[str, str]) -> "CheckpointMeta":
+    def from_strings(cls, data: dict[str, str]) -> CheckpointMeta:
         if data.get("format") != MODEL_FORMAT:
             raise ValueError(f"not a predilect checkpoint: format is {data.get('format')!r}, expected {MODEL_FORMAT!r}")
         return cls(
@@ -64,14 +65,25 @@ def weights_version(state: dict[str, torch.Tensor], *, major: int = 1) -> str:
     return f"{major}+{digest.hexdigest()[:8]}"
 
 
-def save_checkpoint(path: Path, model: FundusClassifier, *, preprocess: PreprocessCfg, catalog: Catalog,
-                    metrics: dict[str, float] | None = None) -> CheckpointMeta:
+def save_checkpoint(
+    path: Path,
+    model: FundusClassifier,
+    *,
+    preprocess: PreprocessCfg,
+    catalog: Catalog,
+    metrics: dict[str, float] | None = None,
+) -> CheckpointMeta:
     """Write ``model`` with its metadata; returns the metadata (with the computed version)."""
     if model.cfg.num_diseases != len(catalog):
         raise ValueError(f"model has {model.cfg.num_diseases} outputs but the catalog {len(catalog)} diseases")
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    meta = CheckpointMeta(model=model.cfg, preprocess=preprocess, catalog=catalog,
-                          version=weights_version(state), metrics=dict(metrics or {}))
+    meta = CheckpointMeta(
+        model=model.cfg,
+        preprocess=preprocess,
+        catalog=catalog,
+        version=weights_version(state),
+        metrics=dict(metrics or {}),
+    )
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file(state, str(path), metadata=meta.to_strings())
     return meta

@@ -1,10 +1,11 @@
 """Turn manifests into tensors: fundus images through the shared preprocessing, OCT scans
 through the OCT-only resize used by the teaching stage."""
+
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 
@@ -42,8 +43,8 @@ def load_fundus_pixels(
     preprocessor = Preprocessor(cfg, max_batch_size=batch_size, num_threads=num_threads)
     out = np.empty((len(records), *cfg.input_shape), dtype=np.float32)
     for start in range(0, len(records), batch_size):
-        chunk = records[start:start + batch_size]
-        out[start:start + len(chunk)] = preprocessor.run_strict([r.path.read_bytes() for r in chunk])
+        chunk = records[start : start + batch_size]
+        out[start : start + len(chunk)] = preprocessor.run_strict([r.path.read_bytes() for r in chunk])
         if progress:
             progress(start + len(chunk), len(records))
     if cache is not None:

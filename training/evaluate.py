@@ -1,4 +1,5 @@
 """In-process inference on preprocessed tensors: the reference that export and serving must match."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -12,5 +13,5 @@ def predict_proba(model: nn.Module, pixels: np.ndarray, *, batch_size: int = 64)
     outputs = []
     with torch.inference_mode():
         for start in range(0, len(pixels), batch_size):
-            outputs.append(torch.sigmoid(model(torch.from_numpy(pixels[start:start + batch_size]))).numpy())
+            outputs.append(torch.sigmoid(model(torch.from_numpy(pixels[start : start + batch_size]))).numpy())
     return np.concatenate(outputs) if outputs else np.zeros((0, 0), np.float32)

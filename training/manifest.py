@@ -8,14 +8,15 @@ Format, one row per image::
 semicolon-joined disease ids, or ``normal`` when the image shows none. The 0/1 columns repeat
 ``labels`` in a form spreadsheets can sum; reading checks that both agree.
 """
+
 from __future__ import annotations
 
 import csv
 import os
 from collections import Counter
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import numpy as np
 
@@ -94,8 +95,9 @@ def _parse_row(row: dict[str, str], root: Path, catalog: Catalog) -> Record:
     return Record(path=image, patient_id=row["patient_id"], eye=row["eye"], split=row["split"], labels=labels)
 
 
-def read_manifest(path: str | os.PathLike, *, catalog: Catalog = DEFAULT_CATALOG,
-                  split: str | None = None) -> list[Record]:
+def read_manifest(
+    path: str | os.PathLike, *, catalog: Catalog = DEFAULT_CATALOG, split: str | None = None
+) -> list[Record]:
     """Read and validate a manifest; keep only rows of ``split`` when given.
 
     Raises ValueError naming the line for a bad header, an unknown disease id, 0/1 columns
@@ -117,8 +119,7 @@ def read_manifest(path: str | os.PathLike, *, catalog: Catalog = DEFAULT_CATALOG
     return records
 
 
-def write_manifest(path: str | os.PathLike, records: Iterable[Record], *,
-                   catalog: Catalog = DEFAULT_CATALOG) -> Path:
+def write_manifest(path: str | os.PathLike, records: Iterable[Record], *, catalog: Catalog = DEFAULT_CATALOG) -> Path:
     """Write ``records`` to ``path`` (paths made relative to its directory); returns the path."""
     path = Path(path)
     root = path.resolve().parent
@@ -126,8 +127,9 @@ def write_manifest(path: str | os.PathLike, records: Iterable[Record], *,
     for record in records:
         relative = Path(os.path.relpath(Path(record.path).resolve(), root)).as_posix()
         flags = ["1" if d in record.labels else "0" for d in catalog.ids]
-        rows.append([relative, record.patient_id, record.eye, record.split,
-                     format_labels(record.labels, catalog), *flags])
+        rows.append(
+            [relative, record.patient_id, record.eye, record.split, format_labels(record.labels, catalog), *flags]
+        )
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(path.name + ".partial")
     with partial.open("w", newline="", encoding="utf-8") as f:

@@ -1,4 +1,5 @@
 """Screening metrics in plain numpy (no scikit-learn dependency)."""
+
 from __future__ import annotations
 
 import numpy as np

@@ -5,6 +5,7 @@ predilection-sites matrix (C diseases x K site vectors) attends over those token
 disease reads out one logit. Two encoders share the matrix: an OCT encoder that teaches it
 from unpaired OCT B-scans, and the fundus encoder that screens with it (see ``training.train``).
 """
+
 from __future__ import annotations
 
 import json
@@ -43,7 +44,7 @@ class ModelCfg:
         return json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
 
     @classmethod
-    def from_json(cls, text: str) -> "ModelCfg":
+    def from_json(cls, text: str) -> ModelCfg:
         data = json.loads(text)
         data["widths"] = tuple(data["widths"])
         return cls(**data)
@@ -94,8 +95,9 @@ class PredilectionHead(nn.Module):
             sites, weight, bias = (p.to(tokens.dtype) for p in (self.sites, self.weight, self.bias))
             if is_supported(tokens, sites, weight, bias):
                 return predilection_attention(tokens, sites, weight, bias, return_attention=return_attention)
-        return predilection_attention_reference(tokens, self.sites, self.weight, self.bias,
-                                                return_attention=return_attention)
+        return predilection_attention_reference(
+            tokens, self.sites, self.weight, self.bias, return_attention=return_attention
+        )
 
 
 class FundusClassifier(nn.Module):

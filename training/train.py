@@ -7,13 +7,14 @@ frozen for the first epochs so the fundus tokens move into the matrix's space ra
 the matrix being overwritten, then everything is fine-tuned. Held-out macro AUROC is
 reported on fundus images preprocessed exactly as the server preprocesses them.
 """
+
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -61,15 +62,25 @@ def _augment(batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     return batch * gain
 
 
-def fit(model: nn.Module, x: np.ndarray, y: np.ndarray, *, epochs: int, cfg: TrainCfg, deadline: float,
-        on_epoch: Callable[[int, float], None] | None = None, frozen: Sequence[nn.Parameter] = (),
-        frozen_epochs: int = 0) -> int:
+def fit(
+    model: nn.Module,
+    x: np.ndarray,
+    y: np.ndarray,
+    *,
+    epochs: int,
+    cfg: TrainCfg,
+    deadline: float,
+    on_epoch: Callable[[int, float], None] | None = None,
+    frozen: Sequence[nn.Parameter] = (),
+    frozen_epochs: int = 0,
+) -> int:
     """Minimise BCE on ``(x, y)``; returns the number of epochs completed before ``deadline``."""
     generator = torch.Generator().manual_seed(cfg.seed)
     optimiser = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps_per_epoch = max(1, -(-len(x) // cfg.batch_size))
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=cfg.lr, total_steps=epochs * steps_per_epoch,
-                                                   pct_start=0.15)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(
+        optimiser, max_lr=cfg.lr, total_steps=epochs * steps_per_epoch, pct_start=0.15
+    )
     loss_fn = nn.BCEWithLogitsLoss()
     xt, yt = torch.from_numpy(x), torch.from_numpy(y)
     done = 0
@@ -94,9 +105,17 @@ def fit(model: nn.Module, x: np.ndarray, y: np.ndarray, *, epochs: int, cfg: Tra
     return done
 
 
-def train(manifest: Path, out: Path, *, oct_manifest: Path | None, cfg: TrainCfg = TrainCfg(),
-          preprocess: PreprocessCfg = PreprocessCfg(), catalog: Catalog = DEFAULT_CATALOG,
-          cache_dir: Path | None = None, report: Callable[[str], None] = log.info) -> TrainResult:
+def train(
+    manifest: Path,
+    out: Path,
+    *,
+    oct_manifest: Path | None,
+    cfg: TrainCfg = TrainCfg(),
+    preprocess: PreprocessCfg = PreprocessCfg(),
+    catalog: Catalog = DEFAULT_CATALOG,
+    cache_dir: Path | None = None,
+    report: Callable[[str], None] = log.info,
+) -> TrainResult:
     """Train on ``manifest`` (splits ``train`` and ``heldout``) and write the checkpoint to ``out``."""
     start = time.monotonic()
     deadline = start + cfg.max_minutes * 60.0
@@ -110,8 +129,7 @@ def train(manifest: Path, out: Path, *, oct_manifest: Path | None, cfg: TrainCfg
     x_held = load_fundus_pixels(held_rec, preprocess, cache_dir=cache_dir)
     y_train, y_held = label_matrix(train_rec, catalog), label_matrix(held_rec, catalog)
 
-    model_cfg = ModelCfg(num_diseases=len(catalog), image_size=preprocess.size,
-                         sites_per_disease=cfg.sites_per_disease)
+    model_cfg = ModelCfg(num_diseases=len(catalog), image_size=preprocess.size, sites_per_disease=cfg.sites_per_disease)
     model = FundusClassifier(model_cfg)
     if oct_manifest is not None:
         _teach_sites_from_oct(model, oct_manifest, cfg=cfg, catalog=catalog, deadline=deadline, report=report)
@@ -122,8 +140,17 @@ def train(manifest: Path, out: Path, *, oct_manifest: Path | None, cfg: TrainCfg
     def on_epoch(epoch: int, loss: float) -> None:
         report(f"fundus epoch {epoch}/{cfg.epochs} loss {loss:.4f} ({time.monotonic() - start:.0f}s)")
 
-    fit(model, x_train, y_train, epochs=cfg.epochs, cfg=cfg, deadline=deadline, on_epoch=on_epoch,
-        frozen=frozen, frozen_epochs=frozen_epochs)
+    fit(
+        model,
+        x_train,
+        y_train,
+        epochs=cfg.epochs,
+        cfg=cfg,
+        deadline=deadline,
+        on_epoch=on_epoch,
+        frozen=frozen,
+        frozen_epochs=frozen_epochs,
+    )
     probs = predict_proba(model, x_held)
     per = per_disease_auroc(y_held, probs, catalog.ids)
     macro = macro_auroc(y_held, probs, catalog.ids)
@@ -132,8 +159,15 @@ def train(manifest: Path, out: Path, *, oct_manifest: Path | None, cfg: TrainCfg
     return TrainResult(meta=meta, heldout_macro_auroc=macro, heldout_auroc=per, seconds=time.monotonic() - start)
 
 
-def _teach_sites_from_oct(model: FundusClassifier, oct_manifest: Path, *, cfg: TrainCfg, catalog: Catalog,
-                          deadline: float, report: Callable[[str], None]) -> None:
+def _teach_sites_from_oct(
+    model: FundusClassifier,
+    oct_manifest: Path,
+    *,
+    cfg: TrainCfg,
+    catalog: Catalog,
+    deadline: float,
+    report: Callable[[str], None],
+) -> None:
     records = read_manifest(oct_manifest, catalog=catalog)
     scans, labels = load_oct_scans(records), label_matrix(records, catalog)
     oct_cfg = replace(model.cfg, image_size=OCT_SIZE, in_channels=1)

@@ -1,10 +1,11 @@
 """`predilect train`: the command line of ``predilect.training.train``."""
+
 from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import torch
 
@@ -12,11 +13,18 @@ from .train import TrainCfg, train
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="predilect train", description="Train the predilection-site classifier: OCT "
-                                "teaches the sites matrix, fundus learns to attend with it.")
+    p = argparse.ArgumentParser(
+        prog="predilect train",
+        description="Train the predilection-site classifier: OCT "
+        "teaches the sites matrix, fundus learns to attend with it.",
+    )
     p.add_argument("--manifest", type=Path, required=True, help="fundus manifest CSV (splits train/heldout)")
-    p.add_argument("--oct-manifest", type=Path, default=None,
-                   help="unpaired OCT manifest; default: oct_manifest.csv beside --manifest if present")
+    p.add_argument(
+        "--oct-manifest",
+        type=Path,
+        default=None,
+        help="unpaired OCT manifest; default: oct_manifest.csv beside --manifest if present",
+    )
     p.add_argument("--no-oct", action="store_true", help="skip the OCT teaching stage")
     p.add_argument("--out", type=Path, default=Path("artifacts/checkpoint/model.safetensors"))
     p.add_argument("--cache-dir", type=Path, default=None, help="cache for preprocessed tensors")
@@ -38,12 +46,29 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise SystemExit(f"OCT manifest not found: {oct_manifest}")
         oct_manifest = None
     cfg = TrainCfg(**{k: getattr(args, k) for k in TrainCfg.__dataclass_fields__})
-    result = train(args.manifest, args.out, oct_manifest=oct_manifest, cfg=cfg, cache_dir=args.cache_dir,
-                   report=lambda line: print(line, flush=True))
-    print(f"held-out macro AUROC {result.heldout_macro_auroc:.4f} "
-          f"({', '.join(f'{k} {v:.3f}' for k, v in result.heldout_auroc.items())})")
+    result = train(
+        args.manifest,
+        args.out,
+        oct_manifest=oct_manifest,
+        cfg=cfg,
+        cache_dir=args.cache_dir,
+        report=lambda line: print(line, flush=True),
+    )
+    print(
+        f"held-out macro AUROC {result.heldout_macro_auroc:.4f} "
+        f"({', '.join(f'{k} {v:.3f}' for k, v in result.heldout_auroc.items())})"
+    )
     print(f"checkpoint {args.out} version {result.meta.version} in {result.seconds:.0f}s")
-    (args.out.parent / "metrics.json").write_text(json.dumps(
-        {"heldout_macro_auroc": result.heldout_macro_auroc, "heldout_auroc": result.heldout_auroc,
-         "seconds": result.seconds, "version": result.meta.version}, indent=2) + "\n")
+    (args.out.parent / "metrics.json").write_text(
+        json.dumps(
+            {
+                "heldout_macro_auroc": result.heldout_macro_auroc,
+                "heldout_auroc": result.heldout_auroc,
+                "seconds": result.seconds,
+                "version": result.meta.version,
+            },
+            indent=2,
+        )
+        + "\n"
+    )
     return 0

@@ -10,6 +10,7 @@ GB/s and TFLOP/s (``training.kernels.byte_count`` / ``flop_count``: the same com
 traffic and useful FLOPs for every implementation) and their share of the ceilings. Writes a
 markdown table to benchmarks/results/.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -17,10 +18,10 @@ import itertools
 import math
 import statistics
 import sys
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -72,8 +73,9 @@ IMPLS: dict[str, Impl] = {"fused": fused, "eager": eager, "sdpa": sdpa, "compile
 
 
 # ----------------------------------------------------------------------------- helpers
-def make_inputs(batch: int, tokens: int, dim: int, diseases: int, sites: int, dtype: torch.dtype,
-                seed: int = 0) -> list[Tensor]:
+def make_inputs(
+    batch: int, tokens: int, dim: int, diseases: int, sites: int, dtype: torch.dtype, seed: int = 0
+) -> list[Tensor]:
     g = torch.Generator(device="cuda").manual_seed(seed)
     shapes = ((batch, tokens, dim), (diseases, sites, dim), (diseases, dim), (diseases,))
     return [torch.randn(*s, generator=g, device="cuda", dtype=torch.float32).to(dtype) for s in shapes]
@@ -86,12 +88,12 @@ def time_ms(fn: Callable[[], object], *, warmup: int = 10, reps: int = 100) -> f
     torch.cuda.synchronize()
     starts = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
     ends = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
-    for start, end in zip(starts, ends):
+    for start, end in zip(starts, ends, strict=True):
         start.record()
         fn()
         end.record()
     torch.cuda.synchronize()
-    return statistics.median(s.elapsed_time(e) for s, e in zip(starts, ends))
+    return statistics.median(s.elapsed_time(e) for s, e in zip(starts, ends, strict=True))
 
 
 @dataclass(frozen=True)
@@ -145,10 +147,12 @@ def sweep(dtype: torch.dtype, ceilings: Ceilings, reps: int) -> list[str]:
         flops = flop_count(batch, n, d, DISEASES, k)
         nbytes = byte_count(batch, n, d, DISEASES, k, element_size=args[0].element_size())
         for impl_name, impl in IMPLS.items():
-            ms = time_ms(lambda: impl(*args), reps=reps)
+            ms = time_ms(lambda impl=impl, args=args: impl(*args), reps=reps)
             tflops, gbps = flops / ms / 1e9, nbytes / ms / 1e6
-            rows.append(f"| {batch} | {n} | {d} | {k} | {impl_name} | {ms * 1e3:.1f} | {gbps:.0f} | "
-                        f"{100 * gbps / ceilings.gbps:.0f}% | {tflops:.2f} | {100 * tflops / ceilings.tflops:.1f}% |")
+            rows.append(
+                f"| {batch} | {n} | {d} | {k} | {impl_name} | {ms * 1e3:.1f} | {gbps:.0f} | "
+                f"{100 * gbps / ceilings.gbps:.0f}% | {tflops:.2f} | {100 * tflops / ceilings.tflops:.1f}% |"
+            )
     return rows
 
 
@@ -157,11 +161,13 @@ def write_table(rows: list[str], dtype_name: str, ceilings: Ceilings) -> Path:
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H%MZ")
     path = RESULTS / f"predilection_attention_{dtype_name}_{device.replace(' ', '_')}_{stamp}.md"
     header = [
-        f"# Predilection attention, {dtype_name}, C = {DISEASES}, on {device}", "",
+        f"# Predilection attention, {dtype_name}, C = {DISEASES}, on {device}",
+        "",
         f"Measured ceilings: {ceilings.tflops:.0f} TFLOP/s (bf16 8192^3 matmul), "
         f"{ceilings.gbps:.0f} GB/s (1 GiB device-to-device copy, read + write).",
         "FLOPs and bytes are the fused kernel's useful work and compulsory traffic for every row "
-        "(training.kernels.flop_count / byte_count); logits only.", "",
+        "(training.kernels.flop_count / byte_count); logits only.",
+        "",
         "| B | N | D | K | impl | median us | GB/s | % copy | TFLOP/s | % matmul |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
@@ -174,11 +180,18 @@ def perf_report(dtype: torch.dtype) -> None:
     """The same comparison as a triton.testing.perf_report (TFLOP/s vs B at N=576, D=768, K=8)."""
     import triton.testing
 
-    @triton.testing.perf_report(triton.testing.Benchmark(
-        x_names=["batch"], x_vals=list(BATCHES), line_arg="impl", line_vals=list(IMPLS), line_names=list(IMPLS),
-        ylabel="TFLOP/s", plot_name=f"predilection_attention_{str(dtype).removeprefix('torch.')}",
-        args={"tokens": 576, "dim": 768, "sites": 8},
-    ))
+    @triton.testing.perf_report(
+        triton.testing.Benchmark(
+            x_names=["batch"],
+            x_vals=list(BATCHES),
+            line_arg="impl",
+            line_vals=list(IMPLS),
+            line_names=list(IMPLS),
+            ylabel="TFLOP/s",
+            plot_name=f"predilection_attention_{str(dtype).removeprefix('torch.')}",
+            args={"tokens": 576, "dim": 768, "sites": 8},
+        )
+    )
     def bench(batch: int, tokens: int, dim: int, sites: int, impl: str) -> tuple[float, float, float]:
         args = make_inputs(batch, tokens, dim, DISEASES, sites, dtype)
         ms, low, high = triton.testing.do_bench(lambda: IMPLS[impl](*args), quantiles=[0.5, 0.2, 0.8])
@@ -200,8 +213,10 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if not torch.cuda.is_available():
-        print("bench_predilection_attention needs a CUDA GPU: none is visible (torch.cuda.is_available() is False).",
-              file=sys.stderr)
+        print(
+            "bench_predilection_attention needs a CUDA GPU: none is visible (torch.cuda.is_available() is False).",
+            file=sys.stderr,
+        )
         return 2
     failures = check_correctness()
     if failures:

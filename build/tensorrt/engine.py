@@ -5,6 +5,7 @@ registered (``plugin.register_plugin``), and TensorRT's ONNX parser maps the
 ``PredilectionAttention`` node to the plugin's AOT kernel. Needs ``tensorrt`` and a GPU;
 without them every entry point raises ``TensorRTUnavailableError``.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -24,8 +25,10 @@ def _tensorrt() -> Any:
     try:
         import tensorrt as trt
     except ImportError as exc:
-        raise TensorRTUnavailableError("TensorRT is not installed: building or running an engine needs the "
-                                       "`tensorrt` package (10.8+) on a CUDA host") from exc
+        raise TensorRTUnavailableError(
+            "TensorRT is not installed: building or running an engine needs the "
+            "`tensorrt` package (10.8+) on a CUDA host"
+        ) from exc
     return trt
 
 
@@ -42,8 +45,10 @@ class EngineCfg:
 
     def __post_init__(self) -> None:
         if not 1 <= self.min_batch <= self.opt_batch <= self.max_batch:
-            raise ValueError(f"need 1 <= min_batch <= opt_batch <= max_batch, got "
-                             f"{self.min_batch}, {self.opt_batch}, {self.max_batch}")
+            raise ValueError(
+                f"need 1 <= min_batch <= opt_batch <= max_batch, got "
+                f"{self.min_batch}, {self.opt_batch}, {self.max_batch}"
+            )
 
 
 def tensorrt_onnx(model: onnx.ModelProto, *, use_plugin: bool = True) -> onnx.ModelProto:
@@ -71,8 +76,9 @@ def build_engine(onnx_path: Path, engine_path: Path, cfg: EngineCfg = EngineCfg(
     pixels = network.get_input(0)
     item_shape = tuple(pixels.shape)[1:]
     profile = builder.create_optimization_profile()
-    profile.set_shape(pixels.name, (cfg.min_batch, *item_shape), (cfg.opt_batch, *item_shape),
-                      (cfg.max_batch, *item_shape))
+    profile.set_shape(
+        pixels.name, (cfg.min_batch, *item_shape), (cfg.opt_batch, *item_shape), (cfg.max_batch, *item_shape)
+    )
     config.add_optimization_profile(profile)
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:

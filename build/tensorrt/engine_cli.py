@@ -1,9 +1,10 @@
 """`predilect trt-engine`: build a TensorRT engine from the exported ONNX and check it."""
+
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import onnx
@@ -26,8 +27,9 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    cfg = EngineCfg(max_batch=args.max_batch, opt_batch=min(8, args.max_batch), fp16=args.fp16,
-                    use_plugin=not args.no_plugin)
+    cfg = EngineCfg(
+        max_batch=args.max_batch, opt_batch=min(8, args.max_batch), fp16=args.fp16, use_plugin=not args.no_plugin
+    )
     build_engine(args.onnx, args.engine, cfg)
     print(f"built {args.engine} from {args.onnx} (plugin={cfg.use_plugin}, fp16={cfg.fp16})")
     if not args.check:
@@ -37,7 +39,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     shape = [d.dim_value for d in onnx.load(str(args.onnx)).graph.input[0].type.tensor_type.shape.dim[1:]]
     pixels = np.random.default_rng(0).standard_normal((min(4, args.max_batch), *shape)).astype(np.float32)
     expected = ort.InferenceSession(str(args.onnx), providers=["CPUExecutionProvider"]).run(
-        [OUTPUT_NAME], {INPUT_NAME: pixels})[0]
+        [OUTPUT_NAME], {INPUT_NAME: pixels}
+    )[0]
     diff = float(np.abs(engine_logits(args.engine, pixels) - expected).max())
     tolerance = 5e-2 if args.fp16 else 1e-3
     print(f"TensorRT vs ONNX Runtime: max |delta logit| = {diff:.2e} (tolerance {tolerance:.0e})")

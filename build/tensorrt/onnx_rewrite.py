@@ -14,6 +14,7 @@ the MatMul that follows the only Softmax; the region is everything downstream of
 that reaches a graph output; its initializers must be exactly sites (C, K, D), weight (C, D)
 and bias (C,). Anything else raises ValueError rather than rewriting a graph it does not know.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -89,12 +90,18 @@ def _parameters(region: dict[int, gs.Node], tokens: gs.Variable) -> tuple[gs.Con
     floats: dict[int, list[gs.Constant]] = {1: [], 2: [], 3: []}
     for node in region.values():
         for tensor in node.inputs:
-            if isinstance(tensor, gs.Constant) and np.issubdtype(tensor.values.dtype, np.floating) \
-                    and tensor.values.ndim in floats and tensor not in floats[tensor.values.ndim]:
+            if (
+                isinstance(tensor, gs.Constant)
+                and np.issubdtype(tensor.values.dtype, np.floating)
+                and tensor.values.ndim in floats
+                and tensor not in floats[tensor.values.ndim]
+            ):
                 floats[tensor.values.ndim].append(tensor)
     if any(len(found) != 1 for found in floats.values()):
-        raise ValueError("expected exactly one float initializer each for sites (C, K, D), weight (C, D) "
-                         f"and bias (C,); found ranks {{{', '.join(f'{r}: {len(v)}' for r, v in floats.items())}}}")
+        raise ValueError(
+            "expected exactly one float initializer each for sites (C, K, D), weight (C, D) "
+            f"and bias (C,); found ranks {{{', '.join(f'{r}: {len(v)}' for r, v in floats.items())}}}"
+        )
     sites, weight, bias = floats[3][0], floats[2][0], floats[1][0]
     c, _, d = sites.shape
     if tuple(weight.shape) != (c, d) or tuple(bias.shape) != (c,):
@@ -107,8 +114,12 @@ def find_attention(graph: gs.Graph) -> AttentionMatch:
     tokens = _tokens_of(graph)
     region = _prune_dead_ends(_descendants(tokens), graph)
     produced = {id(out) for node in region.values() for out in node.outputs}
-    leaving = [out for node in region.values() for out in node.outputs
-               if out in graph.outputs or any(id(c) not in region for c in out.outputs)]
+    leaving = [
+        out
+        for node in region.values()
+        for out in node.outputs
+        if out in graph.outputs or any(id(c) not in region for c in out.outputs)
+    ]
     if len(leaving) != 1:
         raise ValueError(f"the attention subgraph should have one output, found {[t.name for t in leaving]}")
     for node in region.values():
@@ -117,8 +128,9 @@ def find_attention(graph: gs.Graph) -> AttentionMatch:
             if external and not (tensor.inputs and tensor.inputs[0].op == "Constant"):
                 raise ValueError(f"the attention subgraph depends on {tensor.name!r} besides the tokens")
     sites, weight, bias = _parameters(region, tokens)
-    return AttentionMatch(nodes=tuple(region.values()), tokens=tokens, sites=sites, weight=weight, bias=bias,
-                          output=leaving[0])
+    return AttentionMatch(
+        nodes=tuple(region.values()), tokens=tokens, sites=sites, weight=weight, bias=bias, output=leaving[0]
+    )
 
 
 def _opset(model: onnx.ModelProto) -> int:
@@ -127,8 +139,11 @@ def _opset(model: onnx.ModelProto) -> int:
 
 def reference_function(opset: int) -> onnx.FunctionProto:
     """``predilect.PredilectionAttention`` as reference ONNX ops (what ONNX Runtime inlines)."""
-    mean_k = (helper.make_node("ReduceMean", ["context4"], ["pooled"], axes=[2], keepdims=0) if opset < 18 else
-              helper.make_node("ReduceMean", ["context4", "axis_k"], ["pooled"], keepdims=0))
+    mean_k = (
+        helper.make_node("ReduceMean", ["context4"], ["pooled"], axes=[2], keepdims=0)
+        if opset < 18
+        else helper.make_node("ReduceMean", ["context4", "axis_k"], ["pooled"], keepdims=0)
+    )
     nodes = [
         helper.make_node("Flatten", ["sites"], ["queries"], axis=2),  # (C*K, D)
         helper.make_node("Transpose", ["queries"], ["queries_t"], perm=[1, 0]),
@@ -151,8 +166,15 @@ def reference_function(opset: int) -> onnx.FunctionProto:
         helper.make_node("ReduceSum", ["weighted", "axis_d"], ["summed"], keepdims=0),
         helper.make_node("Add", ["summed", "bias"], ["logits"]),
     ]
-    return helper.make_function(DOMAIN, OP_TYPE, ["tokens", "sites", "weight", "bias"], ["logits"], nodes,
-                                [helper.make_opsetid("", opset)], attributes=[SITES_ATTR])
+    return helper.make_function(
+        DOMAIN,
+        OP_TYPE,
+        ["tokens", "sites", "weight", "bias"],
+        ["logits"],
+        nodes,
+        [helper.make_opsetid("", opset)],
+        attributes=[SITES_ATTR],
+    )
 
 
 def rewrite(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -162,9 +184,16 @@ def rewrite(model: onnx.ModelProto) -> onnx.ModelProto:
     for node in match.nodes:
         node.inputs.clear()
         node.outputs.clear()
-    graph.nodes.append(gs.Node(op=OP_TYPE, name=NODE_NAME, domain=DOMAIN,
-                               attrs={SITES_ATTR: match.sites_per_disease},
-                               inputs=[match.tokens, match.sites, match.weight, match.bias], outputs=[match.output]))
+    graph.nodes.append(
+        gs.Node(
+            op=OP_TYPE,
+            name=NODE_NAME,
+            domain=DOMAIN,
+            attrs={SITES_ATTR: match.sites_per_disease},
+            inputs=[match.tokens, match.sites, match.weight, match.bias],
+            outputs=[match.output],
+        )
+    )
     graph.cleanup().toposort()
     out = gs.export_onnx(graph)
     if not any(o.domain == DOMAIN for o in out.opset_import):
@@ -188,6 +217,7 @@ def for_tensorrt(model: onnx.ModelProto) -> onnx.ModelProto:
     if not nodes:
         raise ValueError(f"no {DOMAIN}.{OP_TYPE} node: run rewrite() first")
     for node in nodes:
-        node.attribute.extend([helper.make_attribute("plugin_namespace", PLUGIN_NAMESPACE),
-                               helper.make_attribute("aot", 1)])
+        node.attribute.extend(
+            [helper.make_attribute("plugin_namespace", PLUGIN_NAMESPACE), helper.make_attribute("aot", 1)]
+        )
     return out

@@ -8,6 +8,7 @@ build time and serialises the winner.
 ``compile_kernel`` needs only Triton (it can target a GPU architecture from a CPU-only host);
 ``register_plugin`` needs ``tensorrt`` and is what engine building calls.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -17,7 +18,6 @@ PLUGIN_NAMESPACE = "predilect"
 PLUGIN_NAME = "PredilectionAttention"
 PLUGIN_ID = f"{PLUGIN_NAMESPACE}::{PLUGIN_NAME}"
 SITES_ATTR = "sites_per_disease"
-
 
 
 class TensorRTUnavailableError(RuntimeError):
@@ -66,26 +66,56 @@ def compile_kernel(dtype: str, n_sites: int, tactic: int, *, target: Any = None)
     cfg = tactics[tactic]
     ptr = f"*{_TRITON_DTYPES[dtype]}"
     constexprs: dict[str, Any] = {
-        "stride_td": 1, "stride_sd": 1, "stride_wd": 1, "stride_bias": 1, "stride_lc": 1,
-        "stride_ab": 0, "stride_ac": 0, "stride_an": 0, "attn_ptr": None,
-        "RETURN_ATTN": False, "DOT_PRECISION": "ieee" if dtype == "FP32" else "tf32",
+        "stride_td": 1,
+        "stride_sd": 1,
+        "stride_wd": 1,
+        "stride_bias": 1,
+        "stride_lc": 1,
+        "stride_ab": 0,
+        "stride_ac": 0,
+        "stride_an": 0,
+        "attn_ptr": None,
+        "RETURN_ATTN": False,
+        "DOT_PRECISION": "ieee" if dtype == "FP32" else "tf32",
         "BLOCK_K": triton.next_power_of_2(n_sites),
-        "BLOCK_C": cfg.block_c, "BLOCK_N": cfg.block_n, "BLOCK_D": cfg.block_d,
+        "BLOCK_C": cfg.block_c,
+        "BLOCK_N": cfg.block_n,
+        "BLOCK_D": cfg.block_d,
     }
-    runtime = {"tokens_ptr": ptr, "sites_ptr": ptr, "weight_ptr": ptr, "bias_ptr": ptr,
-               "N": "i32", "D": "i32", "C": "i32", "K": "i32",
-               "stride_tb": "i32", "stride_tn": "i32", "stride_sc": "i32", "stride_sk": "i32",
-               "stride_wc": "i32", "stride_lb": "i32", "logits_ptr": ptr}
+    runtime = {
+        "tokens_ptr": ptr,
+        "sites_ptr": ptr,
+        "weight_ptr": ptr,
+        "bias_ptr": ptr,
+        "N": "i32",
+        "D": "i32",
+        "C": "i32",
+        "K": "i32",
+        "stride_tb": "i32",
+        "stride_tn": "i32",
+        "stride_sc": "i32",
+        "stride_sk": "i32",
+        "stride_wc": "i32",
+        "stride_lb": "i32",
+        "logits_ptr": ptr,
+    }
     signature = {name: runtime.get(name, "constexpr") for name in predilection_attention_kernel.arg_names}
     source = triton.compiler.ASTSource(fn=predilection_attention_kernel, signature=signature, constexprs=constexprs)
     options = {"num_warps": cfg.num_warps, "num_stages": cfg.num_stages}
-    compiled = triton.compile(source, target=target, options=options) if target else triton.compile(source, options=options)
+    compiled = (
+        triton.compile(source, target=target, options=options) if target else triton.compile(source, options=options)
+    )
     if compiled.metadata.global_scratch_size or compiled.metadata.profile_scratch_size:
         # TensorRT passes only inputs, extra scalars and outputs; Triton's trailing scratch
         # pointers are then unset, which is harmless only while the kernel needs no scratch.
         raise RuntimeError(f"tactic {tactic} needs Triton global scratch memory, which the AOT plugin cannot provide")
-    return AotKernel(name=compiled.metadata.name, ptx=compiled.asm["ptx"], num_warps=compiled.metadata.num_warps,
-                     shared_mem=compiled.metadata.shared, block_c=cfg.block_c)
+    return AotKernel(
+        name=compiled.metadata.name,
+        ptx=compiled.asm["ptx"],
+        num_warps=compiled.metadata.num_warps,
+        shared_mem=compiled.metadata.shared,
+        block_c=cfg.block_c,
+    )
 
 
 _REGISTERED = False
@@ -99,7 +129,6 @@ def usable_tactics(n_sites: int, *, target: Any = None) -> list[int]:
     return fitting or [min(sizes, key=sizes.__getitem__)]
 
 
-
 def register_plugin() -> None:
     """Register the plugin's description, autotune and AOT implementation (idempotent)."""
     global _REGISTERED
@@ -108,8 +137,10 @@ def register_plugin() -> None:
     try:
         import tensorrt.plugin as trtp
     except ImportError as exc:
-        raise TensorRTUnavailableError("TensorRT is not installed: the PredilectionAttention plugin needs the "
-                                       "`tensorrt` package (10.8+, with tensorrt.plugin) on a CUDA host") from exc
+        raise TensorRTUnavailableError(
+            "TensorRT is not installed: the PredilectionAttention plugin needs the "
+            "`tensorrt` package (10.8+, with tensorrt.plugin) on a CUDA host"
+        ) from exc
     _define(trtp)
     _REGISTERED = True
 
@@ -118,23 +149,39 @@ def _define(trtp: Any) -> None:
     """The three QDP definitions; split out so that they read like the TensorRT samples."""
 
     @trtp.register(PLUGIN_ID)
-    def _describe(tokens: trtp.TensorDesc, sites: trtp.TensorDesc, weight: trtp.TensorDesc,
-                  bias: trtp.TensorDesc, sites_per_disease: int) -> trtp.TensorDesc:
+    def _describe(
+        tokens: trtp.TensorDesc,
+        sites: trtp.TensorDesc,
+        weight: trtp.TensorDesc,
+        bias: trtp.TensorDesc,
+        sites_per_disease: int,
+    ) -> trtp.TensorDesc:
         return trtp.from_shape_expr((tokens.shape_expr[0], sites.shape_expr[0]), dtype=tokens.dtype)
 
     @trtp.autotune(PLUGIN_ID)
-    def _autotune(tokens: trtp.TensorDesc, sites: trtp.TensorDesc, weight: trtp.TensorDesc,
-                  bias: trtp.TensorDesc, sites_per_disease: int,
-                  outputs: tuple[trtp.TensorDesc]) -> list[trtp.AutoTuneCombination]:
+    def _autotune(
+        tokens: trtp.TensorDesc,
+        sites: trtp.TensorDesc,
+        weight: trtp.TensorDesc,
+        bias: trtp.TensorDesc,
+        sites_per_disease: int,
+        outputs: tuple[trtp.TensorDesc],
+    ) -> list[trtp.AutoTuneCombination]:
         # Four inputs and one output share one type; every tactic is one AOT-compiled config.
         combination = trtp.AutoTuneCombination(", ".join(["FP32|FP16|BF16"] * 5), "LINEAR")
         combination.tactics(usable_tactics(sites_per_disease))
         return [combination]
 
     @trtp.aot_impl(PLUGIN_ID)
-    def _aot(tokens: trtp.TensorDesc, sites: trtp.TensorDesc, weight: trtp.TensorDesc, bias: trtp.TensorDesc,
-             sites_per_disease: int, outputs: tuple[trtp.TensorDesc], tactic: int
-             ) -> tuple[bytes, bytes, trtp.KernelLaunchParams, trtp.SymExprs]:
+    def _aot(
+        tokens: trtp.TensorDesc,
+        sites: trtp.TensorDesc,
+        weight: trtp.TensorDesc,
+        bias: trtp.TensorDesc,
+        sites_per_disease: int,
+        outputs: tuple[trtp.TensorDesc],
+        tactic: int,
+    ) -> tuple[bytes, bytes, trtp.KernelLaunchParams, trtp.SymExprs]:
         kernel = compile_kernel(tokens.dtype.name, sites_per_disease, tactic)
         batch, n_tokens, dim = tokens.shape_expr[0], tokens.shape_expr[1], tokens.shape_expr[2]
         n_diseases, n_sites = sites.shape_expr[0], sites.shape_expr[1]

@@ -1,9 +1,10 @@
 """`predilect trt-rewrite`: fold the exported attention head of an ONNX model into one plugin node."""
+
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import onnx
 
@@ -25,8 +26,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         model = for_tensorrt(model)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(model, str(args.out))
-    print(f"wrote {args.out}: attention head -> one {DOMAIN}.{OP_TYPE} node ({len(model.graph.node)} nodes, "
-          f"target {args.target})")
+    print(
+        f"wrote {args.out}: attention head -> one {DOMAIN}.{OP_TYPE} node ({len(model.graph.node)} nodes, "
+        f"target {args.target})"
+    )
     return 0
 
 

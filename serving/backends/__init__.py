@@ -4,10 +4,12 @@ Each module holds pure, testable logic plus a ``TritonPythonModel`` adapter that
 Triton's Python-backend stub; ``triton_python_backend_utils`` exists only inside the stub,
 so the adapters import it in ``initialize``.
 """
+
 from __future__ import annotations
 
 import json
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 # Prefix of the error message of a request whose payload was rejected; the client keys on it
 # (together with the INVALID_ARGUMENT status) to raise ImageRejectedError.

@@ -3,10 +3,12 @@
 All requests of a dynamic batch go through one ONNX Runtime run: their tensors are
 concatenated along the batch axis and the logits split back per request.
 """
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -24,8 +26,7 @@ class OnnxClassifier:
         options.intra_op_num_threads = intra_op_threads
         options.inter_op_num_threads = 1  # Triton instances provide the request-level parallelism
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        self._session = ort.InferenceSession(str(model_path), sess_options=options,
-                                             providers=["CPUExecutionProvider"])
+        self._session = ort.InferenceSession(str(model_path), sess_options=options, providers=["CPUExecutionProvider"])
 
     def run(self, batches: Sequence[np.ndarray]) -> list[np.ndarray]:
         """Logits for each ``[n_i, 3, S, S]`` batch, from one run over their concatenation."""
@@ -51,5 +52,7 @@ class TritonPythonModel:
     def execute(self, requests: list[Any]) -> list[Any]:
         pb = self._pb
         pixels = [pb.get_input_tensor_by_name(r, configs.PIXELS).as_numpy() for r in requests]
-        return [pb.InferenceResponse(output_tensors=[pb.Tensor(configs.LOGITS, logits)])
-                for logits in self._classifier.run(pixels)]
+        return [
+            pb.InferenceResponse(output_tensors=[pb.Tensor(configs.LOGITS, logits)])
+            for logits in self._classifier.run(pixels)
+        ]

@@ -1,4 +1,5 @@
 """The ``postprocess`` model: LOGITS -> PROBABILITIES with a numerically stable sigmoid."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -26,8 +27,12 @@ class TritonPythonModel:
     def execute(self, requests: list[Any]) -> list[Any]:
         pb = self._pb
         return [
-            pb.InferenceResponse(output_tensors=[
-                pb.Tensor(configs.PROBABILITIES, stable_sigmoid(pb.get_input_tensor_by_name(r, configs.LOGITS).as_numpy()))
-            ])
+            pb.InferenceResponse(
+                output_tensors=[
+                    pb.Tensor(
+                        configs.PROBABILITIES, stable_sigmoid(pb.get_input_tensor_by_name(r, configs.LOGITS).as_numpy())
+                    )
+                ]
+            )
             for r in requests
         ]

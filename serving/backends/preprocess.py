@@ -1,13 +1,15 @@
 """The ``preprocess`` model: encoded image bytes -> normalised PIXELS, one image per request.
 
-Runs ``predilect.preprocess.Preprocessor`` (the decoder its served PreprocessCfg names) on all requests of a dynamic batch
-at once; a payload it rejects gets its own error response naming the cause, and the other
+Runs ``predilect.preprocess.Preprocessor`` (the decoder its served PreprocessCfg names) on all
+requests of a dynamic batch at once; a payload it rejects gets its own error response naming the cause, and the other
 requests of the batch are answered unchanged.
 """
+
 from __future__ import annotations
 
 import io
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -23,12 +25,14 @@ def request_payload(image: np.ndarray) -> np.ndarray | InvalidImageError:
     return image[0]
 
 
-def preprocess_requests(preprocessor: Preprocessor, images: Sequence[np.ndarray]) -> list[np.ndarray | InvalidImageError]:
+def preprocess_requests(
+    preprocessor: Preprocessor, images: Sequence[np.ndarray]
+) -> list[np.ndarray | InvalidImageError]:
     """One ``[1, 3, S, S]`` float32 tensor or one ``InvalidImageError`` per request, in order."""
     payloads = [request_payload(image) for image in images]
     good = [i for i, p in enumerate(payloads) if not isinstance(p, InvalidImageError)]
     results: list[np.ndarray | InvalidImageError] = list(payloads)
-    for i, out in zip(good, preprocessor.run([payloads[i] for i in good])):
+    for i, out in zip(good, preprocessor.run([payloads[i] for i in good]), strict=True):
         results[i] = out if isinstance(out, InvalidImageError) else out[np.newaxis]
     return results
 

@@ -1,4 +1,5 @@
 """What the fused kernel accepts, and what it costs; imports no Triton."""
+
 from __future__ import annotations
 
 import torch
@@ -12,13 +13,17 @@ SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 def _shape_error(tokens: Tensor, sites: Tensor, weight: Tensor, bias: Tensor) -> str | None:
     if tokens.dim() != 3 or sites.dim() != 3 or weight.dim() != 2 or bias.dim() != 1:
-        return ("expected tokens (B, N, D), sites (C, K, D), weight (C, D), bias (C,); got "
-                f"{tuple(tokens.shape)}, {tuple(sites.shape)}, {tuple(weight.shape)}, {tuple(bias.shape)}")
+        return (
+            "expected tokens (B, N, D), sites (C, K, D), weight (C, D), bias (C,); got "
+            f"{tuple(tokens.shape)}, {tuple(sites.shape)}, {tuple(weight.shape)}, {tuple(bias.shape)}"
+        )
     dim = tokens.shape[2]
     n_diseases = sites.shape[0]
     if sites.shape[2] != dim or tuple(weight.shape) != (n_diseases, dim) or tuple(bias.shape) != (n_diseases,):
-        return (f"inconsistent shapes: tokens {tuple(tokens.shape)}, sites {tuple(sites.shape)}, "
-                f"weight {tuple(weight.shape)}, bias {tuple(bias.shape)}")
+        return (
+            f"inconsistent shapes: tokens {tuple(tokens.shape)}, sites {tuple(sites.shape)}, "
+            f"weight {tuple(weight.shape)}, bias {tuple(bias.shape)}"
+        )
     return None
 
 
@@ -26,8 +31,10 @@ def _limit_error(tokens: Tensor, sites: Tensor, weight: Tensor, bias: Tensor) ->
     n_tokens, dim = tokens.shape[1], tokens.shape[2]
     queries = sites.shape[0] * sites.shape[1]
     if not (1 <= n_tokens <= MAX_TOKENS and 1 <= dim <= MAX_DIM and 1 <= queries <= MAX_QUERIES):
-        return (f"predilection attention supports 1 <= N <= {MAX_TOKENS}, 1 <= D <= {MAX_DIM}, "
-                f"1 <= C*K <= {MAX_QUERIES}; got N={n_tokens}, D={dim}, C*K={queries}")
+        return (
+            f"predilection attention supports 1 <= N <= {MAX_TOKENS}, 1 <= D <= {MAX_DIM}, "
+            f"1 <= C*K <= {MAX_QUERIES}; got N={n_tokens}, D={dim}, C*K={queries}"
+        )
     dtypes = {tokens.dtype, sites.dtype, weight.dtype, bias.dtype}
     if len(dtypes) != 1 or tokens.dtype not in SUPPORTED_DTYPES:
         return f"all inputs must share one dtype among float32, float16, bfloat16; got {sorted(map(str, dtypes))}"
@@ -63,8 +70,9 @@ def flop_count(batch: int, tokens: int, dim: int, diseases: int, sites: int, *, 
     return total
 
 
-def byte_count(batch: int, tokens: int, dim: int, diseases: int, sites: int, *, element_size: int,
-               return_attention: bool = False) -> int:
+def byte_count(
+    batch: int, tokens: int, dim: int, diseases: int, sites: int, *, element_size: int, return_attention: bool = False
+) -> int:
     """Compulsory DRAM traffic: every input read once, every output written once.
 
     read  B*N*D (tokens) + C*K*D (sites) + C*D (weight) + C (bias) elements

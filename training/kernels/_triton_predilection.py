@@ -12,6 +12,7 @@ formulas: ``_spec.flop_count`` / ``_spec.byte_count``.
 Import this module only after deciding on ``TRITON_INTERPRET``: Triton reads it when the
 kernel is decorated. Under the interpreter the autotuner gets a single configuration.
 """
+
 from __future__ import annotations
 
 import os
@@ -33,15 +34,30 @@ _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 def predilection_attention_kernel(
     # Argument order matters for the TensorRT AOT plugin, which passes input pointers, then
     # the extra int32 scalars, then output pointers: keep inputs | scalars | outputs.
-    tokens_ptr, sites_ptr, weight_ptr, bias_ptr,
-    N, D, C, K,
-    stride_tb, stride_tn, stride_td,
-    stride_sc, stride_sk, stride_sd,
-    stride_wc, stride_wd,
+    tokens_ptr,
+    sites_ptr,
+    weight_ptr,
+    bias_ptr,
+    N,
+    D,
+    C,
+    K,
+    stride_tb,
+    stride_tn,
+    stride_td,
+    stride_sc,
+    stride_sk,
+    stride_sd,
+    stride_wc,
+    stride_wd,
     stride_bias,
-    stride_lb, stride_lc,
-    stride_ab, stride_ac, stride_an,
-    logits_ptr, attn_ptr,
+    stride_lb,
+    stride_lc,
+    stride_ab,
+    stride_ac,
+    stride_an,
+    logits_ptr,
+    attn_ptr,
     RETURN_ATTN: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
     BLOCK_K: tl.constexpr,
@@ -84,12 +100,21 @@ def predilection_attention_kernel(
             offs_d = d0 + offs_d0
             d_mask = offs_d < D
             # Tokens loaded transposed (BLOCK_D, BLOCK_N): both GEMMs then take it as the B operand.
-            tok = tl.load(tokens_b + offs_n[None, :] * stride_tn + offs_d[:, None] * stride_td,
-                          mask=n_mask[None, :] & d_mask[:, None], other=0.0)
-            qry = tl.load(sites_ptr + row_c[:, None] * stride_sc + row_k[:, None] * stride_sk
-                          + offs_d[None, :] * stride_sd, mask=row_mask[:, None] & d_mask[None, :], other=0.0)
-            wgt = tl.load(weight_ptr + offs_c[:, None] * stride_wc + offs_d[None, :] * stride_wd,
-                          mask=c_mask[:, None] & d_mask[None, :], other=0.0)
+            tok = tl.load(
+                tokens_b + offs_n[None, :] * stride_tn + offs_d[:, None] * stride_td,
+                mask=n_mask[None, :] & d_mask[:, None],
+                other=0.0,
+            )
+            qry = tl.load(
+                sites_ptr + row_c[:, None] * stride_sc + row_k[:, None] * stride_sk + offs_d[None, :] * stride_sd,
+                mask=row_mask[:, None] & d_mask[None, :],
+                other=0.0,
+            )
+            wgt = tl.load(
+                weight_ptr + offs_c[:, None] * stride_wc + offs_d[None, :] * stride_wd,
+                mask=c_mask[:, None] & d_mask[None, :],
+                other=0.0,
+            )
             scores = tl.dot(qry, tok, scores, input_precision=DOT_PRECISION)
             values = tl.dot(wgt, tok, values, input_precision=DOT_PRECISION)
         s3 = tl.reshape(scores, (BLOCK_C, BLOCK_K, BLOCK_N)) * qk_scale
@@ -104,8 +129,11 @@ def predilection_attention_kernel(
     site_out = tl.where(k_mask[None, :], acc / l_i, 0.0)
     bias = tl.load(bias_ptr + offs_c * stride_bias, mask=c_mask, other=0.0).to(tl.float32)
     logits = tl.sum(site_out, axis=1) / K.to(tl.float32) + bias
-    tl.store(logits_ptr + pid_b.to(tl.int64) * stride_lb + offs_c * stride_lc,
-             logits.to(logits_ptr.dtype.element_ty), mask=c_mask)
+    tl.store(
+        logits_ptr + pid_b.to(tl.int64) * stride_lb + offs_c * stride_lc,
+        logits.to(logits_ptr.dtype.element_ty),
+        mask=c_mask,
+    )
 
     if RETURN_ATTN:
         # The map needs each row's final max and denominator, known only after the whole of N.
@@ -121,16 +149,25 @@ def predilection_attention_kernel(
             for d0 in range(0, D, BLOCK_D):
                 offs_d = d0 + offs_d0
                 d_mask = offs_d < D
-                tok = tl.load(tokens_b + offs_n[None, :] * stride_tn + offs_d[:, None] * stride_td,
-                              mask=n_mask[None, :] & d_mask[:, None], other=0.0)
-                qry = tl.load(sites_ptr + row_c[:, None] * stride_sc + row_k[:, None] * stride_sk
-                              + offs_d[None, :] * stride_sd, mask=row_mask[:, None] & d_mask[None, :], other=0.0)
+                tok = tl.load(
+                    tokens_b + offs_n[None, :] * stride_tn + offs_d[:, None] * stride_td,
+                    mask=n_mask[None, :] & d_mask[:, None],
+                    other=0.0,
+                )
+                qry = tl.load(
+                    sites_ptr + row_c[:, None] * stride_sc + row_k[:, None] * stride_sk + offs_d[None, :] * stride_sd,
+                    mask=row_mask[:, None] & d_mask[None, :],
+                    other=0.0,
+                )
                 scores = tl.dot(qry, tok, scores, input_precision=DOT_PRECISION)
             s3 = tl.reshape(scores, (BLOCK_C, BLOCK_K, BLOCK_N)) * qk_scale
             p = tl.exp2(s3 - m_i[:, :, None]) * inv_l[:, :, None]
             amap = tl.sum(p, axis=1)
-            tl.store(attn_b + offs_c[:, None] * stride_ac + offs_n[None, :] * stride_an,
-                     amap.to(attn_ptr.dtype.element_ty), mask=c_mask[:, None] & n_mask[None, :])
+            tl.store(
+                attn_b + offs_c[:, None] * stride_ac + offs_n[None, :] * stride_an,
+                amap.to(attn_ptr.dtype.element_ty),
+                mask=c_mask[:, None] & n_mask[None, :],
+            )
 
 
 # ----------------------------------------------------------------------------- autotuning
@@ -145,8 +182,11 @@ class BlockConfig:
     num_stages: int
 
     def to_triton(self) -> triton.Config:
-        return triton.Config({"BLOCK_C": self.block_c, "BLOCK_N": self.block_n, "BLOCK_D": self.block_d},
-                             num_warps=self.num_warps, num_stages=self.num_stages)
+        return triton.Config(
+            {"BLOCK_C": self.block_c, "BLOCK_N": self.block_n, "BLOCK_D": self.block_d},
+            num_warps=self.num_warps,
+            num_stages=self.num_stages,
+        )
 
 
 # BLOCK_C >= 16 because tl.dot needs M >= 16 for the value GEMM. The register budget is the
@@ -166,20 +206,22 @@ _MAX_TILE = 32 * 1024  # score-tile elements per program worth timing
 
 def _prune(configs: list[triton.Config], named_args: dict, **kwargs: object) -> list[triton.Config]:
     block_k = triton.next_power_of_2(int(named_args["K"]))
-    kept = [cfg for cfg in configs
-            if cfg.kwargs["BLOCK_C"] * block_k * cfg.kwargs["BLOCK_N"] <= _MAX_TILE]
+    kept = [cfg for cfg in configs if cfg.kwargs["BLOCK_C"] * block_k * cfg.kwargs["BLOCK_N"] <= _MAX_TILE]
     return kept or [min(configs, key=lambda cfg: cfg.kwargs["BLOCK_C"] * cfg.kwargs["BLOCK_N"])]
 
 
 _CONFIGS = [INTERPRETER_CONFIG.to_triton()] if _INTERPRET else [cfg.to_triton() for cfg in TUNING_SPACE]
 _autotuned_kernel = triton.autotune(
-    configs=_CONFIGS, key=["N", "D", "C", "K", "RETURN_ATTN"], prune_configs_by={"early_config_prune": _prune},
+    configs=_CONFIGS,
+    key=["N", "D", "C", "K", "RETURN_ATTN"],
+    prune_configs_by={"early_config_prune": _prune},
 )(predilection_attention_kernel)
 
 
 # ----------------------------------------------------------------------------- launcher
-def launch(tokens: Tensor, sites: Tensor, weight: Tensor, bias: Tensor, logits: Tensor,
-           attention: Tensor | None = None) -> None:
+def launch(
+    tokens: Tensor, sites: Tensor, weight: Tensor, bias: Tensor, logits: Tensor, attention: Tensor | None = None
+) -> None:
     """Run the kernel, writing ``logits`` (B, C) and, if given, ``attention`` (B, C, N) in place."""
     check_inputs(tokens, sites, weight, bias)
     batch, n_tokens, dim = tokens.shape
@@ -193,19 +235,31 @@ def launch(tokens: Tensor, sites: Tensor, weight: Tensor, bias: Tensor, logits: 
     attn_strides = attention.stride() if attention is not None else (0, 0, 0)
     grid = lambda meta: (batch, triton.cdiv(n_diseases, meta["BLOCK_C"]))  # noqa: E731
     _autotuned_kernel[grid](
-        tokens, sites, weight, bias,
-        n_tokens, dim, n_diseases, n_sites,
-        *tokens.stride(), *sites.stride(), *weight.stride(), bias.stride(0),
-        *logits.stride(), *attn_strides,
-        logits, attention,
+        tokens,
+        sites,
+        weight,
+        bias,
+        n_tokens,
+        dim,
+        n_diseases,
+        n_sites,
+        *tokens.stride(),
+        *sites.stride(),
+        *weight.stride(),
+        bias.stride(0),
+        *logits.stride(),
+        *attn_strides,
+        logits,
+        attention,
         RETURN_ATTN=attention is not None,
         DOT_PRECISION="ieee" if tokens.dtype == torch.float32 else "tf32",
         BLOCK_K=triton.next_power_of_2(n_sites),
     )
 
 
-def forward(tokens: Tensor, sites: Tensor, weight: Tensor, bias: Tensor,
-            return_attention: bool) -> tuple[Tensor, Tensor]:
+def forward(
+    tokens: Tensor, sites: Tensor, weight: Tensor, bias: Tensor, return_attention: bool
+) -> tuple[Tensor, Tensor]:
     """Allocate the outputs and launch; the map is (B, C, 0) when not requested."""
     batch, n_tokens, _ = tokens.shape
     n_diseases = sites.shape[0]

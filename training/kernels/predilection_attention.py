@@ -5,6 +5,7 @@ Layers (as flash-attn's ``flash_attn_interface``): the private Triton kernel
 autograd formula, so that torch.compile and torch.export see one opaque node -> the public
 ``predilection_attention`` below.
 """
+
 from __future__ import annotations
 
 import math
@@ -19,8 +20,9 @@ OP_NAME = "predilect::predilection_attention"
 
 
 @torch.library.custom_op(OP_NAME, mutates_args=())
-def _predilection_attention_op(tokens: Tensor, sites: Tensor, weight: Tensor, bias: Tensor,
-                               return_attention: bool) -> tuple[Tensor, Tensor]:
+def _predilection_attention_op(
+    tokens: Tensor, sites: Tensor, weight: Tensor, bias: Tensor, return_attention: bool
+) -> tuple[Tensor, Tensor]:
     """Default (CPU) implementation: the pure-PyTorch reference. The map is (B, C, 0) when not requested."""
     logits, attention = predilection_attention_reference(tokens, sites, weight, bias, return_attention=return_attention)
     if attention is None:
@@ -29,8 +31,9 @@ def _predilection_attention_op(tokens: Tensor, sites: Tensor, weight: Tensor, bi
 
 
 @_predilection_attention_op.register_kernel("cuda")
-def _predilection_attention_cuda(tokens: Tensor, sites: Tensor, weight: Tensor, bias: Tensor,
-                                 return_attention: bool) -> tuple[Tensor, Tensor]:
+def _predilection_attention_cuda(
+    tokens: Tensor, sites: Tensor, weight: Tensor, bias: Tensor, return_attention: bool
+) -> tuple[Tensor, Tensor]:
     from . import _triton_predilection  # Triton only when a CUDA tensor arrives
 
     with torch.cuda.device(tokens.device):
@@ -38,12 +41,15 @@ def _predilection_attention_cuda(tokens: Tensor, sites: Tensor, weight: Tensor, 
 
 
 @_predilection_attention_op.register_fake
-def _predilection_attention_fake(tokens: Tensor, sites: Tensor, weight: Tensor, bias: Tensor,
-                                 return_attention: bool) -> tuple[Tensor, Tensor]:
+def _predilection_attention_fake(
+    tokens: Tensor, sites: Tensor, weight: Tensor, bias: Tensor, return_attention: bool
+) -> tuple[Tensor, Tensor]:
     batch, n_tokens, _ = tokens.shape
     n_diseases = sites.shape[0]
-    return (tokens.new_empty((batch, n_diseases)),
-            tokens.new_empty((batch, n_diseases, n_tokens if return_attention else 0)))
+    return (
+        tokens.new_empty((batch, n_diseases)),
+        tokens.new_empty((batch, n_diseases, n_tokens if return_attention else 0)),
+    )
 
 
 def _setup_context(ctx: torch.autograd.function.FunctionCtx, inputs: tuple, output: tuple) -> None:
@@ -51,14 +57,21 @@ def _setup_context(ctx: torch.autograd.function.FunctionCtx, inputs: tuple, outp
     ctx.save_for_backward(tokens, sites, weight, bias)
 
 
-def _backward(ctx: torch.autograd.function.FunctionCtx, grad_logits: Tensor | None,
-              grad_attention: Tensor | None) -> tuple[Tensor, Tensor, Tensor, Tensor, None]:
+def _backward(
+    ctx: torch.autograd.function.FunctionCtx, grad_logits: Tensor | None, grad_attention: Tensor | None
+) -> tuple[Tensor, Tensor, Tensor, Tensor, None]:
     tokens, sites, weight, bias = ctx.saved_tensors
     return (*attention_backward(tokens, sites, weight, bias, grad_logits, grad_attention), None)
 
 
-def attention_backward(tokens: Tensor, sites: Tensor, weight: Tensor, bias: Tensor, grad_logits: Tensor | None,
-                       grad_attention: Tensor | None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+def attention_backward(
+    tokens: Tensor,
+    sites: Tensor,
+    weight: Tensor,
+    bias: Tensor,
+    grad_logits: Tensor | None,
+    grad_attention: Tensor | None,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Gradients w.r.t. (tokens, sites, weight, bias), recomputing the softmax (no saved B x C*K x N)."""
     batch, n_tokens, dim = tokens.shape
     n_diseases, n_sites, _ = sites.shape
@@ -86,8 +99,9 @@ def attention_backward(tokens: Tensor, sites: Tensor, weight: Tensor, bias: Tens
 _predilection_attention_op.register_autograd(_backward, setup_context=_setup_context)
 
 
-def predilection_attention(tokens: Tensor, sites: Tensor, weight: Tensor, bias: Tensor, *,
-                           return_attention: bool = False) -> tuple[Tensor, Tensor | None]:
+def predilection_attention(
+    tokens: Tensor, sites: Tensor, weight: Tensor, bias: Tensor, *, return_attention: bool = False
+) -> tuple[Tensor, Tensor | None]:
     """Fused predilection attention (Triton on CUDA, the reference on CPU).
 
     Args:

@@ -3,6 +3,7 @@
 ``render_fundus`` and ``render_oct`` draw one image with lesions at each disease's
 predilection sites; ``generate`` writes a reproducible data set with both manifests.
 """
+
 from .fundus import DISEASES, Anatomy, fundus_anatomy, render_fundus
 from .generate import FUNDUS_MANIFEST, OCT_MANIFEST, allocate_labels, generate, image_rng, plan_cohort
 from .oct import render_oct

@@ -1,12 +1,13 @@
 """`predilect phantom`: generate a synthetic fundus + OCT data set and its manifests."""
+
 from __future__ import annotations
 
 import argparse
 import os
 import sys
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 from predilect.catalog import DEFAULT_CATALOG
 
@@ -28,7 +29,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--count", type=int, default=720, help="fundus photographs (default 720)")
     p.add_argument("--oct-count", type=int, default=480, help="unpaired OCT B-scans (default 480)")
     p.add_argument("--seed", type=int, default=0, help="the data set is a function of this seed")
-    p.add_argument("--size", type=parse_size, default=(2048, 1536), help="fundus frame WIDTHxHEIGHT (default 2048x1536)")
+    p.add_argument(
+        "--size", type=parse_size, default=(2048, 1536), help="fundus frame WIDTHxHEIGHT (default 2048x1536)"
+    )
     p.add_argument("--heldout-fraction", type=float, default=0.25, help="share of patients held out (default 0.25)")
     p.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1), help="worker processes")
     return p
@@ -58,12 +61,23 @@ def _print_summary(manifest: Path) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     width, height = args.size
-    print(f"phantom: {args.count} fundus ({width}x{height}) + {args.oct_count} OCT, seed {args.seed}, "
-          f"{args.workers} worker(s) -> {args.out}", flush=True)
+    print(
+        f"phantom: {args.count} fundus ({width}x{height}) + {args.oct_count} OCT, seed {args.seed}, "
+        f"{args.workers} worker(s) -> {args.out}",
+        flush=True,
+    )
     try:
-        manifest = generate(args.out, count=args.count, oct_count=args.oct_count, seed=args.seed, width=width,
-                            height=height, heldout_fraction=args.heldout_fraction, workers=args.workers,
-                            progress=_progress_printer())
+        manifest = generate(
+            args.out,
+            count=args.count,
+            oct_count=args.oct_count,
+            seed=args.seed,
+            width=width,
+            height=height,
+            heldout_fraction=args.heldout_fraction,
+            workers=args.workers,
+            progress=_progress_printer(),
+        )
     except ValueError as e:
         print(f"predilect phantom: {e}", file=sys.stderr)
         return 2

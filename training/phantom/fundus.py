@@ -9,6 +9,7 @@ of view): the fovea lies about 2.5 DD temporal to the disc and 0.3 DD below it.
 Lesion sizes are given at the reference scale of a 1536-px-high frame and scale with the
 frame, so that they stay visible once the field of view is resized to 224 x 224.
 """
+
 from __future__ import annotations
 
 import functools
@@ -31,8 +32,17 @@ Rgb = tuple[int, int, int]
 # Superior vessel trunks as (u, v) control points in DD from the disc centre: u towards the
 # fovea, v downwards. The inferior trunks mirror them (see _trunk_controls).
 _SUPERIOR_TRUNKS: dict[str, list[Point]] = {
-    "temporal": [(0.04, -0.04), (0.2, -0.8), (0.8, -1.55), (1.7, -1.95), (2.7, -2.05),
-                 (3.7, -1.9), (4.7, -1.6), (5.8, -1.25), (6.8, -0.9)],
+    "temporal": [
+        (0.04, -0.04),
+        (0.2, -0.8),
+        (0.8, -1.55),
+        (1.7, -1.95),
+        (2.7, -2.05),
+        (3.7, -1.9),
+        (4.7, -1.6),
+        (5.8, -1.25),
+        (6.8, -0.9),
+    ],
     "nasal": [(-0.04, -0.04), (-0.25, -0.9), (-0.7, -1.8), (-1.2, -2.8), (-1.6, -3.8)],
     "macular": [(0.06, -0.04), (0.9, -0.45), (1.6, -0.5), (2.0, -0.3)],
 }
@@ -99,11 +109,13 @@ def _catmull_rom(control: np.ndarray, step: float) -> np.ndarray:
     padded = np.vstack([2 * control[0] - control[1], control, 2 * control[-1] - control[-2]])
     pieces = []
     for i in range(1, len(padded) - 2):
-        p0, p1, p2, p3 = padded[i - 1:i + 3]
+        p0, p1, p2, p3 = padded[i - 1 : i + 3]
         n = max(2, int(np.linalg.norm(p2 - p1) / step))
         t = np.linspace(0.0, 1.0, n, endpoint=False)[:, None]
-        pieces.append(0.5 * ((2 * p1) + (-p0 + p2) * t + (2 * p0 - 5 * p1 + 4 * p2 - p3) * t ** 2
-                             + (-p0 + 3 * p1 - 3 * p2 + p3) * t ** 3))
+        pieces.append(
+            0.5
+            * ((2 * p1) + (-p0 + p2) * t + (2 * p0 - 5 * p1 + 4 * p2 - p3) * t**2 + (-p0 + 3 * p1 - 3 * p2 + p3) * t**3)
+        )
     pieces.append(control[-1:])
     return np.vstack(pieces)
 
@@ -121,7 +133,7 @@ def _wiggle(points: np.ndarray, rng: np.random.Generator, amplitude: float) -> n
     return points + normal * offset[:, None]
 
 
-def _keep_until(points: np.ndarray, frame: "_Frame") -> int:
+def _keep_until(points: np.ndarray, frame: _Frame) -> int:
     """Length of the prefix of ``points`` inside the field of view and outside the foveal pit."""
     c, f = np.array(frame.centre), np.array(frame.fovea)
     outside = np.linalg.norm(points - c, axis=1) > frame.radius * 0.995
@@ -179,21 +191,22 @@ def _grow_trunk(frame: _Frame, name: str, kind: str, controls: list[Point], rng:
     if kind == "artery":  # arteries run beside their vein, not on top of it
         uv[1:] += rng.choice([-1.0, 1.0]) * rng.uniform(0.1, 0.2) * np.array([0.3, 1.0])
     points = _wiggle(_catmull_rom(frame.to_xy(uv), step=0.06 * frame.dd), rng, 0.04 * frame.dd)
-    points = points[:_keep_until(points, frame)]
+    points = points[: _keep_until(points, frame)]
     w0 = _trunk_width(name, kind, frame.dd) * rng.uniform(0.9, 1.1)
     widths = np.linspace(w0, 0.45 * w0, len(points))
     return Vessel(points=points, widths=widths, kind=kind, trunk=name)
 
 
-def _grow_branch(frame: _Frame, start: np.ndarray, heading: float, length: float,
-                 rng: np.random.Generator) -> np.ndarray:
+def _grow_branch(
+    frame: _Frame, start: np.ndarray, heading: float, length: float, rng: np.random.Generator
+) -> np.ndarray:
     """A branch centreline: a random walk of slowly drifting heading, cut at the FOV or the pit."""
     step = 0.06 * frame.dd
     n = max(3, int(length / step))
     headings = heading + np.cumsum(rng.normal(0.0, 0.09, n))
     steps = step * np.column_stack([np.cos(headings), np.sin(headings)])
     points = start + np.vstack([np.zeros((1, 2)), np.cumsum(steps, axis=0)])
-    return points[:_keep_until(points, frame)]
+    return points[: _keep_until(points, frame)]
 
 
 def _branches_of(frame: _Frame, parent: Vessel, rng: np.random.Generator, depth: int) -> list[Vessel]:
@@ -212,8 +225,9 @@ def _branches_of(frame: _Frame, parent: Vessel, rng: np.random.Generator, depth:
         length = rng.uniform(1.0, 2.6) * frame.dd * (width / (0.05 * frame.dd)) ** 0.5
         points = _grow_branch(frame, parent.points[i], heading, length, rng)
         if len(points) >= 3:
-            branch = Vessel(points=points, widths=np.linspace(width, 0.4 * width, len(points)),
-                            kind=parent.kind, trunk=parent.trunk)
+            branch = Vessel(
+                points=points, widths=np.linspace(width, 0.4 * width, len(points)), kind=parent.kind, trunk=parent.trunk
+            )
             out.append(branch)
             out.extend(_branches_of(frame, branch, rng, depth - 1))
         position += rng.uniform(0.5, 1.0) * frame.dd
@@ -258,9 +272,18 @@ def sample_anatomy(rng: np.random.Generator, *, width: int, height: int, eye: st
     fovea_v = rng.uniform(0.15, 0.4)  # the fovea lies a little below the disc centre
     disc = (fovea[0] - temporal * rng.uniform(2.35, 2.65) * dd, fovea[1] - fovea_v * dd)
     frame = _Frame(centre=centre, radius=radius, disc=disc, dd=dd, fovea=fovea, temporal=temporal)
-    return Anatomy(width=width, height=height, eye=eye, centre=centre, radius=radius, disc=disc,
-                   disc_radius=dd / 2.0, fovea=fovea, cup_ratio=float(rng.uniform(0.2, 0.42)),
-                   vessels=_vessel_tree(frame, fovea_v, rng))
+    return Anatomy(
+        width=width,
+        height=height,
+        eye=eye,
+        centre=centre,
+        radius=radius,
+        disc=disc,
+        disc_radius=dd / 2.0,
+        fovea=fovea,
+        cup_ratio=float(rng.uniform(0.2, 0.42)),
+        vessels=_vessel_tree(frame, fovea_v, rng),
+    )
 
 
 # ----------------------------------------------------------------------------- painting
@@ -310,8 +333,12 @@ class Layer:
         if box is None:
             return
         pad = int(3 * self.blur) + 2
-        box = (max(0, box[0] - pad), max(0, box[1] - pad),
-               min(image.width, box[2] + pad), min(image.height, box[3] + pad))
+        box = (
+            max(0, box[0] - pad),
+            max(0, box[1] - pad),
+            min(image.width, box[2] + pad),
+            min(image.height, box[3] + pad),
+        )
         mask = self.mask.crop(box)
         if self.blur > 0.3:
             mask = mask.filter(ImageFilter.GaussianBlur(self.blur))
@@ -345,8 +372,7 @@ class Findings:
     layers: list[Layer] = field(default_factory=list)
 
     def scale_of(self, vessel: Vessel) -> float:
-        return (self.vessel_scale.get((vessel.kind, vessel.trunk), 1.0)
-                * self.vessel_scale.get((vessel.kind, "*"), 1.0))
+        return self.vessel_scale.get((vessel.kind, vessel.trunk), 1.0) * self.vessel_scale.get((vessel.kind, "*"), 1.0)
 
 
 def _background(anatomy: Anatomy, rng: np.random.Generator) -> Image.Image:
@@ -358,12 +384,19 @@ def _background(anatomy: Anatomy, rng: np.random.Generator) -> Image.Image:
     r = np.hypot(xs - anatomy.centre[0], ys - anatomy.centre[1]) / anatomy.radius
     vignette = 1.0 - rng.uniform(0.4, 0.58) * np.clip(r, 0, 1.05) ** rng.uniform(2.0, 3.0)
     tilt = rng.uniform(0, 2 * np.pi)
-    illumination = 1.0 + rng.uniform(0.0, 0.12) * ((xs - anatomy.centre[0]) * math.cos(tilt)
-                                                   + (ys - anatomy.centre[1]) * math.sin(tilt)) / anatomy.radius
+    illumination = (
+        1.0
+        + rng.uniform(0.0, 0.12)
+        * ((xs - anatomy.centre[0]) * math.cos(tilt) + (ys - anatomy.centre[1]) * math.sin(tilt))
+        / anatomy.radius
+    )
     d = np.hypot(xs - anatomy.fovea[0], ys - anatomy.fovea[1]) / anatomy.dd
-    macula = rng.uniform(0.2, 0.32) * np.exp(-(d / 1.0) ** 2) + rng.uniform(0.1, 0.18) * np.exp(-(d / 0.3) ** 2)
-    texture = (0.05 * smooth_noise(rng, (h, w), (12, 9)) + 0.03 * smooth_noise(rng, (h, w), (48, 36))
-               + 0.02 * smooth_noise(rng, (h, w), (w // 3, h // 3)) * r)  # choroidal pattern, stronger outside
+    macula = rng.uniform(0.2, 0.32) * np.exp(-((d / 1.0) ** 2)) + rng.uniform(0.1, 0.18) * np.exp(-((d / 0.3) ** 2))
+    texture = (
+        0.05 * smooth_noise(rng, (h, w), (12, 9))
+        + 0.03 * smooth_noise(rng, (h, w), (48, 36))
+        + 0.02 * smooth_noise(rng, (h, w), (w // 3, h // 3)) * r
+    )  # choroidal pattern, stronger outside
     colour = np.array([rng.uniform(190, 225), rng.uniform(70, 100), rng.uniform(25, 50)], dtype=np.float32)
     shade = (vignette * illumination)[..., None] * (1.0 - macula[..., None] * np.array([0.9, 1.0, 1.1]))
     rgb = colour * shade * (1.0 + texture[..., None] * np.array([1.0, 1.3, 1.3]))
@@ -374,8 +407,11 @@ def _background(anatomy: Anatomy, rng: np.random.Generator) -> Image.Image:
 def _paint_disc(image: Image.Image, anatomy: Anatomy, cup_ratio: float, rng: np.random.Generator) -> None:
     """Optic disc (yellow-orange rim) with a pale physiological cup, slightly temporal."""
     r, s = anatomy.disc_radius, anatomy.scale
-    rim = Layer(image.size, blur=0.03 * r + 1.0 * s,
-                colour=(int(rng.uniform(230, 250)), int(rng.uniform(150, 180)), int(rng.uniform(95, 125))))
+    rim = Layer(
+        image.size,
+        blur=0.03 * r + 1.0 * s,
+        colour=(int(rng.uniform(230, 250)), int(rng.uniform(150, 180)), int(rng.uniform(95, 125))),
+    )
     rim.ellipse(anatomy.disc, r, r * rng.uniform(1.03, 1.12), opacity=rng.uniform(0.85, 0.95))
     rim.apply(image)
     cup = Layer(image.size, blur=max(1.0, 0.06 * r + 1.5 * s), colour=(253, 236, 196))
@@ -400,7 +436,7 @@ def _draw_tapered(layer: Layer, points: np.ndarray, widths: np.ndarray) -> None:
     start = 0
     for i in range(1, len(points) + 1):
         if i == len(points) or rounded[i] != rounded[start]:
-            run = points[max(0, start - 1):i]
+            run = points[max(0, start - 1) : i]
             if len(run) >= 2:
                 layer.line(run, rounded[start], opacity=1.0)
             start = i
@@ -437,8 +473,14 @@ def _inside(anatomy: Anatomy, xy: Point, margin: float = 0.97) -> bool:
     return math.hypot(xy[0] - anatomy.centre[0], xy[1] - anatomy.centre[1]) < margin * anatomy.radius
 
 
-def _vessel_points(anatomy: Anatomy, *, trunks: tuple[str, ...], kinds: tuple[str, ...] = ("vein", "artery"),
-                   near: Point, within: float) -> np.ndarray:
+def _vessel_points(
+    anatomy: Anatomy,
+    *,
+    trunks: tuple[str, ...],
+    kinds: tuple[str, ...] = ("vein", "artery"),
+    near: Point,
+    within: float,
+) -> np.ndarray:
     """Centreline points of the given trunks (and their branches) within ``within`` px of ``near``."""
     chosen = [v.points for v in anatomy.vessels if v.trunk in trunks and v.kind in kinds]
     points = np.vstack(chosen) if chosen else np.array([anatomy.fovea])
@@ -449,8 +491,9 @@ def _vessel_points(anatomy: Anatomy, *, trunks: tuple[str, ...], kinds: tuple[st
 def _dr(findings: Findings, anatomy: Anatomy, rng: np.random.Generator) -> None:
     """Microaneurysms and dot-blot haemorrhages scattered along the temporal arcades."""
     s, dd = anatomy.scale, anatomy.dd
-    sites = _vessel_points(anatomy, trunks=("superior_temporal", "inferior_temporal"),
-                           near=anatomy.fovea, within=3.8 * dd)
+    sites = _vessel_points(
+        anatomy, trunks=("superior_temporal", "inferior_temporal"), near=anatomy.fovea, within=3.8 * dd
+    )
     layer = Layer((anatomy.width, anatomy.height), blur=max(0.5, 1.2 * s), gain=(0.4, 0.13, 0.16))
     contrast = rng.uniform(0.75, 1.0)
     for _ in range(int(rng.integers(25, 56))):
@@ -529,8 +572,9 @@ def _rvo(findings: Findings, anatomy: Anatomy, rng: np.random.Generator) -> None
         if not _inside(anatomy, xy):
             continue
         angle = math.atan2(tangents[i, 1], tangents[i, 0]) + rng.normal(0, 0.25)
-        layer.rotated_ellipse(xy, rng.uniform(40, 95) * s, rng.uniform(10, 17) * s, angle,
-                              contrast * rng.uniform(0.75, 1.0))
+        layer.rotated_ellipse(
+            xy, rng.uniform(40, 95) * s, rng.uniform(10, 17) * s, angle, contrast * rng.uniform(0.75, 1.0)
+        )
     findings.layers.append(layer)
 
 
@@ -543,7 +587,7 @@ def _rp(findings: Findings, anatomy: Anatomy, rng: np.random.Generator) -> None:
     layer = Layer((anatomy.width, anatomy.height), blur=max(0.5, 1.0 * s), gain=(0.2, 0.17, 0.2))
     contrast = rng.uniform(0.75, 1.0)
     for _ in range(int(rng.integers(40, 91))):
-        angle, radius = rng.uniform(0, 2 * np.pi), math.sqrt(rng.uniform(0.55 ** 2, 0.9 ** 2)) * anatomy.radius
+        angle, radius = rng.uniform(0, 2 * np.pi), math.sqrt(rng.uniform(0.55**2, 0.9**2)) * anatomy.radius
         xy = (anatomy.centre[0] + radius * math.cos(angle), anatomy.centre[1] + radius * math.sin(angle))
         if math.dist(xy, anatomy.disc) < 1.1 * anatomy.dd:
             continue
@@ -575,7 +619,7 @@ def _child_seeds(rng: np.random.Generator) -> np.ndarray:
 
     So the same ``rng`` state gives the same eye with and without disease.
     """
-    return rng.integers(0, 2 ** 63 - 1, size=3)
+    return rng.integers(0, 2**63 - 1, size=3)
 
 
 def _check_labels(labels: frozenset[str]) -> None:
@@ -589,8 +633,9 @@ def fundus_anatomy(rng: np.random.Generator, *, width: int = 2048, height: int =
     return sample_anatomy(np.random.default_rng(_child_seeds(rng)[0]), width=width, height=height, eye=eye)
 
 
-def render_fundus(labels: frozenset[str], *, rng: np.random.Generator, width: int = 2048, height: int = 1536,
-                  eye: str = "R") -> Image.Image:
+def render_fundus(
+    labels: frozenset[str], *, rng: np.random.Generator, width: int = 2048, height: int = 1536, eye: str = "R"
+) -> Image.Image:
     """A synthetic colour fundus photograph (RGB) of ``eye`` showing the diseases in ``labels``."""
     _check_labels(labels)
     _check_args(width, height, eye)

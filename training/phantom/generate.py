@@ -5,14 +5,15 @@ Layout under ``out_dir``: ``fundus/<patient>_<eye>.jpg``, ``oct/<patient>_<eye>.
 image ``i`` draws from ``SeedSequence(seed, spawn_key=(stream, i))`` (stream 0 fundus, 1 OCT),
 so the bytes written do not depend on the number of workers.
 """
+
 from __future__ import annotations
 
 import math
 import multiprocessing
+from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 
@@ -83,7 +84,7 @@ def allocate_labels(n: int, disease_ids: Sequence[str], rng: np.random.Generator
     labels: list[frozenset[str]] = [frozenset()] * n_normal
     for size in [2] * n_pairs + [1] * (n_sick - n_pairs):
         # the least-used diseases, ties broken at random, keep prevalence balanced
-        picked = np.argsort(counts + rng.uniform(0, 0.5, len(counts)))[:min(size, len(disease_ids))]
+        picked = np.argsort(counts + rng.uniform(0, 0.5, len(counts)))[: min(size, len(disease_ids))]
         counts[picked] += 1
         labels.append(frozenset(disease_ids[i] for i in picked))
     return [labels[i] for i in rng.permutation(n)]
@@ -96,8 +97,9 @@ def _heldout_patients(n_patients: int, fraction: float, rng: np.random.Generator
     return set(rng.permutation(n_patients)[:n_held].tolist())
 
 
-def plan_cohort(count: int, *, prefix: str, disease_ids: Sequence[str], heldout_fraction: float,
-                rng: np.random.Generator) -> list[Planned]:
+def plan_cohort(
+    count: int, *, prefix: str, disease_ids: Sequence[str], heldout_fraction: float, rng: np.random.Generator
+) -> list[Planned]:
     """``count`` images of ``ceil(count/2)`` patients (both eyes, same split), labels per split."""
     n_patients = math.ceil(count / 2)
     held = _heldout_patients(n_patients, heldout_fraction, rng)
@@ -105,7 +107,7 @@ def plan_cohort(count: int, *, prefix: str, disease_ids: Sequence[str], heldout_
     by_split = {split: [pe for pe in eyes if (pe[0] in held) == (split == "heldout")] for split in SPLITS}
     planned: dict[tuple[int, str], Planned] = {}
     for split, members in by_split.items():
-        for (patient, eye), labels in zip(members, allocate_labels(len(members), disease_ids, rng)):
+        for (patient, eye), labels in zip(members, allocate_labels(len(members), disease_ids, rng), strict=True):
             planned[(patient, eye)] = Planned(f"{prefix}{patient + 1:04d}", eye, split, labels)
     return [planned[pe] for pe in eyes]
 
@@ -143,7 +145,7 @@ def _run_jobs(jobs: list[_Job], workers: int, progress: Callable[[int, int], Non
                 progress(done, total)
         return
     size = max(1, min(16, total // (workers * 8)))
-    batches = [jobs[i:i + size] for i in range(0, total, size)]
+    batches = [jobs[i : i + size] for i in range(0, total, size)]
     # spawn: safe whatever the parent holds (torch threads, DALI pipelines)
     with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
         for future in as_completed([pool.submit(_render_batch, b) for b in batches]):
@@ -152,8 +154,9 @@ def _run_jobs(jobs: list[_Job], workers: int, progress: Callable[[int, int], Non
                 progress(done, total)
 
 
-def _jobs(planned: list[Planned], kind: int, folder: Path, suffix: str, seed: int,
-          size: tuple[int, int]) -> tuple[list[_Job], list[Record]]:
+def _jobs(
+    planned: list[Planned], kind: int, folder: Path, suffix: str, seed: int, size: tuple[int, int]
+) -> tuple[list[_Job], list[Record]]:
     jobs, records = [], []
     for i, p in enumerate(planned):
         path = folder / f"{p.name}{suffix}"
@@ -174,9 +177,19 @@ def _check_generate_args(count: int, oct_count: int, heldout_fraction: float, wo
         raise ValueError(f"the phantom cannot draw catalog diseases {unknown}; it knows {list(DISEASES)}")
 
 
-def generate(out_dir: str | Path, *, count: int = 720, oct_count: int = 480, seed: int = 0, width: int = 2048,
-             height: int = 1536, heldout_fraction: float = 0.25, workers: int = 2,
-             catalog: Catalog = DEFAULT_CATALOG, progress: Callable[[int, int], None] | None = None) -> Path:
+def generate(
+    out_dir: str | Path,
+    *,
+    count: int = 720,
+    oct_count: int = 480,
+    seed: int = 0,
+    width: int = 2048,
+    height: int = 1536,
+    heldout_fraction: float = 0.25,
+    workers: int = 2,
+    catalog: Catalog = DEFAULT_CATALOG,
+    progress: Callable[[int, int], None] | None = None,
+) -> Path:
     """Write a phantom data set under ``out_dir``; returns the fundus manifest's path.
 
     ``progress(done, total)`` is called as images (fundus and OCT together) are written.
@@ -185,14 +198,24 @@ def generate(out_dir: str | Path, *, count: int = 720, oct_count: int = 480, see
     check_frame(width, height)
     out = Path(out_dir).resolve()
     (out / "fundus").mkdir(parents=True, exist_ok=True)
-    fundus_plan = plan_cohort(count, prefix="P", disease_ids=catalog.ids, heldout_fraction=heldout_fraction,
-                              rng=image_rng(seed, _FUNDUS_COHORT, 0))
+    fundus_plan = plan_cohort(
+        count,
+        prefix="P",
+        disease_ids=catalog.ids,
+        heldout_fraction=heldout_fraction,
+        rng=image_rng(seed, _FUNDUS_COHORT, 0),
+    )
     jobs, fundus_records = _jobs(fundus_plan, _FUNDUS, out / "fundus", ".jpg", seed, (width, height))
     oct_records: list[Record] = []
     if oct_count:
         (out / "oct").mkdir(exist_ok=True)
-        oct_plan = plan_cohort(oct_count, prefix="O", disease_ids=catalog.ids, heldout_fraction=heldout_fraction,
-                               rng=image_rng(seed, _OCT_COHORT, 0))
+        oct_plan = plan_cohort(
+            oct_count,
+            prefix="O",
+            disease_ids=catalog.ids,
+            heldout_fraction=heldout_fraction,
+            rng=image_rng(seed, _OCT_COHORT, 0),
+        )
         oct_jobs, oct_records = _jobs(oct_plan, _OCT, out / "oct", ".png", seed, OCT_SIZE)
         jobs += oct_jobs
     _run_jobs(jobs, workers, progress)

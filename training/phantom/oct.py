@@ -5,6 +5,7 @@ on the right, in a left eye on the left. The scan is built as a reflectivity pro
 retinal layers stacked upwards from Bruch's membrane, disrupted at each disease's sites,
 then multiplied by speckle. Sizes refer to a 512 x 256 scan and scale with it.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -78,8 +79,7 @@ def _smoothstep(edge0: float, edge1: float, x: np.ndarray) -> np.ndarray:
 def _normal_scan(rng: np.random.Generator, width: int, height: int) -> Scan:
     """Healthy layers with a foveal pit and the RNFL thickening towards the disc."""
     fovea, disc = 0.5 + rng.normal(0, 0.015), rng.uniform(0.9, 0.95)
-    scan = Scan(width, height, fovea, disc, {}, {n: r * rng.uniform(0.9, 1.1) for n, _, r in _LAYERS},
-                np.zeros(width))
+    scan = Scan(width, height, fovea, disc, {}, {n: r * rng.uniform(0.9, 1.1) for n, _, r in _LAYERS}, np.zeros(width))
     x, sy = scan.x, scan.sy
     pit = scan.bump(fovea, rng.uniform(0.045, 0.06))
     for name, thick, _ in _LAYERS:
@@ -127,8 +127,14 @@ def _dme(scan: Scan, rng: np.random.Generator) -> None:
     scan.thickness["onl"] = scan.thickness["onl"] + rng.uniform(10, 22) * scan.sy * swell
     scan.thickness["inl"] = scan.thickness["inl"] + rng.uniform(6, 14) * scan.sy * swell
     for _ in range(int(rng.integers(3, 9))):
-        scan.cysts.append((scan.fovea + rng.uniform(-0.11, 0.11), rng.uniform(0.2, 0.8),
-                           rng.uniform(5, 14) * scan.sx, rng.uniform(4, 10) * scan.sy))
+        scan.cysts.append(
+            (
+                scan.fovea + rng.uniform(-0.11, 0.11),
+                rng.uniform(0.2, 0.8),
+                rng.uniform(5, 14) * scan.sx,
+                rng.uniform(4, 10) * scan.sy,
+            )
+        )
 
 
 def _glaucoma(scan: Scan, rng: np.random.Generator) -> None:
@@ -155,8 +161,14 @@ def _rvo(scan: Scan, rng: np.random.Generator) -> None:
     scan.thickness["inl"] = scan.thickness["inl"] + rng.uniform(6, 12) * scan.sy * half
     scan.thickness["onl"] = scan.thickness["onl"] + rng.uniform(8, 16) * scan.sy * half
     for _ in range(int(rng.integers(4, 11))):
-        scan.cysts.append((rng.uniform(lo + 0.03, hi - 0.03), rng.uniform(0.2, 0.8),
-                           rng.uniform(5, 12) * scan.sx, rng.uniform(4, 9) * scan.sy))
+        scan.cysts.append(
+            (
+                rng.uniform(lo + 0.03, hi - 0.03),
+                rng.uniform(0.2, 0.8),
+                rng.uniform(5, 12) * scan.sx,
+                rng.uniform(4, 9) * scan.sy,
+            )
+        )
 
 
 def _rp(scan: Scan, rng: np.random.Generator) -> None:
@@ -185,7 +197,7 @@ def _bruch_line(scan: Scan, rng: np.random.Generator) -> np.ndarray:
     """Depth of Bruch's membrane per column: a tilted, gently curved line."""
     x = scan.x - 0.5
     base = rng.uniform(0.6, 0.68) * scan.height
-    return base + scan.height * (rng.uniform(-0.06, 0.06) * x + rng.uniform(0.0, 0.25) * x ** 2)
+    return base + scan.height * (rng.uniform(-0.06, 0.06) * x + rng.uniform(0.0, 0.25) * x**2)
 
 
 def _reflectivity(scan: Scan, rng: np.random.Generator) -> np.ndarray:
@@ -248,8 +260,9 @@ def _speckle(reflectivity: np.ndarray, rng: np.random.Generator) -> Image.Image:
     return blurred.filter(ImageFilter.GaussianBlur(0.6))
 
 
-def render_oct(labels: frozenset[str], *, rng: np.random.Generator, width: int = 512, height: int = 256,
-               eye: str = "R") -> Image.Image:
+def render_oct(
+    labels: frozenset[str], *, rng: np.random.Generator, width: int = 512, height: int = 256, eye: str = "R"
+) -> Image.Image:
     """A synthetic OCT B-scan ("L" mode) through fovea and disc showing the diseases in ``labels``."""
     unknown = sorted(set(labels) - set(DISEASES))
     if unknown:
@@ -258,7 +271,7 @@ def render_oct(labels: frozenset[str], *, rng: np.random.Generator, width: int =
         raise ValueError(f"eye must be one of {EYES}, got {eye!r}")
     if width < MIN_WIDTH or height < MIN_HEIGHT:
         raise ValueError(f"scan must be at least {MIN_WIDTH}x{MIN_HEIGHT}, got {width}x{height}")
-    scan_seed, image_seed, lesion_seed = rng.integers(0, 2 ** 63 - 1, size=3)
+    scan_seed, image_seed, lesion_seed = rng.integers(0, 2**63 - 1, size=3)
     scan = _normal_scan(np.random.default_rng(scan_seed), width, height)
     for i, disease in enumerate(DISEASES):  # fixed order: each disease has its own stream
         if disease in labels:
