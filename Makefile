@@ -9,21 +9,29 @@ ARTIFACTS ?= artifacts
 PYTEST_ARGS ?=
 export PYTHONSAFEPATH := 1
 
-.PHONY: install system-deps demo test serve bench clean
+.PHONY: install lint system-deps demo test serve bench clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
 
-# Heavy dependencies: reinstalled only when pyproject.toml or the constraints change.
+# Dependencies and the project, installed once and again only when pyproject.toml or the
+# constraints change. The project install is editable and exact (it maps `predilect` to this
+# checkout and nothing else), so pytest, subprocesses and tritonserver's Python-backend stubs
+# all import the one copy under predilect/.
 $(VENV)/.deps: pyproject.toml constraints.txt | $(VENV)/bin/python
 	$(PIP) install -q -c constraints.txt torch==2.13.0
-	$(PIP) install -q -c constraints.txt hatchling '.[train,serve,dicom,bench,test]'
+	$(PIP) install -q -c constraints.txt hatchling editables
+	$(PIP) install -q -c constraints.txt --no-build-isolation -e '.[train,serve,dicom,bench,test,dev]'
 	@$(PY) -c "import torch, sys; v = torch.__version__; sys.exit(0 if v.startswith('2.13.0') and not torch.version.cuda else f'torch {v} (cuda {torch.version.cuda}) was pulled in; expected the 2.13.0 CPU wheel')"
 	touch $@
 
-# The project itself: a quick no-deps reinstall every time, so the venv runs this checkout.
 install: $(VENV)/.deps
-	$(PIP) install -q --no-deps --no-build-isolation --force-reinstall .
+
+# Static checks: ruff (lint + format) and mypy, as configured in pyproject.toml.
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
 
 demo: install
 	$(VENV)/bin/predilect demo --workdir $(ARTIFACTS)
@@ -33,7 +41,7 @@ system-deps:
 	@command -v storescu >/dev/null && command -v img2dcm >/dev/null || \
 		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dcmtk >/dev/null; }
 
-test: install system-deps
+test: lint system-deps
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
 serve: install

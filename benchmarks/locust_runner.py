@@ -17,8 +17,6 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import predilect
-
 LOCUSTFILE = Path(__file__).resolve().parent / "locustfile.py"
 _GRACE_S = 90  # start-up, spawn, stop and CSV writing on top of --run-time
 
@@ -51,9 +49,7 @@ class LoadResult:
 
 
 def _environment(images_list: Path, timeout_s: float) -> dict[str, str]:
-    env = dict(os.environ)
-    root = str(Path(predilect.__file__).resolve().parent.parent)  # the predilect this process runs
-    env["PYTHONPATH"] = f"{root}:{env['PYTHONPATH']}" if env.get("PYTHONPATH") else root
+    env = dict(os.environ)  # sys.executable imports the predilect installed in its environment
     env["PREDILECT_BENCH_IMAGES"] = str(images_list)
     env["PREDILECT_BENCH_TIMEOUT_S"] = str(timeout_s)
     return env

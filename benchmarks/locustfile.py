@@ -25,6 +25,7 @@ grpc_gevent.init_gevent()
 
 from locust import FastHttpUser, User, constant, events, task  # noqa: E402
 
+from predilect import contract  # noqa: E402
 from predilect.client import ScreeningClient  # noqa: E402
 from predilect.client.errors import PredilectClientError  # noqa: E402
 
@@ -77,7 +78,7 @@ class TritonGrpcUser(User):
             error = e
         self.environment.events.request.fire(
             request_type="grpc",
-            name="fundus_screen",
+            name=contract.ENSEMBLE,
             response_time=(time.perf_counter() - start) * 1000.0,
             response_length=len(payload),
             exception=error,

@@ -8,10 +8,12 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from predilect import contract
+
 STACK_TRITON = "triton"
 STACK_BASELINE = "fastapi_torch"
 LABELS = {STACK_TRITON: "(c) Predilect Triton ensemble (gRPC)", STACK_BASELINE: "(b) FastAPI + PyTorch eager (HTTP)"}
-STEPS = ("preprocess", "classifier", "postprocess")
+STEPS = (contract.PREPROCESS_MODEL, contract.CLASSIFIER_MODEL, contract.POSTPROCESS_MODEL)
 
 
 def _plt():

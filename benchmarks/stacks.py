@@ -16,8 +16,6 @@ from pathlib import Path
 
 import numpy as np
 
-import predilect
-
 
 class BaselineStartError(RuntimeError):
     """The baseline server exited or did not answer ``/health``; the message ends with its output."""
@@ -28,9 +26,7 @@ def baseline_server(
     checkpoint: Path, *, port: int, log_path: Path, torch_threads: int = 2, startup_timeout_s: float = 120.0
 ) -> Iterator[str]:
     """Run the FastAPI + PyTorch baseline in a subprocess; yields its base URL."""
-    env = dict(os.environ)
-    root = str(Path(predilect.__file__).resolve().parent.parent)
-    env["PYTHONPATH"] = f"{root}:{env['PYTHONPATH']}" if env.get("PYTHONPATH") else root
+    env = dict(os.environ)  # sys.executable imports the predilect installed in its environment
     command = [
         sys.executable,
         "-m",

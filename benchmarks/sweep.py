@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from predilect.artifacts import default_artifacts
 from predilect.benchmarks import machine, payloads
 from predilect.benchmarks.locust_runner import run_locust
 from predilect.benchmarks.triton_stats import interval_times, snapshot
@@ -24,15 +25,15 @@ from predilect.benchmarks.triton_stats import interval_times, snapshot
 # Knobs for a 2-core CPU host; each entry is applied on top of ServingOptions().
 CONFIGS: dict[str, dict[str, Any]] = {
     "defaults": {},
-    "preprocess x2, 1 decode thread": {"preprocess_instances": 2, "dali_threads": 1},
-    "decode threads 1": {"dali_threads": 1},
+    "preprocess x2, 1 decode thread": {"preprocess_instances": 2, "decode_threads": 1},
+    "decode threads 1": {"decode_threads": 1},
     "ort threads 1": {"ort_threads": 1},
     "queue delay 0 us": {"max_queue_delay_us": 0},
     "queue delay 10 ms": {"max_queue_delay_us": 10_000},
     "max batch 8, preferred 4,8": {"max_batch_size": 8, "preferred_batch_sizes": (4, 8)},
     "classifier x2, ort threads 1": {"classifier_instances": 2, "ort_threads": 1},
     # Second round: the winners of the first combined.
-    "ort 1 + preprocess x2, decode 1": {"ort_threads": 1, "preprocess_instances": 2, "dali_threads": 1},
+    "ort 1 + preprocess x2, decode 1": {"ort_threads": 1, "preprocess_instances": 2, "decode_threads": 1},
     "ort 1 + queue delay 10 ms": {"ort_threads": 1, "max_queue_delay_us": 10_000},
 }
 
@@ -54,7 +55,7 @@ def run_point(
     from predilect.serving.server import TritonServer, free_port
 
     options = dataclasses.replace(ServingOptions(), **overrides)
-    repository = assemble(onnx, work / "model_repository", **dataclasses.asdict(options))
+    repository = assemble(onnx, work / "model_repository", options)
     with TritonServer(
         model_repository=repository,
         grpc_port=free_port(),
@@ -79,8 +80,8 @@ def run_point(
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m predilect.benchmarks.sweep", description=__doc__.splitlines()[0])
-    p.add_argument("--onnx", type=Path, default=Path("artifacts/onnx/model.onnx"))
-    p.add_argument("--manifest", type=Path, default=Path("artifacts/phantom/manifest.csv"))
+    p.add_argument("--onnx", type=Path, default=default_artifacts().onnx)
+    p.add_argument("--manifest", type=Path, default=default_artifacts().manifest)
     p.add_argument("--images", type=int, default=64)
     p.add_argument("--users", type=int, default=16)
     p.add_argument("--seconds-per-point", type=int, default=20)

@@ -14,11 +14,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from predilect import contract
+from predilect.contract import LOGITS, PIXELS
 from predilect.training.attention import reference_attention
 from predilect.training.checkpoint import CheckpointMeta, load_checkpoint
 
-INPUT_NAME = "PIXELS"
-OUTPUT_NAME = "LOGITS"
 OPSET = 17
 
 
@@ -36,14 +36,7 @@ class ParityReport:
 def onnx_metadata(meta: CheckpointMeta) -> dict[str, str]:
     """The metadata_props every exported model carries (the serving contract)."""
     strings = meta.to_strings()
-    keys = (
-        "predilect.catalog",
-        "predilect.preprocess",
-        "predilect.model_name",
-        "predilect.model_version",
-        "predilect.model",
-    )
-    return {k: strings[k] for k in keys}
+    return {k: strings[k] for k in contract.SERVED_KEYS}
 
 
 def export_onnx(checkpoint: Path, out: Path) -> CheckpointMeta:
@@ -62,9 +55,9 @@ def export_onnx(checkpoint: Path, out: Path) -> CheckpointMeta:
             str(out),
             dynamo=False,
             opset_version=OPSET,
-            input_names=[INPUT_NAME],
-            output_names=[OUTPUT_NAME],
-            dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+            input_names=[PIXELS],
+            output_names=[LOGITS],
+            dynamic_axes={PIXELS: {0: "batch"}, LOGITS: {0: "batch"}},
         )
     graph = onnx.load(str(out))
     for key, value in onnx_metadata(meta).items():
@@ -86,10 +79,7 @@ def onnx_probabilities(onnx_path: Path, pixels: np.ndarray, *, threads: int = 2,
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
-    logits = [
-        session.run([OUTPUT_NAME], {INPUT_NAME: pixels[i : i + batch_size]})[0]
-        for i in range(0, len(pixels), batch_size)
-    ]
+    logits = [session.run([LOGITS], {PIXELS: pixels[i : i + batch_size]})[0] for i in range(0, len(pixels), batch_size)]
     return _sigmoid(np.concatenate(logits).astype(np.float64)).astype(np.float32)
 
 

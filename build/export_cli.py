@@ -8,6 +8,9 @@ from pathlib import Path
 
 import numpy as np
 
+from predilect.artifacts import default_artifacts
+from predilect.cli import EXIT_INCOMPLETE, command
+
 from .export import check_parity, export_onnx
 
 
@@ -16,8 +19,9 @@ def _parser() -> argparse.ArgumentParser:
         prog="predilect export",
         description="Export a checkpoint to ONNX (dynamic batch) and check parity under ONNX Runtime.",
     )
-    p.add_argument("--checkpoint", type=Path, default=Path("artifacts/checkpoint/model.safetensors"))
-    p.add_argument("--out", type=Path, default=Path("artifacts/onnx/model.onnx"))
+    artifacts = default_artifacts()
+    p.add_argument("--checkpoint", type=Path, default=artifacts.checkpoint)
+    p.add_argument("--out", type=Path, default=artifacts.onnx)
     p.add_argument(
         "--manifest",
         type=Path,
@@ -29,6 +33,7 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+@command("export")
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     meta = export_onnx(args.checkpoint, args.out)
@@ -48,4 +53,4 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"ONNX Runtime vs PyTorch on {source}: max |delta probability| = {report.max_abs_prob_diff:.2e} "
         f"(tolerance {report.tolerance:.0e}) -> {'OK' if report.ok else 'FAIL'}"
     )
-    return 0 if report.ok else 1
+    return 0 if report.ok else EXIT_INCOMPLETE

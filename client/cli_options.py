@@ -6,6 +6,7 @@ import argparse
 import os
 from pathlib import Path
 
+from predilect import contract
 from predilect.client.protocol import TlsConfig
 from predilect.client.screening import ScreeningClient
 
@@ -15,7 +16,7 @@ TOKEN_ENV = "PREDILECT_AUTH_TOKEN"
 def add_client_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("screening server")
     group.add_argument("--server", default="localhost:8001", help="Triton gRPC endpoint host:port")
-    group.add_argument("--model", default="fundus_screen", help="ensemble name")
+    group.add_argument("--model", default=contract.ENSEMBLE, help="ensemble name")
     group.add_argument("--timeout-s", type=float, default=60.0, help="deadline per image, retries included")
     group.add_argument(
         "--auth-token-env",

@@ -6,10 +6,6 @@ it; ``attempts`` counts the calls made (retries included) before giving up.
 
 from __future__ import annotations
 
-# Must equal predilect.serving.backends.REJECTED_PREFIX (a test checks it); duplicated so the
-# client does not import the serving package.
-REJECTED_PREFIX = "image rejected: "
-
 
 class PredilectClientError(Exception):
     """Base of every error raised by ``predilect.client``."""

@@ -15,9 +15,9 @@ import numpy as np
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
+from predilect import contract
 from predilect.catalog import Catalog
 from predilect.client.errors import (
-    REJECTED_PREFIX,
     DeadlineExceededError,
     ImageRejectedError,
     IncompatibleModelError,
@@ -26,10 +26,8 @@ from predilect.client.errors import (
     ServerUnavailableError,
 )
 from predilect.client.results import ScreeningResult
+from predilect.contract import IMAGE, PROBABILITIES, REJECTED_PREFIX
 
-IMAGE = "IMAGE"
-PROBABILITIES = "PROBABILITIES"
-_REQUIRED_PARAMETERS = ("catalog", "preprocess", "model_name", "model_version")
 _MAX_MESSAGE_BYTES = 2**31 - 1
 INVALID_ARGUMENT = "INVALID_ARGUMENT"
 
@@ -166,15 +164,15 @@ def translate(
 def served_info(config: Any, *, model_name: str, url: str) -> ServedModelInfo:
     """Model discovery: the catalog and identity from the ensemble's config parameters."""
     params = {key: value.string_value for key, value in config.parameters.items()}
-    missing = [key for key in _REQUIRED_PARAMETERS if not params.get(key)]
+    missing = [key for key in contract.DISCOVERY_KEYS if not params.get(key)]
     if missing:
         raise IncompatibleModelError(
             f"model {model_name!r} on {url} lacks config parameters {missing}; is it a "
             "Predilect repository made by `predilect assemble`?"
         )
     try:
-        catalog = Catalog.from_json(params["catalog"])
-        preprocess = json.loads(params["preprocess"])
+        catalog = Catalog.from_json(params[contract.KEY_CATALOG])
+        preprocess = json.loads(params[contract.KEY_PREPROCESS])
     except (ValueError, KeyError, TypeError) as e:
         raise IncompatibleModelError(f"model {model_name!r} on {url} serves an unreadable catalog: {e}") from e
     outputs = {o.name: list(o.dims) for o in config.output}
@@ -184,7 +182,10 @@ def served_info(config: Any, *, model_name: str, url: str) -> ServedModelInfo:
             f"{PROBABILITIES} [{len(catalog)}]; its outputs are {outputs}"
         )
     return ServedModelInfo(
-        catalog=catalog, model_name=params["model_name"], model_version=params["model_version"], preprocess=preprocess
+        catalog=catalog,
+        model_name=params[contract.KEY_MODEL_NAME],
+        model_version=params[contract.KEY_MODEL_VERSION],
+        preprocess=preprocess,
     )
 
 

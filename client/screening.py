@@ -21,6 +21,7 @@ from typing import TypeVar
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
+from predilect import contract
 from predilect.catalog import Catalog
 from predilect.client import protocol
 from predilect.client.errors import (
@@ -116,7 +117,7 @@ class _ClientCore:
         self,
         url: str = "localhost:8001",
         *,
-        model_name: str = "fundus_screen",
+        model_name: str = contract.ENSEMBLE,
         timeout_s: float = 30.0,
         attempt_timeout_s: float | None = None,
         retry_policy: RetryPolicy = RetryPolicy(),

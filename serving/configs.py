@@ -15,30 +15,10 @@ from typing import Union
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
+from predilect import contract
 from predilect.catalog import Catalog
+from predilect.errors import ConfigError
 from predilect.preprocess import PreprocessCfg
-
-ENSEMBLE = "fundus_screen"
-PREPROCESS = "preprocess"
-CLASSIFIER = "classifier"
-POSTPROCESS = "postprocess"
-
-IMAGE = "IMAGE"
-PIXELS = "PIXELS"
-LOGITS = "LOGITS"
-PROBABILITIES = "PROBABILITIES"
-
-# Config parameters: the ensemble advertises the first four to clients ("model discovery");
-# the backends read theirs at initialize.
-PARAM_CATALOG = "catalog"
-PARAM_PREPROCESS = "preprocess"
-PARAM_MODEL_NAME = "model_name"
-PARAM_MODEL_VERSION = "model_version"
-PARAM_DALI_THREADS = "dali_threads"
-PARAM_ORT_THREADS = "ort_threads"
-
-ONNX_FILENAME = "model.onnx"
-TRITON_VERSION = "1"  # the one served version directory of every model
 
 
 @dataclass(frozen=True)
@@ -97,24 +77,29 @@ ModelDef = Union[PythonModelDef, EnsembleDef]
 
 @dataclass(frozen=True)
 class ServingOptions:
-    """Knobs of the served pipeline; everything else follows from the exported model."""
+    """Knobs of the served pipeline; everything else follows from the exported model.
 
-    max_batch_size: int = 16
-    max_queue_delay_us: int = 2_000
-    preprocess_instances: int = 1
-    classifier_instances: int = 1
-    dali_threads: int = 2
-    ort_threads: int = 1  # 2 cores: the decode pool already takes both; see benchmarks/results/sweep-2core*.json
-    preferred_batch_sizes: tuple[int, ...] = ()
+    The defaults are the CPU profile's, tuned on 2 cores by ``benchmarks/sweep.py``
+    (``benchmarks/results/sweep-2core*.json``); ``predilect assemble`` takes one option per field.
+    """
+
+    max_batch_size: int = field(default=16, metadata={"help": "largest dynamic batch of every model"})
+    max_queue_delay_us: int = field(default=2_000, metadata={"help": "dynamic batcher wait for more requests, in us"})
+    preprocess_instances: int = field(default=1, metadata={"help": "preprocess model instances"})
+    classifier_instances: int = field(default=1, metadata={"help": "classifier model instances"})
+    decode_threads: int = field(default=2, metadata={"help": "decode threads per preprocess instance"})
+    # 2 cores: the decode pool already takes both, so ONNX Runtime gets one.
+    ort_threads: int = field(default=1, metadata={"help": "ONNX Runtime intra-op threads per classifier instance"})
+    preferred_batch_sizes: tuple[int, ...] = field(default=(), metadata={"help": "dynamic batcher preferred sizes"})
 
     def __post_init__(self) -> None:
-        for name in ("max_batch_size", "preprocess_instances", "classifier_instances", "dali_threads", "ort_threads"):
+        for name in ("max_batch_size", "preprocess_instances", "classifier_instances", "decode_threads", "ort_threads"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.max_queue_delay_us < 0:
-            raise ValueError(f"max_queue_delay_us must be >= 0, got {self.max_queue_delay_us}")
+            raise ConfigError(f"max_queue_delay_us must be >= 0, got {self.max_queue_delay_us}")
         if any(not 1 <= b <= self.max_batch_size for b in self.preferred_batch_sizes):
-            raise ValueError(f"preferred_batch_sizes must lie in 1..max_batch_size, got {self.preferred_batch_sizes}")
+            raise ConfigError(f"preferred_batch_sizes must lie in 1..max_batch_size, got {self.preferred_batch_sizes}")
 
 
 @dataclass(frozen=True)
@@ -128,51 +113,60 @@ class ServedModel:
 
     def parameters(self) -> dict[str, str]:
         return {
-            PARAM_CATALOG: self.catalog.to_json(),
-            PARAM_PREPROCESS: self.preprocess.to_json(),
-            PARAM_MODEL_NAME: self.model_name,
-            PARAM_MODEL_VERSION: self.model_version,
+            contract.KEY_CATALOG: self.catalog.to_json(),
+            contract.KEY_PREPROCESS: self.preprocess.to_json(),
+            contract.KEY_MODEL_NAME: self.model_name,
+            contract.KEY_MODEL_VERSION: self.model_version,
         }
 
 
 def fundus_screen_models(served: ServedModel, options: ServingOptions = ServingOptions()) -> list[ModelDef]:
     """The four model definitions of the screening pipeline, composing models first."""
     size, classes = served.preprocess.size, len(served.catalog)
-    image = TensorDef(IMAGE, "TYPE_UINT8", (-1,))
-    pixels = TensorDef(PIXELS, "TYPE_FP32", (3, size, size))
-    logits = TensorDef(LOGITS, "TYPE_FP32", (classes,))
-    probabilities = TensorDef(PROBABILITIES, "TYPE_FP32", (classes,))
+    image = TensorDef(contract.IMAGE, "TYPE_UINT8", (-1,))
+    pixels = TensorDef(contract.PIXELS, "TYPE_FP32", (3, size, size))
+    logits = TensorDef(contract.LOGITS, "TYPE_FP32", (classes,))
+    probabilities = TensorDef(contract.PROBABILITIES, "TYPE_FP32", (classes,))
     batching = {
         "max_batch_size": options.max_batch_size,
         "max_queue_delay_us": options.max_queue_delay_us,
         "preferred_batch_sizes": options.preferred_batch_sizes,
     }
     preprocess = PythonModelDef(
-        name=PREPROCESS,
+        name=contract.PREPROCESS_MODEL,
         # Encoded images differ in length: ragged batching lets the batcher group them anyway.
-        inputs=(TensorDef(IMAGE, "TYPE_UINT8", (-1,), allow_ragged_batch=True),),
+        inputs=(TensorDef(contract.IMAGE, "TYPE_UINT8", (-1,), allow_ragged_batch=True),),
         outputs=(pixels,),
         instance_count=options.preprocess_instances,
-        parameters={PARAM_PREPROCESS: served.preprocess.to_json(), PARAM_DALI_THREADS: str(options.dali_threads)},
+        parameters={
+            contract.KEY_PREPROCESS: served.preprocess.to_json(),
+            contract.KEY_DECODE_THREADS: str(options.decode_threads),
+        },
         **batching,
     )
     classifier = PythonModelDef(
-        name=CLASSIFIER,
+        name=contract.CLASSIFIER_MODEL,
         inputs=(pixels,),
         outputs=(logits,),
         instance_count=options.classifier_instances,
-        parameters={PARAM_ORT_THREADS: str(options.ort_threads)},
+        parameters={contract.KEY_ORT_THREADS: str(options.ort_threads)},
         **batching,
     )
-    postprocess = PythonModelDef(name=POSTPROCESS, inputs=(logits,), outputs=(probabilities,), **batching)
+    postprocess = PythonModelDef(
+        name=contract.POSTPROCESS_MODEL, inputs=(logits,), outputs=(probabilities,), **batching
+    )
     ensemble = EnsembleDef(
-        name=ENSEMBLE,
+        name=contract.ENSEMBLE,
         inputs=(image,),
         outputs=(probabilities,),
         steps=(
-            EnsembleStepDef(PREPROCESS, {IMAGE: IMAGE}, {PIXELS: "pixels"}),
-            EnsembleStepDef(CLASSIFIER, {PIXELS: "pixels"}, {LOGITS: "logits"}),
-            EnsembleStepDef(POSTPROCESS, {LOGITS: "logits"}, {PROBABILITIES: PROBABILITIES}),
+            EnsembleStepDef(contract.PREPROCESS_MODEL, {contract.IMAGE: contract.IMAGE}, {contract.PIXELS: "pixels"}),
+            EnsembleStepDef(contract.CLASSIFIER_MODEL, {contract.PIXELS: "pixels"}, {contract.LOGITS: "logits"}),
+            EnsembleStepDef(
+                contract.POSTPROCESS_MODEL,
+                {contract.LOGITS: "logits"},
+                {contract.PROBABILITIES: contract.PROBABILITIES},
+            ),
         ),
         max_batch_size=options.max_batch_size,
         parameters=served.parameters(),

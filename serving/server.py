@@ -9,7 +9,6 @@ running interpreter (cached, built once per pytriton and Python version), and
 
 from __future__ import annotations
 
-import argparse
 import ctypes
 import importlib.metadata
 import importlib.util
@@ -30,8 +29,13 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
 
-import predilect
-from predilect.serving.configs import ENSEMBLE
+from predilect.contract import (
+    CONFIG_FILENAME,
+    DEFAULT_GRPC_PORT,
+    DEFAULT_HTTP_PORT,
+    DEFAULT_METRICS_PORT,
+    ENSEMBLE,
+)
 
 _PR_SET_PDEATHSIG = 1
 # Log lines after which tritonserver never becomes ready nor exits (a stub that cannot even
@@ -132,9 +136,9 @@ class TritonServer:
         self,
         *,
         model_repository: Path,
-        grpc_port: int = 8001,
-        http_port: int = 8000,
-        metrics_port: int = 8002,
+        grpc_port: int = DEFAULT_GRPC_PORT,
+        http_port: int = DEFAULT_HTTP_PORT,
+        metrics_port: int = DEFAULT_METRICS_PORT,
         bind_address: str = "0.0.0.0",
         log_verbose: int = 0,
         log_path: Path | None = None,
@@ -209,11 +213,9 @@ class TritonServer:
         libs = str(server_libs_dir())
         env["LD_LIBRARY_PATH"] = f"{libs}:{env['LD_LIBRARY_PATH']}" if env.get("LD_LIBRARY_PATH") else libs
         # The stubs' embedded interpreter finds its environment through the python on PATH:
-        # make it this interpreter's, and let them import the very predilect running here (a
-        # checkout or the wheel), not whichever copy happens to be installed.
+        # make it this interpreter's, so the stubs import the predilect installed here (the wheel,
+        # or the checkout through the exact editable install) -- the same copy as this process.
         env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}"
-        root = str(Path(predilect.__file__).resolve().parent.parent)
-        env["PYTHONPATH"] = f"{root}:{env['PYTHONPATH']}" if env.get("PYTHONPATH") else root
         return env
 
     def start(self) -> TritonServer:
@@ -228,7 +230,7 @@ class TritonServer:
         if self.log_path is None:
             self.log_path = Path(tempfile.mkdtemp(prefix="predilect-triton-")) / "tritonserver.log"
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        self._log_file = open(self.log_path, "wb")
+        self._log_file = open(self.log_path, "wb")  # noqa: SIM115 - open while the server runs; stop() closes it
         in_main_thread = threading.current_thread() is threading.main_thread()
         self._process = subprocess.Popen(
             self.command(backend_dir),
@@ -256,7 +258,7 @@ class TritonServer:
 
     def _wait_ready(self) -> None:
         checks = ["/v2/health/ready"]
-        if (self.model_repository / ENSEMBLE / "config.pbtxt").is_file():
+        if (self.model_repository / ENSEMBLE / CONFIG_FILENAME).is_file():
             checks.append(f"/v2/models/{ENSEMBLE}/ready")
         deadline = time.monotonic() + self.startup_timeout_s
         while True:
@@ -322,68 +324,3 @@ class TritonServer:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.stop()
-
-
-class _Shutdown(Exception):
-    """Raised in the main thread by the SIGINT/SIGTERM handler of ``predilect serve``."""
-
-
-def _on_signal(signum: int, _frame: object) -> None:
-    # Ignore repeats so that a second Ctrl+C cannot interrupt the graceful stop.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    raise _Shutdown(signal.Signals(signum).name)
-
-
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="predilect serve", description="Start tritonserver on a model repository.")
-    p.add_argument("--model-repository", type=Path, default=Path("artifacts/model_repository"))
-    p.add_argument("--grpc-port", type=int, default=8001)
-    p.add_argument("--http-port", type=int, default=8000)
-    p.add_argument("--metrics-port", type=int, default=8002)
-    p.add_argument("--bind-address", default="0.0.0.0")
-    p.add_argument("--log-verbose", type=int, default=0, help="tritonserver verbose log level (0: off)")
-    p.add_argument("--log-file", type=Path, default=None, help="server log (default: a new temp file)")
-    p.add_argument("--startup-timeout-s", type=float, default=300.0)
-    return p
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    server = TritonServer(
-        model_repository=args.model_repository,
-        grpc_port=args.grpc_port,
-        http_port=args.http_port,
-        metrics_port=args.metrics_port,
-        bind_address=args.bind_address,
-        log_verbose=args.log_verbose,
-        log_path=args.log_file,
-        startup_timeout_s=args.startup_timeout_s,
-    )
-    signal.signal(signal.SIGINT, _on_signal)
-    signal.signal(signal.SIGTERM, _on_signal)
-    try:
-        with server:
-            print(
-                f"tritonserver ready (pid {server.pid}, log {server.log_path})\n"
-                f"  grpc    {server.grpc_url}\n  http    {server.http_url}\n  metrics {server.metrics_url}\n"
-                "Ctrl+C or SIGTERM stops it.",
-                flush=True,
-            )
-            while server.is_running:
-                time.sleep(0.5)
-            print(
-                f"predilect serve: tritonserver exited on its own; last log lines:\n{server.log_tail()}",
-                file=sys.stderr,
-            )
-            return 1
-    except _Shutdown as e:
-        print(f"predilect serve: {e}: tritonserver stopped", flush=True)
-        return 0
-    except ServerStartError as e:
-        print(f"predilect serve: {e}", file=sys.stderr)
-        return 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())

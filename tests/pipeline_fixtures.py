@@ -31,6 +31,7 @@ def pipeline(phantom_manifest, tmp_path_factory) -> Pipeline:
     import torch
 
     from predilect.build.export import export_onnx
+    from predilect.serving.configs import ServingOptions
     from predilect.serving.repository import assemble
     from predilect.training.train import TrainCfg, train
 
@@ -41,12 +42,12 @@ def pipeline(phantom_manifest, tmp_path_factory) -> Pipeline:
         phantom_manifest,
         checkpoint,
         oct_manifest=phantom_manifest.with_name("oct_manifest.csv"),
-        cfg=TrainCfg(epochs=2, oct_epochs=1, freeze_sites_epochs=1, max_minutes=2.0),
+        cfg=TrainCfg(epochs=2, oct_epochs=1, freeze_sites_epochs=1),
         cache_dir=work / "cache",
     )
     onnx_path = work / "onnx" / "model.onnx"
     export_onnx(checkpoint, onnx_path)
-    repository = assemble(onnx_path, work / "model_repository", max_batch_size=8)
+    repository = assemble(onnx_path, work / "model_repository", ServingOptions(max_batch_size=8))
     return Pipeline(phantom_manifest, checkpoint, onnx_path, repository, work)
 
 

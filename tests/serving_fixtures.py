@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pytest
 
+from predilect import contract
 from predilect.catalog import DEFAULT_CATALOG
 from predilect.preprocess import PreprocessCfg
 
@@ -40,13 +41,13 @@ def build_tiny_onnx(path: Path, *, seed: int = 0, metadata: bool = True) -> Path
     bias = rng.normal(0.0, 0.5, size=(classes,)).astype(np.float32)
     graph = helper.make_graph(
         [
-            helper.make_node("ReduceMean", ["PIXELS"], ["channel_mean"], axes=[2, 3], keepdims=0),
+            helper.make_node("ReduceMean", [contract.PIXELS], ["channel_mean"], axes=[2, 3], keepdims=0),
             helper.make_node("MatMul", ["channel_mean", "weight"], ["scores"]),
-            helper.make_node("Add", ["scores", "bias"], ["LOGITS"]),
+            helper.make_node("Add", ["scores", "bias"], [contract.LOGITS]),
         ],
         "tiny_classifier",
-        [helper.make_tensor_value_info("PIXELS", TensorProto.FLOAT, ["batch", 3, cfg.size, cfg.size])],
-        [helper.make_tensor_value_info("LOGITS", TensorProto.FLOAT, ["batch", classes])],
+        [helper.make_tensor_value_info(contract.PIXELS, TensorProto.FLOAT, ["batch", 3, cfg.size, cfg.size])],
+        [helper.make_tensor_value_info(contract.LOGITS, TensorProto.FLOAT, ["batch", classes])],
         initializer=[numpy_helper.from_array(weight, "weight"), numpy_helper.from_array(bias, "bias")],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="predilect-tests")
@@ -56,10 +57,10 @@ def build_tiny_onnx(path: Path, *, seed: int = 0, metadata: bool = True) -> Path
         helper.set_model_props(
             model,
             {
-                "predilect.catalog": DEFAULT_CATALOG.to_json(),
-                "predilect.preprocess": cfg.to_json(),
-                "predilect.model_name": TINY_MODEL_NAME,
-                "predilect.model_version": f"1+{digest}",
+                contract.KEY_CATALOG: DEFAULT_CATALOG.to_json(),
+                contract.KEY_PREPROCESS: cfg.to_json(),
+                contract.KEY_MODEL_NAME: TINY_MODEL_NAME,
+                contract.KEY_MODEL_VERSION: f"1+{digest}",
             },
         )
     onnx.checker.check_model(model)
@@ -102,11 +103,11 @@ def tiny_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def model_repository(tmp_path_factory: pytest.TempPathFactory, tiny_onnx: Path) -> Path:
+    from predilect.serving.configs import ServingOptions
     from predilect.serving.repository import assemble
 
-    return assemble(
-        tiny_onnx, tmp_path_factory.mktemp("serving") / "model_repository", max_batch_size=16, max_queue_delay_us=20_000
-    )
+    options = ServingOptions(max_batch_size=16, max_queue_delay_us=20_000)
+    return assemble(tiny_onnx, tmp_path_factory.mktemp("serving") / "model_repository", options)
 
 
 @pytest.fixture(scope="session")

@@ -28,7 +28,7 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
 
 
 def test_bench_writes_report_with_plots_when_run_quick(tmp_path, tiny_onnx, tiny_checkpoint):
-    from predilect.benchmarks.cli import main
+    from predilect.benchmarks.bench_cli import main
 
     out = tmp_path / "results"
     rc = main(

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from predilect import contract
 from predilect.catalog import DEFAULT_CATALOG
 from predilect.client import (
     DeadlineExceededError,
@@ -35,7 +36,7 @@ def reference(tiny_onnx: Path) -> Callable[[bytes], np.ndarray]:
     session = ort.InferenceSession(str(tiny_onnx), providers=["CPUExecutionProvider"])
 
     def run(image: bytes) -> np.ndarray:
-        (logits,) = session.run(["LOGITS"], {"PIXELS": preprocessor.run_strict([image])})
+        (logits,) = session.run([contract.LOGITS], {contract.PIXELS: preprocessor.run_strict([image])})
         return 1.0 / (1.0 + np.exp(-logits[0].astype(np.float64)))
 
     return run
@@ -110,7 +111,7 @@ def test_good_requests_succeed_unchanged_when_batched_with_bad_ones(client, trit
     alone = {seed: _values(client.screen(image)) for seed, image in good.items()}
     bad = [b"GIF89a" + bytes(500), fundus_jpeg(200)[:3000], _corrupt_jpeg(fundus_jpeg(201))]
     payloads = [(seed, image) for seed, image in good.items()] + [(None, b) for b in bad]
-    before = _batch_sizes(triton_server, "preprocess")
+    before = _batch_sizes(triton_server, contract.PREPROCESS_MODEL)
     barrier = threading.Barrier(len(payloads))
     outcomes: dict[int, object] = {}
 
@@ -132,7 +133,7 @@ def test_good_requests_succeed_unchanged_when_batched_with_bad_ones(client, trit
         else:
             assert isinstance(outcomes[index], ScreeningResult), outcomes[index]
             np.testing.assert_allclose(_values(outcomes[index]), alone[seed], rtol=0, atol=1e-6)
-    after = _batch_sizes(triton_server, "preprocess")
+    after = _batch_sizes(triton_server, contract.PREPROCESS_MODEL)
     grouped = {size: n - before.get(size, 0) for size, n in after.items() if size > 1 and n > before.get(size, 0)}
     assert grouped, f"the dynamic batcher grouped no requests (batch sizes before {before}, after {after})"
 
@@ -150,13 +151,6 @@ def test_connect_raises_model_not_ready_error_when_model_unknown(triton_server: 
 def test_screen_raises_deadline_exceeded_error_when_timeout_is_too_short(client, fundus_jpeg) -> None:
     with pytest.raises(DeadlineExceededError, match="timeout_s"):
         client.screen(fundus_jpeg(6), timeout_s=1e-4)
-
-
-def test_client_rejection_prefix_matches_server_when_compared() -> None:
-    from predilect.client.errors import REJECTED_PREFIX as client_prefix
-    from predilect.serving.backends import REJECTED_PREFIX as server_prefix
-
-    assert client_prefix == server_prefix
 
 
 def test_import_client_loads_no_heavy_module_when_imported() -> None:

@@ -7,6 +7,7 @@ import time
 
 import pytest
 
+from predilect import contract
 from predilect.client import (
     AsyncScreeningClient,
     DeadlineExceededError,
@@ -56,11 +57,11 @@ def test_connect_does_not_retry_when_retry_budget_is_spent() -> None:
 
 def test_screen_sends_rejected_image_once_when_server_rejects_it(triton_server: TritonServer) -> None:
     with ScreeningClient(triton_server.grpc_url, timeout_s=30, retry_policy=FAST) as client:
-        before = _executed(triton_server, "preprocess")
+        before = _executed(triton_server, contract.PREPROCESS_MODEL)
         with pytest.raises(ImageRejectedError) as caught:
             client.screen(b"GIF89a" + bytes(600))
         assert caught.value.attempts == 1
-        assert _executed(triton_server, "preprocess") - before == 1, "a rejected image must not be retried"
+        assert _executed(triton_server, contract.PREPROCESS_MODEL) - before == 1, "a rejected image must not be retried"
 
 
 def test_screen_retries_per_attempt_deadline_until_total_deadline_when_attempts_time_out(

@@ -8,12 +8,14 @@ import pytest
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
+from predilect import contract
 from predilect.catalog import DEFAULT_CATALOG
 from predilect.preprocess import PreprocessCfg
 from predilect.serving import configs
-from predilect.serving.repository import ModelMetadataError, assemble, main, read_served_model
+from predilect.serving.assemble_cli import main
+from predilect.serving.repository import ModelMetadataError, assemble, read_served_model
 
-MODELS = (configs.PREPROCESS, configs.CLASSIFIER, configs.POSTPROCESS, configs.ENSEMBLE)
+MODELS = (contract.PREPROCESS_MODEL, contract.CLASSIFIER_MODEL, contract.POSTPROCESS_MODEL, contract.ENSEMBLE)
 
 
 def _served() -> configs.ServedModel:
@@ -23,7 +25,7 @@ def _served() -> configs.ServedModel:
 
 
 def _load(repository: Path) -> dict[str, mc.ModelConfig]:
-    return {name: configs.read_config(repository / name / "config.pbtxt") for name in MODELS}
+    return {name: configs.read_config(repository / name / contract.CONFIG_FILENAME) for name in MODELS}
 
 
 def _tensors(config: mc.ModelConfig, kind: str) -> dict[str, tuple[int, list[int]]]:
@@ -44,15 +46,15 @@ def test_assemble_writes_every_model_when_given_exported_model(model_repository:
     assert sorted(p.name for p in model_repository.iterdir()) == sorted(MODELS)
     for name, config in loaded.items():
         assert config.name == name
-    for name in (configs.PREPROCESS, configs.CLASSIFIER, configs.POSTPROCESS):
+    for name in (contract.PREPROCESS_MODEL, contract.CLASSIFIER_MODEL, contract.POSTPROCESS_MODEL):
         shim = (model_repository / name / "1" / "model.py").read_text()
         assert f"predilect.serving.backends.{name} import TritonPythonModel" in shim
-    assert (model_repository / configs.CLASSIFIER / "1" / "model.onnx").is_file()
+    assert (model_repository / contract.CLASSIFIER_MODEL / "1" / "model.onnx").is_file()
 
 
 def test_ensemble_steps_reference_existing_models_and_tensors_when_assembled(model_repository: Path) -> None:
     loaded = _load(model_repository)
-    ensemble = loaded[configs.ENSEMBLE]
+    ensemble = loaded[contract.ENSEMBLE]
     # Ensemble tensor name -> (data_type, dims) of whoever provides it, starting with the ensemble inputs.
     available = _tensors(ensemble, "input")
     for step in ensemble.ensemble_scheduling.step:
@@ -71,14 +73,14 @@ def test_ensemble_steps_reference_existing_models_and_tensors_when_assembled(mod
 def test_configs_match_contract_when_assembled(model_repository: Path) -> None:
     loaded = _load(model_repository)
     size, classes = PreprocessCfg().size, len(DEFAULT_CATALOG)
-    ensemble = loaded[configs.ENSEMBLE]
+    ensemble = loaded[contract.ENSEMBLE]
     assert ensemble.platform == "ensemble"
-    assert _tensors(ensemble, "input") == {"IMAGE": (mc.TYPE_UINT8, [-1])}
-    assert _tensors(ensemble, "output") == {"PROBABILITIES": (mc.TYPE_FP32, [classes])}
-    assert _tensors(loaded[configs.PREPROCESS], "output") == {"PIXELS": (mc.TYPE_FP32, [3, size, size])}
-    assert loaded[configs.PREPROCESS].input[0].allow_ragged_batch
-    assert _tensors(loaded[configs.CLASSIFIER], "output") == {"LOGITS": (mc.TYPE_FP32, [classes])}
-    for name in (configs.PREPROCESS, configs.CLASSIFIER, configs.POSTPROCESS):
+    assert _tensors(ensemble, "input") == {contract.IMAGE: (mc.TYPE_UINT8, [-1])}
+    assert _tensors(ensemble, "output") == {contract.PROBABILITIES: (mc.TYPE_FP32, [classes])}
+    assert _tensors(loaded[contract.PREPROCESS_MODEL], "output") == {contract.PIXELS: (mc.TYPE_FP32, [3, size, size])}
+    assert loaded[contract.PREPROCESS_MODEL].input[0].allow_ragged_batch
+    assert _tensors(loaded[contract.CLASSIFIER_MODEL], "output") == {contract.LOGITS: (mc.TYPE_FP32, [classes])}
+    for name in (contract.PREPROCESS_MODEL, contract.CLASSIFIER_MODEL, contract.POSTPROCESS_MODEL):
         config = loaded[name]
         assert config.backend == "python"
         assert config.max_batch_size == ensemble.max_batch_size == 16
@@ -87,32 +89,31 @@ def test_configs_match_contract_when_assembled(model_repository: Path) -> None:
 
 
 def test_ensemble_parameters_describe_exported_model_when_assembled(model_repository: Path, tiny_onnx: Path) -> None:
-    params = {k: v.string_value for k, v in _load(model_repository)[configs.ENSEMBLE].parameters.items()}
+    params = {k: v.string_value for k, v in _load(model_repository)[contract.ENSEMBLE].parameters.items()}
     served = read_served_model(tiny_onnx)
     assert params == {
-        "catalog": DEFAULT_CATALOG.to_json(),
-        "preprocess": PreprocessCfg().to_json(),
-        "model_name": "uopsl-tiny",
-        "model_version": served.model_version,
+        contract.KEY_CATALOG: DEFAULT_CATALOG.to_json(),
+        contract.KEY_PREPROCESS: PreprocessCfg().to_json(),
+        contract.KEY_MODEL_NAME: "uopsl-tiny",
+        contract.KEY_MODEL_VERSION: served.model_version,
     }
     assert served.model_version.startswith("1+") and len(served.model_version) == 10
 
 
 def test_assemble_sets_thread_and_instance_options_when_given(tiny_onnx: Path, tmp_path: Path) -> None:
-    repository = assemble(
-        tiny_onnx,
-        tmp_path / "repo",
+    options = configs.ServingOptions(
         max_batch_size=8,
         max_queue_delay_us=500,
         preprocess_instances=2,
         classifier_instances=3,
-        dali_threads=3,
+        decode_threads=3,
         ort_threads=4,
     )
+    repository = assemble(tiny_onnx, tmp_path / "repo", options)
     loaded = _load(repository)
-    pre, cls = loaded[configs.PREPROCESS], loaded[configs.CLASSIFIER]
-    assert pre.parameters["dali_threads"].string_value == "3"
-    assert cls.parameters["ort_threads"].string_value == "4"
+    pre, cls = loaded[contract.PREPROCESS_MODEL], loaded[contract.CLASSIFIER_MODEL]
+    assert pre.parameters[contract.KEY_DECODE_THREADS].string_value == "3"
+    assert cls.parameters[contract.KEY_ORT_THREADS].string_value == "4"
     assert (pre.instance_group[0].count, cls.instance_group[0].count) == (2, 3)
     assert pre.dynamic_batching.max_queue_delay_microseconds == 500
     assert {c.max_batch_size for c in loaded.values()} == {8}
@@ -122,7 +123,7 @@ def test_assemble_raises_model_metadata_error_when_metadata_missing(tmp_path: Pa
     from serving_fixtures import build_tiny_onnx
 
     bare = build_tiny_onnx(tmp_path / "bare.onnx", metadata=False)
-    with pytest.raises(ModelMetadataError, match="predilect.catalog"):
+    with pytest.raises(ModelMetadataError, match=contract.KEY_CATALOG):
         assemble(bare, tmp_path / "repo")
     assert not (tmp_path / "repo").exists()
 
@@ -145,10 +146,8 @@ def test_main_returns_zero_when_assembling_and_two_when_metadata_missing(tiny_on
     from serving_fixtures import build_tiny_onnx
 
     assert main(["--onnx", str(tiny_onnx), "--out", str(tmp_path / "repo"), "--ort-threads", "1"]) == 0
-    assert (
-        configs.read_config(tmp_path / "repo" / "classifier" / "config.pbtxt").parameters["ort_threads"].string_value
-        == "1"
-    )
+    config = configs.read_config(tmp_path / "repo" / contract.CLASSIFIER_MODEL / contract.CONFIG_FILENAME)
+    assert config.parameters[contract.KEY_ORT_THREADS].string_value == "1"
     bare = build_tiny_onnx(tmp_path / "bare.onnx", metadata=False)
     assert main(["--onnx", str(bare), "--out", str(tmp_path / "other")]) == 2
 
@@ -159,7 +158,7 @@ def test_parse_pbtxt_raises_parse_error_when_text_is_not_a_model_config() -> Non
 
 
 @pytest.mark.parametrize(
-    "option", ["max_batch_size", "preprocess_instances", "classifier_instances", "dali_threads", "ort_threads"]
+    "option", ["max_batch_size", "preprocess_instances", "classifier_instances", "decode_threads", "ort_threads"]
 )
 def test_serving_options_raise_value_error_when_count_not_positive(option: str) -> None:
     with pytest.raises(ValueError, match=option):

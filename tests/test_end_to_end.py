@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 
+from predilect import contract
 from predilect.client import ScreeningClient
 from predilect.training.checkpoint import load_checkpoint
 from predilect.training.data import load_fundus_pixels
@@ -37,22 +38,24 @@ def test_served_tensors_equal_training_tensors_when_same_image_files(pipeline, p
     client = grpcclient.InferenceServerClient(pipeline_server.grpc_url)
     for record, expected in zip(heldout[:4], training, strict=True):
         payload = np.frombuffer(record.path.read_bytes(), dtype=np.uint8)[None, :]
-        image = grpcclient.InferInput("IMAGE", list(payload.shape), "UINT8")
+        image = grpcclient.InferInput(contract.IMAGE, list(payload.shape), "UINT8")
         image.set_data_from_numpy(payload)
-        served = client.infer("preprocess", [image]).as_numpy("PIXELS")[0]
+        served = client.infer(contract.PREPROCESS_MODEL, [image]).as_numpy(contract.PIXELS)[0]
         assert served.dtype == np.float32 and np.array_equal(served, expected)
 
 
 def test_served_catalog_equals_checkpoint_catalog_when_discovered(pipeline, pipeline_server):
     _, meta = load_checkpoint(pipeline.checkpoint)
-    config = grpcclient.InferenceServerClient(pipeline_server.grpc_url).get_model_config("fundus_screen", as_json=True)
+    config = grpcclient.InferenceServerClient(pipeline_server.grpc_url).get_model_config(
+        contract.ENSEMBLE, as_json=True
+    )
     params = {k: v["string_value"] for k, v in config["config"]["parameters"].items()}
-    assert json.loads(params["catalog"]) == meta.catalog.to_dict()
-    assert params["model_version"] == meta.version
+    assert json.loads(params[contract.KEY_CATALOG]) == meta.catalog.to_dict()
+    assert params[contract.KEY_MODEL_VERSION] == meta.version
 
 
 def test_demo_cli_screens_heldout_when_run_small(tmp_path, capsys):
-    from predilect.serving.demo import main as demo_main
+    from predilect.serving.demo_cli import main as demo_main
 
     rc = demo_main(
         [
@@ -65,8 +68,6 @@ def test_demo_cli_screens_heldout_when_run_small(tmp_path, capsys):
             "--size",
             "640x480",
             "--epochs",
-            "1",
-            "--max-minutes",
             "1",
             "--concurrency",
             "4",

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from predilect import contract
 from predilect.build.export import check_parity, export_onnx, onnx_probabilities
 from predilect.build.export_cli import main as export_main
 from predilect.catalog import DEFAULT_CATALOG
@@ -59,11 +60,11 @@ def test_export_writes_dynamic_batch_and_metadata_when_exported(checkpoint, tmp_
     meta = export_onnx(checkpoint, out)
     graph = onnx.load(str(out))
     props = {p.key: p.value for p in graph.metadata_props}
-    assert props["predilect.model_version"] == meta.version
-    assert props["predilect.catalog"] == DEFAULT_CATALOG.to_json()
-    assert PreprocessCfg.from_json(props["predilect.preprocess"]) == CFG
+    assert props[contract.KEY_MODEL_VERSION] == meta.version
+    assert props[contract.KEY_CATALOG] == DEFAULT_CATALOG.to_json()
+    assert PreprocessCfg.from_json(props[contract.KEY_PREPROCESS]) == CFG
     (inp,) = graph.graph.input
-    assert inp.name == "PIXELS" and inp.type.tensor_type.shape.dim[0].dim_param == "batch"
+    assert inp.name == contract.PIXELS and inp.type.tensor_type.shape.dim[0].dim_param == "batch"
     for batch in (1, 3, 7):
         x = np.random.default_rng(batch).standard_normal((batch, 3, 64, 64)).astype(np.float32)
         assert onnx_probabilities(out, x).shape == (batch, len(DEFAULT_CATALOG))

@@ -74,7 +74,7 @@ def test_read_manifest_raises_naming_line_when_disease_id_unknown(tmp_path):
         pytest.param("images/a.jpg,P1,R,train,dr,0,0,0,0,0,0", r"line 2.*dr=0", id="label-column-disagrees"),
         pytest.param("images/missing.jpg,P1,R,train,normal,0,0,0,0,0,0", r"line 2.*missing\.jpg", id="image-missing"),
         pytest.param("images/a.jpg,P1,R,train,normal;dr,1,0,0,0,0,0", "line 2", id="normal-mixed-with-disease"),
-        pytest.param("images/a.jpg,P1,OD,train,normal,0,0,0,0,0,0", r"line 2.*eye", id="eye-invalid"),
+        pytest.param("images/a.jpg,P1,X,train,normal,0,0,0,0,0,0", r"line 2.*eye", id="eye-invalid"),
         pytest.param("images/a.jpg,P1,R,train,normal,0,0,0", "line 2", id="missing-cells"),
     ],
 )
@@ -118,3 +118,9 @@ def test_label_counts_counts_positives_per_split_when_records_given(tmp_path):
 def test_record_raises_when_normal_given_as_label(tmp_path):
     with pytest.raises(ValueError, match="normal"):
         Record(tmp_path / "x.jpg", "P1", "R", "train", frozenset({"normal"}))
+
+
+@pytest.mark.parametrize("cell, code", [("OD", "R"), ("os", "L"), ("Right", "R"), ("L", "L")])
+def test_read_manifest_normalises_eye_when_spelled_as_dicom_or_words(tmp_path, cell, code):
+    path = _write(tmp_path, f"images/a.jpg,P1,{cell},train,normal,0,0,0,0,0,0")
+    assert read_manifest(path)[0].eye == code

@@ -14,12 +14,14 @@ from predilect.training.manifest import label_matrix, read_manifest
 from predilect.training.phantom import (
     DISEASES,
     allocate_labels,
-    cli,
     fundus_anatomy,
     generate,
     plan_cohort,
     render_fundus,
     render_oct,
+)
+from predilect.training.phantom import (
+    phantom_cli as cli,
 )
 
 SMALL = (512, 384)

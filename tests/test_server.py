@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from predilect import contract
 from predilect.preprocess import InvalidImageError, PreprocessCfg, Preprocessor
-from predilect.serving import configs
 from predilect.serving.backends.classifier import OnnxClassifier
 from predilect.serving.backends.postprocess import stable_sigmoid
 from predilect.serving.backends.preprocess import preprocess_requests
@@ -36,7 +36,7 @@ def _get(url: str) -> tuple[int, str]:
 def test_server_reports_every_model_ready_when_started(triton_server: TritonServer) -> None:
     assert triton_server.is_running
     assert _get(f"{triton_server.http_url}/v2/health/ready")[0] == 200
-    for name in (configs.PREPROCESS, configs.CLASSIFIER, configs.POSTPROCESS, configs.ENSEMBLE):
+    for name in (contract.PREPROCESS_MODEL, contract.CLASSIFIER_MODEL, contract.POSTPROCESS_MODEL, contract.ENSEMBLE):
         assert _get(f"{triton_server.http_url}/v2/models/{name}/ready")[0] == 200, name
     status, metrics = _get(triton_server.metrics_url)
     assert status == 200 and "nv_inference_request_success" in metrics

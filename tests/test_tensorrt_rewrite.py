@@ -11,6 +11,7 @@ import onnx
 import pytest
 import torch
 
+from predilect import contract
 from predilect.build.export import export_onnx, onnx_probabilities
 from predilect.build.tensorrt.onnx_rewrite import DOMAIN, OP_TYPE, find_attention, for_tensorrt, rewrite
 from predilect.build.tensorrt.rewrite_cli import main
@@ -55,7 +56,7 @@ def test_rewrite_leaves_one_plugin_node_when_given_exported_model(exported):
     assert ops.count(OP_TYPE) == 1 and "Softmax" not in ops and "MatMul" not in ops
     assert len(ops) < len(_ops(original)) - 20
     (node,) = [n for n in rewritten.graph.node if n.op_type == OP_TYPE]
-    assert node.domain == DOMAIN and list(node.output) == ["LOGITS"]
+    assert node.domain == DOMAIN and list(node.output) == [contract.LOGITS]
     assert onnx.helper.get_attribute_value(node.attribute[0]) == SITES
     shapes = {init.name: tuple(init.dims) for init in rewritten.graph.initializer}
     c = len(DEFAULT_CATALOG)
@@ -74,8 +75,8 @@ def test_rewrite_matches_original_probabilities_within_1e5_when_run_under_onnxru
 def test_rewrite_keeps_serving_contract_when_rewritten(exported):
     original = onnx.load(str(exported))
     rewritten = rewrite(original)
-    assert [i.name for i in rewritten.graph.input] == ["PIXELS"]
-    assert [o.name for o in rewritten.graph.output] == ["LOGITS"]
+    assert [i.name for i in rewritten.graph.input] == [contract.PIXELS]
+    assert [o.name for o in rewritten.graph.output] == [contract.LOGITS]
     assert rewritten.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
     assert {p.key: p.value for p in rewritten.metadata_props} == {p.key: p.value for p in original.metadata_props}
 

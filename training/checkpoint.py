@@ -13,15 +13,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
+from predilect import contract
 from predilect.catalog import Catalog
+from predilect.errors import UserError
 from predilect.preprocess import PreprocessCfg
 
 from .model import FundusClassifier, ModelCfg
 
-MODEL_FORMAT = "predilect.checkpoint.v1"
+
+class CheckpointError(UserError, ValueError):
+    """A file that is not a readable Predilect checkpoint."""
 
 
 @dataclass(frozen=True)
@@ -34,25 +38,28 @@ class CheckpointMeta:
 
     def to_strings(self) -> dict[str, str]:
         return {
-            "format": MODEL_FORMAT,
-            "predilect.model": self.model.to_json(),
-            "predilect.preprocess": self.preprocess.to_json(),
-            "predilect.catalog": self.catalog.to_json(),
-            "predilect.model_name": self.model.name,
-            "predilect.model_version": self.version,
-            "predilect.metrics": json.dumps(self.metrics, sort_keys=True),
+            contract.KEY_FORMAT: contract.CHECKPOINT_FORMAT,
+            contract.KEY_MODEL_CFG: self.model.to_json(),
+            contract.KEY_PREPROCESS: self.preprocess.to_json(),
+            contract.KEY_CATALOG: self.catalog.to_json(),
+            contract.KEY_MODEL_NAME: self.model.name,
+            contract.KEY_MODEL_VERSION: self.version,
+            contract.KEY_METRICS: json.dumps(self.metrics, sort_keys=True),
         }
 
     @classmethod
     def from_strings(cls, data: dict[str, str]) -> CheckpointMeta:
-        if data.get("format") != MODEL_FORMAT:
-            raise ValueError(f"not a predilect checkpoint: format is {data.get('format')!r}, expected {MODEL_FORMAT!r}")
+        if data.get(contract.KEY_FORMAT) != contract.CHECKPOINT_FORMAT:
+            raise CheckpointError(
+                f"not a predilect checkpoint: format is {data.get(contract.KEY_FORMAT)!r}, "
+                f"expected {contract.CHECKPOINT_FORMAT!r}"
+            )
         return cls(
-            model=ModelCfg.from_json(data["predilect.model"]),
-            preprocess=PreprocessCfg.from_json(data["predilect.preprocess"]),
-            catalog=Catalog.from_json(data["predilect.catalog"]),
-            version=data["predilect.model_version"],
-            metrics=json.loads(data.get("predilect.metrics", "{}")),
+            model=ModelCfg.from_json(data[contract.KEY_MODEL_CFG]),
+            preprocess=PreprocessCfg.from_json(data[contract.KEY_PREPROCESS]),
+            catalog=Catalog.from_json(data[contract.KEY_CATALOG]),
+            version=data[contract.KEY_MODEL_VERSION],
+            metrics=json.loads(data.get(contract.KEY_METRICS, "{}")),
         )
 
 
@@ -90,14 +97,19 @@ def save_checkpoint(
 
 
 def read_meta(path: Path) -> CheckpointMeta:
-    with safe_open(str(path), framework="pt") as f:
-        return CheckpointMeta.from_strings(f.metadata() or {})
+    """The metadata of the checkpoint at ``path``; CheckpointError when it is missing or not one."""
+    if not Path(path).is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+    except SafetensorError as e:
+        raise CheckpointError(f"{path} is not a safetensors checkpoint: {e}") from e
+    return CheckpointMeta.from_strings(metadata)
 
 
 def load_checkpoint(path: Path) -> tuple[FundusClassifier, CheckpointMeta]:
     """Load a checkpoint into an eval-mode ``FundusClassifier``."""
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
     meta = read_meta(path)
     model = FundusClassifier(meta.model)
     model.load_state_dict(load_file(str(path)))

@@ -13,7 +13,8 @@ from predilect.preprocess import PreprocessCfg, Preprocessor
 
 from .manifest import Record
 
-OCT_SIZE = 128  # OCT scans never reach serving; their size is a training-only choice.
+OCT_INPUT_SIZE = 128
+"""Side of the square OCT model input; OCT never reaches serving, so this is a training-only choice."""
 
 
 def _cache_key(records: Sequence[Record], cfg: PreprocessCfg) -> str:
@@ -55,7 +56,7 @@ def load_fundus_pixels(
     return out
 
 
-def load_oct_scans(records: Sequence[Record], *, size: int = OCT_SIZE) -> np.ndarray:
+def load_oct_scans(records: Sequence[Record], *, size: int = OCT_INPUT_SIZE) -> np.ndarray:
     """OCT B-scans as ``(N, 1, size, size)`` float32, roughly zero-mean unit-variance."""
     from PIL import Image
 

@@ -21,10 +21,15 @@ from pathlib import Path
 import numpy as np
 
 from predilect.catalog import DEFAULT_CATALOG, NORMAL_LABEL, Catalog
+from predilect.contract import EYES, parse_eye
+from predilect.errors import UserError
 
 BASE_COLUMNS = ("path", "patient_id", "eye", "split", "labels")
-EYES = ("L", "R")
 LABEL_SEPARATOR = ";"
+
+
+class ManifestError(UserError, ValueError):
+    """A manifest (or a record) that cannot be read: the message names the file and line."""
 
 
 @dataclass(frozen=True)
@@ -39,11 +44,11 @@ class Record:
 
     def __post_init__(self) -> None:
         if self.eye not in EYES:
-            raise ValueError(f"eye must be one of {EYES}, got {self.eye!r}")
+            raise ManifestError(f"eye must be one of {EYES} (see contract.parse_eye), got {self.eye!r}")
         if not self.patient_id or not self.split:
-            raise ValueError(f"patient_id and split must be non-empty: {self}")
+            raise ManifestError(f"patient_id and split must be non-empty: {self}")
         if NORMAL_LABEL in self.labels:
-            raise ValueError(f"{NORMAL_LABEL!r} is no disease; a normal record has empty labels")
+            raise ManifestError(f"{NORMAL_LABEL!r} is no disease; a normal record has empty labels")
 
 
 def format_labels(labels: Iterable[str], catalog: Catalog = DEFAULT_CATALOG) -> str:
@@ -51,7 +56,7 @@ def format_labels(labels: Iterable[str], catalog: Catalog = DEFAULT_CATALOG) -> 
     ids = set(labels)
     unknown = ids - set(catalog.ids)
     if unknown:
-        raise ValueError(f"unknown disease ids {sorted(unknown)}; catalog has {catalog.ids}")
+        raise ManifestError(f"unknown disease ids {sorted(unknown)}; catalog has {catalog.ids}")
     ordered = [d for d in catalog.ids if d in ids]
     return LABEL_SEPARATOR.join(ordered) if ordered else NORMAL_LABEL
 
@@ -62,37 +67,39 @@ def parse_labels(cell: str, catalog: Catalog = DEFAULT_CATALOG) -> frozenset[str
     if parts == [NORMAL_LABEL]:
         return frozenset()
     if any(not p for p in parts):
-        raise ValueError(f"empty disease id in labels {cell!r} (use {NORMAL_LABEL!r} for none)")
+        raise ManifestError(f"empty disease id in labels {cell!r} (use {NORMAL_LABEL!r} for none)")
     if NORMAL_LABEL in parts:
-        raise ValueError(f"labels {cell!r} mix {NORMAL_LABEL!r} with diseases")
+        raise ManifestError(f"labels {cell!r} mix {NORMAL_LABEL!r} with diseases")
     unknown = sorted(set(parts) - set(catalog.ids))
     if unknown:
-        raise ValueError(f"unknown disease ids {unknown} in labels {cell!r}; catalog has {catalog.ids}")
+        raise ManifestError(f"unknown disease ids {unknown} in labels {cell!r}; catalog has {catalog.ids}")
     return frozenset(parts)
 
 
 def _check_header(fieldnames: Sequence[str] | None, catalog: Catalog, path: Path) -> None:
     expected = [*BASE_COLUMNS, *catalog.ids]
     if fieldnames is None:
-        raise ValueError(f"{path}: empty manifest, expected header {','.join(expected)}")
+        raise ManifestError(f"{path}: empty manifest, expected header {','.join(expected)}")
     if list(fieldnames) != expected:
-        raise ValueError(f"{path}: header {','.join(fieldnames)} does not match expected {','.join(expected)}")
+        raise ManifestError(f"{path}: header {','.join(fieldnames)} does not match expected {','.join(expected)}")
 
 
 def _parse_row(row: dict[str, str], root: Path, catalog: Catalog) -> Record:
     if None in row or any(v is None for v in row.values()):
-        raise ValueError("wrong number of cells")
+        raise ManifestError("wrong number of cells")
     labels = parse_labels(row["labels"], catalog)
     for disease_id in catalog.ids:
         flag = row[disease_id].strip()
         if flag not in ("0", "1"):
-            raise ValueError(f"column {disease_id!r} must be 0 or 1, got {flag!r}")
+            raise ManifestError(f"column {disease_id!r} must be 0 or 1, got {flag!r}")
         if (flag == "1") != (disease_id in labels):
-            raise ValueError(f"column {disease_id}={flag} disagrees with labels {row['labels']!r}")
+            raise ManifestError(f"column {disease_id}={flag} disagrees with labels {row['labels']!r}")
     image = (root / row["path"]).resolve()
     if not image.is_file():
-        raise ValueError(f"image file not found: {image}")
-    return Record(path=image, patient_id=row["patient_id"], eye=row["eye"], split=row["split"], labels=labels)
+        raise ManifestError(f"image file not found: {image}")
+    return Record(
+        path=image, patient_id=row["patient_id"], eye=parse_eye(row["eye"]), split=row["split"], labels=labels
+    )
 
 
 def read_manifest(
@@ -113,7 +120,7 @@ def read_manifest(
             try:
                 record = _parse_row(row, root, catalog)
             except ValueError as e:
-                raise ValueError(f"{path}, line {reader.line_num}: {e}") from e
+                raise ManifestError(f"{path}, line {reader.line_num}: {e}") from e
             if split is None or record.split == split:
                 records.append(record)
     return records
@@ -147,7 +154,7 @@ def label_matrix(records: Sequence[Record], catalog: Catalog = DEFAULT_CATALOG) 
     for i, record in enumerate(records):
         for disease_id in record.labels:
             if disease_id not in column:
-                raise ValueError(f"{record.path}: disease id {disease_id!r} is not in catalog {catalog.ids}")
+                raise ManifestError(f"{record.path}: disease id {disease_id!r} is not in catalog {catalog.ids}")
             matrix[i, column[disease_id]] = 1.0
     return matrix
 

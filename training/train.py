@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -21,10 +21,11 @@ import torch
 from torch import nn
 
 from predilect.catalog import DEFAULT_CATALOG, Catalog
+from predilect.errors import ConfigError
 from predilect.preprocess import PreprocessCfg
 
 from .checkpoint import CheckpointMeta, save_checkpoint
-from .data import OCT_SIZE, load_fundus_pixels, load_oct_scans
+from .data import OCT_INPUT_SIZE, load_fundus_pixels, load_oct_scans
 from .evaluate import predict_proba
 from .manifest import label_matrix, read_manifest
 from .metrics import macro_auroc, per_disease_auroc
@@ -35,15 +36,29 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class TrainCfg:
-    epochs: int = 24
-    oct_epochs: int = 6
-    freeze_sites_epochs: int = 3
-    batch_size: int = 32
-    lr: float = 3e-3
-    weight_decay: float = 0.02
-    sites_per_disease: int = 4
-    seed: int = 0
-    max_minutes: float = 3.0
+    """Training hyper-parameters. Training stops after ``epochs``, never on a clock: the same
+    cfg and data give the same model (and version) on a busy machine as on an idle one."""
+
+    epochs: int = field(default=24, metadata={"help": "fundus epochs"})
+    oct_epochs: int = field(default=6, metadata={"help": "OCT teaching epochs"})
+    freeze_sites_epochs: int = field(default=3, metadata={"help": "fundus epochs with the sites matrix frozen"})
+    batch_size: int = field(default=32, metadata={"help": "images per step"})
+    lr: float = field(default=3e-3, metadata={"help": "peak learning rate (one-cycle)"})
+    weight_decay: float = field(default=0.02, metadata={"help": "AdamW weight decay"})
+    sites_per_disease: int = field(default=4, metadata={"help": "K, predilection sites per disease"})
+    seed: int = field(default=0, metadata={"help": "seed of initialisation, shuffling and augmentation"})
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size", "sites_per_disease"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("oct_epochs", "freeze_sites_epochs"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if not 0.0 < self.lr < 1.0:
+            raise ConfigError(f"lr must lie in (0, 1), got {self.lr}")
+        if self.weight_decay < 0.0:
+            raise ConfigError(f"weight_decay must be >= 0, got {self.weight_decay}")
 
 
 @dataclass(frozen=True)
@@ -69,12 +84,13 @@ def fit(
     *,
     epochs: int,
     cfg: TrainCfg,
-    deadline: float,
     on_epoch: Callable[[int, float], None] | None = None,
     frozen: Sequence[nn.Parameter] = (),
     frozen_epochs: int = 0,
 ) -> int:
-    """Minimise BCE on ``(x, y)``; returns the number of epochs completed before ``deadline``."""
+    """Minimise BCE on ``(x, y)`` for ``epochs`` epochs; returns the number of epochs run."""
+    if epochs == 0:
+        return 0
     generator = torch.Generator().manual_seed(cfg.seed)
     optimiser = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps_per_epoch = max(1, -(-len(x) // cfg.batch_size))
@@ -85,9 +101,6 @@ def fit(
     xt, yt = torch.from_numpy(x), torch.from_numpy(y)
     done = 0
     for epoch in range(epochs):
-        if time.monotonic() > deadline:
-            log.warning("time budget reached after %d of %d epochs", done, epochs)
-            break
         for p in frozen:
             p.requires_grad_(epoch >= frozen_epochs)
         model.train()
@@ -118,7 +131,6 @@ def train(
 ) -> TrainResult:
     """Train on ``manifest`` (splits ``train`` and ``heldout``) and write the checkpoint to ``out``."""
     start = time.monotonic()
-    deadline = start + cfg.max_minutes * 60.0
     torch.manual_seed(cfg.seed)
     train_rec = read_manifest(manifest, catalog=catalog, split="train")
     held_rec = read_manifest(manifest, catalog=catalog, split="heldout")
@@ -132,7 +144,7 @@ def train(
     model_cfg = ModelCfg(num_diseases=len(catalog), image_size=preprocess.size, sites_per_disease=cfg.sites_per_disease)
     model = FundusClassifier(model_cfg)
     if oct_manifest is not None:
-        _teach_sites_from_oct(model, oct_manifest, cfg=cfg, catalog=catalog, deadline=deadline, report=report)
+        _teach_sites_from_oct(model, oct_manifest, cfg=cfg, catalog=catalog, report=report)
         frozen, frozen_epochs = [model.head.sites], cfg.freeze_sites_epochs
     else:
         frozen, frozen_epochs = [], 0
@@ -146,7 +158,6 @@ def train(
         y_train,
         epochs=cfg.epochs,
         cfg=cfg,
-        deadline=deadline,
         on_epoch=on_epoch,
         frozen=frozen,
         frozen_epochs=frozen_epochs,
@@ -165,15 +176,14 @@ def _teach_sites_from_oct(
     *,
     cfg: TrainCfg,
     catalog: Catalog,
-    deadline: float,
     report: Callable[[str], None],
 ) -> None:
     records = read_manifest(oct_manifest, catalog=catalog)
     scans, labels = load_oct_scans(records), label_matrix(records, catalog)
-    oct_cfg = replace(model.cfg, image_size=OCT_SIZE, in_channels=1)
+    oct_cfg = replace(model.cfg, image_size=OCT_INPUT_SIZE, in_channels=1)
     oct_model = OctClassifier(oct_cfg, model.head)  # shares the sites matrix and read-out
 
     def on_epoch(epoch: int, loss: float) -> None:
         report(f"OCT teaching epoch {epoch}/{cfg.oct_epochs} loss {loss:.4f}")
 
-    fit(oct_model, scans, labels, epochs=cfg.oct_epochs, cfg=cfg, deadline=deadline, on_epoch=on_epoch)
+    fit(oct_model, scans, labels, epochs=cfg.oct_epochs, cfg=cfg, on_epoch=on_epoch)

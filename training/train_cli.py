@@ -9,6 +9,9 @@ from pathlib import Path
 
 import torch
 
+from predilect.artifacts import default_artifacts
+from predilect.cli import CommandError, add_dataclass_options, command, dataclass_from_args
+
 from .train import TrainCfg, train
 
 
@@ -18,7 +21,8 @@ def _parser() -> argparse.ArgumentParser:
         description="Train the predilection-site classifier: OCT "
         "teaches the sites matrix, fundus learns to attend with it.",
     )
-    p.add_argument("--manifest", type=Path, required=True, help="fundus manifest CSV (splits train/heldout)")
+    artifacts = default_artifacts()
+    p.add_argument("--manifest", type=Path, default=artifacts.manifest, help="fundus manifest CSV (train/heldout)")
     p.add_argument(
         "--oct-manifest",
         type=Path,
@@ -26,26 +30,23 @@ def _parser() -> argparse.ArgumentParser:
         help="unpaired OCT manifest; default: oct_manifest.csv beside --manifest if present",
     )
     p.add_argument("--no-oct", action="store_true", help="skip the OCT teaching stage")
-    p.add_argument("--out", type=Path, default=Path("artifacts/checkpoint/model.safetensors"))
+    p.add_argument("--out", type=Path, default=artifacts.checkpoint)
     p.add_argument("--cache-dir", type=Path, default=None, help="cache for preprocessed tensors")
-    defaults = TrainCfg()
-    for name in ("epochs", "oct_epochs", "freeze_sites_epochs", "batch_size", "sites_per_disease", "seed"):
-        p.add_argument(f"--{name.replace('_', '-')}", type=int, default=getattr(defaults, name))
-    for name in ("lr", "weight_decay", "max_minutes"):
-        p.add_argument(f"--{name.replace('_', '-')}", type=float, default=getattr(defaults, name))
+    add_dataclass_options(p, TrainCfg, title="training")
     p.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
     return p
 
 
+@command("train")
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     torch.set_num_threads(args.threads)
     oct_manifest = None if args.no_oct else args.oct_manifest or args.manifest.with_name("oct_manifest.csv")
     if oct_manifest is not None and not oct_manifest.is_file():
         if args.oct_manifest is not None:
-            raise SystemExit(f"OCT manifest not found: {oct_manifest}")
+            raise CommandError(f"OCT manifest not found: {oct_manifest}")
         oct_manifest = None
-    cfg = TrainCfg(**{k: getattr(args, k) for k in TrainCfg.__dataclass_fields__})
+    cfg = dataclass_from_args(TrainCfg, args)
     result = train(
         args.manifest,
         args.out,

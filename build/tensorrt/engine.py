@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from predilect.build.export import INPUT_NAME, OUTPUT_NAME
+from predilect.contract import LOGITS, PIXELS
 
 from .onnx_rewrite import for_tensorrt, rewrite
 from .plugin import TensorRTUnavailableError, register_plugin
@@ -99,10 +99,10 @@ def engine_logits(engine_path: Path, pixels: np.ndarray) -> np.ndarray:
         raise RuntimeError(f"TensorRT could not deserialise {engine_path}")
     context = engine.create_execution_context()
     inputs = torch.from_numpy(np.ascontiguousarray(pixels, dtype=np.float32)).cuda()
-    context.set_input_shape(INPUT_NAME, tuple(inputs.shape))
-    outputs = torch.empty(tuple(context.get_tensor_shape(OUTPUT_NAME)), dtype=torch.float32, device="cuda")
-    context.set_tensor_address(INPUT_NAME, inputs.data_ptr())
-    context.set_tensor_address(OUTPUT_NAME, outputs.data_ptr())
+    context.set_input_shape(PIXELS, tuple(inputs.shape))
+    outputs = torch.empty(tuple(context.get_tensor_shape(LOGITS)), dtype=torch.float32, device="cuda")
+    context.set_tensor_address(PIXELS, inputs.data_ptr())
+    context.set_tensor_address(LOGITS, outputs.data_ptr())
     stream = torch.cuda.current_stream()
     if not context.execute_async_v3(stream.cuda_stream):
         raise RuntimeError("TensorRT execution failed")

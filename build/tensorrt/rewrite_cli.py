@@ -8,17 +8,21 @@ from pathlib import Path
 
 import onnx
 
+from predilect.artifacts import default_artifacts
+from predilect.cli import command
+
 from .onnx_rewrite import DOMAIN, OP_TYPE, for_tensorrt, rewrite
 
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="predilect trt-rewrite", description=__doc__.splitlines()[0])
-    p.add_argument("--onnx", type=Path, default=Path("artifacts/onnx/model.onnx"), help="the exported model")
+    p.add_argument("--onnx", type=Path, default=default_artifacts().onnx, help="the exported model")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--target", choices=("ort", "tensorrt"), default="ort")
     return p
 
 
+@command("trt-rewrite")
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     model = rewrite(onnx.load(str(args.onnx)))
@@ -31,7 +35,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"target {args.target})"
     )
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -11,10 +11,6 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-# Prefix of the error message of a request whose payload was rejected; the client keys on it
-# (together with the INVALID_ARGUMENT status) to raise ImageRejectedError.
-REJECTED_PREFIX = "image rejected: "
-
 
 def model_parameters(model_config: Mapping[str, Any]) -> dict[str, str]:
     """The ``parameters`` of a model config (as Triton passes it, JSON-decoded) as plain strings."""

@@ -12,14 +12,14 @@ from typing import Any
 
 import numpy as np
 
-from predilect.serving import configs
+from predilect import contract
 from predilect.serving.backends import model_parameters, parse_model_config
 
 
 class OnnxClassifier:
     """An ONNX Runtime CPU session over the exported model."""
 
-    def __init__(self, model_path: Path, *, intra_op_threads: int = 2) -> None:
+    def __init__(self, model_path: Path, *, intra_op_threads: int) -> None:
         import onnxruntime as ort
 
         options = ort.SessionOptions()
@@ -33,7 +33,7 @@ class OnnxClassifier:
         if not batches:
             return []
         pixels = np.concatenate(batches, axis=0) if len(batches) > 1 else batches[0]
-        (logits,) = self._session.run([configs.LOGITS], {configs.PIXELS: np.ascontiguousarray(pixels, np.float32)})
+        (logits,) = self._session.run([contract.LOGITS], {contract.PIXELS: np.ascontiguousarray(pixels, np.float32)})
         bounds = np.cumsum([len(b) for b in batches])[:-1]
         return [np.ascontiguousarray(part, dtype=np.float32) for part in np.split(logits, bounds)]
 
@@ -46,13 +46,13 @@ class TritonPythonModel:
 
         self._pb = pb_utils
         params = model_parameters(parse_model_config(args))
-        model_path = Path(args["model_repository"]) / args["model_version"] / configs.ONNX_FILENAME
-        self._classifier = OnnxClassifier(model_path, intra_op_threads=int(params.get(configs.PARAM_ORT_THREADS, "2")))
+        model_path = Path(args["model_repository"]) / args["model_version"] / contract.ONNX_FILENAME
+        self._classifier = OnnxClassifier(model_path, intra_op_threads=int(params[contract.KEY_ORT_THREADS]))
 
     def execute(self, requests: list[Any]) -> list[Any]:
         pb = self._pb
-        pixels = [pb.get_input_tensor_by_name(r, configs.PIXELS).as_numpy() for r in requests]
+        pixels = [pb.get_input_tensor_by_name(r, contract.PIXELS).as_numpy() for r in requests]
         return [
-            pb.InferenceResponse(output_tensors=[pb.Tensor(configs.LOGITS, logits)])
+            pb.InferenceResponse(output_tensors=[pb.Tensor(contract.LOGITS, logits)])
             for logits in self._classifier.run(pixels)
         ]

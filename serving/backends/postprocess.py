@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from predilect.serving import configs
+from predilect import contract
 
 
 def stable_sigmoid(logits: np.ndarray) -> np.ndarray:
@@ -30,7 +30,8 @@ class TritonPythonModel:
             pb.InferenceResponse(
                 output_tensors=[
                     pb.Tensor(
-                        configs.PROBABILITIES, stable_sigmoid(pb.get_input_tensor_by_name(r, configs.LOGITS).as_numpy())
+                        contract.PROBABILITIES,
+                        stable_sigmoid(pb.get_input_tensor_by_name(r, contract.LOGITS).as_numpy()),
                     )
                 ]
             )

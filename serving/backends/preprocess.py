@@ -13,9 +13,10 @@ from typing import Any
 
 import numpy as np
 
+from predilect import contract
+from predilect.contract import REJECTED_PREFIX
 from predilect.preprocess import InvalidImageError, PreprocessCfg, Preprocessor
-from predilect.serving import configs
-from predilect.serving.backends import REJECTED_PREFIX, model_parameters, parse_model_config
+from predilect.serving.backends import model_parameters, parse_model_config
 
 
 def request_payload(image: np.ndarray) -> np.ndarray | InvalidImageError:
@@ -56,21 +57,21 @@ class TritonPythonModel:
         config = parse_model_config(args)
         params = model_parameters(config)
         self._preprocessor = Preprocessor(
-            PreprocessCfg.from_json(params[configs.PARAM_PREPROCESS]),
+            PreprocessCfg.from_json(params[contract.KEY_PREPROCESS]),
             max_batch_size=max(1, int(config.get("max_batch_size", 1))),
-            num_threads=int(params.get(configs.PARAM_DALI_THREADS, "2")),
+            num_threads=int(params[contract.KEY_DECODE_THREADS]),
             device_id=None,
         )
         _warm_up(self._preprocessor)
 
     def execute(self, requests: list[Any]) -> list[Any]:
         pb = self._pb
-        images = [pb.get_input_tensor_by_name(r, configs.IMAGE).as_numpy() for r in requests]
+        images = [pb.get_input_tensor_by_name(r, contract.IMAGE).as_numpy() for r in requests]
         responses = []
         for out in preprocess_requests(self._preprocessor, images):
             if isinstance(out, InvalidImageError):
                 error = pb.TritonError(f"{REJECTED_PREFIX}{out}", pb.TritonError.INVALID_ARG)
                 responses.append(pb.InferenceResponse(output_tensors=[], error=error))
             else:
-                responses.append(pb.InferenceResponse(output_tensors=[pb.Tensor(configs.PIXELS, out)]))
+                responses.append(pb.InferenceResponse(output_tensors=[pb.Tensor(contract.PIXELS, out)]))
         return responses

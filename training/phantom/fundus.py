@@ -19,8 +19,10 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
+from predilect.contract import EYES
+from predilect.errors import ConfigError
+
 DISEASES = ("dr", "dme", "amd", "glaucoma", "rvo", "rp")
-EYES = ("L", "R")
 FOV_DIAMETER = 1.02  # field-of-view diameter, in frame heights
 DISC_DIAMETER = 1.0 / 8.0  # disc diameter, in field-of-view diameters
 REFERENCE_RADIUS = FOV_DIAMETER * 1536 / 2  # field-of-view radius that lesion sizes refer to
@@ -248,11 +250,11 @@ def _vessel_tree(frame: _Frame, fovea_v: float, rng: np.random.Generator) -> tup
 
 
 def check_frame(width: int, height: int) -> None:
-    """Raise ValueError unless ``width`` x ``height`` is a frame the phantom can draw."""
+    """Raise ConfigError unless ``width`` x ``height`` is a frame the phantom can draw."""
     if min(width, height) < MIN_SIDE:
-        raise ValueError(f"image must be at least {MIN_SIDE} px a side, got {width}x{height}")
+        raise ConfigError(f"image must be at least {MIN_SIDE} px a side, got {width}x{height}")
     if width < height:
-        raise ValueError(f"fundus frames are landscape (width >= height), got {width}x{height}")
+        raise ConfigError(f"fundus frames are landscape (width >= height), got {width}x{height}")
 
 
 def _check_args(width: int, height: int, eye: str) -> None:

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from predilect.catalog import DEFAULT_CATALOG, Catalog
+from predilect.errors import ConfigError
 
 from ..manifest import Record, write_manifest
 from .fundus import DISEASES, check_frame, render_fundus
@@ -27,7 +28,7 @@ FUNDUS_MANIFEST = "manifest.csv"
 OCT_MANIFEST = "oct_manifest.csv"
 SPLITS = ("train", "heldout")
 JPEG_QUALITY = 92
-OCT_SIZE = (512, 256)
+OCT_FRAME = (512, 256)
 NORMAL_FRACTION = 0.28  # share of images without disease
 PAIR_FRACTION = 0.4  # share of diseased images with two co-occurring diseases
 
@@ -167,14 +168,14 @@ def _jobs(
 
 def _check_generate_args(count: int, oct_count: int, heldout_fraction: float, workers: int, catalog: Catalog) -> None:
     if count < 1 or oct_count < 0:
-        raise ValueError(f"need count >= 1 and oct_count >= 0, got {count} and {oct_count}")
+        raise ConfigError(f"need count >= 1 and oct_count >= 0, got {count} and {oct_count}")
     if not 0.0 <= heldout_fraction < 1.0:
-        raise ValueError(f"heldout_fraction must lie in [0, 1), got {heldout_fraction}")
+        raise ConfigError(f"heldout_fraction must lie in [0, 1), got {heldout_fraction}")
     if workers < 1:
-        raise ValueError(f"workers must be >= 1, got {workers}")
+        raise ConfigError(f"workers must be >= 1, got {workers}")
     unknown = sorted(set(catalog.ids) - set(DISEASES))
     if unknown:
-        raise ValueError(f"the phantom cannot draw catalog diseases {unknown}; it knows {list(DISEASES)}")
+        raise ConfigError(f"the phantom cannot draw catalog diseases {unknown}; it knows {list(DISEASES)}")
 
 
 def generate(
@@ -216,7 +217,7 @@ def generate(
             heldout_fraction=heldout_fraction,
             rng=image_rng(seed, _OCT_COHORT, 0),
         )
-        oct_jobs, oct_records = _jobs(oct_plan, _OCT, out / "oct", ".png", seed, OCT_SIZE)
+        oct_jobs, oct_records = _jobs(oct_plan, _OCT, out / "oct", ".png", seed, OCT_FRAME)
         jobs += oct_jobs
     _run_jobs(jobs, workers, progress)
     if oct_records:

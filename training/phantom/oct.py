@@ -13,7 +13,9 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image, ImageFilter
 
-from .fundus import DISEASES, EYES, smooth_noise
+from predilect.contract import EYES
+
+from .fundus import DISEASES, smooth_noise
 
 MIN_WIDTH, MIN_HEIGHT = 64, 32
 

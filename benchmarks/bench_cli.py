@@ -20,11 +20,16 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from predilect.artifacts import default_artifacts
 from predilect.benchmarks import machine, payloads, report
 from predilect.benchmarks.locust_runner import LoadResult, run_locust, run_locust_distributed
+from predilect.cli import CommandError, command
 
 HEADLINE_USERS = 16
 MIX_USERS = 16
+
+
+ARTIFACTS = default_artifacts()
 
 
 def _users(text: str) -> list[int]:
@@ -36,12 +41,12 @@ def _users(text: str) -> list[int]:
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="predilect bench", description=__doc__.splitlines()[0])
-    p.add_argument("--onnx", type=Path, default=Path("artifacts/onnx/model.onnx"), help="exported model")
+    p.add_argument("--onnx", type=Path, default=ARTIFACTS.onnx, help="exported model")
     p.add_argument(
         "--checkpoint",
         type=Path,
         default=None,
-        help="checkpoint for baseline (b); default: artifacts/checkpoint/model.safetensors if present",
+        help="checkpoint for baseline (b); default: the artefact checkpoint if present",
     )
     p.add_argument(
         "--model-repository",
@@ -52,7 +57,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--manifest",
         type=Path,
-        default=Path("artifacts/phantom/manifest.csv"),
+        default=ARTIFACTS.manifest,
         help="phantom manifest: held-out images are the camera payloads and give AUROC checks",
     )
     p.add_argument("--images", type=int, default=180, help="camera-size images sent round-robin (the held-out split)")
@@ -217,7 +222,7 @@ def _setup(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _resolve_checkpoint(args: argparse.Namespace) -> None:
-    default = Path("artifacts/checkpoint/model.safetensors")
+    default = ARTIFACTS.checkpoint
     if args.checkpoint is None and default.is_file() and not args.quick:
         args.checkpoint = default
     if args.no_baseline:
@@ -230,7 +235,7 @@ def run(args: argparse.Namespace, work: Path, argv: Sequence[str]) -> Path:
         _apply_quick(args)
     _resolve_checkpoint(args)
     if not args.onnx.is_file():
-        raise SystemExit(f"predilect bench: no exported model at {args.onnx}; run `make demo` or pass --onnx")
+        raise CommandError(f"no exported model at {args.onnx}; run `make demo` or pass --onnx")
     now = dt.datetime.now(dt.timezone.utc)
     camera, camera_label, labelled = _camera_payloads(args, work)
     lists = {"camera": payloads.write_list(camera, work / "camera.txt")}
@@ -264,6 +269,7 @@ def run(args: argparse.Namespace, work: Path, argv: Sequence[str]) -> Path:
     return report.write_report(results, args.out_dir, name)
 
 
+@command("bench")
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = _parser().parse_args(argv)

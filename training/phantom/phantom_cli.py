@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from predilect.artifacts import default_artifacts
 from predilect.catalog import DEFAULT_CATALOG
+from predilect.cli import command
 
 from ..manifest import label_counts, read_manifest
 from .generate import OCT_MANIFEST, generate
@@ -25,7 +26,7 @@ def parse_size(text: str) -> tuple[int, int]:
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="predilect phantom", description=__doc__)
-    p.add_argument("--out", type=Path, required=True, help="output directory")
+    p.add_argument("--out", type=Path, default=default_artifacts().phantom, help="output directory")
     p.add_argument("--count", type=int, default=720, help="fundus photographs (default 720)")
     p.add_argument("--oct-count", type=int, default=480, help="unpaired OCT B-scans (default 480)")
     p.add_argument("--seed", type=int, default=0, help="the data set is a function of this seed")
@@ -58,6 +59,7 @@ def _print_summary(manifest: Path) -> None:
         print(f"{split:<10}" + "".join(f"{row[c]:>10}" for c in columns))
 
 
+@command("phantom")
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     width, height = args.size
@@ -66,21 +68,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{args.workers} worker(s) -> {args.out}",
         flush=True,
     )
-    try:
-        manifest = generate(
-            args.out,
-            count=args.count,
-            oct_count=args.oct_count,
-            seed=args.seed,
-            width=width,
-            height=height,
-            heldout_fraction=args.heldout_fraction,
-            workers=args.workers,
-            progress=_progress_printer(),
-        )
-    except ValueError as e:
-        print(f"predilect phantom: {e}", file=sys.stderr)
-        return 2
+    manifest = generate(
+        args.out,
+        count=args.count,
+        oct_count=args.oct_count,
+        seed=args.seed,
+        width=width,
+        height=height,
+        heldout_fraction=args.heldout_fraction,
+        workers=args.workers,
+        progress=_progress_printer(),
+    )
     print(f"fundus manifest: {manifest}")
     _print_summary(manifest)
     oct_manifest = manifest.with_name(OCT_MANIFEST)
@@ -88,7 +86,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"OCT manifest: {oct_manifest}")
         _print_summary(oct_manifest)
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -16,7 +16,13 @@ from pathlib import Path
 
 import numpy as np
 
-from predilect.training.phantom.cli import parse_size
+from predilect.artifacts import Artifacts, default_artifacts
+from predilect.cli import command
+from predilect.training.phantom.phantom_cli import parse_size
+
+
+class DemoError(RuntimeError):
+    """A stage of the demo produced something not fit to serve; the message says which check failed."""
 
 
 def _step(n: int, title: str) -> float:
@@ -30,12 +36,11 @@ def _done(t0: float, what: str = "done") -> None:
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="predilect demo", description=__doc__.splitlines()[0])
-    p.add_argument("--workdir", type=Path, default=Path("artifacts"))
+    p.add_argument("--workdir", type=Path, default=default_artifacts().root, help="artefact root (as every command)")
     p.add_argument("--count", type=int, default=720, help="phantom fundus photographs")
     p.add_argument("--oct-count", type=int, default=480, help="phantom OCT B-scans (unpaired)")
     p.add_argument("--size", type=parse_size, default=(2048, 1536), help="camera frame, WxH")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--max-minutes", type=float, default=3.0, help="training time budget")
     p.add_argument("--epochs", type=int, default=None, help="fundus epochs (default: training's)")
     p.add_argument("--concurrency", type=int, default=8, help="requests in flight while screening")
     p.add_argument("--grpc-port", type=int, default=0, help="0 picks a free port")
@@ -46,7 +51,7 @@ def _parser() -> argparse.ArgumentParser:
 def _phantom(args: argparse.Namespace) -> Path:
     from predilect.training.phantom import generate
 
-    out = args.workdir / "phantom"
+    out = Artifacts(args.workdir).phantom
     params = {"count": args.count, "oct_count": args.oct_count, "seed": args.seed, "size": list(args.size)}
     stamp = out / "params.json"
     manifest = out / "manifest.csv"
@@ -69,8 +74,8 @@ def _phantom(args: argparse.Namespace) -> Path:
 def _train(args: argparse.Namespace, manifest: Path) -> Path:
     from predilect.training.train import TrainCfg, train
 
-    checkpoint = args.workdir / "checkpoint" / "model.safetensors"
-    overrides = {"max_minutes": args.max_minutes, "seed": args.seed}
+    checkpoint = Artifacts(args.workdir).checkpoint
+    overrides: dict[str, int] = {"seed": args.seed}
     if args.epochs is not None:
         overrides["epochs"] = args.epochs
     oct_manifest = manifest.with_name("oct_manifest.csv")
@@ -79,7 +84,7 @@ def _train(args: argparse.Namespace, manifest: Path) -> Path:
         checkpoint,
         oct_manifest=oct_manifest if oct_manifest.is_file() else None,
         cfg=TrainCfg(**overrides),
-        cache_dir=args.workdir / "cache",
+        cache_dir=Artifacts(args.workdir).cache,
         report=lambda line: print(f"      {line}", flush=True),
     )
     print(
@@ -94,17 +99,17 @@ def _export(args: argparse.Namespace, checkpoint: Path, manifest: Path) -> Path:
     from predilect.training.data import load_fundus_pixels
     from predilect.training.manifest import read_manifest
 
-    onnx_path = args.workdir / "onnx" / "model.onnx"
+    onnx_path = Artifacts(args.workdir).onnx
     meta = export_onnx(checkpoint, onnx_path)
     records = read_manifest(manifest, catalog=meta.catalog, split="heldout")
-    pixels = load_fundus_pixels(records, meta.preprocess, cache_dir=args.workdir / "cache")
+    pixels = load_fundus_pixels(records, meta.preprocess, cache_dir=Artifacts(args.workdir).cache)
     report = check_parity(checkpoint, onnx_path, pixels)
     print(
         f"      ONNX Runtime vs PyTorch on {report.images} held-out images: "
         f"max |delta p| = {report.max_abs_prob_diff:.1e} (<= {report.tolerance:.0e}: {report.ok})"
     )
     if not report.ok:
-        raise SystemExit("ONNX parity check failed; not serving this export")
+        raise DemoError("ONNX parity check failed; not serving this export")
     return onnx_path
 
 
@@ -147,7 +152,7 @@ def _serve_and_screen(args: argparse.Namespace, repository: Path, manifest: Path
     _print_table(records, results, ids, args.rows)
     served = np.array([[r.probabilities[d] for d in ids] for r in results])
     if ids != catalog.ids:
-        raise SystemExit(f"served catalog {ids} differs from the checkpoint's {catalog.ids}")
+        raise DemoError(f"served catalog {ids} differs from the checkpoint's {catalog.ids}")
     auroc = macro_auroc(label_matrix(records, catalog), served, ids)
     with (args.workdir / "results.jsonl").open("w") as f:
         for record, result in zip(records, results, strict=True):
@@ -163,6 +168,7 @@ def _serve_and_screen(args: argparse.Namespace, repository: Path, manifest: Path
     return summary
 
 
+@command("demo")
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     args.workdir.mkdir(parents=True, exist_ok=True)
@@ -182,7 +188,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     t0 = _step(4, "assembling the Triton model repository")
     from predilect.serving.repository import assemble
 
-    repository = assemble(onnx_path, args.workdir / "model_repository")
+    repository = assemble(onnx_path, Artifacts(args.workdir).repository)
     print(f"      {repository}")
     _done(t0)
     _step(5, "starting the real tritonserver on CPU")

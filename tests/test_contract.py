@@ -1,0 +1,93 @@
+"""The serving contract has one owner, and every process imports one copy of the code."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import predilect
+from predilect import contract
+
+ROOT = Path(__file__).resolve().parent.parent
+LAYERS = ("predilect", "training", "build", "serving", "client", "benchmarks", "model_repository", "tests")
+# Every string of the contract but file names, version numbers and eye letters, which are
+# too short or too common to grep for (tests name temp files model.onnx, say).
+UNGUARDED = {"CONFIG_FILENAME", "ONNX_FILENAME", "TRITON_VERSION", "RESULT_SCHEMA_VERSION", "RIGHT_EYE", "LEFT_EYE"}
+GUARDED = {
+    name: value
+    for name, value in vars(contract).items()
+    if name.isupper() and isinstance(value, str) and name not in UNGUARDED
+}
+
+
+def _sources() -> list[Path]:
+    files: set[Path] = set()
+    for layer in LAYERS:
+        files.update(p.resolve() for p in (ROOT / layer).rglob("*.py"))
+    return sorted(files)
+
+
+def test_contract_guard_covers_tensor_names_and_metadata_keys_when_collected() -> None:
+    names = {contract.IMAGE, contract.PIXELS, contract.LOGITS, contract.PROBABILITIES, contract.ENSEMBLE}
+    assert names | {contract.KEY_CATALOG, contract.REJECTED_PREFIX} <= set(GUARDED.values())
+
+
+@pytest.mark.parametrize("name", sorted(GUARDED))
+def test_contract_string_is_spelled_only_in_contract_module_when_grepped(name: str) -> None:
+    value = GUARDED[name]
+    literal = re.compile(r"""(["'])""" + re.escape(value) + r"\1")
+    offenders = []
+    for path in _sources():
+        if path == Path(contract.__file__).resolve():
+            continue
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            # DICOM's own vocabulary (an SR content item of ValueType "IMAGE") is not ours.
+            if literal.search(line) and "ValueType" not in line:
+                offenders.append(f"{path.relative_to(ROOT)}:{number}: {line.strip()}")
+    assert not offenders, f"{name} = {value!r} is spelled outside predilect/contract.py:\n" + "\n".join(offenders)
+
+
+@pytest.mark.parametrize("text", ["R", "right", "OD", "od", " R "])
+def test_parse_eye_returns_right_when_spelled_any_accepted_way(text: str) -> None:
+    assert contract.parse_eye(text) == contract.RIGHT_EYE
+
+
+def test_parse_eye_raises_naming_spellings_when_unknown() -> None:
+    with pytest.raises(ValueError, match="OD/OS"):
+        contract.parse_eye("both")
+
+
+def test_contract_imports_only_standard_library_when_loaded() -> None:
+    code = (
+        "import sys; before = set(sys.modules); import predilect.contract; "
+        "new = {m.split('.')[0] for m in set(sys.modules) - before}; "
+        "print(sorted(m for m in new if m not in sys.stdlib_module_names and m != 'predilect'))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"
+
+
+def _module_files_in_subprocess(cwd: Path) -> str:
+    code = "import predilect.training.train as t, predilect.catalog as c; print(t.__file__, c.__file__)"
+    return subprocess.run([sys.executable, "-c", code], cwd=cwd, capture_output=True, text=True, check=True).stdout
+
+
+def test_subprocess_imports_same_files_as_test_process_when_run_from_checkout_root() -> None:
+    import predilect.catalog
+    import predilect.training.train
+
+    here = f"{predilect.training.train.__file__} {predilect.catalog.__file__}"
+    assert _module_files_in_subprocess(ROOT).split() == here.split()
+    assert _module_files_in_subprocess(Path("/")).split() == here.split()
+
+
+def test_checkout_exposes_no_second_copy_when_package_imports_itself() -> None:
+    # The old layout extended predilect.__path__ with the checkout root, which made
+    # predilect.predilect a second package with its own Catalog class.
+    with pytest.raises(ModuleNotFoundError):
+        __import__("predilect.predilect")
+    assert len(predilect.__path__) == 1
