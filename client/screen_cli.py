@@ -53,12 +53,18 @@ def _stops_the_run(error: PredilectClientError) -> bool:
 
 
 def _run(
-    client: ScreeningClient, todo: list[Entry], journal: ResultJournal, progress: Progress, max_in_flight: int
+    client: ScreeningClient,
+    todo: list[Entry],
+    journal: ResultJournal,
+    progress: Progress,
+    max_in_flight: int,
+    *,
+    timeout_s: float | None = None,
 ) -> int:
     """Screen ``todo`` into the journal; the number of inputs left for a rerun (transient errors)."""
     unfinished = 0
     groups: dict[int, list[ScreeningItem]] = {}
-    for item in client.screen_many((e.path for e in todo), max_in_flight=max_in_flight):
+    for item in client.screen_many((e.path for e in todo), max_in_flight=max_in_flight, timeout_s=timeout_s):
         group = groups.setdefault(item.index, [])
         group.append(item)
         if len(group) < item.frames:

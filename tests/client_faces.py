@@ -7,6 +7,7 @@ Imported by name from the client tests (``tests/`` is on sys.path, see conftest.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import socket
 import threading
@@ -214,13 +215,13 @@ class LateProxy:
             pass
         finally:
             for s in (source, sink):
-                try:
+                with contextlib.suppress(OSError):
                     s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
 
     def close(self) -> None:
+        """Stop accepting and cut every forwarded connection (shutdown wakes the pumps' recv)."""
         self._closed.set()
-        self._listener.close()
-        for s in self._sockets:
+        for s in [self._listener, *self._sockets]:
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
             s.close()
