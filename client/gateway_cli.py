@@ -68,8 +68,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     client = client_from_args(args)  # reads the TLS files: a missing one is a user error, reported at once
     stop = threading.Event()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda *_: stop.set())
+    previous = {signum: signal.signal(signum, lambda *_: stop.set()) for signum in (signal.SIGINT, signal.SIGTERM)}
     try:
         with client, DicomGateway(client, config) as gateway:
             print(
@@ -84,4 +83,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except PredilectClientError as e:
         print(f"predilect gateway: {e}", file=sys.stderr)
         return EXIT_UNAVAILABLE
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
     return EXIT_OK

@@ -152,6 +152,13 @@ def translate(
             cause=cause,
             attempts=attempts,
         )
+    if status in (UNAUTHENTICATED, "PERMISSION_DENIED"):
+        sent = "the auth token sent was refused" if token_sent else "no auth token was sent"
+        return AuthenticationError(
+            f"{url} refused the call ({message}): {sent}; give the server's token (auth_token, or "
+            f"${contract.AUTH_TOKEN_ENV} for the predilect commands)",
+            attempts=attempts,
+        )
     if status == "DEADLINE_EXCEEDED":
         return DeadlineExceededError(
             f"no answer from {url} within {timeout_s} s{tried}; raise timeout_s or check the server's load",
@@ -168,13 +175,6 @@ def translate(
         return ServerUnavailableError(
             f"no Triton server answers at {url}{tried}: {message}; start one with "
             "`predilect serve`, check the address, or retry later",
-            attempts=attempts,
-        )
-    if status in (UNAUTHENTICATED, "PERMISSION_DENIED"):
-        sent = "the auth token sent was refused" if token_sent else "no auth token was sent"
-        return AuthenticationError(
-            f"{url} refused the call ({message}): {sent}; give the server's token (auth_token, or "
-            f"${contract.AUTH_TOKEN_ENV} for the predilect commands)",
             attempts=attempts,
         )
     return PredilectClientError(f"request to {url} failed ({status or 'no status'}): {message}", attempts=attempts)

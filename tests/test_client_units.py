@@ -405,6 +405,12 @@ def test_call_plan_raises_authentication_error_without_retry_when_triton_restric
     assert "was refused" in str(error) and len(effects) == 1
 
 
+@pytest.mark.parametrize("status", ["UNAUTHENTICATED", "PERMISSION_DENIED"])
+def test_call_plan_raises_authentication_error_when_a_proxy_refuses_credentials(status: str) -> None:
+    effects, error = _drive(core.call(_settings(), "infer", timeout_s=None), [_grpc_error(status, "token not found")])
+    assert isinstance(error, AuthenticationError) and "no auth token was sent" in str(error) and len(effects) == 1
+
+
 def test_call_plan_sends_token_under_enforced_header_when_auth_token_set() -> None:
     effects, _ = _drive(core.call(_settings(auth_token="t0ken"), "is_server_live", timeout_s=None), [True])
     assert effects[0].kwargs["headers"] == {contract.GRPC_AUTH_HEADER: "t0ken"}

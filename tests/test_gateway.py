@@ -303,3 +303,16 @@ def test_gateway_cli_exits_2_with_one_line_when_tls_root_cert_is_missing(tmp_pat
     assert code == 2
     lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert lines == [f"predilect gateway: cannot read TLS file {tmp_path / 'missing.pem'}: No such file or directory"]
+
+
+def test_gateway_cli_exits_3_and_restores_signal_handlers_when_server_unreachable(tmp_path: Path, capsys) -> None:
+    import signal
+
+    from predilect.client.gateway_cli import main
+
+    before = signal.getsignal(signal.SIGTERM)
+    argv = ["--port", str(free_port()), "--incoming", str(tmp_path / "in"), "--out", str(tmp_path / "out")]
+    assert main([*argv, "--server", f"127.0.0.1:{free_port()}", "--timeout-s", "2"]) == 3
+    err = capsys.readouterr().err
+    assert "predilect serve" in err and "Traceback" not in err
+    assert signal.getsignal(signal.SIGTERM) is before
