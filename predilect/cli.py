@@ -108,7 +108,9 @@ def add_dataclass_options(parser: argparse.ArgumentParser, cls: type, *, title: 
     for f in dataclasses.fields(cls):
         if not f.init or f.name.startswith("_"):
             continue
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        default: Any = f.default
+        if default is dataclasses.MISSING and f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
         help_ = f"{f.metadata.get('help', '')} (default: {default})".strip()
         flag = "--" + f.name.replace("_", "-")
         if hints[f.name] is bool:
