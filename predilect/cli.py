@@ -108,9 +108,8 @@ def add_dataclass_options(parser: argparse.ArgumentParser, cls: type, *, title: 
     for f in dataclasses.fields(cls):
         if not f.init or f.name.startswith("_"):
             continue
-        default: Any = f.default
-        if default is dataclasses.MISSING and f.default_factory is not dataclasses.MISSING:
-            default = f.default_factory()
+        factory: Callable[[], Any] | None = None if f.default_factory is dataclasses.MISSING else f.default_factory
+        default: Any = factory() if factory is not None else f.default
         help_ = f"{f.metadata.get('help', '')} (default: {default})".strip()
         flag = "--" + f.name.replace("_", "-")
         if hints[f.name] is bool:
