@@ -272,7 +272,7 @@ def _fov_extent(rgb: np.ndarray, threshold: int) -> tuple[int, int]:
 def draft_scale(width: int, height: int, request_px: int) -> int:
     """The DCT scale denominator (1, 2, 4 or 8) that Pillow's ``draft`` picks for ``request_px`` a side."""
     scale = min(width // request_px, height // request_px)
-    return next(a for a in (8, 4, 2, 1) if scale >= a)
+    return next((a for a in (8, 4, 2, 1) if scale >= a), 1)
 
 
 # EXIF orientation -> numpy view of the stored pixels as they are meant to be seen
@@ -285,7 +285,7 @@ _ORIENT = {
     4: lambda a: a[::-1],
     5: lambda a: a.transpose(1, 0, 2),
     6: lambda a: np.rot90(a, -1),
-    7: lambda a: np.rot90(a, 1)[::-1],
+    7: lambda a: a.transpose(1, 0, 2)[::-1, ::-1],
     8: lambda a: np.rot90(a, 1),
 }
 
@@ -523,6 +523,9 @@ class Preprocessor:
                     valid.append((i, array, inspect_image(array, self.cfg)))
                 except InvalidImageError as e:
                     errors[i] = e
+                except Exception as e:  # noqa: BLE001 - the per-payload boundary, as in _resize_one
+                    errors[i] = _decode_failure(e)
+                    errors[i].__cause__ = e  # type: ignore[union-attr]
             chunks = []
             for start in range(0, len(valid), self.max_batch_size):
                 chunk = valid[start : start + self.max_batch_size]
