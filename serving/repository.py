@@ -95,16 +95,13 @@ def _prepare_out_dir(out_dir: Path) -> None:
         shutil.rmtree(out_dir)
 
 
-def int8_path(onnx_path: Path) -> Path:
-    """Where ``predilect quantize`` writes the INT8 model of ``onnx_path`` (``model.onnx`` -> ``model.int8.onnx``)."""
-    return Path(onnx_path).with_suffix(".int8.onnx")
-
-
 def served_onnx(onnx_path: Path, precision: str) -> Path:
     """The ONNX file served at ``precision``: ``onnx_path`` itself, or its gated INT8 model."""
     if precision == "fp32":
         return Path(onnx_path)
     import onnx
+
+    from predilect.build.quantize import int8_path
 
     path = int8_path(onnx_path)
     if not path.is_file():
