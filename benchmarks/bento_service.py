@@ -9,18 +9,20 @@ batch); the answer is a list with one ``{disease id: probability}`` per image, o
 naming why the image was refused.
 
 Started by ``predilect.benchmarks.stacks.bento_server``: ``bentoml serve`` imports this module
-with ``PREDILECT_BENTO_ONNX`` naming the exported model.
+with ``stacks.BENTO_ONNX_ENV`` naming the exported model.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import bentoml
+import numpy as np
 
-ONNX_ENV = "PREDILECT_BENTO_ONNX"
-THREADS_ENV = "PREDILECT_BENTO_THREADS"
+from predilect.benchmarks.stacks import BENTO_ONNX_ENV, BENTO_THREADS_ENV
+
 MAX_BATCH = 16
 
 
@@ -33,8 +35,8 @@ class Screening:
         from predilect.serving.backends.classifier import OnnxClassifier
         from predilect.serving.repository import read_served_model
 
-        onnx_path = Path(os.environ[ONNX_ENV])
-        threads = int(os.environ.get(THREADS_ENV, "2"))
+        onnx_path = Path(os.environ[BENTO_ONNX_ENV])
+        threads = int(os.environ.get(BENTO_THREADS_ENV, "2"))
         served = read_served_model(onnx_path)
         self.ids = served.catalog.ids
         self.version = served.model_version
@@ -50,8 +52,7 @@ class Screening:
         from predilect.serving.backends.postprocess import stable_sigmoid
 
         pixels, errors = self.preprocessor.run_packed([p.read_bytes() for p in images])
-        probabilities = stable_sigmoid(self.classifier.run([pixels])[0]) if len(pixels) else []
-        rows = iter(probabilities)
+        rows: Iterator[np.ndarray] = iter(stable_sigmoid(self.classifier.run([pixels])[0]) if len(pixels) else [])
         return [
             f"rejected: {error}" if error is not None else dict(zip(self.ids, map(float, next(rows)), strict=True))
             for error in errors
