@@ -252,8 +252,8 @@ def _preprocess(run: _Run, cfg: Any) -> None:
 
     print("preprocessing vs the decode floor (one thread)", flush=True)
     data = [p.read_bytes() for p in run.camera[:64]]
-    run.results["preprocess"] = {**preprocess_timings(data, cfg, dali=False), "load": machine.load_average()}
-    print(f"  served / floor: {run.results['preprocess']['served_over_floor']:.2f}x", flush=True)
+    run.results["preprocessing"] = {**preprocess_timings(data, cfg, dali=False), "load": machine.load_average()}
+    print(f"  served / floor: {run.results['preprocessing']['served_over_floor']:.2f}x", flush=True)
 
 
 def _int8_gate(run: _Run) -> dict[str, Any] | None:
@@ -321,7 +321,7 @@ def _stacks(run: _Run) -> Iterator[tuple[str, Callable[[], None]]]:
     other = "split" if default.layout == "fused" else "fused"
     headline = [setup["headline_users"]]
     if not args.no_preprocess:
-        yield "preprocess", lambda: _preprocess(run, read_served_model(args.onnx).preprocess)
+        yield "preprocessing", lambda: _preprocess(run, read_served_model(args.onnx).preprocess)
     yield "inprocess", lambda: _inprocess(run)
     yield report.STACK_TRITON, lambda: _triton_stack(run, report.STACK_TRITON, default, args.users, mix=True)
     if not args.no_layouts:

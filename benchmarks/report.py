@@ -150,7 +150,7 @@ def headline(results: Mapping[str, Any], users: int) -> list[str]:
     triton = _point(results, STACK_TRITON, users)
     bound = results.get("inprocess")
     lines = [f"At {users} concurrent users, {results['payloads']['camera']['label']}:", ""]
-    pre = results.get("preprocess")
+    pre = results.get("preprocessing")
     if pre:
         lines.append(
             f"* preprocessing, one thread: **{pre['ms_per_image'][_SERVED]:.2f} ms/image** vs the decode floor "
@@ -272,7 +272,7 @@ def write_report(results: Mapping[str, Any], out_dir: Path, name: str) -> Path:
         f"![latency]({plots['latency']})",
         "",
     ]
-    pre = results.get("preprocess")
+    pre = results.get("preprocessing")
     if pre:
         lines += [
             f"## Preprocessing vs the decode floor (one thread, {pre['images']} payloads, mean "

@@ -58,7 +58,7 @@ def test_bench_writes_report_with_plots_when_run_quick(tmp_path, tiny_onnx, tiny
     assert [p["users"] for p in results["sweeps"]["triton_split"]] == [2]  # the other layout, headline point
     assert all(p["error_rate"] == 0 for points in results["sweeps"].values() for p in points)
     assert results["inprocess"]["images_per_s"] > 0
-    assert results["preprocess"]["served_equals_previous"] is True
+    assert results["preprocessing"]["served_equals_previous"] is True
     # The report says only what the run measured: payload and tensor sizes come from the run.
     assert f"mean {results['payloads']['camera']['mean_bytes'] / 1000:.0f} kB" in text
     assert "0.5 MB" not in text and "600 KB" not in text
