@@ -72,7 +72,11 @@ def gpu_pipeline(params: DaliParams, *, device_id: int = 0) -> Any:
     from nvidia.dali import pipeline_def
 
     @pipeline_def(
-        batch_size=params.max_batch_size, num_threads=params.num_threads, device_id=device_id, exec_dynamic=True
+        batch_size=params.max_batch_size,
+        num_threads=params.num_threads,
+        device_id=device_id,
+        exec_dynamic=True,
+        prefetch_queue_depth=1,
     )
     def fundus_preprocess() -> tuple[Any, Any]:
         return serving_graph(params)
@@ -84,7 +88,13 @@ def cpu_twin(params: DaliParams) -> Any:
     """The same graph on the CPU (``dali_cpu`` decode, ``device_id=None``), built."""
     from nvidia.dali import pipeline_def
 
-    @pipeline_def(batch_size=params.max_batch_size, num_threads=params.num_threads, device_id=None, exec_dynamic=True)
+    @pipeline_def(
+        batch_size=params.max_batch_size,
+        num_threads=params.num_threads,
+        device_id=None,
+        exec_dynamic=True,
+        prefetch_queue_depth=1,  # one feed_input per run, as the CPU profile's Preprocessor
+    )
     def fundus_preprocess_cpu() -> tuple[Any, Any]:
         return serving_graph(params, decoder="dali_cpu")
 
