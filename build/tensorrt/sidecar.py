@@ -14,7 +14,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from predilect.contract import ENGINE_SIDECAR_SCHEMA, ENGINE_SIDECAR_SUFFIX
+from predilect.contract import ENGINE_SIDECAR_SCHEMA
+
+_SUFFIX = ".json"  # model.plan -> model.plan.json
 
 
 @dataclass(frozen=True)
@@ -78,7 +80,7 @@ def engine_key(compute_capability: str, tensorrt_version: str) -> str:
 
 def sidecar_path(engine_path: Path) -> Path:
     """``model.plan`` -> ``model.plan.json``."""
-    return Path(engine_path).with_name(Path(engine_path).name + ENGINE_SIDECAR_SUFFIX)
+    return Path(engine_path).with_name(Path(engine_path).name + _SUFFIX)
 
 
 def write_sidecar(engine_path: Path, sidecar: EngineSidecar) -> Path:
