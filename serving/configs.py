@@ -56,7 +56,9 @@ class QueuePolicyDef:
 
     def __post_init__(self) -> None:
         if self.max_queue_size < 0 or self.default_timeout_us < 0:
-            raise ValueError(f"queue size and timeout must be >= 0, got {self.max_queue_size}, {self.default_timeout_us}")
+            raise ValueError(
+                f"queue size and timeout must be >= 0, got {self.max_queue_size}, {self.default_timeout_us}"
+            )
         if self.timeout_action not in _TIMEOUT_ACTIONS:
             raise ValueError(f"timeout_action must be one of {_TIMEOUT_ACTIONS}, got {self.timeout_action!r}")
 

@@ -179,7 +179,9 @@ def gpu_screen_models(
                 {contract.IMAGE: "valid_image"},
                 {contract.PIXELS: "pixels", contract.FOV_EXTENT: "fov_extent"},
             ),
-            configs.EnsembleStepDef(contract.CLASSIFIER_MODEL, {contract.PIXELS: "pixels"}, {contract.LOGITS: "logits"}),
+            configs.EnsembleStepDef(
+                contract.CLASSIFIER_MODEL, {contract.PIXELS: "pixels"}, {contract.LOGITS: "logits"}
+            ),
             configs.EnsembleStepDef(
                 contract.POSTPROCESS_MODEL,
                 {contract.LOGITS: "logits", contract.FOV_EXTENT: "fov_extent"},

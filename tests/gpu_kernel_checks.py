@@ -65,9 +65,18 @@ def check_aot() -> None:
         params = [*pointers, *scalars, ctypes.c_uint64(logits.data_ptr())]  # exactly TensorRT's 15
         array = (ctypes.c_void_p * len(params))(*[ctypes.addressof(p) for p in params])
         grid_y = (c + kernel.block_c - 1) // kernel.block_c
-        err, = cu.cuLaunchKernel(
-            function, b, grid_y, 1, kernel.num_warps * 32, 1, 1, kernel.shared_mem,
-            torch.cuda.current_stream().cuda_stream, ctypes.addressof(array), 0,
+        (err,) = cu.cuLaunchKernel(
+            function,
+            b,
+            grid_y,
+            1,
+            kernel.num_warps * 32,
+            1,
+            1,
+            kernel.shared_mem,
+            torch.cuda.current_stream().cuda_stream,
+            ctypes.addressof(array),
+            0,
         )
         assert int(err) == 0, err
         torch.cuda.synchronize()

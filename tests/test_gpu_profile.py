@@ -316,6 +316,9 @@ def test_fov_postprocess_rejects_only_image_without_field_of_view_when_batched()
 def test_dali_params_round_trip_when_written_beside_dali_py(gpu_repository) -> None:
     path = gpu_repository / contract.PREPROCESS_MODEL / contract.TRITON_VERSION / contract.DALI_PARAMS_FILENAME
     params = DaliParams.from_json(path.read_text())
-    served = json.loads(configs.read_config(gpu_repository / contract.ENSEMBLE / contract.CONFIG_FILENAME)
-                        .parameters[contract.KEY_PREPROCESS].string_value)
+    served = json.loads(
+        configs.read_config(gpu_repository / contract.ENSEMBLE / contract.CONFIG_FILENAME)
+        .parameters[contract.KEY_PREPROCESS]
+        .string_value
+    )
     assert json.loads(params.preprocess.to_json()) == served

@@ -130,10 +130,8 @@ def test_plugin_kernel_compiles_to_ptx_with_aot_calling_convention_when_targetin
 
 @pytest.mark.skipif(HAS_TENSORRT, reason="checks the error raised when TensorRT is absent")
 def test_build_engine_raises_clear_error_when_tensorrt_missing(exported, tmp_path):
-    from predilect.build.tensorrt.engine import build_engine
+    from predilect.build.tensorrt.engine import GateData, build_engine
     from predilect.build.tensorrt.plugin import TensorRTUnavailableError, register_plugin
-
-    from predilect.build.tensorrt.engine import GateData
 
     gate = GateData(pixels=np.zeros((1, 3, 64, 64), np.float32), reference_onnx=exported)
     with pytest.raises(TensorRTUnavailableError, match="TensorRT is not installed"):

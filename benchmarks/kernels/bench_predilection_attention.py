@@ -161,6 +161,7 @@ def check_correctness() -> list[str]:
         logits, attention = predilection_attention(*args, return_attention=True)
         _, exact_map = predilection_attention_reference(*exact, return_attention=True)
         _, ref_map = predilection_attention_reference(*args, return_attention=True)
+        assert attention is not None and exact_map is not None and ref_map is not None  # return_attention=True
         map_err = (attention.double() - exact_map).abs().max().item()
         map_ref = (ref_map.double() - exact_map).abs().max().item()
         if not map_err <= 2 * map_ref + floor / n:  # map entries are O(1/N)

@@ -76,5 +76,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except AccuracyGateError as e:
         print(f"predilect trt-engine: {e}")
         return EXIT_INCOMPLETE
-    print(f"built {args.engine} ({sidecar.precision}, {sidecar.gpu_name} sm{sidecar.compute_capability}); gate {sidecar.gate}")
+    where = f"{sidecar.gpu_name} sm{sidecar.compute_capability}"
+    print(f"built {args.engine} ({sidecar.precision}, {where}); accuracy gate {sidecar.gate}")
     return 0

@@ -189,7 +189,11 @@ def compile_kernel(
     name = compiled.metadata.name
     ptx = trim_ptx_params(compiled.asm["ptx"], name, len(LAUNCH_PARAM_TYPES))
     return AotKernel(
-        name=name, ptx=ptx, num_warps=compiled.metadata.num_warps, shared_mem=compiled.metadata.shared, block_c=cfg.block_c
+        name=name,
+        ptx=ptx,
+        num_warps=compiled.metadata.num_warps,
+        shared_mem=compiled.metadata.shared,
+        block_c=cfg.block_c,
     )
 
 

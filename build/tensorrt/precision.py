@@ -76,7 +76,9 @@ def cast_float(model: onnx.ModelProto, precision: str) -> onnx.ModelProto:
                 attr.t.CopyFrom(_cast_tensor(attr.t, to))
             if node.op_type == "Cast" and attr.name == "to" and attr.i == TensorProto.FLOAT:
                 attr.i = to
-        if node.op_type in ("RandomNormal", "RandomUniform", "EyeLike") and not any(a.name == "dtype" for a in node.attribute):
+        if node.op_type in ("RandomNormal", "RandomUniform", "EyeLike") and not any(
+            a.name == "dtype" for a in node.attribute
+        ):
             raise ValueError(f"{node.op_type} without dtype: cannot place it in {precision}")
     low_in, low_out = f"{PIXELS}_{precision}", f"{LOGITS}_{precision}"
     for node in graph.node:
@@ -113,7 +115,9 @@ def quantize(
 
     class _Reader(CalibrationDataReader):
         def __init__(self) -> None:
-            self._batches = iter(np.array_split(calibration_pixels.astype(np.float32), max(1, len(calibration_pixels) // 8)))
+            self._batches = iter(
+                np.array_split(calibration_pixels.astype(np.float32), max(1, len(calibration_pixels) // 8))
+            )
 
         def get_next(self) -> dict[str, np.ndarray] | None:
             batch = next(self._batches, None)

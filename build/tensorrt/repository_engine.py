@@ -65,12 +65,16 @@ def ensure_engine(repository: Path, cache_dir: Path) -> tuple[Path, bool]:
     _, capability = gpu_identity()
     folder = cached_engine_dir(cache_dir, capability=capability, tensorrt_version=trt.__version__, onnx_sha256=sha)
     cached = folder / contract.PLAN_FILENAME
-    cfg = engine_cfg(repository, timing_cache=Path(cache_dir) / engine_key(capability, trt.__version__) / "timing.cache")
+    cfg = engine_cfg(
+        repository, timing_cache=Path(cache_dir) / engine_key(capability, trt.__version__) / "timing.cache"
+    )
     built = False
     reusable = cached.is_file() and sidecar_path(cached).is_file()
     if reusable:
         sidecar = read_sidecar(cached)
-        reusable = sidecar.onnx_sha256 == sha and sidecar.max_batch >= cfg.max_batch and sidecar.plugin == cfg.use_plugin
+        reusable = (
+            sidecar.onnx_sha256 == sha and sidecar.max_batch >= cfg.max_batch and sidecar.plugin == cfg.use_plugin
+        )
     if not reusable:
         build_engine(onnx_path, cached, cfg, gate=gate_data(repository))
         built = True

@@ -8,7 +8,12 @@ Using ``predilection_attention`` registers the ``predilect::predilection_attenti
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # what the lazy names resolve to, for type checkers
+    from ..attention import predilection_attention_reference
+    from ._spec import MAX_DIM, MAX_QUERIES, MAX_TOKENS, byte_count, check_inputs, flop_count, is_supported
+    from .predilection_attention import OP_NAME, predilection_attention
 
 _EXPORTS = {
     "MAX_DIM": "._spec",
@@ -23,7 +28,18 @@ _EXPORTS = {
     "predilection_attention_reference": "..attention",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = [
+    "MAX_DIM",
+    "MAX_QUERIES",
+    "MAX_TOKENS",
+    "OP_NAME",
+    "byte_count",
+    "check_inputs",
+    "flop_count",
+    "is_supported",
+    "predilection_attention",
+    "predilection_attention_reference",
+]
 
 
 def __getattr__(name: str) -> Any:
