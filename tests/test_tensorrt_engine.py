@@ -235,11 +235,23 @@ def test_sidecar_round_trips_and_keys_engine_by_gpu_and_tensorrt_when_written(tm
     assert sidecar.key == engine_key("9.0", "10.9.0.34") == "sm90-trt10.9.0.34" and sidecar.max_batch == 16
 
 
+def test_reference_probabilities_match_export_parity_path_when_same_onnx(exported) -> None:
+    from predilect.build.tensorrt.engine import reference_probabilities
+
+    np.testing.assert_allclose(
+        reference_probabilities(exported, _pixels()), onnx_probabilities(exported, _pixels()), atol=1e-6
+    )
+
+
 def test_engine_module_runs_without_torch_up_to_tensorrt_when_torch_blocked(exported) -> None:
     script = (
         "import sys; sys.modules['torch'] = None\n"
         "import numpy as np\n"
-        "from predilect.build.tensorrt.engine import engine_logits\n"
+        "from predilect.build.tensorrt.engine import engine_logits, reference_probabilities\n"
+        "from predilect.build.tensorrt.repository_engine import ensure_engine\n"
+        "from predilect.build.tensorrt.gate_set import manifest_gate_set\n"
+        "import predilect.serving.gpu_profile, predilect.serving.backends.validate\n"
+        "import predilect.build.tensorrt.engine_cli, predilect.training.kernels._kernel_src\n"
         "from predilect.build.tensorrt.plugin import TensorRTUnavailableError\n"
         "try:\n    engine_logits(b'', np.zeros((1, 3, 8, 8), np.float32))\n"
         "except TensorRTUnavailableError as e:\n    print('unavailable:', e)\n"

@@ -183,11 +183,18 @@ def _sigmoid(logits: np.ndarray) -> np.ndarray:
     return np.where(x >= 0, 1.0 / (1.0 + np.exp(-np.abs(x))), np.exp(-np.abs(x)) / (1.0 + np.exp(-np.abs(x))))
 
 
+def reference_probabilities(onnx_path: Path, pixels: np.ndarray, *, batch_size: int = 32) -> np.ndarray:
+    """Probabilities (N, C) of the FP32 export under ONNX Runtime on the CPU (no torch, unlike build.export)."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    logits = [session.run([LOGITS], {PIXELS: pixels[i : i + batch_size]})[0] for i in range(0, len(pixels), batch_size)]
+    return _sigmoid(np.concatenate(logits))
+
+
 def gate_engine(plan: bytes, gate: GateData, precision: str, *, max_batch: int) -> GateReport:
     """Engine vs the FP32 reference ONNX under ONNX Runtime on the gate images; raises past tolerance."""
-    from predilect.build.export import onnx_probabilities
-
-    reference = onnx_probabilities(gate.reference_onnx, gate.pixels)
+    reference = reference_probabilities(gate.reference_onnx, gate.pixels)
     logits = np.concatenate(
         [engine_logits(plan, gate.pixels[i : i + max_batch]) for i in range(0, len(gate.pixels), max_batch)]
     )
