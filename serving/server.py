@@ -14,6 +14,7 @@ import importlib.metadata
 import importlib.util
 import os
 import re
+import secrets
 import shutil
 import signal
 import socket
@@ -25,17 +26,21 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+from typing import IO
 
 from predilect.contract import (
+    AUTH_KEY,
     CONFIG_FILENAME,
     DEFAULT_GRPC_PORT,
     DEFAULT_HTTP_PORT,
     DEFAULT_METRICS_PORT,
     ENSEMBLE,
 )
+from predilect.errors import ConfigError
 
 _PR_SET_PDEATHSIG = 1
 # Log lines after which tritonserver never becomes ready nor exits (a stub that cannot even
@@ -45,11 +50,143 @@ _FATAL_MARKERS = ("Failed to preinitialize Python stub",)
 _CPU_NOISE = ("CudaDriverHelper", "CUDA driver version is insufficient")
 _ERROR_LINE = re.compile(r"^E\d{4} |^error: |Failed to (?:pre)?initialize")
 _ANY_ADDRESS = ("0.0.0.0", "::", "")
+LOOPBACK = "127.0.0.1"
 _SHM_BYTES = 16 * 1024 * 1024  # Python-backend shared memory per stub: one full PIXELS batch fits
+SHM_DIR = Path("/dev/shm")
+SHM_PREFIX = "predilect_"
+"""Every Python-backend shared-memory region of a server started here is named ``predilect_<pid>_<id>_...``."""
+_STALE_SHM_AGE_S = 60.0  # a region younger than this may belong to a server still starting
+# Triton's names of its API groups (``--grpc-restricted-protocol`` / ``--http-restricted-api``).
+GRPC_PROTOCOLS = (
+    "health",
+    "metadata",
+    "inference",
+    "shared-memory",
+    "model-config",
+    "model-repository",
+    "statistics",
+    "trace",
+    "logging",
+)
+HTTP_APIS_BUT_HEALTH = tuple(p for p in GRPC_PROTOCOLS if p != "health")
+"""HTTP health (server and model readiness) stays open: the readiness probe and load balancers use it."""
 
 
 class ServerStartError(RuntimeError):
     """``tritonserver`` exited or did not become ready; the message ends with its log tail."""
+
+
+@dataclass(frozen=True)
+class ServerTls:
+    """TLS on the gRPC endpoint: PEM files; ``mutual`` also requires a client certificate signed by ``root_cert_path``.
+
+    Triton's HTTP endpoint has no TLS: a server with TLS answers HTTP health only (see ``ServerSecurity``).
+    """
+
+    cert_path: Path
+    key_path: Path
+    root_cert_path: Path | None = None
+    mutual: bool = False
+
+    def __post_init__(self) -> None:
+        if self.mutual and self.root_cert_path is None:
+            raise ConfigError("mutual TLS needs the CA that signs the client certificates (root_cert_path)")
+        for path in (self.cert_path, self.key_path, self.root_cert_path):
+            if path is not None and not Path(path).is_file():
+                raise ConfigError(f"TLS file {path} does not exist")
+
+    def args(self) -> list[str]:
+        args = [
+            "--grpc-use-ssl=true",
+            f"--grpc-server-cert={Path(self.cert_path).resolve()}",
+            f"--grpc-server-key={Path(self.key_path).resolve()}",
+        ]
+        if self.root_cert_path is not None:
+            args.append(f"--grpc-root-cert={Path(self.root_cert_path).resolve()}")
+        if self.mutual:
+            args.append("--grpc-use-ssl-mutual=true")
+        return args
+
+
+@dataclass(frozen=True)
+class ServerSecurity:
+    """Who may call what.
+
+    ``auth_token``: every gRPC call (all protocols) and every HTTP call but health must carry it
+    under ``contract.AUTH_KEY`` (gRPC: ``contract.GRPC_AUTH_HEADER``); ``tls``: TLS / mTLS on
+    gRPC; ``http_api`` False: HTTP answers health (server and model readiness) only -- the other
+    HTTP APIs are restricted with a random key nobody holds. With TLS, HTTP is health-only
+    always: Triton's HTTP has no TLS, so a token sent there would cross the network in clear.
+    """
+
+    auth_token: str | None = None
+    tls: ServerTls | None = None
+    http_api: bool = True
+
+    def __post_init__(self) -> None:
+        token = self.auth_token
+        if token is None:
+            return
+        if not token or not token.isascii() or not token.isprintable() or token != token.strip():
+            raise ConfigError("the auth token must be non-empty printable ASCII without surrounding spaces")
+        if any(c in token for c in ",:="):
+            raise ConfigError("the auth token must not contain ',', ':' or '=' (Triton's flag syntax)")
+
+    @property
+    def http_health_only(self) -> bool:
+        return not self.http_api or self.tls is not None
+
+    def args(self) -> list[str]:
+        """The ``tritonserver`` flags."""
+        args = self.tls.args() if self.tls is not None else []
+        if self.auth_token is not None:
+            args.append(f"--grpc-restricted-protocol={','.join(GRPC_PROTOCOLS)}:{AUTH_KEY}={self.auth_token}")
+        http_key = secrets.token_hex(32) if self.http_health_only else self.auth_token
+        if http_key is not None:
+            args.append(f"--http-restricted-api={','.join(HTTP_APIS_BUT_HEALTH)}:{AUTH_KEY}={http_key}")
+        return args
+
+
+def _mapped_paths(proc: Path = Path("/proc")) -> set[str]:
+    """Every file some process (that this user may inspect) has mapped into memory."""
+    mapped: set[str] = set()
+    for maps in proc.glob("[0-9]*/maps"):
+        try:
+            text = maps.read_text(errors="replace")
+        except OSError:  # the process ended, or is not ours to read
+            continue
+        for line in text.splitlines():
+            fields = line.split(maxsplit=5)
+            if len(fields) == 6:  # address, perms, offset, device, inode, path
+                mapped.add(fields[5])
+    return mapped
+
+
+def clean_stale_shm_regions(
+    *,
+    shm_dir: Path = SHM_DIR,
+    prefix: str = SHM_PREFIX,
+    min_age_s: float = _STALE_SHM_AGE_S,
+    in_use: Iterable[str] | None = None,
+) -> list[Path]:
+    """Delete the shared-memory regions left by servers that died without cleaning up (SIGKILL, OOM).
+
+    A region named ``prefix*`` is stale when no process maps it and it is older than ``min_age_s``
+    (a younger one may belong to a server still starting); regions of other programs are never
+    touched. ``in_use``: the mapped paths (default: read from ``/proc``). Returns the paths removed.
+    """
+    mapped = set(in_use) if in_use is not None else _mapped_paths()
+    removed = []
+    now = time.time()
+    for path in shm_dir.glob(f"{prefix}*"):
+        try:
+            stale = str(path) not in mapped and now - path.stat().st_mtime >= min_age_s
+            if stale:
+                path.unlink()
+                removed.append(path)
+        except FileNotFoundError:
+            continue
+    return removed
 
 
 def free_port() -> int:
@@ -139,7 +276,9 @@ class TritonServer:
         grpc_port: int = DEFAULT_GRPC_PORT,
         http_port: int = DEFAULT_HTTP_PORT,
         metrics_port: int = DEFAULT_METRICS_PORT,
-        bind_address: str = "0.0.0.0",
+        bind_address: str = LOOPBACK,
+        metrics_bind_address: str | None = None,
+        security: ServerSecurity | None = None,
         log_verbose: int = 0,
         log_path: Path | None = None,
         startup_timeout_s: float = 300.0,
@@ -150,14 +289,18 @@ class TritonServer:
         self.model_repository = Path(model_repository).resolve()
         self.grpc_port, self.http_port, self.metrics_port = grpc_port, http_port, metrics_port
         self.bind_address = bind_address
+        self.metrics_bind_address = metrics_bind_address if metrics_bind_address is not None else bind_address
+        self.security = security if security is not None else ServerSecurity()
         self.log_verbose = log_verbose
         self.log_path = Path(log_path) if log_path is not None else None
         self.startup_timeout_s = startup_timeout_s
         self.stop_timeout_s = stop_timeout_s
         self.runtime_cache_dir = runtime_cache_dir
-        self.extra_args = tuple(extra_args)  # further tritonserver flags, e.g. TLS or restricted protocols
+        self.extra_args = tuple(extra_args)  # further tritonserver flags
+        # A unique shared-memory prefix keeps two servers on one machine from sharing regions.
+        self.shm_prefix = f"{SHM_PREFIX}{os.getpid()}_{uuid.uuid4().hex[:8]}_"
         self._process: subprocess.Popen | None = None
-        self._log_file = None
+        self._log_file: IO[bytes] | None = None
 
     @property
     def _host(self) -> str:
@@ -174,7 +317,8 @@ class TritonServer:
 
     @property
     def metrics_url(self) -> str:
-        return f"http://{self._host}:{self.metrics_port}/metrics"
+        host = "localhost" if self.metrics_bind_address in _ANY_ADDRESS else self.metrics_bind_address
+        return f"http://{host}:{self.metrics_port}/metrics"
 
     @property
     def pid(self) -> int | None:
@@ -186,8 +330,6 @@ class TritonServer:
 
     def command(self, backend_dir: Path) -> list[str]:
         """The ``tritonserver`` command line."""
-        # A unique shared-memory prefix keeps two servers on one machine from sharing regions.
-        shm_prefix = f"predilect_{os.getpid()}_{uuid.uuid4().hex[:8]}_"
         return [
             str(server_binary()),
             f"--model-repository={self.model_repository}",
@@ -196,15 +338,16 @@ class TritonServer:
             f"--grpc-port={self.grpc_port}",
             f"--http-address={self.bind_address}",
             f"--http-port={self.http_port}",
-            f"--metrics-address={self.bind_address}",
+            f"--metrics-address={self.metrics_bind_address}",
             f"--metrics-port={self.metrics_port}",
             "--allow-gpu-metrics=false",
             "--disable-auto-complete-config",
             f"--log-verbose={self.log_verbose}",
             f"--exit-timeout-secs={max(1, int(self.stop_timeout_s))}",
-            f"--backend-config=python,shm-region-prefix-name={shm_prefix}",
+            f"--backend-config=python,shm-region-prefix-name={self.shm_prefix}",
             f"--backend-config=python,shm-default-byte-size={_SHM_BYTES}",
             f"--backend-config=python,shm-growth-byte-size={_SHM_BYTES}",
+            *self.security.args(),
             *self.extra_args,
         ]
 
@@ -227,6 +370,7 @@ class TritonServer:
                 f"model repository {self.model_repository} does not exist; run `predilect assemble` first"
             )
         backend_dir = prepare_runtime(self.runtime_cache_dir)
+        clean_stale_shm_regions()  # what earlier servers killed with SIGKILL left in /dev/shm
         if self.log_path is None:
             self.log_path = Path(tempfile.mkdtemp(prefix="predilect-triton-")) / "tritonserver.log"
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -261,8 +405,11 @@ class TritonServer:
         if (self.model_repository / ENSEMBLE / CONFIG_FILENAME).is_file():
             checks.append(f"/v2/models/{ENSEMBLE}/ready")
         deadline = time.monotonic() + self.startup_timeout_s
+        process = self._process
+        if process is None:
+            raise RuntimeError("start the server before waiting for it")
         while True:
-            code = self._process.poll()
+            code = process.poll()
             if code is not None:
                 raise ServerStartError(self._failure(f"tritonserver exited with code {code} before it was ready"))
             if all(self._ready(path) for path in checks):
@@ -312,10 +459,16 @@ class TritonServer:
             except subprocess.TimeoutExpired:
                 os.killpg(process.pid, signal.SIGKILL)  # its own session: takes the backend stubs too
                 code = process.wait()
+            self._remove_own_shm_regions()
         if self._log_file is not None:
             self._log_file.close()
             self._log_file = None
         return code
+
+    def _remove_own_shm_regions(self) -> None:
+        """After a stop that skipped the server's own clean-up (SIGKILL), its regions are still there."""
+        for path in SHM_DIR.glob(f"{self.shm_prefix}*"):
+            path.unlink(missing_ok=True)
 
     def __enter__(self) -> TritonServer:
         return self.start()

@@ -159,3 +159,88 @@ def test_preprocess_requests_rejects_only_bad_payloads_when_batched(fundus_jpeg)
     np.testing.assert_array_equal(results[0], preprocessor.run_strict([good]))
     assert isinstance(results[1], InvalidImageError) and "not a JPEG or PNG" in str(results[1])
     assert isinstance(results[2], InvalidImageError) and "one image per request" in str(results[2])
+
+
+def _serve_args(*argv: str):
+    from predilect.serving.serve_cli import _parser
+
+    return _parser().parse_args(["--model-repository", "repo", *argv])
+
+
+def test_serve_refuses_to_listen_beyond_loopback_when_no_token_is_set() -> None:
+    from predilect.cli import CommandError
+    from predilect.serving.serve_cli import security_from_args
+
+    assert _serve_args().bind_address == "127.0.0.1" and _serve_args().metrics_bind_address == "127.0.0.1"
+    with pytest.raises(CommandError, match=contract.AUTH_TOKEN_ENV):
+        security_from_args(_serve_args("--bind-address", "0.0.0.0"), {})
+    with pytest.raises(CommandError, match=contract.AUTH_TOKEN_ENV):
+        security_from_args(_serve_args("--metrics-bind-address", "10.0.0.5"), {})
+    security = security_from_args(_serve_args("--bind-address", "0.0.0.0"), {contract.AUTH_TOKEN_ENV: "t0k"})
+    assert security.auth_token == "t0k" and security.http_health_only
+    assert (
+        security_from_args(_serve_args("--bind-address", "0.0.0.0", "--allow-unauthenticated"), {}).auth_token is None
+    )
+
+
+def test_serve_keeps_http_health_only_when_tls_is_on(tls_files: dict[str, Path]) -> None:
+    from predilect.cli import CommandError
+    from predilect.serving.serve_cli import security_from_args
+
+    tls = ["--tls-cert", str(tls_files["server"]), "--tls-key", str(tls_files["server_key"])]
+    mutual = [*tls, "--tls-root-cert", str(tls_files["ca"]), "--tls-mutual"]
+    security = security_from_args(_serve_args(*mutual, "--http-api"), {contract.AUTH_TOKEN_ENV: "t0k"})
+    args = security.args()
+    assert "--grpc-use-ssl=true" in args and "--grpc-use-ssl-mutual=true" in args
+    http = next(a for a in args if a.startswith("--http-restricted-api="))
+    assert "t0k" not in http, "the token never goes to the cleartext HTTP endpoint"
+    with pytest.raises(CommandError, match="together"):
+        security_from_args(_serve_args("--tls-cert", str(tls_files["server"])), {})
+    with pytest.raises(CommandError, match="need --tls-cert"):
+        security_from_args(_serve_args("--tls-mutual"), {})
+
+
+def test_clean_stale_shm_regions_removes_only_old_unmapped_regions(tmp_path: Path) -> None:
+    from predilect.serving.server import clean_stale_shm_regions
+
+    old = time.time() - 3600
+    names = ("predilect_1_aa_dead", "predilect_2_bb_mapped", "predilect_3_cc_young", "other_program_region")
+    for name in names:
+        (tmp_path / name).write_bytes(b"\0" * 4096)
+        if name != "predilect_3_cc_young":
+            os.utime(tmp_path / name, (old, old))
+    removed = clean_stale_shm_regions(shm_dir=tmp_path, in_use={str(tmp_path / "predilect_2_bb_mapped")})
+    assert removed == [tmp_path / "predilect_1_aa_dead"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(names[1:])
+
+
+def test_server_shm_regions_are_reclaimed_when_server_and_stubs_were_killed_with_sigkill(
+    model_repository: Path, tmp_path: Path
+) -> None:
+    """SIGKILL of the server's process group (OOM killer, ``kill -9 -<pgid>``) leaves its Python-backend
+    regions in /dev/shm with nobody to unlink them: ``clean_stale_shm_regions`` (run at every start) does."""
+    from predilect.serving.server import SHM_DIR, clean_stale_shm_regions
+
+    server = TritonServer(
+        model_repository=model_repository,
+        grpc_port=free_port(),
+        http_port=free_port(),
+        metrics_port=free_port(),
+        log_path=tmp_path / "triton.log",
+        startup_timeout_s=180,
+    )
+    with server:
+        regions = sorted(SHM_DIR.glob(f"{server.shm_prefix}*"))
+        assert regions, "the Python-backend stubs map their regions under the server's prefix"
+        assert not clean_stale_shm_regions(prefix=server.shm_prefix, min_age_s=0), "mapped regions are kept"
+        os.killpg(server.pid, signal.SIGKILL)  # the server runs in its own session: this takes the stubs too
+        deadline = time.monotonic() + 60
+        while server.is_running and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert all(p.exists() for p in regions), "nobody is left to unlink them"
+        removed: list[Path] = []
+        while set(removed) != set(regions) and time.monotonic() < deadline:  # until the killed stubs are reaped
+            removed += clean_stale_shm_regions(prefix=server.shm_prefix, min_age_s=0)
+            time.sleep(0.2)
+        assert set(removed) == set(regions)
+    assert not list(SHM_DIR.glob(f"{server.shm_prefix}*"))
