@@ -1,11 +1,13 @@
 """`predilect serve`: the real tritonserver on a model repository, until Ctrl+C or SIGTERM.
 
-Secure by default: it listens on loopback only; another address needs the screening token
+Secure by default: gRPC only, on loopback; another address needs the screening token
 (``$PREDILECT_AUTH_TOKEN``, see ``contract.AUTH_TOKEN_ENV``) or an explicit
-``--allow-unauthenticated``. With the token set, every gRPC call and every HTTP call but health
-must carry it. HTTP answers health (server and model readiness) only unless ``--http-api`` is
-given; with ``--tls-cert`` (gRPC TLS, ``--tls-mutual`` for client certificates) HTTP is health-only
-always, because Triton's HTTP endpoint has no TLS. Metrics listen on loopback unless told otherwise.
+``--allow-unauthenticated``. With the token set every gRPC call must carry it. ``--tls-cert`` /
+``--tls-key`` turn on gRPC TLS, ``--tls-mutual`` requires client certificates. HTTP is off: the
+tritonserver of this wheel (2.51) dies of SIGSEGV on any HTTP request whose body is 4 MB or more
+(docs/RELIABILITY.md); ``--http`` turns it on, with every API but health under the token (health
+only with TLS: Triton's HTTP has no TLS). Metrics listen on loopback (``--no-metrics``: off); the
+metrics endpoint has the same crash, so never expose it to untrusted callers.
 """
 
 from __future__ import annotations
@@ -51,10 +53,12 @@ def _parser() -> argparse.ArgumentParser:
         help=f"listen on a non-loopback address without ${AUTH_TOKEN_ENV} (anyone who reaches it may screen)",
     )
     p.add_argument(
-        "--http-api",
+        "--http",
         action="store_true",
-        help="serve every HTTP API (under the token when set), not only health; ignored with TLS",
+        help="also serve HTTP (health; every other API under the token, none with TLS); "
+        "tritonserver 2.51 crashes on HTTP bodies >= 4 MB",
     )
+    p.add_argument("--no-metrics", action="store_true", help="no Prometheus metrics endpoint")
     p.add_argument("--tls-cert", type=Path, help="gRPC TLS: the server certificate (PEM)")
     p.add_argument("--tls-key", type=Path, help="gRPC TLS: its private key (PEM)")
     p.add_argument("--tls-root-cert", type=Path, help="gRPC TLS: the CA of client certificates (PEM)")
@@ -83,7 +87,7 @@ def security_from_args(args: argparse.Namespace, environ: dict[str, str] | os._E
         tls = ServerTls(
             cert_path=args.tls_cert, key_path=args.tls_key, root_cert_path=args.tls_root_cert, mutual=args.tls_mutual
         )
-    return ServerSecurity(auth_token=token, tls=tls, http_api=args.http_api)
+    return ServerSecurity(auth_token=token, tls=tls, http_api=args.http)
 
 
 @command("serve")
@@ -98,6 +102,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         bind_address=args.bind_address,
         metrics_bind_address=args.metrics_bind_address,
         security=security,
+        http=args.http,
+        metrics=not args.no_metrics,
         log_verbose=args.log_verbose,
         log_path=args.log_file,
         startup_timeout_s=args.startup_timeout_s,
@@ -106,13 +112,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _on_signal)
     try:
         with server:
-            http = "health only" if security.http_health_only else "all APIs"
             guard = "token required" if security.auth_token else "no token"
             tls = " (mutual TLS)" if security.tls and security.tls.mutual else " (TLS)" if security.tls else ""
+            http = "health only" if security.http_health_only else "all APIs"
             print(
                 f"tritonserver ready (pid {server.pid}, log {server.log_path})\n"
-                f"  grpc    {server.grpc_url}{tls}, {guard}\n  http    {server.http_url}, {http}\n"
-                f"  metrics {server.metrics_url}\nCtrl+C or SIGTERM stops it.",
+                f"  grpc    {server.grpc_url}{tls}, {guard}\n"
+                f"  http    {f'{server.http_url}, {http}' if args.http else 'off'}\n"
+                f"  metrics {'off' if args.no_metrics else server.metrics_url}\nCtrl+C or SIGTERM stops it.",
                 flush=True,
             )
             while server.is_running:

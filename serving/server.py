@@ -48,6 +48,7 @@ _PR_SET_PDEATHSIG = 1
 _FATAL_MARKERS = ("Failed to preinitialize Python stub",)
 # Error lines that every CPU-only start logs; they say nothing about the failure at hand.
 _CPU_NOISE = ("CudaDriverHelper", "CUDA driver version is insufficient")
+_GRPC_STARTED = "Started GRPCInferenceService at "
 _ERROR_LINE = re.compile(r"^E\d{4} |^error: |Failed to (?:pre)?initialize")
 _ANY_ADDRESS = ("0.0.0.0", "::", "")
 LOOPBACK = "127.0.0.1"
@@ -279,6 +280,8 @@ class TritonServer:
         bind_address: str = LOOPBACK,
         metrics_bind_address: str | None = None,
         security: ServerSecurity | None = None,
+        http: bool = True,
+        metrics: bool = True,
         log_verbose: int = 0,
         log_path: Path | None = None,
         startup_timeout_s: float = 300.0,
@@ -291,6 +294,9 @@ class TritonServer:
         self.bind_address = bind_address
         self.metrics_bind_address = metrics_bind_address if metrics_bind_address is not None else bind_address
         self.security = security if security is not None else ServerSecurity()
+        # tritonserver 2.51 (this wheel) dies of SIGSEGV on any HTTP or metrics request with a body of
+        # 4 MB or more (docs/RELIABILITY.md): ``predilect serve`` turns HTTP off unless asked.
+        self.http, self.metrics = http, metrics
         self.log_verbose = log_verbose
         self.log_path = Path(log_path) if log_path is not None else None
         self.startup_timeout_s = startup_timeout_s
@@ -336,8 +342,10 @@ class TritonServer:
             f"--backend-directory={backend_dir}",
             f"--grpc-address={self.bind_address}",
             f"--grpc-port={self.grpc_port}",
+            f"--allow-http={str(self.http).lower()}",
             f"--http-address={self.bind_address}",
             f"--http-port={self.http_port}",
+            f"--allow-metrics={str(self.metrics).lower()}",
             f"--metrics-address={self.metrics_bind_address}",
             f"--metrics-port={self.metrics_port}",
             "--allow-gpu-metrics=false",
@@ -400,6 +408,21 @@ class TritonServer:
         except (urllib.error.URLError, ConnectionError, TimeoutError):
             return False
 
+    def _grpc_started(self) -> bool:
+        """Without HTTP: tritonserver starts its gRPC service only once every model has loaded (a model
+        that fails to load makes it exit), so the log line plus a listening port mean ready."""
+        if not any(_GRPC_STARTED in line for line in self._log_lines()):
+            return False
+        host = "127.0.0.1" if self.bind_address in _ANY_ADDRESS else self.bind_address
+        try:
+            with socket.create_connection((host, self.grpc_port), timeout=2):
+                return True
+        except OSError:
+            return False
+
+    def _is_ready(self, checks: list[str]) -> bool:
+        return all(self._ready(path) for path in checks) if self.http else self._grpc_started()
+
     def _wait_ready(self) -> None:
         checks = ["/v2/health/ready"]
         if (self.model_repository / ENSEMBLE / CONFIG_FILENAME).is_file():
@@ -412,7 +435,7 @@ class TritonServer:
             code = process.poll()
             if code is not None:
                 raise ServerStartError(self._failure(f"tritonserver exited with code {code} before it was ready"))
-            if all(self._ready(path) for path in checks):
+            if self._is_ready(checks):
                 return
             fatal = self._fatal_line()
             if fatal:
