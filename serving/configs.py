@@ -194,8 +194,34 @@ class ServingOptions:
         default="fp32",
         metadata={"help": "classifier precision: fp32, or int8 (the gated model `predilect quantize` wrote)"},
     )
+    # Overload protection on the ensemble's first step (fused, or preprocess in the split layout):
+    # past max_queue_size waiting requests, or after queue_timeout_us in the queue, a request is
+    # refused at once (UNAVAILABLE) instead of waiting, so accepted requests keep their latency. A
+    # client's own timeout overrides the queue timeout, so a request its client gave up on is
+    # dropped before it is decoded. Measured: `predilect bench overload` (docs/RELIABILITY.md).
+    max_queue_size: int = field(
+        default=32, metadata={"help": "requests waiting at the first step before more are refused (0: unbounded)"}
+    )
+    queue_timeout_us: int = field(
+        default=1_000_000, metadata={"help": "longest wait at the first step before refusal, in us (0: none)"}
+    )
+
+    def first_step_queue(self) -> QueuePolicyDef | None:
+        """The queue policy of the ensemble's first step; None when both bounds are off."""
+        if not self.max_queue_size and not self.queue_timeout_us:
+            return None
+        return QueuePolicyDef(
+            max_queue_size=self.max_queue_size,
+            default_timeout_us=self.queue_timeout_us,
+            timeout_action="REJECT",
+            allow_timeout_override=True,
+        )
 
     def __post_init__(self) -> None:
+        if self.max_queue_size < 0 or self.queue_timeout_us < 0:
+            raise ConfigError(
+                f"max_queue_size and queue_timeout_us must be >= 0, got {self.max_queue_size}, {self.queue_timeout_us}"
+            )
         if self.layout not in LAYOUTS:
             raise ConfigError(f"layout must be one of {LAYOUTS}, got {self.layout!r}")
         if self.precision not in PRECISIONS:
@@ -259,6 +285,7 @@ def fused_screen_models(served: ServedModel, options: ServingOptions = ServingOp
         max_batch_size=options.max_batch_size,
         max_queue_delay_us=options.max_queue_delay_us,
         preferred_batch_sizes=options.preferred_batch_sizes,
+        queue_policy=options.first_step_queue(),
     )
     ensemble = EnsembleDef(
         name=contract.ENSEMBLE,
@@ -295,6 +322,7 @@ def split_screen_models(served: ServedModel, options: ServingOptions = ServingOp
             contract.KEY_PREPROCESS: served.preprocess.to_json(),
             contract.KEY_DECODE_THREADS: str(options.decode_threads),
         },
+        queue_policy=options.first_step_queue(),
         **batching,
     )
     classifier = PythonModelDef(
