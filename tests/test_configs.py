@@ -10,6 +10,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 
 from predilect import contract
 from predilect.catalog import DEFAULT_CATALOG
+from predilect.errors import ConfigError
 from predilect.preprocess import PreprocessCfg
 from predilect.serving import configs
 from predilect.serving.assemble_cli import main
@@ -218,3 +219,22 @@ def test_serving_options_raise_config_error_when_choice_unknown(option: str, val
 def test_assemble_raises_model_metadata_error_when_int8_model_missing(tiny_onnx: Path, tmp_path: Path) -> None:
     with pytest.raises(ModelMetadataError, match="predilect quantize"):
         assemble(tiny_onnx, tmp_path / "repo", configs.ServingOptions(precision="int8"))
+
+
+def test_first_step_has_bounded_reject_queue_when_assembled(any_repository: Path) -> None:
+    loaded = _load(any_repository)
+    first = loaded[contract.ENSEMBLE].ensemble_scheduling.step[0].model_name
+    policy = loaded[first].dynamic_batching.default_queue_policy
+    defaults = configs.ServingOptions()
+    assert policy.max_queue_size == defaults.max_queue_size > 0
+    assert policy.default_timeout_microseconds == defaults.queue_timeout_us > 0
+    assert policy.timeout_action == mc.ModelQueuePolicy.REJECT and policy.allow_timeout_override
+    for name, config in loaded.items():
+        if name not in (first, contract.ENSEMBLE):  # later steps never see more than the first lets through
+            assert not config.dynamic_batching.HasField("default_queue_policy"), name
+
+
+def test_serving_options_leave_queue_unbounded_when_both_bounds_are_zero() -> None:
+    assert configs.ServingOptions(max_queue_size=0, queue_timeout_us=0).first_step_queue() is None
+    with pytest.raises(ConfigError):
+        configs.ServingOptions(max_queue_size=-1)
