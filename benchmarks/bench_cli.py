@@ -4,6 +4,8 @@
     predilect bench decoders [options]      # preprocessing vs the decode floor; AUROC per decoder
     predilect bench sweep [options]         # one Locust point per serving config
     predilect bench baseline-server ...     # run the FastAPI + PyTorch baseline alone
+    predilect bench overload [options]      # open-loop load at 2x capacity (docs/RELIABILITY.md)
+    predilect bench soak [options]          # minutes at saturation, server memory and /dev/shm over time
 
 `serving`, one stack after the other on this machine, same images, same concurrency points:
 (a) the in-process bound (decode + preprocess + ONNX Runtime, no server); (c) the Triton
@@ -40,6 +42,8 @@ SUBCOMMANDS = {
     "decoders": "predilect.benchmarks.decoders_cli",
     "sweep": "predilect.benchmarks.sweep_cli",
     "baseline-server": "predilect.benchmarks.baseline_server_cli",
+    "overload": "predilect.benchmarks.overload_cli",
+    "soak": "predilect.benchmarks.soak_cli",
 }
 
 ARTIFACTS = default_artifacts()

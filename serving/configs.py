@@ -200,10 +200,10 @@ class ServingOptions:
     # client's own timeout overrides the queue timeout, so a request its client gave up on is
     # dropped before it is decoded. Measured: `predilect bench overload` (docs/RELIABILITY.md).
     max_queue_size: int = field(
-        default=32, metadata={"help": "requests waiting at the first step before more are refused (0: unbounded)"}
+        default=16, metadata={"help": "requests waiting at the first step before more are refused (0: unbounded)"}
     )
     queue_timeout_us: int = field(
-        default=1_000_000, metadata={"help": "longest wait at the first step before refusal, in us (0: none)"}
+        default=500_000, metadata={"help": "longest wait at the first step before refusal, in us (0: none)"}
     )
 
     def first_step_queue(self) -> QueuePolicyDef | None:
