@@ -486,3 +486,47 @@ def test_dicom_frames_prepare_in_threads_when_pydicom_not_yet_imported(tmp_path:
         done = subprocess.run([sys.executable, "-c", script, str(path)], capture_output=True, text=True, timeout=120)
         assert done.returncode == 0, done.stderr
         assert done.stdout.splitlines()[-1] == "[1]"
+
+
+def _exif_jpeg(orientation: int | None, **fields: str) -> bytes:
+    from PIL import Image
+
+    exif = Image.Exif()
+    if orientation is not None:
+        exif[0x0112] = orientation
+    tags = {"artist": 0x013B, "description": 0x010E, "serial": 0xA431}
+    for name, value in fields.items():
+        exif[tags[name]] = value
+    buffer = io.BytesIO()
+    Image.new("RGB", (96, 64), (200, 90, 30)).save(buffer, "JPEG", exif=exif.tobytes())
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("orientation", [3, 6, 8])
+def test_strip_metadata_keeps_only_orientation_when_exif_carries_identifiers(orientation: int) -> None:
+    from PIL import Image
+
+    from predilect.preprocess import PreprocessCfg, inspect_image
+
+    data = _exif_jpeg(orientation, artist="Doe^Jane", description="PID-123", serial="CAM-0042")
+    out = strip_metadata(data, allow_truncated=False)
+    for identifier in (b"Doe^Jane", b"PID-123", b"CAM-0042"):
+        assert identifier in data and identifier not in out
+    assert Image.open(io.BytesIO(out)).getexif() == {0x0112: orientation}, "nothing but the orientation"
+    header = inspect_image(np.frombuffer(out, np.uint8), PreprocessCfg(min_side_px=16))
+    assert header.orientation == orientation, "the server reads the kept tag"
+
+
+def test_strip_metadata_drops_exif_whole_when_orientation_is_upright_or_absent() -> None:
+    for orientation in (None, 1):
+        out = strip_metadata(_exif_jpeg(orientation, artist="Doe^Jane"), allow_truncated=False)
+        assert b"Exif" not in out and b"Doe^Jane" not in out
+
+
+def test_exif_orientation_is_none_when_exif_is_malformed() -> None:
+    from predilect.client.jpeg import exif_orientation, orientation_segment
+
+    good = orientation_segment(6)[4:]
+    assert exif_orientation(good) == 6
+    for bad in (b"Exif\x00\x00", good[:12], good[:6] + b"XX" + good[8:], good[:-8], b"JFIF" + good[4:]):
+        assert exif_orientation(bad) is None
