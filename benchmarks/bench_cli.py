@@ -6,6 +6,7 @@
     predilect bench baseline-server ...     # run the FastAPI + PyTorch baseline alone
     predilect bench overload [options]      # open-loop load at 2x capacity (docs/RELIABILITY.md)
     predilect bench soak [options]          # minutes at saturation, server memory and /dev/shm over time
+    predilect bench large [options]         # what oversized gRPC requests leave in server memory
 
 `serving`, one stack after the other on this machine, same images, same concurrency points:
 (a) the in-process bound (decode + preprocess + ONNX Runtime, no server); (c) the Triton
@@ -44,6 +45,7 @@ SUBCOMMANDS = {
     "baseline-server": "predilect.benchmarks.baseline_server_cli",
     "overload": "predilect.benchmarks.overload_cli",
     "soak": "predilect.benchmarks.soak_cli",
+    "large": "predilect.benchmarks.large_requests_cli",
 }
 
 ARTIFACTS = default_artifacts()

@@ -2,8 +2,9 @@
 
 Serves the default CPU profile (or ``--model-repository``), then runs ``--users`` closed-loop
 senders of phantom camera frames for ``--seconds`` (default 5 minutes) -- more than the server
-can take at once, so its bounded queue refuses some (a refused sender pauses 0.2 s) -- while every ``--large-every-s`` one
-``--large-mb`` request of random bytes (not an image: refused) is sent beside them. Every
+can take at once, so its bounded queue refuses some (a refused sender pauses 0.2 s) -- while
+every ``--large-every-s`` one ``--large-mb`` request of random bytes (not an image: refused) is
+sent beside them. Every
 ``--sample-s`` it samples the resident memory of the tritonserver and its backend stubs, the
 /dev/shm bytes its Python-backend regions hold, and the answered / refused counts.
 
