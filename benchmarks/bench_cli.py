@@ -7,6 +7,7 @@
     predilect bench overload [options]      # open-loop load at 2x capacity (docs/RELIABILITY.md)
     predilect bench soak [options]          # minutes at saturation, server memory and /dev/shm over time
     predilect bench large [options]         # what oversized gRPC requests leave in server memory
+    predilect bench http-body [options]     # does tritonserver survive an HTTP body of N MB?
 
 `serving`, one stack after the other on this machine, same images, same concurrency points:
 (a) the in-process bound (decode + preprocess + ONNX Runtime, no server); (c) the Triton
@@ -46,6 +47,7 @@ SUBCOMMANDS = {
     "overload": "predilect.benchmarks.overload_cli",
     "soak": "predilect.benchmarks.soak_cli",
     "large": "predilect.benchmarks.large_requests_cli",
+    "http-body": "predilect.benchmarks.http_body_cli",
 }
 
 ARTIFACTS = default_artifacts()
