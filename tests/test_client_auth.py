@@ -11,6 +11,7 @@ retried, never "server unavailable, retry later". Over HTTP only health answers 
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import urllib.error
@@ -130,7 +131,9 @@ def test_server_answers_http_health_only_when_token_missing(guarded_server, fund
         assert _http(base + path, token="wrong") >= 400, path
         assert _http(base + path, token=TOKEN) == 200, path
     before = _inference_count(guarded_server)
-    body = b'{"inputs":[{"name":"IMAGE","shape":[1,4],"datatype":"UINT8","data":[1,2,3,4]}]}'
+    body = json.dumps(
+        {"inputs": [{"name": contract.IMAGE, "shape": [1, 4], "datatype": "UINT8", "data": [1, 2, 3, 4]}]}
+    ).encode()
     assert _http(f"{base}/v2/models/{contract.ENSEMBLE}/infer", data=body) >= 400
     assert _inference_count(guarded_server) == before
 
