@@ -3,11 +3,14 @@
 Secure by default: gRPC only, on loopback; another address needs the screening token
 (``$PREDILECT_AUTH_TOKEN``, see ``contract.AUTH_TOKEN_ENV``) or an explicit
 ``--allow-unauthenticated``. With the token set every gRPC call must carry it. ``--tls-cert`` /
-``--tls-key`` turn on gRPC TLS, ``--tls-mutual`` requires client certificates. HTTP is off: the
-tritonserver of this wheel (2.51) dies of SIGSEGV on any HTTP request whose body is 4 MB or more
-(docs/RELIABILITY.md); ``--http`` turns it on, with every API but health under the token (health
-only with TLS: Triton's HTTP has no TLS). Metrics listen on loopback (``--no-metrics``: off); the
-metrics endpoint has the same crash, so never expose it to untrusted callers.
+``--tls-key`` turn on gRPC TLS, ``--tls-mutual`` requires client certificates. A gRPC request
+larger than ``--max-request-mb`` (32) is refused before it reaches the server: nginx runs in front
+of tritonserver's gRPC port for that (``serving/front.py``; tritonserver 2.51 has no such limit)
+and terminates TLS there. HTTP is off: the tritonserver of this wheel (2.51) dies of SIGSEGV on
+any HTTP request whose body is 4 MB or more (docs/RELIABILITY.md); ``--http`` turns it on, with
+every API but health under the token (health only with TLS: Triton's HTTP has no TLS). Metrics
+listen on loopback (``--no-metrics``: off); the metrics endpoint has the same crash, so never
+expose it to untrusted callers.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from predilect.contract import AUTH_TOKEN_ENV, DEFAULT_GRPC_PORT, DEFAULT_HTTP_P
 from predilect.serving.server import LOOPBACK, ServerSecurity, ServerStartError, ServerTls, TritonServer
 
 _LOOPBACKS = (LOOPBACK, "localhost", "::1")
+DEFAULT_MAX_REQUEST_MB = 32.0  # a 6 MP camera frame is a few MB as JPEG, up to ~18 MB as a DICOM frame sent as PNG
 
 
 class _Shutdown(Exception):
@@ -59,6 +63,12 @@ def _parser() -> argparse.ArgumentParser:
         "tritonserver 2.51 crashes on HTTP bodies >= 4 MB",
     )
     p.add_argument("--no-metrics", action="store_true", help="no Prometheus metrics endpoint")
+    p.add_argument(
+        "--max-request-mb",
+        type=float,
+        default=DEFAULT_MAX_REQUEST_MB,
+        help="refuse gRPC requests larger than this before they reach the server (nginx in front; 0: no limit)",
+    )
     p.add_argument("--tls-cert", type=Path, help="gRPC TLS: the server certificate (PEM)")
     p.add_argument("--tls-key", type=Path, help="gRPC TLS: its private key (PEM)")
     p.add_argument("--tls-root-cert", type=Path, help="gRPC TLS: the CA of client certificates (PEM)")
@@ -104,6 +114,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         security=security,
         http=args.http,
         metrics=not args.no_metrics,
+        max_request_bytes=int(args.max_request_mb * 1024 * 1024) or None,
         log_verbose=args.log_verbose,
         log_path=args.log_file,
         startup_timeout_s=args.startup_timeout_s,
@@ -113,6 +124,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         with server:
             guard = "token required" if security.auth_token else "no token"
+            if args.max_request_mb:
+                guard += f", requests up to {args.max_request_mb:g} MiB"
             tls = " (mutual TLS)" if security.tls and security.tls.mutual else " (TLS)" if security.tls else ""
             http = "health only" if security.http_health_only else "all APIs"
             print(

@@ -30,7 +30,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import IO
+from typing import IO, Any
 
 from predilect.contract import (
     AUTH_KEY,
@@ -137,9 +137,9 @@ class ServerSecurity:
     def http_health_only(self) -> bool:
         return not self.http_api or self.tls is not None
 
-    def args(self) -> list[str]:
-        """The ``tritonserver`` flags."""
-        args = self.tls.args() if self.tls is not None else []
+    def args(self, *, tls: bool = True) -> list[str]:
+        """The ``tritonserver`` flags (``tls`` False: TLS ends at a front in front of it, see ``front``)."""
+        args = self.tls.args() if self.tls is not None and tls else []
         if self.auth_token is not None:
             args.append(f"--grpc-restricted-protocol={','.join(GRPC_PROTOCOLS)}:{AUTH_KEY}={self.auth_token}")
         http_key = secrets.token_hex(32) if self.http_health_only else self.auth_token
@@ -282,6 +282,7 @@ class TritonServer:
         security: ServerSecurity | None = None,
         http: bool = True,
         metrics: bool = True,
+        max_request_bytes: int | None = None,
         log_verbose: int = 0,
         log_path: Path | None = None,
         startup_timeout_s: float = 300.0,
@@ -297,6 +298,11 @@ class TritonServer:
         # tritonserver 2.51 (this wheel) dies of SIGSEGV on any HTTP or metrics request with a body of
         # 4 MB or more (docs/RELIABILITY.md): ``predilect serve`` turns HTTP off unless asked.
         self.http, self.metrics = http, metrics
+        # tritonserver 2.51 has no request-size limit on gRPC: with one, nginx fronts the gRPC port
+        # (``front``) and tritonserver listens on a loopback port of its own behind it.
+        self.max_request_bytes = max_request_bytes
+        self._front: Any = None
+        self._triton_grpc_port = free_port() if max_request_bytes else grpc_port
         self.log_verbose = log_verbose
         self.log_path = Path(log_path) if log_path is not None else None
         self.startup_timeout_s = startup_timeout_s
@@ -332,7 +338,8 @@ class TritonServer:
 
     @property
     def is_running(self) -> bool:
-        return self._process is not None and self._process.poll() is None
+        front_ok = self._front is None or self._front.is_running
+        return self._process is not None and self._process.poll() is None and front_ok
 
     def command(self, backend_dir: Path) -> list[str]:
         """The ``tritonserver`` command line."""
@@ -340,8 +347,8 @@ class TritonServer:
             str(server_binary()),
             f"--model-repository={self.model_repository}",
             f"--backend-directory={backend_dir}",
-            f"--grpc-address={self.bind_address}",
-            f"--grpc-port={self.grpc_port}",
+            f"--grpc-address={LOOPBACK if self.max_request_bytes else self.bind_address}",
+            f"--grpc-port={self._triton_grpc_port}",
             f"--allow-http={str(self.http).lower()}",
             f"--http-address={self.bind_address}",
             f"--http-port={self.http_port}",
@@ -355,7 +362,7 @@ class TritonServer:
             f"--backend-config=python,shm-region-prefix-name={self.shm_prefix}",
             f"--backend-config=python,shm-default-byte-size={_SHM_BYTES}",
             f"--backend-config=python,shm-growth-byte-size={_SHM_BYTES}",
-            *self.security.args(),
+            *self.security.args(tls=not self.max_request_bytes),
             *self.extra_args,
         ]
 
@@ -395,10 +402,33 @@ class TritonServer:
         )
         try:
             self._wait_ready()
+            if self.max_request_bytes:
+                self._start_front()
         except BaseException:
             self.stop()
             raise
         return self
+
+    def _start_front(self) -> None:
+        from predilect.serving.front import FrontStartError, FrontTls, GrpcFront
+
+        tls = self.security.tls
+        front_tls = None
+        if tls is not None:
+            front_tls = FrontTls(tls.cert_path, tls.key_path, tls.root_cert_path if tls.mutual else None)
+        log = self.log_path.with_name(self.log_path.stem + "-front.log") if self.log_path else None
+        self._front = GrpcFront(
+            listen_host=self.bind_address,
+            listen_port=self.grpc_port,
+            upstream_port=self._triton_grpc_port,
+            max_request_bytes=int(self.max_request_bytes or 0),
+            log_path=log or Path(tempfile.mkdtemp(prefix="predilect-front-log-")) / "front.log",
+            tls=front_tls,
+        )
+        try:
+            self._front.start()
+        except FrontStartError as e:
+            raise ServerStartError(str(e)) from e
 
     def _ready(self, path: str) -> bool:
         try:
@@ -413,9 +443,10 @@ class TritonServer:
         that fails to load makes it exit), so the log line plus a listening port mean ready."""
         if not any(_GRPC_STARTED in line for line in self._log_lines()):
             return False
-        host = "127.0.0.1" if self.bind_address in _ANY_ADDRESS else self.bind_address
+        behind_front = self.max_request_bytes or self.bind_address in _ANY_ADDRESS
+        host = LOOPBACK if behind_front else self.bind_address
         try:
-            with socket.create_connection((host, self.grpc_port), timeout=2):
+            with socket.create_connection((host, self._triton_grpc_port), timeout=2):
                 return True
         except OSError:
             return False
@@ -472,6 +503,9 @@ class TritonServer:
 
     def stop(self) -> int | None:
         """Stop the server gracefully (SIGTERM, then SIGKILL after the timeout); its exit code."""
+        front, self._front = self._front, None
+        if front is not None:
+            front.stop()
         process, self._process = self._process, None
         code = None
         if process is not None:
