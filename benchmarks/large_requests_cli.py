@@ -24,6 +24,7 @@ from typing import Any
 from predilect.artifacts import default_artifacts
 from predilect.benchmarks import machine, payloads, reliability
 from predilect.cli import CommandError, command
+from predilect.serving.serve_cli import DEFAULT_MAX_REQUEST_MB
 
 _MB = 1024 * 1024
 
@@ -36,6 +37,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--concurrent", type=int, default=3)
     p.add_argument("--rounds", type=int, default=2, help="send the burst this many times (does memory keep growing?)")
     p.add_argument("--settle-s", type=float, default=10.0)
+    p.add_argument(
+        "--max-request-mb",
+        type=float,
+        default=DEFAULT_MAX_REQUEST_MB,
+        help="the request-size limit in front of the server, as `predilect serve` sets it (0: none)",
+    )
     p.add_argument("--out", type=Path)
     return p
 
@@ -66,6 +73,7 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
         http_port=free_port(),
         metrics_port=free_port(),
         log_path=work / "tritonserver.log",
+        max_request_bytes=int(args.max_request_mb * _MB) or None,
     )
     samples: list[dict[str, Any]] = []
     with server:
@@ -97,6 +105,7 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
         "machine": machine.describe(),
         "load_average": machine.load_average(),
         "command": " ".join(["predilect bench large", *argv]),
+        "max_request_mb": args.max_request_mb,
         "samples": samples,
     }
 
@@ -108,7 +117,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.model_repository is None and not args.onnx.is_file():
         raise CommandError(f"no exported model at {args.onnx}: run `make demo` (or give --onnx / --model-repository)")
     figures = run(args, argv)
-    print(f"large requests ({figures['date']}, {figures['machine']}, load average {figures['load_average']})")
+    limit = f"request limit {args.max_request_mb:g} MiB" if args.max_request_mb else "no request limit"
+    print(f"large requests, {limit} ({figures['date']}, {figures['machine']}, load average {figures['load_average']})")
     for s in figures["samples"]:
         print(f"  {s}")
     if args.out is not None:

@@ -30,6 +30,7 @@ from typing import Any
 from predilect.artifacts import default_artifacts
 from predilect.benchmarks import machine, payloads, reliability
 from predilect.cli import CommandError, command
+from predilect.serving.serve_cli import DEFAULT_MAX_REQUEST_MB
 
 _MB = 1024 * 1024
 _BACK_OFF_S = 0.2
@@ -44,8 +45,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seconds", type=float, default=300.0)
     p.add_argument("--sample-s", type=float, default=5.0)
     p.add_argument("--large-every-s", type=float, default=30.0, help="0: no large requests")
-    p.add_argument("--large-mb", type=float, default=32.0)
+    p.add_argument("--large-mb", type=float, default=48.0)
     p.add_argument("--timeout-s", type=float, default=30.0, help="client deadline per request, retries included")
+    p.add_argument(
+        "--max-request-mb",
+        type=float,
+        default=DEFAULT_MAX_REQUEST_MB,
+        help="the request-size limit in front of the server, as `predilect serve` sets it (0: none)",
+    )
     p.add_argument("--out", type=Path, help="write the figures here as JSON")
     return p
 
@@ -119,6 +126,7 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
         http_port=free_port(),
         metrics_port=free_port(),
         log_path=work / "tritonserver.log",
+        max_request_bytes=int(args.max_request_mb * _MB) or None,
     )
     with server:
         pid = server.pid or 0
@@ -146,7 +154,8 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
         "load_average_before": load_before,
         "load_average_after": machine.load_average(),
         "payload": f"{args.images} phantom JPEGs {payloads.CAMERA_SIZE[0]}x{payloads.CAMERA_SIZE[1]}, "
-        f"{args.users} closed-loop users, one {args.large_mb:g} MB random payload every {args.large_every_s:g} s",
+        f"{args.users} closed-loop users, one {args.large_mb:g} MB random payload every {args.large_every_s:g} s, "
+        f"request limit {args.max_request_mb:g} MiB",
         **measured,
         "server_rss_mb": _memory(samples, "server_rss_mb"),
         "shm_mb": _memory(samples, "shm_mb"),
