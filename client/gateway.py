@@ -148,7 +148,7 @@ class DicomGateway:
         from pynetdicom import AE, evt
 
         context = (
-            self.config.tls.server_context(handshake_timeout_s=self.config.acse_timeout_s) if self.config.tls else None
+            self.config.tls.server_context(handshake_timeout_s=self.config.idle_timeout_s) if self.config.tls else None
         )
         for folder in (self.config.incoming_dir, self.config.results_dir):
             folder.mkdir(parents=True, exist_ok=True)
