@@ -221,8 +221,11 @@ def test_assemble_raises_model_metadata_error_when_int8_model_missing(tiny_onnx:
         assemble(tiny_onnx, tmp_path / "repo", configs.ServingOptions(precision="int8"))
 
 
-def test_first_step_has_bounded_reject_queue_when_assembled(any_repository: Path) -> None:
-    loaded = _load(any_repository)
+@pytest.mark.parametrize("layout", ["fused", "split"])
+def test_first_step_has_bounded_reject_queue_when_assembled_with_defaults(
+    layout: str, tiny_onnx: Path, tmp_path: Path
+) -> None:
+    loaded = _load(assemble(tiny_onnx, tmp_path / "repo", configs.ServingOptions(layout=layout)))
     first = loaded[contract.ENSEMBLE].ensemble_scheduling.step[0].model_name
     policy = loaded[first].dynamic_batching.default_queue_policy
     defaults = configs.ServingOptions()
