@@ -163,23 +163,46 @@ def _mapped_paths(proc: Path = Path("/proc")) -> set[str]:
     return mapped
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _launcher_pid(name: str) -> int | None:
+    """The pid of the process that started the server of a region named ``predilect_<pid>_<id>_...``."""
+    field = name[len(SHM_PREFIX) :].split("_", 1)[0]
+    return int(field) if field.isdigit() else None
+
+
 def clean_stale_shm_regions(
     *,
     shm_dir: Path = SHM_DIR,
     prefix: str = SHM_PREFIX,
     min_age_s: float = _STALE_SHM_AGE_S,
     in_use: Iterable[str] | None = None,
+    keep_live_launchers: bool = True,
 ) -> list[Path]:
     """Delete the shared-memory regions left by servers that died without cleaning up (SIGKILL, OOM).
 
-    A region named ``prefix*`` is stale when no process maps it and it is older than ``min_age_s``
-    (a younger one may belong to a server still starting); regions of other programs are never
-    touched. ``in_use``: the mapped paths (default: read from ``/proc``). Returns the paths removed.
+    A region named ``prefix*`` is stale when no process maps it, it is older than ``min_age_s`` (a
+    younger one may belong to a server still starting) and -- with ``keep_live_launchers`` -- the
+    process that started its server (the pid in its name) has ended: a live launcher's server may
+    still run and reopen its regions by name (when one grows), so they are left to its ``stop()``.
+    Regions of other programs are never touched. ``in_use``: the mapped paths (default: read from
+    ``/proc``). Returns the paths removed.
     """
     mapped = set(in_use) if in_use is not None else _mapped_paths()
     removed = []
     now = time.time()
     for path in shm_dir.glob(f"{prefix}*"):
+        launcher = _launcher_pid(path.name)
+        if keep_live_launchers and (launcher is None or _pid_alive(launcher)):
+            continue
         try:
             stale = str(path) not in mapped and now - path.stat().st_mtime >= min_age_s
             if stale:

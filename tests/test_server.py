@@ -213,14 +213,27 @@ def test_clean_stale_shm_regions_removes_only_old_unmapped_regions(tmp_path: Pat
     from predilect.serving.server import clean_stale_shm_regions
 
     old = time.time() - 3600
-    names = ("predilect_1_aa_dead", "predilect_2_bb_mapped", "predilect_3_cc_young", "other_program_region")
+    dead = _dead_pid()
+    names = (
+        f"predilect_{dead}_aa_stale",
+        f"predilect_{dead}_bb_mapped",
+        f"predilect_{dead}_cc_young",
+        f"predilect_{os.getpid()}_dd_live_launcher",
+        "other_program_region",
+    )
     for name in names:
         (tmp_path / name).write_bytes(b"\0" * 4096)
-        if name != "predilect_3_cc_young":
+        if "young" not in name:
             os.utime(tmp_path / name, (old, old))
-    removed = clean_stale_shm_regions(shm_dir=tmp_path, in_use={str(tmp_path / "predilect_2_bb_mapped")})
-    assert removed == [tmp_path / "predilect_1_aa_dead"]
+    removed = clean_stale_shm_regions(shm_dir=tmp_path, in_use={str(tmp_path / names[1])})
+    assert removed == [tmp_path / names[0]]
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(names[1:])
+
+
+def _dead_pid() -> int:
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    process.wait()
+    return process.pid
 
 
 def test_server_shm_regions_are_reclaimed_when_server_and_stubs_were_killed_with_sigkill(
@@ -241,7 +254,7 @@ def test_server_shm_regions_are_reclaimed_when_server_and_stubs_were_killed_with
     with server:
         regions = sorted(SHM_DIR.glob(f"{server.shm_prefix}*"))
         assert regions, "the Python-backend stubs map their regions under the server's prefix"
-        assert not clean_stale_shm_regions(prefix=server.shm_prefix, min_age_s=0), "mapped regions are kept"
+        assert not clean_stale_shm_regions(prefix=server.shm_prefix, min_age_s=0, keep_live_launchers=False)
         os.killpg(server.pid, signal.SIGKILL)  # the server runs in its own session: this takes the stubs too
         deadline = time.monotonic() + 60
         while server.is_running and time.monotonic() < deadline:
@@ -249,7 +262,7 @@ def test_server_shm_regions_are_reclaimed_when_server_and_stubs_were_killed_with
         assert all(p.exists() for p in regions), "nobody is left to unlink them"
         removed: list[Path] = []
         while set(removed) != set(regions) and time.monotonic() < deadline:  # until the killed stubs are reaped
-            removed += clean_stale_shm_regions(prefix=server.shm_prefix, min_age_s=0)
+            removed += clean_stale_shm_regions(prefix=server.shm_prefix, min_age_s=0, keep_live_launchers=False)
             time.sleep(0.2)
         assert set(removed) == set(regions)
     assert not list(SHM_DIR.glob(f"{server.shm_prefix}*"))
