@@ -21,6 +21,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import re
 import struct
 import threading
 from collections.abc import Sequence
@@ -149,7 +150,8 @@ def _jpeg_header(data: np.ndarray) -> ImageHeader:
     try:
         height, width, colour, _ = simplejpeg.decode_jpeg_header(data, strict=True)
     except ValueError as e:
-        raise InvalidImageError(f"corrupt or unsupported JPEG header: {e}") from e
+        cause = re.sub(r"^tj\w+\(\):\s*", "", str(e))  # libjpeg-turbo's words, without its API function's name
+        raise InvalidImageError(f"corrupt JPEG header: {cause}") from e
     if colour not in _JPEG_COLOURS:
         raise InvalidImageError(
             f"unsupported JPEG colour space {colour}: only 8-bit RGB (YCbCr) and greyscale images are screened"
