@@ -356,6 +356,8 @@ def pil_draft_resized(data: np.ndarray, cfg: PreprocessCfg, header: ImageHeader 
     while True:
         rgb = decode_rgb(data, header, request_px)
         height, width = rgb.shape[:2]
+        if header.format == "png":  # decoded at full resolution, EXIF orientation applied by Pillow
+            full_w, full_h = width, height
         fov_w, fov_h = _fov_extent(rgb, cfg.fov_threshold)
         side = max(fov_w, fov_h)
         if side >= cfg.size or side == 0 or (width, height) == (full_w, full_h):

@@ -278,3 +278,17 @@ def test_server_refuses_hostile_and_answers_valid_unchanged_when_traffic_mixed_c
             assert status == "StatusCode.INVALID_ARGUMENT", f"{name}: {status} {message}"
             assert contract.REJECTED_PREFIX in message and cases[name][1] in message, f"{name}: {message}"
             assert "Traceback" not in message and ".py" not in message, f"{name}: {message}"
+
+
+def test_preprocessor_screens_rotated_png_when_disc_small_in_frame(preprocessor: Preprocessor) -> None:
+    from serving_fixtures import make_fundus_jpeg
+
+    disc = Image.open(io.BytesIO(make_fundus_jpeg(9, size=(400, 300))))
+    frame = Image.new("RGB", (1200, 900))
+    frame.paste(disc.resize((200, 150)), (500, 375))  # the field of view spans < 224 px
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    rotated, upright = preprocessor.run([_encoded(frame, "PNG", exif=exif.tobytes()), _encoded(frame, "PNG")])
+    assert isinstance(rotated, np.ndarray) and isinstance(upright, np.ndarray)
+    turned = np.rot90(upright, -1, axes=(1, 2))  # equal up to the centre crop's one-pixel rounding
+    assert np.mean(np.abs(rotated - turned)) < 0.05 < np.mean(np.abs(rotated - upright))
