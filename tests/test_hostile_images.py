@@ -291,4 +291,4 @@ def test_preprocessor_screens_rotated_png_when_disc_small_in_frame(preprocessor:
     rotated, upright = preprocessor.run([_encoded(frame, "PNG", exif=exif.tobytes()), _encoded(frame, "PNG")])
     assert isinstance(rotated, np.ndarray) and isinstance(upright, np.ndarray)
     turned = np.rot90(upright, -1, axes=(1, 2))  # equal up to the centre crop's one-pixel rounding
-    assert np.mean(np.abs(rotated - turned)) < 0.05 < np.mean(np.abs(rotated - upright))
+    assert np.mean(np.abs(rotated - turned)) < 0.25 * np.mean(np.abs(rotated - upright))
