@@ -11,9 +11,21 @@ fundus disc, padded with black where the disc is clipped by the frame) -> antial
 to ``size`` x ``size`` -> (x/255 - mean) / std -> CHW float32.
 
 Decoders: ``pil_draft`` (the CPU default) decodes JPEGs at the smallest libjpeg DCT scale
-(1/2, 1/4, 1/8) that still leaves the field-of-view square at least ``size`` pixels, then
-runs the same steps with Pillow and NumPy; ``dali_cpu`` and ``dali_mixed`` run the steps as
-a DALI pipeline on the full-resolution frame (host or nvJPEG decode).
+(1/2, 1/4, 1/8, the scale Pillow's ``draft`` picks) that still leaves the field-of-view square
+at least ``size`` pixels, then runs the same steps with NumPy and Pillow; ``dali_cpu`` and
+``dali_mixed`` run the steps as a DALI pipeline on the full-resolution frame (host or nvJPEG
+decode).
+
+``pil_draft`` at the decode floor: JPEGs are decoded by libjpeg-turbo through simplejpeg
+(the pixels Pillow's draft mode gives, bit for bit, and with ``strict`` decoding: corrupt or
+premature scan data is an error, not a grey-filled image); the field of view is found on the
+DCT-scaled frame by two max-projections; the crop + resize is one Pillow call on the square;
+normalisation is one lookup-table gather per channel, written straight into the batch tensor.
+
+What is screened: 8-bit greyscale or colour JPEG (YCbCr/RGB) and 8-bit PNG (greyscale, RGB,
+palette, or with a fully opaque alpha channel), EXIF orientation applied. Everything else is
+refused with ``InvalidImageError`` naming the cause, from the header alone where it can be
+(size, colour space, bit depth) so that no decompression bomb reaches a decoder.
 """
 
 from __future__ import annotations
