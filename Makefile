@@ -47,8 +47,9 @@ test: lint system-deps
 serve: install
 	$(VENV)/bin/predilect serve --model-repository $(ARTIFACTS)/model_repository
 
-# Concurrency sweep of the served ensemble vs the in-process bound and a FastAPI + PyTorch server,
-# on what `make demo` built; writes benchmarks/results/<date>-<machine>.md (about 12 minutes).
+# The CPU profile side by side, on what `make demo` built: preprocessing vs the decode floor, the
+# in-process bound, the Triton ensemble (both layouts, FP32 and gated INT8), FastAPI + PyTorch and
+# BentoML; writes benchmarks/results/<date>-<machine>.md. Sub-benchmarks: `predilect bench --help`.
 bench: install
 	$(VENV)/bin/predilect bench --onnx $(ARTIFACTS)/onnx/model.onnx \
 		--checkpoint $(ARTIFACTS)/checkpoint/model.safetensors --manifest $(ARTIFACTS)/phantom/manifest.csv
