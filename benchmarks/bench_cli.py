@@ -53,7 +53,9 @@ def _users(text: str) -> list[int]:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="predilect bench [serving]", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(
+        prog="predilect bench [serving]", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--onnx", type=Path, default=ARTIFACTS.onnx, help="exported model")
     p.add_argument(
         "--checkpoint",
