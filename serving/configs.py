@@ -83,8 +83,9 @@ PRECISIONS = ("fp32", "int8")
 class ServingOptions:
     """Knobs of the served pipeline; everything else follows from the exported model.
 
-    The defaults are the CPU profile's, tuned on 2 cores by ``benchmarks/sweep.py``
-    (``benchmarks/results/sweep-2core*.json``); ``predilect assemble`` takes one option per field.
+    The defaults are the CPU profile's, tuned on 2 cores by ``predilect bench sweep``
+    (``benchmarks/results/sweep-2core*.json``; the fused layout with two instances in
+    ``sweep-2core-layouts.json``); ``predilect assemble`` takes one option per field.
     """
 
     max_batch_size: int = field(default=16, metadata={"help": "largest dynamic batch of every model"})
