@@ -88,6 +88,15 @@ KEY_ORT_THREADS = "predilect.ort_threads"
 REJECTED_PREFIX = "image rejected: "
 """Prefix of the error message of a request whose payload was refused (INVALID_ARGUMENT)."""
 
+AUTH_KEY = "predilect-auth-token"
+"""The key of the screening token: ``tritonserver --grpc-restricted-protocol=health,metadata,model-config,
+inference:<AUTH_KEY>=<token>`` (and ``--http-restricted-api=...`` for HTTP, which checks the header
+``<AUTH_KEY>`` itself). A restricted call without it fails with UNAVAILABLE "This protocol is restricted"."""
+GRPC_AUTH_HEADER = "triton-grpc-protocol-" + AUTH_KEY
+"""The gRPC metadata header Triton compares with the token (it prefixes gRPC keys with ``triton-grpc-protocol-``)."""
+AUTH_TOKEN_ENV = "PREDILECT_AUTH_TOKEN"
+"""The environment variable the command-line tools read the token from."""
+
 RIGHT_EYE, LEFT_EYE = "R", "L"
 EYES = (RIGHT_EYE, LEFT_EYE)
 _EYE_ALIASES = {
