@@ -112,3 +112,17 @@ def test_bench_dispatches_sub_command_when_named(sub, capsys):
     assert exit_.value.code == 0
     usage = capsys.readouterr().out
     assert "predilect bench" in usage and sub in usage.splitlines()[0]
+
+
+def test_bench_decoders_retrains_one_model_per_decoder_when_asked(tmp_path, phantom_manifest):
+    from predilect.benchmarks.decoders_cli import main
+
+    out = tmp_path / "results"
+    argv = ["--manifest", str(phantom_manifest), "--checkpoint", str(tmp_path / "none.safetensors"), "--no-auroc"]
+    argv += ["--images", "2", "--repeats", "1", "--retrain", "--retrain-epochs", "1", "--resamples", "20"]
+    assert main([*argv, "--out-dir", str(out), "--name", "retrained"]) == 0
+    retrained = json.loads((out / "retrained.json").read_text())["retrained"]
+    assert set(retrained["macro_auroc"]) == {"pil_draft", "dali_cpu"} and retrained["train_cfg"]["epochs"] == 1
+    ci = retrained["vs_pil_draft"]["dali_cpu"]
+    assert ci["low"] <= ci["difference"] <= ci["high"]
+    assert "one model trained per decoder" in (out / "retrained.md").read_text()
