@@ -77,7 +77,9 @@ def plot_latency(results: Mapping[str, Any], path: Path) -> str:
                 label=f"{LABELS[stack].split(' ')[0]} {key[:3]}",
             )
     ax.set_xscale("log", base=2)
-    ax.set_yscale("log")
+    latencies = [p[k] for points in results["sweeps"].values() for p in points for k in styles]
+    if any(math.isfinite(v) and v > 0 for v in latencies):  # a point that completed no request has none
+        ax.set_yscale("log")
     ax.set_xlabel("concurrent users")
     ax.set_ylabel("latency, ms")
     ax.legend(fontsize=7, ncol=2)

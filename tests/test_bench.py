@@ -126,3 +126,22 @@ def test_bench_decoders_retrains_one_model_per_decoder_when_asked(tmp_path, phan
     ci = retrained["vs_pil_draft"]["dali_cpu"]
     assert ci["low"] <= ci["difference"] <= ci["high"]
     assert "one model trained per decoder" in (out / "retrained.md").read_text()
+
+
+def test_report_writes_plots_when_no_request_completed(tmp_path):
+    from predilect.benchmarks import report
+
+    nan = float("nan")
+    empty = {"users": 1, "requests": 0, "failures": 0, "requests_per_s": 0.0, "error_rate": 0.0}
+    empty |= {"p50_ms": nan, "p90_ms": nan, "p99_ms": nan, "loadgen_cpu_cores": 0.1}
+    results = {
+        "date": "today",
+        "command": "predilect bench --quick",
+        "machine": {"description": "2 cores"},
+        "setup": {"model_version": "1+x", "onnx": "m.onnx", "decoder": "pil_draft", "serving_options": "defaults"}
+        | {"locust_version": "2", "seconds_per_point": 3, "headline_users": 1, "cores": 2},
+        "payloads": {"camera": {"label": "2 rendered JPEGs", "mean_bytes": 1000.0}},
+        "sweeps": {report.STACK_TRITON: [empty], report.STACK_BASELINE: [empty]},
+    }
+    path = report.write_report(results, tmp_path, "empty")
+    assert "| 1 | 0.0 | nan |" in path.read_text() and (tmp_path / "empty-latency.png").stat().st_size > 0
