@@ -17,6 +17,7 @@ the compiler. ``save_program`` / ``load_program`` are ``torch.export.save`` / ``
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,8 +30,10 @@ from predilect.training.attention import custom_op_attention
 from predilect.training.kernels import OP_NAME
 from predilect.training.model import FundusClassifier
 
-TORCH_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-"""Precisions the Torch-TensorRT route builds; int8 / fp8 need Q/DQ the ONNX route provides."""
+from .sidecar import TORCH_PRECISIONS
+
+TORCH_DTYPES = dict(zip(TORCH_PRECISIONS, (torch.float32, torch.float16, torch.bfloat16), strict=True))
+"""The dtypes of the precisions the Torch-TensorRT route builds."""
 
 
 class ExportError(UserError, ValueError):
@@ -64,7 +67,7 @@ def served_module(model: FundusClassifier, precision: str) -> nn.Module:
     if precision not in TORCH_DTYPES:
         raise ExportError(
             f"the torch frontend builds {', '.join(TORCH_DTYPES)} engines, not {precision!r}: int8 / fp8 need "
-            "explicit Q/DQ, which the onnx frontend provides (predilect assemble --precision ... --calibration-manifest)"
+            "explicit Q/DQ, which the onnx frontend provides (assemble --precision ... --calibration-manifest)"
         )
     model = model.eval()
     return model if precision == "fp32" else ServedPrecision(model, TORCH_DTYPES[precision]).eval()
@@ -76,26 +79,34 @@ def op_nodes(program: torch.export.ExportedProgram) -> list[torch.fx.Node]:
     return [n for n in program.graph.nodes if n.op == "call_function" and n.target is target]
 
 
-def export_fundus(model: FundusClassifier, *, max_batch: int, precision: str = "fp32") -> FundusProgram:
-    """``torch.export`` of ``model`` with batch in ``1..max_batch`` and the head as one custom-op node."""
+def export_fundus(
+    model: FundusClassifier, *, max_batch: int, precision: str = "fp32", custom_op: bool = True
+) -> FundusProgram:
+    """``torch.export`` of ``model`` with batch in ``1..max_batch`` and the head as one custom-op node.
+
+    ``custom_op=False`` exports the reference ops instead (no plugin; for comparison), on the
+    device the model is on.
+    """
     if max_batch < 1:
         raise ExportError(f"max_batch must be >= 1, got {max_batch}")
     module = served_module(model, precision)
     shape = (3, model.cfg.image_size, model.cfg.image_size)
+    device = next(model.parameters()).device
     # An example batch of 2: a batch of 1 would be specialised away by the tracer.
-    example = torch.randn(2, *shape)
+    example = torch.randn(2, *shape, device=device)
     # The program's range is at least 1..2 (a Dim needs min < max); the engine's profile is 1..max_batch.
     batch = torch.export.Dim("batch", min=1, max=max(max_batch, 2))
-    with torch.no_grad(), custom_op_attention():
+    routing = custom_op_attention() if custom_op else contextlib.nullcontext()
+    with torch.no_grad(), routing:
         program = torch.export.export(module, (example,), dynamic_shapes=({0: batch},), strict=False)
     # The op also returns the (empty) attention map; drop the unused getitem so the graph's
     # only consumer of the op is the logits.
     program.graph_module.graph.eliminate_dead_code()
     program.graph_module.recompile()
     found = len(op_nodes(program))
-    if found != 1:
+    if found != int(custom_op):
         raise ExportError(
-            f"expected exactly one {OP_NAME} node in the exported graph, found {found}: the head is past the "
+            f"expected {int(custom_op)} {OP_NAME} node(s) in the exported graph, found {found}: the head is past the "
             "fused kernel's limits (N, D <= 1024, C*K <= 512) or the model no longer calls it"
         )
     return FundusProgram(program=program, precision=precision, max_batch=max_batch, input_shape=shape)
