@@ -83,7 +83,7 @@ def checkpoint(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def reference_onnx(checkpoint) -> Path:
-    out = checkpoint.parent / "reference.onnx"
+    out = checkpoint.parent / "fp32-export.onnx"
     export_onnx(checkpoint, out)
     return out
 
@@ -140,7 +140,8 @@ def test_exported_program_rejects_batch_past_profile_when_called(program) -> Non
 def test_reduced_precision_export_keeps_fp32_io_and_op_in_precision_when_exported(model, precision, tolerance) -> None:
     exported = export_fundus(model, max_batch=8, precision=precision)
     (node,) = op_nodes(exported.program)
-    assert {arg.meta["val"].dtype for arg in node.args[:4]} == {TORCH_DTYPES[precision]}
+    tensors: list[Any] = list(node.args[:4])
+    assert {arg.meta["val"].dtype for arg in tensors} == {TORCH_DTYPES[precision]}
     pixels = _pixels(3)
     with torch.no_grad():
         got, want = exported.program.module()(pixels), model(pixels)
@@ -173,14 +174,15 @@ class _TensorDesc:  # stand-ins for tensorrt.plugin's classes: the boundary we d
 
 class _AutoTuneCombination:
     def __init__(self, types: str, formats: str) -> None:
-        self.types, self.formats, self.tactic_ids = types, formats, []
+        self.types, self.formats = types, formats
+        self.tactic_ids: list[int] = []
 
     def tactics(self, ids: list[int]) -> None:
         self.tactic_ids = ids
 
 
-def _stub_trtp() -> tuple[types.SimpleNamespace, dict[str, object]]:
-    registered: dict[str, object] = {}
+def _stub_trtp() -> tuple[types.SimpleNamespace, dict[str, tuple[str, Any]]]:
+    registered: dict[str, tuple[str, Any]] = {}
 
     def recorder(kind: str):
         def factory(plugin_id: str):
@@ -224,12 +226,13 @@ def test_op_plugin_sites_come_from_constant_shape_else_from_build_when_looked_up
     trtp, _ = _stub_trtp()
     plugin.define_op_plugin(trtp, "test_ns::op_b", sites_per_disease=3)
 
-    def sites(constant: bool) -> types.SimpleNamespace:
-        dim = types.SimpleNamespace(is_constant=constant, constant_value=lambda: 5)
+    def sites(constant: bool, fake: bool = False) -> types.SimpleNamespace:
+        dim = types.SimpleNamespace(is_fake=fake, is_constant=constant, constant_value=lambda: 5)
         return types.SimpleNamespace(shape_expr=[None, dim, None])
 
     assert plugin._op_sites("test_ns::op_b", sites(True)) == 5
     assert plugin._op_sites("test_ns::op_b", sites(False)) == 3
+    assert plugin._op_sites("test_ns::op_b", sites(True, fake=True)) == 3
     plugin.define_op_plugin(trtp, "test_ns::op_b", sites_per_disease=4)  # a second model in the process
     assert plugin._op_sites("test_ns::op_b") == 4
     with pytest.raises(RuntimeError, match="define_op_plugin first"):
@@ -241,7 +244,7 @@ def test_op_plugin_aot_refuses_attention_map_when_requested() -> None:
     plugin.define_op_plugin(trtp, "test_ns::op_c", sites_per_disease=3)
     _, aot = registered["aot_impl"]
     with pytest.raises(ValueError, match="logits only"):
-        aot(None, None, None, None, np.array(True), (None, None), 1)  # type: ignore[operator]
+        aot(None, None, None, None, np.array(True), (None, None), 1)
 
 
 def test_compiled_ptx_has_map_pointer_as_tensorrt_passes_when_two_outputs() -> None:
@@ -259,6 +262,42 @@ def test_compiled_ptx_has_map_pointer_as_tensorrt_passes_when_two_outputs() -> N
     shared, *params = done.stdout.split()
     assert tuple(params) == plugin.launch_param_types(map_output=True) == (*plugin.LAUNCH_PARAM_TYPES, ".u64")
     assert int(shared) <= 48 * 1024
+
+
+class _Interpreter:  # the part of Torch-TensorRT's TRTInterpreter the naming relies on: a boundary we do not own
+    def __init__(self) -> None:
+        self.input_specs_iter = 0
+        self._output_names: list[str] = []
+        self.inputs: list[str] = []
+
+    def placeholder(self, target: str, args: Any, kwargs: Any) -> str:
+        self.inputs.append(target)
+        self.input_specs_iter += 1
+        return target
+
+    def output(self, target: str, args: Any, kwargs: Any) -> list[Any]:
+        outputs = [types.SimpleNamespace(name=f"output{i}") for i in range(len(args[0]))]
+        self._output_names = [o.name for o in outputs]
+        return outputs
+
+
+def test_contract_io_names_renames_inputs_and_outputs_then_restores_when_used(monkeypatch) -> None:
+    from predilect.build.tensorrt.torch_engine import contract_io_names
+    from predilect.contract import LOGITS, PIXELS
+
+    conversion: Any = types.ModuleType("torch_tensorrt.dynamo.conversion._conversion")
+    conversion.TRTInterpreter = _Interpreter
+    monkeypatch.setitem(sys.modules, conversion.__name__, conversion)
+    with contract_io_names():
+        interpreter = conversion.TRTInterpreter()
+        assert interpreter.placeholder("pixels", (), {}) == PIXELS and interpreter.inputs == [PIXELS]
+        with pytest.raises(RuntimeError, match="second placeholder"):
+            interpreter.placeholder("mask", (), {})
+        (output,) = interpreter.output("output", ((None,),), {})
+        assert output.name == LOGITS and interpreter._output_names == [LOGITS]
+        with pytest.raises(RuntimeError, match="one output"):
+            conversion.TRTInterpreter().output("output", ((None, None),), {})
+    assert conversion.TRTInterpreter is _Interpreter
 
 
 # ----------------------------------------------------------------------------- build options

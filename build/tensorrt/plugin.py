@@ -324,8 +324,9 @@ _OP_SITES: dict[str, int] = {}
 
 
 def _op_sites(plugin_id: str, sites: Any = None) -> int:
-    if sites is not None and sites.shape_expr[1].is_constant:  # sites is a weight: its shape is static
-        return int(sites.shape_expr[1].constant_value())
+    dim = None if sites is None else sites.shape_expr[1]
+    if dim is not None and not dim.is_fake and dim.is_constant:  # sites is a weight: its shape is static
+        return int(dim.constant_value())
     if plugin_id not in _OP_SITES:
         raise RuntimeError(f"no sites_per_disease set for {plugin_id}: call define_op_plugin first")
     return _OP_SITES[plugin_id]
