@@ -450,3 +450,20 @@ def test_torch_engine_with_qdp_lowering_passes_gate_when_built(checkpoint, refer
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.split()[-2:] == ["qdp", "True"]
+
+
+@pytest.mark.gpu
+@NEEDS_TORCH_TENSORRT
+def test_ensure_torch_engine_builds_then_reuses_when_repository_assembled(checkpoint, reference_onnx, tmp_path):
+    from predilect import contract
+    from predilect.build.tensorrt.torch_engine import ensure_torch_engine
+    from predilect.serving.gpu_profile import GpuServingOptions, assemble_gpu
+
+    options = GpuServingOptions(max_batch_size=8, preferred_batch_sizes=(2, 4), precision="fp16")
+    repository = assemble_gpu(reference_onnx, tmp_path / "repo", options)
+    path, built = ensure_torch_engine(repository, tmp_path / "cache", checkpoint)
+    assert built and path == repository / contract.CLASSIFIER_MODEL / contract.TRITON_VERSION / contract.PLAN_FILENAME
+    sidecar = read_sidecar(path)
+    assert (sidecar.frontend, sidecar.precision, sidecar.max_batch) == ("torch", "fp16", 8)
+    assert sidecar.inputs[0].opt_shape[0] == 4 and sidecar.gate["passed"]
+    assert ensure_torch_engine(repository, tmp_path / "cache", checkpoint) == (path, False)
