@@ -79,11 +79,12 @@ def test_fundus_dataset_reads_dicom_frame_as_client_sends_it_when_record_is_dico
 def test_fundus_dataset_raises_naming_file_when_dicom_unsupported(tmp_path):
     import pydicom
     from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import UID
 
     meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.2"  # CT: not screened
-    meta.MediaStorageSOPInstanceUID = "1.2.3.4"
-    meta.TransferSyntaxUID = "1.2.840.10008.1.2.1"
+    meta.MediaStorageSOPClassUID = UID("1.2.840.10008.5.1.4.1.1.2")  # CT: not screened
+    meta.MediaStorageSOPInstanceUID = UID("1.2.3.4")
+    meta.TransferSyntaxUID = UID("1.2.840.10008.1.2.1")
     ds = pydicom.Dataset()
     ds.file_meta, ds.SOPClassUID, ds.SOPInstanceUID = meta, meta.MediaStorageSOPClassUID, "1.2.3.4"
     path = tmp_path / "ct.dcm"
