@@ -249,14 +249,15 @@ def test_loader_skips_whole_batches_without_reading_them_when_resumed():
     assert len(resumed) == 3 and _indices(resumed) == full[2:]
 
 
-def test_loader_yields_same_batches_when_workers_differ():
+def test_loader_yields_same_batches_when_workers_forked_or_spawned():
     dataset = FundusDataset(_records(12), CFG, CATALOG, augment=FundusAugment(AugmentCfg(), CFG), seed=4)
     batches = []
-    for workers in (0, 2):
-        loader = make_loader(dataset, batch_size=4, workers=workers, seed=4, epoch=3)
+    for workers, context in ((0, None), (2, "fork"), (1, "spawn")):
+        loader = make_loader(dataset, batch_size=4, workers=workers, seed=4, epoch=3, mp_context=context)
         batches.append([(b["index"], b["pixels"], b["labels"]) for b in loader])
-    for (i0, p0, l0), (i1, p1, l1) in zip(*batches, strict=True):
-        assert torch.equal(i0, i1) and torch.equal(p0, p1) and torch.equal(l0, l1)
+    for other in batches[1:]:
+        for (i0, p0, l0), (i1, p1, l1) in zip(batches[0], other, strict=True):
+            assert torch.equal(i0, i1) and torch.equal(p0, p1) and torch.equal(l0, l1)
 
 
 def test_loader_drops_incomplete_batch_when_training_and_keeps_it_when_sequential():

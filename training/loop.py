@@ -274,9 +274,10 @@ def _save_atomic(obj: Any, path: Path) -> None:
     partial.replace(path)  # a kill never leaves a half-written state behind
 
 
-def _load_state(path: Path, cfg: LoopCfg, device: torch.device) -> dict[str, Any]:
+def _load_state(path: Path, cfg: LoopCfg) -> dict[str, Any]:
     try:
-        state = torch.load(path, map_location=device, weights_only=True)
+        # On the CPU: RNG states must stay there; model and optimiser states move to their parameters.
+        state = torch.load(path, map_location="cpu", weights_only=True)
     except (RuntimeError, OSError, EOFError) as e:
         raise UserError(f"{path}: cannot read the run state to resume: {e}") from e
     if state.get("format") != contract.LOOP_STATE_FORMAT:
@@ -490,7 +491,7 @@ def _fit(
     saved_sums: dict[str, dict[str, float]] = {}
     resumed_from: int | None = None
     if resume:
-        state = _load_state(state_path, cfg, device)
+        state = _load_state(state_path, cfg)
         model.load_state_dict(state["model"])
         optimiser.load_state_dict(state["optimizer"])
         schedule.load_state_dict(state["scheduler"])
