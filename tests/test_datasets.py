@@ -69,6 +69,19 @@ def test_fundus_dataset_raises_naming_file_when_image_not_a_fundus(tmp_path):
         FundusDataset([Record(black, frozenset())], CFG, CATALOG)[0]
 
 
+def test_fundus_dataset_raises_naming_file_when_jpeg_truncated(tmp_path):
+    cut = tmp_path / "cut.jpg"
+    cut.write_bytes(IMAGES[-1].read_bytes()[:-200])
+    with pytest.raises(DatasetItemError, match=r"cut\.jpg: truncated JPEG"):
+        FundusDataset([Record(cut, frozenset())], CFG, CATALOG)[0]
+
+
+def test_fundus_dataset_raises_naming_frame_when_dicom_has_fewer_frames(tmp_path, dicom_from_jpeg):
+    dicom = dicom_from_jpeg(FIXTURES / "ODIR-5K" / "Training Images" / "0_left.jpg", tmp_path / "one.dcm")
+    with pytest.raises(DatasetItemError, match=r"one\.dcm: DICOM instance has no frame 2"):
+        FundusDataset([Record(dicom, frozenset(), extra={"frame": "2"})], CFG, CATALOG)[0]
+
+
 def test_fundus_dataset_reads_dicom_frame_as_client_sends_it_when_record_is_dicom(tmp_path, dicom_from_jpeg):
     jpeg = FIXTURES / "ODIR-5K" / "Training Images" / "0_left.jpg"
     dicom = dicom_from_jpeg(jpeg, tmp_path / "fundus.dcm", sop_class="oph")

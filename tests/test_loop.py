@@ -64,7 +64,7 @@ def test_fit_matches_uninterrupted_run_exactly_when_sigkilled_mid_epoch_and_resu
 
 def test_fit_matches_single_process_within_tolerance_when_run_by_torchrun_on_two_processes(uninterrupted, tmp_path):
     run_dir = tmp_path / "ddp"
-    _run(str(run_dir), torchrun=True)
+    _run(str(run_dir), "--workers", "1", torchrun=True)  # each rank with its own DataLoader worker
     expected, ddp = _weights(uninterrupted), _weights(run_dir)
     worst = max((expected[k] - ddp[k]).abs().max().item() for k in expected)
     assert worst < DDP_ATOL, worst
@@ -144,6 +144,26 @@ def test_fit_resumes_exactly_when_a_plain_loader_crashed_mid_epoch(tmp_path):
     assert all(torch.equal(a, b) for a, b in zip(reference.parameters(), net.parameters(), strict=True))
 
 
+class _ScaledLoss(nn.Module):
+    """A loss with a learnable logit scale, as contrastive losses have."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scale = nn.Parameter(torch.tensor(1.0))
+
+    def forward(self, net: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, dict]:
+        x, y = batch
+        return nn.functional.binary_cross_entropy_with_logits(net(x) * self.scale, y), {}
+
+
+def test_fit_trains_and_saves_loss_parameters_when_loss_is_a_module(tmp_path):
+    loss = _ScaledLoss()
+    fit(_net(), loss, _factory(8), CFG, run_dir=tmp_path)
+    assert loss.scale.item() != 1.0
+    saved = torch.load(tmp_path / STATE_FILE, weights_only=True)["model"]
+    assert torch.equal(saved["loss_fn.scale"], loss.scale.detach())
+
+
 def test_fit_logs_what_on_epoch_end_returns_when_given(tmp_path):
     seen: list[int] = []
 
@@ -216,3 +236,13 @@ def test_warmup_cosine_rises_linearly_then_decays_to_floor_when_stepped():
 def test_loop_cfg_raises_when_value_out_of_range(kwargs):
     with pytest.raises(ConfigError):
         LoopCfg(**kwargs)
+
+
+def test_fit_writes_tensorboard_events_when_tensorboard_installed(tmp_path):
+    pytest.importorskip("tensorboard", reason="TensorBoard logging is optional: CSV logs only without it")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    fit(_net(), _loss, _factory(8), LoopCfg(**{**CFG.__dict__, "tensorboard": True}), run_dir=tmp_path)
+    events = EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    assert len(events.Scalars("train/loss")) == 12 and len(events.Scalars("epoch/loss")) == 3

@@ -22,8 +22,10 @@ no stage should rewrite:
 
 Training stops after ``cfg.epochs`` epochs, never on a clock. ``loss_fn(model, batch)`` returns
 ``(loss, metrics)``: a scalar tensor and a dict of floats (or scalar tensors) averaged for the
-logs. ``train_loader_factory(epoch)`` returns the epoch's iterable of batches with ``len``;
-``datasets.make_loader`` makes one that also resumes mid-epoch without reading skipped images.
+logs; it may be an ``nn.Module`` whose own parameters (a learnable temperature) are optimised,
+synchronised and saved with the model's. ``train_loader_factory(epoch)`` returns the epoch's
+iterable of batches with ``len``; ``datasets.make_loader`` makes one that also resumes mid-epoch
+without reading skipped images.
 """
 
 from __future__ import annotations
@@ -473,8 +475,10 @@ def _fit(
         torch.backends.cudnn.benchmark = False
     seed_everything(cfg.seed)
     device = runtime.device
-    model.to(device)
-    groups = list(param_groups) if param_groups is not None else default_param_groups(model, cfg.weight_decay)
+    # The loss may be a module with parameters of its own (a learnable temperature): they train,
+    # synchronise and resume with the model's.
+    module = _LossModule(model, loss_fn).to(device)
+    groups = list(param_groups) if param_groups is not None else default_param_groups(module, cfg.weight_decay)
     fused = {"fused": True} if device.type == "cuda" else {}
     optimiser = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay, **fused)  # type: ignore[arg-type]
 
@@ -492,7 +496,7 @@ def _fit(
     resumed_from: int | None = None
     if resume:
         state = _load_state(state_path, cfg)
-        model.load_state_dict(state["model"])
+        module.load_state_dict(state["model"])
         optimiser.load_state_dict(state["optimizer"])
         schedule.load_state_dict(state["scheduler"])
         _set_rng_state(state["rng"])
@@ -501,11 +505,11 @@ def _fit(
         resumed_from = step
         log.info("resuming %s at epoch %d, batch %d, step %d", run_dir, epoch0, batch0, step)
 
-    wrapped: nn.Module = _LossModule(model, loss_fn)
+    wrapped: nn.Module = module
     if runtime.distributed:
         device_ids = [device.index] if device.type == "cuda" else None
         wrapped = nn.parallel.DistributedDataParallel(
-            wrapped, device_ids=device_ids, find_unused_parameters=cfg.ddp_find_unused
+            module, device_ids=device_ids, find_unused_parameters=cfg.ddp_find_unused
         )
     autocast = (
         torch.autocast("cuda", dtype=torch.bfloat16)
@@ -530,7 +534,7 @@ def _fit(
                     "batch": batch,
                     "step": step,
                     "world_size": runtime.world,
-                    "model": model.state_dict(),
+                    "model": module.state_dict(),  # the model's and the loss module's parameters
                     "optimizer": optimiser.state_dict(),
                     "scheduler": schedule.state_dict(),
                     "rng": _rng_state(),
