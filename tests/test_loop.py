@@ -83,7 +83,7 @@ def _problem(n: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
     return x, (x[:, :1] > 0).float()
 
 
-def _net() -> nn.Module:
+def _net() -> nn.Sequential:
     torch.manual_seed(1)
     return nn.Sequential(nn.Linear(5, 8), nn.Tanh(), nn.Linear(8, 1))
 
