@@ -187,9 +187,9 @@ def quantize(onnx_path: Path, manifest: Path, out: Path, cfg: QuantizeCfg = Quan
         PreprocessCfg.from_json(meta[contract.KEY_PREPROCESS]),
     )
     train = read_manifest(manifest, catalog=catalog, split="train")[: cfg.calibration_images]
-    heldout = read_manifest(manifest, catalog=catalog, split="heldout")
+    heldout = read_manifest(manifest, catalog=catalog, split="test")
     if not train or not heldout:
-        raise ConfigError(f"{manifest} needs train and heldout rows to calibrate and gate INT8")
+        raise ConfigError(f"{manifest} needs train and test rows to calibrate and gate INT8")
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = out.with_name(f".{out.name}.tmp")
     try:
