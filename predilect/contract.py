@@ -75,6 +75,8 @@ KEY_MODEL_NAME = "predilect.model_name"
 KEY_MODEL_VERSION = "predilect.model_version"
 KEY_METRICS = "predilect.metrics"
 CHECKPOINT_FORMAT = "predilect.checkpoint.v1"
+LOOP_STATE_FORMAT = "predilect.loop_state.v1"
+"""Format of a training run's resumable state (``run_dir/state.pt``, written by ``training.loop``)."""
 
 SERVED_KEYS = (KEY_CATALOG, KEY_PREPROCESS, KEY_MODEL_NAME, KEY_MODEL_VERSION, KEY_MODEL_CFG)
 """The metadata_props every exported model carries."""

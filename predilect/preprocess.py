@@ -11,9 +11,21 @@ fundus disc, padded with black where the disc is clipped by the frame) -> antial
 to ``size`` x ``size`` -> (x/255 - mean) / std -> CHW float32.
 
 Decoders: ``pil_draft`` (the CPU default) decodes JPEGs at the smallest libjpeg DCT scale
-(1/2, 1/4, 1/8) that still leaves the field-of-view square at least ``size`` pixels, then
-runs the same steps with Pillow and NumPy; ``dali_cpu`` and ``dali_mixed`` run the steps as
-a DALI pipeline on the full-resolution frame (host or nvJPEG decode).
+(1/2, 1/4, 1/8, the scale Pillow's ``draft`` picks) that still leaves the field-of-view square
+at least ``size`` pixels, then runs the same steps with NumPy and Pillow; ``dali_cpu`` and
+``dali_mixed`` run the steps as a DALI pipeline on the full-resolution frame (host or nvJPEG
+decode).
+
+``pil_draft`` at the decode floor: JPEGs are decoded by libjpeg-turbo through simplejpeg
+(the pixels Pillow's draft mode gives, bit for bit, and with ``strict`` decoding: corrupt or
+premature scan data is an error, not a grey-filled image); the field of view is found on the
+DCT-scaled frame by two max-projections; the crop + resize is one Pillow call on the square;
+normalisation is one lookup-table gather per channel, written straight into the batch tensor.
+
+What is screened: 8-bit greyscale or colour JPEG (YCbCr/RGB) and 8-bit PNG (greyscale, RGB,
+palette, or with a fully opaque alpha channel), EXIF orientation applied. Everything else is
+refused with ``InvalidImageError`` naming the cause, from the header alone where it can be
+(size, colour space, bit depth) so that no decompression bomb reaches a decoder.
 """
 
 from __future__ import annotations
@@ -21,6 +33,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import re
 import struct
 import threading
 from collections.abc import Sequence
@@ -149,7 +162,8 @@ def _jpeg_header(data: np.ndarray) -> ImageHeader:
     try:
         height, width, colour, _ = simplejpeg.decode_jpeg_header(data, strict=True)
     except ValueError as e:
-        raise InvalidImageError(f"corrupt or unsupported JPEG header: {e}") from e
+        cause = re.sub(r"^tj\w+\(\):\s*", "", str(e))  # libjpeg-turbo's words, without its API function's name
+        raise InvalidImageError(f"corrupt JPEG header: {cause}") from e
     if colour not in _JPEG_COLOURS:
         raise InvalidImageError(
             f"unsupported JPEG colour space {colour}: only 8-bit RGB (YCbCr) and greyscale images are screened"
@@ -367,6 +381,8 @@ def pil_draft_resized(data: np.ndarray, cfg: PreprocessCfg, header: ImageHeader 
     while True:
         rgb = decode_rgb(data, header, request_px)
         height, width = rgb.shape[:2]
+        if header.format == "png":  # decoded at full resolution, EXIF orientation applied by Pillow
+            full_w, full_h = width, height
         fov_w, fov_h = _fov_extent(rgb, cfg.fov_threshold)
         side = max(fov_w, fov_h)
         if side >= cfg.size or side == 0 or (width, height) == (full_w, full_h):

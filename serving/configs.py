@@ -173,8 +173,9 @@ PRECISIONS = ("fp32", "int8")
 class ServingOptions:
     """Knobs of the served pipeline; everything else follows from the exported model.
 
-    The defaults are the CPU profile's, tuned on 2 cores by ``benchmarks/sweep.py``
-    (``benchmarks/results/sweep-2core*.json``); ``predilect assemble`` takes one option per field.
+    The defaults are the CPU profile's, tuned on 2 cores by ``predilect bench sweep``
+    (``benchmarks/results/sweep-2core*.json``; the fused layout with two instances in
+    ``sweep-2core-layouts.json``); ``predilect assemble`` takes one option per field.
     """
 
     max_batch_size: int = field(default=16, metadata={"help": "largest dynamic batch of every model"})
@@ -185,7 +186,7 @@ class ServingOptions:
     # 2 cores: the decode pool already takes both, so ONNX Runtime gets one.
     ort_threads: int = field(default=1, metadata={"help": "ONNX Runtime intra-op threads per classifier instance"})
     preferred_batch_sizes: tuple[int, ...] = field(default=(), metadata={"help": "dynamic batcher preferred sizes"})
-    # CPU profile (benchmarks: `predilect bench layouts`): "fused" runs preprocess, ONNX Runtime
+    # CPU profile (measured by `predilect bench` and `bench sweep`): "fused" runs preprocess, ONNX Runtime
     # and the sigmoid in one Python-backend model, so the float tensor never leaves the process;
     # "split" is the three-step ensemble. Either way clients see the same fundus_screen ensemble.
     layout: str = field(default="fused", metadata={"help": "CPU model layout: fused (one process) or split"})

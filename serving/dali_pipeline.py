@@ -40,15 +40,19 @@ class DaliParams:
             raise ValueError("max_batch_size and num_threads must be >= 1")
 
     def to_json(self) -> str:
-        data = dataclasses.asdict(self)
-        data["preprocess"] = json.loads(self.preprocess.to_json())
+        data: dict[str, Any] = {
+            "max_batch_size": self.max_batch_size,
+            "num_threads": self.num_threads,
+            "hw_decoder_load": self.hw_decoder_load,
+            contract.KEY_PREPROCESS: json.loads(self.preprocess.to_json()),  # the key checkpoints use
+        }
         return json.dumps(data, indent=2, sort_keys=True) + "\n"
 
     @classmethod
     def from_json(cls, text: str) -> DaliParams:
         data = json.loads(text)
-        data["preprocess"] = PreprocessCfg.from_json(json.dumps(data["preprocess"]))
-        return cls(**data)
+        cfg = PreprocessCfg.from_json(json.dumps(data.pop(contract.KEY_PREPROCESS)))
+        return cls(cfg, **data)
 
     @classmethod
     def beside(cls, module_file: str | Path) -> DaliParams:

@@ -111,6 +111,19 @@ def staged_repository(out_dir: Path) -> Iterator[Path]:
             shutil.rmtree(staging)
 
 
+def write_model(staging: Path, definition: configs.ModelDef, *, files: dict[str, Path] | None = None) -> Path:
+    """``<name>/config.pbtxt`` and ``<name>/1/``, with ``files`` (name in ``1/`` -> source) copied in."""
+    model_dir = staging / definition.name
+    (model_dir / contract.TRITON_VERSION).mkdir(parents=True)
+    text = configs.to_pbtxt(configs.to_model_config(definition))
+    (model_dir / contract.CONFIG_FILENAME).write_text(text, encoding="utf-8")
+    for name, source in (files or {}).items():
+        if not source.is_file():
+            raise FileNotFoundError(f"{source} missing; is the predilect install complete?")
+        shutil.copy2(source, model_dir / contract.TRITON_VERSION / name)
+    return model_dir
+
+
 def served_onnx(onnx_path: Path, precision: str) -> Path:
     """The ONNX file served at ``precision``: ``onnx_path`` itself, or its gated INT8 model."""
     if precision == "fp32":
@@ -131,19 +144,6 @@ def served_onnx(onnx_path: Path, precision: str) -> Path:
             f"{path} carries no accuracy-gate report ({contract.KEY_QUANTIZATION}); re-quantize it"
         )
     return path
-
-
-def write_model(staging: Path, definition: configs.ModelDef, *, files: dict[str, Path] | None = None) -> Path:
-    """``<name>/config.pbtxt`` and ``<name>/1/``, with ``files`` (name in ``1/`` -> source) copied in."""
-    model_dir = staging / definition.name
-    (model_dir / contract.TRITON_VERSION).mkdir(parents=True)
-    text = configs.to_pbtxt(configs.to_model_config(definition))
-    (model_dir / contract.CONFIG_FILENAME).write_text(text, encoding="utf-8")
-    for name, source in (files or {}).items():
-        if not source.is_file():
-            raise FileNotFoundError(f"{source} missing; is the predilect install complete?")
-        shutil.copy2(source, model_dir / contract.TRITON_VERSION / name)
-    return model_dir
 
 
 def assemble(onnx_path: Path, out_dir: Path, options: configs.ServingOptions = configs.ServingOptions()) -> Path:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 from google.protobuf import text_format
@@ -206,14 +207,16 @@ def test_parse_pbtxt_raises_parse_error_when_text_is_not_a_model_config() -> Non
     ],
 )
 def test_serving_options_raise_value_error_when_count_not_positive(option: str) -> None:
+    count: dict[str, Any] = {option: 0}
     with pytest.raises(ValueError, match=option):
-        configs.ServingOptions(**{option: 0})
+        configs.ServingOptions(**count)
 
 
 @pytest.mark.parametrize(("option", "value"), [("layout", "merged"), ("precision", "fp16")])
 def test_serving_options_raise_config_error_when_choice_unknown(option: str, value: str) -> None:
+    choice: dict[str, Any] = {option: value}
     with pytest.raises(ValueError, match=option):
-        configs.ServingOptions(**{option: value})
+        configs.ServingOptions(**choice)
 
 
 def test_assemble_raises_model_metadata_error_when_int8_model_missing(tiny_onnx: Path, tmp_path: Path) -> None:

@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from predilect import contract
+
 ROOT = Path(__file__).resolve().parent.parent
 K8S = sorted((ROOT / "deploy" / "k8s").glob("*.yaml"))
 KUBERNETES_VERSION = "1.31.0"  # the schema set pinned by kubernetes-validate==1.31.0 in the deploy extra
@@ -101,4 +103,4 @@ def test_entrypoint_exits_2_when_repository_lacks_ensemble(tmp_path: Path) -> No
         capture_output=True,
         text=True,
     )
-    assert done.returncode == 2 and "fundus_screen" in done.stderr
+    assert done.returncode == 2 and contract.ENSEMBLE in done.stderr

@@ -30,7 +30,7 @@ GPU_MODELS = (
     contract.POSTPROCESS_MODEL,
     contract.ENSEMBLE,
 )
-CPU_MODELS = (contract.PREPROCESS_MODEL, contract.CLASSIFIER_MODEL, contract.POSTPROCESS_MODEL, contract.ENSEMBLE)
+CPU_MODELS = (contract.FUSED_MODEL, contract.ENSEMBLE)  # the CPU profile's default (fused) layout
 HAS_GPU = Path("/dev/nvidiactl").exists()
 
 

@@ -30,9 +30,9 @@ from .accuracy import GateReport, check_accuracy
 from .onnx_rewrite import for_tensorrt, rewrite
 from .plugin import TensorRTUnavailableError, import_tensorrt, register_plugin
 from .precision import onnx_precision
-from .sidecar import EngineSidecar, TensorShapes, write_sidecar
+from .sidecar import FRONTENDS, EngineSidecar, TensorShapes, write_sidecar
 
-FRONTEND = "onnx"
+FRONTEND = FRONTENDS[0]
 
 
 @dataclass(frozen=True)
@@ -238,10 +238,15 @@ def build_engine(onnx_path: Path, engine_path: Path, cfg: EngineCfg = EngineCfg(
         outputs=outputs,
         gate=report.to_dict(),
     )
+    write_engine(engine_path, plan, sidecar)
+    return sidecar
+
+
+def write_engine(engine_path: Path, plan: bytes, sidecar: EngineSidecar) -> None:
+    """Write the plan and its sidecar (the plan last, by rename, so a plan never lacks its sidecar)."""
     engine_path = Path(engine_path)
     engine_path.parent.mkdir(parents=True, exist_ok=True)
     partial = engine_path.with_name(f".{engine_path.name}.{os.getpid()}.partial")
     partial.write_bytes(plan)
     write_sidecar(engine_path, sidecar)
     partial.replace(engine_path)
-    return sidecar

@@ -3,11 +3,17 @@
 Two ways in: ``--onnx``/``--engine`` (one model; gate images from ``--manifest``, else random
 pixels and no AUROC), or ``--model-repository`` (a GPU-profile repository: build or reuse the
 classifier's engine for this host under ``--cache``; what the container entrypoint runs).
+
+Two frontends write the same plan, sidecar and gate report: ``--frontend onnx`` (the default:
+TensorRT's ONNX parser, precision from the ONNX types) and ``--frontend torch`` (Torch-TensorRT
+compiles ``--checkpoint`` through ``torch.export``; precision from ``--precision``, or from the
+repository's build request; needs ``torch_tensorrt`` on a CUDA host).
 """
 
 from __future__ import annotations
 
 import argparse
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -15,9 +21,11 @@ import numpy as np
 import onnx
 
 from predilect.artifacts import default_artifacts
-from predilect.cli import EXIT_INCOMPLETE, CommandError, command
+from predilect.cli import EXIT_INCOMPLETE, EXIT_UNAVAILABLE, CommandError, command
 
 from .accuracy import AccuracyGateError
+from .plugin import TensorRTUnavailableError
+from .sidecar import FRONTENDS, TORCH_LOWERINGS, TORCH_PRECISIONS
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -35,13 +43,24 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--timing-cache", type=Path, help="TensorRT timing cache to reuse and update")
     p.add_argument("--model-repository", type=Path, help="build/reuse the engine of a GPU-profile repository")
     p.add_argument("--cache", type=Path, default=artifacts.cache / "engines", help="engine cache (repository mode)")
+    torch_route = p.add_argument_group("torch frontend")
+    torch_route.add_argument("--frontend", choices=FRONTENDS, default=FRONTENDS[0], help="onnx (default) or torch")
+    torch_route.add_argument("--checkpoint", type=Path, default=artifacts.checkpoint, help="the model torch compiles")
+    torch_route.add_argument(
+        "--precision", choices=TORCH_PRECISIONS, help="torch: engine precision (default fp32; repository: its request)"
+    )
+    torch_route.add_argument(
+        "--torch-lowering",
+        choices=TORCH_LOWERINGS,
+        default=TORCH_LOWERINGS[0],
+        help="auto: a plugin generated from the custom op; qdp: the ONNX route's plugin",
+    )
     return p
 
 
-def _gate(args: argparse.Namespace, shape: list[int]):
+def _gate(args: argparse.Namespace, shape: Sequence[int], reference: Path):
     from predilect.build.tensorrt.engine import GateData
 
-    reference = args.reference_onnx or args.onnx
     if args.manifest is None:
         pixels = np.random.default_rng(0).standard_normal((min(8, args.max_batch), *shape)).astype(np.float32)
         return GateData(pixels=pixels, reference_onnx=reference)
@@ -51,10 +70,47 @@ def _gate(args: argparse.Namespace, shape: list[int]):
     return GateData(pixels=pixels, labels=labels, reference_onnx=reference)
 
 
+def _torch(args: argparse.Namespace) -> str:
+    """The torch frontend; returns what it built or reused."""
+    from .engine import EngineCfg
+    from .torch_engine import TorchBuild, build_torch_engine, ensure_torch_engine, reference_onnx_for
+
+    if args.model_repository is not None:
+        if args.precision is not None:
+            raise CommandError("--precision comes from the repository's build request (assemble --precision)")
+        lowering = args.torch_lowering
+        path, built = ensure_torch_engine(args.model_repository, args.cache, args.checkpoint, lowering=lowering)
+        return f"{'built' if built else 'reused'} {path} (torch frontend)"
+    from predilect.training.checkpoint import read_meta
+
+    meta = read_meta(args.checkpoint)
+    cfg = EngineCfg(
+        opt_batch=args.opt_batch,
+        max_batch=args.max_batch,
+        use_plugin=not args.no_plugin,
+        timing_cache=args.timing_cache,
+    )
+    build = TorchBuild(precision=args.precision or "fp32", lowering=args.torch_lowering)
+    with tempfile.TemporaryDirectory(prefix="predilect-torchtrt-") as folder:
+        reference = args.reference_onnx or reference_onnx_for(args.checkpoint, Path(folder))
+        sidecar = build_torch_engine(
+            args.checkpoint, args.engine, cfg, build, gate=_gate(args, meta.preprocess.input_shape, reference)
+        )
+    where = f"{sidecar.gpu_name} sm{sidecar.compute_capability}"
+    return f"built {args.engine} ({sidecar.precision}, {where}, torch frontend); accuracy gate {sidecar.gate}"
+
+
 @command("trt-engine")
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if not 1 <= args.opt_batch <= args.max_batch:
+        raise CommandError(f"need 1 <= --opt-batch <= --max-batch, got {args.opt_batch}, {args.max_batch}")
     try:
+        if args.frontend == "torch":
+            print(_torch(args))
+            return 0
+        if args.precision is not None:
+            raise CommandError("--precision is for --frontend torch; the onnx frontend reads it from the ONNX types")
         if args.model_repository is not None:
             from .repository_engine import ensure_engine
 
@@ -63,8 +119,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         from .engine import EngineCfg, build_engine
 
-        if not 1 <= args.opt_batch <= args.max_batch:
-            raise CommandError(f"need 1 <= --opt-batch <= --max-batch, got {args.opt_batch}, {args.max_batch}")
         cfg = EngineCfg(
             opt_batch=args.opt_batch,
             max_batch=args.max_batch,
@@ -72,10 +126,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             timing_cache=args.timing_cache,
         )
         shape = [d.dim_value for d in onnx.load(str(args.onnx)).graph.input[0].type.tensor_type.shape.dim[1:]]
-        sidecar = build_engine(args.onnx, args.engine, cfg, gate=_gate(args, shape))
+        sidecar = build_engine(args.onnx, args.engine, cfg, gate=_gate(args, shape, args.reference_onnx or args.onnx))
     except AccuracyGateError as e:
         print(f"predilect trt-engine: {e}")
         return EXIT_INCOMPLETE
+    except TensorRTUnavailableError as e:
+        print(f"predilect trt-engine: {e}")
+        return EXIT_UNAVAILABLE
     where = f"{sidecar.gpu_name} sm{sidecar.compute_capability}"
     print(f"built {args.engine} ({sidecar.precision}, {where}); accuracy gate {sidecar.gate}")
     return 0

@@ -25,6 +25,8 @@ import re
 from dataclasses import dataclass
 from typing import Any, List, Tuple, Union  # noqa: UP035 - the forms tensorrt.plugin's validator expects
 
+import numpy as np
+
 PLUGIN_NAMESPACE = "predilect"
 PLUGIN_NAME = "PredilectionAttention"
 PLUGIN_ID = f"{PLUGIN_NAMESPACE}::{PLUGIN_NAME}"
@@ -44,6 +46,13 @@ N_INPUTS, N_OUTPUTS = 4, 1
 SCALAR_NAMES = ("N", "D", "C", "K", "stride_tb", "stride_tn", "stride_sc", "stride_sk", "stride_wc", "stride_lb")
 LAUNCH_PARAM_TYPES = (".u64",) * N_INPUTS + (".u32",) * len(SCALAR_NAMES) + (".u64",) * N_OUTPUTS
 """PTX types of the parameters TensorRT passes: input pointers, int32 scalars, output pointers."""
+
+
+def launch_param_types(*, map_output: bool = False) -> tuple[str, ...]:
+    """``LAUNCH_PARAM_TYPES``, with the attention map's output pointer last for the two-output plugin."""
+    return LAUNCH_PARAM_TYPES + ((".u64",) if map_output else ())
+
+
 _STATIC_SHARED_LIMIT = 48 * 1024  # above this a launch needs an opt-in the AOT path does not make
 
 
@@ -134,7 +143,13 @@ def driver_ptx_version() -> int | None:
 
 
 def compile_kernel(
-    dtype: str, n_sites: int, tactic: int, *, target: Any = None, ptx_version: int | None = None
+    dtype: str,
+    n_sites: int,
+    tactic: int,
+    *,
+    target: Any = None,
+    ptx_version: int | None = None,
+    map_output: bool = False,
 ) -> AotKernel:
     """Compile the logits-only kernel for contiguous tensors of ``dtype`` (TensorRT's FLOAT, HALF or BF16).
 
@@ -142,6 +157,9 @@ def compile_kernel(
     int32 scalars ``SCALAR_NAMES`` and logits (output): TensorRT's AOT calling convention. Unit
     strides and the unused attention-map arguments are compile-time constants. ``ptx_version``
     (e.g. 87 = PTX ISA 8.7) defaults to what the local driver accepts, else Triton's own.
+    ``map_output``: a plugin with the custom op's two outputs (logits, and the attention map,
+    empty when not requested; Torch-TensorRT's generated descriptor) gets one more pointer,
+    ``attn_ptr``, which the kernel never dereferences (``RETURN_ATTN`` is False).
     """
     import triton
 
@@ -165,7 +183,6 @@ def compile_kernel(
         "stride_ab": 0,
         "stride_ac": 0,
         "stride_an": 0,
-        "attn_ptr": None,
         "RETURN_ATTN": False,
         "DOT_PRECISION": "ieee" if element == "fp32" else "tf32",
         "BLOCK_K": triton.next_power_of_2(n_sites),
@@ -173,8 +190,12 @@ def compile_kernel(
         "BLOCK_N": cfg.block_n,
         "BLOCK_D": cfg.block_d,
     }
-    runtime = {name: f"*{element}" for name in ("tokens_ptr", "sites_ptr", "weight_ptr", "bias_ptr", "logits_ptr")}
+    outputs = ("logits_ptr", "attn_ptr") if map_output else ("logits_ptr",)
+    pointers = ("tokens_ptr", "sites_ptr", "weight_ptr", "bias_ptr", *outputs)
+    runtime = {name: f"*{element}" for name in pointers}
     runtime.update({name: "i32" for name in SCALAR_NAMES})
+    if not map_output:
+        constexprs["attn_ptr"] = None
     signature = {name: runtime.get(name, "constexpr") for name in predilection_attention_kernel.arg_names}
     source = triton.compiler.ASTSource(fn=predilection_attention_kernel, signature=signature, constexprs=constexprs)
     options: dict[str, Any] = {"num_warps": cfg.num_warps, "num_stages": cfg.num_stages, "enable_fp_fusion": True}
@@ -187,7 +208,7 @@ def compile_kernel(
     if compiled.metadata.global_scratch_size or compiled.metadata.profile_scratch_size:
         raise RuntimeError(f"tactic {tactic} needs Triton scratch memory, which TensorRT's AOT launch cannot provide")
     name = compiled.metadata.name
-    ptx = trim_ptx_params(compiled.asm["ptx"], name, len(LAUNCH_PARAM_TYPES))
+    ptx = trim_ptx_params(compiled.asm["ptx"], name, len(launch_param_types(map_output=map_output)))
     return AotKernel(
         name=name,
         ptx=ptx,
@@ -206,9 +227,12 @@ def launch_scalars(n_tokens: Any, dim: Any, n_diseases: Any, n_sites: Any) -> tu
     return (n_tokens, dim, n_diseases, n_sites, n_tokens * dim, dim, n_sites * dim, dim, dim, n_diseases)
 
 
-def usable_tactics(n_sites: int, *, target: Any = None) -> list[int]:
+def usable_tactics(n_sites: int, *, target: Any = None, map_output: bool = False) -> list[int]:
     """Tactics whose FP32 build (the largest) fits in 48 KiB of shared memory; at least one."""
-    sizes = {tactic: compile_kernel("FLOAT", n_sites, tactic, target=target).shared_mem for tactic in _tactics()}
+    sizes = {
+        tactic: compile_kernel("FLOAT", n_sites, tactic, target=target, map_output=map_output).shared_mem
+        for tactic in _tactics()
+    }
     fitting = [tactic for tactic, size in sizes.items() if size <= _STATIC_SHARED_LIMIT]
     return fitting or [min(sizes, key=sizes.__getitem__)]
 
@@ -270,13 +294,88 @@ def _define(trtp: Any) -> None:
         tactic: int,
     ) -> Tuple[Union[str, bytes], Union[str, bytes], trtp.KernelLaunchParams, trtp.SymExprs]:  # noqa: UP006
         kernel = compile_kernel(tokens.dtype.name, sites_per_disease, tactic)
-        batch, n_tokens, dim = tokens.shape_expr[0], tokens.shape_expr[1], tokens.shape_expr[2]
-        n_diseases, n_sites = sites.shape_expr[0], sites.shape_expr[1]
-        launch = trtp.KernelLaunchParams()
-        launch.grid_x = batch
-        launch.grid_y = trtp.cdiv(n_diseases, kernel.block_c)
-        launch.block_x = kernel.num_warps * 32
-        launch.shared_mem = kernel.shared_mem
-        scalars = launch_scalars(n_tokens, dim, n_diseases, n_sites)
-        extra_args = trtp.SymIntExprs.from_tuple([trtp.SymInt32(value) for value in scalars])
-        return kernel.name, kernel.ptx, launch, extra_args
+        return (kernel.name, kernel.ptx, *_launch(trtp, kernel, tokens, sites))
+
+
+def _launch(trtp: Any, kernel: AotKernel, tokens: Any, sites: Any) -> tuple[Any, Any]:
+    """Grid, block, shared memory and the int32 scalars of one launch, from the inputs' shape expressions."""
+    batch, n_tokens, dim = tokens.shape_expr[0], tokens.shape_expr[1], tokens.shape_expr[2]
+    n_diseases, n_sites = sites.shape_expr[0], sites.shape_expr[1]
+    launch = trtp.KernelLaunchParams()
+    launch.grid_x = batch
+    launch.grid_y = trtp.cdiv(n_diseases, kernel.block_c)
+    launch.block_x = kernel.num_warps * 32
+    launch.shared_mem = kernel.shared_mem
+    scalars = launch_scalars(n_tokens, dim, n_diseases, n_sites)
+    return launch, trtp.SymIntExprs.from_tuple([trtp.SymInt32(value) for value in scalars])
+
+
+# ----------------------------------------------------------------------------- the custom op's plugin
+# Torch-TensorRT's ``generate_plugin(op)`` registers a descriptor for the torch custom op under the
+# op's own name, computed from its fake implementation: inputs (tokens, sites, weight, bias), the
+# attribute ``return_attention`` and the op's two outputs (logits, and the attention map, which is
+# (B, C, 0) when not requested). It gives the descriptor a JIT implementation only (Python at run
+# time, which Triton's tensorrt_plan backend does not have); ``define_op_plugin`` adds the AOT
+# implementation (the same PTX as above, with the map's pointer, never written) and the tactics.
+BoolAttr = np.ndarray[Any, np.dtype[np.bool_]]
+"""The annotation ``generate_plugin`` gives a ``bool`` argument of the op; ours must be the same."""
+_OP_SITES: dict[str, int] = {}
+"""Sites per disease (K) of the model being built, per op plugin id: the kernel is compiled for it."""
+
+
+def _op_sites(plugin_id: str, sites: Any = None) -> int:
+    dim = None if sites is None else sites.shape_expr[1]
+    if dim is not None and not dim.is_fake and dim.is_constant:  # sites is a weight: its shape is static
+        return int(dim.constant_value())
+    if plugin_id not in _OP_SITES:
+        raise RuntimeError(f"no sites_per_disease set for {plugin_id}: call define_op_plugin first")
+    return _OP_SITES[plugin_id]
+
+
+def _attr_flag(value: Any) -> bool:
+    return bool(np.asarray(value).reshape(()).item())
+
+
+def define_op_plugin(trtp: Any, plugin_id: str, *, sites_per_disease: int) -> None:
+    """Autotune + AOT implementation for the descriptor Torch-TensorRT generated for the custom op.
+
+    Call after ``generate_plugin(plugin_id)`` and before ``generate_plugin_converter``; a later
+    call (another model in the same process) only updates ``sites_per_disease``.
+    """
+    if sites_per_disease < 1:
+        raise ValueError(f"sites_per_disease must be >= 1, got {sites_per_disease}")
+    known = plugin_id in _OP_SITES
+    _OP_SITES[plugin_id] = sites_per_disease
+    if not known:
+        _define_op(trtp, plugin_id)
+
+
+def _define_op(trtp: Any, plugin_id: str) -> None:
+    @trtp.autotune(plugin_id)
+    def _autotune(
+        tokens: trtp.TensorDesc,
+        sites: trtp.TensorDesc,
+        weight: trtp.TensorDesc,
+        bias: trtp.TensorDesc,
+        return_attention: BoolAttr,
+        outputs: Tuple[trtp.TensorDesc, trtp.TensorDesc],  # noqa: UP006
+    ) -> List[trtp.AutoTuneCombination]:  # noqa: UP006
+        # Four inputs and two outputs (logits, empty map) share one type.
+        combination = trtp.AutoTuneCombination(", ".join(["FP32|FP16|BF16"] * 6), "LINEAR")
+        combination.tactics(usable_tactics(_op_sites(plugin_id), map_output=True))
+        return [combination]
+
+    @trtp.aot_impl(plugin_id)
+    def _aot(
+        tokens: trtp.TensorDesc,
+        sites: trtp.TensorDesc,
+        weight: trtp.TensorDesc,
+        bias: trtp.TensorDesc,
+        return_attention: BoolAttr,
+        outputs: Tuple[trtp.TensorDesc, trtp.TensorDesc],  # noqa: UP006
+        tactic: int,
+    ) -> Tuple[Union[str, bytes], Union[str, bytes], trtp.KernelLaunchParams, trtp.SymExprs]:  # noqa: UP006
+        if _attr_flag(return_attention):
+            raise ValueError(f"{plugin_id}: the AOT plugin computes logits only; export with return_attention=False")
+        kernel = compile_kernel(tokens.dtype.name, _op_sites(plugin_id, sites), tactic, map_output=True)
+        return (kernel.name, kernel.ptx, *_launch(trtp, kernel, tokens, sites))

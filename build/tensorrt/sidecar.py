@@ -17,6 +17,12 @@ from typing import Any
 from predilect.contract import ENGINE_SIDECAR_SCHEMA
 
 _SUFFIX = ".json"  # model.plan -> model.plan.json
+FRONTENDS = ("onnx", "torch")
+"""How a plan was built: TensorRT's ONNX parser (``engine``) or Torch-TensorRT (``torch_engine``)."""
+TORCH_PRECISIONS = ("fp32", "fp16", "bf16")
+"""What the torch frontend builds; int8 / fp8 need the Q/DQ the onnx frontend inserts."""
+TORCH_LOWERINGS = ("auto", "qdp")
+"""How the torch frontend lowers the custom op: a plugin generated from it, or the ONNX route's QDP plugin."""
 
 
 @dataclass(frozen=True)
@@ -38,8 +44,8 @@ class EngineSidecar:
     gpu_name: str
     compute_capability: str  # "9.0"
     precision: str  # fp32 | fp16 | bf16 | int8 | fp8 (from the ONNX types, not a builder flag)
-    frontend: str  # "onnx" (parser) or another route's name
-    onnx_sha256: str
+    frontend: str  # "onnx" (TensorRT's parser) or "torch" (Torch-TensorRT)
+    onnx_sha256: str  # onnx: the ONNX built from; torch: the FP32 ONNX the gate compared against
     catalog_digest: str
     model_name: str
     model_version: str
@@ -48,6 +54,7 @@ class EngineSidecar:
     outputs: tuple[TensorShapes, ...]
     gate: dict[str, Any] = field(default_factory=dict)
     schema: str = ENGINE_SIDECAR_SCHEMA
+    checkpoint_sha256: str = ""  # torch: the checkpoint compiled; onnx: ""
 
     @property
     def key(self) -> str:

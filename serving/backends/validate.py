@@ -98,7 +98,7 @@ def validate_image(payload: np.ndarray, cfg: PreprocessCfg) -> InvalidImageError
     """The rejection of one encoded image (1-D uint8), or None when DALI can be given it."""
     data = as_uint8(payload)
     try:
-        fmt, _, _ = inspect_image(data, cfg)
+        fmt = inspect_image(data, cfg).format
     except InvalidImageError as e:
         return e
     raw = data.tobytes()
