@@ -106,7 +106,7 @@ def test_prepare_yields_clean_payloads_or_input_error_when_dicom_header_lies(
             for keyword in data.draw(st.sets(st.sampled_from(sorted(_FIELDS)), min_size=1, max_size=3)):
                 setattr(dataset, keyword, data.draw(_FIELDS[keyword]))
             if data.draw(st.booleans()):
-                dataset.file_meta.TransferSyntaxUID = data.draw(_SYNTAXES)
+                dataset.file_meta.TransferSyntaxUID = pydicom.uid.UID(data.draw(_SYNTAXES))
             dataset.save_as(buffer, enforce_file_format=True)
         except (ValueError, TypeError, OverflowError):
             return  # pydicom will not even make this header; nothing to send
