@@ -213,11 +213,25 @@ def clean_stale_shm_regions(
     return removed
 
 
+_HANDED_OUT: set[int] = set()
+_HANDED_OUT_LOCK = threading.Lock()
+
+
 def free_port() -> int:
-    """A TCP port that is free now (for tests; another process may take it before use)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("", 0))
-        return int(s.getsockname()[1])
+    """A TCP port that is free now and was not handed out before by this process.
+
+    For tests and benchmarks; another process may still take it before use. Remembering the
+    ports already given keeps one server's gRPC, HTTP and metrics ports distinct: the kernel
+    may hand the same ephemeral port to two ``bind(0)`` calls in a row once the first closes.
+    """
+    with _HANDED_OUT_LOCK:
+        while True:
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+                s.bind(("", 0))
+                port = int(s.getsockname()[1])
+            if port not in _HANDED_OUT:
+                _HANDED_OUT.add(port)
+                return port
 
 
 def _pytriton_dir() -> Path:
