@@ -47,7 +47,12 @@ def pipeline(phantom_manifest, tmp_path_factory) -> Pipeline:
     )
     onnx_path = work / "onnx" / "model.onnx"
     export_onnx(checkpoint, onnx_path)
-    repository = assemble(onnx_path, work / "model_repository", ServingOptions(max_batch_size=8, layout="split"))
+    # Unbounded queues: these tests check answers, not overload (tests/test_overload.py does that).
+    repository = assemble(
+        onnx_path,
+        work / "model_repository",
+        ServingOptions(max_batch_size=8, layout="split", max_queue_size=0, queue_timeout_us=0),
+    )
     return Pipeline(phantom_manifest, checkpoint, onnx_path, repository, work)
 
 
