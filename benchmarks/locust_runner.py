@@ -198,7 +198,8 @@ def run_locust_distributed(
     try:
         output, _ = master.communicate(timeout=hard_timeout)
     finally:
-        for proc in [master, *worker_procs]:
+        procs: list[subprocess.Popen[Any]] = [master, *worker_procs]
+        for proc in procs:
             if proc.poll() is None:
                 proc.terminate()
         for proc in worker_procs:

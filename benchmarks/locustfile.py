@@ -63,6 +63,8 @@ class TritonGrpcUser(User):
     wait_time = constant(0)
 
     def on_start(self) -> None:
+        if not self.host:
+            raise ValueError("TritonGrpcUser needs --host host:port of the gRPC endpoint")
         self._client = ScreeningClient(self.host, timeout_s=_timeout_s()).connect()
         self._payloads = _payload_cycle()
 

@@ -66,7 +66,7 @@ def serving_graph(params: DaliParams, *, decoder: str = "dali_mixed") -> tuple[A
     import nvidia.dali.types as types
 
     cfg = dataclasses.replace(params.preprocess, decoder=decoder)
-    encoded = fn.external_source(name=contract.IMAGE, device="cpu", dtype=types.UINT8, ndim=1)  # type: ignore[attr-defined]
+    encoded = fn.external_source(name=contract.IMAGE, device="cpu", dtype=types.UINT8, ndim=1)
     tensor, fov_w, fov_h = fundus_graph(cfg, encoded, hw_decoder_load=params.hw_decoder_load)
     return tensor, fn.stack(fov_w, fov_h)
 
@@ -75,7 +75,7 @@ def gpu_pipeline(params: DaliParams, *, device_id: int = 0) -> Any:
     """The served pipeline (nvJPEG ``mixed`` decode) as an unbuilt DALI Pipeline."""
     from nvidia.dali import pipeline_def
 
-    @pipeline_def(  # type: ignore[call-overload]  # DALI's stubs lack exec_dynamic
+    @pipeline_def(
         batch_size=params.max_batch_size,
         num_threads=params.num_threads,
         device_id=device_id,
@@ -92,7 +92,7 @@ def cpu_twin(params: DaliParams) -> Any:
     """The same graph on the CPU (``dali_cpu`` decode, ``device_id=None``), built."""
     from nvidia.dali import pipeline_def
 
-    @pipeline_def(  # type: ignore[call-overload]  # DALI's stubs lack exec_dynamic
+    @pipeline_def(
         batch_size=params.max_batch_size,
         num_threads=params.num_threads,
         device_id=None,

@@ -36,7 +36,8 @@ def check_kernel() -> None:
             floor = 1e-5 if dtype == torch.float32 else 0.0
             for splits in (None, 1, 3):
                 logits = torch.full((b, c), float("nan"), dtype=dtype, device="cuda")
-                kernel.launch(*args, logits, splits=splits)
+                tokens, sites, weight, bias = args
+                kernel.launch(tokens, sites, weight, bias, logits, splits=splits)
                 err = _err(logits, exact)
                 ok = not logits.isnan().any() and err <= 2 * ref_err + floor
                 print(f"kernel {dtype} B{b} N{n} D{d} C{c} K{k} splits={splits}: {err:.2e} vs ref {ref_err:.2e}")

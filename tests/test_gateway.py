@@ -79,7 +79,7 @@ class SrReceiver:
 
     def __init__(self) -> None:
         from pynetdicom import AE, evt
-        from pynetdicom.sop_class import ComprehensiveSRStorage
+        from pynetdicom.sop_class import ComprehensiveSRStorage  # type: ignore[attr-defined]  # made at import
 
         self.received: list = []
         self.port = free_port()

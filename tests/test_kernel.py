@@ -31,6 +31,12 @@ BF16_SKIP = pytest.mark.skip(
 )
 
 
+def _four(args: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(tokens, sites, weight, bias)`` from a list of the kernel's four inputs."""
+    tokens, sites, weight, bias = args
+    return tokens, sites, weight, bias
+
+
 def _inputs(b: int, n: int, d: int, c: int, k: int, seed: int = 0) -> list[torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     shapes = ((b, n, d), (c, k, d), (c, d), (c,))
@@ -60,7 +66,7 @@ def test_kernel_within_2x_reference_error_when_sizes_odd(shape, dtype):
     logits = torch.full((b, c), float("nan"), dtype=dtype)
     attention = torch.full((b, c, n), float("nan"), dtype=dtype)
 
-    kernel_module.launch(*args, logits, attention)
+    kernel_module.launch(*_four(args), logits, attention)
 
     assert not logits.isnan().any() and not attention.isnan().any(), "an output element was never written"
     ref_logits, ref_map = predilection_attention_reference(*args, return_attention=True)
@@ -76,7 +82,7 @@ def test_kernel_writes_logits_only_when_map_not_requested(dtype):
     args = [a.to(dtype) for a in args64]
     logits = torch.full((2, 6), float("nan"), dtype=dtype)
 
-    kernel_module.launch(*args, logits, None)
+    kernel_module.launch(*_four(args), logits, None)
 
     ref_logits, _ = predilection_attention_reference(*args)
     floor = 1e-6 if dtype == torch.float32 else 0.0
@@ -101,7 +107,7 @@ def test_split_kernel_within_2x_reference_error_when_tokens_sliced(shape, dtype)
     exact_logits, _ = predilection_attention_reference(*(a.double() for a in args))
     logits = torch.full((b, c), float("nan"), dtype=dtype)
 
-    kernel_module.launch(*args, logits, None, splits=splits)
+    kernel_module.launch(*_four(args), logits, None, splits=splits)
 
     assert not logits.isnan().any(), "a logit was never written"
     ref_logits, _ = predilection_attention_reference(*args)
@@ -112,15 +118,15 @@ def test_split_kernel_within_2x_reference_error_when_tokens_sliced(shape, dtype)
 def test_split_kernel_matches_unsplit_kernel_when_same_inputs():
     args = [a.float() for a in _inputs(2, 131, 16, 6, 2, seed=7)]
     whole, sliced = torch.full((2, 6), float("nan")), torch.full((2, 6), float("nan"))
-    kernel_module.launch(*args, whole, None, splits=1)
-    kernel_module.launch(*args, sliced, None, splits=3)
+    kernel_module.launch(*_four(args), whole, None, splits=1)
+    kernel_module.launch(*_four(args), sliced, None, splits=3)
     torch.testing.assert_close(sliced, whole, atol=1e-5, rtol=1e-5)
 
 
 def test_launch_raises_value_error_when_splits_not_positive():
     args = [a.float() for a in _inputs(1, 8, 8, 2, 2)]
     with pytest.raises(ValueError, match="splits"):
-        kernel_module.launch(*args, torch.empty(1, 2), None, splits=0)
+        kernel_module.launch(*_four(args), torch.empty(1, 2), None, splits=0)
 
 
 @pytest.mark.parametrize(
@@ -222,6 +228,7 @@ class _TinyHead(torch.nn.Module):
         logits, attention = predilection_attention(
             self.proj(tokens), self.sites, self.weight, self.bias, return_attention=True
         )
+        assert attention is not None  # asked for with return_attention=True
         return logits, attention
 
 

@@ -60,7 +60,7 @@ def _setup_context(ctx: torch.autograd.function.FunctionCtx, inputs: tuple, outp
 def _backward(
     ctx: torch.autograd.function.FunctionCtx, grad_logits: Tensor | None, grad_attention: Tensor | None
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, None]:
-    tokens, sites, weight, bias = ctx.saved_tensors
+    tokens, sites, weight, bias = ctx.saved_tensors  # type: ignore[attr-defined]  # set by save_for_backward
     return (*attention_backward(tokens, sites, weight, bias, grad_logits, grad_attention), None)
 
 
