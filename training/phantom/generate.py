@@ -21,8 +21,9 @@ from predilect.catalog import DEFAULT_CATALOG, Catalog
 from predilect.errors import ConfigError
 
 from ..manifest import Record, write_manifest
-from .fundus import DISEASES, check_frame, render_fundus
-from .oct import render_oct
+from .fundus import check_frame
+from .registry import DISEASES
+from .render import render_fundus, render_oct
 
 FUNDUS_MANIFEST = "manifest.csv"
 OCT_MANIFEST = "oct_manifest.csv"
