@@ -65,7 +65,7 @@ def heldout_auroc(checkpoint: Path, manifest: Path, decoders: Sequence[str]) -> 
     from predilect.training.metrics import macro_auroc
 
     model, meta = load_checkpoint(checkpoint)
-    records = read_manifest(manifest, catalog=meta.catalog, split="heldout")
+    records = read_manifest(manifest, catalog=meta.catalog, split="test")
     labels = label_matrix(records, meta.catalog)
     result = {}
     for decoder in decoders:
@@ -92,7 +92,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     torch.set_num_threads(2)
     meta = read_meta(args.checkpoint)
-    records = read_manifest(args.manifest, catalog=meta.catalog, split="heldout")[: args.images]
+    records = read_manifest(args.manifest, catalog=meta.catalog, split="test")[: args.images]
     data = [r.path.read_bytes() for r in records]
     timings = decode_timings(data, meta.preprocess)
     for name, ms in timings.items():

@@ -255,7 +255,7 @@ def test_generate_writes_both_manifests_with_every_disease_in_both_splits_when_c
     for path, n in ((manifest, 40), (out / "oct_manifest.csv", 12)):
         records = read_manifest(path)
         assert len(records) == n
-        for split in ("train", "heldout"):
+        for split in ("train", "test"):  # manifest v2 reads the legacy "heldout" as "test"
             y = label_matrix([r for r in records if r.split == split], DEFAULT_CATALOG)
             assert (y.sum(axis=0) > 0).all() and (y.sum(axis=0) < len(y)).all(), (path.name, split)
     fundus = read_manifest(manifest)
@@ -324,7 +324,7 @@ def test_cli_main_writes_dataset_and_prints_counts_when_tiny_count(tmp_path, cap
     out = capsys.readouterr().out
     assert code == 0
     assert str(tmp_path / "manifest.csv") in out and str(tmp_path / "oct_manifest.csv") in out
-    assert "100%" in out and "glaucoma" in out and "heldout" in out
+    assert "100%" in out and "glaucoma" in out and "\ntest " in out
     assert len(read_manifest(tmp_path / "manifest.csv")) == 8
 
 
