@@ -19,7 +19,7 @@ import math
 from dataclasses import dataclass, field
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFilter
+from PIL import Image, ImageChops, ImageDraw, ImageFilter
 
 from predilect.contract import EYES
 from predilect.errors import ConfigError
@@ -531,15 +531,22 @@ def apply_camera(image: Image.Image, anatomy: Anatomy, profile: CameraProfile, r
     s = anatomy.height / 1536.0
     if profile.blur > 0:
         image = image.filter(ImageFilter.GaussianBlur(profile.blur * s * rng.uniform(0.8, 1.2)))
-    rgb = np.asarray(image, dtype=np.float32)
     if profile.vignette > 0:
-        h, w = anatomy.height, anatomy.width
-        ys, xs = np.ogrid[0:h, 0:w]
-        r = np.hypot(xs + 0.5 - anatomy.centre[0], ys + 0.5 - anatomy.centre[1]) / anatomy.radius
-        rgb = rgb * (1.0 - profile.vignette * np.clip(r, 0.0, 1.0) ** 2.5)[..., None]
-    gains = np.array(profile.gains, dtype=np.float32) * rng.uniform(0.96, 1.04, 3).astype(np.float32)
+        f = 4  # smooth: computed at 1/4 resolution
+        h, w = max(8, anatomy.height // f), max(8, anatomy.width // f)
+        ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
+        r = np.hypot(
+            (xs + 0.5) * anatomy.width / w - anatomy.centre[0], (ys + 0.5) * anatomy.height / h - anatomy.centre[1]
+        )
+        shade = 255.0 * (1.0 - profile.vignette * np.clip(r / anatomy.radius, 0.0, 1.0) ** 2.5)
+        mask = Image.fromarray(shade.astype(np.uint8), "L").resize(image.size, Image.BILINEAR)
+        image = ImageChops.multiply(image, Image.merge("RGB", (mask, mask, mask)))
+    gains = np.array(profile.gains) * rng.uniform(0.96, 1.04, 3)
     gamma = profile.gamma * rng.uniform(0.96, 1.04)
-    rgb = 255.0 * (np.clip(rgb * gains, 0.0, 255.0) / 255.0) ** gamma
-    if profile.noise > 0:
-        rgb = rgb + rng.normal(0.0, profile.noise, rgb.shape).astype(np.float32)
-    return Image.fromarray(np.clip(rgb, 0, 255).round().astype(np.uint8), "RGB")
+    ramp = (np.arange(256, dtype=np.float64) / 255.0) ** gamma * 255.0
+    image = image.point(np.concatenate([np.clip(ramp * g, 0, 255) for g in gains]).round().astype(int).tolist())
+    if profile.noise <= 0:
+        return image
+    noise = rng.standard_normal((image.height, image.width, 3), dtype=np.float32) * profile.noise
+    pixels = np.asarray(image, dtype=np.float32) + noise
+    return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), "RGB")

@@ -478,18 +478,17 @@ def dust(findings: Findings, anatomy: Anatomy, rng: np.random.Generator) -> None
 
 
 def vessel_reflex(findings: Findings, anatomy: Anatomy, rng: np.random.Generator) -> None:
-    """The glistening light reflex of young eyes: faint bright streaks along the arcades."""
+    """The light reflex of young eyes: thin faint bright streaks on the temporal arcade veins."""
     dd = anatomy.dd
-    layer = _layer(anatomy, max(1.0, 0.05 * dd), colour=(255, 240, 220))
-    trunks = [v for v in anatomy.vessels if v.trunk.endswith("temporal") and v.kind == "vein" and len(v.points) > 20]
-    for vessel in trunks[:: max(1, len(trunks) // 3)]:
-        n = len(vessel.points)
-        a = int(rng.integers(0, n // 2))
-        segment = vessel.points[a : a + int(rng.integers(8, 20))]
-        offset = _tangents(segment) @ np.array([[0.0, 1.0], [-1.0, 0.0]]) * rng.uniform(0.15, 0.3) * dd
-        layer.line(segment + offset, rng.uniform(0.1, 0.2) * dd, rng.uniform(0.15, 0.3))
+    layer = _layer(anatomy, max(0.8, 0.02 * dd), colour=(255, 236, 214))
+    veins = [v for v in anatomy.vessels if v.trunk.endswith("temporal") and v.kind == "vein" and len(v.points) > 20]
+    for vessel in veins[: int(rng.integers(1, 4))]:
+        start = int(rng.integers(0, len(vessel.points) // 2))
+        segment = vessel.points[start : start + int(rng.integers(8, 20))]
+        width = 0.35 * float(vessel.widths[start])
+        layer.line(segment, max(1.0, width), rng.uniform(0.25, 0.45))
         middle = segment[len(segment) // 2]
-        findings.mark((middle[0], middle[1]), 0.5 * float(np.linalg.norm(segment[-1] - segment[0])) + 0.4 * dd)
+        findings.mark((middle[0], middle[1]), 0.5 * float(np.linalg.norm(segment[-1] - segment[0])) + 0.1 * dd)
     findings.layers.append(layer)
 
 

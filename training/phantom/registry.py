@@ -183,7 +183,7 @@ def _csc_oct(scan: Scan, rng: np.random.Generator, severity: float | None) -> No
 
 
 def _erm(f: Findings, a: Anatomy, rng: np.random.Generator, severity: float | None) -> None:
-    fl.glistening_sheen(f, a, rng, graded(_florid(severity), count=(3, 12), contrast=(0.25, 0.65), scale=(0.8, 1.5)))
+    fl.glistening_sheen(f, a, rng, graded(_florid(severity), count=(3, 12), contrast=(0.12, 0.4), scale=(0.8, 1.5)))
 
 
 def _erm_oct(scan: Scan, rng: np.random.Generator, severity: float | None) -> None:
