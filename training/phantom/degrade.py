@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from os.path import relpath
 from pathlib import Path
 
 import numpy as np
@@ -57,7 +58,7 @@ def _dark(image: Image.Image, strength: float, rng: np.random.Generator) -> Imag
 
 
 def _bright(image: Image.Image, strength: float, rng: np.random.Generator) -> Image.Image:
-    return _exposure(image, gain=1.0 + 1.2 * strength, lift=0.55 * strength * rng.uniform(0.95, 1.05))
+    return _exposure(image, gain=1.0 + 2.5 * strength, lift=0.75 * strength * rng.uniform(0.95, 1.05))
 
 
 def _off_centre(image: Image.Image, strength: float, rng: np.random.Generator) -> Image.Image:
@@ -209,7 +210,7 @@ def degrade_dataset(
 ) -> Path:
     """Degraded copies of ``count`` images of ``manifest`` per kind, cycling through ``strengths``.
 
-    Writes ``out_dir/degraded/<name>_<kind>_<strength>.jpg`` and ``out_dir/degradation_manifest.csv``:
+    Writes ``out_dir/degraded/<name>_<kind>_<strength>.jpg`` and ``out_dir/degradation_manifest.csv``
     every source once with ``degradation=none`` and each copy with its kind and strength, same
     labels, patient and split as its source (wrong-type images keep them too: the grader
     should reject them before any label matters). Deterministic in ``seed``.
@@ -232,14 +233,14 @@ def degrade_dataset(
                 degraded = degrade(im, kind, strength=strength, rng=rng)
             degraded.save(path, "JPEG", quality=92)
             rows.setdefault(source.path, _tagged(source, source.path, NONE, 0.0))
-            copies.append(_tagged(source, path, kind, strength))
+            copies.append(_tagged(source, path, kind, strength, relpath(source.path, out)))
     return write_manifest(out / DEGRADED_MANIFEST, [*rows.values(), *copies], catalog=catalog)
 
 
-def _tagged(source: Record, path: Path, kind: str, strength: float) -> Record:
+def _tagged(source: Record, path: Path, kind: str, strength: float, origin: str | None = None) -> Record:
     extra = {**source.extra, "degradation": kind, "degradation_strength": f"{strength:.2f}"}
-    if kind != NONE:
-        extra["source"] = str(source.path)
+    if origin is not None:
+        extra["source"] = origin  # the clean image, relative to the degradation manifest
     return Record(
         path=path, labels=source.labels, patient_id=source.patient_id, eye=source.eye, split=source.split, extra=extra
     )
