@@ -236,7 +236,7 @@ def test_plan_hard_cohort_splits_by_patient_with_long_tail_and_overlapping_cups_
 @pytest.fixture(scope="module")
 def hard_dataset(tmp_path_factory):
     out = tmp_path_factory.mktemp("hard")
-    generate(out, preset="hard", count=60, oct_count=30, seed=2, width=384, height=288, workers=1)
+    generate(out, preset="hard", count=60, oct_count=30, seed=2, width=320, height=240, workers=1)
     return out
 
 
@@ -262,7 +262,7 @@ def test_generate_hard_writes_manifests_lesions_and_info_when_preset_hard(hard_d
 
 
 def test_generate_hard_writes_identical_bytes_when_workers_differ(hard_dataset, tmp_path):
-    generate(tmp_path, preset="hard", count=60, oct_count=30, seed=2, width=384, height=288, workers=2)
+    generate(tmp_path, preset="hard", count=60, oct_count=30, seed=2, width=320, height=240, workers=2)
     names = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*") if p.is_file())
     assert len(names) == 60 + 30 + 5
     for name in names:
