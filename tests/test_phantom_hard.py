@@ -363,3 +363,11 @@ def test_degrade_dataset_keeps_patient_split_and_labels_when_copying(hard_datase
         if r.extra["degradation"] != "none":
             source = sources[(tmp_path / r.extra["source"]).resolve()]
             assert (r.labels, r.split, r.patient_id) == (source.labels, source.split, source.patient_id)
+
+
+def test_pooled_pixel_probe_scores_trained_categories_only_when_run(hard_dataset):
+    from predilect.training.phantom.probe import pooled_pixel_probe
+
+    result = pooled_pixel_probe(hard_dataset / "manifest.csv", load_catalog(hard_dataset / "phantom_catalog.json"))
+    assert result.auroc and not set(result.auroc) & set(HARD.zero_shot)
+    assert 0.0 <= result.macro_auroc <= 1.0 and result.train_images + result.test_images < 60

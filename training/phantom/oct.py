@@ -329,7 +329,7 @@ def full_thickness_hole(scan: Scan, rng: np.random.Generator, dose: Dose) -> Non
 def staphyloma(scan: Scan, rng: np.random.Generator, dose: Dose) -> None:
     """A steeply curved eye wall with a thin choroid (posterior staphyloma)."""
     k = dose.scale[0]
-    scan.curvature += rng.uniform(0.35, 0.6) * k
+    scan.curvature += rng.uniform(0.6, 1.0) * k
     scan.choroid_scale *= 1.0 - rng.uniform(0.4, 0.6) * k
     scan.mark(scan.fovea, 0.35)
 
