@@ -256,10 +256,15 @@ def small_dataset(tmp_path_factory):
 
 def test_plan_cohort_keeps_labels_and_moves_whole_patients_to_val_when_val_fraction_given():
     """The val split is carved out of training patients after labelling: the images stay the same."""
-    args = {"prefix": "P", "disease_ids": EASY.diseases, "test_fraction": 0.25}
-    without = plan_cohort(200, rng=np.random.default_rng(5), **args)
+    without = plan_cohort(200, prefix="P", disease_ids=EASY.diseases, test_fraction=0.25, rng=np.random.default_rng(5))
     with_val = plan_cohort(
-        200, rng=np.random.default_rng(5), val_fraction=0.15, val_rng=np.random.default_rng(6), **args
+        200,
+        prefix="P",
+        disease_ids=EASY.diseases,
+        test_fraction=0.25,
+        rng=np.random.default_rng(5),
+        val_fraction=0.15,
+        val_rng=np.random.default_rng(6),
     )
     assert [p.labels for p in without] == [p.labels for p in with_val]
     moved = {p.patient_id for p in with_val if p.split == "val"}

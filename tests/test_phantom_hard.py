@@ -43,7 +43,7 @@ def _vessels(drawing, factor: float = 1.7) -> np.ndarray:
     return np.asarray(mask.filter(ImageFilter.MaxFilter(3))) > 0
 
 
-def _in_circles(lesions, shape: tuple[int, int], margin: float) -> np.ndarray:
+def _in_circles(lesions, shape: tuple[int, ...], margin: float) -> np.ndarray:
     ys, xs = np.mgrid[0 : shape[0], 0 : shape[1]]
     inside = np.zeros(shape, dtype=bool)
     for le in lesions:

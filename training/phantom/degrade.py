@@ -161,7 +161,7 @@ def external_eye(width: int, height: int, rng: np.random.Generator) -> Image.Ima
 def oct_as_fundus(width: int, height: int, rng: np.random.Generator) -> Image.Image:
     """An OCT B-scan, grey, stretched to a fundus frame, as a misfiled upload would be."""
     scan = render_oct(frozenset(), rng=rng, eye="R" if rng.random() < 0.5 else "L")
-    return scan.resize((width, height), Image.BILINEAR).convert("RGB")
+    return scan.resize((width, height), Image.Resampling.BILINEAR).convert("RGB")
 
 
 _OPS = {

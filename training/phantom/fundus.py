@@ -104,7 +104,7 @@ class Anatomy:
 def smooth_noise(rng: np.random.Generator, shape: tuple[int, int], cells: tuple[int, int]) -> np.ndarray:
     """Zero-mean, unit-ish smooth noise of ``shape`` (rows, cols) from a ``cells`` grid, bicubic."""
     grid = rng.standard_normal((cells[1], cells[0])).astype(np.float32)
-    image = Image.fromarray(grid, mode="F").resize((shape[1], shape[0]), Image.BICUBIC)
+    image = Image.fromarray(grid, mode="F").resize((shape[1], shape[0]), Image.Resampling.BICUBIC)
     return np.asarray(image, dtype=np.float32)
 
 
@@ -441,7 +441,7 @@ def _background(anatomy: Anatomy, rng: np.random.Generator) -> Image.Image:
     shade = (vignette * illumination)[..., None] * (1.0 - macula[..., None] * np.array([0.9, 1.0, 1.1]))
     rgb = colour * shade * (1.0 + texture[..., None] * np.array([1.0, 1.3, 1.3]))
     small = Image.fromarray(np.clip(rgb, 0, 255).astype(np.uint8), "RGB")
-    return small.resize((anatomy.width, anatomy.height), Image.BILINEAR)
+    return small.resize((anatomy.width, anatomy.height), Image.Resampling.BILINEAR)
 
 
 def _paint_disc(image: Image.Image, anatomy: Anatomy, cup_ratio: float, rng: np.random.Generator) -> None:
@@ -539,7 +539,7 @@ def apply_camera(image: Image.Image, anatomy: Anatomy, profile: CameraProfile, r
             (xs + 0.5) * anatomy.width / w - anatomy.centre[0], (ys + 0.5) * anatomy.height / h - anatomy.centre[1]
         )
         shade = 255.0 * (1.0 - profile.vignette * np.clip(r / anatomy.radius, 0.0, 1.0) ** 2.5)
-        mask = Image.fromarray(shade.astype(np.uint8), "L").resize(image.size, Image.BILINEAR)
+        mask = Image.fromarray(shade.astype(np.uint8), "L").resize(image.size, Image.Resampling.BILINEAR)
         image = ImageChops.multiply(image, Image.merge("RGB", (mask, mask, mask)))
     gains = np.array(profile.gains) * rng.uniform(0.96, 1.04, 3)
     gamma = profile.gamma * rng.uniform(0.96, 1.04)

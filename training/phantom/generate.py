@@ -438,8 +438,13 @@ def generate(
     ``progress(done, total)`` is called as images (fundus and OCT together) are written.
     """
     p = get_preset(preset) if isinstance(preset, str) else preset
-    overrides = {"count": count, "oct_count": oct_count, "test_fraction": test_fraction, "val_fraction": val_fraction}
-    p = replace(p, **{k: v for k, v in overrides.items() if v is not None})
+    p = replace(
+        p,
+        count=p.count if count is None else count,
+        oct_count=p.oct_count if oct_count is None else oct_count,
+        test_fraction=p.test_fraction if test_fraction is None else test_fraction,
+        val_fraction=p.val_fraction if val_fraction is None else val_fraction,
+    )
     size = (width or p.size[0], height or p.size[1])
     _check_generate_args(p.count, p.oct_count, (p.test_fraction, p.val_fraction), workers)
     check_frame(*size)

@@ -194,7 +194,7 @@ def draw_oct(
     image, lesions = scan_image(scan, np.random.default_rng(image_seed))
     fovea = scan.fovea
     if eye == "L":
-        image = image.transpose(Image.FLIP_LEFT_RIGHT)
+        image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
         lesions = [(d, 1.0 - x, y, r) for d, x, y, r in lesions]
         fovea = 1.0 - fovea
     return OctDrawing(image, tuple(lesions), fovea, scan.dd)
