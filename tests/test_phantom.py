@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 
 import numpy as np
@@ -74,6 +75,24 @@ def _site_mask(disease: str, seed: int, size: tuple[int, int]) -> np.ndarray:
 
 def test_render_fundus_returns_same_pixels_when_seed_same():
     np.testing.assert_array_equal(_fundus({"dr", "amd"}, seed=5), _fundus({"dr", "amd"}, seed=5))
+
+
+# Pixels the generator drew before presets existed (commit d28f822), sha256 prefixes of the raw
+# RGB / L bytes: the easy preset must keep them. Only a Pillow or numpy change to resampling,
+# filters or random streams may move them; then re-pin from the old commit, never from this one.
+_PINNED = {
+    (): ("577eb5462cf58f6e", "ff898ca9c557377d"),
+    ("amd", "dr"): ("6e16804d65ef82da", "36f50cfca94d72e3"),
+    ("dme", "glaucoma", "rp", "rvo"): ("3cf4d3021da914cb", "0b9f4b08d5dbf564"),
+}
+
+
+@pytest.mark.parametrize("labels", sorted(_PINNED))
+def test_easy_preset_draws_the_pre_preset_pixels_when_seed_same(labels):
+    fundus = render_fundus(frozenset(labels), rng=np.random.default_rng(11), width=320, height=240, eye="L")
+    scan = render_oct(frozenset(labels), rng=np.random.default_rng(11), width=256, height=128, eye="R")
+    digests = tuple(hashlib.sha256(image.tobytes()).hexdigest()[:16] for image in (fundus, scan))
+    assert digests == _PINNED[labels]
 
 
 def test_render_fundus_returns_different_eyes_when_seed_differs():
