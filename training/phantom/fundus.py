@@ -124,7 +124,7 @@ def _catmull_rom(control: np.ndarray, step: float) -> np.ndarray:
     return np.vstack(pieces)
 
 
-def _tangents(points: np.ndarray) -> np.ndarray:
+def unit_tangents(points: np.ndarray) -> np.ndarray:
     d = np.gradient(points, axis=0)
     return d / np.maximum(np.linalg.norm(d, axis=1, keepdims=True), 1e-6)
 
@@ -133,7 +133,7 @@ def _wiggle(points: np.ndarray, rng: np.random.Generator, amplitude: float) -> n
     """Displace a centreline sideways by smooth noise (vessel tortuosity)."""
     n = len(points)
     offset = smooth_noise(rng, (1, n), (max(2, n // 6), 1))[0] * amplitude
-    normal = _tangents(points) @ np.array([[0.0, 1.0], [-1.0, 0.0]])
+    normal = unit_tangents(points) @ np.array([[0.0, 1.0], [-1.0, 0.0]])
     return points + normal * offset[:, None]
 
 
@@ -218,7 +218,7 @@ def _branches_of(frame: _Frame, parent: Vessel, rng: np.random.Generator, depth:
     if depth == 0 or len(parent.points) < 6:
         return []
     arclength = np.concatenate([[0.0], np.cumsum(np.linalg.norm(np.diff(parent.points, axis=0), axis=1))])
-    tangents = _tangents(parent.points)
+    tangents = unit_tangents(parent.points)
     out: list[Vessel] = []
     position = rng.uniform(0.4, 0.9) * frame.dd
     side = rng.choice([-1.0, 1.0])
@@ -259,7 +259,7 @@ def check_frame(width: int, height: int) -> None:
         raise ConfigError(f"fundus frames are landscape (width >= height), got {width}x{height}")
 
 
-def _check_args(width: int, height: int, eye: str) -> None:
+def check_args(width: int, height: int, eye: str) -> None:
     if eye not in EYES:
         raise ValueError(f"eye must be one of {EYES}, got {eye!r}")
     check_frame(width, height)
@@ -279,7 +279,7 @@ def sample_anatomy(
     ``fov_diameter`` (in frame heights) and ``disc_fraction`` (disc diameter over FOV
     diameter: a narrower field angle magnifies the retina) describe the camera.
     """
-    _check_args(width, height, eye)
+    check_args(width, height, eye)
     radius = fov_diameter * height / 2.0
     centre = (width / 2.0, height / 2.0)
     dd = 2.0 * radius * disc_fraction * rng.uniform(0.92, 1.08)
@@ -415,7 +415,7 @@ class Findings:
         self.lesions.append(Lesion(self.disease, float(xy[0]), float(xy[1]), float(r)))
 
 
-def _background(anatomy: Anatomy, rng: np.random.Generator) -> Image.Image:
+def paint_background(anatomy: Anatomy, rng: np.random.Generator) -> Image.Image:
     """Orange-red fundus with texture, vignetting, uneven illumination and a dark macula."""
     f = 4  # computed at 1/4 resolution; everything here is smooth
     h, w = max(8, anatomy.height // f), max(8, anatomy.width // f)
@@ -444,7 +444,7 @@ def _background(anatomy: Anatomy, rng: np.random.Generator) -> Image.Image:
     return small.resize((anatomy.width, anatomy.height), Image.Resampling.BILINEAR)
 
 
-def _paint_disc(image: Image.Image, anatomy: Anatomy, cup_ratio: float, rng: np.random.Generator) -> None:
+def paint_disc(image: Image.Image, anatomy: Anatomy, cup_ratio: float, rng: np.random.Generator) -> None:
     """Optic disc (yellow-orange rim) with a pale physiological cup, slightly temporal."""
     r, s = anatomy.disc_radius, anatomy.scale
     rim = Layer(
@@ -460,7 +460,7 @@ def _paint_disc(image: Image.Image, anatomy: Anatomy, cup_ratio: float, rng: np.
     cup.apply(image)
 
 
-def _paint_vessels(image: Image.Image, anatomy: Anatomy, findings: Findings) -> None:
+def paint_vessels(image: Image.Image, anatomy: Anatomy, findings: Findings) -> None:
     s = anatomy.scale
     for kind, gain in (("vein", (0.55, 0.36, 0.46)), ("artery", (0.8, 0.55, 0.52))):
         layer = Layer(image.size, blur=max(0.6, 1.4 * s), gain=gain)
@@ -496,7 +496,7 @@ def fov_mask(width: int, height: int, fov_diameter: float = FOV_DIAMETER) -> Ima
     return mask.filter(ImageFilter.GaussianBlur(soft))
 
 
-def _colour_cast(image: Image.Image, rng: np.random.Generator) -> Image.Image:
+def colour_cast(image: Image.Image, rng: np.random.Generator) -> Image.Image:
     """Per-image exposure, white balance and gamma, as cameras and pigmentation vary."""
     brightness = rng.uniform(0.82, 1.12)
     gains = brightness * rng.uniform(0.94, 1.06, 3)

@@ -13,7 +13,7 @@ import math
 import numpy as np
 
 from .dose import Dose
-from .fundus import Anatomy, Findings, Layer, Point, Rgb, _tangents
+from .fundus import Anatomy, Findings, Layer, Point, Rgb, unit_tangents
 
 HAEMORRHAGE_DOT: tuple[float, float, float] = (0.4, 0.13, 0.16)
 HAEMORRHAGE_FLAME: tuple[float, float, float] = (0.42, 0.14, 0.17)
@@ -60,7 +60,7 @@ def vein_sites(
     """Vein centreline points and unit tangents of ``trunks`` (None: all) at ``from_disc`` DD from the disc."""
     veins = [v for v in anatomy.vessels if v.kind == "vein" and (trunks is None or v.trunk in trunks)]
     points = np.vstack([v.points for v in veins])
-    tangents = np.vstack([_tangents(v.points) for v in veins])
+    tangents = np.vstack([unit_tangents(v.points) for v in veins])
     d = np.linalg.norm(points - np.array(anatomy.disc), axis=1) / anatomy.dd
     keep = (d > from_disc[0]) & (d < from_disc[1])
     return points[keep], tangents[keep]

@@ -127,7 +127,7 @@ def _smoothstep(edge0: float, edge1: float, x: np.ndarray) -> np.ndarray:
     return t * t * (3 - 2 * t)
 
 
-def _normal_scan(rng: np.random.Generator, width: int, height: int) -> Scan:
+def normal_scan(rng: np.random.Generator, width: int, height: int) -> Scan:
     """Healthy layers with a foveal pit and the RNFL thickening towards the disc."""
     fovea, disc = 0.5 + rng.normal(0, 0.015), rng.uniform(0.9, 0.95)
     scan = Scan(width, height, fovea, disc, {}, {n: r * rng.uniform(0.9, 1.1) for n, _, r in _LAYERS}, np.zeros(width))

@@ -21,17 +21,17 @@ from .fundus import (
     CameraProfile,
     Findings,
     Lesion,
-    _background,
-    _check_args,
-    _colour_cast,
-    _paint_disc,
-    _paint_vessels,
     apply_camera,
+    check_args,
+    colour_cast,
     fov_mask,
+    paint_background,
+    paint_disc,
+    paint_vessels,
     sample_anatomy,
 )
 from .fundus_lesions import CONFOUNDERS
-from .oct import MIN_HEIGHT, MIN_WIDTH, _normal_scan, scan_image
+from .oct import MIN_HEIGHT, MIN_WIDTH, normal_scan, scan_image
 from .registry import DISEASES, REGISTRY
 
 _EXTRA_STREAM = 10_000  # lesion-seed sub-streams beyond the diseases' own: confounders, camera
@@ -119,7 +119,7 @@ def draw_fundus(
 ) -> FundusDrawing:
     """A synthetic colour fundus photograph of ``eye`` showing ``labels``, and where it drew them."""
     _check_labels(labels)
-    _check_args(width, height, eye)
+    check_args(width, height, eye)
     profile = style.profile if style else CameraProfile("reference")
     anatomy_seed, camera_seed, lesion_seed = _child_seeds(rng)
     anatomy = sample_anatomy(
@@ -142,14 +142,14 @@ def draw_fundus(
         findings.disease = kind
         stream = [int(lesion_seed), _EXTRA_STREAM, list(CONFOUNDERS).index(kind)]
         CONFOUNDERS[kind](findings, anatomy, np.random.default_rng(stream))
-    image = _background(anatomy, camera)
+    image = paint_background(anatomy, camera)
     for layer in findings.under_vessels:
         layer.apply(image)
-    _paint_disc(image, anatomy, findings.cup_ratio, camera)
-    _paint_vessels(image, anatomy, findings)
+    paint_disc(image, anatomy, findings.cup_ratio, camera)
+    paint_vessels(image, anatomy, findings)
     for layer in (*findings.layers, *findings.over_vessels):
         layer.apply(image)
-    image = _colour_cast(image, camera)
+    image = colour_cast(image, camera)
     if style is not None:
         image = apply_camera(image, anatomy, profile, np.random.default_rng([int(lesion_seed), _EXTRA_STREAM + 1]))
     image = Image.composite(image, Image.new("RGB", image.size), fov_mask(width, height, profile.fov_diameter))
@@ -185,7 +185,7 @@ def draw_oct(
     if width < MIN_WIDTH or height < MIN_HEIGHT:
         raise ValueError(f"scan must be at least {MIN_WIDTH}x{MIN_HEIGHT}, got {width}x{height}")
     scan_seed, image_seed, lesion_seed = rng.integers(0, 2**63 - 1, size=3)
-    scan = _normal_scan(np.random.default_rng(scan_seed), width, height)
+    scan = normal_scan(np.random.default_rng(scan_seed), width, height)
     for i, disease in enumerate(DISEASES):  # fixed order: each disease has its own stream
         if disease in labels:
             scan.disease = disease
