@@ -371,3 +371,15 @@ def test_pooled_pixel_probe_scores_trained_categories_only_when_run(hard_dataset
     result = pooled_pixel_probe(hard_dataset / "manifest.csv", load_catalog(hard_dataset / "phantom_catalog.json"))
     assert result.auroc and not set(result.auroc) & set(HARD.zero_shot)
     assert 0.0 <= result.macro_auroc <= 1.0 and result.train_images + result.test_images < 60
+
+
+def test_cli_main_writes_hard_dataset_and_degrades_it_when_preset_hard(tmp_path, capsys):
+    args = ["--preset", "hard", "--out", str(tmp_path), "--count", "8", "--oct-count", "4", "--size", "256x192"]
+    code = cli.main([*args, "--workers", "1", "--degrade", "dark", "--degrade-count", "2"])
+    out = capsys.readouterr().out
+    assert code == 0 and "hypertensive" in out and "degradation manifest" in out
+    assert json.loads((tmp_path / "phantom.json").read_text())["preset"] == "hard"
+    with Image.open(
+        read_manifest(tmp_path / "manifest.csv", catalog=load_catalog(tmp_path / "phantom_catalog.json"))[0].path
+    ) as im:
+        assert im.size == (256, 192)
