@@ -9,7 +9,7 @@ ARTIFACTS ?= artifacts
 PYTEST_ARGS ?=
 export PYTHONSAFEPATH := 1
 
-.PHONY: install lint system-deps demo test serve bench clean
+.PHONY: install lint system-deps demo test serve bench gpu-check clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -21,7 +21,7 @@ $(VENV)/bin/python:
 $(VENV)/.deps: pyproject.toml constraints.txt | $(VENV)/bin/python
 	$(PIP) install -q -c constraints.txt torch==2.13.0
 	$(PIP) install -q -c constraints.txt hatchling editables
-	$(PIP) install -q -c constraints.txt --no-build-isolation -e '.[train,serve,dicom,bench,test,dev]'
+	$(PIP) install -q -c constraints.txt --no-build-isolation -e '.[train,serve,dicom,bench,test,dev,deploy]'
 	@$(PY) -c "import torch, sys; v = torch.__version__; sys.exit(0 if v.startswith('2.13.0') and not torch.version.cuda else f'torch {v} (cuda {torch.version.cuda}) was pulled in; expected the 2.13.0 CPU wheel')"
 	touch $@
 
@@ -52,6 +52,23 @@ serve: install
 bench: install
 	$(VENV)/bin/predilect bench --onnx $(ARTIFACTS)/onnx/model.onnx \
 		--checkpoint $(ARTIFACTS)/checkpoint/model.safetensors --manifest $(ARTIFACTS)/phantom/manifest.csv
+
+# On a CUDA host only: a separate virtualenv with the CUDA torch build (constraints-gpu.txt),
+# TensorRT >= 10.9 and cuda-python; then every `gpu`-marked test (kernel on CUDA in fp32/fp16/bf16,
+# the AOT PTX through TensorRT, engine build + accuracy gate, DALI mixed vs dali_cpu), then the
+# kernel benchmark, which writes benchmarks/results/gpu-<date>-<gpu>.md.
+GPU_VENV ?= .venv-gpu
+gpu-check:
+	@command -v nvidia-smi >/dev/null || { echo "make gpu-check needs an NVIDIA GPU and driver (nvidia-smi not found)"; exit 2; }
+	nvidia-smi --query-gpu=name,driver_version,compute_cap --format=csv
+	test -x $(GPU_VENV)/bin/python || $(PYTHON) -m venv $(GPU_VENV)
+	$(GPU_VENV)/bin/python -m pip --disable-pip-version-check install -q -c constraints-gpu.txt hatchling editables
+	$(GPU_VENV)/bin/python -m pip --disable-pip-version-check install -q -c constraints-gpu.txt --no-build-isolation \
+		-e '.[train,serve,gpu,test]'
+	@$(GPU_VENV)/bin/python -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else f'torch {torch.__version__} sees no GPU (cuda {torch.version.cuda})')"
+	$(GPU_VENV)/bin/python -m pytest -m gpu -v -rs $(PYTEST_ARGS)
+	$(GPU_VENV)/bin/python -m predilect.benchmarks.kernels.bench_predilection_attention --dtype bf16
+	$(GPU_VENV)/bin/python -m predilect.benchmarks.kernels.bench_predilection_attention --dtype fp16
 
 clean:
 	rm -rf $(ARTIFACTS) .pytest_cache dist

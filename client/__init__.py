@@ -7,16 +7,23 @@ thresholds and the model version come from the server ("model discovery")::
 
     from predilect.client import ScreeningClient
 
-    with ScreeningClient("localhost:8001", auth_token=token) as client:
+    with ScreeningClient(DEFAULT_URL, auth_token=token) as client:
         result = client.screen("fundus.jpg")
         for item in client.screen_many(paths, max_in_flight=16):
             ...
+
+``ScreeningClient`` (blocking; also under gevent) and ``AsyncScreeningClient`` (asyncio) are two
+faces of one core (``predilect.client.core``) and behave alike. ``JournalRecord`` is the record
+``predilect screen`` and the DICOM gateway write; ``is_final`` tells a bad input from a failure
+a later run may not meet.
 """
 
 from __future__ import annotations
 
 from predilect.client.aio import AsyncScreeningClient
 from predilect.client.errors import (
+    AuthenticationError,
+    ClientConfigError,
     DeadlineExceededError,
     DicomSupportMissingError,
     ImageRejectedError,
@@ -26,22 +33,31 @@ from predilect.client.errors import (
     PredilectClientError,
     ServerUnavailableError,
     UnsupportedDicomError,
+    is_final,
 )
 from predilect.client.png import encode_png
 from predilect.client.protocol import ServedModelInfo, TlsConfig
+from predilect.client.records import JournalRecord
 from predilect.client.results import ScreeningItem, ScreeningResult
 from predilect.client.retry import NO_RETRIES, RetryBudget, RetryPolicy
 from predilect.client.screening import ScreeningClient
+from predilect.client.settings import DEFAULT_MODEL, DEFAULT_TIMEOUT_S, DEFAULT_URL
 from predilect.client.sr import structured_report
 
 __all__ = [
+    "DEFAULT_MODEL",
+    "DEFAULT_TIMEOUT_S",
+    "DEFAULT_URL",
     "NO_RETRIES",
     "AsyncScreeningClient",
+    "AuthenticationError",
+    "ClientConfigError",
     "DeadlineExceededError",
     "DicomSupportMissingError",
     "ImageRejectedError",
     "IncompatibleModelError",
     "InputError",
+    "JournalRecord",
     "ModelNotReadyError",
     "PredilectClientError",
     "RetryBudget",
@@ -54,5 +70,6 @@ __all__ = [
     "TlsConfig",
     "UnsupportedDicomError",
     "encode_png",
+    "is_final",
     "structured_report",
 ]

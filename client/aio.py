@@ -1,32 +1,50 @@
-"""``AsyncScreeningClient``: the asyncio twin of ``ScreeningClient`` (tritonclient.grpc.aio).
+"""``AsyncScreeningClient``: the asyncio face of the client core (``tritonclient.grpc.aio``).
 
-Same options, discovery, retries and errors; local preparation (file reads, DICOM decoding,
-PNG encoding) runs in worker threads so the event loop stays responsive.
+It performs the same plans as ``ScreeningClient`` (``core``): same options, discovery, retries,
+frame iteration and errors. Local work (file reads, DICOM decoding, PNG encoding) runs in
+worker threads so the event loop stays responsive.
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
-import time
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable
-from dataclasses import replace
+from collections.abc import AsyncIterable, AsyncIterator, Iterable
 from types import TracebackType
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import tritonclient.grpc.aio as aioclient
-from tritonclient.utils import InferenceServerException
 
 from predilect.catalog import Catalog
-from predilect.client import protocol
-from predilect.client.errors import ModelNotReadyError, PredilectClientError, ServerUnavailableError
-from predilect.client.inputs import ImageInput, Prepared, prepare, single_frame
+from predilect.client import core
+from predilect.client.core import THROWN_INTO_PLANS, ClientBase, Plan, Rpc, Sleep
+from predilect.client.inputs import ImageInput
 from predilect.client.protocol import ServedModelInfo
 from predilect.client.results import ScreeningItem, ScreeningResult
-from predilect.client.screening import _ClientCore
+from predilect.client.settings import DEFAULT_MAX_IN_FLIGHT
 
-_log = logging.getLogger("predilect.client")
 T = TypeVar("T")
+
+
+async def run(plan: Plan[T], client: Any) -> T:
+    """Perform ``plan``'s effects one after the other without blocking the loop; its return value."""
+    answer: Any = None
+    error: BaseException | None = None
+    while True:
+        try:
+            effect = plan.send(answer) if error is None else plan.throw(error)
+        except StopIteration as done:
+            return done.value
+        answer, error = None, None
+        try:
+            if isinstance(effect, Rpc):
+                method = getattr(client, effect.method)
+                answer = await method(*effect.args, **effect.kwargs, client_timeout=effect.timeout_s)
+            elif isinstance(effect, Sleep):
+                await asyncio.sleep(effect.seconds)
+            else:
+                answer = await asyncio.to_thread(effect.work)
+        except THROWN_INTO_PLANS as e:
+            error = e
 
 
 async def _aiter(images: Iterable[ImageInput] | AsyncIterable[ImageInput]) -> AsyncIterator[ImageInput]:
@@ -38,7 +56,7 @@ async def _aiter(images: Iterable[ImageInput] | AsyncIterable[ImageInput]) -> As
             yield image
 
 
-class AsyncScreeningClient(_ClientCore):
+class AsyncScreeningClient(ClientBase):
     """Asyncio client of the ``fundus_screen`` ensemble; an async context manager.
 
     Takes the options of ``ScreeningClient``. Create and use it inside one running event loop.
@@ -56,49 +74,12 @@ class AsyncScreeningClient(_ClientCore):
             if self._client is None or self._served is None:
                 client = aioclient.InferenceServerClient(self.url, **self._settings.client_kwargs())
                 try:
-                    served = await self._discover(client)
+                    served = await run(core.discover(self._settings), client)
                 except BaseException:
                     await client.close()
                     raise
                 self._client, self._served = client, served
             return self._client, self._served
-
-    async def _call(self, what: str, call: Callable[[float], Awaitable[T]], *, timeout_s: float | None) -> T:
-        """``await call(attempt_timeout_s)`` with retries; tritonclient errors become client errors."""
-        attempts = self._settings.attempts(timeout_s)
-        while True:
-            attempt_timeout_s = attempts.begin()
-            if attempt_timeout_s <= 0:
-                raise self._settings.deadline_passed(attempts, timeout_s)
-            try:
-                return await call(attempt_timeout_s)
-            except InferenceServerException as e:
-                code = protocol.status_code(e)
-                delay_s = attempts.retry_delay_s(code)
-                if delay_s is None:
-                    raise self._settings.failure(e, attempts, timeout_s) from e
-                _log.debug("%s: attempt %d failed with %s; retrying in %.3f s", what, attempts.number, code, delay_s)
-                await asyncio.sleep(delay_s)
-
-    async def _discover(self, client: aioclient.InferenceServerClient) -> ServedModelInfo:
-        headers, name = self._settings.headers, self.model_name
-        if not await self._call(
-            "is_server_live", lambda t: client.is_server_live(headers=headers, client_timeout=t), timeout_s=None
-        ):
-            raise ServerUnavailableError(f"the Triton server at {self.url} is not live; check `predilect serve`")
-        if not await self._call(
-            "is_model_ready", lambda t: client.is_model_ready(name, headers=headers, client_timeout=t), timeout_s=None
-        ):
-            raise ModelNotReadyError(
-                f"model {name!r} is not ready on {self.url}; wait for the server to finish "
-                "loading it or check the model name"
-            )
-        response = await self._call(
-            "get_model_config",
-            lambda t: client.get_model_config(name, headers=headers, client_timeout=t),
-            timeout_s=None,
-        )
-        return protocol.served_info(response.config, model_name=name, url=self.url)
 
     async def served(self) -> ServedModelInfo:
         """The discovered catalog and model identity (connects if needed)."""
@@ -107,63 +88,34 @@ class AsyncScreeningClient(_ClientCore):
     async def catalog(self) -> Catalog:
         return (await self.served()).catalog
 
-    async def _screen_prepared(self, prepared: Prepared, *, timeout_s: float | None) -> ScreeningResult:
-        client, served = await self._connection()
-        inputs, outputs = protocol.infer_inputs(prepared.payload), protocol.requested_outputs()
-        start = time.perf_counter()
-        response = await self._call(
-            "infer",
-            lambda t: client.infer(
-                self.model_name, inputs, outputs=outputs, headers=self._settings.headers, client_timeout=t
-            ),
-            timeout_s=timeout_s,
-        )
-        latency_s = time.perf_counter() - start
-        _log.debug("screened a %d-byte payload in %.3f s", len(prepared.payload), latency_s)
-        return protocol.parse_result(
-            response,
-            served,
-            url=self.url,
-            model_name=self.model_name,
-            latency_s=latency_s,
-            sop_instance_uid=prepared.sop_instance_uid,
-            frame=prepared.frame,
-        )
-
     async def screen(self, image: ImageInput, *, timeout_s: float | None = None) -> ScreeningResult:
         """Screen one single-frame input (see ``ScreeningClient.screen``)."""
-        prepared = await asyncio.to_thread(single_frame, image)
-        return await self._screen_prepared(prepared, timeout_s=timeout_s)
+        client, served = await self._connection()
+        return await run(core.screen_one(self._settings, served, image, timeout_s=timeout_s), client)
 
     async def screen_frames(self, image: ImageInput, *, timeout_s: float | None = None) -> list[ScreeningResult]:
-        """Screen every frame of an input, one request per frame, in order."""
-        prepared = await asyncio.to_thread(lambda: list(prepare(image)))
-        return [await self._screen_prepared(p, timeout_s=timeout_s) for p in prepared]
+        """Screen every frame of an input, one request per frame, in order (see ``ScreeningClient.screen_frames``)."""
+        client, served = await self._connection()
+        return await run(core.screen_frames(self._settings, served, image, timeout_s=timeout_s), client)
 
-    async def _screen_item(self, index: int, image: ImageInput, timeout_s: float | None) -> list[ScreeningItem]:
-        try:
-            prepared = await asyncio.to_thread(lambda: list(prepare(image)))
-        except PredilectClientError as e:
-            return [ScreeningItem(index, image, error=e)]
-        items = []
-        for p in prepared:
-            try:
-                items.append(ScreeningItem(index, image, result=await self._screen_prepared(p, timeout_s=timeout_s)))
-            except PredilectClientError as e:
-                items.append(ScreeningItem(index, image, error=e))
-        return [replace(item, frames=len(items)) for item in items]
+    async def screen_items(self, image: ImageInput, *, timeout_s: float | None = None) -> list[ScreeningItem]:
+        """Every frame of one input as items with results or errors (see ``ScreeningClient.screen_items``)."""
+        return await self._items(0, image, timeout_s)
+
+    async def _items(self, index: int, image: ImageInput, timeout_s: float | None) -> list[ScreeningItem]:
+        client, served = await self._connection()
+        return await run(core.screen_items(self._settings, served, index, image, timeout_s=timeout_s), client)
 
     async def screen_many(
         self,
         images: Iterable[ImageInput] | AsyncIterable[ImageInput],
         *,
-        max_in_flight: int = 8,
+        max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
         timeout_s: float | None = None,
     ) -> AsyncIterator[ScreeningItem]:
         """Screen a (sync or async) stream with at most ``max_in_flight`` inputs in flight; yields
-        ``ScreeningItem`` as they complete (see ``ScreeningClient.screen_many``)."""
-        if max_in_flight < 1:
-            raise ValueError(f"max_in_flight must be >= 1, got {max_in_flight}")
+        ``ScreeningItem`` as inputs complete (see ``ScreeningClient.screen_many``)."""
+        core.check_max_in_flight(max_in_flight)
         await self._connection()
         source = _aiter(images)
         pending: set[asyncio.Task[list[ScreeningItem]]] = set()
@@ -176,7 +128,7 @@ class AsyncScreeningClient(_ClientCore):
                     except StopAsyncIteration:
                         exhausted = True
                         break
-                    pending.add(asyncio.create_task(self._screen_item(index, image, timeout_s)))
+                    pending.add(asyncio.create_task(self._items(index, image, timeout_s)))
                     index += 1
                 if not pending:
                     return

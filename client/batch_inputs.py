@@ -11,17 +11,17 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from predilect import contract
 from predilect.client import dicom
 from predilect.client.errors import InputError
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".dcm"})
 _PATH_COLUMNS = ("path", "image", "file")
-_LATERALITY = {"R": "right", "L": "left", "OD": "right", "OS": "left"}
 
 
 @dataclass(frozen=True)
 class Entry:
-    """One input: ``key`` is its resolved path (the journal's key)."""
+    """One input: ``key`` is its resolved path (the journal's key); ``eye`` is R or L when known."""
 
     key: str
     path: Path
@@ -48,16 +48,16 @@ def _manifest(manifest: Path) -> list[Entry]:
                 f"manifest {manifest} has no path column (one of {_PATH_COLUMNS}); its columns are {reader.fieldnames}"
             )
         rows = list(reader)
-    return [
-        _entry(manifest.parent / row[column], patient_id=row.get("patient_id") or None, eye=_eye(row.get("eye")))
-        for row in rows
-    ]
-
-
-def _eye(value: str | None) -> str | None:
-    if not value:
-        return None
-    return _LATERALITY.get(value.strip().upper(), value.strip().lower())
+    entries = []
+    for line, row in enumerate(rows, 2):  # line 1 is the header
+        if not row.get(column):
+            raise InputError(f"manifest {manifest} line {line}: no {column!r} given")
+        try:
+            eye = contract.parse_eye(row["eye"]) if (row.get("eye") or "").strip() else None
+        except ValueError as e:
+            raise InputError(f"manifest {manifest} line {line}: {e}") from e
+        entries.append(_entry(manifest.parent / row[column], patient_id=row.get("patient_id") or None, eye=eye))
+    return entries
 
 
 def collect_entries(sources: Iterable[Path]) -> list[Entry]:
@@ -82,10 +82,8 @@ def local_identity(entry: Entry) -> tuple[str, str | None]:
     patient, eye = entry.patient_id, entry.eye
     if patient is None and entry.path.suffix.lower() == ".dcm":
         try:
-            header = dicom.read_dataset(entry.path, stop_before_pixels=True)
-        except (InputError, OSError):
-            header = None
-        if header is not None:
-            patient = str(header.get("PatientID") or "") or None
-            eye = eye or _eye(str(header.get("ImageLaterality") or header.get("Laterality") or ""))
+            header_patient, header_eye = dicom.identity(dicom.read_dataset(entry.path, stop_before_pixels=True))
+        except InputError:  # unreadable or not DICOM: screening records why
+            header_patient, header_eye = None, None
+        patient, eye = header_patient, eye or header_eye
     return (patient or entry.path.stem), eye

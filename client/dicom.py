@@ -8,15 +8,18 @@ only. pydicom comes from the optional ``[dicom]`` extra and is imported on first
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
+import struct
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from predilect.client.errors import DicomSupportMissingError, UnsupportedDicomError
+from predilect import contract
+from predilect.client.errors import DicomSupportMissingError, InputError, PredilectClientError, UnsupportedDicomError
 from predilect.client.jpeg import JpegStructureError, strip_metadata
 from predilect.client.png import encode_png
 
@@ -32,6 +35,9 @@ JPEG_BASELINE = "1.2.840.10008.1.2.4.50"
 IMPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2"
 EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1"
 UNCOMPRESSED_SYNTAXES = (EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN)
+VERIFICATION_SOP_CLASS = "1.2.840.10008.1.1"
+# What pydicom raises on a damaged file: it parses lazily, so any attribute read can meet the damage.
+_MALFORMED = (ValueError, TypeError, AttributeError, KeyError, IndexError, NotImplementedError, EOFError, struct.error)
 _PREAMBLE_BYTES = 128
 _PHOTOMETRIC = {"RGB": 3, "MONOCHROME2": 1}  # photometric interpretation -> samples per pixel
 
@@ -65,16 +71,33 @@ def is_dicom_bytes(data: bytes) -> bool:
     return data[_PREAMBLE_BYTES : _PREAMBLE_BYTES + 4] == b"DICM"
 
 
+@contextlib.contextmanager
+def _malformed(what: str) -> Iterator[None]:
+    """Turn pydicom's errors about a damaged instance into UnsupportedDicomError naming ``what``."""
+    pydicom_errors = sys.modules.get("pydicom.errors")
+    extra = (pydicom_errors.BytesLengthException,) if pydicom_errors is not None else ()
+    try:
+        yield
+    except PredilectClientError:
+        raise
+    except (*_MALFORMED, *extra) as e:
+        raise UnsupportedDicomError(f"{what} is damaged or malformed: {e}") from e
+
+
 def read_dataset(source: bytes | str | os.PathLike, *, stop_before_pixels: bool = False) -> Dataset:
-    """A dataset from DICOM file bytes or a path; UnsupportedDicomError when it is not DICOM."""
+    """A dataset from DICOM file bytes or a path; UnsupportedDicomError when it is not DICOM,
+    InputError when the file cannot be read."""
     pydicom = pydicom_module()
     from pydicom.errors import InvalidDicomError
 
     stream: Any = io.BytesIO(source) if isinstance(source, bytes) else Path(source)
     try:
-        return pydicom.dcmread(stream, stop_before_pixels=stop_before_pixels)
+        with _malformed(_describe(source)):
+            return pydicom.dcmread(stream, stop_before_pixels=stop_before_pixels)
     except InvalidDicomError as e:
         raise UnsupportedDicomError(f"{_describe(source)} is not a DICOM file: {e}") from e
+    except OSError as e:
+        raise InputError(f"cannot read {_describe(source)}: {e.strerror or e}") from e
 
 
 def _describe(source: object) -> str:
@@ -142,9 +165,33 @@ def _decoded_frames(dataset: Dataset) -> Iterator[bytes]:
 
 
 def iter_frames(dataset: Dataset) -> Iterator[DicomFrame]:
-    """The frames of an instance (1-based numbers), each as an identifier-free payload."""
-    syntax = check_supported(dataset)
-    uid = str(dataset.SOPInstanceUID)
+    """The frames of an instance (1-based numbers), each as an identifier-free payload, decoded
+    one at a time where the transfer syntax allows (JPEG baseline)."""
+    with _malformed("the DICOM header"):
+        syntax = check_supported(dataset)
+        uid = str(dataset.SOPInstanceUID)
     payloads = _jpeg_frames(dataset) if syntax == JPEG_BASELINE else _decoded_frames(dataset)
-    for number, payload in enumerate(payloads, 1):
+    number = 0
+    while True:
+        with _malformed(f"frame {number + 1}"):
+            payload = next(payloads, None)
+        if payload is None:
+            return
+        number += 1
         yield DicomFrame(payload=payload, sop_instance_uid=uid, frame=number)
+
+
+def identity(dataset: Dataset) -> tuple[str | None, str | None]:
+    """(patient ID, canonical eye) from a header, for local bookkeeping only; None where absent,
+    unreadable, or a laterality that is not one eye (B, U)."""
+    try:
+        with _malformed("the DICOM header"):
+            patient = str(dataset.get("PatientID") or "") or None
+            laterality = str(dataset.get("ImageLaterality") or dataset.get("Laterality") or "")
+    except UnsupportedDicomError:
+        return None, None
+    try:
+        eye = contract.parse_eye(laterality) if laterality else None
+    except ValueError:
+        eye = None
+    return patient, eye

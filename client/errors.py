@@ -2,9 +2,20 @@
 
 Errors caused by a gRPC call are raised ``from`` the ``tritonclient`` exception that caused
 it; ``attempts`` counts the calls made (retries included) before giving up.
+
+Two kinds matter to a batch run (``predilect screen``, the gateway): a *final* failure means
+the input itself is bad -- the server rejected the image, or it cannot be read or turned into
+a request -- and recording it is the end of that input; every other failure (server down,
+deadline, model not ready, an internal server error, a refused token, ...) is *transient*: the
+input is not recorded and a later run tries it again. ``is_final`` is the one definition.
+
+Errors about what the user gave (an input, a TLS file, a token) are also
+``predilect.errors.UserError``, so the ``predilect`` commands print them as one line.
 """
 
 from __future__ import annotations
+
+from predilect.errors import UserError
 
 
 class PredilectClientError(Exception):
@@ -15,8 +26,16 @@ class PredilectClientError(Exception):
         self.attempts = attempts
 
 
+class ClientConfigError(PredilectClientError, UserError, ValueError):
+    """A client option that cannot work: an unreadable TLS file, an empty token, a bad value."""
+
+
 class ServerUnavailableError(PredilectClientError):
     """No Triton server answers at the address (after the retries the policy allows)."""
+
+
+class AuthenticationError(PredilectClientError, UserError):
+    """The server refused the call's credentials (token missing or wrong). Never retried."""
 
 
 class ModelNotReadyError(PredilectClientError):
@@ -27,7 +46,7 @@ class IncompatibleModelError(PredilectClientError):
     """The served model does not describe itself as a Predilect screening model."""
 
 
-class ImageRejectedError(PredilectClientError, ValueError):
+class ImageRejectedError(PredilectClientError, UserError, ValueError):
     """The server rejected the payload; ``cause`` names why (not an image, truncated, ...). Never retried."""
 
     def __init__(self, message: str, *, cause: str, attempts: int = 1) -> None:
@@ -39,7 +58,7 @@ class DeadlineExceededError(PredilectClientError, TimeoutError):
     """No answer within the deadline."""
 
 
-class InputError(PredilectClientError, ValueError):
+class InputError(PredilectClientError, UserError, ValueError):
     """A local input cannot be turned into a request (unreadable file, wrong array shape, ...)."""
 
 
@@ -47,5 +66,15 @@ class UnsupportedDicomError(InputError):
     """A DICOM instance the client does not screen (SOP class, transfer syntax, pixel format)."""
 
 
-class DicomSupportMissingError(PredilectClientError, ImportError):
+class DicomSupportMissingError(PredilectClientError, UserError, ImportError):
     """A DICOM input was given but the optional ``[dicom]`` extra is not installed."""
+
+
+FINAL_ERRORS: tuple[type[PredilectClientError], ...] = (ImageRejectedError, InputError)
+"""The failures that are the input's own: retrying it cannot help."""
+
+
+def is_final(error: BaseException) -> bool:
+    """True when ``error`` says the input itself is bad (record it and move on); False when a
+    later run may succeed (server-side or configuration failures: leave the input unrecorded)."""
+    return isinstance(error, FINAL_ERRORS)

@@ -1,11 +1,13 @@
 """DICOM gateway: a C-STORE SCP that stores what it receives, screens it and writes results.
 
 Received instances are written as received (original transfer syntax) under ``incoming/``
-and queued; one worker thread screens them and writes a JSONL line per frame plus a
-Comprehensive SR, optionally C-STOREd to a configured AE. The C-STORE response does not wait
-for screening. ``stop()`` drains the queue; instances received but not yet recorded (e.g.
-after a crash) are queued again at the next start. pynetdicom/pydicom/highdicom come from
-the ``[dicom]`` extra.
+and queued; one worker thread screens them and writes a ``JournalRecord`` line per frame plus
+a Comprehensive SR per screened frame, optionally C-STOREd to a configured AE. The C-STORE
+response does not wait for screening. An instance that is bad itself (not screenable, a frame
+rejected) is recorded with its error; one that failed on the server's side (``is_final``
+false) is left unrecorded and queued again at the next start, as are instances received but
+not recorded before a crash. ``stop()`` drains the queue. pynetdicom/pydicom/highdicom come
+from the ``[dicom]`` extra.
 """
 
 from __future__ import annotations
@@ -23,13 +25,10 @@ from types import TracebackType
 from typing import Any
 
 from predilect.client import dicom
-from predilect.client.errors import (
-    DeadlineExceededError,
-    ModelNotReadyError,
-    PredilectClientError,
-    ServerUnavailableError,
-)
+from predilect.client.errors import PredilectClientError, is_final
 from predilect.client.journal import ResultJournal
+from predilect.client.records import JournalRecord
+from predilect.client.results import ScreeningItem
 from predilect.client.screening import ScreeningClient
 from predilect.client.sr import structured_report
 
@@ -38,7 +37,6 @@ _UID = re.compile(r"[0-9.]{1,64}")
 STATUS_SUCCESS = 0x0000
 STATUS_OUT_OF_RESOURCES = 0xA700
 STATUS_CANNOT_UNDERSTAND = 0xC000
-_TRANSIENT = (ServerUnavailableError, DeadlineExceededError, ModelNotReadyError)
 _STOP = object()
 RESULTS_FILE = "results.jsonl"
 
@@ -62,8 +60,8 @@ class RemoteAE:
 class GatewayConfig:
     """Where the gateway listens, who may send, where it writes, when it refuses."""
 
-    incoming_dir: Path
-    results_dir: Path
+    incoming_dir: Path = Path("incoming")
+    results_dir: Path = Path("results")
     ae_title: str = "PREDILECT"
     port: int = 11112
     bind_address: str = "0.0.0.0"
@@ -90,7 +88,6 @@ class DicomGateway:
 
     def start(self) -> DicomGateway:
         from pynetdicom import AE, evt
-        from pynetdicom.sop_class import Verification
 
         for folder in (self.config.incoming_dir, self.config.results_dir):
             folder.mkdir(parents=True, exist_ok=True)
@@ -105,7 +102,7 @@ class DicomGateway:
         ae.acse_timeout = self.config.acse_timeout_s
         for sop_class in dicom.SUPPORTED_SOP_CLASSES:
             ae.add_supported_context(sop_class, [dicom.JPEG_BASELINE, *dicom.UNCOMPRESSED_SYNTAXES])
-        ae.add_supported_context(Verification)
+        ae.add_supported_context(dicom.VERIFICATION_SOP_CLASS)
         if self.config.allowed_calling_aets:
             ae.require_calling_aet = list(self.config.allowed_calling_aets)
         self._server = ae.start_server(
@@ -150,47 +147,37 @@ class DicomGateway:
                 self._queue.task_done()
 
     def _screen_file(self, path: Path) -> None:
+        key = path.stem  # the SOP Instance UID it was received as
+        dataset: Any = None
         try:
             dataset = dicom.read_dataset(path)
-            results = self.client.screen_frames(dataset)
-        except _TRANSIENT as e:
-            _log.warning("%s not screened (%s); it is retried at the next start", path.name, type(e).__name__)
-            return
         except PredilectClientError as e:
-            self._journal.append(
-                [
-                    {
-                        "key": path.stem,
-                        "sop_instance_uid": path.stem,
-                        "frame": None,
-                        "frames": 1,
-                        "result": None,
-                        "error": str(e),
-                        "error_type": type(e).__name__,
-                    }
-                ]
-            )
+            items = [ScreeningItem(0, path, error=e)]
+        else:
+            items = self.client.screen_items(dataset)
+        transient = [i.error for i in items if i.error is not None and not is_final(i.error)]
+        if transient:
+            reason = type(transient[0]).__name__
+            _log.warning("%s not screened (%s); it is retried at the next start", path.name, reason)
             return
-        records = []
-        for result in results:
-            report = structured_report(result, dataset, self.client.catalog)
-            sr_path = self.config.results_dir / f"{path.stem}-{result.frame}.sr.dcm"
-            report.save_as(sr_path, enforce_file_format=True)
-            if self.config.forward_to is not None:
-                self._forward(report, self.config.forward_to)
-            records.append(
-                {
-                    "key": path.stem,
-                    "sop_instance_uid": result.sop_instance_uid,
-                    "frame": result.frame,
-                    "frames": len(results),
-                    "result": result.model_dump(mode="json"),
-                    "error": None,
-                    "error_type": None,
-                    "sr": sr_path.name,
-                }
-            )
-        self._journal.append(records)
+        patient_id, eye = dicom.identity(dataset) if dataset is not None else (None, None)
+        sr_files = self._reports(key, items, dataset) if dataset is not None else {}
+        self._journal.append(
+            JournalRecord.of_items(key, items, patient_id=patient_id, eye=eye, sop_instance_uid=key, sr_files=sr_files)
+        )
+
+    def _reports(self, key: str, items: list[ScreeningItem], dataset: Any) -> dict[int | None, str]:
+        """An SR per screened frame, written (and forwarded) only once the instance is final,
+        so that an instance retried later is never reported twice; their file names by frame."""
+        sr_files: dict[int | None, str] = {}
+        for item in items:
+            if item.result is not None:
+                report = structured_report(item.result, dataset, self.client.catalog)
+                sr_files[item.frame] = f"{key}-{item.frame}.sr.dcm"
+                report.save_as(self.config.results_dir / sr_files[item.frame], enforce_file_format=True)
+                if self.config.forward_to is not None:
+                    self._forward(report, self.config.forward_to)
+        return sr_files
 
     def _forward(self, report: Any, target: RemoteAE) -> None:
         from pynetdicom import AE

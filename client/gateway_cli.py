@@ -1,4 +1,8 @@
-"""``predilect gateway``: run the DICOM C-STORE gateway until SIGINT/SIGTERM, then drain and stop."""
+"""``predilect gateway``: run the DICOM C-STORE gateway until SIGINT/SIGTERM, then drain and stop.
+
+Exit status: 0 stopped by a signal after draining; 2 a user error (bad option, TLS file, refused
+token); 3 the screening server is unreachable or unusable at start.
+"""
 
 from __future__ import annotations
 
@@ -10,29 +14,36 @@ import threading
 from collections.abc import Sequence
 from pathlib import Path
 
+from predilect.cli import EXIT_OK, EXIT_UNAVAILABLE, command
 from predilect.client.cli_options import add_client_options, client_from_args
 from predilect.client.errors import PredilectClientError
 from predilect.client.gateway import DicomGateway, GatewayConfig, RemoteAE
+from predilect.errors import UserError
+
+_MB = 1024 * 1024
+_DEFAULTS = GatewayConfig()
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="predilect gateway", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--port", type=int, default=11112, help="DICOM port to listen on (default 11112)")
-    parser.add_argument("--bind", default="0.0.0.0", help="address to listen on")
-    parser.add_argument("--ae-title", default="PREDILECT", help="this gateway's AE title")
+    parser = argparse.ArgumentParser(prog="predilect gateway", description=(__doc__ or "").split("\n\n")[0])
+    parser.add_argument(
+        "--port", type=int, default=_DEFAULTS.port, help=f"DICOM port to listen on (default {_DEFAULTS.port})"
+    )
+    parser.add_argument("--bind", default=_DEFAULTS.bind_address, help="address to listen on")
+    parser.add_argument("--ae-title", default=_DEFAULTS.ae_title, help="this gateway's AE title")
     parser.add_argument(
         "--allow-aet",
         action="append",
-        default=[],
+        default=list(_DEFAULTS.allowed_calling_aets),
         metavar="AET",
         help="calling AE title allowed to send (repeatable; default: any)",
     )
-    parser.add_argument("--incoming", type=Path, default=Path("incoming"), help="folder for received instances")
-    parser.add_argument("--out", type=Path, default=Path("results"), help="folder for results.jsonl and SRs")
+    parser.add_argument("--incoming", type=Path, default=_DEFAULTS.incoming_dir, help="folder for received instances")
+    parser.add_argument("--out", type=Path, default=_DEFAULTS.results_dir, help="folder for results.jsonl and SRs")
     parser.add_argument(
         "--min-free-mb",
         type=float,
-        default=1024.0,
+        default=_DEFAULTS.min_free_bytes / _MB,
         help="refuse C-STOREs (status 0xA700) below this much free disk space",
     )
     parser.add_argument("--forward", type=RemoteAE.parse, metavar="HOST:PORT:AET", help="C-STORE each SR here")
@@ -41,6 +52,7 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+@command("gateway")
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -51,14 +63,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         port=args.port,
         bind_address=args.bind,
         allowed_calling_aets=tuple(args.allow_aet),
-        min_free_bytes=int(args.min_free_mb * 1024 * 1024),
+        min_free_bytes=int(args.min_free_mb * _MB),
         forward_to=args.forward,
     )
+    client = client_from_args(args)  # reads the TLS files: a missing one is a user error, reported at once
     stop = threading.Event()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda *_: stop.set())
+    previous = {signum: signal.signal(signum, lambda *_: stop.set()) for signum in (signal.SIGINT, signal.SIGTERM)}
     try:
-        with client_from_args(args) as client, DicomGateway(client, config) as gateway:
+        with client, DicomGateway(client, config) as gateway:
             print(
                 f"predilect gateway: {args.ae_title} listening on {args.bind}:{gateway.port}",
                 file=sys.stderr,
@@ -66,7 +78,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
             stop.wait()
             print("predilect gateway: stopping; screening what is queued", file=sys.stderr, flush=True)
+    except UserError:
+        raise
     except PredilectClientError as e:
         print(f"predilect gateway: {e}", file=sys.stderr)
-        return 3
-    return 0
+        return EXIT_UNAVAILABLE
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    return EXIT_OK

@@ -1,17 +1,29 @@
-"""A resumable JSONL journal: one record per line, a group of lines per input, fsynced.
+"""A resumable JSONL journal: one ``JournalRecord`` per line, a group of lines per input, fsynced.
 
 Each record carries ``key`` (the input) and ``frames`` (how many records that input has).
 A group is written with one ``write`` and then flushed and fsynced, so after a crash only
-the last group can be incomplete or torn; ``ResultJournal.open`` cuts it off, and the keys
-it returns are exactly the inputs already recorded in full.
+the last group can be incomplete or torn; ``ResultJournal.open`` cuts that tail off, and the
+keys it returns are exactly the inputs already recorded in full. Damage anywhere else, or
+records of another schema version, are not a crash's doing: ``open`` refuses the file
+(``JournalError``) rather than cut good records off.
 """
 
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import IO
+
+from pydantic import ValidationError
+
+from predilect.client.records import JournalRecord
+from predilect.errors import UserError
+
+
+class JournalError(UserError):
+    """The journal file holds something other than complete records of this schema version."""
 
 
 class ResultJournal:
@@ -20,12 +32,12 @@ class ResultJournal:
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         self._file: IO[bytes] | None = None
-        self.records: list[dict[str, Any]] = []
+        self.records: list[JournalRecord] = []
 
     def open(self) -> set[str]:
         """Read what is recorded, drop an incomplete or torn tail, open for appending; the complete keys."""
         data = self.path.read_bytes() if self.path.exists() else b""
-        good_end, done = _complete_prefix(data, self.records)
+        good_end, done = _complete_prefix(data, self.records, self.path)
         if good_end < len(data):
             with self.path.open("r+b") as f:
                 f.truncate(good_end)
@@ -34,11 +46,11 @@ class ResultJournal:
         self._file = self.path.open("ab")
         return done
 
-    def append(self, records: list[dict[str, Any]]) -> None:
+    def append(self, records: Sequence[JournalRecord]) -> None:
         """Write one input's records at once, durably."""
         if self._file is None:
             raise RuntimeError("open the journal before appending")
-        self._file.write(b"".join(json.dumps(r, separators=(",", ":")).encode() + b"\n" for r in records))
+        self._file.write(b"".join(r.model_dump_json().encode() + b"\n" for r in records))
         self._file.flush()
         os.fsync(self._file.fileno())
         self.records.extend(records)
@@ -49,25 +61,43 @@ class ResultJournal:
             self._file = None
 
 
-def _complete_prefix(data: bytes, records: list[dict[str, Any]]) -> tuple[int, set[str]]:
+def _parse(line: bytes) -> JournalRecord | None:
+    """The record of a complete line; None for a line a crash can leave (torn or garbled)."""
+    try:
+        fields = json.loads(line)
+    except ValueError:
+        return None
+    if not isinstance(fields, dict):
+        return None
+    return JournalRecord.model_validate(fields)
+
+
+def _complete_prefix(data: bytes, records: list[JournalRecord], path: Path) -> tuple[int, set[str]]:
     """The byte length of the prefix made of complete groups, and their keys; fills ``records``."""
     done: set[str] = set()
-    open_groups: dict[str, list[dict[str, Any]]] = {}
+    open_groups: dict[str, list[JournalRecord]] = {}
     good_end = offset = 0
-    for line in data.splitlines(keepends=True):
+    lines = data.splitlines(keepends=True)
+    for number, line in enumerate(lines, 1):
         offset += len(line)
-        if not line.endswith(b"\n"):
-            break  # torn last line
         try:
-            record = json.loads(line)
-            key, frames = str(record["key"]), int(record["frames"])
-        except (ValueError, KeyError, TypeError):
-            break  # a line damaged by a crash: nothing after it is trusted
-        group = open_groups.setdefault(key, [])
+            record = _parse(line) if line.endswith(b"\n") else None
+        except ValidationError as e:
+            raise JournalError(
+                f"{path} line {number} is not a screening record of this version: "
+                f"{e.errors()[0]['msg']}; write to a new --out file"
+            ) from e
+        if record is None:
+            if number < len(lines):  # a crash tears only the last write
+                raise JournalError(f"{path} line {number} is damaged and records follow it; repair or move the file")
+            break
+        if open_groups and record.key not in open_groups:  # groups are written whole, never interleaved
+            raise JournalError(f"{path} line {number} starts an input before the one above it is complete")
+        group = open_groups.setdefault(record.key, [])
         group.append(record)
-        if len(group) >= frames:
-            done.add(key)
-            records.extend(open_groups.pop(key))
+        if len(group) >= record.frames:
+            done.add(record.key)
+            records.extend(open_groups.pop(record.key))
         if not open_groups:
             good_end = offset
     return good_end, done

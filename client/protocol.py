@@ -18,6 +18,8 @@ from tritonclient.utils import InferenceServerException
 from predilect import contract
 from predilect.catalog import Catalog
 from predilect.client.errors import (
+    AuthenticationError,
+    ClientConfigError,
     DeadlineExceededError,
     ImageRejectedError,
     IncompatibleModelError,
@@ -30,6 +32,10 @@ from predilect.contract import IMAGE, PROBABILITIES, REJECTED_PREFIX
 
 _MAX_MESSAGE_BYTES = 2**31 - 1
 INVALID_ARGUMENT = "INVALID_ARGUMENT"
+UNAUTHENTICATED = "UNAUTHENTICATED"
+# Triton's answer to a call without the header a --grpc-restricted-protocol group requires. It
+# comes with status UNAVAILABLE, which would otherwise read as "server down, retry".
+_TRITON_RESTRICTED = "This protocol is restricted"
 
 
 @dataclass(frozen=True)
@@ -57,7 +63,7 @@ class TlsConfig:
 
     def __post_init__(self) -> None:
         if (self.client_cert_path is None) != (self.client_key_path is None):
-            raise ValueError("mutual TLS needs both client_cert_path and client_key_path, or neither")
+            raise ClientConfigError("mutual TLS needs both client_cert_path and client_key_path, or neither")
 
     def credentials(self) -> Any:
         """The ``grpc.ChannelCredentials`` (reads the PEM files now, so a wrong path fails at once)."""
@@ -69,7 +75,7 @@ class TlsConfig:
             try:
                 return Path(path).read_bytes()
             except OSError as e:
-                raise ValueError(f"cannot read TLS file {path}: {e.strerror}") from e
+                raise ClientConfigError(f"cannot read TLS file {path}: {e.strerror}") from e
 
         return grpc.ssl_channel_credentials(
             root_certificates=read(self.root_cert_path),
@@ -99,20 +105,30 @@ def channel_args(
 
 
 def request_headers(*, auth_token: str | None, headers: Mapping[str, str] | None) -> dict[str, str] | None:
-    """gRPC metadata of every call: the caller's headers plus ``authorization: Bearer <token>``."""
+    """gRPC metadata of every call: the caller's headers plus the token under the header Triton
+    enforces (``contract.GRPC_AUTH_HEADER``, see ``contract.AUTH_KEY``)."""
     merged = {key.lower(): value for key, value in (headers or {}).items()}
     if auth_token is not None:
-        if not auth_token.strip():
-            raise ValueError("auth_token must not be empty")
-        merged["authorization"] = f"Bearer {auth_token}"
+        printable = auth_token.isascii() and auth_token.isprintable()
+        if not auth_token or auth_token != auth_token.strip() or not printable:
+            raise ClientConfigError(
+                "auth_token must be non-empty printable ASCII without surrounding spaces (gRPC metadata)"
+            )
+        if contract.GRPC_AUTH_HEADER in merged:
+            raise ClientConfigError(f"give the token as auth_token or as header {contract.GRPC_AUTH_HEADER}, not both")
+        merged[contract.GRPC_AUTH_HEADER] = auth_token
     return merged or None
 
 
 def status_code(error: InferenceServerException) -> str:
     """The gRPC code name of an error ("StatusCode.UNAVAILABLE" -> "UNAVAILABLE"); rejections are
-    INVALID_ARGUMENT whatever code the ensemble forwarded them with."""
-    if REJECTED_PREFIX in str(error.message() or error):
+    INVALID_ARGUMENT whatever code the ensemble forwarded them with, and Triton's refusal of a
+    restricted protocol is UNAUTHENTICATED, not the UNAVAILABLE it is sent with."""
+    message = str(error.message() or error)
+    if REJECTED_PREFIX in message:
         return INVALID_ARGUMENT
+    if _TRITON_RESTRICTED in message:
+        return UNAUTHENTICATED
     return str(error.status() or "").rsplit(".", 1)[-1]
 
 
@@ -124,6 +140,7 @@ def translate(
     timeout_s: float | None,
     attempts: int = 1,
     gave_up_because: str = "",
+    token_sent: bool = False,
 ) -> PredilectClientError:
     """The client error for a tritonclient error, with a message that says what to do."""
     status, message = status_code(error), str(error.message() or error)
@@ -133,6 +150,13 @@ def translate(
         return ImageRejectedError(
             f"the server rejected the image: {cause}; send the bytes of a colour fundus photograph (JPEG or PNG)",
             cause=cause,
+            attempts=attempts,
+        )
+    if status in (UNAUTHENTICATED, "PERMISSION_DENIED"):
+        sent = "the auth token sent was refused" if token_sent else "no auth token was sent"
+        return AuthenticationError(
+            f"{url} refused the call ({message}): {sent}; give the server's token (auth_token, or "
+            f"${contract.AUTH_TOKEN_ENV} for the predilect commands)",
             attempts=attempts,
         )
     if status == "DEADLINE_EXCEEDED":
@@ -151,11 +175,6 @@ def translate(
         return ServerUnavailableError(
             f"no Triton server answers at {url}{tried}: {message}; start one with "
             "`predilect serve`, check the address, or retry later",
-            attempts=attempts,
-        )
-    if status == "UNAUTHENTICATED" or status == "PERMISSION_DENIED":
-        return PredilectClientError(
-            f"{url} refused the credentials ({status}): {message}; check auth_token and the TLS client certificate",
             attempts=attempts,
         )
     return PredilectClientError(f"request to {url} failed ({status or 'no status'}): {message}", attempts=attempts)

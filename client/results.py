@@ -67,15 +67,25 @@ class ScreeningResult(BaseModel):
 
 @dataclass(frozen=True)
 class ScreeningItem:
-    """One answer of ``screen_many``: the input at position ``index`` (one item per DICOM frame),
-    with either its ``result`` or the client ``error`` that stopped it. ``frames`` is how many
-    items this input yields; they are yielded one after the other."""
+    """One answer of ``screen_many`` / ``screen_items``: the input at position ``index`` (one item
+    per DICOM frame), with either its ``result`` or the client ``error`` that stopped it.
+
+    ``frame`` is the 1-based DICOM frame the item is about (None for a plain image, or when the
+    input failed before its first frame); ``frames`` is how many items this input yields -- they
+    are yielded one after the other, in frame order. A DICOM instance whose frame 2 cannot be
+    decoded yields frame 1's result and then frame 2's error.
+    """
 
     index: int
     source: Any
     result: ScreeningResult | None = None
     error: PredilectClientError | None = None
     frames: int = 1
+    frame: int | None = None
+
+    def __post_init__(self) -> None:
+        if (self.result is None) == (self.error is None):
+            raise ValueError("a ScreeningItem holds either a result or an error")
 
     @property
     def ok(self) -> bool:

@@ -1,7 +1,7 @@
 """Retries: which gRPC codes, how long to back off, how many retries the budget allows.
 
-Pure and clock-injectable, so the arithmetic is unit-tested without a server; the clients'
-call loops (``screening.py``, ``aio.py``) only ask ``Attempts`` what to do next.
+Pure and clock-injectable, so the arithmetic is unit-tested without a server; the client
+core's call plan (``core.call``) only asks ``Attempts`` what to do next.
 """
 
 from __future__ import annotations
@@ -122,8 +122,9 @@ class Attempts:
         """Start an attempt; its timeout in seconds (<= 0 when the deadline has passed)."""
         self.number += 1
         remaining = self.remaining_s()
-        self._capped = self.attempt_timeout_s is not None and self.attempt_timeout_s < remaining
-        return min(remaining, self.attempt_timeout_s) if self._capped else remaining  # type: ignore[type-var]
+        cap = self.attempt_timeout_s
+        self._capped = cap is not None and cap < remaining
+        return cap if cap is not None and self._capped else remaining
 
     def retry_delay_s(self, code: str) -> float | None:
         """The backoff before retrying after ``code``, or None when the call must fail now."""

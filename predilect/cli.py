@@ -32,6 +32,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "predilect.training.phantom.phantom_cli",
         "synthetic fundus photographs, OCT B-scans, manifests",
     ),
+    "dataset": ("predilect.training.datasets.dataset_cli", "a public data set in its native layout -> a manifest"),
     "train": ("predilect.training.train_cli", "train the predilection-site classifier on a manifest"),
     "export": ("predilect.build.export_cli", "export a checkpoint to ONNX and check it under ONNX Runtime"),
     "trt-rewrite": ("predilect.build.tensorrt.rewrite_cli", "fold the ONNX attention head into the TensorRT plugin"),
@@ -108,7 +109,8 @@ def add_dataclass_options(parser: argparse.ArgumentParser, cls: type, *, title: 
     for f in dataclasses.fields(cls):
         if not f.init or f.name.startswith("_"):
             continue
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        factory: Callable[[], Any] | None = None if f.default_factory is dataclasses.MISSING else f.default_factory
+        default: Any = factory() if factory is not None else f.default
         help_ = f"{f.metadata.get('help', '')} (default: {default})".strip()
         flag = "--" + f.name.replace("_", "-")
         if hints[f.name] is bool:

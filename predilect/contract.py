@@ -36,6 +36,30 @@ LOGITS = "LOGITS"
 PROBABILITIES = "PROBABILITIES"
 """FP32 [1, C] per request: sigmoid of the logits, in catalog order."""
 
+# The GPU profile (DALI + TensorRT) adds one step before DALI and one tensor after it.
+VALIDATE_MODEL = "validate_image"
+"""GPU profile: the Python-backend step that rejects bad payloads per request before DALI."""
+VALID_IMAGE = "VALID_IMAGE"
+"""UINT8 [1, n_bytes]: the IMAGE bytes that passed ``validate_image``, unchanged."""
+FOV_EXTENT = "FOV_EXTENT"
+"""FP32 [batch, 2]: field-of-view width and height in source pixels, measured by the DALI step."""
+PLAN_FILENAME = "model.plan"
+"""The serialized TensorRT engine in ``classifier/1/`` (Triton's default for ``tensorrt_plan``)."""
+DALI_FILENAME = "dali.py"
+"""The DALI backend's autoserialized pipeline definition in ``preprocess/1/``."""
+DALI_PARAMS_FILENAME = "dali_params.json"
+"""Beside ``dali.py``: the PreprocessCfg and pipeline knobs it is derived from."""
+ENGINE_BUILD_FILENAME = "engine_build.json"
+"""In ``classifier/`` of a GPU repository: how the container builds the engine from ``model.onnx``."""
+REFERENCE_ONNX_FILENAME = "reference.onnx"
+"""In ``classifier/`` of a GPU repository: the FP32 export the accuracy gate compares the engine with."""
+GATE_SET_FILENAME = "gate_set.npz"
+"""In ``classifier/`` of a GPU repository: held-out pixels and labels for the engine's accuracy gate."""
+ENGINE_SIDECAR_SCHEMA = "predilect.engine.v1"
+"""Schema of the JSON written beside every serialized engine."""
+PROFILES = ("cpu", "gpu")
+"""``predilect assemble --profile``: Python-backend CPU models, or DALI + TensorRT on the GPU."""
+
 # --------------------------------------------------------------------------- keys
 
 # One key per fact, the same in checkpoint metadata, ONNX metadata_props and the ensemble's
@@ -49,6 +73,8 @@ KEY_MODEL_NAME = "predilect.model_name"
 KEY_MODEL_VERSION = "predilect.model_version"
 KEY_METRICS = "predilect.metrics"
 CHECKPOINT_FORMAT = "predilect.checkpoint.v1"
+LOOP_STATE_FORMAT = "predilect.loop_state.v1"
+"""Format of a training run's resumable state (``run_dir/state.pt``, written by ``training.loop``)."""
 
 SERVED_KEYS = (KEY_CATALOG, KEY_PREPROCESS, KEY_MODEL_NAME, KEY_MODEL_VERSION, KEY_MODEL_CFG)
 """The metadata_props every exported model carries."""
@@ -63,6 +89,15 @@ KEY_ORT_THREADS = "predilect.ort_threads"
 
 REJECTED_PREFIX = "image rejected: "
 """Prefix of the error message of a request whose payload was refused (INVALID_ARGUMENT)."""
+
+AUTH_KEY = "predilect-auth-token"
+"""The key of the screening token: ``tritonserver --grpc-restricted-protocol=health,metadata,model-config,
+inference:<AUTH_KEY>=<token>`` (and ``--http-restricted-api=...`` for HTTP, which checks the header
+``<AUTH_KEY>`` itself). A restricted call without it fails with UNAVAILABLE "This protocol is restricted"."""
+GRPC_AUTH_HEADER = "triton-grpc-protocol-" + AUTH_KEY
+"""The gRPC metadata header Triton compares with the token (it prefixes gRPC keys with ``triton-grpc-protocol-``)."""
+AUTH_TOKEN_ENV = "PREDILECT_AUTH_TOKEN"
+"""The environment variable the command-line tools read the token from."""
 
 RIGHT_EYE, LEFT_EYE = "R", "L"
 EYES = (RIGHT_EYE, LEFT_EYE)

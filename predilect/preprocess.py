@@ -139,51 +139,64 @@ def inspect_image(data: np.ndarray, cfg: PreprocessCfg) -> tuple[str, int, int]:
     return fmt, width, height
 
 
-def build_pipeline(cfg: PreprocessCfg, *, batch_size: int, num_threads: int, device_id: int | None):
-    """Build the DALI pipeline derived from ``cfg``.
+def fundus_graph(cfg: PreprocessCfg, encoded, *, hw_decoder_load: float | None = None):
+    """The DALI operators of the pipeline derived from ``cfg``, applied to ``encoded`` (a DataNode).
 
-    Outputs per sample: the CHW float32 tensor and the field-of-view width and height in
-    source pixels (zero when the image holds no field of view).
+    Returns ``(tensor, fov_w, fov_h)``: the CHW float32 tensor and the field-of-view width and
+    height in source pixels (zero when the image holds no field of view). With ``dali_mixed``
+    the image is decoded by nvJPEG on the GPU (``hw_decoder_load``: the share of images given
+    to the hardware JPEG decoder, where the GPU has one); the crop side then lives on the GPU
+    and is copied to the CPU, because DALI takes named arguments only from CPU nodes.
     """
     import nvidia.dali.fn as fn
     import nvidia.dali.types as types
-    from nvidia.dali import pipeline_def
 
-    if cfg.decoder == "dali_mixed" and device_id is None:
-        raise ValueError("decoder 'dali_mixed' needs a GPU device_id; use 'dali_cpu' on CPU")
     interp = {
         "linear": types.INTERP_LINEAR,
         "cubic": types.INTERP_CUBIC,
         "lanczos3": types.INTERP_LANCZOS3,
         "triangular": types.INTERP_TRIANGULAR,
     }[cfg.interpolation]
+    mixed = cfg.decoder == "dali_mixed"
+    decode_args = {"hw_decoder_load": hw_decoder_load} if mixed and hw_decoder_load is not None else {}
+    image = fn.decoders.image(encoded, device="mixed" if mixed else "cpu", output_type=types.RGB, **decode_args)
+    # Field of view: rows and columns holding any pixel brighter than the black mask.
+    inside = fn.cast(fn.reductions.max(image, axes=[2]) > cfg.fov_threshold, dtype=types.FLOAT)
+    fov_w = fn.reductions.sum(fn.reductions.max(inside, axes=[0]))
+    fov_h = fn.reductions.sum(fn.reductions.max(inside, axes=[1]))
+    # Square of side max(w, h), centred as fundus cameras centre the disc; where the disc
+    # is clipped by the frame the crop reaches past it and is padded with black.
+    side = fov_w + fn.cast(fov_h > fov_w, dtype=types.FLOAT) * (fov_h - fov_w)
+    side = side + fn.cast(side < 1.0, dtype=types.FLOAT)  # an all-black frame: keep DALI valid
+    if mixed:
+        side = side.cpu()  # named arguments must be CPU nodes (needs the dynamic executor)
+    square = fn.crop(image, crop_w=side, crop_h=side, out_of_bounds_policy="pad", fill_values=0)
+    resized = fn.resize(square, resize_x=cfg.size, resize_y=cfg.size, antialias=True, interp_type=interp)
+    tensor = fn.crop_mirror_normalize(
+        resized,
+        dtype=types.FLOAT,
+        output_layout="CHW",
+        mean=[255.0 * m for m in cfg.mean],
+        std=[255.0 * s for s in cfg.std],
+    )
+    return tensor, fov_w, fov_h
+
+
+def build_pipeline(cfg: PreprocessCfg, *, batch_size: int, num_threads: int, device_id: int | None):
+    """Build the DALI pipeline derived from ``cfg`` (``fundus_graph`` on an external source)."""
+    import nvidia.dali.fn as fn
+    import nvidia.dali.types as types
+    from nvidia.dali import pipeline_def
+
+    if cfg.decoder == "dali_mixed" and device_id is None:
+        raise ValueError("decoder 'dali_mixed' needs a GPU device_id; use 'dali_cpu' on CPU")
 
     @pipeline_def(
         batch_size=batch_size, num_threads=num_threads, device_id=device_id, prefetch_queue_depth=1, exec_dynamic=True
     )
     def fundus_pipeline():
         encoded = fn.external_source(name="encoded", dtype=types.UINT8, ndim=1, no_copy=False)
-        image = fn.decoders.image(
-            encoded, device="mixed" if cfg.decoder == "dali_mixed" else "cpu", output_type=types.RGB
-        )
-        # Field of view: rows and columns holding any pixel brighter than the black mask.
-        inside = fn.cast(fn.reductions.max(image, axes=[2]) > cfg.fov_threshold, dtype=types.FLOAT)
-        fov_w = fn.reductions.sum(fn.reductions.max(inside, axes=[0]))
-        fov_h = fn.reductions.sum(fn.reductions.max(inside, axes=[1]))
-        # Square of side max(w, h), centred as fundus cameras centre the disc; where the disc
-        # is clipped by the frame the crop reaches past it and is padded with black.
-        side = fov_w + fn.cast(fov_h > fov_w, dtype=types.FLOAT) * (fov_h - fov_w)
-        side = side + fn.cast(side < 1.0, dtype=types.FLOAT)  # an all-black frame: keep DALI valid
-        square = fn.crop(image, crop_w=side, crop_h=side, out_of_bounds_policy="pad", fill_values=0)
-        resized = fn.resize(square, resize_x=cfg.size, resize_y=cfg.size, antialias=True, interp_type=interp)
-        tensor = fn.crop_mirror_normalize(
-            resized,
-            dtype=types.FLOAT,
-            output_layout="CHW",
-            mean=[255.0 * m for m in cfg.mean],
-            std=[255.0 * s for s in cfg.std],
-        )
-        return tensor, fov_w, fov_h
+        return fundus_graph(cfg, encoded)
 
     pipe = fundus_pipeline()
     pipe.build()
@@ -308,12 +321,7 @@ class Preprocessor:
         return [self._check_fov(tensor, fov_w, fov_h) for tensor, fov_w, fov_h in outputs]
 
     def _check_fov(self, tensor: np.ndarray, fov_w: float, fov_h: float) -> np.ndarray | InvalidImageError:
-        if min(fov_w, fov_h) < self.cfg.min_side_px:
-            return InvalidImageError(
-                f"no fundus field of view: {int(fov_w)}x{int(fov_h)} px brighter than level "
-                f"{self.cfg.fov_threshold}; is this a colour fundus photograph?"
-            )
-        return tensor
+        return fov_error(self.cfg, fov_w, fov_h) or tensor
 
     def run(self, payloads: Sequence[Payload]) -> list[np.ndarray | InvalidImageError]:
         """Preprocess encoded images; one tensor or error per payload, in order."""
@@ -346,6 +354,16 @@ class Preprocessor:
             if outputs
             else np.zeros((0, *self.cfg.input_shape), np.float32)
         )
+
+
+def fov_error(cfg: PreprocessCfg, fov_w: float, fov_h: float) -> InvalidImageError | None:
+    """The rejection of an image whose field of view is smaller than ``cfg.min_side_px``; None if it is large enough."""
+    if min(fov_w, fov_h) < cfg.min_side_px:
+        return InvalidImageError(
+            f"no fundus field of view: {int(fov_w)}x{int(fov_h)} px brighter than level "
+            f"{cfg.fov_threshold}; is this a colour fundus photograph?"
+        )
+    return None
 
 
 def _dali_cause(error: RuntimeError) -> str:

@@ -37,6 +37,60 @@ class TensorDef:
             raise ValueError(f"tensor {self.name!r} needs dims > 0 or -1, got {self.dims}")
 
 
+_TIMEOUT_ACTIONS = ("REJECT", "DELAY")
+_INSTANCE_KINDS = ("KIND_CPU", "KIND_GPU")
+_WARMUP_SOURCES = ("zero", "random", "file")
+
+
+@dataclass(frozen=True)
+class QueuePolicyDef:
+    """A dynamic batcher's queue policy: bound the queue and the wait, so overload fails fast.
+
+    ``max_queue_size`` 0 and ``default_timeout_us`` 0 mean unbounded, as in Triton.
+    """
+
+    max_queue_size: int = 0
+    default_timeout_us: int = 0
+    timeout_action: str = "REJECT"
+    allow_timeout_override: bool = False
+
+    def __post_init__(self) -> None:
+        if self.max_queue_size < 0 or self.default_timeout_us < 0:
+            raise ValueError(
+                f"queue size and timeout must be >= 0, got {self.max_queue_size}, {self.default_timeout_us}"
+            )
+        if self.timeout_action not in _TIMEOUT_ACTIONS:
+            raise ValueError(f"timeout_action must be one of {_TIMEOUT_ACTIONS}, got {self.timeout_action!r}")
+
+
+@dataclass(frozen=True)
+class WarmupInputDef:
+    """One input of a warm-up sample: zeros, random data, or a file in the model's ``warmup/`` folder."""
+
+    data_type: str
+    dims: tuple[int, ...]
+    source: str = "zero"
+    input_data_file: str = ""
+
+    def __post_init__(self) -> None:
+        if self.source not in _WARMUP_SOURCES:
+            raise ValueError(f"warm-up source must be one of {_WARMUP_SOURCES}, got {self.source!r}")
+        if (self.source == "file") != bool(self.input_data_file):
+            raise ValueError("a warm-up input names input_data_file exactly when its source is 'file'")
+        if not self.dims or any(d < 1 for d in self.dims):
+            raise ValueError(f"warm-up dims must be concrete (>= 1), got {self.dims}")
+
+
+@dataclass(frozen=True)
+class WarmupDef:
+    """A ``model_warmup`` sample: run at load, before the model reports ready."""
+
+    name: str
+    batch_size: int
+    inputs: Mapping[str, WarmupInputDef]
+    count: int = 1
+
+
 @dataclass(frozen=True)
 class PythonModelDef:
     """A Python-backend model with dynamic batching on CPU instances."""
@@ -49,6 +103,42 @@ class PythonModelDef:
     instance_count: int = 1
     parameters: Mapping[str, str] = field(default_factory=dict)
     preferred_batch_sizes: tuple[int, ...] = ()
+    queue_policy: QueuePolicyDef | None = None
+    warmup: tuple[WarmupDef, ...] = ()
+
+
+@dataclass(frozen=True)
+class BackendModelDef:
+    """Any other backend or platform (``backend="dali"``, ``platform="tensorrt_plan"``, ...).
+
+    Dynamic batching is on unless ``dynamic_batching`` is False; ``instance_kind`` places the
+    instances (``KIND_GPU`` with ``gpus`` empty: every visible GPU).
+    """
+
+    name: str
+    inputs: tuple[TensorDef, ...]
+    outputs: tuple[TensorDef, ...]
+    max_batch_size: int
+    backend: str = ""
+    platform: str = ""
+    max_queue_delay_us: int = 0
+    preferred_batch_sizes: tuple[int, ...] = ()
+    dynamic_batching: bool = True
+    instance_kind: str = "KIND_CPU"
+    instance_count: int = 1
+    gpus: tuple[int, ...] = ()
+    queue_policy: QueuePolicyDef | None = None
+    warmup: tuple[WarmupDef, ...] = ()
+    parameters: Mapping[str, str] = field(default_factory=dict)
+    default_model_filename: str = ""
+
+    def __post_init__(self) -> None:
+        if bool(self.backend) == bool(self.platform):
+            raise ValueError(f"model {self.name!r} names exactly one of backend and platform")
+        if self.instance_kind not in _INSTANCE_KINDS:
+            raise ValueError(f"instance_kind must be one of {_INSTANCE_KINDS}, got {self.instance_kind!r}")
+        if self.gpus and self.instance_kind != "KIND_GPU":
+            raise ValueError(f"model {self.name!r}: gpus are for KIND_GPU instances")
 
 
 @dataclass(frozen=True)
@@ -72,7 +162,7 @@ class EnsembleDef:
     parameters: Mapping[str, str] = field(default_factory=dict)
 
 
-ModelDef = Union[PythonModelDef, EnsembleDef]
+ModelDef = Union[PythonModelDef, BackendModelDef, EnsembleDef]
 
 
 @dataclass(frozen=True)
@@ -195,6 +285,40 @@ def _common_proto(definition: ModelDef) -> mc.ModelConfig:
     return config
 
 
+def _queue_policy_proto(policy: QueuePolicyDef, proto: mc.ModelQueuePolicy) -> None:
+    proto.timeout_action = mc.ModelQueuePolicy.TimeoutAction.Value(policy.timeout_action)
+    proto.default_timeout_microseconds = policy.default_timeout_us
+    proto.allow_timeout_override = policy.allow_timeout_override
+    proto.max_queue_size = policy.max_queue_size
+
+
+def _warmup_proto(warmup: WarmupDef, config: mc.ModelConfig) -> None:
+    proto = config.model_warmup.add(name=warmup.name, batch_size=warmup.batch_size, count=warmup.count)
+    for tensor, spec in warmup.inputs.items():
+        data = proto.inputs[tensor]
+        data.data_type = mc.DataType.Value(spec.data_type)
+        data.dims.extend(spec.dims)
+        if spec.source == "zero":
+            data.zero_data = True
+        elif spec.source == "random":
+            data.random_data = True
+        else:
+            data.input_data_file = spec.input_data_file
+
+
+def _batching_proto(
+    config: mc.ModelConfig, definition: PythonModelDef | BackendModelDef, *, kind: str, gpus: tuple[int, ...] = ()
+) -> None:
+    config.dynamic_batching.max_queue_delay_microseconds = definition.max_queue_delay_us
+    config.dynamic_batching.preferred_batch_size.extend(definition.preferred_batch_sizes)
+    if definition.queue_policy is not None:
+        _queue_policy_proto(definition.queue_policy, config.dynamic_batching.default_queue_policy)
+    group = config.instance_group.add(kind=mc.ModelInstanceGroup.Kind.Value(kind), count=definition.instance_count)
+    group.gpus.extend(gpus)
+    for warmup in definition.warmup:
+        _warmup_proto(warmup, config)
+
+
 def to_model_config(definition: ModelDef) -> mc.ModelConfig:
     """Render one typed definition as Triton's ``ModelConfig`` proto."""
     config = _common_proto(definition)
@@ -205,10 +329,19 @@ def to_model_config(definition: ModelDef) -> mc.ModelConfig:
             proto.input_map.update(step.input_map)
             proto.output_map.update(step.output_map)
         return config
+    if isinstance(definition, BackendModelDef):
+        config.backend, config.platform = definition.backend, definition.platform
+        config.default_model_filename = definition.default_model_filename
+        if definition.dynamic_batching:
+            _batching_proto(config, definition, kind=definition.instance_kind, gpus=definition.gpus)
+        else:
+            group = config.instance_group.add(
+                kind=mc.ModelInstanceGroup.Kind.Value(definition.instance_kind), count=definition.instance_count
+            )
+            group.gpus.extend(definition.gpus)
+        return config
     config.backend = "python"
-    config.dynamic_batching.max_queue_delay_microseconds = definition.max_queue_delay_us
-    config.dynamic_batching.preferred_batch_size.extend(definition.preferred_batch_sizes)
-    config.instance_group.add(kind=mc.ModelInstanceGroup.KIND_CPU, count=definition.instance_count)
+    _batching_proto(config, definition, kind="KIND_CPU")
     return config
 
 

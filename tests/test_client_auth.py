@@ -1,27 +1,42 @@
-"""Auth metadata reaches the server: a real tritonserver that refuses gRPC calls lacking a
-header (Triton's --grpc-restricted-protocol) serves the client only when it sends it.
+"""The auth token against a real tritonserver that enforces it.
 
-Triton checks the header ``triton-grpc-protocol-<key>``; a deployment that checks
-``authorization`` does so in a proxy in front of Triton, so the bearer token itself is checked
-here as the metadata the client attaches to every call."""
+The server is started with ``--grpc-restricted-protocol=health,metadata,model-config,inference:
+<contract.AUTH_KEY>=<token>``: Triton then answers every call of those protocols that lacks the
+metadata header ``triton-grpc-protocol-<key>`` with that exact value by UNAVAILABLE "This
+protocol is restricted, expecting header ...". The client sends ``auth_token`` under that
+header (``contract.GRPC_AUTH_HEADER``) and reports a refusal as ``AuthenticationError``: never
+retried, never "server unavailable, retry later".
+"""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
+from client_faces import FACES
 
-from predilect.client import NO_RETRIES, PredilectClientError, ScreeningClient
+from predilect import contract
+from predilect.client import (
+    AuthenticationError,
+    ClientConfigError,
+    RetryPolicy,
+    ServerUnavailableError,
+)
 from predilect.client.protocol import request_headers
 from predilect.serving.server import TritonServer, free_port
 
-KEY, SECRET = "x-api-key", "s3cr3t-key"
-HEADER = f"triton-grpc-protocol-{KEY}"
+TOKEN = "s3cr3t-t0ken-for-tests"
+PROTOCOLS = "health,metadata,model-config,inference"  # every protocol the client calls
+ROOT = Path(__file__).resolve().parent.parent
+RETRYING = RetryPolicy(max_attempts=5, initial_backoff_s=0.05, max_backoff_s=0.1)
 
 
 @pytest.fixture(scope="module")
-def guarded_server(model_repository: Path, tmp_path_factory: pytest.TempPathFactory):
-    protocols = "health,metadata,inference,model-config,statistics"
+def guarded_server(model_repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonServer]:
     server = TritonServer(
         model_repository=model_repository,
         grpc_port=free_port(),
@@ -29,30 +44,97 @@ def guarded_server(model_repository: Path, tmp_path_factory: pytest.TempPathFact
         metrics_port=free_port(),
         bind_address="127.0.0.1",
         log_path=tmp_path_factory.mktemp("triton-auth-log") / "tritonserver.log",
-        extra_args=[f"--grpc-restricted-protocol={protocols}:{KEY}={SECRET}"],
+        startup_timeout_s=180,
+        extra_args=[f"--grpc-restricted-protocol={PROTOCOLS}:{contract.AUTH_KEY}={TOKEN}"],
     )
     with server:
         yield server
 
 
-def test_screen_succeeds_when_header_matches_server_restriction(guarded_server, fundus_jpeg):
-    with ScreeningClient(guarded_server.grpc_url, timeout_s=30, auth_token="t0ken", headers={HEADER: SECRET}) as client:
-        result = client.screen(fundus_jpeg(60))
+@pytest.fixture(params=sorted(FACES))
+def make_face(request) -> Iterator[Callable]:
+    made = []
+
+    def make(url: str, **options):
+        face = FACES[request.param](url, **options)
+        made.append(face)
+        return face
+
+    yield make
+    for face in made:
+        face.close()
+
+
+def test_face_screens_when_auth_token_matches_server(make_face, guarded_server, fundus_jpeg) -> None:
+    face = make_face(guarded_server.grpc_url, timeout_s=60, auth_token=TOKEN)
+    result = face.screen(fundus_jpeg(60))
     assert result.model_name == "uopsl-tiny" and len(result.probabilities) == 6
 
 
-@pytest.mark.parametrize("headers", [None, {HEADER: "wrong"}])
-def test_connect_fails_when_header_missing_or_wrong(guarded_server, headers):
-    client = ScreeningClient(guarded_server.grpc_url, timeout_s=10, headers=headers, retry_policy=NO_RETRIES)
-    with pytest.raises(PredilectClientError, match="restricted") as caught:
-        client.connect()
-    assert caught.value.__cause__ is not None
+@pytest.mark.parametrize("token", [None, "wrong-token"], ids=["missing", "wrong"])
+def test_face_raises_authentication_error_once_when_token_missing_or_wrong(
+    make_face, guarded_server, token: str | None
+) -> None:
+    face = make_face(guarded_server.grpc_url, timeout_s=30, auth_token=token, retry_policy=RETRYING)
+    with pytest.raises(AuthenticationError) as caught:
+        face.connect()
+    error = caught.value
+    assert error.attempts == 1, "a refused token is never retried"
+    assert not isinstance(error, ServerUnavailableError) and "retry later" not in str(error)
+    assert contract.GRPC_AUTH_HEADER in str(error), "the message names the header the server expects"
+    assert ("was refused" if token else "no auth token was sent") in str(error)
+    assert type(error.__cause__).__name__ == "InferenceServerException"
 
 
-def test_request_headers_carry_bearer_token_when_auth_token_given():
+def test_server_refuses_inference_without_token_when_called_directly(guarded_server, fundus_jpeg) -> None:
+    """The restriction covers inference itself, not only the discovery calls before it."""
+    import tritonclient.grpc as grpcclient
+    from tritonclient.utils import InferenceServerException
+
+    data = np.frombuffer(fundus_jpeg(61), dtype=np.uint8)[np.newaxis]
+    tensor = grpcclient.InferInput(contract.IMAGE, list(data.shape), "UINT8")
+    tensor.set_data_from_numpy(data)
+    with grpcclient.InferenceServerClient(guarded_server.grpc_url) as raw:
+        with pytest.raises(InferenceServerException, match="restricted"):
+            raw.infer(contract.ENSEMBLE, [tensor])
+        answer = raw.infer(contract.ENSEMBLE, [tensor], headers={contract.GRPC_AUTH_HEADER: TOKEN})
+    assert answer.as_numpy(contract.PROBABILITIES).shape == (1, 6)
+
+
+def test_screen_cli_exits_2_with_one_line_when_token_is_wrong(guarded_server, fundus_jpeg, tmp_path: Path) -> None:
+    (tmp_path / "imgs").mkdir()
+    (tmp_path / "imgs" / "a.jpg").write_bytes(fundus_jpeg(62))
+    command = [
+        sys.executable,
+        "-m",
+        "predilect.cli",
+        "screen",
+        str(tmp_path / "imgs"),
+        "--out",
+        str(tmp_path / "r.jsonl"),
+    ]
+    command += ["--server", guarded_server.grpc_url]
+    env_base = {"PATH": "/usr/bin:/bin"}
+    wrong = subprocess.run(
+        command, env={**env_base, contract.AUTH_TOKEN_ENV: "nope"}, capture_output=True, text=True, timeout=120
+    )
+    assert wrong.returncode == 2, wrong.stderr
+    (line,) = [x for x in wrong.stderr.splitlines() if "refused" in x]
+    assert line.startswith("predilect screen: ") and "Traceback" not in wrong.stderr
+    right = subprocess.run(
+        command, env={**env_base, contract.AUTH_TOKEN_ENV: TOKEN}, capture_output=True, text=True, timeout=120
+    )
+    assert right.returncode == 0, right.stderr
+
+
+def test_request_headers_carry_token_under_enforced_header_when_auth_token_given() -> None:
     assert request_headers(auth_token="t0ken", headers={"X-Site": "clinic-7"}) == {
-        "authorization": "Bearer t0ken",
+        contract.GRPC_AUTH_HEADER: "t0ken",
         "x-site": "clinic-7",
     }
-    with pytest.raises(ValueError, match="empty"):
-        request_headers(auth_token=" ", headers=None)
+    assert request_headers(auth_token=None, headers={"X-Site": "clinic-7"}) == {"x-site": "clinic-7"}
+    for bad in ("", " padded ", "line\nbreak", "naïve"):
+        with pytest.raises(ClientConfigError, match="auth_token"):
+            request_headers(auth_token=bad, headers=None)
+    with pytest.raises(ClientConfigError, match="not both"):
+        request_headers(auth_token="a", headers={contract.GRPC_AUTH_HEADER: "b"})

@@ -1,4 +1,5 @@
-"""Client pieces without a server: retry arithmetic and budget, PNG encoder, JPEG stripping, journal."""
+"""Client pieces without a server: retry arithmetic and budget, PNG encoder, JPEG stripping, the
+journal and its records, the final/transient split, and the core's plans driven step by step."""
 
 from __future__ import annotations
 
@@ -9,10 +10,32 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from predilect.client.journal import ResultJournal
+from predilect import contract
+from predilect.catalog import DEFAULT_CATALOG
+from predilect.client import core
+from predilect.client.errors import (
+    AuthenticationError,
+    ClientConfigError,
+    DeadlineExceededError,
+    DicomSupportMissingError,
+    ImageRejectedError,
+    IncompatibleModelError,
+    InputError,
+    ModelNotReadyError,
+    PredilectClientError,
+    ServerUnavailableError,
+    UnsupportedDicomError,
+    is_final,
+)
+from predilect.client.journal import JournalError, ResultJournal
 from predilect.client.jpeg import JpegStructureError, strip_metadata
 from predilect.client.png import encode_png
+from predilect.client.protocol import ServedModelInfo, TlsConfig
+from predilect.client.records import JournalRecord
+from predilect.client.results import ScreeningItem, ScreeningResult
 from predilect.client.retry import Attempts, RetryBudget, RetryPolicy
+from predilect.client.settings import ClientSettings
+from predilect.errors import UserError
 
 
 class FakeClock:
@@ -188,18 +211,221 @@ def test_strip_metadata_raises_structure_error_when_truncated_and_not_allowed() 
         strip_metadata(b"GIF89a", allow_truncated=True)
 
 
+def _result(frame: int | None = None) -> ScreeningResult:
+    return ScreeningResult.from_probabilities(
+        [0.1] * len(DEFAULT_CATALOG),
+        DEFAULT_CATALOG,
+        model_name="m",
+        model_version="1",
+        latency_s=0.01,
+        sop_instance_uid="1.2.3" if frame else None,
+        frame=frame,
+    )
+
+
+def _record(key: str, frames: int = 1, frame: int | None = None) -> JournalRecord:
+    return JournalRecord(key=key, frames=frames, frame=frame, result=_result(frame))
+
+
 def test_journal_drops_torn_line_and_incomplete_group_when_reopened(tmp_path: Path) -> None:
     path = tmp_path / "results.jsonl"
     journal = ResultJournal(path)
     assert journal.open() == set()
-    journal.append([{"key": "a", "frames": 1}])
-    journal.append([{"key": "b", "frames": 2, "frame": 1}, {"key": "b", "frames": 2, "frame": 2}])
+    journal.append([_record("a")])
+    journal.append([_record("b", 2, 1), _record("b", 2, 2)])
     journal.close()
     complete = path.read_bytes()
     with path.open("ab") as f:  # a crash in the middle of a 2-frame group: one full line, one torn
-        f.write(b'{"key":"c","frames":2,"frame":1}\n{"key":"c","fra')
+        f.write(_record("c", 2, 1).model_dump_json().encode() + b"\n" + b'{"key":"c","fra')
     reopened = ResultJournal(path)
     assert reopened.open() == {"a", "b"}
     reopened.close()
     assert path.read_bytes() == complete
-    assert [r["key"] for r in reopened.records] == ["a", "b", "b"]
+    assert [r.key for r in reopened.records] == ["a", "b", "b"]
+    assert all(r.schema_version == contract.RESULT_SCHEMA_VERSION for r in reopened.records)
+    assert reopened.records[0] == _record("a"), "a record reads back as written"
+
+
+@pytest.mark.parametrize(
+    ("tamper", "message"),
+    [
+        (lambda lines: [lines[0].replace(b'"schema_version":"1"', b'"schema_version":"0"'), *lines[1:]], "version"),
+        (lambda lines: [b"garbage\n", *lines], "damaged and records follow"),
+        (lambda lines: [lines[0], lines[2], lines[1]], "before the one above it is complete"),
+    ],
+    ids=["other_schema_version", "damaged_in_the_middle", "interleaved_groups"],
+)
+def test_journal_refuses_file_and_keeps_it_when_damage_is_not_a_torn_tail(tmp_path: Path, tamper, message) -> None:
+    path = tmp_path / "results.jsonl"
+    journal = ResultJournal(path)
+    journal.open()
+    journal.append([_record("b", 2, 1), _record("b", 2, 2)])
+    journal.append([_record("a")])
+    journal.close()
+    path.write_bytes(b"".join(tamper(path.read_bytes().splitlines(keepends=True))))
+    before = path.read_bytes()
+    with pytest.raises(JournalError, match=message):
+        ResultJournal(path).open()
+    assert path.read_bytes() == before, "a refused journal is left untouched"
+    assert issubclass(JournalError, UserError)
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"key": "k", "frames": 1},  # neither result nor error
+        {"key": "k", "frames": 1, "error": "bad", "error_type": "InputError", "result": "<result>"},
+        {"key": "k", "frames": 1, "error": "bad"},  # error without its type
+        {"key": "k", "frames": 0, "error": "bad", "error_type": "InputError"},
+        {"key": "k", "frames": 1, "eye": "right", "error": "bad", "error_type": "InputError"},
+        {"key": "k", "frames": 1, "error": "bad", "error_type": "InputError", "unknown": 1},
+    ],
+    ids=["empty", "both", "untyped_error", "no_frames", "eye_not_canonical", "unknown_field"],
+)
+def test_journal_record_raises_validation_error_when_fields_are_inconsistent(fields: dict) -> None:
+    from pydantic import ValidationError
+
+    if fields.get("result") == "<result>":
+        fields = {**fields, "result": _result()}
+    with pytest.raises(ValidationError):
+        JournalRecord(**fields)
+
+
+def test_journal_record_of_items_keeps_frame_result_and_error_when_frame_2_failed() -> None:
+    error = UnsupportedDicomError("frame 2 is not a well-formed baseline JPEG")
+    items = [
+        ScreeningItem(0, "x.dcm", result=_result(1), frames=2, frame=1),
+        ScreeningItem(0, "x.dcm", error=error, frames=2, frame=2),
+    ]
+    first, second = JournalRecord.of_items("x", items, patient_id="P", eye="L", sr_files={1: "x-1.sr.dcm"})
+    assert (first.frame, first.frames, first.sr, first.ok) == (1, 2, "x-1.sr.dcm", True)
+    assert (second.frame, second.error_type, second.sr, second.ok) == (2, "UnsupportedDicomError", None, False)
+    assert second.sop_instance_uid == "1.2.3", "a failed frame names its instance"
+    assert JournalRecord.model_validate_json(second.model_dump_json()) == second
+
+
+@pytest.mark.parametrize(
+    ("error", "final"),
+    [
+        (ImageRejectedError("r", cause="truncated JPEG"), True),
+        (InputError("unreadable"), True),
+        (UnsupportedDicomError("CT"), True),
+        (ServerUnavailableError("down"), False),
+        (DeadlineExceededError("slow"), False),
+        (ModelNotReadyError("loading"), False),
+        (IncompatibleModelError("old repository"), False),
+        (PredilectClientError("request failed (INTERNAL)"), False),
+        (AuthenticationError("refused"), False),
+        (DicomSupportMissingError("pip install"), False),
+    ],
+)
+def test_is_final_only_when_input_itself_is_bad(error: PredilectClientError, final: bool) -> None:
+    assert is_final(error) is final
+
+
+def test_user_errors_are_the_ones_a_user_fixes_when_classified() -> None:
+    for cls in (InputError, UnsupportedDicomError, ImageRejectedError, AuthenticationError, ClientConfigError):
+        assert issubclass(cls, UserError), cls
+    for cls in (ServerUnavailableError, DeadlineExceededError, ModelNotReadyError):
+        assert not issubclass(cls, UserError), cls
+
+
+def test_tls_config_raises_client_config_error_naming_file_when_unreadable(tmp_path: Path) -> None:
+    missing = tmp_path / "missing.pem"
+    with pytest.raises(ClientConfigError, match=f"cannot read TLS file {missing}: No such file"):
+        TlsConfig(root_cert_path=missing).credentials()
+
+
+# --------------------------------------------------------------------------- the core's plans
+
+
+def _settings(**overrides) -> ClientSettings:
+    options = dict(
+        model_name=contract.ENSEMBLE,
+        timeout_s=10.0,
+        attempt_timeout_s=None,
+        retry_policy=RetryPolicy(max_attempts=3, initial_backoff_s=0.01, max_backoff_s=0.02),
+        retry_budget=None,
+        auth_token=None,
+        headers=None,
+        tls=None,
+        keepalive_time_s=60.0,
+        keepalive_timeout_s=20.0,
+    )
+    options.update(overrides)
+    return ClientSettings("host:1", **options)
+
+
+def _grpc_error(status: str, message: str):
+    from tritonclient.utils import InferenceServerException
+
+    return InferenceServerException(msg=message, status=f"StatusCode.{status}")
+
+
+def _drive(plan, answers):
+    """Run ``plan`` answering each effect from ``answers`` (a value, or an error to throw in); the
+    effects it yielded and its return value (or the error it raised)."""
+    effects, answer, error = [], None, None
+    answers = iter(answers)
+    try:
+        while True:
+            effect = plan.send(answer) if error is None else plan.throw(error)
+            effects.append(effect)
+            answer, error = None, None
+            if isinstance(effect, core.Local):
+                try:
+                    answer = effect.work()
+                except core.THROWN_INTO_PLANS as e:
+                    error = e
+            elif isinstance(effect, core.Rpc):
+                reply = next(answers)
+                if isinstance(reply, BaseException):
+                    error = reply
+                else:
+                    answer = reply
+    except StopIteration as done:
+        return effects, done.value
+    except PredilectClientError as e:
+        return effects, e
+
+
+def test_call_plan_sleeps_then_retries_when_unavailable_then_answers() -> None:
+    effects, value = _drive(
+        core.call(_settings(), "is_server_live", timeout_s=None), [_grpc_error("UNAVAILABLE", "down"), True]
+    )
+    assert value is True
+    assert [type(e).__name__ for e in effects] == ["Rpc", "Sleep", "Rpc"]
+    assert effects[0].method == "is_server_live" and 0 < effects[0].timeout_s <= 10.0
+
+
+def test_call_plan_raises_authentication_error_without_retry_when_triton_restricts_protocol() -> None:
+    refused = _grpc_error("UNAVAILABLE", f"This protocol is restricted, expecting header '{contract.GRPC_AUTH_HEADER}'")
+    effects, error = _drive(core.call(_settings(auth_token="t"), "infer", timeout_s=None), [refused])
+    assert isinstance(error, AuthenticationError) and error.attempts == 1 and error.__cause__ is refused
+    assert "was refused" in str(error) and len(effects) == 1
+
+
+@pytest.mark.parametrize("status", ["UNAUTHENTICATED", "PERMISSION_DENIED"])
+def test_call_plan_raises_authentication_error_when_a_proxy_refuses_credentials(status: str) -> None:
+    effects, error = _drive(core.call(_settings(), "infer", timeout_s=None), [_grpc_error(status, "token not found")])
+    assert isinstance(error, AuthenticationError) and "no auth token was sent" in str(error) and len(effects) == 1
+
+
+def test_call_plan_sends_token_under_enforced_header_when_auth_token_set() -> None:
+    effects, _ = _drive(core.call(_settings(auth_token="t0ken"), "is_server_live", timeout_s=None), [True])
+    assert effects[0].kwargs["headers"] == {contract.GRPC_AUTH_HEADER: "t0ken"}
+
+
+def test_screen_items_plan_yields_frame1_result_and_frame2_error_when_frame_2_fails(tmp_path: Path) -> None:
+    from client_faces import jpeg_multiframe_dicom, tiny_jpeg
+
+    class Response:
+        def as_numpy(self, name: str) -> np.ndarray:
+            return np.full((1, len(DEFAULT_CATALOG)), 0.2, dtype=np.float32)
+
+    path = jpeg_multiframe_dicom([tiny_jpeg(), b"\xff\xd8\xff\xe0" + bytes(20)], tmp_path / "frame2.dcm")
+    served = ServedModelInfo(catalog=DEFAULT_CATALOG, model_name="m", model_version="1", preprocess={})
+    effects, items = _drive(core.screen_items(_settings(), served, 7, path, timeout_s=None), [Response()])
+    assert [(i.index, i.frame, i.frames, i.ok) for i in items] == [(7, 1, 2, True), (7, 2, 2, False)]
+    assert isinstance(items[1].error, UnsupportedDicomError) and "frame 2" in str(items[1].error)
+    assert [type(e).__name__ for e in effects] == ["Local", "Local", "Rpc", "Local"], "frames prepared one by one"

@@ -176,3 +176,36 @@ def test_structured_report_references_source_and_names_model_when_read_back(
     np.testing.assert_allclose(list(numbers.values()), list(result.probabilities.values()), rtol=0, atol=1e-6)
     findings = [i.ConceptCodeSequence[0].CodeValue for i in items if i.ValueType == "CODE"]
     assert findings == result.positive
+
+
+def test_prepare_raises_only_client_errors_when_dicom_bytes_are_damaged(
+    fundus_jpeg, dicom_from_jpeg, tmp_path: Path
+) -> None:
+    """Truncated and bit-flipped instances (JPEG baseline and uncompressed, seeded): every failure
+    is an UnsupportedDicomError naming the damage, never a pydicom error that stops a batch."""
+    import random
+    import warnings
+
+    from client_faces import pixels_of, uncompressed_multiframe_dicom
+
+    from predilect.client.inputs import prepare
+
+    jpeg = tmp_path / "small.jpg"
+    jpeg.write_bytes(fundus_jpeg(66))
+    sources = [
+        dicom_from_jpeg(jpeg, tmp_path / "jpeg.dcm").read_bytes(),
+        uncompressed_multiframe_dicom([pixels_of(fundus_jpeg(67))[:64, :64]] * 2, tmp_path / "raw.dcm").read_bytes(),
+    ]
+    rng, failures = random.Random(0), 0
+    for source in sources:
+        for _ in range(150):
+            data = bytearray(source[: rng.randrange(132, len(source))] if rng.random() < 0.5 else source)
+            for _ in range(rng.randrange(1, 6)):
+                data[rng.randrange(132, len(data))] = rng.randrange(256)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # pydicom warns about the values it cannot read
+                try:
+                    list(prepare(bytes(data)))
+                except UnsupportedDicomError:
+                    failures += 1
+    assert failures > 50, "the damage must be detected, not only survived"

@@ -10,8 +10,10 @@ from pathlib import Path
 
 import numpy as np
 import pydicom
+from client_faces import LateProxy, jpeg_multiframe_dicom
 
-from predilect.client import ScreeningClient
+from predilect import contract
+from predilect.client import JournalRecord, RetryPolicy, ScreeningClient
 from predilect.client.gateway import DicomGateway, GatewayConfig, RemoteAE
 from predilect.serving.server import TritonServer, free_port
 
@@ -111,7 +113,11 @@ def _config(tmp_path: Path, **overrides) -> GatewayConfig:
 
 
 def _records(config: GatewayConfig) -> list[dict]:
-    return [json.loads(line) for line in (config.results_dir / "results.jsonl").read_text().splitlines()]
+    path = config.results_dir / "results.jsonl"
+    lines = path.read_text().splitlines() if path.exists() else []
+    for line in lines:
+        JournalRecord.model_validate_json(line)  # the record screen writes, version and all
+    return [json.loads(line) for line in lines]
 
 
 def test_gateway_screens_and_writes_sr_when_storescu_sends_jpeg_and_uncompressed(
@@ -149,6 +155,7 @@ def test_gateway_screens_and_writes_sr_when_storescu_sends_jpeg_and_uncompressed
         assert stored.PixelData == source.PixelData, "the gateway stores what it receives as-is"
         record = records[source.SOPInstanceUID]
         assert record["error"] is None and record["frame"] == 1
+        assert record["schema_version"] == contract.RESULT_SCHEMA_VERSION and record["patient_id"] == PATIENT_ID
         report = pydicom.dcmread(config.results_dir / record["sr"])
         assert report.SOPClassUID == COMPREHENSIVE_SR and report.PatientID == source.PatientID
         image = next(i for i in report.ContentSequence if i.ValueType == "IMAGE")
@@ -244,3 +251,68 @@ def test_gateway_cli_screens_then_drains_when_sigterm_after_storescu(
     (record,) = [json.loads(line) for line in (tmp_path / "out" / "results.jsonl").read_text().splitlines()]
     assert record["sop_instance_uid"] == pydicom.dcmread(dicom).SOPInstanceUID
     assert NAME not in stderr and PATIENT_ID not in stderr
+
+
+def test_gateway_records_frame1_result_with_sr_and_frame2_error_when_frame_2_is_bad(
+    triton_server: TritonServer, fundus_jpeg, tmp_path: Path
+) -> None:
+    path = jpeg_multiframe_dicom([fundus_jpeg(74), b"\xff\xd8\xff\xe0" + bytes(30)], tmp_path / "f2.dcm")
+    config = _config(tmp_path)
+    with ScreeningClient(triton_server.grpc_url, timeout_s=60) as client, DicomGateway(client, config) as gateway:
+        sent = _storescu(gateway.port, [path])
+        assert sent.returncode == 0, sent.stderr
+    first, second = sorted(_records(config), key=lambda r: r["frame"])
+    uid = pydicom.dcmread(path).SOPInstanceUID
+    assert (first["frame"], first["frames"], first["eye"], first["sop_instance_uid"]) == (1, 2, "L", uid)
+    assert pydicom.dcmread(config.results_dir / first["sr"]).SOPClassUID == COMPREHENSIVE_SR
+    assert (second["frame"], second["error_type"], second["sr"]) == (2, "UnsupportedDicomError", None)
+    assert sorted(p.name for p in config.results_dir.glob("*.sr.dcm")) == [first["sr"]]
+
+
+def test_gateway_requeues_instance_at_next_start_when_server_fails_mid_run(
+    triton_server: TritonServer, fundus_jpeg, dicom_from_jpeg, tmp_path: Path
+) -> None:
+    jpeg = tmp_path / "eye.jpg"
+    jpeg.write_bytes(fundus_jpeg(75))
+    path = dicom_from_jpeg(jpeg, tmp_path / "eye.dcm")
+    config = _config(tmp_path)
+    host, port = triton_server.grpc_url.rsplit(":", 1)
+    proxy = LateProxy(host, int(port))
+    proxy.listen()
+    fast = RetryPolicy(max_attempts=2, initial_backoff_s=0.05, max_backoff_s=0.1)
+    with ScreeningClient(proxy.url, timeout_s=5, retry_policy=fast) as client, DicomGateway(client, config) as gateway:
+        proxy.close()  # the screening server goes away after the gateway connected
+        sent = _storescu(gateway.port, [path])
+        assert sent.returncode == 0, sent.stderr  # storage does not wait for screening
+        assert gateway.wait_idle(timeout_s=60)
+    assert _records(config) == [], "a server-side failure is not recorded"
+    assert list(config.incoming_dir.glob("*.dcm")), "the received instance is kept for the next start"
+    with ScreeningClient(triton_server.grpc_url, timeout_s=60) as client, DicomGateway(client, config):
+        pass  # start() queues what was received but not recorded; stop() drains it
+    (record,) = _records(config)
+    assert record["sop_instance_uid"] == pydicom.dcmread(path).SOPInstanceUID and record["error"] is None
+
+
+def test_gateway_cli_exits_2_with_one_line_when_tls_root_cert_is_missing(tmp_path: Path, capsys) -> None:
+    from predilect.client.gateway_cli import main
+
+    code = main(
+        ["--port", str(free_port()), "--incoming", str(tmp_path / "in"), "--out", str(tmp_path / "out")]
+        + ["--tls-root-cert", str(tmp_path / "missing.pem")]
+    )
+    assert code == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert lines == [f"predilect gateway: cannot read TLS file {tmp_path / 'missing.pem'}: No such file or directory"]
+
+
+def test_gateway_cli_exits_3_and_restores_signal_handlers_when_server_unreachable(tmp_path: Path, capsys) -> None:
+    import signal
+
+    from predilect.client.gateway_cli import main
+
+    before = signal.getsignal(signal.SIGTERM)
+    argv = ["--port", str(free_port()), "--incoming", str(tmp_path / "in"), "--out", str(tmp_path / "out")]
+    assert main([*argv, "--server", f"127.0.0.1:{free_port()}", "--timeout-s", "2"]) == 3
+    err = capsys.readouterr().err
+    assert "predilect serve" in err and "Traceback" not in err
+    assert signal.getsignal(signal.SIGTERM) is before

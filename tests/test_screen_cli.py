@@ -1,4 +1,5 @@
-"""``predilect screen``: resumable after SIGKILL, per-patient aggregate, against the real server."""
+"""``predilect screen``: resumable after SIGKILL, per-patient aggregate, typed records, frame-level
+DICOM failures, and the error path (one line, exit 2 / 3, no traceback), against the real server."""
 
 from __future__ import annotations
 
@@ -11,9 +12,12 @@ import time
 from pathlib import Path
 
 import pytest
+from client_faces import jpeg_multiframe_dicom
 
+from predilect import contract
+from predilect.client import JournalRecord
 from predilect.client.screen_cli import main
-from predilect.serving.server import TritonServer
+from predilect.serving.server import TritonServer, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -63,7 +67,8 @@ def test_screen_cli_records_every_input_exactly_once_when_killed_and_restarted(
     assert sorted(r["key"] for r in records) == sorted(inputs), "every input exactly once"
     by_name = {Path(r["key"]).name: r for r in records}
     assert by_name["broken.jpg"]["error_type"] == "ImageRejectedError" and by_name["broken.jpg"]["result"] is None
-    assert by_name["eye.dcm"]["patient_id"] == "PID-77" and by_name["eye.dcm"]["eye"] == "right"
+    assert by_name["eye.dcm"]["patient_id"] == "PID-77" and by_name["eye.dcm"]["eye"] == contract.RIGHT_EYE
+    assert all(JournalRecord.model_validate(r).schema_version == contract.RESULT_SCHEMA_VERSION for r in records)
     assert by_name["eye.dcm"]["result"]["probabilities"] == pytest.approx(
         by_name["p00.jpg"]["result"]["probabilities"], abs=1e-6
     )
@@ -75,7 +80,7 @@ def test_screen_cli_aggregates_any_eye_referable_per_patient_when_given_manifest
     triton_server: TritonServer, fundus_jpeg, tmp_path: Path, capsys
 ) -> None:
     rows = ["path,patient_id,eye"]
-    for i, (patient, eye) in enumerate([("A", "R"), ("A", "L"), ("B", "R"), ("B", "L"), ("C", "R")]):
+    for i, (patient, eye) in enumerate([("A", "R"), ("A", "OS"), ("B", "right"), ("B", "L"), ("C", "od")]):
         (tmp_path / f"{i}.jpg").write_bytes(fundus_jpeg(400 + i))
         rows.append(f"{i}.jpg,{patient},{eye}")
     manifest = tmp_path / "manifest.csv"
@@ -86,7 +91,8 @@ def test_screen_cli_aggregates_any_eye_referable_per_patient_when_given_manifest
     )
     assert code == 0
     records = _lines(out)
-    assert len(records) == 5 and {r["eye"] for r in records} == {"right", "left"}
+    eyes = {Path(r["key"]).name: r["eye"] for r in records}
+    assert eyes == {"0.jpg": "R", "1.jpg": "L", "2.jpg": "R", "3.jpg": "L", "4.jpg": "R"}, "stored as R/L"
     patients = {p["patient_id"]: p for p in json.loads(patients_out.read_text())}
     assert set(patients) == {"A", "B", "C"}
     for patient_id, summary in patients.items():
@@ -96,3 +102,77 @@ def test_screen_cli_aggregates_any_eye_referable_per_patient_when_given_manifest
     assert "patients" in capsys.readouterr().out
     assert main([str(manifest), "--out", str(out), "--server", triton_server.grpc_url]) == 0
     assert len(_lines(out)) == 5, "a rerun of a finished journal screens nothing again"
+
+
+def _one_line(stderr: str) -> str:
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "Traceback" not in stderr, stderr
+    return lines[0]
+
+
+def test_screen_cli_exits_2_with_one_line_when_tls_root_cert_is_missing(fundus_jpeg, tmp_path: Path, capsys) -> None:
+    (tmp_path / "imgs").mkdir()
+    (tmp_path / "imgs" / "a.jpg").write_bytes(fundus_jpeg(450))
+    argv = ["screen", str(tmp_path / "imgs"), "--out", str(tmp_path / "r.jsonl")]
+    argv += ["--tls-root-cert", str(tmp_path / "missing.pem")]
+    assert main(argv[1:]) == 2
+    line = _one_line(capsys.readouterr().err)
+    assert line == f"predilect screen: cannot read TLS file {tmp_path / 'missing.pem'}: No such file or directory"
+    done = subprocess.run([sys.executable, "-m", "predilect.cli", *argv], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and _one_line(done.stderr) == line
+    assert not (tmp_path / "r.jsonl").exists(), "nothing is written before the options are known to work"
+
+
+def test_screen_cli_exits_2_naming_line_when_manifest_eye_is_unknown(tmp_path: Path, capsys) -> None:
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("path,patient_id,eye\na.jpg,A,R\nb.jpg,A,both\n")
+    assert main([str(manifest), "--out", str(tmp_path / "r.jsonl")]) == 2
+    line = _one_line(capsys.readouterr().err)
+    assert f"{manifest} line 3" in line and "OD/OS" in line
+
+
+def test_screen_cli_exits_3_and_records_nothing_when_server_unreachable(fundus_jpeg, tmp_path: Path, capsys) -> None:
+    (tmp_path / "a.jpg").write_bytes(fundus_jpeg(451))
+    out = tmp_path / "r.jsonl"
+    code = main(
+        [str(tmp_path / "a.jpg"), "--out", str(out), "--server", f"127.0.0.1:{free_port()}", "--timeout-s", "2"]
+    )
+    assert code == 3
+    err = capsys.readouterr().err
+    assert "predilect serve" in err and "rerun the same command" in err and "Traceback" not in err
+    assert out.read_text() == ""
+
+
+def test_screen_cli_records_frame1_result_and_frame2_error_when_dicom_fails_on_frame_2(
+    triton_server: TritonServer, fundus_jpeg, tmp_path: Path
+) -> None:
+    path = jpeg_multiframe_dicom([fundus_jpeg(452), b"\xff\xd8\xff\xe0" + bytes(30)], tmp_path / "f2.dcm")
+    out = tmp_path / "r.jsonl"
+    assert main([str(path), "--out", str(out), "--server", triton_server.grpc_url]) == 0
+    first, second = (JournalRecord.model_validate_json(line) for line in out.read_text().splitlines())
+    assert (first.frame, first.frames, first.ok, first.patient_id, first.eye) == (1, 2, True, "PID-2F", "L")
+    assert (second.frame, second.frames, second.error_type) == (2, 2, "UnsupportedDicomError")
+    assert first.sop_instance_uid == second.sop_instance_uid == first.result.sop_instance_uid
+
+
+def test_screen_cli_leaves_inputs_unrecorded_for_rerun_when_server_side_deadline_passes(
+    triton_server: TritonServer, fundus_jpeg, tmp_path: Path
+) -> None:
+    from predilect.client import ScreeningClient
+    from predilect.client.batch_inputs import collect_entries
+    from predilect.client.journal import ResultJournal
+    from predilect.client.progress import Progress
+    from predilect.client.screen_cli import _run
+
+    for i in range(3):
+        (tmp_path / f"{i}.jpg").write_bytes(fundus_jpeg(460 + i))
+    entries = collect_entries([tmp_path])
+    journal = ResultJournal(tmp_path / "r.jsonl")
+    journal.open()
+    with ScreeningClient(triton_server.grpc_url, timeout_s=60) as client:
+        progress = Progress(len(entries), stream=open(os.devnull, "w"))  # noqa: SIM115
+        assert _run(client, entries, journal, progress, 2, timeout_s=1e-4) == 3
+        assert journal.records == [], "a deadline is the server's failure: nothing recorded, a rerun retries"
+        assert _run(client, entries, journal, progress, 2, timeout_s=None) == 0
+    journal.close()
+    assert sorted(r.key for r in journal.records) == sorted(e.key for e in entries)
