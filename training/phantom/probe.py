@@ -31,11 +31,13 @@ class ProbeResult:
     l2: float
 
 
-def pooled_pixels(records: Sequence[Record], grid: int, cfg: PreprocessCfg = PreprocessCfg()) -> np.ndarray:
+def pooled_pixels(
+    records: Sequence[Record], grid: int, cfg: PreprocessCfg = PreprocessCfg(), *, cache_dir: Path | None = None
+) -> np.ndarray:
     """``(N, 3 * grid * grid)`` features: preprocessed images average-pooled to ``grid`` x ``grid``."""
     from ..data import load_fundus_pixels
 
-    pixels = load_fundus_pixels(list(records), cfg)
+    pixels = load_fundus_pixels(list(records), cfg, cache_dir=cache_dir)
     n, c, s, _ = pixels.shape
     k = s // grid
     pooled = pixels[:, :, : k * grid, : k * grid].reshape(n, c, grid, k, grid, k).mean(axis=(3, 5))
@@ -62,14 +64,19 @@ def _fit_predict(x: np.ndarray, y: np.ndarray, test: np.ndarray, l2: float) -> n
 
 
 def pooled_pixel_probe(
-    manifest: str | Path, catalog: Catalog, *, grid: int = 16, l2_grid: Sequence[float] = (1e-4, 1e-3, 1e-2, 1e-1)
+    manifest: str | Path,
+    catalog: Catalog,
+    *,
+    grid: int = 16,
+    l2_grid: Sequence[float] = (1e-4, 1e-3, 1e-2, 1e-1),
+    cache_dir: Path | None = None,
 ) -> ProbeResult:
     """Test-split AUROC of per-category logistic regressions on pooled pixels (see the module docstring)."""
     split = {s: read_manifest(manifest, catalog=catalog, split=s) for s in ("train", "val", "test")}
     y = {s: label_matrix(r, catalog) for s, r in split.items()}
     trained = [i for i in range(len(catalog)) if y["train"][:, i].sum() > 0]
     ids = [catalog.ids[i] for i in trained]
-    x = {s: pooled_pixels(r, grid) for s, r in split.items() if r}
+    x = {s: pooled_pixels(r, grid, cache_dir=cache_dir) for s, r in split.items() if r}
     mean, std = x["train"].mean(axis=0), x["train"].std(axis=0) + 1e-6
     x = {s: (v - mean) / std for s, v in x.items()}
     l2 = l2_grid[0]
