@@ -17,7 +17,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from predilect.artifacts import default_artifacts
-from predilect.catalog import Catalog, load_catalog
+from predilect.catalog import DEFAULT_CATALOG, Catalog, load_catalog
 from predilect.cli import add_dataclass_options, command, dataclass_from_args
 
 from ..manifest import label_counts, read_manifest
@@ -57,7 +57,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=default_artifacts().phantom, help="output directory")
     p.add_argument("--size", type=parse_size, default=None, help="fundus frame WIDTHxHEIGHT (default: the preset's)")
     p.add_argument("--source", type=Path, default=None, help="degrade this manifest's images; generate nothing")
-    p.add_argument("--catalog", type=Path, default=None, help="catalog JSON of --source (default: its folder's)")
+    p.add_argument(
+        "--catalog", type=Path, default=None, help="catalog JSON of --source (default: its folder's, else the default)"
+    )
     add_dataclass_options(p, PhantomOptions, title="data set")
     return p
 
@@ -104,7 +106,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     opts = dataclass_from_args(PhantomOptions, args)
     if args.source is not None:
-        catalog = load_catalog(args.catalog or args.source.with_name(PHANTOM_CATALOG))
+        beside = args.source.with_name(PHANTOM_CATALOG)
+        catalog = load_catalog(args.catalog or beside) if args.catalog or beside.is_file() else DEFAULT_CATALOG
         _degrade(args.source, args.out, catalog, opts if opts.degrade else replace(opts, degrade="all"))
         return 0
     if opts.degrade:
