@@ -19,7 +19,8 @@ def render_set(out_dir: Path, *, count: int, sizes: Sequence[tuple[int, int]], s
     """Render ``count`` phantom fundus JPEGs cycling through ``sizes``; reuses files already there."""
     import numpy as np
 
-    from predilect.training.phantom import DISEASES, image_rng, render_fundus
+    from predilect.training.phantom import image_rng, render_fundus
+    from predilect.training.phantom.presets import EASY
 
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
@@ -28,7 +29,7 @@ def render_set(out_dir: Path, *, count: int, sizes: Sequence[tuple[int, int]], s
         path = out_dir / f"fundus_{i:03d}_{width}x{height}.jpg"
         if not path.is_file():
             rng = image_rng(seed, 0, i)
-            labels = frozenset(d for d in DISEASES if rng.random() < 0.2)
+            labels = frozenset(d for d in EASY.diseases if rng.random() < 0.2)
             image = render_fundus(
                 labels, rng=np.random.default_rng(rng.integers(1 << 32)), width=width, height=height, eye="RL"[i % 2]
             )
