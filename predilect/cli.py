@@ -86,14 +86,14 @@ def command(name: str) -> Callable[[Main], Main]:
     return wrap
 
 
-def _option_type(annotation: Any) -> tuple[Callable[[str], Any], str | None]:
+def _option_type(annotation: Any) -> tuple[Callable[[str], Any], int | str | None]:
     """The argparse ``type`` and ``nargs`` of a dataclass field's annotation."""
     origin, args = typing.get_origin(annotation), typing.get_args(annotation)
     if origin in (typing.Union, types.UnionType):  # X | None: the option takes an X
         (annotation,) = [a for a in args if a is not type(None)]
         origin, args = typing.get_origin(annotation), typing.get_args(annotation)
     if origin is tuple:
-        return args[0], "*" if args[-1] is Ellipsis else str(len(args))
+        return args[0], "*" if args[-1] is Ellipsis else len(args)
     return annotation, None
 
 

@@ -49,6 +49,12 @@ KEY_MODEL_NAME = "predilect.model_name"
 KEY_MODEL_VERSION = "predilect.model_version"
 KEY_METRICS = "predilect.metrics"
 CHECKPOINT_FORMAT = "predilect.checkpoint.v1"
+# The stage-1 (pretraining) checkpoint: the whole UOPSL model, never served.
+PRETRAIN_FORMAT = "predilect.pretrain.v1"
+KEY_UOPSL_CFG = "predilect.uopsl"
+KEY_TOKENIZER = "predilect.tokenizer"
+KEY_TRAINING = "predilect.training"
+"""The options of the run that wrote a checkpoint (stage, ablation flags, held-out categories)."""
 
 SERVED_KEYS = (KEY_CATALOG, KEY_PREPROCESS, KEY_MODEL_NAME, KEY_MODEL_VERSION, KEY_MODEL_CFG)
 """The metadata_props every exported model carries."""

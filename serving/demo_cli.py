@@ -20,6 +20,8 @@ from predilect.artifacts import Artifacts, default_artifacts
 from predilect.cli import command
 from predilect.training.phantom.phantom_cli import parse_size
 
+PHANTOM_CATALOG = "phantom_catalog.json"
+
 
 class DemoError(RuntimeError):
     """A stage of the demo produced something not fit to serve; the message says which check failed."""
@@ -41,7 +43,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--oct-count", type=int, default=480, help="phantom OCT B-scans (unpaired)")
     p.add_argument("--size", type=parse_size, default=(2048, 1536), help="camera frame, WxH")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--epochs", type=int, default=None, help="fundus epochs (default: training's)")
+    p.add_argument("--epochs", type=int, default=None, help="epochs of each stage (default: the demo's)")
     p.add_argument("--concurrency", type=int, default=8, help="requests in flight while screening")
     p.add_argument("--grpc-port", type=int, default=0, help="0 picks a free port")
     p.add_argument("--rows", type=int, default=12, help="result rows to print")
@@ -71,26 +73,37 @@ def _phantom(args: argparse.Namespace) -> Path:
     return manifest
 
 
+DEMO_IMAGE_SIZE = 128
+DEMO_WIDTHS = (24, 48, 96)
+DEMO_PRETRAIN_EPOCHS, DEMO_FINETUNE_EPOCHS = 8, 8
+
+
 def _train(args: argparse.Namespace, manifest: Path) -> Path:
-    from predilect.training.train import TrainCfg, train
+    """Both UOPSL stages at a small size: stage 1 (fundus/OCT <-> text, sites learned on OCT),
+    then stage 2 (fundus only) writes the checkpoint that is exported and served."""
+    from predilect.catalog import DEFAULT_CATALOG, load_catalog
+    from predilect.training.finetune import FinetuneCfg
+    from predilect.training.pretrain import PretrainCfg
+    from predilect.training.train import train
 
     checkpoint = Artifacts(args.workdir).checkpoint
-    overrides: dict[str, int] = {"seed": args.seed}
-    if args.epochs is not None:
-        overrides["epochs"] = args.epochs
+    catalog_file = manifest.with_name(PHANTOM_CATALOG)
+    catalog = load_catalog(catalog_file) if catalog_file.is_file() else DEFAULT_CATALOG
+    common = {"seed": args.seed, "image_size": DEMO_IMAGE_SIZE, "widths": DEMO_WIDTHS}
     oct_manifest = manifest.with_name("oct_manifest.csv")
     result = train(
         manifest,
         checkpoint,
         oct_manifest=oct_manifest if oct_manifest.is_file() else None,
-        cfg=TrainCfg(**overrides),
+        catalog=catalog,
+        pretrain_cfg=PretrainCfg(epochs=args.epochs or DEMO_PRETRAIN_EPOCHS, **common),  # type: ignore[arg-type]
+        finetune_cfg=FinetuneCfg(epochs=args.epochs or DEMO_FINETUNE_EPOCHS, **common),  # type: ignore[arg-type]
         cache_dir=Artifacts(args.workdir).cache,
         report=lambda line: print(f"      {line}", flush=True),
     )
-    print(
-        f"      in-process held-out macro AUROC {result.heldout_macro_auroc:.4f}; "
-        f"checkpoint {checkpoint} ({result.meta.version})"
-    )
+    stage2 = result.finetune
+    auroc = "n/a" if stage2.test_macro_auroc is None else f"{stage2.test_macro_auroc:.4f}"
+    print(f"      in-process test macro AUROC {auroc}; checkpoint {checkpoint} ({stage2.meta.version})")
     return checkpoint
 
 
@@ -179,7 +192,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     manifest = _phantom(args)
     _done(t0)
-    t0 = _step(2, "training (OCT teaches the predilection sites, fundus learns to attend)")
+    t0 = _step(2, "training: stage 1 OCT/fundus <-> text + sites matrix on OCT, stage 2 fundus only")
     checkpoint = _train(args, manifest)
     _done(t0)
     t0 = _step(3, "export to ONNX + parity under ONNX Runtime")

@@ -33,16 +33,20 @@ def pipeline(phantom_manifest, tmp_path_factory) -> Pipeline:
     from predilect.build.export import export_onnx
     from predilect.serving.configs import ServingOptions
     from predilect.serving.repository import assemble
-    from predilect.training.train import TrainCfg, train
+    from predilect.training.finetune import FinetuneCfg
+    from predilect.training.pretrain import PretrainCfg
+    from predilect.training.train import train
 
     torch.set_num_threads(2)
     work = tmp_path_factory.mktemp("pipeline")
     checkpoint = work / "checkpoint" / "model.safetensors"
+    small = {"image_size": 64, "widths": (8, 16, 32)}
     train(
         phantom_manifest,
         checkpoint,
         oct_manifest=phantom_manifest.with_name("oct_manifest.csv"),
-        cfg=TrainCfg(epochs=2, oct_epochs=1, freeze_sites_epochs=1),
+        pretrain_cfg=PretrainCfg(epochs=1, batch_size=8, oct_size=64, context_length=32, **small),
+        finetune_cfg=FinetuneCfg(epochs=2, batch_size=8, freeze_sites_epochs=1, **small),
         cache_dir=work / "cache",
     )
     onnx_path = work / "onnx" / "model.onnx"
