@@ -20,8 +20,6 @@ from predilect.artifacts import Artifacts, default_artifacts
 from predilect.cli import command
 from predilect.training.phantom.phantom_cli import parse_size
 
-PHANTOM_CATALOG = "phantom_catalog.json"
-
 
 class DemoError(RuntimeError):
     """A stage of the demo produced something not fit to serve; the message says which check failed."""
@@ -74,34 +72,40 @@ def _phantom(args: argparse.Namespace) -> Path:
 
 
 DEMO_IMAGE_SIZE = 128
-DEMO_WIDTHS = (24, 48, 96)
+DEMO_WIDTHS = "[24, 48, 96]"
 DEMO_PRETRAIN_EPOCHS, DEMO_FINETUNE_EPOCHS = 8, 8
 
 
 def _train(args: argparse.Namespace, manifest: Path) -> Path:
     """Both UOPSL stages at a small size: stage 1 (fundus/OCT <-> text, sites learned on OCT),
     then stage 2 (fundus only) writes the checkpoint that is exported and served."""
-    from predilect.catalog import DEFAULT_CATALOG, load_catalog
-    from predilect.training.finetune import FinetuneCfg
-    from predilect.training.pretrain import PretrainCfg
-    from predilect.training.train import train
+    import shutil
+
+    from predilect.training.train import runs, train
 
     checkpoint = Artifacts(args.workdir).checkpoint
-    catalog_file = manifest.with_name(PHANTOM_CATALOG)
-    catalog = load_catalog(catalog_file) if catalog_file.is_file() else DEFAULT_CATALOG
-    common = {"seed": args.seed, "image_size": DEMO_IMAGE_SIZE, "widths": DEMO_WIDTHS}
+    shutil.rmtree(checkpoint.parent, ignore_errors=True)  # a fresh run each time (no stale run state)
     oct_manifest = manifest.with_name("oct_manifest.csv")
-    result = train(
+    common = [
+        f"loop.seed={args.seed}",
+        f"data.preprocess.size={DEMO_IMAGE_SIZE}",
+        f"model.widths={DEMO_WIDTHS}",
+        "loop.lr=0.002",
+        "pretrain.in_memory=true",
+        "finetune.in_memory=true",
+    ]
+    first, second = runs(
         manifest,
-        checkpoint,
         oct_manifest=oct_manifest if oct_manifest.is_file() else None,
-        catalog=catalog,
-        pretrain_cfg=PretrainCfg(epochs=args.epochs or DEMO_PRETRAIN_EPOCHS, **common),  # type: ignore[arg-type]
-        finetune_cfg=FinetuneCfg(epochs=args.epochs or DEMO_FINETUNE_EPOCHS, **common),  # type: ignore[arg-type]
-        cache_dir=Artifacts(args.workdir).cache,
-        report=lambda line: print(f"      {line}", flush=True),
+        common=common,
+        pretrain=[f"loop.epochs={args.epochs or DEMO_PRETRAIN_EPOCHS}"],
+        finetune=[f"loop.epochs={args.epochs or DEMO_FINETUNE_EPOCHS}"],
+    )
+    result = train(
+        first, second, checkpoint, cache_dir=Artifacts(args.workdir).cache, report=lambda line: print(f"      {line}")
     )
     stage2 = result.finetune
+    assert stage2.meta is not None
     auroc = "n/a" if stage2.test_macro_auroc is None else f"{stage2.test_macro_auroc:.4f}"
     print(f"      in-process test macro AUROC {auroc}; checkpoint {checkpoint} ({stage2.meta.version})")
     return checkpoint

@@ -12,14 +12,18 @@ fine-tuned with per-disease BCE on fundus labels. ``matrix``:
   global fundus embedding's read-out as the head (the same graph, so export is unchanged).
 
 Without ``pretrained`` the classifier starts from random weights (the supervised baseline).
+A run is a ``FinetuneRun`` config: ``data``, ``loop``, ``model`` (used only without
+``pretrained``) and ``finetune``.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
+import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -30,11 +34,13 @@ from predilect.errors import ConfigError
 from predilect.preprocess import PreprocessCfg
 
 from .checkpoint import CheckpointMeta, load_pretrain, save_checkpoint
-from .evaluate import predict_proba
+from .config import RunConfig, save_config
+from .datasets import FundusAugment
+from .loop import STATE_FILE, default_param_groups, fit, is_main_process
 from .losses import site_bce
 from .metrics import per_disease_auroc
-from .model import FundusClassifier, ModelCfg
-from .stages import Batch, LoopCfg, augment_fundus, epoch_batches, fit, fundus_set, read_splits, seed_everything
+from .model import ArchCfg, FundusClassifier
+from .stages import Batch, fundus_dataset, loader_factory, model_device, predict, read_splits, resolve_catalog
 from .uopsl import fundus_head_init
 
 log = logging.getLogger(__name__)
@@ -43,35 +49,30 @@ FINETUNE_MATRIX = ("tune", "freeze", "ablate")
 
 @dataclass(frozen=True)
 class FinetuneCfg:
-    """Stage-2 options (``predilect train finetune --help``)."""
+    """The ``finetune`` section."""
 
-    epochs: int = field(default=12, metadata={"help": "fundus epochs"})
-    batch_size: int = field(default=32, metadata={"help": "images per step"})
-    lr: float = field(default=1e-3, metadata={"help": "peak learning rate (AdamW, warm-up + cosine)"})
-    weight_decay: float = field(default=0.05, metadata={"help": "AdamW weight decay"})
-    seed: int = field(default=0, metadata={"help": "seed of initialisation, batching and augmentation"})
+    pretrained: str = field(default="", metadata={"help": "stage-1 checkpoint; empty: train from scratch"})
     matrix: str = field(default="tune", metadata={"help": "tune | freeze | ablate the predilection-sites matrix"})
     freeze_sites_epochs: int = field(default=2, metadata={"help": "with --matrix tune: epochs before sites train"})
-    image_size: int = field(default=224, metadata={"help": "input side, only without --pretrained"})
-    widths: tuple[int, int, int] = field(default=(32, 64, 128), metadata={"help": "only without --pretrained"})
-    sites_per_disease: int = field(default=4, metadata={"help": "only without --pretrained"})
-    pos_freqs: int = field(default=4, metadata={"help": "only without --pretrained"})
+    in_memory: bool = field(default=False, metadata={"help": "hold preprocessed images in RAM (small sets)"})
 
     def __post_init__(self) -> None:
         if self.matrix not in FINETUNE_MATRIX:
-            raise ConfigError(f"finetune --matrix must be one of {FINETUNE_MATRIX}, got {self.matrix!r}")
-        for name in ("epochs", "batch_size", "image_size", "sites_per_disease"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+            raise ConfigError(f"finetune matrix must be one of {FINETUNE_MATRIX}, got {self.matrix!r}")
         if self.freeze_sites_epochs < 0:
             raise ConfigError(f"freeze_sites_epochs must be >= 0, got {self.freeze_sites_epochs}")
-        if not 0.0 < self.lr < 1.0:
-            raise ConfigError(f"lr must lie in (0, 1), got {self.lr}")
+
+
+class FinetuneRun(RunConfig):
+    """A stage-2 run: ``data``, ``loop``, ``model`` (only without ``finetune.pretrained``), ``finetune``."""
+
+    model: ArchCfg = ArchCfg()
+    finetune: FinetuneCfg = FinetuneCfg()
 
 
 @dataclass(frozen=True)
 class FinetuneResult:
-    meta: CheckpointMeta
+    meta: CheckpointMeta | None  # None on DDP ranks other than 0
     path: Path
     val_macro_auroc: float | None
     test_macro_auroc: float | None
@@ -91,91 +92,118 @@ def classifier_from_pretrain(pretrained: Path, matrix: str) -> tuple[FundusClass
     return classifier, meta.catalog, meta.preprocess, {"pretrained": str(pretrained), "pretrain": meta.training}
 
 
+class _SitesSchedule:
+    """``on_epoch_end`` hook: with ``tune``, the sites start training after ``freeze`` epochs."""
+
+    def __init__(self, sites: nn.Parameter, *, matrix: str, freeze: int) -> None:
+        self.sites, self.matrix, self.freeze = sites, matrix, freeze
+        self.set(0)
+
+    def set(self, epoch: int) -> None:
+        self.sites.requires_grad_(self.matrix == "tune" and epoch >= self.freeze)
+
+    def __call__(self, epoch: int, model: nn.Module) -> dict[str, float]:
+        self.set(epoch + 1)  # fit's epochs count from 0; this runs after epoch ``epoch``
+        return {"sites_trainable": float(self.sites.requires_grad)}
+
+
 def finetune(
-    manifest: Path,
+    run: FinetuneRun,
     out: Path,
     *,
-    catalog: Catalog,
-    pretrained: Path | None,
-    cfg: FinetuneCfg = FinetuneCfg(),
+    resume: bool = False,
     cache_dir: Path | None = None,
     report: Callable[[str], None] = log.info,
 ) -> FinetuneResult:
-    """Run stage 2 on ``manifest`` and write the served checkpoint ``out``."""
-    seed_everything(cfg.seed)
-    if pretrained is not None:
-        model, trained, preprocess, origin = classifier_from_pretrain(pretrained, cfg.matrix)
+    """Run stage 2 as ``run`` says and write the served checkpoint ``out`` (logs, state and config
+    of the run go to ``out.parent``)."""
+    start = time.monotonic()
+    data, cfg, loop = run.data, run.finetune, run.loop
+    if data.manifest is None:
+        raise ConfigError("no fundus manifest: set data.manifest (--manifest)")
+    catalog, source = resolve_catalog(data.catalog, data.manifest)
+    if cfg.pretrained:
+        model, trained, preprocess, origin = classifier_from_pretrain(Path(cfg.pretrained), cfg.matrix)
         unknown = sorted(set(trained.ids) - set(catalog.ids))
         if unknown:
-            raise ConfigError(f"the pretrained model's categories {unknown} are not in --catalog")
-        held = [d for d in catalog.ids if d not in set(trained.ids)]
+            raise ConfigError(f"the pretrained model's categories {unknown} are not in the catalog {source}")
+        if preprocess != data.preprocess:
+            report(f"preprocessing from the pretrained checkpoint (size {preprocess.size}), not the data section")
     else:
-        trained, held, origin = catalog, [], {"pretrained": None}
-        preprocess = PreprocessCfg(size=cfg.image_size)
-        model = FundusClassifier(
-            ModelCfg(
-                num_diseases=len(catalog),
-                image_size=cfg.image_size,
-                widths=cfg.widths,
-                sites_per_disease=cfg.sites_per_disease,
-                pos_freqs=cfg.pos_freqs,
-            )
-        )
+        trained, origin, preprocess = catalog, {"pretrained": None}, data.preprocess
+        model = FundusClassifier(run.model.model_cfg(num_diseases=len(catalog), image_size=preprocess.size))
         if cfg.matrix == "ablate":
             with torch.no_grad():
                 model.head.sites.zero_()
-    splits = read_splits(manifest, catalog=catalog, drop=held)
+    held = [d for d in catalog.ids if d not in set(trained.ids)]
+    splits = read_splits(data.manifest, catalog=catalog, drop=held)
+    report(f"catalog {source}: {len(trained)} categories; held out of training: {held or 'none'}")
     report(f"fundus: {len(splits.train)} train / {len(splits.val)} val / {len(splits.test)} test images")
-    train_set = fundus_set(splits.train, preprocess, trained, cache_dir=cache_dir)
+    augment = FundusAugment(data.augment, preprocess) if data.augment.enabled else None
+    train_set = fundus_dataset(
+        splits.train, preprocess, trained, augment=augment, seed=loop.seed, in_memory=cfg.in_memory, cache_dir=cache_dir
+    )
+    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+    loaders = loader_factory(
+        train_set,
+        batch_size=loop.batch_size,
+        sampling=data.sampling,
+        seed=loop.seed,
+        workers=loop.workers,
+        distributed=distributed,
+    )
     sites: nn.Parameter = model.head.sites
-    sites.requires_grad_(cfg.matrix == "tune" and cfg.freeze_sites_epochs == 0)
-    generator = torch.Generator().manual_seed(cfg.seed)
-
-    def loader(epoch: int) -> Iterator[Batch]:
-        if cfg.matrix == "tune":
-            sites.requires_grad_(epoch >= cfg.freeze_sites_epochs)
-        for idx in epoch_batches(len(train_set), cfg.batch_size, seed=cfg.seed, epoch=epoch):
-            yield {"pixels": augment_fundus(train_set.x[idx], generator), "labels": train_set.y[idx]}
+    schedule = _SitesSchedule(sites, matrix=cfg.matrix, freeze=cfg.freeze_sites_epochs)
+    # The sites sit in the optimiser from the start (no decay: they are queries, not weights);
+    # frozen epochs give them no gradient.
+    groups = default_param_groups(model, loop.weight_decay)
+    for group in groups:
+        group["params"] = [p for p in group["params"] if p is not sites]
+    groups.append({"params": [sites], "weight_decay": 0.0})
 
     def loss_fn(m: nn.Module, batch: Batch) -> tuple[Tensor, dict[str, float]]:
-        loss = site_bce(m(batch["pixels"]), batch["labels"])
-        return loss, {}
+        return site_bce(m(batch["pixels"]), batch["labels"]), {}
 
-    def on_epoch_end(epoch: int, metrics: dict[str, float]) -> None:
-        report(f"finetune epoch {epoch}/{cfg.epochs} loss {metrics['loss']:.4f} ({metrics['seconds']:.0f}s)")
-
-    groups = [
-        {"params": [p for n, p in model.named_parameters() if n != "head.sites"]},
-        {"params": [sites]},  # in the optimiser from the start; frozen epochs give it no gradient
-    ]
-    result = fit(
-        model,
-        loss_fn,
-        loader,
-        LoopCfg(epochs=cfg.epochs, lr=cfg.lr, weight_decay=cfg.weight_decay, seed=cfg.seed),
-        run_dir=out.parent,
-        steps_per_epoch=len(epoch_batches(len(train_set), cfg.batch_size, seed=cfg.seed, epoch=0)),
-        param_groups=groups,
-        on_epoch_end=on_epoch_end,
-    )
-    if cfg.matrix != "tune":
-        sites.requires_grad_(False)
-    metrics: dict[str, float] = {"seconds": result.seconds}
-    val_auc = test_auc = None
-    test_per: dict[str, float] = {}
+    if is_main_process():
+        save_config(run, out.parent)
+    if resume and (out.parent / STATE_FILE).is_file():  # the epoch the resumed run continues from
+        schedule.set(int(torch.load(out.parent / STATE_FILE, map_location="cpu", weights_only=True)["epoch"]))
+    fit(model, loss_fn, loaders, loop, run_dir=out.parent, resume=resume, param_groups=groups, on_epoch_end=schedule)
+    sites.requires_grad_(cfg.matrix == "tune")
+    seconds = time.monotonic() - start
+    if not is_main_process():
+        return FinetuneResult(None, out, None, None, {}, seconds)
+    metrics: dict[str, float] = {"seconds": seconds}
+    found: dict[str, dict[str, float]] = {}
     for split, records in (("val", splits.val), ("test", splits.test)):
-        if not records:
-            continue
-        data = fundus_set(records, preprocess, trained, cache_dir=cache_dir)
-        probs = predict_proba(model, data.x.numpy())
-        per = per_disease_auroc(data.y.numpy(), probs, trained.ids)
-        if per:
-            macro = float(np.mean(list(per.values())))
-            metrics[f"{split}_macro_auroc"] = macro
-            metrics |= {f"{split}_auroc_{k}": v for k, v in per.items()}
-            val_auc, test_auc = (macro, test_auc) if split == "val" else (val_auc, macro)
-            test_per = per if split == "test" else test_per
-    report(f"macro AUROC: val {val_auc}, test {test_auc}")
-    training = {"stage": "finetune", **asdict(cfg), **origin}
-    meta = save_checkpoint(out, model, preprocess=preprocess, catalog=trained, metrics=metrics, training=training)
-    return FinetuneResult(meta, out, val_auc, test_auc, test_per, result.seconds)
+        if records:
+            dataset = fundus_dataset(records, preprocess, trained, in_memory=cfg.in_memory, cache_dir=cache_dir)
+            found[split] = _aurocs(model, dataset, trained)
+            if found[split]:
+                metrics[f"{split}_macro_auroc"] = float(np.mean(list(found[split].values())))
+                metrics |= {f"{split}_auroc_{k}": v for k, v in found[split].items()}
+    val_auc, test_auc = metrics.get("val_macro_auroc"), metrics.get("test_macro_auroc")
+    report(f"macro AUROC: val {_fmt(val_auc)}, test {_fmt(test_auc)}")
+    training = {
+        "stage": "finetune",
+        **asdict(cfg),
+        **origin,
+        "loop": asdict(loop),
+        "model": asdict(run.model),
+        "fundus_images": len(splits.train),
+    }
+    meta = save_checkpoint(
+        out, model.cpu(), preprocess=preprocess, catalog=trained, metrics=metrics, training=training
+    )
+    return FinetuneResult(meta, out, val_auc, test_auc, found.get("test", {}), seconds)
+
+
+def _aurocs(model: FundusClassifier, dataset: Any, catalog: Catalog) -> dict[str, float]:
+    model.eval()
+    device = model_device(model)
+    scores = predict(lambda x: model(x.to(device)), dataset)["out"]
+    return per_disease_auroc(dataset.targets, scores, catalog.ids)
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"

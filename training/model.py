@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -103,6 +103,43 @@ class ModelCfg:
         data = json.loads(text)
         data["widths"] = tuple(data["widths"])
         return cls(**data)
+
+
+@dataclass(frozen=True)
+class ArchCfg:
+    """The ``model`` section of a run config: the encoder architecture (the disease count, input
+    size and channels come from the catalog and the data section)."""
+
+    backbone: str = field(default="conv", metadata={"help": "conv (small CNN) | vit (timm layout)"})
+    widths: tuple[int, int, int] = field(default=(32, 64, 128), metadata={"help": "conv encoder widths"})
+    sites_per_disease: int = field(default=4, metadata={"help": "K, predilection sites per disease"})
+    pos_freqs: int = field(default=4, metadata={"help": "Fourier frequencies of the anatomical position code"})
+    patch_size: int = field(default=16, metadata={"help": "vit: patch side"})
+    vit_width: int = field(default=192, metadata={"help": "vit: width"})
+    vit_depth: int = field(default=4, metadata={"help": "vit: blocks"})
+    vit_heads: int = field(default=3, metadata={"help": "vit: heads (also for --image-checkpoint)"})
+    vit_act: str = field(default="gelu", metadata={"help": "vit: gelu | quick_gelu (OpenAI CLIP weights)"})
+    image_checkpoint: str = field(
+        default="", metadata={"help": "LOCAL timm / RETFound / open_clip ViT weights for both image encoders"}
+    )
+    image_layout: str = field(default="auto", metadata={"help": "auto | timm | retfound | open_clip"})
+
+    def model_cfg(self, *, num_diseases: int, image_size: int, in_channels: int = 3, name: str = "uopsl") -> ModelCfg:
+        return ModelCfg(
+            num_diseases=num_diseases,
+            image_size=image_size,
+            in_channels=in_channels,
+            widths=self.widths,
+            sites_per_disease=self.sites_per_disease,
+            name=name,
+            backbone=self.backbone,
+            pos_freqs=self.pos_freqs,
+            patch_size=self.patch_size,
+            vit_width=self.vit_width,
+            vit_depth=self.vit_depth,
+            vit_heads=self.vit_heads,
+            vit_act=self.vit_act,
+        )
 
 
 # ----------------------------------------------------------------------------- anatomical positions

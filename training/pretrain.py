@@ -1,9 +1,10 @@
 """Stage 1, ``predilect train pretrain``: unpaired fundus<->text and OCT<->text contrastive
 pretraining with the predilection-sites matrix learned in OCT latent space (``training.uopsl``).
 
-Ablations are one option each: ``matrix="ablate"`` (no sites: a plain contrastive model),
-``text=False`` (``--no-text``: free class embeddings instead of encoded descriptions),
-``oct=False`` (``--no-oct``: fundus only),
+A run is a ``PretrainRun`` config: ``data`` and ``loop`` (``training.config``), ``model``
+(``ArchCfg``) and ``pretrain`` (``PretrainCfg``, below). Ablations are one option each:
+``matrix="ablate"`` (no sites: a plain contrastive model), ``text=False`` (``--no-text``: free
+class embeddings instead of encoded descriptions), ``oct=False`` (``--no-oct``: fundus only),
 ``shuffle_oct_labels`` (the control: OCT labels permuted across OCT images, so the OCT stage
 keeps its images and compute but loses the disease knowledge). ``holdout`` removes categories
 from training entirely (images, labels and texts) for the zero-shot evaluation.
@@ -12,7 +13,8 @@ from training entirely (images, labels and texts) for the zero-shot evaluation.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
+import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -21,22 +23,22 @@ import torch
 
 from predilect.catalog import Catalog
 from predilect.errors import ConfigError
-from predilect.preprocess import PreprocessCfg
 
 from .checkpoint import PretrainMeta, save_pretrain
+from .config import RunConfig, save_config
+from .datasets import FundusAugment
 from .evaluate import site_scores
+from .loop import fit, is_main_process
 from .metrics import macro_auroc
-from .model import ModelCfg
+from .model import ArchCfg, VitBackbone
 from .stages import (
-    Batch,
-    LoopCfg,
-    augment_fundus,
-    epoch_batches,
-    fit,
-    fundus_set,
-    oct_set,
+    PairedLoader,
+    fundus_dataset,
+    loader_factory,
+    model_device,
+    oct_dataset,
     read_splits,
-    seed_everything,
+    resolve_catalog,
 )
 from .text import CatalogTexts, TextCfg, build_tokenizer, byte_tokenizer, catalog_corpus, load_tokenizer
 from .uopsl import OctGeometry, PretrainWeights, UopslCfg, UopslModel, pretrain_loss
@@ -46,23 +48,14 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class PretrainCfg:
-    """Stage-1 options (``predilect train pretrain --help`` lists them with these defaults)."""
+    """The ``pretrain`` section: what stage 1 learns and from what."""
 
-    epochs: int = field(default=12, metadata={"help": "epochs over the fundus training images"})
-    batch_size: int = field(default=32, metadata={"help": "fundus images per step (and as many OCT scans)"})
-    lr: float = field(default=2e-3, metadata={"help": "peak learning rate (AdamW, warm-up + cosine)"})
-    weight_decay: float = field(default=0.05, metadata={"help": "AdamW weight decay"})
-    seed: int = field(default=0, metadata={"help": "seed of initialisation, batching, augmentation, shuffling"})
-    image_size: int = field(default=224, metadata={"help": "fundus model input side (the served preprocessing)"})
-    oct_size: int = field(default=128, metadata={"help": "OCT model input side"})
-    widths: tuple[int, int, int] = field(default=(32, 64, 128), metadata={"help": "conv encoder widths"})
-    sites_per_disease: int = field(default=4, metadata={"help": "K, predilection sites per disease"})
-    pos_freqs: int = field(default=4, metadata={"help": "Fourier frequencies of the anatomical position code"})
     matrix: str = field(default="learn", metadata={"help": "learn the sites matrix, or ablate it (plain CLIP)"})
     text: bool = field(default=True, metadata={"help": "--no-text: free class embeddings instead of text"})
     oct: bool = field(default=True, metadata={"help": "--no-oct: no OCT images (fundus<->text only)"})
     shuffle_oct_labels: bool = field(default=False, metadata={"help": "control: permute the OCT labels"})
     holdout: tuple[str, ...] = field(default=(), metadata={"help": "categories held out for zero-shot"})
+    in_memory: bool = field(default=False, metadata={"help": "hold preprocessed images in RAM (small sets)"})
     tokenizer: str = field(default="wordpiece", metadata={"help": "wordpiece | bytes | a local tokenizer.json"})
     vocab_size: int = field(default=2000, metadata={"help": "WordPiece vocabulary size (upper bound)"})
     context_length: int = field(default=48, metadata={"help": "text tokens per description"})
@@ -70,6 +63,8 @@ class PretrainCfg:
     text_layers: int = field(default=2, metadata={"help": "text transformer layers"})
     text_heads: int = field(default=4, metadata={"help": "text transformer heads"})
     embed_dim: int = field(default=128, metadata={"help": "joint (text) embedding dimension"})
+    text_checkpoint: str = field(default="", metadata={"help": "LOCAL open_clip weights for the text encoder"})
+    text_act: str = field(default="gelu", metadata={"help": "with --text-checkpoint: gelu | quick_gelu"})
     w_clip_fundus: float = field(default=1.0, metadata={"help": "weight of fundus<->text CLIP loss"})
     w_clip_oct: float = field(default=1.0, metadata={"help": "weight of OCT<->text CLIP loss"})
     w_site_oct: float = field(default=1.0, metadata={"help": "weight of the OCT site loss (shapes the matrix)"})
@@ -80,17 +75,12 @@ class PretrainCfg:
     oct_span: float = field(default=0.735, metadata={"help": "OCT line length, fraction of fundus width"})
 
     def __post_init__(self) -> None:
-        for name in ("epochs", "batch_size", "image_size", "oct_size", "sites_per_disease"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.batch_size < 2:
-            raise ConfigError("batch_size must be >= 2 (BatchNorm, contrastive targets)")
         if self.matrix not in ("learn", "ablate"):
-            raise ConfigError(f"pretrain --matrix must be learn or ablate, got {self.matrix!r}")
+            raise ConfigError(f"pretrain matrix must be learn or ablate, got {self.matrix!r}")
         if not self.oct and self.shuffle_oct_labels:
             raise ConfigError("--shuffle-oct-labels needs the OCT stage; drop --no-oct")
-        if not 0.0 < self.lr < 1.0:
-            raise ConfigError(f"lr must lie in (0, 1), got {self.lr}")
+        if self.text_checkpoint and self.tokenizer in ("wordpiece", "bytes"):
+            raise ConfigError("--text-checkpoint needs the tokenizer.json its vocabulary comes from (--tokenizer FILE)")
 
     def weights(self) -> PretrainWeights:
         return PretrainWeights(
@@ -102,9 +92,16 @@ class PretrainCfg:
         )
 
 
+class PretrainRun(RunConfig):
+    """A stage-1 run: ``data``, ``loop``, ``model``, ``pretrain``."""
+
+    model: ArchCfg = ArchCfg()
+    pretrain: PretrainCfg = PretrainCfg()
+
+
 @dataclass(frozen=True)
 class PretrainResult:
-    meta: PretrainMeta
+    meta: PretrainMeta | None  # None on DDP ranks other than 0
     path: Path
     val_site_macro_auroc: float | None
     val_global_macro_auroc: float | None
@@ -133,31 +130,35 @@ def make_tokenizer(cfg: PretrainCfg, catalog: Catalog):  # -> tokenizers.Tokeniz
     return load_tokenizer(path.read_text(encoding="utf-8"))
 
 
-def build_model(cfg: PretrainCfg, catalog: Catalog, tokenizer) -> UopslModel:
-    fundus = ModelCfg(
-        num_diseases=len(catalog),
-        image_size=cfg.image_size,
-        widths=cfg.widths,
-        sites_per_disease=cfg.sites_per_disease,
-        pos_freqs=cfg.pos_freqs,
-    )
-    oct_cfg = ModelCfg(
-        num_diseases=len(catalog),
-        image_size=cfg.oct_size,
-        in_channels=1,
-        widths=cfg.widths,
-        sites_per_disease=cfg.sites_per_disease,
-        pos_freqs=cfg.pos_freqs,
-        name="uopsl-oct",
-    )
-    text = TextCfg(
-        vocab_size=tokenizer.get_vocab_size(),
-        context_length=cfg.context_length,
-        width=cfg.text_width,
-        layers=cfg.text_layers,
-        heads=cfg.text_heads,
-        embed_dim=cfg.embed_dim,
-    )
+def build_model(run: PretrainRun, catalog: Catalog, tokenizer) -> UopslModel:
+    """The stage-1 model; local pretrained weights (``model.image_checkpoint``,
+    ``pretrain.text_checkpoint``) are loaded here, never downloaded."""
+    from .pretrained import load_text_encoder, load_vit_backbone, read_state, timm_vit_state, vit_cfg_from_state
+
+    arch, cfg = run.model, run.pretrain
+    fundus = arch.model_cfg(num_diseases=len(catalog), image_size=run.data.preprocess.size, name="uopsl-fundus")
+    oct_cfg = arch.model_cfg(num_diseases=len(catalog), image_size=run.data.oct.size, in_channels=1, name="uopsl-oct")
+    if arch.image_checkpoint:
+        vit, _, _ = timm_vit_state(read_state(Path(arch.image_checkpoint)), arch.image_layout)
+        fundus = vit_cfg_from_state(fundus, vit, heads=arch.vit_heads)
+        oct_cfg = vit_cfg_from_state(oct_cfg, vit, heads=arch.vit_heads)
+    text_encoder = None
+    if cfg.text_checkpoint:
+        text_encoder, _ = load_text_encoder(Path(cfg.text_checkpoint), heads=cfg.text_heads, act=cfg.text_act)
+        text = text_encoder.cfg
+        if text.vocab_size != tokenizer.get_vocab_size():
+            raise ConfigError(
+                f"--tokenizer has {tokenizer.get_vocab_size()} tokens, the text checkpoint {text.vocab_size}"
+            )
+    else:
+        text = TextCfg(
+            vocab_size=tokenizer.get_vocab_size(),
+            context_length=cfg.context_length,
+            width=cfg.text_width,
+            layers=cfg.text_layers,
+            heads=cfg.text_heads,
+            embed_dim=cfg.embed_dim,
+        )
     uopsl = UopslCfg(
         fundus=fundus,
         oct=oct_cfg,
@@ -166,94 +167,130 @@ def build_model(cfg: PretrainCfg, catalog: Catalog, tokenizer) -> UopslModel:
         matrix=cfg.matrix,
         text_mode="text" if cfg.text else "labels",
     )
-    texts = None if not cfg.text else CatalogTexts.build(tokenizer, catalog, text.context_length)
-    return UopslModel(uopsl, texts)
-
-
-def _cycle_oct(n: int, batch_size: int, seed: int) -> Iterator[torch.Tensor]:
-    epoch = 0
-    while True:
-        yield from epoch_batches(n, batch_size, seed=seed + 7_919, epoch=epoch)
-        epoch += 1
+    texts = CatalogTexts.build(tokenizer, catalog, text.context_length) if cfg.text else None
+    model = UopslModel(uopsl, texts)
+    if text_encoder is not None:
+        model.text.load_state_dict(text_encoder.state_dict())
+    if arch.image_checkpoint:
+        for encoder in (model.fundus, model.oct):
+            assert isinstance(encoder.backbone, VitBackbone)
+            load_vit_backbone(
+                encoder.backbone,
+                Path(arch.image_checkpoint),
+                layout=arch.image_layout,
+                grid=encoder.cfg.grid,
+                in_channels=encoder.cfg.in_channels,
+            )
+    return model
 
 
 def pretrain(
-    manifest: Path,
+    run: PretrainRun,
     out: Path,
     *,
-    oct_manifest: Path | None,
-    catalog: Catalog,
-    cfg: PretrainCfg = PretrainCfg(),
+    resume: bool = False,
     cache_dir: Path | None = None,
     report: Callable[[str], None] = log.info,
 ) -> PretrainResult:
-    """Run stage 1 on ``manifest`` (+ the unpaired ``oct_manifest``) and write ``out``."""
-    seed_everything(cfg.seed)
+    """Run stage 1 as ``run`` says and write the pretraining checkpoint ``out`` (the run's logs,
+    state and config go to ``out.parent``)."""
+    start = time.monotonic()
+    data, cfg, loop = run.data, run.pretrain, run.loop
+    if data.manifest is None:
+        raise ConfigError("no fundus manifest: set data.manifest (--manifest)")
+    catalog, source = resolve_catalog(data.catalog, data.manifest)
     trained = trained_catalog(catalog, cfg.holdout)
-    splits = read_splits(manifest, catalog=catalog, drop=cfg.holdout)
-    preprocess = PreprocessCfg(size=cfg.image_size)
-    report(f"fundus: {len(splits.train)} train / {len(splits.val)} val images; classes {trained.ids}")
-    train_set = fundus_set(splits.train, preprocess, trained, cache_dir=cache_dir)
-    val_set = fundus_set(splits.val, preprocess, trained, cache_dir=cache_dir)
-    oct_train = None
-    if oct_manifest is not None and cfg.oct:
-        oct_records = read_splits(oct_manifest, catalog=catalog, drop=cfg.holdout).train
-        oct_train = oct_set(oct_records, cfg.oct_size, trained)
+    splits = read_splits(data.manifest, catalog=catalog, drop=cfg.holdout)
+    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+    report(f"catalog {source}: training {len(trained)} categories, held out {list(cfg.holdout) or 'none'}")
+    report(f"fundus: {len(splits.train)} train / {len(splits.val)} val images")
+    augment = FundusAugment(data.augment, data.preprocess) if data.augment.enabled else None
+    train_set = fundus_dataset(
+        splits.train,
+        data.preprocess,
+        trained,
+        augment=augment,
+        seed=loop.seed,
+        in_memory=cfg.in_memory,
+        cache_dir=cache_dir,
+    )
+    fundus_loaders = loader_factory(
+        train_set,
+        batch_size=loop.batch_size,
+        sampling=data.sampling,
+        seed=loop.seed,
+        workers=loop.workers,
+        distributed=distributed,
+    )
+    oct_loaders, oct_count = None, 0
+    if data.oct_manifest is not None and cfg.oct:
+        oct_records = read_splits(data.oct_manifest, catalog=catalog, drop=cfg.holdout).train
+        oct_set = oct_dataset(
+            oct_records, data.oct, trained, augment=True, seed=loop.seed + 1, in_memory=cfg.in_memory
+        )
         if cfg.shuffle_oct_labels:
-            perm = np.random.default_rng(cfg.seed + 31).permutation(len(oct_train))
-            oct_train.y = oct_train.y[torch.from_numpy(perm)]
-        report(f"OCT: {len(oct_train)} train scans (unpaired){'; labels SHUFFLED' if cfg.shuffle_oct_labels else ''}")
+            oct_set.targets = oct_set.targets[np.random.default_rng(loop.seed + 31).permutation(len(oct_set))]
+            if hasattr(oct_set, "source"):
+                oct_set.source.targets = oct_set.targets
+        oct_count = len(oct_set)
+        oct_loaders = loader_factory(
+            oct_set,
+            batch_size=loop.batch_size,
+            sampling=data.sampling,
+            seed=loop.seed + 1,
+            workers=loop.workers,
+            distributed=distributed,
+        )
+        shuffled = "; labels SHUFFLED (control)" if cfg.shuffle_oct_labels else ""
+        report(f"OCT: {oct_count} train scans (unpaired){shuffled}")
     elif cfg.oct:
         report("no OCT manifest: fundus<->text only")
 
     tokenizer = make_tokenizer(cfg, trained)
-    model = build_model(cfg, trained, tokenizer)
-    generator = torch.Generator().manual_seed(cfg.seed)
+    model = build_model(run, trained, tokenizer)
     weights = cfg.weights()
-    oct_batches = _cycle_oct(len(oct_train), cfg.batch_size, cfg.seed) if oct_train is not None else None
-
-    def loader(epoch: int) -> Iterator[Batch]:
-        for idx in epoch_batches(len(train_set), cfg.batch_size, seed=cfg.seed, epoch=epoch):
-            batch = {"pixels": augment_fundus(train_set.x[idx], generator), "labels": train_set.y[idx]}
-            if oct_batches is not None and oct_train is not None:
-                oidx = next(oct_batches)
-                batch["scan"], batch["oct_labels"] = oct_train.x[oidx], oct_train.y[oidx]
-            yield batch
-
-    def on_epoch_end(epoch: int, metrics: dict[str, float]) -> None:
-        terms = " ".join(f"{k} {v:.3f}" for k, v in metrics.items() if k != "seconds")
-        report(f"pretrain epoch {epoch}/{cfg.epochs} {terms} ({metrics['seconds']:.0f}s)")
-
-    result = fit(
+    if is_main_process():
+        save_config(run, out.parent)
+    fit(
         model,
-        lambda m, b: pretrain_loss(m, b, weights=weights, generator=generator),  # type: ignore[arg-type]
-        loader,
-        LoopCfg(epochs=cfg.epochs, lr=cfg.lr, weight_decay=cfg.weight_decay, seed=cfg.seed),
+        lambda m, b: pretrain_loss(m, b, weights=weights),  # type: ignore[arg-type]
+        lambda epoch: PairedLoader(fundus_loaders(epoch), oct_loaders, epoch=epoch),
+        loop,
         run_dir=out.parent,
-        steps_per_epoch=len(epoch_batches(len(train_set), cfg.batch_size, seed=cfg.seed, epoch=0)),
-        on_epoch_end=on_epoch_end,
+        resume=resume,
     )
+    seconds = time.monotonic() - start
+    if not is_main_process():
+        return PretrainResult(None, out, None, None, seconds)
     model.eval()
-    metrics: dict[str, float] = {"seconds": result.seconds}
+    metrics: dict[str, float] = {"seconds": seconds}
     site_auc = global_auc = None
-    if len(val_set):
-        scores = site_scores(model, val_set.x)
-        global_auc = _macro(val_set.y.numpy(), scores["global"], trained.ids)
-        if cfg.matrix == "learn":
-            site_auc = _macro(val_set.y.numpy(), scores["site"], trained.ids)
+    if splits.val:
+        val_set = fundus_dataset(splits.val, data.preprocess, trained, in_memory=cfg.in_memory, cache_dir=cache_dir)
+        device = model_device(model)
+        scores = site_scores(model, val_set, device=device)
+        global_auc = _macro(val_set.targets, scores["global"], trained.ids)
+        site_auc = _macro(val_set.targets, scores["site"], trained.ids) if "site" in scores else None
         metrics |= {k: v for k, v in (("val_site_macro_auroc", site_auc), ("val_global_macro_auroc", global_auc)) if v}
-        report(f"val macro AUROC: sites {site_auc}, global {global_auc}")
-    training = {"stage": "pretrain", **asdict(cfg), "oct_images": len(oct_train) if oct_train is not None else 0}
+        report(f"val macro AUROC: sites {_fmt(site_auc)}, global {_fmt(global_auc)}")
+    training = {
+        "stage": "pretrain",
+        **asdict(cfg),
+        "model": asdict(run.model),
+        "loop": asdict(loop),
+        "oct_images": oct_count,
+        "fundus_images": len(splits.train),
+    }
     meta = save_pretrain(
         out,
-        model,
-        preprocess=preprocess,
+        model.cpu(),
+        preprocess=data.preprocess,
         catalog=trained,
         tokenizer_json=tokenizer.to_str(),
         training=training,
         metrics=metrics,
     )
-    return PretrainResult(meta, out, site_auc, global_auc, result.seconds)
+    return PretrainResult(meta, out, site_auc, global_auc, seconds)
 
 
 def _macro(labels: np.ndarray, scores: np.ndarray, ids: list[str]) -> float | None:
@@ -261,3 +298,7 @@ def _macro(labels: np.ndarray, scores: np.ndarray, ids: list[str]) -> float | No
         return macro_auroc(labels, scores, ids)
     except ValueError:
         return None
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"

@@ -1,41 +1,48 @@
-"""What both training stages share: reading the splits, tensors for the images, seeded batches,
-the fundus augmentation, and the optimisation loop they run on."""
+"""What both training stages share: the catalog and splits of a run, the datasets (streaming, or
+held in memory for small experiments), the unpaired fundus + OCT loader, and batched inference.
+
+The loop itself is ``training.loop.fit`` and the loaders ``training.datasets.make_loader``."""
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import logging
-import math
-import random
-import time
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from predilect.catalog import Catalog
+from predilect.catalog import DEFAULT_CATALOG, Catalog, load_catalog
 from predilect.errors import ConfigError
 from predilect.preprocess import PreprocessCfg
 
-from .data import load_fundus_pixels, load_oct_scans
+from .data import load_fundus_pixels
+from .datasets import FundusAugment, FundusDataset, OctCfg, OctDataset, item_rng, make_loader
 from .manifest import Record, label_matrix, read_manifest
 
 log = logging.getLogger(__name__)
 
 Batch = dict[str, Tensor]
+SIDECAR_CATALOG = "phantom_catalog.json"
+"""A catalog file beside a manifest (the phantom writes one) that --catalog defaults to."""
 
 
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
+def resolve_catalog(path: Path | None, manifest: Path) -> tuple[Catalog, str]:
+    """The catalog of ``--catalog`` if given, else the one beside ``manifest``, else the built-in;
+    and a phrase saying which (commands print it)."""
+    if path is not None:
+        return load_catalog(path), str(path)
+    sidecar = Path(manifest).with_name(SIDECAR_CATALOG)
+    if sidecar.is_file():
+        return load_catalog(sidecar), str(sidecar)
+    return DEFAULT_CATALOG, "the built-in catalog"
 
 
-# ----------------------------------------------------------------------------- splits and tensors
+# ----------------------------------------------------------------------------- splits
 
 
 @dataclass(frozen=True)
@@ -50,7 +57,9 @@ def _in_carved_val(record: Record, fraction: float) -> bool:
     return int(hashlib.sha256(key.encode()).hexdigest()[:8], 16) / 16**8 < fraction
 
 
-def read_splits(manifest: Path, *, catalog: Catalog, drop: Sequence[str] = (), val_fraction: float = 0.15) -> Splits:
+def read_splits(
+    manifest: Path, *, catalog: Catalog, drop: Sequence[str] = (), val_fraction: float = 0.15
+) -> Splits:
     """Train/val/test records of ``manifest``; records with a disease in ``drop`` (held out for
     zero-shot) leave train and val. A manifest without a val split gets one carved from train by
     patient (``val_fraction`` of the patients, deterministic)."""
@@ -70,128 +79,165 @@ def read_splits(manifest: Path, *, catalog: Catalog, drop: Sequence[str] = (), v
     return Splits(by_split["train"], by_split["val"], by_split["test"])
 
 
-@dataclass
-class ImageSet:
-    """Model inputs ``x (N, ch, S, S)`` and labels ``y (N, C)`` of some records, in memory."""
+# ----------------------------------------------------------------------------- datasets
 
-    x: Tensor
-    y: Tensor
-    records: list[Record] = field(repr=False)
+
+class MemoryFundusDataset:
+    """``FundusDataset``'s items from tensors preprocessed once (by the same shared pipeline, cached
+    as ``.npy`` under ``cache_dir``) and held in RAM: for small experiment sets, where decoding
+    every image every epoch would cost more than the model. Same items, same augmentation stream."""
+
+    def __init__(
+        self,
+        records: Sequence[Record],
+        preprocess: PreprocessCfg,
+        catalog: Catalog,
+        *,
+        augment: FundusAugment | None = None,
+        seed: int = 0,
+        cache_dir: Path | None = None,
+    ) -> None:
+        self.pixels = torch.from_numpy(load_fundus_pixels(records, preprocess, cache_dir=cache_dir))
+        self.targets = label_matrix(records, catalog)
+        self.augment, self.seed = augment, seed
 
     def __len__(self) -> int:
-        return len(self.records)
+        return len(self.targets)
+
+    def get(self, index: int, *, epoch: int = 0) -> dict[str, Any]:
+        pixels = self.pixels[index]
+        if self.augment is not None:
+            pixels = self.augment(pixels, item_rng(self.seed, epoch, index))
+        return {"pixels": pixels, "labels": torch.from_numpy(self.targets[index]), "index": index}
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return self.get(index)
 
 
-def fundus_set(
-    records: Sequence[Record], preprocess: PreprocessCfg, catalog: Catalog, *, cache_dir: Path | None
-) -> ImageSet:
-    """Fundus tensors through the one shared (serving) preprocessing."""
-    pixels = load_fundus_pixels(records, preprocess, cache_dir=cache_dir) if records else np.zeros((0, 3, 1, 1))
-    return ImageSet(torch.from_numpy(pixels), torch.from_numpy(label_matrix(records, catalog)), list(records))
+class MemoryOctDataset:
+    """An ``OctDataset``'s un-augmented scans read once and held in RAM (its mirror still applies)."""
+
+    def __init__(self, source: OctDataset) -> None:
+        self.source = source
+        self.scans = torch.stack([source.get(i)["scan"] for i in range(len(source))]) if len(source) else None
+        self.targets = source.targets
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def get(self, index: int, *, epoch: int = 0) -> dict[str, Any]:
+        assert self.scans is not None
+        scan = self.scans[index]
+        rng = item_rng(self.source.seed, epoch, index)
+        if self.source.augment and rng.random() < self.source.cfg.mirror_p:
+            scan = scan.flip(-1)
+        return {"scan": scan, "labels": torch.from_numpy(self.targets[index]), "index": index}
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return self.get(index)
 
 
-def oct_set(records: Sequence[Record], size: int, catalog: Catalog) -> ImageSet:
-    scans = load_oct_scans(records, size=size) if records else np.zeros((0, 1, size, size), np.float32)
-    return ImageSet(torch.from_numpy(scans), torch.from_numpy(label_matrix(records, catalog)), list(records))
-
-
-def epoch_batches(n: int, batch_size: int, *, seed: int, epoch: int) -> list[Tensor]:
-    """Index batches of one epoch: a permutation seeded by ``(seed, epoch)``; the last batch is
-    dropped when it would hold a single image (BatchNorm)."""
-    generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
-    batches = list(torch.randperm(n, generator=generator).split(batch_size))
-    if len(batches) > 1 and len(batches[-1]) < 2:
-        batches.pop()
-    return batches
-
-
-def augment_fundus(pixels: Tensor, generator: torch.Generator) -> Tensor:
-    """Mirror half the batch (a mirrored right eye looks like a left eye) and jitter brightness
-    and contrast a little; applied after the shared preprocessing."""
-    flip = torch.rand(pixels.shape[0], generator=generator) < 0.5
-    pixels = torch.where(flip[:, None, None, None], pixels.flip(-1), pixels)
-    gain = 1.0 + 0.2 * (torch.rand(pixels.shape[0], 1, 1, 1, generator=generator) - 0.5)
-    shift = 0.2 * (torch.rand(pixels.shape[0], 1, 1, 1, generator=generator) - 0.5)
-    return pixels * gain + shift
-
-
-# ----------------------------------------------------------------------------- the loop
-
-
-@dataclass(frozen=True)
-class LoopCfg:
-    epochs: int
-    lr: float
-    weight_decay: float
-    seed: int
-    warmup_fraction: float = 0.1
-    grad_clip: float = 5.0
-
-
-@dataclass(frozen=True)
-class FitResult:
-    epochs: int
-    steps: int
-    seconds: float
-    last_metrics: dict[str, float]
-
-
-def fit(
-    model: nn.Module,
-    loss_fn: Callable[[nn.Module, Batch], tuple[Tensor, dict[str, float]]],
-    train_loader_factory: Callable[[int], Iterable[Batch]],
-    cfg: LoopCfg,
+def fundus_dataset(
+    records: Sequence[Record],
+    preprocess: PreprocessCfg,
+    catalog: Catalog,
     *,
-    run_dir: Path,
-    steps_per_epoch: int,
-    param_groups: list[dict] | None = None,
-    on_epoch_end: Callable[[int, dict[str, float]], None] | None = None,
-) -> FitResult:
-    """AdamW with linear warm-up and cosine decay for ``cfg.epochs`` epochs (never a clock);
-    one CSV row of mean metrics per epoch in ``run_dir/log.csv``."""
-    start = time.monotonic()
-    groups: list[dict] = param_groups or [{"params": [p for p in model.parameters() if p.requires_grad]}]
-    optimiser = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    total = max(1, cfg.epochs * steps_per_epoch)
-    warmup = max(1, int(cfg.warmup_fraction * total))
-
-    def lr_at(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        return 0.5 * (1.0 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
-
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, lr_at)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    log_path = run_dir / "log.csv"
-    step, means = 0, {}
-    for epoch in range(cfg.epochs):
-        model.train()
-        sums: dict[str, float] = {}
-        count = 0
-        for batch in train_loader_factory(epoch):
-            loss, metrics = loss_fn(model, batch)
-            optimiser.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.grad_clip:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            optimiser.step()
-            schedule.step()
-            step += 1
-            count += 1
-            for key, value in {"loss": float(loss.detach()), **metrics}.items():
-                sums[key] = sums.get(key, 0.0) + value
-        means = {key: value / max(count, 1) for key, value in sums.items()}
-        means["seconds"] = time.monotonic() - start
-        _append_csv(log_path, {"epoch": epoch + 1, "step": step, **means})
-        if on_epoch_end is not None:
-            on_epoch_end(epoch + 1, means)
-    return FitResult(epochs=cfg.epochs, steps=step, seconds=time.monotonic() - start, last_metrics=means)
+    augment: FundusAugment | None = None,
+    seed: int = 0,
+    in_memory: bool = False,
+    cache_dir: Path | None = None,
+) -> FundusDataset | MemoryFundusDataset:
+    if in_memory:
+        return MemoryFundusDataset(records, preprocess, catalog, augment=augment, seed=seed, cache_dir=cache_dir)
+    return FundusDataset(records, preprocess, catalog, augment=augment, seed=seed)
 
 
-def _append_csv(path: Path, row: dict[str, float]) -> None:
-    new = not path.is_file()
-    with path.open("a", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(row))
-        if new:
-            writer.writeheader()
-        writer.writerow({k: f"{v:.6g}" if isinstance(v, float) else v for k, v in row.items()})
+def oct_dataset(
+    records: Sequence[Record], cfg: OctCfg, catalog: Catalog, *, augment: bool, seed: int, in_memory: bool
+) -> OctDataset | MemoryOctDataset:
+    dataset = OctDataset(records, cfg, catalog, augment=augment, seed=seed)
+    return MemoryOctDataset(dataset) if in_memory else dataset
+
+
+# ----------------------------------------------------------------------------- the unpaired loader
+
+
+class PairedLoader:
+    """One epoch of fundus batches, each joined with the next batch of an UNPAIRED OCT loader
+    (``scan``, ``oct_labels``); the OCT side cycles through its own epochs. Deterministic in
+    ``(seed, epoch)`` and resumable mid-epoch (``skip_batches``), as ``fit`` needs."""
+
+    def __init__(self, fundus: Any, oct_factory: Callable[[int], Any] | None, *, epoch: int) -> None:
+        self.fundus, self.oct_factory, self.epoch = fundus, oct_factory, epoch
+        self.start = 0
+
+    def __len__(self) -> int:
+        return len(self.fundus)
+
+    def skip_batches(self, count: int) -> None:
+        self.fundus.skip_batches(count)
+        self.start = count
+
+    def _oct_batches(self) -> Iterator[Batch]:
+        assert self.oct_factory is not None
+        # OCT cycle c of fundus epoch e is OCT epoch e * 1000 + c: a function of the epoch alone.
+        cycle, skip = 0, self.start
+        while True:
+            loader = self.oct_factory(self.epoch * 1000 + cycle)
+            if skip >= len(loader):
+                skip -= len(loader)
+            else:
+                if skip:
+                    loader.skip_batches(skip)
+                    skip = 0
+                yield from loader
+            cycle += 1
+
+    def __iter__(self) -> Iterator[Batch]:
+        octs = self._oct_batches() if self.oct_factory is not None else None
+        for batch in self.fundus:
+            out = {"pixels": batch["pixels"], "labels": batch["labels"]}
+            if octs is not None:
+                scan = next(octs)
+                out["scan"], out["oct_labels"] = scan["scan"], scan["labels"]
+            yield out
+
+
+def loader_factory(
+    dataset: Any, *, batch_size: int, sampling: str, seed: int, workers: int, distributed: bool
+) -> Callable[[int], Any]:
+    def factory(epoch: int) -> Any:
+        return make_loader(
+            dataset,
+            batch_size=batch_size,
+            workers=workers,
+            sampling=sampling,
+            seed=seed,
+            epoch=epoch,
+            distributed=distributed,
+        )
+
+    return factory
+
+
+# ----------------------------------------------------------------------------- inference
+
+
+def predict(
+    fn: Callable[[Tensor], Tensor | dict[str, Tensor]], dataset: Any, *, batch_size: int = 64, key: str = "pixels"
+) -> dict[str, np.ndarray]:
+    """``fn`` over ``dataset`` in order (no augmentation), outputs concatenated on the CPU.
+
+    ``fn`` maps a batch of inputs to a tensor (returned under ``out``) or a dict of tensors."""
+    loader = make_loader(dataset, batch_size=batch_size, sampling="sequential", workers=0)
+    parts: dict[str, list[np.ndarray]] = {}
+    with torch.inference_mode():
+        for batch in loader:
+            result = fn(batch[key])
+            for name, value in (result if isinstance(result, dict) else {"out": result}).items():
+                parts.setdefault(name, []).append(value.float().cpu().numpy())
+    return {name: np.concatenate(values) for name, values in parts.items()}
+
+
+def model_device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device

@@ -276,8 +276,9 @@ class CatalogTexts:
     def num_classes(self) -> int:
         return len(self.class_ids)
 
-    def sample(self, generator: torch.Generator) -> Tensor:
-        """Indices of one description per class, drawn at random (text augmentation in training)."""
+    def sample(self, generator: torch.Generator | None = None) -> Tensor:
+        """Indices of one description per class, drawn at random (text augmentation in training;
+        the global torch RNG by default, so a resumed run draws the same)."""
         picks = []
         for j in range(self.num_classes):
             rows = torch.nonzero(self.owner == j).flatten()

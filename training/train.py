@@ -8,15 +8,15 @@ version) on a busy machine as on an idle one.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from predilect.catalog import DEFAULT_CATALOG, Catalog
-
-from .finetune import FinetuneCfg, FinetuneResult, finetune
-from .pretrain import PretrainCfg, PretrainResult, pretrain
+from .config import load_config
+from .finetune import FinetuneResult, FinetuneRun, finetune
+from .pretrain import PretrainResult, PretrainRun, pretrain
 
 log = logging.getLogger(__name__)
 
@@ -31,37 +31,41 @@ class TrainResult:
         return self.finetune.seconds + (self.pretrain.seconds if self.pretrain else 0.0)
 
 
-def train(
+def runs(
     manifest: Path,
+    *,
+    oct_manifest: Path | None = None,
+    catalog: Path | None = None,
+    common: Sequence[str] = (),
+    pretrain: Sequence[str] = (),
+    finetune: Sequence[str] = (),
+) -> tuple[PretrainRun, FinetuneRun]:
+    """The two stages' configs from ``--set``-style overrides: ``common`` for both (``loop.*``,
+    ``model.*``, ``data.*``), then each stage's own."""
+    paths = [f'data.manifest="{manifest}"'] + ([f'data.catalog="{catalog}"'] if catalog else [])
+    first = load_config(None, overrides=[*paths, *common, *pretrain], cls=PretrainRun)
+    if oct_manifest is not None:
+        first = first.model_copy(update={"data": first.data.model_copy(update={"oct_manifest": oct_manifest})})
+    second = load_config(None, overrides=[*paths, *common, *finetune], cls=FinetuneRun)
+    return first, second
+
+
+def train(
+    pretrain_run: PretrainRun | None,
+    finetune_run: FinetuneRun,
     out: Path,
     *,
-    oct_manifest: Path | None,
-    catalog: Catalog = DEFAULT_CATALOG,
-    pretrain_cfg: PretrainCfg | None = PretrainCfg(),
-    finetune_cfg: FinetuneCfg = FinetuneCfg(),
     cache_dir: Path | None = None,
     report: Callable[[str], None] = log.info,
 ) -> TrainResult:
-    """Stage 1 into ``out.parent / "pretrain.safetensors"`` (skipped when ``pretrain_cfg`` is None:
-    the supervised baseline), then stage 2 into ``out`` (the served checkpoint)."""
+    """Stage 1 into ``out.parent / "pretrain"`` (skipped when ``pretrain_run`` is None: the
+    supervised baseline), then stage 2, started from it, into ``out`` (the served checkpoint)."""
     stage1 = None
-    if pretrain_cfg is not None:
+    if pretrain_run is not None:
         stage1 = pretrain(
-            manifest,
-            out.parent / "pretrain" / "pretrain.safetensors",
-            oct_manifest=oct_manifest,
-            catalog=catalog,
-            cfg=pretrain_cfg,
-            cache_dir=cache_dir,
-            report=report,
+            pretrain_run, out.parent / "pretrain" / "pretrain.safetensors", cache_dir=cache_dir, report=report
         )
-    stage2 = finetune(
-        manifest,
-        out,
-        catalog=catalog,
-        pretrained=stage1.path if stage1 else None,
-        cfg=finetune_cfg,
-        cache_dir=cache_dir,
-        report=report,
-    )
+        section = dataclasses.replace(finetune_run.finetune, pretrained=str(stage1.path))
+        finetune_run = finetune_run.model_copy(update={"finetune": section})
+    stage2 = finetune(finetune_run, out, cache_dir=cache_dir, report=report)
     return TrainResult(stage1, stage2)

@@ -240,11 +240,11 @@ def pretrain_loss(
     batch: dict[str, Tensor],
     *,
     weights: PretrainWeights = PretrainWeights(),
-    generator: torch.Generator | None = None,
 ) -> tuple[Tensor, dict[str, float]]:
     """Stage-1 loss on one batch ``{"pixels", "labels"}`` (fundus) and optionally
-    ``{"scan", "oct_labels"}`` (OCT, unpaired); returns the loss and its terms."""
-    rows = model.texts.sample(generator) if (model.texts is not None and generator is not None) else None
+    ``{"scan", "oct_labels"}`` (OCT, unpaired); returns the loss and its terms. In training mode
+    each class is read through one of its descriptions drawn at random (text augmentation)."""
+    rows = model.texts.sample() if (model.texts is not None and model.training) else None
     classes = model.class_embeddings(rows)  # (1 + C, E)
     diseases = classes[1:]
     learn_matrix = model.cfg.matrix == "learn"
