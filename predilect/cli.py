@@ -32,6 +32,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "predilect.training.phantom.phantom_cli",
         "synthetic fundus photographs, OCT B-scans, manifests",
     ),
+    "dataset": ("predilect.training.datasets.dataset_cli", "a public data set in its native layout -> a manifest"),
     "train": ("predilect.training.train_cli", "train the predilection-site classifier on a manifest"),
     "export": ("predilect.build.export_cli", "export a checkpoint to ONNX and check it under ONNX Runtime"),
     "trt-rewrite": ("predilect.build.tensorrt.rewrite_cli", "fold the ONNX attention head into the TensorRT plugin"),
