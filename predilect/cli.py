@@ -33,7 +33,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "synthetic fundus photographs, OCT B-scans, manifests",
     ),
     "dataset": ("predilect.training.datasets.dataset_cli", "a public data set in its native layout -> a manifest"),
-    "train": ("predilect.training.train_cli", "train the predilection-site classifier on a manifest"),
+    "train": ("predilect.training.train_cli", "UOPSL stages: train pretrain (OCT/fundus <-> text) | train finetune"),
+    "evaluate": (
+        "predilect.training.evaluate_cli",
+        "metrics with CIs, lesion localisation, plots; zero-shot categories",
+    ),
     "export": ("predilect.build.export_cli", "export a checkpoint to ONNX and check it under ONNX Runtime"),
     "trt-rewrite": ("predilect.build.tensorrt.rewrite_cli", "fold the ONNX attention head into the TensorRT plugin"),
     "trt-engine": ("predilect.build.tensorrt.engine_cli", "build a TensorRT engine (needs TensorRT and a GPU)"),

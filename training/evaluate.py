@@ -195,7 +195,11 @@ class Localisation:
 
 
 def localisation(
-    attention: np.ndarray, labels: np.ndarray, records: list[Record], lesions: dict[Path, dict[str, Any]], ids: list[str]
+    attention: np.ndarray,
+    labels: np.ndarray,
+    records: list[Record],
+    lesions: dict[Path, dict[str, Any]],
+    ids: list[str],
 ) -> dict[str, Localisation]:
     """Score each positive (image, disease) with drawn lesions; ``attention (N, C, g, g)``.
     The key ``all`` pools every pair."""

@@ -48,7 +48,9 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="predilect evaluate", description=__doc__.splitlines()[0])
     p.add_argument("--checkpoint", type=Path, default=artifacts.checkpoint, help="served checkpoint to evaluate")
     p.add_argument("--manifest", type=Path, default=artifacts.manifest, help="manifest with val and test splits")
-    p.add_argument("--catalog", type=Path, default=None, help="catalog JSON (default: beside the manifest, else built-in)")
+    p.add_argument(
+        "--catalog", type=Path, default=None, help="catalog JSON (default: beside the manifest, else built-in)"
+    )
     p.add_argument("--lesions", type=Path, default=None, help="lesions.jsonl (default: beside the manifest if present)")
     p.add_argument("--out", type=Path, default=None, help="report folder (default: <checkpoint folder>/evaluation)")
     p.add_argument("--specificity", type=float, default=0.9, help="fixed specificity for the sensitivity column")
@@ -75,12 +77,12 @@ def _classifier(args: argparse.Namespace) -> int:
     test = score_classifier(model, splits.test, meta.preprocess, meta.catalog, **data)
     val = score_classifier(model, splits.val, meta.preprocess, meta.catalog, **data) if splits.val else None
     ids = meta.catalog.ids
-    evaluation = evaluate_scores(
-        test, val, ids, specificity=args.specificity, resamples=args.resamples, seed=args.seed
-    )
+    evaluation = evaluate_scores(test, val, ids, specificity=args.specificity, resamples=args.resamples, seed=args.seed)
     lesions_path = args.lesions or args.manifest.with_name("lesions.jsonl")
     if lesions_path.is_file():
-        evaluation.localisation = localisation(test.attention, test.labels, test.records, read_lesions(lesions_path), ids)
+        evaluation.localisation = localisation(
+            test.attention, test.labels, test.records, read_lesions(lesions_path), ids
+        )
     out = args.out or args.checkpoint.parent / "evaluation"
     out.mkdir(parents=True, exist_ok=True)
     images = {"ROC curves": plot_roc(test, ids, out / "roc.png").name}
@@ -159,11 +161,11 @@ def zero_shot(
         row: dict[str, Interval] = {}
         for name, values in ours.items():
             row[f"uopsl_{name}"] = bootstrap_ci(
-                lambda r, v=values[:, j]: auroc(y[r], v[r]), len(y), groups=groups, resamples=resamples, seed=seed
+                lambda r, v=values[:, j], y=y: auroc(y[r], v[r]), len(y), groups=groups, resamples=resamples, seed=seed
             )
         if theirs is not None:
             row["baseline_global"] = bootstrap_ci(
-                lambda r, v=theirs[:, j]: auroc(y[r], v[r]), len(y), groups=groups, resamples=resamples, seed=seed
+                lambda r, v=theirs[:, j], y=y: auroc(y[r], v[r]), len(y), groups=groups, resamples=resamples, seed=seed
             )
             if score in ours:
                 row["difference"] = paired_bootstrap_ci(

@@ -36,7 +36,7 @@ from predilect.preprocess import PreprocessCfg
 from .checkpoint import CheckpointMeta, load_pretrain, save_checkpoint
 from .config import RunConfig, save_config
 from .datasets import FundusAugment
-from .loop import STATE_FILE, default_param_groups, fit, is_main_process
+from .loop import STATE_FILE, default_param_groups, fit, is_main_process, seed_everything
 from .losses import site_bce
 from .metrics import per_disease_auroc
 from .model import ArchCfg, FundusClassifier
@@ -122,6 +122,7 @@ def finetune(
     if data.manifest is None:
         raise ConfigError("no fundus manifest: set data.manifest (--manifest)")
     catalog, source = resolve_catalog(data.catalog, data.manifest)
+    seed_everything(loop.seed)  # the initial weights are a function of the seed too
     if cfg.pretrained:
         model, trained, preprocess, origin = classifier_from_pretrain(Path(cfg.pretrained), cfg.matrix)
         unknown = sorted(set(trained.ids) - set(catalog.ids))
@@ -192,9 +193,7 @@ def finetune(
         "model": asdict(run.model),
         "fundus_images": len(splits.train),
     }
-    meta = save_checkpoint(
-        out, model.cpu(), preprocess=preprocess, catalog=trained, metrics=metrics, training=training
-    )
+    meta = save_checkpoint(out, model.cpu(), preprocess=preprocess, catalog=trained, metrics=metrics, training=training)
     return FinetuneResult(meta, out, val_auc, test_auc, found.get("test", {}), seconds)
 
 

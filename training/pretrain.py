@@ -28,7 +28,7 @@ from .checkpoint import PretrainMeta, save_pretrain
 from .config import RunConfig, save_config
 from .datasets import FundusAugment
 from .evaluate import site_scores
-from .loop import fit, is_main_process
+from .loop import fit, is_main_process, seed_everything
 from .metrics import macro_auroc
 from .model import ArchCfg, VitBackbone
 from .stages import (
@@ -225,9 +225,7 @@ def pretrain(
     oct_loaders, oct_count = None, 0
     if data.oct_manifest is not None and cfg.oct:
         oct_records = read_splits(data.oct_manifest, catalog=catalog, drop=cfg.holdout).train
-        oct_set = oct_dataset(
-            oct_records, data.oct, trained, augment=True, seed=loop.seed + 1, in_memory=cfg.in_memory
-        )
+        oct_set = oct_dataset(oct_records, data.oct, trained, augment=True, seed=loop.seed + 1, in_memory=cfg.in_memory)
         if cfg.shuffle_oct_labels:
             oct_set.targets = oct_set.targets[np.random.default_rng(loop.seed + 31).permutation(len(oct_set))]
             if hasattr(oct_set, "source"):
@@ -247,6 +245,7 @@ def pretrain(
         report("no OCT manifest: fundus<->text only")
 
     tokenizer = make_tokenizer(cfg, trained)
+    seed_everything(loop.seed)  # the initial weights are a function of the seed too
     model = build_model(run, trained, tokenizer)
     weights = cfg.weights()
     if is_main_process():

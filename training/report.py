@@ -284,7 +284,9 @@ def markdown(evaluation: Evaluation, *, title: str, header: list[str], images: d
             "|---|---|---|---|---|---|",
         ]
         for d, v in e.localisation.items():
-            lines.append(f"| {d} | {v.pairs} | {_fmt(v.mass)} | {_fmt(v.chance)} | {_fmt(v.lift)} | {_fmt(v.pointing)} |")
+            lines.append(
+                f"| {d} | {v.pairs} | {_fmt(v.mass)} | {_fmt(v.chance)} | {_fmt(v.lift)} | {_fmt(v.pointing)} |"
+            )
     if images:
         lines += ["", "## Plots", ""]
         lines += [f"![{name}]({file})" for name, file in images.items()]

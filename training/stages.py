@@ -57,9 +57,7 @@ def _in_carved_val(record: Record, fraction: float) -> bool:
     return int(hashlib.sha256(key.encode()).hexdigest()[:8], 16) / 16**8 < fraction
 
 
-def read_splits(
-    manifest: Path, *, catalog: Catalog, drop: Sequence[str] = (), val_fraction: float = 0.15
-) -> Splits:
+def read_splits(manifest: Path, *, catalog: Catalog, drop: Sequence[str] = (), val_fraction: float = 0.15) -> Splits:
     """Train/val/test records of ``manifest``; records with a disease in ``drop`` (held out for
     zero-shot) leave train and val. A manifest without a val split gets one carved from train by
     patient (``val_fraction`` of the patients, deterministic)."""

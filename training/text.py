@@ -1,9 +1,10 @@
 """Disease knowledge as text: a tokenizer trained on the catalog's descriptions and a small
 transformer text encoder, both built here with no downloaded weights.
 
-* ``build_tokenizer`` trains a WordPiece tokenizer (Hugging Face ``tokenizers``) on the
-  catalog texts, with an a-z/0-9 alphabet so that words it never saw (a held-out category's
-  descriptions) still split into known pieces instead of ``[UNK]``; ``byte_tokenizer`` is the
+* ``build_tokenizer`` builds a WordPiece tokenizer (Hugging Face ``tokenizers``) from the
+  catalog texts, deterministically, with an a-z/0-9 alphabet so that words it never saw (a
+  held-out category's descriptions) still split into known pieces instead of ``[UNK]``;
+  ``byte_tokenizer`` is the
   training-free alternative (one id per UTF-8 byte). Either serialises to one JSON string that
   travels with the checkpoint.
 * ``TextEncoder`` is a pre-LayerNorm transformer whose parameter names follow open_clip's text
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import json
 import string
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
@@ -44,30 +46,56 @@ NORMAL_DESCRIPTIONS = (
 
 
 def build_tokenizer(texts: Sequence[str], *, vocab_size: int = 2000):  # -> tokenizers.Tokenizer
-    """A WordPiece tokenizer trained on ``texts`` (lower-cased, accents stripped).
+    """A WordPiece tokenizer for ``texts`` (lower-cased, accents stripped), built deterministically.
 
-    Deterministic for the same texts in the same order. The alphabet always holds a-z and 0-9,
-    so unseen words become pieces rather than ``[UNK]``.
+    The ``tokenizers`` trainers break frequency ties in hash-map order, so the same texts can give
+    different vocabularies run to run (and with them different model versions); the vocabulary is
+    therefore ranked here and handed to ``tokenizers``' WordPiece model: the special tokens, every
+    character seen plus a-z/0-9 (word-initial and ``##`` continuation forms, so nothing is ever
+    ``[UNK]``), then whole words, word-initial prefixes and ``##`` suffixes (3+ characters) by
+    frequency, ties broken alphabetically, up to ``vocab_size``. A word the texts never held (a
+    held-out category's) splits into known stems and endings by greedy longest match.
     """
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
+    from tokenizers import Tokenizer, models
 
     if not texts:
         raise ConfigError("a tokenizer needs at least one text to train on")
-    tokenizer = Tokenizer(models.WordPiece(unk_token=UNK))
+    probe = Tokenizer(models.WordPiece(vocab={UNK: 0}, unk_token=UNK))
+    _configure(probe)
+    assert probe.normalizer is not None and probe.pre_tokenizer is not None
+    words: Counter[str] = Counter()
+    for text in texts:
+        normal = probe.normalizer.normalize_str(text)
+        words.update(piece for piece, _ in probe.pre_tokenizer.pre_tokenize_str(normal))
+    chars = sorted(set(string.ascii_lowercase + string.digits) | {c for w in words for c in w})
+    vocab = {token: i for i, token in enumerate(SPECIAL_TOKENS)}
+    for c in chars:
+        vocab.setdefault(c, len(vocab))
+        vocab.setdefault("##" + c, len(vocab))
+    pieces: Counter[str] = Counter()
+    for word, count in words.items():
+        pieces[word] += count * 4  # whole words first
+        for n in range(3, len(word)):
+            pieces[word[:n]] += count
+            pieces["##" + word[n:]] += count if len(word) - n >= 3 else 0
+    for piece, _ in sorted(pieces.items(), key=lambda kv: (-kv[1], kv[0])):
+        if len(vocab) >= max(vocab_size, len(SPECIAL_TOKENS) + 2 * len(chars)):
+            break
+        vocab.setdefault(piece, len(vocab))
+    tokenizer = Tokenizer(models.WordPiece(vocab=vocab, unk_token=UNK, max_input_chars_per_word=64))
+    _configure(tokenizer)
+    _add_template(tokenizer)
+    return tokenizer
+
+
+def _configure(tokenizer) -> None:  # type: ignore[no-untyped-def]
+    from tokenizers import decoders, normalizers, pre_tokenizers
+
     tokenizer.normalizer = normalizers.Sequence(
         [normalizers.NFD(), normalizers.Lowercase(), normalizers.StripAccents()]
     )
     tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
-    trainer = trainers.WordPieceTrainer(
-        vocab_size=vocab_size,
-        special_tokens=list(SPECIAL_TOKENS),
-        initial_alphabet=list(string.ascii_lowercase + string.digits),
-        min_frequency=1,
-        show_progress=False,
-    )
-    tokenizer.train_from_iterator(list(texts), trainer)
-    _add_template(tokenizer)
-    return tokenizer
+    tokenizer.decoder = decoders.WordPiece()
 
 
 def byte_tokenizer():  # -> tokenizers.Tokenizer

@@ -54,7 +54,9 @@ def _field_option(group: argparse._ArgumentGroup, cls: type, name: str, dest: st
     flag = "--" + name.replace("_", "-")
     help_ = f"{f.metadata.get('help', '')} (default: {f.default})"
     if hint is bool:
-        group.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_)
+        group.add_argument(
+            flag, dest=dest, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_
+        )
         return
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if origin is tuple:
