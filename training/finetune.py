@@ -54,6 +54,9 @@ class FinetuneCfg:
     pretrained: str = field(default="", metadata={"help": "stage-1 checkpoint; empty: train from scratch"})
     matrix: str = field(default="tune", metadata={"help": "tune | freeze | ablate the predilection-sites matrix"})
     freeze_sites_epochs: int = field(default=2, metadata={"help": "with --matrix tune: epochs before sites train"})
+    holdout: tuple[str, ...] = field(
+        default=(), metadata={"help": "without --pretrained: categories left out (with it: the pretraining's)"}
+    )
     in_memory: bool = field(default=False, metadata={"help": "hold preprocessed images in RAM (small sets)"})
 
     def __post_init__(self) -> None:
@@ -131,8 +134,10 @@ def finetune(
         if preprocess != data.preprocess:
             report(f"preprocessing from the pretrained checkpoint (size {preprocess.size}), not the data section")
     else:
-        trained, origin, preprocess = catalog, {"pretrained": None}, data.preprocess
-        model = FundusClassifier(run.model.model_cfg(num_diseases=len(catalog), image_size=preprocess.size))
+        from .pretrain import trained_catalog
+
+        trained, origin, preprocess = trained_catalog(catalog, cfg.holdout), {"pretrained": None}, data.preprocess
+        model = FundusClassifier(run.model.model_cfg(num_diseases=len(trained), image_size=preprocess.size))
         if cfg.matrix == "ablate":
             with torch.no_grad():
                 model.head.sites.zero_()

@@ -51,7 +51,7 @@ def build_tokenizer(texts: Sequence[str], *, vocab_size: int = 2000):  # -> toke
     The ``tokenizers`` trainers break frequency ties in hash-map order, so the same texts can give
     different vocabularies run to run (and with them different model versions); the vocabulary is
     therefore ranked here and handed to ``tokenizers``' WordPiece model: the special tokens, every
-    character seen plus a-z/0-9 (word-initial and ``##`` continuation forms, so nothing is ever
+    character seen plus a-z, 0-9 and ASCII punctuation (word-initial and ``##`` continuation forms, so nothing is ever
     ``[UNK]``), then whole words, word-initial prefixes and ``##`` suffixes (3+ characters) by
     frequency, ties broken alphabetically, up to ``vocab_size``. A word the texts never held (a
     held-out category's) splits into known stems and endings by greedy longest match.
@@ -67,7 +67,7 @@ def build_tokenizer(texts: Sequence[str], *, vocab_size: int = 2000):  # -> toke
     for text in texts:
         normal = probe.normalizer.normalize_str(text)
         words.update(piece for piece, _ in probe.pre_tokenizer.pre_tokenize_str(normal))
-    chars = sorted(set(string.ascii_lowercase + string.digits) | {c for w in words for c in w})
+    chars = sorted(set(string.ascii_lowercase + string.digits + string.punctuation) | {c for w in words for c in w})
     vocab = {token: i for i, token in enumerate(SPECIAL_TOKENS)}
     for c in chars:
         vocab.setdefault(c, len(vocab))

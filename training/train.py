@@ -41,12 +41,15 @@ def runs(
     finetune: Sequence[str] = (),
 ) -> tuple[PretrainRun, FinetuneRun]:
     """The two stages' configs from ``--set``-style overrides: ``common`` for both (``loop.*``,
-    ``model.*``, ``data.*``), then each stage's own."""
+    ``model.*``, ``data.*``; a ``pretrain.*`` or ``finetune.*`` one goes to its stage only), then
+    each stage's own."""
     paths = [f'data.manifest="{manifest}"'] + ([f'data.catalog="{catalog}"'] if catalog else [])
-    first = load_config(None, overrides=[*paths, *common, *pretrain], cls=PretrainRun)
+    first_common = [o for o in common if not o.startswith("finetune.")]
+    second_common = [o for o in common if not o.startswith("pretrain.")]
+    first = load_config(None, overrides=[*paths, *first_common, *pretrain], cls=PretrainRun)
     if oct_manifest is not None:
         first = first.model_copy(update={"data": first.data.model_copy(update={"oct_manifest": oct_manifest})})
-    second = load_config(None, overrides=[*paths, *common, *finetune], cls=FinetuneRun)
+    second = load_config(None, overrides=[*paths, *second_common, *finetune], cls=FinetuneRun)
     return first, second
 
 
