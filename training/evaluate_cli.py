@@ -27,7 +27,6 @@ from predilect.cli import CommandError, command
 
 from .checkpoint import load_checkpoint, load_pretrain
 from .evaluate import localisation, read_lesions, score_classifier, site_priors, zero_shot_scores
-from .manifest import label_matrix
 from .metrics import Interval, auroc, bootstrap_ci, paired_bootstrap_ci
 from .report import (
     evaluate_scores,
@@ -141,8 +140,8 @@ def zero_shot(
     if seen:
         raise CommandError(f"{pretrained} was trained on {seen}: not zero-shot")
     records = getattr(read_splits(manifest, catalog=catalog), split)
-    dataset = fundus_dataset(records, meta.preprocess, catalog.subset(ids), in_memory=in_memory)
-    labels = label_matrix(records, catalog.subset(ids))
+    dataset = fundus_dataset(records, meta.preprocess, catalog, in_memory=in_memory)
+    labels = np.array([[d in r.labels for d in ids] for r in records], dtype=np.float32)
     groups = patient_groups(records)
     ours = zero_shot_scores(model, meta.tokenizer_json, catalog, ids, dataset)
     if "site" in ours:

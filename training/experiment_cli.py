@@ -41,7 +41,6 @@ from .config import load_config
 from .evaluate import score_classifier, zero_shot_scores
 from .finetune import FinetuneRun, finetune
 from .loop import STATE_FILE
-from .manifest import label_matrix
 from .metrics import Interval, auroc, bootstrap_ci, macro
 from .pretrain import PretrainRun, pretrain
 from .report import patient_groups
@@ -254,7 +253,7 @@ def zero_shot_table(args: argparse.Namespace, seeds: list[int], ids: list[str]) 
     differences (same seed) of each full score against the no-matrix model's global score."""
     catalog, _ = resolve_catalog(args.catalog, args.manifest)
     records = read_splits(args.manifest, catalog=catalog).test
-    labels = label_matrix(records, catalog.subset(ids))
+    labels = np.array([[d in r.labels for d in ids] for r in records], dtype=np.float32)
     groups = patient_groups(records)
     out: dict[str, Any] = {}
     for s in seeds:
@@ -264,7 +263,7 @@ def zero_shot_table(args: argparse.Namespace, seeds: list[int], ids: list[str]) 
             if not path.is_file():
                 continue
             model, meta = load_pretrain(path)
-            dataset = fundus_dataset(records, meta.preprocess, catalog.subset(ids), in_memory=True)
+            dataset = fundus_dataset(records, meta.preprocess, catalog, in_memory=True)
             found = zero_shot_scores(model, meta.tokenizer_json, catalog, ids, dataset)
             if "site" in found:
                 found["sum"] = found["site"] + found["global"]

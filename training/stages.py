@@ -5,6 +5,7 @@ The loop itself is ``training.loop.fit`` and the loaders ``training.datasets.mak
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 from collections.abc import Callable, Iterator, Sequence
@@ -135,6 +136,13 @@ class MemoryOctDataset:
         return self.get(index)
 
 
+def restrict(records: Sequence[Record], catalog: Catalog) -> list[Record]:
+    """``records`` with only the labels ``catalog`` has (a model's trained categories: an image
+    of a held-out category counts as negative for every trained one it does not also show)."""
+    known = set(catalog.ids)
+    return [r if r.labels <= known else dataclasses.replace(r, labels=r.labels & known) for r in records]
+
+
 def fundus_dataset(
     records: Sequence[Record],
     preprocess: PreprocessCfg,
@@ -145,6 +153,7 @@ def fundus_dataset(
     in_memory: bool = False,
     cache_dir: Path | None = None,
 ) -> FundusDataset | MemoryFundusDataset:
+    records = restrict(records, catalog)
     if in_memory:
         return MemoryFundusDataset(records, preprocess, catalog, augment=augment, seed=seed, cache_dir=cache_dir)
     return FundusDataset(records, preprocess, catalog, augment=augment, seed=seed)
@@ -153,7 +162,7 @@ def fundus_dataset(
 def oct_dataset(
     records: Sequence[Record], cfg: OctCfg, catalog: Catalog, *, augment: bool, seed: int, in_memory: bool
 ) -> OctDataset | MemoryOctDataset:
-    dataset = OctDataset(records, cfg, catalog, augment=augment, seed=seed)
+    dataset = OctDataset(restrict(records, catalog), cfg, catalog, augment=augment, seed=seed)
     return MemoryOctDataset(dataset) if in_memory else dataset
 
 
