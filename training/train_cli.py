@@ -59,11 +59,14 @@ def _field_option(group: argparse._ArgumentGroup, cls: type, name: str, dest: st
         )
         return
     origin, args = typing.get_origin(hint), typing.get_args(hint)
+    metavar = name.upper()
     if origin is tuple:
         nargs: int | str = "*" if args[-1] is Ellipsis else len(args)
-        group.add_argument(flag, dest=dest, type=args[0], nargs=nargs, default=argparse.SUPPRESS, help=help_)
+        group.add_argument(
+            flag, dest=dest, type=args[0], nargs=nargs, default=argparse.SUPPRESS, help=help_, metavar=metavar
+        )
         return
-    group.add_argument(flag, dest=dest, type=hint, default=argparse.SUPPRESS, help=help_)
+    group.add_argument(flag, dest=dest, type=hint, default=argparse.SUPPRESS, help=help_, metavar=metavar)
 
 
 def _parser(stage: str) -> argparse.ArgumentParser:
