@@ -25,9 +25,9 @@ from predilect.artifacts import default_artifacts
 from predilect.catalog import Catalog
 from predilect.cli import CommandError, command
 
-from .checkpoint import load_checkpoint, load_pretrain
+from .checkpoint import CheckpointMeta, load_checkpoint, load_pretrain
 from .evaluate import localisation, read_lesions, score_classifier, site_priors, zero_shot_scores
-from .metrics import Interval, auroc, bootstrap_ci, paired_bootstrap_ci
+from .metrics import Interval, auroc, bootstrap_ci, on_rows, paired_bootstrap_ci
 from .report import (
     evaluate_scores,
     fundus_template,
@@ -112,7 +112,7 @@ def _classifier(args: argparse.Namespace) -> int:
     return 0
 
 
-def _template_pixels(records, normal: np.ndarray, meta) -> np.ndarray:  # type: ignore[no-untyped-def]
+def _template_pixels(records: list, normal: np.ndarray, meta: CheckpointMeta) -> np.ndarray:
     from .data import load_fundus_pixels
 
     chosen = [r for r, n in zip(records, normal, strict=True) if n][:32] or list(records)[:32]
@@ -160,11 +160,11 @@ def zero_shot(
         row: dict[str, Interval] = {}
         for name, values in ours.items():
             row[f"uopsl_{name}"] = bootstrap_ci(
-                lambda r, v=values[:, j], y=y: auroc(y[r], v[r]), len(y), groups=groups, resamples=resamples, seed=seed
+                on_rows(auroc, y, values[:, j]), len(y), groups=groups, resamples=resamples, seed=seed
             )
         if theirs is not None:
             row["baseline_global"] = bootstrap_ci(
-                lambda r, v=theirs[:, j], y=y: auroc(y[r], v[r]), len(y), groups=groups, resamples=resamples, seed=seed
+                on_rows(auroc, y, theirs[:, j]), len(y), groups=groups, resamples=resamples, seed=seed
             )
             if score in ours:
                 row["difference"] = paired_bootstrap_ci(

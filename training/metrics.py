@@ -221,3 +221,14 @@ def macro(metric: Callable[[np.ndarray, np.ndarray], float]) -> Callable[[np.nda
         return float(np.mean(values))
 
     return averaged
+
+
+def on_rows(
+    metric: Callable[[np.ndarray, np.ndarray], float], labels: np.ndarray, scores: np.ndarray
+) -> Callable[[np.ndarray], float]:
+    """``rows -> metric(labels[rows], scores[rows])``: a statistic for ``bootstrap_ci``."""
+
+    def statistic(rows: np.ndarray) -> float:
+        return metric(labels[rows], scores[rows])
+
+    return statistic

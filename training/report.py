@@ -26,6 +26,7 @@ from .metrics import (
     bootstrap_ci,
     expected_calibration_error,
     macro,
+    on_rows,
     operating_point,
     reliability,
     threshold_for_specificity,
@@ -130,8 +131,8 @@ def evaluate_scores(
             t_f1 = t_spec = 0.5
         at_spec = operating_point(y, p, t_spec)
         per[disease] = ClassMetrics(
-            auroc=_ci(lambda r, y=y, p=p: auroc(y[r], p[r]), len(y), groups, resamples, seed),
-            ap=_ci(lambda r, y=y, p=p: average_precision(y[r], p[r]), len(y), groups, resamples, seed),
+            auroc=_ci(on_rows(auroc, y, p), len(y), groups, resamples, seed),
+            ap=_ci(on_rows(average_precision, y, p), len(y), groups, resamples, seed),
             f1=operating_point(y, p, t_f1)["f1"],
             sensitivity=at_spec["sensitivity"],
             specificity=at_spec["specificity"],
@@ -164,7 +165,7 @@ def _ci(stat: Callable[[np.ndarray], float], n: int, groups: np.ndarray, resampl
 # ----------------------------------------------------------------------------- plots
 
 
-def _pyplot():  # type: ignore[no-untyped-def]
+def _pyplot() -> Any:
     import matplotlib
 
     matplotlib.use("Agg")

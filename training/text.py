@@ -88,7 +88,7 @@ def build_tokenizer(texts: Sequence[str], *, vocab_size: int = 2000):  # -> toke
     return tokenizer
 
 
-def _configure(tokenizer) -> None:  # type: ignore[no-untyped-def]
+def _configure(tokenizer) -> None:
     from tokenizers import decoders, normalizers, pre_tokenizers
 
     tokenizer.normalizer = normalizers.Sequence(
