@@ -122,7 +122,7 @@ def heldout_auroc(checkpoint: Path, manifest: Path, decoders: Sequence[str], *, 
     from predilect.training.data import load_fundus_pixels
     from predilect.training.evaluate import predict_proba
     from predilect.training.manifest import label_matrix, read_manifest
-    from predilect.training.metrics import macro_auroc, paired_bootstrap_ci
+    from predilect.training.metrics import auroc, macro, macro_auroc, paired_bootstrap_ci
 
     model, meta = load_checkpoint(checkpoint)
     records = read_manifest(manifest, catalog=meta.catalog, split="test")
@@ -138,7 +138,7 @@ def heldout_auroc(checkpoint: Path, manifest: Path, decoders: Sequence[str], *, 
         "images": len(records),
         "macro_auroc": {d: macro_auroc(labels, s, ids) for d, s in scores.items()},
         "vs_" + first: {
-            d: dataclasses.asdict(paired_bootstrap_ci(labels, scores[first], s, ids, resamples=resamples))
+            d: dataclasses.asdict(paired_bootstrap_ci(labels, s, scores[first], macro(auroc), resamples=resamples))
             for d, s in scores.items()
             if d != first
         },
@@ -154,38 +154,39 @@ def retrained_auroc(
     from predilect.training.data import load_fundus_pixels
     from predilect.training.evaluate import predict_proba
     from predilect.training.manifest import label_matrix, read_manifest
-    from predilect.training.metrics import macro_auroc, paired_bootstrap_ci
-    from predilect.training.train import TrainCfg, train
+    from predilect.training.metrics import auroc, macro, macro_auroc, paired_bootstrap_ci
+    from predilect.training.train import runs, train
 
     if not decoders:
         raise ValueError("name at least one decoder")
-    cfg = TrainCfg() if epochs is None else TrainCfg(epochs=epochs)
+    stage_epochs = [] if epochs is None else [f"loop.epochs={epochs}"]
     oct_manifest = manifest.with_name("oct_manifest.csv")
     scores: dict[str, np.ndarray] = {}
     labels, ids = np.zeros((0, 0)), []
+    configs: dict[str, Any] = {}
     for decoder in decoders:
         checkpoint = work / f"retrained-{decoder}" / "model.safetensors"
-        preprocess = dataclasses.replace(PreprocessCfg(), decoder=decoder)
-        train(
+        first, second = runs(
             manifest,
-            checkpoint,
             oct_manifest=oct_manifest if oct_manifest.is_file() else None,
-            cfg=cfg,
-            preprocess=preprocess,
-            cache_dir=work / "cache",
+            common=[f'data.preprocess.decoder="{decoder}"', *stage_epochs],
         )
+        configs[decoder] = {"pretrain": first.model_dump(mode="json"), "finetune": second.model_dump(mode="json")}
+        train(first, second, checkpoint, cache_dir=work / "cache")
         model, meta = load_checkpoint(checkpoint)
         records = read_manifest(manifest, catalog=meta.catalog, split="test")
         labels, ids = label_matrix(records, meta.catalog), meta.catalog.ids
-        scores[decoder] = predict_proba(model, load_fundus_pixels(records, preprocess, cache_dir=work / "cache"))
-    first = decoders[0]
+        scores[decoder] = predict_proba(model, load_fundus_pixels(records, meta.preprocess, cache_dir=work / "cache"))
+    first_decoder = decoders[0]
     return {
-        "train_cfg": dataclasses.asdict(cfg),
+        "train_configs": configs,
         "images": len(labels),
         "macro_auroc": {d: macro_auroc(labels, s, ids) for d, s in scores.items()},
-        "vs_" + first: {
-            d: dataclasses.asdict(paired_bootstrap_ci(labels, scores[first], s, ids, resamples=resamples))
+        "vs_" + first_decoder: {
+            d: dataclasses.asdict(
+                paired_bootstrap_ci(labels, s, scores[first_decoder], macro(auroc), resamples=resamples)
+            )
             for d, s in scores.items()
-            if d != first
+            if d != first_decoder
         },
     }

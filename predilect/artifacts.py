@@ -34,6 +34,11 @@ class Artifacts:
         return self.phantom / "oct_manifest.csv"
 
     @property
+    def pretrain_checkpoint(self) -> Path:
+        """Stage 1's checkpoint (the whole UOPSL model; never served)."""
+        return self.root / "pretrain" / "pretrain.safetensors"
+
+    @property
     def checkpoint(self) -> Path:
         return self.root / "checkpoint" / "model.safetensors"
 

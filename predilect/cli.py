@@ -17,6 +17,7 @@ import argparse
 import dataclasses
 import functools
 import importlib
+import os
 import sys
 import types
 import typing
@@ -33,7 +34,12 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "synthetic fundus photographs, OCT B-scans, manifests",
     ),
     "dataset": ("predilect.training.datasets.dataset_cli", "a public data set in its native layout -> a manifest"),
-    "train": ("predilect.training.train_cli", "train the predilection-site classifier on a manifest"),
+    "train": ("predilect.training.train_cli", "UOPSL stages: train pretrain (OCT/fundus <-> text) | train finetune"),
+    "experiment": ("predilect.training.experiment_cli", "the UOPSL ablation grid with paired-bootstrap CIs"),
+    "evaluate": (
+        "predilect.training.evaluate_cli",
+        "metrics with CIs, lesion localisation, plots; zero-shot categories",
+    ),
     "export": ("predilect.build.export_cli", "export a checkpoint to ONNX and check it under ONNX Runtime"),
     "quantize": ("predilect.build.quantize_cli", "INT8 model for the CPU profile, behind an accuracy gate"),
     "trt-rewrite": ("predilect.build.tensorrt.rewrite_cli", "fold the ONNX attention head into the TensorRT plugin"),
@@ -88,14 +94,14 @@ def command(name: str) -> Callable[[Main], Main]:
     return wrap
 
 
-def _option_type(annotation: Any) -> tuple[Callable[[str], Any], str | None]:
+def _option_type(annotation: Any) -> tuple[Callable[[str], Any], int | str | None]:
     """The argparse ``type`` and ``nargs`` of a dataclass field's annotation."""
     origin, args = typing.get_origin(annotation), typing.get_args(annotation)
     if origin in (typing.Union, types.UnionType):  # X | None: the option takes an X
         (annotation,) = [a for a in args if a is not type(None)]
         origin, args = typing.get_origin(annotation), typing.get_args(annotation)
     if origin is tuple:
-        return args[0], "*" if args[-1] is Ellipsis else str(len(args))
+        return args[0], "*" if args[-1] is Ellipsis else len(args)
     return annotation, None
 
 
@@ -138,7 +144,18 @@ def _usage() -> str:
     return "\n".join(lines)
 
 
+def passive_openmp() -> None:
+    """Make idle OpenMP threads sleep instead of spin (unless the user chose otherwise).
+
+    Must run before torch loads its OpenMP runtime. On a machine with more runnable threads than
+    cores (CI, shared boxes), spinning workers steal the cores the working threads need: a
+    training step measured 15-25x slower there with the default (active) policy.
+    """
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    passive_openmp()
     args = list(sys.argv[1:] if argv is None else argv)
     if not args or args[0] in ("-h", "--help"):
         print(_usage())

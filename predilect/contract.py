@@ -75,6 +75,12 @@ KEY_MODEL_NAME = "predilect.model_name"
 KEY_MODEL_VERSION = "predilect.model_version"
 KEY_METRICS = "predilect.metrics"
 CHECKPOINT_FORMAT = "predilect.checkpoint.v1"
+# The stage-1 (pretraining) checkpoint: the whole UOPSL model, never served.
+PRETRAIN_FORMAT = "predilect.pretrain.v1"
+KEY_UOPSL_CFG = "predilect.uopsl"
+KEY_TOKENIZER = "predilect.tokenizer"
+KEY_TRAINING = "predilect.training_run"
+"""The options of the run that wrote a checkpoint (stage, ablation flags, held-out categories)."""
 LOOP_STATE_FORMAT = "predilect.loop_state.v1"
 """Format of a training run's resumable state (``run_dir/state.pt``, written by ``training.loop``)."""
 

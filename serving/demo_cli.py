@@ -41,7 +41,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--oct-count", type=int, default=480, help="phantom OCT B-scans (unpaired)")
     p.add_argument("--size", type=parse_size, default=(2048, 1536), help="camera frame, WxH")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--epochs", type=int, default=None, help="fundus epochs (default: training's)")
+    p.add_argument("--epochs", type=int, default=None, help="epochs of each stage (default: the demo's)")
     p.add_argument("--concurrency", type=int, default=8, help="requests in flight while screening")
     p.add_argument("--grpc-port", type=int, default=0, help="0 picks a free port")
     p.add_argument("--rows", type=int, default=12, help="result rows to print")
@@ -71,26 +71,43 @@ def _phantom(args: argparse.Namespace) -> Path:
     return manifest
 
 
+DEMO_IMAGE_SIZE = 128
+DEMO_WIDTHS = "[24, 48, 96]"
+DEMO_PRETRAIN_EPOCHS, DEMO_FINETUNE_EPOCHS = 8, 8
+
+
 def _train(args: argparse.Namespace, manifest: Path) -> Path:
-    from predilect.training.train import TrainCfg, train
+    """Both UOPSL stages at a small size: stage 1 (fundus/OCT <-> text, sites learned on OCT),
+    then stage 2 (fundus only) writes the checkpoint that is exported and served."""
+    import shutil
+
+    from predilect.training.train import runs, train
 
     checkpoint = Artifacts(args.workdir).checkpoint
-    overrides: dict[str, int] = {"seed": args.seed}
-    if args.epochs is not None:
-        overrides["epochs"] = args.epochs
+    shutil.rmtree(checkpoint.parent, ignore_errors=True)  # a fresh run each time (no stale run state)
     oct_manifest = manifest.with_name("oct_manifest.csv")
-    result = train(
+    common = [
+        f"loop.seed={args.seed}",
+        f"data.preprocess.size={DEMO_IMAGE_SIZE}",
+        f"model.widths={DEMO_WIDTHS}",
+        "loop.lr=0.002",
+        "pretrain.in_memory=true",
+        "finetune.in_memory=true",
+    ]
+    first, second = runs(
         manifest,
-        checkpoint,
         oct_manifest=oct_manifest if oct_manifest.is_file() else None,
-        cfg=TrainCfg(**overrides),
-        cache_dir=Artifacts(args.workdir).cache,
-        report=lambda line: print(f"      {line}", flush=True),
+        common=common,
+        pretrain=[f"loop.epochs={args.epochs or DEMO_PRETRAIN_EPOCHS}"],
+        finetune=[f"loop.epochs={args.epochs or DEMO_FINETUNE_EPOCHS}"],
     )
-    print(
-        f"      in-process held-out macro AUROC {result.heldout_macro_auroc:.4f}; "
-        f"checkpoint {checkpoint} ({result.meta.version})"
+    result = train(
+        first, second, checkpoint, cache_dir=Artifacts(args.workdir).cache, report=lambda line: print(f"      {line}")
     )
+    stage2 = result.finetune
+    assert stage2.meta is not None
+    auroc = "n/a" if stage2.test_macro_auroc is None else f"{stage2.test_macro_auroc:.4f}"
+    print(f"      in-process test macro AUROC {auroc}; checkpoint {checkpoint} ({stage2.meta.version})")
     return checkpoint
 
 
@@ -179,7 +196,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     manifest = _phantom(args)
     _done(t0)
-    t0 = _step(2, "training (OCT teaches the predilection sites, fundus learns to attend)")
+    t0 = _step(2, "training: stage 1 OCT/fundus <-> text + sites matrix on OCT, stage 2 fundus only")
     checkpoint = _train(args, manifest)
     _done(t0)
     t0 = _step(3, "export to ONNX + parity under ONNX Runtime")

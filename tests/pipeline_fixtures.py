@@ -33,18 +33,20 @@ def pipeline(phantom_manifest, tmp_path_factory) -> Pipeline:
     from predilect.build.export import export_onnx
     from predilect.serving.configs import ServingOptions
     from predilect.serving.repository import assemble
-    from predilect.training.train import TrainCfg, train
+    from predilect.training.train import runs, train
 
     torch.set_num_threads(2)
     work = tmp_path_factory.mktemp("pipeline")
     checkpoint = work / "checkpoint" / "model.safetensors"
-    train(
+    small = ["data.preprocess.size=64", "model.widths=[8, 16, 32]", "loop.batch_size=8"]
+    first, second = runs(
         phantom_manifest,
-        checkpoint,
         oct_manifest=phantom_manifest.with_name("oct_manifest.csv"),
-        cfg=TrainCfg(epochs=2, oct_epochs=1, freeze_sites_epochs=1),
-        cache_dir=work / "cache",
+        common=small,
+        pretrain=["loop.epochs=1", "data.oct.size=64", "pretrain.context_length=32"],
+        finetune=["loop.epochs=2", "finetune.freeze_sites_epochs=1"],
     )
+    train(first, second, checkpoint, cache_dir=work / "cache")
     onnx_path = work / "onnx" / "model.onnx"
     export_onnx(checkpoint, onnx_path)
     # Unbounded queues: these tests check answers, not overload (tests/test_overload.py does that).

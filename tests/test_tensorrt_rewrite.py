@@ -61,7 +61,8 @@ def test_rewrite_leaves_one_plugin_node_when_given_exported_model(exported):
     assert onnx.helper.get_attribute_value(node.attribute[0]) == SITES
     shapes = {init.name: tuple(init.dims) for init in rewritten.graph.initializer}
     c = len(DEFAULT_CATALOG)
-    assert [shapes[name] for name in node.input[1:]] == [(c, SITES, 32), (c, 32), (c,)]
+    d = ModelCfg(num_diseases=c, widths=(8, 16, 32)).dim  # content 32 + the anatomical code
+    assert [shapes[name] for name in node.input[1:]] == [(c, SITES, d), (c, d), (c,)]
     assert [(f.domain, f.name) for f in rewritten.functions] == [(DOMAIN, OP_TYPE)]
 
 

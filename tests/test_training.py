@@ -3,56 +3,89 @@
 import json
 
 import numpy as np
+import pytest
 
-from predilect.catalog import DEFAULT_CATALOG
+from predilect.catalog import load_catalog
 from predilect.preprocess import PreprocessCfg, Preprocessor
-from predilect.training.checkpoint import load_checkpoint
+from predilect.training.checkpoint import load_checkpoint, load_pretrain
 from predilect.training.data import load_fundus_pixels, load_oct_scans
 from predilect.training.manifest import read_manifest
+from predilect.training.train import runs, train
 from predilect.training.train_cli import main as train_main
 
+SMALL = ["--image-size", "64", "--widths", "8", "16", "32", "--batch-size", "8"]
+SMALL_SET = ["data.preprocess.size=64", "model.widths=[8, 16, 32]", "loop.batch_size=8", "loop.epochs=1"]
+SMALL_PRE = ["data.oct.size=64", "pretrain.context_length=32"]
 
-def test_train_cli_writes_checkpoint_and_metrics_when_run_on_phantom(phantom_manifest, tmp_path, capsys):
-    out = tmp_path / "ckpt" / "model.safetensors"
-    rc = train_main(
-        [
-            "--manifest",
-            str(phantom_manifest),
-            "--out",
-            str(out),
-            "--epochs",
-            "1",
-            "--oct-epochs",
-            "1",
-        ]
-    )
-    assert rc == 0
+
+def test_train_cli_writes_pretrain_and_served_checkpoints_when_both_stages_run(phantom_manifest, tmp_path, capsys):
+    pre, out = tmp_path / "pre" / "pretrain.safetensors", tmp_path / "ckpt" / "model.safetensors"
+    common = ["--manifest", str(phantom_manifest), "--cache-dir", str(tmp_path / "cache"), "--epochs", "1", *SMALL]
+    assert train_main(["pretrain", *common, "--out", str(pre), "--oct-size", "64", "--context-length", "32"]) == 0
     text = capsys.readouterr().out
-    assert "OCT teaching epoch 1/1" in text and "held-out macro AUROC" in text
+    assert "OCT: " in text and "unpaired" in text and "val macro AUROC" in text
+    catalog = load_catalog(phantom_manifest.with_name("phantom_catalog.json"))
+    _, pre_meta = load_pretrain(pre)
+    assert pre_meta.training["stage"] == "pretrain" and pre_meta.catalog == catalog
+    assert json.loads((pre.parent / "config.json").read_text())["pretrain"]["context_length"] == 32
+    assert train_main(["finetune", *common, "--pretrained", str(pre), "--out", str(out)]) == 0
+    assert "test macro AUROC" in capsys.readouterr().out
     model, meta = load_checkpoint(out)
-    assert meta.catalog == DEFAULT_CATALOG and meta.preprocess == PreprocessCfg()
+    assert meta.catalog == catalog and meta.preprocess.size == 64
+    assert meta.training["pretrained"] == str(pre) and meta.training["matrix"] == "tune"
     metrics = json.loads((out.parent / "metrics.json").read_text())
-    assert metrics["version"] == meta.version and metrics["heldout_macro_auroc"] == meta.metrics["heldout_macro_auroc"]
+    assert metrics["version"] == meta.version and metrics["test_macro_auroc"] == meta.metrics["test_macro_auroc"]
 
 
-def test_train_learns_held_out_diseases_when_trained_on_small_phantom(tmp_path):
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        ([], "choose a stage"),
+        (["pretrain", "--holdout", "nonsense"], "not in the catalog"),
+        (["pretrain", "--matrix", "tune"], "learn or ablate"),
+        (["finetune", "--matrix", "learn"], "tune"),
+        (["pretrain", "--no-oct", "--shuffle-oct-labels"], "needs the OCT stage"),
+        (["pretrain", "--set", "loop.epochs=0"], "loop.epochs"),
+        (["pretrain", "--set", "pretrain.nonsense=1"], "nonsense"),
+    ],
+)
+def test_train_cli_exits_2_with_one_line_when_options_invalid(argv, message, phantom_manifest, tmp_path, capsys):
+    where = ["--manifest", str(phantom_manifest), "--out", str(tmp_path / "run" / "x.safetensors")]
+    rc = train_main([*argv[:1], *where, *argv[1:]] if argv else argv)
+    err = capsys.readouterr().err
+    assert rc == 2 and message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_train_learns_held_out_diseases_when_both_stages_run_on_small_phantom(tmp_path):
     # Chance is 0.5; a model that did not learn (broken loss, frozen weights, shuffled labels)
-    # stays near it. The easy phantom is separable, so a few epochs must get far above it.
+    # stays near it. The easy phantom is separable, so the two stages must get far above it.
     from predilect.training.phantom import generate
-    from predilect.training.train import TrainCfg, train
 
-    manifest = generate(tmp_path / "phantom", count=320, oct_count=0, seed=3, width=512, height=384, workers=2)
-    result = train(manifest, tmp_path / "model.safetensors", oct_manifest=None, cfg=TrainCfg(epochs=12, seed=0))
-    assert result.heldout_macro_auroc >= 0.8, result.heldout_auroc
+    manifest = generate(tmp_path / "phantom", count=320, oct_count=160, seed=3, width=512, height=384, workers=2)
+    small = ["data.preprocess.size=96", "model.widths=[16, 32, 64]", "loop.lr=0.002"]
+    first, second = runs(
+        manifest,
+        oct_manifest=manifest.with_name("oct_manifest.csv"),
+        common=[*small, "pretrain.in_memory=true", "finetune.in_memory=true"],
+        pretrain=["loop.epochs=6", "data.oct.size=64"],
+        finetune=["loop.epochs=10"],
+    )
+    result = train(first, second, tmp_path / "run" / "model.safetensors", cache_dir=tmp_path / "cache")
+    assert result.finetune.test_macro_auroc is not None
+    assert result.finetune.test_macro_auroc >= 0.8, result.finetune.test_auroc
 
 
 def test_train_gives_same_version_when_run_twice_with_same_seed(phantom_manifest, tmp_path):
-    from predilect.training.train import TrainCfg, train
-
-    cfg = TrainCfg(epochs=1, oct_epochs=0, freeze_sites_epochs=0)
-    first = train(phantom_manifest, tmp_path / "a.safetensors", oct_manifest=None, cfg=cfg)
-    second = train(phantom_manifest, tmp_path / "b.safetensors", oct_manifest=None, cfg=cfg)
-    assert first.meta.version == second.meta.version
+    first, second = runs(
+        phantom_manifest,
+        oct_manifest=phantom_manifest.with_name("oct_manifest.csv"),
+        common=SMALL_SET,
+        pretrain=SMALL_PRE,
+    )
+    results = [train(first, second, tmp_path / name / "model.safetensors") for name in ("a", "b")]
+    assert results[0].pretrain is not None and results[1].pretrain is not None
+    assert results[0].pretrain.meta.version == results[1].pretrain.meta.version
+    assert results[0].finetune.meta.version == results[1].finetune.meta.version
 
 
 def test_training_tensors_equal_serving_pipeline_when_same_files(phantom_manifest, tmp_path):

@@ -63,6 +63,6 @@ def load_oct_scans(records: Sequence[Record], *, size: int = OCT_INPUT_SIZE) -> 
     out = np.empty((len(records), 1, size, size), dtype=np.float32)
     for i, r in enumerate(records):
         with Image.open(r.path) as im:
-            scan = np.asarray(im.convert("L").resize((size, size), Image.BILINEAR), dtype=np.float32)
+            scan = np.asarray(im.convert("L").resize((size, size), Image.Resampling.BILINEAR), dtype=np.float32)
         out[i, 0] = (scan / 255.0 - 0.5) / 0.25
     return out

@@ -1,0 +1,45 @@
+"""`predilect experiment`: a tiny ablation grid end to end (two variants, one seed)."""
+
+import json
+
+from predilect.training.experiment_cli import main as experiment_main
+
+
+def test_experiment_grid_writes_paired_differences_and_reuses_cells_when_rerun(phantom_manifest, tmp_path, capsys):
+    argv = [
+        "--manifest",
+        str(phantom_manifest),
+        "--out",
+        str(tmp_path / "grid"),
+        "--seeds",
+        "0",
+        "--variants",
+        "full,shuffled,frozen",
+        "--set",
+        "data.preprocess.size=64",
+        "--set",
+        "model.widths=[8, 16, 32]",
+        "--set",
+        "loop.batch_size=8",
+        "--set",
+        "loop.epochs=1",
+        "--set",
+        "pretrain.in_memory=true",
+        "--pretrain-set",
+        "data.oct.size=64",
+        "--resamples",
+        "40",
+    ]
+    assert experiment_main(argv) == 0
+    summary = json.loads((tmp_path / "grid" / "summary.json").read_text())
+    cells = summary["table"]["cells"]
+    assert set(cells) == {"full/seed0", "shuffled/seed0", "frozen/seed0"}
+    difference = summary["table"]["comparisons"]["full - shuffled"]["all"]["pooled"]
+    assert difference["low"] <= difference["value"] <= difference["high"]
+    # frozen reused full's pretraining; no pretraining of its own
+    assert not (tmp_path / "grid" / "frozen" / "seed0" / "pretrain").exists()
+    shuffled = json.loads((tmp_path / "grid" / "shuffled" / "seed0" / "pretrain" / "config.json").read_text())
+    assert shuffled["pretrain"]["shuffle_oct_labels"] is True
+    capsys.readouterr()
+    assert experiment_main([*argv, "--summary-only"]) == 0  # finished cells are read, not retrained
+    assert "full - shuffled" in capsys.readouterr().out
