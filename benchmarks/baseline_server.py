@@ -4,12 +4,11 @@ FastAPI + PyTorch eager on the same checkpoint, with its own straightforward pre
 PIL full decode -> centre square crop -> resize -> normalise. One uvicorn worker; FastAPI
 runs the sync endpoint in its thread pool, torch uses ``--torch-threads`` intra-op threads.
 
-    python -m predilect.benchmarks.baseline_server --checkpoint artifacts/checkpoint/model.safetensors --port 8080
+    predilect bench baseline-server --checkpoint artifacts/checkpoint/model.safetensors --port 8080
 """
 
 from __future__ import annotations
 
-import argparse
 import io
 from collections.abc import Sequence
 from pathlib import Path
@@ -64,28 +63,3 @@ def create_app(checkpoint: Path):
         return await run_in_threadpool(predict, await request.body())
 
     return app
-
-
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m predilect.benchmarks.baseline_server", description=__doc__.splitlines()[0]
-    )
-    p.add_argument("--checkpoint", type=Path, required=True)
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8080)
-    p.add_argument("--torch-threads", type=int, default=2)
-    return p
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    import torch
-    import uvicorn
-
-    args = _parser().parse_args(argv)
-    torch.set_num_threads(args.torch_threads)
-    uvicorn.run(create_app(args.checkpoint), host=args.host, port=args.port, log_level="warning", access_log=False)
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -1,8 +1,15 @@
-"""`predilect bench`: concurrency sweep of the Triton ensemble against its baselines, one run.
+"""`predilect bench`: the CPU profile measured side by side in one run, or one of its sub-benchmarks.
 
-(a) in-process bound (decode + preprocess + ONNX Runtime, no server), (b) FastAPI + PyTorch
-eager driven by Locust over HTTP, (c) the Triton ensemble driven by Locust through the gRPC
-client SDK: same images, same concurrency points, one after the other on this machine.
+    predilect bench [serving] [options]     # the whole comparison (what `make bench` runs)
+    predilect bench decoders [options]      # preprocessing vs the decode floor; AUROC per decoder
+    predilect bench sweep [options]         # one Locust point per serving config
+    predilect bench baseline-server ...     # run the FastAPI + PyTorch baseline alone
+
+`serving`, one stack after the other on this machine, same images, same concurrency points:
+(a) the in-process bound (decode + preprocess + ONNX Runtime, no server); (c) the Triton
+ensemble in the default layout through the gRPC client SDK, plus single points for the other
+layout and for INT8; (b) FastAPI + PyTorch eager; (d) BentoML serving the same Preprocessor
+and ONNX model. Also: preprocessing ms/image against the decode floor, the INT8 accuracy gate.
 Writes ``<out-dir>/<date>-<machine>.md`` with PNG plots and the raw figures as JSON.
 """
 
@@ -11,12 +18,14 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime as dt
+import importlib
 import json
 import shlex
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +36,11 @@ from predilect.cli import CommandError, command
 
 HEADLINE_USERS = 16
 MIX_USERS = 16
-
+SUBCOMMANDS = {
+    "decoders": "predilect.benchmarks.decoders_cli",
+    "sweep": "predilect.benchmarks.sweep_cli",
+    "baseline-server": "predilect.benchmarks.baseline_server_cli",
+}
 
 ARTIFACTS = default_artifacts()
 
@@ -40,19 +53,19 @@ def _users(text: str) -> list[int]:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="predilect bench", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="predilect bench [serving]", description=__doc__.splitlines()[0])
     p.add_argument("--onnx", type=Path, default=ARTIFACTS.onnx, help="exported model")
     p.add_argument(
         "--checkpoint",
         type=Path,
         default=None,
-        help="checkpoint for baseline (b); default: the artefact checkpoint if present",
+        help="checkpoint for baseline (b); default: the artefact one if present",
     )
     p.add_argument(
         "--model-repository",
         type=Path,
         default=None,
-        help="serve this repository as is (default: assemble --onnx with the tuned defaults)",
+        help="serve this repository as is for (c) (default: assemble --onnx with the defaults)",
     )
     p.add_argument(
         "--manifest",
@@ -61,10 +74,14 @@ def _parser() -> argparse.ArgumentParser:
         help="phantom manifest: held-out images are the camera payloads and give AUROC checks",
     )
     p.add_argument("--images", type=int, default=180, help="camera-size images sent round-robin (the held-out split)")
-    p.add_argument("--users", type=_users, default=[1, 2, 4, 8, 16, 32, 64], help="concurrency points, e.g. 1,4,16")
+    p.add_argument("--users", type=_users, default=[1, 4, 16, 64], help="concurrency points, e.g. 1,4,16")
     p.add_argument("--seconds-per-point", type=int, default=20)
     p.add_argument("--locust-workers", type=int, default=0, help="0: one local locust process; N: master + N workers")
-    p.add_argument("--no-baseline", action="store_true", help="skip baseline (b)")
+    p.add_argument("--no-baseline", action="store_true", help="skip baseline (b), FastAPI + PyTorch")
+    p.add_argument("--no-bento", action="store_true", help="skip baseline (d), BentoML")
+    p.add_argument("--no-layouts", action="store_true", help="skip the other layout's point")
+    p.add_argument("--no-int8", action="store_true", help="skip INT8 (quantize if no gated model, then serve it)")
+    p.add_argument("--no-preprocess", action="store_true", help="skip preprocessing vs the decode floor")
     p.add_argument("--no-mix", action="store_true", help="skip the mixed 1.5-6 MP point")
     p.add_argument(
         "--quick", action="store_true", help="CI smoke: 2 rendered images, users 1,2, 3 s per point, no mix, no AUROC"
@@ -91,11 +108,14 @@ def _camera_payloads(args: argparse.Namespace, work: Path) -> tuple[list[Path], 
 
 def _load(
     args: argparse.Namespace, user_class: str, host: str, users: int, images_list: Path, csv_prefix: Path
-) -> LoadResult:
+) -> dict[str, Any]:
+    """One load point, with the machine's load average before and after it."""
+    before = machine.load_average()
+    result: LoadResult
     if args.locust_workers:
         from predilect.serving.server import free_port
 
-        return run_locust_distributed(
+        result = run_locust_distributed(
             user_class,
             host,
             users=users,
@@ -105,39 +125,25 @@ def _load(
             workers=args.locust_workers,
             master_port=free_port(),
         )
-    return run_locust(
-        user_class, host, users=users, run_time_s=args.seconds_per_point, images_list=images_list, csv_prefix=csv_prefix
+    else:
+        result = run_locust(
+            user_class,
+            host,
+            users=users,
+            run_time_s=args.seconds_per_point,
+            images_list=images_list,
+            csv_prefix=csv_prefix,
+        )
+    return {**result.to_dict(), "load_before": before, "load_after": machine.load_average()}
+
+
+def _print_point(stack: str, point: dict[str, Any]) -> None:
+    print(
+        f"  {stack:<28} users {point['users']:>3}: {point['requests_per_s']:6.1f} images/s  "
+        f"p50 {point['p50_ms']:6.0f} ms  p99 {point['p99_ms']:6.0f} ms  errors {point['error_rate']:.1%}  "
+        f"load generator {point['loadgen_cpu_cores']:.2f} cores  load {point['load_before'][0]:.1f}",
+        flush=True,
     )
-
-
-def _sweep_triton(args, server, camera_list: Path, work: Path) -> list[dict[str, Any]]:
-    from predilect.benchmarks.triton_stats import interval_times, snapshot
-
-    points = []
-    for users in args.users:
-        before = snapshot(server.grpc_url)
-        result = _load(args, "TritonGrpcUser", server.grpc_url, users, camera_list, work / "csv" / f"triton-{users}")
-        times = interval_times(before, snapshot(server.grpc_url))
-        points.append({**result.to_dict(), "triton_times": [t.to_dict() for t in times]})
-        print(
-            f"  (c) triton   users {users:>3}: {result.requests_per_s:6.1f} images/s  p50 {result.p50_ms:6.0f} ms"
-            f"  p99 {result.p99_ms:6.0f} ms  errors {result.error_rate:.1%}",
-            flush=True,
-        )
-    return points
-
-
-def _sweep_baseline(args, url: str, camera_list: Path, work: Path) -> list[dict[str, Any]]:
-    points = []
-    for users in args.users:
-        result = _load(args, "BaselineHttpUser", url, users, camera_list, work / "csv" / f"baseline-{users}")
-        points.append(result.to_dict())
-        print(
-            f"  (b) baseline users {users:>3}: {result.requests_per_s:6.1f} images/s  p50 {result.p50_ms:6.0f} ms"
-            f"  p99 {result.p99_ms:6.0f} ms  errors {result.error_rate:.1%}",
-            flush=True,
-        )
-    return points
 
 
 def _auroc(answers, manifest: Path, count: int) -> float:
@@ -150,54 +156,126 @@ def _auroc(answers, manifest: Path, count: int) -> float:
     return macro_auroc(label_matrix(records), answers_matrix(answers, ids), ids)
 
 
-def _run_triton(args, results: dict, camera: list[Path], lists: dict[str, Path], work: Path, labelled: bool) -> None:
-    from predilect.benchmarks.stacks import screen_grpc_all
-    from predilect.serving.repository import assemble
+@dataclasses.dataclass
+class _Run:
+    """What one benchmark run shares between its stacks."""
+
+    args: argparse.Namespace
+    work: Path
+    camera: list[Path]
+    lists: dict[str, Path]
+    labelled: bool
+    results: dict[str, Any]
+
+    def sweep(self, stack: str, user_class: str, host: str, users: Sequence[int]) -> list[dict[str, Any]]:
+        points = []
+        for n in users:
+            point = _load(self.args, user_class, host, n, self.lists["camera"], self.work / "csv" / f"{stack}-{n}")
+            _print_point(stack, point)
+            points.append(point)
+        return points
+
+    def accuracy(self, stack: str, answers: list[dict[str, float]]) -> None:
+        if self.labelled:
+            self.results["accuracy"][stack] = _auroc(answers, self.args.manifest, len(self.camera))
+
+    def mix(self, stack: str, user_class: str, host: str) -> None:
+        if "mix" in self.lists:
+            self.results["mix"][stack] = _load(
+                self.args, user_class, host, MIX_USERS, self.lists["mix"], self.work / "csv" / f"{stack}-mix"
+            )
+
+
+def _triton(repository: Path, work: Path, name: str) -> AbstractContextManager[Any]:
     from predilect.serving.server import TritonServer, free_port
 
-    repository = args.model_repository or assemble(args.onnx, work / "model_repository")
-    print(f"(c) starting tritonserver on {repository}", flush=True)
-    with TritonServer(
+    return TritonServer(
         model_repository=repository,
         grpc_port=free_port(),
         http_port=free_port(),
         metrics_port=free_port(),
         bind_address="127.0.0.1",
-        log_path=work / "tritonserver.log",
-    ) as server:
-        answers = screen_grpc_all(server.grpc_url, [p.read_bytes() for p in camera])  # warm-up
-        if labelled:
-            results["accuracy"][report.STACK_TRITON] = _auroc(answers, args.manifest, len(camera))
-        results["sweeps"][report.STACK_TRITON] = _sweep_triton(args, server, lists["camera"], work)
-        if "mix" in lists:
-            result = _load(
-                args, "TritonGrpcUser", server.grpc_url, MIX_USERS, lists["mix"], work / "csv" / "triton-mix"
+        log_path=work / f"tritonserver-{name}.log",
+    )
+
+
+def _triton_stack(run: _Run, stack: str, options: Any, users: Sequence[int], *, mix: bool) -> None:
+    from predilect.benchmarks.stacks import screen_grpc_all
+    from predilect.benchmarks.triton_stats import interval_times, snapshot
+    from predilect.serving.repository import assemble
+
+    args = run.args
+    if stack == report.STACK_TRITON and args.model_repository:
+        repository = args.model_repository
+    else:
+        repository = assemble(args.onnx, run.work / f"repo-{stack}", options)
+    print(f"{stack}: starting tritonserver on {repository}", flush=True)
+    with _triton(repository, run.work, stack) as server:
+        run.accuracy(stack, screen_grpc_all(server.grpc_url, [p.read_bytes() for p in run.camera]))  # warm-up
+        points = []
+        for n in users:
+            before = snapshot(server.grpc_url)
+            point = _load(
+                args, "TritonGrpcUser", server.grpc_url, n, run.lists["camera"], run.work / "csv" / f"{stack}-{n}"
             )
-            results["mix"][report.STACK_TRITON] = result.to_dict()
+            point["triton_times"] = [t.to_dict() for t in interval_times(before, snapshot(server.grpc_url))]
+            _print_point(stack, point)
+            points.append(point)
+        run.results["sweeps"][stack] = points
+        if mix:
+            run.mix(stack, "TritonGrpcUser", server.grpc_url)
 
 
-def _run_baseline(args, results: dict, camera: list[Path], lists: dict[str, Path], work: Path, labelled: bool) -> None:
-    from predilect.benchmarks.stacks import baseline_server, screen_http_all
+def _http_stack(
+    run: _Run, stack: str, server: Callable[..., AbstractContextManager[str]], source: Path, user_class: str, screen_all
+) -> None:
     from predilect.serving.server import free_port
 
-    print(f"(b) starting the FastAPI + PyTorch baseline on {args.checkpoint}", flush=True)
-    with baseline_server(args.checkpoint, port=free_port(), log_path=work / "baseline.log") as url:
-        answers = screen_http_all(url, [p.read_bytes() for p in camera])  # warm-up
-        if labelled:
-            results["accuracy"][report.STACK_BASELINE] = _auroc(answers, args.manifest, len(camera))
-        results["sweeps"][report.STACK_BASELINE] = _sweep_baseline(args, url, lists["camera"], work)
-        if "mix" in lists:
-            result = _load(args, "BaselineHttpUser", url, MIX_USERS, lists["mix"], work / "csv" / "baseline-mix")
-            results["mix"][report.STACK_BASELINE] = result.to_dict()
+    print(f"{stack}: starting on {source}", flush=True)
+    with server(source, port=free_port(), log_path=run.work / f"{stack}.log") as url:
+        run.accuracy(stack, screen_all(url, [p.read_bytes() for p in run.camera]))  # warm-up
+        run.results["sweeps"][stack] = run.sweep(stack, user_class, url, run.args.users)
+        run.mix(stack, user_class, url)
 
 
-def _run_inprocess(args, results: dict, camera: list[Path]) -> None:
+def _inprocess(run: _Run) -> None:
     from predilect.benchmarks.inprocess import run_inprocess
 
     print("(a) in-process bound", flush=True)
-    bound = run_inprocess(args.onnx, [p.read_bytes() for p in camera], duration_s=args.seconds_per_point)
-    results["inprocess"] = {**dataclasses.asdict(bound), "images_per_s": bound.images_per_s}
+    bound = run_inprocess(run.args.onnx, [p.read_bytes() for p in run.camera], duration_s=run.args.seconds_per_point)
+    run.results["inprocess"] = {**dataclasses.asdict(bound), "images_per_s": bound.images_per_s}
     print(f"  (a) in-process: {bound.images_per_s:.1f} images/s", flush=True)
+
+
+def _preprocess(run: _Run, cfg: Any) -> None:
+    from predilect.benchmarks.decoders import preprocess_timings
+
+    print("preprocessing vs the decode floor (one thread)", flush=True)
+    data = [p.read_bytes() for p in run.camera[:64]]
+    run.results["preprocessing"] = {**preprocess_timings(data, cfg, dali=False), "load": machine.load_average()}
+    print(f"  served / floor: {run.results['preprocessing']['served_over_floor']:.2f}x", flush=True)
+
+
+def _int8_gate(run: _Run) -> dict[str, Any] | None:
+    """The gate report of the INT8 model beside --onnx; quantizes into it first when there is none."""
+    import onnx
+
+    from predilect import contract
+    from predilect.build.quantize import QuantizationRefused, int8_path, quantize
+
+    path = int8_path(run.args.onnx)
+    if not path.is_file():
+        if not run.labelled:
+            run.results["notes"].append("INT8 not run: no gated INT8 model and no labelled manifest to quantize with")
+            return None
+        print(f"int8: quantizing {run.args.onnx} (calibrate + gate)", flush=True)
+        try:
+            quantize(run.args.onnx, run.args.manifest, path)
+        except QuantizationRefused as e:
+            run.results["notes"].append(f"INT8 refused by its accuracy gate: {e}")
+            return None
+    meta = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+    return json.loads(meta[contract.KEY_QUANTIZATION])
 
 
 def _setup(args: argparse.Namespace) -> dict[str, Any]:
@@ -212,12 +290,15 @@ def _setup(args: argparse.Namespace) -> dict[str, Any]:
         "onnx": str(args.onnx),
         "model_version": served.model_version,
         "decoder": served.preprocess.decoder,
+        "tensor_bytes_per_image": 4 * 3 * served.preprocess.size**2,
         "serving_options": options,
         "locust_version": version("locust"),
+        "bentoml_version": version("bentoml"),
         "seconds_per_point": args.seconds_per_point,
         "users": args.users,
         "headline_users": HEADLINE_USERS if HEADLINE_USERS in args.users else args.users[-1],
         "locust_workers": args.locust_workers,
+        "cores": machine.cores(),
     }
 
 
@@ -229,6 +310,55 @@ def _resolve_checkpoint(args: argparse.Namespace) -> None:
         args.checkpoint = None
 
 
+def _stacks(run: _Run) -> Iterator[tuple[str, Callable[[], None]]]:
+    """The measurements of one run, in order, each named."""
+    from predilect.benchmarks import stacks
+    from predilect.serving.configs import ServingOptions
+    from predilect.serving.repository import read_served_model
+
+    args, setup = run.args, run.results["setup"]
+    default = ServingOptions()
+    other = "split" if default.layout == "fused" else "fused"
+    headline = [setup["headline_users"]]
+    if not args.no_preprocess:
+        yield "preprocessing", lambda: _preprocess(run, read_served_model(args.onnx).preprocess)
+    yield "inprocess", lambda: _inprocess(run)
+    yield report.STACK_TRITON, lambda: _triton_stack(run, report.STACK_TRITON, default, args.users, mix=True)
+    if not args.no_layouts:
+        options = dataclasses.replace(default, layout=other)
+        yield (
+            f"triton_{other}",
+            lambda: _triton_stack(run, f"{report.STACK_TRITON}_{other}", options, headline, mix=False),
+        )
+    if not args.no_int8:
+        gate = _int8_gate(run)
+        if gate is not None:
+            run.results["int8_gate"] = gate
+            options = dataclasses.replace(default, precision="int8")
+            yield "triton_int8", lambda: _triton_stack(run, report.STACK_INT8, options, headline, mix=False)
+    if args.checkpoint is not None:
+        yield (
+            report.STACK_BASELINE,
+            lambda: _http_stack(
+                run,
+                report.STACK_BASELINE,
+                stacks.baseline_server,
+                args.checkpoint,
+                "BaselineHttpUser",
+                stacks.screen_http_all,
+            ),
+        )
+    else:
+        run.results["notes"].append("baseline (b) not run: no --checkpoint")
+    if not args.no_bento:
+        yield (
+            report.STACK_BENTO,
+            lambda: _http_stack(
+                run, report.STACK_BENTO, stacks.bento_server, args.onnx, "BentoHttpUser", stacks.screen_bento_all
+            ),
+        )
+
+
 def run(args: argparse.Namespace, work: Path, argv: Sequence[str]) -> Path:
     """The whole benchmark; returns the report path."""
     if args.quick:
@@ -238,13 +368,14 @@ def run(args: argparse.Namespace, work: Path, argv: Sequence[str]) -> Path:
         raise CommandError(f"no exported model at {args.onnx}; run `make demo` or pass --onnx")
     now = dt.datetime.now(dt.timezone.utc)
     camera, camera_label, labelled = _camera_payloads(args, work)
+    sizes = [p.stat().st_size for p in camera]
     lists = {"camera": payloads.write_list(camera, work / "camera.txt")}
     results: dict[str, Any] = {
         "date": now.strftime("%Y-%m-%d %H:%M UTC"),
         "command": "predilect bench " + shlex.join(argv),
-        "machine": {"description": machine.describe(), "slug": machine.slug()},
+        "machine": {"description": machine.describe(), "slug": machine.slug(), "load_at_start": machine.load_average()},
         "setup": _setup(args),
-        "payloads": {"camera": {"label": camera_label}},
+        "payloads": {"camera": {"label": camera_label, "mean_bytes": sum(sizes) / len(sizes)}},
         "sweeps": {},
         "mix": {},
         "accuracy": {},
@@ -257,20 +388,18 @@ def run(args: argparse.Namespace, work: Path, argv: Sequence[str]) -> Path:
             "label": "8 rendered phantom JPEGs, "
             + ", ".join(f"{w}x{h} ({w * h / 1e6:.1f} MP)" for w, h in payloads.MIX_SIZES)
         }
-    _run_inprocess(args, results, camera)
-    _run_triton(args, results, camera, lists, work, labelled)
-    if args.checkpoint is not None:
-        _run_baseline(args, results, camera, lists, work, labelled)
-    else:
-        results["notes"].append("baseline (b) not run: no --checkpoint")
+    state = _Run(args, work, camera, lists, labelled, results)
+    for _, measure in _stacks(state):
+        measure()
+    results["machine"]["load_at_end"] = machine.load_average()
     name = args.name or f"{now:%Y-%m-%d}-{machine.slug()}"
     args.out_dir.mkdir(parents=True, exist_ok=True)
     (args.out_dir / f"{name}.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     return report.write_report(results, args.out_dir, name)
 
 
-@command("bench")
-def main(argv: Sequence[str] | None = None) -> int:
+@command("bench serving")
+def serving_main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = _parser().parse_args(argv)
     start = time.monotonic()
@@ -284,5 +413,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+@command("bench")
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in SUBCOMMANDS:
+        return int(importlib.import_module(SUBCOMMANDS[argv[0]]).main(argv[1:]) or 0)
+    if argv and argv[0] == "serving":
+        argv = argv[1:]
+    return serving_main(argv)

@@ -3,6 +3,7 @@
     python -m locust -f benchmarks/locustfile.py TritonGrpcUser --headless --host 127.0.0.1:8001 \
         --users 16 --spawn-rate 16 --run-time 30s --csv out/triton
     python -m locust -f benchmarks/locustfile.py BaselineHttpUser --headless --host http://127.0.0.1:8080 ...
+    python -m locust -f benchmarks/locustfile.py BentoHttpUser --headless --host http://127.0.0.1:3000 ...
 
 ``PREDILECT_BENCH_IMAGES`` names a text file listing the JPEGs to send (one path per line);
 each user cycles through them from its own offset, closed loop (no think time), so the
@@ -26,6 +27,7 @@ grpc_gevent.init_gevent()
 from locust import FastHttpUser, User, constant, events, task  # noqa: E402
 
 from predilect import contract  # noqa: E402
+from predilect.benchmarks.multipart import CONTENT_TYPE, multipart_image  # noqa: E402
 from predilect.client import ScreeningClient  # noqa: E402
 from predilect.client.errors import PredilectClientError  # noqa: E402
 
@@ -110,3 +112,32 @@ class BaselineHttpUser(FastHttpUser):
                 response.failure(f"HTTP {response.status_code}: {response.text[:200]}")
             elif "probabilities" not in (response.json() or {}):
                 response.failure("no probabilities in the response")
+
+
+class BentoHttpUser(FastHttpUser):
+    """Screens images on the BentoML baseline (``--host http://host:port``): same Preprocessor and ONNX model."""
+
+    wait_time = constant(0)
+    network_timeout = 120.0
+    connection_timeout = 120.0
+
+    def on_start(self) -> None:
+        # Encoded once per image, so the load generator spends no CPU on multipart per request.
+        self._bodies = itertools.cycle([multipart_image(p) for p in _PAYLOADS])
+        for _ in range(random.randrange(len(_PAYLOADS))):
+            next(self._bodies)
+
+    @task
+    def screen(self) -> None:
+        with self.client.post(
+            "/screen",
+            data=next(self._bodies),  # type: ignore[arg-type]  # raw bytes are sent as they are
+            headers={"Content-Type": CONTENT_TYPE},
+            name="screen",
+            catch_response=True,
+        ) as response:
+            answer = response.json() if response.status_code == 200 else None
+            if response.status_code != 200:
+                response.failure(f"HTTP {response.status_code}: {response.text[:200]}")
+            elif not (isinstance(answer, list) and len(answer) == 1 and isinstance(answer[0], dict)):
+                response.failure(f"not one probability map: {str(answer)[:200]}")

@@ -43,3 +43,13 @@ def slug() -> str:
     model = re.sub(r"\(r\)|\(tm\)|cpu|@.*$", "", cpu_model().lower())
     model = re.sub(r"[^a-z0-9]+", "-", model).strip("-")[:40]
     return f"{cores()}core-{model}"
+
+
+def load_average() -> tuple[float, float, float]:
+    """1-, 5- and 15-minute load averages: how busy the (shared) machine was around a figure."""
+    return os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
+
+
+def describe_load() -> str:
+    one, five, fifteen = load_average()
+    return f"load average {one:.2f} / {five:.2f} / {fifteen:.2f} (1 / 5 / 15 min) on {cores()} cores"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from collections.abc import Mapping, Sequence
@@ -9,11 +10,24 @@ from pathlib import Path
 from typing import Any
 
 from predilect import contract
+from predilect.benchmarks.decoders import FLOOR as _FLOOR
+from predilect.benchmarks.decoders import FLOOR_PIL as _FLOOR_PIL
+from predilect.benchmarks.decoders import SERVED as _SERVED
 
 STACK_TRITON = "triton"
+STACK_SPLIT, STACK_FUSED = "triton_split", "triton_fused"
+STACK_INT8 = "triton_int8"
 STACK_BASELINE = "fastapi_torch"
-LABELS = {STACK_TRITON: "(c) Predilect Triton ensemble (gRPC)", STACK_BASELINE: "(b) FastAPI + PyTorch eager (HTTP)"}
-STEPS = (contract.PREPROCESS_MODEL, contract.CLASSIFIER_MODEL, contract.POSTPROCESS_MODEL)
+STACK_BENTO = "bentoml"
+LABELS = {
+    STACK_TRITON: "(c) Predilect Triton ensemble, default layout (gRPC)",
+    STACK_SPLIT: "(c') Triton, split layout: preprocess -> classifier -> postprocess",
+    STACK_FUSED: "(c') Triton, fused layout: one process",
+    STACK_INT8: "(c'') Triton, default layout, INT8 classifier",
+    STACK_BASELINE: "(b) FastAPI + PyTorch eager (HTTP)",
+    STACK_BENTO: "(d) BentoML, same Preprocessor + ONNX model (HTTP)",
+}
+STEPS = (contract.FUSED_MODEL, contract.PREPROCESS_MODEL, contract.CLASSIFIER_MODEL, contract.POSTPROCESS_MODEL)
 
 
 def _plt():
@@ -78,7 +92,7 @@ def plot_breakdown(results: Mapping[str, Any], path: Path) -> str:
     fig, ax = plt.subplots(figsize=(6, 3.4))
     x = list(range(len(points)))
     bottom = [0.0] * len(points)
-    for s, step in enumerate(STEPS):
+    for s, step in enumerate(_steps(points)):
         for phase, hatch in (("queue_ms", "//"), ("compute_ms", "")):
             values = [_step_times(p, step).get(phase, 0.0) for p in points]
             ax.bar(
@@ -98,6 +112,12 @@ def plot_breakdown(results: Mapping[str, Any], path: Path) -> str:
     return _save(fig, path)
 
 
+def _steps(points: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The composing models that served requests in these points, in pipeline order."""
+    seen = {t["model"] for p in points for t in p.get("triton_times", [])}
+    return [step for step in STEPS if step in seen]
+
+
 def _step_times(point: Mapping[str, Any], step: str) -> dict[str, float]:
     for t in point.get("triton_times", []):
         if t["model"] == step:
@@ -113,75 +133,105 @@ def _at(points: Sequence[Mapping[str, Any]], users: int) -> Mapping[str, Any] | 
     return next((p for p in points if p["users"] == users), None)
 
 
+def _first(values: Sequence[float] | None) -> str:
+    return f"{values[0]:.2f}" if values else "n/a"
+
+
 def _ratio(a: float, b: float) -> str:
     return f"{a / b:.2f}x" if b and not math.isnan(a) and not math.isnan(b) else "n/a"
 
 
+def _point(results: Mapping[str, Any], stack: str, users: int) -> Mapping[str, Any] | None:
+    return _at(results["sweeps"].get(stack, []), users)
+
+
 def headline(results: Mapping[str, Any], users: int) -> list[str]:
-    """The ratios at ``users``: what the Done-when criteria read."""
-    triton = _at(results["sweeps"].get(STACK_TRITON, []), users)
-    base = _at(results["sweeps"].get(STACK_BASELINE, []), users)
+    """The measured ratios at ``users``, each beside the target the CPU profile is held to."""
+    triton = _point(results, STACK_TRITON, users)
     bound = results.get("inprocess")
     lines = [f"At {users} concurrent users, {results['payloads']['camera']['label']}:", ""]
-    if triton and base:
+    pre = results.get("preprocessing")
+    if pre:
         lines.append(
-            f"* throughput (c)/(b): **{_ratio(triton['requests_per_s'], base['requests_per_s'])}** "
-            f"({triton['requests_per_s']:.1f} vs {base['requests_per_s']:.1f} images/s)"
-        )
-        lines.append(
-            f"* p99 latency (c) vs (b): **{triton['p99_ms']:.0f} ms vs {base['p99_ms']:.0f} ms** "
-            f"({_ratio(base['p99_ms'], triton['p99_ms'])} lower)"
+            f"* preprocessing, one thread: **{pre['ms_per_image'][_SERVED]:.2f} ms/image** vs the decode floor "
+            f"{min(pre['ms_per_image'][_FLOOR], pre['ms_per_image'][_FLOOR_PIL]):.2f} ms/image: "
+            f"**{pre['served_over_floor']:.2f}x** (target <= 1.25x)"
         )
     if triton and bound:
         lines.append(
-            f"* throughput (c)/(a): **{triton['requests_per_s'] / bound['images_per_s']:.0%}** of the "
-            f"in-process bound ({bound['images_per_s']:.1f} images/s)"
+            f"* throughput (c)/(a): **{triton['requests_per_s'] / bound['images_per_s']:.0%}** of the in-process "
+            f"bound ({triton['requests_per_s']:.1f} vs {bound['images_per_s']:.1f} images/s; target >= 90%)"
         )
-        lines += _loadgen_share(triton, bound)
-    if not (triton and (base or bound)):
-        lines.append(f"* no comparison: the sweep did not run both stacks at {users} users")
+        lines += _loadgen_share(results, triton, bound)
+    for stack, target in ((STACK_BASELINE, " (target >= 2.5x)"), (STACK_BENTO, " (target > 1x, lower p99)")):
+        other = _point(results, stack, users)
+        if triton and other:
+            lines.append(
+                f"* (c) vs {LABELS[stack].split(' ')[0]}: throughput "
+                f"**{_ratio(triton['requests_per_s'], other['requests_per_s'])}**"
+                f" ({triton['requests_per_s']:.1f} vs {other['requests_per_s']:.1f} images/s){target}; "
+                f"p99 **{triton['p99_ms']:.0f} vs {other['p99_ms']:.0f} ms**"
+            )
+    for stack in (STACK_SPLIT, STACK_FUSED, STACK_INT8):
+        other = _point(results, stack, users)
+        if triton and other:
+            lines.append(
+                f"* {LABELS[stack]}: {other['requests_per_s']:.1f} images/s, p99 {other['p99_ms']:.0f} ms "
+                f"(default layout: {triton['requests_per_s']:.1f} images/s, p99 {triton['p99_ms']:.0f} ms)"
+            )
+    gate = results.get("int8_gate")
+    if gate:
+        lines.append(
+            f"* INT8 accuracy gate ({gate['images']} held-out images): max |delta p| {gate['max_abs_dp']:.4f} "
+            f"(tolerance {gate['tolerance_abs_dp']}), macro AUROC {gate['auroc_fp32']:.4f} -> {gate['auroc_int8']:.4f} "
+            f"(tolerance -{gate['tolerance_auroc_drop']}): **{'passed' if gate['passed'] else 'refused'}**"
+        )
+    if not triton:
+        lines.append(f"* no comparison: the sweep did not run (c) at {users} users")
     return lines
 
 
-def _loadgen_share(triton: Mapping[str, Any], bound: Mapping[str, Any]) -> list[str]:
-    """How much of the machine the load generator took from the server, and the ratio without it."""
+def _loadgen_share(results: Mapping[str, Any], triton: Mapping[str, Any], bound: Mapping[str, Any]) -> list[str]:
+    """The CPU the same-machine load generator used at this point, and the bound scaled to what was left."""
     used = triton.get("loadgen_cpu_cores", float("nan"))
-    cores = os.cpu_count() or 1
+    cores = results["setup"].get("cores") or os.cpu_count() or 1
     if math.isnan(used) or used >= cores:  # NaN: an older result without the measurement
         return []
     left = (cores - used) / cores
     return [
-        f"* the load generator (Locust, {triton['users']} users, on this same machine) burnt **{used:.2f} of "
-        f"{cores} cores** at this point; the bound (a) ran with no load generator. Scaled to the "
-        f"{cores - used:.2f} cores left to the server, (c) reaches "
-        f"**{triton['requests_per_s'] / (bound['images_per_s'] * left):.0%}** "
-        "of (a). The rest of the gap is what a server pays and (a) does not: the gRPC transfer of each ~0.5 MB "
-        "JPEG and the shared-memory copies between the three Python-backend stub processes (the 600 KB float "
-        "tensor crosses preprocess -> classifier). What would close it: load from other machines (as clients "
-        "are in production), and fusing preprocess and classifier into one Python-backend step on the CPU "
-        "profile so the tensor never leaves the process."
+        f"* load generator (Locust, same machine): **{used:.2f} of {cores} cores** at this point; (c) is "
+        f"**{triton['requests_per_s'] / (bound['images_per_s'] * left):.0%}** of (a) scaled to the "
+        f"{cores - used:.2f} cores left"
     ]
+
+
+def _load(p: Mapping[str, Any]) -> str:
+    before, after = p.get("load_before"), p.get("load_after")
+    return f"{before[0]:.1f} / {after[0]:.1f}" if before and after else "n/a"
 
 
 def _sweep_table(points: Sequence[Mapping[str, Any]]) -> list[str]:
     lines = [
-        "| users | images/s | p50 ms | p90 ms | p99 ms | errors | requests |",
-        "|---:|---:|---:|---:|---:|---:|---:|",
+        "| users | images/s | p50 ms | p90 ms | p99 ms | errors | requests | load generator cores "
+        "| load avg before / after |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for p in points:
         lines.append(
             f"| {p['users']} | {p['requests_per_s']:.1f} | {p['p50_ms']:.0f} | {p['p90_ms']:.0f} | "
-            f"{p['p99_ms']:.0f} | {p['error_rate']:.1%} | {p['requests']} |"
+            f"{p['p99_ms']:.0f} | {p['error_rate']:.1%} | {p['requests']} | "
+            f"{p.get('loadgen_cpu_cores', float('nan')):.2f} | {_load(p)} |"
         )
     return lines
 
 
 def _breakdown_table(points: Sequence[Mapping[str, Any]]) -> list[str]:
-    head = "| users | " + " | ".join(f"{s} queue / compute ms (batch)" for s in STEPS) + " |"
-    lines = [head, "|---:|" + "---:|" * len(STEPS)]
+    steps = _steps(points)
+    head = "| users | " + " | ".join(f"{s} queue / compute ms (batch)" for s in steps) + " |"
+    lines = [head, "|---:|" + "---:|" * len(steps)]
     for p in points:
         cells = []
-        for step in STEPS:
+        for step in steps:
             t = _step_times(p, step)
             cells.append(f"{t['queue_ms']:.1f} / {t['compute_ms']:.1f} ({t['mean_batch']:.1f})" if t else "n/a")
         lines.append(f"| {p['users']} | " + " | ".join(cells) + " |")
@@ -198,15 +248,20 @@ def write_report(results: Mapping[str, Any], out_dir: Path, name: str) -> Path:
     if results["sweeps"].get(STACK_TRITON):
         plots["breakdown"] = plot_breakdown(results, out_dir / f"{name}-breakdown.png")
     machine, setup = results["machine"], results["setup"]
+    camera = results["payloads"]["camera"]
     lines = [
         f"# Screening benchmark, {results['date']}",
         "",
         f"* machine: {machine['description']}",
+        f"* load average (1 min) at start / end: {_first(machine.get('load_at_start'))} / "
+        f"{_first(machine.get('load_at_end'))}; per point in the tables",
         f"* command: `{results['command']}`",
         f"* model: `{setup['model_version']}` ({setup['onnx']}), preprocessing decoder `{setup['decoder']}`",
+        f"* payloads: {camera['label']}, mean {camera.get('mean_bytes', float('nan')) / 1000:.0f} kB; model input "
+        f"tensor {setup.get('tensor_bytes_per_image', float('nan')) / 1000:.0f} kB per image (float32)",
         f"* Triton serving options: {setup['serving_options']}",
         f"* load: Locust {setup['locust_version']}, closed loop (no think time), {setup['seconds_per_point']} s "
-        f"measured per point after spawning; the load generator shares the machine with the server",
+        f"measured per point after spawning, on this same machine (its CPU per point is in the tables)",
         "",
         "## Headline (ratios)",
         "",
@@ -217,6 +272,20 @@ def write_report(results: Mapping[str, Any], out_dir: Path, name: str) -> Path:
         f"![latency]({plots['latency']})",
         "",
     ]
+    pre = results.get("preprocessing")
+    if pre:
+        lines += [
+            f"## Preprocessing vs the decode floor (one thread, {pre['images']} payloads, mean "
+            f"{pre['mean_payload_bytes'] / 1000:.0f} kB)",
+            "",
+            "| strategy | ms / image |",
+            "|---|---:|",
+            *[f"| {k} | {v:.2f} |" for k, v in pre["ms_per_image"].items()],
+            "",
+            f"Served / floor: **{pre['served_over_floor']:.2f}x**; served tensors equal the previous implementation's "
+            f"bit for bit: {pre['served_equals_previous']}.",
+            "",
+        ]
     bound = results.get("inprocess")
     if bound:
         lines += [
@@ -230,6 +299,9 @@ def write_report(results: Mapping[str, Any], out_dir: Path, name: str) -> Path:
         ]
     for stack, points in results["sweeps"].items():
         lines += [f"## {LABELS[stack]}", "", *_sweep_table(points), ""]
+    gate = results.get("int8_gate")
+    if gate:
+        lines += ["## INT8 accuracy gate", "", "```", json.dumps(gate, indent=2, sort_keys=True), "```", ""]
     if results["sweeps"].get(STACK_TRITON):
         lines += [
             "## Where the time goes (Triton statistics per ensemble step)",

@@ -34,6 +34,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "train": ("predilect.training.train_cli", "train the predilection-site classifier on a manifest"),
     "export": ("predilect.build.export_cli", "export a checkpoint to ONNX and check it under ONNX Runtime"),
+    "quantize": ("predilect.build.quantize_cli", "INT8 model for the CPU profile, behind an accuracy gate"),
     "trt-rewrite": ("predilect.build.tensorrt.rewrite_cli", "fold the ONNX attention head into the TensorRT plugin"),
     "trt-engine": ("predilect.build.tensorrt.engine_cli", "build a TensorRT engine (needs TensorRT and a GPU)"),
     "assemble": ("predilect.serving.assemble_cli", "assemble the Triton model repository from an exported model"),

@@ -19,6 +19,8 @@ ENSEMBLE = "fundus_screen"
 PREPROCESS_MODEL = "preprocess"
 CLASSIFIER_MODEL = "classifier"
 POSTPROCESS_MODEL = "postprocess"
+FUSED_MODEL = "fused_screen"
+"""CPU profile, fused layout: preprocess + classifier + sigmoid in one Python-backend model."""
 TRITON_VERSION = "1"
 """The one version directory of every served model."""
 ONNX_FILENAME = "model.onnx"
@@ -58,6 +60,8 @@ DISCOVERY_KEYS = (KEY_CATALOG, KEY_PREPROCESS, KEY_MODEL_NAME, KEY_MODEL_VERSION
 # Backend parameters, read by the Python-backend models at initialize.
 KEY_DECODE_THREADS = "predilect.decode_threads"
 KEY_ORT_THREADS = "predilect.ort_threads"
+KEY_QUANTIZATION = "predilect.quantization"
+"""ONNX metadata of an INT8 model: the JSON report of the accuracy gate it passed against FP32."""
 
 # --------------------------------------------------------------------------- errors and records
 

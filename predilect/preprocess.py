@@ -21,6 +21,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import struct
 import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -99,44 +100,110 @@ def as_uint8(payload: Payload) -> np.ndarray:
             payload = payload.item()
         else:
             return np.ascontiguousarray(payload.reshape(-1).view(np.uint8))
-    return np.frombuffer(bytes(payload), dtype=np.uint8)
+    return np.frombuffer(payload, dtype=np.uint8)
 
 
-def inspect_image(data: np.ndarray, cfg: PreprocessCfg) -> tuple[str, int, int]:
-    """Check an encoded image before it reaches the decoder.
+@dataclass(frozen=True)
+class ImageHeader:
+    """What an encoded image declares before any pixel is decoded.
 
-    Returns ``(format, width, height)``; raises ``InvalidImageError`` naming the cause, so
-    that a bad request is rejected on its own instead of failing a whole decoder batch.
+    ``colour``: the JPEG colour space as libjpeg-turbo reports it (``Gray``, ``YCbCr``, ...)
+    or the PNG colour type's name; ``orientation``: the EXIF orientation tag (1-8, 1 when absent).
     """
-    from PIL import Image, UnidentifiedImageError
 
-    head = data[:16].tobytes()
+    format: str
+    width: int
+    height: int
+    colour: str
+    orientation: int = 1
+
+
+_JPEG_SOI, _PNG_SIGNATURE = b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n"
+_JPEG_COLOURS = ("Gray", "YCbCr", "RGB")
+"""Screened JPEG colour spaces: 8-bit greyscale and colour. CMYK / YCCK have no exact RGB conversion."""
+_PNG_COLOURS = {0: "greyscale", 2: "RGB", 3: "palette", 4: "greyscale+alpha", 6: "RGBA"}
+_EXIF_ORIENTATION = 0x0112
+
+
+def _jpeg_exif_orientation(data: np.ndarray) -> int:
+    """The EXIF orientation of a JPEG (1 when absent), from its APP1 segment; markers are walked up to SOS."""
+    from PIL import Image
+
+    raw, pos = data[: 4 * 65536].tobytes(), 2  # APPn segments sit before the scan, each <= 64 KiB
+    while pos + 4 <= len(raw) and raw[pos] == 0xFF:
+        marker, length = raw[pos + 1], int.from_bytes(raw[pos + 2 : pos + 4], "big")
+        if marker == 0xDA or length < 2:  # start of scan: no more metadata
+            break
+        if marker == 0xE1 and raw[pos + 4 : pos + 10] == b"Exif\x00\x00":
+            exif = Image.Exif()
+            exif.load(raw[pos + 10 : pos + 2 + length])
+            value = exif.get(_EXIF_ORIENTATION, 1)
+            return value if isinstance(value, int) and 1 <= value <= 8 else 1
+        pos += 2 + length
+    return 1
+
+
+def _jpeg_header(data: np.ndarray) -> ImageHeader:
+    import simplejpeg
+
+    try:
+        height, width, colour, _ = simplejpeg.decode_jpeg_header(data, strict=True)
+    except ValueError as e:
+        raise InvalidImageError(f"corrupt or unsupported JPEG header: {e}") from e
+    if colour not in _JPEG_COLOURS:
+        raise InvalidImageError(
+            f"unsupported JPEG colour space {colour}: only 8-bit RGB (YCbCr) and greyscale images are screened"
+        )
+    try:
+        orientation = _jpeg_exif_orientation(data)
+    except (ValueError, SyntaxError, struct.error, KeyError, IndexError, TypeError) as e:
+        raise InvalidImageError(f"corrupt EXIF metadata in the JPEG: {type(e).__name__}: {e}") from e
+    return ImageHeader("jpeg", int(width), int(height), str(colour), orientation)
+
+
+def _png_header(data: np.ndarray) -> ImageHeader:
+    head = data[:33].tobytes()
+    if len(head) < 33 or head[12:16] != b"IHDR":
+        raise InvalidImageError("corrupt PNG header: the first chunk is not IHDR")
+    width, height, depth, colour_type = struct.unpack(">IIBB", head[16:26])
+    colour = _PNG_COLOURS.get(colour_type)
+    if colour is None:
+        raise InvalidImageError(f"corrupt PNG header: unknown colour type {colour_type}")
+    if depth != 8 and not (colour_type == 3 and depth in (1, 2, 4)):
+        raise InvalidImageError(
+            f"{depth}-bit {colour} PNG: only 8-bit RGB and greyscale images are screened "
+            "(there is no exact conversion to 8 bits)"
+        )
+    return ImageHeader("png", width, height, colour)
+
+
+def inspect_image(data: np.ndarray, cfg: PreprocessCfg) -> ImageHeader:
+    """Check an encoded image from its header alone, before any pixel buffer is allocated.
+
+    Returns the header; raises ``InvalidImageError`` naming the cause (not a JPEG or PNG,
+    truncated, an unsupported colour space or bit depth, dimensions out of range), so that a
+    bad request is rejected on its own and a decompression bomb never reaches a decoder.
+    """
     if data.size == 0:
         raise InvalidImageError("empty payload: expected the bytes of a JPEG or PNG image")
-    if head.startswith(b"\xff\xd8\xff"):
-        fmt = "jpeg"
-        # A transmission cut short loses the end-of-image marker; decoders would otherwise
-        # return a silently grey-filled image.
+    head = data[:16].tobytes()
+    if head.startswith(_JPEG_SOI):
+        # A transmission cut short loses the end-of-image marker.
         if b"\xff\xd9" not in data[-64:].tobytes():
             raise InvalidImageError(f"truncated JPEG: no end-of-image marker in the last bytes of {data.size} bytes")
-    elif head.startswith(b"\x89PNG\r\n\x1a\n"):
-        fmt = "png"
+        header = _jpeg_header(data)
+    elif head.startswith(_PNG_SIGNATURE):
         if b"IEND" not in data[-32:].tobytes():
             raise InvalidImageError(f"truncated PNG: no IEND chunk at the end of {data.size} bytes")
+        header = _png_header(data)
     else:
         raise InvalidImageError(f"not a JPEG or PNG image: payload of {data.size} bytes starts with {head[:8]!r}")
-    try:
-        with Image.open(io.BytesIO(data.tobytes())) as im:
-            width, height = im.size
-    except UnidentifiedImageError as e:
-        raise InvalidImageError(f"corrupt {fmt.upper()} header: the decoder cannot identify the image") from e
-    except (OSError, SyntaxError, ValueError) as e:
-        raise InvalidImageError(f"corrupt {fmt.upper()} header: {e}") from e
+    width, height = header.width, header.height
     if min(width, height) < cfg.min_side_px:
         raise InvalidImageError(f"image too small: {width}x{height}, need at least {cfg.min_side_px} px a side")
     if width * height > cfg.max_pixels:
         raise InvalidImageError(f"image too large: {width}x{height} exceeds {cfg.max_pixels} pixels")
-    return fmt, width, height
+    return header
 
 
 def build_pipeline(cfg: PreprocessCfg, *, batch_size: int, num_threads: int, device_id: int | None):
@@ -191,33 +258,101 @@ def build_pipeline(cfg: PreprocessCfg, *, batch_size: int, num_threads: int, dev
 
 
 def _fov_extent(rgb: np.ndarray, threshold: int) -> tuple[int, int]:
-    """Columns and rows holding any pixel brighter than the black mask (as the DALI pipeline)."""
-    inside = rgb.max(axis=2) > threshold
-    return int(inside.any(axis=0).sum()), int(inside.any(axis=1).sum())
+    """Columns and rows holding any pixel brighter than the black mask (as the DALI pipeline).
 
-
-def _decode_draft(raw: bytes, request_px: int) -> tuple[np.ndarray, tuple[int, int]]:
-    """RGB pixels at the coarsest DCT scale whose both sides are >= ``request_px``, and the full size."""
-    from PIL import Image
-
-    with Image.open(io.BytesIO(raw)) as im:
-        full_size = im.size
-        im.draft("RGB", (request_px, request_px))  # a no-op for PNG
-        return np.asarray(im.convert("RGB")), full_size
-
-
-def pil_draft_preprocess(data: np.ndarray, cfg: PreprocessCfg) -> tuple[np.ndarray, float, float]:
-    """The ``pil_draft`` decoder on one encoded image: ``(CHW tensor, fov_w, fov_h)``.
-
-    The field-of-view extent is returned in full-resolution source pixels. Raises the
-    decoder's ``OSError``/``ValueError`` when the bytes do not decode.
+    Exactly ``(rgb.max(axis=2) > threshold).any(axis=0 / 1).sum()``, as two max-projections
+    (over rows, then over columns) that numpy vectorises, instead of a per-pixel channel max.
     """
+    height, width = rgb.shape[:2]
+    columns = rgb.max(axis=0).reshape(width, -1).max(axis=1) > threshold
+    rows = rgb.reshape(height, -1).max(axis=1) > threshold
+    return int(np.count_nonzero(columns)), int(np.count_nonzero(rows))
+
+
+def draft_scale(width: int, height: int, request_px: int) -> int:
+    """The DCT scale denominator (1, 2, 4 or 8) that Pillow's ``draft`` picks for ``request_px`` a side."""
+    scale = min(width // request_px, height // request_px)
+    return next((a for a in (8, 4, 2, 1) if scale >= a), 1)
+
+
+# EXIF orientation -> numpy view of the stored pixels as they are meant to be seen
+# (Pillow's ``ImageOps.exif_transpose`` table: 2 mirror, 3 rotate 180, 4 flip, 5 transpose,
+# 6 rotate 90 clockwise, 7 transverse, 8 rotate 90 counter-clockwise).
+_ORIENT = {
+    1: lambda a: a,
+    2: lambda a: a[:, ::-1],
+    3: lambda a: a[::-1, ::-1],
+    4: lambda a: a[::-1],
+    5: lambda a: a.transpose(1, 0, 2),
+    6: lambda a: np.rot90(a, -1),
+    7: lambda a: a.transpose(1, 0, 2)[::-1, ::-1],
+    8: lambda a: np.rot90(a, 1),
+}
+
+
+def _decode_jpeg(data: np.ndarray, header: ImageHeader, request_px: int) -> np.ndarray:
+    """RGB at the DCT scale Pillow's draft would pick; libjpeg warnings (corrupt data) raise ``ValueError``."""
+    import simplejpeg
+
+    a = draft_scale(header.width, header.height, request_px)
+    # min_width/min_height of exactly ceil(side / a) select the 1/a scale among libjpeg-turbo's M/8 factors.
+    rgb = simplejpeg.decode_jpeg(
+        data,
+        colorspace="RGB",
+        min_width=-(-header.width // a),
+        min_height=-(-header.height // a),
+        strict=True,
+    )
+    return rgb
+
+
+def _decode_png(data: np.ndarray) -> np.ndarray:
+    """RGB pixels of an 8-bit PNG: greyscale and palette expand exactly; alpha must be fully opaque."""
+    from PIL import Image, ImageOps
+
+    with Image.open(io.BytesIO(data.tobytes())) as opened:
+        im = ImageOps.exif_transpose(opened)
+        if "transparency" in im.info or im.mode in ("RGBA", "LA", "PA"):
+            rgba = im.convert("RGBA")
+            if int(np.asarray(rgba.getchannel("A")).min()) < 255:
+                raise InvalidImageError("PNG with transparency: only opaque images are screened")
+            im = rgba
+        if im.mode not in ("RGB", "RGBA", "L", "P", "1"):
+            raise InvalidImageError(f"PNG mode {im.mode}: only 8-bit RGB and greyscale images are screened")
+        return np.asarray(im.convert("RGB"))
+
+
+def decode_rgb(data: np.ndarray, header: ImageHeader, request_px: int) -> np.ndarray:
+    """HxWx3 uint8 pixels as meant to be seen (EXIF orientation applied); JPEGs DCT-scaled for ``request_px``."""
+    if header.format == "png":
+        return _decode_png(data)
+    return _ORIENT[header.orientation](_decode_jpeg(data, header, request_px))
+
+
+def _square_resized(rgb: np.ndarray, side: int, cfg: PreprocessCfg):
+    """The centred ``side`` square (black outside the frame) resized to ``cfg.size``, as a Pillow image."""
     from PIL import Image
 
-    raw = data.tobytes()
+    height, width = rgb.shape[:2]
+    left, top = (width - side) // 2, (height - side) // 2
+    square = Image.fromarray(rgb).crop((left, top, left + side, top + side))  # pads with black outside
+    return square.resize(
+        (cfg.size, cfg.size), getattr(Image.Resampling, _PIL_FILTERS[cfg.interpolation]), reducing_gap=None
+    )
+
+
+def pil_draft_resized(data: np.ndarray, cfg: PreprocessCfg, header: ImageHeader | None = None):
+    """The ``pil_draft`` steps up to the resized square: ``(HxWx3 uint8 square, fov_w, fov_h)``.
+
+    The field of view is found on the DCT-scaled frame; its extent is returned in
+    full-resolution source pixels. Raises the decoder's ``ValueError``/``OSError`` (or
+    ``InvalidImageError``) when the bytes do not decode cleanly.
+    """
+    header = header or inspect_image(data, cfg)
+    full_w, full_h = (header.height, header.width) if header.orientation >= 5 else (header.width, header.height)
     request_px = cfg.size
     while True:
-        rgb, (full_w, full_h) = _decode_draft(raw, request_px)
+        rgb = decode_rgb(data, header, request_px)
         height, width = rgb.shape[:2]
         fov_w, fov_h = _fov_extent(rgb, cfg.fov_threshold)
         side = max(fov_w, fov_h)
@@ -225,20 +360,49 @@ def pil_draft_preprocess(data: np.ndarray, cfg: PreprocessCfg) -> tuple[np.ndarr
             break
         # The disc fills less of the frame than the first guess assumed: decode one scale finer.
         request_px = max(math.ceil(min(width, height) * cfg.size / side), min(width, height) + 1)
-    side = max(side, 1)
-    left, top = (width - side) // 2, (height - side) // 2
-    square = Image.fromarray(rgb).crop((left, top, left + side, top + side))  # pads with black outside
-    resized = square.resize(
-        (cfg.size, cfg.size), getattr(Image.Resampling, _PIL_FILTERS[cfg.interpolation]), reducing_gap=None
-    )
-    mean = np.float32(255.0) * np.asarray(cfg.mean, np.float32)
-    std = np.float32(255.0) * np.asarray(cfg.std, np.float32)
-    tensor = (np.asarray(resized, dtype=np.float32) - mean) / std
-    return (
-        np.ascontiguousarray(tensor.transpose(2, 0, 1), dtype=np.float32),
-        fov_w * full_w / width,
-        fov_h * full_h / height,
-    )
+    resized = np.asarray(_square_resized(rgb, max(side, 1), cfg))
+    return resized, fov_w * full_w / width, fov_h * full_h / height
+
+
+@dataclass(frozen=True)
+class Normaliser:
+    """uint8 HWC -> normalised float32 CHW through a per-channel lookup table.
+
+    Each table entry is ``(v - 255 mean) / (255 std)`` computed in float32, so the result
+    equals that arithmetic on every pixel bit for bit, at the cost of one gather.
+    """
+
+    lut: np.ndarray  # (3, 256) float32
+
+    @classmethod
+    def of(cls, cfg: PreprocessCfg) -> Normaliser:
+        mean = np.float32(255.0) * np.asarray(cfg.mean, np.float32)
+        std = np.float32(255.0) * np.asarray(cfg.std, np.float32)
+        levels = np.arange(256, dtype=np.float32)
+        return cls(np.ascontiguousarray((levels[None, :] - mean[:, None]) / std[:, None], dtype=np.float32))
+
+    def into(self, images: np.ndarray, out: np.ndarray) -> np.ndarray:
+        """``images`` (N, S, S, 3) uint8 -> ``out`` (N, 3, S, S) float32, in place; returns ``out``."""
+        for c in range(3):
+            np.take(self.lut[c], images[..., c], out=out[:, c], mode="clip")
+        return out
+
+
+def pil_draft_preprocess(data: np.ndarray, cfg: PreprocessCfg) -> tuple[np.ndarray, float, float]:
+    """The ``pil_draft`` decoder on one encoded image: ``(CHW tensor, fov_w, fov_h)``."""
+    resized, fov_w, fov_h = pil_draft_resized(data, cfg)
+    out = np.empty((1, *cfg.input_shape), np.float32)
+    Normaliser.of(cfg).into(resized[np.newaxis], out)
+    return out[0], fov_w, fov_h
+
+
+Decoded = Union[np.ndarray, InvalidImageError]
+
+
+def _decode_failure(error: Exception) -> InvalidImageError:
+    """A rejection naming what the decoder said: the exception's type and message, never a traceback."""
+    text = " ".join(str(error).split())[:200] or "no detail"
+    return InvalidImageError(f"image could not be decoded: {type(error).__name__}: {text}")
 
 
 @dataclass
@@ -246,8 +410,9 @@ class Preprocessor:
     """Runs the pipeline of ``cfg`` (``cfg.decoder``) on encoded images, isolating bad ones.
 
     ``run`` returns one entry per payload, either the ``(3, size, size)`` float32 tensor or
-    the ``InvalidImageError`` that names why that payload was rejected; a bad payload never
-    fails or changes the others in its batch. Not thread-safe: one per worker.
+    the ``InvalidImageError`` that names why that payload was rejected; ``run_packed`` returns
+    the accepted tensors as one contiguous batch. A bad payload never fails or changes the
+    others in its batch. Not thread-safe: one per worker.
     """
 
     cfg: PreprocessCfg
@@ -257,6 +422,7 @@ class Preprocessor:
     _pipe: object = field(default=None, init=False, repr=False)
     _pool: ThreadPoolExecutor | None = field(default=None, init=False, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
+    _normaliser: Normaliser | None = field(default=None, init=False, repr=False)
 
     def _pipeline(self):
         if self._pipe is None:
@@ -279,73 +445,116 @@ class Preprocessor:
             (np.array(tensors[i]), float(np.array(widths[i])), float(np.array(heights[i]))) for i in range(len(arrays))
         ]
 
-    def _decode_pil_one(self, array: np.ndarray) -> np.ndarray | InvalidImageError:
+    def _resize_one(self, item: tuple[np.ndarray, ImageHeader]) -> Decoded:
+        """One payload to its resized uint8 square, or the reason it is refused."""
+        array, header = item
         try:
-            tensor, fov_w, fov_h = pil_draft_preprocess(array, self.cfg)
-        except (OSError, ValueError, SyntaxError) as e:
-            return InvalidImageError(f"image could not be decoded: {e}")
-        return self._check_fov(tensor, fov_w, fov_h)
+            resized, fov_w, fov_h = pil_draft_resized(array, self.cfg, header)
+        except InvalidImageError as e:
+            return e
+        # The per-payload boundary: whatever the decoder raises on these bytes (libjpeg's
+        # corrupt-data warnings made errors, Pillow's format errors, a bomb guard) belongs to
+        # this payload alone and becomes its rejection, with the cause named and chained.
+        except Exception as e:  # noqa: BLE001 - see above; the type and message are kept
+            failure = _decode_failure(e)
+            failure.__cause__ = e
+            return failure
+        rejected = self._check_fov(fov_w, fov_h)
+        return rejected if rejected is not None else resized
 
-    def _decode_pil(self, arrays: list[np.ndarray]) -> list[np.ndarray | InvalidImageError]:
+    def _decode_pil(self, items: list[tuple[np.ndarray, ImageHeader]]) -> tuple[np.ndarray, list[Decoded]]:
         # Each image is processed on its own, so results cannot depend on the batch; libjpeg
-        # releases the GIL, so a small thread pool overlaps decodes.
-        if self.num_threads <= 1 or len(arrays) <= 1:
-            return [self._decode_pil_one(a) for a in arrays]
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(max_workers=self.num_threads, thread_name_prefix="predilect-decode")
-        return list(self._pool.map(self._decode_pil_one, arrays))
+        # and Pillow's resize release the GIL, so a small thread pool overlaps them.
+        if self.num_threads <= 1 or len(items) <= 1:
+            squares = [self._resize_one(item) for item in items]
+        else:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(max_workers=self.num_threads, thread_name_prefix="predilect-decode")
+            squares = list(self._pool.map(self._resize_one, items))
+        accepted = [sq for sq in squares if not isinstance(sq, InvalidImageError)]
+        out = np.empty((len(accepted), *self.cfg.input_shape), np.float32)
+        if accepted:
+            if self._normaliser is None:
+                self._normaliser = Normaliser.of(self.cfg)
+            self._normaliser.into(np.stack(accepted), out)
+        return out, squares
 
-    def _decode(self, arrays: list[np.ndarray]) -> list[np.ndarray | InvalidImageError]:
-        if self.cfg.decoder == "pil_draft":
-            return self._decode_pil(arrays)
+    def _decode_dali(self, arrays: list[np.ndarray]) -> tuple[np.ndarray, list[Decoded]]:
         try:
             outputs = self._run_dali(arrays)
         except RuntimeError as e:
             if len(arrays) > 1:
                 # One image broke the decoder batch: rerun one by one to find it.
-                return [self._decode([a])[0] for a in arrays]
-            return [InvalidImageError(f"image could not be decoded: {_dali_cause(e)}")]
-        return [self._check_fov(tensor, fov_w, fov_h) for tensor, fov_w, fov_h in outputs]
+                singles = [self._decode_dali([a]) for a in arrays]
+                tensors = [t for t, _ in singles if len(t)]
+                packed = np.concatenate(tensors) if tensors else np.empty((0, *self.cfg.input_shape), np.float32)
+                return packed, [d[0] for _, d in singles]
+            return np.empty((0, *self.cfg.input_shape), np.float32), [
+                InvalidImageError(f"image could not be decoded: {_dali_cause(e)}")
+            ]
+        decoded: list[Decoded] = []
+        for tensor, fov_w, fov_h in outputs:
+            rejected = self._check_fov(fov_w, fov_h)
+            decoded.append(rejected if rejected is not None else tensor)
+        accepted = [d for d in decoded if not isinstance(d, InvalidImageError)]
+        packed = np.stack(accepted) if accepted else np.empty((0, *self.cfg.input_shape), np.float32)
+        return packed.astype(np.float32, copy=False), decoded
 
-    def _check_fov(self, tensor: np.ndarray, fov_w: float, fov_h: float) -> np.ndarray | InvalidImageError:
+    def _check_fov(self, fov_w: float, fov_h: float) -> InvalidImageError | None:
         if min(fov_w, fov_h) < self.cfg.min_side_px:
             return InvalidImageError(
                 f"no fundus field of view: {int(fov_w)}x{int(fov_h)} px brighter than level "
                 f"{self.cfg.fov_threshold}; is this a colour fundus photograph?"
             )
-        return tensor
+        return None
 
-    def run(self, payloads: Sequence[Payload]) -> list[np.ndarray | InvalidImageError]:
-        """Preprocess encoded images; one tensor or error per payload, in order."""
+    def run_packed(self, payloads: Sequence[Payload]) -> tuple[np.ndarray, list[InvalidImageError | None]]:
+        """Preprocess encoded images: ``(tensors, errors)``.
+
+        ``tensors`` is one contiguous ``(n_accepted, 3, S, S)`` float32 array of the accepted
+        payloads in order; ``errors[i]`` is None for an accepted payload, else its rejection.
+        """
         with self._lock:
-            results: list[np.ndarray | InvalidImageError | None] = [None] * len(payloads)
-            valid: list[tuple[int, np.ndarray]] = []
+            errors: list[InvalidImageError | None] = [None] * len(payloads)
+            valid: list[tuple[int, np.ndarray, ImageHeader]] = []
             for i, payload in enumerate(payloads):
                 array = as_uint8(payload)
                 try:
-                    inspect_image(array, self.cfg)
+                    valid.append((i, array, inspect_image(array, self.cfg)))
                 except InvalidImageError as e:
-                    results[i] = e
-                else:
-                    valid.append((i, array))
+                    errors[i] = e
+                except Exception as e:  # noqa: BLE001 - the per-payload boundary, as in _resize_one
+                    errors[i] = _decode_failure(e)
+                    errors[i].__cause__ = e  # type: ignore[union-attr]
+            chunks = []
             for start in range(0, len(valid), self.max_batch_size):
                 chunk = valid[start : start + self.max_batch_size]
-                outputs = self._decode([a for _, a in chunk])
-                for (i, _), out in zip(chunk, outputs, strict=True):
-                    results[i] = out
-            return results  # type: ignore[return-value]
+                if self.cfg.decoder == "pil_draft":
+                    packed, decoded = self._decode_pil([(a, h) for _, a, h in chunk])
+                else:
+                    packed, decoded = self._decode_dali([a for _, a, _ in chunk])
+                chunks.append(packed)
+                for (i, _, _), out in zip(chunk, decoded, strict=True):
+                    if isinstance(out, InvalidImageError):
+                        errors[i] = out
+            if len(chunks) == 1:
+                return chunks[0], errors
+            tensors = np.concatenate(chunks) if chunks else np.empty((0, *self.cfg.input_shape), np.float32)
+            return tensors, errors
+
+    def run(self, payloads: Sequence[Payload]) -> list[np.ndarray | InvalidImageError]:
+        """Preprocess encoded images; one ``(3, S, S)`` tensor or error per payload, in order."""
+        tensors, errors = self.run_packed(payloads)
+        accepted = iter(tensors)
+        return [error if error is not None else next(accepted) for error in errors]
 
     def run_strict(self, payloads: Sequence[Payload]) -> np.ndarray:
         """Preprocess images that must all be valid; returns ``(B, 3, size, size)`` float32."""
-        outputs = self.run(payloads)
-        for i, out in enumerate(outputs):
-            if isinstance(out, Exception):
-                raise InvalidImageError(f"image {i}: {out}") from out
-        return (
-            np.stack(outputs).astype(np.float32, copy=False)
-            if outputs
-            else np.zeros((0, *self.cfg.input_shape), np.float32)
-        )
+        tensors, errors = self.run_packed(payloads)
+        for i, error in enumerate(errors):
+            if error is not None:
+                raise InvalidImageError(f"image {i}: {error}") from error
+        return tensors
 
 
 def _dali_cause(error: RuntimeError) -> str:

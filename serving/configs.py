@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Union
+from typing import Any, Union
 
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
@@ -75,6 +75,10 @@ class EnsembleDef:
 ModelDef = Union[PythonModelDef, EnsembleDef]
 
 
+LAYOUTS = ("fused", "split")
+PRECISIONS = ("fp32", "int8")
+
+
 @dataclass(frozen=True)
 class ServingOptions:
     """Knobs of the served pipeline; everything else follows from the exported model.
@@ -91,9 +95,23 @@ class ServingOptions:
     # 2 cores: the decode pool already takes both, so ONNX Runtime gets one.
     ort_threads: int = field(default=1, metadata={"help": "ONNX Runtime intra-op threads per classifier instance"})
     preferred_batch_sizes: tuple[int, ...] = field(default=(), metadata={"help": "dynamic batcher preferred sizes"})
+    # CPU profile (benchmarks: `predilect bench layouts`): "fused" runs preprocess, ONNX Runtime
+    # and the sigmoid in one Python-backend model, so the float tensor never leaves the process;
+    # "split" is the three-step ensemble. Either way clients see the same fundus_screen ensemble.
+    layout: str = field(default="fused", metadata={"help": "CPU model layout: fused (one process) or split"})
+    fused_instances: int = field(default=2, metadata={"help": "instances of the fused model (layout fused)"})
+    precision: str = field(
+        default="fp32",
+        metadata={"help": "classifier precision: fp32, or int8 (the gated model `predilect quantize` wrote)"},
+    )
 
     def __post_init__(self) -> None:
-        for name in ("max_batch_size", "preprocess_instances", "classifier_instances", "decode_threads", "ort_threads"):
+        if self.layout not in LAYOUTS:
+            raise ConfigError(f"layout must be one of {LAYOUTS}, got {self.layout!r}")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        names = ("max_batch_size", "preprocess_instances", "classifier_instances", "decode_threads", "ort_threads")
+        for name in (*names, "fused_instances"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.max_queue_delay_us < 0:
@@ -121,13 +139,58 @@ class ServedModel:
 
 
 def fundus_screen_models(served: ServedModel, options: ServingOptions = ServingOptions()) -> list[ModelDef]:
-    """The four model definitions of the screening pipeline, composing models first."""
+    """The model definitions of the screening pipeline in ``options.layout``, composing models first."""
+    if options.layout == "fused":
+        return fused_screen_models(served, options)
+    return split_screen_models(served, options)
+
+
+def fused_outputs(served: ServedModel) -> tuple[TensorDef, ...]:
+    """The fused model's outputs, each a per-request ensemble output of the same name.
+
+    Extend here (and in ``backends.fused.FusedScreen.outputs``) to serve more per-image outputs.
+    """
+    return (TensorDef(contract.PROBABILITIES, "TYPE_FP32", (len(served.catalog),)),)
+
+
+def fused_screen_models(served: ServedModel, options: ServingOptions = ServingOptions()) -> list[ModelDef]:
+    """CPU profile, one process: the ``fused_screen`` model and a one-step ensemble with the same contract."""
+    outputs = fused_outputs(served)
+    fused = PythonModelDef(
+        name=contract.FUSED_MODEL,
+        inputs=(TensorDef(contract.IMAGE, "TYPE_UINT8", (-1,), allow_ragged_batch=True),),
+        outputs=outputs,
+        instance_count=options.fused_instances,
+        parameters={
+            contract.KEY_PREPROCESS: served.preprocess.to_json(),
+            contract.KEY_DECODE_THREADS: str(options.decode_threads),
+            contract.KEY_ORT_THREADS: str(options.ort_threads),
+        },
+        max_batch_size=options.max_batch_size,
+        max_queue_delay_us=options.max_queue_delay_us,
+        preferred_batch_sizes=options.preferred_batch_sizes,
+    )
+    ensemble = EnsembleDef(
+        name=contract.ENSEMBLE,
+        inputs=(TensorDef(contract.IMAGE, "TYPE_UINT8", (-1,)),),
+        outputs=outputs,
+        steps=(
+            EnsembleStepDef(contract.FUSED_MODEL, {contract.IMAGE: contract.IMAGE}, {t.name: t.name for t in outputs}),
+        ),
+        max_batch_size=options.max_batch_size,
+        parameters=served.parameters(),
+    )
+    return [fused, ensemble]
+
+
+def split_screen_models(served: ServedModel, options: ServingOptions = ServingOptions()) -> list[ModelDef]:
+    """The three-step ensemble (preprocess -> classifier -> postprocess), composing models first."""
     size, classes = served.preprocess.size, len(served.catalog)
     image = TensorDef(contract.IMAGE, "TYPE_UINT8", (-1,))
     pixels = TensorDef(contract.PIXELS, "TYPE_FP32", (3, size, size))
     logits = TensorDef(contract.LOGITS, "TYPE_FP32", (classes,))
     probabilities = TensorDef(contract.PROBABILITIES, "TYPE_FP32", (classes,))
-    batching = {
+    batching: dict[str, Any] = {
         "max_batch_size": options.max_batch_size,
         "max_queue_delay_us": options.max_queue_delay_us,
         "preferred_batch_sizes": options.preferred_batch_sizes,

@@ -20,7 +20,14 @@ from predilect.preprocess import PreprocessCfg
 from predilect.serving import configs
 
 _REQUIRED_META = (KEY_CATALOG, KEY_PREPROCESS, KEY_MODEL_NAME, KEY_MODEL_VERSION)
-_PYTHON_MODELS = (contract.PREPROCESS_MODEL, contract.CLASSIFIER_MODEL, contract.POSTPROCESS_MODEL)
+_PYTHON_MODELS = (
+    contract.PREPROCESS_MODEL,
+    contract.CLASSIFIER_MODEL,
+    contract.POSTPROCESS_MODEL,
+    contract.FUSED_MODEL,
+)
+_ONNX_MODELS = (contract.CLASSIFIER_MODEL, contract.FUSED_MODEL)
+"""The models that load ``model.onnx`` from their version folder (one per layout)."""
 
 
 class ModelMetadataError(UserError, ValueError):
@@ -88,9 +95,34 @@ def _prepare_out_dir(out_dir: Path) -> None:
         shutil.rmtree(out_dir)
 
 
+def served_onnx(onnx_path: Path, precision: str) -> Path:
+    """The ONNX file served at ``precision``: ``onnx_path`` itself, or its gated INT8 model."""
+    if precision == "fp32":
+        return Path(onnx_path)
+    import onnx
+
+    from predilect.build.quantize import int8_path
+
+    path = int8_path(onnx_path)
+    if not path.is_file():
+        raise ModelMetadataError(
+            f"no INT8 model at {path}: run `predilect quantize --onnx {onnx_path}` first (it writes the model only "
+            "when it passes its accuracy gate)"
+        )
+    meta = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+    if not meta.get(contract.KEY_QUANTIZATION):
+        raise ModelMetadataError(
+            f"{path} carries no accuracy-gate report ({contract.KEY_QUANTIZATION}); re-quantize it"
+        )
+    return path
+
+
 def assemble(onnx_path: Path, out_dir: Path, options: configs.ServingOptions = configs.ServingOptions()) -> Path:
-    """Write the model repository for ``onnx_path`` into ``out_dir`` (replacing a previous one)."""
-    onnx_path, out_dir = Path(onnx_path), Path(out_dir)
+    """Write the model repository for ``onnx_path`` into ``out_dir`` (replacing a previous one).
+
+    ``options.precision == "int8"`` serves the gated INT8 model ``predilect quantize`` wrote beside it.
+    """
+    onnx_path, out_dir = served_onnx(Path(onnx_path), options.precision), Path(out_dir)
     served = read_served_model(onnx_path)
     shims = shim_source_dir()
     out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -107,7 +139,9 @@ def assemble(onnx_path: Path, out_dir: Path, options: configs.ServingOptions = c
                 if not shim.is_file():
                     raise FileNotFoundError(f"model.py shim missing: {shim}; is the predilect install complete?")
                 shutil.copy2(shim, model_dir / contract.TRITON_VERSION / "model.py")
-        shutil.copy2(onnx_path, staging / contract.CLASSIFIER_MODEL / contract.TRITON_VERSION / contract.ONNX_FILENAME)
+        for name in _ONNX_MODELS:
+            if (staging / name).is_dir():
+                shutil.copy2(onnx_path, staging / name / contract.TRITON_VERSION / contract.ONNX_FILENAME)
         _prepare_out_dir(out_dir)
         staging.rename(out_dir)
     finally:

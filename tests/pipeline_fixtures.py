@@ -47,7 +47,7 @@ def pipeline(phantom_manifest, tmp_path_factory) -> Pipeline:
     )
     onnx_path = work / "onnx" / "model.onnx"
     export_onnx(checkpoint, onnx_path)
-    repository = assemble(onnx_path, work / "model_repository", ServingOptions(max_batch_size=8))
+    repository = assemble(onnx_path, work / "model_repository", ServingOptions(max_batch_size=8, layout="split"))
     return Pipeline(phantom_manifest, checkpoint, onnx_path, repository, work)
 
 

@@ -106,7 +106,9 @@ def model_repository(tmp_path_factory: pytest.TempPathFactory, tiny_onnx: Path) 
     from predilect.serving.configs import ServingOptions
     from predilect.serving.repository import assemble
 
-    options = ServingOptions(max_batch_size=16, max_queue_delay_us=20_000)
+    # The three-step layout: the client tests read the preprocess step's statistics; the fused
+    # (default) layout has its own server in tests/test_hostile_images.py.
+    options = ServingOptions(max_batch_size=16, max_queue_delay_us=20_000, layout="split")
     return assemble(tiny_onnx, tmp_path_factory.mktemp("serving") / "model_repository", options)
 
 

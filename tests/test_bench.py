@@ -54,7 +54,14 @@ def test_bench_writes_report_with_plots_when_run_quick(tmp_path, tiny_onnx, tiny
     results = json.loads((out / "smoke.json").read_text())
     assert [p["users"] for p in results["sweeps"]["triton"]] == [1, 2]
     assert [p["users"] for p in results["sweeps"]["fastapi_torch"]] == [1, 2]
+    assert [p["users"] for p in results["sweeps"]["bentoml"]] == [1, 2]
+    assert [p["users"] for p in results["sweeps"]["triton_split"]] == [2]  # the other layout, headline point
+    assert all(p["error_rate"] == 0 for points in results["sweeps"].values() for p in points)
     assert results["inprocess"]["images_per_s"] > 0
+    assert results["preprocessing"]["served_equals_previous"] is True
+    # The report says only what the run measured: payload and tensor sizes come from the run.
+    assert f"mean {results['payloads']['camera']['mean_bytes'] / 1000:.0f} kB" in text
+    assert "0.5 MB" not in text and "600 KB" not in text
 
 
 def test_locust_distributed_writes_csv_when_master_and_one_worker(tmp_path, triton_server, fundus_jpeg):
@@ -77,3 +84,31 @@ def test_locust_distributed_writes_csv_when_master_and_one_worker(tmp_path, trit
     )
     assert Path(f"{prefix}_stats.csv").is_file()
     assert result.requests > 0 and result.failures == 0
+
+
+def test_bench_decoders_reports_floor_ratio_and_bootstrap_when_run_small(tmp_path, pipeline):
+    from predilect.cli import main
+
+    out = tmp_path / "results"
+    argv = ["bench", "decoders", "--manifest", str(pipeline.manifest), "--checkpoint", str(pipeline.checkpoint)]
+    argv += ["--images", "4", "--repeats", "1", "--resamples", "50", "--out-dir", str(out), "--name", "dec"]
+    assert main(argv) == 0
+    results = json.loads((out / "dec.json").read_text())
+    timings = results["timings"]
+    assert timings["served_equals_previous"] is True and timings["served_over_floor"] > 0
+    assert set(results["auroc"]["macro_auroc"]) == {"pil_draft", "dali_cpu"}
+    ci = results["auroc"]["vs_pil_draft"]["dali_cpu"]
+    assert ci["low"] <= ci["difference"] <= ci["high"] and ci["resamples"] == 50
+    text = (out / "dec.md").read_text()
+    assert "load average" in text and "paired bootstrap" in text and f"{timings['served_over_floor']:.2f}x" in text
+
+
+@pytest.mark.parametrize("sub", ["decoders", "sweep", "baseline-server", "serving"])
+def test_bench_dispatches_sub_command_when_named(sub, capsys):
+    from predilect.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["bench", sub, "--help"])
+    assert exit_.value.code == 0
+    usage = capsys.readouterr().out
+    assert "predilect bench" in usage and sub in usage.splitlines()[0]

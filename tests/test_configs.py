@@ -15,7 +15,26 @@ from predilect.serving import configs
 from predilect.serving.assemble_cli import main
 from predilect.serving.repository import ModelMetadataError, assemble, read_served_model
 
-MODELS = (contract.PREPROCESS_MODEL, contract.CLASSIFIER_MODEL, contract.POSTPROCESS_MODEL, contract.ENSEMBLE)
+SPLIT_MODELS = (contract.PREPROCESS_MODEL, contract.CLASSIFIER_MODEL, contract.POSTPROCESS_MODEL, contract.ENSEMBLE)
+FUSED_MODELS = (contract.FUSED_MODEL, contract.ENSEMBLE)
+LAYOUT_MODELS = {"split": SPLIT_MODELS, "fused": FUSED_MODELS}
+
+
+@pytest.fixture(scope="module")
+def split_repository(model_repository: Path) -> Path:
+    assert configs.read_config(model_repository / contract.PREPROCESS_MODEL / contract.CONFIG_FILENAME)
+    return model_repository
+
+
+@pytest.fixture(scope="module")
+def fused_repository(tmp_path_factory: pytest.TempPathFactory, tiny_onnx: Path) -> Path:
+    options = configs.ServingOptions(max_batch_size=16)
+    return assemble(tiny_onnx, tmp_path_factory.mktemp("fused") / "model_repository", options)
+
+
+@pytest.fixture(params=["fused", "split"])
+def any_repository(request: pytest.FixtureRequest, fused_repository: Path, split_repository: Path) -> Path:
+    return fused_repository if request.param == "fused" else split_repository
 
 
 def _served() -> configs.ServedModel:
@@ -25,35 +44,48 @@ def _served() -> configs.ServedModel:
 
 
 def _load(repository: Path) -> dict[str, mc.ModelConfig]:
-    return {name: configs.read_config(repository / name / contract.CONFIG_FILENAME) for name in MODELS}
+    return {p.name: configs.read_config(p / contract.CONFIG_FILENAME) for p in repository.iterdir()}
 
 
 def _tensors(config: mc.ModelConfig, kind: str) -> dict[str, tuple[int, list[int]]]:
     return {t.name: (t.data_type, list(t.dims)) for t in getattr(config, kind)}
 
 
-@pytest.mark.parametrize("index", range(4))
-def test_to_pbtxt_round_trips_when_parsed_back(index: int) -> None:
-    config = configs.to_model_config(configs.fundus_screen_models(_served())[index])
+@pytest.mark.parametrize(("layout", "index"), [("split", i) for i in range(4)] + [("fused", i) for i in range(2)])
+def test_to_pbtxt_round_trips_when_parsed_back(layout: str, index: int) -> None:
+    options = configs.ServingOptions(layout=layout)
+    config = configs.to_model_config(configs.fundus_screen_models(_served(), options)[index])
     text = configs.to_pbtxt(config)
     parsed = text_format.Parse(text, mc.ModelConfig())
     assert parsed == config
     assert configs.to_pbtxt(parsed) == text
 
 
-def test_assemble_writes_every_model_when_given_exported_model(model_repository: Path) -> None:
-    loaded = _load(model_repository)
-    assert sorted(p.name for p in model_repository.iterdir()) == sorted(MODELS)
+def test_assemble_writes_every_model_when_given_exported_model(split_repository: Path) -> None:
+    loaded = _load(split_repository)
+    assert sorted(loaded) == sorted(SPLIT_MODELS)
     for name, config in loaded.items():
         assert config.name == name
     for name in (contract.PREPROCESS_MODEL, contract.CLASSIFIER_MODEL, contract.POSTPROCESS_MODEL):
-        shim = (model_repository / name / "1" / "model.py").read_text()
+        shim = (split_repository / name / "1" / "model.py").read_text()
         assert f"predilect.serving.backends.{name} import TritonPythonModel" in shim
-    assert (model_repository / contract.CLASSIFIER_MODEL / "1" / "model.onnx").is_file()
+    assert (split_repository / contract.CLASSIFIER_MODEL / "1" / "model.onnx").is_file()
 
 
-def test_ensemble_steps_reference_existing_models_and_tensors_when_assembled(model_repository: Path) -> None:
-    loaded = _load(model_repository)
+def test_assemble_writes_fused_model_and_one_step_ensemble_when_layout_fused(fused_repository: Path) -> None:
+    loaded = _load(fused_repository)
+    assert sorted(loaded) == sorted(FUSED_MODELS)
+    shim = (fused_repository / contract.FUSED_MODEL / "1" / "model.py").read_text()
+    assert "predilect.serving.backends.fused import TritonPythonModel" in shim
+    assert (fused_repository / contract.FUSED_MODEL / "1" / "model.onnx").is_file()
+    fused, ensemble = loaded[contract.FUSED_MODEL], loaded[contract.ENSEMBLE]
+    assert [s.model_name for s in ensemble.ensemble_scheduling.step] == [contract.FUSED_MODEL]
+    assert fused.input[0].allow_ragged_batch and fused.backend == "python"
+    assert fused.instance_group[0].count == configs.ServingOptions().fused_instances
+
+
+def test_ensemble_steps_reference_existing_models_and_tensors_when_assembled(any_repository: Path) -> None:
+    loaded = _load(any_repository)
     ensemble = loaded[contract.ENSEMBLE]
     # Ensemble tensor name -> (data_type, dims) of whoever provides it, starting with the ensemble inputs.
     available = _tensors(ensemble, "input")
@@ -70,8 +102,8 @@ def test_ensemble_steps_reference_existing_models_and_tensors_when_assembled(mod
         assert available.get(name) == spec
 
 
-def test_configs_match_contract_when_assembled(model_repository: Path) -> None:
-    loaded = _load(model_repository)
+def test_configs_match_contract_when_assembled(split_repository: Path) -> None:
+    loaded = _load(split_repository)
     size, classes = PreprocessCfg().size, len(DEFAULT_CATALOG)
     ensemble = loaded[contract.ENSEMBLE]
     assert ensemble.platform == "ensemble"
@@ -88,8 +120,8 @@ def test_configs_match_contract_when_assembled(model_repository: Path) -> None:
         assert [g.kind for g in config.instance_group] == [mc.ModelInstanceGroup.KIND_CPU]
 
 
-def test_ensemble_parameters_describe_exported_model_when_assembled(model_repository: Path, tiny_onnx: Path) -> None:
-    params = {k: v.string_value for k, v in _load(model_repository)[contract.ENSEMBLE].parameters.items()}
+def test_ensemble_parameters_describe_exported_model_when_assembled(any_repository: Path, tiny_onnx: Path) -> None:
+    params = {k: v.string_value for k, v in _load(any_repository)[contract.ENSEMBLE].parameters.items()}
     served = read_served_model(tiny_onnx)
     assert params == {
         contract.KEY_CATALOG: DEFAULT_CATALOG.to_json(),
@@ -108,6 +140,7 @@ def test_assemble_sets_thread_and_instance_options_when_given(tiny_onnx: Path, t
         classifier_instances=3,
         decode_threads=3,
         ort_threads=4,
+        layout="split",
     )
     repository = assemble(tiny_onnx, tmp_path / "repo", options)
     loaded = _load(repository)
@@ -145,7 +178,10 @@ def test_assemble_raises_file_exists_error_when_out_dir_is_foreign(tiny_onnx: Pa
 def test_main_returns_zero_when_assembling_and_two_when_metadata_missing(tiny_onnx: Path, tmp_path: Path) -> None:
     from serving_fixtures import build_tiny_onnx
 
-    assert main(["--onnx", str(tiny_onnx), "--out", str(tmp_path / "repo"), "--ort-threads", "1"]) == 0
+    assert (
+        main(["--onnx", str(tiny_onnx), "--out", str(tmp_path / "repo"), "--ort-threads", "1", "--layout", "split"])
+        == 0
+    )
     config = configs.read_config(tmp_path / "repo" / contract.CLASSIFIER_MODEL / contract.CONFIG_FILENAME)
     assert config.parameters[contract.KEY_ORT_THREADS].string_value == "1"
     bare = build_tiny_onnx(tmp_path / "bare.onnx", metadata=False)
@@ -158,8 +194,27 @@ def test_parse_pbtxt_raises_parse_error_when_text_is_not_a_model_config() -> Non
 
 
 @pytest.mark.parametrize(
-    "option", ["max_batch_size", "preprocess_instances", "classifier_instances", "decode_threads", "ort_threads"]
+    "option",
+    [
+        "max_batch_size",
+        "preprocess_instances",
+        "classifier_instances",
+        "decode_threads",
+        "ort_threads",
+        "fused_instances",
+    ],
 )
 def test_serving_options_raise_value_error_when_count_not_positive(option: str) -> None:
     with pytest.raises(ValueError, match=option):
         configs.ServingOptions(**{option: 0})
+
+
+@pytest.mark.parametrize(("option", "value"), [("layout", "merged"), ("precision", "fp16")])
+def test_serving_options_raise_config_error_when_choice_unknown(option: str, value: str) -> None:
+    with pytest.raises(ValueError, match=option):
+        configs.ServingOptions(**{option: value})
+
+
+def test_assemble_raises_model_metadata_error_when_int8_model_missing(tiny_onnx: Path, tmp_path: Path) -> None:
+    with pytest.raises(ModelMetadataError, match="predilect quantize"):
+        assemble(tiny_onnx, tmp_path / "repo", configs.ServingOptions(precision="int8"))

@@ -33,12 +33,21 @@ def preprocess_requests(
     payloads = [request_payload(image) for image in images]
     good = [i for i, p in enumerate(payloads) if not isinstance(p, InvalidImageError)]
     results: list[np.ndarray | InvalidImageError] = list(payloads)
-    for i, out in zip(good, preprocessor.run([payloads[i] for i in good]), strict=True):
-        results[i] = out if isinstance(out, InvalidImageError) else out[np.newaxis]
+    pixels, errors = preprocessor.run_packed([p for p in payloads if not isinstance(p, InvalidImageError)])
+    accepted = iter(range(len(pixels)))
+    for i, error in zip(good, errors, strict=True):
+        results[i] = error if error is not None else pixels[next(accepted)][np.newaxis]
     return results
 
 
-def _warm_up(preprocessor: Preprocessor) -> None:
+def rejection_response(pb: Any, error: InvalidImageError) -> Any:
+    """The INVALID_ARGUMENT response of one refused request: the prefix and the cause, no traceback."""
+    return pb.InferenceResponse(
+        output_tensors=[], error=pb.TritonError(f"{REJECTED_PREFIX}{error}", pb.TritonError.INVALID_ARG)
+    )
+
+
+def warm_up(preprocessor: Preprocessor) -> None:
     """Build the pipeline (and its decode threads) now rather than on the first request."""
     from PIL import Image
 
@@ -62,7 +71,7 @@ class TritonPythonModel:
             num_threads=int(params[contract.KEY_DECODE_THREADS]),
             device_id=None,
         )
-        _warm_up(self._preprocessor)
+        warm_up(self._preprocessor)
 
     def execute(self, requests: list[Any]) -> list[Any]:
         pb = self._pb
@@ -70,8 +79,7 @@ class TritonPythonModel:
         responses = []
         for out in preprocess_requests(self._preprocessor, images):
             if isinstance(out, InvalidImageError):
-                error = pb.TritonError(f"{REJECTED_PREFIX}{out}", pb.TritonError.INVALID_ARG)
-                responses.append(pb.InferenceResponse(output_tensors=[], error=error))
+                responses.append(rejection_response(pb, out))
             else:
                 responses.append(pb.InferenceResponse(output_tensors=[pb.Tensor(contract.PIXELS, out)]))
         return responses

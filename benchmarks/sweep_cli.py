@@ -1,0 +1,69 @@
+"""`predilect bench sweep`: one short Locust point per serving config, to choose ServingOptions defaults."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+from predilect.artifacts import default_artifacts
+from predilect.benchmarks import machine, payloads
+from predilect.benchmarks.sweep import CONFIGS, run_point
+from predilect.cli import command
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="predilect bench sweep", description=__doc__.splitlines()[0])
+    p.add_argument("--onnx", type=Path, default=default_artifacts().onnx)
+    p.add_argument("--manifest", type=Path, default=default_artifacts().manifest)
+    p.add_argument("--images", type=int, default=64)
+    p.add_argument("--users", type=int, default=16)
+    p.add_argument("--seconds-per-point", type=int, default=20)
+    p.add_argument("--only", nargs="*", default=None, help="config names to run (default: all)")
+    p.add_argument("--out", type=Path, default=Path("benchmarks/results/sweep.json"))
+    p.add_argument("--workdir", type=Path, default=Path("/tmp/predilect-sweep"))
+    return p
+
+
+@command("bench sweep")
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    camera = payloads.heldout_images(args.manifest, limit=args.images)
+    images_list = payloads.write_list(camera, args.workdir / "camera.txt")
+    rows = {}
+    for name, overrides in CONFIGS.items():
+        if args.only and name not in args.only:
+            continue
+        row = run_point(
+            args.onnx,
+            overrides,
+            users=args.users,
+            seconds=args.seconds_per_point,
+            images_list=images_list,
+            camera=camera,
+            work=args.workdir,
+        )
+        rows[name] = row
+        batches = {t["model"]: round(t["mean_batch"], 1) for t in row["triton_times"]}
+        print(
+            f"{name:<32} {row['requests_per_s']:6.1f} images/s  p50 {row['p50_ms']:5.0f} ms  "
+            f"p99 {row['p99_ms']:5.0f} ms  errors {row['error_rate']:.1%}  batches {batches}",
+            flush=True,
+        )
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(
+        json.dumps(
+            {
+                "machine": machine.describe(),
+                "load": machine.describe_load(),
+                "users": args.users,
+                "seconds_per_point": args.seconds_per_point,
+                "onnx": str(args.onnx),
+                "configs": rows,
+            },
+            indent=2,
+        )
+        + "\n"
+    )
+    return 0

@@ -1,0 +1,88 @@
+"""The ``fused_screen`` model (CPU profile): IMAGE -> PROBABILITIES in one Python-backend process.
+
+Preprocessing writes the accepted images of a dynamic batch into one float32 array that ONNX
+Runtime reads in place, and the sigmoid runs on its logits: the 600 KB-per-image tensor never
+crosses a process boundary, and one stub process per instance replaces three. A payload the
+``Preprocessor`` rejects gets its own INVALID_ARGUMENT response; the rest of the batch is
+answered unchanged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Union
+
+import numpy as np
+
+from predilect import contract
+from predilect.preprocess import InvalidImageError, PreprocessCfg, Preprocessor
+from predilect.serving.backends import model_parameters, parse_model_config
+from predilect.serving.backends.classifier import OnnxClassifier
+from predilect.serving.backends.postprocess import stable_sigmoid
+from predilect.serving.backends.preprocess import rejection_response, request_payload, warm_up
+
+Outputs = dict[str, np.ndarray]
+Answer = Union[Outputs, InvalidImageError]
+
+
+class FusedScreen:
+    """Preprocess + classify + sigmoid for a batch of requests, one answer per request."""
+
+    def __init__(self, preprocessor: Preprocessor, classifier: OnnxClassifier) -> None:
+        self.preprocessor = preprocessor
+        self.classifier = classifier
+
+    @staticmethod
+    def outputs(logits: np.ndarray) -> Outputs:
+        """Batch-level outputs by tensor name, from the model's logits (``configs.fused_outputs`` lists them)."""
+        return {contract.PROBABILITIES: stable_sigmoid(logits)}
+
+    def run(self, images: Sequence[np.ndarray]) -> list[Answer]:
+        """One ``{name: [1, ...] array}`` or one ``InvalidImageError`` per request's IMAGE tensor, in order."""
+        payloads = [request_payload(image) for image in images]
+        answers: list[Answer | None] = [p if isinstance(p, InvalidImageError) else None for p in payloads]
+        good = [i for i, p in enumerate(payloads) if not isinstance(p, InvalidImageError)]
+        pixels, errors = self.preprocessor.run_packed([p for p in payloads if not isinstance(p, InvalidImageError)])
+        accepted = [i for i, error in zip(good, errors, strict=True) if error is None]
+        for i, error in zip(good, errors, strict=True):
+            if error is not None:
+                answers[i] = error
+        if accepted:
+            (logits,) = self.classifier.run([pixels])
+            batch = self.outputs(logits)
+            for row, i in enumerate(accepted):
+                answers[i] = {name: np.ascontiguousarray(value[row : row + 1]) for name, value in batch.items()}
+        return answers  # type: ignore[return-value]
+
+
+class TritonPythonModel:
+    """Triton adapter of ``FusedScreen``."""
+
+    def initialize(self, args: dict[str, str]) -> None:
+        import triton_python_backend_utils as pb_utils
+
+        self._pb = pb_utils
+        config = parse_model_config(args)
+        params = model_parameters(config)
+        preprocessor = Preprocessor(
+            PreprocessCfg.from_json(params[contract.KEY_PREPROCESS]),
+            max_batch_size=max(1, int(config.get("max_batch_size", 1))),
+            num_threads=int(params[contract.KEY_DECODE_THREADS]),
+            device_id=None,
+        )
+        warm_up(preprocessor)
+        model_path = Path(args["model_repository"]) / args["model_version"] / contract.ONNX_FILENAME
+        classifier = OnnxClassifier(model_path, intra_op_threads=int(params[contract.KEY_ORT_THREADS]))
+        self._screen = FusedScreen(preprocessor, classifier)
+
+    def execute(self, requests: list[Any]) -> list[Any]:
+        pb = self._pb
+        images = [pb.get_input_tensor_by_name(r, contract.IMAGE).as_numpy() for r in requests]
+        responses = []
+        for answer in self._screen.run(images):
+            if isinstance(answer, InvalidImageError):
+                responses.append(rejection_response(pb, answer))
+            else:
+                responses.append(pb.InferenceResponse(output_tensors=[pb.Tensor(k, v) for k, v in answer.items()]))
+        return responses
