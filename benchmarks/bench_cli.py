@@ -151,7 +151,7 @@ def _auroc(answers, manifest: Path, count: int) -> float:
     from predilect.training.manifest import label_matrix, read_manifest
     from predilect.training.metrics import macro_auroc
 
-    records = read_manifest(manifest, split="heldout")[:count]
+    records = read_manifest(manifest, split="test")[:count]
     ids = list(answers[0])
     return macro_auroc(label_matrix(records), answers_matrix(answers, ids), ids)
 

@@ -125,7 +125,7 @@ def heldout_auroc(checkpoint: Path, manifest: Path, decoders: Sequence[str], *, 
     from predilect.training.metrics import macro_auroc, paired_bootstrap_ci
 
     model, meta = load_checkpoint(checkpoint)
-    records = read_manifest(manifest, catalog=meta.catalog, split="heldout")
+    records = read_manifest(manifest, catalog=meta.catalog, split="test")
     labels, ids = label_matrix(records, meta.catalog), meta.catalog.ids
     scores = {
         d: predict_proba(model, load_fundus_pixels(records, dataclasses.replace(meta.preprocess, decoder=d)))
@@ -175,7 +175,7 @@ def retrained_auroc(
             cache_dir=work / "cache",
         )
         model, meta = load_checkpoint(checkpoint)
-        records = read_manifest(manifest, catalog=meta.catalog, split="heldout")
+        records = read_manifest(manifest, catalog=meta.catalog, split="test")
         labels, ids = label_matrix(records, meta.catalog), meta.catalog.ids
         scores[decoder] = predict_proba(model, load_fundus_pixels(records, preprocess, cache_dir=work / "cache"))
     first = decoders[0]

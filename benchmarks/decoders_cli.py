@@ -86,7 +86,7 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> Path:
             f"no manifest at {args.manifest}; run `make demo` (or `predilect phantom`) or pass --manifest"
         )
     cfg = read_meta(args.checkpoint).preprocess if args.checkpoint.is_file() else decoders.PreprocessCfg()
-    records = read_manifest(args.manifest, split="heldout")[: args.images]
+    records = read_manifest(args.manifest, split="test")[: args.images]
     data = [r.path.read_bytes() for r in records]
     results: dict[str, Any] = {
         "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),

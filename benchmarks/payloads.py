@@ -43,7 +43,7 @@ def heldout_images(manifest: Path, *, limit: int) -> list[Path]:
     """The first ``limit`` held-out images of a phantom manifest (the demo's camera frames)."""
     from predilect.training.manifest import read_manifest
 
-    return [r.path for r in read_manifest(manifest, split="heldout")[:limit]]
+    return [r.path for r in read_manifest(manifest, split="test")[:limit]]
 
 
 def write_list(paths: Sequence[Path], out: Path) -> Path:

@@ -41,7 +41,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from predilect.training.data import load_fundus_pixels
         from predilect.training.manifest import read_manifest
 
-        records = read_manifest(args.manifest, catalog=meta.catalog, split="heldout")
+        records = read_manifest(args.manifest, catalog=meta.catalog, split="test")
         pixels = load_fundus_pixels(records, meta.preprocess, cache_dir=args.cache_dir)
         source = f"{len(records)} held-out images"
     else:

@@ -101,7 +101,7 @@ def _export(args: argparse.Namespace, checkpoint: Path, manifest: Path) -> Path:
 
     onnx_path = Artifacts(args.workdir).onnx
     meta = export_onnx(checkpoint, onnx_path)
-    records = read_manifest(manifest, catalog=meta.catalog, split="heldout")
+    records = read_manifest(manifest, catalog=meta.catalog, split="test")
     pixels = load_fundus_pixels(records, meta.preprocess, cache_dir=Artifacts(args.workdir).cache)
     report = check_parity(checkpoint, onnx_path, pixels)
     print(
@@ -146,7 +146,7 @@ def _serve_and_screen(args: argparse.Namespace, repository: Path, manifest: Path
     ) as server:
         print(f"      tritonserver ready: gRPC {server.grpc_url}, HTTP {server.http_url}, metrics {server.metrics_url}")
         t0 = _step(6, "screening the held-out images through the gRPC client")
-        records = read_manifest(manifest, catalog=catalog, split="heldout")
+        records = read_manifest(manifest, catalog=catalog, split="test")
         results, seconds = _screen_all(server.grpc_url, [r.path for r in records], args.concurrency)
     ids = list(results[0].probabilities)
     _print_table(records, results, ids, args.rows)

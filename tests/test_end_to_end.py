@@ -18,7 +18,7 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture(scope="module")
 def heldout(pipeline):
-    return read_manifest(pipeline.manifest, split="heldout")
+    return read_manifest(pipeline.manifest, split="test")
 
 
 def test_served_probabilities_equal_pytorch_when_same_image_files(pipeline, pipeline_server, heldout):

@@ -8,11 +8,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from predilect.catalog import DEFAULT_CATALOG
+from predilect.catalog import DEFAULT_CATALOG, load_catalog
 from predilect.preprocess import InvalidImageError, PreprocessCfg, Preprocessor
 from predilect.training.manifest import label_matrix, read_manifest
 from predilect.training.phantom import (
-    DISEASES,
     allocate_labels,
     fundus_anatomy,
     generate,
@@ -23,6 +22,7 @@ from predilect.training.phantom import (
 from predilect.training.phantom import (
     phantom_cli as cli,
 )
+from predilect.training.phantom.presets import EASY
 
 SMALL = (512, 384)
 
@@ -85,7 +85,7 @@ def test_render_fundus_returns_rgb_frame_of_requested_size_when_size_given():
     assert image.mode == "RGB" and image.size == (640, 480)
 
 
-@pytest.mark.parametrize("disease", DISEASES)
+@pytest.mark.parametrize("disease", EASY.diseases)
 def test_render_fundus_paints_lesions_at_predilection_site_when_disease_present(disease):
     seed = 11
     normal = _fundus(set(), seed)
@@ -206,9 +206,9 @@ def test_render_oct_raises_when_label_unknown():
 
 
 def test_allocate_labels_balances_prevalence_when_count_large():
-    labels = allocate_labels(720, DEFAULT_CATALOG.ids, np.random.default_rng(0))
+    labels = allocate_labels(720, EASY.diseases, np.random.default_rng(0))
     normal = sum(not s for s in labels) / len(labels)
-    prevalence = [sum(d in s for s in labels) / len(labels) for d in DEFAULT_CATALOG.ids]
+    prevalence = [sum(d in s for s in labels) / len(labels) for d in EASY.diseases]
     assert 0.25 < normal < 0.32
     assert all(0.15 <= p <= 0.25 for p in prevalence), prevalence
     assert max(prevalence) - min(prevalence) < 0.01
@@ -217,24 +217,29 @@ def test_allocate_labels_balances_prevalence_when_count_large():
 
 def test_plan_cohort_keeps_both_eyes_in_one_split_when_planned():
     planned = plan_cohort(
-        41, prefix="P", disease_ids=DEFAULT_CATALOG.ids, heldout_fraction=0.25, rng=np.random.default_rng(3)
+        41,
+        prefix="P",
+        disease_ids=EASY.diseases,
+        test_fraction=0.25,
+        val_fraction=0.15,
+        rng=np.random.default_rng(3),
     )
     assert len(planned) == 41 and len({(p.patient_id, p.eye) for p in planned}) == 41
     splits: dict[str, set[str]] = {}
     for p in planned:
         splits.setdefault(p.patient_id, set()).add(p.split)
     assert all(len(s) == 1 for s in splits.values())
-    assert {p.split for p in planned} == {"train", "heldout"}
+    assert {p.split for p in planned} == {"train", "val", "test"}
 
 
 @pytest.mark.parametrize("count", [24, 40, 41])
 def test_plan_cohort_gives_every_disease_positives_and_negatives_in_each_split_when_count_small(count):
     planned = plan_cohort(
-        count, prefix="P", disease_ids=DEFAULT_CATALOG.ids, heldout_fraction=0.25, rng=np.random.default_rng(count)
+        count, prefix="P", disease_ids=EASY.diseases, test_fraction=0.25, rng=np.random.default_rng(count)
     )
-    for split in ("train", "heldout"):
+    for split in ("train", "test"):
         members = [p for p in planned if p.split == split]
-        for d in DEFAULT_CATALOG.ids:
+        for d in EASY.diseases:
             positives = sum(d in p.labels for p in members)
             assert 0 < positives < len(members), (split, d)
 
@@ -249,14 +254,29 @@ def small_dataset(tmp_path_factory):
     return out, manifest
 
 
+def test_plan_cohort_keeps_labels_and_moves_whole_patients_to_val_when_val_fraction_given():
+    """The val split is carved out of training patients after labelling: the images stay the same."""
+    args = {"prefix": "P", "disease_ids": EASY.diseases, "test_fraction": 0.25}
+    without = plan_cohort(200, rng=np.random.default_rng(5), **args)
+    with_val = plan_cohort(
+        200, rng=np.random.default_rng(5), val_fraction=0.15, val_rng=np.random.default_rng(6), **args
+    )
+    assert [p.labels for p in without] == [p.labels for p in with_val]
+    moved = {p.patient_id for p in with_val if p.split == "val"}
+    assert 12 <= len(moved) <= 18
+    assert all(a.split == "train" for a, b in zip(without, with_val, strict=True) if b.split == "val")
+
+
 def test_generate_writes_both_manifests_with_every_disease_in_both_splits_when_count_40(small_dataset):
     out, manifest = small_dataset
     assert manifest == out / "manifest.csv"
+    catalog = load_catalog(out / "phantom_catalog.json")
+    assert catalog == DEFAULT_CATALOG.subset(list(EASY.diseases))
     for path, n in ((manifest, 40), (out / "oct_manifest.csv", 12)):
-        records = read_manifest(path)
+        records = read_manifest(path, catalog=catalog)
         assert len(records) == n
-        for split in ("train", "heldout"):
-            y = label_matrix([r for r in records if r.split == split], DEFAULT_CATALOG)
+        for split in ("train", "test"):
+            y = label_matrix([r for r in records if r.split == split], catalog)
             assert (y.sum(axis=0) > 0).all() and (y.sum(axis=0) < len(y)).all(), (path.name, split)
     fundus = read_manifest(manifest)
     assert all(r.path.suffix == ".jpg" and r.path.parent == out / "fundus" for r in fundus)
@@ -270,7 +290,7 @@ def test_generate_writes_identical_bytes_when_seed_same_and_workers_differ(small
     out, _ = small_dataset
     generate(tmp_path, count=40, oct_count=12, seed=9, width=320, height=240, workers=2)
     names = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*") if p.is_file())
-    assert len(names) == 40 + 12 + 2
+    assert len(names) == 40 + 12 + 5  # images, two manifests, lesions, catalog, info
     for name in names:
         assert (tmp_path / name).read_bytes() == (out / name).read_bytes(), name
 
@@ -297,7 +317,14 @@ def test_generate_reports_progress_to_total_when_callback_given(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "kwargs", [{"count": 0}, {"heldout_fraction": 1.0}, {"workers": 0}, {"width": 100, "height": 200}]
+    "kwargs",
+    [
+        {"count": 0},
+        {"test_fraction": 1.0},
+        {"test_fraction": 0.6, "val_fraction": 0.4},
+        {"workers": 0},
+        {"width": 100, "height": 200},
+    ],
 )
 def test_generate_raises_when_arguments_invalid(tmp_path, kwargs):
     with pytest.raises(ValueError):
@@ -324,7 +351,7 @@ def test_cli_main_writes_dataset_and_prints_counts_when_tiny_count(tmp_path, cap
     out = capsys.readouterr().out
     assert code == 0
     assert str(tmp_path / "manifest.csv") in out and str(tmp_path / "oct_manifest.csv") in out
-    assert "100%" in out and "glaucoma" in out and "heldout" in out
+    assert "100%" in out and "glaucoma" in out and "\ntest " in out
     assert len(read_manifest(tmp_path / "manifest.csv")) == 8
 
 

@@ -56,7 +56,7 @@ def test_train_gives_same_version_when_run_twice_with_same_seed(phantom_manifest
 
 
 def test_training_tensors_equal_serving_pipeline_when_same_files(phantom_manifest, tmp_path):
-    records = read_manifest(phantom_manifest, split="heldout")[:5]
+    records = read_manifest(phantom_manifest, split="test")[:5]
     cached = load_fundus_pixels(records, PreprocessCfg(), cache_dir=tmp_path)
     again = load_fundus_pixels(records, PreprocessCfg(), cache_dir=tmp_path)  # from the cache file
     direct = Preprocessor(PreprocessCfg()).run_strict([r.path.read_bytes() for r in records])

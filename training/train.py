@@ -129,13 +129,13 @@ def train(
     cache_dir: Path | None = None,
     report: Callable[[str], None] = log.info,
 ) -> TrainResult:
-    """Train on ``manifest`` (splits ``train`` and ``heldout``) and write the checkpoint to ``out``."""
+    """Train on ``manifest`` (splits ``train`` and ``test``) and write the checkpoint to ``out``."""
     start = time.monotonic()
     torch.manual_seed(cfg.seed)
     train_rec = read_manifest(manifest, catalog=catalog, split="train")
-    held_rec = read_manifest(manifest, catalog=catalog, split="heldout")
+    held_rec = read_manifest(manifest, catalog=catalog, split="test")
     if not train_rec or not held_rec:
-        raise ValueError(f"{manifest} needs rows in both splits 'train' and 'heldout'")
+        raise ValueError(f"{manifest} needs rows in both splits 'train' and 'test' (legacy 'heldout')")
     report(f"preprocessing {len(train_rec) + len(held_rec)} fundus images with the serving pipeline")
     x_train = load_fundus_pixels(train_rec, preprocess, cache_dir=cache_dir)
     x_held = load_fundus_pixels(held_rec, preprocess, cache_dir=cache_dir)

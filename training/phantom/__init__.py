@@ -4,16 +4,20 @@
 predilection sites; ``generate`` writes a reproducible data set with both manifests.
 """
 
-from .fundus import DISEASES, Anatomy, fundus_anatomy, render_fundus
+from .fundus import Anatomy
 from .generate import FUNDUS_MANIFEST, OCT_MANIFEST, allocate_labels, generate, image_rng, plan_cohort
-from .oct import render_oct
+from .registry import DISEASES, REGISTRY
+from .render import draw_fundus, draw_oct, fundus_anatomy, render_fundus, render_oct
 
 __all__ = [
     "DISEASES",
     "FUNDUS_MANIFEST",
     "OCT_MANIFEST",
+    "REGISTRY",
     "Anatomy",
     "allocate_labels",
+    "draw_fundus",
+    "draw_oct",
     "fundus_anatomy",
     "generate",
     "image_rng",

@@ -1,4 +1,4 @@
-"""Synthetic colour fundus photographs with lesions at each disease's predilection sites.
+"""Synthetic colour fundus photographs: anatomy, painting primitives and camera profiles.
 
 Conventions: images are shown as a fundus camera shows them, so in a right eye ("R") the
 optic disc (nasal side) lies to the right of the fovea and in a left eye ("L") to the left.
@@ -7,7 +7,9 @@ the frame, black outside. Anatomy is measured in disc diameters (DD, about 1/8 o
 of view): the fovea lies about 2.5 DD temporal to the disc and 0.3 DD below it.
 
 Lesion sizes are given at the reference scale of a 1536-px-high frame and scale with the
-frame, so that they stay visible once the field of view is resized to 224 x 224.
+frame (and with the camera's magnification), so that they stay visible once the field of view
+is resized to 224 x 224. The diseases' painters live in ``fundus_lesions``; ``render`` puts
+anatomy, lesions and camera together.
 """
 
 from __future__ import annotations
@@ -17,12 +19,11 @@ import math
 from dataclasses import dataclass, field
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFilter
+from PIL import Image, ImageChops, ImageDraw, ImageFilter
 
 from predilect.contract import EYES
 from predilect.errors import ConfigError
 
-DISEASES = ("dr", "dme", "amd", "glaucoma", "rvo", "rp")
 FOV_DIAMETER = 1.02  # field-of-view diameter, in frame heights
 DISC_DIAMETER = 1.0 / 8.0  # disc diameter, in field-of-view diameters
 REFERENCE_RADIUS = FOV_DIAMETER * 1536 / 2  # field-of-view radius that lesion sizes refer to
@@ -75,6 +76,7 @@ class Anatomy:
     fovea: Point
     cup_ratio: float
     vessels: tuple[Vessel, ...] = field(repr=False)
+    disc_fraction: float = DISC_DIAMETER  # the camera's field angle: disc diameter / FOV diameter
 
     @property
     def dd(self) -> float:
@@ -83,8 +85,8 @@ class Anatomy:
 
     @property
     def scale(self) -> float:
-        """Frame scale relative to the 1536-px-high reference."""
-        return self.radius / REFERENCE_RADIUS
+        """Size of the retina in the frame relative to the 1536-px-high, 45-degree reference."""
+        return self.radius / REFERENCE_RADIUS * self.disc_fraction / DISC_DIAMETER
 
     @property
     def temporal(self) -> float:
@@ -263,12 +265,24 @@ def _check_args(width: int, height: int, eye: str) -> None:
     check_frame(width, height)
 
 
-def sample_anatomy(rng: np.random.Generator, *, width: int, height: int, eye: str) -> Anatomy:
-    """Random but plausible anatomy: field of view, disc, cup, fovea and vessel tree."""
+def sample_anatomy(
+    rng: np.random.Generator,
+    *,
+    width: int,
+    height: int,
+    eye: str,
+    fov_diameter: float = FOV_DIAMETER,
+    disc_fraction: float = DISC_DIAMETER,
+) -> Anatomy:
+    """Random but plausible anatomy: field of view, disc, cup, fovea and vessel tree.
+
+    ``fov_diameter`` (in frame heights) and ``disc_fraction`` (disc diameter over FOV
+    diameter: a narrower field angle magnifies the retina) describe the camera.
+    """
     _check_args(width, height, eye)
-    radius = FOV_DIAMETER * height / 2.0
+    radius = fov_diameter * height / 2.0
     centre = (width / 2.0, height / 2.0)
-    dd = 2.0 * radius * DISC_DIAMETER * rng.uniform(0.92, 1.08)
+    dd = 2.0 * radius * disc_fraction * rng.uniform(0.92, 1.08)
     fovea = (centre[0] + rng.normal(0.0, 0.12) * dd, centre[1] + rng.normal(0.0, 0.12) * dd)
     temporal = 1.0 if eye == "L" else -1.0
     fovea_v = rng.uniform(0.15, 0.4)  # the fovea lies a little below the disc centre
@@ -285,6 +299,7 @@ def sample_anatomy(rng: np.random.Generator, *, width: int, height: int, eye: st
         fovea=fovea,
         cup_ratio=float(rng.uniform(0.2, 0.42)),
         vessels=_vessel_tree(frame, fovea_v, rng),
+        disc_fraction=disc_fraction,
     )
 
 
@@ -361,20 +376,43 @@ def _gain_lut(gain: tuple[float, ...]) -> list[int]:
     return np.concatenate([np.clip(ramp * g, 0, 255) for g in gain]).round().astype(int).tolist()
 
 
+@dataclass(frozen=True)
+class Lesion:
+    """Where one lesion (or one confounder) was drawn: centre and radius in pixels."""
+
+    disease: str
+    x: float
+    y: float
+    r: float
+
+
 @dataclass
 class Findings:
     """What the diseases change: cup size, vessel calibre per (kind, trunk), extra layers.
 
-    ``under_vessels`` are painted before the vessels (disc-margin changes), ``layers`` after.
+    ``under_vessels`` are painted before the vessels (disc-margin changes), ``layers`` after
+    the vessels, ``over_vessels`` after ``layers`` (what hides vessels: a swollen disc margin).
+    ``lesions`` records where each painter drew, under the id in ``disease``.
     """
 
     cup_ratio: float
     vessel_scale: dict[tuple[str, str], float] = field(default_factory=dict)
     under_vessels: list[Layer] = field(default_factory=list)
     layers: list[Layer] = field(default_factory=list)
+    over_vessels: list[Layer] = field(default_factory=list)
+    lesions: list[Lesion] = field(default_factory=list)
+    disease: str = ""
 
     def scale_of(self, vessel: Vessel) -> float:
         return self.vessel_scale.get((vessel.kind, vessel.trunk), 1.0) * self.vessel_scale.get((vessel.kind, "*"), 1.0)
+
+    def scale_vessels(self, kind: str, trunk: str, factor: float) -> None:
+        """Multiply the calibre of ``kind`` vessels of ``trunk`` ("*": all) by ``factor``."""
+        self.vessel_scale[(kind, trunk)] = self.vessel_scale.get((kind, trunk), 1.0) * factor
+
+    def mark(self, xy: Point, r: float) -> None:
+        """Record a lesion of the current ``disease`` centred at ``xy`` with radius ``r`` (px)."""
+        self.lesions.append(Lesion(self.disease, float(xy[0]), float(xy[1]), float(r)))
 
 
 def _background(anatomy: Anatomy, rng: np.random.Generator) -> Image.Image:
@@ -444,13 +482,13 @@ def _draw_tapered(layer: Layer, points: np.ndarray, widths: np.ndarray) -> None:
             start = i
 
 
-@functools.lru_cache(maxsize=4)
-def fov_mask(width: int, height: int) -> Image.Image:
+@functools.lru_cache(maxsize=8)
+def fov_mask(width: int, height: int, fov_diameter: float = FOV_DIAMETER) -> Image.Image:
     """The field of view ("L", 255 inside), with a soft rim: a hard edge would ring in JPEG.
 
     Cached: treat the returned image as read-only.
     """
-    radius = FOV_DIAMETER * height / 2.0
+    radius = fov_diameter * height / 2.0
     soft = max(1.5, 3.0 * radius / REFERENCE_RADIUS)
     mask = Image.new("L", (width, height), 0)
     cx, cy, r = width / 2.0, height / 2.0, radius - soft
@@ -468,192 +506,47 @@ def _colour_cast(image: Image.Image, rng: np.random.Generator) -> Image.Image:
     return image.point(lut)
 
 
-# ----------------------------------------------------------------------------- lesions
+@dataclass(frozen=True)
+class CameraProfile:
+    """What a fundus camera does to the picture: colour cast, vignetting, sharpness, field of view.
 
-
-def _inside(anatomy: Anatomy, xy: Point, margin: float = 0.97) -> bool:
-    return math.hypot(xy[0] - anatomy.centre[0], xy[1] - anatomy.centre[1]) < margin * anatomy.radius
-
-
-def _vessel_points(
-    anatomy: Anatomy,
-    *,
-    trunks: tuple[str, ...],
-    kinds: tuple[str, ...] = ("vein", "artery"),
-    near: Point,
-    within: float,
-) -> np.ndarray:
-    """Centreline points of the given trunks (and their branches) within ``within`` px of ``near``."""
-    chosen = [v.points for v in anatomy.vessels if v.trunk in trunks and v.kind in kinds]
-    points = np.vstack(chosen) if chosen else np.array([anatomy.fovea])
-    keep = np.linalg.norm(points - np.array(near), axis=1) < within
-    return points[keep] if keep.any() else points
-
-
-def _dr(findings: Findings, anatomy: Anatomy, rng: np.random.Generator) -> None:
-    """Microaneurysms and dot-blot haemorrhages scattered along the temporal arcades."""
-    s, dd = anatomy.scale, anatomy.dd
-    sites = _vessel_points(
-        anatomy, trunks=("superior_temporal", "inferior_temporal"), near=anatomy.fovea, within=3.8 * dd
-    )
-    layer = Layer((anatomy.width, anatomy.height), blur=max(0.5, 1.2 * s), gain=(0.4, 0.13, 0.16))
-    contrast = rng.uniform(0.75, 1.0)
-    for _ in range(int(rng.integers(25, 56))):
-        angle, dist = rng.uniform(0, 2 * np.pi), rng.uniform(0.05, 0.7) * dd
-        base = sites[rng.integers(len(sites))]
-        xy = (base[0] + dist * math.cos(angle), base[1] + dist * math.sin(angle))
-        if not _inside(anatomy, xy):
-            continue
-        opacity = contrast * rng.uniform(0.8, 1.0)
-        if rng.random() < 0.5:  # microaneurysm
-            layer.disc(xy, rng.uniform(11, 15) * s, opacity)
-        else:  # blot haemorrhage: a few overlapping blobs
-            for _ in range(int(rng.integers(2, 4))):
-                r = rng.uniform(14, 24) * s
-                layer.disc((xy[0] + rng.uniform(-0.6, 0.6) * r, xy[1] + rng.uniform(-0.6, 0.6) * r), r, opacity)
-    findings.layers.append(layer)
-
-
-def _dme(findings: Findings, anatomy: Anatomy, rng: np.random.Generator) -> None:
-    """Hard exudates in a circinate ring (partial or whole) around the fovea."""
-    s, dd = anatomy.scale, anatomy.dd
-    layer = Layer((anatomy.width, anatomy.height), blur=max(0.5, 1.0 * s), colour=(250, 228, 112))
-    contrast = rng.uniform(0.75, 1.0)
-    cx = anatomy.fovea[0] + rng.uniform(-0.25, 0.25) * dd
-    cy = anatomy.fovea[1] + rng.uniform(-0.25, 0.25) * dd
-    ring, start, extent = rng.uniform(0.7, 1.3) * dd, rng.uniform(0, 2 * np.pi), rng.uniform(0.55, 1.0) * 2 * np.pi
-    for _ in range(int(rng.integers(10, 22))):
-        angle, radius = start + rng.uniform(0, extent), ring * rng.uniform(0.85, 1.15)
-        centre = (cx + radius * math.cos(angle), cy + radius * math.sin(angle))
-        for _ in range(int(rng.integers(2, 6))):
-            xy = (centre[0] + rng.normal(0, 0.08) * dd, centre[1] + rng.normal(0, 0.08) * dd)
-            layer.disc(xy, rng.uniform(8, 14) * s, contrast * rng.uniform(0.8, 1.0))
-    findings.layers.append(layer)
-
-
-def _amd(findings: Findings, anatomy: Anatomy, rng: np.random.Generator) -> None:
-    """Soft drusen: pale yellow blobs with soft edges clustered on the macula."""
-    s, dd = anatomy.scale, anatomy.dd
-    layer = Layer((anatomy.width, anatomy.height), blur=max(0.8, 5.0 * s), colour=(232, 206, 142))
-    contrast = rng.uniform(0.7, 1.0)
-    for _ in range(int(rng.integers(14, 36))):
-        offset = np.clip(rng.normal(0, 0.55, 2), -1.4, 1.4) * dd
-        xy = (anatomy.fovea[0] + offset[0], anatomy.fovea[1] + offset[1])
-        layer.disc(xy, rng.uniform(12, 28) * s, contrast * rng.uniform(0.6, 0.85))
-    findings.layers.append(layer)
-
-
-def _glaucoma(findings: Findings, anatomy: Anatomy, rng: np.random.Generator) -> None:
-    """Enlarged cup plus a pale crescent of peripapillary atrophy at the temporal disc margin."""
-    findings.cup_ratio = float(rng.uniform(0.7, 0.9))
-    r, s = anatomy.disc_radius, anatomy.scale
-    layer = Layer((anatomy.width, anatomy.height), blur=max(0.5, 2.0 * s), colour=(216, 196, 168))
-    # The disc is painted over this ellipse, leaving a crescent on the temporal side.
-    shift, outer = r * rng.uniform(0.25, 0.45), r * rng.uniform(1.1, 1.25)
-    x, y = anatomy.disc[0] + anatomy.temporal * shift, anatomy.disc[1] + r * rng.uniform(-0.1, 0.1)
-    layer.ellipse((x, y), outer, outer * rng.uniform(1.0, 1.15), rng.uniform(0.75, 0.95))
-    findings.under_vessels.append(layer)
-
-
-def _rvo(findings: Findings, anatomy: Anatomy, rng: np.random.Generator) -> None:
-    """Flame haemorrhages along one temporal vein (superior or inferior), which is dilated."""
-    s, dd = anatomy.scale, anatomy.dd
-    trunk = "superior_temporal" if rng.random() < 0.5 else "inferior_temporal"
-    findings.vessel_scale[("vein", trunk)] = rng.uniform(1.25, 1.45)
-    veins = [v for v in anatomy.vessels if v.trunk == trunk and v.kind == "vein"]
-    points = np.vstack([v.points for v in veins])
-    tangents = np.vstack([_tangents(v.points) for v in veins])
-    keep = np.linalg.norm(points - np.array(anatomy.disc), axis=1) > 0.6 * dd
-    points, tangents = points[keep], tangents[keep]
-    layer = Layer((anatomy.width, anatomy.height), blur=max(0.5, 1.8 * s), gain=(0.42, 0.14, 0.17))
-    contrast = rng.uniform(0.7, 1.0)
-    for _ in range(int(rng.integers(25, 56))):
-        i = rng.integers(len(points))
-        side = rng.uniform(-0.6, 0.6) * dd
-        xy = (points[i, 0] - tangents[i, 1] * side, points[i, 1] + tangents[i, 0] * side)
-        if not _inside(anatomy, xy):
-            continue
-        angle = math.atan2(tangents[i, 1], tangents[i, 0]) + rng.normal(0, 0.25)
-        layer.rotated_ellipse(
-            xy, rng.uniform(40, 95) * s, rng.uniform(10, 17) * s, angle, contrast * rng.uniform(0.75, 1.0)
-        )
-    findings.layers.append(layer)
-
-
-def _rp(findings: Findings, anatomy: Anatomy, rng: np.random.Generator) -> None:
-    """Bone-spicule pigment in the mid-periphery, with attenuated vessels."""
-    s = anatomy.scale
-    attenuation = rng.uniform(0.55, 0.7)
-    findings.vessel_scale[("vein", "*")] = attenuation
-    findings.vessel_scale[("artery", "*")] = attenuation
-    layer = Layer((anatomy.width, anatomy.height), blur=max(0.5, 1.0 * s), gain=(0.2, 0.17, 0.2))
-    contrast = rng.uniform(0.75, 1.0)
-    for _ in range(int(rng.integers(40, 91))):
-        angle, radius = rng.uniform(0, 2 * np.pi), math.sqrt(rng.uniform(0.55**2, 0.9**2)) * anatomy.radius
-        xy = (anatomy.centre[0] + radius * math.cos(angle), anatomy.centre[1] + radius * math.sin(angle))
-        if math.dist(xy, anatomy.disc) < 1.1 * anatomy.dd:
-            continue
-        opacity = contrast * rng.uniform(0.8, 1.0)
-        layer.disc(xy, rng.uniform(4, 7) * s, opacity)
-        for _ in range(int(rng.integers(3, 6))):
-            layer.line(_spicule_arm(xy, s, rng), rng.uniform(3.5, 7) * s, opacity)
-    findings.layers.append(layer)
-
-
-def _spicule_arm(xy: Point, s: float, rng: np.random.Generator) -> np.ndarray:
-    """A jagged arm of a bone spicule: two or three short kinked segments."""
-    heading = rng.uniform(0, 2 * np.pi)
-    points = [np.array(xy)]
-    for _ in range(int(rng.integers(2, 4))):
-        heading += rng.normal(0, 0.5)
-        points.append(points[-1] + rng.uniform(7, 16) * s * np.array([math.cos(heading), math.sin(heading)]))
-    return np.array(points)
-
-
-_PAINTERS = {"dr": _dr, "dme": _dme, "amd": _amd, "glaucoma": _glaucoma, "rvo": _rvo, "rp": _rp}
-
-
-# ----------------------------------------------------------------------------- public
-
-
-def _child_seeds(rng: np.random.Generator) -> np.ndarray:
-    """Three seeds drawn first, whatever the labels: anatomy, camera, lesions.
-
-    So the same ``rng`` state gives the same eye with and without disease.
+    ``fov_diameter`` is the field of view in frame heights (above 1 the disc is clipped top
+    and bottom); ``disc_fraction`` is the disc diameter over the FOV diameter (a narrower
+    field angle magnifies the retina); ``blur`` is a Gaussian sigma and ``noise`` a standard
+    deviation in 8-bit levels, both at the 1536-px reference scale.
     """
-    return rng.integers(0, 2**63 - 1, size=3)
+
+    name: str
+    gains: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    gamma: float = 1.0
+    vignette: float = 0.0
+    blur: float = 0.0
+    noise: float = 0.0
+    fov_diameter: float = FOV_DIAMETER
+    disc_fraction: float = DISC_DIAMETER
 
 
-def _check_labels(labels: frozenset[str]) -> None:
-    unknown = sorted(set(labels) - set(DISEASES))
-    if unknown:
-        raise ValueError(f"cannot render disease ids {unknown}; the phantom knows {list(DISEASES)}")
-
-
-def fundus_anatomy(rng: np.random.Generator, *, width: int = 2048, height: int = 1536, eye: str = "R") -> Anatomy:
-    """The anatomy ``render_fundus`` would draw from an ``rng`` in the same state."""
-    return sample_anatomy(np.random.default_rng(_child_seeds(rng)[0]), width=width, height=height, eye=eye)
-
-
-def render_fundus(
-    labels: frozenset[str], *, rng: np.random.Generator, width: int = 2048, height: int = 1536, eye: str = "R"
-) -> Image.Image:
-    """A synthetic colour fundus photograph (RGB) of ``eye`` showing the diseases in ``labels``."""
-    _check_labels(labels)
-    _check_args(width, height, eye)
-    anatomy_seed, camera_seed, lesion_seed = _child_seeds(rng)
-    anatomy = sample_anatomy(np.random.default_rng(anatomy_seed), width=width, height=height, eye=eye)
-    camera = np.random.default_rng(camera_seed)
-    findings = Findings(cup_ratio=anatomy.cup_ratio)
-    for i, disease in enumerate(DISEASES):  # fixed order: each disease has its own stream
-        if disease in labels:
-            _PAINTERS[disease](findings, anatomy, np.random.default_rng([int(lesion_seed), i]))
-    image = _background(anatomy, camera)
-    for layer in findings.under_vessels:
-        layer.apply(image)
-    _paint_disc(image, anatomy, findings.cup_ratio, camera)
-    _paint_vessels(image, anatomy, findings)
-    for layer in findings.layers:
-        layer.apply(image)
-    image = _colour_cast(image, camera)
-    return Image.composite(image, Image.new("RGB", image.size), fov_mask(width, height))
+def apply_camera(image: Image.Image, anatomy: Anatomy, profile: CameraProfile, rng: np.random.Generator) -> Image.Image:
+    """The profile's optics and colour, with a little per-image jitter, applied to ``image``."""
+    s = anatomy.height / 1536.0
+    if profile.blur > 0:
+        image = image.filter(ImageFilter.GaussianBlur(profile.blur * s * rng.uniform(0.8, 1.2)))
+    if profile.vignette > 0:
+        f = 4  # smooth: computed at 1/4 resolution
+        h, w = max(8, anatomy.height // f), max(8, anatomy.width // f)
+        ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
+        r = np.hypot(
+            (xs + 0.5) * anatomy.width / w - anatomy.centre[0], (ys + 0.5) * anatomy.height / h - anatomy.centre[1]
+        )
+        shade = 255.0 * (1.0 - profile.vignette * np.clip(r / anatomy.radius, 0.0, 1.0) ** 2.5)
+        mask = Image.fromarray(shade.astype(np.uint8), "L").resize(image.size, Image.BILINEAR)
+        image = ImageChops.multiply(image, Image.merge("RGB", (mask, mask, mask)))
+    gains = np.array(profile.gains) * rng.uniform(0.96, 1.04, 3)
+    gamma = profile.gamma * rng.uniform(0.96, 1.04)
+    ramp = (np.arange(256, dtype=np.float64) / 255.0) ** gamma * 255.0
+    image = image.point(np.concatenate([np.clip(ramp * g, 0, 255) for g in gains]).round().astype(int).tolist())
+    if profile.noise <= 0:
+        return image
+    noise = rng.standard_normal((image.height, image.width, 3), dtype=np.float32) * profile.noise
+    pixels = np.asarray(image, dtype=np.float32) + noise
+    return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), "RGB")
