@@ -32,6 +32,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "predilect.training.phantom.phantom_cli",
         "synthetic fundus photographs, OCT B-scans, manifests",
     ),
+    "gradability": (
+        "predilect.training.gradability_cli",
+        "calibrate and measure the gradability step on phantom degradations",
+    ),
     "train": ("predilect.training.train_cli", "train the predilection-site classifier on a manifest"),
     "export": ("predilect.build.export_cli", "export a checkpoint to ONNX and check it under ONNX Runtime"),
     "quantize": ("predilect.build.quantize_cli", "INT8 model for the CPU profile, behind an accuracy gate"),
