@@ -46,6 +46,12 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("predilect.serving.demo_cli", "phantom -> train -> export -> assemble -> serve -> screen, end to end"),
     "screen": ("predilect.client.screen_cli", "screen a folder, manifest or DICOM files; resumable JSONL output"),
     "gateway": ("predilect.client.gateway_cli", "DICOM C-STORE gateway that screens what it receives"),
+    "report": ("predilect.client.report_cli", "an HTML summary per patient of a screening journal, with overlays"),
+    "schema": ("predilect.client.schema_cli", "write or check the JSON Schemas of the journal record and exam result"),
+    "operating-points": (
+        "predilect.build.operating_points_cli",
+        "per-disease thresholds for a target sensitivity on a validation split, into the checkpoint's catalog",
+    ),
     "bench": ("predilect.benchmarks.bench_cli", "Locust concurrency sweep against the server and baselines"),
 }
 
