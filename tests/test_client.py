@@ -83,7 +83,7 @@ def _corrupt_jpeg(image: bytes) -> bytes:
 @pytest.mark.parametrize(
     ("make_bad", "cause"),
     [
-        (_corrupt_jpeg, "corrupt JPEG"),
+        (_corrupt_jpeg, "corrupt or unsupported JPEG"),
         (lambda image: b"%PDF-1.7\n" + image, "not a JPEG or PNG image"),
         (lambda image: image[: len(image) // 2], "truncated JPEG"),
     ],

@@ -20,6 +20,7 @@ import pytest
 from client_faces import FACES
 
 from predilect import contract
+from predilect.catalog import DEFAULT_CATALOG
 from predilect.client import (
     AuthenticationError,
     ClientConfigError,
@@ -68,7 +69,7 @@ def make_face(request) -> Iterator[Callable]:
 def test_face_screens_when_auth_token_matches_server(make_face, guarded_server, fundus_jpeg) -> None:
     face = make_face(guarded_server.grpc_url, timeout_s=60, auth_token=TOKEN)
     result = face.screen(fundus_jpeg(60))
-    assert result.model_name == "uopsl-tiny" and len(result.probabilities) == 6
+    assert result.model_name == "uopsl-tiny" and len(result.scores) == len(DEFAULT_CATALOG)
 
 
 @pytest.mark.parametrize("token", [None, "wrong-token"], ids=["missing", "wrong"])
@@ -98,7 +99,7 @@ def test_server_refuses_inference_without_token_when_called_directly(guarded_ser
         with pytest.raises(InferenceServerException, match="restricted"):
             raw.infer(contract.ENSEMBLE, [tensor])
         answer = raw.infer(contract.ENSEMBLE, [tensor], headers={contract.GRPC_AUTH_HEADER: TOKEN})
-    assert answer.as_numpy(contract.PROBABILITIES).shape == (1, 6)
+    assert answer.as_numpy(contract.PROBABILITIES).shape == (1, len(DEFAULT_CATALOG))
 
 
 def test_screen_cli_exits_2_with_one_line_when_token_is_wrong(guarded_server, fundus_jpeg, tmp_path: Path) -> None:
