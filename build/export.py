@@ -17,7 +17,9 @@ import numpy as np
 import torch
 
 from predilect import contract
+from predilect.catalog import Catalog
 from predilect.contract import ATTENTION, LOGITS, PIXELS
+from predilect.preprocess import PreprocessCfg
 from predilect.training.attention import reference_attention
 from predilect.training.checkpoint import CheckpointMeta, load_checkpoint
 
@@ -86,6 +88,19 @@ def export_onnx(checkpoint: Path, out: Path, *, attention: bool = True) -> Check
     onnx.checker.check_model(graph)
     onnx.save(graph, str(out))
     return meta
+
+
+def read_onnx_meta(onnx_path: Path) -> tuple[Catalog, PreprocessCfg, str, str]:
+    """(catalog, preprocessing, model name, model version) from an exported model's metadata."""
+    import onnx
+
+    meta = {p.key: p.value for p in onnx.load(str(onnx_path), load_external_data=False).metadata_props}
+    return (
+        Catalog.from_json(meta[contract.KEY_CATALOG]),
+        PreprocessCfg.from_json(meta[contract.KEY_PREPROCESS]),
+        meta[contract.KEY_MODEL_NAME],
+        meta[contract.KEY_MODEL_VERSION],
+    )
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:

@@ -48,6 +48,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "gateway": ("predilect.client.gateway_cli", "DICOM C-STORE gateway that screens what it receives"),
     "report": ("predilect.client.report_cli", "an HTML summary per patient of a screening journal, with overlays"),
     "schema": ("predilect.client.schema_cli", "write or check the JSON Schemas of the journal record and exam result"),
+    "localisation": (
+        "predilect.build.localisation_cli",
+        "score the served heatmaps against the lesions a phantom drew (held-out split)",
+    ),
     "operating-points": (
         "predilect.build.operating_points_cli",
         "per-disease thresholds for a target sensitivity on a validation split, into the checkpoint's catalog",

@@ -19,15 +19,15 @@ disc (preprocessing centres the square on the lit field), "inner" is the disc of
   off-centre or clipped, or a frame lit edge to edge (no fundus camera mask).
 * ``occluded``: share of the inscribed disc that is dark (unlit) beyond what ``outside`` explains
   by displacement: an eyelid or lash shadow.
-* ``glare``: share of inner pixels that are bluish white (blue >= 0.75 red and blue > 110):
-  corneal / lens reflections; the fundus itself is red-orange.
+* ``glare``: share of inner pixels that are bluish white (blue >= red and blue > 110): corneal /
+  lens reflections; every fundus structure, the pale optic cup and exudates included, is redder.
 * ``haze``: the inner disc's 2nd-percentile blue over its median blue: a veil of scattered light
   adds to every level, lifting the floor towards the median, where a colour cast (a gain) keeps
   the ratio.
-* ``dust``: share of inner pixels darker than 0.75 of their neighbourhood (a 10% of S box)
-  with the neighbourhood's colour kept: shadows of dirt on the optics darken without changing
-  hue, where haemorrhages and vessels turn redder.
-* ``redness``: median (R - B) / (R + G + B) over lit inner pixels: a colour fundus photograph is
+* ``dust``: share of inner pixels darker than 0.75 of their neighbourhood (a 10% of S box) in
+  red, green and blue alike (ratios within 0.08): shadows of dirt on the optics darken every
+  channel by one factor, where haemorrhages, vessels and pigment change the hue.
+* ``redness``: mean (R - B) / (R + G + B) over lit inner pixels: a colour fundus photograph is
   red-orange; an OCT B-scan is grey, an external eye photograph skin, white and iris.
 
 Each check (``CHECKS``) fails when its measure passes its threshold in its direction; its
@@ -65,7 +65,7 @@ MEASURES = (
     "redness",
 )
 _INNER_R, _DISC_R, _CORNER_R = 0.40, 0.48, 0.53
-_DUST_DARKER, _DUST_HUE = 0.75, 0.03
+_DUST_DARKER, _DUST_HUE = 0.8, 0.08
 
 
 class QualityConfigError(UserError, ValueError):
@@ -191,21 +191,34 @@ def squares_from_pixels(pixels: np.ndarray, mean: tuple[float, ...], std: tuple[
     return np.clip(levels, 0, 255).astype(np.uint8).transpose(0, 2, 3, 1)
 
 
-def _box_mean(images: np.ndarray, k: int) -> np.ndarray:
-    """Mean over a ``k`` x ``k`` window (k odd), edges replicated; ``images`` (N, H, W) float."""
-    pad = k // 2
-    padded = np.pad(images, ((0, 0), (pad, pad), (pad, pad)), mode="edge")
-    sums = np.pad(padded.cumsum(1).cumsum(2), ((0, 0), (1, 0), (1, 0)))
-    h, w = images.shape[1:]
-    total = sums[:, k : k + h, k : k + w] - sums[:, :h, k : k + w] - sums[:, k : k + h, :w] + sums[:, :h, :w]
-    return total / np.float32(k * k)
+def _window_sums(images: np.ndarray, half: int, rows: slice, columns: slice) -> np.ndarray:
+    """Sums over the (2 half + 1)-square window around each pixel of ``images[:, rows, columns]``.
+
+    Through an integral image in int64 (exact for integer images); the caller keeps the windows
+    inside the image (no padding).
+    """
+    n, height, width = images.shape
+    integral = np.zeros((n, height + 1, width + 1), dtype=np.int64)
+    np.cumsum(np.cumsum(images, axis=1, dtype=np.int64), axis=2, out=integral[:, 1:, 1:])
+    top, bottom = rows.start - half, rows.stop + half + 1
+    left, right = columns.start - half, columns.stop + half + 1
+    k = 2 * half + 1
+    return (
+        integral[:, top + k : bottom, left + k : right]
+        - integral[:, top : bottom - k, left + k : right]
+        - integral[:, top + k : bottom, left : right - k]
+        + integral[:, top : bottom - k, left : right - k]
+    )
 
 
 @dataclass(frozen=True)
 class _Geometry:
-    inner: np.ndarray
-    disc: np.ndarray
-    corners: np.ndarray
+    """Masks of one square side: ``window`` bounds the inner disc, ``inner`` is the disc within it."""
+
+    window: slice
+    inner: np.ndarray  # (w, w) over the window
+    disc: np.ndarray  # (S, S)
+    corners: np.ndarray  # (S, S)
 
 
 _GEOMETRY: dict[int, _Geometry] = {}
@@ -213,16 +226,48 @@ _GEOMETRY: dict[int, _Geometry] = {}
 
 def _geometry(size: int) -> _Geometry:
     if size not in _GEOMETRY:
-        centre = (np.arange(size, dtype=np.float32) + 0.5 - size / 2) / size
+        centre = (np.arange(size, dtype=np.float64) + 0.5 - size / 2) / size
         r = np.hypot(centre[None, :], centre[:, None])
-        _GEOMETRY[size] = _Geometry(inner=r < _INNER_R, disc=r < _DISC_R, corners=r > _CORNER_R)
+        inner = r < _INNER_R
+        used = np.flatnonzero(inner.any(axis=0))
+        window = slice(int(used[0]), int(used[-1]) + 1)
+        _GEOMETRY[size] = _Geometry(window=window, inner=inner[window, window], disc=r < _DISC_R, corners=r > _CORNER_R)
     return _GEOMETRY[size]
+
+
+def _half_sums(squares: np.ndarray) -> np.ndarray:
+    """Sums of 2 x 2 blocks, int32 ``(N, S/2, S/2, 3)`` (four times the block means; exact)."""
+    even = squares.shape[1] - squares.shape[1] % 2
+    total = squares[:, 0:even:2, 0:even:2].astype(np.int32)
+    for dy, dx in ((0, 1), (1, 0), (1, 1)):
+        total += squares[:, dy:even:2, dx:even:2]
+    return total
+
+
+def _shifted(mask: np.ndarray, combine: np.ufunc) -> np.ndarray:
+    """``combine`` (np.logical_and / _or) over each pixel's 3 x 3 neighbourhood; the border keeps its value."""
+    out = mask.copy()
+    core = out[:, 1:-1, 1:-1]
+    height, width = mask.shape[1:]
+    for dy in (-1, 0, 1):
+        for dx in (-1, 0, 1):
+            if dy or dx:
+                combine(core, mask[:, 1 + dy : height - 1 + dy, 1 + dx : width - 1 + dx], out=core)
+    return out
+
+
+def _opened(mask: np.ndarray) -> np.ndarray:
+    """Binary opening by a 3 x 3 square: what is left of ``mask`` once lines thinner than 3 px are gone."""
+    return _shifted(_shifted(mask, np.logical_and), np.logical_or)
 
 
 def measure(squares: np.ndarray, *, fov_threshold: int = 20) -> np.ndarray:
     """The ``MEASURES`` of each uint8 ``(N, S, S, 3)`` field-of-view square: float64 ``(N, len(MEASURES))``.
 
     ``fov_threshold`` is preprocessing's level above which a pixel is lit (``PreprocessCfg.fov_threshold``).
+    Sharpness reads the full-resolution green channel; the other measures a 2 x 2 averaged copy
+    (they describe regions, not edges). Sums are exact integers, so each row depends on its
+    image alone, whatever the batch.
     """
     squares = np.asarray(squares)
     if squares.ndim != 4 or squares.shape[3] != 3 or squares.shape[1] != squares.shape[2] or squares.dtype != np.uint8:
@@ -230,39 +275,56 @@ def measure(squares: np.ndarray, *, fov_threshold: int = 20) -> np.ndarray:
     n, size = squares.shape[0], squares.shape[1]
     if n == 0:
         return np.zeros((0, len(MEASURES)))
-    geo = _geometry(size)
-    rgb = squares.astype(np.float32)
-    red, green, blue = rgb[..., 0], rgb[..., 1], rgb[..., 2]
-    luma = 0.299 * red + 0.587 * green + 0.114 * blue
-    lit = squares.max(axis=3) > fov_threshold
-    inner = geo.inner
+    if size < 32:
+        raise ValueError(f"squares must be at least 32 px a side, got {size}")
 
-    green_inner = green[:, inner]
-    fine = np.abs(green - _box_mean(green, 3))[:, inner].mean(axis=1)
-    sharpness = fine / (green_inner.mean(axis=1) + 1.0)
-    brightness = np.median(luma[:, inner], axis=1)
-    saturated = (squares[:, inner].max(axis=2) >= 250).mean(axis=1)
+    full = _geometry(size)
+    win = full.window
+    green = squares[:, win, win, 1].astype(np.int32)
+    nine = np.zeros_like(green)  # 9 x the 3 x 3 mean around each window pixel (the window lies inside the square)
+    for dy in (-1, 0, 1):
+        for dx in (-1, 0, 1):
+            nine += squares[:, win.start + dy : win.stop + dy, win.start + dx : win.stop + dx, 1]
+    mask = full.inner.astype(np.int32)
+    fine = (np.abs(9 * green - nine) * mask).sum(axis=(1, 2)) / 9.0
+    sharpness = fine / ((green * mask).sum(axis=(1, 2)) + mask.sum())
+    window = squares[:, win, win]
+    brightest = np.maximum(np.maximum(window[..., 0], window[..., 1]), window[..., 2])
+    saturated = (brightest[:, full.inner] >= 250).mean(axis=1)
+
+    quads = _half_sums(squares)  # 4 x the 2 x 2 means
+    geo = _geometry(quads.shape[1])
+    w, inner = geo.window, geo.inner
+    lit = np.maximum(np.maximum(quads[..., 0], quads[..., 1]), quads[..., 2]) > 4 * fov_threshold
     outside = lit[:, geo.corners].mean(axis=1)
     unlit = 1.0 - lit[:, geo.disc].mean(axis=1)
     occluded = np.maximum(unlit - outside, 0.0)
-    red_inner, blue_inner = red[:, inner], blue[:, inner]
-    glare = ((blue_inner >= 0.75 * red_inner) & (blue_inner > 110)).mean(axis=1)
-    haze = np.percentile(blue_inner, 2, axis=1) / (np.median(blue_inner, axis=1) + 1.0)
 
-    k = max(3, size // 10 | 1)
-    total = red + green + blue + 1.0
-    chroma_r, chroma_g = red / total, green / total
-    darker = luma < _DUST_DARKER * _box_mean(luma, k)
-    same_hue = (np.abs(chroma_r - _box_mean(chroma_r, k)) < _DUST_HUE) & (
-        np.abs(chroma_g - _box_mean(chroma_g, k)) < _DUST_HUE
-    )
-    dust = (darker & same_hue)[:, inner].mean(axis=1)
+    red, green_h, blue = (quads[:, w, w, c] for c in range(3))
+    r_in, g_in, b_in = red[:, inner], green_h[:, inner], blue[:, inner]
+    brightness = np.median(299 * r_in + 587 * g_in + 114 * b_in, axis=1) / 4000.0
+    glare = ((b_in >= r_in) & (b_in > 4 * 110)).mean(axis=1)
+    haze = np.percentile(b_in, 2, axis=1) / (np.median(b_in, axis=1) + 4.0)
 
-    redness_map = (red - blue) / total
-    lit_inner = lit[:, inner]
-    redness = np.array(
-        [np.median(redness_map[i][inner][lit_inner[i]]) if lit_inner[i].any() else 0.0 for i in range(n)]
+    # Dust: darker than the neighbourhood in red and green alike (the hue kept); blood turns redder.
+    k_half = max(1, quads.shape[1] // 10)
+    area = (2 * k_half + 1) ** 2
+    ratio_r = (area * red) / (_window_sums(quads[..., 0], k_half, w, w) + 4.0 * area)
+    ratio_g = (area * green_h) / (_window_sums(quads[..., 1], k_half, w, w) + 4.0 * area)
+    ratio_b = (area * blue) / (_window_sums(quads[..., 2], k_half, w, w) + 4.0 * area)
+    shadow = (
+        (ratio_r < _DUST_DARKER)
+        & (ratio_g < _DUST_DARKER)
+        & (np.abs(ratio_r - ratio_g) < _DUST_HUE)
+        & (np.abs(ratio_r - ratio_b) < _DUST_HUE)
     )
+    # Keep blobs, drop thin lines (pigment spicules, vessels): a morphological opening of the
+    # shadow mask by a 3 x 3 square (erode, then dilate back), by shifted views.
+    dust = _opened(shadow)[:, inner].mean(axis=1)
+
+    lit_in = lit[:, w, w][:, inner]
+    redness_map = (r_in - b_in) / (r_in + g_in + b_in + 4.0)
+    redness = (redness_map * lit_in).sum(axis=1) / np.maximum(lit_in.sum(axis=1), 1)
     columns = {
         "sharpness": sharpness,
         "brightness": brightness,

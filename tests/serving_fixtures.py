@@ -180,6 +180,27 @@ def triton_server(model_repository: Path, tmp_path_factory: pytest.TempPathFacto
         yield server
 
 
+@pytest.fixture(scope="session")
+def fused_server(tiny_onnx: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonServer]:
+    """The default (fused) CPU layout on the real tritonserver, for the whole session."""
+    from predilect.serving.configs import ServingOptions
+    from predilect.serving.repository import assemble
+    from predilect.serving.server import TritonServer, free_port
+
+    work = tmp_path_factory.mktemp("fused")
+    repository = assemble(tiny_onnx, work / "repo", ServingOptions(max_batch_size=16, max_queue_delay_us=20_000))
+    with TritonServer(
+        model_repository=repository,
+        grpc_port=free_port(),
+        http_port=free_port(),
+        metrics_port=free_port(),
+        bind_address="127.0.0.1",
+        log_path=work / "tritonserver.log",
+        startup_timeout_s=180,
+    ) as server:
+        yield server
+
+
 # Type 1 attributes of Ophthalmic Photography that img2dcm cannot invent.
 _OPHTHALMIC_TYPE1 = {
     "ImageLaterality": "R",
