@@ -246,3 +246,39 @@ def test_report_renders_headless_in_chromium_when_available(tmp_path: Path) -> N
         timeout=120,
     )
     assert done.returncode == 0 and 'data-outcome="refer_routine"' in done.stdout
+
+
+@pytest.mark.parametrize("command", ["report", "screen"])
+def test_commands_exit_2_naming_report_extra_when_pillow_and_jinja2_missing(
+    command: str, tmp_path: Path, fundus_jpeg
+) -> None:
+    import subprocess
+    import sys
+
+    (tmp_path / "a.jpg").write_bytes(fundus_jpeg(1))
+    journal = tmp_path / "r.jsonl"
+    journal.write_text(_record("P", "R", "none").model_dump_json() + "\n")
+    blocker = tmp_path / "blocker" / "sitecustomize.py"
+    blocker.parent.mkdir()
+    blocker.write_text(
+        "import sys\n"
+        "class _Block:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] in {'PIL', 'jinja2'}:\n"
+        "            raise ImportError(f'{name} is not installed')\n"
+        "sys.meta_path.insert(0, _Block())\n"
+    )
+    argv = [str(journal)] if command == "report" else [str(tmp_path / "a.jpg"), "--out", str(tmp_path / "o.jsonl")]
+    if command == "screen":
+        argv += ["--heatmaps", str(tmp_path / "maps"), "--server", "127.0.0.1:1"]
+    done = subprocess.run(
+        [sys.executable, "-m", "predilect.cli", command, *argv],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={"PYTHONPATH": str(blocker.parent), "PATH": "/usr/bin:/bin"},
+    )
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "pip install 'predilect[report]'" in lines[0] and "Traceback" not in done.stderr
+    assert not (tmp_path / "o.jsonl").exists(), "nothing is screened without the extra"
