@@ -4,6 +4,7 @@
     predilect bench decoders [options]      # preprocessing vs the decode floor; AUROC per decoder
     predilect bench sweep [options]         # one Locust point per serving config
     predilect bench baseline-server ...     # run the FastAPI + PyTorch baseline alone
+    predilect bench heatmaps [options]      # HEATMAPS served vs not, asked vs not (issue 12)
 
 `serving`, one stack after the other on this machine, same images, same concurrency points:
 (a) the in-process bound (decode + preprocess + ONNX Runtime, no server); (c) the Triton
@@ -40,6 +41,7 @@ SUBCOMMANDS = {
     "decoders": "predilect.benchmarks.decoders_cli",
     "sweep": "predilect.benchmarks.sweep_cli",
     "baseline-server": "predilect.benchmarks.baseline_server_cli",
+    "heatmaps": "predilect.benchmarks.heatmaps_cli",
 }
 
 ARTIFACTS = default_artifacts()

@@ -155,7 +155,7 @@ def _params(**overrides: str) -> dict[str, str]:
 
 
 def test_served_info_reads_rules_and_knows_no_heatmaps_when_model_exports_none() -> None:
-    served = served_info(_config(_params(), len(CATALOG)), model_name="fundus_screen", url="u")
+    served = served_info(_config(_params(), len(CATALOG)), model_name=contract.ENSEMBLE, url="u")
     assert served.rules == RULES and served.rules_digest == RULES.digest() and not served.heatmaps
 
 
@@ -173,4 +173,4 @@ def test_served_info_raises_incompatible_model_error_when_rules_or_digests_do_no
     overrides: dict[str, str], message: str
 ) -> None:
     with pytest.raises(IncompatibleModelError, match=message):
-        served_info(_config(_params(**overrides), len(CATALOG)), model_name="fundus_screen", url="u")
+        served_info(_config(_params(**overrides), len(CATALOG)), model_name=contract.ENSEMBLE, url="u")
