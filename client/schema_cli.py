@@ -22,8 +22,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.check:
         stale = schema.stale(args.out)
-        for path in stale:
-            print(f"stale or missing: {path}")
+        for stale_path in stale:
+            print(f"stale or missing: {stale_path}")
         return EXIT_INCOMPLETE if stale else 0
     for path in schema.write_all(args.out):
         print(f"wrote {path}")

@@ -24,7 +24,7 @@ NAME, PATIENT_ID = "Doe^Jane", "PID-4711-XYZ"
 
 
 def _values(result: ScreeningResult) -> np.ndarray:
-    return np.array(list(result.probabilities.values()))
+    return np.array(list(result.scores.values()))
 
 
 def _pixels(jpeg: bytes) -> np.ndarray:

@@ -50,7 +50,7 @@ def test_threshold_for_sensitivity_is_highest_reaching_target_when_scored(
     labels: list[int], scores: list[float], target: float, threshold: float
 ) -> None:
     chosen = threshold_for_sensitivity(np.array(labels), np.array(scores), target)
-    assert chosen == pytest.approx(threshold)
+    assert chosen is not None and chosen == pytest.approx(threshold)
     assert rates(np.array(labels), np.array(scores), chosen).sensitivity >= target
     assert threshold_for_sensitivity(np.array([0, 0]), np.array([0.2, 0.3]), target) is None
 

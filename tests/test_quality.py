@@ -62,9 +62,7 @@ def test_grade_flags_expected_reason_when_photograph_clearly_degraded(fundus_jpe
     from predilect.training.phantom.degrade import degrade
 
     rng = np.random.default_rng(3)
-    images = [
-        _jpeg(degrade(Image.open(io.BytesIO(fundus_jpeg(seed))), kind, strength=1.0, rng=rng)) for seed in (1, 2)
-    ]
+    images = [_jpeg(degrade(Image.open(io.BytesIO(fundus_jpeg(seed))), kind, strength=1.0, rng=rng)) for seed in (1, 2)]
     grade = _grade(images)
     assert not grade.gradable.any() and (grade.score <= 0.5).all()
     for flags in grade.flags:
@@ -146,4 +144,4 @@ def test_assess_pixels_returns_one_quality_row_per_image_when_batched(
         pixels[1:], quality.default_quality_cfg(), mean=CFG.mean, std=CFG.std, fov_threshold=CFG.fov_threshold
     )
     assert rows.shape == (2, 1 + len(contract.QUALITY_REASONS))
-    np.testing.assert_array_equal(rows[1:], single), "a row does not depend on its batch"
+    np.testing.assert_array_equal(rows[1:], single, err_msg="a row does not depend on its batch")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -35,7 +36,7 @@ def _skin_jpeg() -> bytes:
     return buffer.getvalue()
 
 
-def _infer(url: str, payload: bytes, outputs=ALL) -> dict[str, np.ndarray | None]:
+def _infer(url: str, payload: bytes, outputs=ALL) -> dict[str, Any]:
     import tritonclient.grpc as grpcclient
 
     data = np.frombuffer(payload, np.uint8)[np.newaxis]
@@ -80,15 +81,15 @@ def test_ensemble_answers_quality_decision_and_heatmaps_computed_from_same_frame
             np.testing.assert_allclose(value, want[name], rtol=1e-5, atol=1e-6, err_msg=name)
         else:
             np.testing.assert_array_equal(value, want[name], err_msg=name)
-    findings, code = got[contract.FINDINGS], int(got[contract.REFERRAL][0, 0])  # type: ignore[index]
+    findings, code = got[contract.FINDINGS], int(got[contract.REFERRAL][0, 0])
     if image == "ungradable":
-        flags = got[contract.QUALITY][0, 1:]  # type: ignore[index]
+        flags = got[contract.QUALITY][0, 1:]
         assert flags[contract.QUALITY_REASONS.index("wrong_image_type")] == 1.0
-        assert contract.DECISIONS[code] == "ungradable" and not findings.any()  # type: ignore[union-attr]
-        assert not got[contract.HEATMAPS].any(), "no finding, no heatmap"  # type: ignore[union-attr]
+        assert contract.DECISIONS[code] == "ungradable" and not findings.any()
+        assert not got[contract.HEATMAPS].any(), "no finding, no heatmap"
     else:
-        assert contract.DECISIONS[code] != "ungradable" and findings.any(), "the fixture has findings"  # type: ignore[union-attr]
-        maps = got[contract.HEATMAPS][0]  # type: ignore[index]
+        assert contract.DECISIONS[code] != "ungradable" and findings.any(), "the fixture has findings"
+        maps = got[contract.HEATMAPS][0]
         assert (maps.reshape(len(DEFAULT_CATALOG), -1).sum(axis=1) > 0.99).tolist() == findings[0].tolist()
 
 
