@@ -150,10 +150,10 @@ def score_image(
 
 def lit_cells(pixels: np.ndarray, grid: int, cfg: PreprocessCfg) -> np.ndarray:
     """(g, g) bool: grid cells of the model input whose pixels are mostly inside the field of view."""
-    from predilect.quality import squares_from_pixels
+    from predilect.quality import planes_from_pixels
 
-    square = squares_from_pixels(pixels[np.newaxis], cfg.mean, cfg.std)[0]
-    lit = square.max(axis=2) > cfg.fov_threshold
+    planes = planes_from_pixels(pixels[np.newaxis], cfg.mean, cfg.std)[0]
+    lit = planes.max(axis=0) > cfg.fov_threshold
     size = lit.shape[0] - lit.shape[0] % grid
     cells = lit[:size, :size].reshape(grid, size // grid, grid, size // grid).mean(axis=(1, 3))
     return cells > 0.5

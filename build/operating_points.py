@@ -46,6 +46,8 @@ class OperatingPoint:
     chosen: bool  # False: no validation positives, the catalog's threshold was kept
     validation: Rates
     test: Rates | None
+    previous_threshold: float = 0.5
+    previous_test: Rates | None = None  # the test split at the catalog's previous threshold
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -54,6 +56,8 @@ class OperatingPoint:
             "chosen": self.chosen,
             "validation": self.validation.to_dict(),
             "test": self.test.to_dict() if self.test else None,
+            "previous_threshold": self.previous_threshold,
+            "previous_test": self.previous_test.to_dict() if self.previous_test else None,
         }
 
 
@@ -101,6 +105,8 @@ def operating_points(
                 chosen=chosen is not None,
                 validation=rates(labels[:, c], scores[:, c], threshold),
                 test=rates(test[0][:, c], test[1][:, c], threshold) if test is not None else None,
+                previous_threshold=disease.threshold,
+                previous_test=rates(test[0][:, c], test[1][:, c], disease.threshold) if test is not None else None,
             )
         )
     return points
@@ -144,7 +150,7 @@ def write_catalog(checkpoint: Path, catalog: Catalog, out: Path | None = None) -
 
 
 def report_markdown(points: Sequence[OperatingPoint], *, target_sensitivity: float, header: Sequence[str]) -> str:
-    def cell(value: float, hits: int | None = None) -> str:
+    def cell(value: float) -> str:
         return "-" if math.isnan(value) else f"{value:.3f}"
 
     lines = [*header, ""]
@@ -153,18 +159,19 @@ def report_markdown(points: Sequence[OperatingPoint], *, target_sensitivity: flo
         "saw the thresholds.",
         "",
         "| disease | threshold | val pos/neg | val sensitivity | val specificity | test pos/neg | test sensitivity "
-        "| test specificity |",
-        "|---|---|---|---|---|---|---|---|",
+        "| test specificity | before: threshold | before: test sensitivity | before: test specificity |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for p in points:
-        v, t = p.validation, p.test
+        v, t, b = p.validation, p.test, p.previous_test
         threshold = f"{p.threshold:.4f}" + ("" if p.chosen else " (kept: no val positives)")
         test_cells = (
             f"{t.positives}/{t.negatives} | {cell(t.sensitivity)} | {cell(t.specificity)}" if t else "- | - | -"
         )
+        before = f"{p.previous_threshold:.4f} | {cell(b.sensitivity)} | {cell(b.specificity)}" if b else "- | - | -"
         lines.append(
             f"| {p.disease} | {threshold} | {v.positives}/{v.negatives} | {cell(v.sensitivity)} | "
-            f"{cell(v.specificity)} | {test_cells} |"
+            f"{cell(v.specificity)} | {test_cells} | {before} |"
         )
     return "\n".join(lines) + "\n"
 

@@ -2,7 +2,7 @@
 
 ``measure`` reads the field-of-view square that the model screens -- the uint8 image that
 preprocessing resized to ``size`` x ``size`` before normalising it, recovered exactly from the
-normalised tensor by ``squares_from_pixels`` -- so every serving layout (split, fused, the GPU
+normalised tensor by ``planes_from_pixels`` -- so every serving layout (split, fused, the GPU
 profile's DALI preprocessing) grades the same pixels the classifier sees, from the same decoded
 frame. ``grade`` compares the measures with calibrated thresholds (``QualityCfg``, chosen by
 ``predilect gradability`` on phantom photographs with controlled degradations) and returns a
@@ -177,18 +177,21 @@ def load_quality_cfg(path: str | Path) -> QualityCfg:
 # --------------------------------------------------------------------------- pixels
 
 
-def squares_from_pixels(pixels: np.ndarray, mean: tuple[float, ...], std: tuple[float, ...]) -> np.ndarray:
-    """The uint8 ``(N, S, S, 3)`` squares behind normalised ``(N, 3, S, S)`` float32 model input.
+def planes_from_pixels(pixels: np.ndarray, mean: tuple[float, ...], std: tuple[float, ...]) -> np.ndarray:
+    """The uint8 colour planes ``(N, 3, S, S)`` behind normalised ``(N, 3, S, S)`` float32 model input.
 
-    Exact for tensors made by ``predilect.preprocess`` (each level maps to one float32 value).
+    Exact for tensors made by ``predilect.preprocess`` (each level maps to one float32 value);
+    values of another pipeline are rounded to the nearest level and clipped to 0..255.
     """
     pixels = np.asarray(pixels, dtype=np.float32)
     if pixels.ndim != 4 or pixels.shape[1] != 3:
         raise ValueError(f"pixels must be shaped (N, 3, S, S), got {pixels.shape}")
     scale = np.float32(255.0) * np.asarray(std, np.float32)[None, :, None, None]
-    offset = np.float32(255.0) * np.asarray(mean, np.float32)[None, :, None, None]
-    levels = np.rint(pixels * scale + offset)
-    return np.clip(levels, 0, 255).astype(np.uint8).transpose(0, 2, 3, 1)
+    offset = np.float32(255.0) * np.asarray(mean, np.float32)[None, :, None, None] + np.float32(0.5)
+    levels = pixels * scale
+    levels += offset
+    np.clip(levels, 0.0, 255.0, out=levels)
+    return levels.astype(np.uint8)  # truncating level + 0.5: rounding to the nearest level
 
 
 def _window_sums(images: np.ndarray, half: int, rows: slice, columns: slice) -> np.ndarray:
@@ -235,12 +238,12 @@ def _geometry(size: int) -> _Geometry:
     return _GEOMETRY[size]
 
 
-def _half_sums(squares: np.ndarray) -> np.ndarray:
-    """Sums of 2 x 2 blocks, int32 ``(N, S/2, S/2, 3)`` (four times the block means; exact)."""
-    even = squares.shape[1] - squares.shape[1] % 2
-    total = squares[:, 0:even:2, 0:even:2].astype(np.int32)
+def _half_sums(planes: np.ndarray) -> np.ndarray:
+    """Sums of 2 x 2 blocks, int32 ``(N, 3, S/2, S/2)`` (four times the block means; exact)."""
+    even = planes.shape[2] - planes.shape[2] % 2
+    total = planes[:, :, 0:even:2, 0:even:2].astype(np.int32)
     for dy, dx in ((0, 1), (1, 0), (1, 1)):
-        total += squares[:, dy:even:2, dx:even:2]
+        total += planes[:, :, dy:even:2, dx:even:2]
     return total
 
 
@@ -261,18 +264,19 @@ def _opened(mask: np.ndarray) -> np.ndarray:
     return _shifted(_shifted(mask, np.logical_and), np.logical_or)
 
 
-def measure(squares: np.ndarray, *, fov_threshold: int = 20) -> np.ndarray:
-    """The ``MEASURES`` of each uint8 ``(N, S, S, 3)`` field-of-view square: float64 ``(N, len(MEASURES))``.
+def measure(planes: np.ndarray, *, fov_threshold: int = 20) -> np.ndarray:
+    """The ``MEASURES`` of each screened square, given as uint8 colour planes ``(N, 3, S, S)`` (the
+    model input's layout; ``planes_from_pixels``): float64 ``(N, len(MEASURES))``.
 
     ``fov_threshold`` is preprocessing's level above which a pixel is lit (``PreprocessCfg.fov_threshold``).
-    Sharpness reads the full-resolution green channel; the other measures a 2 x 2 averaged copy
+    Sharpness reads the full-resolution green plane; the other measures a 2 x 2 averaged copy
     (they describe regions, not edges). Sums are exact integers, so each row depends on its
     image alone, whatever the batch.
     """
-    squares = np.asarray(squares)
-    if squares.ndim != 4 or squares.shape[3] != 3 or squares.shape[1] != squares.shape[2] or squares.dtype != np.uint8:
-        raise ValueError(f"squares must be uint8 shaped (N, S, S, 3), got {squares.dtype} {squares.shape}")
-    n, size = squares.shape[0], squares.shape[1]
+    planes = np.asarray(planes)
+    if planes.ndim != 4 or planes.shape[1] != 3 or planes.shape[2] != planes.shape[3] or planes.dtype != np.uint8:
+        raise ValueError(f"planes must be uint8 shaped (N, 3, S, S), got {planes.dtype} {planes.shape}")
+    n, size = planes.shape[0], planes.shape[2]
     if n == 0:
         return np.zeros((0, len(MEASURES)))
     if size < 32:
@@ -280,38 +284,38 @@ def measure(squares: np.ndarray, *, fov_threshold: int = 20) -> np.ndarray:
 
     full = _geometry(size)
     win = full.window
-    green = squares[:, win, win, 1].astype(np.int32)
+    green_plane = planes[:, 1]
+    green = green_plane[:, win, win].astype(np.int32)
     nine = np.zeros_like(green)  # 9 x the 3 x 3 mean around each window pixel (the window lies inside the square)
     for dy in (-1, 0, 1):
         for dx in (-1, 0, 1):
-            nine += squares[:, win.start + dy : win.stop + dy, win.start + dx : win.stop + dx, 1]
+            nine += green_plane[:, win.start + dy : win.stop + dy, win.start + dx : win.stop + dx]
     mask = full.inner.astype(np.int32)
     fine = (np.abs(9 * green - nine) * mask).sum(axis=(1, 2)) / 9.0
     sharpness = fine / ((green * mask).sum(axis=(1, 2)) + mask.sum())
-    window = squares[:, win, win]
-    brightest = np.maximum(np.maximum(window[..., 0], window[..., 1]), window[..., 2])
+    brightest = np.maximum(np.maximum(planes[:, 0, win, win], planes[:, 1, win, win]), planes[:, 2, win, win])
     saturated = (brightest[:, full.inner] >= 250).mean(axis=1)
 
-    quads = _half_sums(squares)  # 4 x the 2 x 2 means
-    geo = _geometry(quads.shape[1])
+    quads = _half_sums(planes)  # 4 x the 2 x 2 means, (N, 3, S/2, S/2)
+    geo = _geometry(quads.shape[2])
     w, inner = geo.window, geo.inner
-    lit = np.maximum(np.maximum(quads[..., 0], quads[..., 1]), quads[..., 2]) > 4 * fov_threshold
+    lit = np.maximum(np.maximum(quads[:, 0], quads[:, 1]), quads[:, 2]) > 4 * fov_threshold
     outside = lit[:, geo.corners].mean(axis=1)
     unlit = 1.0 - lit[:, geo.disc].mean(axis=1)
     occluded = np.maximum(unlit - outside, 0.0)
 
-    red, green_h, blue = (quads[:, w, w, c] for c in range(3))
+    red, green_h, blue = (quads[:, c, w, w] for c in range(3))
     r_in, g_in, b_in = red[:, inner], green_h[:, inner], blue[:, inner]
     brightness = np.median(299 * r_in + 587 * g_in + 114 * b_in, axis=1) / 4000.0
     glare = ((b_in >= r_in) & (b_in > 4 * 110)).mean(axis=1)
     haze = np.percentile(b_in, 2, axis=1) / (np.median(b_in, axis=1) + 4.0)
 
-    # Dust: darker than the neighbourhood in red and green alike (the hue kept); blood turns redder.
-    k_half = max(1, quads.shape[1] // 10)
+    # Dust: darker than the neighbourhood in every channel by one factor (the hue kept).
+    k_half = max(1, quads.shape[2] // 10)
     area = (2 * k_half + 1) ** 2
-    ratio_r = (area * red) / (_window_sums(quads[..., 0], k_half, w, w) + 4.0 * area)
-    ratio_g = (area * green_h) / (_window_sums(quads[..., 1], k_half, w, w) + 4.0 * area)
-    ratio_b = (area * blue) / (_window_sums(quads[..., 2], k_half, w, w) + 4.0 * area)
+    ratio_r = (area * red) / (_window_sums(quads[:, 0], k_half, w, w) + 4.0 * area)
+    ratio_g = (area * green_h) / (_window_sums(quads[:, 1], k_half, w, w) + 4.0 * area)
+    ratio_b = (area * blue) / (_window_sums(quads[:, 2], k_half, w, w) + 4.0 * area)
     shadow = (
         (ratio_r < _DUST_DARKER)
         & (ratio_g < _DUST_DARKER)
@@ -392,5 +396,4 @@ def reasons_of(flags_row: np.ndarray | list[float] | list[bool]) -> list[str]:
 
 def assess_pixels(pixels: np.ndarray, cfg: QualityCfg, *, mean, std, fov_threshold: int) -> np.ndarray:
     """The ``contract.QUALITY`` rows of a batch of normalised model inputs ``(N, 3, S, S)``."""
-    squares = squares_from_pixels(pixels, mean, std)
-    return grade(measure(squares, fov_threshold=fov_threshold), cfg).tensor()
+    return grade(measure(planes_from_pixels(pixels, mean, std), fov_threshold=fov_threshold), cfg).tensor()

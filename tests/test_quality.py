@@ -14,10 +14,10 @@ from predilect.preprocess import PreprocessCfg, Preprocessor
 CFG = PreprocessCfg()
 
 
-def _squares(payloads: list[bytes]) -> np.ndarray:
+def _planes(payloads: list[bytes]) -> np.ndarray:
     pixels, errors = Preprocessor(CFG, max_batch_size=8).run_packed(payloads)
     assert errors == [None] * len(payloads)
-    return quality.squares_from_pixels(pixels, CFG.mean, CFG.std)
+    return quality.planes_from_pixels(pixels, CFG.mean, CFG.std)
 
 
 def _jpeg(image) -> bytes:
@@ -27,14 +27,14 @@ def _jpeg(image) -> bytes:
 
 
 def _grade(payloads: list[bytes]) -> quality.Grade:
-    return quality.grade(quality.measure(_squares(payloads)), quality.default_quality_cfg())
+    return quality.grade(quality.measure(_planes(payloads)), quality.default_quality_cfg())
 
 
-def test_squares_from_pixels_recovers_uint8_square_exactly_when_tensor_made_by_preprocessing(fundus_jpeg) -> None:
+def test_planes_from_pixels_recovers_uint8_square_exactly_when_tensor_made_by_preprocessing(fundus_jpeg) -> None:
     from predilect.preprocess import pil_draft_resized
 
     square, _, _ = pil_draft_resized(np.frombuffer(fundus_jpeg(1), np.uint8), CFG)
-    np.testing.assert_array_equal(_squares([fundus_jpeg(1)])[0], np.asarray(square))
+    np.testing.assert_array_equal(_planes([fundus_jpeg(1)])[0], np.asarray(square).transpose(2, 0, 1))
 
 
 def test_grade_passes_clean_fixture_photographs_when_default_calibration(fundus_jpeg) -> None:
@@ -100,12 +100,14 @@ def test_quality_cfg_round_trips_and_digest_changes_when_a_threshold_moves() -> 
     assert moved.digest() != cfg.digest()
 
 
-def test_measure_raises_value_error_when_squares_are_not_uint8_rgb_squares() -> None:
+def test_measure_raises_value_error_when_planes_are_not_uint8_square_planes() -> None:
     with pytest.raises(ValueError, match="uint8"):
-        quality.measure(np.zeros((1, 8, 8, 3), np.float32))
+        quality.measure(np.zeros((1, 3, 64, 64), np.float32))
     with pytest.raises(ValueError, match="shaped"):
-        quality.measure(np.zeros((1, 8, 9, 3), np.uint8))
-    assert quality.measure(np.zeros((0, 8, 8, 3), np.uint8)).shape == (0, len(quality.MEASURES))
+        quality.measure(np.zeros((1, 64, 64, 3), np.uint8))
+    with pytest.raises(ValueError, match="32 px"):
+        quality.measure(np.zeros((1, 3, 8, 8), np.uint8))
+    assert quality.measure(np.zeros((0, 3, 64, 64), np.uint8)).shape == (0, len(quality.MEASURES))
 
 
 def test_calibrate_places_threshold_between_clean_and_degraded_tails_when_separable() -> None:

@@ -4,7 +4,7 @@ The calibration set is the phantom's train + val images and degraded copies of t
 measurement set is its test images (every one, clean) and degraded copies of other test
 images made with another seed -- patients, and the test-only camera profile, never seen by the
 calibration. Images go through the served path: ``Preprocessor.run_packed`` (the tensors the
-model reads), ``quality.squares_from_pixels``, ``quality.measure``, ``quality.grade``. An image
+model reads), ``quality.planes_from_pixels``, ``quality.measure``, ``quality.grade``. An image
 that preprocessing refuses outright (no field of view at all) is counted as flagged, and
 reported as refused.
 
@@ -85,8 +85,8 @@ def measure_records(records: Sequence[Record], preprocess: PreprocessCfg, *, bat
         accepted = [start + i for i, e in enumerate(errors) if e is None]
         refused[[start + i for i, e in enumerate(errors) if e is not None]] = True
         if accepted:
-            squares = quality.squares_from_pixels(pixels, preprocess.mean, preprocess.std)
-            rows[accepted] = quality.measure(squares, fov_threshold=preprocess.fov_threshold)
+            planes = quality.planes_from_pixels(pixels, preprocess.mean, preprocess.std)
+            rows[accepted] = quality.measure(planes, fov_threshold=preprocess.fov_threshold)
     return Measured(
         kinds=[r.extra.get("degradation", CLEAN) or CLEAN for r in records],
         strengths=[float(r.extra.get("degradation_strength") or 0.0) for r in records],
