@@ -47,12 +47,20 @@ def decode_photograph(payload: bytes) -> np.ndarray:
         return np.asarray(ImageOps.exif_transpose(opened).convert("RGB"))
 
 
-def colourise(values: np.ndarray) -> np.ndarray:
-    """Values in [0, 1] -> uint8 RGB along the ramp, shape ``values.shape + (3,)``."""
-    position = np.clip(values, 0.0, 1.0) * (len(_RAMP) - 1)
+def _ramp_table() -> np.ndarray:
+    """The ramp sampled at 256 levels, uint8 ``(256, 3)``."""
+    position = np.linspace(0.0, len(_RAMP) - 1, 256)
     low = np.floor(position).astype(int).clip(0, len(_RAMP) - 2)
-    fraction = (position - low)[..., None]
+    fraction = (position - low)[:, None]
     return (_RAMP[low] * (1 - fraction) + _RAMP[low + 1] * fraction).round().astype(np.uint8)
+
+
+_TABLE = _ramp_table()
+
+
+def colourise(values: np.ndarray) -> np.ndarray:
+    """Values in [0, 1] -> uint8 RGB along the ramp (256 levels), shape ``values.shape + (3,)``."""
+    return _TABLE[(np.clip(values, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)]
 
 
 def _box_pixels(box: FieldBox, width: int, height: int) -> tuple[int, int, int, int]:
@@ -78,17 +86,23 @@ def heat_on_photograph(grid: np.ndarray, box: FieldBox, width: int, height: int)
     return heat
 
 
-def render_overlay(photograph: np.ndarray, heatmap: Heatmap, box: FieldBox, *, max_side_px: int = 1024) -> bytes:
-    """PNG bytes: ``photograph`` (HxWx3 uint8) with ``heatmap`` blended over it and its peak ringed."""
+def shrink(photograph: np.ndarray, *, max_side_px: int = 1024) -> np.ndarray:
+    """The photograph downscaled (antialiased) so that its longer side is at most ``max_side_px``."""
     image_module = pillow()
     image = image_module.fromarray(photograph)
     if max(image.size) > max_side_px:
         image.thumbnail((max_side_px, max_side_px), image_module.Resampling.LANCZOS)
-    rgb = np.asarray(image, dtype=np.float32)
+    return np.asarray(image)
+
+
+def render_overlay(photograph: np.ndarray, heatmap: Heatmap, box: FieldBox, *, max_side_px: int = 1024) -> bytes:
+    """PNG bytes: ``photograph`` (HxWx3 uint8) with ``heatmap`` blended over it and its peak ringed."""
+    image_module = pillow()
+    rgb = shrink(photograph, max_side_px=max_side_px).astype(np.float32)
     height, width = rgb.shape[:2]
     heat = heat_on_photograph(heatmap.array, box, width, height)
     alpha = (_MAX_ALPHA * heat)[..., None]
-    blended = (rgb * (1 - alpha) + colourise(heat).astype(np.float32) * alpha).round().astype(np.uint8)
+    blended = (rgb * (1 - alpha) + colourise(heat) * alpha + 0.5).astype(np.uint8)
     out = image_module.fromarray(blended)
     from PIL import ImageDraw
 
@@ -97,7 +111,7 @@ def render_overlay(photograph: np.ndarray, heatmap: Heatmap, box: FieldBox, *, m
     radius = max(6, round(0.03 * min(width, height)))
     draw.ellipse((x - radius, y - radius, x + radius, y + radius), outline=(255, 255, 255), width=max(2, radius // 4))
     draw.text((8, 8), heatmap.disease, fill=(255, 255, 255))
-    return encode_png(np.asarray(out))
+    return encode_png(np.asarray(out), compression_level=3)
 
 
 def overlay_name(key: str, frame: int | None, disease: str) -> str:
@@ -118,7 +132,7 @@ def write_overlays(
         return list(results)
     out_dir.mkdir(parents=True, exist_ok=True)
     wanted = {r.frame for r in results if r.heatmaps}
-    photographs = {p.frame: decode_photograph(p.payload) for p in prepare(source) if p.frame in wanted}
+    photographs = {p.frame: shrink(decode_photograph(p.payload)) for p in prepare(source) if p.frame in wanted}
     updated = []
     for result in results:
         if not result.heatmaps or result.field_box is None:

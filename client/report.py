@@ -34,6 +34,7 @@ class ImageView:
     src: str  # a data URI
     caption: str
     disease: str = ""
+    link: str = ""  # the full-size file, when there is one
 
 
 @dataclass
@@ -58,7 +59,6 @@ def _data_uri(data: bytes, mime: str) -> str:
 def _thumbnail(record: JournalRecord) -> bytes | None:
     """A JPEG thumbnail of the record's photograph (its frame), or None when the key is not a readable file."""
     from predilect.client.inputs import prepare
-    from predilect.client.overlay import decode_photograph, pillow
 
     path = Path(record.key)
     if not path.is_file():
@@ -67,13 +67,7 @@ def _thumbnail(record: JournalRecord) -> bytes | None:
         payload = next((p.payload for p in prepare(path) if p.frame == record.frame), None)
     except PredilectClientError:
         return None
-    if payload is None:
-        return None
-    image = pillow().fromarray(decode_photograph(payload))
-    image.thumbnail((THUMBNAIL_PX, THUMBNAIL_PX))
-    buffer = io.BytesIO()
-    image.save(buffer, format="JPEG", quality=85)
-    return buffer.getvalue()
+    return _jpeg_thumbnail(payload) if payload is not None else None
 
 
 def _record_view(record: JournalRecord, *, photographs: bool) -> RecordView:
@@ -94,11 +88,22 @@ def _record_view(record: JournalRecord, *, photographs: bool) -> RecordView:
         overlay = Path(heatmap.overlay) if heatmap.overlay else None
         if overlay is not None and overlay.is_file():
             caption = f"{heatmap.disease}: attention (peak at x={heatmap.peak[0]:.2f}, y={heatmap.peak[1]:.2f})"
-            uri = _data_uri(overlay.read_bytes(), "image/png")
-            view.images.append(ImageView("overlay", uri, caption, heatmap.disease))
+            uri = _data_uri(_jpeg_thumbnail(overlay.read_bytes()), "image/jpeg")
+            view.images.append(ImageView("overlay", uri, caption, heatmap.disease, link=overlay.resolve().as_uri()))
         else:
             view.notes.append(f"{heatmap.disease}: heatmap overlay file missing ({heatmap.overlay})")
     return view
+
+
+def _jpeg_thumbnail(encoded: bytes) -> bytes:
+    """A JPEG thumbnail of an encoded image (the page embeds thumbnails and links the full PNG)."""
+    from predilect.client.overlay import decode_photograph, pillow
+
+    image = pillow().fromarray(decode_photograph(encoded))
+    image.thumbnail((THUMBNAIL_PX, THUMBNAIL_PX))
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=85)
+    return buffer.getvalue()
 
 
 def render_report(records: Sequence[JournalRecord], *, title: str, source: str, photographs: bool = True) -> str:
