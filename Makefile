@@ -9,7 +9,7 @@ ARTIFACTS ?= artifacts
 PYTEST_ARGS ?=
 export PYTHONSAFEPATH := 1
 
-.PHONY: install lint system-deps demo test serve bench clean
+.PHONY: install lint system-deps demo test serve bench gpu-check clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -21,7 +21,7 @@ $(VENV)/bin/python:
 $(VENV)/.deps: pyproject.toml constraints.txt | $(VENV)/bin/python
 	$(PIP) install -q -c constraints.txt torch==2.13.0
 	$(PIP) install -q -c constraints.txt hatchling editables
-	$(PIP) install -q -c constraints.txt --no-build-isolation -e '.[train,serve,dicom,report,bench,test,dev]'
+	$(PIP) install -q -c constraints.txt --no-build-isolation -e '.[train,serve,dicom,report,bench,test,dev,deploy]'
 	@$(PY) -c "import torch, sys; v = torch.__version__; sys.exit(0 if v.startswith('2.13.0') and not torch.version.cuda else f'torch {v} (cuda {torch.version.cuda}) was pulled in; expected the 2.13.0 CPU wheel')"
 	touch $@
 
@@ -36,10 +36,11 @@ lint: install
 demo: install
 	$(VENV)/bin/predilect demo --workdir $(ARTIFACTS)
 
-# DCMTK (storescu, img2dcm) is the real DICOM sender the gateway tests use.
+# DCMTK (storescu, img2dcm) is the real DICOM sender the gateway tests use; nginx is the
+# request-size limit `predilect serve` puts in front of tritonserver's gRPC port (serving/front.py).
 system-deps:
-	@command -v storescu >/dev/null && command -v img2dcm >/dev/null || \
-		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dcmtk >/dev/null; }
+	@command -v storescu >/dev/null && command -v img2dcm >/dev/null && { command -v nginx || test -x /usr/sbin/nginx; } >/dev/null || \
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dcmtk nginx-light >/dev/null; }
 
 test: lint system-deps
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
@@ -47,11 +48,34 @@ test: lint system-deps
 serve: install
 	$(VENV)/bin/predilect serve --model-repository $(ARTIFACTS)/model_repository
 
-# Concurrency sweep of the served ensemble vs the in-process bound and a FastAPI + PyTorch server,
-# on what `make demo` built; writes benchmarks/results/<date>-<machine>.md (about 12 minutes).
+# The CPU profile side by side, on what `make demo` built: preprocessing vs the decode floor, the
+# in-process bound, the Triton ensemble (both layouts, FP32 and gated INT8), FastAPI + PyTorch and
+# BentoML; writes benchmarks/results/<date>-<machine>.md. Sub-benchmarks: `predilect bench --help`.
 bench: install
 	$(VENV)/bin/predilect bench --onnx $(ARTIFACTS)/onnx/model.onnx \
 		--checkpoint $(ARTIFACTS)/checkpoint/model.safetensors --manifest $(ARTIFACTS)/phantom/manifest.csv
+
+# On a CUDA host only: a separate virtualenv with the CUDA torch build (constraints-gpu.txt),
+# TensorRT >= 10.9 and cuda-python; then every `gpu`-marked test (kernel on CUDA in fp32/fp16/bf16,
+# the AOT PTX through TensorRT, engine build + accuracy gate, DALI mixed vs dali_cpu), then the
+# kernel benchmark, which writes benchmarks/results/gpu-<date>-<gpu>.md. The Torch-TensorRT
+# frontend's tests (tests/test_torch_tensorrt.py) run too where torch_tensorrt imports:
+# `make gpu-check GPU_EXTRAS=train,serve,torchtrt,test` installs it (in a fresh .venv-gpu).
+GPU_VENV ?= .venv-gpu
+GPU_EXTRAS ?= train,serve,gpu,test
+gpu-check:
+	@command -v nvidia-smi >/dev/null || { echo "make gpu-check needs an NVIDIA GPU and driver (nvidia-smi not found)"; exit 2; }
+	nvidia-smi --query-gpu=name,driver_version,compute_cap --format=csv
+	test -x $(GPU_VENV)/bin/python || $(PYTHON) -m venv $(GPU_VENV)
+	$(GPU_VENV)/bin/python -m pip --disable-pip-version-check install -q -c constraints-gpu.txt hatchling editables
+	$(GPU_VENV)/bin/python -m pip --disable-pip-version-check install -q -c constraints-gpu.txt --no-build-isolation \
+		-e '.[$(GPU_EXTRAS)]'
+	@$(GPU_VENV)/bin/python -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else f'torch {torch.__version__} sees no GPU (cuda {torch.version.cuda})')"
+	@$(GPU_VENV)/bin/python -c "import torch_tensorrt as t; print('torch_tensorrt', t.__version__, 'imports: the torch-frontend engine tests run')" \
+		2>/dev/null || echo "torch_tensorrt does not import: the torch-frontend engine tests skip (GPU_EXTRAS=train,serve,torchtrt,test)"
+	$(GPU_VENV)/bin/python -m pytest -m gpu -v -rs $(PYTEST_ARGS)
+	$(GPU_VENV)/bin/python -m predilect.benchmarks.kernels.bench_predilection_attention --dtype bf16
+	$(GPU_VENV)/bin/python -m predilect.benchmarks.kernels.bench_predilection_attention --dtype fp16
 
 clean:
 	rm -rf $(ARTIFACTS) .pytest_cache dist

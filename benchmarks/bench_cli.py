@@ -4,6 +4,10 @@
     predilect bench decoders [options]      # preprocessing vs the decode floor; AUROC per decoder
     predilect bench sweep [options]         # one Locust point per serving config
     predilect bench baseline-server ...     # run the FastAPI + PyTorch baseline alone
+    predilect bench overload [options]      # open-loop load at 2x capacity (docs/RELIABILITY.md)
+    predilect bench soak [options]          # minutes at saturation, server memory and /dev/shm over time
+    predilect bench large [options]         # what oversized gRPC requests leave in server memory
+    predilect bench http-body [options]     # does tritonserver survive an HTTP body of N MB?
     predilect bench heatmaps [options]      # HEATMAPS served vs not, asked vs not (issue 12)
 
 `serving`, one stack after the other on this machine, same images, same concurrency points:
@@ -41,6 +45,10 @@ SUBCOMMANDS = {
     "decoders": "predilect.benchmarks.decoders_cli",
     "sweep": "predilect.benchmarks.sweep_cli",
     "baseline-server": "predilect.benchmarks.baseline_server_cli",
+    "overload": "predilect.benchmarks.overload_cli",
+    "soak": "predilect.benchmarks.soak_cli",
+    "large": "predilect.benchmarks.large_requests_cli",
+    "http-body": "predilect.benchmarks.http_body_cli",
     "heatmaps": "predilect.benchmarks.heatmaps_cli",
 }
 
@@ -55,7 +63,9 @@ def _users(text: str) -> list[int]:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="predilect bench [serving]", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(
+        prog="predilect bench [serving]", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--onnx", type=Path, default=ARTIFACTS.onnx, help="exported model")
     p.add_argument(
         "--checkpoint",
@@ -258,26 +268,48 @@ def _preprocess(run: _Run, cfg: Any) -> None:
     print(f"  served / floor: {run.results['preprocessing']['served_over_floor']:.2f}x", flush=True)
 
 
-def _int8_gate(run: _Run) -> dict[str, Any] | None:
-    """The gate report of the INT8 model beside --onnx; quantizes into it first when there is none."""
+def _int8(run: _Run) -> bool:
+    """INT8 beside --onnx: its gate report, and ONNX Runtime ms/image of INT8 vs FP32 on the same tensors.
+
+    Quantizes first when there is no gated model. Returns whether a gated model exists to serve;
+    a refused candidate is timed in the workdir, never served.
+    """
     import onnx
 
     from predilect import contract
-    from predilect.build.quantize import QuantizationRefused, int8_path, quantize
+    from predilect.benchmarks.inprocess import inference_ms_per_image
+    from predilect.build.quantize import QuantizationRefused, QuantizeCfg, int8_path, quantize
+    from predilect.preprocess import Preprocessor
+    from predilect.serving.repository import read_served_model
 
-    path = int8_path(run.args.onnx)
+    args, path = run.args, int8_path(run.args.onnx)
+    if not path.is_file() and not run.labelled:
+        run.results["notes"].append("INT8 not run: no gated INT8 model and no labelled manifest to quantize with")
+        return False
+    candidate, served = path, True
     if not path.is_file():
-        if not run.labelled:
-            run.results["notes"].append("INT8 not run: no gated INT8 model and no labelled manifest to quantize with")
-            return None
-        print(f"int8: quantizing {run.args.onnx} (calibrate + gate)", flush=True)
+        print(f"int8: quantizing {args.onnx} (calibrate + gate)", flush=True)
         try:
-            quantize(run.args.onnx, run.args.manifest, path)
+            quantize(args.onnx, args.manifest, path)
         except QuantizationRefused as e:
-            run.results["notes"].append(f"INT8 refused by its accuracy gate: {e}")
-            return None
-    meta = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
-    return json.loads(meta[contract.KEY_QUANTIZATION])
+            print(f"  {e}", flush=True)
+            run.results["int8"] = {"gate": json.loads(e.report.to_json())}
+            candidate, served = run.work / "refused.int8.onnx", False
+            ungated = QuantizeCfg(max_abs_dp=float("inf"), max_auroc_drop=float("inf"))
+            quantize(args.onnx, args.manifest, candidate, ungated)  # timed only
+    if served:
+        meta = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+        run.results["int8"] = {"gate": json.loads(meta[contract.KEY_QUANTIZATION])}
+    pixels = Preprocessor(read_served_model(args.onnx).preprocess, num_threads=1).run_strict(
+        [p.read_bytes() for p in run.camera[:32]]
+    )
+    run.results["int8"]["served"] = served
+    run.results["int8"]["inference_ms_per_image"] = {
+        "fp32": inference_ms_per_image(args.onnx, pixels),
+        "int8": inference_ms_per_image(candidate, pixels),
+    }
+    print(f"  ONNX Runtime ms/image, one thread: {run.results['int8']['inference_ms_per_image']}", flush=True)
+    return served
 
 
 def _setup(args: argparse.Namespace) -> dict[str, Any]:
@@ -332,12 +364,9 @@ def _stacks(run: _Run) -> Iterator[tuple[str, Callable[[], None]]]:
             f"triton_{other}",
             lambda: _triton_stack(run, f"{report.STACK_TRITON}_{other}", options, headline, mix=False),
         )
-    if not args.no_int8:
-        gate = _int8_gate(run)
-        if gate is not None:
-            run.results["int8_gate"] = gate
-            options = dataclasses.replace(default, precision="int8")
-            yield "triton_int8", lambda: _triton_stack(run, report.STACK_INT8, options, headline, mix=False)
+    if not args.no_int8 and _int8(run):
+        int8 = dataclasses.replace(default, precision="int8")
+        yield "triton_int8", lambda: _triton_stack(run, report.STACK_INT8, int8, headline, mix=False)
     if args.checkpoint is not None:
         yield (
             report.STACK_BASELINE,

@@ -100,3 +100,19 @@ def run_inprocess(
         preprocess_ms_per_image=sum(t.preprocess_s for t in tallies) / images * 1000.0,
         infer_ms_per_image=sum(t.infer_s for t in tallies) / images * 1000.0,
     )
+
+
+def inference_ms_per_image(onnx_path: Path, pixels, *, batch_size: int = 8, repeats: int = 5) -> float:
+    """ONNX Runtime alone, one thread: ms per image over batches of ``pixels`` (the fastest of ``repeats``)."""
+    from predilect.serving.backends.classifier import OnnxClassifier
+
+    classifier = OnnxClassifier(onnx_path, intra_op_threads=1)
+    batches = [pixels[i : i + batch_size] for i in range(0, len(pixels), batch_size)]
+    classifier.run(batches[:1])  # warm-up
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for batch in batches:
+            classifier.run([batch])
+        best = min(best, time.perf_counter() - start)
+    return best / len(pixels) * 1000.0

@@ -77,7 +77,9 @@ def plot_latency(results: Mapping[str, Any], path: Path) -> str:
                 label=f"{LABELS[stack].split(' ')[0]} {key[:3]}",
             )
     ax.set_xscale("log", base=2)
-    ax.set_yscale("log")
+    latencies = [p[k] for points in results["sweeps"].values() for p in points for k in styles]
+    if any(math.isfinite(v) and v > 0 for v in latencies):  # a point that completed no request has none
+        ax.set_yscale("log")
     ax.set_xlabel("concurrent users")
     ax.set_ylabel("latency, ms")
     ax.legend(fontsize=7, ncol=2)
@@ -179,13 +181,20 @@ def headline(results: Mapping[str, Any], users: int) -> list[str]:
                 f"* {LABELS[stack]}: {other['requests_per_s']:.1f} images/s, p99 {other['p99_ms']:.0f} ms "
                 f"(default layout: {triton['requests_per_s']:.1f} images/s, p99 {triton['p99_ms']:.0f} ms)"
             )
-    gate = results.get("int8_gate")
-    if gate:
+    int8 = results.get("int8")
+    if int8:
+        gate, ms = int8["gate"], int8.get("inference_ms_per_image", {})
+        verdict = "passed, served" if gate["passed"] else "refused, not served"
         lines.append(
             f"* INT8 accuracy gate ({gate['images']} held-out images): max |delta p| {gate['max_abs_dp']:.4f} "
             f"(tolerance {gate['tolerance_abs_dp']}), macro AUROC {gate['auroc_fp32']:.4f} -> {gate['auroc_int8']:.4f} "
-            f"(tolerance -{gate['tolerance_auroc_drop']}): **{'passed' if gate['passed'] else 'refused'}**"
+            f"(tolerance -{gate['tolerance_auroc_drop']}): **{verdict}**"
         )
+        if ms:
+            lines.append(
+                f"* ONNX Runtime alone, one thread: FP32 {ms['fp32']:.2f} vs INT8 {ms['int8']:.2f} ms/image "
+                f"(**{_ratio(ms['fp32'], ms['int8'])}**)"
+            )
     if not triton:
         lines.append(f"* no comparison: the sweep did not run (c) at {users} users")
     return lines
@@ -299,9 +308,8 @@ def write_report(results: Mapping[str, Any], out_dir: Path, name: str) -> Path:
         ]
     for stack, points in results["sweeps"].items():
         lines += [f"## {LABELS[stack]}", "", *_sweep_table(points), ""]
-    gate = results.get("int8_gate")
-    if gate:
-        lines += ["## INT8 accuracy gate", "", "```", json.dumps(gate, indent=2, sort_keys=True), "```", ""]
+    if results.get("int8"):
+        lines += ["## INT8", "", "```", json.dumps(results["int8"], indent=2, sort_keys=True), "```", ""]
     if results["sweeps"].get(STACK_TRITON):
         lines += [
             "## Where the time goes (Triton statistics per ensemble step)",

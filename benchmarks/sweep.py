@@ -18,22 +18,20 @@ from predilect.benchmarks.locust_runner import run_locust
 from predilect.benchmarks.triton_stats import interval_times, snapshot
 
 # Knobs for a 2-core CPU host; each entry is applied on top of ServingOptions().
+_SPLIT: dict[str, Any] = {"layout": "split"}
 CONFIGS: dict[str, dict[str, Any]] = {
     "defaults": {},
-    "preprocess x2, 1 decode thread": {"preprocess_instances": 2, "decode_threads": 1},
-    "decode threads 1": {"decode_threads": 1},
-    "ort threads 1": {"ort_threads": 1},
-    "queue delay 0 us": {"max_queue_delay_us": 0},
-    "queue delay 10 ms": {"max_queue_delay_us": 10_000},
-    "max batch 8, preferred 4,8": {"max_batch_size": 8, "preferred_batch_sizes": (4, 8)},
-    "classifier x2, ort threads 1": {"classifier_instances": 2, "ort_threads": 1},
-    # Second round: the winners of the first combined.
-    "ort 1 + preprocess x2, decode 1": {"ort_threads": 1, "preprocess_instances": 2, "decode_threads": 1},
-    "ort 1 + queue delay 10 ms": {"ort_threads": 1, "max_queue_delay_us": 10_000},
-    # The CPU profile's fused layout (one process: preprocess + ONNX Runtime + sigmoid).
+    # The three-step layout and its knobs (the defaults of the CPU profile before the fused layout).
+    "split": {**_SPLIT},
+    "split, preprocess x2, 1 decode thread": {**_SPLIT, "preprocess_instances": 2, "decode_threads": 1},
+    "split, queue delay 0 us": {**_SPLIT, "max_queue_delay_us": 0},
+    "split, classifier x2": {**_SPLIT, "classifier_instances": 2},
+    # The fused layout (one process: preprocess + ONNX Runtime + sigmoid).
     "fused x1, decode 2, ort 2": {"layout": "fused", "fused_instances": 1, "decode_threads": 2, "ort_threads": 2},
     "fused x2, decode 1, ort 1": {"layout": "fused", "fused_instances": 2, "decode_threads": 1, "ort_threads": 1},
     "fused x2, decode 2, ort 1": {"layout": "fused", "fused_instances": 2, "decode_threads": 2, "ort_threads": 1},
+    "fused x2, queue delay 0 us": {"layout": "fused", "fused_instances": 2, "max_queue_delay_us": 0},
+    "fused x3, decode 1, ort 1": {"layout": "fused", "fused_instances": 3, "decode_threads": 1, "ort_threads": 1},
 }
 
 

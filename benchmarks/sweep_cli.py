@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
+import shlex
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -55,6 +57,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.out.write_text(
         json.dumps(
             {
+                "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+                "command": "predilect bench sweep " + shlex.join(argv or []),
                 "machine": machine.describe(),
                 "load": machine.describe_load(),
                 "users": args.users,

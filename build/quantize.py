@@ -25,6 +25,10 @@ from predilect.errors import ConfigError, UserError
 class QuantizationRefused(UserError):
     """The INT8 model moved probabilities or AUROC past the gate's tolerance; nothing was written."""
 
+    def __init__(self, message: str, report: GateReport) -> None:
+        super().__init__(message)
+        self.report = report
+
 
 @dataclass(frozen=True)
 class QuantizeCfg:
@@ -36,6 +40,10 @@ class QuantizeCfg:
     per_channel: bool = field(default=True, metadata={"help": "per-channel weight scales"})
     # AVX2 without VNNI multiplies u8 x s8 pairs into saturating 16-bit sums; 7-bit weights avoid that.
     reduce_range: bool = field(default=True, metadata={"help": "7-bit weights (no saturation on AVX2 without VNNI)"})
+    # Measured on the phantom model (`predilect bench serving` records the gate): quantizing the
+    # attention head, LayerNorm and the 3-channel stem moved probabilities most for least time.
+    op_types: tuple[str, ...] = field(default=("Conv",), metadata={"help": "ONNX op types quantized"})
+    keep_stem_fp32: bool = field(default=True, metadata={"help": "leave the first convolution in FP32"})
 
     def __post_init__(self) -> None:
         if self.calibration_images < 1:
@@ -105,6 +113,7 @@ def _metadata(path: Path) -> dict[str, str]:
 
 def quantize_onnx(onnx_path: Path, out: Path, calibration: np.ndarray, cfg: QuantizeCfg) -> None:
     """QDQ static quantisation of ``onnx_path`` into ``out`` (no gate; ``quantize`` gates)."""
+    import onnx
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -114,10 +123,13 @@ def quantize_onnx(onnx_path: Path, out: Path, calibration: np.ndarray, cfg: Quan
     with tempfile.TemporaryDirectory(prefix="predilect-quantize-") as tmp:
         prepared = Path(tmp) / "prepared.onnx"
         quant_pre_process(str(onnx_path), str(prepared), skip_symbolic_shape=True)
+        convs = [n.name for n in onnx.load(str(prepared)).graph.node if n.op_type == "Conv"]
         quantize_static(
             str(prepared),
             str(out),
             Reader(calibration),
+            op_types_to_quantize=list(cfg.op_types),
+            nodes_to_exclude=convs[:1] if cfg.keep_stem_fp32 else [],
             quant_format=QuantFormat.QDQ,
             activation_type=QuantType.QUInt8,
             weight_type=QuantType.QInt8,
@@ -175,9 +187,9 @@ def quantize(onnx_path: Path, manifest: Path, out: Path, cfg: QuantizeCfg = Quan
         PreprocessCfg.from_json(meta[contract.KEY_PREPROCESS]),
     )
     train = read_manifest(manifest, catalog=catalog, split="train")[: cfg.calibration_images]
-    heldout = read_manifest(manifest, catalog=catalog, split="heldout")
+    heldout = read_manifest(manifest, catalog=catalog, split="test")
     if not train or not heldout:
-        raise ConfigError(f"{manifest} needs train and heldout rows to calibrate and gate INT8")
+        raise ConfigError(f"{manifest} needs train and test rows to calibrate and gate INT8")
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = out.with_name(f".{out.name}.tmp")
     try:
@@ -185,7 +197,7 @@ def quantize(onnx_path: Path, manifest: Path, out: Path, cfg: QuantizeCfg = Quan
         pixels = load_fundus_pixels(heldout, preprocess)
         report = gate(onnx_path, staging, pixels, label_matrix(heldout, catalog), catalog.ids, cfg)
         if not report.passed:
-            raise QuantizationRefused(f"{report.describe()}; {out} not written")
+            raise QuantizationRefused(f"{report.describe()}; {out} not written", report)
         _stamp(staging, meta, report)
         staging.replace(out)
     finally:

@@ -81,9 +81,20 @@ def check_max_in_flight(max_in_flight: int) -> None:
         raise ValueError(f"max_in_flight must be >= 1, got {max_in_flight}")
 
 
-def call(settings: ClientSettings, method: str, *args: Any, timeout_s: float | None, **kwargs: Any) -> Plan[Any]:
+def call(
+    settings: ClientSettings,
+    method: str,
+    *args: Any,
+    timeout_s: float | None,
+    server_timeout: bool = False,
+    **kwargs: Any,
+) -> Plan[Any]:
     """``client.<method>(...)`` with the client's headers, retried as ``settings.attempts`` decides;
-    a tritonclient error that is not retried becomes the client error that says what to do."""
+    a tritonclient error that is not retried becomes the client error that says what to do.
+
+    ``server_timeout``: also tell the server the attempt's timeout (Triton's request ``timeout``, in
+    us), so that a request still queued when this client has given up on it is dropped, not run.
+    """
     attempts = settings.attempts(timeout_s)
     while True:
         attempt_timeout_s = attempts.begin()
@@ -93,8 +104,11 @@ def call(settings: ClientSettings, method: str, *args: Any, timeout_s: float | N
                 f"({attempts.number - 1} attempts); raise timeout_s or check the server's load",
                 attempts=attempts.number - 1,
             )
+        options = {**kwargs, "headers": settings.headers}
+        if server_timeout:
+            options["timeout"] = max(1, int(attempt_timeout_s * 1_000_000))
         try:
-            return (yield Rpc(method, args, {**kwargs, "headers": settings.headers}, timeout_s=attempt_timeout_s))
+            return (yield Rpc(method, args, options, timeout_s=attempt_timeout_s))
         except InferenceServerException as e:
             code = protocol.status_code(e)
             delay_s = attempts.retry_delay_s(code)
@@ -140,7 +154,9 @@ def screen_prepared(
         protocol.check_heatmaps(served, url=settings.url, model_name=settings.model_name)
     inputs, outputs = protocol.infer_inputs(prepared.payload), protocol.requested_outputs(heatmaps=heatmaps)
     start = time.perf_counter()
-    response = yield from call(settings, "infer", settings.model_name, inputs, outputs=outputs, timeout_s=timeout_s)
+    response = yield from call(
+        settings, "infer", settings.model_name, inputs, outputs=outputs, timeout_s=timeout_s, server_timeout=True
+    )
     latency_s = time.perf_counter() - start
     _log.debug("screened a %d-byte payload in %.3f s", len(prepared.payload), latency_s)
     return protocol.parse_result(

@@ -13,6 +13,7 @@ import io
 import os
 import struct
 import sys
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,19 +52,38 @@ class DicomFrame:
     frame: int
 
 
+_IMPORT_LOCK = threading.Lock()
+_LOADED: list[Any] = []
+# Everything the DICOM path imports lazily, imported once, by one thread: threads importing pydicom
+# and its submodules at the same time meet "partially initialized module 'pydicom'" errors.
+_SUBMODULES = ("pydicom.encaps", "pydicom.errors", "pydicom.pixels", "pydicom.uid", "pydicom.filewriter")
+
+
 def pydicom_module() -> Any:
-    """pydicom, or DicomSupportMissingError saying how to install it."""
-    try:
-        import pydicom
-    except ImportError as e:
-        raise DicomSupportMissingError("DICOM input needs the optional extra: pip install 'predilect[dicom]'") from e
-    return pydicom
+    """pydicom, imported once under a lock (with the submodules used here), or DicomSupportMissingError."""
+    if _LOADED:
+        return _LOADED[0]
+    with _IMPORT_LOCK:
+        if not _LOADED:
+            import importlib
+
+            try:
+                pydicom = importlib.import_module("pydicom")
+                for name in _SUBMODULES:
+                    importlib.import_module(name)
+            except ImportError as e:
+                raise DicomSupportMissingError(
+                    "DICOM input needs the optional extra: pip install 'predilect[dicom]'"
+                ) from e
+            _LOADED.append(pydicom)
+    return _LOADED[0]
 
 
 def is_dataset(obj: object) -> bool:
-    """True for a pydicom Dataset; never imports pydicom (without it no Dataset can exist)."""
-    pydicom = sys.modules.get("pydicom")
-    return pydicom is not None and isinstance(obj, pydicom.Dataset)
+    """True for a pydicom Dataset; never imports pydicom (without it no Dataset can exist). A pydicom
+    that another thread is still importing has no ``Dataset`` yet, and no instance of it either."""
+    dataset_class = getattr(sys.modules.get("pydicom"), "Dataset", None)
+    return dataset_class is not None and isinstance(obj, dataset_class)
 
 
 def is_dicom_bytes(data: bytes) -> bool:
@@ -141,6 +161,7 @@ def check_supported(dataset: Dataset) -> str:
 
 
 def _jpeg_frames(dataset: Dataset) -> Iterator[bytes]:
+    pydicom_module()
     from pydicom.encaps import generate_frames
 
     for number, frame in enumerate(generate_frames(dataset.PixelData, number_of_frames=frame_count(dataset)), 1):

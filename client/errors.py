@@ -34,6 +34,11 @@ class ServerUnavailableError(PredilectClientError):
     """No Triton server answers at the address (after the retries the policy allows)."""
 
 
+class ServerBusyError(ServerUnavailableError):
+    """The server is at capacity and refused the request at once (its queue is full, or the request
+    waited past the queue timeout). Retried within the budget; a batch run leaves the input for later."""
+
+
 class AuthenticationError(PredilectClientError, UserError):
     """The server refused the call's credentials (token missing or wrong). Never retried."""
 

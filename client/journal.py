@@ -6,10 +6,16 @@ the last group can be incomplete or torn; ``ResultJournal.open`` cuts that tail 
 keys it returns are exactly the inputs already recorded in full. Damage anywhere else, or
 records of another schema version, are not a crash's doing: ``open`` refuses the file
 (``JournalError``) rather than cut good records off.
+
+``open`` also takes an exclusive ``fcntl`` lock on the file, held until ``close`` (or the process
+ends, however it ends): a second writer -- another ``predilect screen`` or gateway on the same
+file -- is refused with ``JournalLockedError`` instead of recording every input a second time. The
+file is created owner-only (0600): its lines name patients.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 from collections.abc import Sequence
@@ -26,6 +32,13 @@ class JournalError(UserError):
     """The journal file holds something other than complete records of this schema version."""
 
 
+class JournalLockedError(JournalError):
+    """Another process holds the journal open for writing."""
+
+
+FILE_MODE = 0o600
+
+
 class ResultJournal:
     """Append-only JSONL file of screening records: ``open()``, ``append()`` per input, ``close()``."""
 
@@ -35,15 +48,30 @@ class ResultJournal:
         self.records: list[JournalRecord] = []
 
     def open(self) -> set[str]:
-        """Read what is recorded, drop an incomplete or torn tail, open for appending; the complete keys."""
-        data = self.path.read_bytes() if self.path.exists() else b""
-        good_end, done = _complete_prefix(data, self.records, self.path)
-        if good_end < len(data):
-            with self.path.open("r+b") as f:
-                f.truncate(good_end)
-                os.fsync(f.fileno())
+        """Lock the file, read what is recorded, drop an incomplete or torn tail, open for appending;
+        the complete keys. ``JournalLockedError`` when another process holds it."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = self.path.open("ab")
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, FILE_MODE)
+        file = os.fdopen(fd, "a+b")
+        try:
+            try:
+                fcntl.flock(file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError as e:
+                raise JournalLockedError(
+                    f"{self.path} is being written by another process (a second `predilect screen` or gateway "
+                    "on the same file); wait for it to finish or write to another --out"
+                ) from e
+            os.fchmod(file.fileno(), FILE_MODE)
+            file.seek(0)
+            data = file.read()
+            good_end, done = _complete_prefix(data, self.records, self.path)
+            if good_end < len(data):
+                file.truncate(good_end)
+                os.fsync(file.fileno())
+        except BaseException:
+            file.close()
+            raise
+        self._file = file
         return done
 
     def append(self, records: Sequence[JournalRecord]) -> None:
@@ -56,6 +84,7 @@ class ResultJournal:
         self.records.extend(records)
 
     def close(self) -> None:
+        """Close the file, which releases the lock."""
         if self._file is not None:
             self._file.close()
             self._file = None

@@ -4,6 +4,10 @@ APPn segments (EXIF, XMP, IPTC, ICC, maker notes) and COM comments may hold name
 dates or device serials. Kept: the frame/scan headers and tables the decoder needs, a JFIF
 APP0 rewritten without its thumbnail, an Adobe APP14 (its colour-transform flag changes how
 the pixels decode), and every entropy-coded segment unchanged. Bytes after EOI are dropped.
+
+The EXIF Orientation tag says how the stored pixels are meant to be seen (a camera held
+sideways): it is kept, alone, in a minimal APP1 written anew (``Exif`` + a TIFF header + one IFD0
+entry) -- no other EXIF field, no thumbnail -- so the server shows the model the upright picture.
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ from __future__ import annotations
 import struct
 
 _SOI, _EOI, _SOS = 0xD8, 0xD9, 0xDA
-_APP0, _APP14, _COM = 0xE0, 0xEE, 0xFE
+_APP0, _APP1, _APP14, _COM = 0xE0, 0xE1, 0xEE, 0xFE
 _STANDALONE = frozenset({0x01, *range(0xD0, 0xD8)})  # TEM, RST0-7: markers without a length
 _JFIF_NO_THUMBNAIL_LENGTH = 16
 
@@ -20,8 +24,43 @@ class JpegStructureError(ValueError):
     """The bytes are not a JPEG stream this module can walk."""
 
 
+_EXIF_HEADER = b"Exif\x00\x00"
+_ORIENTATION_TAG, _SHORT = 0x0112, 3
+
+
+def exif_orientation(body: bytes) -> int | None:
+    """The Orientation (2-8) in an APP1 EXIF body; None when absent, 1 (as stored), or unreadable."""
+    if not body.startswith(_EXIF_HEADER):
+        return None
+    tiff = body[len(_EXIF_HEADER) :]
+    order = {b"II": "<", b"MM": ">"}.get(tiff[:2])
+    if order is None or len(tiff) < 8:
+        return None
+    magic, ifd0 = struct.unpack(order + "HI", tiff[2:8])
+    if magic != 42 or ifd0 + 2 > len(tiff):
+        return None
+    (count,) = struct.unpack(order + "H", tiff[ifd0 : ifd0 + 2])
+    for entry in range(min(count, (len(tiff) - ifd0 - 2) // 12)):
+        start = ifd0 + 2 + 12 * entry
+        tag, kind, number = struct.unpack(order + "HHI", tiff[start : start + 8])
+        if tag == _ORIENTATION_TAG and kind == _SHORT and number == 1:
+            (value,) = struct.unpack(order + "H", tiff[start + 8 : start + 10])
+            return value if 2 <= value <= 8 else None
+    return None
+
+
+def orientation_segment(orientation: int) -> bytes:
+    """A minimal APP1: EXIF with the one IFD0 entry Orientation = ``orientation`` (big-endian TIFF)."""
+    entry = struct.pack(">HHIHH", _ORIENTATION_TAG, _SHORT, 1, orientation, 0)
+    tiff = b"MM" + struct.pack(">HI", 42, 8) + struct.pack(">H", 1) + entry + struct.pack(">I", 0)
+    return _segment(_APP1, _EXIF_HEADER + tiff)
+
+
 def _keep(marker: int, body: bytes) -> bytes | None:
     """The segment to write for marker+body, or None to drop it."""
+    if marker == _APP1:
+        orientation = exif_orientation(body)
+        return orientation_segment(orientation) if orientation is not None else None
     if marker == _APP0:
         if body.startswith(b"JFIF\x00") and len(body) >= 12:
             # version, units and density kept; thumbnail size zeroed and thumbnail dropped

@@ -25,6 +25,7 @@ from predilect.client.errors import (
     IncompatibleModelError,
     ModelNotReadyError,
     PredilectClientError,
+    ServerBusyError,
     ServerUnavailableError,
 )
 from predilect.client.results import ScreeningResult
@@ -37,6 +38,8 @@ UNAUTHENTICATED = "UNAUTHENTICATED"
 # Triton's answer to a call without the header a --grpc-restricted-protocol group requires. It
 # comes with status UNAVAILABLE, which would otherwise read as "server down, retry".
 _TRITON_RESTRICTED = "This protocol is restricted"
+# Triton's refusals of a bounded queue (dynamic batcher queue policy), both sent as UNAVAILABLE.
+_TRITON_BUSY = ("Exceeds maximum queue size", "Request timeout expired")
 
 
 @dataclass(frozen=True)
@@ -181,6 +184,12 @@ def translate(
         return ModelNotReadyError(
             f"model {model_name!r} is not ready on {url}: {message}; wait for the server "
             "to finish loading it or check the model name",
+            attempts=attempts,
+        )
+    if status in ("UNAVAILABLE", "RESOURCE_EXHAUSTED") and any(busy in message for busy in _TRITON_BUSY):
+        return ServerBusyError(
+            f"{url} is at capacity and refused the request{tried}: {message}; retry later, or send fewer "
+            "requests at once (--max-in-flight)",
             attempts=attempts,
         )
     if status in ("UNAVAILABLE", "RESOURCE_EXHAUSTED"):

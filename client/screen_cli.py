@@ -3,9 +3,11 @@
 One ``JournalRecord`` line per image (per frame for multi-frame DICOM) with the result, or the
 reason the input itself is bad; inputs already in the journal are skipped, so a rerun after an
 interruption ends with every input exactly once. An input that failed on the server's side
-(deadline, model not ready, internal error) is not recorded and is tried again by a rerun.
-Prints the exam-level result of every patient (both eyes together: refer, recall for
-re-photography, or no referral) and writes it beside the journal (``<out>.exams.json``).
+(deadline, model not ready, internal error, server at capacity) is not recorded and is tried again
+by a rerun; only a rejected or unreadable input is final (``errors.is_final``). The journal is
+locked while a run writes it: a second run on the same ``--out`` exits 2 at once. Prints the
+exam-level result of every patient (both eyes together: refer, recall for re-photography, or no
+referral) and writes it beside the journal (``<out>.exams.json``).
 ``--heatmaps DIR`` asks the server for each positive finding's attention map and draws it over
 the photograph into ``DIR`` (PNG; needs the ``[report]`` extra).
 
@@ -23,10 +25,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from predilect.cli import EXIT_INCOMPLETE, EXIT_OK, EXIT_UNAVAILABLE, CommandError, command
+from predilect.client import dicom
 from predilect.client.aggregate import summary_table
 from predilect.client.batch_inputs import Entry, collect_entries, local_identity
 from predilect.client.cli_options import add_client_options, client_from_args
-from predilect.client.errors import PredilectClientError, ServerUnavailableError, is_final
+from predilect.client.errors import PredilectClientError, ServerBusyError, ServerUnavailableError, is_final
 from predilect.client.exam import exam_results, exams_table
 from predilect.client.journal import ResultJournal
 from predilect.client.progress import Progress
@@ -58,7 +61,10 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _stops_the_run(error: PredilectClientError) -> bool:
-    """Failures every later input would meet too: no server, or a user error such as a refused token."""
+    """Failures every later input would meet too: no server, or a user error such as a refused token.
+    A server at capacity refused one request, not the run: that input is left for a rerun."""
+    if isinstance(error, ServerBusyError):
+        return False
     return isinstance(error, (ServerUnavailableError, UserError)) and not is_final(error)
 
 
@@ -123,6 +129,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         pillow()  # the [report] extra is missing: say so before anything is screened
     entries = collect_entries(args.inputs)
+    if any(e.path.suffix.lower() == ".dcm" for e in entries):
+        dicom.pydicom_module()  # imported here, once, before the worker threads need it
     client = client_from_args(args)  # reads the TLS files: a missing one is reported before anything is written
     journal = ResultJournal(args.out)
     try:
@@ -154,7 +162,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if unfinished:
         print(
             f"predilect screen: {unfinished} inputs failed on the server's side (deadline, model not ready, "
-            "server error); rerun the same command to retry them",
+            "server error, server at capacity); rerun the same command to retry them",
             file=sys.stderr,
         )
         return EXIT_INCOMPLETE

@@ -36,6 +36,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "predilect.training.gradability_cli",
         "calibrate and measure the gradability step on phantom degradations",
     ),
+    "dataset": ("predilect.training.datasets.dataset_cli", "a public data set in its native layout -> a manifest"),
     "train": ("predilect.training.train_cli", "train the predilection-site classifier on a manifest"),
     "export": ("predilect.build.export_cli", "export a checkpoint to ONNX and check it under ONNX Runtime"),
     "quantize": ("predilect.build.quantize_cli", "INT8 model for the CPU profile, behind an accuracy gate"),

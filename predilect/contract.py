@@ -55,6 +55,30 @@ HEATMAPS = "HEATMAPS"
 """FP32 [1, C, g, g] per request, on request only: each positive finding's attention map over the model
 input (the field-of-view square), zero for diseases that are not findings."""
 
+# The GPU profile (DALI + TensorRT) adds one step before DALI and one tensor after it.
+VALIDATE_MODEL = "validate_image"
+"""GPU profile: the Python-backend step that rejects bad payloads per request before DALI."""
+VALID_IMAGE = "VALID_IMAGE"
+"""UINT8 [1, n_bytes]: the IMAGE bytes that passed ``validate_image``, unchanged."""
+FOV_EXTENT = "FOV_EXTENT"
+"""FP32 [batch, 2]: field-of-view width and height in source pixels, measured by the DALI step."""
+PLAN_FILENAME = "model.plan"
+"""The serialized TensorRT engine in ``classifier/1/`` (Triton's default for ``tensorrt_plan``)."""
+DALI_FILENAME = "dali.py"
+"""The DALI backend's autoserialized pipeline definition in ``preprocess/1/``."""
+DALI_PARAMS_FILENAME = "dali_params.json"
+"""Beside ``dali.py``: the PreprocessCfg and pipeline knobs it is derived from."""
+ENGINE_BUILD_FILENAME = "engine_build.json"
+"""In ``classifier/`` of a GPU repository: how the container builds the engine from ``model.onnx``."""
+REFERENCE_ONNX_FILENAME = "reference.onnx"
+"""In ``classifier/`` of a GPU repository: the FP32 export the accuracy gate compares the engine with."""
+GATE_SET_FILENAME = "gate_set.npz"
+"""In ``classifier/`` of a GPU repository: held-out pixels and labels for the engine's accuracy gate."""
+ENGINE_SIDECAR_SCHEMA = "predilect.engine.v1"
+"""Schema of the JSON written beside every serialized engine."""
+PROFILES = ("cpu", "gpu")
+"""``predilect assemble --profile``: Python-backend CPU models, or DALI + TensorRT on the GPU."""
+
 # --------------------------------------------------------------------------- keys
 
 # One key per fact, the same in checkpoint metadata, ONNX metadata_props and the ensemble's
@@ -68,6 +92,8 @@ KEY_MODEL_NAME = "predilect.model_name"
 KEY_MODEL_VERSION = "predilect.model_version"
 KEY_METRICS = "predilect.metrics"
 CHECKPOINT_FORMAT = "predilect.checkpoint.v1"
+LOOP_STATE_FORMAT = "predilect.loop_state.v1"
+"""Format of a training run's resumable state (``run_dir/state.pt``, written by ``training.loop``)."""
 
 SERVED_KEYS = (KEY_CATALOG, KEY_PREPROCESS, KEY_MODEL_NAME, KEY_MODEL_VERSION, KEY_MODEL_CFG)
 """The metadata_props every exported model carries."""

@@ -11,9 +11,21 @@ fundus disc, padded with black where the disc is clipped by the frame) -> antial
 to ``size`` x ``size`` -> (x/255 - mean) / std -> CHW float32.
 
 Decoders: ``pil_draft`` (the CPU default) decodes JPEGs at the smallest libjpeg DCT scale
-(1/2, 1/4, 1/8) that still leaves the field-of-view square at least ``size`` pixels, then
-runs the same steps with Pillow and NumPy; ``dali_cpu`` and ``dali_mixed`` run the steps as
-a DALI pipeline on the full-resolution frame (host or nvJPEG decode).
+(1/2, 1/4, 1/8, the scale Pillow's ``draft`` picks) that still leaves the field-of-view square
+at least ``size`` pixels, then runs the same steps with NumPy and Pillow; ``dali_cpu`` and
+``dali_mixed`` run the steps as a DALI pipeline on the full-resolution frame (host or nvJPEG
+decode).
+
+``pil_draft`` at the decode floor: JPEGs are decoded by libjpeg-turbo through simplejpeg
+(the pixels Pillow's draft mode gives, bit for bit, and with ``strict`` decoding: corrupt or
+premature scan data is an error, not a grey-filled image); the field of view is found on the
+DCT-scaled frame by two max-projections; the crop + resize is one Pillow call on the square;
+normalisation is one lookup-table gather per channel, written straight into the batch tensor.
+
+What is screened: 8-bit greyscale or colour JPEG (YCbCr/RGB) and 8-bit PNG (greyscale, RGB,
+palette, or with a fully opaque alpha channel), EXIF orientation applied. Everything else is
+refused with ``InvalidImageError`` naming the cause, from the header alone where it can be
+(size, colour space, bit depth) so that no decompression bomb reaches a decoder.
 """
 
 from __future__ import annotations
@@ -21,6 +33,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import re
 import struct
 import threading
 from collections.abc import Sequence
@@ -149,7 +162,8 @@ def _jpeg_header(data: np.ndarray) -> ImageHeader:
     try:
         height, width, colour, _ = simplejpeg.decode_jpeg_header(data, strict=True)
     except ValueError as e:
-        raise InvalidImageError(f"corrupt or unsupported JPEG header: {e}") from e
+        cause = re.sub(r"^tj\w+\(\):\s*", "", str(e))  # libjpeg-turbo's words, without its API function's name
+        raise InvalidImageError(f"corrupt JPEG header: {cause}") from e
     if colour not in _JPEG_COLOURS:
         raise InvalidImageError(
             f"unsupported JPEG colour space {colour}: only 8-bit RGB (YCbCr) and greyscale images are screened"
@@ -206,51 +220,64 @@ def inspect_image(data: np.ndarray, cfg: PreprocessCfg) -> ImageHeader:
     return header
 
 
-def build_pipeline(cfg: PreprocessCfg, *, batch_size: int, num_threads: int, device_id: int | None):
-    """Build the DALI pipeline derived from ``cfg``.
+def fundus_graph(cfg: PreprocessCfg, encoded, *, hw_decoder_load: float | None = None):
+    """The DALI operators of the pipeline derived from ``cfg``, applied to ``encoded`` (a DataNode).
 
-    Outputs per sample: the CHW float32 tensor and the field-of-view width and height in
-    source pixels (zero when the image holds no field of view).
+    Returns ``(tensor, fov_w, fov_h)``: the CHW float32 tensor and the field-of-view width and
+    height in source pixels (zero when the image holds no field of view). With ``dali_mixed``
+    the image is decoded by nvJPEG on the GPU (``hw_decoder_load``: the share of images given
+    to the hardware JPEG decoder, where the GPU has one); the crop side then lives on the GPU
+    and is copied to the CPU, because DALI takes named arguments only from CPU nodes.
     """
     import nvidia.dali.fn as fn
     import nvidia.dali.types as types
-    from nvidia.dali import pipeline_def
 
-    if cfg.decoder == "dali_mixed" and device_id is None:
-        raise ValueError("decoder 'dali_mixed' needs a GPU device_id; use 'dali_cpu' on CPU")
     interp = {
         "linear": types.INTERP_LINEAR,
         "cubic": types.INTERP_CUBIC,
         "lanczos3": types.INTERP_LANCZOS3,
         "triangular": types.INTERP_TRIANGULAR,
     }[cfg.interpolation]
+    mixed = cfg.decoder == "dali_mixed"
+    decode_args = {"hw_decoder_load": hw_decoder_load} if mixed and hw_decoder_load is not None else {}
+    image = fn.decoders.image(encoded, device="mixed" if mixed else "cpu", output_type=types.RGB, **decode_args)
+    # Field of view: rows and columns holding any pixel brighter than the black mask.
+    inside = fn.cast(fn.reductions.max(image, axes=[2]) > cfg.fov_threshold, dtype=types.FLOAT)
+    fov_w = fn.reductions.sum(fn.reductions.max(inside, axes=[0]))
+    fov_h = fn.reductions.sum(fn.reductions.max(inside, axes=[1]))
+    # Square of side max(w, h), centred as fundus cameras centre the disc; where the disc
+    # is clipped by the frame the crop reaches past it and is padded with black.
+    side = fov_w + fn.cast(fov_h > fov_w, dtype=types.FLOAT) * (fov_h - fov_w)
+    side = side + fn.cast(side < 1.0, dtype=types.FLOAT)  # an all-black frame: keep DALI valid
+    if mixed:
+        side = side.cpu()  # named arguments must be CPU nodes (needs the dynamic executor)
+    square = fn.crop(image, crop_w=side, crop_h=side, out_of_bounds_policy="pad", fill_values=0)
+    resized = fn.resize(square, resize_x=cfg.size, resize_y=cfg.size, antialias=True, interp_type=interp)
+    tensor = fn.crop_mirror_normalize(
+        resized,
+        dtype=types.FLOAT,
+        output_layout="CHW",
+        mean=[255.0 * m for m in cfg.mean],
+        std=[255.0 * s for s in cfg.std],
+    )
+    return tensor, fov_w, fov_h
+
+
+def build_pipeline(cfg: PreprocessCfg, *, batch_size: int, num_threads: int, device_id: int | None):
+    """Build the DALI pipeline derived from ``cfg`` (``fundus_graph`` on an external source)."""
+    import nvidia.dali.fn as fn
+    import nvidia.dali.types as types
+    from nvidia.dali import pipeline_def
+
+    if cfg.decoder == "dali_mixed" and device_id is None:
+        raise ValueError("decoder 'dali_mixed' needs a GPU device_id; use 'dali_cpu' on CPU")
 
     @pipeline_def(
         batch_size=batch_size, num_threads=num_threads, device_id=device_id, prefetch_queue_depth=1, exec_dynamic=True
     )
     def fundus_pipeline():
         encoded = fn.external_source(name="encoded", dtype=types.UINT8, ndim=1, no_copy=False)
-        image = fn.decoders.image(
-            encoded, device="mixed" if cfg.decoder == "dali_mixed" else "cpu", output_type=types.RGB
-        )
-        # Field of view: rows and columns holding any pixel brighter than the black mask.
-        inside = fn.cast(fn.reductions.max(image, axes=[2]) > cfg.fov_threshold, dtype=types.FLOAT)
-        fov_w = fn.reductions.sum(fn.reductions.max(inside, axes=[0]))
-        fov_h = fn.reductions.sum(fn.reductions.max(inside, axes=[1]))
-        # Square of side max(w, h), centred as fundus cameras centre the disc; where the disc
-        # is clipped by the frame the crop reaches past it and is padded with black.
-        side = fov_w + fn.cast(fov_h > fov_w, dtype=types.FLOAT) * (fov_h - fov_w)
-        side = side + fn.cast(side < 1.0, dtype=types.FLOAT)  # an all-black frame: keep DALI valid
-        square = fn.crop(image, crop_w=side, crop_h=side, out_of_bounds_policy="pad", fill_values=0)
-        resized = fn.resize(square, resize_x=cfg.size, resize_y=cfg.size, antialias=True, interp_type=interp)
-        tensor = fn.crop_mirror_normalize(
-            resized,
-            dtype=types.FLOAT,
-            output_layout="CHW",
-            mean=[255.0 * m for m in cfg.mean],
-            std=[255.0 * s for s in cfg.std],
-        )
-        return tensor, fov_w, fov_h
+        return fundus_graph(cfg, encoded)
 
     pipe = fundus_pipeline()
     pipe.build()
@@ -354,6 +381,8 @@ def pil_draft_resized(data: np.ndarray, cfg: PreprocessCfg, header: ImageHeader 
     while True:
         rgb = decode_rgb(data, header, request_px)
         height, width = rgb.shape[:2]
+        if header.format == "png":  # decoded at full resolution, EXIF orientation applied by Pillow
+            full_w, full_h = width, height
         fov_w, fov_h = _fov_extent(rgb, cfg.fov_threshold)
         side = max(fov_w, fov_h)
         if side >= cfg.size or side == 0 or (width, height) == (full_w, full_h):
@@ -517,12 +546,7 @@ class Preprocessor:
         return packed.astype(np.float32, copy=False), decoded, [(w, h) for _, w, h in outputs]
 
     def _check_fov(self, fov_w: float, fov_h: float) -> InvalidImageError | None:
-        if min(fov_w, fov_h) < self.cfg.min_side_px:
-            return InvalidImageError(
-                f"no fundus field of view: {int(fov_w)}x{int(fov_h)} px brighter than level "
-                f"{self.cfg.fov_threshold}; is this a colour fundus photograph?"
-            )
-        return None
+        return fov_error(self.cfg, fov_w, fov_h)
 
     def run_packed(self, payloads: Sequence[Payload]) -> tuple[np.ndarray, list[InvalidImageError | None]]:
         """Preprocess encoded images: ``(tensors, errors)``.
@@ -581,6 +605,16 @@ class Preprocessor:
             if error is not None:
                 raise InvalidImageError(f"image {i}: {error}") from error
         return tensors
+
+
+def fov_error(cfg: PreprocessCfg, fov_w: float, fov_h: float) -> InvalidImageError | None:
+    """The rejection of an image whose field of view is smaller than ``cfg.min_side_px``; None if it is large enough."""
+    if min(fov_w, fov_h) < cfg.min_side_px:
+        return InvalidImageError(
+            f"no fundus field of view: {int(fov_w)}x{int(fov_h)} px brighter than level "
+            f"{cfg.fov_threshold}; is this a colour fundus photograph?"
+        )
+    return None
 
 
 def _dali_cause(error: RuntimeError) -> str:

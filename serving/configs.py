@@ -39,6 +39,60 @@ class TensorDef:
             raise ValueError(f"tensor {self.name!r} needs dims > 0 or -1, got {self.dims}")
 
 
+_TIMEOUT_ACTIONS = ("REJECT", "DELAY")
+_INSTANCE_KINDS = ("KIND_CPU", "KIND_GPU")
+_WARMUP_SOURCES = ("zero", "random", "file")
+
+
+@dataclass(frozen=True)
+class QueuePolicyDef:
+    """A dynamic batcher's queue policy: bound the queue and the wait, so overload fails fast.
+
+    ``max_queue_size`` 0 and ``default_timeout_us`` 0 mean unbounded, as in Triton.
+    """
+
+    max_queue_size: int = 0
+    default_timeout_us: int = 0
+    timeout_action: str = "REJECT"
+    allow_timeout_override: bool = False
+
+    def __post_init__(self) -> None:
+        if self.max_queue_size < 0 or self.default_timeout_us < 0:
+            raise ValueError(
+                f"queue size and timeout must be >= 0, got {self.max_queue_size}, {self.default_timeout_us}"
+            )
+        if self.timeout_action not in _TIMEOUT_ACTIONS:
+            raise ValueError(f"timeout_action must be one of {_TIMEOUT_ACTIONS}, got {self.timeout_action!r}")
+
+
+@dataclass(frozen=True)
+class WarmupInputDef:
+    """One input of a warm-up sample: zeros, random data, or a file in the model's ``warmup/`` folder."""
+
+    data_type: str
+    dims: tuple[int, ...]
+    source: str = "zero"
+    input_data_file: str = ""
+
+    def __post_init__(self) -> None:
+        if self.source not in _WARMUP_SOURCES:
+            raise ValueError(f"warm-up source must be one of {_WARMUP_SOURCES}, got {self.source!r}")
+        if (self.source == "file") != bool(self.input_data_file):
+            raise ValueError("a warm-up input names input_data_file exactly when its source is 'file'")
+        if not self.dims or any(d < 1 for d in self.dims):
+            raise ValueError(f"warm-up dims must be concrete (>= 1), got {self.dims}")
+
+
+@dataclass(frozen=True)
+class WarmupDef:
+    """A ``model_warmup`` sample: run at load, before the model reports ready."""
+
+    name: str
+    batch_size: int
+    inputs: Mapping[str, WarmupInputDef]
+    count: int = 1
+
+
 @dataclass(frozen=True)
 class PythonModelDef:
     """A Python-backend model with dynamic batching on CPU instances."""
@@ -51,6 +105,42 @@ class PythonModelDef:
     instance_count: int = 1
     parameters: Mapping[str, str] = field(default_factory=dict)
     preferred_batch_sizes: tuple[int, ...] = ()
+    queue_policy: QueuePolicyDef | None = None
+    warmup: tuple[WarmupDef, ...] = ()
+
+
+@dataclass(frozen=True)
+class BackendModelDef:
+    """Any other backend or platform (``backend="dali"``, ``platform="tensorrt_plan"``, ...).
+
+    Dynamic batching is on unless ``dynamic_batching`` is False; ``instance_kind`` places the
+    instances (``KIND_GPU`` with ``gpus`` empty: every visible GPU).
+    """
+
+    name: str
+    inputs: tuple[TensorDef, ...]
+    outputs: tuple[TensorDef, ...]
+    max_batch_size: int
+    backend: str = ""
+    platform: str = ""
+    max_queue_delay_us: int = 0
+    preferred_batch_sizes: tuple[int, ...] = ()
+    dynamic_batching: bool = True
+    instance_kind: str = "KIND_CPU"
+    instance_count: int = 1
+    gpus: tuple[int, ...] = ()
+    queue_policy: QueuePolicyDef | None = None
+    warmup: tuple[WarmupDef, ...] = ()
+    parameters: Mapping[str, str] = field(default_factory=dict)
+    default_model_filename: str = ""
+
+    def __post_init__(self) -> None:
+        if bool(self.backend) == bool(self.platform):
+            raise ValueError(f"model {self.name!r} names exactly one of backend and platform")
+        if self.instance_kind not in _INSTANCE_KINDS:
+            raise ValueError(f"instance_kind must be one of {_INSTANCE_KINDS}, got {self.instance_kind!r}")
+        if self.gpus and self.instance_kind != "KIND_GPU":
+            raise ValueError(f"model {self.name!r}: gpus are for KIND_GPU instances")
 
 
 @dataclass(frozen=True)
@@ -74,7 +164,7 @@ class EnsembleDef:
     parameters: Mapping[str, str] = field(default_factory=dict)
 
 
-ModelDef = Union[PythonModelDef, EnsembleDef]
+ModelDef = Union[PythonModelDef, BackendModelDef, EnsembleDef]
 
 
 LAYOUTS = ("fused", "split")
@@ -85,8 +175,9 @@ PRECISIONS = ("fp32", "int8")
 class ServingOptions:
     """Knobs of the served pipeline; everything else follows from the exported model.
 
-    The defaults are the CPU profile's, tuned on 2 cores by ``benchmarks/sweep.py``
-    (``benchmarks/results/sweep-2core*.json``); ``predilect assemble`` takes one option per field.
+    The defaults are the CPU profile's, tuned on 2 cores by ``predilect bench sweep``
+    (``benchmarks/results/sweep-2core*.json``; the fused layout with two instances in
+    ``sweep-2core-layouts.json``); ``predilect assemble`` takes one option per field.
     """
 
     max_batch_size: int = field(default=16, metadata={"help": "largest dynamic batch of every model"})
@@ -97,7 +188,7 @@ class ServingOptions:
     # 2 cores: the decode pool already takes both, so ONNX Runtime gets one.
     ort_threads: int = field(default=1, metadata={"help": "ONNX Runtime intra-op threads per classifier instance"})
     preferred_batch_sizes: tuple[int, ...] = field(default=(), metadata={"help": "dynamic batcher preferred sizes"})
-    # CPU profile (benchmarks: `predilect bench layouts`): "fused" runs preprocess, ONNX Runtime
+    # CPU profile (measured by `predilect bench` and `bench sweep`): "fused" runs preprocess, ONNX Runtime
     # and the sigmoid in one Python-backend model, so the float tensor never leaves the process;
     # "split" is the three-step ensemble. Either way clients see the same fundus_screen ensemble.
     layout: str = field(default="fused", metadata={"help": "CPU model layout: fused (one process) or split"})
@@ -106,8 +197,34 @@ class ServingOptions:
         default="fp32",
         metadata={"help": "classifier precision: fp32, or int8 (the gated model `predilect quantize` wrote)"},
     )
+    # Overload protection on the ensemble's first step (fused, or preprocess in the split layout):
+    # past max_queue_size waiting requests, or after queue_timeout_us in the queue, a request is
+    # refused at once (UNAVAILABLE) instead of waiting, so accepted requests keep their latency. A
+    # client's own timeout overrides the queue timeout, so a request its client gave up on is
+    # dropped before it is decoded. Measured: `predilect bench overload` (docs/RELIABILITY.md).
+    max_queue_size: int = field(
+        default=16, metadata={"help": "requests waiting at the first step before more are refused (0: unbounded)"}
+    )
+    queue_timeout_us: int = field(
+        default=500_000, metadata={"help": "longest wait at the first step before refusal, in us (0: none)"}
+    )
+
+    def first_step_queue(self) -> QueuePolicyDef | None:
+        """The queue policy of the ensemble's first step; None when both bounds are off."""
+        if not self.max_queue_size and not self.queue_timeout_us:
+            return None
+        return QueuePolicyDef(
+            max_queue_size=self.max_queue_size,
+            default_timeout_us=self.queue_timeout_us,
+            timeout_action="REJECT",
+            allow_timeout_override=True,
+        )
 
     def __post_init__(self) -> None:
+        if self.max_queue_size < 0 or self.queue_timeout_us < 0:
+            raise ConfigError(
+                f"max_queue_size and queue_timeout_us must be >= 0, got {self.max_queue_size}, {self.queue_timeout_us}"
+            )
         if self.layout not in LAYOUTS:
             raise ConfigError(f"layout must be one of {LAYOUTS}, got {self.layout!r}")
         if self.precision not in PRECISIONS:
@@ -213,6 +330,7 @@ def fused_screen_models(served: ServedModel, options: ServingOptions = ServingOp
         max_batch_size=options.max_batch_size,
         max_queue_delay_us=options.max_queue_delay_us,
         preferred_batch_sizes=options.preferred_batch_sizes,
+        queue_policy=options.first_step_queue(),
     )
     ensemble = EnsembleDef(
         name=contract.ENSEMBLE,
@@ -257,6 +375,7 @@ def split_screen_models(served: ServedModel, options: ServingOptions = ServingOp
             contract.KEY_DECODE_THREADS: str(options.decode_threads),
             contract.KEY_RULES: rules,
         },
+        queue_policy=options.first_step_queue(),
         **batching,
     )
     classifier = PythonModelDef(
@@ -327,6 +446,40 @@ def _common_proto(definition: ModelDef) -> mc.ModelConfig:
     return config
 
 
+def _queue_policy_proto(policy: QueuePolicyDef, proto: mc.ModelQueuePolicy) -> None:
+    proto.timeout_action = mc.ModelQueuePolicy.TimeoutAction.Value(policy.timeout_action)
+    proto.default_timeout_microseconds = policy.default_timeout_us
+    proto.allow_timeout_override = policy.allow_timeout_override
+    proto.max_queue_size = policy.max_queue_size
+
+
+def _warmup_proto(warmup: WarmupDef, config: mc.ModelConfig) -> None:
+    proto = config.model_warmup.add(name=warmup.name, batch_size=warmup.batch_size, count=warmup.count)
+    for tensor, spec in warmup.inputs.items():
+        data = proto.inputs[tensor]
+        data.data_type = mc.DataType.Value(spec.data_type)
+        data.dims.extend(spec.dims)
+        if spec.source == "zero":
+            data.zero_data = True
+        elif spec.source == "random":
+            data.random_data = True
+        else:
+            data.input_data_file = spec.input_data_file
+
+
+def _batching_proto(
+    config: mc.ModelConfig, definition: PythonModelDef | BackendModelDef, *, kind: str, gpus: tuple[int, ...] = ()
+) -> None:
+    config.dynamic_batching.max_queue_delay_microseconds = definition.max_queue_delay_us
+    config.dynamic_batching.preferred_batch_size.extend(definition.preferred_batch_sizes)
+    if definition.queue_policy is not None:
+        _queue_policy_proto(definition.queue_policy, config.dynamic_batching.default_queue_policy)
+    group = config.instance_group.add(kind=mc.ModelInstanceGroup.Kind.Value(kind), count=definition.instance_count)
+    group.gpus.extend(gpus)
+    for warmup in definition.warmup:
+        _warmup_proto(warmup, config)
+
+
 def to_model_config(definition: ModelDef) -> mc.ModelConfig:
     """Render one typed definition as Triton's ``ModelConfig`` proto."""
     config = _common_proto(definition)
@@ -337,10 +490,19 @@ def to_model_config(definition: ModelDef) -> mc.ModelConfig:
             proto.input_map.update(step.input_map)
             proto.output_map.update(step.output_map)
         return config
+    if isinstance(definition, BackendModelDef):
+        config.backend, config.platform = definition.backend, definition.platform
+        config.default_model_filename = definition.default_model_filename
+        if definition.dynamic_batching:
+            _batching_proto(config, definition, kind=definition.instance_kind, gpus=definition.gpus)
+        else:
+            group = config.instance_group.add(
+                kind=mc.ModelInstanceGroup.Kind.Value(definition.instance_kind), count=definition.instance_count
+            )
+            group.gpus.extend(definition.gpus)
+        return config
     config.backend = "python"
-    config.dynamic_batching.max_queue_delay_microseconds = definition.max_queue_delay_us
-    config.dynamic_batching.preferred_batch_size.extend(definition.preferred_batch_sizes)
-    config.instance_group.add(kind=mc.ModelInstanceGroup.KIND_CPU, count=definition.instance_count)
+    _batching_proto(config, definition, kind="KIND_CPU")
     return config
 
 

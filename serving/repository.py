@@ -11,6 +11,8 @@ from __future__ import annotations
 import dataclasses
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from predilect import contract
@@ -121,6 +123,33 @@ def _prepare_out_dir(out_dir: Path) -> None:
         shutil.rmtree(out_dir)
 
 
+@contextmanager
+def staged_repository(out_dir: Path) -> Iterator[Path]:
+    """A staging folder beside ``out_dir`` that replaces it on success, so a failure leaves no half repository."""
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
+    try:
+        yield staging
+        _prepare_out_dir(out_dir)
+        staging.rename(out_dir)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging)
+
+
+def write_model(staging: Path, definition: configs.ModelDef, *, files: dict[str, Path] | None = None) -> Path:
+    """``<name>/config.pbtxt`` and ``<name>/1/``, with ``files`` (name in ``1/`` -> source) copied in."""
+    model_dir = staging / definition.name
+    (model_dir / contract.TRITON_VERSION).mkdir(parents=True)
+    text = configs.to_pbtxt(configs.to_model_config(definition))
+    (model_dir / contract.CONFIG_FILENAME).write_text(text, encoding="utf-8")
+    for name, source in (files or {}).items():
+        if not source.is_file():
+            raise FileNotFoundError(f"{source} missing; is the predilect install complete?")
+        shutil.copy2(source, model_dir / contract.TRITON_VERSION / name)
+    return model_dir
+
+
 def served_onnx(onnx_path: Path, precision: str) -> Path:
     """The ONNX file served at ``precision``: ``onnx_path`` itself, or its gated INT8 model."""
     if precision == "fp32":
@@ -158,26 +187,11 @@ def assemble(
     onnx_path, out_dir = served_onnx(Path(onnx_path), options.precision), Path(out_dir)
     served = read_served_model(onnx_path, quality=quality)
     shims = shim_source_dir()
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    # Build beside the target and move it in at the end, so a failure leaves no half repository.
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
-    try:
+    with staged_repository(out_dir) as staging:
         for definition in configs.fundus_screen_models(served, options):
-            model_dir = staging / definition.name
-            (model_dir / contract.TRITON_VERSION).mkdir(parents=True)
-            text = configs.to_pbtxt(configs.to_model_config(definition))
-            (model_dir / contract.CONFIG_FILENAME).write_text(text, encoding="utf-8")
-            if definition.name in _PYTHON_MODELS:
-                shim = shims / definition.name / contract.TRITON_VERSION / "model.py"
-                if not shim.is_file():
-                    raise FileNotFoundError(f"model.py shim missing: {shim}; is the predilect install complete?")
-                shutil.copy2(shim, model_dir / contract.TRITON_VERSION / "model.py")
+            shim = shims / definition.name / contract.TRITON_VERSION / "model.py"
+            write_model(staging, definition, files={"model.py": shim} if definition.name in _PYTHON_MODELS else None)
         for name in _ONNX_MODELS:
             if (staging / name).is_dir():
                 shutil.copy2(onnx_path, staging / name / contract.TRITON_VERSION / contract.ONNX_FILENAME)
-        _prepare_out_dir(out_dir)
-        staging.rename(out_dir)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging)
     return out_dir

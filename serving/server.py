@@ -14,6 +14,7 @@ import importlib.metadata
 import importlib.util
 import os
 import re
+import secrets
 import shutil
 import signal
 import socket
@@ -25,17 +26,21 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+from typing import IO, Any
 
 from predilect.contract import (
+    AUTH_KEY,
     CONFIG_FILENAME,
     DEFAULT_GRPC_PORT,
     DEFAULT_HTTP_PORT,
     DEFAULT_METRICS_PORT,
     ENSEMBLE,
 )
+from predilect.errors import ConfigError
 
 _PR_SET_PDEATHSIG = 1
 # Log lines after which tritonserver never becomes ready nor exits (a stub that cannot even
@@ -43,20 +48,190 @@ _PR_SET_PDEATHSIG = 1
 _FATAL_MARKERS = ("Failed to preinitialize Python stub",)
 # Error lines that every CPU-only start logs; they say nothing about the failure at hand.
 _CPU_NOISE = ("CudaDriverHelper", "CUDA driver version is insufficient")
+_GRPC_STARTED = "Started GRPCInferenceService at "
 _ERROR_LINE = re.compile(r"^E\d{4} |^error: |Failed to (?:pre)?initialize")
 _ANY_ADDRESS = ("0.0.0.0", "::", "")
+LOOPBACK = "127.0.0.1"
 _SHM_BYTES = 16 * 1024 * 1024  # Python-backend shared memory per stub: one full PIXELS batch fits
+SHM_DIR = Path("/dev/shm")
+SHM_PREFIX = "predilect_"
+"""Every Python-backend shared-memory region of a server started here is named ``predilect_<pid>_<id>_...``."""
+_STALE_SHM_AGE_S = 60.0  # a region younger than this may belong to a server still starting
+# Triton's names of its API groups (``--grpc-restricted-protocol`` / ``--http-restricted-api``).
+GRPC_PROTOCOLS = (
+    "health",
+    "metadata",
+    "inference",
+    "shared-memory",
+    "model-config",
+    "model-repository",
+    "statistics",
+    "trace",
+    "logging",
+)
+HTTP_APIS_BUT_HEALTH = tuple(p for p in GRPC_PROTOCOLS if p != "health")
+"""HTTP health (server and model readiness) stays open: the readiness probe and load balancers use it."""
 
 
 class ServerStartError(RuntimeError):
     """``tritonserver`` exited or did not become ready; the message ends with its log tail."""
 
 
+@dataclass(frozen=True)
+class ServerTls:
+    """TLS on the gRPC endpoint: PEM files; ``mutual`` also requires a client certificate signed by ``root_cert_path``.
+
+    Triton's HTTP endpoint has no TLS: a server with TLS answers HTTP health only (see ``ServerSecurity``).
+    """
+
+    cert_path: Path
+    key_path: Path
+    root_cert_path: Path | None = None
+    mutual: bool = False
+
+    def __post_init__(self) -> None:
+        if self.mutual and self.root_cert_path is None:
+            raise ConfigError("mutual TLS needs the CA that signs the client certificates (root_cert_path)")
+        for path in (self.cert_path, self.key_path, self.root_cert_path):
+            if path is not None and not Path(path).is_file():
+                raise ConfigError(f"TLS file {path} does not exist")
+
+    def args(self) -> list[str]:
+        args = [
+            "--grpc-use-ssl=true",
+            f"--grpc-server-cert={Path(self.cert_path).resolve()}",
+            f"--grpc-server-key={Path(self.key_path).resolve()}",
+        ]
+        if self.root_cert_path is not None:
+            args.append(f"--grpc-root-cert={Path(self.root_cert_path).resolve()}")
+        if self.mutual:
+            args.append("--grpc-use-ssl-mutual=true")
+        return args
+
+
+@dataclass(frozen=True)
+class ServerSecurity:
+    """Who may call what.
+
+    ``auth_token``: every gRPC call (all protocols) and every HTTP call but health must carry it
+    under ``contract.AUTH_KEY`` (gRPC: ``contract.GRPC_AUTH_HEADER``); ``tls``: TLS / mTLS on
+    gRPC; ``http_api`` False: HTTP answers health (server and model readiness) only -- the other
+    HTTP APIs are restricted with a random key nobody holds. With TLS, HTTP is health-only
+    always: Triton's HTTP has no TLS, so a token sent there would cross the network in clear.
+    """
+
+    auth_token: str | None = None
+    tls: ServerTls | None = None
+    http_api: bool = True
+
+    def __post_init__(self) -> None:
+        token = self.auth_token
+        if token is None:
+            return
+        if not token or not token.isascii() or not token.isprintable() or token != token.strip():
+            raise ConfigError("the auth token must be non-empty printable ASCII without surrounding spaces")
+        if any(c in token for c in ",:="):
+            raise ConfigError("the auth token must not contain ',', ':' or '=' (Triton's flag syntax)")
+
+    @property
+    def http_health_only(self) -> bool:
+        return not self.http_api or self.tls is not None
+
+    def args(self, *, tls: bool = True) -> list[str]:
+        """The ``tritonserver`` flags (``tls`` False: TLS ends at a front in front of it, see ``front``)."""
+        args = self.tls.args() if self.tls is not None and tls else []
+        if self.auth_token is not None:
+            args.append(f"--grpc-restricted-protocol={','.join(GRPC_PROTOCOLS)}:{AUTH_KEY}={self.auth_token}")
+        http_key = secrets.token_hex(32) if self.http_health_only else self.auth_token
+        if http_key is not None:
+            args.append(f"--http-restricted-api={','.join(HTTP_APIS_BUT_HEALTH)}:{AUTH_KEY}={http_key}")
+        return args
+
+
+def _mapped_paths(proc: Path = Path("/proc")) -> set[str]:
+    """Every file some process (that this user may inspect) has mapped into memory."""
+    mapped: set[str] = set()
+    for maps in proc.glob("[0-9]*/maps"):
+        try:
+            text = maps.read_text(errors="replace")
+        except OSError:  # the process ended, or is not ours to read
+            continue
+        for line in text.splitlines():
+            fields = line.split(maxsplit=5)
+            if len(fields) == 6:  # address, perms, offset, device, inode, path
+                mapped.add(fields[5])
+    return mapped
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _launcher_pid(name: str) -> int | None:
+    """The pid of the process that started the server of a region named ``predilect_<pid>_<id>_...``."""
+    field = name[len(SHM_PREFIX) :].split("_", 1)[0]
+    return int(field) if field.isdigit() else None
+
+
+def clean_stale_shm_regions(
+    *,
+    shm_dir: Path = SHM_DIR,
+    prefix: str = SHM_PREFIX,
+    min_age_s: float = _STALE_SHM_AGE_S,
+    in_use: Iterable[str] | None = None,
+    keep_live_launchers: bool = True,
+) -> list[Path]:
+    """Delete the shared-memory regions left by servers that died without cleaning up (SIGKILL, OOM).
+
+    A region named ``prefix*`` is stale when no process maps it, it is older than ``min_age_s`` (a
+    younger one may belong to a server still starting) and -- with ``keep_live_launchers`` -- the
+    process that started its server (the pid in its name) has ended: a live launcher's server may
+    still run and reopen its regions by name (when one grows), so they are left to its ``stop()``.
+    Regions of other programs are never touched. ``in_use``: the mapped paths (default: read from
+    ``/proc``). Returns the paths removed.
+    """
+    mapped = set(in_use) if in_use is not None else _mapped_paths()
+    removed = []
+    now = time.time()
+    for path in shm_dir.glob(f"{prefix}*"):
+        launcher = _launcher_pid(path.name)
+        if keep_live_launchers and (launcher is None or _pid_alive(launcher)):
+            continue
+        try:
+            stale = str(path) not in mapped and now - path.stat().st_mtime >= min_age_s
+            if stale:
+                path.unlink()
+                removed.append(path)
+        except FileNotFoundError:
+            continue
+    return removed
+
+
+_HANDED_OUT: set[int] = set()
+_HANDED_OUT_LOCK = threading.Lock()
+
+
 def free_port() -> int:
-    """A TCP port that is free now (for tests; another process may take it before use)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("", 0))
-        return int(s.getsockname()[1])
+    """A TCP port that is free now and was not handed out before by this process.
+
+    For tests and benchmarks; another process may still take it before use. Remembering the
+    ports already given keeps one server's gRPC, HTTP and metrics ports distinct: the kernel
+    may hand the same ephemeral port to two ``bind(0)`` calls in a row once the first closes.
+    """
+    with _HANDED_OUT_LOCK:
+        while True:
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+                s.bind(("", 0))
+                port = int(s.getsockname()[1])
+            if port not in _HANDED_OUT:
+                _HANDED_OUT.add(port)
+                return port
 
 
 def _pytriton_dir() -> Path:
@@ -139,7 +314,12 @@ class TritonServer:
         grpc_port: int = DEFAULT_GRPC_PORT,
         http_port: int = DEFAULT_HTTP_PORT,
         metrics_port: int = DEFAULT_METRICS_PORT,
-        bind_address: str = "0.0.0.0",
+        bind_address: str = LOOPBACK,
+        metrics_bind_address: str | None = None,
+        security: ServerSecurity | None = None,
+        http: bool = True,
+        metrics: bool = True,
+        max_request_bytes: int | None = None,
         log_verbose: int = 0,
         log_path: Path | None = None,
         startup_timeout_s: float = 300.0,
@@ -150,14 +330,26 @@ class TritonServer:
         self.model_repository = Path(model_repository).resolve()
         self.grpc_port, self.http_port, self.metrics_port = grpc_port, http_port, metrics_port
         self.bind_address = bind_address
+        self.metrics_bind_address = metrics_bind_address if metrics_bind_address is not None else bind_address
+        self.security = security if security is not None else ServerSecurity()
+        # tritonserver 2.51 (this wheel) dies of SIGSEGV on any HTTP or metrics request with a body of
+        # 4 MB or more (docs/RELIABILITY.md): ``predilect serve`` turns HTTP off unless asked.
+        self.http, self.metrics = http, metrics
+        # tritonserver 2.51 has no request-size limit on gRPC: with one, nginx fronts the gRPC port
+        # (``front``) and tritonserver listens on a loopback port of its own behind it.
+        self.max_request_bytes = max_request_bytes
+        self._front: Any = None
+        self._triton_grpc_port = free_port() if max_request_bytes else grpc_port
         self.log_verbose = log_verbose
         self.log_path = Path(log_path) if log_path is not None else None
         self.startup_timeout_s = startup_timeout_s
         self.stop_timeout_s = stop_timeout_s
         self.runtime_cache_dir = runtime_cache_dir
-        self.extra_args = tuple(extra_args)  # further tritonserver flags, e.g. TLS or restricted protocols
+        self.extra_args = tuple(extra_args)  # further tritonserver flags
+        # A unique shared-memory prefix keeps two servers on one machine from sharing regions.
+        self.shm_prefix = f"{SHM_PREFIX}{os.getpid()}_{uuid.uuid4().hex[:8]}_"
         self._process: subprocess.Popen | None = None
-        self._log_file = None
+        self._log_file: IO[bytes] | None = None
 
     @property
     def _host(self) -> str:
@@ -174,7 +366,8 @@ class TritonServer:
 
     @property
     def metrics_url(self) -> str:
-        return f"http://{self._host}:{self.metrics_port}/metrics"
+        host = "localhost" if self.metrics_bind_address in _ANY_ADDRESS else self.metrics_bind_address
+        return f"http://{host}:{self.metrics_port}/metrics"
 
     @property
     def pid(self) -> int | None:
@@ -182,29 +375,31 @@ class TritonServer:
 
     @property
     def is_running(self) -> bool:
-        return self._process is not None and self._process.poll() is None
+        front_ok = self._front is None or self._front.is_running
+        return self._process is not None and self._process.poll() is None and front_ok
 
     def command(self, backend_dir: Path) -> list[str]:
         """The ``tritonserver`` command line."""
-        # A unique shared-memory prefix keeps two servers on one machine from sharing regions.
-        shm_prefix = f"predilect_{os.getpid()}_{uuid.uuid4().hex[:8]}_"
         return [
             str(server_binary()),
             f"--model-repository={self.model_repository}",
             f"--backend-directory={backend_dir}",
-            f"--grpc-address={self.bind_address}",
-            f"--grpc-port={self.grpc_port}",
+            f"--grpc-address={LOOPBACK if self.max_request_bytes else self.bind_address}",
+            f"--grpc-port={self._triton_grpc_port}",
+            f"--allow-http={str(self.http).lower()}",
             f"--http-address={self.bind_address}",
             f"--http-port={self.http_port}",
-            f"--metrics-address={self.bind_address}",
+            f"--allow-metrics={str(self.metrics).lower()}",
+            f"--metrics-address={self.metrics_bind_address}",
             f"--metrics-port={self.metrics_port}",
             "--allow-gpu-metrics=false",
             "--disable-auto-complete-config",
             f"--log-verbose={self.log_verbose}",
             f"--exit-timeout-secs={max(1, int(self.stop_timeout_s))}",
-            f"--backend-config=python,shm-region-prefix-name={shm_prefix}",
+            f"--backend-config=python,shm-region-prefix-name={self.shm_prefix}",
             f"--backend-config=python,shm-default-byte-size={_SHM_BYTES}",
             f"--backend-config=python,shm-growth-byte-size={_SHM_BYTES}",
+            *self.security.args(tls=not self.max_request_bytes),
             *self.extra_args,
         ]
 
@@ -227,6 +422,7 @@ class TritonServer:
                 f"model repository {self.model_repository} does not exist; run `predilect assemble` first"
             )
         backend_dir = prepare_runtime(self.runtime_cache_dir)
+        clean_stale_shm_regions()  # what earlier servers killed with SIGKILL left in /dev/shm
         if self.log_path is None:
             self.log_path = Path(tempfile.mkdtemp(prefix="predilect-triton-")) / "tritonserver.log"
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -243,10 +439,33 @@ class TritonServer:
         )
         try:
             self._wait_ready()
+            if self.max_request_bytes:
+                self._start_front()
         except BaseException:
             self.stop()
             raise
         return self
+
+    def _start_front(self) -> None:
+        from predilect.serving.front import FrontStartError, FrontTls, GrpcFront
+
+        tls = self.security.tls
+        front_tls = None
+        if tls is not None:
+            front_tls = FrontTls(tls.cert_path, tls.key_path, tls.root_cert_path if tls.mutual else None)
+        log = self.log_path.with_name(self.log_path.stem + "-front.log") if self.log_path else None
+        self._front = GrpcFront(
+            listen_host=self.bind_address,
+            listen_port=self.grpc_port,
+            upstream_port=self._triton_grpc_port,
+            max_request_bytes=int(self.max_request_bytes or 0),
+            log_path=log or Path(tempfile.mkdtemp(prefix="predilect-front-log-")) / "front.log",
+            tls=front_tls,
+        )
+        try:
+            self._front.start()
+        except FrontStartError as e:
+            raise ServerStartError(str(e)) from e
 
     def _ready(self, path: str) -> bool:
         try:
@@ -256,16 +475,35 @@ class TritonServer:
         except (urllib.error.URLError, ConnectionError, TimeoutError):
             return False
 
+    def _grpc_started(self) -> bool:
+        """Without HTTP: tritonserver starts its gRPC service only once every model has loaded (a model
+        that fails to load makes it exit), so the log line plus a listening port mean ready."""
+        if not any(_GRPC_STARTED in line for line in self._log_lines()):
+            return False
+        behind_front = self.max_request_bytes or self.bind_address in _ANY_ADDRESS
+        host = LOOPBACK if behind_front else self.bind_address
+        try:
+            with socket.create_connection((host, self._triton_grpc_port), timeout=2):
+                return True
+        except OSError:
+            return False
+
+    def _is_ready(self, checks: list[str]) -> bool:
+        return all(self._ready(path) for path in checks) if self.http else self._grpc_started()
+
     def _wait_ready(self) -> None:
         checks = ["/v2/health/ready"]
         if (self.model_repository / ENSEMBLE / CONFIG_FILENAME).is_file():
             checks.append(f"/v2/models/{ENSEMBLE}/ready")
         deadline = time.monotonic() + self.startup_timeout_s
+        process = self._process
+        if process is None:
+            raise RuntimeError("start the server before waiting for it")
         while True:
-            code = self._process.poll()
+            code = process.poll()
             if code is not None:
                 raise ServerStartError(self._failure(f"tritonserver exited with code {code} before it was ready"))
-            if all(self._ready(path) for path in checks):
+            if self._is_ready(checks):
                 return
             fatal = self._fatal_line()
             if fatal:
@@ -302,6 +540,9 @@ class TritonServer:
 
     def stop(self) -> int | None:
         """Stop the server gracefully (SIGTERM, then SIGKILL after the timeout); its exit code."""
+        front, self._front = self._front, None
+        if front is not None:
+            front.stop()
         process, self._process = self._process, None
         code = None
         if process is not None:
@@ -312,10 +553,16 @@ class TritonServer:
             except subprocess.TimeoutExpired:
                 os.killpg(process.pid, signal.SIGKILL)  # its own session: takes the backend stubs too
                 code = process.wait()
+            self._remove_own_shm_regions()
         if self._log_file is not None:
             self._log_file.close()
             self._log_file = None
         return code
+
+    def _remove_own_shm_regions(self) -> None:
+        """After a stop that skipped the server's own clean-up (SIGKILL), its regions are still there."""
+        for path in SHM_DIR.glob(f"{self.shm_prefix}*"):
+            path.unlink(missing_ok=True)
 
     def __enter__(self) -> TritonServer:
         return self.start()

@@ -178,11 +178,11 @@ class LateProxy:
     """A TCP forwarder to ``target`` on a port of its own that accepts only after ``listen()``:
     until then a client meets a closed port (gRPC UNAVAILABLE), as when a server restarts."""
 
-    def __init__(self, target_host: str, target_port: int) -> None:
+    def __init__(self, target_host: str, target_port: int, *, port: int = 0) -> None:
         self.target = (target_host, target_port)
         self._listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._listener.bind(("127.0.0.1", 0))  # bound, not listening: connections are refused
+        self._listener.bind(("127.0.0.1", port))  # bound, not listening: connections are refused
         self.port = self._listener.getsockname()[1]
         self._sockets: list[socket.socket] = []
         self._closed = threading.Event()

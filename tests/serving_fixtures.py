@@ -157,8 +157,12 @@ def model_repository(tmp_path_factory: pytest.TempPathFactory, tiny_onnx: Path) 
     from predilect.serving.repository import assemble
 
     # The three-step layout: the client tests read the preprocess step's statistics; the fused
-    # (default) layout has its own server in tests/test_hostile_images.py.
-    options = ServingOptions(max_batch_size=16, max_queue_delay_us=20_000, layout="split")
+    # (default) layout has its own server in tests/test_hostile_images.py. Unbounded queues: these
+    # are functional tests of a shared server under a loaded CI machine; refusal under overload
+    # has its own server in tests/test_overload.py.
+    options = ServingOptions(
+        max_batch_size=16, max_queue_delay_us=20_000, layout="split", max_queue_size=0, queue_timeout_us=0
+    )
     return assemble(tiny_onnx, tmp_path_factory.mktemp("serving") / "model_repository", options)
 
 

@@ -112,3 +112,36 @@ def test_bench_dispatches_sub_command_when_named(sub, capsys):
     assert exit_.value.code == 0
     usage = capsys.readouterr().out
     assert "predilect bench" in usage and sub in usage.splitlines()[0]
+
+
+def test_bench_decoders_retrains_one_model_per_decoder_when_asked(tmp_path, phantom_manifest):
+    from predilect.benchmarks.decoders_cli import main
+
+    out = tmp_path / "results"
+    argv = ["--manifest", str(phantom_manifest), "--checkpoint", str(tmp_path / "none.safetensors"), "--no-auroc"]
+    argv += ["--images", "2", "--repeats", "1", "--retrain", "--retrain-epochs", "1", "--resamples", "20"]
+    assert main([*argv, "--out-dir", str(out), "--name", "retrained"]) == 0
+    retrained = json.loads((out / "retrained.json").read_text())["retrained"]
+    assert set(retrained["macro_auroc"]) == {"pil_draft", "dali_cpu"} and retrained["train_cfg"]["epochs"] == 1
+    ci = retrained["vs_pil_draft"]["dali_cpu"]
+    assert ci["low"] <= ci["difference"] <= ci["high"]
+    assert "one model trained per decoder" in (out / "retrained.md").read_text()
+
+
+def test_report_writes_plots_when_no_request_completed(tmp_path):
+    from predilect.benchmarks import report
+
+    nan = float("nan")
+    empty = {"users": 1, "requests": 0, "failures": 0, "requests_per_s": 0.0, "error_rate": 0.0}
+    empty |= {"p50_ms": nan, "p90_ms": nan, "p99_ms": nan, "loadgen_cpu_cores": 0.1}
+    results = {
+        "date": "today",
+        "command": "predilect bench --quick",
+        "machine": {"description": "2 cores"},
+        "setup": {"model_version": "1+x", "onnx": "m.onnx", "decoder": "pil_draft", "serving_options": "defaults"}
+        | {"locust_version": "2", "seconds_per_point": 3, "headline_users": 1, "cores": 2},
+        "payloads": {"camera": {"label": "2 rendered JPEGs", "mean_bytes": 1000.0}},
+        "sweeps": {report.STACK_TRITON: [empty], report.STACK_BASELINE: [empty]},
+    }
+    path = report.write_report(results, tmp_path, "empty")
+    assert "| 1 | 0.0 | nan |" in path.read_text() and (tmp_path / "empty-latency.png").stat().st_size > 0

@@ -1,17 +1,21 @@
 """The auth token against a real tritonserver that enforces it.
 
-The server is started with ``--grpc-restricted-protocol=health,metadata,model-config,inference:
-<contract.AUTH_KEY>=<token>``: Triton then answers every call of those protocols that lacks the
+The server is started with ``ServerSecurity(auth_token=...)``, i.e. ``--grpc-restricted-protocol=<every
+protocol>:<contract.AUTH_KEY>=<token>`` and ``--http-restricted-api=<every API but health>:...``: Triton
+then answers every gRPC call that lacks the
 metadata header ``triton-grpc-protocol-<key>`` with that exact value by UNAVAILABLE "This
 protocol is restricted, expecting header ...". The client sends ``auth_token`` under that
 header (``contract.GRPC_AUTH_HEADER``) and reports a refusal as ``AuthenticationError``: never
-retried, never "server unavailable, retry later".
+retried, never "server unavailable, retry later". Over HTTP only health answers without the token.
 """
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -28,10 +32,9 @@ from predilect.client import (
     ServerUnavailableError,
 )
 from predilect.client.protocol import request_headers
-from predilect.serving.server import TritonServer, free_port
+from predilect.serving.server import ServerSecurity, TritonServer, free_port
 
 TOKEN = "s3cr3t-t0ken-for-tests"
-PROTOCOLS = "health,metadata,model-config,inference"  # every protocol the client calls
 ROOT = Path(__file__).resolve().parent.parent
 RETRYING = RetryPolicy(max_attempts=5, initial_backoff_s=0.05, max_backoff_s=0.1)
 
@@ -46,7 +49,7 @@ def guarded_server(model_repository: Path, tmp_path_factory: pytest.TempPathFact
         bind_address="127.0.0.1",
         log_path=tmp_path_factory.mktemp("triton-auth-log") / "tritonserver.log",
         startup_timeout_s=180,
-        extra_args=[f"--grpc-restricted-protocol={PROTOCOLS}:{contract.AUTH_KEY}={TOKEN}"],
+        security=ServerSecurity(auth_token=TOKEN),
     )
     with server:
         yield server
@@ -100,6 +103,53 @@ def test_server_refuses_inference_without_token_when_called_directly(guarded_ser
             raw.infer(contract.ENSEMBLE, [tensor])
         answer = raw.infer(contract.ENSEMBLE, [tensor], headers={contract.GRPC_AUTH_HEADER: TOKEN})
     assert answer.as_numpy(contract.PROBABILITIES).shape == (1, len(DEFAULT_CATALOG))
+
+
+def _http(url: str, *, token: str | None = None, data: bytes | None = None) -> int:
+    headers = {contract.AUTH_KEY: token} if token is not None else {}
+    request = urllib.request.Request(url, data=data, headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as e:
+        return int(e.code)
+
+
+def _inference_count(server: TritonServer) -> int:
+    import tritonclient.grpc as grpcclient
+
+    with grpcclient.InferenceServerClient(server.grpc_url) as raw:
+        stats = raw.get_inference_statistics(contract.ENSEMBLE, headers={contract.GRPC_AUTH_HEADER: TOKEN})
+    return int(stats.model_stats[0].inference_count)
+
+
+def test_server_answers_http_health_only_when_token_missing(guarded_server, fundus_jpeg) -> None:
+    base = guarded_server.http_url
+    assert _http(f"{base}/v2/health/ready") == 200, "the readiness probe needs no token"
+    assert _http(f"{base}/v2/models/{contract.ENSEMBLE}/ready") == 200
+    for path in (f"/v2/models/{contract.ENSEMBLE}/stats", f"/v2/models/{contract.ENSEMBLE}/config", "/v2"):
+        assert _http(base + path) >= 400, path
+        assert _http(base + path, token="wrong") >= 400, path
+        assert _http(base + path, token=TOKEN) == 200, path
+    before = _inference_count(guarded_server)
+    body = json.dumps(
+        {"inputs": [{"name": contract.IMAGE, "shape": [1, 4], "datatype": "UINT8", "data": [1, 2, 3, 4]}]}
+    ).encode()
+    assert _http(f"{base}/v2/models/{contract.ENSEMBLE}/infer", data=body) >= 400
+    assert _inference_count(guarded_server) == before
+
+
+def test_server_security_flags_restrict_every_api_but_http_health_when_token_given() -> None:
+    args = ServerSecurity(auth_token=TOKEN).args()
+    grpc = next(a for a in args if a.startswith("--grpc-restricted-protocol="))
+    http = next(a for a in args if a.startswith("--http-restricted-api="))
+    assert grpc.endswith(f":{contract.AUTH_KEY}={TOKEN}") and "health" in grpc and "statistics" in grpc
+    assert http.endswith(f":{contract.AUTH_KEY}={TOKEN}") and "health" not in http and "inference" in http
+    assert ServerSecurity().args() == [], "no token, no TLS, HTTP open: the library default for tests and benchmarks"
+    closed = ServerSecurity(http_api=False).args()
+    (only,) = closed
+    assert only.startswith("--http-restricted-api=") and TOKEN not in only and "health" not in only
+    assert ServerSecurity(http_api=False).args() != closed, "a fresh random key each time, held by nobody"
 
 
 def test_screen_cli_exits_2_with_one_line_when_token_is_wrong(guarded_server, fundus_jpeg, tmp_path: Path) -> None:

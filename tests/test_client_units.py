@@ -12,7 +12,7 @@ import pytest
 
 from predilect import contract
 from predilect.catalog import DEFAULT_CATALOG
-from predilect.client import core
+from predilect.client import core, protocol
 from predilect.client.errors import (
     AuthenticationError,
     ClientConfigError,
@@ -443,3 +443,104 @@ def test_screen_items_plan_yields_frame1_result_and_frame2_error_when_frame_2_fa
     result = items[0].result
     assert result is not None and result.decision == "no_referral" and result.probabilities is not None
     assert result.rules_digest == rules.digest() and result.catalog_digest == DEFAULT_CATALOG.digest()
+
+
+def test_translate_raises_server_busy_when_triton_queue_refuses() -> None:
+    from predilect.client.errors import ServerBusyError, ServerUnavailableError, is_final
+
+    for message in ("Exceeds maximum queue size", "Request timeout expired"):
+        error = protocol.translate(_grpc_error("UNAVAILABLE", message), url="u", model_name="m", timeout_s=1)
+        assert isinstance(error, ServerBusyError) and isinstance(error, ServerUnavailableError)
+        assert "at capacity" in str(error) and not is_final(error)
+    down = protocol.translate(_grpc_error("UNAVAILABLE", "failed to connect"), url="u", model_name="m", timeout_s=1)
+    assert type(down) is ServerUnavailableError
+    internal = protocol.translate(_grpc_error("INTERNAL", "stub died"), url="u", model_name="m", timeout_s=1)
+    assert not is_final(internal), "an internal server error is retried by a later run"
+
+
+def test_call_tells_server_the_attempt_timeout_when_inferring() -> None:
+    effects, _ = _drive(core.call(_settings(), "infer", timeout_s=2.0, server_timeout=True), ["answer"])
+    (rpc,) = effects
+    assert 1_000_000 < rpc.kwargs["timeout"] <= 2_000_000 and rpc.kwargs["timeout"] == int(rpc.timeout_s * 1e6)
+    effects, _ = _drive(core.call(_settings(), "is_server_live", timeout_s=2.0), [True])
+    assert "timeout" not in effects[0].kwargs
+
+
+def test_journal_refuses_second_writer_when_first_holds_it(tmp_path: Path) -> None:
+    from predilect.client.journal import JournalLockedError, ResultJournal
+
+    first, second = ResultJournal(tmp_path / "j.jsonl"), ResultJournal(tmp_path / "j.jsonl")
+    first.open()
+    with pytest.raises(JournalLockedError, match="another process"):
+        second.open()
+    first.close()
+    assert second.open() == set()
+    second.close()
+    assert (tmp_path / "j.jsonl").stat().st_mode & 0o777 == 0o600
+
+
+def test_dicom_frames_prepare_in_threads_when_pydicom_not_yet_imported(tmp_path: Path, dicom_from_jpeg) -> None:
+    """The ``partially initialized module 'pydicom'`` race needs a fresh interpreter to show."""
+    import subprocess
+    import sys
+
+    from PIL import Image
+
+    Image.new("RGB", (256, 256), (180, 80, 30)).save(tmp_path / "f.jpg", quality=90)
+    path = dicom_from_jpeg(tmp_path / "f.jpg", tmp_path / "f.dcm")
+    script = (
+        "import sys\n"
+        "from concurrent.futures import ThreadPoolExecutor\n"
+        "from predilect.client.inputs import prepare\n"
+        "data = open(sys.argv[1], 'rb').read()\n"
+        "with ThreadPoolExecutor(8) as pool:\n"
+        "    print(sorted(set(pool.map(lambda _: len(list(prepare(data))), range(16)))))\n"
+    )
+    for _ in range(3):
+        done = subprocess.run([sys.executable, "-c", script, str(path)], capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.splitlines()[-1] == "[1]"
+
+
+def _exif_jpeg(orientation: int | None, **fields: str) -> bytes:
+    from PIL import Image
+
+    exif = Image.Exif()
+    if orientation is not None:
+        exif[0x0112] = orientation
+    tags = {"artist": 0x013B, "description": 0x010E, "serial": 0xA431}
+    for name, value in fields.items():
+        exif[tags[name]] = value
+    buffer = io.BytesIO()
+    Image.new("RGB", (96, 64), (200, 90, 30)).save(buffer, "JPEG", exif=exif.tobytes())
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("orientation", [3, 6, 8])
+def test_strip_metadata_keeps_only_orientation_when_exif_carries_identifiers(orientation: int) -> None:
+    from PIL import Image
+
+    from predilect.preprocess import PreprocessCfg, inspect_image
+
+    data = _exif_jpeg(orientation, artist="Doe^Jane", description="PID-123", serial="CAM-0042")
+    out = strip_metadata(data, allow_truncated=False)
+    for identifier in (b"Doe^Jane", b"PID-123", b"CAM-0042"):
+        assert identifier in data and identifier not in out
+    assert Image.open(io.BytesIO(out)).getexif() == {0x0112: orientation}, "nothing but the orientation"
+    header = inspect_image(np.frombuffer(out, np.uint8), PreprocessCfg(min_side_px=16))
+    assert header.orientation == orientation, "the server reads the kept tag"
+
+
+def test_strip_metadata_drops_exif_whole_when_orientation_is_upright_or_absent() -> None:
+    for orientation in (None, 1):
+        out = strip_metadata(_exif_jpeg(orientation, artist="Doe^Jane"), allow_truncated=False)
+        assert b"Exif" not in out and b"Doe^Jane" not in out
+
+
+def test_exif_orientation_is_none_when_exif_is_malformed() -> None:
+    from predilect.client.jpeg import exif_orientation, orientation_segment
+
+    good = orientation_segment(6)[4:]
+    assert exif_orientation(good) == 6
+    for bad in (b"Exif\x00\x00", good[:12], good[:6] + b"XX" + good[8:], good[:-8], b"JFIF" + good[4:]):
+        assert exif_orientation(bad) is None

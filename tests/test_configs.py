@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 from google.protobuf import text_format
@@ -10,6 +11,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 
 from predilect import contract
 from predilect.catalog import DEFAULT_CATALOG
+from predilect.errors import ConfigError
 from predilect.preprocess import PreprocessCfg
 from predilect.quality import default_quality_cfg
 from predilect.referral import ReferralRules
@@ -228,16 +230,40 @@ def test_parse_pbtxt_raises_parse_error_when_text_is_not_a_model_config() -> Non
     ],
 )
 def test_serving_options_raise_value_error_when_count_not_positive(option: str) -> None:
+    count: dict[str, Any] = {option: 0}
     with pytest.raises(ValueError, match=option):
-        configs.ServingOptions(**{option: 0})
+        configs.ServingOptions(**count)
 
 
 @pytest.mark.parametrize(("option", "value"), [("layout", "merged"), ("precision", "fp16")])
 def test_serving_options_raise_config_error_when_choice_unknown(option: str, value: str) -> None:
+    choice: dict[str, Any] = {option: value}
     with pytest.raises(ValueError, match=option):
-        configs.ServingOptions(**{option: value})
+        configs.ServingOptions(**choice)
 
 
 def test_assemble_raises_model_metadata_error_when_int8_model_missing(tiny_onnx: Path, tmp_path: Path) -> None:
     with pytest.raises(ModelMetadataError, match="predilect quantize"):
         assemble(tiny_onnx, tmp_path / "repo", configs.ServingOptions(precision="int8"))
+
+
+@pytest.mark.parametrize("layout", ["fused", "split"])
+def test_first_step_has_bounded_reject_queue_when_assembled_with_defaults(
+    layout: str, tiny_onnx: Path, tmp_path: Path
+) -> None:
+    loaded = _load(assemble(tiny_onnx, tmp_path / "repo", configs.ServingOptions(layout=layout)))
+    first = loaded[contract.ENSEMBLE].ensemble_scheduling.step[0].model_name
+    policy = loaded[first].dynamic_batching.default_queue_policy
+    defaults = configs.ServingOptions()
+    assert policy.max_queue_size == defaults.max_queue_size > 0
+    assert policy.default_timeout_microseconds == defaults.queue_timeout_us > 0
+    assert policy.timeout_action == mc.ModelQueuePolicy.REJECT and policy.allow_timeout_override
+    for name, config in loaded.items():
+        if name not in (first, contract.ENSEMBLE):  # later steps never see more than the first lets through
+            assert not config.dynamic_batching.HasField("default_queue_policy"), name
+
+
+def test_serving_options_leave_queue_unbounded_when_both_bounds_are_zero() -> None:
+    assert configs.ServingOptions(max_queue_size=0, queue_timeout_us=0).first_step_queue() is None
+    with pytest.raises(ConfigError):
+        configs.ServingOptions(max_queue_size=-1)

@@ -16,7 +16,16 @@ ROOT = Path(__file__).resolve().parent.parent
 LAYERS = ("predilect", "training", "build", "serving", "client", "benchmarks", "model_repository", "tests")
 # Every string of the contract but file names, version numbers and eye letters, which are
 # too short or too common to grep for (tests name temp files model.onnx, say).
-UNGUARDED = {"CONFIG_FILENAME", "ONNX_FILENAME", "TRITON_VERSION", "RESULT_SCHEMA_VERSION", "RIGHT_EYE", "LEFT_EYE"}
+UNGUARDED = {
+    "CONFIG_FILENAME",
+    "ONNX_FILENAME",
+    "PLAN_FILENAME",
+    "DALI_FILENAME",
+    "TRITON_VERSION",
+    "RESULT_SCHEMA_VERSION",
+    "RIGHT_EYE",
+    "LEFT_EYE",
+}
 GUARDED = {
     name: value
     for name, value in vars(contract).items()

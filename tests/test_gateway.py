@@ -316,3 +316,208 @@ def test_gateway_cli_exits_3_and_restores_signal_handlers_when_server_unreachabl
     err = capsys.readouterr().err
     assert "predilect serve" in err and "Traceback" not in err
     assert signal.getsignal(signal.SIGTERM) is before
+
+
+def _wait_for(condition, *, timeout_s: float) -> bool:
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def test_gateway_retries_pending_instance_while_running_when_server_comes_back(
+    triton_server: TritonServer, fundus_jpeg, dicom_from_jpeg, tmp_path: Path
+) -> None:
+    jpeg = tmp_path / "eye.jpg"
+    jpeg.write_bytes(fundus_jpeg(76))
+    path = dicom_from_jpeg(jpeg, tmp_path / "eye.dcm")
+    config = _config(tmp_path, retry_interval_s=0.5)
+    host, port = triton_server.grpc_url.rsplit(":", 1)
+    proxy = LateProxy(host, int(port))
+    proxy.listen()
+    fast = RetryPolicy(max_attempts=2, initial_backoff_s=0.05, max_backoff_s=0.1)
+    with ScreeningClient(proxy.url, timeout_s=5, retry_policy=fast) as client, DicomGateway(client, config) as gateway:
+        proxy.close()  # the screening server goes away ("acknowledged while Triton is down")
+        assert _storescu(gateway.port, [path]).returncode == 0
+        uid = pydicom.dcmread(path).SOPInstanceUID
+        assert _wait_for(lambda: gateway.pending == [uid], timeout_s=60)
+        assert _records(config) == []
+        back = LateProxy(host, int(port), port=proxy.port)  # the server is back, same address
+        back.listen()
+        try:
+            assert _wait_for(lambda: len(_records(config)) == 1, timeout_s=60), "screened without a restart"
+        finally:
+            back.close()
+    (record,) = _records(config)
+    assert record["sop_instance_uid"] == uid and record["error"] is None
+
+
+def test_gateway_keeps_one_result_and_its_sr_when_instance_is_sent_again(
+    triton_server: TritonServer, fundus_jpeg, dicom_from_jpeg, tmp_path: Path
+) -> None:
+    jpeg = tmp_path / "eye.jpg"
+    jpeg.write_bytes(fundus_jpeg(77))
+    path = dicom_from_jpeg(jpeg, tmp_path / "eye.dcm", keys={"PatientName": NAME, "PatientID": PATIENT_ID})
+    config = _config(tmp_path)
+    with ScreeningClient(triton_server.grpc_url, timeout_s=60) as client, DicomGateway(client, config) as gateway:
+        assert _storescu(gateway.port, [path]).returncode == 0
+        assert gateway.wait_idle(timeout_s=60)
+        (record,) = _records(config)
+        sr = config.results_dir / record["sr"]
+        stored = config.incoming_dir / f"{record['sop_instance_uid']}.dcm"
+        before = (sr.read_bytes(), sr.stat().st_mtime_ns, stored.stat().st_mtime_ns)
+        assert _storescu(gateway.port, [path, path]).returncode == 0, "acknowledged: the sender may move on"
+        assert gateway.wait_idle(timeout_s=60)
+    with ScreeningClient(triton_server.grpc_url, timeout_s=60) as client, DicomGateway(client, config) as gateway:
+        assert _storescu(gateway.port, [path]).returncode == 0  # and after a restart
+        assert gateway.wait_idle(timeout_s=60)
+    assert len(_records(config)) == 1
+    assert (sr.read_bytes(), sr.stat().st_mtime_ns, stored.stat().st_mtime_ns) == before
+    for folder in (config.incoming_dir, config.results_dir):
+        assert folder.stat().st_mode & 0o777 == 0o700, folder
+        for file in folder.iterdir():
+            assert file.stat().st_mode & 0o777 == 0o600, file
+
+
+def test_gateway_accepts_sender_at_once_when_ten_idle_connections_are_open(
+    triton_server: TritonServer, fundus_jpeg, dicom_from_jpeg, tmp_path: Path
+) -> None:
+    import socket
+    import time
+
+    jpeg = tmp_path / "eye.jpg"
+    jpeg.write_bytes(fundus_jpeg(78))
+    path = dicom_from_jpeg(jpeg, tmp_path / "eye.dcm")
+    config = _config(tmp_path)
+    with ScreeningClient(triton_server.grpc_url, timeout_s=60) as client, DicomGateway(client, config) as gateway:
+        idle = [socket.create_connection(("127.0.0.1", gateway.port)) for _ in range(10)]
+        try:
+            started = time.monotonic()
+            sent = _storescu(gateway.port, [path])
+            elapsed = time.monotonic() - started
+        finally:
+            for s in idle:
+                s.close()
+        assert sent.returncode == 0, sent.stderr
+        assert elapsed < config.acse_timeout_s, f"a legitimate sender waited {elapsed:.1f} s"
+        assert gateway.wait_idle(timeout_s=60)
+    assert len(_records(config)) == 1
+
+
+def _tls_store(port: int, path: Path, tls_files: dict[str, Path], *, client_cert: bool) -> int | None:
+    """C-STORE ``path`` over DICOM TLS with pynetdicom as the sender; the status, or None if refused."""
+    import ssl
+
+    from pynetdicom import AE
+
+    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(tls_files["ca"]))
+    if client_cert:
+        context.load_cert_chain(tls_files["client"], tls_files["client_key"])
+    dataset = pydicom.dcmread(path)
+    ae = AE(ae_title="STORESCU")
+    ae.acse_timeout = ae.network_timeout = 10
+    ae.add_requested_context(dataset.SOPClassUID, dataset.file_meta.TransferSyntaxUID)
+    assoc = ae.associate("127.0.0.1", port, ae_title="PREDILECT", tls_args=(context, "localhost"))
+    if not assoc.is_established:
+        return None
+    try:
+        status = assoc.send_c_store(dataset)
+        return int(status.Status) if status is not None and "Status" in status else None
+    finally:
+        assoc.release()
+
+
+def test_gateway_stores_over_dicom_tls_only_from_certified_senders_when_tls_is_on(
+    triton_server: TritonServer, fundus_jpeg, dicom_from_jpeg, tls_files: dict[str, Path], tmp_path: Path
+) -> None:
+    import socket
+
+    from predilect.client.gateway import DicomTls
+
+    jpeg = tmp_path / "eye.jpg"
+    jpeg.write_bytes(fundus_jpeg(79))
+    path = dicom_from_jpeg(jpeg, tmp_path / "eye.dcm")
+    tls = DicomTls(tls_files["server"], tls_files["server_key"], client_ca_path=tls_files["ca"])
+    config = _config(tmp_path, tls=tls)
+    with ScreeningClient(triton_server.grpc_url, timeout_s=60) as client, DicomGateway(client, config) as gateway:
+        idle = [socket.create_connection(("127.0.0.1", gateway.port)) for _ in range(10)]  # never handshake
+        try:
+            assert _tls_store(gateway.port, path, tls_files, client_cert=True) == 0
+            assert _tls_store(gateway.port, path, tls_files, client_cert=False) is None, "no client certificate"
+            assert _storescu(gateway.port, [path]).returncode != 0, "plain DICOM is refused"
+        finally:
+            for s in idle:
+                s.close()
+        assert gateway.wait_idle(timeout_s=60)
+    (record,) = _records(config)
+    assert record["sop_instance_uid"] == pydicom.dcmread(path).SOPInstanceUID
+
+
+def test_gateway_cli_records_every_instance_exactly_once_when_killed_and_restarted(
+    triton_server: TritonServer, fundus_jpeg, dicom_from_jpeg, tmp_path: Path
+) -> None:
+    import os
+    import signal
+    import sys
+    import time
+
+    files = []
+    for i in range(12):
+        jpeg = tmp_path / f"eye{i}.jpg"
+        jpeg.write_bytes(fundus_jpeg(500 + i, size=(1600, 1200)))
+        files.append(dicom_from_jpeg(jpeg, tmp_path / f"eye{i}.dcm", keys={"PatientID": f"PID-{i}"}))
+    uids = sorted(pydicom.dcmread(f).SOPInstanceUID for f in files)
+    port = free_port()
+    command = [
+        sys.executable,
+        "-m",
+        "predilect.cli",
+        "gateway",
+        "--port",
+        str(port),
+        "--allow-aet",
+        "STORESCU",
+        "--incoming",
+        str(tmp_path / "in"),
+        "--out",
+        str(tmp_path / "out"),
+        "--min-free-mb",
+        "1",
+        "--server",
+        triton_server.grpc_url,
+    ]
+    journal = tmp_path / "out" / "results.jsonl"
+
+    def recorded() -> list[str]:
+        return (
+            [json.loads(line)["sop_instance_uid"] for line in journal.read_text().splitlines()]
+            if journal.exists()
+            else []
+        )
+
+    first = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        assert _wait_for(lambda: _storescu(port, files[:1]).returncode == 0, timeout_s=60), "gateway came up"
+        assert _storescu(port, files[1:]).returncode == 0
+        assert _wait_for(lambda: len(recorded()) >= 2 or first.poll() is not None, timeout_s=60)
+        os.kill(first.pid, signal.SIGKILL)  # mid-run: received, part screened
+        first.wait(timeout=30)
+    finally:
+        if first.poll() is None:
+            first.kill()
+    before = len(recorded())
+    assert before < len(uids), "killed part-way"
+    second = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        assert _wait_for(lambda: len(recorded()) >= len(uids), timeout_s=120), "the restart screens the rest"
+        assert _storescu(port, files[:3]).returncode == 0  # re-sent after the restart: acknowledged, ignored
+        time.sleep(1)
+    finally:
+        second.send_signal(signal.SIGTERM)
+        _, stderr = second.communicate(timeout=60)
+    assert second.returncode == 0, stderr
+    assert sorted(recorded()) == uids, "every instance exactly once"

@@ -92,8 +92,9 @@ def test_preprocessor_refuses_each_hostile_payload_naming_cause_when_batched_wit
     cases = hostile_payloads(good)
     payloads = [good] + [payload for payload, _ in cases.values()] + [good]
     out = preprocessor.run(payloads)
-    assert isinstance(out[0], np.ndarray) and np.array_equal(out[0], out[-1])
-    np.testing.assert_array_equal(out[0], preprocessor.run([good])[0])
+    first, last = out[0], out[-1]
+    assert isinstance(first, np.ndarray) and isinstance(last, np.ndarray) and np.array_equal(first, last)
+    np.testing.assert_array_equal(first, preprocessor.run_strict([good])[0])
     for (name, (_, phrase)), result in zip(cases.items(), out[1:-1], strict=True):
         assert isinstance(result, InvalidImageError), f"{name} was screened"
         assert phrase in str(result), f"{name}: {result}"
@@ -123,16 +124,16 @@ def test_inspect_image_reads_size_without_decoding_when_header_claims_bomb() -> 
 def test_preprocessor_screens_png_when_mode_converts_exactly(preprocessor: Preprocessor, mode: str) -> None:
     rgb = Image.open(io.BytesIO(_fundus_png())).convert("RGB")
     image = rgb.convert(mode) if mode != "P" else rgb.quantize(64)
-    out, reference = preprocessor.run([_encoded(image, "PNG"), _encoded(image.convert("RGB"), "PNG")])
-    assert isinstance(out, np.ndarray) and np.array_equal(out, reference)
+    out, reference = preprocessor.run_strict([_encoded(image, "PNG"), _encoded(image.convert("RGB"), "PNG")])
+    assert np.array_equal(out, reference)
 
 
 def test_preprocessor_screens_rgba_png_as_rgb_when_alpha_fully_opaque(preprocessor: Preprocessor) -> None:
     rgb = Image.open(io.BytesIO(_fundus_png())).convert("RGB")
     opaque = rgb.copy()
     opaque.putalpha(255)
-    a, b = preprocessor.run([_encoded(opaque, "PNG"), _encoded(rgb, "PNG")])
-    assert isinstance(a, np.ndarray) and np.array_equal(a, b)
+    a, b = preprocessor.run_strict([_encoded(opaque, "PNG"), _encoded(rgb, "PNG")])
+    assert np.array_equal(a, b)
 
 
 def _fundus_png() -> bytes:
@@ -164,7 +165,7 @@ def test_preprocessor_gives_upright_tensor_when_exif_says_rotated(preprocessor: 
     exif = Image.Exif()
     exif[0x0112] = 6  # stored rotated 90 degrees counter-clockwise; shown by rotating it clockwise
     stored = upright.transpose(Image.Transpose.ROTATE_90)
-    a, b, c = preprocessor.run(
+    a, b, c = preprocessor.run_strict(
         [
             _encoded(upright, "JPEG", quality=95),
             _encoded(stored, "JPEG", quality=95, exif=exif.tobytes()),
@@ -249,10 +250,26 @@ def test_server_refuses_hostile_and_answers_valid_unchanged_when_traffic_mixed_c
     for (name, _), answer in zip(traffic, answers, strict=True):
         if name.startswith("valid"):
             assert isinstance(answer, np.ndarray), f"{name}: {answer}"
-            np.testing.assert_allclose(answer, alone[int(name.split()[1])], rtol=0, atol=1e-6)
+            reference = alone[int(name.split()[1])]
+            assert isinstance(reference, np.ndarray), reference
+            np.testing.assert_allclose(answer, reference, rtol=0, atol=1e-6)
         else:
             assert isinstance(answer, tuple), f"{name} was screened"
             status, message = answer
             assert status == "StatusCode.INVALID_ARGUMENT", f"{name}: {status} {message}"
             assert contract.REJECTED_PREFIX in message and cases[name][1] in message, f"{name}: {message}"
             assert "Traceback" not in message and ".py" not in message, f"{name}: {message}"
+
+
+def test_preprocessor_screens_rotated_png_when_disc_small_in_frame(preprocessor: Preprocessor) -> None:
+    from serving_fixtures import make_fundus_jpeg
+
+    disc = Image.open(io.BytesIO(make_fundus_jpeg(9, size=(400, 300))))
+    frame = Image.new("RGB", (1200, 900))
+    frame.paste(disc.resize((200, 150)), (500, 375))  # the field of view spans < 224 px
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    rotated, upright = preprocessor.run([_encoded(frame, "PNG", exif=exif.tobytes()), _encoded(frame, "PNG")])
+    assert isinstance(rotated, np.ndarray) and isinstance(upright, np.ndarray)
+    turned = np.rot90(upright, -1, axes=(1, 2))  # equal up to the centre crop's one-pixel rounding
+    assert np.mean(np.abs(rotated - turned)) < 0.25 * np.mean(np.abs(rotated - upright))

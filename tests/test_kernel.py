@@ -12,6 +12,7 @@ import torch
 from predilect.training.attention import predilection_attention_reference
 from predilect.training.kernels import (
     MAX_QUERIES,
+    _kernel_src,
     byte_count,
     check_inputs,
     flop_count,
@@ -20,6 +21,7 @@ from predilect.training.kernels import (
 from predilect.training.kernels import _triton_predilection as kernel_module
 
 if not kernel_module._INTERPRET:  # imported earlier in this process without the interpreter
+    _kernel_src = importlib.reload(_kernel_src)  # the kernels are decorated at import
     kernel_module = importlib.reload(kernel_module)
 
 OP = torch.ops.predilect.predilection_attention.default
@@ -80,6 +82,60 @@ def test_kernel_writes_logits_only_when_map_not_requested(dtype):
     floor = 1e-6 if dtype == torch.float32 else 0.0
     assert not logits.isnan().any()
     assert _max_err(logits, exact_logits) <= 2 * _max_err(ref_logits, exact_logits) + floor
+
+
+SPLIT_SHAPES = [  # (B, N, D, C, K, S): slices of odd length, a slice shorter than BLOCK_N, C*K odd
+    (1, 197, 48, 5, 3, 4),
+    (2, 577, 40, 28, 4, 9),
+    (3, 33, 24, 7, 1, 5),
+    (1, 9, 8, 3, 5, 4),  # S * ceil(N / S) > N: the launcher drops the empty trailing slice
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", SPLIT_SHAPES, ids=lambda s: "B{}-N{}-D{}-C{}-K{}-S{}".format(*s))
+def test_split_kernel_within_2x_reference_error_when_tokens_sliced(shape, dtype):
+    b, n, d, c, k, splits = shape
+    args = [a.to(dtype) for a in _inputs(b, n, d, c, k, seed=splits)]
+    # Exact arithmetic on the very (rounded) inputs: input quantisation is nobody's error.
+    exact_logits, _ = predilection_attention_reference(*(a.double() for a in args))
+    logits = torch.full((b, c), float("nan"), dtype=dtype)
+
+    kernel_module.launch(*args, logits, None, splits=splits)
+
+    assert not logits.isnan().any(), "a logit was never written"
+    ref_logits, _ = predilection_attention_reference(*args)
+    floor = 1e-6 if dtype == torch.float32 else 0.0
+    assert _max_err(logits, exact_logits) <= 2 * _max_err(ref_logits, exact_logits) + floor
+
+
+def test_split_kernel_matches_unsplit_kernel_when_same_inputs():
+    args = [a.float() for a in _inputs(2, 131, 16, 6, 2, seed=7)]
+    whole, sliced = torch.full((2, 6), float("nan")), torch.full((2, 6), float("nan"))
+    kernel_module.launch(*args, whole, None, splits=1)
+    kernel_module.launch(*args, sliced, None, splits=3)
+    torch.testing.assert_close(sliced, whole, atol=1e-5, rtol=1e-5)
+
+
+def test_launch_raises_value_error_when_splits_not_positive():
+    args = [a.float() for a in _inputs(1, 8, 8, 2, 2)]
+    with pytest.raises(ValueError, match="splits"):
+        kernel_module.launch(*args, torch.empty(1, 2), None, splits=0)
+
+
+@pytest.mark.parametrize(
+    "batch,n_tokens,diseases,sm_count,expected",
+    [
+        (1, 576, 28, 132, 18),  # 2 programs per image, capped by 576 / 32 slices
+        (1, 196, 28, 132, 6),  # 196 tokens: at most 6 slices of >= 32 tokens
+        (16, 576, 28, 132, 9),  # 32 programs -> 9 slices fill 2 waves of 132 SMs
+        (64, 576, 28, 132, 3),
+        (256, 576, 28, 132, 1),  # the unsplit grid already fills the device
+        (4, 20, 28, 132, 1),  # fewer than 32 tokens: never split
+    ],
+)
+def test_choose_splits_fills_two_waves_when_batch_small(batch, n_tokens, diseases, sm_count, expected):
+    assert _kernel_src.choose_splits(batch, n_tokens, diseases, block_c=16, sm_count=sm_count) == expected
 
 
 def test_kernel_matches_reference_when_inputs_strided():

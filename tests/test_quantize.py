@@ -77,7 +77,7 @@ def test_served_int8_probabilities_equal_onnx_runtime_when_assembled_with_precis
     repository = assemble(fp32, tmp_path / "repo", ServingOptions(precision="int8", fused_instances=1))
     served = read_served_model(repository / contract.FUSED_MODEL / contract.TRITON_VERSION / contract.ONNX_FILENAME)
     assert served.model_version.endswith(".int8")
-    images = [r.path.read_bytes() for r in read_manifest(pipeline.manifest, split="heldout")[:6]]
+    images = [r.path.read_bytes() for r in read_manifest(pipeline.manifest, split="test")[:6]]
     cfg = PreprocessCfg.from_json(_meta(fp32)[contract.KEY_PREPROCESS])
     expected = onnx_probabilities(quantized, Preprocessor(cfg, num_threads=1).run_strict(images))
     with (

@@ -38,6 +38,8 @@ def test_screen_cli_records_every_input_exactly_once_when_killed_and_restarted(
         (folder / f"p{i:02d}.jpg").write_bytes(fundus_jpeg(300 + i))
     (folder / "broken.jpg").write_bytes(b"GIF89a" + bytes(100))
     dicom_from_jpeg(folder / "p00.jpg", folder / "eye.dcm", keys={"PatientID": "PID-77"})
+    for i in range(1, 9):  # the rerun screens these with 8 threads in a fresh interpreter: no import race
+        dicom_from_jpeg(folder / f"p{i:02d}.jpg", folder / f"eye{i}.dcm", keys={"PatientID": f"PID-{i}"})
     inputs = {str(p.resolve()) for p in folder.iterdir()}
     out = tmp_path / "results.jsonl"
     command = [
@@ -63,8 +65,10 @@ def test_screen_cli_records_every_input_exactly_once_when_killed_and_restarted(
     assert 3 <= recorded_before < len(inputs), "the run must be killed part-way"
     with out.open("ab") as f:
         f.write(b'{"key": "torn-by-the-crash"')  # as if killed in the middle of a write
-    second = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    rerun = command[: command.index("--max-in-flight")]  # the default, 8 in flight
+    second = subprocess.run(rerun, cwd=ROOT, capture_output=True, text=True, timeout=180)
     assert second.returncode == 0, second.stderr
+    assert "partially initialized" not in second.stderr
     assert f"{recorded_before} already in" in second.stderr
     records = _lines(out)
     assert sorted(r["key"] for r in records) == sorted(inputs), "every input exactly once"
@@ -79,6 +83,53 @@ def test_screen_cli_records_every_input_exactly_once_when_killed_and_restarted(
     assert "patients (exams)" in second.stdout and "what to do" in second.stdout
     exams = json.loads((tmp_path / "results.exams.json").read_text())
     assert {e["patient_id"] for e in exams} == {r["patient_id"] for r in records}
+    assert by_name["eye3.dcm"]["patient_id"] == "PID-3" and by_name["eye3.dcm"]["result"] is not None
+    assert out.stat().st_mode & 0o777 == 0o600, "the journal names patients: owner-only"
+
+
+def test_screen_cli_exits_2_and_writes_nothing_when_another_run_holds_the_journal(
+    triton_server: TritonServer, fundus_jpeg, tmp_path: Path, capsys
+) -> None:
+    from predilect.client.journal import ResultJournal
+
+    (tmp_path / "a.jpg").write_bytes(fundus_jpeg(470))
+    out = tmp_path / "r.jsonl"
+    holder = ResultJournal(out)  # what a first run holds while it screens
+    holder.open()
+    try:
+        code = main([str(tmp_path / "a.jpg"), "--out", str(out), "--server", triton_server.grpc_url])
+    finally:
+        holder.close()
+    assert code == 2
+    assert "being written by another process" in capsys.readouterr().err
+    assert out.read_bytes() == b""
+    assert main([str(tmp_path / "a.jpg"), "--out", str(out), "--server", triton_server.grpc_url]) == 0
+    assert len(out.read_text().splitlines()) == 1
+
+
+def test_screen_cli_retries_on_rerun_when_server_answered_internal_error(
+    triton_server: TritonServer, fundus_jpeg, tmp_path: Path, monkeypatch
+) -> None:
+    """An INTERNAL answer (a server-side failure, e.g. a batch-wide crash) is transient: not recorded;
+    the rerun screens the input. Faked at the tritonclient boundary, the first call of each input."""
+    import tritonclient.grpc as grpcclient
+    from tritonclient.utils import InferenceServerException
+
+    for i in range(3):
+        (tmp_path / f"{i}.jpg").write_bytes(fundus_jpeg(480 + i))
+    out = tmp_path / "r.jsonl"
+    real_infer = grpcclient.InferenceServerClient.infer
+
+    def failing_infer(self, *args, **kwargs):
+        raise InferenceServerException(msg="Python backend stub died", status="StatusCode.INTERNAL")
+
+    monkeypatch.setattr(grpcclient.InferenceServerClient, "infer", failing_infer)
+    assert main([str(tmp_path), "--out", str(out), "--server", triton_server.grpc_url]) == 1
+    assert out.read_bytes() == b"", "INTERNAL is not the image's fault: nothing final recorded"
+    monkeypatch.setattr(grpcclient.InferenceServerClient, "infer", real_infer)
+    assert main([str(tmp_path), "--out", str(out), "--server", triton_server.grpc_url]) == 0
+    records = [JournalRecord.model_validate_json(line) for line in out.read_text().splitlines()]
+    assert len(records) == 3 and all(r.ok for r in records)
 
 
 def _skin_jpeg(path: Path) -> Path:

@@ -95,7 +95,9 @@ def _pid_alive(pid: int) -> bool:
 
 
 def test_serve_cli_exits_zero_and_stops_tritonserver_when_sent_sigterm(model_repository: Path, tmp_path: Path) -> None:
-    http_port = free_port()
+    import tritonclient.grpc as grpcclient
+
+    http_port, grpc_port = free_port(), free_port()
     command = [
         sys.executable,
         "-m",
@@ -104,7 +106,7 @@ def test_serve_cli_exits_zero_and_stops_tritonserver_when_sent_sigterm(model_rep
         "--model-repository",
         str(model_repository),
         "--grpc-port",
-        str(free_port()),
+        str(grpc_port),
         "--http-port",
         str(http_port),
         "--metrics-port",
@@ -117,7 +119,14 @@ def test_serve_cli_exits_zero_and_stops_tritonserver_when_sent_sigterm(model_rep
         banner = process.stdout.readline()  # the first line is printed once the server is ready
         assert "tritonserver ready" in banner, banner + process.stdout.read()
         server_pid = int(re.search(r"pid (\d+)", banner).group(1))
-        assert _get(f"http://127.0.0.1:{http_port}/v2/health/ready")[0] == 200
+        with grpcclient.InferenceServerClient(f"127.0.0.1:{grpc_port}") as raw:
+            assert raw.is_server_ready() and raw.is_model_ready(contract.ENSEMBLE)
+        # HTTP is off by default: the 4 MB body that kills tritonserver 2.51's HTTP front end finds no listener.
+        # (A small GET only: on a shared machine another process may have taken the port since.)
+        with pytest.raises(urllib.error.URLError):
+            urllib.request.urlopen(f"http://127.0.0.1:{http_port}/v2/health/ready", timeout=5)
+        with grpcclient.InferenceServerClient(f"127.0.0.1:{grpc_port}") as raw:
+            assert raw.is_server_live()
         process.send_signal(signal.SIGTERM)
         output, _ = process.communicate(timeout=60)
     finally:
@@ -128,8 +137,8 @@ def test_serve_cli_exits_zero_and_stops_tritonserver_when_sent_sigterm(model_rep
     while _pid_alive(server_pid) and time.monotonic() < deadline:
         time.sleep(0.1)  # a zombie until its parent reaped it; the parent has exited, init reaps it
     assert not _pid_alive(server_pid)
-    with pytest.raises(urllib.error.URLError):
-        urllib.request.urlopen(f"http://127.0.0.1:{http_port}/v2/health/ready", timeout=2)
+    with pytest.raises(grpcclient.InferenceServerException):
+        grpcclient.InferenceServerClient(f"127.0.0.1:{grpc_port}").is_server_live(client_timeout=2)
 
 
 def test_stable_sigmoid_is_exact_and_finite_when_logits_are_extreme() -> None:
@@ -161,3 +170,101 @@ def test_preprocess_requests_rejects_only_bad_payloads_when_batched(fundus_jpeg)
     np.testing.assert_array_equal(results[0], preprocessor.run_strict([good]))
     assert isinstance(results[1], InvalidImageError) and "not a JPEG or PNG" in str(results[1])
     assert isinstance(results[2], InvalidImageError) and "one image per request" in str(results[2])
+
+
+def _serve_args(*argv: str):
+    from predilect.serving.serve_cli import _parser
+
+    return _parser().parse_args(["--model-repository", "repo", *argv])
+
+
+def test_serve_refuses_to_listen_beyond_loopback_when_no_token_is_set() -> None:
+    from predilect.cli import CommandError
+    from predilect.serving.serve_cli import security_from_args
+
+    assert _serve_args().bind_address == "127.0.0.1" and _serve_args().metrics_bind_address == "127.0.0.1"
+    with pytest.raises(CommandError, match=contract.AUTH_TOKEN_ENV):
+        security_from_args(_serve_args("--bind-address", "0.0.0.0"), {})
+    with pytest.raises(CommandError, match=contract.AUTH_TOKEN_ENV):
+        security_from_args(_serve_args("--metrics-bind-address", "10.0.0.5"), {})
+    security = security_from_args(_serve_args("--bind-address", "0.0.0.0"), {contract.AUTH_TOKEN_ENV: "t0k"})
+    assert security.auth_token == "t0k" and security.http_health_only
+    assert (
+        security_from_args(_serve_args("--bind-address", "0.0.0.0", "--allow-unauthenticated"), {}).auth_token is None
+    )
+
+
+def test_serve_keeps_http_health_only_when_tls_is_on(tls_files: dict[str, Path]) -> None:
+    from predilect.cli import CommandError
+    from predilect.serving.serve_cli import security_from_args
+
+    tls = ["--tls-cert", str(tls_files["server"]), "--tls-key", str(tls_files["server_key"])]
+    mutual = [*tls, "--tls-root-cert", str(tls_files["ca"]), "--tls-mutual"]
+    security = security_from_args(_serve_args(*mutual, "--http"), {contract.AUTH_TOKEN_ENV: "t0k"})
+    args = security.args()
+    assert "--grpc-use-ssl=true" in args and "--grpc-use-ssl-mutual=true" in args
+    http = next(a for a in args if a.startswith("--http-restricted-api="))
+    assert "t0k" not in http, "the token never goes to the cleartext HTTP endpoint"
+    with pytest.raises(CommandError, match="together"):
+        security_from_args(_serve_args("--tls-cert", str(tls_files["server"])), {})
+    with pytest.raises(CommandError, match="need --tls-cert"):
+        security_from_args(_serve_args("--tls-mutual"), {})
+
+
+def test_clean_stale_shm_regions_removes_only_old_unmapped_regions(tmp_path: Path) -> None:
+    from predilect.serving.server import clean_stale_shm_regions
+
+    old = time.time() - 3600
+    dead = _dead_pid()
+    names = (
+        f"predilect_{dead}_aa_stale",
+        f"predilect_{dead}_bb_mapped",
+        f"predilect_{dead}_cc_young",
+        f"predilect_{os.getpid()}_dd_live_launcher",
+        "other_program_region",
+    )
+    for name in names:
+        (tmp_path / name).write_bytes(b"\0" * 4096)
+        if "young" not in name:
+            os.utime(tmp_path / name, (old, old))
+    removed = clean_stale_shm_regions(shm_dir=tmp_path, in_use={str(tmp_path / names[1])})
+    assert removed == [tmp_path / names[0]]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(names[1:])
+
+
+def _dead_pid() -> int:
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    process.wait()
+    return process.pid
+
+
+def test_server_shm_regions_are_reclaimed_when_server_and_stubs_were_killed_with_sigkill(
+    model_repository: Path, tmp_path: Path
+) -> None:
+    """SIGKILL of the server's process group (OOM killer, ``kill -9 -<pgid>``) leaves its Python-backend
+    regions in /dev/shm with nobody to unlink them: ``clean_stale_shm_regions`` (run at every start) does."""
+    from predilect.serving.server import SHM_DIR, clean_stale_shm_regions
+
+    server = TritonServer(
+        model_repository=model_repository,
+        grpc_port=free_port(),
+        http_port=free_port(),
+        metrics_port=free_port(),
+        log_path=tmp_path / "triton.log",
+        startup_timeout_s=180,
+    )
+    with server:
+        regions = sorted(SHM_DIR.glob(f"{server.shm_prefix}*"))
+        assert regions, "the Python-backend stubs map their regions under the server's prefix"
+        assert not clean_stale_shm_regions(prefix=server.shm_prefix, min_age_s=0, keep_live_launchers=False)
+        os.killpg(server.pid, signal.SIGKILL)  # the server runs in its own session: this takes the stubs too
+        deadline = time.monotonic() + 60
+        while server.is_running and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert all(p.exists() for p in regions), "nobody is left to unlink them"
+        removed: list[Path] = []
+        while set(removed) != set(regions) and time.monotonic() < deadline:  # until the killed stubs are reaped
+            removed += clean_stale_shm_regions(prefix=server.shm_prefix, min_age_s=0, keep_live_launchers=False)
+            time.sleep(0.2)
+        assert set(removed) == set(regions)
+    assert not list(SHM_DIR.glob(f"{server.shm_prefix}*"))

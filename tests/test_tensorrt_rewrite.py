@@ -22,9 +22,10 @@ from predilect.training.model import FundusClassifier, ModelCfg
 
 REPO = Path(__file__).resolve().parent.parent
 HAS_TENSORRT = importlib.util.find_spec("tensorrt") is not None
+HAS_CUDA_PYTHON = importlib.util.find_spec("cuda") is not None
 NEEDS_TENSORRT = pytest.mark.skipif(
-    not (HAS_TENSORRT and torch.cuda.is_available()),
-    reason="TensorRT not installable in this environment (needs the tensorrt package and a CUDA GPU)",
+    not (HAS_TENSORRT and HAS_CUDA_PYTHON and Path("/dev/nvidiactl").exists()),
+    reason="needs TensorRT >= 10.9, cuda-python and an NVIDIA GPU (make gpu-check on a CUDA host)",
 )
 SITES = 3
 
@@ -123,32 +124,41 @@ def test_plugin_kernel_compiles_to_ptx_with_aot_calling_convention_when_targetin
     name, warps, shared, *params = result.stdout.split()
     assert name == "predilection_attention_kernel" and int(warps) == 4 and int(shared) <= 48 * 1024
     # tokens, sites, weight, bias | N, D, C, K + 6 strides (int32) | logits, then Triton's scratch pointers
-    assert params[:15] == [".u64"] * 4 + [".u32"] * 10 + [".u64"]
+    # exactly TensorRT's AOT convention: Triton's two scratch pointers are gone
+    assert params == [".u64"] * 4 + [".u32"] * 10 + [".u64"]
 
 
 @pytest.mark.skipif(HAS_TENSORRT, reason="checks the error raised when TensorRT is absent")
 def test_build_engine_raises_clear_error_when_tensorrt_missing(exported, tmp_path):
-    from predilect.build.tensorrt.engine import build_engine
+    from predilect.build.tensorrt.engine import GateData, build_engine
     from predilect.build.tensorrt.plugin import TensorRTUnavailableError, register_plugin
 
+    gate = GateData(pixels=np.zeros((1, 3, 64, 64), np.float32), reference_onnx=exported)
     with pytest.raises(TensorRTUnavailableError, match="TensorRT is not installed"):
-        build_engine(exported, tmp_path / "model.plan")
+        build_engine(exported, tmp_path / "model.plan", gate=gate)
+    assert not (tmp_path / "model.plan").exists()
     with pytest.raises(TensorRTUnavailableError, match="TensorRT is not installed"):
         register_plugin()
 
 
+@pytest.mark.gpu
 @NEEDS_TENSORRT
-def test_engine_matches_onnxruntime_when_built_with_plugin(exported, tmp_path):
-    from predilect.build.tensorrt.engine import EngineCfg, build_engine, engine_logits
+@pytest.mark.parametrize("use_plugin", [True, False])
+def test_engine_matches_onnxruntime_when_built(exported, tmp_path, use_plugin):
+    from predilect.build.tensorrt.engine import EngineCfg, GateData, build_engine, engine_logits
+    from predilect.build.tensorrt.sidecar import read_sidecar
 
-    engine = build_engine(exported, tmp_path / "model.plan", EngineCfg(max_batch=8))
     pixels = np.random.default_rng(3).standard_normal((5, 3, 64, 64)).astype(np.float32)
+    gate = GateData(pixels=pixels, reference_onnx=exported)
+    sidecar = build_engine(exported, tmp_path / "model.plan", EngineCfg(max_batch=8, use_plugin=use_plugin), gate=gate)
+    assert read_sidecar(tmp_path / "model.plan") == sidecar and sidecar.gate["passed"]
     expected = onnx_probabilities(exported, pixels)
-    got = 1.0 / (1.0 + np.exp(-engine_logits(engine, pixels).astype(np.float64)))
+    got = 1.0 / (1.0 + np.exp(-engine_logits(tmp_path / "model.plan", pixels).astype(np.float64)))
     assert np.abs(got - expected).max() <= 1e-4
 
 
-@NEEDS_TENSORRT
+@pytest.mark.gpu
+@pytest.mark.skipif(not HAS_TENSORRT, reason="needs TensorRT >= 10.9 (make gpu-check on a CUDA host)")
 def test_register_plugin_adds_predilection_attention_when_tensorrt_present():
     import tensorrt as trt
 

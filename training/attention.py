@@ -11,6 +11,9 @@ This module holds the pure-PyTorch reference: it is the CPU implementation and t
 every export traces. The fused Triton kernel sits beside it (``predilect.training.kernels``,
 used by the model on CUDA); ``use_fused_attention`` is the one switch, and export forces the
 reference on (timm's fused_attn pattern). ``PREDILECT_FUSED_ATTN=0`` turns the kernel off.
+``custom_op_attention`` is the one way to get the ``predilect::predilection_attention`` custom op
+on every device (its CPU implementation is this reference): ``torch.export`` for Torch-TensorRT
+needs that one op node in the graph even when it traces on a CPU.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from torch import Tensor
 
 _FUSED_ENABLED = os.environ.get("PREDILECT_FUSED_ATTN", "1") != "0"
 _EXPORTING = False
+_CUSTOM_OP = False
 
 
 def use_fused_attention() -> bool:
@@ -41,6 +45,25 @@ def reference_attention() -> Iterator[None]:
         yield
     finally:
         _EXPORTING = previous
+
+
+def use_custom_op_attention() -> bool:
+    """Whether models should call the custom op on every device (inside ``custom_op_attention``).
+
+    ``reference_attention`` wins when both are active: the ONNX export never sees the op.
+    """
+    return _CUSTOM_OP and not _EXPORTING
+
+
+@contextlib.contextmanager
+def custom_op_attention() -> Iterator[None]:
+    """Route attention through the ``predilect::predilection_attention`` op on CPU too, e.g. around ``torch.export``."""
+    global _CUSTOM_OP
+    previous, _CUSTOM_OP = _CUSTOM_OP, True
+    try:
+        yield
+    finally:
+        _CUSTOM_OP = previous
 
 
 def predilection_attention_reference(

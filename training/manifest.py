@@ -2,7 +2,8 @@
 
 One row per image, a header row first. Columns, in any order:
 
-* ``path`` (required): the image, relative to the manifest's folder (POSIX separators) or absolute.
+* ``path`` (required): the image, relative to the manifest's folder (POSIX separators) or absolute;
+  for OCT also a folder of B-scans or a volume stack (see ``training.datasets.oct``).
 * ``labels`` (required): ``;``-joined catalog disease ids, or ``normal`` when the image shows none.
 * ``split`` (optional): ``train`` | ``val`` | ``test``; the legacy ``heldout`` is read as ``test``.
   Where the column is missing or a cell is empty the split is assigned deterministically by
@@ -177,7 +178,7 @@ def _parse_row(cells: list[str], layout: _Layout, root: Path, catalog: Catalog) 
     if not row["path"]:
         raise ManifestError("empty path")
     image = Path(os.path.abspath(root / row["path"]))
-    if not image.is_file():
+    if not image.exists():  # a file, or a folder of OCT B-scans
         raise ManifestError(f"image file not found: {image}")
     patient = row.get("patient_id") or None
     eye = parse_eye(row["eye"]) if row.get("eye") else None

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import Tensor, nn
 
-from .attention import predilection_attention_reference, use_fused_attention
+from .attention import predilection_attention_reference, use_custom_op_attention, use_fused_attention
 from .kernels import is_supported, predilection_attention
 
 
@@ -90,7 +90,7 @@ class PredilectionHead(nn.Module):
         self.bias = nn.Parameter(torch.zeros(num_diseases))
 
     def forward(self, tokens: Tensor, *, return_attention: bool = False) -> tuple[Tensor, Tensor | None]:
-        if use_fused_attention() and tokens.is_cuda:
+        if use_custom_op_attention() or (use_fused_attention() and tokens.is_cuda):
             # One fused kernel; parameters follow the tokens' dtype (e.g. under autocast).
             sites, weight, bias = (p.to(tokens.dtype) for p in (self.sites, self.weight, self.bias))
             if is_supported(tokens, sites, weight, bias):

@@ -22,7 +22,7 @@ def _parser() -> argparse.ArgumentParser:
         "teaches the sites matrix, fundus learns to attend with it.",
     )
     artifacts = default_artifacts()
-    p.add_argument("--manifest", type=Path, default=artifacts.manifest, help="fundus manifest CSV (splits train and test)")
+    p.add_argument("--manifest", type=Path, default=artifacts.manifest, help="fundus manifest CSV (train, test)")
     p.add_argument(
         "--oct-manifest",
         type=Path,

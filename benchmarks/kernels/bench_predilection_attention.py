@@ -1,14 +1,20 @@
 """Fused predilection attention vs eager reference vs SDPA composition vs torch.compile(reference).
 
-    python -m predilect.benchmarks.kernels.bench_predilection_attention [--check-only] [--perf-report]
+    python -m predilect.benchmarks.kernels.bench_predilection_attention [--check-only] [--perf-report] [--out DIR]
 
 Needs a CUDA GPU (exits with status 2 otherwise). Order of work: correctness of every
 implementation against a float64 reference (fp32, fp16, bf16; exits 1 on failure), then the
 device ceilings (a large bf16 matmul for TFLOP/s, a large device-to-device copy for GB/s), then
-the sweep B x N x D x K with C = 28: median time over many CUDA-event-timed runs, achieved
-GB/s and TFLOP/s (``training.kernels.byte_count`` / ``flop_count``: the same compulsory
-traffic and useful FLOPs for every implementation) and their share of the ceilings. Writes a
-markdown table to benchmarks/results/.
+the sweep over the served shapes: B in 1..64 (the served dynamic batches), C = the catalog
+size, K = 4 (served) and 8, (N, D) of the served backbone (196 tokens x 128) and of ViT-S/16
+and ViT-B/16@384. Each point is timed two ways: ``launch`` (one call per timing, Python
+dispatch included) and ``graph`` (the same call captured in a CUDA graph and replayed, which is
+how a server amortises dispatch); median over many CUDA-event-timed runs; achieved GB/s and
+TFLOP/s (``training.kernels.byte_count`` / ``flop_count``: the same compulsory traffic and
+useful FLOPs for every implementation) and their share of the ceilings. ``fused_unsplit`` is
+the kernel without the token-axis split, to show what the split buys at small batches.
+Writes ``<out>/gpu-<date>-<gpu>.md`` (default ``benchmarks/results`` under the working
+directory, never inside an installed package).
 """
 
 from __future__ import annotations
@@ -27,13 +33,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from predilect.catalog import DEFAULT_CATALOG
 from predilect.training.kernels import byte_count, flop_count, predilection_attention, predilection_attention_reference
 
-RESULTS = Path(__file__).resolve().parent.parent / "results"
-BATCHES = (1, 8, 64, 256)
-TOKENS = (196, 576)
-DIMS = (384, 768)
-DISEASES = 28
+RESULTS = Path("benchmarks") / "results"
+BATCHES = (1, 2, 4, 8, 16, 64)
+SHAPES = ((196, 128), (196, 384), (576, 768))  # (N, D): the served uopsl-tiny at 224 px, ViT-S/16, ViT-B/16@384
+DISEASES = len(DEFAULT_CATALOG)
 SITES = (4, 8)
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -43,6 +49,14 @@ Impl = Callable[[Tensor, Tensor, Tensor, Tensor], Tensor]
 # ----------------------------------------------------------------------------- implementations
 def fused(tokens: Tensor, sites: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
     return predilection_attention(tokens, sites, weight, bias)[0]
+
+
+def fused_unsplit(tokens: Tensor, sites: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+    from predilect.training.kernels import _triton_predilection
+
+    logits = tokens.new_empty((tokens.shape[0], sites.shape[0]))
+    _triton_predilection.launch(tokens, sites, weight, bias, logits, splits=1)
+    return logits
 
 
 def eager(tokens: Tensor, sites: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
@@ -69,7 +83,13 @@ def compiled(tokens: Tensor, sites: Tensor, weight: Tensor, bias: Tensor) -> Ten
     return _compiled_reference(tokens, sites, weight, bias)
 
 
-IMPLS: dict[str, Impl] = {"fused": fused, "eager": eager, "sdpa": sdpa, "compiled": compiled}
+IMPLS: dict[str, Impl] = {
+    "fused": fused,
+    "fused_unsplit": fused_unsplit,
+    "eager": eager,
+    "sdpa": sdpa,
+    "compiled": compiled,
+}
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -94,6 +114,20 @@ def time_ms(fn: Callable[[], object], *, warmup: int = 10, reps: int = 100) -> f
         end.record()
     torch.cuda.synchronize()
     return statistics.median(s.elapsed_time(e) for s, e in zip(starts, ends, strict=True))
+
+
+def time_graph_ms(fn: Callable[[], object], *, reps: int = 100) -> float:
+    """Median replay time of ``fn`` captured in a CUDA graph (static inputs, as a server's captured batch)."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # warm-up (autotuning, compilation) outside the capture
+        for _ in range(3):
+            fn()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    return time_ms(graph.replay, reps=reps)
 
 
 @dataclass(frozen=True)
@@ -127,6 +161,7 @@ def check_correctness() -> list[str]:
         logits, attention = predilection_attention(*args, return_attention=True)
         _, exact_map = predilection_attention_reference(*exact, return_attention=True)
         _, ref_map = predilection_attention_reference(*args, return_attention=True)
+        assert attention is not None and exact_map is not None and ref_map is not None  # return_attention=True
         map_err = (attention.double() - exact_map).abs().max().item()
         map_ref = (ref_map.double() - exact_map).abs().max().item()
         if not map_err <= 2 * map_ref + floor / n:  # map entries are O(1/N)
@@ -142,41 +177,47 @@ def check_correctness() -> list[str]:
 # ----------------------------------------------------------------------------- the sweep
 def sweep(dtype: torch.dtype, ceilings: Ceilings, reps: int) -> list[str]:
     rows = []
-    for batch, n, d, k in itertools.product(BATCHES, TOKENS, DIMS, SITES):
+    for (n, d), k, batch in itertools.product(SHAPES, SITES, BATCHES):
         args = make_inputs(batch, n, d, DISEASES, k, dtype)
         flops = flop_count(batch, n, d, DISEASES, k)
         nbytes = byte_count(batch, n, d, DISEASES, k, element_size=args[0].element_size())
         for impl_name, impl in IMPLS.items():
-            ms = time_ms(lambda impl=impl, args=args: impl(*args), reps=reps)
-            tflops, gbps = flops / ms / 1e9, nbytes / ms / 1e6
-            rows.append(
-                f"| {batch} | {n} | {d} | {k} | {impl_name} | {ms * 1e3:.1f} | {gbps:.0f} | "
-                f"{100 * gbps / ceilings.gbps:.0f}% | {tflops:.2f} | {100 * tflops / ceilings.tflops:.1f}% |"
-            )
+            call = lambda impl=impl, args=args: impl(*args)  # noqa: E731
+            for mode, ms in (("launch", time_ms(call, reps=reps)), ("graph", time_graph_ms(call, reps=reps))):
+                tflops, gbps = flops / ms / 1e9, nbytes / ms / 1e6
+                rows.append(
+                    f"| {batch} | {n} | {d} | {k} | {impl_name} | {mode} | {ms * 1e3:.1f} | {gbps:.0f} | "
+                    f"{100 * gbps / ceilings.gbps:.0f}% | {tflops:.2f} | {100 * tflops / ceilings.tflops:.1f}% |"
+                )
     return rows
 
 
-def write_table(rows: list[str], dtype_name: str, ceilings: Ceilings) -> Path:
+def write_table(rows: list[str], dtype_name: str, ceilings: Ceilings, out: Path, command: str) -> Path:
     device = torch.cuda.get_device_name()
-    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H%MZ")
-    path = RESULTS / f"predilection_attention_{dtype_name}_{device.replace(' ', '_')}_{stamp}.md"
+    now = datetime.now(timezone.utc)
+    slug = "".join(c if c.isalnum() else "-" for c in device.lower()).strip("-")
+    path = out / f"gpu-{now:%Y-%m-%d}-{slug}.md"
     header = [
         f"# Predilection attention, {dtype_name}, C = {DISEASES}, on {device}",
+        "",
+        f"Measured {now:%Y-%m-%d %H:%M} UTC with `{command}` (torch {torch.__version__}, CUDA {torch.version.cuda}).",
+        "`launch`: one Python call per timing; `graph`: the call captured in a CUDA graph and replayed.",
         "",
         f"Measured ceilings: {ceilings.tflops:.0f} TFLOP/s (bf16 8192^3 matmul), "
         f"{ceilings.gbps:.0f} GB/s (1 GiB device-to-device copy, read + write).",
         "FLOPs and bytes are the fused kernel's useful work and compulsory traffic for every row "
         "(training.kernels.flop_count / byte_count); logits only.",
         "",
-        "| B | N | D | K | impl | median us | GB/s | % copy | TFLOP/s | % matmul |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| B | N | D | K | impl | mode | median us | GB/s | % copy | TFLOP/s | % matmul |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(header + rows) + "\n")
+    out.mkdir(parents=True, exist_ok=True)
+    with path.open("a", encoding="utf-8") as f:  # one file per card and day: dtypes append
+        f.write("\n".join(header + rows) + "\n\n")
     return path
 
 
-def perf_report(dtype: torch.dtype) -> None:
+def perf_report(dtype: torch.dtype, out: Path) -> None:
     """The same comparison as a triton.testing.perf_report (TFLOP/s vs B at N=576, D=768, K=8)."""
     import triton.testing
 
@@ -198,7 +239,7 @@ def perf_report(dtype: torch.dtype) -> None:
         flops = flop_count(batch, tokens, dim, DISEASES, sites)
         return flops / ms / 1e9, flops / high / 1e9, flops / low / 1e9
 
-    bench.run(print_data=True, save_path=str(RESULTS))
+    bench.run(print_data=True, save_path=str(out))
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -207,6 +248,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--reps", type=int, default=200, help="timed runs per point (median reported)")
     p.add_argument("--check-only", action="store_true", help="run the correctness check and stop")
     p.add_argument("--perf-report", action="store_true", help="also run the triton.testing.perf_report variant")
+    p.add_argument("--out", type=Path, default=RESULTS, help="results folder (default: ./benchmarks/results)")
     return p
 
 
@@ -227,10 +269,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     ceilings = measure_ceilings()
     print(f"ceilings: {ceilings.tflops:.0f} TFLOP/s bf16 matmul, {ceilings.gbps:.0f} GB/s copy")
-    path = write_table(sweep(DTYPES[args.dtype], ceilings, args.reps), args.dtype, ceilings)
+    command = "python -m predilect.benchmarks.kernels.bench_predilection_attention " + " ".join(argv or sys.argv[1:])
+    path = write_table(sweep(DTYPES[args.dtype], ceilings, args.reps), args.dtype, ceilings, args.out, command.strip())
     print(f"wrote {path}")
     if args.perf_report:
-        perf_report(DTYPES[args.dtype])
+        perf_report(DTYPES[args.dtype], args.out)
     return 0
 
 

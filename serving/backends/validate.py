@@ -1,0 +1,142 @@
+"""The ``validate_image`` model of the GPU profile: a cheap per-request check before DALI.
+
+The DALI backend decodes a whole dynamic batch in one pipeline run, and one payload that the
+decoder cannot read fails every request of that batch. This Python-backend step (on the CPU,
+before the ensemble reaches the GPU) answers each bad request on its own, with the same
+``image rejected: ...`` error as the CPU profile, and passes the good bytes on unchanged.
+
+It reads headers and container structure only, never the compressed pixels: the checks of
+``predilect.preprocess.inspect_image`` (format, truncation, dimensions) plus the segment
+structure nvJPEG and libpng depend on -- JPEG marker segments up to the scan, an 8-bit frame of
+1 or 3 components, quantisation and Huffman tables present (or the standard ones implied by
+a motion-JPEG frame); PNG chunk lengths and CRCs. An image that passes but whose entropy-coded
+data is damaged still decodes (libjpeg-turbo and nvJPEG fill what they cannot read); the
+no-field-of-view rejection happens after DALI, per request, in the postprocess step.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from predilect import contract
+from predilect.contract import REJECTED_PREFIX
+from predilect.preprocess import InvalidImageError, PreprocessCfg, as_uint8, inspect_image
+from predilect.serving.backends import model_parameters, parse_model_config
+from predilect.serving.backends.preprocess import request_payload
+
+_SOF_MARKERS = {0xC0, 0xC1, 0xC2}  # baseline, extended sequential, progressive (Huffman): nvJPEG's formats
+_UNSUPPORTED_SOF = {0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}  # lossless, hierarchical, arithmetic
+_STANDALONE = {0x01, *range(0xD0, 0xD8)}  # TEM, RSTn: no length field
+
+
+def jpeg_structure_error(data: bytes) -> str | None:
+    """Why the JPEG's segment structure would fail a decoder, or None. Reads up to the first scan."""
+    pos, frame, tables = 2, None, {"DQT": False, "DHT": False}
+    while pos + 4 <= len(data):
+        if data[pos] != 0xFF:
+            return f"corrupt JPEG: expected a marker at byte {pos}, found 0x{data[pos]:02x}"
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+            continue
+        if marker in _STANDALONE:
+            pos += 2
+            continue
+        (length,) = struct.unpack(">H", data[pos + 2 : pos + 4])
+        if length < 2 or pos + 2 + length > len(data):
+            return f"corrupt JPEG: segment 0xFF{marker:02X} at byte {pos} claims {length} bytes"
+        segment = data[pos + 4 : pos + 2 + length]
+        if marker in _UNSUPPORTED_SOF:
+            return f"unsupported JPEG coding (SOF 0xFF{marker:02X}): only baseline, extended and progressive"
+        if marker in _SOF_MARKERS:
+            if len(segment) < 6:
+                return "corrupt JPEG: frame header too short"
+            precision, height, width, components = struct.unpack(">BHHB", segment[:6])
+            if precision != 8 or components not in (1, 3) or len(segment) != 6 + 3 * components:
+                return f"unsupported JPEG frame: {precision}-bit, {components} components"
+            if width == 0 or height == 0:
+                return "corrupt JPEG: frame of zero width or height"
+            frame = marker
+        elif marker == 0xDB:
+            tables["DQT"] = True
+        elif marker == 0xC4:
+            tables["DHT"] = True
+        elif marker == 0xDA:  # start of scan: the entropy-coded data follows
+            if frame is None:
+                return "corrupt JPEG: scan before any frame header"
+            if not tables["DQT"]:
+                return "corrupt JPEG: no quantisation table before the scan"
+            return None  # a missing DHT means the standard tables (motion JPEG), which decoders supply
+        pos += 2 + length
+    return "corrupt JPEG: no scan (SOS) segment"
+
+
+def png_structure_error(data: bytes) -> str | None:
+    """Why the PNG's chunk structure is damaged (bad length or CRC), or None."""
+    pos, seen_idat = 8, False
+    while pos + 12 <= len(data):
+        length, kind = struct.unpack(">I4s", data[pos : pos + 8])
+        end = pos + 12 + length
+        if end > len(data):
+            return f"corrupt PNG: chunk {kind!r} at byte {pos} runs past the end"
+        (crc,) = struct.unpack(">I", data[end - 4 : end])
+        if zlib.crc32(data[pos + 4 : end - 4]) != crc:
+            return f"corrupt PNG: CRC mismatch in chunk {kind!r} at byte {pos}"
+        seen_idat = seen_idat or kind == b"IDAT"
+        if kind == b"IEND":
+            return None if seen_idat else "corrupt PNG: no image data (IDAT)"
+        pos = end
+    return "corrupt PNG: no IEND chunk"
+
+
+def validate_image(payload: np.ndarray, cfg: PreprocessCfg) -> InvalidImageError | None:
+    """The rejection of one encoded image (1-D uint8), or None when DALI can be given it."""
+    data = as_uint8(payload)
+    try:
+        fmt = inspect_image(data, cfg).format
+    except InvalidImageError as e:
+        return e
+    raw = data.tobytes()
+    problem = jpeg_structure_error(raw) if fmt == "jpeg" else png_structure_error(raw)
+    return InvalidImageError(problem) if problem else None
+
+
+def validate_requests(images: Sequence[np.ndarray], cfg: PreprocessCfg) -> list[np.ndarray | InvalidImageError]:
+    """Per request: the unchanged ``[1, n]`` bytes, or the ``InvalidImageError`` that rejects it."""
+    results: list[np.ndarray | InvalidImageError] = []
+    for image in images:
+        payload = request_payload(image)
+        if isinstance(payload, InvalidImageError):
+            results.append(payload)
+            continue
+        error = validate_image(payload, cfg)
+        results.append(error if error is not None else np.ascontiguousarray(image, dtype=np.uint8))
+    return results
+
+
+class TritonPythonModel:
+    """Triton adapter of ``validate_requests``."""
+
+    def initialize(self, args: dict[str, str]) -> None:
+        import triton_python_backend_utils as pb_utils
+
+        self._pb = pb_utils
+        params = model_parameters(parse_model_config(args))
+        self._cfg = PreprocessCfg.from_json(params[contract.KEY_PREPROCESS])
+
+    def execute(self, requests: list[Any]) -> list[Any]:
+        pb = self._pb
+        images = [pb.get_input_tensor_by_name(r, contract.IMAGE).as_numpy() for r in requests]
+        responses = []
+        for out in validate_requests(images, self._cfg):
+            if isinstance(out, InvalidImageError):
+                error = pb.TritonError(f"{REJECTED_PREFIX}{out}", pb.TritonError.INVALID_ARG)
+                responses.append(pb.InferenceResponse(output_tensors=[], error=error))
+            else:
+                responses.append(pb.InferenceResponse(output_tensors=[pb.Tensor(contract.VALID_IMAGE, out)]))
+        return responses
