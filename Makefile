@@ -21,7 +21,7 @@ $(VENV)/bin/python:
 $(VENV)/.deps: pyproject.toml constraints.txt | $(VENV)/bin/python
 	$(PIP) install -q -c constraints.txt torch==2.13.0
 	$(PIP) install -q -c constraints.txt hatchling editables
-	$(PIP) install -q -c constraints.txt --no-build-isolation -e '.[train,serve,dicom,bench,test,dev,deploy]'
+	$(PIP) install -q -c constraints.txt --no-build-isolation -e '.[train,serve,dicom,report,bench,test,dev,deploy]'
 	@$(PY) -c "import torch, sys; v = torch.__version__; sys.exit(0 if v.startswith('2.13.0') and not torch.version.cuda else f'torch {v} (cuda {torch.version.cuda}) was pulled in; expected the 2.13.0 CPU wheel')"
 	touch $@
 

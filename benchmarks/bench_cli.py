@@ -8,6 +8,7 @@
     predilect bench soak [options]          # minutes at saturation, server memory and /dev/shm over time
     predilect bench large [options]         # what oversized gRPC requests leave in server memory
     predilect bench http-body [options]     # does tritonserver survive an HTTP body of N MB?
+    predilect bench heatmaps [options]      # HEATMAPS served vs not, asked vs not (issue 12)
 
 `serving`, one stack after the other on this machine, same images, same concurrency points:
 (a) the in-process bound (decode + preprocess + ONNX Runtime, no server); (c) the Triton
@@ -48,6 +49,7 @@ SUBCOMMANDS = {
     "soak": "predilect.benchmarks.soak_cli",
     "large": "predilect.benchmarks.large_requests_cli",
     "http-body": "predilect.benchmarks.http_body_cli",
+    "heatmaps": "predilect.benchmarks.heatmaps_cli",
 }
 
 ARTIFACTS = default_artifacts()

@@ -2,7 +2,9 @@
 
 The ONNX file is the serving artefact: besides the graph it carries, as metadata, the
 catalog, the preprocessing spec, the model name and the version, so that the model
-repository assembled from it needs nothing else.
+repository assembled from it needs nothing else. Its outputs are ``LOGITS`` and, for a model
+with ``forward_with_attention``, ``ATTENTION`` [batch, C, g, g] (each disease's predilection
+attention over the token grid: the served heatmaps; an intermediate of the logits, so free).
 """
 
 from __future__ import annotations
@@ -15,7 +17,9 @@ import numpy as np
 import torch
 
 from predilect import contract
-from predilect.contract import LOGITS, PIXELS
+from predilect.catalog import Catalog
+from predilect.contract import ATTENTION, LOGITS, PIXELS
+from predilect.preprocess import PreprocessCfg
 from predilect.training.attention import reference_attention
 from predilect.training.checkpoint import CheckpointMeta, load_checkpoint
 
@@ -39,25 +43,43 @@ def onnx_metadata(meta: CheckpointMeta) -> dict[str, str]:
     return {k: strings[k] for k in contract.SERVED_KEYS}
 
 
-def export_onnx(checkpoint: Path, out: Path) -> CheckpointMeta:
-    """Export ``checkpoint`` to ``out`` with a dynamic batch axis; returns its metadata."""
+class _WithAttention(torch.nn.Module):
+    """The exported graph: ``forward_with_attention`` as ``forward`` (logits, attention)."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.model.forward_with_attention(pixels)  # type: ignore[operator]
+
+
+def export_onnx(checkpoint: Path, out: Path, *, attention: bool = True) -> CheckpointMeta:
+    """Export ``checkpoint`` to ``out`` with a dynamic batch axis; returns its metadata.
+
+    ``attention``: also export the ``ATTENTION`` output (when the model has ``forward_with_attention``).
+    """
     import onnx
 
     model, meta = load_checkpoint(checkpoint)
+    graph_module: torch.nn.Module = model
+    outputs = [LOGITS]
+    if attention and hasattr(model, "forward_with_attention"):
+        graph_module, outputs = _WithAttention(model), [LOGITS, ATTENTION]
     example = torch.randn(2, *meta.preprocess.input_shape)
     out.parent.mkdir(parents=True, exist_ok=True)
     with reference_attention(), warnings.catch_warnings():
         warnings.simplefilter("ignore", category=DeprecationWarning)  # the TorchScript exporter's notice
         warnings.simplefilter("ignore", category=torch.jit.TracerWarning)  # D is a constant of the model
         torch.onnx.export(
-            model,
+            graph_module,
             (example,),
             str(out),
             dynamo=False,
             opset_version=OPSET,
             input_names=[PIXELS],
-            output_names=[LOGITS],
-            dynamic_axes={PIXELS: {0: "batch"}, LOGITS: {0: "batch"}},
+            output_names=outputs,
+            dynamic_axes={PIXELS: {0: "batch"}, **{name: {0: "batch"} for name in outputs}},
         )
     graph = onnx.load(str(out))
     for key, value in onnx_metadata(meta).items():
@@ -66,6 +88,19 @@ def export_onnx(checkpoint: Path, out: Path) -> CheckpointMeta:
     onnx.checker.check_model(graph)
     onnx.save(graph, str(out))
     return meta
+
+
+def read_onnx_meta(onnx_path: Path) -> tuple[Catalog, PreprocessCfg, str, str]:
+    """(catalog, preprocessing, model name, model version) from an exported model's metadata."""
+    import onnx
+
+    meta = {p.key: p.value for p in onnx.load(str(onnx_path), load_external_data=False).metadata_props}
+    return (
+        Catalog.from_json(meta[contract.KEY_CATALOG]),
+        PreprocessCfg.from_json(meta[contract.KEY_PREPROCESS]),
+        meta[contract.KEY_MODEL_NAME],
+        meta[contract.KEY_MODEL_VERSION],
+    )
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:

@@ -88,23 +88,35 @@ class AsyncScreeningClient(ClientBase):
     async def catalog(self) -> Catalog:
         return (await self.served()).catalog
 
-    async def screen(self, image: ImageInput, *, timeout_s: float | None = None) -> ScreeningResult:
+    async def screen(
+        self, image: ImageInput, *, timeout_s: float | None = None, heatmaps: bool = False
+    ) -> ScreeningResult:
         """Screen one single-frame input (see ``ScreeningClient.screen``)."""
         client, served = await self._connection()
-        return await run(core.screen_one(self._settings, served, image, timeout_s=timeout_s), client)
+        return await run(core.screen_one(self._settings, served, image, timeout_s=timeout_s, heatmaps=heatmaps), client)
 
-    async def screen_frames(self, image: ImageInput, *, timeout_s: float | None = None) -> list[ScreeningResult]:
+    async def screen_frames(
+        self, image: ImageInput, *, timeout_s: float | None = None, heatmaps: bool = False
+    ) -> list[ScreeningResult]:
         """Screen every frame of an input, one request per frame, in order (see ``ScreeningClient.screen_frames``)."""
         client, served = await self._connection()
-        return await run(core.screen_frames(self._settings, served, image, timeout_s=timeout_s), client)
+        return await run(
+            core.screen_frames(self._settings, served, image, timeout_s=timeout_s, heatmaps=heatmaps), client
+        )
 
-    async def screen_items(self, image: ImageInput, *, timeout_s: float | None = None) -> list[ScreeningItem]:
+    async def screen_items(
+        self, image: ImageInput, *, timeout_s: float | None = None, heatmaps: bool = False
+    ) -> list[ScreeningItem]:
         """Every frame of one input as items with results or errors (see ``ScreeningClient.screen_items``)."""
-        return await self._items(0, image, timeout_s)
+        return await self._items(0, image, timeout_s, heatmaps)
 
-    async def _items(self, index: int, image: ImageInput, timeout_s: float | None) -> list[ScreeningItem]:
+    async def _items(
+        self, index: int, image: ImageInput, timeout_s: float | None, heatmaps: bool = False
+    ) -> list[ScreeningItem]:
         client, served = await self._connection()
-        return await run(core.screen_items(self._settings, served, index, image, timeout_s=timeout_s), client)
+        return await run(
+            core.screen_items(self._settings, served, index, image, timeout_s=timeout_s, heatmaps=heatmaps), client
+        )
 
     async def screen_many(
         self,
@@ -112,6 +124,7 @@ class AsyncScreeningClient(ClientBase):
         *,
         max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
         timeout_s: float | None = None,
+        heatmaps: bool = False,
     ) -> AsyncIterator[ScreeningItem]:
         """Screen a (sync or async) stream with at most ``max_in_flight`` inputs in flight; yields
         ``ScreeningItem`` as inputs complete (see ``ScreeningClient.screen_many``)."""
@@ -128,7 +141,7 @@ class AsyncScreeningClient(ClientBase):
                     except StopAsyncIteration:
                         exhausted = True
                         break
-                    pending.add(asyncio.create_task(self._items(index, image, timeout_s)))
+                    pending.add(asyncio.create_task(self._items(index, image, timeout_s, heatmaps)))
                     index += 1
                 if not pending:
                     return

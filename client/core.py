@@ -142,10 +142,17 @@ def discover(settings: ClientSettings) -> Plan[ServedModelInfo]:
 
 
 def screen_prepared(
-    settings: ClientSettings, served: ServedModelInfo, prepared: Prepared, *, timeout_s: float | None
+    settings: ClientSettings,
+    served: ServedModelInfo,
+    prepared: Prepared,
+    *,
+    timeout_s: float | None,
+    heatmaps: bool = False,
 ) -> Plan[ScreeningResult]:
-    """One request: the payload in, the result with the served catalog's thresholds applied."""
-    inputs, outputs = protocol.infer_inputs(prepared.payload), protocol.requested_outputs()
+    """One request: the payload in, the server's decision out (with each finding's heatmap when asked)."""
+    if heatmaps:
+        protocol.check_heatmaps(served, url=settings.url, model_name=settings.model_name)
+    inputs, outputs = protocol.infer_inputs(prepared.payload), protocol.requested_outputs(heatmaps=heatmaps)
     start = time.perf_counter()
     response = yield from call(
         settings, "infer", settings.model_name, inputs, outputs=outputs, timeout_s=timeout_s, server_timeout=True
@@ -160,15 +167,21 @@ def screen_prepared(
         latency_s=latency_s,
         sop_instance_uid=prepared.sop_instance_uid,
         frame=prepared.frame,
+        heatmaps=heatmaps,
     )
 
 
 def screen_one(
-    settings: ClientSettings, served: ServedModelInfo, image: ImageInput, *, timeout_s: float | None
+    settings: ClientSettings,
+    served: ServedModelInfo,
+    image: ImageInput,
+    *,
+    timeout_s: float | None,
+    heatmaps: bool = False,
 ) -> Plan[ScreeningResult]:
     """A single-frame input; InputError for a multi-frame DICOM instance."""
     prepared = yield Local(partial(single_frame, image))
-    return (yield from screen_prepared(settings, served, prepared, timeout_s=timeout_s))
+    return (yield from screen_prepared(settings, served, prepared, timeout_s=timeout_s, heatmaps=heatmaps))
 
 
 def _frames(image: ImageInput) -> Plan[Iterator[Prepared]]:
@@ -183,19 +196,30 @@ def _next_frame(frames: Iterator[Prepared]) -> Plan[Prepared | None]:
 
 
 def screen_frames(
-    settings: ClientSettings, served: ServedModelInfo, image: ImageInput, *, timeout_s: float | None
+    settings: ClientSettings,
+    served: ServedModelInfo,
+    image: ImageInput,
+    *,
+    timeout_s: float | None,
+    heatmaps: bool = False,
 ) -> Plan[list[ScreeningResult]]:
     """Every frame, in order, one request each; the first failure is raised (frames before it
     have been sent). Frames are prepared one at a time, never all at once."""
     frames = yield from _frames(image)
     results = []
     while (prepared := (yield from _next_frame(frames))) is not None:
-        results.append((yield from screen_prepared(settings, served, prepared, timeout_s=timeout_s)))
+        results.append((yield from screen_prepared(settings, served, prepared, timeout_s=timeout_s, heatmaps=heatmaps)))
     return results
 
 
 def screen_items(
-    settings: ClientSettings, served: ServedModelInfo, index: int, image: ImageInput, *, timeout_s: float | None
+    settings: ClientSettings,
+    served: ServedModelInfo,
+    index: int,
+    image: ImageInput,
+    *,
+    timeout_s: float | None,
+    heatmaps: bool = False,
 ) -> Plan[list[ScreeningItem]]:
     """Every frame of one input as items, never raising a client error: a frame that fails --
     rejected by the server, or not decodable here -- is an item with its error. A frame that
@@ -208,7 +232,7 @@ def screen_items(
         while (prepared := (yield from _next_frame(frames))) is not None:
             last_frame = prepared.frame
             try:
-                result = yield from screen_prepared(settings, served, prepared, timeout_s=timeout_s)
+                result = yield from screen_prepared(settings, served, prepared, timeout_s=timeout_s, heatmaps=heatmaps)
             except PredilectClientError as e:
                 items.append(ScreeningItem(index, image, error=e, frame=prepared.frame))
             else:

@@ -75,6 +75,10 @@ class DicomSupportMissingError(PredilectClientError, UserError, ImportError):
     """A DICOM input was given but the optional ``[dicom]`` extra is not installed."""
 
 
+class ReportSupportMissingError(PredilectClientError, UserError, ImportError):
+    """Heatmap overlays or an HTML report were asked for but the optional ``[report]`` extra is not installed."""
+
+
 FINAL_ERRORS: tuple[type[PredilectClientError], ...] = (ImageRejectedError, InputError)
 """The failures that are the input's own: retrying it cannot help."""
 

@@ -90,6 +90,13 @@ class ResultJournal:
             self._file = None
 
 
+def read_records(path: Path) -> list[JournalRecord]:
+    """The complete records of a journal, read only (an incomplete or torn tail is left out, not cut)."""
+    records: list[JournalRecord] = []
+    _complete_prefix(Path(path).read_bytes(), records, Path(path))
+    return records
+
+
 def _parse(line: bytes) -> JournalRecord | None:
     """The record of a complete line; None for a line a crash can leave (torn or garbled)."""
     try:

@@ -30,6 +30,7 @@ from predilect.client.errors import (
 )
 from predilect.client.results import ScreeningResult
 from predilect.contract import IMAGE, PROBABILITIES, REJECTED_PREFIX
+from predilect.referral import ReferralRules
 
 _MAX_MESSAGE_BYTES = 2**31 - 1
 INVALID_ARGUMENT = "INVALID_ARGUMENT"
@@ -43,12 +44,23 @@ _TRITON_BUSY = ("Exceeds maximum queue size", "Request timeout expired")
 
 @dataclass(frozen=True)
 class ServedModelInfo:
-    """What the server says about the model it screens with."""
+    """What the server says about the model it screens with: the catalog, the referral rules it
+    applies (with their digests), and whether it can return heatmaps."""
 
     catalog: Catalog
     model_name: str
     model_version: str
     preprocess: dict[str, Any]
+    rules: ReferralRules
+    heatmaps: bool = False
+
+    @property
+    def rules_digest(self) -> str:
+        return self.rules.digest()
+
+    @property
+    def catalog_digest(self) -> str:
+        return self.catalog.digest()
 
 
 @dataclass(frozen=True)
@@ -189,31 +201,57 @@ def translate(
     return PredilectClientError(f"request to {url} failed ({status or 'no status'}): {message}", attempts=attempts)
 
 
+def _expected_outputs(classes: int) -> dict[str, list[int]]:
+    return {
+        PROBABILITIES: [classes],
+        contract.QUALITY: [1 + len(contract.QUALITY_REASONS)],
+        contract.FINDINGS: [classes],
+        contract.REFERRAL: [1],
+        contract.FIELD_BOX: [4],
+    }
+
+
 def served_info(config: Any, *, model_name: str, url: str) -> ServedModelInfo:
-    """Model discovery: the catalog and identity from the ensemble's config parameters."""
+    """Model discovery: the catalog, identity and referral rules from the ensemble's config parameters.
+
+    The rules must be the catalog's (thresholds, referrals) and both digests must match what is
+    served: a repository assembled before result schema 2, or edited by hand, is refused.
+    """
     params = {key: value.string_value for key, value in config.parameters.items()}
-    missing = [key for key in contract.DISCOVERY_KEYS if not params.get(key)]
+    missing = [key for key in (*contract.DISCOVERY_KEYS, *contract.RULES_KEYS) if not params.get(key)]
     if missing:
         raise IncompatibleModelError(
-            f"model {model_name!r} on {url} lacks config parameters {missing}; is it a "
-            "Predilect repository made by `predilect assemble`?"
+            f"model {model_name!r} on {url} lacks config parameters {missing}; is it a Predilect "
+            "repository made by `predilect assemble` of this version (result schema "
+            f"{contract.RESULT_SCHEMA_VERSION})?"
         )
     try:
         catalog = Catalog.from_json(params[contract.KEY_CATALOG])
         preprocess = json.loads(params[contract.KEY_PREPROCESS])
+        rules = ReferralRules.from_json(params[contract.KEY_RULES])
+        rules.check_catalog(catalog)
     except (ValueError, KeyError, TypeError) as e:
-        raise IncompatibleModelError(f"model {model_name!r} on {url} serves an unreadable catalog: {e}") from e
-    outputs = {o.name: list(o.dims) for o in config.output}
-    if outputs.get(PROBABILITIES) != [len(catalog)] or IMAGE not in {i.name for i in config.input}:
+        raise IncompatibleModelError(f"model {model_name!r} on {url} serves an unreadable catalog or rules: {e}") from e
+    digests = {contract.KEY_RULES_DIGEST: rules.digest(), contract.KEY_CATALOG_DIGEST: catalog.digest()}
+    wrong = {k: params[k] for k, v in digests.items() if params[k] != v}
+    if wrong:
         raise IncompatibleModelError(
-            f"model {model_name!r} on {url} does not take {IMAGE} and return "
-            f"{PROBABILITIES} [{len(catalog)}]; its outputs are {outputs}"
+            f"model {model_name!r} on {url} advertises digests {wrong} that do not match its catalog and rules "
+            f"({digests}); re-assemble the repository"
+        )
+    outputs = {o.name: list(o.dims) for o in config.output}
+    expected = _expected_outputs(len(catalog))
+    if any(outputs.get(name) != dims for name, dims in expected.items()) or IMAGE not in {i.name for i in config.input}:
+        raise IncompatibleModelError(
+            f"model {model_name!r} on {url} does not take {IMAGE} and return {expected}; its outputs are {outputs}"
         )
     return ServedModelInfo(
         catalog=catalog,
         model_name=params[contract.KEY_MODEL_NAME],
         model_version=params[contract.KEY_MODEL_VERSION],
         preprocess=preprocess,
+        rules=rules,
+        heatmaps=contract.HEATMAPS in outputs,
     )
 
 
@@ -225,8 +263,30 @@ def infer_inputs(payload: bytes) -> list[grpcclient.InferInput]:
     return [tensor]
 
 
-def requested_outputs() -> list[grpcclient.InferRequestedOutput]:
-    return [grpcclient.InferRequestedOutput(PROBABILITIES)]
+RESULT_OUTPUTS = (PROBABILITIES, contract.QUALITY, contract.FINDINGS, contract.REFERRAL, contract.FIELD_BOX)
+"""What every request asks for; HEATMAPS only when asked (``requested_outputs(heatmaps=True)``)."""
+
+
+def requested_outputs(*, heatmaps: bool = False) -> list[grpcclient.InferRequestedOutput]:
+    names = (*RESULT_OUTPUTS, contract.HEATMAPS) if heatmaps else RESULT_OUTPUTS
+    return [grpcclient.InferRequestedOutput(name) for name in names]
+
+
+def check_heatmaps(served: ServedModelInfo, *, url: str, model_name: str) -> None:
+    """IncompatibleModelError unless the served model can return heatmaps."""
+    if not served.heatmaps:
+        raise IncompatibleModelError(
+            f"model {model_name!r} on {url} returns no {contract.HEATMAPS}: its exported model has no "
+            f"{contract.ATTENTION} output; re-export it with `predilect export` and re-assemble"
+        )
+
+
+def _output(response: Any, name: str, shape: tuple[int, ...], *, url: str, model_name: str) -> np.ndarray:
+    value = response.as_numpy(name)
+    if value is None or value.shape != shape:
+        got = None if value is None else value.shape
+        raise IncompatibleModelError(f"{model_name!r} on {url} returned {name} of shape {got}, expected {shape}")
+    return value
 
 
 def parse_result(
@@ -238,20 +298,32 @@ def parse_result(
     latency_s: float,
     sop_instance_uid: str | None,
     frame: int | None,
+    heatmaps: bool = False,
 ) -> ScreeningResult:
     """The ScreeningResult of an infer response; the DICOM correlation fields are filled locally."""
-    probabilities = response.as_numpy(PROBABILITIES)
-    if probabilities is None or probabilities.shape != (1, len(served.catalog)):
-        shape = None if probabilities is None else probabilities.shape
-        raise IncompatibleModelError(
-            f"{model_name!r} on {url} returned {PROBABILITIES} of shape {shape}, expected (1, {len(served.catalog)})"
-        )
-    return ScreeningResult.from_probabilities(
-        probabilities[0].tolist(),
-        served.catalog,
+    classes = len(served.catalog)
+
+    def output(name: str, *shape: int) -> np.ndarray:
+        return _output(response, name, (1, *shape), url=url, model_name=model_name)[0]
+
+    maps = None
+    if heatmaps:
+        value = response.as_numpy(contract.HEATMAPS)
+        if value is None or value.ndim != 4 or value.shape[:2] != (1, classes):
+            raise IncompatibleModelError(f"{model_name!r} on {url} returned no usable {contract.HEATMAPS}")
+        maps = value[0]
+    return ScreeningResult.from_outputs(
+        probabilities=output(PROBABILITIES, classes).tolist(),
+        quality=output(contract.QUALITY, 1 + len(contract.QUALITY_REASONS)).tolist(),
+        findings=output(contract.FINDINGS, classes).astype(bool).tolist(),
+        decision_code=int(output(contract.REFERRAL, 1)[0]),
+        catalog=served.catalog,
+        rules=served.rules,
         model_name=served.model_name,
         model_version=served.model_version,
         latency_s=latency_s,
+        field_box=output(contract.FIELD_BOX, 4).tolist(),
+        heatmaps=maps,
         sop_instance_uid=sop_instance_uid,
         frame=frame,
     )

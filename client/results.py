@@ -1,36 +1,201 @@
-"""The screening result returned by the clients, and the per-input item of ``screen_many``."""
+"""The screening result returned by the clients, and the per-input item of ``screen_many``.
+
+Result schema 2 (``contract.RESULT_SCHEMA_VERSION``): the server grades the photograph and
+decides (``predilect.referral``); the result says what it decided and under which model, catalog
+and rules. An ungradable photograph has no disease decision: its probabilities are kept apart,
+in ``audit_probabilities``, and ``probabilities`` is None, so that nothing reads them as valid.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, ConfigDict
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from predilect import contract
 from predilect.catalog import Catalog
 from predilect.client.errors import PredilectClientError
+from predilect.referral import REFERABLE_DECISIONS, UNGRADABLE, ReferralRules
+
+if TYPE_CHECKING:
+    DecisionName = str
+    ReasonName = str
+else:
+    DecisionName = Literal[contract.DECISIONS]
+    ReasonName = Literal[contract.QUALITY_REASONS]
+
+FieldBox = tuple[float, float, float, float]
+
+
+class QualityReport(BaseModel):
+    """The gradability of one photograph: ``score`` in [0, 1] (gradable above 0.5) and the failed checks."""
+
+    model_config = ConfigDict(frozen=True)
+
+    score: float = Field(ge=0.0, le=1.0)
+    gradable: bool
+    reasons: list[ReasonName] = Field(description="the checks that failed (contract.QUALITY_REASONS)")
+
+    @model_validator(mode="after")
+    def _reasons_iff_ungradable(self) -> QualityReport:
+        if self.gradable == bool(self.reasons):
+            raise ValueError("a quality report is gradable exactly when it gives no reason")
+        return self
+
+    @classmethod
+    def from_row(cls, row: Sequence[float]) -> QualityReport:
+        """From one ``contract.QUALITY`` row: ``[score, flag per reason]``."""
+        if len(row) != 1 + len(contract.QUALITY_REASONS):
+            raise ValueError(f"a quality row has {1 + len(contract.QUALITY_REASONS)} values, got {len(row)}")
+        reasons = [r for r, flag in zip(contract.QUALITY_REASONS, row[1:], strict=True) if float(flag) > 0.5]
+        return cls(score=min(1.0, max(0.0, float(row[0]))), gradable=not reasons, reasons=reasons)
+
+    def describe(self) -> str:
+        """``gradable (score 0.83)`` or ``ungradable — focus, artefact``."""
+        if self.gradable:
+            return f"gradable (score {self.score:.2f})"
+        return "ungradable — " + ", ".join(r.replace("_", " ") for r in self.reasons)
+
+
+class Heatmap(BaseModel):
+    """One positive finding's attention over the screened square (``ScreeningResult.field_box``).
+
+    ``grid[row][column]`` (rows top to bottom) are the attention weights over the model input's
+    token grid; ``peak`` is the centre of the hottest cell in the photograph's normalised
+    coordinates (x right, y down); ``overlay`` the PNG file ``predilect screen --heatmaps`` wrote.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    disease: str
+    grid: list[list[float]]
+    peak: tuple[float, float]
+    overlay: str | None = None
+
+    @property
+    def array(self) -> np.ndarray:
+        return np.asarray(self.grid, dtype=np.float32)
+
+
+def peak_of(grid: np.ndarray, box: FieldBox) -> tuple[float, float]:
+    """The centre of ``grid``'s hottest cell in photograph coordinates (``box`` maps the square onto it)."""
+    rows, columns = grid.shape
+    row, column = np.unravel_index(int(np.argmax(grid)), grid.shape)
+    left, top, right, bottom = box
+    return (
+        float(left + (column + 0.5) / columns * (right - left)),
+        float(top + (row + 0.5) / rows * (bottom - top)),
+    )
 
 
 class ScreeningResult(BaseModel):
-    """Per-disease probabilities of one fundus photograph and the findings they imply.
+    """The server's decision on one fundus photograph, and what it was made with.
 
-    ``probabilities`` is keyed by catalog id in catalog order; ``positive`` lists the ids whose
-    probability reaches that disease's threshold; ``referable`` is true when any is positive.
-    ``sop_instance_uid`` and ``frame`` (1-based) are filled locally for DICOM inputs: they are
-    never sent to the server, only used to correlate the answer with its source.
+    ``decision`` is one of ``contract.DECISIONS``; ``referable`` is true for a referral (routine or
+    urgent). ``positive`` lists the findings (catalog order; empty when ungradable). ``probabilities``
+    is keyed by catalog id and None for an ungradable photograph, whose probabilities are in
+    ``audit_probabilities`` -- for audit only, never valid. ``thresholds`` are the operating points
+    applied; ``catalog_digest`` and ``rules_digest`` name the exact catalog and referral rules.
+    ``field_box`` is the square the model screened, in the photograph's normalised coordinates.
+    ``sop_instance_uid`` and ``frame`` (1-based) are filled locally for DICOM inputs: never sent.
     """
 
     model_config = ConfigDict(frozen=True, protected_namespaces=())
 
-    probabilities: dict[str, float]
-    positive: list[str]
+    decision: DecisionName
     referable: bool
+    gradable: bool
+    quality: QualityReport
+    positive: list[str]
+    probabilities: dict[str, float] | None
+    audit_probabilities: dict[str, float] | None = None
     model_name: str
     model_version: str
+    catalog_digest: str
+    rules_digest: str
+    thresholds: dict[str, float]
+    field_box: FieldBox | None = None
+    heatmaps: list[Heatmap] | None = None
     latency_s: float
     sop_instance_uid: str | None = None
     frame: int | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ScreeningResult:
+        ungradable = self.decision == UNGRADABLE
+        if self.gradable != self.quality.gradable or ungradable == self.gradable:
+            raise ValueError("decision 'ungradable' exactly when the quality report is not gradable")
+        if (self.probabilities is None) != ungradable or (self.audit_probabilities is not None) != ungradable:
+            raise ValueError("an ungradable result carries audit_probabilities only; a gradable one probabilities only")
+        if ungradable and self.positive:
+            raise ValueError("an ungradable result has no findings")
+        if self.referable != (self.decision in REFERABLE_DECISIONS):
+            raise ValueError(f"referable must be true exactly for decisions {REFERABLE_DECISIONS}")
+        return self
+
+    @property
+    def scores(self) -> dict[str, float]:
+        """The probabilities whatever the gradability (for audit and calibration, never for decisions)."""
+        return dict(self.probabilities if self.probabilities is not None else self.audit_probabilities or {})
+
+    def heatmap(self, disease: str) -> Heatmap | None:
+        return next((h for h in self.heatmaps or () if h.disease == disease), None)
+
+    @classmethod
+    def from_outputs(
+        cls,
+        *,
+        probabilities: Sequence[float],
+        quality: Sequence[float],
+        findings: Sequence[bool],
+        decision_code: int,
+        catalog: Catalog,
+        rules: ReferralRules,
+        model_name: str,
+        model_version: str,
+        latency_s: float,
+        field_box: Sequence[float] | None = None,
+        heatmaps: np.ndarray | None = None,
+        sop_instance_uid: str | None = None,
+        frame: int | None = None,
+    ) -> ScreeningResult:
+        """The result of one response's tensors (catalog order); ``heatmaps`` ``(C, g, g)`` when asked for."""
+        if not len(probabilities) == len(findings) == len(catalog):
+            raise ValueError(f"{len(probabilities)} probabilities, {len(findings)} findings, {len(catalog)} diseases")
+        if not 0 <= decision_code < len(contract.DECISIONS):
+            raise ValueError(f"decision code {decision_code} is not an index of {contract.DECISIONS}")
+        by_id = {d.id: float(p) for d, p in zip(catalog, probabilities, strict=True)}
+        report = QualityReport.from_row(quality)
+        positive = [d.id for d, f in zip(catalog, findings, strict=True) if bool(f)]
+        box: FieldBox | None = tuple(float(v) for v in field_box) if field_box is not None else None  # type: ignore[assignment]
+        maps = None
+        if heatmaps is not None:
+            index = {d.id: i for i, d in enumerate(catalog)}
+            maps = [_heatmap(disease, np.asarray(heatmaps[index[disease]]), box) for disease in positive]
+        gradable = report.gradable
+        decision = contract.DECISIONS[decision_code]
+        return cls(
+            decision=decision,
+            referable=decision in REFERABLE_DECISIONS,
+            gradable=gradable,
+            quality=report,
+            positive=positive,
+            probabilities=by_id if gradable else None,
+            audit_probabilities=None if gradable else by_id,
+            model_name=model_name,
+            model_version=model_version,
+            catalog_digest=catalog.digest(),
+            rules_digest=rules.digest(),
+            thresholds=rules.thresholds,
+            field_box=box,
+            heatmaps=maps,
+            latency_s=latency_s,
+            sop_instance_uid=sop_instance_uid,
+            frame=frame,
+        )
 
     @classmethod
     def from_probabilities(
@@ -41,18 +206,23 @@ class ScreeningResult(BaseModel):
         model_name: str,
         model_version: str,
         latency_s: float,
+        quality: Sequence[float] | None = None,
+        rules: ReferralRules | None = None,
         sop_instance_uid: str | None = None,
         frame: int | None = None,
     ) -> ScreeningResult:
-        """Apply the catalog's thresholds to probabilities given in catalog order."""
-        if len(probabilities) != len(catalog):
-            raise ValueError(f"{len(probabilities)} probabilities for a catalog of {len(catalog)} diseases")
-        by_id = {d.id: float(p) for d, p in zip(catalog, probabilities, strict=True)}
-        positive = [d.id for d in catalog if by_id[d.id] >= d.threshold]
-        return cls(
-            probabilities=by_id,
-            positive=positive,
-            referable=bool(positive),
+        """Apply ``rules`` (default: the catalog's, with no gradability thresholds) locally, as the server does;
+        ``quality`` defaults to a gradable photograph of score 1."""
+        rules = rules or ReferralRules.from_catalog(catalog, {})
+        row = list(quality) if quality is not None else [1.0] + [0.0] * len(contract.QUALITY_REASONS)
+        decided = rules.decide(probabilities, gradable=QualityReport.from_row(row).gradable)
+        return cls.from_outputs(
+            probabilities=probabilities,
+            quality=row,
+            findings=[d.id in decided.findings for d in catalog],
+            decision_code=decided.code,
+            catalog=catalog,
+            rules=rules,
             model_name=model_name,
             model_version=model_version,
             latency_s=latency_s,
@@ -63,6 +233,23 @@ class ScreeningResult(BaseModel):
     def to_json(self, *, indent: int | None = None) -> str:
         """The result as JSON (keys as the fields, probabilities in catalog order)."""
         return self.model_dump_json(indent=indent)
+
+    def summary(self) -> str:
+        """One line for people: the decision, the findings or the reasons."""
+        if not self.gradable:
+            return f"{self.quality.describe()} (no disease decision)"
+        found = ", ".join(f"{d} {self.scores[d]:.2f}" for d in self.positive) or "no finding"
+        return f"{self.decision.replace('_', ' ')}: {found}"
+
+
+def _heatmap(disease: str, grid: np.ndarray, box: FieldBox | None) -> Heatmap:
+    square: FieldBox = box if box is not None else (0.0, 0.0, 1.0, 1.0)
+    return Heatmap(disease=disease, grid=np.round(grid, 6).tolist(), peak=peak_of(grid, square))
+
+
+def result_from_mapping(data: Mapping[str, Any]) -> ScreeningResult:
+    """Validate a result read back from JSON."""
+    return ScreeningResult.model_validate(dict(data))
 
 
 @dataclass(frozen=True)

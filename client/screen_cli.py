@@ -5,8 +5,11 @@ reason the input itself is bad; inputs already in the journal are skipped, so a 
 interruption ends with every input exactly once. An input that failed on the server's side
 (deadline, model not ready, internal error, server at capacity) is not recorded and is tried again
 by a rerun; only a rejected or unreadable input is final (``errors.is_final``). The journal is
-locked while a run writes it: a second run on the same ``--out`` exits 2 at once. Prints a
-per-patient "any eye referable" summary.
+locked while a run writes it: a second run on the same ``--out`` exits 2 at once. Prints the
+exam-level result of every patient (both eyes together: refer, recall for re-photography, or no
+referral) and writes it beside the journal (``<out>.exams.json``).
+``--heatmaps DIR`` asks the server for each positive finding's attention map and draws it over
+the photograph into ``DIR`` (PNG; needs the ``[report]`` extra).
 
 Exit status: 0 all recorded; 1 some inputs left for a rerun; 2 a user error (bad option, input
 list, TLS file, refused token); 3 the server is unreachable or unusable.
@@ -15,6 +18,7 @@ list, TLS file, refused token); 3 the server is unreachable or unusable.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from collections.abc import Sequence
@@ -22,10 +26,11 @@ from pathlib import Path
 
 from predilect.cli import EXIT_INCOMPLETE, EXIT_OK, EXIT_UNAVAILABLE, CommandError, command
 from predilect.client import dicom
-from predilect.client.aggregate import patients, summary_table
+from predilect.client.aggregate import summary_table
 from predilect.client.batch_inputs import Entry, collect_entries, local_identity
 from predilect.client.cli_options import add_client_options, client_from_args
 from predilect.client.errors import PredilectClientError, ServerBusyError, ServerUnavailableError, is_final
+from predilect.client.exam import exam_results, exams_table
 from predilect.client.journal import ResultJournal
 from predilect.client.progress import Progress
 from predilect.client.records import JournalRecord
@@ -39,7 +44,12 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="predilect screen", description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("inputs", nargs="+", type=Path, help="folders, manifest .csv files, images or .dcm files")
     parser.add_argument("--out", type=Path, required=True, help="JSONL journal (appended; resumable)")
-    parser.add_argument("--patients-out", type=Path, help="also write the per-patient aggregate as JSON here")
+    parser.add_argument(
+        "--exams-out", type=Path, help="the exam results (JSON); default: beside --out, as <out>.exams.json"
+    )
+    parser.add_argument(
+        "--heatmaps", type=Path, metavar="DIR", help="write each positive finding's heatmap overlay (PNG) here"
+    )
     parser.add_argument(
         "--max-in-flight",
         type=int,
@@ -66,11 +76,14 @@ def _run(
     max_in_flight: int,
     *,
     timeout_s: float | None = None,
+    heatmaps_dir: Path | None = None,
 ) -> int:
     """Screen ``todo`` into the journal; the number of inputs left for a rerun (transient errors)."""
     unfinished = 0
     groups: dict[int, list[ScreeningItem]] = {}
-    for item in client.screen_many((e.path for e in todo), max_in_flight=max_in_flight, timeout_s=timeout_s):
+    paths = (e.path for e in todo)
+    heatmaps = heatmaps_dir is not None
+    for item in client.screen_many(paths, max_in_flight=max_in_flight, timeout_s=timeout_s, heatmaps=heatmaps):
         group = groups.setdefault(item.index, [])
         group.append(item)
         if len(group) < item.frames:
@@ -84,10 +97,26 @@ def _run(
             unfinished += 1
             continue
         entry = todo[item.index]
+        if heatmaps_dir is not None:
+            group = _with_overlays(entry, group, heatmaps_dir)
         patient_id, eye = local_identity(entry)
         journal.append(JournalRecord.of_items(entry.key, group, patient_id=patient_id, eye=eye))
         progress.advance()
     return unfinished
+
+
+def _with_overlays(entry: Entry, group: list[ScreeningItem], folder: Path) -> list[ScreeningItem]:
+    """The group's items with their heatmaps drawn over the photograph into ``folder``."""
+    from predilect.client.overlay import write_overlays
+
+    done = [i for i in group if i.result is not None]
+    drawn = iter(write_overlays(entry.key, entry.path, [i.result for i in done if i.result is not None], folder))
+    return [dataclasses.replace(i, result=next(drawn)) if i.result is not None else i for i in group]
+
+
+def exams_path(out: Path) -> Path:
+    """Where the exam results go by default: beside the journal, ``<out>.exams.json``."""
+    return out.with_name(out.name.removesuffix(".jsonl") + ".exams.json")
 
 
 @command("screen")
@@ -95,6 +124,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.max_in_flight < 1:
         raise CommandError(f"--max-in-flight must be >= 1, got {args.max_in_flight}")
+    if args.heatmaps is not None:
+        from predilect.client.overlay import pillow
+
+        pillow()  # the [report] extra is missing: say so before anything is screened
     entries = collect_entries(args.inputs)
     if any(e.path.suffix.lower() == ".dcm" for e in entries):
         dicom.pydicom_module()  # imported here, once, before the worker threads need it
@@ -108,7 +141,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"predilect screen: {len(entries)} inputs, {already} already in {args.out}", file=sys.stderr)
         try:
             with client:
-                unfinished = _run(client, todo, journal, progress, args.max_in_flight)
+                unfinished = _run(client, todo, journal, progress, args.max_in_flight, heatmaps_dir=args.heatmaps)
         except UserError:
             raise
         except ServerUnavailableError as e:
@@ -118,9 +151,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"predilect screen: {e}", file=sys.stderr)
             return EXIT_UNAVAILABLE
         progress.finish()
+        exams = exam_results(journal.records)
         print(summary_table(journal.records))
-        if args.patients_out is not None:
-            args.patients_out.write_text(json.dumps([p.to_dict() for p in patients(journal.records)], indent=1))
+        print()
+        print(exams_table(exams))
+        out = args.exams_out or exams_path(args.out)
+        out.write_text(json.dumps([e.model_dump(mode="json") for e in exams], indent=1) + "\n", encoding="utf-8")
     finally:
         journal.close()
     if unfinished:

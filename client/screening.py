@@ -99,32 +99,43 @@ class ScreeningClient(ClientBase):
     def catalog(self) -> Catalog:
         return self.served.catalog
 
-    def screen(self, image: ImageInput, *, timeout_s: float | None = None) -> ScreeningResult:
+    def screen(self, image: ImageInput, *, timeout_s: float | None = None, heatmaps: bool = False) -> ScreeningResult:
         """Screen one fundus photograph: JPEG/PNG bytes, a path, an HxWx3 uint8 RGB array, or a
         single-frame DICOM (pydicom Dataset, file or bytes).
+
+        ``heatmaps``: also return each positive finding's attention map (``ScreeningResult.heatmaps``);
+        IncompatibleModelError when the served model exports none.
 
         Raises ``ImageRejectedError`` when the server rejects the payload (never retried),
         ``DeadlineExceededError`` past ``timeout_s`` (default the client's), ``InputError`` for
         local input problems; multi-frame DICOM needs ``screen_frames`` or ``screen_items``.
         """
         client, served = self._connection()
-        return run(core.screen_one(self._settings, served, image, timeout_s=timeout_s), client)
+        return run(core.screen_one(self._settings, served, image, timeout_s=timeout_s, heatmaps=heatmaps), client)
 
-    def screen_frames(self, image: ImageInput, *, timeout_s: float | None = None) -> list[ScreeningResult]:
+    def screen_frames(
+        self, image: ImageInput, *, timeout_s: float | None = None, heatmaps: bool = False
+    ) -> list[ScreeningResult]:
         """Screen every frame of an input (one request per frame, in order); one result for a plain
         image. The first failure is raised; ``screen_items`` reports each frame instead."""
         client, served = self._connection()
-        return run(core.screen_frames(self._settings, served, image, timeout_s=timeout_s), client)
+        return run(core.screen_frames(self._settings, served, image, timeout_s=timeout_s, heatmaps=heatmaps), client)
 
-    def screen_items(self, image: ImageInput, *, timeout_s: float | None = None) -> list[ScreeningItem]:
+    def screen_items(
+        self, image: ImageInput, *, timeout_s: float | None = None, heatmaps: bool = False
+    ) -> list[ScreeningItem]:
         """Screen every frame of one input, one item per frame with its result or its error
         (never raising a client error); see ``ScreeningItem``."""
         client, served = self._connection()
-        return run(core.screen_items(self._settings, served, 0, image, timeout_s=timeout_s), client)
+        return run(core.screen_items(self._settings, served, 0, image, timeout_s=timeout_s, heatmaps=heatmaps), client)
 
-    def _items(self, index: int, image: ImageInput, timeout_s: float | None) -> list[ScreeningItem]:
+    def _items(
+        self, index: int, image: ImageInput, timeout_s: float | None, heatmaps: bool = False
+    ) -> list[ScreeningItem]:
         client, served = self._connection()
-        return run(core.screen_items(self._settings, served, index, image, timeout_s=timeout_s), client)
+        return run(
+            core.screen_items(self._settings, served, index, image, timeout_s=timeout_s, heatmaps=heatmaps), client
+        )
 
     def screen_many(
         self,
@@ -132,6 +143,7 @@ class ScreeningClient(ClientBase):
         *,
         max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
         timeout_s: float | None = None,
+        heatmaps: bool = False,
     ) -> Iterator[ScreeningItem]:
         """Screen a stream of inputs with at most ``max_in_flight`` inputs in flight.
 
@@ -153,7 +165,7 @@ class ScreeningClient(ClientBase):
                         if image is _END:
                             exhausted = True
                         else:
-                            pending.add(pool.submit(self._items, index, image, timeout_s))
+                            pending.add(pool.submit(self._items, index, image, timeout_s, heatmaps))
                             index += 1
                     if not pending:
                         return

@@ -33,6 +33,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "predilect.training.phantom.phantom_cli",
         "synthetic fundus photographs, OCT B-scans, manifests",
     ),
+    "gradability": (
+        "predilect.training.gradability_cli",
+        "calibrate and measure the gradability step on phantom degradations",
+    ),
     "dataset": ("predilect.training.datasets.dataset_cli", "a public data set in its native layout -> a manifest"),
     "train": ("predilect.training.train_cli", "UOPSL stages: train pretrain (OCT/fundus <-> text) | train finetune"),
     "experiment": ("predilect.training.experiment_cli", "the UOPSL ablation grid with paired-bootstrap CIs"),
@@ -49,6 +53,16 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("predilect.serving.demo_cli", "phantom -> train -> export -> assemble -> serve -> screen, end to end"),
     "screen": ("predilect.client.screen_cli", "screen a folder, manifest or DICOM files; resumable JSONL output"),
     "gateway": ("predilect.client.gateway_cli", "DICOM C-STORE gateway that screens what it receives"),
+    "report": ("predilect.client.report_cli", "an HTML summary per patient of a screening journal, with overlays"),
+    "schema": ("predilect.client.schema_cli", "write or check the JSON Schemas of the journal record and exam result"),
+    "localisation": (
+        "predilect.build.localisation_cli",
+        "score the served heatmaps against the lesions a phantom drew (held-out split)",
+    ),
+    "operating-points": (
+        "predilect.build.operating_points_cli",
+        "per-disease thresholds for a target sensitivity on a validation split, into the checkpoint's catalog",
+    ),
     "bench": ("predilect.benchmarks.bench_cli", "Locust concurrency sweep against the server and baselines"),
 }
 

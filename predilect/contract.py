@@ -37,6 +37,23 @@ LOGITS = "LOGITS"
 """FP32 [batch, C]: the exported model's output, one logit per catalog disease."""
 PROBABILITIES = "PROBABILITIES"
 """FP32 [1, C] per request: sigmoid of the logits, in catalog order."""
+ATTENTION = "ATTENTION"
+"""FP32 [batch, C, g, g]: the exported model's optional second output, each disease's predilection
+attention over the g x g token grid of the model input (rows sum to 1 over the grid)."""
+QUALITY = "QUALITY"
+"""FP32 [1, 1 + len(QUALITY_REASONS)] per request: the quality score in [0, 1] (gradable when >= 0.5),
+then one 0/1 flag per reason in ``QUALITY_REASONS`` order (1: that check failed)."""
+FINDINGS = "FINDINGS"
+"""BOOL [1, C] per request: the server's positive findings (probability >= the disease's threshold),
+all false for an ungradable image."""
+REFERRAL = "REFERRAL"
+"""INT32 [1, 1] per request: the decision, an index into ``DECISIONS``."""
+FIELD_BOX = "FIELD_BOX"
+"""FP32 [1, 4] per request: the square the model screened (the cropped field of view) in the photograph's
+normalised coordinates (left, top, right, bottom; x right, y down): where HEATMAPS lie on the photograph."""
+HEATMAPS = "HEATMAPS"
+"""FP32 [1, C, g, g] per request, on request only: each positive finding's attention map over the model
+input (the field-of-view square), zero for diseases that are not findings."""
 
 # The GPU profile (DALI + TensorRT) adds one step before DALI and one tensor after it.
 VALIDATE_MODEL = "validate_image"
@@ -89,6 +106,14 @@ SERVED_KEYS = (KEY_CATALOG, KEY_PREPROCESS, KEY_MODEL_NAME, KEY_MODEL_VERSION, K
 DISCOVERY_KEYS = (KEY_CATALOG, KEY_PREPROCESS, KEY_MODEL_NAME, KEY_MODEL_VERSION)
 """The ensemble parameters a client reads at connect ("model discovery"); ``assemble`` needs them."""
 
+KEY_RULES = "predilect.rules"
+"""The referral rules (``predilect.referral.ReferralRules`` JSON): per-disease thresholds and referral
+levels, and the gradability thresholds; config parameter of the ensemble and of the steps applying them."""
+KEY_RULES_DIGEST = "predilect.rules_digest"
+KEY_CATALOG_DIGEST = "predilect.catalog_digest"
+RULES_KEYS = (KEY_RULES, KEY_RULES_DIGEST, KEY_CATALOG_DIGEST)
+"""The ensemble parameters a client reads at connect beside ``DISCOVERY_KEYS`` (result schema 2)."""
+
 # Backend parameters, read by the Python-backend models at initialize.
 KEY_DECODE_THREADS = "predilect.decode_threads"
 KEY_ORT_THREADS = "predilect.ort_threads"
@@ -120,8 +145,20 @@ _EYE_ALIASES = {
     "OS": LEFT_EYE,  # oculus sinister
 }
 
-RESULT_SCHEMA_VERSION = "1"
-"""Version of the screening-result and journal-record JSON written by the client."""
+RESULT_SCHEMA_VERSION = "2"
+"""Version of the screening-result, journal-record and exam-result JSON written by the client
+(2: gradability, server-side referral decision, rules and catalog digests, heatmaps)."""
+
+# --------------------------------------------------------------------------- screening decisions
+
+QUALITY_REASONS = ("focus", "underexposed", "overexposed", "field_of_view", "artefact", "wrong_image_type")
+"""The gradability checks, in the order of their flags in ``QUALITY``."""
+DECISIONS = ("ungradable", "no_referral", "refer_routine", "refer_urgent")
+"""Per-image decisions, indexed by ``REFERRAL``: ungradable (no disease decision), no referable finding,
+refer routinely, refer urgently (the most urgent referral among the positive findings)."""
+EXAM_OUTCOMES = ("refer_urgent", "refer_routine", "recall", "no_referral", "incomplete")
+"""Per-exam (patient) outcomes: referable when any eye is; recall for re-photography when an eye is
+ungradable and no eye is referable; incomplete when an image failed and nothing else decides."""
 
 
 def parse_eye(value: str) -> str:

@@ -426,6 +426,17 @@ def pil_draft_preprocess(data: np.ndarray, cfg: PreprocessCfg) -> tuple[np.ndarr
 
 
 Decoded = Union[np.ndarray, InvalidImageError]
+FieldBox = tuple[float, float, float, float]
+"""The model-input square in the source image's normalised coordinates: (left, top, right, bottom),
+x right and y down, 0..1 across the image (beyond where the square reaches past the frame)."""
+
+
+def field_box(header: ImageHeader, fov_w: float, fov_h: float) -> FieldBox:
+    """The square that preprocessing crops (centred, of side max(fov_w, fov_h) source pixels), normalised."""
+    width, height = (header.height, header.width) if header.orientation >= 5 else (header.width, header.height)
+    side = max(fov_w, fov_h, 1.0)
+    left, top = (width - side) / 2.0, (height - side) / 2.0
+    return (left / width, top / height, (left + side) / width, (top + side) / height)
 
 
 def _decode_failure(error: Exception) -> InvalidImageError:
@@ -474,60 +485,65 @@ class Preprocessor:
             (np.array(tensors[i]), float(np.array(widths[i])), float(np.array(heights[i]))) for i in range(len(arrays))
         ]
 
-    def _resize_one(self, item: tuple[np.ndarray, ImageHeader]) -> Decoded:
-        """One payload to its resized uint8 square, or the reason it is refused."""
+    def _resize_one(self, item: tuple[np.ndarray, ImageHeader]) -> tuple[Decoded, tuple[float, float]]:
+        """One payload to its resized uint8 square, or the reason it is refused; and its FOV extent."""
         array, header = item
         try:
             resized, fov_w, fov_h = pil_draft_resized(array, self.cfg, header)
         except InvalidImageError as e:
-            return e
+            return e, (0.0, 0.0)
         # The per-payload boundary: whatever the decoder raises on these bytes (libjpeg's
         # corrupt-data warnings made errors, Pillow's format errors, a bomb guard) belongs to
         # this payload alone and becomes its rejection, with the cause named and chained.
         except Exception as e:  # noqa: BLE001 - see above; the type and message are kept
             failure = _decode_failure(e)
             failure.__cause__ = e
-            return failure
+            return failure, (0.0, 0.0)
         rejected = self._check_fov(fov_w, fov_h)
-        return rejected if rejected is not None else resized
+        return (rejected if rejected is not None else resized), (fov_w, fov_h)
 
-    def _decode_pil(self, items: list[tuple[np.ndarray, ImageHeader]]) -> tuple[np.ndarray, list[Decoded]]:
+    def _decode_pil(
+        self, items: list[tuple[np.ndarray, ImageHeader]]
+    ) -> tuple[np.ndarray, list[Decoded], list[tuple[float, float]]]:
         # Each image is processed on its own, so results cannot depend on the batch; libjpeg
         # and Pillow's resize release the GIL, so a small thread pool overlaps them.
         if self.num_threads <= 1 or len(items) <= 1:
-            squares = [self._resize_one(item) for item in items]
+            results = [self._resize_one(item) for item in items]
         else:
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(max_workers=self.num_threads, thread_name_prefix="predilect-decode")
-            squares = list(self._pool.map(self._resize_one, items))
+            results = list(self._pool.map(self._resize_one, items))
+        squares = [square for square, _ in results]
         accepted = [sq for sq in squares if not isinstance(sq, InvalidImageError)]
         out = np.empty((len(accepted), *self.cfg.input_shape), np.float32)
         if accepted:
             if self._normaliser is None:
                 self._normaliser = Normaliser.of(self.cfg)
             self._normaliser.into(np.stack(accepted), out)
-        return out, squares
+        return out, squares, [extent for _, extent in results]
 
-    def _decode_dali(self, arrays: list[np.ndarray]) -> tuple[np.ndarray, list[Decoded]]:
+    def _decode_dali(self, arrays: list[np.ndarray]) -> tuple[np.ndarray, list[Decoded], list[tuple[float, float]]]:
         try:
             outputs = self._run_dali(arrays)
         except RuntimeError as e:
             if len(arrays) > 1:
                 # One image broke the decoder batch: rerun one by one to find it.
                 singles = [self._decode_dali([a]) for a in arrays]
-                tensors = [t for t, _ in singles if len(t)]
+                tensors = [t for t, _, _ in singles if len(t)]
                 packed = np.concatenate(tensors) if tensors else np.empty((0, *self.cfg.input_shape), np.float32)
-                return packed, [d[0] for _, d in singles]
-            return np.empty((0, *self.cfg.input_shape), np.float32), [
-                InvalidImageError(f"image could not be decoded: {_dali_cause(e)}")
-            ]
+                return packed, [d[0] for _, d, _ in singles], [x[0] for _, _, x in singles]
+            return (
+                np.empty((0, *self.cfg.input_shape), np.float32),
+                [InvalidImageError(f"image could not be decoded: {_dali_cause(e)}")],
+                [(0.0, 0.0)],
+            )
         decoded: list[Decoded] = []
         for tensor, fov_w, fov_h in outputs:
             rejected = self._check_fov(fov_w, fov_h)
             decoded.append(rejected if rejected is not None else tensor)
         accepted = [d for d in decoded if not isinstance(d, InvalidImageError)]
         packed = np.stack(accepted) if accepted else np.empty((0, *self.cfg.input_shape), np.float32)
-        return packed.astype(np.float32, copy=False), decoded
+        return packed.astype(np.float32, copy=False), decoded, [(w, h) for _, w, h in outputs]
 
     def _check_fov(self, fov_w: float, fov_h: float) -> InvalidImageError | None:
         return fov_error(self.cfg, fov_w, fov_h)
@@ -538,7 +554,15 @@ class Preprocessor:
         ``tensors`` is one contiguous ``(n_accepted, 3, S, S)`` float32 array of the accepted
         payloads in order; ``errors[i]`` is None for an accepted payload, else its rejection.
         """
+        tensors, errors, _ = self.run_with_fields(payloads)
+        return tensors, errors
+
+    def run_with_fields(
+        self, payloads: Sequence[Payload]
+    ) -> tuple[np.ndarray, list[InvalidImageError | None], list[FieldBox | None]]:
+        """``run_packed`` and, per payload, the square it cropped (``field_box``; None when rejected)."""
         with self._lock:
+            boxes: list[FieldBox | None] = [None] * len(payloads)
             errors: list[InvalidImageError | None] = [None] * len(payloads)
             valid: list[tuple[int, np.ndarray, ImageHeader]] = []
             for i, payload in enumerate(payloads):
@@ -554,17 +578,19 @@ class Preprocessor:
             for start in range(0, len(valid), self.max_batch_size):
                 chunk = valid[start : start + self.max_batch_size]
                 if self.cfg.decoder == "pil_draft":
-                    packed, decoded = self._decode_pil([(a, h) for _, a, h in chunk])
+                    packed, decoded, extents = self._decode_pil([(a, h) for _, a, h in chunk])
                 else:
-                    packed, decoded = self._decode_dali([a for _, a, _ in chunk])
+                    packed, decoded, extents = self._decode_dali([a for _, a, _ in chunk])
                 chunks.append(packed)
-                for (i, _, _), out in zip(chunk, decoded, strict=True):
+                for (i, _, header), out, (fov_w, fov_h) in zip(chunk, decoded, extents, strict=True):
                     if isinstance(out, InvalidImageError):
                         errors[i] = out
+                    else:
+                        boxes[i] = field_box(header, fov_w, fov_h)
             if len(chunks) == 1:
-                return chunks[0], errors
+                return chunks[0], errors, boxes
             tensors = np.concatenate(chunks) if chunks else np.empty((0, *self.cfg.input_shape), np.float32)
-            return tensors, errors
+            return tensors, errors, boxes
 
     def run(self, payloads: Sequence[Payload]) -> list[np.ndarray | InvalidImageError]:
         """Preprocess encoded images; one ``(3, S, S)`` tensor or error per payload, in order."""

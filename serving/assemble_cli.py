@@ -15,6 +15,7 @@ from pathlib import Path
 from predilect.artifacts import default_artifacts
 from predilect.cli import add_dataclass_options, command, dataclass_from_args
 from predilect.contract import PROFILES
+from predilect.quality import load_quality_cfg
 from predilect.serving.configs import ServingOptions
 from predilect.serving.gpu_profile import GpuServingOptions
 from predilect.serving.repository import assemble
@@ -26,6 +27,12 @@ def _parser(profile: str) -> argparse.ArgumentParser:
     p.add_argument("--profile", choices=PROFILES, default=PROFILES[0], help="cpu (default) or gpu")
     p.add_argument("--onnx", type=Path, default=artifacts.onnx, help="exported model (ONNX with predilect metadata)")
     p.add_argument("--out", type=Path, default=artifacts.repository, help="model repository to write")
+    p.add_argument(
+        "--quality",
+        type=Path,
+        default=None,
+        help="gradability thresholds (a quality_calibration.json from `predilect gradability`; default: packaged)",
+    )
     if profile == "gpu":
         p.add_argument("--gate-manifest", type=Path, help="labelled held-out images for the engine's accuracy gate")
         p.add_argument("--gate-images", type=int, default=64, help="held-out images in the gate set")
@@ -56,6 +63,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         print(f"GPU model repository written to {out}; its engine is built on the GPU host by the container")
         return 0
-    out = assemble(args.onnx, args.out, dataclass_from_args(ServingOptions, args))
+    quality = load_quality_cfg(args.quality) if args.quality is not None else None
+    out = assemble(args.onnx, args.out, dataclass_from_args(ServingOptions, args), quality=quality)
     print(f"model repository written to {out}")
     return 0

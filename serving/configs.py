@@ -19,6 +19,8 @@ from predilect import contract
 from predilect.catalog import Catalog
 from predilect.errors import ConfigError
 from predilect.preprocess import PreprocessCfg
+from predilect.quality import QualityCfg, default_quality_cfg
+from predilect.referral import ReferralRules
 
 
 @dataclass(frozen=True)
@@ -239,12 +241,24 @@ class ServingOptions:
 
 @dataclass(frozen=True)
 class ServedModel:
-    """What the ensemble advertises: the exported model's identity and its constants."""
+    """What the ensemble advertises: the exported model's identity and its constants.
+
+    ``quality`` holds the gradability thresholds (default: the packaged calibration);
+    ``attention_grid`` is the side g of the model's ``ATTENTION`` output ``[batch, C, g, g]``, or
+    None when the exported model has none (then the repository serves no ``HEATMAPS``).
+    """
 
     catalog: Catalog
     preprocess: PreprocessCfg
     model_name: str
     model_version: str
+    quality: QualityCfg = field(default_factory=default_quality_cfg)
+    attention_grid: int | None = None
+
+    @property
+    def rules(self) -> ReferralRules:
+        """The referral rules the repository applies: the catalog's operating points and referrals, and ``quality``."""
+        return ReferralRules.from_catalog(self.catalog, self.quality.to_dict())
 
     def parameters(self) -> dict[str, str]:
         return {
@@ -252,7 +266,36 @@ class ServedModel:
             contract.KEY_PREPROCESS: self.preprocess.to_json(),
             contract.KEY_MODEL_NAME: self.model_name,
             contract.KEY_MODEL_VERSION: self.model_version,
+            contract.KEY_RULES: self.rules.to_json(),
+            contract.KEY_RULES_DIGEST: self.rules.digest(),
+            contract.KEY_CATALOG_DIGEST: self.catalog.digest(),
         }
+
+
+def screening_outputs(served: ServedModel) -> tuple[TensorDef, ...]:
+    """The ensemble's per-image outputs (every profile): probabilities, quality, findings, decision, and
+    ``HEATMAPS`` when the model exports its attention (clients ask for it; it is never sent unasked)."""
+    classes = len(served.catalog)
+    outputs = (
+        TensorDef(contract.PROBABILITIES, "TYPE_FP32", (classes,)),
+        TensorDef(contract.QUALITY, "TYPE_FP32", (1 + len(contract.QUALITY_REASONS),)),
+        TensorDef(contract.FINDINGS, "TYPE_BOOL", (classes,)),
+        TensorDef(contract.REFERRAL, "TYPE_INT32", (1,)),
+        TensorDef(contract.FIELD_BOX, "TYPE_FP32", (4,)),
+    )
+    if served.attention_grid is None:
+        return outputs
+    return (*outputs, heatmaps_tensor(served))
+
+
+def attention_tensor(served: ServedModel) -> TensorDef:
+    grid = served.attention_grid or 1
+    return TensorDef(contract.ATTENTION, "TYPE_FP32", (len(served.catalog), grid, grid))
+
+
+def heatmaps_tensor(served: ServedModel) -> TensorDef:
+    grid = served.attention_grid or 1
+    return TensorDef(contract.HEATMAPS, "TYPE_FP32", (len(served.catalog), grid, grid))
 
 
 def fundus_screen_models(served: ServedModel, options: ServingOptions = ServingOptions()) -> list[ModelDef]:
@@ -267,7 +310,7 @@ def fused_outputs(served: ServedModel) -> tuple[TensorDef, ...]:
 
     Extend here (and in ``backends.fused.FusedScreen.outputs``) to serve more per-image outputs.
     """
-    return (TensorDef(contract.PROBABILITIES, "TYPE_FP32", (len(served.catalog),)),)
+    return screening_outputs(served)
 
 
 def fused_screen_models(served: ServedModel, options: ServingOptions = ServingOptions()) -> list[ModelDef]:
@@ -282,6 +325,7 @@ def fused_screen_models(served: ServedModel, options: ServingOptions = ServingOp
             contract.KEY_PREPROCESS: served.preprocess.to_json(),
             contract.KEY_DECODE_THREADS: str(options.decode_threads),
             contract.KEY_ORT_THREADS: str(options.ort_threads),
+            contract.KEY_RULES: served.rules.to_json(),
         },
         max_batch_size=options.max_batch_size,
         max_queue_delay_us=options.max_queue_delay_us,
@@ -302,12 +346,19 @@ def fused_screen_models(served: ServedModel, options: ServingOptions = ServingOp
 
 
 def split_screen_models(served: ServedModel, options: ServingOptions = ServingOptions()) -> list[ModelDef]:
-    """The three-step ensemble (preprocess -> classifier -> postprocess), composing models first."""
+    """The three-step ensemble (preprocess -> classifier -> postprocess), composing models first.
+
+    ``preprocess`` also grades the image (QUALITY); ``postprocess`` applies the referral rules to
+    the probabilities and the quality, and turns the classifier's ATTENTION (when exported) into HEATMAPS.
+    """
     size, classes = served.preprocess.size, len(served.catalog)
     image = TensorDef(contract.IMAGE, "TYPE_UINT8", (-1,))
     pixels = TensorDef(contract.PIXELS, "TYPE_FP32", (3, size, size))
     logits = TensorDef(contract.LOGITS, "TYPE_FP32", (classes,))
-    probabilities = TensorDef(contract.PROBABILITIES, "TYPE_FP32", (classes,))
+    outputs = screening_outputs(served)
+    quality, field_box = (next(t for t in outputs if t.name == n) for n in (contract.QUALITY, contract.FIELD_BOX))
+    attention = (attention_tensor(served),) if served.attention_grid is not None else ()
+    rules = served.rules.to_json()
     batching: dict[str, Any] = {
         "max_batch_size": options.max_batch_size,
         "max_queue_delay_us": options.max_queue_delay_us,
@@ -317,11 +368,12 @@ def split_screen_models(served: ServedModel, options: ServingOptions = ServingOp
         name=contract.PREPROCESS_MODEL,
         # Encoded images differ in length: ragged batching lets the batcher group them anyway.
         inputs=(TensorDef(contract.IMAGE, "TYPE_UINT8", (-1,), allow_ragged_batch=True),),
-        outputs=(pixels,),
+        outputs=(pixels, quality, field_box),
         instance_count=options.preprocess_instances,
         parameters={
             contract.KEY_PREPROCESS: served.preprocess.to_json(),
             contract.KEY_DECODE_THREADS: str(options.decode_threads),
+            contract.KEY_RULES: rules,
         },
         queue_policy=options.first_step_queue(),
         **batching,
@@ -329,25 +381,42 @@ def split_screen_models(served: ServedModel, options: ServingOptions = ServingOp
     classifier = PythonModelDef(
         name=contract.CLASSIFIER_MODEL,
         inputs=(pixels,),
-        outputs=(logits,),
+        outputs=(logits, *attention),
         instance_count=options.classifier_instances,
         parameters={contract.KEY_ORT_THREADS: str(options.ort_threads)},
         **batching,
     )
     postprocess = PythonModelDef(
-        name=contract.POSTPROCESS_MODEL, inputs=(logits,), outputs=(probabilities,), **batching
+        name=contract.POSTPROCESS_MODEL,
+        inputs=(logits, quality, *attention),
+        outputs=tuple(t for t in outputs if t.name not in (contract.QUALITY, contract.FIELD_BOX)),
+        parameters={contract.KEY_RULES: rules, contract.KEY_PREPROCESS: served.preprocess.to_json()},
+        **batching,
     )
+    inner = {contract.PIXELS: "pixels", contract.LOGITS: "logits", contract.ATTENTION: "attention"}
     ensemble = EnsembleDef(
         name=contract.ENSEMBLE,
         inputs=(image,),
-        outputs=(probabilities,),
+        outputs=outputs,
         steps=(
-            EnsembleStepDef(contract.PREPROCESS_MODEL, {contract.IMAGE: contract.IMAGE}, {contract.PIXELS: "pixels"}),
-            EnsembleStepDef(contract.CLASSIFIER_MODEL, {contract.PIXELS: "pixels"}, {contract.LOGITS: "logits"}),
+            EnsembleStepDef(
+                contract.PREPROCESS_MODEL,
+                {contract.IMAGE: contract.IMAGE},
+                {
+                    contract.PIXELS: inner[contract.PIXELS],
+                    contract.QUALITY: contract.QUALITY,
+                    contract.FIELD_BOX: contract.FIELD_BOX,
+                },
+            ),
+            EnsembleStepDef(
+                contract.CLASSIFIER_MODEL,
+                {contract.PIXELS: inner[contract.PIXELS]},
+                {t.name: inner[t.name] for t in classifier.outputs},
+            ),
             EnsembleStepDef(
                 contract.POSTPROCESS_MODEL,
-                {contract.LOGITS: "logits"},
-                {contract.PROBABILITIES: contract.PROBABILITIES},
+                {t.name: inner.get(t.name, t.name) for t in postprocess.inputs},
+                {t.name: t.name for t in postprocess.outputs},
             ),
         ),
         max_batch_size=options.max_batch_size,

@@ -145,6 +145,9 @@ def _print_table(records, results, ids: list[str], rows: int) -> None:
     print(f"      {'image':<22} {'truth':<18} {'screened positive':<18} " + " ".join(f"{d:>8}" for d in ids))
     for record, result in list(zip(records, results, strict=True))[:rows]:
         truth = ";".join(sorted(record.labels)) or "normal"
+        if result.probabilities is None:  # no disease decision: the probabilities are for audit only
+            print(f"      {record.path.name:<22} {truth:<18} {result.quality.describe()}")
+            continue
         found = ";".join(result.positive) or "normal"
         probs = " ".join(f"{result.probabilities[d]:8.3f}" for d in ids)
         print(f"      {record.path.name:<22} {truth:<18} {found:<18} {probs}")
@@ -165,9 +168,10 @@ def _serve_and_screen(args: argparse.Namespace, repository: Path, manifest: Path
         t0 = _step(6, "screening the held-out images through the gRPC client")
         records = read_manifest(manifest, catalog=catalog, split="test")
         results, seconds = _screen_all(server.grpc_url, [r.path for r in records], args.concurrency)
-    ids = list(results[0].probabilities)
+    ids = list(results[0].scores)
     _print_table(records, results, ids, args.rows)
-    served = np.array([[r.probabilities[d] for d in ids] for r in results])
+    # The model's AUROC over every image: ungradable ones included through their audit probabilities.
+    served = np.array([[r.scores[d] for d in ids] for r in results])
     if ids != catalog.ids:
         raise DemoError(f"served catalog {ids} differs from the checkpoint's {catalog.ids}")
     auroc = macro_auroc(label_matrix(records, catalog), served, ids)
@@ -178,6 +182,7 @@ def _serve_and_screen(args: argparse.Namespace, repository: Path, manifest: Path
         "images": len(records),
         "served_macro_auroc": auroc,
         "images_per_s": len(records) / seconds,
+        "ungradable": sum(not r.gradable for r in results),
         "concurrency": args.concurrency,
         "model_version": results[0].model_version,
     }

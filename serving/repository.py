@@ -8,6 +8,7 @@ and the ``model.py`` shims of the Python-backend models next to their configs.
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -19,6 +20,7 @@ from predilect.catalog import Catalog
 from predilect.contract import KEY_CATALOG, KEY_MODEL_NAME, KEY_MODEL_VERSION, KEY_PREPROCESS
 from predilect.errors import UserError
 from predilect.preprocess import PreprocessCfg
+from predilect.quality import QualityCfg, default_quality_cfg
 from predilect.serving import configs
 
 _REQUIRED_META = (KEY_CATALOG, KEY_PREPROCESS, KEY_MODEL_NAME, KEY_MODEL_VERSION)
@@ -47,8 +49,11 @@ def _dims(value_info) -> list[int | str]:
     return [d.dim_param or d.dim_value for d in value_info.type.tensor_type.shape.dim]
 
 
-def read_served_model(onnx_path: Path) -> configs.ServedModel:
-    """Read the served identity from an exported model's metadata, checking its tensors."""
+def read_served_model(onnx_path: Path, *, quality: QualityCfg | None = None) -> configs.ServedModel:
+    """Read the served identity from an exported model's metadata, checking its tensors.
+
+    ``quality``: the gradability thresholds to serve (default: the packaged calibration).
+    """
     import onnx
 
     model = onnx.load(str(onnx_path), load_external_data=False)
@@ -65,11 +70,32 @@ def read_served_model(onnx_path: Path) -> configs.ServedModel:
             preprocess=PreprocessCfg.from_json(meta[KEY_PREPROCESS]),
             model_name=meta[KEY_MODEL_NAME],
             model_version=meta[KEY_MODEL_VERSION],
+            quality=quality or default_quality_cfg(),
         )
     except (ValueError, KeyError, TypeError) as e:
         raise ModelMetadataError(f"{onnx_path}: unreadable catalog or preprocess metadata: {e}") from e
     _check_tensors(model, served, onnx_path)
-    return served
+    return dataclasses.replace(served, attention_grid=_attention_grid(model, served, onnx_path))
+
+
+def _attention_grid(model, served: configs.ServedModel, onnx_path: Path) -> int | None:
+    """The side g of the optional ``ATTENTION`` output ``[batch, C, g, g]``; None when the model has none."""
+    outputs = {o.name: _dims(o) for o in model.graph.output}
+    attention = outputs.get(contract.ATTENTION)
+    if attention is None:
+        return None
+    classes = len(served.catalog)
+    if (
+        len(attention) != 4
+        or attention[1] != classes
+        or attention[2] != attention[3]
+        or not isinstance(attention[2], int)
+    ):
+        raise ModelMetadataError(
+            f"{onnx_path}: output {contract.ATTENTION} must be [batch, {classes}, g, g] (each disease's attention "
+            f"over a square token grid), got {attention}"
+        )
+    return int(attention[2])
 
 
 def _check_tensors(model, served: configs.ServedModel, onnx_path: Path) -> None:
@@ -146,13 +172,20 @@ def served_onnx(onnx_path: Path, precision: str) -> Path:
     return path
 
 
-def assemble(onnx_path: Path, out_dir: Path, options: configs.ServingOptions = configs.ServingOptions()) -> Path:
+def assemble(
+    onnx_path: Path,
+    out_dir: Path,
+    options: configs.ServingOptions = configs.ServingOptions(),
+    *,
+    quality: QualityCfg | None = None,
+) -> Path:
     """Write the model repository for ``onnx_path`` into ``out_dir`` (replacing a previous one).
 
     ``options.precision == "int8"`` serves the gated INT8 model ``predilect quantize`` wrote beside it.
+    ``quality``: the gradability thresholds to serve (default: the packaged calibration).
     """
     onnx_path, out_dir = served_onnx(Path(onnx_path), options.precision), Path(out_dir)
-    served = read_served_model(onnx_path)
+    served = read_served_model(onnx_path, quality=quality)
     shims = shim_source_dir()
     with staged_repository(out_dir) as staging:
         for definition in configs.fundus_screen_models(served, options):

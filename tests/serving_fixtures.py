@@ -26,29 +26,58 @@ if TYPE_CHECKING:
 TINY_MODEL_NAME = "uopsl-tiny"
 
 
-def build_tiny_onnx(path: Path, *, seed: int = 0, metadata: bool = True) -> Path:
-    """A tiny exported model honouring the contract: PIXELS [B,3,S,S] -> LOGITS [B,C].
+TINY_GRID = 14
+
+
+def build_tiny_onnx(
+    path: Path, *, seed: int = 0, metadata: bool = True, attention: bool = False, catalog=DEFAULT_CATALOG
+) -> Path:
+    """A tiny exported model honouring the contract: PIXELS [B,3,S,S] -> LOGITS [B,C] (and ATTENTION).
 
     Per-channel mean over the image, times a weight matrix, plus a bias; with the
-    ``predilect.*`` metadata_props of DEFAULT_CATALOG and the default PreprocessCfg.
+    ``predilect.*`` metadata_props of ``catalog`` and the default PreprocessCfg. With
+    ``attention``, also ATTENTION [B,C,14,14]: per disease a softmax over the 16x16-pooled
+    brightness, sharpened by a per-disease factor -- so each map peaks on the brightest patch.
     """
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
-    cfg, classes = PreprocessCfg(), len(DEFAULT_CATALOG)
+    cfg, classes = PreprocessCfg(), len(catalog)
     rng = np.random.default_rng(seed)
     weight = rng.normal(0.0, 3.0, size=(3, classes)).astype(np.float32)
     bias = rng.normal(0.0, 0.5, size=(classes,)).astype(np.float32)
+    nodes = [
+        helper.make_node("ReduceMean", [contract.PIXELS], ["channel_mean"], axes=[2, 3], keepdims=0),
+        helper.make_node("MatMul", ["channel_mean", "weight"], ["scores"]),
+        helper.make_node("Add", ["scores", "bias"], [contract.LOGITS]),
+    ]
+    initializers = [numpy_helper.from_array(weight, "weight"), numpy_helper.from_array(bias, "bias")]
+    outputs = [helper.make_tensor_value_info(contract.LOGITS, TensorProto.FLOAT, ["batch", classes])]
+    if attention:
+        grid, cell = TINY_GRID, cfg.size // TINY_GRID
+        sharpness = rng.uniform(1.0, 4.0, size=(classes, 1)).astype(np.float32)
+        nodes += [
+            helper.make_node("ReduceMean", [contract.PIXELS], ["grey"], axes=[1], keepdims=1),
+            helper.make_node("AveragePool", ["grey"], ["pooled"], kernel_shape=[cell, cell], strides=[cell, cell]),
+            helper.make_node("Reshape", ["pooled", "flat_shape"], ["flat"]),
+            helper.make_node("Mul", ["flat", "sharpness"], ["sharpened"]),
+            helper.make_node("Softmax", ["sharpened"], ["weights"], axis=-1),
+            helper.make_node("Reshape", ["weights", "grid_shape"], [contract.ATTENTION]),
+        ]
+        initializers += [
+            numpy_helper.from_array(np.array([0, 1, grid * grid], np.int64), "flat_shape"),
+            numpy_helper.from_array(sharpness, "sharpness"),
+            numpy_helper.from_array(np.array([0, classes, grid, grid], np.int64), "grid_shape"),
+        ]
+        outputs.append(
+            helper.make_tensor_value_info(contract.ATTENTION, TensorProto.FLOAT, ["batch", classes, grid, grid])
+        )
     graph = helper.make_graph(
-        [
-            helper.make_node("ReduceMean", [contract.PIXELS], ["channel_mean"], axes=[2, 3], keepdims=0),
-            helper.make_node("MatMul", ["channel_mean", "weight"], ["scores"]),
-            helper.make_node("Add", ["scores", "bias"], [contract.LOGITS]),
-        ],
+        nodes,
         "tiny_classifier",
         [helper.make_tensor_value_info(contract.PIXELS, TensorProto.FLOAT, ["batch", 3, cfg.size, cfg.size])],
-        [helper.make_tensor_value_info(contract.LOGITS, TensorProto.FLOAT, ["batch", classes])],
-        initializer=[numpy_helper.from_array(weight, "weight"), numpy_helper.from_array(bias, "bias")],
+        outputs,
+        initializer=initializers,
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="predilect-tests")
     model.ir_version = 8
@@ -57,7 +86,7 @@ def build_tiny_onnx(path: Path, *, seed: int = 0, metadata: bool = True) -> Path
         helper.set_model_props(
             model,
             {
-                contract.KEY_CATALOG: DEFAULT_CATALOG.to_json(),
+                contract.KEY_CATALOG: catalog.to_json(),
                 contract.KEY_PREPROCESS: cfg.to_json(),
                 contract.KEY_MODEL_NAME: TINY_MODEL_NAME,
                 contract.KEY_MODEL_VERSION: f"1+{digest}",
@@ -69,24 +98,44 @@ def build_tiny_onnx(path: Path, *, seed: int = 0, metadata: bool = True) -> Path
 
 
 def make_fundus_jpeg(seed: int, *, size: tuple[int, int] = (1024, 768), quality: int = 92) -> bytes:
-    """A synthetic fundus-like photograph: an orange disc on black with random blobs."""
+    """A synthetic, gradable fundus-like photograph: an orange disc on black with a bright optic
+    disc, dark-red vessels, reddish blobs and sensor noise -- sharp, well exposed and centred, so
+    that the served gradability step passes it (``predilect.quality``)."""
     from PIL import Image, ImageDraw, ImageFilter
 
     rng = np.random.default_rng(seed)
     width, height = size
     image = Image.new("RGB", size, (0, 0, 0))
     draw = ImageDraw.Draw(image)
-    radius = int(min(width, height) * rng.uniform(0.40, 0.48))
-    cx, cy = width // 2 + int(rng.integers(-20, 21)), height // 2 + int(rng.integers(-20, 21))
-    draw.ellipse((cx - radius, cy - radius, cx + radius, cy + radius), fill=(200, 90, 30))
+    radius = int(min(width, height) * rng.uniform(0.44, 0.48))
+    cx, cy = width // 2, height // 2
+    draw.ellipse((cx - radius, cy - radius, cx + radius, cy + radius), fill=(205, 95, 40))
+    disc_x = cx + int(radius * rng.choice([-0.55, 0.55]))
+    for _ in range(int(rng.integers(30, 40))):  # vessels leaving the optic disc
+        angle = rng.uniform(0, 2 * np.pi)
+        length = radius * rng.uniform(0.4, 0.9)
+        bend = rng.uniform(-0.6, 0.6)
+        points = [
+            (disc_x + t * length * np.cos(angle + bend * t), cy + t * length * np.sin(angle + bend * t))
+            for t in np.linspace(0.0, 1.0, 12)
+        ]
+        draw.line(points, fill=(120, 30, 20), width=int(rng.integers(2, 7)))
+    disc = int(radius * 0.12)
+    draw.ellipse((disc_x - disc, cy - disc, disc_x + disc, cy + disc), fill=(240, 200, 120))
     for _ in range(int(rng.integers(6, 16))):
-        r = int(rng.integers(8, 60))
+        r = int(rng.integers(8, 40))
         x = cx + int(rng.integers(-radius // 2, radius // 2))
         y = cy + int(rng.integers(-radius // 2, radius // 2))
-        colour = tuple(int(c) for c in rng.integers(40, 255, size=3))
+        colour = (int(rng.integers(120, 250)), int(rng.integers(40, 140)), int(rng.integers(10, 60)))
         draw.ellipse((x - r, y - r, x + r, y + r), fill=colour)
+    mask = Image.new("L", size, 0)
+    ImageDraw.Draw(mask).ellipse((cx - radius, cy - radius, cx + radius, cy + radius), fill=255)
+    image = Image.composite(image, Image.new("RGB", size, (0, 0, 0)), mask)  # nothing drawn outside the disc
+    pixels = np.asarray(image.filter(ImageFilter.GaussianBlur(0.6)), dtype=np.float32)
+    inside = np.asarray(mask, dtype=np.float32)[:, :, None] / 255.0
+    noisy = pixels + rng.normal(0.0, 7.0, pixels.shape).astype(np.float32) * inside
     buffer = io.BytesIO()
-    image.filter(ImageFilter.GaussianBlur(2)).save(buffer, format="JPEG", quality=quality)
+    Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8)).save(buffer, format="JPEG", quality=quality)
     return buffer.getvalue()
 
 
@@ -98,7 +147,8 @@ def fundus_jpeg() -> Callable[[int], bytes]:
 
 @pytest.fixture(scope="session")
 def tiny_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_tiny_onnx(tmp_path_factory.mktemp("export") / "model.onnx")
+    """The tiny model with its ATTENTION output: the session's repositories serve HEATMAPS."""
+    return build_tiny_onnx(tmp_path_factory.mktemp("export") / "model.onnx", attention=True)
 
 
 @pytest.fixture(scope="session")
@@ -131,6 +181,27 @@ def triton_server(model_repository: Path, tmp_path_factory: pytest.TempPathFacto
         startup_timeout_s=180,
     )
     with server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def fused_server(tiny_onnx: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonServer]:
+    """The default (fused) CPU layout on the real tritonserver, for the whole session."""
+    from predilect.serving.configs import ServingOptions
+    from predilect.serving.repository import assemble
+    from predilect.serving.server import TritonServer, free_port
+
+    work = tmp_path_factory.mktemp("fused")
+    repository = assemble(tiny_onnx, work / "repo", ServingOptions(max_batch_size=16, max_queue_delay_us=20_000))
+    with TritonServer(
+        model_repository=repository,
+        grpc_port=free_port(),
+        http_port=free_port(),
+        metrics_port=free_port(),
+        bind_address="127.0.0.1",
+        log_path=work / "tritonserver.log",
+        startup_timeout_s=180,
+    ) as server:
         yield server
 
 

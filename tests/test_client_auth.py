@@ -24,6 +24,7 @@ import pytest
 from client_faces import FACES
 
 from predilect import contract
+from predilect.catalog import DEFAULT_CATALOG
 from predilect.client import (
     AuthenticationError,
     ClientConfigError,
@@ -71,7 +72,7 @@ def make_face(request) -> Iterator[Callable]:
 def test_face_screens_when_auth_token_matches_server(make_face, guarded_server, fundus_jpeg) -> None:
     face = make_face(guarded_server.grpc_url, timeout_s=60, auth_token=TOKEN)
     result = face.screen(fundus_jpeg(60))
-    assert result.model_name == "uopsl-tiny" and len(result.probabilities) == 6
+    assert result.model_name == "uopsl-tiny" and len(result.scores) == len(DEFAULT_CATALOG)
 
 
 @pytest.mark.parametrize("token", [None, "wrong-token"], ids=["missing", "wrong"])
@@ -101,7 +102,7 @@ def test_server_refuses_inference_without_token_when_called_directly(guarded_ser
         with pytest.raises(InferenceServerException, match="restricted"):
             raw.infer(contract.ENSEMBLE, [tensor])
         answer = raw.infer(contract.ENSEMBLE, [tensor], headers={contract.GRPC_AUTH_HEADER: TOKEN})
-    assert answer.as_numpy(contract.PROBABILITIES).shape == (1, 6)
+    assert answer.as_numpy(contract.PROBABILITIES).shape == (1, len(DEFAULT_CATALOG))
 
 
 def _http(url: str, *, token: str | None = None, data: bytes | None = None) -> int:

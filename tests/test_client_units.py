@@ -36,6 +36,7 @@ from predilect.client.results import ScreeningItem, ScreeningResult
 from predilect.client.retry import Attempts, RetryBudget, RetryPolicy
 from predilect.client.settings import ClientSettings
 from predilect.errors import UserError
+from predilect.referral import ReferralRules
 
 
 class FakeClock:
@@ -249,7 +250,7 @@ def test_journal_drops_torn_line_and_incomplete_group_when_reopened(tmp_path: Pa
 @pytest.mark.parametrize(
     ("tamper", "message"),
     [
-        (lambda lines: [lines[0].replace(b'"schema_version":"1"', b'"schema_version":"0"'), *lines[1:]], "version"),
+        (lambda lines: [lines[0].replace(b'"schema_version":"2"', b'"schema_version":"1"'), *lines[1:]], "version"),
         (lambda lines: [b"garbage\n", *lines], "damaged and records follow"),
         (lambda lines: [lines[0], lines[2], lines[1]], "before the one above it is complete"),
     ],
@@ -419,16 +420,29 @@ def test_call_plan_sends_token_under_enforced_header_when_auth_token_set() -> No
 def test_screen_items_plan_yields_frame1_result_and_frame2_error_when_frame_2_fails(tmp_path: Path) -> None:
     from client_faces import jpeg_multiframe_dicom, tiny_jpeg
 
+    classes = len(DEFAULT_CATALOG)
+    outputs = {
+        contract.PROBABILITIES: np.full((1, classes), 0.2, dtype=np.float32),
+        contract.QUALITY: np.array([[0.9] + [0.0] * len(contract.QUALITY_REASONS)], dtype=np.float32),
+        contract.FINDINGS: np.zeros((1, classes), dtype=bool),
+        contract.REFERRAL: np.array([[contract.DECISIONS.index("no_referral")]], dtype=np.int32),
+        contract.FIELD_BOX: np.array([[0.1, 0.0, 0.9, 1.0]], dtype=np.float32),
+    }
+
     class Response:
         def as_numpy(self, name: str) -> np.ndarray:
-            return np.full((1, len(DEFAULT_CATALOG)), 0.2, dtype=np.float32)
+            return outputs[name]
 
     path = jpeg_multiframe_dicom([tiny_jpeg(), b"\xff\xd8\xff\xe0" + bytes(20)], tmp_path / "frame2.dcm")
-    served = ServedModelInfo(catalog=DEFAULT_CATALOG, model_name="m", model_version="1", preprocess={})
+    rules = ReferralRules.from_catalog(DEFAULT_CATALOG, {})
+    served = ServedModelInfo(catalog=DEFAULT_CATALOG, model_name="m", model_version="1", preprocess={}, rules=rules)
     effects, items = _drive(core.screen_items(_settings(), served, 7, path, timeout_s=None), [Response()])
     assert [(i.index, i.frame, i.frames, i.ok) for i in items] == [(7, 1, 2, True), (7, 2, 2, False)]
     assert isinstance(items[1].error, UnsupportedDicomError) and "frame 2" in str(items[1].error)
     assert [type(e).__name__ for e in effects] == ["Local", "Local", "Rpc", "Local"], "frames prepared one by one"
+    result = items[0].result
+    assert result is not None and result.decision == "no_referral" and result.probabilities is not None
+    assert result.rules_digest == rules.digest() and result.catalog_digest == DEFAULT_CATALOG.digest()
 
 
 def test_translate_raises_server_busy_when_triton_queue_refuses() -> None:

@@ -13,6 +13,8 @@ from predilect import contract
 from predilect.catalog import DEFAULT_CATALOG
 from predilect.errors import ConfigError
 from predilect.preprocess import PreprocessCfg
+from predilect.quality import default_quality_cfg
+from predilect.referral import ReferralRules
 from predilect.serving import configs
 from predilect.serving.assemble_cli import main
 from predilect.serving.repository import ModelMetadataError, assemble, read_served_model
@@ -110,10 +112,27 @@ def test_configs_match_contract_when_assembled(split_repository: Path) -> None:
     ensemble = loaded[contract.ENSEMBLE]
     assert ensemble.platform == "ensemble"
     assert _tensors(ensemble, "input") == {contract.IMAGE: (mc.TYPE_UINT8, [-1])}
-    assert _tensors(ensemble, "output") == {contract.PROBABILITIES: (mc.TYPE_FP32, [classes])}
-    assert _tensors(loaded[contract.PREPROCESS_MODEL], "output") == {contract.PIXELS: (mc.TYPE_FP32, [3, size, size])}
+    from serving_fixtures import TINY_GRID as grid
+
+    quality = (mc.TYPE_FP32, [1 + len(contract.QUALITY_REASONS)])
+    assert _tensors(ensemble, "output") == {
+        contract.PROBABILITIES: (mc.TYPE_FP32, [classes]),
+        contract.QUALITY: quality,
+        contract.FINDINGS: (mc.TYPE_BOOL, [classes]),
+        contract.REFERRAL: (mc.TYPE_INT32, [1]),
+        contract.FIELD_BOX: (mc.TYPE_FP32, [4]),
+        contract.HEATMAPS: (mc.TYPE_FP32, [classes, grid, grid]),
+    }
+    assert _tensors(loaded[contract.PREPROCESS_MODEL], "output") == {
+        contract.PIXELS: (mc.TYPE_FP32, [3, size, size]),
+        contract.QUALITY: quality,
+        contract.FIELD_BOX: (mc.TYPE_FP32, [4]),
+    }
     assert loaded[contract.PREPROCESS_MODEL].input[0].allow_ragged_batch
-    assert _tensors(loaded[contract.CLASSIFIER_MODEL], "output") == {contract.LOGITS: (mc.TYPE_FP32, [classes])}
+    assert _tensors(loaded[contract.CLASSIFIER_MODEL], "output") == {
+        contract.LOGITS: (mc.TYPE_FP32, [classes]),
+        contract.ATTENTION: (mc.TYPE_FP32, [classes, grid, grid]),
+    }
     for name in (contract.PREPROCESS_MODEL, contract.CLASSIFIER_MODEL, contract.POSTPROCESS_MODEL):
         config = loaded[name]
         assert config.backend == "python"
@@ -125,11 +144,15 @@ def test_configs_match_contract_when_assembled(split_repository: Path) -> None:
 def test_ensemble_parameters_describe_exported_model_when_assembled(any_repository: Path, tiny_onnx: Path) -> None:
     params = {k: v.string_value for k, v in _load(any_repository)[contract.ENSEMBLE].parameters.items()}
     served = read_served_model(tiny_onnx)
+    rules = ReferralRules.from_catalog(DEFAULT_CATALOG, default_quality_cfg().to_dict())
     assert params == {
         contract.KEY_CATALOG: DEFAULT_CATALOG.to_json(),
         contract.KEY_PREPROCESS: PreprocessCfg().to_json(),
         contract.KEY_MODEL_NAME: "uopsl-tiny",
         contract.KEY_MODEL_VERSION: served.model_version,
+        contract.KEY_RULES: rules.to_json(),
+        contract.KEY_RULES_DIGEST: rules.digest(),
+        contract.KEY_CATALOG_DIGEST: DEFAULT_CATALOG.digest(),
     }
     assert served.model_version.startswith("1+") and len(served.model_version) == 10
 

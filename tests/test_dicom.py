@@ -24,7 +24,7 @@ NAME, PATIENT_ID = "Doe^Jane", "PID-4711-XYZ"
 
 
 def _values(result: ScreeningResult) -> np.ndarray:
-    return np.array(list(result.probabilities.values()))
+    return np.array(list(result.scores.values()))
 
 
 def _pixels(jpeg: bytes) -> np.ndarray:
@@ -143,6 +143,11 @@ def test_screen_raises_unsupported_dicom_error_when_sop_class_is_not_photographi
         client.screen(dataset)
 
 
+def _code(concept) -> str:
+    """A coded concept's value: CodeValue, or LongCodeValue past 16 characters."""
+    return str(concept.get("CodeValue") or concept.get("LongCodeValue"))
+
+
 def test_structured_report_references_source_and_names_model_when_read_back(
     client, fundus_jpeg, dicom_from_jpeg, tmp_path: Path
 ) -> None:
@@ -151,7 +156,8 @@ def test_structured_report_references_source_and_names_model_when_read_back(
     source = pydicom.dcmread(
         dicom_from_jpeg(jpeg, tmp_path / "sr-source.dcm", keys={"PatientName": NAME, "PatientID": PATIENT_ID})
     )
-    result = client.screen(source)
+    result = client.screen(source, heatmaps=True)
+    assert result.gradable and result.positive, "the fixture photograph is gradable and has findings"
     structured_report(result, source, client.catalog).save_as(tmp_path / "report.dcm", enforce_file_format=True)
     report = pydicom.dcmread(tmp_path / "report.dcm")
     assert report.SOPClassUID == COMPREHENSIVE_SR
@@ -165,17 +171,46 @@ def test_structured_report_references_source_and_names_model_when_read_back(
     items = report.ContentSequence
     texts = {i.ConceptNameCodeSequence[0].CodeMeaning: i.TextValue for i in items if i.ValueType == "TEXT"}
     assert texts["Algorithm Name"] == result.model_name and texts["Algorithm Version"] == result.model_version
+    assert texts["Referral rules digest"] == result.rules_digest
+    assert texts["Disease catalog digest"] == result.catalog_digest
+    assert (texts["Screening decision"], texts["Gradability"]) == (result.decision, result.quality.describe())
     image = next(i for i in items if i.ValueType == "IMAGE")
     assert image.ReferencedSOPSequence[0].ReferencedSOPInstanceUID == source.SOPInstanceUID
     numbers = {
-        i.ConceptNameCodeSequence[0].CodeValue: float(i.MeasuredValueSequence[0].NumericValue)
+        _code(i.ConceptNameCodeSequence[0]): float(i.MeasuredValueSequence[0].NumericValue)
         for i in items
         if i.ValueType == "NUM"
     }
-    assert list(numbers) == list(result.probabilities)
+    assert numbers.pop("quality_score") == pytest.approx(result.quality.score, abs=1e-6)
+    assert result.probabilities is not None and list(numbers) == list(result.probabilities)
     np.testing.assert_allclose(list(numbers.values()), list(result.probabilities.values()), rtol=0, atol=1e-6)
-    findings = [i.ConceptCodeSequence[0].CodeValue for i in items if i.ValueType == "CODE"]
-    assert findings == result.positive
+    codes = [i for i in items if i.ValueType == "CODE"]
+    assert [_code(i.ConceptCodeSequence[0]) for i in codes] == result.positive
+    for finding in codes:  # each finding's heatmap peak, in source pixels, selected from the source image
+        (scoord,) = finding.ContentSequence
+        heatmap = result.heatmap(_code(finding.ConceptCodeSequence[0]))
+        assert heatmap is not None and scoord.ValueType == "SCOORD" and scoord.GraphicType == "POINT"
+        x, y = (float(v) for v in scoord.GraphicData)
+        assert (x, y) == pytest.approx((heatmap.peak[0] * source.Columns, heatmap.peak[1] * source.Rows), abs=1e-3)
+        assert scoord.ContentSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID == source.SOPInstanceUID
+
+
+def test_structured_report_reports_no_probability_when_image_ungradable(
+    client, dicom_from_jpeg, tmp_path: Path
+) -> None:
+    from PIL import Image
+
+    jpeg = tmp_path / "external.jpg"
+    Image.new("RGB", (640, 480), (200, 150, 120)).save(jpeg, quality=90)  # a skin-coloured frame: no fundus
+    source = pydicom.dcmread(dicom_from_jpeg(jpeg, tmp_path / "external.dcm", keys={"PatientID": PATIENT_ID}))
+    result = client.screen(source)
+    assert not result.gradable and result.probabilities is None and result.audit_probabilities
+    report = structured_report(result, source, client.catalog)
+    items = report.ContentSequence
+    numbers = [_code(i.ConceptNameCodeSequence[0]) for i in items if i.ValueType == "NUM"]
+    assert numbers == ["quality_score"], "no disease probability is presented for an ungradable image"
+    texts = {i.ConceptNameCodeSequence[0].CodeMeaning: i.TextValue for i in items if i.ValueType == "TEXT"}
+    assert texts["Screening decision"] == "ungradable" and texts["Gradability"].startswith("ungradable — ")
 
 
 def test_prepare_raises_only_client_errors_when_dicom_bytes_are_damaged(

@@ -6,9 +6,8 @@ from __future__ import annotations
 import io
 import struct
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -214,27 +213,6 @@ def _small_png() -> bytes:
 
 
 # --------------------------------------------------------------------------- the real tritonserver
-
-
-@pytest.fixture(scope="module")
-def fused_server(tiny_onnx: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator:
-    """The default (fused) CPU layout on the real tritonserver."""
-    from predilect.serving.configs import ServingOptions
-    from predilect.serving.repository import assemble
-    from predilect.serving.server import TritonServer, free_port
-
-    work = tmp_path_factory.mktemp("fused")
-    repository = assemble(tiny_onnx, work / "repo", ServingOptions(max_batch_size=16, max_queue_delay_us=20_000))
-    with TritonServer(
-        model_repository=repository,
-        grpc_port=free_port(),
-        http_port=free_port(),
-        metrics_port=free_port(),
-        bind_address="127.0.0.1",
-        log_path=work / "tritonserver.log",
-        startup_timeout_s=180,
-    ) as server:
-        yield server
 
 
 def _infer(url: str, payload: bytes) -> np.ndarray | tuple[str, str]:

@@ -68,7 +68,7 @@ def test_cli_help_runs_when_only_client_dependencies_importable(tmp_path):
         "import sys\n"
         "class _Block:\n"
         "    def find_spec(self, name, path=None, target=None):\n"
-        "        if name.split('.')[0] in {'torch', 'onnx', 'onnxruntime', 'nvidia', 'PIL'}:\n"
+        "        if name.split('.')[0] in {'torch', 'onnx', 'onnxruntime', 'nvidia', 'PIL', 'jinja2'}:\n"
         "            raise ImportError(f'{name} is not part of the thin client install')\n"
         "sys.meta_path.insert(0, _Block())\n"
     )

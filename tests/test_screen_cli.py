@@ -1,5 +1,6 @@
-"""``predilect screen``: resumable after SIGKILL, per-patient aggregate, typed records, frame-level
-DICOM failures, and the error path (one line, exit 2 / 3, no traceback), against the real server."""
+"""``predilect screen``: resumable after SIGKILL, exam results per patient, heatmap overlays, typed
+records, frame-level DICOM failures, and the error path (one line, exit 2 / 3, no traceback),
+against the real server."""
 
 from __future__ import annotations
 
@@ -11,11 +12,13 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from client_faces import jpeg_multiframe_dicom
 
 from predilect import contract
 from predilect.client import JournalRecord
+from predilect.client.exam import exam_results
 from predilect.client.screen_cli import main
 from predilect.serving.server import TritonServer, free_port
 
@@ -77,8 +80,10 @@ def test_screen_cli_records_every_input_exactly_once_when_killed_and_restarted(
         by_name["p00.jpg"]["result"]["probabilities"], abs=1e-6
     )
     assert by_name["p05.jpg"]["patient_id"] == "p05"
+    assert "patients (exams)" in second.stdout and "what to do" in second.stdout
+    exams = json.loads((tmp_path / "results.exams.json").read_text())
+    assert {e["patient_id"] for e in exams} == {r["patient_id"] for r in records}
     assert by_name["eye3.dcm"]["patient_id"] == "PID-3" and by_name["eye3.dcm"]["result"] is not None
-    assert "patients referable (any eye)" in second.stdout
     assert out.stat().st_mode & 0o777 == 0o600, "the journal names patients: owner-only"
 
 
@@ -127,32 +132,72 @@ def test_screen_cli_retries_on_rerun_when_server_answered_internal_error(
     assert len(records) == 3 and all(r.ok for r in records)
 
 
-def test_screen_cli_aggregates_any_eye_referable_per_patient_when_given_manifest(
+def _skin_jpeg(path: Path) -> Path:
+    """A flat skin-coloured photograph: not a fundus, so the server grades it ungradable."""
+    from PIL import Image
+
+    Image.new("RGB", (800, 600), (205, 150, 125)).save(path, quality=90)
+    return path
+
+
+def test_screen_cli_writes_exam_per_patient_beside_journal_when_given_manifest(
     triton_server: TritonServer, fundus_jpeg, tmp_path: Path, capsys
 ) -> None:
     rows = ["path,patient_id,eye"]
-    for i, (patient, eye) in enumerate([("A", "R"), ("A", "OS"), ("B", "right"), ("B", "L"), ("C", "od")]):
+    cases = [("A", "R"), ("A", "OS"), ("B", "right"), ("B", "L"), ("C", "od")]
+    for i, (patient, eye) in enumerate(cases):
         (tmp_path / f"{i}.jpg").write_bytes(fundus_jpeg(400 + i))
         rows.append(f"{i}.jpg,{patient},{eye}")
+    _skin_jpeg(tmp_path / "d-left.jpg")
+    (tmp_path / "d-right.jpg").write_bytes(fundus_jpeg(410))
+    rows += ["d-left.jpg,D,L", "d-right.jpg,D,R"]
     manifest = tmp_path / "manifest.csv"
     manifest.write_text("\n".join(rows) + "\n")
-    out, patients_out = tmp_path / "out.jsonl", tmp_path / "patients.json"
-    code = main(
-        [str(manifest), "--out", str(out), "--patients-out", str(patients_out), "--server", triton_server.grpc_url]
-    )
-    assert code == 0
-    records = _lines(out)
-    eyes = {Path(r["key"]).name: r["eye"] for r in records}
-    assert eyes == {"0.jpg": "R", "1.jpg": "L", "2.jpg": "R", "3.jpg": "L", "4.jpg": "R"}, "stored as R/L"
-    patients = {p["patient_id"]: p for p in json.loads(patients_out.read_text())}
-    assert set(patients) == {"A", "B", "C"}
-    for patient_id, summary in patients.items():
-        mine = [r for r in records if r["patient_id"] == patient_id]
-        assert summary["any_eye_referable"] == any(r["result"]["referable"] for r in mine)
-        assert summary["images"] == len(mine)
-    assert "patients" in capsys.readouterr().out
+    out = tmp_path / "out.jsonl"
     assert main([str(manifest), "--out", str(out), "--server", triton_server.grpc_url]) == 0
-    assert len(_lines(out)) == 5, "a rerun of a finished journal screens nothing again"
+    records = [JournalRecord.model_validate(r) for r in _lines(out)]
+    eyes = {Path(r.key).name: r.eye for r in records}
+    assert eyes["1.jpg"] == "L" and eyes["2.jpg"] == "R" and eyes["4.jpg"] == "R", "stored as R/L"
+    written = json.loads((tmp_path / "out.exams.json").read_text())
+    assert written == [e.model_dump(mode="json") for e in exam_results(records)], "the exams of the journal"
+    exams = {e["patient_id"]: e for e in written}
+    assert set(exams) == {"A", "B", "C", "D"}
+    assert exams["C"]["missing_eyes"] == ["L"] and exams["A"]["missing_eyes"] == []
+    d = exams["D"]
+    assert d["ungradable_eyes"] == ["L"] and "left eye ungradable (wrong image type)" in d["message"]
+    right = next(e for e in d["eyes"] if e["eye"] == "R")
+    assert d["outcome"] == ("recall" if right["decision"] == "no_referral" else right["decision"])
+    printed = capsys.readouterr().out
+    assert all(f"\n{p} " in printed for p in "ABCD") and d["message"] in printed
+    assert main([str(manifest), "--out", str(out), "--server", triton_server.grpc_url]) == 0
+    assert len(_lines(out)) == 7, "a rerun of a finished journal screens nothing again"
+
+
+def test_screen_cli_draws_overlay_per_positive_finding_when_heatmaps_asked(
+    triton_server: TritonServer, fundus_jpeg, tmp_path: Path
+) -> None:
+    from PIL import Image
+
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "a.jpg").write_bytes(fundus_jpeg(420))
+    _skin_jpeg(tmp_path / "in" / "skin.jpg")
+    out, folder = tmp_path / "out.jsonl", tmp_path / "overlays"
+    argv = [str(tmp_path / "in"), "--out", str(out), "--heatmaps", str(folder), "--server", triton_server.grpc_url]
+    assert main(argv) == 0
+    by_name = {Path(r["key"]).name: JournalRecord.model_validate(r) for r in _lines(out)}
+    result = by_name["a.jpg"].result
+    assert result is not None and result.gradable and result.positive and result.heatmaps is not None
+    assert [h.disease for h in result.heatmaps] == result.positive, "one heatmap per positive finding"
+    written = sorted(folder.iterdir())
+    assert sorted(Path(h.overlay or "") for h in result.heatmaps) == written
+    photograph = np.asarray(Image.open(tmp_path / "in" / "a.jpg").convert("RGB"), dtype=np.int16)
+    for heatmap in result.heatmaps:
+        overlay = np.asarray(Image.open(heatmap.overlay or "").convert("RGB"), dtype=np.int16)
+        assert overlay.shape == photograph.shape, "drawn on the original photograph, at its size"
+        x, y = round(heatmap.peak[0] * overlay.shape[1]), round(heatmap.peak[1] * overlay.shape[0])
+        assert np.abs(overlay[y - 3 : y + 4, x - 3 : x + 4] - photograph[y - 3 : y + 4, x - 3 : x + 4]).mean() > 5
+    skin = by_name["skin.jpg"].result
+    assert skin is not None and not skin.gradable and skin.heatmaps == [], "no finding, no heatmap when ungradable"
 
 
 def _one_line(stderr: str) -> str:

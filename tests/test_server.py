@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from predilect import contract
+from predilect.catalog import DEFAULT_CATALOG
 from predilect.preprocess import InvalidImageError, PreprocessCfg, Preprocessor
 from predilect.serving.backends.classifier import OnnxClassifier
 from predilect.serving.backends.postprocess import stable_sigmoid
@@ -154,7 +155,8 @@ def test_onnx_classifier_splits_logits_back_per_request_when_batched(tiny_onnx: 
     rng = np.random.default_rng(0)
     batches = [rng.normal(size=(n, 3, 224, 224)).astype(np.float32) for n in (1, 3, 1)]
     together = classifier.run(batches)
-    assert [t.shape for t in together] == [(1, 6), (3, 6), (1, 6)]
+    classes = len(DEFAULT_CATALOG)
+    assert [t.shape for t in together] == [(1, classes), (3, classes), (1, classes)]
     for batch, logits in zip(batches, together, strict=True):
         np.testing.assert_allclose(logits, classifier.run([batch])[0], rtol=0, atol=1e-6)
 

@@ -1,4 +1,8 @@
-"""The ``fused_screen`` model (CPU profile): IMAGE -> PROBABILITIES in one Python-backend process.
+"""The ``fused_screen`` model (CPU profile): IMAGE -> the screening outputs in one Python-backend process.
+
+Outputs (``configs.screening_outputs``): PROBABILITIES, QUALITY (gradability of the same
+tensors), FINDINGS and REFERRAL (the served referral rules), and HEATMAPS when the model exports
+its ATTENTION (``backends.screening.Screening``).
 
 Preprocessing writes the accepted images of a dynamic batch into one float32 array that ONNX
 Runtime reads in place, and the sigmoid runs on its logits: the 600 KB-per-image tensor never
@@ -16,41 +20,54 @@ from typing import Any, Union
 import numpy as np
 
 from predilect import contract
-from predilect.preprocess import InvalidImageError, PreprocessCfg, Preprocessor
+from predilect.preprocess import FieldBox, InvalidImageError, PreprocessCfg, Preprocessor
 from predilect.serving.backends import model_parameters, parse_model_config
 from predilect.serving.backends.classifier import OnnxClassifier
 from predilect.serving.backends.postprocess import stable_sigmoid
 from predilect.serving.backends.preprocess import rejection_response, request_payload, warm_up
+from predilect.serving.backends.screening import Screening
 
 Outputs = dict[str, np.ndarray]
 Answer = Union[Outputs, InvalidImageError]
 
 
 class FusedScreen:
-    """Preprocess + classify + sigmoid for a batch of requests, one answer per request."""
+    """Preprocess + grade + classify + decide for a batch of requests, one answer per request.
 
-    def __init__(self, preprocessor: Preprocessor, classifier: OnnxClassifier) -> None:
+    Without ``screening`` it answers PROBABILITIES only (the layout before gradability and rules).
+    """
+
+    def __init__(
+        self, preprocessor: Preprocessor, classifier: OnnxClassifier, screening: Screening | None = None
+    ) -> None:
         self.preprocessor = preprocessor
         self.classifier = classifier
+        self.screening = screening
 
-    @staticmethod
-    def outputs(logits: np.ndarray) -> Outputs:
-        """Batch-level outputs by tensor name, from the model's logits (``configs.fused_outputs`` lists them)."""
-        return {contract.PROBABILITIES: stable_sigmoid(logits)}
+    def outputs(self, pixels: np.ndarray, boxes: Sequence[FieldBox]) -> Outputs:
+        """Batch-level outputs by tensor name for the accepted ``pixels`` (``configs.fused_outputs`` lists them)."""
+        if self.screening is None:
+            (logits,) = self.classifier.run([pixels])
+            return {contract.PROBABILITIES: stable_sigmoid(logits)}
+        model = self.classifier.run_all(pixels)
+        quality = self.screening.quality(pixels)
+        outputs = self.screening.decide(model[contract.LOGITS], quality, model.get(contract.ATTENTION))
+        return {**outputs, contract.QUALITY: quality, contract.FIELD_BOX: np.asarray(boxes, dtype=np.float32)}
 
     def run(self, images: Sequence[np.ndarray]) -> list[Answer]:
         """One ``{name: [1, ...] array}`` or one ``InvalidImageError`` per request's IMAGE tensor, in order."""
         payloads = [request_payload(image) for image in images]
         answers: list[Answer | None] = [p if isinstance(p, InvalidImageError) else None for p in payloads]
         good = [i for i, p in enumerate(payloads) if not isinstance(p, InvalidImageError)]
-        pixels, errors = self.preprocessor.run_packed([p for p in payloads if not isinstance(p, InvalidImageError)])
+        pixels, errors, boxes = self.preprocessor.run_with_fields(
+            [p for p in payloads if not isinstance(p, InvalidImageError)]
+        )
         accepted = [i for i, error in zip(good, errors, strict=True) if error is None]
         for i, error in zip(good, errors, strict=True):
             if error is not None:
                 answers[i] = error
         if accepted:
-            (logits,) = self.classifier.run([pixels])
-            batch = self.outputs(logits)
+            batch = self.outputs(pixels, [box for box in boxes if box is not None])
             for row, i in enumerate(accepted):
                 answers[i] = {name: np.ascontiguousarray(value[row : row + 1]) for name, value in batch.items()}
         return answers  # type: ignore[return-value]
@@ -74,7 +91,7 @@ class TritonPythonModel:
         warm_up(preprocessor)
         model_path = Path(args["model_repository"]) / args["model_version"] / contract.ONNX_FILENAME
         classifier = OnnxClassifier(model_path, intra_op_threads=int(params[contract.KEY_ORT_THREADS]))
-        self._screen = FusedScreen(preprocessor, classifier)
+        self._screen = FusedScreen(preprocessor, classifier, Screening.from_parameters(params))
 
     def execute(self, requests: list[Any]) -> list[Any]:
         pb = self._pb

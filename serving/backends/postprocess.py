@@ -1,4 +1,8 @@
-"""The ``postprocess`` model: LOGITS -> PROBABILITIES with a numerically stable sigmoid."""
+"""The ``postprocess`` model: LOGITS, QUALITY (and ATTENTION) -> PROBABILITIES, FINDINGS, REFERRAL (and HEATMAPS).
+
+The sigmoid is numerically stable; the decision follows the served referral rules
+(``backends.screening.Screening.decide``).
+"""
 
 from __future__ import annotations
 
@@ -17,23 +21,33 @@ def stable_sigmoid(logits: np.ndarray) -> np.ndarray:
 
 
 class TritonPythonModel:
-    """Triton adapter of ``stable_sigmoid``."""
+    """Triton adapter of ``Screening.decide`` over the requests of a dynamic batch."""
 
     def initialize(self, args: dict[str, str]) -> None:
         import triton_python_backend_utils as pb_utils
 
+        from predilect.serving.backends import model_parameters, parse_model_config
+        from predilect.serving.backends.screening import Screening
+
         self._pb = pb_utils
+        config = parse_model_config(args)
+        self._screening = Screening.from_parameters(model_parameters(config))
+        self._attention = any(i["name"] == contract.ATTENTION for i in config.get("input", []))
 
     def execute(self, requests: list[Any]) -> list[Any]:
+        from predilect.serving.backends.screening import split_rows
+
         pb = self._pb
+
+        def batch(name: str) -> np.ndarray:
+            parts = [pb.get_input_tensor_by_name(r, name).as_numpy() for r in requests]
+            return np.concatenate(parts, axis=0) if len(parts) > 1 else parts[0]
+
+        logits = batch(contract.LOGITS)
+        attention = batch(contract.ATTENTION) if self._attention else None
+        outputs = self._screening.decide(logits, batch(contract.QUALITY), attention)
+        sizes = [len(pb.get_input_tensor_by_name(r, contract.LOGITS).as_numpy()) for r in requests]
         return [
-            pb.InferenceResponse(
-                output_tensors=[
-                    pb.Tensor(
-                        contract.PROBABILITIES,
-                        stable_sigmoid(pb.get_input_tensor_by_name(r, contract.LOGITS).as_numpy()),
-                    )
-                ]
-            )
-            for r in requests
+            pb.InferenceResponse(output_tensors=[pb.Tensor(name, value) for name, value in per_request.items()])
+            for per_request in split_rows(outputs, sizes)
         ]

@@ -17,6 +17,7 @@ from predilect import contract
 from predilect.contract import REJECTED_PREFIX
 from predilect.preprocess import InvalidImageError, PreprocessCfg, Preprocessor
 from predilect.serving.backends import model_parameters, parse_model_config
+from predilect.serving.backends.screening import Screening
 
 
 def request_payload(image: np.ndarray) -> np.ndarray | InvalidImageError:
@@ -37,6 +38,35 @@ def preprocess_requests(
     accepted = iter(range(len(pixels)))
     for i, error in zip(good, errors, strict=True):
         results[i] = error if error is not None else pixels[next(accepted)][np.newaxis]
+    return results
+
+
+Graded = dict[str, np.ndarray]
+
+
+def preprocess_and_grade(
+    preprocessor: Preprocessor, screening: Screening, images: Sequence[np.ndarray]
+) -> list[Graded | InvalidImageError]:
+    """Per request, in order: ``{PIXELS [1, 3, S, S], QUALITY [1, 1 + reasons], FIELD_BOX [1, 4]}``, or
+    its ``InvalidImageError``. The quality of the whole accepted batch is graded at once, from the packed tensors."""
+    payloads = [request_payload(image) for image in images]
+    good = [i for i, p in enumerate(payloads) if not isinstance(p, InvalidImageError)]
+    results: list[Graded | InvalidImageError] = [
+        p if isinstance(p, InvalidImageError) else InvalidImageError("not preprocessed") for p in payloads
+    ]
+    pixels, errors, boxes = preprocessor.run_with_fields([payloads[i] for i in good])  # type: ignore[misc]
+    grades = screening.quality(pixels) if len(pixels) else np.zeros((0, 1 + len(contract.QUALITY_REASONS)))
+    accepted = iter(range(len(pixels)))
+    for i, error, box in zip(good, errors, boxes, strict=True):
+        if error is not None:
+            results[i] = error
+            continue
+        row = next(accepted)
+        results[i] = {
+            contract.PIXELS: pixels[row : row + 1],
+            contract.QUALITY: np.ascontiguousarray(grades[row : row + 1], dtype=np.float32),
+            contract.FIELD_BOX: np.asarray([box], dtype=np.float32),
+        }
     return results
 
 
@@ -65,6 +95,7 @@ class TritonPythonModel:
         self._pb = pb_utils
         config = parse_model_config(args)
         params = model_parameters(config)
+        self._screening = Screening.from_parameters(params)
         self._preprocessor = Preprocessor(
             PreprocessCfg.from_json(params[contract.KEY_PREPROCESS]),
             max_batch_size=max(1, int(config.get("max_batch_size", 1))),
@@ -77,9 +108,10 @@ class TritonPythonModel:
         pb = self._pb
         images = [pb.get_input_tensor_by_name(r, contract.IMAGE).as_numpy() for r in requests]
         responses = []
-        for out in preprocess_requests(self._preprocessor, images):
+        for out in preprocess_and_grade(self._preprocessor, self._screening, images):
             if isinstance(out, InvalidImageError):
                 responses.append(rejection_response(pb, out))
             else:
-                responses.append(pb.InferenceResponse(output_tensors=[pb.Tensor(contract.PIXELS, out)]))
+                tensors = [pb.Tensor(name, value) for name, value in out.items()]
+                responses.append(pb.InferenceResponse(output_tensors=tensors))
         return responses

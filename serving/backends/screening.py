@@ -1,0 +1,74 @@
+"""Gradability and the referral decision, server-side: the logic both CPU layouts (and the GPU profile) run.
+
+``Screening.quality`` grades a batch of model inputs (``predilect.quality`` on the squares the
+tensors were made from); ``Screening.decide`` turns a batch's logits, quality rows and (when the
+model exports it) attention into the per-image outputs of the ensemble: PROBABILITIES, FINDINGS,
+REFERRAL and HEATMAPS, by the referral rules served with the model (``predilect.referral``).
+The split layout runs ``quality`` in its ``preprocess`` step and ``decide`` in ``postprocess``;
+the fused layout runs both in its one model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+
+from predilect import contract, quality
+from predilect.preprocess import PreprocessCfg
+from predilect.referral import ReferralRules
+from predilect.serving.backends.postprocess import stable_sigmoid
+
+Outputs = dict[str, np.ndarray]
+
+
+class Screening:
+    """The served rules (and their gradability thresholds) applied to batches."""
+
+    def __init__(self, rules: ReferralRules, preprocess: PreprocessCfg) -> None:
+        self.rules = rules
+        self.preprocess = preprocess
+        self.quality_cfg = quality.QualityCfg.from_dict(rules.quality)
+        self._index = {d.id: i for i, d in enumerate(rules.diseases)}
+
+    @classmethod
+    def from_parameters(cls, params: Mapping[str, str]) -> Screening:
+        """From a model's config parameters (``KEY_RULES`` and ``KEY_PREPROCESS``)."""
+        return cls(
+            ReferralRules.from_json(params[contract.KEY_RULES]),
+            PreprocessCfg.from_json(params[contract.KEY_PREPROCESS]),
+        )
+
+    def quality(self, pixels: np.ndarray) -> np.ndarray:
+        """The ``QUALITY`` rows ``(N, 1 + reasons)`` of a batch of model inputs ``(N, 3, S, S)``."""
+        cfg = self.preprocess
+        return quality.assess_pixels(
+            pixels, self.quality_cfg, mean=cfg.mean, std=cfg.std, fov_threshold=cfg.fov_threshold
+        )
+
+    def decide(self, logits: np.ndarray, quality_rows: np.ndarray, attention: np.ndarray | None = None) -> Outputs:
+        """Batch outputs by tensor name: PROBABILITIES, FINDINGS, REFERRAL (and HEATMAPS with ``attention``)."""
+        probabilities = stable_sigmoid(logits)
+        gradable = ~(np.asarray(quality_rows)[:, 1:] > 0.5).any(axis=1)
+        findings = np.zeros(probabilities.shape, dtype=bool)
+        codes = np.empty((len(probabilities), 1), dtype=np.int32)
+        for row, (p, ok) in enumerate(zip(probabilities, gradable, strict=True)):
+            decision = self.rules.decide(p.tolist(), gradable=bool(ok))  # the one definition of the rules
+            findings[row, [self._index[f] for f in decision.findings]] = True
+            codes[row, 0] = decision.code
+        outputs: Outputs = {
+            contract.PROBABILITIES: probabilities,
+            contract.FINDINGS: findings,
+            contract.REFERRAL: codes,
+        }
+        if attention is not None:
+            # Each positive finding's map; zero where there is no finding (and on ungradable images).
+            outputs[contract.HEATMAPS] = np.where(findings[:, :, None, None], attention, 0.0).astype(np.float32)
+        return outputs
+
+
+def split_rows(batch: Outputs, sizes: list[int]) -> list[Outputs]:
+    """Per-request outputs from batch outputs: consecutive row groups of ``sizes``."""
+    bounds = np.cumsum(sizes)[:-1]
+    parts = {name: np.split(value, bounds) for name, value in batch.items()}
+    return [{name: np.ascontiguousarray(parts[name][i]) for name in batch} for i in range(len(sizes))]

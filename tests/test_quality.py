@@ -1,0 +1,149 @@
+"""The gradability step (predilect.quality) and its calibration, on real decoded photographs."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable
+
+import numpy as np
+import pytest
+
+from predilect import contract, quality
+from predilect.preprocess import PreprocessCfg, Preprocessor
+
+CFG = PreprocessCfg()
+
+
+def _planes(payloads: list[bytes]) -> np.ndarray:
+    pixels, errors = Preprocessor(CFG, max_batch_size=8).run_packed(payloads)
+    assert errors == [None] * len(payloads)
+    return quality.planes_from_pixels(pixels, CFG.mean, CFG.std)
+
+
+def _jpeg(image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=92)
+    return buffer.getvalue()
+
+
+def _grade(payloads: list[bytes]) -> quality.Grade:
+    return quality.grade(quality.measure(_planes(payloads)), quality.default_quality_cfg())
+
+
+def test_planes_from_pixels_recovers_uint8_square_exactly_when_tensor_made_by_preprocessing(fundus_jpeg) -> None:
+    from predilect.preprocess import pil_draft_resized
+
+    square, _, _ = pil_draft_resized(np.frombuffer(fundus_jpeg(1), np.uint8), CFG)
+    np.testing.assert_array_equal(_planes([fundus_jpeg(1)])[0], np.asarray(square).transpose(2, 0, 1))
+
+
+def test_grade_passes_clean_fixture_photographs_when_default_calibration(fundus_jpeg) -> None:
+    grade = _grade([fundus_jpeg(seed) for seed in range(6)])
+    assert grade.gradable.all() and (grade.score > 0.5).all()
+
+
+@pytest.mark.parametrize(
+    ("kind", "reason"),
+    [
+        ("blur", "focus"),
+        ("dark", "underexposed"),
+        ("bright", "overexposed"),
+        ("fov", "field_of_view"),
+        ("occlusion", "artefact"),
+        ("dust", "artefact"),
+        ("reflection", "artefact"),
+        ("external", "wrong_image_type"),
+        ("oct", "wrong_image_type"),
+    ],
+)
+def test_grade_flags_expected_reason_when_photograph_clearly_degraded(fundus_jpeg, kind: str, reason: str) -> None:
+    from PIL import Image
+
+    from predilect.training.phantom.degrade import degrade
+
+    rng = np.random.default_rng(3)
+    images = [_jpeg(degrade(Image.open(io.BytesIO(fundus_jpeg(seed))), kind, strength=1.0, rng=rng)) for seed in (1, 2)]
+    grade = _grade(images)
+    assert not grade.gradable.any() and (grade.score <= 0.5).all()
+    for flags in grade.flags:
+        assert reason in quality.reasons_of(flags)
+
+
+def test_grade_agrees_flags_and_score_when_measures_vary() -> None:
+    rng = np.random.default_rng(0)
+    cfg = quality.default_quality_cfg()
+    base = np.array([cfg.thresholds[m] for m in quality.MEASURES])
+    measures = base[None, :] * rng.uniform(0.3, 3.0, size=(500, len(quality.MEASURES)))
+    grade = quality.grade(measures, cfg)
+    np.testing.assert_array_equal(grade.gradable, grade.score > 0.5)
+    tensor = grade.tensor()
+    assert tensor.shape == (500, 1 + len(contract.QUALITY_REASONS)) and tensor.dtype == np.float32
+    wrong_type = grade.flags[:, contract.QUALITY_REASONS.index("wrong_image_type")]
+    assert (grade.flags[wrong_type].sum(axis=1) == 1).all(), "the wrong image type stands alone"
+
+
+def test_quality_cfg_raises_naming_measures_when_thresholds_incomplete_or_not_finite() -> None:
+    thresholds = dict(quality.default_quality_cfg().thresholds)
+    del thresholds["haze"]
+    with pytest.raises(quality.QualityConfigError, match="haze"):
+        quality.QualityCfg(thresholds=thresholds)
+    with pytest.raises(quality.QualityConfigError, match="finite"):
+        quality.QualityCfg(thresholds={**thresholds, "haze": float("nan")})
+    with pytest.raises(quality.QualityConfigError, match="not valid JSON"):
+        quality.QualityCfg.from_json("{")
+
+
+def test_quality_cfg_round_trips_and_digest_changes_when_a_threshold_moves() -> None:
+    cfg = quality.default_quality_cfg()
+    assert quality.QualityCfg.from_json(cfg.to_json()) == cfg
+    moved = quality.QualityCfg(thresholds={**cfg.thresholds, "dust": cfg.thresholds["dust"] * 1.01})
+    assert moved.digest() != cfg.digest()
+
+
+def test_measure_raises_value_error_when_planes_are_not_uint8_square_planes() -> None:
+    with pytest.raises(ValueError, match="uint8"):
+        quality.measure(np.zeros((1, 3, 64, 64), np.float32))
+    with pytest.raises(ValueError, match="shaped"):
+        quality.measure(np.zeros((1, 64, 64, 3), np.uint8))
+    with pytest.raises(ValueError, match="32 px"):
+        quality.measure(np.zeros((1, 3, 8, 8), np.uint8))
+    assert quality.measure(np.zeros((0, 3, 64, 64), np.uint8)).shape == (0, len(quality.MEASURES))
+
+
+def test_calibrate_places_threshold_between_clean_and_degraded_tails_when_separable() -> None:
+    from predilect.training.gradability import Measured, calibrate, evaluate
+
+    rng = np.random.default_rng(1)
+    clean = rng.normal(1.0, 0.05, size=(200, len(quality.MEASURES))).clip(0.01)
+    clean[:, quality.MEASURES.index("redness")] = rng.uniform(0.45, 0.6, 200)
+    blurred = clean[:60].copy()
+    blurred[:, quality.MEASURES.index("sharpness")] *= 0.5
+    kinds = ["none"] * 200 + ["blur"] * 60
+    measured = Measured(
+        kinds=kinds,
+        strengths=[0.0] * 200 + [1.0] * 60,
+        cameras=["a"] * 260,
+        paths=[""] * 260,
+        measures=np.concatenate([clean, blurred]),
+        refused=np.zeros(260, dtype=bool),
+    )
+    cfg = calibrate(measured, clean_quantile=0.995)
+    sharp = clean[:, quality.MEASURES.index("sharpness")]
+    assert blurred[:, 0].max() < cfg.thresholds["sharpness"] < np.quantile(sharp, 0.005)
+    result = evaluate(measured, cfg)
+    assert result.flagged["blur"].rate == 1.0 and result.clean_pass.rate >= 0.95
+    assert result.expected_reason["blur"].rate == 1.0
+
+
+def test_assess_pixels_returns_one_quality_row_per_image_when_batched(
+    fundus_jpeg: Callable[[int], bytes],
+) -> None:
+    pixels = Preprocessor(CFG).run_strict([fundus_jpeg(7), fundus_jpeg(8)])
+    rows = quality.assess_pixels(
+        pixels, quality.default_quality_cfg(), mean=CFG.mean, std=CFG.std, fov_threshold=CFG.fov_threshold
+    )
+    single = quality.assess_pixels(
+        pixels[1:], quality.default_quality_cfg(), mean=CFG.mean, std=CFG.std, fov_threshold=CFG.fov_threshold
+    )
+    assert rows.shape == (2, 1 + len(contract.QUALITY_REASONS))
+    np.testing.assert_array_equal(rows[1:], single, err_msg="a row does not depend on its batch")
