@@ -149,7 +149,7 @@ def screen_grpc_all(grpc_url: str, payloads: Sequence[bytes], *, concurrency: in
     from predilect.client import ScreeningClient
 
     with ScreeningClient(grpc_url, timeout_s=120) as client, ThreadPoolExecutor(concurrency) as pool:
-        return [r.probabilities for r in pool.map(client.screen, payloads)]
+        return [r.scores for r in pool.map(client.screen, payloads)]
 
 
 def screen_http_all(url: str, payloads: Sequence[bytes], *, concurrency: int = 4) -> list[dict[str, float]]:

@@ -26,7 +26,7 @@ def test_served_probabilities_equal_pytorch_when_same_image_files(pipeline, pipe
     expected = predict_proba(model, load_fundus_pixels(heldout, meta.preprocess))
     with ScreeningClient(pipeline_server.grpc_url) as client:
         served = [client.screen(r.path) for r in heldout]
-    got = np.array([[res.probabilities[d] for d in meta.catalog.ids] for res in served])
+    got = np.array([[res.scores[d] for d in meta.catalog.ids] for res in served])
     assert np.max(np.abs(got - expected)) <= 1e-4
     assert {res.model_version for res in served} == {meta.version}
     assert list(served[0].probabilities) == meta.catalog.ids

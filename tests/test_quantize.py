@@ -93,6 +93,6 @@ def test_served_int8_probabilities_equal_onnx_runtime_when_assembled_with_precis
     ):
         results = [client.screen(image) for image in images]
     ids = served.catalog.ids
-    got = np.array([[r.probabilities[d] for d in ids] for r in results])
+    got = np.array([[r.scores[d] for d in ids] for r in results])
     assert {r.model_version for r in results} == {served.model_version}
     np.testing.assert_allclose(got, expected, rtol=0, atol=1e-5)
