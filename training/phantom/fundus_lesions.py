@@ -267,12 +267,10 @@ def cotton_wool(findings: Findings, anatomy: Anatomy, rng: np.random.Generator, 
 # ----------------------------------------------------------------------------- pigment and atrophy
 
 
-def pigment_spicules(
-    findings: Findings, anatomy: Anatomy, rng: np.random.Generator, dose: Dose, *, size: float = 1.0
-) -> None:
+def pigment_spicules(findings: Findings, anatomy: Anatomy, rng: np.random.Generator, dose: Dose) -> None:
     """Dark pigment clumps shaped like bone spicules in the mid-periphery, sparing the disc."""
-    s = anatomy.scale * size
-    blur = max(0.5, 1.0 * anatomy.scale)
+    s = anatomy.scale
+    blur = max(0.5, 1.0 * s)
     layer = _layer(anatomy, blur, gain=PIGMENT)
     contrast = rng.uniform(*dose.contrast)
     for _ in range(int(rng.integers(*dose.count))):

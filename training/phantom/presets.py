@@ -72,14 +72,14 @@ CAMERAS: dict[str, CameraProfile] = {
         CameraProfile("reference"),
         CameraProfile("desk_a", gains=(1.0, 0.98, 0.96), gamma=1.0, vignette=0.1, blur=0.8, noise=1.5),
         CameraProfile(
-            "desk_b", gains=(1.06, 0.96, 0.86), gamma=0.92, vignette=0.2, blur=1.2, noise=2.0, fov_diameter=0.98
+            "desk_b", gains=(1.06, 0.96, 0.86), gamma=0.92, vignette=0.2, blur=1.6, noise=2.0, fov_diameter=0.98
         ),
         CameraProfile(
             "handheld",
             gains=(0.9, 0.86, 0.9),
             gamma=1.12,
             vignette=0.35,
-            blur=2.0,
+            blur=3.0,
             noise=3.5,
             fov_diameter=0.94,
             disc_fraction=1.0 / 7.0,

@@ -124,7 +124,7 @@ def _rvo(f: Findings, a: Anatomy, rng: np.random.Generator, severity: float | No
     if severity is None:
         dose = Dose(count=(25, 56), contrast=(0.7, 1.0), scale=(1.25, 1.45))
     else:
-        dose = graded(severity, count=(5, 55), contrast=(0.65, 1.0), scale=(1.1, 1.45))
+        dose = graded(severity, count=(3, 50), contrast=(0.65, 1.0), scale=(1.1, 1.45))
     f.scale_vessels("vein", trunk, rng.uniform(*dose.scale))
     points, tangents = fl.vein_sites(a, trunks=(trunk,))
     fl.flames(f, a, rng, dose, points, tangents)
@@ -140,13 +140,13 @@ def _rvo_oct(scan: Scan, rng: np.random.Generator, severity: float | None) -> No
 
 def _rp(f: Findings, a: Anatomy, rng: np.random.Generator, severity: float | None) -> None:
     if severity is None:
-        dose, size = Dose(count=(40, 91), contrast=(0.75, 1.0), scale=(0.55, 0.7)), 1.0
-    else:  # coarser spicules: the original ones are under a pixel wide at the 224-px model input
-        dose, size = graded(severity, count=(15, 90), contrast=(0.7, 1.0), scale=(0.8, 0.55)), 1.5
+        dose = Dose(count=(40, 91), contrast=(0.75, 1.0), scale=(0.55, 0.7))
+    else:
+        dose = graded(severity, count=(8, 80), contrast=(0.55, 1.0), scale=(0.9, 0.55))
     attenuation = rng.uniform(*dose.scale)
     f.scale_vessels("vein", "*", attenuation)
     f.scale_vessels("artery", "*", attenuation)
-    fl.pigment_spicules(f, a, rng, dose, size=size)
+    fl.pigment_spicules(f, a, rng, dose)
 
 
 def _rp_oct(scan: Scan, rng: np.random.Generator, severity: float | None) -> None:
