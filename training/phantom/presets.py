@@ -149,7 +149,7 @@ HARD = Preset(
     },
     normal_fraction=0.4,
     pair_fraction=0.25,
-    severity_beta=(1.2, 1.3),
+    severity_beta=(1.0, 1.6),
     cameras={"desk_a": 0.45, "desk_b": 0.35, "handheld": 0.2},
     test_only_camera="widefield",
     test_only_share=0.3,

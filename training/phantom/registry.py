@@ -57,7 +57,7 @@ def _dr(f: Findings, a: Anatomy, rng: np.random.Generator, severity: float | Non
     if severity is None:
         fl.dots_and_blots(f, a, rng, Dose(count=(25, 56), contrast=(0.75, 1.0)), fl.arcade_sites(a))
         return
-    fl.dots_and_blots(f, a, rng, graded(severity, count=(1, 50), contrast=(0.65, 1.0)), fl.arcade_sites(a))
+    fl.dots_and_blots(f, a, rng, graded(severity, count=(1, 45), contrast=(0.45, 0.95)), fl.arcade_sites(a))
     extra = _gate(severity, 0.55)
     if extra is not None:
         fl.cotton_wool(f, a, rng, graded(extra, count=(1, 4), contrast=(0.45, 0.8)), fl.posterior_pole_sites(a))
@@ -72,7 +72,7 @@ def _dme(f: Findings, a: Anatomy, rng: np.random.Generator, severity: float | No
     if severity is None:
         fl.exudate_ring(f, a, rng, Dose(count=(10, 22), contrast=(0.75, 1.0)))
     else:  # subtle on the fundus: from one faint cluster of exudates
-        fl.exudate_ring(f, a, rng, graded(severity, count=(1, 10), contrast=(0.2, 0.7)))
+        fl.exudate_ring(f, a, rng, graded(severity, count=(1, 14), contrast=(0.3, 0.85)))
 
 
 def _dme_oct(scan: Scan, rng: np.random.Generator, severity: float | None) -> None:
@@ -85,7 +85,7 @@ def _amd(f: Findings, a: Anatomy, rng: np.random.Generator, severity: float | No
     if severity is None:
         fl.soft_spots(f, a, rng, Dose(count=(14, 36), contrast=(0.7, 1.0)))
         return
-    fl.soft_spots(f, a, rng, graded(severity, count=(2, 30), contrast=(0.35, 0.9)))
+    fl.soft_spots(f, a, rng, graded(severity, count=(3, 32), contrast=(0.45, 1.0)))
     clumps = _gate(severity, 0.45)
     if clumps is not None:
         fl.pigment_clumps(f, a, rng, graded(clumps, count=(1, 6), contrast=(0.4, 0.8)), a.fovea, 0.5)
@@ -124,7 +124,7 @@ def _rvo(f: Findings, a: Anatomy, rng: np.random.Generator, severity: float | No
     if severity is None:
         dose = Dose(count=(25, 56), contrast=(0.7, 1.0), scale=(1.25, 1.45))
     else:
-        dose = graded(severity, count=(3, 50), contrast=(0.65, 1.0), scale=(1.1, 1.45))
+        dose = graded(severity, count=(2, 45), contrast=(0.45, 1.0), scale=(1.1, 1.45))
     f.scale_vessels("vein", trunk, rng.uniform(*dose.scale))
     points, tangents = fl.vein_sites(a, trunks=(trunk,))
     fl.flames(f, a, rng, dose, points, tangents)
@@ -142,7 +142,7 @@ def _rp(f: Findings, a: Anatomy, rng: np.random.Generator, severity: float | Non
     if severity is None:
         dose = Dose(count=(40, 91), contrast=(0.75, 1.0), scale=(0.55, 0.7))
     else:
-        dose = graded(severity, count=(8, 80), contrast=(0.55, 1.0), scale=(0.9, 0.55))
+        dose = graded(severity, count=(5, 80), contrast=(0.5, 1.0), scale=(0.9, 0.55))
     attenuation = rng.uniform(*dose.scale)
     f.scale_vessels("vein", "*", attenuation)
     f.scale_vessels("artery", "*", attenuation)
@@ -175,7 +175,7 @@ def _namd_oct(scan: Scan, rng: np.random.Generator, severity: float | None) -> N
 
 
 def _csc(f: Findings, a: Anatomy, rng: np.random.Generator, severity: float | None) -> None:
-    fl.faint_blister(f, a, rng, graded(_florid(severity), contrast=(0.35, 0.85), scale=(0.6, 1.1)))
+    fl.faint_blister(f, a, rng, graded(_florid(severity), contrast=(0.25, 0.75), scale=(0.6, 1.1)))
 
 
 def _csc_oct(scan: Scan, rng: np.random.Generator, severity: float | None) -> None:
@@ -183,7 +183,7 @@ def _csc_oct(scan: Scan, rng: np.random.Generator, severity: float | None) -> No
 
 
 def _erm(f: Findings, a: Anatomy, rng: np.random.Generator, severity: float | None) -> None:
-    fl.glistening_sheen(f, a, rng, graded(_florid(severity), count=(3, 12), contrast=(0.2, 0.5), scale=(0.8, 1.5)))
+    fl.glistening_sheen(f, a, rng, graded(_florid(severity), count=(3, 12), contrast=(0.12, 0.4), scale=(0.8, 1.5)))
 
 
 def _erm_oct(scan: Scan, rng: np.random.Generator, severity: float | None) -> None:
@@ -191,7 +191,7 @@ def _erm_oct(scan: Scan, rng: np.random.Generator, severity: float | None) -> No
 
 
 def _macular_hole(f: Findings, a: Anatomy, rng: np.random.Generator, severity: float | None) -> None:
-    fl.red_spot(f, a, rng, graded(_florid(severity), contrast=(0.7, 1.0), scale=(0.13, 0.25)))
+    fl.red_spot(f, a, rng, graded(_florid(severity), contrast=(0.5, 0.95), scale=(0.1, 0.2)))
 
 
 def _macular_hole_oct(scan: Scan, rng: np.random.Generator, severity: float | None) -> None:
@@ -200,7 +200,7 @@ def _macular_hole_oct(scan: Scan, rng: np.random.Generator, severity: float | No
 
 def _papilloedema(f: Findings, a: Anatomy, rng: np.random.Generator, severity: float | None) -> None:
     s = _florid(severity)
-    fl.swollen_disc(f, a, rng, graded(s, contrast=(0.35, 0.9), scale=(1.3, 1.9)))
+    fl.swollen_disc(f, a, rng, graded(s, contrast=(0.45, 0.95), scale=(1.3, 1.9)))
     points, tangents = fl.vein_sites(a, from_disc=(0.4, 1.6))
     fl.flames(f, a, rng, graded(s, count=(0, 12), contrast=(0.5, 0.95)), points, tangents, side=0.35)
 
@@ -211,8 +211,8 @@ def _papilloedema_oct(scan: Scan, rng: np.random.Generator, severity: float | No
 
 def _myopia(f: Findings, a: Anatomy, rng: np.random.Generator, severity: float | None) -> None:
     s = _florid(severity)
-    fl.tessellation(f, a, rng, graded(s, count=(10, 40), contrast=(0.25, 0.8)))
-    fl.pale_crescent(f, a, rng, graded(s, contrast=(0.35, 0.9)), shift=(0.5, 0.8), outer=(1.3, 1.7))
+    fl.tessellation(f, a, rng, graded(s, count=(10, 40), contrast=(0.35, 0.9)))
+    fl.pale_crescent(f, a, rng, graded(s, contrast=(0.5, 0.95)), shift=(0.5, 0.8), outer=(1.3, 1.7))
     atrophy = _gate(s, 0.5)
     if atrophy is not None:
         fl.atrophic_patch(
