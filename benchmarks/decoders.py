@@ -146,10 +146,17 @@ def heldout_auroc(checkpoint: Path, manifest: Path, decoders: Sequence[str], *, 
 
 
 def retrained_auroc(
-    manifest: Path, decoders: Sequence[str], work: Path, *, epochs: int | None, resamples: int
+    manifest: Path,
+    decoders: Sequence[str],
+    work: Path,
+    *,
+    epochs: int | None,
+    resamples: int,
+    overrides: Sequence[str] = (),
 ) -> dict[str, Any]:
-    """Train one model per decoder (``train`` defaults, same seed), each evaluated on held-out images
-    preprocessed by its own decoder; paired bootstrap CI of each difference from the first."""
+    """Train one model per decoder (both UOPSL stages, their defaults plus ``overrides``, same
+    seed), each evaluated on held-out images preprocessed by its own decoder; paired bootstrap CI
+    of each difference from the first."""
     from predilect.training.checkpoint import load_checkpoint
     from predilect.training.data import load_fundus_pixels
     from predilect.training.evaluate import predict_proba
@@ -169,7 +176,7 @@ def retrained_auroc(
         first, second = runs(
             manifest,
             oct_manifest=oct_manifest if oct_manifest.is_file() else None,
-            common=[f'data.preprocess.decoder="{decoder}"', *stage_epochs],
+            common=[f'data.preprocess.decoder="{decoder}"', *stage_epochs, *overrides],
         )
         configs[decoder] = {"pretrain": first.model_dump(mode="json"), "finetune": second.model_dump(mode="json")}
         train(first, second, checkpoint, cache_dir=work / "cache")
@@ -179,6 +186,7 @@ def retrained_auroc(
         scores[decoder] = predict_proba(model, load_fundus_pixels(records, meta.preprocess, cache_dir=work / "cache"))
     first_decoder = decoders[0]
     return {
+        "overrides": [*stage_epochs, *overrides],
         "train_configs": configs,
         "images": len(labels),
         "macro_auroc": {d: macro_auroc(labels, s, ids) for d, s in scores.items()},

@@ -81,6 +81,7 @@ def _train(args: argparse.Namespace, manifest: Path) -> Path:
     then stage 2 (fundus only) writes the checkpoint that is exported and served."""
     import shutil
 
+    from predilect.training.loop import LoopCfg
     from predilect.training.train import runs, train
 
     checkpoint = Artifacts(args.workdir).checkpoint
@@ -94,6 +95,8 @@ def _train(args: argparse.Namespace, manifest: Path) -> Path:
         "pretrain.in_memory=true",
         "finetune.in_memory=true",
     ]
+    if args.count < 4 * LoopCfg().batch_size:  # a small demo (tests): batches must fit its train split
+        common.append(f"loop.batch_size={max(2, min(args.count, args.oct_count) // 4)}")
     first, second = runs(
         manifest,
         oct_manifest=oct_manifest if oct_manifest.is_file() else None,

@@ -98,7 +98,7 @@ def test_bench_decoders_reports_floor_ratio_and_bootstrap_when_run_small(tmp_pat
     assert timings["served_equals_previous"] is True and timings["served_over_floor"] > 0
     assert set(results["auroc"]["macro_auroc"]) == {"pil_draft", "dali_cpu"}
     ci = results["auroc"]["vs_pil_draft"]["dali_cpu"]
-    assert ci["low"] <= ci["difference"] <= ci["high"] and ci["resamples"] == 50
+    assert ci["low"] <= ci["value"] <= ci["high"] and ci["resamples"] == 50
     text = (out / "dec.md").read_text()
     assert "load average" in text and "paired bootstrap" in text and f"{timings['served_over_floor']:.2f}x" in text
 
@@ -120,11 +120,16 @@ def test_bench_decoders_retrains_one_model_per_decoder_when_asked(tmp_path, phan
     out = tmp_path / "results"
     argv = ["--manifest", str(phantom_manifest), "--checkpoint", str(tmp_path / "none.safetensors"), "--no-auroc"]
     argv += ["--images", "2", "--repeats", "1", "--retrain", "--retrain-epochs", "1", "--resamples", "20"]
+    argv += ["--retrain-set", "loop.batch_size=4", "--retrain-set", "data.preprocess.size=64"]
     assert main([*argv, "--out-dir", str(out), "--name", "retrained"]) == 0
     retrained = json.loads((out / "retrained.json").read_text())["retrained"]
-    assert set(retrained["macro_auroc"]) == {"pil_draft", "dali_cpu"} and retrained["train_cfg"]["epochs"] == 1
+    assert set(retrained["macro_auroc"]) == {"pil_draft", "dali_cpu"}
+    for decoder, stages in retrained["train_configs"].items():
+        for stage in ("pretrain", "finetune"):
+            assert stages[stage]["loop"]["epochs"] == 1 and stages[stage]["loop"]["batch_size"] == 4
+            assert stages[stage]["data"]["preprocess"]["decoder"] == decoder
     ci = retrained["vs_pil_draft"]["dali_cpu"]
-    assert ci["low"] <= ci["difference"] <= ci["high"]
+    assert ci["low"] <= ci["value"] <= ci["high"]
     assert "one model trained per decoder" in (out / "retrained.md").read_text()
 
 

@@ -260,3 +260,16 @@ def test_engine_module_runs_without_torch_up_to_tensorrt_when_torch_blocked(expo
     if "unavailable" not in done.stdout:  # TensorRT present: the call got further (and needs a GPU)
         pytest.skip("tensorrt is installed here")
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+@pytest.mark.parametrize("use_plugin", [True, False])
+def test_tensorrt_onnx_serves_logits_only_when_export_has_attention(exported, use_plugin) -> None:
+    from predilect.build.tensorrt.engine import tensorrt_onnx
+    from predilect.contract import ATTENTION, LOGITS
+
+    model = onnx.load(str(exported))
+    assert [o.name for o in model.graph.output] == [LOGITS, ATTENTION]
+    parsed = tensorrt_onnx(model, use_plugin=use_plugin)
+    assert [o.name for o in parsed.graph.output] == [LOGITS]
+    if not use_plugin:  # the plugin form names a custom op the checker cannot see
+        onnx.checker.check_model(parsed)

@@ -22,12 +22,13 @@ from typing import Any
 
 import numpy as np
 import onnx
+import onnx_graphsurgeon as gs
 
 from predilect.catalog import Catalog
 from predilect.contract import KEY_CATALOG, KEY_MODEL_NAME, KEY_MODEL_VERSION, LOGITS, PIXELS
 
 from .accuracy import GateReport, check_accuracy
-from .onnx_rewrite import for_tensorrt, rewrite
+from .onnx_rewrite import drop_attention_output, for_tensorrt, rewrite
 from .plugin import TensorRTUnavailableError, import_tensorrt, register_plugin
 from .precision import onnx_precision
 from .sidecar import FRONTENDS, EngineSidecar, TensorShapes, write_sidecar
@@ -64,8 +65,12 @@ class GateData:
 
 
 def tensorrt_onnx(model: onnx.ModelProto, *, use_plugin: bool = True) -> onnx.ModelProto:
-    """The ONNX TensorRT should parse: the plugin form, or the model unchanged."""
-    return for_tensorrt(rewrite(model)) if use_plugin else model
+    """The ONNX TensorRT should parse: the plugin form, or the model as is; either way with
+    ``LOGITS`` as its only output (the engine serves no ``ATTENTION``)."""
+    if use_plugin:
+        return for_tensorrt(rewrite(model))
+    graph = gs.import_onnx(model)
+    return gs.export_onnx(graph) if drop_attention_output(graph) else model
 
 
 def _network_flags(trt: Any) -> int:

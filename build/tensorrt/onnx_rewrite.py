@@ -13,6 +13,9 @@ The subgraph is found structurally, not by node names: the tokens are the value 
 the MatMul that follows the only Softmax; the region is everything downstream of the tokens
 that reaches a graph output; its initializers must be exactly sites (C, K, D), weight (C, D)
 and bias (C,). Anything else raises ValueError rather than rewriting a graph it does not know.
+
+The plugin computes logits only (the attention map stays in on-chip memory), so an exported
+``ATTENTION`` output is dropped first: the GPU profile serves no heatmaps (see the README).
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 from onnx import helper
+
+from predilect.contract import ATTENTION
 
 from .plugin import PLUGIN_NAME, PLUGIN_NAMESPACE, SITES_ATTR
 
@@ -109,8 +114,21 @@ def _parameters(region: dict[int, gs.Node], tokens: gs.Variable) -> tuple[gs.Con
     return sites, weight, bias
 
 
+def drop_attention_output(graph: gs.Graph) -> bool:
+    """Remove an ``ATTENTION`` graph output and the nodes only it needed; True if there was one."""
+    kept = [t for t in graph.outputs if t.name != ATTENTION]
+    if len(kept) == len(graph.outputs):
+        return False
+    graph.outputs = kept
+    graph.cleanup()
+    return True
+
+
 def find_attention(graph: gs.Graph) -> AttentionMatch:
-    """Locate the predilection-attention subgraph; ValueError if the graph does not have one."""
+    """Locate the predilection-attention subgraph; ValueError if the graph does not have one.
+
+    An ``ATTENTION`` output is dropped from ``graph`` first (the plugin emits logits only)."""
+    drop_attention_output(graph)
     tokens = _tokens_of(graph)
     region = _prune_dead_ends(_descendants(tokens), graph)
     produced = {id(out) for node in region.values() for out in node.outputs}
