@@ -89,7 +89,7 @@ async def _measure(url: str, images: list[bytes], args: argparse.Namespace) -> d
         "capacity_summary": reliability.summarise(warm, within_s=WITHIN_S).to_dict(),
         "offered_per_s": rate,
         "outcomes": outcomes,
-        "after": {"answered": bool(after.probabilities), "latency_s": after_s},
+        "after": {"answered": bool(after.scores), "latency_s": after_s},
         "retry_budget_tokens_left": budget_left,
     }
 

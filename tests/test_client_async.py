@@ -17,7 +17,7 @@ from predilect.client import (
 
 
 def _values(result: ScreeningResult) -> np.ndarray:
-    return np.array(list(result.probabilities.values()))
+    return np.array(list(result.scores.values()))
 
 
 def _decode(image: bytes) -> np.ndarray:

@@ -77,7 +77,7 @@ def reference(tiny_onnx: Path) -> Callable[[bytes], np.ndarray]:
 
 
 def _values(result: ScreeningResult) -> np.ndarray:
-    return np.array(list(result.probabilities.values()))
+    return np.array(list(result.scores.values()))
 
 
 def test_face_screen_matches_reference_when_given_plain_image(face, reference, fundus_jpeg) -> None:

@@ -61,7 +61,7 @@ def test_front_refuses_oversized_request_before_server_sees_it_when_limit_set(
     retrying = RetryPolicy(max_attempts=4, initial_backoff_s=0.05, max_backoff_s=0.1)
     headers = {contract.GRPC_AUTH_HEADER: TOKEN}
     with _client(fronted_server, tls_files, auth_token=TOKEN, retry_policy=retrying) as client:
-        expected = client.screen(fundus_jpeg(990)).probabilities
+        expected = client.screen(fundus_jpeg(990)).scores
         step = reliability.first_step(fronted_server.model_repository)
         inner = f"127.0.0.1:{fronted_server._triton_grpc_port}"  # tritonserver itself, behind the front
         ran_before = reliability.executed_count(inner, step, headers=headers)
@@ -72,7 +72,7 @@ def test_front_refuses_oversized_request_before_server_sees_it_when_limit_set(
             assert caught.value.attempts == 1, "a refusal of the request itself is never retried"
         assert reliability.executed_count(inner, step, headers=headers) == ran_before
         assert reliability.shm_bytes(fronted_server.shm_prefix) == shm_before
-        assert client.screen(fundus_jpeg(990)).probabilities == expected
+        assert client.screen(fundus_jpeg(990)).scores == expected
 
 
 def test_front_passes_token_check_through_to_server_when_token_missing(

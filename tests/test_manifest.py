@@ -24,6 +24,11 @@ FLAGS = ",".join(DEFAULT_CATALOG.ids)
 V1_HEADER = "path,patient_id,eye,split,labels," + FLAGS
 
 
+def _flags(*on: str) -> str:
+    """The catalog's flag cells of a row: 1 for the ids in ``on``."""
+    return ",".join("1" if d in on else "0" for d in DEFAULT_CATALOG.ids)
+
+
 def _image(tmp_path: Path, name: str) -> Path:
     path = tmp_path / "images" / name
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -61,8 +66,8 @@ def test_write_manifest_writes_relative_paths_flags_and_extras_when_records_abso
     path = write_manifest(tmp_path / "manifest.csv", _records(tmp_path), catalog=DEFAULT_CATALOG)
     lines = path.read_text().splitlines()
     assert lines[0] == V1_HEADER + ",camera"
-    assert lines[1] == "images/a.jpg,P0001,R,train,dr;rvo,1,0,0,0,1,0,topcon"
-    assert lines[4] == "images/d.jpg,,,val,amd,0,0,1,0,0,0,"
+    assert lines[1] == "images/a.jpg,P0001,R,train,dr;rvo," + _flags("dr", "rvo") + ",topcon"
+    assert lines[4] == "images/d.jpg,,,val,amd," + _flags("amd") + ","
 
 
 def test_write_manifest_omits_flag_columns_when_label_columns_false(tmp_path):
@@ -85,7 +90,7 @@ def test_read_manifest_keeps_only_split_when_split_given(tmp_path, split, expect
 
 
 def test_read_manifest_reads_legacy_heldout_as_test_when_manifest_is_v1(tmp_path):
-    path = _write(tmp_path, V1_HEADER, "images/a.jpg,P1,R,heldout,dr,1,0,0,0,0,0")
+    path = _write(tmp_path, V1_HEADER, "images/a.jpg,P1,R,heldout,dr," + _flags("dr"))
     assert read_manifest(path)[0].split == "test"
 
 
@@ -155,8 +160,8 @@ def test_read_manifest_assigns_split_from_path_when_patient_unknown_and_split_ce
 @pytest.mark.parametrize(
     "header, rows, message",
     [
-        pytest.param(V1_HEADER, ["images/a.jpg,P1,R,train,dr,0,0,0,0,0,0"], r"line 2: .*dr=0", id="flag-disagrees"),
-        pytest.param(V1_HEADER, ["images/a.jpg,P1,R,train,dr,2,0,0,0,0,0"], r"line 2: .*0 or 1", id="flag-not-binary"),
+        pytest.param(V1_HEADER, ["images/a.jpg,P1,R,train,dr," + _flags()], r"line 2: .*dr=0", id="flag-disagrees"),
+        pytest.param(V1_HEADER, ["images/a.jpg,P1,R,train,dr,2" + _flags()[1:]], r"line 2: .*0 or 1", id="flag-not-binary"),
         pytest.param("path,labels", ["images/a.jpg,dr", "images/b.jpg,cataract"], r"line 3: .*cataract", id="unknown"),
         pytest.param("path,labels", ["images/missing.jpg,normal"], r"line 2: .*missing\.jpg", id="image-missing"),
         pytest.param("path,labels", ["images/a.jpg,normal;dr"], r"line 2: .*mix", id="normal-mixed"),

@@ -50,7 +50,7 @@ def _executed(server: TritonServer) -> int:
 
 def _outcome(client: ScreeningClient, payload: bytes, timeout_s: float) -> object:
     try:
-        return client.screen(payload, timeout_s=timeout_s).probabilities
+        return client.screen(payload, timeout_s=timeout_s).scores
     except (ServerBusyError, DeadlineExceededError) as e:
         return type(e)
 
@@ -60,14 +60,14 @@ def test_server_refuses_excess_at_once_and_answers_the_rest_exactly_when_overloa
 ) -> None:
     payload = fundus_jpeg(900, size=(2048, 1536))
     with ScreeningClient(small_queue_server.grpc_url, timeout_s=60, retry_policy=NO_RETRIES) as client:
-        expected = client.screen(payload).probabilities
+        expected = client.screen(payload).scores
         with ThreadPoolExecutor(32) as pool:
             outcomes = list(pool.map(lambda _: _outcome(client, payload, 60.0), range(64)))
         refused = outcomes.count(ServerBusyError)
         answered = [o for o in outcomes if o is not ServerBusyError]
         assert refused > 0, "a queue of 2 cannot hold 32 concurrent requests"
         assert answered and all(o == expected for o in answered), "accepted requests are answered exactly"
-        assert client.screen(payload).probabilities == expected, "recovery is immediate"
+        assert client.screen(payload).scores == expected, "recovery is immediate"
 
 
 def test_server_drops_queued_requests_unrun_when_their_client_gave_up(
@@ -86,4 +86,4 @@ def test_server_drops_queued_requests_unrun_when_their_client_gave_up(
     # Expired requests hold their queue slots until the batcher next looks at them: a few retries.
     patient = RetryPolicy(max_attempts=10, initial_backoff_s=0.1, max_backoff_s=0.5)
     with ScreeningClient(small_queue_server.grpc_url, timeout_s=60, retry_policy=patient) as retrying:
-        assert retrying.screen(payload).probabilities, "and the server answers right after"
+        assert retrying.screen(payload).scores, "and the server answers right after"

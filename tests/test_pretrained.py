@@ -193,6 +193,6 @@ def test_pretrain_builds_vit_encoders_from_local_checkpoint_when_configured(tmp_
     catalog = DEFAULT_CATALOG.subset(["dr", "dme"])
     model = build_model(run, catalog, make_tokenizer(run.pretrain, catalog))
     blocks = model.fundus.backbone.blocks
-    assert isinstance(blocks, torch.nn.Sequential)
+    assert isinstance(blocks, torch.nn.ModuleList)
     torch.testing.assert_close(blocks[1].mlp.fc2.weight, reference.blocks[1].mlp.fc2.weight)
     assert model.oct.backbone.patch_embed.proj.weight.shape == (32, 1, 16, 16) and model.oct.cfg.grid == 2
