@@ -276,8 +276,9 @@ def check_heatmaps(served: ServedModelInfo, *, url: str, model_name: str) -> Non
     """IncompatibleModelError unless the served model can return heatmaps."""
     if not served.heatmaps:
         raise IncompatibleModelError(
-            f"model {model_name!r} on {url} returns no {contract.HEATMAPS}: its exported model has no "
-            f"{contract.ATTENTION} output; re-export it with `predilect export` and re-assemble"
+            f"model {model_name!r} on {url} returns no {contract.HEATMAPS}: either its exported model has no "
+            f"{contract.ATTENTION} output (re-export it with `predilect export` and re-assemble), or it is "
+            "the GPU profile, whose TensorRT engine keeps the attention map on chip (serve the CPU profile)"
         )
 
 

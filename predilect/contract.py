@@ -55,13 +55,16 @@ HEATMAPS = "HEATMAPS"
 """FP32 [1, C, g, g] per request, on request only: each positive finding's attention map over the model
 input (the field-of-view square), zero for diseases that are not findings."""
 
-# The GPU profile (DALI + TensorRT) adds one step before DALI and one tensor after it.
+# The GPU profile (DALI + TensorRT) adds one step before DALI and two tensors after it.
 VALIDATE_MODEL = "validate_image"
 """GPU profile: the Python-backend step that rejects bad payloads per request before DALI."""
 VALID_IMAGE = "VALID_IMAGE"
 """UINT8 [1, n_bytes]: the IMAGE bytes that passed ``validate_image``, unchanged."""
 FOV_EXTENT = "FOV_EXTENT"
 """FP32 [batch, 2]: field-of-view width and height in source pixels, measured by the DALI step."""
+FRAME_EXTENT = "FRAME_EXTENT"
+"""FP32 [batch, 2]: width and height in pixels of the photograph the DALI step decoded (EXIF orientation
+applied): with ``FOV_EXTENT``, what ``postprocess`` places ``FIELD_BOX`` from."""
 PLAN_FILENAME = "model.plan"
 """The serialized TensorRT engine in ``classifier/1/`` (Triton's default for ``tensorrt_plan``)."""
 DALI_FILENAME = "dali.py"

@@ -220,7 +220,7 @@ def inspect_image(data: np.ndarray, cfg: PreprocessCfg) -> ImageHeader:
     return header
 
 
-def fundus_graph(cfg: PreprocessCfg, encoded, *, hw_decoder_load: float | None = None):
+def fundus_graph(cfg: PreprocessCfg, encoded, *, hw_decoder_load: float | None = None, frame_extent: bool = False):
     """The DALI operators of the pipeline derived from ``cfg``, applied to ``encoded`` (a DataNode).
 
     Returns ``(tensor, fov_w, fov_h)``: the CHW float32 tensor and the field-of-view width and
@@ -228,6 +228,9 @@ def fundus_graph(cfg: PreprocessCfg, encoded, *, hw_decoder_load: float | None =
     the image is decoded by nvJPEG on the GPU (``hw_decoder_load``: the share of images given
     to the hardware JPEG decoder, where the GPU has one); the crop side then lives on the GPU
     and is copied to the CPU, because DALI takes named arguments only from CPU nodes.
+    With ``frame_extent`` a fourth node follows: the decoded frame's ``(width, height)`` (EXIF
+    orientation applied, as the decoder rectifies it), float32 on the CPU (the shape is
+    metadata: nothing is copied from the GPU), from which ``field_box_in_frame`` places the crop.
     """
     import nvidia.dali.fn as fn
     import nvidia.dali.types as types
@@ -260,7 +263,10 @@ def fundus_graph(cfg: PreprocessCfg, encoded, *, hw_decoder_load: float | None =
         mean=[255.0 * m for m in cfg.mean],
         std=[255.0 * s for s in cfg.std],
     )
-    return tensor, fov_w, fov_h
+    if not frame_extent:
+        return tensor, fov_w, fov_h
+    height_width = image.shape(dtype=types.FLOAT)  # (H, W, C)
+    return tensor, fov_w, fov_h, fn.stack(height_width[1], height_width[0])
 
 
 def build_pipeline(cfg: PreprocessCfg, *, batch_size: int, num_threads: int, device_id: int | None):
@@ -434,6 +440,11 @@ x right and y down, 0..1 across the image (beyond where the square reaches past 
 def field_box(header: ImageHeader, fov_w: float, fov_h: float) -> FieldBox:
     """The square that preprocessing crops (centred, of side max(fov_w, fov_h) source pixels), normalised."""
     width, height = (header.height, header.width) if header.orientation >= 5 else (header.width, header.height)
+    return field_box_in_frame(width, height, fov_w, fov_h)
+
+
+def field_box_in_frame(width: float, height: float, fov_w: float, fov_h: float) -> FieldBox:
+    """``field_box`` of a ``width`` x ``height`` photograph (as displayed: EXIF orientation applied)."""
     side = max(fov_w, fov_h, 1.0)
     left, top = (width - side) / 2.0, (height - side) / 2.0
     return (left / width, top / height, (left + side) / width, (top + side) / height)

@@ -272,9 +272,10 @@ class ServedModel:
         }
 
 
-def screening_outputs(served: ServedModel) -> tuple[TensorDef, ...]:
-    """The ensemble's per-image outputs (every profile): probabilities, quality, findings, decision, and
-    ``HEATMAPS`` when the model exports its attention (clients ask for it; it is never sent unasked)."""
+def screening_outputs(served: ServedModel, *, heatmaps: bool = True) -> tuple[TensorDef, ...]:
+    """The ensemble's per-image outputs (every profile): probabilities, quality, findings, decision, field
+    box, and ``HEATMAPS`` when the model exports its attention (clients ask for it; it is never sent
+    unasked) unless ``heatmaps`` is False (the GPU profile: its TensorRT engine returns logits only)."""
     classes = len(served.catalog)
     outputs = (
         TensorDef(contract.PROBABILITIES, "TYPE_FP32", (classes,)),
@@ -283,9 +284,15 @@ def screening_outputs(served: ServedModel) -> tuple[TensorDef, ...]:
         TensorDef(contract.REFERRAL, "TYPE_INT32", (1,)),
         TensorDef(contract.FIELD_BOX, "TYPE_FP32", (4,)),
     )
-    if served.attention_grid is None:
+    if served.attention_grid is None or not heatmaps:
         return outputs
     return (*outputs, heatmaps_tensor(served))
+
+
+def screening_parameters(served: ServedModel) -> dict[str, str]:
+    """The parameters ``Screening.from_parameters`` reads (every profile's models that grade or decide):
+    the referral rules, with the quality calibration inside them, and the preprocessing."""
+    return {contract.KEY_RULES: served.rules.to_json(), contract.KEY_PREPROCESS: served.preprocess.to_json()}
 
 
 def attention_tensor(served: ServedModel) -> TensorDef:
@@ -322,10 +329,9 @@ def fused_screen_models(served: ServedModel, options: ServingOptions = ServingOp
         outputs=outputs,
         instance_count=options.fused_instances,
         parameters={
-            contract.KEY_PREPROCESS: served.preprocess.to_json(),
+            **screening_parameters(served),
             contract.KEY_DECODE_THREADS: str(options.decode_threads),
             contract.KEY_ORT_THREADS: str(options.ort_threads),
-            contract.KEY_RULES: served.rules.to_json(),
         },
         max_batch_size=options.max_batch_size,
         max_queue_delay_us=options.max_queue_delay_us,
@@ -358,7 +364,6 @@ def split_screen_models(served: ServedModel, options: ServingOptions = ServingOp
     outputs = screening_outputs(served)
     quality, field_box = (next(t for t in outputs if t.name == n) for n in (contract.QUALITY, contract.FIELD_BOX))
     attention = (attention_tensor(served),) if served.attention_grid is not None else ()
-    rules = served.rules.to_json()
     batching: dict[str, Any] = {
         "max_batch_size": options.max_batch_size,
         "max_queue_delay_us": options.max_queue_delay_us,
@@ -370,11 +375,7 @@ def split_screen_models(served: ServedModel, options: ServingOptions = ServingOp
         inputs=(TensorDef(contract.IMAGE, "TYPE_UINT8", (-1,), allow_ragged_batch=True),),
         outputs=(pixels, quality, field_box),
         instance_count=options.preprocess_instances,
-        parameters={
-            contract.KEY_PREPROCESS: served.preprocess.to_json(),
-            contract.KEY_DECODE_THREADS: str(options.decode_threads),
-            contract.KEY_RULES: rules,
-        },
+        parameters={**screening_parameters(served), contract.KEY_DECODE_THREADS: str(options.decode_threads)},
         queue_policy=options.first_step_queue(),
         **batching,
     )
@@ -390,7 +391,7 @@ def split_screen_models(served: ServedModel, options: ServingOptions = ServingOp
         name=contract.POSTPROCESS_MODEL,
         inputs=(logits, quality, *attention),
         outputs=tuple(t for t in outputs if t.name not in (contract.QUALITY, contract.FIELD_BOX)),
-        parameters={contract.KEY_RULES: rules, contract.KEY_PREPROCESS: served.preprocess.to_json()},
+        parameters=screening_parameters(served),
         **batching,
     )
     inner = {contract.PIXELS: "pixels", contract.LOGITS: "logits", contract.ATTENTION: "attention"}

@@ -1,15 +1,22 @@
 """The GPU profile of the model repository: DALI on the GPU, a TensorRT engine, per-request rejection.
 
-Same ensemble name, same ``IMAGE`` in and ``PROBABILITIES`` out, same parameters as the CPU
-profile, so the same client works against either. Steps:
+Same ensemble name, same ``IMAGE`` in and the same screening results out
+(``configs.screening_outputs``: PROBABILITIES, QUALITY, FINDINGS, REFERRAL, FIELD_BOX), same
+parameters as the CPU profile, so the same client works against either. The one difference:
+no ``HEATMAPS``. The TensorRT engine fuses the predilection attention into one plugin that
+keeps the attention map on chip and returns logits only, so a client asking for heatmaps is
+refused by its own discovery check (``IncompatibleModelError``) before any request. Steps:
 
 1. ``validate_image`` (Python, CPU): the cheap header/structure check, so that one bad image
    fails alone instead of failing the DALI batch it would have joined;
 2. ``preprocess`` (DALI backend, GPU): nvJPEG ``mixed`` decode, field-of-view crop, resize,
    normalise: ``dali.py`` derived from the served ``PreprocessCfg``; ragged ``IMAGE`` batches;
+   returns PIXELS, FOV_EXTENT and FRAME_EXTENT (the decoded photograph's size);
 3. ``classifier`` (``tensorrt_plan``, GPU): the engine, whose optimisation profile is
    min 1 / opt = the largest preferred batch / max = ``max_batch_size``;
-4. ``postprocess`` (Python, CPU): rejects images without a field of view, per request; sigmoid.
+4. ``postprocess`` (Python, CPU): rejects images without a field of view, per request; grades
+   PIXELS (``Screening.quality``; Triton copies them to the CPU for the Python backend), decides
+   (``Screening.decide``, the served rules) and places FIELD_BOX, as the CPU profile does.
 
 Every batched step has dynamic batching with preferred sizes and a queue policy (bounded
 queue, REJECT on timeout) so overload fails fast; DALI and TensorRT warm up at load.
@@ -123,8 +130,10 @@ def gpu_screen_models(
     valid_image = configs.TensorDef(contract.VALID_IMAGE, "TYPE_UINT8", (-1,))
     pixels = configs.TensorDef(contract.PIXELS, "TYPE_FP32", (3, size, size))
     fov = configs.TensorDef(contract.FOV_EXTENT, "TYPE_FP32", (2,))
+    frame = configs.TensorDef(contract.FRAME_EXTENT, "TYPE_FP32", (2,))
     logits = configs.TensorDef(contract.LOGITS, "TYPE_FP32", (classes,))
-    probabilities = configs.TensorDef(contract.PROBABILITIES, "TYPE_FP32", (classes,))
+    # The CPU profile's outputs but HEATMAPS: the TensorRT plugin keeps the attention map on chip.
+    outputs = configs.screening_outputs(served, heatmaps=False)
     preprocess_params = {contract.KEY_PREPROCESS: served.preprocess.to_json()}
     validate = configs.PythonModelDef(
         name=contract.VALIDATE_MODEL,
@@ -139,7 +148,7 @@ def gpu_screen_models(
         name=contract.PREPROCESS_MODEL,
         backend="dali",
         inputs=(ragged_image,),
-        outputs=(pixels, fov),
+        outputs=(pixels, fov, frame),  # the order of serving_graph's outputs
         instance_kind="KIND_GPU",
         parameters={"num_threads": str(options.dali_threads)},  # the DALI backend's own parameter
         warmup=(configs.WarmupDef("fundus", batch_size=1, inputs={contract.IMAGE: warm_jpeg}),),
@@ -161,15 +170,15 @@ def gpu_screen_models(
     )
     postprocess = configs.PythonModelDef(
         name=contract.POSTPROCESS_MODEL,
-        inputs=(logits, fov),
-        outputs=(probabilities,),
-        parameters=preprocess_params,
+        inputs=(logits, fov, frame, pixels),
+        outputs=outputs,
+        parameters=configs.screening_parameters(served),
         **_batched(options),  # type: ignore[arg-type]
     )
     ensemble = configs.EnsembleDef(
         name=contract.ENSEMBLE,
         inputs=(image,),
-        outputs=(probabilities,),
+        outputs=outputs,
         steps=(
             configs.EnsembleStepDef(
                 contract.VALIDATE_MODEL, {contract.IMAGE: contract.IMAGE}, {contract.VALID_IMAGE: "valid_image"}
@@ -177,15 +186,20 @@ def gpu_screen_models(
             configs.EnsembleStepDef(
                 contract.PREPROCESS_MODEL,
                 {contract.IMAGE: "valid_image"},
-                {contract.PIXELS: "pixels", contract.FOV_EXTENT: "fov_extent"},
+                {contract.PIXELS: "pixels", contract.FOV_EXTENT: "fov_extent", contract.FRAME_EXTENT: "frame_extent"},
             ),
             configs.EnsembleStepDef(
                 contract.CLASSIFIER_MODEL, {contract.PIXELS: "pixels"}, {contract.LOGITS: "logits"}
             ),
             configs.EnsembleStepDef(
                 contract.POSTPROCESS_MODEL,
-                {contract.LOGITS: "logits", contract.FOV_EXTENT: "fov_extent"},
-                {contract.PROBABILITIES: contract.PROBABILITIES},
+                {
+                    contract.LOGITS: "logits",
+                    contract.FOV_EXTENT: "fov_extent",
+                    contract.FRAME_EXTENT: "frame_extent",
+                    contract.PIXELS: "pixels",
+                },
+                {t.name: t.name for t in outputs},
             ),
         ),
         max_batch_size=options.max_batch_size,

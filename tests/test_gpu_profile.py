@@ -19,9 +19,11 @@ from predilect.preprocess import InvalidImageError, PreprocessCfg, Preprocessor
 from predilect.serving import configs
 from predilect.serving.assemble_cli import main
 from predilect.serving.backends.fov_postprocess import screen_requests
+from predilect.serving.backends.screening import Screening
 from predilect.serving.backends.validate import validate_image, validate_requests
 from predilect.serving.dali_pipeline import DaliParams, cpu_twin, gpu_pipeline
 from predilect.serving.gpu_profile import EngineBuildRequest, GpuServingOptions, assemble_gpu
+from predilect.serving.repository import read_served_model
 
 GPU_MODELS = (
     contract.VALIDATE_MODEL,
@@ -32,6 +34,7 @@ GPU_MODELS = (
 )
 CPU_MODELS = (contract.FUSED_MODEL, contract.ENSEMBLE)  # the CPU profile's default (fused) layout
 HAS_GPU = Path("/dev/nvidiactl").exists()
+NUMPY_TYPES = {"TYPE_FP32": np.float32, "TYPE_BOOL": np.bool_, "TYPE_INT32": np.int32}
 
 
 @pytest.fixture(scope="module")
@@ -74,9 +77,46 @@ def test_both_profiles_wire_ensemble_consistently_when_assembled(profile, tiny_o
     assert sorted(p.name for p in (tmp_path / "repo").iterdir()) == sorted(names)
     _check_wiring(loaded)
     ensemble = loaded[contract.ENSEMBLE]
-    classes = len(DEFAULT_CATALOG)
     assert _tensors(ensemble, "input") == {contract.IMAGE: (mc.TYPE_UINT8, [-1])}
-    assert _tensors(ensemble, "output") == {contract.PROBABILITIES: (mc.TYPE_FP32, [classes])}
+    # One definition for both profiles: the screening results; HEATMAPS only where the model's
+    # attention leaves the engine (the CPU profile; the GPU profile's TensorRT plugin keeps it on chip).
+    served = read_served_model(tiny_onnx)
+    results = {t.name: (mc.DataType.Value(t.data_type), list(t.dims)) for t in configs.screening_outputs(served)}
+    outputs = _tensors(ensemble, "output")
+    assert {name: spec for name, spec in outputs.items() if name != contract.HEATMAPS} == {
+        name: spec for name, spec in results.items() if name != contract.HEATMAPS
+    }
+    assert set(results) - set(outputs) == (set() if profile == "cpu" else {contract.HEATMAPS})
+    assert len(results) == 6 and outputs[contract.PROBABILITIES] == (mc.TYPE_FP32, [len(DEFAULT_CATALOG)])
+
+
+def test_gpu_ensemble_passes_client_discovery_and_refuses_heatmaps_when_assembled(gpu_repository) -> None:
+    from predilect.client import core
+    from predilect.client.errors import IncompatibleModelError
+    from predilect.client.inputs import Prepared
+    from predilect.client.protocol import RESULT_OUTPUTS, served_info
+    from predilect.client.retry import RetryPolicy
+    from predilect.client.settings import DEFAULT_TIMEOUT_S, ClientSettings
+
+    config = configs.read_config(gpu_repository / contract.ENSEMBLE / contract.CONFIG_FILENAME)
+    served = served_info(config, model_name=contract.ENSEMBLE, url="gpu:8001")  # the client's own check
+    assert not served.heatmaps and set(RESULT_OUTPUTS) <= {o.name for o in config.output}
+    settings = ClientSettings(
+        "gpu:8001",
+        model_name=contract.ENSEMBLE,
+        timeout_s=DEFAULT_TIMEOUT_S,
+        attempt_timeout_s=None,
+        retry_policy=RetryPolicy(),
+        retry_budget=None,
+        auth_token=None,
+        headers=None,
+        tls=None,
+        keepalive_time_s=60.0,
+        keepalive_timeout_s=20.0,
+    )
+    plan = core.screen_prepared(settings, served, Prepared(payload=b"x"), timeout_s=None, heatmaps=True)
+    with pytest.raises(IncompatibleModelError, match="GPU profile"):
+        next(plan)  # refused before any request leaves the client
 
 
 def test_ensemble_wiring_check_fails_when_dims_disagree(gpu_repository) -> None:
@@ -146,7 +186,8 @@ def test_dali_module_imports_and_defines_gpu_graph_without_gpu_when_loaded(gpu_r
     (pipeline_fn,) = _discover_autoserialize(module, visited=[])  # exactly one @autoserialize
     pipe = pipeline_fn()
     pipe._build_graph()  # the Python graph definition: DALI's device/argument checks run here
-    assert [node.device for node in pipe._graph_outputs] == ["gpu", "gpu"]
+    # FRAME_EXTENT is the decoded shape (metadata): read on the CPU, nothing copied from the GPU.
+    assert [node.device for node in pipe._graph_outputs] == ["gpu", "gpu", "cpu"]
     devices = {getattr(op._op, "schema_name", type(op._op).__name__): op._op.device for op in pipe._ops}
     assert devices["decoders__Image"] == "mixed" and devices["Crop"] == "gpu"
     (source,) = [op for op in pipe._ops if type(op._op).__name__ == "ExternalSource"]
@@ -206,7 +247,7 @@ def test_cpu_twin_equals_reference_preprocessing_when_same_images() -> None:
     images = [np.frombuffer(_fundus_jpeg(seed), np.uint8) for seed in range(3)]
     pipe = cpu_twin(DaliParams(cfg, max_batch_size=4, num_threads=1))
     pipe.feed_input(contract.IMAGE, images)
-    tensors, extents = pipe.run()
+    tensors, extents, frames = pipe.run()
     reference = Preprocessor(dataclasses.replace(cfg, decoder="dali_cpu"), max_batch_size=4, num_threads=1)
     expected = reference.run(images)
     for i, image in enumerate(images):
@@ -214,6 +255,7 @@ def test_cpu_twin_equals_reference_preprocessing_when_same_images() -> None:
         rgb = np.asarray(Image.open(io.BytesIO(image.tobytes())).convert("RGB"))
         inside = rgb.max(axis=2) > cfg.fov_threshold
         assert np.array(extents[i]).tolist() == [inside.any(axis=0).sum(), inside.any(axis=1).sum()]
+        assert np.array(frames[i]).tolist() == [rgb.shape[1], rgb.shape[0]]
 
 
 @pytest.mark.gpu
@@ -226,10 +268,11 @@ def test_mixed_pipeline_matches_cpu_twin_within_decoder_tolerance_when_gpu_prese
     gpu.build()
     for pipe in (gpu, cpu):
         pipe.feed_input(contract.IMAGE, images)
-    (gpu_tensors, _), (cpu_tensors, _) = gpu.run(), cpu.run()
+    (gpu_tensors, _, gpu_frames), (cpu_tensors, _, cpu_frames) = gpu.run(), cpu.run()
     gpu_tensors = gpu_tensors.as_cpu()
     for i in range(len(images)):  # nvJPEG and libjpeg-turbo differ by IDCT rounding only
         assert np.abs(np.array(gpu_tensors[i]) - np.array(cpu_tensors[i])).max() < 0.1
+        assert np.array(gpu_frames[i]).tolist() == np.array(cpu_frames[i]).tolist() == [400.0, 300.0]
 
 
 # ----------------------------------------------------------------------------- per-request rejection
@@ -299,18 +342,201 @@ def test_dali_batch_survives_damaged_scan_data_when_headers_pass_validation() ->
         payload = np.frombuffer(bytes(damaged), np.uint8)
         assert validate_image(payload, cfg) is None
         pipe.feed_input(contract.IMAGE, [good, payload])
-        tensors, _ = pipe.run()
+        tensors, _, _ = pipe.run()
         assert np.isfinite(np.array(tensors[0])).all()
 
 
-def test_fov_postprocess_rejects_only_image_without_field_of_view_when_batched() -> None:
-    cfg = PreprocessCfg()
-    logits = [np.array([[0.0, 2.0]], np.float32)] * 3
-    extents = [np.array([[900.0, 880.0]]), np.array([[0.0, 0.0]]), np.array([[224.0, 300.0]])]
-    out = screen_requests(logits, extents, cfg)
+def _screening(cfg: PreprocessCfg) -> Screening:
+    """The CPU profile's Screening, built from the parameters every profile serves."""
+    served = configs.ServedModel(DEFAULT_CATALOG, cfg, "tiny", "1")
+    return Screening.from_parameters(configs.screening_parameters(served))
+
+
+def _twin_rows(cfg: PreprocessCfg, images: list[np.ndarray]) -> list[dict[str, np.ndarray]]:
+    """What the DALI step hands postprocess, per image: PIXELS, FOV_EXTENT, FRAME_EXTENT, each ``[1, ...]``."""
+    pipe = cpu_twin(DaliParams(cfg, max_batch_size=len(images), num_threads=1))
+    pipe.feed_input(contract.IMAGE, images)
+    tensors, extents, frames = pipe.run()
+    names = (contract.PIXELS, contract.FOV_EXTENT, contract.FRAME_EXTENT)
+    return [
+        {name: np.array(out[i])[np.newaxis] for name, out in zip(names, (tensors, extents, frames), strict=True)}
+        for i in range(len(images))
+    ]
+
+
+def test_gpu_screen_equals_cpu_screening_and_rejects_no_fov_request_alone_when_batched() -> None:
+    cfg = PreprocessCfg(size=64)
+    screening = _screening(cfg)
+    rows = _twin_rows(cfg, [np.frombuffer(_fundus_jpeg(seed), np.uint8) for seed in range(3)])
+    rows[2][contract.PIXELS] = np.full_like(rows[2][contract.PIXELS], -2.0)  # dark: ungradable, referred as such
+    logits = np.random.default_rng(0).normal(0.0, 3.0, (len(rows), len(DEFAULT_CATALOG))).astype(np.float32)
+    requests = [{**row, contract.LOGITS: logits[i : i + 1]} for i, row in enumerate(rows)]
+    no_fov = {**requests[0], contract.FOV_EXTENT: np.zeros((1, 2), np.float32)}
+    out = screen_requests(screening, [requests[0], no_fov, requests[1], requests[2]])
     assert isinstance(out[1], InvalidImageError) and "field of view" in str(out[1])
-    np.testing.assert_allclose(out[0], [[0.5, 1 / (1 + np.exp(-2.0))]], rtol=1e-6)
-    assert not isinstance(out[2], InvalidImageError)
+    pixels = np.concatenate([r[contract.PIXELS] for r in requests])
+    quality = screening.quality(pixels)
+    expected = {**screening.decide(logits, quality), contract.QUALITY: quality}
+    answered = [answer for answer in out if not isinstance(answer, InvalidImageError)]
+    assert len(answered) == 3
+    for row, answer in enumerate(answered):
+        for name, value in expected.items():
+            np.testing.assert_array_equal(answer[name], value[row : row + 1], err_msg=name)
+    assert quality[2, 0] < 0.5 and not answered[2][contract.FINDINGS].any()  # the dark image: ungradable
+    # What the ensemble declares is what is answered: names, dtypes, [1, *dims].
+    served = configs.ServedModel(DEFAULT_CATALOG, cfg, "tiny", "1")
+    for answer in answered:
+        declared = configs.screening_outputs(served, heatmaps=False)
+        assert sorted(answer) == sorted(t.name for t in declared)
+        for t in declared:
+            assert answer[t.name].dtype == NUMPY_TYPES[t.data_type] and answer[t.name].shape == (1, *t.dims), t.name
+    alone = screen_requests(screening, [requests[1]])[0]  # batch composition changes nothing
+    assert not isinstance(alone, InvalidImageError) and not isinstance(out[2], InvalidImageError)
+    for name, value in out[2].items():
+        np.testing.assert_array_equal(alone[name], value, err_msg=name)
+    rejected = screen_requests(screening, [no_fov])
+    assert isinstance(rejected[0], InvalidImageError)
+
+
+def _exif_rotated_jpeg(orientation: int) -> bytes:
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    buffer = io.BytesIO()
+    Image.open(io.BytesIO(_fundus_jpeg(4, size=(400, 300)))).save(buffer, format="JPEG", quality=90, exif=exif)
+    return buffer.getvalue()
+
+
+def _black_jpeg() -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (320, 240)).save(buffer, format="JPEG")
+    return buffer.getvalue()
+
+
+def _off_centre_png() -> bytes:
+    yy, xx = np.mgrid[:300, :420]
+    disc = (yy - 150) ** 2 + (xx - 90) ** 2 < 140**2  # clipped by the left edge
+    rgb = np.zeros((300, 420, 3), np.uint8)
+    rgb[disc] = np.random.default_rng(5).integers(40, 220, (int(disc.sum()), 3))
+    buffer = io.BytesIO()
+    Image.fromarray(rgb).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+SAME_IMAGES = {
+    "landscape": lambda: _fundus_jpeg(0),
+    "portrait": lambda: _fundus_jpeg(1, size=(300, 400)),
+    "exif rotated 90": lambda: _exif_rotated_jpeg(6),
+    "exif rotated 270": lambda: _exif_rotated_jpeg(8),
+    "clipped disc png": _off_centre_png,
+    "black frame": lambda: _black_jpeg(),
+}
+
+
+def test_gpu_profile_screens_like_cpu_profile_when_dali_twin_preprocesses_same_images(tiny_onnx: Path) -> None:
+    # The GPU profile end to end but for the engine (ONNX Runtime stands in for TensorRT on the same
+    # pixels): DALI twin -> classifier -> postprocess, against the CPU profile's fused model on a
+    # dali_cpu PreprocessCfg. FIELD_BOX must be bit-equal, EXIF rotations and clipped discs included.
+    from predilect.serving.backends.classifier import OnnxClassifier
+    from predilect.serving.backends.fused import FusedScreen
+
+    served = read_served_model(tiny_onnx)
+    cfg = dataclasses.replace(served.preprocess, decoder="dali_cpu")
+    screening = _screening(cfg)
+    classifier = OnnxClassifier(tiny_onnx, intra_op_threads=1)
+    images = [np.frombuffer(make(), np.uint8) for make in SAME_IMAGES.values()]
+    cpu = FusedScreen(Preprocessor(cfg, max_batch_size=8, num_threads=1), classifier, screening).run(
+        [image[np.newaxis] for image in images]
+    )
+    rows = _twin_rows(cfg, images)
+    for row in rows:
+        (row[contract.LOGITS],) = classifier.run([row[contract.PIXELS]])
+    gpu = screen_requests(screening, rows)
+    for name, cpu_answer, gpu_answer in zip(SAME_IMAGES, cpu, gpu, strict=True):
+        if isinstance(cpu_answer, InvalidImageError):
+            assert isinstance(gpu_answer, InvalidImageError) and str(gpu_answer) == str(cpu_answer), name
+            continue
+        assert not isinstance(gpu_answer, InvalidImageError), name
+        assert sorted(gpu_answer) == sorted(set(cpu_answer) - {contract.HEATMAPS}), name
+        for tensor in (contract.FIELD_BOX, contract.QUALITY, contract.FINDINGS, contract.REFERRAL):
+            np.testing.assert_array_equal(gpu_answer[tensor], cpu_answer[tensor], err_msg=f"{name}: {tensor}")
+        np.testing.assert_allclose(gpu_answer[contract.PROBABILITIES], cpu_answer[contract.PROBABILITIES], atol=1e-6)
+    assert sum(isinstance(a, InvalidImageError) for a in gpu) == 1  # the black frame only
+    boxes = {name: a[contract.FIELD_BOX][0] for name, a in zip(SAME_IMAGES, gpu, strict=True) if isinstance(a, dict)}
+    for name in ("landscape", "exif rotated 90"):  # the box lies on the photograph as displayed
+        left, top, right, bottom = boxes[name]
+        assert (right - left > bottom - top) == (name == "exif rotated 90"), name
+
+
+def test_gpu_field_box_matches_default_cpu_profile_within_one_draft_pixel_when_decoders_differ() -> None:
+    # The CPU profile's default decoder (pil_draft) measures the field of view on the DCT-scaled
+    # frame: where it decodes at full resolution the boxes are bit-equal, else they differ by the
+    # scaled pixel (draft scale / frame side) that the measurement is quantised to.
+    from predilect.preprocess import draft_scale
+
+    cfg = PreprocessCfg()  # pil_draft, 224
+    sizes = [(400, 300), (300, 400), (2000, 1500), (1600, 1200)]
+    images = [np.frombuffer(_fundus_jpeg(seed, size=size), np.uint8) for seed, size in enumerate(sizes)]
+    rows = _twin_rows(cfg, images)
+    for row in rows:
+        row[contract.LOGITS] = np.zeros((1, len(DEFAULT_CATALOG)), np.float32)
+    gpu = screen_requests(_screening(cfg), rows)
+    _, errors, boxes = Preprocessor(cfg, max_batch_size=4, num_threads=1).run_with_fields(images)
+    assert errors == [None] * len(images)
+    for (width, height), answer, box in zip(sizes, gpu, boxes, strict=True):
+        assert not isinstance(answer, InvalidImageError) and box is not None
+        gap = np.abs(answer[contract.FIELD_BOX][0] - np.asarray(box, np.float32)).max()
+        scale = draft_scale(width, height, cfg.size)
+        assert gap == 0.0 if scale == 1 else gap <= scale / min(width, height), (width, height, gap)
+
+
+def test_gpu_postprocess_answers_and_rejects_per_request_when_served_by_real_tritonserver(
+    gpu_repository: Path, tmp_path: Path
+) -> None:
+    # The GPU postprocess model alone (DALI and TensorRT do not load without a GPU), on the real
+    # Python backend: the adapter's tensors match its config, and a no-FOV request fails alone.
+    import shutil
+    from concurrent.futures import ThreadPoolExecutor
+
+    import tritonclient.grpc as grpcclient
+    from tritonclient.utils import InferenceServerException
+
+    from predilect.serving.server import TritonServer, free_port
+
+    shutil.copytree(gpu_repository / contract.POSTPROCESS_MODEL, tmp_path / "repo" / contract.POSTPROCESS_MODEL)
+    served = configs.ServedModel(DEFAULT_CATALOG, PreprocessCfg(), "tiny", "1")
+    rows = _twin_rows(PreprocessCfg(), [np.frombuffer(_fundus_jpeg(seed), np.uint8) for seed in range(3)])
+    logits = np.random.default_rng(1).normal(0.0, 3.0, (3, len(DEFAULT_CATALOG))).astype(np.float32)
+    requests = [{**row, contract.LOGITS: logits[i : i + 1]} for i, row in enumerate(rows)]
+    requests[1] = {**requests[1], contract.FOV_EXTENT: np.array([[30.0, 400.0]], np.float32)}
+    expected = screen_requests(Screening.from_parameters(configs.screening_parameters(served)), requests)
+    names = [t.name for t in configs.screening_outputs(served, heatmaps=False)]
+    ports = {"grpc_port": free_port(), "http_port": free_port(), "metrics_port": free_port()}
+    with TritonServer(model_repository=tmp_path / "repo", log_path=tmp_path / "triton.log", **ports) as server:
+        client = grpcclient.InferenceServerClient(server.grpc_url)
+
+        def infer(request: dict[str, np.ndarray]) -> dict[str, np.ndarray] | InferenceServerException:
+            inputs = []
+            for name, value in request.items():
+                tensor = grpcclient.InferInput(name, list(value.shape), "FP32")
+                tensor.set_data_from_numpy(np.ascontiguousarray(value, np.float32))
+                inputs.append(tensor)
+            outputs = [grpcclient.InferRequestedOutput(name) for name in names]
+            try:
+                result = client.infer(contract.POSTPROCESS_MODEL, inputs, outputs=outputs, client_timeout=60)
+            except InferenceServerException as e:
+                return e
+            return {name: result.as_numpy(name) for name in names}
+
+        with ThreadPoolExecutor(3) as pool:  # at once: the dynamic batcher may group them
+            answers = list(pool.map(infer, requests))
+    rejected = answers[1]
+    assert isinstance(rejected, InferenceServerException) and rejected.status() == "StatusCode.INVALID_ARGUMENT"
+    assert contract.REJECTED_PREFIX in str(rejected.message()) and "field of view" in str(rejected.message())
+    for answer, reference in ((answers[0], expected[0]), (answers[2], expected[2])):
+        assert isinstance(answer, dict) and isinstance(reference, dict)
+        for t in configs.screening_outputs(served, heatmaps=False):  # the backend sends the dtype it is given
+            assert answer[t.name].dtype == NUMPY_TYPES[t.data_type] and answer[t.name].shape == (1, *t.dims), t.name
+            np.testing.assert_array_equal(answer[t.name], reference[t.name], err_msg=t.name)
 
 
 def test_dali_params_round_trip_when_written_beside_dali_py(gpu_repository) -> None:

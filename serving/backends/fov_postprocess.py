@@ -1,35 +1,72 @@
-"""The ``postprocess`` model of the GPU profile: LOGITS + FOV_EXTENT -> PROBABILITIES, per request.
+"""The ``postprocess`` model of the GPU profile: the screening results, per request.
 
-On the GPU profile the field of view is measured inside the DALI pipeline, which cannot fail a
-single request; this step rejects a request whose image holds no fundus field of view (the CPU
-profile's rule, ``predilect.preprocess.fov_error``) with its own error and answers the others
-with the same sigmoid as the CPU profile's postprocess.
+Inputs: LOGITS (TensorRT), and from the DALI step PIXELS, FOV_EXTENT and FRAME_EXTENT. The
+field of view is measured inside the DALI pipeline, which cannot fail a single request; this
+step rejects a request whose image holds no fundus field of view (the CPU profile's rule,
+``predilect.preprocess.fov_error``) with its own error, and answers the others with what the
+CPU profile answers: QUALITY from ``Screening.quality`` on the model input, PROBABILITIES,
+FINDINGS and REFERRAL from ``Screening.decide`` (the served referral rules), and FIELD_BOX
+placed by ``predilect.preprocess.field_box_in_frame``. No HEATMAPS: the engine returns logits only.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
 from predilect import contract
-from predilect.contract import REJECTED_PREFIX
-from predilect.preprocess import InvalidImageError, PreprocessCfg, fov_error
+from predilect.preprocess import InvalidImageError, field_box_in_frame, fov_error
 from predilect.serving.backends import model_parameters, parse_model_config
-from predilect.serving.backends.postprocess import stable_sigmoid
+from predilect.serving.backends.preprocess import rejection_response
+from predilect.serving.backends.screening import Outputs, Screening, split_rows
+
+INPUTS = (contract.LOGITS, contract.PIXELS, contract.FOV_EXTENT, contract.FRAME_EXTENT)
+"""The tensors ``screen_requests`` reads from each request."""
+
+
+def _rejection(screening: Screening, extents: np.ndarray) -> InvalidImageError | None:
+    """The first row's refusal when a request's image (any of its rows) has no field of view."""
+    for fov_w, fov_h in np.asarray(extents, np.float32).reshape(-1, 2).tolist():
+        error = fov_error(screening.preprocess, fov_w, fov_h)
+        if error is not None:
+            return error
+    return None
+
+
+def field_boxes(extents: np.ndarray, frames: np.ndarray) -> np.ndarray:
+    """FIELD_BOX rows ``(N, 4)`` float32 from FOV_EXTENT and FRAME_EXTENT rows, as the CPU profile places them."""
+    rows = zip(np.asarray(frames).reshape(-1, 2).tolist(), np.asarray(extents).reshape(-1, 2).tolist(), strict=True)
+    boxes = [field_box_in_frame(width, height, fov_w, fov_h) for (width, height), (fov_w, fov_h) in rows]
+    return np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
 
 
 def screen_requests(
-    logits: Sequence[np.ndarray], extents: Sequence[np.ndarray], cfg: PreprocessCfg
-) -> list[np.ndarray | InvalidImageError]:
-    """Per request: probabilities ``[1, C]``, or the rejection of an image without a field of view."""
-    results: list[np.ndarray | InvalidImageError] = []
-    for request_logits, extent in zip(logits, extents, strict=True):
-        fov_w, fov_h = (float(v) for v in np.asarray(extent, np.float32).reshape(-1)[:2])
-        error = fov_error(cfg, fov_w, fov_h)
-        results.append(error if error is not None else stable_sigmoid(request_logits))
-    return results
+    screening: Screening, requests: Sequence[Mapping[str, np.ndarray]]
+) -> list[Outputs | InvalidImageError]:
+    """Per request (each a mapping of ``INPUTS`` to its rows): the screening outputs by tensor name,
+    or the rejection of an image without a field of view. The accepted requests are graded and
+    decided as one batch."""
+    results: list[Outputs | InvalidImageError] = []
+    accepted: list[Mapping[str, np.ndarray]] = []
+    for request in requests:
+        error = _rejection(screening, request[contract.FOV_EXTENT])
+        results.append(error if error is not None else {})
+        if error is None:
+            accepted.append(request)
+    if not accepted:
+        return results
+
+    def batch(name: str) -> np.ndarray:
+        return np.concatenate([np.asarray(r[name]) for r in accepted], axis=0)
+
+    grades = np.ascontiguousarray(screening.quality(batch(contract.PIXELS)), dtype=np.float32)
+    outputs = screening.decide(batch(contract.LOGITS), grades)
+    outputs[contract.QUALITY] = grades
+    outputs[contract.FIELD_BOX] = field_boxes(batch(contract.FOV_EXTENT), batch(contract.FRAME_EXTENT))
+    per_request = iter(split_rows(outputs, [len(r[contract.LOGITS]) for r in accepted]))
+    return [result if isinstance(result, InvalidImageError) else next(per_request) for result in results]
 
 
 class TritonPythonModel:
@@ -39,18 +76,15 @@ class TritonPythonModel:
         import triton_python_backend_utils as pb_utils
 
         self._pb = pb_utils
-        params = model_parameters(parse_model_config(args))
-        self._cfg = PreprocessCfg.from_json(params[contract.KEY_PREPROCESS])
+        self._screening = Screening.from_parameters(model_parameters(parse_model_config(args)))
 
     def execute(self, requests: list[Any]) -> list[Any]:
         pb = self._pb
-        logits = [pb.get_input_tensor_by_name(r, contract.LOGITS).as_numpy() for r in requests]
-        extents = [pb.get_input_tensor_by_name(r, contract.FOV_EXTENT).as_numpy() for r in requests]
+        inputs = [{name: pb.get_input_tensor_by_name(r, name).as_numpy() for name in INPUTS} for r in requests]
         responses = []
-        for out in screen_requests(logits, extents, self._cfg):
+        for out in screen_requests(self._screening, inputs):
             if isinstance(out, InvalidImageError):
-                error = pb.TritonError(f"{REJECTED_PREFIX}{out}", pb.TritonError.INVALID_ARG)
-                responses.append(pb.InferenceResponse(output_tensors=[], error=error))
+                responses.append(rejection_response(pb, out))
             else:
-                responses.append(pb.InferenceResponse(output_tensors=[pb.Tensor(contract.PROBABILITIES, out)]))
+                responses.append(pb.InferenceResponse(output_tensors=[pb.Tensor(n, v) for n, v in out.items()]))
         return responses
