@@ -124,10 +124,12 @@ def test_bench_decoders_retrains_one_model_per_decoder_when_asked(tmp_path, phan
     assert main([*argv, "--out-dir", str(out), "--name", "retrained"]) == 0
     retrained = json.loads((out / "retrained.json").read_text())["retrained"]
     assert set(retrained["macro_auroc"]) == {"pil_draft", "dali_cpu"}
+    from predilect.training.finetune import FinetuneRun
+    from predilect.training.pretrain import PretrainRun
+
     for decoder, stages in retrained["train_configs"].items():
-        for stage in ("pretrain", "finetune"):
-            assert stages[stage]["loop"]["epochs"] == 1 and stages[stage]["loop"]["batch_size"] == 4
-            assert stages[stage]["data"]["preprocess"]["decoder"] == decoder
+        for run in (PretrainRun.model_validate(stages["pretrain"]), FinetuneRun.model_validate(stages["finetune"])):
+            assert run.loop.epochs == 1 and run.loop.batch_size == 4 and run.data.preprocess.decoder == decoder
     ci = retrained["vs_pil_draft"]["dali_cpu"]
     assert ci["low"] <= ci["value"] <= ci["high"]
     assert "one model trained per decoder" in (out / "retrained.md").read_text()
