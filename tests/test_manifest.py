@@ -161,7 +161,9 @@ def test_read_manifest_assigns_split_from_path_when_patient_unknown_and_split_ce
     "header, rows, message",
     [
         pytest.param(V1_HEADER, ["images/a.jpg,P1,R,train,dr," + _flags()], r"line 2: .*dr=0", id="flag-disagrees"),
-        pytest.param(V1_HEADER, ["images/a.jpg,P1,R,train,dr,2" + _flags()[1:]], r"line 2: .*0 or 1", id="flag-not-binary"),
+        pytest.param(
+            V1_HEADER, ["images/a.jpg,P1,R,train,dr,2" + _flags()[1:]], r"line 2: .*0 or 1", id="flag-not-binary"
+        ),
         pytest.param("path,labels", ["images/a.jpg,dr", "images/b.jpg,cataract"], r"line 3: .*cataract", id="unknown"),
         pytest.param("path,labels", ["images/missing.jpg,normal"], r"line 2: .*missing\.jpg", id="image-missing"),
         pytest.param("path,labels", ["images/a.jpg,normal;dr"], r"line 2: .*mix", id="normal-mixed"),
