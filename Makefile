@@ -37,10 +37,12 @@ demo: install
 	$(VENV)/bin/predilect demo --workdir $(ARTIFACTS)
 
 # DCMTK (storescu, img2dcm) is the real DICOM sender the gateway tests use; nginx is the
-# request-size limit `predilect serve` puts in front of tritonserver's gRPC port (serving/front.py).
+# request-size limit `predilect serve` puts in front of tritonserver's gRPC port (serving/front.py);
+# shellcheck checks the container scripts; headless chromium renders the HTML screening report.
 system-deps:
-	@command -v storescu >/dev/null && command -v img2dcm >/dev/null && { command -v nginx || test -x /usr/sbin/nginx; } >/dev/null || \
-		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dcmtk nginx-light >/dev/null; }
+	@command -v storescu >/dev/null && command -v img2dcm >/dev/null && command -v shellcheck >/dev/null && \
+		command -v chromium >/dev/null && { command -v nginx || test -x /usr/sbin/nginx; } >/dev/null || \
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dcmtk nginx-light shellcheck chromium >/dev/null; }
 
 test: lint system-deps
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
