@@ -36,13 +36,18 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     from predilect.build.export import read_onnx_meta
     from predilect.training.manifest import read_manifest
+    from predilect.training.stages import resolve_catalog
 
     args = _parser().parse_args(argv)
     lesions_path = args.phantom / "lesions.jsonl"
     if not lesions_path.is_file():
         raise CommandError(f"{args.phantom} has no lesions.jsonl; generate it with `predilect phantom`")
     catalog, preprocess, name, version = read_onnx_meta(args.onnx)
-    records = read_manifest(args.phantom / "manifest.csv", catalog=catalog, split=args.split)
+    manifest = args.phantom / "manifest.csv"
+    # Labels are read on the phantom's own catalog (it may hold categories the model never
+    # learned, e.g. zero-shot ones); only the model's diseases are scored.
+    labels_catalog, _ = resolve_catalog(None, manifest)
+    records = read_manifest(manifest, catalog=labels_catalog, split=args.split)
     result = measure_localisation(args.onnx, records, read_lesions(lesions_path), args.phantom, catalog, preprocess)
     command_line = "predilect localisation " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
     text = report_markdown(

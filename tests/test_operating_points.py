@@ -173,3 +173,33 @@ def test_read_lesions_raises_naming_line_when_record_is_malformed(tmp_path: Path
     path.write_text('{"path": "a.jpg", "width": 8, "height": 6, "lesions": []}\n{"path": "b.jpg"}\n')
     with pytest.raises(ValueError, match="line 2"):
         read_lesions(path)
+
+
+def test_localisation_cli_scores_model_diseases_only_when_phantom_has_unlearned_category(
+    pipeline, tmp_path: Path
+) -> None:
+    """A phantom whose catalog holds a category the model never learned (zero-shot ones) is read
+    on its own catalog; the report scores the model's diseases only."""
+    import dataclasses
+    import shutil
+
+    from predilect.build.export import read_onnx_meta
+    from predilect.build.localisation_cli import main
+    from predilect.catalog import DEFAULT_CATALOG
+    from predilect.training.manifest import read_manifest, write_manifest
+
+    source = pipeline.manifest.parent
+    phantom = tmp_path / "phantom"
+    shutil.copytree(source, phantom)
+    model_catalog = read_onnx_meta(pipeline.onnx)[0]
+    extra = next(d for d in DEFAULT_CATALOG.ids if d not in model_catalog.ids)
+    wider = DEFAULT_CATALOG.subset([*model_catalog.ids, extra])
+    records = read_manifest(phantom / "manifest.csv", catalog=model_catalog)
+    first_test = next(i for i, r in enumerate(records) if r.split == "test")
+    records[first_test] = dataclasses.replace(records[first_test], labels=frozenset({extra}))
+    write_manifest(phantom / "manifest.csv", records, catalog=wider)
+    (phantom / "phantom_catalog.json").write_text(json.dumps(wider.to_dict()), encoding="utf-8")
+    report = tmp_path / "localisation.md"
+    assert main(["--onnx", str(pipeline.onnx), "--phantom", str(phantom), "--report", str(report)]) == 0
+    scored = json.loads(report.with_suffix(".json").read_text())
+    assert extra not in json.dumps(scored) and "glaucoma" in report.read_text()
