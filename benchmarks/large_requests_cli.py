@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import sys
 import tempfile
 import time
@@ -23,7 +22,7 @@ from typing import Any
 
 from predilect.artifacts import default_artifacts
 from predilect.benchmarks import machine, payloads, reliability
-from predilect.cli import CommandError, command
+from predilect.cli import command
 from predilect.serving.serve_cli import DEFAULT_MAX_REQUEST_MB
 
 _MB = 1024 * 1024
@@ -114,14 +113,11 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[3:] if argv is None else argv)
     args = _parser().parse_args(argv)
-    if args.model_repository is None and not args.onnx.is_file():
-        raise CommandError(f"no exported model at {args.onnx}: run `make demo` (or give --onnx / --model-repository)")
+    reliability.require_model(args.onnx, args.model_repository)
     figures = run(args, argv)
     limit = f"request limit {args.max_request_mb:g} MiB" if args.max_request_mb else "no request limit"
     print(f"large requests, {limit} ({figures['date']}, {figures['machine']}, load average {figures['load_average']})")
     for s in figures["samples"]:
         print(f"  {s}")
-    if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(figures, indent=1, default=str))
+    reliability.write_figures(args.out, figures)
     return 0

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
-import json
 import sys
 import tempfile
 import time
@@ -154,11 +153,8 @@ def render(figures: dict[str, Any]) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[3:] if argv is None else argv)
     args = _parser().parse_args(argv)
-    if args.model_repository is None and not args.onnx.is_file():
-        raise CommandError(f"no exported model at {args.onnx}: run `make demo` (or give --onnx / --model-repository)")
+    reliability.require_model(args.onnx, args.model_repository)
     figures = run(args, argv)
     print(render(figures))
-    if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(figures, indent=1, default=str))
+    reliability.write_figures(args.out, figures)
     return 0 if figures["passed"] else 1

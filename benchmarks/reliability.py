@@ -6,6 +6,7 @@ Library code only (no printing): ``overload_cli`` and ``soak_cli`` drive it and 
 from __future__ import annotations
 
 import asyncio
+import json
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from predilect import contract
+from predilect.cli import CommandError
 from predilect.client.errors import PredilectClientError, ServerBusyError
 
 ANSWERED, REFUSED, TIMED_OUT, FAILED = "answered", "refused", "timed out", "failed"
@@ -31,6 +33,19 @@ class Outcome:
     @property
     def took_s(self) -> float:
         return self.end_s - self.due_s
+
+
+def require_model(onnx: Path, model_repository: Path | None) -> None:
+    """A reliability command needs a model repository or an exported model; say how to get one."""
+    if model_repository is None and not onnx.is_file():
+        raise CommandError(f"no exported model at {onnx}: run `make demo` (or give --onnx / --model-repository)")
+
+
+def write_figures(out: Path | None, figures: dict[str, Any]) -> None:
+    """Save a run's figures as JSON (when ``out`` is given)."""
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(figures, indent=1, default=str))
 
 
 def percentile(values: Sequence[float], q: float) -> float | None:

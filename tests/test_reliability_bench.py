@@ -54,3 +54,12 @@ def test_process_tree_rss_counts_this_process_group_when_alive() -> None:
     rss = reliability.process_tree_rss_bytes(os.getpgrp())
     assert rss > 10 * 1024 * 1024
     assert reliability.process_tree_rss_bytes(2**22 + 12345) == 0
+
+
+@pytest.mark.parametrize("sub", ["overload", "soak", "large"])
+def test_bench_reliability_exits_2_naming_make_demo_when_no_model(sub, tmp_path, capsys) -> None:
+    from predilect.benchmarks.bench_cli import main
+
+    assert main([sub, "--onnx", str(tmp_path / "missing.onnx")]) == 2
+    err = capsys.readouterr().err
+    assert "missing.onnx" in err and "make demo" in err and "Traceback" not in err

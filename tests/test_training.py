@@ -100,3 +100,11 @@ def test_oct_scans_load_normalised_when_read(phantom_manifest):
     records = read_manifest(phantom_manifest.with_name("oct_manifest.csv"))[:4]
     scans = load_oct_scans(records, size=64)
     assert scans.shape == (4, 1, 64, 64) and np.isfinite(scans).all() and scans.std() > 0.1
+
+
+def test_stage_inputs_raises_config_error_naming_option_when_no_manifest() -> None:
+    from predilect.errors import ConfigError
+    from predilect.training.stages import stage_inputs
+
+    with pytest.raises(ConfigError, match="--manifest"):
+        stage_inputs(None, None)

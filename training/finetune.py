@@ -40,7 +40,7 @@ from .loop import STATE_FILE, default_param_groups, fit, is_main_process, seed_e
 from .losses import site_bce
 from .metrics import per_disease_auroc
 from .model import ArchCfg, FundusClassifier
-from .stages import Batch, fundus_dataset, loader_factory, model_device, predict, read_splits, resolve_catalog
+from .stages import Batch, fundus_dataset, loader_factory, model_device, predict, read_splits, stage_inputs
 from .uopsl import fundus_head_init
 
 log = logging.getLogger(__name__)
@@ -122,9 +122,7 @@ def finetune(
     of the run go to ``out.parent``)."""
     start = time.monotonic()
     data, cfg, loop = run.data, run.finetune, run.loop
-    if data.manifest is None:
-        raise ConfigError("no fundus manifest: set data.manifest (--manifest)")
-    catalog, source = resolve_catalog(data.catalog, data.manifest)
+    manifest, catalog, source = stage_inputs(data.manifest, data.catalog)
     seed_everything(loop.seed)  # the initial weights are a function of the seed too
     if cfg.pretrained:
         model, trained, preprocess, origin = classifier_from_pretrain(Path(cfg.pretrained), cfg.matrix)
@@ -142,7 +140,7 @@ def finetune(
             with torch.no_grad():
                 model.head.sites.zero_()
     held = [d for d in catalog.ids if d not in set(trained.ids)]
-    splits = read_splits(data.manifest, catalog=catalog, drop=held)
+    splits = read_splits(manifest, catalog=catalog, drop=held)
     report(f"catalog {source}: {len(trained)} categories; held out of training: {held or 'none'}")
     report(f"fundus: {len(splits.train)} train / {len(splits.val)} val / {len(splits.test)} test images")
     augment = FundusAugment(data.augment, preprocess) if data.augment.enabled else None

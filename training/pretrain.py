@@ -38,7 +38,7 @@ from .stages import (
     model_device,
     oct_dataset,
     read_splits,
-    resolve_catalog,
+    stage_inputs,
 )
 from .text import CatalogTexts, TextCfg, build_tokenizer, byte_tokenizer, catalog_corpus, load_tokenizer
 from .uopsl import OctGeometry, PretrainWeights, UopslCfg, UopslModel, pretrain_loss
@@ -196,11 +196,9 @@ def pretrain(
     state and config go to ``out.parent``)."""
     start = time.monotonic()
     data, cfg, loop = run.data, run.pretrain, run.loop
-    if data.manifest is None:
-        raise ConfigError("no fundus manifest: set data.manifest (--manifest)")
-    catalog, source = resolve_catalog(data.catalog, data.manifest)
+    manifest, catalog, source = stage_inputs(data.manifest, data.catalog)
     trained = trained_catalog(catalog, cfg.holdout)
-    splits = read_splits(data.manifest, catalog=catalog, drop=cfg.holdout)
+    splits = read_splits(manifest, catalog=catalog, drop=cfg.holdout)
     distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
     report(f"catalog {source}: training {len(trained)} categories, held out {list(cfg.holdout) or 'none'}")
     report(f"fundus: {len(splits.train)} train / {len(splits.val)} val images")

@@ -43,6 +43,15 @@ def resolve_catalog(path: Path | None, manifest: Path) -> tuple[Catalog, str]:
     return DEFAULT_CATALOG, "the built-in catalog"
 
 
+def stage_inputs(manifest: Path | None, catalog: Path | None) -> tuple[Path, Catalog, str]:
+    """A training stage's fundus manifest and its catalog (see ``resolve_catalog``); ConfigError
+    when no manifest is set."""
+    if manifest is None:
+        raise ConfigError("no fundus manifest: set data.manifest (--manifest)")
+    resolved, source = resolve_catalog(catalog, manifest)
+    return manifest, resolved, source
+
+
 # ----------------------------------------------------------------------------- splits
 
 
