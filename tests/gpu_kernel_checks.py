@@ -50,7 +50,7 @@ def check_aot() -> None:
 
     from predilect.build.tensorrt.plugin import LAUNCH_PARAM_TYPES, compile_kernel, launch_scalars, ptx_entry_params
 
-    torch.cuda.init()
+    torch.zeros(1, device="cuda")  # makes torch's primary context current for the driver calls below
     b, n, d, c, k = 5, 196, 128, 28, 4
     for dtype, name in ((torch.float32, "FLOAT"), (torch.float16, "HALF"), (torch.bfloat16, "BF16")):
         kernel = compile_kernel(name, k, 1)  # this GPU, this driver's PTX ISA

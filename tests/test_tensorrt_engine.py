@@ -156,6 +156,25 @@ def test_compiled_ptx_declares_exactly_tensorrt_parameters_when_compiled_for_sm9
         assert int(shared) <= 48 * 1024
 
 
+def test_compile_kernel_stamps_ptx_both_driver_and_ptxas_accept_when_version_not_given() -> None:
+    # A CUDA 13 driver (PTX 9.0) with Triton's bundled 12.8 ptxas (8.7) failed on an H200 before the cap.
+    script = (
+        "from triton.backends.compiler import GPUTarget\n"
+        "from predilect.build.tensorrt.plugin import aot_ptx_version, compile_kernel, ptxas_ptx_version\n"
+        "k = compile_kernel('HALF', 4, 1, target=GPUTarget('cuda', 90, 32))\n"
+        "version = [l for l in k.ptx.splitlines() if l.startswith('.version')][0].split()[1]\n"
+        "print(version, ptxas_ptx_version(90), aot_ptx_version(90))\n"
+    )
+    env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=REPO, env=env, capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    version, ptxas, chosen = done.stdout.split()
+    assert int(ptxas) >= 80 and int(chosen) <= int(ptxas)
+    assert version == f"{int(chosen) // 10}.{int(chosen) % 10}"
+
+
 def test_trim_ptx_params_refuses_when_kernel_reads_dropped_parameter() -> None:
     ptx = (
         ".version 8.7\n.visible .entry k(\n\t.param .u64 k_param_0,\n\t.param .u64 k_param_1\n)\n{\n"

@@ -21,9 +21,11 @@ annotations to be classes, not strings.
 """
 
 import ctypes
+import inspect
 import re
+import subprocess
 from dataclasses import dataclass
-from typing import Any, List, Tuple, Union  # noqa: UP035 - the forms tensorrt.plugin's validator expects
+from typing import Any, List, Optional, Tuple, Union  # noqa: UP035 - the forms tensorrt.plugin's validator expects
 
 import numpy as np
 
@@ -142,6 +144,29 @@ def driver_ptx_version() -> int | None:
     return int(ptx_get_version(f"{version.value // 1000}.{version.value % 1000 // 10}"))
 
 
+def ptxas_ptx_version(arch: int) -> Optional[int]:
+    """The newest PTX ISA that the ptxas Triton assembles with accepts for ``arch`` (87 for a 12.8 ptxas).
+
+    Triton turns the PTX into a cubin with its own ptxas even when only the PTX is kept, so PTX
+    stamped newer than that ptxas (a CUDA 13 driver with Triton's bundled 12.8 ptxas) fails to compile.
+    """
+    from triton.backends.nvidia import compiler as nvidia
+
+    query = nvidia.get_ptxas_version  # (arch) in newer Triton, () in older
+    try:
+        text = query(arch) if inspect.signature(query).parameters else query()
+    except (OSError, RuntimeError, subprocess.CalledProcessError):
+        return None
+    found = re.search(r"release (\d+)\.(\d+)", str(text))
+    return int(nvidia.ptx_get_version(f"{found[1]}.{found[2]}")) if found else None
+
+
+def aot_ptx_version(arch: int) -> Optional[int]:
+    """The PTX ISA to stamp: the newest that both this host's driver loads and Triton's ptxas assembles."""
+    known = [v for v in (driver_ptx_version(), ptxas_ptx_version(arch)) if v is not None]
+    return min(known) if known else None
+
+
 def compile_kernel(
     dtype: str,
     n_sites: int,
@@ -156,7 +181,7 @@ def compile_kernel(
     The compiled kernel's parameters are, in order: tokens, sites, weight, bias (inputs), the
     int32 scalars ``SCALAR_NAMES`` and logits (output): TensorRT's AOT calling convention. Unit
     strides and the unused attention-map arguments are compile-time constants. ``ptx_version``
-    (e.g. 87 = PTX ISA 8.7) defaults to what the local driver accepts, else Triton's own.
+    (e.g. 87 = PTX ISA 8.7) defaults to ``aot_ptx_version``: what both this host's driver and Triton's ptxas accept.
     ``map_output``: a plugin with the custom op's two outputs (logits, and the attention map,
     empty when not requested; Torch-TensorRT's generated descriptor) gets one more pointer,
     ``attn_ptr``, which the kernel never dereferences (``RETURN_ATTN`` is False).
@@ -199,7 +224,9 @@ def compile_kernel(
     signature = {name: runtime.get(name, "constexpr") for name in predilection_attention_kernel.arg_names}
     source = triton.compiler.ASTSource(fn=predilection_attention_kernel, signature=signature, constexprs=constexprs)
     options: dict[str, Any] = {"num_warps": cfg.num_warps, "num_stages": cfg.num_stages, "enable_fp_fusion": True}
-    ptx_version = driver_ptx_version() if ptx_version is None else ptx_version
+    if ptx_version is None:
+        arch = target.arch if target else triton.runtime.driver.active.get_current_target().arch
+        ptx_version = aot_ptx_version(int(arch))
     if ptx_version is not None:
         options["ptx_version"] = ptx_version
     compiled = (
