@@ -199,14 +199,10 @@ class _Run:
 
 
 def _triton(repository: Path, work: Path, name: str) -> AbstractContextManager[Any]:
-    from predilect.serving.server import TritonServer, free_port
+    from predilect.serving.server import TritonServer
 
-    return TritonServer(
+    return TritonServer.on_free_ports(
         model_repository=repository,
-        grpc_port=free_port(),
-        http_port=free_port(),
-        metrics_port=free_port(),
-        bind_address="127.0.0.1",
         log_path=work / f"tritonserver-{name}.log",
     )
 

@@ -143,7 +143,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from predilect.build.export import read_onnx_meta
     from predilect.serving.configs import ServingOptions
     from predilect.serving.repository import assemble
-    from predilect.serving.server import TritonServer, free_port
+    from predilect.serving.server import TritonServer
     from predilect.training.manifest import read_manifest
 
     args = _parser().parse_args(argv)
@@ -162,12 +162,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             True: assemble(args.onnx, folder / "repo-heatmaps", options),
         }
         servers = {
-            served: TritonServer(
+            served: TritonServer.on_free_ports(
                 model_repository=repo,
-                grpc_port=free_port(),
-                http_port=free_port(),
-                metrics_port=free_port(),
-                bind_address="127.0.0.1",
                 log_path=folder / f"triton-{served}.log",
                 startup_timeout_s=300,
             )

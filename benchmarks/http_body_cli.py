@@ -40,13 +40,10 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _probe(repository: Path, work: Path, path: str, size_mb: float) -> dict[str, Any]:
-    from predilect.serving.server import TritonServer, free_port
+    from predilect.serving.server import TritonServer
 
-    with TritonServer(
+    with TritonServer.on_free_ports(
         model_repository=repository,
-        grpc_port=free_port(),
-        http_port=free_port(),
-        metrics_port=free_port(),
         log_path=work / "tritonserver.log",
     ) as server:
         url = server.metrics_url if path == "metrics" else server.http_url + path

@@ -61,16 +61,13 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
     import random
 
     from predilect.serving.repository import assemble
-    from predilect.serving.server import TritonServer, free_port
+    from predilect.serving.server import TritonServer
 
     work = Path(tempfile.mkdtemp(prefix="predilect-large-"))
     (image,) = payloads.render_set(work / "images", count=1, sizes=[payloads.CAMERA_SIZE])
     repository = args.model_repository or assemble(args.onnx, work / "model_repository")
-    server = TritonServer(
+    server = TritonServer.on_free_ports(
         model_repository=repository,
-        grpc_port=free_port(),
-        http_port=free_port(),
-        metrics_port=free_port(),
         log_path=work / "tritonserver.log",
         max_request_bytes=int(args.max_request_mb * _MB) or None,
     )

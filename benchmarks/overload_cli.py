@@ -49,14 +49,11 @@ def _parser() -> argparse.ArgumentParser:
 
 def _serve(args: argparse.Namespace, work: Path) -> Any:
     from predilect.serving.repository import assemble
-    from predilect.serving.server import TritonServer, free_port
+    from predilect.serving.server import TritonServer
 
     repository = args.model_repository or assemble(args.onnx, work / "model_repository")
-    return TritonServer(
+    return TritonServer.on_free_ports(
         model_repository=repository,
-        grpc_port=free_port(),
-        http_port=free_port(),
-        metrics_port=free_port(),
         log_path=work / "tritonserver.log",
     )
 

@@ -110,7 +110,7 @@ def _memory(samples: list[dict[str, float]], key: str) -> dict[str, float]:
 
 def run(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
     from predilect.serving.repository import assemble
-    from predilect.serving.server import TritonServer, free_port
+    from predilect.serving.server import TritonServer
 
     work = Path(tempfile.mkdtemp(prefix="predilect-soak-"))
     images = [
@@ -119,11 +119,8 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
     repository = args.model_repository or assemble(args.onnx, work / "model_repository")
     load_before = machine.load_average()
     counts: dict[str, int] = {}
-    server = TritonServer(
+    server = TritonServer.on_free_ports(
         model_repository=repository,
-        grpc_port=free_port(),
-        http_port=free_port(),
-        metrics_port=free_port(),
         log_path=work / "tritonserver.log",
         max_request_bytes=int(args.max_request_mb * _MB) or None,
     )

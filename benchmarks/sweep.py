@@ -49,16 +49,12 @@ def run_point(
     from predilect.benchmarks.stacks import screen_grpc_all
     from predilect.serving.configs import ServingOptions
     from predilect.serving.repository import assemble
-    from predilect.serving.server import TritonServer, free_port
+    from predilect.serving.server import TritonServer
 
     options = dataclasses.replace(ServingOptions(), **overrides)
     repository = assemble(onnx, work / "model_repository", options)
-    with TritonServer(
+    with TritonServer.on_free_ports(
         model_repository=repository,
-        grpc_port=free_port(),
-        http_port=free_port(),
-        metrics_port=free_port(),
-        bind_address="127.0.0.1",
         log_path=work / "tritonserver.log",
     ) as server:
         screen_grpc_all(server.grpc_url, [p.read_bytes() for p in camera[:16]])

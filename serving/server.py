@@ -351,6 +351,18 @@ class TritonServer:
         self._process: subprocess.Popen | None = None
         self._log_file: IO[bytes] | None = None
 
+    @classmethod
+    def on_free_ports(cls, *, model_repository: Path, **options: Any) -> TritonServer:
+        """A server whose gRPC, HTTP and metrics ports are free ports (``free_port``), for tests and
+        benchmarks; ``options`` are the other keyword arguments of ``TritonServer``."""
+        return cls(
+            model_repository=model_repository,
+            grpc_port=free_port(),
+            http_port=free_port(),
+            metrics_port=free_port(),
+            **options,
+        )
+
     @property
     def _host(self) -> str:
         return "localhost" if self.bind_address in _ANY_ADDRESS else self.bind_address

@@ -60,9 +60,7 @@ def pipeline(phantom_manifest, tmp_path_factory) -> Pipeline:
 
 @pytest.fixture(scope="session")
 def pipeline_server(pipeline):
-    from predilect.serving.server import TritonServer, free_port
+    from predilect.serving.server import TritonServer
 
-    with TritonServer(
-        model_repository=pipeline.repository, grpc_port=free_port(), http_port=free_port(), metrics_port=free_port()
-    ) as server:
+    with TritonServer.on_free_ports(model_repository=pipeline.repository) as server:
         yield server

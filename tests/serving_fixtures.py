@@ -169,14 +169,10 @@ def model_repository(tmp_path_factory: pytest.TempPathFactory, tiny_onnx: Path) 
 @pytest.fixture(scope="session")
 def triton_server(model_repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonServer]:
     """One real tritonserver on free ports for the whole session."""
-    from predilect.serving.server import TritonServer, free_port
+    from predilect.serving.server import TritonServer
 
-    server = TritonServer(
+    server = TritonServer.on_free_ports(
         model_repository=model_repository,
-        grpc_port=free_port(),
-        http_port=free_port(),
-        metrics_port=free_port(),
-        bind_address="127.0.0.1",
         log_path=tmp_path_factory.mktemp("triton-log") / "tritonserver.log",
         startup_timeout_s=180,
     )
@@ -189,16 +185,12 @@ def fused_server(tiny_onnx: Path, tmp_path_factory: pytest.TempPathFactory) -> I
     """The default (fused) CPU layout on the real tritonserver, for the whole session."""
     from predilect.serving.configs import ServingOptions
     from predilect.serving.repository import assemble
-    from predilect.serving.server import TritonServer, free_port
+    from predilect.serving.server import TritonServer
 
     work = tmp_path_factory.mktemp("fused")
     repository = assemble(tiny_onnx, work / "repo", ServingOptions(max_batch_size=16, max_queue_delay_us=20_000))
-    with TritonServer(
+    with TritonServer.on_free_ports(
         model_repository=repository,
-        grpc_port=free_port(),
-        http_port=free_port(),
-        metrics_port=free_port(),
-        bind_address="127.0.0.1",
         log_path=work / "tritonserver.log",
         startup_timeout_s=180,
     ) as server:
@@ -327,14 +319,10 @@ def mutual_tls_server(
     model_repository: Path, tls_files: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[TritonServer]:
     """A second real tritonserver whose gRPC endpoint requires mutual TLS (client certificate)."""
-    from predilect.serving.server import TritonServer, free_port
+    from predilect.serving.server import TritonServer
 
-    server = TritonServer(
+    server = TritonServer.on_free_ports(
         model_repository=model_repository,
-        grpc_port=free_port(),
-        http_port=free_port(),
-        metrics_port=free_port(),
-        bind_address="127.0.0.1",
         log_path=tmp_path_factory.mktemp("triton-tls-log") / "tritonserver.log",
         startup_timeout_s=180,
         extra_args=[

@@ -32,7 +32,7 @@ from predilect.client import (
     ServerUnavailableError,
 )
 from predilect.client.protocol import request_headers
-from predilect.serving.server import ServerSecurity, TritonServer, free_port
+from predilect.serving.server import ServerSecurity, TritonServer
 
 TOKEN = "s3cr3t-t0ken-for-tests"
 ROOT = Path(__file__).resolve().parent.parent
@@ -41,12 +41,8 @@ RETRYING = RetryPolicy(max_attempts=5, initial_backoff_s=0.05, max_backoff_s=0.1
 
 @pytest.fixture(scope="module")
 def guarded_server(model_repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonServer]:
-    server = TritonServer(
+    server = TritonServer.on_free_ports(
         model_repository=model_repository,
-        grpc_port=free_port(),
-        http_port=free_port(),
-        metrics_port=free_port(),
-        bind_address="127.0.0.1",
         log_path=tmp_path_factory.mktemp("triton-auth-log") / "tritonserver.log",
         startup_timeout_s=180,
         security=ServerSecurity(auth_token=TOKEN),

@@ -19,7 +19,7 @@ from predilect import contract
 from predilect.benchmarks import reliability
 from predilect.client import AuthenticationError, ImageRejectedError, RetryPolicy, ScreeningClient, TlsConfig
 from predilect.serving.front import FrontTls, render_config
-from predilect.serving.server import ServerSecurity, ServerTls, TritonServer, free_port
+from predilect.serving.server import ServerSecurity, ServerTls, TritonServer
 
 TOKEN = "front-t0ken"
 LIMIT = 8 * 1024 * 1024
@@ -33,11 +33,8 @@ def fronted_server(
     model_repository: Path, tls_files: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[TritonServer]:
     tls = ServerTls(tls_files["server"], tls_files["server_key"], root_cert_path=tls_files["ca"], mutual=True)
-    server = TritonServer(
+    server = TritonServer.on_free_ports(
         model_repository=model_repository,
-        grpc_port=free_port(),
-        http_port=free_port(),
-        metrics_port=free_port(),
         http=False,
         security=ServerSecurity(auth_token=TOKEN, tls=tls),
         max_request_bytes=LIMIT,

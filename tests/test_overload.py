@@ -16,7 +16,7 @@ import pytest
 
 from predilect import contract
 from predilect.client import NO_RETRIES, DeadlineExceededError, RetryPolicy, ScreeningClient, ServerBusyError
-from predilect.serving.server import TritonServer, free_port
+from predilect.serving.server import TritonServer
 
 
 @pytest.fixture(scope="module")
@@ -28,11 +28,8 @@ def small_queue_server(tiny_onnx: Path, tmp_path_factory: pytest.TempPathFactory
         layout="fused", fused_instances=1, max_batch_size=2, max_queue_size=2, queue_timeout_us=2_000_000
     )
     repository = assemble(tiny_onnx, tmp_path_factory.mktemp("overload") / "model_repository", options)
-    server = TritonServer(
+    server = TritonServer.on_free_ports(
         model_repository=repository,
-        grpc_port=free_port(),
-        http_port=free_port(),
-        metrics_port=free_port(),
         log_path=tmp_path_factory.mktemp("overload-log") / "tritonserver.log",
         startup_timeout_s=180,
     )

@@ -70,7 +70,7 @@ def test_served_int8_probabilities_equal_onnx_runtime_when_assembled_with_precis
     from predilect.preprocess import PreprocessCfg, Preprocessor
     from predilect.serving.configs import ServingOptions
     from predilect.serving.repository import assemble, read_served_model
-    from predilect.serving.server import TritonServer, free_port
+    from predilect.serving.server import TritonServer
     from predilect.training.manifest import read_manifest
 
     fp32, quantized = int8
@@ -81,12 +81,8 @@ def test_served_int8_probabilities_equal_onnx_runtime_when_assembled_with_precis
     cfg = PreprocessCfg.from_json(_meta(fp32)[contract.KEY_PREPROCESS])
     expected = onnx_probabilities(quantized, Preprocessor(cfg, num_threads=1).run_strict(images))
     with (
-        TritonServer(
+        TritonServer.on_free_ports(
             model_repository=repository,
-            grpc_port=free_port(),
-            http_port=free_port(),
-            metrics_port=free_port(),
-            bind_address="127.0.0.1",
             log_path=tmp_path / "tritonserver.log",
         ) as server,
         ScreeningClient(server.grpc_url, timeout_s=60) as client,

@@ -53,11 +53,8 @@ def _broken_repository(root: Path, model_py: str | None) -> Path:
 
 
 def _start_broken(repository: Path) -> ServerStartError:
-    server = TritonServer(
+    server = TritonServer.on_free_ports(
         model_repository=repository,
-        grpc_port=free_port(),
-        http_port=free_port(),
-        metrics_port=free_port(),
         startup_timeout_s=60,
     )
     started = time.monotonic()
@@ -245,11 +242,8 @@ def test_server_shm_regions_are_reclaimed_when_server_and_stubs_were_killed_with
     regions in /dev/shm with nobody to unlink them: ``clean_stale_shm_regions`` (run at every start) does."""
     from predilect.serving.server import SHM_DIR, clean_stale_shm_regions
 
-    server = TritonServer(
+    server = TritonServer.on_free_ports(
         model_repository=model_repository,
-        grpc_port=free_port(),
-        http_port=free_port(),
-        metrics_port=free_port(),
         log_path=tmp_path / "triton.log",
         startup_timeout_s=180,
     )
