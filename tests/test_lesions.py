@@ -1,9 +1,11 @@
 """The localisation chain: phantom coordinates -> served preprocessing -> token grid -> scorer (issue 12).
 
 An oracle heatmap read from the model input's own pixels (the brightest grid cell: the optic
-disc, in images without bright lesions -- exudates and drusen can outshine it) must hit the disc the phantom recorded, for right and left eyes, through the same crop
-(``FieldBox``), cell geometry and row-major grid the served heatmaps are scored with; the same map
-mirrored or transposed must miss. A coordinate bug anywhere in the chain (x/y swapped, an eye
+disc, in images without bright lesions -- exudates and drusen can outshine it) must hit the disc
+the phantom recorded, for right and left eyes, through the same crop (``FieldBox``), cell
+geometry and row-major grid the served heatmaps are scored with; the same map mirrored or
+transposed must miss; and the disc's brightest pixels, carried back onto the photograph, must
+land inside the recorded disc. A coordinate bug anywhere in the chain (x/y swapped, an eye
 flipped, the crop misplaced, a cell offset) fails it.
 """
 
