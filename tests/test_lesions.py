@@ -88,3 +88,27 @@ def test_oracle_heatmap_hits_recorded_disc_and_mirrored_one_misses_when_scored_t
     assert eyes == {"L", "R"}
     assert tally["oracle"] == len(paths), tally
     assert tally["mirrored"] == 0 and tally["transposed"] == 0, tally
+
+
+def test_localisation_variants_served_row_equals_onnx_localisation_when_run_on_same_split(pipeline, tmp_path) -> None:
+    """The bench's in-process ``attention`` row is the served heatmap: the same hits per disease as
+    ``predilect localisation`` scores on the exported model under ONNX Runtime."""
+    from predilect.benchmarks.localisation_variants_cli import main as variants_main
+    from predilect.build.localisation_cli import main as localisation_main
+
+    phantom = pipeline.manifest.parent
+    served, bench = tmp_path / "served.md", tmp_path / "variants.md"
+    argv = ["--phantom", str(phantom), "--split", "test"]
+    assert localisation_main(["--onnx", str(pipeline.onnx), *argv, "--report", str(served)]) == 0
+    assert (
+        variants_main(["--checkpoint", str(pipeline.checkpoint), *argv, "--resamples", "20", "--report", str(bench)])
+        == 0
+    )
+    want = json.loads(served.with_suffix(".json").read_text())["all_positive"]
+    got = json.loads(bench.with_suffix(".json").read_text())
+    assert want and set(got["images"]) == set(want)
+    for disease, tally in want.items():
+        assert got["images"][disease] == tally["images"]
+        assert got["variants"]["attention"]["hit_rate"][disease] == pytest.approx(tally["hit_rate"])
+        assert got["chance"][disease] == pytest.approx(tally["chance"])
+    assert got["variants"]["attention"]["macro_diff_vs_served"] == 0.0
