@@ -85,6 +85,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples for the paired CIs")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--report", type=Path, default=None, help="write the table (markdown) and a .json beside it")
+    p.add_argument("--plot", type=Path, default=None, help="write the per-disease mean maps (PNG, needs matplotlib)")
     return p
 
 
@@ -103,10 +104,35 @@ def _site_attention(model: Any, pixels: np.ndarray) -> tuple[np.ndarray, np.ndar
     return attention.reshape(*shape, n_sites, grid, grid).numpy(), token_logit.reshape(*shape, grid, grid).numpy()
 
 
-def site_maps(checkpoint: Path, phantom: Path, split: str, baseline_split: str) -> list[dict[str, Any]]:
+def token_offsets(model: Any, pixels: np.ndarray) -> np.ndarray:
+    """``(g, g, 2)``: where each content token looks, relative to its grid cell -- the centroid of
+    ``|d token / d input|`` over ``pixels`` minus the cell's centre, in cells (row, column; + is
+    down/right). The scorer, the client overlay and the peak coordinates assume zero."""
+    import torch
+
+    grid, size = model.cfg.grid, pixels.shape[-1]
+    centres = torch.arange(size, dtype=torch.float32) + 0.5
+    ys, xs = torch.meshgrid(centres, centres, indexing="ij")
+    out = np.zeros((grid, grid, 2))
+    for n in range(grid * grid):
+        x = torch.from_numpy(pixels).clone().requires_grad_(True)
+        model.encoder.content(x)[:, n].pow(2).sum().backward()
+        assert x.grad is not None
+        weight = x.grad.abs().sum(dim=(0, 1))
+        row, column = divmod(n, grid)
+        centroid = (float((weight * ys).sum() / weight.sum()), float((weight * xs).sum() / weight.sum()))
+        out[row, column] = (centroid[0] * grid / size - row - 0.5, centroid[1] * grid / size - column - 0.5)
+    return out
+
+
+def site_maps(
+    checkpoint: Path, phantom: Path, split: str, baseline_split: str
+) -> tuple[list[dict[str, Any]], dict[str, np.ndarray], np.ndarray]:
     """Per positive (image, disease) of ``split`` with drawn lesions: per-site attention ``(K, g, g)``,
     token logit ``v (g, g)``, the per-site mean attention over ``baseline_split``'s images without
-    the disease, the served crop, the drawn lesions and the lit cells."""
+    the disease, the served crop, the drawn lesions and the lit cells; per disease, how often
+    the served map of those images without it peaks on each cell (``(g, g)`` shares); and the
+    tokens' offsets from their cells (``token_offsets`` on the first 8 images of ``split``)."""
     from predilect.build.localisation import lit_cells
     from predilect.preprocess import Preprocessor
     from predilect.training.checkpoint import load_checkpoint
@@ -122,6 +148,7 @@ def site_maps(checkpoint: Path, phantom: Path, split: str, baseline_split: str) 
     n_diseases, n_sites, _ = model.head.sites.shape
     negatives = np.zeros((n_diseases, n_sites, grid, grid))
     counts = np.zeros(n_diseases)
+    negative_peaks = np.zeros((n_diseases, grid * grid))
     background = read_manifest(phantom / "manifest.csv", catalog=labels_catalog, split=baseline_split)
     for start in range(0, len(background), 16):
         chunk = background[start : start + 16]
@@ -131,7 +158,10 @@ def site_maps(checkpoint: Path, phantom: Path, split: str, baseline_split: str) 
             absent = np.array([d not in record.labels for d in catalog.ids])
             negatives[absent] += attention[j, absent]
             counts += absent
+            peaks = attention[j].mean(axis=1).reshape(n_diseases, -1).argmax(axis=1)
+            negative_peaks[np.flatnonzero(absent), peaks[absent]] += 1
     negatives /= np.maximum(counts, 1)[:, None, None, None]
+    negative_peaks /= np.maximum(counts, 1)[:, None]
     records = [
         r
         for r in read_manifest(phantom / "manifest.csv", catalog=labels_catalog, split=split)
@@ -155,7 +185,9 @@ def site_maps(checkpoint: Path, phantom: Path, split: str, baseline_split: str) 
                     c = catalog.index(disease)
                     maps = {"sites": attention[j, c], "v": token_logit[j, c], "negatives": negatives[c]}
                     rows.append({"disease": disease, "box": box, "image": image, "lit": lit, **maps})
-    return rows
+    sample = preprocessor.run_strict([r.path.read_bytes() for r in records[:8]])
+    offsets = token_offsets(model, sample)
+    return rows, {d: negative_peaks[c].reshape(grid, grid) for c, d in enumerate(catalog.ids)}, offsets
 
 
 def score_variants(rows: list[dict[str, Any]]) -> dict[str, dict[str, np.ndarray]]:
@@ -169,6 +201,52 @@ def score_variants(rows: list[dict[str, Any]]) -> dict[str, dict[str, np.ndarray
             s = score_peak(heat, row["box"], row["image"], row["disease"], row["lit"])
             out[name].setdefault(row["disease"], []).append((float(s.hit), s.chance))
     return {name: {d: np.asarray(v) for d, v in per.items()} for name, per in out.items()}
+
+
+def peak_modes(rows: list[dict[str, Any]], negative_peaks: dict[str, np.ndarray]) -> dict[str, Any]:
+    """Per disease: the cell the served map peaks on most often, with its share, among the positives
+    and among the baseline split's negatives (one cell taking most peaks whatever the image shows
+    is an attention sink)."""
+    out: dict[str, Any] = {}
+    for disease in sorted({row["disease"] for row in rows}):
+        maps = [row["sites"].mean(axis=0) for row in rows if row["disease"] == disease]
+        grid = maps[0].shape[0]
+        counts = np.bincount([int(np.argmax(m)) for m in maps], minlength=grid * grid) / len(maps)
+        negative = negative_peaks[disease].ravel()
+        out[disease] = {
+            "positive": [*divmod(int(np.argmax(counts)), grid), float(counts.max())],
+            "negative": [*divmod(int(np.argmax(negative)), grid), float(negative.max())],
+        }
+    return out
+
+
+def plot_maps(rows: list[dict[str, Any]], path: Path) -> None:
+    """Per disease: mean served map over positives, how often each cell meets a lesion, how often the
+    peak falls on each cell, and the mean served map over the baseline negatives."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from predilect.training.lesions import lesion_cells
+
+    diseases = sorted({row["disease"] for row in rows})
+    titles = ("attention, positives", "lesion cells", "peak cell", "attention, negatives")
+    fig, axes = plt.subplots(len(diseases), 4, figsize=(8, 2.1 * len(diseases)), squeeze=False)
+    for i, disease in enumerate(diseases):
+        mine = [row for row in rows if row["disease"] == disease]
+        grid = mine[0]["v"].shape[0]
+        served = np.mean([row["sites"].mean(axis=0) for row in mine], axis=0)
+        cells = np.mean([lesion_cells(r["image"], disease, grid, r["box"]) for r in mine], axis=0)
+        peaks = np.bincount([int(np.argmax(r["sites"].mean(axis=0))) for r in mine], minlength=grid * grid)
+        panels = (served, cells, peaks.reshape(grid, grid) / len(mine), mine[0]["negatives"].mean(axis=0))
+        for k, (title, panel) in enumerate(zip(titles, panels, strict=True)):
+            axes[i, k].imshow(panel, cmap="magma")
+            axes[i, k].set_title(f"{disease}: {title}", fontsize=7)
+            axes[i, k].axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
 
 
 def summarise(scored: dict[str, dict[str, np.ndarray]], *, resamples: int, seed: int) -> dict[str, Any]:
@@ -220,10 +298,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     for path in (args.checkpoint, args.phantom / "lesions.jsonl", args.phantom / "manifest.csv"):
         if not path.is_file():
             raise CommandError(f"{path} not found")
-    rows = site_maps(args.checkpoint, args.phantom, args.split, args.baseline_split)
+    rows, negative_peaks, offsets = site_maps(args.checkpoint, args.phantom, args.split, args.baseline_split)
     if not rows:
         raise CommandError(f"no positive images with drawn lesions in split {args.split!r} of {args.phantom}")
     summary = summarise(score_variants(rows), resamples=args.resamples, seed=args.seed)
+    summary["peak_modes"] = peak_modes(rows, negative_peaks)
+    inner = offsets[1:-1, 1:-1].reshape(-1, 2)
+    summary["token_offset_cells"] = {"inner_mean": inner.mean(axis=0).tolist(), "grid": offsets.round(3).tolist()}
     command_line = "predilect bench localisation-variants " + shlex.join(argv)
     header = [
         f"### {args.split} split",
@@ -232,7 +313,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         "heatmap peak cell overlaps a drawn lesion of the disease; macro over diseases with chance < 99%.",
     ]
     text = report_markdown(summary, header)
+    modes = summary["peak_modes"]
+    text += (
+        "\nMost frequent peak cell (row, column; share): "
+        + "; ".join(
+            f"{d} positives {tuple(m['positive'][:2])} {100 * m['positive'][2]:.0f}%, "
+            f"negatives {tuple(m['negative'][:2])} {100 * m['negative'][2]:.0f}%"
+            for d, m in modes.items()
+        )
+        + ".\n"
+    )
+    row_offset, column_offset = summary["token_offset_cells"]["inner_mean"]
+    text += (
+        f"\nWhere the tokens look (gradient centroid, inner cells, mean): {row_offset:+.2f} cell down, "
+        f"{column_offset:+.2f} cell right of their cell's centre.\n"
+    )
     print(text)
+    if args.plot is not None:
+        plot_maps(rows, args.plot)
     if args.report is not None:
         args.report.parent.mkdir(parents=True, exist_ok=True)
         args.report.write_text(text, encoding="utf-8")
