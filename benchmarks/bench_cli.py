@@ -9,6 +9,7 @@
     predilect bench large [options]         # what oversized gRPC requests leave in server memory
     predilect bench http-body [options]     # does tritonserver survive an HTTP body of N MB?
     predilect bench heatmaps [options]      # HEATMAPS served vs not, asked vs not (issue 12)
+    predilect bench localisation-variants   # which attention-derived heatmap peaks on the lesions (issue 12)
 
 `serving`, one stack after the other on this machine, same images, same concurrency points:
 (a) the in-process bound (decode + preprocess + ONNX Runtime, no server); (c) the Triton
@@ -50,6 +51,7 @@ SUBCOMMANDS = {
     "large": "predilect.benchmarks.large_requests_cli",
     "http-body": "predilect.benchmarks.http_body_cli",
     "heatmaps": "predilect.benchmarks.heatmaps_cli",
+    "localisation-variants": "predilect.benchmarks.localisation_variants_cli",
 }
 
 ARTIFACTS = default_artifacts()

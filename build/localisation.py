@@ -8,8 +8,12 @@ exactly this ``ATTENTION`` row -- and the disease's attention map is read:
 * **hit** (the figure reported): the hottest grid cell, mapped onto the photograph through the
   cropped square (``FIELD_BOX``), overlaps a lesion of that disease (a disc of the drawn radius);
 * **centre hit** (stricter): the hottest cell's centre lies inside such a disc;
-* **chance**: the share of the field-of-view cells that overlap a lesion of that disease in the same
-  image -- what a peak placed at random in the field would score (the control beside the hit rate).
+* **chance**, beside each: what a peak placed at random on a field-of-view cell of the same image
+  would score -- the share of those cells that overlap a lesion of that disease (for the hit), or
+  whose centre lies inside one (for the centre hit: small lesions rarely cover a cell's centre).
+
+The lesions, the cell geometry and the scoring are ``predilect.training.lesions`` -- the same
+that ``predilect evaluate`` uses on in-process attention.
 
 Figures are given over every truly positive image, and over those the model also called positive
 (the served heatmaps exist only for findings).
@@ -17,7 +21,6 @@ Figures are given over every truly positive image, and over those the model also
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -28,60 +31,8 @@ import numpy as np
 
 from predilect import contract
 from predilect.catalog import Catalog
-from predilect.preprocess import FieldBox, PreprocessCfg, Preprocessor
-
-
-@dataclass(frozen=True)
-class Lesion:
-    disease: str
-    x: float  # normalised to the image width
-    y: float  # normalised to the image height
-    r: float  # normalised to the image width
-
-
-@dataclass(frozen=True)
-class DrawnImage:
-    """One line of ``lesions.jsonl``: where each lesion was drawn, in the image's own coordinates."""
-
-    path: str
-    width: int
-    height: int
-    lesions: tuple[Lesion, ...]
-
-
-def read_lesions(path: Path) -> dict[str, DrawnImage]:
-    """``lesions.jsonl`` by image path (as written, relative to its folder)."""
-    images = {}
-    for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            data = json.loads(line)
-            lesions = tuple(
-                Lesion(str(d["disease"]), float(d["x"]), float(d["y"]), float(d["r"])) for d in data["lesions"]
-            )
-            images[str(data["path"])] = DrawnImage(str(data["path"]), int(data["width"]), int(data["height"]), lesions)
-        except (ValueError, KeyError, TypeError) as e:
-            raise ValueError(f"{path} line {number}: not a lesion record: {e}") from e
-    return images
-
-
-def cell_rect(row: int, column: int, grid: int, box: FieldBox, width: int, height: int) -> tuple[float, ...]:
-    """The grid cell (row, column) of the model input as a rectangle in photograph pixels."""
-    left, top, right, bottom = box
-    cell_w, cell_h = (right - left) / grid, (bottom - top) / grid
-    x0, y0 = (left + column * cell_w) * width, (top + row * cell_h) * height
-    return (x0, y0, x0 + cell_w * width, y0 + cell_h * height)
-
-
-def _overlaps(rect: Sequence[float], lesion: Lesion, width: int, height: int) -> bool:
-    cx, cy, radius = lesion.x * width, lesion.y * height, lesion.r * width
-    nearest_x, nearest_y = min(max(cx, rect[0]), rect[2]), min(max(cy, rect[1]), rect[3])
-    return math.hypot(cx - nearest_x, cy - nearest_y) <= radius
-
-
-def _inside(point: tuple[float, float], lesion: Lesion, width: int, height: int) -> bool:
-    return math.hypot(point[0] - lesion.x * width, point[1] - lesion.y * height) <= lesion.r * width
+from predilect.preprocess import PreprocessCfg, Preprocessor
+from predilect.training.lesions import DrawnImage, PeakScore, score_peak
 
 
 @dataclass
@@ -90,12 +41,14 @@ class Tally:
     hits: int = 0
     centre_hits: int = 0
     chance: float = 0.0  # summed per image, divided at the end
+    centre_chance: float = 0.0
 
-    def add(self, hit: bool, centre_hit: bool, chance: float) -> None:
+    def add(self, score: PeakScore) -> None:
         self.images += 1
-        self.hits += hit
-        self.centre_hits += centre_hit
-        self.chance += chance
+        self.hits += score.hit
+        self.centre_hits += score.centre_hit
+        self.chance += score.chance
+        self.centre_chance += score.centre_chance
 
     def to_dict(self) -> dict[str, Any]:
         from predilect.training.gradability import wilson
@@ -108,6 +61,7 @@ class Tally:
             "hit_ci95": [low, high],
             "centre_hit_rate": self.centre_hits / n if self.images else math.nan,
             "chance": self.chance / n if self.images else math.nan,
+            "centre_chance": self.centre_chance / n if self.images else math.nan,
         }
 
 
@@ -121,31 +75,6 @@ class Localisation:
             "all_positive": {d: t.to_dict() for d, t in self.all_positive.items()},
             "called_positive": {d: t.to_dict() for d, t in self.called_positive.items()},
         }
-
-
-def score_image(
-    attention: np.ndarray, box: FieldBox, drawn: DrawnImage, disease: str, lit: np.ndarray
-) -> tuple[bool, bool, float]:
-    """(hit, centre hit, chance) of one disease's ``attention`` (g, g) against its drawn lesions.
-
-    ``lit``: (g, g) bool, the cells inside the field of view (where a random peak could fall).
-    """
-    grid = attention.shape[0]
-    lesions = [lesion for lesion in drawn.lesions if lesion.disease == disease]
-    row, column = np.unravel_index(int(np.argmax(attention)), attention.shape)
-    rect = cell_rect(int(row), int(column), grid, box, drawn.width, drawn.height)
-    centre = ((rect[0] + rect[2]) / 2, (rect[1] + rect[3]) / 2)
-    hit = any(_overlaps(rect, lesion, drawn.width, drawn.height) for lesion in lesions)
-    centre_hit = any(_inside(centre, lesion, drawn.width, drawn.height) for lesion in lesions)
-    cells = [(r, c) for r in range(grid) for c in range(grid) if lit[r, c]]
-    covered = sum(
-        any(
-            _overlaps(cell_rect(r, c, grid, box, drawn.width, drawn.height), lesion, drawn.width, drawn.height)
-            for lesion in lesions
-        )
-        for r, c in cells
-    )
-    return hit, centre_hit, covered / max(len(cells), 1)
 
 
 def lit_cells(pixels: np.ndarray, grid: int, cfg: PreprocessCfg) -> np.ndarray:
@@ -193,13 +122,13 @@ def measure_localisation(
                 continue
             lit = lit_cells(pixels[i], attention.shape[-1], preprocess)
             for disease in sorted(record.labels):
-                if disease not in catalog.ids or not any(lesion.disease == disease for lesion in image.lesions):
+                if disease not in catalog.ids or not image.of(disease):
                     continue
                 c = catalog.index(disease)
-                scored = score_image(attention[i, c], box, image, disease, lit)
-                result.all_positive.setdefault(disease, Tally()).add(*scored)
+                scored = score_peak(attention[i, c], box, image, disease, lit)
+                result.all_positive.setdefault(disease, Tally()).add(scored)
                 if probabilities[i, c] >= catalog[disease].threshold:
-                    result.called_positive.setdefault(disease, Tally()).add(*scored)
+                    result.called_positive.setdefault(disease, Tally()).add(scored)
     return result
 
 
@@ -213,13 +142,13 @@ def report_markdown(result: Localisation, *, header: Sequence[str]) -> str:
             hit = f"{100 * t['hit_rate']:.1f}% ({100 * low:.1f}-{100 * high:.1f})"
             out.append(
                 f"| {disease} | {t['images']} | {hit} | {met} | "
-                f"{100 * t['centre_hit_rate']:.1f}% | {100 * t['chance']:.1f}% |"
+                f"{100 * t['chance']:.1f}% | {100 * t['centre_hit_rate']:.1f}% | {100 * t['centre_chance']:.1f}% |"
             )
         return out
 
     head = [
-        "| disease | images | peak on a lesion (95% CI) | >= 90% | peak cell centre inside a lesion | chance |",
-        "|---|---|---|---|---|---|",
+        "| disease | images | peak on a lesion (95% CI) | >= 90% | chance | peak cell centre in a lesion | chance |",
+        "|---|---|---|---|---|---|---|",
     ]
     lines = [*header, "", "## Every truly positive held-out image", "", *head, *rows(result.all_positive)]
     lines += ["", "## Those the model also called positive (the served heatmaps)", "", *head]

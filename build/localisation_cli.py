@@ -18,8 +18,9 @@ from pathlib import Path
 
 from predilect.artifacts import default_artifacts
 from predilect.cli import CommandError, command
+from predilect.training.lesions import read_lesions
 
-from .localisation import measure_localisation, read_lesions, report_markdown
+from .localisation import measure_localisation, report_markdown
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -58,7 +59,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"Command: `{command_line}`; date {datetime.date.today().isoformat()}; model {name} {version}; "
             f"phantom `{args.phantom}`, split {args.split}.",
             "A hit: the hottest cell of the disease's attention, mapped onto the photograph, overlaps a lesion "
-            "drawn for that disease; chance: the share of field-of-view cells that overlap one (a random peak).",
+            "drawn for that disease; centre: the hottest cell's centre lies inside one. Each chance column is "
+            "what a peak on a random field-of-view cell of the same image would score on the figure left of it.",
         ],
     )
     print(text)

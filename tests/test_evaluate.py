@@ -5,33 +5,35 @@ import json
 import numpy as np
 import pytest
 
-from predilect.training.evaluate import Localisation, lesion_mask, localisation
+from predilect.training.evaluate import Localisation, localisation
 from predilect.training.evaluate_cli import main as evaluate_main
+from predilect.training.lesions import DrawnImage, Lesion, lesion_cells
 from predilect.training.manifest import Record
 
 
 def _entry(lesions):
-    # An 800 x 600 frame, field of view centred, radius 0.38 of the width (304 px): the
-    # preprocessor crops a 600 x 600 square (FOV 608 wide, clipped to 600 rows) at the centre.
-    return {"width": 800, "height": 600, "fov": {"x": 0.5, "y": 0.5, "r": 0.38}, "lesions": lesions}
+    # An 800 x 600 frame, field of view centred, radius 0.38 of the width (304 px): the FOV is
+    # 608 wide (600 rows in the frame), so the preprocessor crops a 608 px square at the centre.
+    return DrawnImage("a.jpg", 800, 600, tuple(Lesion(*lesion) for lesion in lesions), (0.5, 0.5, 0.38))
 
 
-def test_lesion_mask_marks_cells_under_lesion_when_mapped_through_fov_crop():
-    entry = _entry(
-        [{"disease": "dme", "x": 0.5, "y": 0.5, "r": 0.02}, {"disease": "dr", "x": 0.2, "y": 0.1, "r": 0.01}]
-    )
-    mask = lesion_mask(entry, "dme", 8)
+def test_lesion_cells_marks_cells_under_lesion_when_mapped_through_fov_crop():
+    entry = _entry([("dme", 0.5, 0.5, 0.02), ("dr", 0.2, 0.1, 0.01), ("amd", 0.2, 0.13, 0.01)])
+    box = entry.field_box()
+    assert box == pytest.approx((96 / 800, -4 / 600, 704 / 800, 604 / 600))
+    mask = lesion_cells(entry, "dme", 8, box)
     assert mask[3:5, 3:5].all() and mask.sum() == 4  # the centre cells only
-    dr = lesion_mask(entry, "dr", 8)
-    # x = 0.2 * 800 = 160 px -> (160 - 100) / 600 = 0.1 of the square; y = 60 / 600 = 0.1: the
-    # cells the small circle touches (centre within r + half a cell's diagonal) are the corner three
-    assert sorted(zip(*np.nonzero(dr), strict=True)) == [(0, 0), (0, 1), (1, 0)]
-    assert not lesion_mask(entry, "amd", 8).any()
+    # x = 0.2 * 800 = 160 px -> (160 - 96) / 608 = 0.105 of the square; y = (60 + 4) / 608 = 0.105;
+    # radius 8 / 608 = 0.013: the disc lies inside cell (0, 0) (0 .. 0.125 both ways)
+    assert sorted(zip(*np.nonzero(lesion_cells(entry, "dr", 8, box)), strict=True)) == [(0, 0)]
+    # y = (78 + 4) / 608 = 0.135 with the same radius: it straddles the row boundary at 0.125
+    assert sorted(zip(*np.nonzero(lesion_cells(entry, "amd", 8, box)), strict=True)) == [(0, 0), (1, 0)]
+    assert not lesion_cells(entry, "rvo", 8, box).any()
 
 
 def test_localisation_scores_attention_on_lesions_against_uniform_chance_when_peaked(tmp_path):
     path = (tmp_path / "a.jpg").resolve()
-    entry = _entry([{"disease": "dme", "x": 0.5, "y": 0.5, "r": 0.02}])
+    entry = _entry([("dme", 0.5, 0.5, 0.02)])
     peaked = np.zeros((1, 1, 8, 8))
     peaked[0, 0, 3:5, 3:5] = 0.25
     uniform = np.full((1, 1, 8, 8), 1 / 64)

@@ -149,25 +149,26 @@ def test_export_writes_attention_equal_to_model_when_model_has_it(checkpoint: Pa
 # --------------------------------------------------------------------------- localisation scoring
 
 
-def test_score_image_hits_when_peak_cell_overlaps_drawn_lesion_and_reports_chance() -> None:
-    from predilect.build.localisation import DrawnImage, Lesion, score_image
+def test_score_peak_hits_when_peak_cell_overlaps_drawn_lesion_and_reports_chance() -> None:
+    from predilect.training.lesions import DrawnImage, Lesion, score_peak
 
     drawn = DrawnImage("a.jpg", 800, 600, (Lesion("dr", 0.30, 0.25, 0.02), Lesion("amd", 0.7, 0.7, 0.05)))
     box = (0.125, 0.0, 0.875, 1.0)  # a 600 px square centred in the 800 px frame
     attention = np.zeros((4, 4))
     attention[0, 1] = 1.0  # the cell x 250-400 px, y 0-150 px; the dr lesion: centre (240, 150), radius 16 px
     lit = np.ones((4, 4), dtype=bool)
-    hit, centre_hit, chance = score_image(attention, box, drawn, "dr", lit)
+    hit, centre_hit, chance, centre_chance = score_peak(attention, box, drawn, "dr", lit)
     assert hit and not centre_hit, "the lesion reaches 10 px into the cell; the cell's centre is outside it"
     attention[:] = 0.0
     attention[3, 3] = 1.0
-    assert score_image(attention, box, drawn, "dr", lit)[0] is False
+    assert score_peak(attention, box, drawn, "dr", lit).hit is False
     assert 0.0 < chance <= 4 / 16, "a random lit cell rarely meets a small lesion"
-    assert score_image(attention, box, drawn, "amd", lit)[:2] == (True, False)
+    assert centre_chance == 0.0, "no cell centre lies inside the small dr disc"
+    assert score_peak(attention, box, drawn, "amd", lit)[:2] == (True, False)
 
 
 def test_read_lesions_raises_naming_line_when_record_is_malformed(tmp_path: Path) -> None:
-    from predilect.build.localisation import read_lesions
+    from predilect.training.lesions import read_lesions
 
     path = tmp_path / "lesions.jsonl"
     path.write_text('{"path": "a.jpg", "width": 8, "height": 6, "lesions": []}\n{"path": "b.jpg"}\n')

@@ -10,7 +10,6 @@ their read-out from ``W^T t_c``.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,9 +19,9 @@ import torch
 from torch import Tensor, nn
 
 from predilect.catalog import Catalog
-from predilect.errors import ConfigError
 from predilect.preprocess import PreprocessCfg
 
+from .lesions import DrawnImage, lesion_cells
 from .manifest import Record
 from .model import FundusClassifier
 from .stages import predict
@@ -132,53 +131,6 @@ def score_classifier(
 # ----------------------------------------------------------------------------- lesion localisation
 
 
-def read_lesions(path: Path) -> dict[Path, dict[str, Any]]:
-    """``lesions.jsonl`` (the phantom's ground truth) keyed by resolved image path."""
-    root = Path(path).parent
-    table: dict[Path, dict[str, Any]] = {}
-    with Path(path).open(encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                entry = json.loads(line)
-                table[(root / entry["path"]).resolve()] = entry
-            except (json.JSONDecodeError, KeyError, TypeError) as e:
-                raise ConfigError(f"{path}:{number}: not a lesions line ({e})") from e
-    return table
-
-
-def _square_mapping(entry: dict[str, Any]) -> tuple[float, float, float]:
-    """Frame width, height and the side of the square the preprocessor crops (pixels): a square
-    of side max(FOV width, FOV height) centred on the FRAME (``preprocess.pil_draft_preprocess``)."""
-    w, h = float(entry["width"]), float(entry["height"])
-    fov = entry.get("fov")
-    if fov is None:
-        return w, h, max(w, h)
-    cx, cy, r = fov["x"] * w, fov["y"] * h, fov["r"] * w
-    fov_w = min(cx + r, w) - max(cx - r, 0.0)
-    fov_h = min(cy + r, h) - max(cy - r, 0.0)
-    return w, h, max(fov_w, fov_h)
-
-
-def lesion_mask(entry: dict[str, Any], disease: str, grid: int) -> np.ndarray:
-    """``(grid, grid)`` bool: token cells whose centre lies within half a cell's diagonal of one
-    of ``disease``'s lesion circles, in the preprocessed square."""
-    w, h, side = _square_mapping(entry)
-    centres = (np.arange(grid) + 0.5) / grid
-    cy, cx = np.meshgrid(centres, centres, indexing="ij")
-    mask = np.zeros((grid, grid), bool)
-    slack = np.sqrt(0.5) / grid
-    for lesion in entry.get("lesions", []):
-        if lesion.get("disease") != disease:
-            continue
-        x = (lesion["x"] * w - (w - side) / 2) / side
-        y = (lesion["y"] * h - (h - side) / 2) / side
-        r = lesion["r"] * w / side
-        mask |= np.hypot(cx - x, cy - y) <= r + slack
-    return mask
-
-
 @dataclass(frozen=True)
 class Localisation:
     """Attention vs drawn lesions, per disease: mean attention mass on lesion cells, the mass a
@@ -198,21 +150,24 @@ def localisation(
     attention: np.ndarray,
     labels: np.ndarray,
     records: list[Record],
-    lesions: dict[Path, dict[str, Any]],
+    lesions: dict[Path, DrawnImage],
     ids: list[str],
 ) -> dict[str, Localisation]:
-    """Score each positive (image, disease) with drawn lesions; ``attention (N, C, g, g)``.
-    The key ``all`` pools every pair."""
+    """Score each positive (image, disease) with drawn lesions; ``attention (N, C, g, g)``; ``lesions``
+    keyed by resolved image path (``lesions.by_resolved_path``). Lesion cells: those that meet a
+    lesion in the square cropped from the drawn field of view (``training.lesions``, the geometry
+    ``predilect localisation`` scores served heatmaps with). The key ``all`` pools every pair."""
     grid = attention.shape[-1]
     per: dict[str, list[tuple[float, float, float]]] = {}
     for i, record in enumerate(records):
-        entry = lesions.get(record.path.resolve())
-        if entry is None:
+        drawn = lesions.get(record.path.resolve())
+        if drawn is None:
             continue
+        box = drawn.field_box()
         for j, disease in enumerate(ids):
             if labels[i, j] < 0.5:
                 continue
-            mask = lesion_mask(entry, disease, grid)
+            mask = lesion_cells(drawn, disease, grid, box)
             if not mask.any() or mask.all():
                 continue
             a = attention[i, j] / max(attention[i, j].sum(), 1e-12)

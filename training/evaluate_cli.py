@@ -26,7 +26,8 @@ from predilect.catalog import Catalog
 from predilect.cli import CommandError, command
 
 from .checkpoint import CheckpointMeta, load_checkpoint, load_pretrain
-from .evaluate import localisation, read_lesions, score_classifier, site_priors, zero_shot_scores
+from .evaluate import localisation, score_classifier, site_priors, zero_shot_scores
+from .lesions import by_resolved_path, read_lesions
 from .metrics import Interval, auroc, bootstrap_ci, on_rows, paired_bootstrap_ci
 from .report import (
     evaluate_scores,
@@ -80,7 +81,11 @@ def _classifier(args: argparse.Namespace) -> int:
     lesions_path = args.lesions or args.manifest.with_name("lesions.jsonl")
     if lesions_path.is_file():
         evaluation.localisation = localisation(
-            test.attention, test.labels, test.records, read_lesions(lesions_path), ids
+            test.attention,
+            test.labels,
+            test.records,
+            by_resolved_path(read_lesions(lesions_path), lesions_path.parent),
+            ids,
         )
     out = args.out or args.checkpoint.parent / "evaluation"
     out.mkdir(parents=True, exist_ok=True)
