@@ -46,6 +46,7 @@ def _baseline(rev: str, folder: Path) -> ModuleType:
     if spec is None or spec.loader is None:
         raise CommandError(f"cannot import {path}")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the class is made
     spec.loader.exec_module(module)
     return module
 
