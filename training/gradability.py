@@ -57,6 +57,7 @@ EXPECTED_REASON: Mapping[str, str] = {
     "oct": "wrong_image_type",
 }
 _DEGRADED_TAIL = 0.05
+_FLAG_SHARE = 0.95
 MIN_AREA: Mapping[str, float] = {"saturated": 0.01, "outside": 0.01, "occluded": 0.01, "glare": 0.01, "dust": 0.002}
 """The smallest share of the field each area check may fail at: glare, saturation or shadow on under 1% of
 the field, or dust shadows (measured as blob cores) on under 0.2%, do not stop a grader."""
@@ -155,6 +156,7 @@ class Spread:
     median: float
     high: float  # 99.5% quantile
     failing: float
+    clean_cost: float | None = None  # share of clean images a threshold flagging 95% of this group would fail
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -163,7 +165,20 @@ class Spread:
             "median": self.median,
             "q995": self.high,
             "failing": self.failing,
+            "clean_cost": self.clean_cost,
         }
+
+
+CLEAN_GROUP = "clean"
+
+
+def _clean_cost(group: np.ndarray, clean: np.ndarray, upper: bool) -> float | None:
+    """Share of ``clean`` that fails a threshold placed to flag 95% of ``group``."""
+    if not len(clean):
+        return None
+    if upper:
+        return float(np.mean(clean >= np.quantile(group, 1.0 - _FLAG_SHARE)))
+    return float(np.mean(clean <= np.quantile(group, _FLAG_SHARE)))
 
 
 def spreads(measured: Measured, cfg: quality.QualityCfg) -> dict[str, dict[str, Spread]]:
@@ -178,8 +193,10 @@ def spreads(measured: Measured, cfg: quality.QualityCfg) -> dict[str, dict[str, 
     for check in quality.CHECKS:
         values = measured.measures[:, quality.MEASURES.index(check.measure)]
         failing = check.badness(values, cfg.thresholds[check.measure]) >= 1.0
-        groups = {"clean": ok & (kinds == CLEAN)}
-        groups |= {f"clean {c}": ok & (kinds == CLEAN) & (cameras == c) for c in sorted(set(cameras[kinds == CLEAN]))}
+        upper = check.direction == "max"
+        clean = ok & (kinds == CLEAN)
+        groups = {CLEAN_GROUP: clean}
+        groups |= {f"{CLEAN_GROUP} {c}": clean & (cameras == c) for c in sorted(set(cameras[kinds == CLEAN]))}
         for kind in TARGET_KINDS[check.measure]:
             levels = sorted(set(strengths[kinds == kind]))
             groups |= {f"{kind} {s:.2f}": ok & (kinds == kind) & (strengths == s) for s in levels}
@@ -190,6 +207,7 @@ def spreads(measured: Measured, cfg: quality.QualityCfg) -> dict[str, dict[str, 
                 median=float(np.median(values[rows])),
                 high=float(np.quantile(values[rows], 0.995)),
                 failing=float(failing[rows].mean()),
+                clean_cost=None if name.startswith(CLEAN_GROUP) else _clean_cost(values[rows], values[clean], upper),
             )
             for name, rows in groups.items()
             if rows.any()
@@ -316,9 +334,14 @@ def _spread_lines(evaluation: Evaluation, cfg: quality.QualityCfg, missed: Seque
             continue
         sign = "<=" if check.direction == "min" else ">="
         lines += ["", f"Where `{check.measure}` lies (fails at {sign} {cfg.thresholds[check.measure]:.4g}):", ""]
-        lines += ["| images | n | 0.5% quantile | median | 99.5% quantile | failing |", "|---|---|---|---|---|---|"]
         lines += [
-            f"| {name} | {v.count} | {v.low:.4g} | {v.median:.4g} | {v.high:.4g} | {100 * v.failing:.0f}% |"
+            "| images | n | 0.5% quantile | median | 99.5% quantile | failing | clean failing if 95% of these failed |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {name} | {v.count} | {v.low:.4g} | {v.median:.4g} | {v.high:.4g} | {100 * v.failing:.0f}% | "
+            + ("-" if v.clean_cost is None else f"{100 * v.clean_cost:.1f}%")
+            + " |"
             for name, v in evaluation.spread[check.measure].items()
         ]
     return lines
