@@ -13,7 +13,11 @@ lower bound); where the degraded images aimed at that check (``TARGET_KINDS``) l
 their 5% tail past the clean tail -- the threshold moves to the midpoint between the two
 tails, so that unseen clean variation has room. Area measures never fail below ``MIN_AREA``: a
 small glare spot or shadow does not stop a grader, and a clean quantile of an almost-always-zero
-measure would otherwise flag the first unusual clean image. Whatever the figures show is reported.
+measure would otherwise flag the first unusual clean image. Whatever the figures show is reported,
+and for each kind that misses its target (< 95% flagged) the report shows where the measure its
+check reads lies (``spreads``): the clean images per camera, the kind per strength, and the share of
+clean images that a threshold flagging 95% of each group would fail -- whether the kind lies
+inside the clean spread, where no threshold on that measure can tell it apart.
 """
 
 from __future__ import annotations
