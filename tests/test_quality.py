@@ -249,3 +249,18 @@ def test_report_shows_where_the_measure_lies_when_a_kind_misses_its_target() -> 
     assert spread["clean a"].clean_cost is None
     text = report_markdown(result, result, cfg, header=["# t"])
     assert "Where `sharpness` lies" in text and "Where `dust` lies" not in text
+
+
+@pytest.mark.parametrize("size", [32, 33, 57, 224])
+def test_measure_returns_finite_rows_when_square_is_black_white_or_noise(size: int) -> None:
+    rng = np.random.default_rng(size)
+    squares = np.stack(
+        [
+            np.zeros((3, size, size), np.uint8),
+            np.full((3, size, size), 255, np.uint8),
+            rng.integers(0, 256, (3, size, size)).astype(np.uint8),
+        ]
+    )
+    rows = quality.measure(squares)
+    assert rows.shape == (3, len(quality.MEASURES)) and np.isfinite(rows).all()
+    assert rows[0, quality.MEASURES.index("dust")] == 0.0 and rows[0, quality.MEASURES.index("brightness")] == 0.0
