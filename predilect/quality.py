@@ -13,7 +13,9 @@ disc (preprocessing centres the square on the lit field), "inner" is the disc of
 
 * ``sharpness``: mean |G - 3x3 box mean of G| over the inner disc, over the mean of G: fine detail
   (vessel edges) relative to brightness; defocus lowers it.
-* ``brightness``: median luminance (0-255) over the inner disc; under-exposure lowers it.
+* ``brightness``: median over the inner disc of each pixel's brightest channel (0-255; red in a
+  fundus); under-exposure lowers it. Luminance would weigh green, which pigmentation varies far
+  more than red, so the brightest channel spreads less among well-exposed photographs.
 * ``saturated``: share of inner pixels with a channel at 250 or above; over-exposure raises it.
 * ``outside``: share of the square's corners (beyond radius 0.53 S) that is lit: a field of view
   off-centre or clipped, or a frame lit edge to edge (no fundus camera mask).
@@ -24,9 +26,14 @@ disc (preprocessing centres the square on the lit field), "inner" is the disc of
 * ``haze``: the inner disc's 2nd-percentile blue over its median blue: a veil of scattered light
   adds to every level, lifting the floor towards the median, where a colour cast (a gain) keeps
   the ratio.
-* ``dust``: share of inner pixels darker than 0.75 of their neighbourhood (a 10% of S box) in
-  red, green and blue alike (ratios within 0.08): shadows of dirt on the optics darken every
-  channel by one factor, where haemorrhages, vessels and pigment change the hue.
+* ``dust``: share of the expected field (radius 0.48 S) in blob-shaped neutral shadows: pixels at
+  least 2% of S inside the lit field whose red and green, once each is divided by its mean on the
+  same ring around the centre (removing vignetting and the fall-off towards the rim), are both
+  below 0.8 of their lit neighbourhood's (a 20% of S box) and within 0.08 of each other: shadows
+  of dirt on the optics darken every channel by one factor, where haemorrhages and vessels darken
+  green far more than red. Blue, the dimmest channel, is too quantised to test; an opening by a
+  3 x 3 square drops thin lines (pigment spicules, vessels). Within about 0.03 S of the centre a
+  ring is too small to hold more than the shadow itself, which it then divides out (the fovea too).
 * ``redness``: mean (R - B) / (R + G + B) over lit inner pixels: a colour fundus photograph is
   red-orange; an OCT B-scan is grey, an external eye photograph skin, white and iris.
 
@@ -66,6 +73,8 @@ MEASURES = (
 )
 _INNER_R, _DISC_R, _CORNER_R = 0.40, 0.48, 0.53
 _DUST_DARKER, _DUST_HUE = 0.8, 0.08
+_RING_UNIT = 256
+_FIXED = float(2**20)
 
 
 class QualityConfigError(UserError, ValueError):
@@ -222,6 +231,7 @@ class _Geometry:
     inner: np.ndarray  # (w, w) over the window
     disc: np.ndarray  # (S, S)
     corners: np.ndarray  # (S, S)
+    rings: np.ndarray  # (S, S) int64: whole pixels from the centre, rounded down
 
 
 _GEOMETRY: dict[int, _Geometry] = {}
@@ -234,7 +244,13 @@ def _geometry(size: int) -> _Geometry:
         inner = r < _INNER_R
         used = np.flatnonzero(inner.any(axis=0))
         window = slice(int(used[0]), int(used[-1]) + 1)
-        _GEOMETRY[size] = _Geometry(window=window, inner=inner[window, window], disc=r < _DISC_R, corners=r > _CORNER_R)
+        _GEOMETRY[size] = _Geometry(
+            window=window,
+            inner=inner[window, window],
+            disc=r < _DISC_R,
+            corners=r > _CORNER_R,
+            rings=(r * size).astype(np.int64),
+        )
     return _GEOMETRY[size]
 
 
@@ -248,20 +264,60 @@ def _half_sums(planes: np.ndarray) -> np.ndarray:
 
 
 def _shifted(mask: np.ndarray, combine: np.ufunc) -> np.ndarray:
-    """``combine`` (np.logical_and / _or) over each pixel's 3 x 3 neighbourhood; the border keeps its value."""
+    """``combine`` (np.logical_and / _or) over each pixel's 3 x 3 neighbourhood; the border keeps its value.
+
+    Separable: along rows, then along columns (a square neighbourhood is the product of the two).
+    """
     out = mask.copy()
+    rows = mask[:, :, 1:-1].copy()
+    combine(rows, mask[:, :, :-2], out=rows)
+    combine(rows, mask[:, :, 2:], out=rows)
     core = out[:, 1:-1, 1:-1]
-    height, width = mask.shape[1:]
-    for dy in (-1, 0, 1):
-        for dx in (-1, 0, 1):
-            if dy or dx:
-                combine(core, mask[:, 1 + dy : height - 1 + dy, 1 + dx : width - 1 + dx], out=core)
+    np.copyto(core, rows[:, 1:-1])
+    combine(core, rows[:, :-2], out=core)
+    combine(core, rows[:, 2:], out=core)
     return out
 
 
 def _opened(mask: np.ndarray) -> np.ndarray:
     """Binary opening by a 3 x 3 square: what is left of ``mask`` once lines thinner than 3 px are gone."""
     return _shifted(_shifted(mask, np.logical_and), np.logical_or)
+
+
+def _flattened(quads: np.ndarray, lit: np.ndarray, rings: np.ndarray) -> np.ndarray:
+    """Red and green of each lit pixel over their channel's mean on the same ring (the lit pixels at
+    the same whole-pixel distance from the centre), in units of 1/256: int64 ``(N, 2, S, S)``, unlit 0.
+
+    Vignetting and the fall-off of illumination towards the rim are radial and smooth: dividing
+    them out leaves local shadows, and the rim no longer looks darker than the field inside it.
+    """
+    n, n_rings = quads.shape[0], int(rings.max()) + 1
+    index = np.arange(n)[:, None, None] * n_rings + rings[None]  # one bin per image and ring
+    picked = index[lit]
+    counts = np.maximum(np.bincount(picked, minlength=n * n_rings), 1)
+    flat = np.zeros((n, 2, *quads.shape[2:]), dtype=np.int64)
+    for c in range(2):
+        profile = np.bincount(picked, weights=quads[:, c][lit], minlength=n * n_rings) / counts
+        flat[:, c] = np.rint(_RING_UNIT * quads[:, c] / np.maximum(profile[index], 4.0)) * lit
+    return flat
+
+
+def _dust(quads: np.ndarray, lit: np.ndarray, geo: _Geometry) -> np.ndarray:
+    """Share of the expected field's pixels (``geo.disc``) in blob-shaped neutral shadows: see ``MEASURES``."""
+    n, size = quads.shape[0], quads.shape[2]
+    half = max(1, size // 10)
+    stacked = np.zeros((n, 3, size + 2 * half, size + 2 * half), dtype=np.int64)  # zero beyond the square
+    inside = slice(half, half + size)
+    stacked[:, :2, inside, inside] = _flattened(quads, lit, geo.rings)
+    stacked[:, 2, inside, inside] = lit
+    sums = _window_sums(stacked.reshape(3 * n, *stacked.shape[2:]), half, inside, inside).reshape(n, 3, size, size)
+    ratio_r = stacked[:, 0, inside, inside] * sums[:, 2] / np.maximum(sums[:, 0], 1)
+    ratio_g = stacked[:, 1, inside, inside] * sums[:, 2] / np.maximum(sums[:, 1], 1)
+    solid = _shifted(_shifted(lit, np.logical_and), np.logical_and)  # clear of the field's soft edge
+    shadow = solid & (ratio_r < _DUST_DARKER) & (ratio_g < _DUST_DARKER) & (np.abs(ratio_r - ratio_g) < _DUST_HUE)
+    # Keep blobs, drop thin lines (pigment spicules, vessels): a morphological opening of the
+    # shadow mask by a 3 x 3 square (erode, then dilate back).
+    return _opened(shadow)[:, geo.disc].mean(axis=1)
 
 
 def measure(planes: np.ndarray, *, fov_threshold: int = 20) -> np.ndarray:
@@ -306,29 +362,17 @@ def measure(planes: np.ndarray, *, fov_threshold: int = 20) -> np.ndarray:
 
     red, green_h, blue = (quads[:, c, w, w] for c in range(3))
     r_in, g_in, b_in = red[:, inner], green_h[:, inner], blue[:, inner]
-    brightness = np.median(299 * r_in + 587 * g_in + 114 * b_in, axis=1) / 4000.0
+    brightness = np.median(np.maximum(np.maximum(r_in, g_in), b_in), axis=1) / 4.0
     glare = ((b_in >= r_in) & (b_in > 4 * 110)).mean(axis=1)
     haze = np.percentile(b_in, 2, axis=1) / (np.median(b_in, axis=1) + 4.0)
 
-    # Dust: darker than the neighbourhood in every channel by one factor (the hue kept).
-    k_half = max(1, quads.shape[2] // 10)
-    area = (2 * k_half + 1) ** 2
-    ratio_r = (area * red) / (_window_sums(quads[:, 0], k_half, w, w) + 4.0 * area)
-    ratio_g = (area * green_h) / (_window_sums(quads[:, 1], k_half, w, w) + 4.0 * area)
-    ratio_b = (area * blue) / (_window_sums(quads[:, 2], k_half, w, w) + 4.0 * area)
-    shadow = (
-        (ratio_r < _DUST_DARKER)
-        & (ratio_g < _DUST_DARKER)
-        & (np.abs(ratio_r - ratio_g) < _DUST_HUE)
-        & (np.abs(ratio_r - ratio_b) < _DUST_HUE)
-    )
-    # Keep blobs, drop thin lines (pigment spicules, vessels): a morphological opening of the
-    # shadow mask by a 3 x 3 square (erode, then dilate back), by shifted views.
-    dust = _opened(shadow)[:, inner].mean(axis=1)
+    dust = _dust(quads, lit, geo)
 
     lit_in = lit[:, w, w][:, inner]
-    redness_map = (r_in - b_in) / (r_in + g_in + b_in + 4.0)
-    redness = (redness_map * lit_in).sum(axis=1) / np.maximum(lit_in.sum(axis=1), 1)
+    # Fixed point (2^-20), so that the sum is exact and the row the same in any batch: a float sum
+    # along a row may group its terms differently with the batch's shape.
+    redness_map = np.rint((r_in - b_in) / (r_in + g_in + b_in + 4.0) * _FIXED).astype(np.int64)
+    redness = (redness_map * lit_in).sum(axis=1) / _FIXED / np.maximum(lit_in.sum(axis=1), 1)
     columns = {
         "sharpness": sharpness,
         "brightness": brightness,

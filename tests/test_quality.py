@@ -147,3 +147,120 @@ def test_assess_pixels_returns_one_quality_row_per_image_when_batched(
     )
     assert rows.shape == (2, 1 + len(contract.QUALITY_REASONS))
     np.testing.assert_array_equal(rows[1:], single, err_msg="a row does not depend on its batch")
+
+
+def _paint_spots(
+    planes: np.ndarray, centres: list[tuple[float, float]], gains: tuple[float, float, float], *, radius: float = 0.04
+) -> np.ndarray:
+    """``planes`` with round spots (``radius`` and centres in units of the side) scaled by ``gains`` per channel."""
+    out = planes.astype(np.float64)
+    size = planes.shape[2]
+    ys, xs = np.mgrid[0:size, 0:size] + 0.5
+    for cx, cy in centres:
+        spot = np.hypot(xs - cx * size, ys - cy * size) < radius * size
+        for c, gain in enumerate(gains):
+            out[:, c][:, spot] *= gain
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
+def _rim_centres(count: int, radius: float) -> list[tuple[float, float]]:
+    angles = np.linspace(0.0, 2 * np.pi, count, endpoint=False) + 0.3
+    return [(0.5 + radius * np.cos(a), 0.5 + radius * np.sin(a)) for a in angles]
+
+
+def _dust(planes: np.ndarray) -> np.ndarray:
+    return quality.measure(planes)[:, quality.MEASURES.index("dust")]
+
+
+def test_measure_flags_dust_when_neutral_shadows_lie_only_near_the_rim(fundus_jpeg) -> None:
+    clean = _planes([fundus_jpeg(seed) for seed in (1, 2)])
+    dusty = _paint_spots(clean, _rim_centres(14, 0.44), (0.5, 0.5, 0.5), radius=0.025)  # all beyond 0.4 S
+    cfg = quality.default_quality_cfg()
+    assert (_dust(clean) < cfg.thresholds["dust"]).all()
+    assert (_dust(dusty) >= cfg.thresholds["dust"]).all()
+    grade = quality.grade(quality.measure(dusty), cfg)
+    assert all("artefact" in quality.reasons_of(flags) for flags in grade.flags)
+
+
+def test_measure_ignores_spots_when_green_darkens_far_more_than_red(fundus_jpeg) -> None:
+    clean = _planes([fundus_jpeg(seed) for seed in (1, 2)])
+    bleeding = _paint_spots(clean, _rim_centres(10, 0.3), (0.6, 0.25, 0.3))  # haemorrhage-like hue
+    neutral = _paint_spots(clean, _rim_centres(10, 0.3), (0.6, 0.6, 0.6))
+    threshold = quality.default_quality_cfg().thresholds["dust"]
+    assert (_dust(bleeding) < threshold).all()
+    assert (_dust(neutral) >= threshold).all()
+
+
+def test_measure_ignores_vignetting_when_the_field_darkens_smoothly_towards_the_rim(fundus_jpeg) -> None:
+    clean = _planes([fundus_jpeg(seed) for seed in (1, 2)])
+    size = clean.shape[2]
+    ys, xs = np.mgrid[0:size, 0:size] + 0.5
+    r = np.hypot(xs - size / 2, ys - size / 2) / (0.48 * size)
+    shade = 1.0 - 0.55 * np.clip(r, 0.0, 1.0) ** 2.5  # a strong camera vignette: the rim at 45%
+    vignetted = np.rint(clean * shade).astype(np.uint8)
+    assert (_dust(vignetted) < quality.default_quality_cfg().thresholds["dust"]).all()
+
+
+def test_measure_brightness_follows_exposure_when_only_green_and_blue_change(fundus_jpeg) -> None:
+    clean = _planes([fundus_jpeg(1)])
+    column = quality.MEASURES.index("brightness")
+    pigmented = clean.copy()
+    pigmented[:, 1:] = (pigmented[:, 1:] * 0.7).astype(np.uint8)  # darker pigment: green and blue only
+    dim = (clean * 0.45).astype(np.uint8)  # the exposure halved, every channel
+    brightness = quality.measure(np.concatenate([clean, pigmented, dim]))[:, column]
+    assert brightness[1] == brightness[0]
+    assert brightness[2] < quality.default_quality_cfg().thresholds["brightness"] < brightness[0]
+
+
+def test_measure_rows_do_not_depend_on_the_batch_when_images_are_mixed(fundus_jpeg) -> None:
+    clean = _planes([fundus_jpeg(seed) for seed in (1, 2, 3)])
+    batch = np.concatenate([clean, _paint_spots(clean[:2], _rim_centres(8, 0.42), (0.5, 0.5, 0.5))])
+    together = quality.measure(batch)
+    alone = np.concatenate([quality.measure(batch[i : i + 1]) for i in range(len(batch))])
+    reversed_order = quality.measure(batch[::-1])[::-1]
+    np.testing.assert_array_equal(together, alone)
+    np.testing.assert_array_equal(together, reversed_order)
+
+
+def test_report_shows_where_the_measure_lies_when_a_kind_misses_its_target() -> None:
+    from predilect.training.gradability import Measured, calibrate, evaluate, report_markdown
+
+    rng = np.random.default_rng(2)
+    clean = rng.normal(1.0, 0.05, size=(200, len(quality.MEASURES))).clip(0.01)
+    clean[:, quality.MEASURES.index("redness")] = rng.uniform(0.45, 0.6, 200)
+    blurred = clean[:40].copy()
+    blurred[:20, quality.MEASURES.index("sharpness")] *= 0.5  # strength 1: clearly blurred
+    measured = Measured(
+        kinds=["none"] * 200 + ["blur"] * 40,
+        strengths=[0.0] * 200 + [1.0] * 20 + [0.25] * 20,  # strength 0.25 left as sharp as the clean images
+        cameras=["a"] * 100 + ["b"] * 140,
+        paths=[""] * 240,
+        measures=np.concatenate([clean, blurred]),
+        refused=np.zeros(240, dtype=bool),
+    )
+    cfg = calibrate(measured)
+    result = evaluate(measured, cfg)
+    spread = result.spread["sharpness"]
+    assert {"clean", "clean a", "clean b", "blur 0.25", "blur 1.00"} <= set(spread)
+    low_cost = spread["blur 0.25"].clean_cost
+    assert spread["blur 1.00"].failing == 1.0 and spread["blur 0.25"].failing < 0.2
+    assert spread["clean"].low <= spread["blur 0.25"].median <= spread["clean"].high
+    assert spread["blur 1.00"].clean_cost == 0.0 and low_cost is not None and low_cost > 0.5, "inseparable"
+    assert spread["clean a"].clean_cost is None
+    text = report_markdown(result, result, cfg, header=["# t"])
+    assert "Where `sharpness` lies" in text and "Where `dust` lies" not in text
+
+
+@pytest.mark.parametrize("size", [32, 33, 57, 224])
+def test_measure_returns_finite_rows_when_square_is_black_white_or_noise(size: int) -> None:
+    rng = np.random.default_rng(size)
+    squares = np.stack(
+        [
+            np.zeros((3, size, size), np.uint8),
+            np.full((3, size, size), 255, np.uint8),
+            rng.integers(0, 256, (3, size, size)).astype(np.uint8),
+        ]
+    )
+    rows = quality.measure(squares)
+    assert rows.shape == (3, len(quality.MEASURES)) and np.isfinite(rows).all()
+    assert rows[0, quality.MEASURES.index("dust")] == 0.0 and rows[0, quality.MEASURES.index("brightness")] == 0.0

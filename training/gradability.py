@@ -13,7 +13,11 @@ lower bound); where the degraded images aimed at that check (``TARGET_KINDS``) l
 their 5% tail past the clean tail -- the threshold moves to the midpoint between the two
 tails, so that unseen clean variation has room. Area measures never fail below ``MIN_AREA``: a
 small glare spot or shadow does not stop a grader, and a clean quantile of an almost-always-zero
-measure would otherwise flag the first unusual clean image. Whatever the figures show is reported.
+measure would otherwise flag the first unusual clean image. Whatever the figures show is reported,
+and for each kind that misses its target (< 95% flagged) the report shows where the measure its
+check reads lies (``spreads``): the clean images per camera, the kind per strength, and the share of
+clean images that a threshold flagging 95% of each group would fail -- whether the kind lies
+inside the clean spread, where no threshold on that measure can tell it apart.
 """
 
 from __future__ import annotations
@@ -57,6 +61,7 @@ EXPECTED_REASON: Mapping[str, str] = {
     "oct": "wrong_image_type",
 }
 _DEGRADED_TAIL = 0.05
+_FLAG_SHARE = 0.95
 MIN_AREA: Mapping[str, float] = {"saturated": 0.01, "outside": 0.01, "occluded": 0.01, "glare": 0.01, "dust": 0.002}
 """The smallest share of the field each area check may fail at: glare, saturation or shadow on under 1% of
 the field, or dust shadows (measured as blob cores) on under 0.2%, do not stop a grader."""
@@ -147,6 +152,74 @@ class Rate:
 
 
 @dataclass
+class Spread:
+    """One group of images on one check's measure: quantiles, and the share the check itself fails."""
+
+    count: int
+    low: float  # 0.5% quantile
+    median: float
+    high: float  # 99.5% quantile
+    failing: float
+    clean_cost: float | None = None  # share of clean images a threshold flagging 95% of this group would fail
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "count": self.count,
+            "q005": self.low,
+            "median": self.median,
+            "q995": self.high,
+            "failing": self.failing,
+            "clean_cost": self.clean_cost,
+        }
+
+
+CLEAN_GROUP = "clean"
+
+
+def _clean_cost(group: np.ndarray, clean: np.ndarray, upper: bool) -> float | None:
+    """Share of ``clean`` that fails a threshold placed to flag 95% of ``group``."""
+    if not len(clean):
+        return None
+    if upper:
+        return float(np.mean(clean >= np.quantile(group, 1.0 - _FLAG_SHARE)))
+    return float(np.mean(clean <= np.quantile(group, _FLAG_SHARE)))
+
+
+def spreads(measured: Measured, cfg: quality.QualityCfg) -> dict[str, dict[str, Spread]]:
+    """Per check measure: its clean images (all, and per camera) and each target kind per strength.
+
+    Where a kind misses its target, this shows whether its images lie inside the clean spread
+    of the measure its check reads (no threshold can then tell them apart) or beyond it.
+    """
+    ok = ~measured.refused
+    kinds, cameras, strengths = np.array(measured.kinds), np.array(measured.cameras), np.array(measured.strengths)
+    out: dict[str, dict[str, Spread]] = {}
+    for check in quality.CHECKS:
+        values = measured.measures[:, quality.MEASURES.index(check.measure)]
+        failing = check.badness(values, cfg.thresholds[check.measure]) >= 1.0
+        upper = check.direction == "max"
+        clean = ok & (kinds == CLEAN)
+        groups = {CLEAN_GROUP: clean}
+        groups |= {f"{CLEAN_GROUP} {c}": clean & (cameras == c) for c in sorted(set(cameras[kinds == CLEAN]))}
+        for kind in TARGET_KINDS[check.measure]:
+            levels = sorted(set(strengths[kinds == kind]))
+            groups |= {f"{kind} {s:.2f}": ok & (kinds == kind) & (strengths == s) for s in levels}
+        out[check.measure] = {
+            name: Spread(
+                count=int(rows.sum()),
+                low=float(np.quantile(values[rows], 0.005)),
+                median=float(np.median(values[rows])),
+                high=float(np.quantile(values[rows], 0.995)),
+                failing=float(failing[rows].mean()),
+                clean_cost=None if name.startswith(CLEAN_GROUP) else _clean_cost(values[rows], values[clean], upper),
+            )
+            for name, rows in groups.items()
+            if rows.any()
+        }
+    return out
+
+
+@dataclass
 class Evaluation:
     """Flag rates per degradation kind (and strength), clean pass rate (and per camera), reason agreement."""
 
@@ -157,6 +230,7 @@ class Evaluation:
     expected_reason: dict[str, Rate]
     refused: dict[str, int]
     reasons_on_clean: dict[str, int] = field(default_factory=dict)
+    spread: dict[str, dict[str, Spread]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -169,6 +243,7 @@ class Evaluation:
             "expected_reason": {k: v.to_dict() for k, v in self.expected_reason.items()},
             "refused": self.refused,
             "reasons_on_clean": self.reasons_on_clean,
+            "spread": {k: {g: v.to_dict() for g, v in by.items()} for k, by in self.spread.items()},
         }
 
 
@@ -212,6 +287,7 @@ def evaluate(measured: Measured, cfg: quality.QualityCfg) -> Evaluation:
         expected_reason=reason_hits,
         refused=refused,
         reasons_on_clean=reasons_on_clean,
+        spread=spreads(measured, cfg),
     )
 
 
@@ -254,6 +330,27 @@ def degraded_sets(
     return calibration, measurement
 
 
+def _spread_lines(evaluation: Evaluation, cfg: quality.QualityCfg, missed: Sequence[str]) -> list[str]:
+    """Tables of where the measure lies, for each check aimed at a kind in ``missed``."""
+    lines: list[str] = []
+    for check in quality.CHECKS:
+        if not set(TARGET_KINDS[check.measure]) & set(missed) or check.measure not in evaluation.spread:
+            continue
+        sign = "<=" if check.direction == "min" else ">="
+        lines += ["", f"Where `{check.measure}` lies (fails at {sign} {cfg.thresholds[check.measure]:.4g}):", ""]
+        lines += [
+            "| images | n | 0.5% quantile | median | 99.5% quantile | failing | clean failing if 95% of these failed |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {name} | {v.count} | {v.low:.4g} | {v.median:.4g} | {v.high:.4g} | {100 * v.failing:.0f}% | "
+            + ("-" if v.clean_cost is None else f"{100 * v.clean_cost:.1f}%")
+            + " |"
+            for name, v in evaluation.spread[check.measure].items()
+        ]
+    return lines
+
+
 def report_markdown(
     calibration: Evaluation, measurement: Evaluation, cfg: quality.QualityCfg, *, header: Sequence[str]
 ) -> str:
@@ -288,10 +385,13 @@ def report_markdown(
     for kind, by in measurement.flagged_by_strength.items():
         cells = [f"{100 * by[s].rate:.0f}% ({by[s].hits}/{by[s].total})" if s in by else "-" for s in strengths]
         lines.append(f"| {kind} | " + " | ".join(cells) + " |")
+    missed = [kind for kind, rate in measurement.flagged.items() if rate.rate < 0.95]
+    lines += _spread_lines(measurement, cfg, missed)
     lines += ["", "## Calibration set (train + val; the thresholds were chosen on it)", ""]
     lines += [f"Clean images passed: {pct(calibration.clean_pass)}", ""]
     lines += ["| degradation | flagged |", "|---|---|"]
     lines += [f"| {kind} | {pct(rate)} |" for kind, rate in calibration.flagged.items()]
+    lines += _spread_lines(calibration, cfg, missed)
     lines += ["", "## Thresholds", "", "| check | reason | fails when | threshold |", "|---|---|---|---|"]
     for check in quality.CHECKS:
         sign = "<" if check.direction == "min" else ">="
