@@ -81,3 +81,21 @@ def test_export_parity_within_1e4_when_run_under_onnxruntime(checkpoint, tmp_pat
 def test_export_cli_exits_zero_when_parity_holds(checkpoint, tmp_path, capsys):
     assert export_main(["--checkpoint", str(checkpoint), "--out", str(tmp_path / "m.onnx")]) == 0
     assert "OK" in capsys.readouterr().out
+
+
+def test_export_serves_evidence_map_when_model_heatmap_is_evidence(tmp_path):
+    import onnxruntime as ort
+
+    torch.manual_seed(0)
+    cfg = ModelCfg(num_diseases=len(DEFAULT_CATALOG), image_size=64, widths=(8, 16, 32))
+    model = FundusClassifier(ModelCfg(**{**cfg.__dict__, "backbone": "conv-local", "heatmap": "evidence"})).eval()
+    path = tmp_path / "model.safetensors"
+    save_checkpoint(path, model, preprocess=CFG, catalog=DEFAULT_CATALOG)
+    export_onnx(path, tmp_path / "model.onnx")
+    x = np.random.default_rng(2).standard_normal((3, 3, 64, 64)).astype(np.float32)
+    session = ort.InferenceSession(str(tmp_path / "model.onnx"), providers=["CPUExecutionProvider"])
+    _, served = session.run([contract.LOGITS, contract.ATTENTION], {contract.PIXELS: x})
+    with torch.inference_mode():
+        _, want = model.forward_with_attention(torch.from_numpy(x))
+    np.testing.assert_allclose(served, want.numpy(), atol=1e-5)
+    assert (served >= 0).all() and not np.allclose(served.sum(axis=(2, 3)), 1.0)  # evidence, not attention

@@ -4,12 +4,13 @@ import numpy as np
 import pytest
 import torch
 
+from predilect.errors import ConfigError
 from predilect.training.attention import (
     predilection_attention_reference,
     reference_attention,
     use_fused_attention,
 )
-from predilect.training.model import FundusClassifier, ModelCfg
+from predilect.training.model import FundusClassifier, ModelCfg, evidence_map
 
 
 def _naive(tokens, sites, weight, bias):
@@ -74,3 +75,47 @@ def test_model_cfg_rejects_size_when_not_multiple_of_16():
 def test_model_cfg_round_trips_when_serialised():
     cfg = ModelCfg(num_diseases=6, widths=(4, 8, 16))
     assert ModelCfg.from_json(cfg.to_json()) == cfg
+
+
+def test_evidence_map_sums_to_logit_less_bias_when_unclipped():
+    g = torch.Generator().manual_seed(1)
+    tokens, sites, weight, bias = (
+        torch.randn(*s, generator=g, dtype=torch.float64) for s in ((2, 13, 7), (3, 2, 7), (3, 7), (3,))
+    )
+    logits, attention = predilection_attention_reference(tokens, sites, weight, bias, return_attention=True)
+    assert attention is not None
+    share = attention * torch.einsum("bnd,cd->bcn", tokens, weight)
+    torch.testing.assert_close(share.sum(-1), logits - bias)
+    evidence = evidence_map(attention, tokens, weight)
+    torch.testing.assert_close(evidence, share.clamp_min(0))
+    assert (evidence >= 0).all() and (evidence > 0).any() and (share < 0).any()
+
+
+def test_fundus_classifier_returns_evidence_map_when_configured():
+    cfg = ModelCfg(num_diseases=3, image_size=64, widths=(8, 8, 16), heatmap="evidence")
+    model = FundusClassifier(cfg).eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.inference_mode():
+        logits, maps = model.forward_with_attention(x)
+        tokens = model.encoder(x)
+        _, attention = model.head(tokens, return_attention=True)
+        want = evidence_map(attention, tokens, model.head.weight).reshape(2, 3, 4, 4)
+    torch.testing.assert_close(maps, want)
+    torch.testing.assert_close(logits, model(x))
+    assert ModelCfg.from_json(cfg.to_json()).heatmap == "evidence"
+
+
+def test_model_cfg_rejects_heatmap_when_unknown():
+    with pytest.raises(ConfigError, match="heatmap"):
+        ModelCfg(num_diseases=2, heatmap="gradcam")
+
+
+@pytest.mark.parametrize("backbone,first,last", [("conv", 12, 87), ("conv-local", 36, 63)])
+def test_conv_token_sees_receptive_field_when_backbone_chosen(backbone, first, last):
+    """The token of cell (3, 3) (pixels 48-63 of 128) depends on pixels first..last in each axis."""
+    cfg = ModelCfg(num_diseases=2, image_size=128, widths=(8, 8, 16), backbone=backbone)
+    body = FundusClassifier(cfg).eval().encoder.backbone.body
+    x = torch.randn(1, 3, 128, 128, requires_grad=True)
+    (grad,) = torch.autograd.grad(body(x)[0, :, 3, 3].square().sum(), x)
+    rows, cols = torch.nonzero(grad.abs().sum(dim=(0, 1)) > 0, as_tuple=True)
+    assert (rows.min().item(), rows.max().item(), cols.min().item(), cols.max().item()) == (first, last, first, last)

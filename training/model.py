@@ -34,17 +34,22 @@ from predilect.errors import ConfigError
 from .attention import predilection_attention_reference, use_custom_op_attention, use_fused_attention
 from .kernels import is_supported, predilection_attention
 
-BACKBONES = ("conv", "vit")
+BACKBONES = ("conv", "conv-local", "vit")
+HEATMAPS = ("attention", "evidence")
 
 
 @dataclass(frozen=True)
 class ModelCfg:
     """Architecture hyper-parameters of one image encoder + head; saved in every checkpoint.
 
-    ``backbone``: ``conv`` (small BatchNorm CNN, stride 16, the default) or ``vit`` (a ViT in
+    ``backbone``: ``conv`` (small BatchNorm CNN, stride 16, the default), ``conv-local`` (the same
+    CNN whose stride-1 convolutions are 1 x 1: each token sees 28 px around its 16-px cell instead
+    of 76 px, so the attention can only find a lesion where it lies) or ``vit`` (a ViT in
     timm's parameter layout, so that local timm / RETFound / open_clip weights load into it).
     ``pos_freqs``: Fourier frequencies per axis of the anatomical position code (D_p = 4 x
-    pos_freqs; 0 turns the code off).
+    pos_freqs; 0 turns the code off). ``heatmap``: what ``forward_with_attention`` returns as each
+    disease's map (``evidence_map``): ``attention`` (mean over sites) or ``evidence`` (attention x
+    each token's contribution to the logit, clipped at 0).
     """
 
     num_diseases: int
@@ -62,10 +67,13 @@ class ModelCfg:
     vit_mlp_ratio: float = 4.0
     vit_act: str = "gelu"
     vit_pre_norm: bool = False
+    heatmap: str = "attention"
 
     def __post_init__(self) -> None:
         if self.backbone not in BACKBONES:
             raise ConfigError(f"backbone must be one of {BACKBONES}, got {self.backbone!r}")
+        if self.heatmap not in HEATMAPS:
+            raise ConfigError(f"heatmap must be one of {HEATMAPS}, got {self.heatmap!r}")
         if self.pos_freqs < 0 or self.sites_per_disease < 1 or self.num_diseases < 1:
             raise ConfigError("need pos_freqs >= 0, sites_per_disease >= 1 and num_diseases >= 1")
         if self.backbone == "vit" and self.vit_width % self.vit_heads:
@@ -73,7 +81,7 @@ class ModelCfg:
 
     @property
     def content_dim(self) -> int:
-        return self.widths[-1] if self.backbone == "conv" else self.vit_width
+        return self.vit_width if self.backbone == "vit" else self.widths[-1]
 
     @property
     def pos_dim(self) -> int:
@@ -86,7 +94,7 @@ class ModelCfg:
 
     @property
     def stride(self) -> int:
-        return 16 if self.backbone == "conv" else self.patch_size
+        return self.patch_size if self.backbone == "vit" else 16
 
     @property
     def grid(self) -> int:
@@ -110,7 +118,10 @@ class ArchCfg:
     """The ``model`` section of a run config: the encoder architecture (the disease count, input
     size and channels come from the catalog and the data section)."""
 
-    backbone: str = field(default="conv", metadata={"help": "conv (small CNN) | vit (timm layout)"})
+    backbone: str = field(
+        default="conv",
+        metadata={"help": "conv (small CNN) | conv-local (1x1 at stride 1: local tokens) | vit (timm layout)"},
+    )
     widths: tuple[int, int, int] = field(default=(32, 64, 128), metadata={"help": "conv encoder widths"})
     sites_per_disease: int = field(default=4, metadata={"help": "K, predilection sites per disease"})
     pos_freqs: int = field(default=4, metadata={"help": "Fourier frequencies of the anatomical position code"})
@@ -123,6 +134,9 @@ class ArchCfg:
         default="", metadata={"help": "LOCAL timm / RETFound / open_clip ViT weights for both image encoders"}
     )
     image_layout: str = field(default="auto", metadata={"help": "auto | timm | retfound | open_clip"})
+    heatmap: str = field(
+        default="attention", metadata={"help": "served map: attention | evidence (attention x token's logit share)"}
+    )
 
     def model_cfg(self, *, num_diseases: int, image_size: int, in_channels: int = 3, name: str = "uopsl") -> ModelCfg:
         return ModelCfg(
@@ -139,6 +153,7 @@ class ArchCfg:
             vit_depth=self.vit_depth,
             vit_heads=self.vit_heads,
             vit_act=self.vit_act,
+            heatmap=self.heatmap,
         )
 
 
@@ -184,12 +199,13 @@ class ConvBackbone(nn.Module):
     def __init__(self, cfg: ModelCfg) -> None:
         super().__init__()
         w1, w2, w3 = cfg.widths
+        mix = 1 if cfg.backbone == "conv-local" else 3  # receptive field 28 px instead of 76 px
         self.body = nn.Sequential(
             _conv_bn(cfg.in_channels, w1, 4, 4),  # patchify: S/4
             _conv_bn(w1, w2, 3, 2),  # S/8
-            _conv_bn(w2, w2, 3, 1),
+            _conv_bn(w2, w2, mix, 1),
             _conv_bn(w2, w3, 3, 2),  # S/16
-            _conv_bn(w3, w3, 3, 1),
+            _conv_bn(w3, w3, mix, 1),
         )
         self.pos = nn.Parameter(torch.randn(1, cfg.grid * cfg.grid, w3) * 0.02)
 
@@ -274,7 +290,7 @@ class VitBackbone(nn.Module):
 
 
 def make_backbone(cfg: ModelCfg) -> nn.Module:
-    return ConvBackbone(cfg) if cfg.backbone == "conv" else VitBackbone(cfg)
+    return VitBackbone(cfg) if cfg.backbone == "vit" else ConvBackbone(cfg)
 
 
 # ----------------------------------------------------------------------------- encoder and head
@@ -322,6 +338,18 @@ def predilection(
     return predilection_attention_reference(tokens, sites, weight, bias, return_attention=return_attention)
 
 
+def evidence_map(attention: Tensor, tokens: Tensor, weight: Tensor) -> Tensor:
+    """Each token's positive share of each disease's logit, ``(B, C, N)``.
+
+    attention ``(B, C, N)`` (mean over sites), tokens ``(B, N, D)``, weight ``(C, D)``. Unclipped,
+    ``attention * (token . w_c)`` sums over the tokens to the logit less its bias, so the map's peak
+    is the token that adds most to the finding; where the attention alone peaks need not be (a
+    token can draw attention and add little).
+    """
+    contribution = torch.einsum("bnd,cd->bcn", tokens, weight.to(tokens.dtype))
+    return (attention * contribution).clamp_min(0.0)
+
+
 class PredilectionHead(nn.Module):
     """The predilection-sites matrix (C, K, D) and the per-disease read-out (C, D) + (C,)."""
 
@@ -349,8 +377,12 @@ class FundusClassifier(nn.Module):
         return logits
 
     def forward_with_attention(self, pixels: Tensor) -> tuple[Tensor, Tensor]:
-        """Logits (B, C) and each disease's attention over the token grid (B, C, g, g)."""
-        logits, attn = self.head(self.encoder(pixels), return_attention=True)
+        """Logits (B, C) and each disease's map over the token grid (B, C, g, g): its attention, or
+        its evidence (``cfg.heatmap``, ``evidence_map``)."""
+        tokens = self.encoder(pixels)
+        logits, attn = self.head(tokens, return_attention=True)
         assert attn is not None
+        if self.cfg.heatmap == "evidence":
+            attn = evidence_map(attn, tokens, self.head.weight)
         grid = self.cfg.grid
         return logits, attn.reshape(attn.shape[0], attn.shape[1], grid, grid)
