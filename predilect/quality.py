@@ -314,6 +314,9 @@ def _dust(quads: np.ndarray, lit: np.ndarray, geo: _Geometry) -> np.ndarray:
     ratio_r = stacked[:, 0, inside, inside] * sums[:, 2] / np.maximum(sums[:, 0], 1)
     ratio_g = stacked[:, 1, inside, inside] * sums[:, 2] / np.maximum(sums[:, 1], 1)
     solid = _shifted(_shifted(lit, np.logical_and), np.logical_and)  # clear of the field's soft edge
+    # ... and of the square's own edge, where a field that fills the crop is cut: the erosion keeps
+    # border pixels as they are, and at small sizes (S/2 = 64) the expected field reaches row 1.
+    solid[:, :2] = solid[:, -2:] = solid[:, :, :2] = solid[:, :, -2:] = False
     shadow = solid & (ratio_r < _DUST_DARKER) & (ratio_g < _DUST_DARKER) & (np.abs(ratio_r - ratio_g) < _DUST_HUE)
     # Keep blobs, drop thin lines (pigment spicules, vessels): a morphological opening of the
     # shadow mask by a 3 x 3 square (erode, then dilate back).

@@ -264,3 +264,14 @@ def test_measure_returns_finite_rows_when_square_is_black_white_or_noise(size: i
     rows = quality.measure(squares)
     assert rows.shape == (3, len(quality.MEASURES)) and np.isfinite(rows).all()
     assert rows[0, quality.MEASURES.index("dust")] == 0.0 and rows[0, quality.MEASURES.index("brightness")] == 0.0
+
+
+@pytest.mark.parametrize("size", [128, 224])
+def test_measure_reads_no_dust_when_field_fills_the_square_to_its_edge(size: int) -> None:
+    # The demo serves 128-px squares cut from a field as wide as the crop: the field's edge at the
+    # square's border once read as a ring of neutral shadows (every clean demo image "dusty").
+    ys, xs = np.mgrid[0:size, 0:size] + 0.5
+    r = np.hypot(xs - size / 2, ys - size / 2) / (size / 2)
+    fall_off = np.clip((1.02 - r) / 0.06, 0.0, 1.0) * (1.0 - 0.3 * np.clip(r, 0.0, 1.0) ** 2)
+    planes = np.stack([np.rint(level * fall_off) for level in (205, 95, 40)])[None].astype(np.uint8)
+    assert _dust(planes)[0] == 0.0
