@@ -110,7 +110,7 @@ def test_model_cfg_rejects_heatmap_when_unknown():
         ModelCfg(num_diseases=2, heatmap="gradcam")
 
 
-@pytest.mark.parametrize("backbone,first,last", [("conv", 12, 87), ("conv-local", 36, 63)])
+@pytest.mark.parametrize("backbone,first,last", [("conv", 12, 87), ("conv-local", 36, 75)])
 def test_conv_token_sees_receptive_field_when_backbone_chosen(backbone, first, last):
     """The token of cell (3, 3) (pixels 48-63 of 128) depends on pixels first..last in each axis."""
     cfg = ModelCfg(num_diseases=2, image_size=128, widths=(8, 8, 16), backbone=backbone)

@@ -43,8 +43,9 @@ class ModelCfg:
     """Architecture hyper-parameters of one image encoder + head; saved in every checkpoint.
 
     ``backbone``: ``conv`` (small BatchNorm CNN, stride 16, the default), ``conv-local`` (the same
-    CNN whose stride-1 convolutions are 1 x 1: each token sees 28 px around its 16-px cell instead
-    of 76 px, so the attention can only find a lesion where it lies) or ``vit`` (a ViT in
+    depth with 1 x 1 convolutions at stride 1 and centred 4 x 4 ones at stride 2: each token sees
+    40 px centred on its 16-px cell, where ``conv``'s see 76 px centred 6 px up-left of it, so a
+    token's evidence stays where its lesion lies) or ``vit`` (a ViT in
     timm's parameter layout, so that local timm / RETFound / open_clip weights load into it).
     ``pos_freqs``: Fourier frequencies per axis of the anatomical position code (D_p = 4 x
     pos_freqs; 0 turns the code off). ``heatmap``: what ``forward_with_attention`` returns as each
@@ -120,7 +121,7 @@ class ArchCfg:
 
     backbone: str = field(
         default="conv",
-        metadata={"help": "conv (small CNN) | conv-local (1x1 at stride 1: local tokens) | vit (timm layout)"},
+        metadata={"help": "conv (small CNN) | conv-local (40-px tokens centred on their cells) | vit (timm layout)"},
     )
     widths: tuple[int, int, int] = field(default=(32, 64, 128), metadata={"help": "conv encoder widths"})
     sites_per_disease: int = field(default=4, metadata={"help": "K, predilection sites per disease"})
@@ -185,9 +186,10 @@ def fundus_token_positions(grid: int) -> tuple[Tensor, Tensor]:
 # ----------------------------------------------------------------------------- backbones
 
 
-def _conv_bn(cin: int, cout: int, kernel: int, stride: int) -> nn.Sequential:
+def _conv_bn(cin: int, cout: int, kernel: int, stride: int, padding: int | None = None) -> nn.Sequential:
+    padding = (kernel // 2 if kernel % 2 else 0) if padding is None else padding
     return nn.Sequential(
-        nn.Conv2d(cin, cout, kernel, stride=stride, padding=kernel // 2 if kernel % 2 else 0, bias=False),
+        nn.Conv2d(cin, cout, kernel, stride=stride, padding=padding, bias=False),
         nn.BatchNorm2d(cout),
         nn.GELU(),
     )
@@ -199,12 +201,16 @@ class ConvBackbone(nn.Module):
     def __init__(self, cfg: ModelCfg) -> None:
         super().__init__()
         w1, w2, w3 = cfg.widths
-        mix = 1 if cfg.backbone == "conv-local" else 3  # receptive field 28 px instead of 76 px
+        local = cfg.backbone == "conv-local"
+        # conv-local: 1 x 1 mixing, and 4 x 4 / stride 2 / padding 1 downsampling, whose window is
+        # centred on the output cell (3 x 3 / padding 1 shifts it 6 px up-left by the last layer).
+        mix = 1 if local else 3
+        down = (4, 2, 1) if local else (3, 2, None)
         self.body = nn.Sequential(
             _conv_bn(cfg.in_channels, w1, 4, 4),  # patchify: S/4
-            _conv_bn(w1, w2, 3, 2),  # S/8
+            _conv_bn(w1, w2, *down),  # S/8
             _conv_bn(w2, w2, mix, 1),
-            _conv_bn(w2, w3, 3, 2),  # S/16
+            _conv_bn(w2, w3, *down),  # S/16
             _conv_bn(w3, w3, mix, 1),
         )
         self.pos = nn.Parameter(torch.randn(1, cfg.grid * cfg.grid, w3) * 0.02)
