@@ -115,6 +115,7 @@ def test_conv_token_sees_receptive_field_when_backbone_chosen(backbone, first, l
     """The token of cell (3, 3) (pixels 48-63 of 128) depends on pixels first..last in each axis."""
     cfg = ModelCfg(num_diseases=2, image_size=128, widths=(8, 8, 16), backbone=backbone)
     body = FundusClassifier(cfg).eval().encoder.backbone.body
+    assert isinstance(body, torch.nn.Sequential)
     x = torch.randn(1, 3, 128, 128, requires_grad=True)
     (grad,) = torch.autograd.grad(body(x)[0, :, 3, 3].square().sum(), x)
     rows, cols = torch.nonzero(grad.abs().sum(dim=(0, 1)) > 0, as_tuple=True)
