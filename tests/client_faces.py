@@ -17,8 +17,11 @@ from typing import Any
 
 import numpy as np
 
+from predilect import contract
 from predilect.catalog import Catalog
 from predilect.client import AsyncScreeningClient, ScreeningClient, ScreeningItem, ScreeningResult
+from predilect.client.retry import RetryPolicy
+from predilect.client.settings import DEFAULT_TIMEOUT_S, ClientSettings
 
 OP_8BIT = "1.2.840.10008.5.1.4.1.1.77.1.5.1"
 
@@ -225,3 +228,21 @@ class LateProxy:
             with contextlib.suppress(OSError):
                 s.shutdown(socket.SHUT_RDWR)
             s.close()
+
+
+def core_settings(url: str = "host:1", **overrides: Any) -> ClientSettings:
+    """The client core's settings as a face would make them with its defaults, ``overrides`` applied."""
+    options: dict[str, Any] = dict(
+        model_name=contract.ENSEMBLE,
+        timeout_s=DEFAULT_TIMEOUT_S,
+        attempt_timeout_s=None,
+        retry_policy=RetryPolicy(),
+        retry_budget=None,
+        auth_token=None,
+        headers=None,
+        tls=None,
+        keepalive_time_s=60.0,
+        keepalive_timeout_s=20.0,
+    )
+    options.update(overrides)
+    return ClientSettings(url, **options)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from client_faces import core_settings
 
 from predilect import contract
 from predilect.catalog import DEFAULT_CATALOG
@@ -341,20 +342,8 @@ def test_tls_config_raises_client_config_error_naming_file_when_unreadable(tmp_p
 
 
 def _settings(**overrides) -> ClientSettings:
-    options = dict(
-        model_name=contract.ENSEMBLE,
-        timeout_s=10.0,
-        attempt_timeout_s=None,
-        retry_policy=RetryPolicy(max_attempts=3, initial_backoff_s=0.01, max_backoff_s=0.02),
-        retry_budget=None,
-        auth_token=None,
-        headers=None,
-        tls=None,
-        keepalive_time_s=60.0,
-        keepalive_timeout_s=20.0,
-    )
-    options.update(overrides)
-    return ClientSettings("host:1", **options)
+    fast = RetryPolicy(max_attempts=3, initial_backoff_s=0.01, max_backoff_s=0.02)
+    return core_settings(**{"timeout_s": 10.0, "retry_policy": fast, **overrides})
 
 
 def _grpc_error(status: str, message: str):

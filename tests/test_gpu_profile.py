@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from client_faces import core_settings
 from PIL import Image
 from tritonclient.grpc import model_config_pb2 as mc
 
@@ -95,25 +96,11 @@ def test_gpu_ensemble_passes_client_discovery_and_refuses_heatmaps_when_assemble
     from predilect.client.errors import IncompatibleModelError
     from predilect.client.inputs import Prepared
     from predilect.client.protocol import RESULT_OUTPUTS, served_info
-    from predilect.client.retry import RetryPolicy
-    from predilect.client.settings import DEFAULT_TIMEOUT_S, ClientSettings
 
     config = configs.read_config(gpu_repository / contract.ENSEMBLE / contract.CONFIG_FILENAME)
     served = served_info(config, model_name=contract.ENSEMBLE, url="gpu:8001")  # the client's own check
     assert not served.heatmaps and set(RESULT_OUTPUTS) <= {o.name for o in config.output}
-    settings = ClientSettings(
-        "gpu:8001",
-        model_name=contract.ENSEMBLE,
-        timeout_s=DEFAULT_TIMEOUT_S,
-        attempt_timeout_s=None,
-        retry_policy=RetryPolicy(),
-        retry_budget=None,
-        auth_token=None,
-        headers=None,
-        tls=None,
-        keepalive_time_s=60.0,
-        keepalive_timeout_s=20.0,
-    )
+    settings = core_settings("gpu:8001")
     plan = core.screen_prepared(settings, served, Prepared(payload=b"x"), timeout_s=None, heatmaps=True)
     with pytest.raises(IncompatibleModelError, match="GPU profile"):
         next(plan)  # refused before any request leaves the client

@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from client_faces import core_settings
 
 from predilect import contract
 from predilect.catalog import DEFAULT_CATALOG
@@ -126,23 +127,9 @@ def test_screen_raises_incompatible_model_error_before_any_call_when_model_has_n
     from predilect.client.errors import IncompatibleModelError
     from predilect.client.inputs import Prepared
     from predilect.client.protocol import ServedModelInfo
-    from predilect.client.retry import RetryPolicy
-    from predilect.client.settings import DEFAULT_TIMEOUT_S, ClientSettings
 
     served = ServedModelInfo(DEFAULT_CATALOG, "m", "1", {}, RULES, heatmaps=False)
-    settings = ClientSettings(
-        "host:1",
-        model_name=contract.ENSEMBLE,
-        timeout_s=DEFAULT_TIMEOUT_S,
-        attempt_timeout_s=None,
-        retry_policy=RetryPolicy(),
-        retry_budget=None,
-        auth_token=None,
-        headers=None,
-        tls=None,
-        keepalive_time_s=60.0,
-        keepalive_timeout_s=20.0,
-    )
+    settings = core_settings("host:1")
     plan = core.screen_prepared(settings, served, Prepared(payload=b"x"), timeout_s=None, heatmaps=True)
     with pytest.raises(IncompatibleModelError, match=contract.ATTENTION):
         next(plan)
