@@ -263,11 +263,15 @@ def _half_sums(planes: np.ndarray) -> np.ndarray:
     return total
 
 
-def _shifted(mask: np.ndarray, combine: np.ufunc) -> np.ndarray:
-    """``combine`` (np.logical_and / _or) over each pixel's 3 x 3 neighbourhood; the border keeps its value.
+def _shifted(mask: np.ndarray, combine: np.ufunc, *, outside: bool | None = None) -> np.ndarray:
+    """``combine`` (np.logical_and / _or) over each pixel's 3 x 3 neighbourhood. The border keeps
+    its value, or with ``outside`` the square is taken to be surrounded by that value.
 
     Separable: along rows, then along columns (a square neighbourhood is the product of the two).
     """
+    if outside is not None:
+        padded = np.pad(mask, ((0, 0), (1, 1), (1, 1)), constant_values=outside)
+        return _shifted(padded, combine)[:, 1:-1, 1:-1]
     out = mask.copy()
     rows = mask[:, :, 1:-1].copy()
     combine(rows, mask[:, :, :-2], out=rows)
@@ -313,10 +317,9 @@ def _dust(quads: np.ndarray, lit: np.ndarray, geo: _Geometry) -> np.ndarray:
     sums = _window_sums(stacked.reshape(3 * n, *stacked.shape[2:]), half, inside, inside).reshape(n, 3, size, size)
     ratio_r = stacked[:, 0, inside, inside] * sums[:, 2] / np.maximum(sums[:, 0], 1)
     ratio_g = stacked[:, 1, inside, inside] * sums[:, 2] / np.maximum(sums[:, 1], 1)
-    solid = _shifted(_shifted(lit, np.logical_and), np.logical_and)  # clear of the field's soft edge
-    # ... and of the square's own edge, where a field that fills the crop is cut: the erosion keeps
-    # border pixels as they are, and at small sizes (S/2 = 64) the expected field reaches row 1.
-    solid[:, :2] = solid[:, -2:] = solid[:, :, :2] = solid[:, :, -2:] = False
+    # Clear of the field's soft edge, and of the square's own edge where a field that fills the crop
+    # is cut (beyond the square counts as unlit; at S/2 = 64 the expected field reaches row 1).
+    solid = _shifted(_shifted(lit, np.logical_and, outside=False), np.logical_and, outside=False)
     shadow = solid & (ratio_r < _DUST_DARKER) & (ratio_g < _DUST_DARKER) & (np.abs(ratio_r - ratio_g) < _DUST_HUE)
     # Keep blobs, drop thin lines (pigment spicules, vessels): a morphological opening of the
     # shadow mask by a 3 x 3 square (erode, then dilate back).
