@@ -135,7 +135,8 @@ def test_launch_raises_value_error_when_splits_not_positive():
         (1, 576, 28, 132, 18),  # 2 programs per image, capped by 576 / 32 slices
         (1, 196, 28, 132, 6),  # 196 tokens: at most 6 slices of >= 32 tokens
         (16, 576, 28, 132, 9),  # 32 programs -> 9 slices fill 2 waves of 132 SMs
-        (64, 576, 28, 132, 3),
+        (32, 576, 28, 132, 5),  # 64 programs: under half the SMs, still split
+        (64, 576, 28, 132, 1),  # 128 programs: the split's combine cost more than it gained (H200)
         (256, 576, 28, 132, 1),  # the unsplit grid already fills the device
         (4, 20, 28, 132, 1),  # fewer than 32 tokens: never split
     ],

@@ -41,6 +41,12 @@ BATCHES = (1, 2, 4, 8, 16, 64)
 SHAPES = ((196, 128), (196, 384), (576, 768))  # (N, D): the served uopsl-tiny at 224 px, ViT-S/16, ViT-B/16@384
 DISEASES = len(DEFAULT_CATALOG)
 SITES = (4, 8)
+# (N, D, K) in the order swept: the served shape first, then the largest, so that a run stopped
+# part-way has timed the points that matter most.
+POINTS = sorted(
+    itertools.product(SHAPES, SITES),
+    key=lambda p: (p != ((196, 128), 4), p != ((576, 768), 8), p),
+)
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 Impl = Callable[[Tensor, Tensor, Tensor, Tensor], Tensor]
@@ -179,7 +185,7 @@ def check_correctness(impls: Sequence[str] = tuple(IMPLS), dtypes: Sequence[str]
 # ----------------------------------------------------------------------------- the sweep
 def sweep(dtype: torch.dtype, ceilings: Ceilings, reps: int, impls: Sequence[str]) -> Iterator[str]:
     """One table row per (shape, implementation, mode), yielded as soon as it is measured."""
-    for (n, d), k, batch in itertools.product(SHAPES, SITES, BATCHES):
+    for ((n, d), k), batch in itertools.product(POINTS, BATCHES):
         args = make_inputs(batch, n, d, DISEASES, k, dtype)
         flops = flop_count(batch, n, d, DISEASES, k)
         nbytes = byte_count(batch, n, d, DISEASES, k, element_size=args[0].element_size())
