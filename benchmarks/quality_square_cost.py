@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import importlib.util
-import platform
 import subprocess
 import sys
 import tempfile
@@ -26,9 +25,11 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import ModuleType
 
+from predilect.benchmarks import machine
 from predilect.catalog import DEFAULT_CATALOG
 from predilect.cli import CommandError
 from predilect.preprocess import PreprocessCfg, Preprocessor
+from predilect.quality import default_quality_cfg
 from predilect.serving import configs
 from predilect.serving.backends.screening import Screening
 
@@ -61,7 +62,7 @@ Step = Callable[[list[bytes]], Callable[[], object]]
 def _before(pre: ModuleType, qual: ModuleType, size: int) -> Step:
     cfg = pre.PreprocessCfg(size=size)
     preprocessor = pre.Preprocessor(cfg, max_batch_size=64, num_threads=1)
-    thresholds = qual.default_quality_cfg()
+    thresholds = qual.QualityCfg.from_dict(default_quality_cfg().to_dict())  # the packaged thresholds
 
     def step(batch: list[bytes]) -> Callable[[], object]:
         pixels, _ = preprocessor.run_packed(batch)
@@ -129,7 +130,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     best[key] = (pre_s, grade_s, total)
     ms = {key: tuple(1e3 * v / len(payloads) for v in values) for key, values in best.items()}
     print(f"# CPU ms per image on the request path ({datetime.date.today().isoformat()})")
-    print(f"machine: {platform.processor() or platform.machine()}, python {platform.python_version()}")
+    print(f"machine: {machine.describe()}; {machine.describe_load()}")
     print(f"images: {len(payloads)} from {args.images}, batches of {args.batch}, best of {args.passes} passes")
     print(f"before: predilect/preprocess.py and quality.py at {args.baseline_rev}; after: this checkout")
     print()

@@ -8,11 +8,14 @@ equal training-time tensors bit for bit.
 
 Pipeline, per image: decode (RGB, 8 bit) -> field-of-view crop (the square around the
 fundus disc, padded with black where the disc is clipped by the frame) -> antialiased resize
-to ``size`` x ``size`` -> (x/255 - mean) / std -> CHW float32.
+to ``size`` x ``size`` -> (x/255 - mean) / std -> CHW float32. Where ``quality_size`` differs
+from ``size``, the same crop is also resized to ``quality_size`` (uint8 planes): the square the
+gradability step measures, at the side its thresholds were calibrated at
+(``Preprocessor.run_with_quality``; ``fundus_graph(quality_square=True)`` in DALI).
 
 Decoders: ``pil_draft`` (the CPU default) decodes JPEGs at the smallest libjpeg DCT scale
 (1/2, 1/4, 1/8, the scale Pillow's ``draft`` picks) that still leaves the field-of-view square
-at least ``size`` pixels, then runs the same steps with NumPy and Pillow; ``dali_cpu`` and
+at least ``max(size, quality_size)`` pixels (``decode_px``: neither square is upsampled), then runs the same steps with NumPy and Pillow; ``dali_cpu`` and
 ``dali_mixed`` run the steps as a DALI pipeline on the full-resolution frame (host or nvJPEG
 decode).
 
