@@ -15,9 +15,9 @@ gradability step measures, at the side its thresholds were calibrated at
 
 Decoders: ``pil_draft`` (the CPU default) decodes JPEGs at the smallest libjpeg DCT scale
 (1/2, 1/4, 1/8, the scale Pillow's ``draft`` picks) that still leaves the field-of-view square
-at least ``max(size, quality_size)`` pixels (``decode_px``: neither square is upsampled), then runs the same steps with NumPy and Pillow; ``dali_cpu`` and
-``dali_mixed`` run the steps as a DALI pipeline on the full-resolution frame (host or nvJPEG
-decode).
+at least ``max(size, quality_size)`` pixels (``decode_px``: neither square is upsampled), then
+runs the same steps with NumPy and Pillow; ``dali_cpu`` and ``dali_mixed`` run the steps as a
+DALI pipeline on the full-resolution frame (host or nvJPEG decode).
 
 ``pil_draft`` at the decode floor: JPEGs are decoded by libjpeg-turbo through simplejpeg
 (the pixels Pillow's draft mode gives, bit for bit, and with ``strict`` decoding: corrupt or

@@ -224,7 +224,7 @@ def test_served_quality_of_128_px_model_equals_quality_on_224_px_square_when_fus
 
     payloads = [fundus_jpeg(seed) for seed in (0, 5, GRADED_ON_224_ONLY)]
     served = []
-    with grpcclient.InferenceServerClient(fused_128_server.grpc_url) as client:  # type: ignore[attr-defined]
+    with grpcclient.InferenceServerClient(fused_128_server.grpc_url) as client:
         for payload in payloads:
             data = np.frombuffer(payload, np.uint8)[np.newaxis]
             tensor = grpcclient.InferInput(contract.IMAGE, list(data.shape), "UINT8")
