@@ -55,7 +55,8 @@ def floor_simplejpeg(data: bytes, cfg: PreprocessCfg) -> np.ndarray:
     import simplejpeg
     from PIL import Image
 
-    rgb = simplejpeg.decode_jpeg(data, colorspace="RGB", min_width=cfg.size, min_height=cfg.size)
+    # Decoded for cfg.decode_px, as served: the quality square (quality_size) is cut from the same frame.
+    rgb = simplejpeg.decode_jpeg(data, colorspace="RGB", min_width=cfg.decode_px, min_height=cfg.decode_px)
     return _normalise(Image.fromarray(rgb).resize((cfg.size, cfg.size), Image.Resampling.BILINEAR), cfg)
 
 
@@ -63,7 +64,7 @@ def floor_pillow(data: bytes, cfg: PreprocessCfg) -> np.ndarray:
     from PIL import Image
 
     with Image.open(io.BytesIO(data)) as im:
-        im.draft("RGB", (cfg.size, cfg.size))
+        im.draft("RGB", (cfg.decode_px, cfg.decode_px))
         return _normalise(im.convert("RGB").resize((cfg.size, cfg.size), Image.Resampling.BILINEAR), cfg)
 
 
@@ -72,7 +73,7 @@ def previous_pil_draft(data: bytes, cfg: PreprocessCfg) -> np.ndarray:
     field of view, Pillow crop + resize, float normalisation."""
     from PIL import Image
 
-    request_px = cfg.size
+    target = request_px = cfg.decode_px  # cfg.size before PreprocessCfg.quality_size (the same at 224 px)
     while True:
         with Image.open(io.BytesIO(data)) as im:
             full_w, full_h = im.size
@@ -82,9 +83,9 @@ def previous_pil_draft(data: bytes, cfg: PreprocessCfg) -> np.ndarray:
         inside = rgb.max(axis=2) > cfg.fov_threshold
         fov_w, fov_h = int(inside.any(axis=0).sum()), int(inside.any(axis=1).sum())
         side = max(fov_w, fov_h)
-        if side >= cfg.size or side == 0 or (width, height) == (full_w, full_h):
+        if side >= target or side == 0 or (width, height) == (full_w, full_h):
             break
-        request_px = max(math.ceil(min(width, height) * cfg.size / side), min(width, height) + 1)
+        request_px = max(math.ceil(min(width, height) * target / side), min(width, height) + 1)
     side = max(side, 1)
     left, top = (width - side) // 2, (height - side) // 2
     square = Image.fromarray(rgb).crop((left, top, left + side, top + side))

@@ -97,11 +97,12 @@ def _in_process(payloads: list[bytes], preprocess: Any) -> dict[str, float]:
         for start in range(0, len(payloads), 16):
             chunk = payloads[start : start + 16]
             t0 = time.thread_time()
-            pixels, _ = preprocessor.run_packed(chunk)
+            done = preprocessor.run_with_quality(chunk)
             t1 = time.thread_time()
-            quality.assess_pixels(
-                pixels, cfg, mean=preprocess.mean, std=preprocess.std, fov_threshold=preprocess.fov_threshold
-            )
+            planes = done.quality_planes
+            if planes is None:  # the model input is the quality square
+                planes = quality.planes_from_pixels(done.pixels, preprocess.mean, preprocess.std)
+            quality.assess_planes(planes, cfg, fov_threshold=preprocess.fov_threshold)
             t2 = time.thread_time()
             pre.append((t1 - t0) / len(chunk))
             grade.append((t2 - t1) / len(chunk))
@@ -116,10 +117,11 @@ def _component_costs(payloads: list[bytes], models: dict[str, Path], preprocess:
     from predilect.serving.backends.classifier import OnnxClassifier
     from predilect.serving.backends.screening import Screening
 
-    pixels, _ = Preprocessor(preprocess, max_batch_size=8, num_threads=1).run_packed(payloads[:8])
+    done = Preprocessor(preprocess, max_batch_size=8, num_threads=1).run_with_quality(payloads[:8])
+    pixels = done.pixels
     classifiers = {key: OnnxClassifier(path, intra_op_threads=1) for key, path in models.items()}
     screening = Screening(rules, preprocess)
-    quality = screening.quality(pixels)
+    quality = screening.quality(pixels, done.quality_planes)
     outputs = classifiers["with_attention"].run_all(pixels)
     work = {
         "classifier_without_attention": lambda: classifiers["without"].run_all(pixels),

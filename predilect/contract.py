@@ -65,6 +65,10 @@ FOV_EXTENT = "FOV_EXTENT"
 FRAME_EXTENT = "FRAME_EXTENT"
 """FP32 [batch, 2]: width and height in pixels of the photograph the DALI step decoded (EXIF orientation
 applied): with ``FOV_EXTENT``, what ``postprocess`` places ``FIELD_BOX`` from."""
+QUALITY_SQUARE = "QUALITY_SQUARE"
+"""UINT8 [batch, 3, Q, Q]: the field-of-view square the DALI step cropped, resized to the quality calibration's
+side Q (``PreprocessCfg.quality_size``), as colour planes: what ``postprocess`` grades. Only in a repository
+whose model input has another side (``quality_size != size``); otherwise PIXELS is graded."""
 PLAN_FILENAME = "model.plan"
 """The serialized TensorRT engine in ``classifier/1/`` (Triton's default for ``tensorrt_plan``)."""
 DALI_FILENAME = "dali.py"

@@ -8,13 +8,16 @@ equal training-time tensors bit for bit.
 
 Pipeline, per image: decode (RGB, 8 bit) -> field-of-view crop (the square around the
 fundus disc, padded with black where the disc is clipped by the frame) -> antialiased resize
-to ``size`` x ``size`` -> (x/255 - mean) / std -> CHW float32.
+to ``size`` x ``size`` -> (x/255 - mean) / std -> CHW float32. Where ``quality_size`` differs
+from ``size``, the same crop is also resized to ``quality_size`` (uint8 planes): the square the
+gradability step measures, at the side its thresholds were calibrated at
+(``Preprocessor.run_with_quality``; ``fundus_graph(quality_square=True)`` in DALI).
 
 Decoders: ``pil_draft`` (the CPU default) decodes JPEGs at the smallest libjpeg DCT scale
 (1/2, 1/4, 1/8, the scale Pillow's ``draft`` picks) that still leaves the field-of-view square
-at least ``size`` pixels, then runs the same steps with NumPy and Pillow; ``dali_cpu`` and
-``dali_mixed`` run the steps as a DALI pipeline on the full-resolution frame (host or nvJPEG
-decode).
+at least ``max(size, quality_size)`` pixels (``decode_px``: neither square is upsampled), then
+runs the same steps with NumPy and Pillow; ``dali_cpu`` and ``dali_mixed`` run the steps as a
+DALI pipeline on the full-resolution frame (host or nvJPEG decode).
 
 ``pil_draft`` at the decode floor: JPEGs are decoded by libjpeg-turbo through simplejpeg
 (the pixels Pillow's draft mode gives, bit for bit, and with ``strict`` decoding: corrupt or
@@ -68,6 +71,12 @@ class PreprocessCfg:
             ``dali_cpu`` (full-resolution host decode in DALI) or ``dali_mixed`` (nvJPEG, GPU
             profile). Checkpoints carry their cfg, so older ones keep ``dali_cpu``.
         min_side_px, max_pixels: accepted image dimensions, checked before decoding.
+        quality_size: side of the square the gradability step measures (``predilect.quality``), in
+            pixels: the side its thresholds were calibrated at (``QualityCfg.size``). When it differs
+            from ``size``, preprocessing cuts a second square of this side from the same decoded
+            frame with the same crop (``Preprocessor.run_with_quality``); the ``pil_draft`` decoder
+            then decodes for ``max(size, quality_size)`` so that neither square is upsampled, for
+            training as for serving. Older cfg JSON without the key reads as 224.
     """
 
     size: int = 224
@@ -78,10 +87,15 @@ class PreprocessCfg:
     decoder: str = "pil_draft"
     min_side_px: int = 64
     max_pixels: int = 40_000_000
+    quality_size: int = 224
 
     def __post_init__(self) -> None:
         if self.size < 16:
             raise ValueError(f"size must be >= 16, got {self.size}")
+        if self.quality_size < 32:
+            raise ValueError(
+                f"quality_size must be >= 32 (the gradability measures' smallest square), got {self.quality_size}"
+            )
         if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
             raise ValueError("mean and std need three channels, std > 0")
         if self.interpolation not in _INTERPOLATIONS:
@@ -94,6 +108,21 @@ class PreprocessCfg:
     @property
     def input_shape(self) -> tuple[int, int, int]:
         return (3, self.size, self.size)
+
+    @property
+    def separate_quality_square(self) -> bool:
+        """Whether quality is measured on a square of its own (``quality_size != size``), not on the model input."""
+        return self.quality_size != self.size
+
+    @property
+    def quality_shape(self) -> tuple[int, int, int]:
+        """The uint8 colour planes ``(3, Q, Q)`` the gradability step measures, Q = ``quality_size``."""
+        return (3, self.quality_size, self.quality_size)
+
+    @property
+    def decode_px(self) -> int:
+        """The side the field-of-view square must reach when decoded: the larger of the two squares cut from it."""
+        return max(self.size, self.quality_size)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
@@ -220,7 +249,14 @@ def inspect_image(data: np.ndarray, cfg: PreprocessCfg) -> ImageHeader:
     return header
 
 
-def fundus_graph(cfg: PreprocessCfg, encoded, *, hw_decoder_load: float | None = None, frame_extent: bool = False):
+def fundus_graph(
+    cfg: PreprocessCfg,
+    encoded,
+    *,
+    hw_decoder_load: float | None = None,
+    frame_extent: bool = False,
+    quality_square: bool = False,
+):
     """The DALI operators of the pipeline derived from ``cfg``, applied to ``encoded`` (a DataNode).
 
     Returns ``(tensor, fov_w, fov_h)``: the CHW float32 tensor and the field-of-view width and
@@ -231,6 +267,9 @@ def fundus_graph(cfg: PreprocessCfg, encoded, *, hw_decoder_load: float | None =
     With ``frame_extent`` a fourth node follows: the decoded frame's ``(width, height)`` (EXIF
     orientation applied, as the decoder rectifies it), float32 on the CPU (the shape is
     metadata: nothing is copied from the GPU), from which ``field_box_in_frame`` places the crop.
+    With ``quality_square`` and ``cfg.separate_quality_square``, a last node follows: the same
+    cropped square resized to ``cfg.quality_size`` as uint8 CHW colour planes (what
+    ``predilect.quality.measure`` reads).
     """
     import nvidia.dali.fn as fn
     import nvidia.dali.types as types
@@ -263,10 +302,15 @@ def fundus_graph(cfg: PreprocessCfg, encoded, *, hw_decoder_load: float | None =
         mean=[255.0 * m for m in cfg.mean],
         std=[255.0 * s for s in cfg.std],
     )
-    if not frame_extent:
-        return tensor, fov_w, fov_h
-    height_width = image.shape(dtype=types.FLOAT)  # (H, W, C)
-    return tensor, fov_w, fov_h, fn.stack(height_width[1], height_width[0])
+    nodes = [tensor, fov_w, fov_h]
+    if frame_extent:
+        height_width = image.shape(dtype=types.FLOAT)  # (H, W, C)
+        nodes.append(fn.stack(height_width[1], height_width[0]))
+    if quality_square and cfg.separate_quality_square:
+        side_px = cfg.quality_size
+        graded = fn.resize(square, resize_x=side_px, resize_y=side_px, antialias=True, interp_type=interp)
+        nodes.append(fn.transpose(graded, perm=[2, 0, 1]))  # uint8 HWC -> CHW planes
+    return tuple(nodes)
 
 
 def build_pipeline(cfg: PreprocessCfg, *, batch_size: int, num_threads: int, device_id: int | None):
@@ -283,7 +327,7 @@ def build_pipeline(cfg: PreprocessCfg, *, batch_size: int, num_threads: int, dev
     )
     def fundus_pipeline():
         encoded = fn.external_source(name="encoded", dtype=types.UINT8, ndim=1, no_copy=False)
-        return fundus_graph(cfg, encoded)
+        return fundus_graph(cfg, encoded, quality_square=True)
 
     pipe = fundus_pipeline()
     pipe.build()
@@ -362,28 +406,39 @@ def decode_rgb(data: np.ndarray, header: ImageHeader, request_px: int) -> np.nda
     return _ORIENT[header.orientation](_decode_jpeg(data, header, request_px))
 
 
-def _square_resized(rgb: np.ndarray, side: int, cfg: PreprocessCfg):
-    """The centred ``side`` square (black outside the frame) resized to ``cfg.size``, as a Pillow image."""
+def _crop_square(rgb: np.ndarray, side: int):
+    """The centred ``side`` square of ``rgb`` (black outside the frame), as a Pillow image."""
     from PIL import Image
 
     height, width = rgb.shape[:2]
     left, top = (width - side) // 2, (height - side) // 2
-    square = Image.fromarray(rgb).crop((left, top, left + side, top + side))  # pads with black outside
-    return square.resize(
-        (cfg.size, cfg.size), getattr(Image.Resampling, _PIL_FILTERS[cfg.interpolation]), reducing_gap=None
-    )
+    return Image.fromarray(rgb).crop((left, top, left + side, top + side))  # pads with black outside
 
 
-def pil_draft_resized(data: np.ndarray, cfg: PreprocessCfg, header: ImageHeader | None = None):
-    """The ``pil_draft`` steps up to the resized square: ``(HxWx3 uint8 square, fov_w, fov_h)``.
+def _resized(square, side_px: int, cfg: PreprocessCfg) -> np.ndarray:
+    """``square`` (a Pillow image) resized to ``side_px`` a side with ``cfg``'s filter: HxWx3 uint8."""
+    from PIL import Image
 
+    resample = getattr(Image.Resampling, _PIL_FILTERS[cfg.interpolation])
+    return np.asarray(square.resize((side_px, side_px), resample, reducing_gap=None))
+
+
+def pil_draft_squares(
+    data: np.ndarray, cfg: PreprocessCfg, header: ImageHeader | None = None, *, quality: bool = False
+) -> tuple[np.ndarray, np.ndarray | None, float, float]:
+    """The ``pil_draft`` steps up to the resized squares: ``(model square, quality square, fov_w, fov_h)``.
+
+    Both squares are HxWx3 uint8, resized from the one field-of-view crop of the one decoded
+    frame; the quality square (``cfg.quality_size``) only with ``quality`` and
+    ``cfg.separate_quality_square``, else None. The JPEG is DCT-scaled for ``cfg.decode_px``,
+    whether or not the quality square is asked for, so the model square does not depend on it.
     The field of view is found on the DCT-scaled frame; its extent is returned in
     full-resolution source pixels. Raises the decoder's ``ValueError``/``OSError`` (or
     ``InvalidImageError``) when the bytes do not decode cleanly.
     """
     header = header or inspect_image(data, cfg)
     full_w, full_h = (header.height, header.width) if header.orientation >= 5 else (header.width, header.height)
-    request_px = cfg.size
+    target = request_px = cfg.decode_px
     while True:
         rgb = decode_rgb(data, header, request_px)
         height, width = rgb.shape[:2]
@@ -391,12 +446,21 @@ def pil_draft_resized(data: np.ndarray, cfg: PreprocessCfg, header: ImageHeader 
             full_w, full_h = width, height
         fov_w, fov_h = _fov_extent(rgb, cfg.fov_threshold)
         side = max(fov_w, fov_h)
-        if side >= cfg.size or side == 0 or (width, height) == (full_w, full_h):
+        if side >= target or side == 0 or (width, height) == (full_w, full_h):
             break
         # The disc fills less of the frame than the first guess assumed: decode one scale finer.
-        request_px = max(math.ceil(min(width, height) * cfg.size / side), min(width, height) + 1)
-    resized = np.asarray(_square_resized(rgb, max(side, 1), cfg))
-    return resized, fov_w * full_w / width, fov_h * full_h / height
+        request_px = max(math.ceil(min(width, height) * target / side), min(width, height) + 1)
+    square = _crop_square(rgb, max(side, 1))
+    graded = _resized(square, cfg.quality_size, cfg) if quality and cfg.separate_quality_square else None
+    return _resized(square, cfg.size, cfg), graded, fov_w * full_w / width, fov_h * full_h / height
+
+
+def pil_draft_resized(
+    data: np.ndarray, cfg: PreprocessCfg, header: ImageHeader | None = None
+) -> tuple[np.ndarray, float, float]:
+    """The ``pil_draft`` steps up to the resized model square: ``(HxWx3 uint8 square, fov_w, fov_h)``."""
+    resized, _, fov_w, fov_h = pil_draft_squares(data, cfg, header)
+    return resized, fov_w, fov_h
 
 
 @dataclass(frozen=True)
@@ -456,14 +520,43 @@ def _decode_failure(error: Exception) -> InvalidImageError:
     return InvalidImageError(f"image could not be decoded: {type(error).__name__}: {text}")
 
 
+@dataclass(frozen=True)
+class Preprocessed:
+    """What preprocessing made of a batch of payloads (``Preprocessor.run_with_quality``).
+
+    ``pixels``: the accepted payloads' model inputs, one contiguous ``(n_accepted, 3, S, S)``
+    float32 array in order; ``errors[i]``: None for an accepted payload, else its rejection;
+    ``boxes[i]``: the square it cropped (``field_box``; None when rejected); ``quality_planes``: with
+    ``cfg.separate_quality_square``, the same crops at ``quality_size`` as ``(n_accepted, 3, Q, Q)``
+    uint8 colour planes (what ``predilect.quality.measure`` reads), else None: the model input is
+    then the square to grade (``predilect.quality.planes_from_pixels`` recovers its planes exactly).
+    """
+
+    pixels: np.ndarray
+    errors: list[InvalidImageError | None]
+    boxes: list[FieldBox | None]
+    quality_planes: np.ndarray | None = None
+
+
+@dataclass
+class _Chunk:
+    """One decoder batch: accepted tensors (and quality planes), per payload its result and FOV extent."""
+
+    pixels: np.ndarray
+    decoded: list[Decoded]
+    extents: list[tuple[float, float]]
+    planes: np.ndarray | None = None
+
+
 @dataclass
 class Preprocessor:
     """Runs the pipeline of ``cfg`` (``cfg.decoder``) on encoded images, isolating bad ones.
 
     ``run`` returns one entry per payload, either the ``(3, size, size)`` float32 tensor or
     the ``InvalidImageError`` that names why that payload was rejected; ``run_packed`` returns
-    the accepted tensors as one contiguous batch. A bad payload never fails or changes the
-    others in its batch. Not thread-safe: one per worker.
+    the accepted tensors as one contiguous batch; ``run_with_quality`` adds the squares the
+    gradability step measures. A bad payload never fails or changes the others in its batch.
+    Not thread-safe: one per worker.
     """
 
     cfg: PreprocessCfg
@@ -482,79 +575,100 @@ class Preprocessor:
             )
         return self._pipe
 
-    def _run_dali(self, arrays: list[np.ndarray]) -> list[tuple[np.ndarray, float, float]]:
+    def _run_dali(self, arrays: list[np.ndarray]) -> list[tuple[np.ndarray, float, float, np.ndarray | None]]:
         pipe = self._pipeline()
         pipe.feed_input("encoded", arrays)
         try:
-            tensors, widths, heights = pipe.run()
+            outputs = pipe.run()
         except RuntimeError:
             self._pipe = None  # DALI invalidates a pipeline after a critical error
             raise
+        tensors, widths, heights = outputs[:3]
+        squares = outputs[3] if len(outputs) > 3 else None  # the quality square (separate_quality_square)
         if hasattr(tensors, "as_cpu"):
             tensors = tensors.as_cpu()
+        if squares is not None and hasattr(squares, "as_cpu"):
+            squares = squares.as_cpu()
         return [
-            (np.array(tensors[i]), float(np.array(widths[i])), float(np.array(heights[i]))) for i in range(len(arrays))
+            (
+                np.array(tensors[i]),
+                float(np.array(widths[i])),
+                float(np.array(heights[i])),
+                None if squares is None else np.array(squares[i]),
+            )
+            for i in range(len(arrays))
         ]
 
-    def _resize_one(self, item: tuple[np.ndarray, ImageHeader]) -> tuple[Decoded, tuple[float, float]]:
-        """One payload to its resized uint8 square, or the reason it is refused; and its FOV extent."""
-        array, header = item
+    def _resize_one(
+        self, item: tuple[np.ndarray, ImageHeader, bool]
+    ) -> tuple[Decoded, np.ndarray | None, tuple[float, float]]:
+        """One payload to its resized uint8 square (and quality square), or the reason it is refused; its FOV extent."""
+        array, header, quality = item
         try:
-            resized, fov_w, fov_h = pil_draft_resized(array, self.cfg, header)
+            resized, graded, fov_w, fov_h = pil_draft_squares(array, self.cfg, header, quality=quality)
         except InvalidImageError as e:
-            return e, (0.0, 0.0)
+            return e, None, (0.0, 0.0)
         # The per-payload boundary: whatever the decoder raises on these bytes (libjpeg's
         # corrupt-data warnings made errors, Pillow's format errors, a bomb guard) belongs to
         # this payload alone and becomes its rejection, with the cause named and chained.
         except Exception as e:  # noqa: BLE001 - see above; the type and message are kept
             failure = _decode_failure(e)
             failure.__cause__ = e
-            return failure, (0.0, 0.0)
+            return failure, None, (0.0, 0.0)
         rejected = self._check_fov(fov_w, fov_h)
-        return (rejected if rejected is not None else resized), (fov_w, fov_h)
+        return (rejected if rejected is not None else resized), graded, (fov_w, fov_h)
 
-    def _decode_pil(
-        self, items: list[tuple[np.ndarray, ImageHeader]]
-    ) -> tuple[np.ndarray, list[Decoded], list[tuple[float, float]]]:
+    def _decode_pil(self, items: list[tuple[np.ndarray, ImageHeader]], *, quality: bool) -> _Chunk:
         # Each image is processed on its own, so results cannot depend on the batch; libjpeg
         # and Pillow's resize release the GIL, so a small thread pool overlaps them.
-        if self.num_threads <= 1 or len(items) <= 1:
-            results = [self._resize_one(item) for item in items]
+        jobs = [(array, header, quality) for array, header in items]
+        if self.num_threads <= 1 or len(jobs) <= 1:
+            results = [self._resize_one(job) for job in jobs]
         else:
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(max_workers=self.num_threads, thread_name_prefix="predilect-decode")
-            results = list(self._pool.map(self._resize_one, items))
-        squares = [square for square, _ in results]
+            results = list(self._pool.map(self._resize_one, jobs))
+        squares = [square for square, _, _ in results]
         accepted = [sq for sq in squares if not isinstance(sq, InvalidImageError)]
         out = np.empty((len(accepted), *self.cfg.input_shape), np.float32)
         if accepted:
             if self._normaliser is None:
                 self._normaliser = Normaliser.of(self.cfg)
             self._normaliser.into(np.stack(accepted), out)
-        return out, squares, [extent for _, extent in results]
+        planes = None
+        if quality and self.cfg.separate_quality_square:
+            graded = [g for sq, g, _ in results if not isinstance(sq, InvalidImageError) and g is not None]
+            planes = np.empty((len(graded), *self.cfg.quality_shape), np.uint8)
+            if graded:
+                planes[...] = np.stack(graded).transpose(0, 3, 1, 2)
+        return _Chunk(out, squares, [extent for _, _, extent in results], planes)
 
-    def _decode_dali(self, arrays: list[np.ndarray]) -> tuple[np.ndarray, list[Decoded], list[tuple[float, float]]]:
+    def _decode_dali(self, arrays: list[np.ndarray]) -> _Chunk:
         try:
             outputs = self._run_dali(arrays)
         except RuntimeError as e:
             if len(arrays) > 1:
                 # One image broke the decoder batch: rerun one by one to find it.
-                singles = [self._decode_dali([a]) for a in arrays]
-                tensors = [t for t, _, _ in singles if len(t)]
-                packed = np.concatenate(tensors) if tensors else np.empty((0, *self.cfg.input_shape), np.float32)
-                return packed, [d[0] for _, d, _ in singles], [x[0] for _, _, x in singles]
-            return (
+                return _joined([self._decode_dali([a]) for a in arrays], self.cfg)
+            return _Chunk(
                 np.empty((0, *self.cfg.input_shape), np.float32),
                 [InvalidImageError(f"image could not be decoded: {_dali_cause(e)}")],
                 [(0.0, 0.0)],
+                np.empty((0, *self.cfg.quality_shape), np.uint8) if self.cfg.separate_quality_square else None,
             )
         decoded: list[Decoded] = []
-        for tensor, fov_w, fov_h in outputs:
+        graded: list[np.ndarray] = []
+        for tensor, fov_w, fov_h, square in outputs:
             rejected = self._check_fov(fov_w, fov_h)
             decoded.append(rejected if rejected is not None else tensor)
+            if rejected is None and square is not None:
+                graded.append(square)
         accepted = [d for d in decoded if not isinstance(d, InvalidImageError)]
         packed = np.stack(accepted) if accepted else np.empty((0, *self.cfg.input_shape), np.float32)
-        return packed.astype(np.float32, copy=False), decoded, [(w, h) for _, w, h in outputs]
+        planes = None
+        if self.cfg.separate_quality_square:
+            planes = np.stack(graded) if graded else np.empty((0, *self.cfg.quality_shape), np.uint8)
+        return _Chunk(packed.astype(np.float32, copy=False), decoded, [(w, h) for _, w, h, _ in outputs], planes)
 
     def _check_fov(self, fov_w: float, fov_h: float) -> InvalidImageError | None:
         return fov_error(self.cfg, fov_w, fov_h)
@@ -572,6 +686,14 @@ class Preprocessor:
         self, payloads: Sequence[Payload]
     ) -> tuple[np.ndarray, list[InvalidImageError | None], list[FieldBox | None]]:
         """``run_packed`` and, per payload, the square it cropped (``field_box``; None when rejected)."""
+        done = self._run(payloads, quality=False)
+        return done.pixels, done.errors, done.boxes
+
+    def run_with_quality(self, payloads: Sequence[Payload]) -> Preprocessed:
+        """``run_with_fields`` and the squares the gradability step measures (``Preprocessed.quality_planes``)."""
+        return self._run(payloads, quality=True)
+
+    def _run(self, payloads: Sequence[Payload], *, quality: bool) -> Preprocessed:
         with self._lock:
             boxes: list[FieldBox | None] = [None] * len(payloads)
             errors: list[InvalidImageError | None] = [None] * len(payloads)
@@ -589,19 +711,20 @@ class Preprocessor:
             for start in range(0, len(valid), self.max_batch_size):
                 chunk = valid[start : start + self.max_batch_size]
                 if self.cfg.decoder == "pil_draft":
-                    packed, decoded, extents = self._decode_pil([(a, h) for _, a, h in chunk])
+                    done = self._decode_pil([(a, h) for _, a, h in chunk], quality=quality)
                 else:
-                    packed, decoded, extents = self._decode_dali([a for _, a, _ in chunk])
-                chunks.append(packed)
-                for (i, _, header), out, (fov_w, fov_h) in zip(chunk, decoded, extents, strict=True):
+                    done = self._decode_dali([a for _, a, _ in chunk])
+                chunks.append(done)
+                for (i, _, header), out, (fov_w, fov_h) in zip(chunk, done.decoded, done.extents, strict=True):
                     if isinstance(out, InvalidImageError):
                         errors[i] = out
                     else:
                         boxes[i] = field_box(header, fov_w, fov_h)
-            if len(chunks) == 1:
-                return chunks[0], errors, boxes
-            tensors = np.concatenate(chunks) if chunks else np.empty((0, *self.cfg.input_shape), np.float32)
-            return tensors, errors, boxes
+            joined = chunks[0] if len(chunks) == 1 else _joined(chunks, self.cfg)
+            planes = joined.planes if quality and self.cfg.separate_quality_square else None
+            if planes is None and quality and self.cfg.separate_quality_square:
+                planes = np.empty((0, *self.cfg.quality_shape), np.uint8)
+            return Preprocessed(joined.pixels, errors, boxes, planes)
 
     def run(self, payloads: Sequence[Payload]) -> list[np.ndarray | InvalidImageError]:
         """Preprocess encoded images; one ``(3, S, S)`` tensor or error per payload, in order."""
@@ -616,6 +739,22 @@ class Preprocessor:
             if error is not None:
                 raise InvalidImageError(f"image {i}: {error}") from error
         return tensors
+
+
+def _joined(chunks: list[_Chunk], cfg: PreprocessCfg) -> _Chunk:
+    """Decoder batches as one, in order (no chunk: an empty batch)."""
+    tensors = [c.pixels for c in chunks if len(c.pixels)]
+    pixels = np.concatenate(tensors) if tensors else np.empty((0, *cfg.input_shape), np.float32)
+    planes = None
+    if chunks and all(c.planes is not None for c in chunks):
+        kept = [c.planes for c in chunks if c.planes is not None and len(c.planes)]
+        planes = np.concatenate(kept) if kept else np.empty((0, *cfg.quality_shape), np.uint8)
+    return _Chunk(
+        pixels,
+        [d for c in chunks for d in c.decoded],
+        [x for c in chunks for x in c.extents],
+        planes,
+    )
 
 
 def fov_error(cfg: PreprocessCfg, fov_w: float, fov_h: float) -> InvalidImageError | None:

@@ -1,12 +1,17 @@
-"""Gradability: is a fundus photograph good enough to screen? Pure NumPy, from the model's own input.
+"""Gradability: is a fundus photograph good enough to screen? Pure NumPy, on the field-of-view square.
 
-``measure`` reads the field-of-view square that the model screens -- the uint8 image that
-preprocessing resized to ``size`` x ``size`` before normalising it, recovered exactly from the
-normalised tensor by ``planes_from_pixels`` -- so every serving layout (split, fused, the GPU
-profile's DALI preprocessing) grades the same pixels the classifier sees, from the same decoded
-frame. ``grade`` compares the measures with calibrated thresholds (``QualityCfg``, chosen by
-``predilect gradability`` on phantom photographs with controlled degradations) and returns a
-score and one flag per reason of ``contract.QUALITY_REASONS``.
+``measure`` reads the field-of-view square that preprocessing cut for the model, at the side
+the thresholds were calibrated at (``QualityCfg.size``, ``PreprocessCfg.quality_size``): when
+the model's input has that side, the uint8 image preprocessing resized before normalising it,
+recovered exactly from the normalised tensor by ``planes_from_pixels``; otherwise a second square
+of that side cut from the same decoded frame with the same crop (``Preprocessor.run_with_quality``,
+and the GPU profile's DALI step). So every serving layout (split, fused, the GPU profile) grades
+the crop the classifier sees, at the size its thresholds mean something at: measures are not
+comparable across sizes (a 128-px square is too coarse for defocus or dust,
+``benchmarks/results/gradability-2026-11-26c-128px.md``). ``grade`` compares the measures with
+calibrated thresholds (``QualityCfg``, chosen by ``predilect gradability`` on phantom photographs
+with controlled degradations) and returns a score and one flag per reason of
+``contract.QUALITY_REASONS``.
 
 Measures (``MEASURES``), on the square: ``S`` side, the expected field of view is the inscribed
 disc (preprocessing centres the square on the lit field), "inner" is the disc of radius 0.4 S:
@@ -81,6 +86,14 @@ class QualityConfigError(UserError, ValueError):
     """A gradability configuration that names unknown measures or lacks thresholds."""
 
 
+class QualitySizeError(QualityConfigError):
+    """Thresholds calibrated at one square size, served with preprocessing that measures at another."""
+
+
+DEFAULT_SIZE = 224
+"""The square side of calibrations that do not say theirs (``PreprocessCfg().quality_size``)."""
+
+
 @dataclass(frozen=True)
 class Check:
     """One gradability check: ``measure`` fails past ``threshold`` ("max": above, "min": below)."""
@@ -116,12 +129,15 @@ _EXPLAINS_COLOUR = ("saturated", "glare", "haze")
 class QualityCfg:
     """Calibrated thresholds of every check (``CHECKS``), keyed by measure; travels in the model repository.
 
-    ``source`` says where the thresholds come from (the calibration command and data).
+    ``source`` says where the thresholds come from (the calibration command and data); ``size``
+    is the side, in pixels, of the square they were calibrated on: the only side they may be
+    applied at (``check_size``). JSON without it was calibrated at 224.
     """
 
     thresholds: Mapping[str, float]
     version: str = "1"
     source: str = ""
+    size: int = DEFAULT_SIZE
     _order: tuple[str, ...] = field(default=MEASURES, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -132,11 +148,14 @@ class QualityCfg:
         bad = {k: v for k, v in self.thresholds.items() if not (isinstance(v, (int, float)) and np.isfinite(v))}
         if bad:
             raise QualityConfigError(f"quality thresholds must be finite numbers, got {bad}")
+        if not isinstance(self.size, int) or self.size < 32:
+            raise QualityConfigError(f"quality calibration size must be an integer >= 32 px, got {self.size!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "version": self.version,
             "source": self.source,
+            "size": self.size,
             "thresholds": {k: float(self.thresholds[k]) for k in MEASURES if k in self.thresholds},
         }
 
@@ -151,7 +170,15 @@ class QualityCfg:
     def from_dict(cls, data: Mapping[str, Any]) -> QualityCfg:
         try:
             thresholds = {str(k): float(v) for k, v in dict(data["thresholds"]).items()}
-            return cls(thresholds=thresholds, version=str(data.get("version", "1")), source=str(data.get("source", "")))
+            size = data.get("size", DEFAULT_SIZE)
+            if isinstance(size, bool) or not isinstance(size, int):
+                raise QualityConfigError(f"quality calibration size must be an integer (pixels), got {size!r}")
+            return cls(
+                thresholds=thresholds,
+                version=str(data.get("version", "1")),
+                source=str(data.get("source", "")),
+                size=size,
+            )
         except (KeyError, TypeError, ValueError) as e:
             if isinstance(e, QualityConfigError):
                 raise
@@ -167,6 +194,16 @@ class QualityCfg:
 
 DEFAULT_CALIBRATION = Path(__file__).with_name("quality_calibration.json")
 """The packaged thresholds: a copy of what ``predilect gradability`` calibrated (see its results)."""
+
+
+def check_size(cfg: QualityCfg, quality_size: int) -> None:
+    """Raise ``QualitySizeError`` unless ``cfg`` was calibrated at ``quality_size`` (``PreprocessCfg.quality_size``)."""
+    if cfg.size != quality_size:
+        raise QualitySizeError(
+            f"gradability thresholds calibrated on {cfg.size}-px squares cannot grade the {quality_size}-px squares "
+            f"this model's preprocessing cuts (preprocess quality_size={quality_size}): serve a calibration made at "
+            f"{quality_size} px (`predilect assemble --quality`), or export the model with quality_size={cfg.size}"
+        )
 
 
 def default_quality_cfg() -> QualityCfg:
@@ -444,6 +481,14 @@ def reasons_of(flags_row: np.ndarray | list[float] | list[bool]) -> list[str]:
     return [reason for reason, flag in zip(QUALITY_REASONS, flags_row, strict=True) if bool(flag)]
 
 
+def assess_planes(planes: np.ndarray, cfg: QualityCfg, *, fov_threshold: int) -> np.ndarray:
+    """The ``contract.QUALITY`` rows of a batch of uint8 squares ``(N, 3, S, S)``; S must be ``cfg.size``."""
+    planes = np.asarray(planes)
+    if planes.ndim == 4 and len(planes) and planes.shape[2] != cfg.size:
+        raise ValueError(f"quality thresholds calibrated at {cfg.size} px cannot grade {planes.shape[2]}-px squares")
+    return grade(measure(planes, fov_threshold=fov_threshold), cfg).tensor()
+
+
 def assess_pixels(pixels: np.ndarray, cfg: QualityCfg, *, mean, std, fov_threshold: int) -> np.ndarray:
-    """The ``contract.QUALITY`` rows of a batch of normalised model inputs ``(N, 3, S, S)``."""
-    return grade(measure(planes_from_pixels(pixels, mean, std), fov_threshold=fov_threshold), cfg).tensor()
+    """The ``contract.QUALITY`` rows of a batch of normalised model inputs ``(N, 3, S, S)``; S must be ``cfg.size``."""
+    return assess_planes(planes_from_pixels(pixels, mean, std), cfg, fov_threshold=fov_threshold)

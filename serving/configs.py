@@ -19,7 +19,7 @@ from predilect import contract
 from predilect.catalog import Catalog
 from predilect.errors import ConfigError
 from predilect.preprocess import PreprocessCfg
-from predilect.quality import QualityCfg, default_quality_cfg
+from predilect.quality import QualityCfg, QualitySizeError, check_size, default_quality_cfg
 from predilect.referral import ReferralRules
 
 
@@ -243,7 +243,8 @@ class ServingOptions:
 class ServedModel:
     """What the ensemble advertises: the exported model's identity and its constants.
 
-    ``quality`` holds the gradability thresholds (default: the packaged calibration);
+    ``quality`` holds the gradability thresholds (default: the packaged calibration), which must
+    have been calibrated at ``preprocess.quality_size`` (else ``ConfigError``: nothing is assembled);
     ``attention_grid`` is the side g of the model's ``ATTENTION`` output ``[batch, C, g, g]``, or
     None when the exported model has none (then the repository serves no ``HEATMAPS``).
     """
@@ -254,6 +255,12 @@ class ServedModel:
     model_version: str
     quality: QualityCfg = field(default_factory=default_quality_cfg)
     attention_grid: int | None = None
+
+    def __post_init__(self) -> None:
+        try:
+            check_size(self.quality, self.preprocess.quality_size)
+        except QualitySizeError as e:
+            raise ConfigError(f"model {self.model_name} {self.model_version}: {e}") from e
 
     @property
     def rules(self) -> ReferralRules:

@@ -6,8 +6,10 @@
 serialises it at load. The graph is ``predilect.preprocess.fundus_graph``, the very operators
 training and the CPU profile run, fed from an external source named ``IMAGE`` (the ensemble's
 ragged input) and returning ``PIXELS``, ``FOV_EXTENT`` (the field of view's width, height)
-and ``FRAME_EXTENT`` (the decoded photograph's width, height), in the order of the model
-config's outputs; ``postprocess`` places ``FIELD_BOX`` from the two extents.
+and ``FRAME_EXTENT`` (the decoded photograph's width, height), and, when the model input's side
+is not the quality calibration's (``PreprocessCfg.separate_quality_square``), ``QUALITY_SQUARE``
+(the same crop at ``quality_size``, uint8 planes), in the order of the model config's outputs;
+``postprocess`` places ``FIELD_BOX`` from the two extents and grades the quality square.
 
 ``cpu_twin`` builds the same graph with the ``dali_cpu`` decoder and no GPU, which is how CI
 checks it against the reference preprocessing.
@@ -61,15 +63,24 @@ class DaliParams:
         return cls.from_json((Path(module_file).parent / contract.DALI_PARAMS_FILENAME).read_text(encoding="utf-8"))
 
 
-def serving_graph(params: DaliParams, *, decoder: str = "dali_mixed") -> tuple[Any, Any, Any]:
-    """Inside a pipeline definition: IMAGE -> (PIXELS, FOV_EXTENT, FRAME_EXTENT), the DALI model's outputs in order."""
+def serving_graph(params: DaliParams, *, decoder: str = "dali_mixed") -> tuple[Any, ...]:
+    """Inside a pipeline definition: IMAGE -> (PIXELS, FOV_EXTENT, FRAME_EXTENT[, QUALITY_SQUARE]), the DALI
+    model's outputs in order (``output_names``)."""
     import nvidia.dali.fn as fn
     import nvidia.dali.types as types
 
     cfg = dataclasses.replace(params.preprocess, decoder=decoder)
     encoded = fn.external_source(name=contract.IMAGE, device="cpu", dtype=types.UINT8, ndim=1)
-    tensor, fov_w, fov_h, frame = fundus_graph(cfg, encoded, hw_decoder_load=params.hw_decoder_load, frame_extent=True)
-    return tensor, fn.stack(fov_w, fov_h), frame
+    tensor, fov_w, fov_h, frame, *square = fundus_graph(
+        cfg, encoded, hw_decoder_load=params.hw_decoder_load, frame_extent=True, quality_square=True
+    )
+    return (tensor, fn.stack(fov_w, fov_h), frame, *square)
+
+
+def output_names(cfg: PreprocessCfg) -> tuple[str, ...]:
+    """The DALI model's output tensors, in ``serving_graph``'s order."""
+    names = (contract.PIXELS, contract.FOV_EXTENT, contract.FRAME_EXTENT)
+    return (*names, contract.QUALITY_SQUARE) if cfg.separate_quality_square else names
 
 
 def gpu_pipeline(params: DaliParams, *, device_id: int = 0) -> Any:
@@ -83,7 +94,7 @@ def gpu_pipeline(params: DaliParams, *, device_id: int = 0) -> Any:
         exec_dynamic=True,
         prefetch_queue_depth=1,
     )
-    def fundus_preprocess() -> tuple[Any, Any, Any]:
+    def fundus_preprocess() -> tuple[Any, ...]:
         return serving_graph(params)
 
     return fundus_preprocess()
@@ -100,7 +111,7 @@ def cpu_twin(params: DaliParams) -> Any:
         exec_dynamic=True,
         prefetch_queue_depth=1,  # one feed_input per run, as the CPU profile's Preprocessor
     )
-    def fundus_preprocess_cpu() -> tuple[Any, Any, Any]:
+    def fundus_preprocess_cpu() -> tuple[Any, ...]:
         return serving_graph(params, decoder="dali_cpu")
 
     pipe = fundus_preprocess_cpu()

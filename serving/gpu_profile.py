@@ -11,11 +11,13 @@ refused by its own discovery check (``IncompatibleModelError``) before any reque
    fails alone instead of failing the DALI batch it would have joined;
 2. ``preprocess`` (DALI backend, GPU): nvJPEG ``mixed`` decode, field-of-view crop, resize,
    normalise: ``dali.py`` derived from the served ``PreprocessCfg``; ragged ``IMAGE`` batches;
-   returns PIXELS, FOV_EXTENT and FRAME_EXTENT (the decoded photograph's size);
+   returns PIXELS, FOV_EXTENT and FRAME_EXTENT (the decoded photograph's size), and QUALITY_SQUARE
+   (the same crop at the quality calibration's side) when the model input has another side;
 3. ``classifier`` (``tensorrt_plan``, GPU): the engine, whose optimisation profile is
    min 1 / opt = the largest preferred batch / max = ``max_batch_size``;
 4. ``postprocess`` (Python, CPU): rejects images without a field of view, per request; grades
-   PIXELS (``Screening.quality``; Triton copies them to the CPU for the Python backend), decides
+   PIXELS, or QUALITY_SQUARE when sent (``Screening.quality``; Triton copies them to the CPU for the
+   Python backend), decides
    (``Screening.decide``, the served rules) and places FIELD_BOX, as the CPU profile does.
 
 Every batched step has dynamic batching with preferred sizes and a queue policy (bounded
@@ -131,6 +133,18 @@ def gpu_screen_models(
     pixels = configs.TensorDef(contract.PIXELS, "TYPE_FP32", (3, size, size))
     fov = configs.TensorDef(contract.FOV_EXTENT, "TYPE_FP32", (2,))
     frame = configs.TensorDef(contract.FRAME_EXTENT, "TYPE_FP32", (2,))
+    # The crop at the quality calibration's side, when the model input's is another: graded by postprocess.
+    squares = (
+        (configs.TensorDef(contract.QUALITY_SQUARE, "TYPE_UINT8", served.preprocess.quality_shape),)
+        if served.preprocess.separate_quality_square
+        else ()
+    )
+    inner = {
+        contract.PIXELS: "pixels",
+        contract.FOV_EXTENT: "fov_extent",
+        contract.FRAME_EXTENT: "frame_extent",
+        contract.QUALITY_SQUARE: "quality_square",
+    }
     logits = configs.TensorDef(contract.LOGITS, "TYPE_FP32", (classes,))
     # The CPU profile's outputs but HEATMAPS: the TensorRT plugin keeps the attention map on chip.
     outputs = configs.screening_outputs(served, heatmaps=False)
@@ -148,7 +162,7 @@ def gpu_screen_models(
         name=contract.PREPROCESS_MODEL,
         backend="dali",
         inputs=(ragged_image,),
-        outputs=(pixels, fov, frame),  # the order of serving_graph's outputs
+        outputs=(pixels, fov, frame, *squares),  # the order of serving_graph's outputs (dali_pipeline.output_names)
         instance_kind="KIND_GPU",
         parameters={"num_threads": str(options.dali_threads)},  # the DALI backend's own parameter
         warmup=(configs.WarmupDef("fundus", batch_size=1, inputs={contract.IMAGE: warm_jpeg}),),
@@ -170,7 +184,7 @@ def gpu_screen_models(
     )
     postprocess = configs.PythonModelDef(
         name=contract.POSTPROCESS_MODEL,
-        inputs=(logits, fov, frame, pixels),
+        inputs=(logits, fov, frame, pixels, *squares),
         outputs=outputs,
         parameters=configs.screening_parameters(served),
         **_batched(options),  # type: ignore[arg-type]
@@ -186,19 +200,14 @@ def gpu_screen_models(
             configs.EnsembleStepDef(
                 contract.PREPROCESS_MODEL,
                 {contract.IMAGE: "valid_image"},
-                {contract.PIXELS: "pixels", contract.FOV_EXTENT: "fov_extent", contract.FRAME_EXTENT: "frame_extent"},
+                {t.name: inner[t.name] for t in preprocess.outputs},
             ),
             configs.EnsembleStepDef(
                 contract.CLASSIFIER_MODEL, {contract.PIXELS: "pixels"}, {contract.LOGITS: "logits"}
             ),
             configs.EnsembleStepDef(
                 contract.POSTPROCESS_MODEL,
-                {
-                    contract.LOGITS: "logits",
-                    contract.FOV_EXTENT: "fov_extent",
-                    contract.FRAME_EXTENT: "frame_extent",
-                    contract.PIXELS: "pixels",
-                },
+                {contract.LOGITS: "logits", **{t.name: inner[t.name] for t in postprocess.inputs[1:]}},
                 {t.name: t.name for t in outputs},
             ),
         ),

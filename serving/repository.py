@@ -65,15 +65,18 @@ def read_served_model(onnx_path: Path, *, quality: QualityCfg | None = None) -> 
             f"which writes {list(_REQUIRED_META)}"
         )
     try:
-        served = configs.ServedModel(
-            catalog=Catalog.from_json(meta[KEY_CATALOG]),
-            preprocess=PreprocessCfg.from_json(meta[KEY_PREPROCESS]),
-            model_name=meta[KEY_MODEL_NAME],
-            model_version=meta[KEY_MODEL_VERSION],
-            quality=quality or default_quality_cfg(),
-        )
+        catalog = Catalog.from_json(meta[KEY_CATALOG])
+        preprocess = PreprocessCfg.from_json(meta[KEY_PREPROCESS])
     except (ValueError, KeyError, TypeError) as e:
         raise ModelMetadataError(f"{onnx_path}: unreadable catalog or preprocess metadata: {e}") from e
+    # ConfigError (a UserError) when the quality calibration's size is not preprocess.quality_size.
+    served = configs.ServedModel(
+        catalog=catalog,
+        preprocess=preprocess,
+        model_name=meta[KEY_MODEL_NAME],
+        model_version=meta[KEY_MODEL_VERSION],
+        quality=quality or default_quality_cfg(),
+    )
     _check_tensors(model, served, onnx_path)
     return dataclasses.replace(served, attention_grid=_attention_grid(model, served, onnx_path))
 

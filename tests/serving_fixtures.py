@@ -30,19 +30,25 @@ TINY_GRID = 14
 
 
 def build_tiny_onnx(
-    path: Path, *, seed: int = 0, metadata: bool = True, attention: bool = False, catalog=DEFAULT_CATALOG
+    path: Path,
+    *,
+    seed: int = 0,
+    metadata: bool = True,
+    attention: bool = False,
+    catalog=DEFAULT_CATALOG,
+    cfg: PreprocessCfg | None = None,
 ) -> Path:
     """A tiny exported model honouring the contract: PIXELS [B,3,S,S] -> LOGITS [B,C] (and ATTENTION).
 
     Per-channel mean over the image, times a weight matrix, plus a bias; with the
-    ``predilect.*`` metadata_props of ``catalog`` and the default PreprocessCfg. With
+    ``predilect.*`` metadata_props of ``catalog`` and ``cfg`` (default: the default PreprocessCfg). With
     ``attention``, also ATTENTION [B,C,14,14]: per disease a softmax over the 16x16-pooled
     brightness, sharpened by a per-disease factor -- so each map peaks on the brightest patch.
     """
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
-    cfg, classes = PreprocessCfg(), len(catalog)
+    cfg, classes = cfg or PreprocessCfg(), len(catalog)
     rng = np.random.default_rng(seed)
     weight = rng.normal(0.0, 3.0, size=(3, classes)).astype(np.float32)
     bias = rng.normal(0.0, 0.5, size=(classes,)).astype(np.float32)

@@ -44,6 +44,34 @@ def test_served_tensors_equal_training_tensors_when_same_image_files(pipeline, p
         assert served.dtype == np.float32 and np.array_equal(served, expected)
 
 
+def test_served_quality_equals_quality_on_224_px_square_when_model_input_is_64_px(pipeline, pipeline_server, heldout):
+    # The split layout's preprocess step grades a square of its own at the calibrated size, cut from
+    # the same decoded frame with the same crop as the 64-px model input.
+    import dataclasses
+
+    from predilect import quality
+    from predilect.preprocess import Preprocessor
+
+    _, meta = load_checkpoint(pipeline.checkpoint)
+    assert meta.preprocess.size == 64 and meta.preprocess.quality_size == 224
+    payloads = [r.path.read_bytes() for r in heldout[:6]]
+    at_224 = dataclasses.replace(meta.preprocess, size=meta.preprocess.quality_size)
+    expected = quality.assess_pixels(
+        Preprocessor(at_224, num_threads=1).run_strict(payloads),
+        quality.default_quality_cfg(),
+        mean=at_224.mean,
+        std=at_224.std,
+        fov_threshold=at_224.fov_threshold,
+    )
+    client = grpcclient.InferenceServerClient(pipeline_server.grpc_url)
+    for payload, row in zip(payloads, expected, strict=True):
+        data = np.frombuffer(payload, dtype=np.uint8)[None, :]
+        image = grpcclient.InferInput(contract.IMAGE, list(data.shape), "UINT8")
+        image.set_data_from_numpy(data)
+        served = client.infer(contract.ENSEMBLE, [image]).as_numpy(contract.QUALITY)[0]
+        np.testing.assert_array_equal(served, row)
+
+
 def test_served_catalog_equals_checkpoint_catalog_when_discovered(pipeline, pipeline_server):
     _, meta = load_checkpoint(pipeline.checkpoint)
     config = grpcclient.InferenceServerClient(pipeline_server.grpc_url).get_model_config(

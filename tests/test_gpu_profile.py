@@ -22,7 +22,7 @@ from predilect.serving.assemble_cli import main
 from predilect.serving.backends.fov_postprocess import screen_requests
 from predilect.serving.backends.screening import Screening
 from predilect.serving.backends.validate import validate_image, validate_requests
-from predilect.serving.dali_pipeline import DaliParams, cpu_twin, gpu_pipeline
+from predilect.serving.dali_pipeline import DaliParams, cpu_twin, gpu_pipeline, output_names
 from predilect.serving.gpu_profile import EngineBuildRequest, GpuServingOptions, assemble_gpu
 from predilect.serving.repository import read_served_model
 
@@ -234,7 +234,7 @@ def test_cpu_twin_equals_reference_preprocessing_when_same_images() -> None:
     images = [np.frombuffer(_fundus_jpeg(seed), np.uint8) for seed in range(3)]
     pipe = cpu_twin(DaliParams(cfg, max_batch_size=4, num_threads=1))
     pipe.feed_input(contract.IMAGE, images)
-    tensors, extents, frames = pipe.run()
+    tensors, extents, frames, _ = pipe.run()  # and the 224-px quality square
     reference = Preprocessor(dataclasses.replace(cfg, decoder="dali_cpu"), max_batch_size=4, num_threads=1)
     expected = reference.run(images)
     for i, image in enumerate(images):
@@ -243,6 +243,53 @@ def test_cpu_twin_equals_reference_preprocessing_when_same_images() -> None:
         inside = rgb.max(axis=2) > cfg.fov_threshold
         assert np.array(extents[i]).tolist() == [inside.any(axis=0).sum(), inside.any(axis=1).sum()]
         assert np.array(frames[i]).tolist() == [rgb.shape[1], rgb.shape[0]]
+
+
+def test_cpu_twin_quality_square_equals_224_px_model_input_when_model_input_is_128_px() -> None:
+    # The DALI graph's second output: the same crop of the same decoded frame, resized to the quality
+    # calibration's side, is what a 224-px model's DALI step would have given (its uint8 square, bit for bit).
+    from predilect.quality import planes_from_pixels
+
+    small, large = PreprocessCfg(size=128), PreprocessCfg()
+    images = [
+        np.frombuffer(_fundus_jpeg(seed, size=size), np.uint8) for seed, size in ((0, (400, 300)), (1, (900, 1200)))
+    ]
+    outputs = {}
+    for cfg in (small, large):
+        pipe = cpu_twin(DaliParams(cfg, max_batch_size=2, num_threads=1))
+        pipe.feed_input(contract.IMAGE, images)
+        outputs[cfg.size] = dict(zip(output_names(cfg), pipe.run(), strict=True))
+    assert contract.QUALITY_SQUARE not in outputs[224] and contract.QUALITY_SQUARE in outputs[128]
+    reference = Preprocessor(dataclasses.replace(small, decoder="dali_cpu"), max_batch_size=2, num_threads=1)
+    done = reference.run_with_quality(images)
+    assert done.quality_planes is not None and done.quality_planes.shape == (2, 3, 224, 224)
+    for i in range(len(images)):
+        square = np.array(outputs[128][contract.QUALITY_SQUARE][i])
+        assert square.dtype == np.uint8 and square.shape == (3, 224, 224)
+        model_224 = planes_from_pixels(np.array(outputs[224][contract.PIXELS][i])[np.newaxis], large.mean, large.std)
+        np.testing.assert_array_equal(square, model_224[0])
+        np.testing.assert_array_equal(square, done.quality_planes[i])
+        np.testing.assert_array_equal(np.array(outputs[128][contract.PIXELS][i]), done.pixels[i])
+
+
+def test_gpu_profile_carries_quality_square_from_dali_to_postprocess_when_model_input_is_128_px(tmp_path) -> None:
+    from serving_fixtures import build_tiny_onnx
+
+    onnx_path = build_tiny_onnx(tmp_path / "model.onnx", cfg=PreprocessCfg(size=128))
+    repo = assemble_gpu(onnx_path, tmp_path / "repo")
+    loaded = _load(repo, GPU_MODELS)
+    _check_wiring(loaded)
+    square = (mc.TYPE_UINT8, [3, 224, 224])
+    assert _tensors(loaded[contract.PREPROCESS_MODEL], "output")[contract.QUALITY_SQUARE] == square
+    assert _tensors(loaded[contract.POSTPROCESS_MODEL], "input")[contract.QUALITY_SQUARE] == square
+    dali_outputs = [t.name for t in loaded[contract.PREPROCESS_MODEL].output]
+    assert dali_outputs == list(output_names(PreprocessCfg(size=128)))  # the order serving_graph returns them
+
+
+def test_gpu_profile_sends_no_quality_square_when_model_input_is_224_px(gpu_repository) -> None:
+    loaded = _load(gpu_repository, GPU_MODELS)
+    for name in (contract.PREPROCESS_MODEL, contract.POSTPROCESS_MODEL, contract.ENSEMBLE):
+        assert contract.QUALITY_SQUARE not in {t.name for t in (*loaded[name].input, *loaded[name].output)}
 
 
 @pytest.mark.gpu
@@ -255,7 +302,7 @@ def test_mixed_pipeline_matches_cpu_twin_within_decoder_tolerance_when_gpu_prese
     gpu.build()
     for pipe in (gpu, cpu):
         pipe.feed_input(contract.IMAGE, images)
-    (gpu_tensors, _, gpu_frames), (cpu_tensors, _, cpu_frames) = gpu.run(), cpu.run()
+    (gpu_tensors, _, gpu_frames, *_), (cpu_tensors, _, cpu_frames, *_) = gpu.run(), cpu.run()
     gpu_tensors = gpu_tensors.as_cpu()
     for i in range(len(images)):  # nvJPEG and libjpeg-turbo differ by IDCT rounding only
         assert np.abs(np.array(gpu_tensors[i]) - np.array(cpu_tensors[i])).max() < 0.1
@@ -329,7 +376,7 @@ def test_dali_batch_survives_damaged_scan_data_when_headers_pass_validation() ->
         payload = np.frombuffer(bytes(damaged), np.uint8)
         assert validate_image(payload, cfg) is None
         pipe.feed_input(contract.IMAGE, [good, payload])
-        tensors, _, _ = pipe.run()
+        tensors, *_ = pipe.run()
         assert np.isfinite(np.array(tensors[0])).all()
 
 
@@ -340,13 +387,14 @@ def _screening(cfg: PreprocessCfg) -> Screening:
 
 
 def _twin_rows(cfg: PreprocessCfg, images: list[np.ndarray]) -> list[dict[str, np.ndarray]]:
-    """What the DALI step hands postprocess, per image: PIXELS, FOV_EXTENT, FRAME_EXTENT, each ``[1, ...]``."""
+    """What the DALI step hands postprocess, per image: PIXELS, FOV_EXTENT, FRAME_EXTENT (and QUALITY_SQUARE),
+    each ``[1, ...]``."""
     pipe = cpu_twin(DaliParams(cfg, max_batch_size=len(images), num_threads=1))
     pipe.feed_input(contract.IMAGE, images)
-    tensors, extents, frames = pipe.run()
-    names = (contract.PIXELS, contract.FOV_EXTENT, contract.FRAME_EXTENT)
+    outputs = pipe.run()
+    names = output_names(cfg)
     return [
-        {name: np.array(out[i])[np.newaxis] for name, out in zip(names, (tensors, extents, frames), strict=True)}
+        {name: np.array(out[i])[np.newaxis] for name, out in zip(names, outputs, strict=True)}
         for i in range(len(images))
     ]
 
@@ -356,13 +404,14 @@ def test_gpu_screen_equals_cpu_screening_and_rejects_no_fov_request_alone_when_b
     screening = _screening(cfg)
     rows = _twin_rows(cfg, [np.frombuffer(_fundus_jpeg(seed), np.uint8) for seed in range(3)])
     rows[2][contract.PIXELS] = np.full_like(rows[2][contract.PIXELS], -2.0)  # dark: ungradable, referred as such
+    rows[2][contract.QUALITY_SQUARE] = np.zeros_like(rows[2][contract.QUALITY_SQUARE])  # what is graded at 64 px
     logits = np.random.default_rng(0).normal(0.0, 3.0, (len(rows), len(DEFAULT_CATALOG))).astype(np.float32)
     requests = [{**row, contract.LOGITS: logits[i : i + 1]} for i, row in enumerate(rows)]
     no_fov = {**requests[0], contract.FOV_EXTENT: np.zeros((1, 2), np.float32)}
     out = screen_requests(screening, [requests[0], no_fov, requests[1], requests[2]])
     assert isinstance(out[1], InvalidImageError) and "field of view" in str(out[1])
     pixels = np.concatenate([r[contract.PIXELS] for r in requests])
-    quality = screening.quality(pixels)
+    quality = screening.quality(pixels, np.concatenate([r[contract.QUALITY_SQUARE] for r in requests]))
     expected = {**screening.decide(logits, quality), contract.QUALITY: quality}
     answered = [answer for answer in out if not isinstance(answer, InvalidImageError)]
     assert len(answered) == 3

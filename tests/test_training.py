@@ -5,7 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from predilect.catalog import load_catalog
+from predilect import contract
+from predilect.catalog import DEFAULT_CATALOG, load_catalog
 from predilect.preprocess import PreprocessCfg, Preprocessor
 from predilect.training.checkpoint import load_checkpoint, load_pretrain
 from predilect.training.data import load_fundus_pixels, load_oct_scans
@@ -88,12 +89,22 @@ def test_train_gives_same_version_when_run_twice_with_same_seed(phantom_manifest
     assert results[0].finetune.meta.version == results[1].finetune.meta.version
 
 
-def test_training_tensors_equal_serving_pipeline_when_same_files(phantom_manifest, tmp_path):
+@pytest.mark.parametrize("size", [224, 128])  # 128: the served step also cuts a 224-px quality square
+def test_training_tensors_equal_serving_pipeline_when_same_files(phantom_manifest, tmp_path, size):
+    from predilect.serving.backends.preprocess import preprocess_and_grade
+    from predilect.serving.backends.screening import Screening
+    from predilect.serving.configs import ServedModel, screening_parameters
+
+    cfg = PreprocessCfg(size=size)
     records = read_manifest(phantom_manifest, split="test")[:5]
-    cached = load_fundus_pixels(records, PreprocessCfg(), cache_dir=tmp_path)
-    again = load_fundus_pixels(records, PreprocessCfg(), cache_dir=tmp_path)  # from the cache file
-    direct = Preprocessor(PreprocessCfg()).run_strict([r.path.read_bytes() for r in records])
+    cached = load_fundus_pixels(records, cfg, cache_dir=tmp_path)
+    again = load_fundus_pixels(records, cfg, cache_dir=tmp_path)  # from the cache file
+    direct = Preprocessor(cfg).run_strict([r.path.read_bytes() for r in records])
     assert np.array_equal(cached, direct) and np.array_equal(again, direct)
+    screening = Screening.from_parameters(screening_parameters(ServedModel(DEFAULT_CATALOG, cfg, "m", "1")))
+    images = [np.frombuffer(r.path.read_bytes(), np.uint8)[np.newaxis] for r in records]
+    served = preprocess_and_grade(Preprocessor(cfg, max_batch_size=2), screening, images)
+    assert np.array_equal(np.concatenate([out[contract.PIXELS] for out in served]), cached)  # type: ignore[index]
 
 
 def test_oct_scans_load_normalised_when_read(phantom_manifest):

@@ -3,8 +3,11 @@
 The calibration set is the phantom's train + val images and degraded copies of them; the
 measurement set is its test images (every one, clean) and degraded copies of other test
 images made with another seed -- patients, and the test-only camera profile, never seen by the
-calibration. Images go through the served path: ``Preprocessor.run_packed`` (the tensors the
-model reads), ``quality.planes_from_pixels``, ``quality.measure``, ``quality.grade``. An image
+calibration. Images go through the served path: ``Preprocessor.run_with_quality`` (the square
+the gradability step measures, at ``PreprocessCfg.quality_size``: the model input itself, through
+``quality.planes_from_pixels``, when the model's side is that size), ``quality.measure``,
+``quality.grade``; the thresholds record that size (``QualityCfg.size``), the only one serving
+applies them at. An image
 that preprocessing refuses outright (no field of view at all) is counted as flagged, and
 reported as refused.
 
@@ -77,20 +80,23 @@ class Measured:
     paths: list[str]
     measures: np.ndarray  # (N, len(MEASURES)); NaN rows where refused
     refused: np.ndarray  # (N,) bool
+    size: int = quality.DEFAULT_SIZE  # side of the squares measured (PreprocessCfg.quality_size)
 
 
 def measure_records(records: Sequence[Record], preprocess: PreprocessCfg, *, batch_size: int = 32) -> Measured:
-    """Measure each record's image through preprocessing and ``quality.measure``."""
+    """Measure each record's image through preprocessing (its quality square) and ``quality.measure``."""
     preprocessor = Preprocessor(preprocess, max_batch_size=batch_size, num_threads=2)
     rows = np.full((len(records), len(quality.MEASURES)), np.nan)
     refused = np.zeros(len(records), dtype=bool)
     for start in range(0, len(records), batch_size):
         chunk = records[start : start + batch_size]
-        pixels, errors = preprocessor.run_packed([r.path.read_bytes() for r in chunk])
-        accepted = [start + i for i, e in enumerate(errors) if e is None]
-        refused[[start + i for i, e in enumerate(errors) if e is not None]] = True
+        done = preprocessor.run_with_quality([r.path.read_bytes() for r in chunk])
+        accepted = [start + i for i, e in enumerate(done.errors) if e is None]
+        refused[[start + i for i, e in enumerate(done.errors) if e is not None]] = True
         if accepted:
-            planes = quality.planes_from_pixels(pixels, preprocess.mean, preprocess.std)
+            planes = done.quality_planes
+            if planes is None:  # the model input is the quality square
+                planes = quality.planes_from_pixels(done.pixels, preprocess.mean, preprocess.std)
             rows[accepted] = quality.measure(planes, fov_threshold=preprocess.fov_threshold)
     return Measured(
         kinds=[r.extra.get("degradation", CLEAN) or CLEAN for r in records],
@@ -99,11 +105,12 @@ def measure_records(records: Sequence[Record], preprocess: PreprocessCfg, *, bat
         paths=[str(r.path) for r in records],
         measures=rows,
         refused=refused,
+        size=preprocess.quality_size,
     )
 
 
 def calibrate(measured: Measured, *, clean_quantile: float = 0.995, source: str = "") -> quality.QualityCfg:
-    """Thresholds from clean and degraded calibration images (see the module docstring)."""
+    """Thresholds from clean and degraded calibration images (see the module docstring), for their square size."""
     if not 0.5 < clean_quantile <= 1.0:
         raise ValueError(f"clean_quantile must lie in (0.5, 1], got {clean_quantile}")
     kinds = np.array(measured.kinds)
@@ -124,7 +131,7 @@ def calibrate(measured: Measured, *, clean_quantile: float = 0.995, source: str 
                 threshold = (clean_tail + degraded_tail) / 2.0
         threshold = max(threshold, MIN_AREA.get(check.measure, threshold))
         thresholds[check.measure] = threshold
-    return quality.QualityCfg(thresholds=thresholds, source=source)
+    return quality.QualityCfg(thresholds=thresholds, source=source, size=measured.size)
 
 
 def wilson(successes: int, total: int, z: float = 1.96) -> tuple[float, float]:

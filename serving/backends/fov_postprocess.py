@@ -1,10 +1,12 @@
 """The ``postprocess`` model of the GPU profile: the screening results, per request.
 
-Inputs: LOGITS (TensorRT), and from the DALI step PIXELS, FOV_EXTENT and FRAME_EXTENT. The
+Inputs: LOGITS (TensorRT), and from the DALI step PIXELS, FOV_EXTENT and FRAME_EXTENT (and
+QUALITY_SQUARE when the model input's side is not the quality calibration's). The
 field of view is measured inside the DALI pipeline, which cannot fail a single request; this
 step rejects a request whose image holds no fundus field of view (the CPU profile's rule,
 ``predilect.preprocess.fov_error``) with its own error, and answers the others with what the
-CPU profile answers: QUALITY from ``Screening.quality`` on the model input, PROBABILITIES,
+CPU profile answers: QUALITY from ``Screening.quality`` on the square at the calibrated size
+(PIXELS, or QUALITY_SQUARE when it is sent), PROBABILITIES,
 FINDINGS and REFERRAL from ``Screening.decide`` (the served referral rules), and FIELD_BOX
 placed by ``predilect.preprocess.field_box_in_frame``. No HEATMAPS: the engine returns logits only.
 """
@@ -23,7 +25,12 @@ from predilect.serving.backends.preprocess import rejection_response
 from predilect.serving.backends.screening import Outputs, Screening, split_rows
 
 INPUTS = (contract.LOGITS, contract.PIXELS, contract.FOV_EXTENT, contract.FRAME_EXTENT)
-"""The tensors ``screen_requests`` reads from each request."""
+"""The tensors ``screen_requests`` reads from each request (and ``QUALITY_SQUARE``: ``inputs_of``)."""
+
+
+def inputs_of(screening: Screening) -> tuple[str, ...]:
+    """The tensors read from each request of the model that serves ``screening``'s preprocessing."""
+    return (*INPUTS, contract.QUALITY_SQUARE) if screening.preprocess.separate_quality_square else INPUTS
 
 
 def _rejection(screening: Screening, extents: np.ndarray) -> InvalidImageError | None:
@@ -61,7 +68,8 @@ def screen_requests(
     def batch(name: str) -> np.ndarray:
         return np.concatenate([np.asarray(r[name]) for r in accepted], axis=0)
 
-    grades = np.ascontiguousarray(screening.quality(batch(contract.PIXELS)), dtype=np.float32)
+    planes = batch(contract.QUALITY_SQUARE) if screening.preprocess.separate_quality_square else None
+    grades = np.ascontiguousarray(screening.quality(batch(contract.PIXELS), planes), dtype=np.float32)
     outputs = screening.decide(batch(contract.LOGITS), grades)
     outputs[contract.QUALITY] = grades
     outputs[contract.FIELD_BOX] = field_boxes(batch(contract.FOV_EXTENT), batch(contract.FRAME_EXTENT))
@@ -77,10 +85,11 @@ class TritonPythonModel:
 
         self._pb = pb_utils
         self._screening = Screening.from_parameters(model_parameters(parse_model_config(args)))
+        self._inputs = inputs_of(self._screening)
 
     def execute(self, requests: list[Any]) -> list[Any]:
         pb = self._pb
-        inputs = [{name: pb.get_input_tensor_by_name(r, name).as_numpy() for name in INPUTS} for r in requests]
+        inputs = [{name: pb.get_input_tensor_by_name(r, name).as_numpy() for name in self._inputs} for r in requests]
         responses = []
         for out in screen_requests(self._screening, inputs):
             if isinstance(out, InvalidImageError):

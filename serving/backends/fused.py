@@ -1,8 +1,8 @@
 """The ``fused_screen`` model (CPU profile): IMAGE -> the screening outputs in one Python-backend process.
 
-Outputs (``configs.screening_outputs``): PROBABILITIES, QUALITY (gradability of the same
-tensors), FINDINGS and REFERRAL (the served referral rules), and HEATMAPS when the model exports
-its ATTENTION (``backends.screening.Screening``).
+Outputs (``configs.screening_outputs``): PROBABILITIES, QUALITY (gradability of the same crop,
+at the calibrated size: ``PreprocessCfg.quality_size``), FINDINGS and REFERRAL (the served
+referral rules), and HEATMAPS when the model exports its ATTENTION (``backends.screening.Screening``).
 
 Preprocessing writes the accepted images of a dynamic batch into one float32 array that ONNX
 Runtime reads in place, and the sigmoid runs on its logits: the 600 KB-per-image tensor never
@@ -44,13 +44,14 @@ class FusedScreen:
         self.classifier = classifier
         self.screening = screening
 
-    def outputs(self, pixels: np.ndarray, boxes: Sequence[FieldBox]) -> Outputs:
-        """Batch-level outputs by tensor name for the accepted ``pixels`` (``configs.fused_outputs`` lists them)."""
+    def outputs(self, pixels: np.ndarray, boxes: Sequence[FieldBox], planes: np.ndarray | None = None) -> Outputs:
+        """Batch-level outputs by tensor name for the accepted ``pixels`` (``configs.fused_outputs`` lists them);
+        ``planes``: their quality squares when preprocessing cuts them apart (``Preprocessed.quality_planes``)."""
         if self.screening is None:
             (logits,) = self.classifier.run([pixels])
             return {contract.PROBABILITIES: stable_sigmoid(logits)}
         model = self.classifier.run_all(pixels)
-        quality = self.screening.quality(pixels)
+        quality = self.screening.quality(pixels, planes)
         outputs = self.screening.decide(model[contract.LOGITS], quality, model.get(contract.ATTENTION))
         return {**outputs, contract.QUALITY: quality, contract.FIELD_BOX: np.asarray(boxes, dtype=np.float32)}
 
@@ -59,15 +60,19 @@ class FusedScreen:
         payloads = [request_payload(image) for image in images]
         answers: list[Answer | None] = [p if isinstance(p, InvalidImageError) else None for p in payloads]
         good = [i for i, p in enumerate(payloads) if not isinstance(p, InvalidImageError)]
-        pixels, errors, boxes = self.preprocessor.run_with_fields(
-            [p for p in payloads if not isinstance(p, InvalidImageError)]
-        )
+        payloads_ok = [p for p in payloads if not isinstance(p, InvalidImageError)]
+        if self.screening is None:
+            pixels, errors, boxes = self.preprocessor.run_with_fields(payloads_ok)
+            planes = None
+        else:
+            done = self.preprocessor.run_with_quality(payloads_ok)
+            pixels, errors, boxes, planes = done.pixels, done.errors, done.boxes, done.quality_planes
         accepted = [i for i, error in zip(good, errors, strict=True) if error is None]
         for i, error in zip(good, errors, strict=True):
             if error is not None:
                 answers[i] = error
         if accepted:
-            batch = self.outputs(pixels, [box for box in boxes if box is not None])
+            batch = self.outputs(pixels, [box for box in boxes if box is not None], planes)
             for row, i in enumerate(accepted):
                 answers[i] = {name: np.ascontiguousarray(value[row : row + 1]) for name, value in batch.items()}
         return answers  # type: ignore[return-value]

@@ -48,14 +48,20 @@ def preprocess_and_grade(
     preprocessor: Preprocessor, screening: Screening, images: Sequence[np.ndarray]
 ) -> list[Graded | InvalidImageError]:
     """Per request, in order: ``{PIXELS [1, 3, S, S], QUALITY [1, 1 + reasons], FIELD_BOX [1, 4]}``, or
-    its ``InvalidImageError``. The quality of the whole accepted batch is graded at once, from the packed tensors."""
+    its ``InvalidImageError``. The quality of the whole accepted batch is graded at once, on the squares
+    at the calibrated size (the packed tensors, or the quality squares cut beside them)."""
     payloads = [request_payload(image) for image in images]
     good = [i for i, p in enumerate(payloads) if not isinstance(p, InvalidImageError)]
     results: list[Graded | InvalidImageError] = [
         p if isinstance(p, InvalidImageError) else InvalidImageError("not preprocessed") for p in payloads
     ]
-    pixels, errors, boxes = preprocessor.run_with_fields([payloads[i] for i in good])  # type: ignore[misc]
-    grades = screening.quality(pixels) if len(pixels) else np.zeros((0, 1 + len(contract.QUALITY_REASONS)))
+    done = preprocessor.run_with_quality([payloads[i] for i in good])  # type: ignore[misc]
+    pixels, errors, boxes = done.pixels, done.errors, done.boxes
+    grades = (
+        screening.quality(pixels, done.quality_planes)
+        if len(pixels)
+        else np.zeros((0, 1 + len(contract.QUALITY_REASONS)))
+    )
     accepted = iter(range(len(pixels)))
     for i, error, box in zip(good, errors, boxes, strict=True):
         if error is not None:

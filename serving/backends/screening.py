@@ -1,9 +1,11 @@
 """Gradability and the referral decision, server-side: the logic both CPU layouts (and the GPU profile) run.
 
-``Screening.quality`` grades a batch of model inputs (``predilect.quality`` on the squares the
-tensors were made from); ``Screening.decide`` turns a batch's logits, quality rows and (when the
-model exports it) attention into the per-image outputs of the ensemble: PROBABILITIES, FINDINGS,
-REFERRAL and HEATMAPS, by the referral rules served with the model (``predilect.referral``).
+``Screening.quality`` grades a batch (``predilect.quality``) on the squares preprocessing cut at
+the calibrated size: the model inputs themselves when their side is that size, else the quality
+squares cut beside them (``PreprocessCfg.quality_size``); ``Screening.decide`` turns a batch's
+logits, quality rows and (when the model exports it) attention into the per-image outputs of the
+ensemble: PROBABILITIES, FINDINGS, REFERRAL and HEATMAPS, by the referral rules served with the
+model (``predilect.referral``).
 The split layout runs ``quality`` in its ``preprocess`` step and ``decide`` in ``postprocess``;
 the fused layout runs both in its one model.
 """
@@ -26,9 +28,12 @@ class Screening:
     """The served rules (and their gradability thresholds) applied to batches."""
 
     def __init__(self, rules: ReferralRules, preprocess: PreprocessCfg) -> None:
+        """Raises ``quality.QualitySizeError`` when the thresholds were calibrated at another size
+        than ``preprocess.quality_size`` (a model initialize then fails with that one line)."""
         self.rules = rules
         self.preprocess = preprocess
         self.quality_cfg = quality.QualityCfg.from_dict(rules.quality)
+        quality.check_size(self.quality_cfg, preprocess.quality_size)
         self._index = {d.id: i for i, d in enumerate(rules.diseases)}
 
     @classmethod
@@ -39,9 +44,20 @@ class Screening:
             PreprocessCfg.from_json(params[contract.KEY_PREPROCESS]),
         )
 
-    def quality(self, pixels: np.ndarray) -> np.ndarray:
-        """The ``QUALITY`` rows ``(N, 1 + reasons)`` of a batch of model inputs ``(N, 3, S, S)``."""
+    def quality(self, pixels: np.ndarray, planes: np.ndarray | None = None) -> np.ndarray:
+        """The ``QUALITY`` rows ``(N, 1 + reasons)`` of a batch of model inputs ``(N, 3, S, S)``.
+
+        ``planes``: the quality squares ``(N, 3, Q, Q)`` uint8 (``Preprocessed.quality_planes``),
+        required when ``preprocess.separate_quality_square``; otherwise the pixels are graded.
+        """
         cfg = self.preprocess
+        if planes is not None:
+            return quality.assess_planes(planes, self.quality_cfg, fov_threshold=cfg.fov_threshold)
+        if cfg.separate_quality_square:
+            raise ValueError(
+                f"a {cfg.size}-px model input cannot be graded: quality is measured on the {cfg.quality_size}-px "
+                "square preprocessing cuts beside it (pass its planes)"
+            )
         return quality.assess_pixels(
             pixels, self.quality_cfg, mean=cfg.mean, std=cfg.std, fov_threshold=cfg.fov_threshold
         )
