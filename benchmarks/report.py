@@ -300,10 +300,11 @@ def write_report(results: Mapping[str, Any], out_dir: Path, name: str) -> Path:
         lines += [
             "## (a) In-process bound",
             "",
-            f"Decode + preprocess + ONNX Runtime in one process, {bound.get('workers', 1)} worker thread(s) "
+            f"The served computation (decode + preprocess + gradability + ONNX Runtime + referral decision) in "
+            f"one process, {bound.get('workers', 1)} worker thread(s) "
             f"(one per core, so decode overlaps inference), batches of {bound['batch_size']}, no server: "
-            f"**{bound['images_per_s']:.1f} images/s** (per image on one worker: preprocess "
-            f"{bound['preprocess_ms_per_image']:.1f} ms, inference {bound['infer_ms_per_image']:.1f} ms).",
+            f"**{bound['images_per_s']:.1f} images/s** (per image on one worker: preprocess and grade "
+            f"{bound['preprocess_ms_per_image']:.1f} ms, inference and decision {bound['infer_ms_per_image']:.1f} ms).",
             "",
         ]
     for stack, points in results["sweeps"].items():
