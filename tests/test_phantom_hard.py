@@ -14,7 +14,7 @@ from predilect.catalog import DEFAULT_CATALOG, DEFAULT_CONCEPTS, REFERRALS, VOCA
 from predilect.training.manifest import read_manifest
 from predilect.training.phantom import REGISTRY, draw_fundus, draw_oct, generate
 from predilect.training.phantom import phantom_cli as cli
-from predilect.training.phantom.degrade import KINDS, degrade, degrade_dataset
+from predilect.training.phantom.degrade import KINDS, clean_exposure_floor, degrade, degrade_dataset, exposure_level
 from predilect.training.phantom.fundus import CameraProfile
 from predilect.training.phantom.generate import plan_hard_cohort
 from predilect.training.phantom.presets import CAMERAS, HARD
@@ -335,6 +335,42 @@ def test_degrade_changes_what_it_claims_more_when_stronger(photo, kind, measure,
     assert direction * (weak - clean) > 0 and direction * (strong - weak) > 0, (clean, weak, strong)
 
 
+@pytest.mark.parametrize("camera", sorted(CAMERAS))
+def test_degrade_dark_lies_below_every_clean_photograph_when_weakest(camera):
+    # the old dark (a gain of about 0.79 on the source) left copies of bright eyes above the darkest clean ones
+    floor = clean_exposure_floor()
+    style = FundusStyle({"dr": 0.5}, CAMERAS[camera])
+    for seed in range(3):
+        clean = draw_fundus(frozenset({"dr"}), rng=np.random.default_rng(seed), width=256, height=192, style=style)
+        copy = degrade(clean.image, "dark", strength=0.25, rng=np.random.default_rng(seed))
+        assert exposure_level(copy) < floor < exposure_level(clean.image), (camera, seed)
+
+
+def test_clean_exposure_floor_follows_the_darkest_camera_when_profiles_given():
+    dim = CameraProfile("dim", gains=(0.6, 0.6, 0.6))
+    assert clean_exposure_floor([CAMERAS["desk_b"]]) > clean_exposure_floor([CAMERAS["handheld"]])
+    assert (
+        clean_exposure_floor([*CAMERAS.values(), dim])
+        < clean_exposure_floor()
+        == clean_exposure_floor([CAMERAS["handheld"]])
+    )
+
+
+def test_degrade_dark_darkens_its_source_too_when_source_lies_below_the_floor():
+    dim = Image.new("RGB", (128, 96), (60, 25, 10))  # a lit field far below any clean phantom photograph
+    copy = degrade(dim, "dark", strength=0.25, rng=np.random.default_rng(0))
+    assert exposure_level(copy) < exposure_level(dim) == 60 < clean_exposure_floor()
+
+
+def test_degrade_dark_adds_photon_noise_and_clips_black_when_underexposed():
+    half = Image.new("RGB", (128, 96))
+    half.paste((200, 200, 200), (64, 0, 128, 96))
+    copy = np.asarray(degrade(half, "dark", strength=1.0, rng=np.random.default_rng(0)), np.float64)
+    lit, black = copy[8:-8, 72:-8], copy[8:-8, 8:56]  # clear of the edge between them
+    assert 0.05 * 200 < lit.mean() < 0.3 * 200 and lit.std() > 0.5  # fewer photons: shot noise, not a clean gain
+    assert black.mean() < 1.0  # read noise below the black level is clipped, not wrapped round
+
+
 def test_degrade_replaces_photo_with_wrong_image_type_when_external_or_oct(photo):
     clean = _stats(photo)
     external = _stats(degrade(photo, "external", rng=np.random.default_rng(0)))
@@ -344,9 +380,10 @@ def test_degrade_replaces_photo_with_wrong_image_type_when_external_or_oct(photo
 
 
 def test_degrade_is_deterministic_and_validates_when_called(photo):
-    a = degrade(photo, "dust", strength=0.5, rng=np.random.default_rng(3))
-    b = degrade(photo, "dust", strength=0.5, rng=np.random.default_rng(3))
-    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    for kind in ("dust", "dark"):
+        a = degrade(photo, kind, strength=0.5, rng=np.random.default_rng(3))
+        b = degrade(photo, kind, strength=0.5, rng=np.random.default_rng(3))
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     with pytest.raises(ValueError, match="smudge"):
         degrade(photo, "smudge", rng=np.random.default_rng(0))
     with pytest.raises(ValueError, match="strength"):

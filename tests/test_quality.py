@@ -206,7 +206,7 @@ def test_measure_brightness_follows_exposure_when_only_green_and_blue_change(fun
     column = quality.MEASURES.index("brightness")
     pigmented = clean.copy()
     pigmented[:, 1:] = (pigmented[:, 1:] * 0.7).astype(np.uint8)  # darker pigment: green and blue only
-    dim = (clean * 0.45).astype(np.uint8)  # the exposure halved, every channel
+    dim = (clean * 0.35).astype(np.uint8)  # every channel: from a bright photograph to below any clean one
     brightness = quality.measure(np.concatenate([clean, pigmented, dim]))[:, column]
     assert brightness[1] == brightness[0]
     assert brightness[2] < quality.default_quality_cfg().thresholds["brightness"] < brightness[0]

@@ -29,6 +29,18 @@ DISC_DIAMETER = 1.0 / 8.0  # disc diameter, in field-of-view diameters
 REFERENCE_RADIUS = FOV_DIAMETER * 1536 / 2  # field-of-view radius that lesion sizes refer to
 MIN_SIDE = 64
 
+# Exposure ranges, named because the ``dark`` degradation anchors on the darkest clean photograph
+# they allow (``degrade.clean_exposure_floor``). Uniform ranges (low, high).
+FUNDUS_RED = (190.0, 225.0)  # the background's red level before shading
+BACKGROUND_VIGNETTE = (0.4, 0.58)  # depth of the eye's own fall-off towards the rim
+BACKGROUND_VIGNETTE_POWER = (2.0, 3.0)  # its radial exponent
+CAST_BRIGHTNESS = (0.82, 1.12)  # ``colour_cast``: per-image exposure
+CAST_WHITE_BALANCE = (0.94, 1.06)  # its per-channel gain
+CAST_GAMMA = (0.88, 1.12)
+CAMERA_GAIN_JITTER = (0.96, 1.04)  # ``apply_camera``: per-image jitter of the profile's gains
+CAMERA_GAMMA_JITTER = (0.96, 1.04)  # ... and of its gamma
+CAMERA_VIGNETTE_POWER = 2.5  # the profile's vignette: 1 - vignette * (r / radius) ** power
+
 Point = tuple[float, float]
 Rgb = tuple[int, int, int]
 
@@ -422,7 +434,7 @@ def paint_background(anatomy: Anatomy, rng: np.random.Generator) -> Image.Image:
     ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
     xs, ys = (xs + 0.5) * anatomy.width / w, (ys + 0.5) * anatomy.height / h
     r = np.hypot(xs - anatomy.centre[0], ys - anatomy.centre[1]) / anatomy.radius
-    vignette = 1.0 - rng.uniform(0.4, 0.58) * np.clip(r, 0, 1.05) ** rng.uniform(2.0, 3.0)
+    vignette = 1.0 - rng.uniform(*BACKGROUND_VIGNETTE) * np.clip(r, 0, 1.05) ** rng.uniform(*BACKGROUND_VIGNETTE_POWER)
     tilt = rng.uniform(0, 2 * np.pi)
     illumination = (
         1.0
@@ -437,7 +449,7 @@ def paint_background(anatomy: Anatomy, rng: np.random.Generator) -> Image.Image:
         + 0.03 * smooth_noise(rng, (h, w), (48, 36))
         + 0.02 * smooth_noise(rng, (h, w), (w // 3, h // 3)) * r
     )  # choroidal pattern, stronger outside
-    colour = np.array([rng.uniform(190, 225), rng.uniform(70, 100), rng.uniform(25, 50)], dtype=np.float32)
+    colour = np.array([rng.uniform(*FUNDUS_RED), rng.uniform(70, 100), rng.uniform(25, 50)], dtype=np.float32)
     shade = (vignette * illumination)[..., None] * (1.0 - macula[..., None] * np.array([0.9, 1.0, 1.1]))
     rgb = colour * shade * (1.0 + texture[..., None] * np.array([1.0, 1.3, 1.3]))
     small = Image.fromarray(np.clip(rgb, 0, 255).astype(np.uint8), "RGB")
@@ -498,9 +510,9 @@ def fov_mask(width: int, height: int, fov_diameter: float = FOV_DIAMETER) -> Ima
 
 def colour_cast(image: Image.Image, rng: np.random.Generator) -> Image.Image:
     """Per-image exposure, white balance and gamma, as cameras and pigmentation vary."""
-    brightness = rng.uniform(0.82, 1.12)
-    gains = brightness * rng.uniform(0.94, 1.06, 3)
-    gamma = rng.uniform(0.88, 1.12)
+    brightness = rng.uniform(*CAST_BRIGHTNESS)
+    gains = brightness * rng.uniform(*CAST_WHITE_BALANCE, 3)
+    gamma = rng.uniform(*CAST_GAMMA)
     ramp = (np.arange(256, dtype=np.float64) / 255.0) ** gamma * 255.0
     lut = np.concatenate([np.clip(ramp * g, 0, 255) for g in gains]).round().astype(int).tolist()
     return image.point(lut)
@@ -538,11 +550,11 @@ def apply_camera(image: Image.Image, anatomy: Anatomy, profile: CameraProfile, r
         r = np.hypot(
             (xs + 0.5) * anatomy.width / w - anatomy.centre[0], (ys + 0.5) * anatomy.height / h - anatomy.centre[1]
         )
-        shade = 255.0 * (1.0 - profile.vignette * np.clip(r / anatomy.radius, 0.0, 1.0) ** 2.5)
+        shade = 255.0 * (1.0 - profile.vignette * np.clip(r / anatomy.radius, 0.0, 1.0) ** CAMERA_VIGNETTE_POWER)
         mask = Image.fromarray(shade.astype(np.uint8), "L").resize(image.size, Image.Resampling.BILINEAR)
         image = ImageChops.multiply(image, Image.merge("RGB", (mask, mask, mask)))
-    gains = np.array(profile.gains) * rng.uniform(0.96, 1.04, 3)
-    gamma = profile.gamma * rng.uniform(0.96, 1.04)
+    gains = np.array(profile.gains) * rng.uniform(*CAMERA_GAIN_JITTER, 3)
+    gamma = profile.gamma * rng.uniform(*CAMERA_GAMMA_JITTER)
     ramp = (np.arange(256, dtype=np.float64) / 255.0) ** gamma * 255.0
     image = image.point(np.concatenate([np.clip(ramp * g, 0, 255) for g in gains]).round().astype(int).tolist())
     if profile.noise <= 0:
