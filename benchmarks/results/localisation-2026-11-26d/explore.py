@@ -27,9 +27,11 @@ V = {
  "evidence_maxsite": lambda a, v, lit: np.maximum((a * v).max(0), 0),
 }
 split = sys.argv[1]
+pattern = sys.argv[2] if len(sys.argv) > 2 else "/tmp/loc4/al{seed}/model.safetensors"
+tag = sys.argv[3] if len(sys.argv) > 3 else ""
 out = {}
 for seed in (0, 1, 2):
-    ck = Path(f"/tmp/loc4/al{seed}/model.safetensors")  # written by convert.py
+    ck = Path(pattern.format(seed=seed))
     rows, _, _ = site_maps(ck, Path("/work/main/artifacts/phantom"), split, "train")
     res = {}
     for name, f in V.items():
@@ -42,4 +44,4 @@ for seed in (0, 1, 2):
     out[seed] = res
     for name in V:
         print(seed, f"{name:18s}", " ".join(f"{d}:{res[name][d]*100:5.1f}" for d in sorted(res[name])), flush=True)
-json.dump(out, open(f"/tmp/loc4/explore-{split}.json", "w"), indent=1)  # copied to localisation-2026-11-26d/smoothing-val.json
+json.dump(out, open(f"/tmp/loc4/explore-{split}{tag}.json", "w"), indent=1)
