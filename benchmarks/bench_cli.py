@@ -37,7 +37,7 @@ from typing import Any
 
 from predilect.artifacts import default_artifacts
 from predilect.benchmarks import machine, payloads, report
-from predilect.benchmarks.locust_runner import LoadResult, run_locust, run_locust_distributed
+from predilect.benchmarks.locust_runner import LoadResult, LocustRunError, run_locust, run_locust_distributed
 from predilect.cli import CommandError, command
 
 HEADLINE_USERS = 16
@@ -123,8 +123,21 @@ def _camera_payloads(args: argparse.Namespace, work: Path) -> tuple[list[Path], 
 def _load(
     args: argparse.Namespace, user_class: str, host: str, users: int, images_list: Path, csv_prefix: Path
 ) -> dict[str, Any]:
-    """One load point, with the machine's load average before and after it."""
+    """One load point, with the machine's load average before and after it; a load generator that
+    fails or stalls leaves a point with no measurement and its reason (``failed``), not a traceback."""
     before = machine.load_average()
+    try:
+        result = _run_load(args, user_class, host, users, images_list, csv_prefix)
+    except LocustRunError as e:
+        nan = float("nan")
+        result = LoadResult(users=users, requests=0, failures=0, requests_per_s=nan, p50_ms=nan, p90_ms=nan, p99_ms=nan)
+        return {**result.to_dict(), "failed": str(e), "load_before": before, "load_after": machine.load_average()}
+    return {**result.to_dict(), "load_before": before, "load_after": machine.load_average()}
+
+
+def _run_load(
+    args: argparse.Namespace, user_class: str, host: str, users: int, images_list: Path, csv_prefix: Path
+) -> LoadResult:
     result: LoadResult
     if args.locust_workers:
         from predilect.serving.server import free_port
@@ -148,10 +161,13 @@ def _load(
             images_list=images_list,
             csv_prefix=csv_prefix,
         )
-    return {**result.to_dict(), "load_before": before, "load_after": machine.load_average()}
+    return result
 
 
 def _print_point(stack: str, point: dict[str, Any]) -> None:
+    if "failed" in point:
+        print(f"  {stack:<28} users {point['users']:>3}: no measurement: {point['failed']}", flush=True)
+        return
     print(
         f"  {stack:<28} users {point['users']:>3}: {point['requests_per_s']:6.1f} images/s  "
         f"p50 {point['p50_ms']:6.0f} ms  p99 {point['p99_ms']:6.0f} ms  errors {point['error_rate']:.1%}  "

@@ -129,15 +129,19 @@ def run_locust(
     csv_prefix.parent.mkdir(parents=True, exist_ok=True)
     command = _common_args(user_class, host, users=users, run_time_s=run_time_s, csv_prefix=csv_prefix)
     before, start = resource.getrusage(resource.RUSAGE_CHILDREN), time.monotonic()
-    process = subprocess.run(
-        command,
-        env=_environment(images_list, request_timeout_s),
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        timeout=run_time_s + request_timeout_s + _GRACE_S,
-    )
+    limit_s = run_time_s + request_timeout_s + _GRACE_S
+    try:
+        process = subprocess.run(
+            command,
+            env=_environment(images_list, request_timeout_s),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            timeout=limit_s,
+        )
+    except subprocess.TimeoutExpired as e:  # subprocess.run has killed it
+        raise LocustRunError(f"locust ({users} users) did not finish within {limit_s:.0f} s; it was stopped") from e
     wall_s, after = time.monotonic() - start, resource.getrusage(resource.RUSAGE_CHILDREN)
     _check(process, "locust")
     cpu_s = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
@@ -197,6 +201,8 @@ def run_locust_distributed(
     ]
     try:
         output, _ = master.communicate(timeout=hard_timeout)
+    except subprocess.TimeoutExpired as e:  # the finally below stops every process
+        raise LocustRunError(f"locust master ({users} users) did not finish within {hard_timeout:.0f} s") from e
     finally:
         procs: list[subprocess.Popen[Any]] = [master, *worker_procs]
         for proc in procs:

@@ -226,6 +226,9 @@ def _sweep_table(points: Sequence[Mapping[str, Any]]) -> list[str]:
         "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for p in points:
+        if "failed" in p:
+            lines.append(f"| {p['users']} | no measurement: {p['failed']} | | | | | | | {_load(p)} |")
+            continue
         lines.append(
             f"| {p['users']} | {p['requests_per_s']:.1f} | {p['p50_ms']:.0f} | {p['p90_ms']:.0f} | "
             f"{p['p99_ms']:.0f} | {p['error_rate']:.1%} | {p['requests']} | "

@@ -152,3 +152,38 @@ def test_report_writes_plots_when_no_request_completed(tmp_path):
     }
     path = report.write_report(results, tmp_path, "empty")
     assert "| 1 | 0.0 | nan |" in path.read_text() and (tmp_path / "empty-latency.png").stat().st_size > 0
+
+
+def test_run_locust_raises_locust_run_error_when_it_outlasts_its_limit(tmp_path, monkeypatch, fundus_jpeg):
+    import time
+
+    from predilect.benchmarks import locust_runner
+
+    images = tmp_path / "images.txt"
+    (tmp_path / "a.jpg").write_bytes(fundus_jpeg(0))
+    images.write_text(str(tmp_path / "a.jpg") + "\n")
+    monkeypatch.setattr(locust_runner, "_GRACE_S", -19)  # a 1 s limit against a 20 s run: a stalled generator
+    start = time.monotonic()
+    with pytest.raises(locust_runner.LocustRunError, match="did not finish within 1 s"):
+        locust_runner.run_locust(
+            "TritonGrpcUser",
+            "127.0.0.1:9",
+            users=1,
+            run_time_s=20,
+            images_list=images,
+            csv_prefix=tmp_path / "csv" / "stalled",
+            request_timeout_s=0.0,
+        )
+    assert time.monotonic() - start < 15  # stopped at its limit, not waited for
+
+
+def test_sweep_table_says_no_measurement_when_point_failed():
+    from predilect.benchmarks.report import _sweep_table
+
+    nan = float("nan")
+    point = {"users": 64, "requests": 0, "failures": 0, "requests_per_s": nan, "p50_ms": nan, "p90_ms": nan}
+    point |= {"p99_ms": nan, "failed": "locust (64 users) did not finish within 230 s; it was stopped"}
+    point |= {"load_before": (1.0, 1.0, 1.0), "load_after": (2.0, 1.0, 1.0)}
+    rows = _sweep_table([point])
+    assert rows[-1].startswith("| 64 | no measurement: locust (64 users) did not finish within 230 s")
+    assert "1.0 / 2.0" in rows[-1]
