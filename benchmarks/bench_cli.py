@@ -12,7 +12,7 @@
     predilect bench localisation-variants   # which attention-derived heatmap peaks on the lesions (issue 12)
 
 `serving`, one stack after the other on this machine, same images, same concurrency points:
-(a) the in-process bound (decode + preprocess + ONNX Runtime, no server); (c) the Triton
+(a) the in-process bound (the served computation: decode, grade, ONNX Runtime, decide; no server); (c) the Triton
 ensemble in the default layout through the gRPC client SDK, plus single points for the other
 layout and for INT8; (b) FastAPI + PyTorch eager; (d) BentoML serving the same Preprocessor
 and ONNX model. Also: preprocessing ms/image against the decode floor, the INT8 accuracy gate.
