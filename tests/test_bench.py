@@ -178,10 +178,19 @@ def test_run_locust_raises_locust_run_error_when_it_outlasts_its_limit(tmp_path,
 
 
 def test_sweep_table_says_no_measurement_when_point_failed():
+    from typing import Any
+
     from predilect.benchmarks.report import _sweep_table
 
     nan = float("nan")
-    point = {"users": 64, "requests": 0, "failures": 0, "requests_per_s": nan, "p50_ms": nan, "p90_ms": nan}
+    point: dict[str, Any] = {
+        "users": 64,
+        "requests": 0,
+        "failures": 0,
+        "requests_per_s": nan,
+        "p50_ms": nan,
+        "p90_ms": nan,
+    }
     point |= {"p99_ms": nan, "failed": "locust (64 users) did not finish within 230 s; it was stopped"}
     point |= {"load_before": (1.0, 1.0, 1.0), "load_after": (2.0, 1.0, 1.0)}
     rows = _sweep_table([point])
