@@ -32,23 +32,28 @@ from predilect.preprocess import PreprocessCfg, Preprocessor
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _baseline(rev: str, folder: Path) -> ModuleType:
-    """``predilect/quality.py`` as it was at ``rev``, imported as a separate module."""
+def module_at_rev(rev: str, relative: str, name: str, folder: Path) -> ModuleType:
+    """``relative`` (a path in this repository) as it was at git revision ``rev``, imported as module ``name``."""
     try:
         source = subprocess.run(
-            ["git", "-C", str(REPO), "show", f"{rev}:predilect/quality.py"], check=True, capture_output=True, text=True
+            ["git", "-C", str(REPO), "show", f"{rev}:{relative}"], check=True, capture_output=True, text=True
         ).stdout
     except subprocess.CalledProcessError as e:
-        raise CommandError(f"cannot read predilect/quality.py at {rev!r}: {e.stderr.strip()}") from e
-    path = folder / "quality_baseline.py"
+        raise CommandError(f"cannot read {relative} at {rev!r}: {e.stderr.strip()}") from e
+    path = folder / f"{name}.py"
     path.write_text(source, encoding="utf-8")
-    spec = importlib.util.spec_from_file_location("quality_baseline", path)
+    spec = importlib.util.spec_from_file_location(name, path)
     if spec is None or spec.loader is None:
         raise CommandError(f"cannot import {path}")
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up while the class is made
     spec.loader.exec_module(module)
     return module
+
+
+def _baseline(rev: str, folder: Path) -> ModuleType:
+    """``predilect/quality.py`` as it was at ``rev``, imported as a separate module."""
+    return module_at_rev(rev, "predilect/quality.py", "quality_baseline", folder)
 
 
 def _planes(images: Path, count: int) -> np.ndarray:

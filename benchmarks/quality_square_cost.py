@@ -16,9 +16,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import importlib.util
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -26,34 +23,13 @@ from pathlib import Path
 from types import ModuleType
 
 from predilect.benchmarks import machine
+from predilect.benchmarks.quality_cost import module_at_rev
 from predilect.catalog import DEFAULT_CATALOG
 from predilect.cli import CommandError
 from predilect.preprocess import PreprocessCfg, Preprocessor
 from predilect.quality import default_quality_cfg
 from predilect.serving import configs
 from predilect.serving.backends.screening import Screening
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-def _baseline(rev: str, relative: str, name: str, folder: Path) -> ModuleType:
-    """``relative`` as it was at ``rev``, imported as module ``name``."""
-    try:
-        source = subprocess.run(
-            ["git", "-C", str(REPO), "show", f"{rev}:{relative}"], check=True, capture_output=True, text=True
-        ).stdout
-    except subprocess.CalledProcessError as e:
-        raise CommandError(f"cannot read {relative} at {rev!r}: {e.stderr.strip()}") from e
-    path = folder / f"{name}.py"
-    path.write_text(source, encoding="utf-8")
-    spec = importlib.util.spec_from_file_location(name, path)
-    if spec is None or spec.loader is None:
-        raise CommandError(f"cannot import {path}")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the class is made
-    spec.loader.exec_module(module)
-    return module
-
 
 Step = Callable[[list[bytes]], Callable[[], object]]
 """Runs preprocessing on a batch, returns the grading of what it made (to be timed apart)."""
@@ -113,8 +89,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise CommandError(f"no .jpg images in {args.images}")
     payloads = [path.read_bytes() for path in paths]
     with tempfile.TemporaryDirectory() as folder:
-        pre = _baseline(args.baseline_rev, "predilect/preprocess.py", "preprocess_baseline", Path(folder))
-        qual = _baseline(args.baseline_rev, "predilect/quality.py", "quality_baseline", Path(folder))
+        pre = module_at_rev(args.baseline_rev, "predilect/preprocess.py", "preprocess_baseline", Path(folder))
+        qual = module_at_rev(args.baseline_rev, "predilect/quality.py", "quality_baseline", Path(folder))
         variants = {
             ("128", "before"): _before(pre, qual, 128),
             ("128", "after"): _after(128),
