@@ -31,6 +31,8 @@ from predilect.quality import default_quality_cfg
 from predilect.serving import configs
 from predilect.serving.backends.screening import Screening
 
+BEFORE_QUALITY_SQUARE = "e6332f6"  # main before PreprocessCfg.quality_size
+
 Step = Callable[[list[bytes]], Callable[[], object]]
 """Runs preprocessing on a batch, returns the grading of what it made (to be timed apart)."""
 
@@ -79,7 +81,12 @@ def _pass(step: Step, payloads: list[bytes], batch: int) -> tuple[float, float]:
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m predilect.benchmarks.quality_square_cost", description=__doc__)
     p.add_argument("--images", type=Path, required=True, help="a folder of fundus JPEGs (e.g. a phantom's fundus/)")
-    p.add_argument("--baseline-rev", default="main", help="git revision of the 'before' preprocessing and grading")
+    p.add_argument(
+        "--baseline-rev",
+        default=BEFORE_QUALITY_SQUARE,
+        help="git revision of the 'before' preprocessing and grading (default: main before the quality square; "
+        "a later revision grades a 128-px model on its quality square too, and its 'before' refuses to run)",
+    )
     p.add_argument("--count", type=int, default=64, help="images to time")
     p.add_argument("--batch", type=int, default=16, help="images per batch (a served dynamic batch)")
     p.add_argument("--passes", type=int, default=7, help="interleaved passes; the best counts")
