@@ -15,9 +15,9 @@ $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
 
 # Dependencies and the project, installed once and again only when pyproject.toml or the
-# constraints change. The project install is editable and exact (it maps `predilect` to this
-# checkout and nothing else), so pytest, subprocesses and tritonserver's Python-backend stubs
-# all import the one copy under predilect/.
+# constraints change. The project install is editable: a .pth puts the root and each part folder
+# (`training/`, `client/`, ...) on sys.path, where the `predilect` namespace's portions live, so pytest,
+# subprocesses and tritonserver's Python-backend stubs all import this checkout, edits included.
 $(VENV)/.deps: pyproject.toml constraints.txt | $(VENV)/bin/python
 	$(PIP) install -q -c constraints.txt torch==2.13.0
 	$(PIP) install -q -c constraints.txt hatchling editables
@@ -27,17 +27,19 @@ $(VENV)/.deps: pyproject.toml constraints.txt | $(VENV)/bin/python
 
 install: $(VENV)/.deps
 
-# Static checks: ruff (lint + format) and mypy, as configured in pyproject.toml.
+# Static checks: ruff (lint + format), mypy and the layering contracts (import-linter), as configured
+# in pyproject.toml.
 lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports --no-cache
 
 demo: install
 	$(VENV)/bin/predilect demo --workdir $(ARTIFACTS)
 
 # DCMTK (storescu, img2dcm) is the real DICOM sender the gateway tests use; nginx is the
-# request-size limit `predilect serve` puts in front of tritonserver's gRPC port (serving/front.py);
+# request-size limit `predilect serve` puts in front of tritonserver's gRPC port (serving/predilect/serving/front.py);
 # shellcheck checks the container scripts; headless chromium renders the HTML screening report.
 system-deps:
 	@command -v storescu >/dev/null && command -v img2dcm >/dev/null && command -v shellcheck >/dev/null && \

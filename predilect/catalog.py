@@ -229,7 +229,7 @@ VOCABULARY: dict[str, dict[str, str]] = {
 """The controlled vocabulary the default descriptions are composed of: where a finding lies
 (``location``), how it looks on a colour fundus photograph (``fundus``) and on OCT (``oct``).
 Categories share concepts, so a category left out of training is still described in phrases
-the trained categories taught (zero-shot); ``training/phantom/README.md`` documents it."""
+the trained categories taught (zero-shot); ``training/predilect/training/phantom/README.md`` documents it."""
 
 
 @dataclass(frozen=True)
@@ -501,3 +501,18 @@ DEFAULT_CATALOG = Catalog(diseases=tuple(disease for disease, _ in _DEFAULTS), v
 
 DEFAULT_CONCEPTS: dict[str, Concepts] = dict(pair for _, pair in _DEFAULTS)
 """The vocabulary keys each default category's descriptions are built from."""
+
+
+SIDECAR_CATALOG = "phantom_catalog.json"
+"""A catalog file beside a manifest (the phantom writes one) that --catalog defaults to."""
+
+
+def resolve_catalog(path: Path | None, manifest: Path) -> tuple[Catalog, str]:
+    """The catalog of ``--catalog`` if given, else the one beside ``manifest``, else the built-in;
+    and a phrase saying which (commands print it)."""
+    if path is not None:
+        return load_catalog(path), str(path)
+    sidecar = Path(manifest).with_name(SIDECAR_CATALOG)
+    if sidecar.is_file():
+        return load_catalog(sidecar), str(sidecar)
+    return DEFAULT_CATALOG, "the built-in catalog"

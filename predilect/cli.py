@@ -50,9 +50,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "trt-engine": ("predilect.build.tensorrt.engine_cli", "build a TensorRT engine (needs TensorRT and a GPU)"),
     "assemble": ("predilect.serving.assemble_cli", "assemble the Triton model repository from an exported model"),
     "serve": ("predilect.serving.serve_cli", "start the real tritonserver on a model repository"),
-    "demo": ("predilect.serving.demo_cli", "phantom -> train -> export -> assemble -> serve -> screen, end to end"),
+    "demo": ("predilect.demo_cli", "phantom -> train -> export -> assemble -> serve -> screen, end to end"),
     "screen": ("predilect.client.screen_cli", "screen a folder, manifest or DICOM files; resumable JSONL output"),
-    "gateway": ("predilect.client.gateway_cli", "DICOM C-STORE gateway that screens what it receives"),
+    "gateway": ("predilect.dicom.gateway_cli", "DICOM C-STORE gateway that screens what it receives"),
     "report": ("predilect.client.report_cli", "an HTML summary per patient of a screening journal, with overlays"),
     "schema": ("predilect.client.schema_cli", "write or check the JSON Schemas of the journal record and exam result"),
     "localisation": (

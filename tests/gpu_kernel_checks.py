@@ -12,7 +12,7 @@ import sys
 
 import torch
 
-from predilect.training.attention import predilection_attention_reference as reference
+from predilect.kernels.attention import predilection_attention_reference as reference
 
 
 def _inputs(b: int, n: int, d: int, c: int, k: int, dtype: torch.dtype, seed: int = 0) -> list[torch.Tensor]:
@@ -26,7 +26,7 @@ def _err(x: torch.Tensor, exact: torch.Tensor) -> float:
 
 
 def check_kernel() -> None:
-    from predilect.training.kernels import _triton_predilection as kernel
+    from predilect.kernels import _triton_predilection as kernel
 
     for dtype in (torch.float32, torch.float16, torch.bfloat16):
         for b, n, d, c, k in ((1, 196, 128, 28, 4), (16, 577, 40, 7, 3), (3, 197, 384, 28, 8)):

@@ -21,10 +21,10 @@ import torch
 from torch import nn
 
 from predilect.catalog import Catalog, Disease
+from predilect.manifest import Record
 from predilect.preprocess import PreprocessCfg
 from predilect.training.datasets import AugmentCfg, FundusAugment, FundusDataset, make_loader
 from predilect.training.loop import LoopCfg, fit
-from predilect.training.manifest import Record
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "datasets"
 CATALOG = Catalog(diseases=(Disease("dr", "DR", ("d",)), Disease("amd", "AMD", ("a",))))

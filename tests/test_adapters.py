@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from predilect.catalog import DEFAULT_CATALOG, Catalog, Disease
+from predilect.manifest import SPLITS, read_manifest, write_manifest
 from predilect.training.datasets.adapters import (
     ADAPTERS,
     DatasetLayoutError,
@@ -23,7 +24,6 @@ from predilect.training.datasets.adapters import (
     read_rfmid,
     rfmid,
 )
-from predilect.training.manifest import SPLITS, read_manifest, write_manifest
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "datasets"
 TARGETS = sorted({t for m in (aptos, messidor, multieye, odir, rfmid) for ts in m.MAPPING.values() for t in ts})

@@ -16,9 +16,9 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
     import torch
 
     from predilect.catalog import DEFAULT_CATALOG
+    from predilect.models.checkpoint import save_checkpoint
+    from predilect.models.classifier import FundusClassifier, ModelCfg
     from predilect.preprocess import PreprocessCfg
-    from predilect.training.checkpoint import save_checkpoint
-    from predilect.training.model import FundusClassifier, ModelCfg
 
     torch.manual_seed(0)
     model = FundusClassifier(ModelCfg(num_diseases=len(DEFAULT_CATALOG), image_size=PreprocessCfg().size))

@@ -157,7 +157,7 @@ def test_screen_raises_deadline_exceeded_error_when_timeout_is_too_short(client,
 def test_import_client_loads_no_heavy_module_when_imported() -> None:
     heavy = ["torch", "onnx", "onnxruntime", "nvidia.dali", "PIL", "pydicom", "highdicom", "pynetdicom", "jinja2"]
     code = (
-        "import sys, predilect.client, predilect.client.screen_cli, predilect.client.gateway_cli, "
+        "import sys, predilect.client, predilect.client.screen_cli, predilect.dicom.gateway_cli, "
         "predilect.client.report_cli, predilect.client.schema_cli, predilect.client.overlay, predilect.client.exam; "
         f"loaded = [m for m in {heavy!r} if m in sys.modules]; "
         "print(loaded); sys.exit(1 if loaded else 0)"

@@ -29,14 +29,14 @@ from predilect.client.errors import (
     is_final,
 )
 from predilect.client.journal import JournalError, ResultJournal
-from predilect.client.jpeg import JpegStructureError, strip_metadata
-from predilect.client.png import encode_png
 from predilect.client.protocol import ServedModelInfo, TlsConfig
 from predilect.client.records import JournalRecord
 from predilect.client.results import ScreeningItem, ScreeningResult
 from predilect.client.retry import Attempts, RetryBudget, RetryPolicy
 from predilect.client.settings import ClientSettings
 from predilect.errors import UserError
+from predilect.jpeg import JpegStructureError, strip_metadata
+from predilect.png import encode_png
 from predilect.referral import ReferralRules
 
 
@@ -527,7 +527,7 @@ def test_strip_metadata_drops_exif_whole_when_orientation_is_upright_or_absent()
 
 
 def test_exif_orientation_is_none_when_exif_is_malformed() -> None:
-    from predilect.client.jpeg import exif_orientation, orientation_segment
+    from predilect.jpeg import exif_orientation, orientation_segment
 
     good = orientation_segment(6)[4:]
     assert exif_orientation(good) == 6

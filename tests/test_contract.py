@@ -9,11 +9,22 @@ from pathlib import Path
 
 import pytest
 
-import predilect
 from predilect import contract
 
 ROOT = Path(__file__).resolve().parent.parent
-LAYERS = ("predilect", "training", "build", "serving", "client", "benchmarks", "model_repository", "tests")
+SOURCE_ROOTS = (
+    "predilect",
+    "kernels",
+    "models",
+    "training",
+    "build",
+    "serving",
+    "client",
+    "dicom",
+    "benchmarks",
+    "model_repository",
+    "tests",
+)
 # Every string of the contract but file names, version numbers and eye letters, which are
 # too short or too common to grep for (tests name temp files model.onnx, say).
 UNGUARDED = {
@@ -34,10 +45,7 @@ GUARDED = {
 
 
 def _sources() -> list[Path]:
-    files: set[Path] = set()
-    for layer in LAYERS:
-        files.update(p.resolve() for p in (ROOT / layer).rglob("*.py"))
-    return sorted(files)
+    return sorted(p for root in SOURCE_ROOTS for p in (ROOT / root).rglob("*.py") if "results" not in p.parts)
 
 
 def test_contract_guard_covers_tensor_names_and_metadata_keys_when_collected() -> None:
@@ -92,11 +100,3 @@ def test_subprocess_imports_same_files_as_test_process_when_run_from_checkout_ro
     here = f"{predilect.training.train.__file__} {predilect.catalog.__file__}"
     assert _module_files_in_subprocess(ROOT).split() == here.split()
     assert _module_files_in_subprocess(Path("/")).split() == here.split()
-
-
-def test_checkout_exposes_no_second_copy_when_package_imports_itself() -> None:
-    # The old layout extended predilect.__path__ with the checkout root, which made
-    # predilect.predilect a second package with its own Catalog class.
-    with pytest.raises(ModuleNotFoundError):
-        __import__("predilect.predilect")
-    assert len(predilect.__path__) == 1

@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 
 from predilect.catalog import Catalog, Disease
+from predilect.manifest import Record
 from predilect.preprocess import PreprocessCfg, Preprocessor
 from predilect.training.datasets import (
     AugmentCfg,
@@ -24,7 +25,6 @@ from predilect.training.datasets import (
     item_rng,
     make_loader,
 )
-from predilect.training.manifest import Record
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "datasets"
 IMAGES = sorted((FIXTURES / "aptos2019" / "train_images").glob("*.png")) + sorted(
@@ -179,7 +179,7 @@ def test_oct_dataset_reads_file_folder_tiff_and_npy_volumes_when_center_slice(tm
 
 
 def test_oct_dataset_matches_previous_loader_when_8bit_png():
-    from predilect.training.data import load_oct_scans
+    from predilect.pixels import load_oct_scans
 
     records = [Record(p, frozenset()) for p in sorted((FIXTURES / "MultiEYE" / "assemble_oct").rglob("*.png"))]
     dataset = OctDataset(records, OctCfg(size=128), CATALOG)

@@ -15,8 +15,8 @@ from predilect.client import (
     InputError,
     ScreeningResult,
     UnsupportedDicomError,
-    structured_report,
 )
+from predilect.dicom.sr import structured_report
 
 OP_8BIT = "1.2.840.10008.5.1.4.1.1.77.1.5.1"
 COMPREHENSIVE_SR = "1.2.840.10008.5.1.4.1.1.88.33"

@@ -8,10 +8,10 @@ import tritonclient.grpc as grpcclient
 
 from predilect import contract
 from predilect.client import ScreeningClient
-from predilect.training.checkpoint import load_checkpoint
-from predilect.training.data import load_fundus_pixels
-from predilect.training.evaluate import predict_proba
-from predilect.training.manifest import read_manifest
+from predilect.manifest import read_manifest
+from predilect.models.checkpoint import load_checkpoint
+from predilect.models.inference import predict_proba
+from predilect.pixels import load_fundus_pixels
 
 pytestmark = pytest.mark.integration
 
@@ -83,7 +83,7 @@ def test_served_catalog_equals_checkpoint_catalog_when_discovered(pipeline, pipe
 
 
 def test_demo_cli_screens_heldout_when_run_small(tmp_path, capsys):
-    from predilect.serving.demo_cli import main as demo_main
+    from predilect.demo_cli import main as demo_main
 
     rc = demo_main(
         [

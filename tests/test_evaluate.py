@@ -5,10 +5,10 @@ import json
 import numpy as np
 import pytest
 
+from predilect.lesions import DrawnImage, Lesion, lesion_cells
+from predilect.manifest import Record
 from predilect.training.evaluate import Localisation, localisation
 from predilect.training.evaluate_cli import main as evaluate_main
-from predilect.training.lesions import DrawnImage, Lesion, lesion_cells
-from predilect.training.manifest import Record
 
 
 def _entry(lesions):

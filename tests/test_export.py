@@ -10,9 +10,9 @@ from predilect import contract
 from predilect.build.export import check_parity, export_onnx, onnx_probabilities
 from predilect.build.export_cli import main as export_main
 from predilect.catalog import DEFAULT_CATALOG
+from predilect.models.checkpoint import load_checkpoint, read_meta, save_checkpoint
+from predilect.models.classifier import FundusClassifier, ModelCfg
 from predilect.preprocess import PreprocessCfg
-from predilect.training.checkpoint import load_checkpoint, read_meta, save_checkpoint
-from predilect.training.model import FundusClassifier, ModelCfg
 
 CFG = PreprocessCfg(size=64)
 

@@ -14,7 +14,7 @@ from client_faces import LateProxy, jpeg_multiframe_dicom
 
 from predilect import contract
 from predilect.client import JournalRecord, RetryPolicy, ScreeningClient
-from predilect.client.gateway import DicomGateway, GatewayConfig, RemoteAE
+from predilect.dicom.gateway import DicomGateway, GatewayConfig, RemoteAE
 from predilect.serving.server import TritonServer, free_port
 
 if shutil.which("storescu") is None:
@@ -294,7 +294,7 @@ def test_gateway_requeues_instance_at_next_start_when_server_fails_mid_run(
 
 
 def test_gateway_cli_exits_2_with_one_line_when_tls_root_cert_is_missing(tmp_path: Path, capsys) -> None:
-    from predilect.client.gateway_cli import main
+    from predilect.dicom.gateway_cli import main
 
     code = main(
         ["--port", str(free_port()), "--incoming", str(tmp_path / "in"), "--out", str(tmp_path / "out")]
@@ -308,7 +308,7 @@ def test_gateway_cli_exits_2_with_one_line_when_tls_root_cert_is_missing(tmp_pat
 def test_gateway_cli_exits_3_and_restores_signal_handlers_when_server_unreachable(tmp_path: Path, capsys) -> None:
     import signal
 
-    from predilect.client.gateway_cli import main
+    from predilect.dicom.gateway_cli import main
 
     before = signal.getsignal(signal.SIGTERM)
     argv = ["--port", str(free_port()), "--incoming", str(tmp_path / "in"), "--out", str(tmp_path / "out")]
@@ -436,7 +436,7 @@ def test_gateway_stores_over_dicom_tls_only_from_certified_senders_when_tls_is_o
 ) -> None:
     import socket
 
-    from predilect.client.gateway import DicomTls
+    from predilect.dicom.gateway import DicomTls
 
     jpeg = tmp_path / "eye.jpg"
     jpeg.write_bytes(fundus_jpeg(79))

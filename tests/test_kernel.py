@@ -9,25 +9,25 @@ import importlib
 import pytest
 import torch
 
-from predilect.training.attention import predilection_attention_reference
-from predilect.training.kernels import (
+from predilect.kernels import (
     MAX_QUERIES,
-    _kernel_src,
     byte_count,
     check_inputs,
     flop_count,
     predilection_attention,
+    triton_source,
 )
-from predilect.training.kernels import _triton_predilection as kernel_module
+from predilect.kernels import _triton_predilection as kernel_module
+from predilect.kernels.attention import predilection_attention_reference
 
 if not kernel_module._INTERPRET:  # imported earlier in this process without the interpreter
-    _kernel_src = importlib.reload(_kernel_src)  # the kernels are decorated at import
+    triton_source = importlib.reload(triton_source)  # the kernels are decorated at import
     kernel_module = importlib.reload(kernel_module)
 
 OP = torch.ops.predilect.predilection_attention.default
 BF16_SKIP = pytest.mark.skip(
     reason="Triton 3.9's CPU interpreter returns garbage (~1e10) from tl.dot on bfloat16 operands; "
-    "bf16 is checked on CUDA by benchmarks/kernels/bench_predilection_attention.py --check-only"
+    "bf16 is checked on CUDA by benchmarks/predilect/benchmarks/kernels/bench_predilection_attention.py --check-only"
 )
 
 
@@ -142,7 +142,7 @@ def test_launch_raises_value_error_when_splits_not_positive():
     ],
 )
 def test_choose_splits_fills_two_waves_when_batch_small(batch, n_tokens, diseases, sm_count, expected):
-    assert _kernel_src.choose_splits(batch, n_tokens, diseases, block_c=16, sm_count=sm_count) == expected
+    assert triton_source.choose_splits(batch, n_tokens, diseases, block_c=16, sm_count=sm_count) == expected
 
 
 def test_kernel_matches_reference_when_inputs_strided():

@@ -19,9 +19,9 @@ import numpy as np
 import pytest
 
 from predilect.build.localisation import lit_cells
+from predilect.lesions import DrawnImage, Lesion, cell_rect, read_lesions, score_peak
 from predilect.preprocess import PreprocessCfg, Preprocessor
 from predilect.quality import planes_from_pixels
-from predilect.training.lesions import DrawnImage, Lesion, cell_rect, read_lesions, score_peak
 
 GRID = 8
 DARK_LESIONS = {"normal", "glaucoma", "rvo"}  # no finding brighter than the disc

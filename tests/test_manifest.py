@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from predilect.catalog import DEFAULT_CATALOG, Catalog, Disease
-from predilect.training.manifest import (
+from predilect.manifest import (
     SPLITS,
     ManifestError,
     Record,

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from predilect.training.metrics import auroc, macro_auroc, per_disease_auroc
+from predilect.metrics import auroc, macro_auroc, per_disease_auroc
 
 
 def test_auroc_is_one_when_scores_separate_classes():
@@ -34,7 +34,7 @@ def test_macro_auroc_skips_columns_when_single_class():
 
 
 def test_average_precision_matches_mean_precision_at_positives_when_no_ties():
-    from predilect.training.metrics import average_precision
+    from predilect.metrics import average_precision
 
     y = np.array([1, 0, 1, 0, 0, 1])
     s = np.array([0.9, 0.8, 0.7, 0.6, 0.5, 0.4])
@@ -42,7 +42,7 @@ def test_average_precision_matches_mean_precision_at_positives_when_no_ties():
 
 
 def test_threshold_for_specificity_reaches_target_on_tuning_data_when_applied():
-    from predilect.training.metrics import operating_point, threshold_for_specificity
+    from predilect.metrics import operating_point, threshold_for_specificity
 
     rng = np.random.default_rng(0)
     y = rng.integers(0, 2, 500)
@@ -53,7 +53,7 @@ def test_threshold_for_specificity_reaches_target_on_tuning_data_when_applied():
 
 
 def test_threshold_max_f1_beats_every_other_score_threshold_when_tuned():
-    from predilect.training.metrics import operating_point, threshold_max_f1
+    from predilect.metrics import operating_point, threshold_max_f1
 
     rng = np.random.default_rng(1)
     y = rng.integers(0, 2, 80)
@@ -63,7 +63,7 @@ def test_threshold_max_f1_beats_every_other_score_threshold_when_tuned():
 
 
 def test_expected_calibration_error_is_zero_when_probabilities_match_rates():
-    from predilect.training.metrics import expected_calibration_error
+    from predilect.metrics import expected_calibration_error
 
     probs = np.repeat([0.05, 0.35, 0.75], 20)
     labels = np.concatenate(
@@ -74,7 +74,7 @@ def test_expected_calibration_error_is_zero_when_probabilities_match_rates():
 
 
 def test_bootstrap_ci_brackets_value_and_narrows_when_data_grow():
-    from predilect.training.metrics import bootstrap_ci, on_rows
+    from predilect.metrics import bootstrap_ci, on_rows
 
     rng = np.random.default_rng(2)
     widths = []
@@ -88,7 +88,7 @@ def test_bootstrap_ci_brackets_value_and_narrows_when_data_grow():
 
 
 def test_bootstrap_ci_resamples_whole_groups_when_patients_given():
-    from predilect.training.metrics import bootstrap_ci
+    from predilect.metrics import bootstrap_ci
 
     values = np.array([0.0, 0.0, 1.0, 1.0])
     seen = []
@@ -103,7 +103,7 @@ def test_bootstrap_ci_resamples_whole_groups_when_patients_given():
 
 
 def test_paired_bootstrap_ci_excludes_zero_when_one_model_clearly_better():
-    from predilect.training.metrics import paired_bootstrap_ci
+    from predilect.metrics import paired_bootstrap_ci
 
     rng = np.random.default_rng(3)
     y = rng.integers(0, 2, 300)

@@ -5,12 +5,12 @@ import pytest
 import torch
 
 from predilect.errors import ConfigError
-from predilect.training.attention import (
+from predilect.kernels.attention import (
     predilection_attention_reference,
     reference_attention,
     use_fused_attention,
 )
-from predilect.training.model import FundusClassifier, ModelCfg, evidence_map
+from predilect.models.classifier import FundusClassifier, ModelCfg, evidence_map
 
 
 def _naive(tokens, sites, weight, bias):

@@ -26,8 +26,8 @@ CFG = PreprocessCfg(size=64)
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
-    from predilect.training.checkpoint import save_checkpoint
-    from predilect.training.model import FundusClassifier, ModelCfg
+    from predilect.models.checkpoint import save_checkpoint
+    from predilect.models.classifier import FundusClassifier, ModelCfg
 
     torch.manual_seed(0)
     model = FundusClassifier(ModelCfg(num_diseases=len(DEFAULT_CATALOG), image_size=64, widths=(8, 16, 32)))
@@ -73,9 +73,9 @@ def test_thresholds_travel_from_checkpoint_to_onnx_to_served_rules_when_written(
     import onnx
 
     from predilect.build.export import export_onnx
+    from predilect.models.checkpoint import load_checkpoint, read_meta
     from predilect.serving.configs import ServingOptions
     from predilect.serving.repository import assemble
-    from predilect.training.checkpoint import load_checkpoint, read_meta
 
     labels = np.eye(len(DEFAULT_CATALOG))
     scores = np.full(labels.shape, 0.1) + 0.5 * labels
@@ -113,7 +113,7 @@ def test_operating_points_cli_writes_thresholds_and_report_when_manifest_has_val
     checkpoint: Path, phantom_manifest: Path, tmp_path: Path, capsys
 ) -> None:
     from predilect.build.operating_points_cli import main
-    from predilect.training.checkpoint import read_meta
+    from predilect.models.checkpoint import read_meta
 
     out, report = tmp_path / "tuned.safetensors", tmp_path / "points.md"
     argv = ["--checkpoint", str(checkpoint), "--manifest", str(phantom_manifest), "--out", str(out)]
@@ -129,7 +129,7 @@ def test_export_writes_attention_equal_to_model_when_model_has_it(checkpoint: Pa
     import onnxruntime as ort
 
     from predilect.build.export import export_onnx
-    from predilect.training.checkpoint import load_checkpoint
+    from predilect.models.checkpoint import load_checkpoint
 
     out = tmp_path / "model.onnx"
     export_onnx(checkpoint, out)
@@ -150,7 +150,7 @@ def test_export_writes_attention_equal_to_model_when_model_has_it(checkpoint: Pa
 
 
 def test_score_peak_hits_when_peak_cell_overlaps_drawn_lesion_and_reports_chance() -> None:
-    from predilect.training.lesions import DrawnImage, Lesion, score_peak
+    from predilect.lesions import DrawnImage, Lesion, score_peak
 
     drawn = DrawnImage("a.jpg", 800, 600, (Lesion("dr", 0.30, 0.25, 0.02), Lesion("amd", 0.7, 0.7, 0.05)))
     box = (0.125, 0.0, 0.875, 1.0)  # a 600 px square centred in the 800 px frame
@@ -168,7 +168,7 @@ def test_score_peak_hits_when_peak_cell_overlaps_drawn_lesion_and_reports_chance
 
 
 def test_read_lesions_raises_naming_line_when_record_is_malformed(tmp_path: Path) -> None:
-    from predilect.training.lesions import read_lesions
+    from predilect.lesions import read_lesions
 
     path = tmp_path / "lesions.jsonl"
     path.write_text('{"path": "a.jpg", "width": 8, "height": 6, "lesions": []}\n{"path": "b.jpg"}\n')
@@ -187,7 +187,7 @@ def test_localisation_cli_scores_model_diseases_only_when_phantom_has_unlearned_
     from predilect.build.export import read_onnx_meta
     from predilect.build.localisation_cli import main
     from predilect.catalog import DEFAULT_CATALOG
-    from predilect.training.manifest import read_manifest, write_manifest
+    from predilect.manifest import read_manifest, write_manifest
 
     source = pipeline.manifest.parent
     phantom = tmp_path / "phantom"

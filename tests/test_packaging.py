@@ -9,6 +9,24 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+# What the wheel must hold: one module of every part, the data files the code reads when installed.
+WHEEL_MEMBERS = (
+    "catalog.py",
+    "contract.py",
+    "quality_calibration.json",
+    "kernels/triton_source.py",
+    "models/classifier.py",
+    "training/train.py",
+    "build/export.py",
+    "serving/server.py",
+    "client/__init__.py",
+    "client/report.html.j2",
+    "client/schemas/journal-record.v2.schema.json",
+    "dicom/gateway.py",
+    "benchmarks/__init__.py",
+    "model_repository/fused_screen/1/model.py",
+    "model_repository/gpu/preprocess/1/dali.py",
+)
 HEAVY = ("torch", "onnx", "onnxruntime", "nvidia-dali", "nvidia-pytriton", "tensorrt", "safetensors", "pillow")
 
 
@@ -35,15 +53,10 @@ def test_wheel_installs_only_predilect_namespace_when_built(wheel):
         tops = {name.split("/", 1)[0] for name in zf.namelist()}
         names = set(zf.namelist())
     assert tops == {"predilect", f"{wheel.name.split('-')[0]}-{wheel.name.split('-')[1]}.dist-info"}
-    for module in (
-        "training/train.py",
-        "build/export.py",
-        "serving/server.py",
-        "client/__init__.py",
-        "catalog.py",
-        "benchmarks/__init__.py",
-    ):
-        assert f"predilect/{module}" in names
+    for member in WHEEL_MEMBERS:
+        assert f"predilect/{member}" in names, member
+    assert not [n for n in names if "/results/" in n or n.endswith((".sh", ".ipynb"))]
+    assert not [n for n in names if n.startswith("predilect/") and n.count("/predilect/")], "a portion was not merged"
 
 
 def test_wheel_base_requirements_are_thin_client_when_no_extra(wheel):

@@ -10,8 +10,8 @@ import pytest
 from PIL import Image
 
 from predilect.catalog import DEFAULT_CATALOG, load_catalog
+from predilect.manifest import label_matrix, read_manifest
 from predilect.preprocess import InvalidImageError, PreprocessCfg, Preprocessor
-from predilect.training.manifest import label_matrix, read_manifest
 from predilect.training.phantom import (
     allocate_labels,
     fundus_anatomy,

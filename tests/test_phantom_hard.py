@@ -11,7 +11,7 @@ import pytest
 from PIL import Image, ImageDraw, ImageFilter
 
 from predilect.catalog import DEFAULT_CATALOG, DEFAULT_CONCEPTS, REFERRALS, VOCABULARY, describe, load_catalog
-from predilect.training.manifest import read_manifest
+from predilect.manifest import read_manifest
 from predilect.training.phantom import REGISTRY, draw_fundus, draw_oct, generate
 from predilect.training.phantom import phantom_cli as cli
 from predilect.training.phantom.degrade import KINDS, clean_exposure_floor, degrade, degrade_dataset, exposure_level

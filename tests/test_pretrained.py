@@ -6,8 +6,8 @@ import torch
 from safetensors.torch import save_file
 
 from predilect.catalog import DEFAULT_CATALOG
-from predilect.training.model import ModelCfg, VitBackbone
-from predilect.training.pretrained import (
+from predilect.models.classifier import ModelCfg, VitBackbone
+from predilect.models.pretrained import (
     PretrainedError,
     load_text_encoder,
     load_vit_backbone,
@@ -15,7 +15,7 @@ from predilect.training.pretrained import (
     timm_vit_state,
     vit_cfg_from_state,
 )
-from predilect.training.text import TextCfg, TextEncoder
+from predilect.models.text import TextCfg, TextEncoder
 
 BASE = ModelCfg(num_diseases=3, image_size=64)
 VIT = {"backbone": "vit", "vit_width": 32, "vit_depth": 2, "vit_heads": 2, "patch_size": 16}

@@ -67,11 +67,11 @@ def test_served_int8_probabilities_equal_onnx_runtime_when_assembled_with_precis
 ) -> None:
     from predilect.build.export import onnx_probabilities
     from predilect.client import ScreeningClient
+    from predilect.manifest import read_manifest
     from predilect.preprocess import PreprocessCfg, Preprocessor
     from predilect.serving.configs import ServingOptions
     from predilect.serving.repository import assemble, read_served_model
     from predilect.serving.server import TritonServer
-    from predilect.training.manifest import read_manifest
 
     fp32, quantized = int8
     repository = assemble(fp32, tmp_path / "repo", ServingOptions(precision="int8", fused_instances=1))

@@ -23,9 +23,9 @@ from predilect.build.tensorrt.onnx_rewrite import OP_TYPE, find_attention, rewri
 from predilect.build.tensorrt.precision import cast_float, onnx_precision, quantize
 from predilect.build.tensorrt.sidecar import EngineSidecar, TensorShapes, engine_key, read_sidecar, write_sidecar
 from predilect.catalog import DEFAULT_CATALOG
+from predilect.models.checkpoint import save_checkpoint
+from predilect.models.classifier import FundusClassifier, ModelCfg
 from predilect.preprocess import PreprocessCfg
-from predilect.training.checkpoint import save_checkpoint
-from predilect.training.model import FundusClassifier, ModelCfg
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -120,7 +120,7 @@ def test_check_tensorrt_version_requires_10_9_when_given(version: str, ok: bool)
 
 
 def test_launch_scalars_match_kernel_runtime_arguments_when_counted() -> None:
-    from predilect.training.kernels._kernel_src import predilection_attention_kernel
+    from predilect.kernels.triton_source import predilection_attention_kernel
 
     runtime = [
         name
@@ -270,7 +270,7 @@ def test_engine_module_runs_without_torch_up_to_tensorrt_when_torch_blocked(expo
         "from predilect.build.tensorrt.repository_engine import ensure_engine\n"
         "from predilect.build.tensorrt.gate_set import manifest_gate_set\n"
         "import predilect.serving.gpu_profile, predilect.serving.backends.validate\n"
-        "import predilect.build.tensorrt.engine_cli, predilect.training.kernels._kernel_src\n"
+        "import predilect.build.tensorrt.engine_cli, predilect.kernels.triton_source\n"
         "from predilect.build.tensorrt.plugin import TensorRTUnavailableError\n"
         "try:\n    engine_logits(b'', np.zeros((1, 3, 8, 8), np.float32))\n"
         "except TensorRTUnavailableError as e:\n    print('unavailable:', e)\n"

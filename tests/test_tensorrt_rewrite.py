@@ -16,9 +16,9 @@ from predilect.build.export import export_onnx, onnx_probabilities
 from predilect.build.tensorrt.onnx_rewrite import DOMAIN, OP_TYPE, find_attention, for_tensorrt, rewrite
 from predilect.build.tensorrt.rewrite_cli import main
 from predilect.catalog import DEFAULT_CATALOG
+from predilect.models.checkpoint import save_checkpoint
+from predilect.models.classifier import FundusClassifier, ModelCfg
 from predilect.preprocess import PreprocessCfg
-from predilect.training.checkpoint import save_checkpoint
-from predilect.training.model import FundusClassifier, ModelCfg
 
 REPO = Path(__file__).resolve().parent.parent
 HAS_TENSORRT = importlib.util.find_spec("tensorrt") is not None

@@ -3,7 +3,7 @@
 import torch
 
 from predilect.catalog import DEFAULT_CATALOG
-from predilect.training.text import (
+from predilect.models.text import (
     CatalogTexts,
     TextCfg,
     TextEncoder,

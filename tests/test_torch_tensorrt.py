@@ -40,11 +40,11 @@ from predilect.build.tensorrt.torch_export import (
 )
 from predilect.catalog import DEFAULT_CATALOG
 from predilect.cli import EXIT_UNAVAILABLE, EXIT_USAGE
+from predilect.kernels import OP_NAME
+from predilect.kernels.attention import custom_op_attention, reference_attention
+from predilect.models.checkpoint import read_meta, save_checkpoint
+from predilect.models.classifier import FundusClassifier, ModelCfg
 from predilect.preprocess import PreprocessCfg
-from predilect.training.attention import custom_op_attention, reference_attention
-from predilect.training.checkpoint import read_meta, save_checkpoint
-from predilect.training.kernels import OP_NAME
-from predilect.training.model import FundusClassifier, ModelCfg
 
 REPO = Path(__file__).resolve().parent.parent
 SIZE = 64
@@ -93,7 +93,7 @@ def _pixels(n: int, seed: int = 0) -> torch.Tensor:
     return torch.from_numpy(np.random.default_rng(seed).standard_normal((n, 3, SIZE, SIZE)).astype(np.float32))
 
 
-# ----------------------------------------------------------------------------- the switch (training/attention.py)
+# --------------------------------------------------------------- the switch (predilect.kernels.attention)
 class _OpLog(TorchDispatchMode):
     """Every operator the dispatcher runs, by name (``predilect::predilection_attention``, ``aten::mm``, ...)."""
 

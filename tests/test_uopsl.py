@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from predilect.catalog import DEFAULT_CATALOG
-from predilect.training.losses import class_targets, site_attention, site_diversity, soft_clip_loss
-from predilect.training.model import FundusClassifier, ModelCfg, fold, fourier_code, fundus_token_positions
-from predilect.training.text import CatalogTexts, TextCfg, build_tokenizer, catalog_corpus
-from predilect.training.uopsl import OctGeometry, UopslCfg, UopslModel, fundus_head_init, pretrain_loss
+from predilect.models.classifier import FundusClassifier, ModelCfg, fold, fourier_code, fundus_token_positions
+from predilect.models.losses import class_targets, site_attention, site_diversity, soft_clip_loss
+from predilect.models.text import CatalogTexts, TextCfg, build_tokenizer, catalog_corpus
+from predilect.models.uopsl import OctGeometry, UopslCfg, UopslModel, fundus_head_init, pretrain_loss
 
 CATALOG = DEFAULT_CATALOG.subset(["dr", "dme", "amd", "glaucoma"])
 

@@ -1,0 +1,256 @@
+"""Served ONNX -> TensorRT engine (strongly typed, one optimisation profile), gated against ONNX Runtime.
+
+Steps of ``build_engine``: the ONNX (whose types carry the precision, see ``precision``) is
+rewritten in memory so the attention head becomes the AOT plugin node (``onnx_rewrite``), the
+plugin is registered, TensorRT parses it into a strongly typed network, one optimisation
+profile spans min / opt / max batch (from the serving options), a timing cache is reused and
+updated, and the serialized plan goes to a temporary file. ``engine_logits`` then runs it on the
+gate images; ``accuracy.check_accuracy`` compares with the FP32 reference under ONNX Runtime
+and raises past tolerance, in which case no engine is kept. Otherwise the plan and its JSON
+sidecar (TensorRT version, GPU, compute capability, precision, shapes, catalog digest, gate
+report) are moved into place. Needs ``tensorrt`` >= 10.9 and ``cuda-python`` on a CUDA host;
+nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+
+from predilect.build.tensorrt.accuracy import GateReport, check_accuracy
+from predilect.build.tensorrt.onnx_rewrite import drop_attention_output, for_tensorrt, rewrite
+from predilect.build.tensorrt.plugin import TensorRTUnavailableError, import_tensorrt, register_plugin
+from predilect.build.tensorrt.precision import onnx_precision
+from predilect.build.tensorrt.sidecar import FRONTENDS, EngineSidecar, TensorShapes, write_sidecar
+from predilect.catalog import Catalog
+from predilect.contract import KEY_CATALOG, KEY_MODEL_NAME, KEY_MODEL_VERSION, LOGITS, PIXELS
+
+FRONTEND = FRONTENDS[0]
+
+
+@dataclass(frozen=True)
+class EngineCfg:
+    """Engine-build options: the dynamic-batch profile, workspace, plugin and timing cache."""
+
+    min_batch: int = 1
+    opt_batch: int = 8
+    max_batch: int = 16
+    workspace_gib: float = 2.0
+    use_plugin: bool = True
+    timing_cache: Path | None = None
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.min_batch <= self.opt_batch <= self.max_batch:
+            raise ValueError(
+                f"need 1 <= min_batch <= opt_batch <= max_batch, got "
+                f"{self.min_batch}, {self.opt_batch}, {self.max_batch}"
+            )
+
+
+@dataclass(frozen=True)
+class GateData:
+    """Held-out pixels (N, 3, S, S) float32, optional labels (N, C), and the FP32 reference ONNX."""
+
+    pixels: np.ndarray
+    reference_onnx: Path
+    labels: np.ndarray | None = None
+
+
+def tensorrt_onnx(model: onnx.ModelProto, *, use_plugin: bool = True) -> onnx.ModelProto:
+    """The ONNX TensorRT should parse: the plugin form, or the model as is; either way with
+    ``LOGITS`` as its only output (the engine serves no ``ATTENTION``)."""
+    if use_plugin:
+        return for_tensorrt(rewrite(model))
+    graph = gs.import_onnx(model)
+    return gs.export_onnx(graph) if drop_attention_output(graph) else model
+
+
+def _network_flags(trt: Any) -> int:
+    # TensorRT 10 needs the flag for strong typing; TensorRT 11 networks are strongly typed always.
+    flag = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
+    return 0 if flag is None else 1 << int(flag)
+
+
+def _timing_cache(trt: Any, config: Any, path: Path | None) -> Any:
+    blob = path.read_bytes() if path is not None and path.is_file() else b""
+    cache = config.create_timing_cache(blob)
+    config.set_timing_cache(cache, ignore_mismatch=False)
+    return cache
+
+
+def build_serialized(model: onnx.ModelProto, cfg: EngineCfg) -> bytes:
+    """Parse ``model`` (already in TensorRT form) and build a plan; updates ``cfg.timing_cache``."""
+    trt = import_tensorrt()
+    if cfg.use_plugin:
+        register_plugin()
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    network = builder.create_network(_network_flags(trt))
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse(model.SerializeToString()):
+        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise RuntimeError(f"TensorRT could not parse the ONNX: {errors}")
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(cfg.workspace_gib * (1 << 30)))
+    cache = _timing_cache(trt, config, cfg.timing_cache)
+    pixels = network.get_input(0)
+    item = tuple(pixels.shape)[1:]
+    profile = builder.create_optimization_profile()
+    profile.set_shape(pixels.name, (cfg.min_batch, *item), (cfg.opt_batch, *item), (cfg.max_batch, *item))
+    config.add_optimization_profile(profile)
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise RuntimeError("TensorRT failed to build an engine (see the TensorRT log above)")
+    if cfg.timing_cache is not None:
+        cfg.timing_cache.parent.mkdir(parents=True, exist_ok=True)
+        cfg.timing_cache.write_bytes(bytes(cache.serialize()))
+    return bytes(serialized)
+
+
+# ----------------------------------------------------------------------------- running a plan
+def _cuda() -> Any:
+    try:
+        from cuda.bindings import driver
+    except ImportError as exc:
+        raise TensorRTUnavailableError(
+            "cuda-python is not installed: running an engine needs `pip install cuda-python` on a CUDA host"
+        ) from exc
+    return driver
+
+
+def _check(result: tuple[Any, ...]) -> Any:
+    error, *values = result
+    if int(error) != 0:
+        raise RuntimeError(f"CUDA driver call failed: {error}")
+    return values[0] if len(values) == 1 else values
+
+
+def gpu_identity(device: int = 0) -> tuple[str, str]:
+    """``(name, "major.minor")`` of CUDA device ``device`` through the driver API."""
+    cuda = _cuda()
+    _check(cuda.cuInit(0))
+    handle = _check(cuda.cuDeviceGet(device))
+    name = _check(cuda.cuDeviceGetName(256, handle)).split(b"\0", 1)[0].decode()
+    attribute = cuda.CUdevice_attribute
+    major = _check(cuda.cuDeviceGetAttribute(attribute.CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR, handle))
+    minor = _check(cuda.cuDeviceGetAttribute(attribute.CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR, handle))
+    return name, f"{major}.{minor}"
+
+
+def engine_logits(engine: Path | bytes, pixels: np.ndarray) -> np.ndarray:
+    """Run a serialized engine on ``pixels`` (B, 3, S, S) float32; logits (B, C) float32.
+
+    Device memory and the stream come from the CUDA driver API (cuda-python), so this works on
+    an install whose torch is the CPU wheel, or without torch.
+    """
+    trt = import_tensorrt()
+    cuda = _cuda()
+    _check(cuda.cuInit(0))
+    context_handle = _check(cuda.cuDevicePrimaryCtxRetain(_check(cuda.cuDeviceGet(0))))
+    _check(cuda.cuCtxSetCurrent(context_handle))
+    runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+    plan = engine if isinstance(engine, bytes) else Path(engine).read_bytes()
+    compiled = runtime.deserialize_cuda_engine(plan)
+    if compiled is None:
+        raise RuntimeError("TensorRT could not deserialise the engine")
+    context = compiled.create_execution_context()
+    inputs = np.ascontiguousarray(pixels, dtype=np.float32)
+    context.set_input_shape(PIXELS, tuple(inputs.shape))
+    outputs = np.empty(tuple(context.get_tensor_shape(LOGITS)), dtype=np.float32)
+    stream = _check(cuda.cuStreamCreate(0))
+    d_in = _check(cuda.cuMemAlloc(inputs.nbytes))
+    d_out = _check(cuda.cuMemAlloc(outputs.nbytes))
+    try:
+        _check(cuda.cuMemcpyHtoD(d_in, inputs.ctypes.data, inputs.nbytes))
+        context.set_tensor_address(PIXELS, int(d_in))
+        context.set_tensor_address(LOGITS, int(d_out))
+        if not context.execute_async_v3(int(stream)):
+            raise RuntimeError("TensorRT execution failed")
+        _check(cuda.cuStreamSynchronize(stream))
+        _check(cuda.cuMemcpyDtoH(outputs.ctypes.data, d_out, outputs.nbytes))
+    finally:
+        cuda.cuMemFree(d_in)
+        cuda.cuMemFree(d_out)
+        cuda.cuStreamDestroy(stream)
+    return outputs
+
+
+def _sigmoid(logits: np.ndarray) -> np.ndarray:
+    x = logits.astype(np.float64)
+    return np.where(x >= 0, 1.0 / (1.0 + np.exp(-np.abs(x))), np.exp(-np.abs(x)) / (1.0 + np.exp(-np.abs(x))))
+
+
+def reference_probabilities(onnx_path: Path, pixels: np.ndarray, *, batch_size: int = 32) -> np.ndarray:
+    """Probabilities (N, C) of the FP32 export under ONNX Runtime on the CPU (no torch, unlike build.export)."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    logits = [session.run([LOGITS], {PIXELS: pixels[i : i + batch_size]})[0] for i in range(0, len(pixels), batch_size)]
+    return _sigmoid(np.concatenate(logits))
+
+
+def gate_engine(plan: bytes, gate: GateData, precision: str, *, max_batch: int) -> GateReport:
+    """Engine vs the FP32 reference ONNX under ONNX Runtime on the gate images; raises past tolerance."""
+    reference = reference_probabilities(gate.reference_onnx, gate.pixels)
+    logits = np.concatenate(
+        [engine_logits(plan, gate.pixels[i : i + max_batch]) for i in range(0, len(gate.pixels), max_batch)]
+    )
+    return check_accuracy(reference, _sigmoid(logits), precision=precision, labels=gate.labels)
+
+
+def _shapes(model: onnx.ModelProto, cfg: EngineCfg) -> tuple[tuple[TensorShapes, ...], tuple[TensorShapes, ...]]:
+    def item(value_info: Any) -> tuple[int, ...]:
+        return tuple(d.dim_value for d in value_info.type.tensor_type.shape.dim[1:])
+
+    (pixels,), (logits,) = model.graph.input, model.graph.output
+    x, y = item(pixels), item(logits)
+    inputs = (TensorShapes(PIXELS, "fp32", (cfg.min_batch, *x), (cfg.opt_batch, *x), (cfg.max_batch, *x)),)
+    outputs = (TensorShapes(LOGITS, "fp32", (cfg.min_batch, *y), (cfg.opt_batch, *y), (cfg.max_batch, *y)),)
+    return inputs, outputs
+
+
+def build_engine(onnx_path: Path, engine_path: Path, cfg: EngineCfg = EngineCfg(), *, gate: GateData) -> EngineSidecar:
+    """Build, gate and write ``engine_path`` and its sidecar; ``AccuracyGateError`` keeps nothing."""
+    trt = import_tensorrt()
+    source = Path(onnx_path).read_bytes()
+    model = onnx.load_from_string(source)
+    precision = onnx_precision(model)
+    plan = build_serialized(tensorrt_onnx(model, use_plugin=cfg.use_plugin), cfg)
+    report = gate_engine(plan, gate, precision, max_batch=cfg.max_batch)
+    meta = {p.key: p.value for p in model.metadata_props}
+    gpu_name, capability = gpu_identity()
+    inputs, outputs = _shapes(model, cfg)
+    sidecar = EngineSidecar(
+        tensorrt_version=trt.__version__,
+        gpu_name=gpu_name,
+        compute_capability=capability,
+        precision=precision,
+        frontend=FRONTEND,
+        onnx_sha256=hashlib.sha256(source).hexdigest(),
+        catalog_digest=Catalog.from_json(meta[KEY_CATALOG]).digest() if KEY_CATALOG in meta else "",
+        model_name=meta.get(KEY_MODEL_NAME, ""),
+        model_version=meta.get(KEY_MODEL_VERSION, ""),
+        plugin=cfg.use_plugin,
+        inputs=inputs,
+        outputs=outputs,
+        gate=report.to_dict(),
+    )
+    write_engine(engine_path, plan, sidecar)
+    return sidecar
+
+
+def write_engine(engine_path: Path, plan: bytes, sidecar: EngineSidecar) -> None:
+    """Write the plan and its sidecar (the plan last, by rename, so a plan never lacks its sidecar)."""
+    engine_path = Path(engine_path)
+    engine_path.parent.mkdir(parents=True, exist_ok=True)
+    partial = engine_path.with_name(f".{engine_path.name}.{os.getpid()}.partial")
+    partial.write_bytes(plan)
+    write_sidecar(engine_path, sidecar)
+    partial.replace(engine_path)

@@ -1,0 +1,219 @@
+"""Checkpoints: one safetensors file carrying the weights and everything needed to use them.
+
+Metadata keys: the model config, the preprocessing spec, the disease catalog, the model name
+and version, and the held-out metrics. Export, serving and evaluation read them from here;
+nothing downstream re-declares them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file, save_file
+
+from predilect import contract
+from predilect.catalog import Catalog
+from predilect.errors import UserError
+from predilect.models.classifier import FundusClassifier, ModelCfg
+from predilect.models.uopsl import UopslCfg, UopslModel
+from predilect.preprocess import PreprocessCfg
+
+
+class CheckpointError(UserError, ValueError):
+    """A file that is not a readable Predilect checkpoint."""
+
+
+@dataclass(frozen=True)
+class CheckpointMeta:
+    model: ModelCfg
+    preprocess: PreprocessCfg
+    catalog: Catalog
+    version: str
+    metrics: dict[str, float] = field(default_factory=dict)
+    training: dict[str, Any] = field(default_factory=dict)
+
+    def to_strings(self) -> dict[str, str]:
+        return {
+            contract.KEY_TRAINING: json.dumps(self.training, sort_keys=True, default=str),
+            contract.KEY_FORMAT: contract.CHECKPOINT_FORMAT,
+            contract.KEY_MODEL_CFG: self.model.to_json(),
+            contract.KEY_PREPROCESS: self.preprocess.to_json(),
+            contract.KEY_CATALOG: self.catalog.to_json(),
+            contract.KEY_MODEL_NAME: self.model.name,
+            contract.KEY_MODEL_VERSION: self.version,
+            contract.KEY_METRICS: json.dumps(self.metrics, sort_keys=True),
+        }
+
+    @classmethod
+    def from_strings(cls, data: dict[str, str]) -> CheckpointMeta:
+        if data.get(contract.KEY_FORMAT) != contract.CHECKPOINT_FORMAT:
+            raise CheckpointError(
+                f"not a predilect checkpoint: format is {data.get(contract.KEY_FORMAT)!r}, "
+                f"expected {contract.CHECKPOINT_FORMAT!r}"
+            )
+        return cls(
+            model=ModelCfg.from_json(data[contract.KEY_MODEL_CFG]),
+            preprocess=PreprocessCfg.from_json(data[contract.KEY_PREPROCESS]),
+            catalog=Catalog.from_json(data[contract.KEY_CATALOG]),
+            version=data[contract.KEY_MODEL_VERSION],
+            metrics=json.loads(data.get(contract.KEY_METRICS, "{}")),
+            training=json.loads(data.get(contract.KEY_TRAINING, "{}")),
+        )
+
+
+def weights_version(state: dict[str, torch.Tensor], *, major: int = 1) -> str:
+    """``<major>+<first 8 hex of the weights' sha256>``: changes whenever the weights do."""
+    digest = hashlib.sha256()
+    for name in sorted(state):
+        digest.update(name.encode())
+        digest.update(state[name].detach().cpu().contiguous().numpy().tobytes())
+    return f"{major}+{digest.hexdigest()[:8]}"
+
+
+def save_checkpoint(
+    path: Path,
+    model: FundusClassifier,
+    *,
+    preprocess: PreprocessCfg,
+    catalog: Catalog,
+    metrics: dict[str, float] | None = None,
+    training: dict[str, Any] | None = None,
+) -> CheckpointMeta:
+    """Write ``model`` with its metadata; returns the metadata (with the computed version).
+
+    ``training``: the options of the run (stage, ablation flags, the stage-1 checkpoint used)."""
+    if model.cfg.num_diseases != len(catalog):
+        raise ValueError(f"model has {model.cfg.num_diseases} outputs but the catalog {len(catalog)} diseases")
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    meta = CheckpointMeta(
+        model=model.cfg,
+        preprocess=preprocess,
+        catalog=catalog,
+        version=weights_version(state),
+        metrics=dict(metrics or {}),
+        training=dict(training or {}),
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(state, str(path), metadata=meta.to_strings())
+    return meta
+
+
+def read_meta(path: Path) -> CheckpointMeta:
+    """The metadata of the checkpoint at ``path``; CheckpointError when it is missing or not one."""
+    return CheckpointMeta.from_strings(_metadata(path))
+
+
+def load_checkpoint(path: Path) -> tuple[FundusClassifier, CheckpointMeta]:
+    """Load a checkpoint into an eval-mode ``FundusClassifier``."""
+    meta = read_meta(path)
+    model = FundusClassifier(meta.model)
+    model.load_state_dict(load_file(str(path)))
+    model.eval()
+    return model, meta
+
+
+# ----------------------------------------------------------------------------- stage-1 checkpoints
+
+
+@dataclass(frozen=True)
+class PretrainMeta:
+    """What a stage-1 (pretraining) checkpoint carries besides the weights.
+
+    ``catalog`` is the catalog the model was TRAINED on (held-out categories removed);
+    ``training`` the run's options (stage, ablation flags, held-out ids, seed).
+    """
+
+    cfg: UopslCfg
+    preprocess: PreprocessCfg
+    catalog: Catalog
+    tokenizer_json: str
+    version: str
+    training: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, float] = field(default_factory=dict)
+
+    def to_strings(self) -> dict[str, str]:
+        return {
+            contract.KEY_FORMAT: contract.PRETRAIN_FORMAT,
+            contract.KEY_UOPSL_CFG: self.cfg.to_json(),
+            contract.KEY_PREPROCESS: self.preprocess.to_json(),
+            contract.KEY_CATALOG: self.catalog.to_json(),
+            contract.KEY_TOKENIZER: self.tokenizer_json,
+            contract.KEY_MODEL_VERSION: self.version,
+            contract.KEY_TRAINING: json.dumps(self.training, sort_keys=True, default=str),
+            contract.KEY_METRICS: json.dumps(self.metrics, sort_keys=True),
+        }
+
+    @classmethod
+    def from_strings(cls, data: dict[str, str]) -> PretrainMeta:
+        if data.get(contract.KEY_FORMAT) != contract.PRETRAIN_FORMAT:
+            raise CheckpointError(
+                f"not a pretraining checkpoint: format is {data.get(contract.KEY_FORMAT)!r}, "
+                f"expected {contract.PRETRAIN_FORMAT!r} (written by `predilect train pretrain`)"
+            )
+        return cls(
+            cfg=UopslCfg.from_json(data[contract.KEY_UOPSL_CFG]),
+            preprocess=PreprocessCfg.from_json(data[contract.KEY_PREPROCESS]),
+            catalog=Catalog.from_json(data[contract.KEY_CATALOG]),
+            tokenizer_json=data[contract.KEY_TOKENIZER],
+            version=data[contract.KEY_MODEL_VERSION],
+            training=json.loads(data.get(contract.KEY_TRAINING, "{}")),
+            metrics=json.loads(data.get(contract.KEY_METRICS, "{}")),
+        )
+
+
+def _metadata(path: Path) -> dict[str, str]:
+    if not Path(path).is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return f.metadata() or {}
+    except SafetensorError as e:
+        raise CheckpointError(f"{path} is not a safetensors checkpoint: {e}") from e
+
+
+def save_pretrain(
+    path: Path,
+    model: UopslModel,
+    *,
+    preprocess: PreprocessCfg,
+    catalog: Catalog,
+    tokenizer_json: str,
+    training: dict[str, Any] | None = None,
+    metrics: dict[str, float] | None = None,
+) -> PretrainMeta:
+    """Write a stage-1 model with everything needed to rebuild it (tokenizer included)."""
+    if model.cfg.num_diseases != len(catalog):
+        raise ValueError(f"model has {model.cfg.num_diseases} diseases but the catalog {len(catalog)}")
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    meta = PretrainMeta(
+        cfg=model.cfg,
+        preprocess=preprocess,
+        catalog=catalog,
+        tokenizer_json=tokenizer_json,
+        version=weights_version(state),
+        training=dict(training or {}),
+        metrics=dict(metrics or {}),
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(state, str(path), metadata=meta.to_strings())
+    return meta
+
+
+def load_pretrain(path: Path) -> tuple[UopslModel, PretrainMeta]:
+    """A stage-1 model in eval mode, its texts rebuilt from the stored tokenizer and catalog."""
+    from predilect.models.text import CatalogTexts, load_tokenizer
+
+    meta = PretrainMeta.from_strings(_metadata(path))
+    texts = None
+    if meta.cfg.text_mode == "text":
+        texts = CatalogTexts.build(load_tokenizer(meta.tokenizer_json), meta.catalog, meta.cfg.text.context_length)
+    model = UopslModel(meta.cfg, texts)
+    model.load_state_dict(load_file(str(path)))
+    model.eval()
+    return model, meta

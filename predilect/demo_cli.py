@@ -1,0 +1,238 @@
+"""`predilect demo` (what `make demo` runs): the whole path on this machine, end to end.
+
+phantom data -> UOPSL-style training -> ONNX export + parity -> model repository ->
+real tritonserver (CPU) -> every held-out image screened through the gRPC client ->
+results table, served macro AUROC, images/s -> server stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+from predilect.artifacts import Artifacts, default_artifacts
+from predilect.cli import command
+from predilect.training.phantom.phantom_cli import parse_size
+
+
+class DemoError(RuntimeError):
+    """A stage of the demo produced something not fit to serve; the message says which check failed."""
+
+
+def _step(n: int, title: str) -> float:
+    print(f"\n[{n}/6] {title}", flush=True)
+    return time.monotonic()
+
+
+def _done(t0: float, what: str = "done") -> None:
+    print(f"      {what} in {time.monotonic() - t0:.1f}s", flush=True)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="predilect demo", description=__doc__.splitlines()[0])
+    p.add_argument("--workdir", type=Path, default=default_artifacts().root, help="artefact root (as every command)")
+    p.add_argument("--count", type=int, default=720, help="phantom fundus photographs")
+    p.add_argument("--oct-count", type=int, default=480, help="phantom OCT B-scans (unpaired)")
+    p.add_argument("--size", type=parse_size, default=(2048, 1536), help="camera frame, WxH")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--epochs", type=int, default=None, help="epochs of each stage (default: the demo's)")
+    p.add_argument("--concurrency", type=int, default=8, help="requests in flight while screening")
+    p.add_argument("--grpc-port", type=int, default=0, help="0 picks a free port")
+    p.add_argument("--rows", type=int, default=12, help="result rows to print")
+    return p
+
+
+def _phantom(args: argparse.Namespace) -> Path:
+    from predilect.training.phantom import generate
+
+    out = Artifacts(args.workdir).phantom
+    params = {"count": args.count, "oct_count": args.oct_count, "seed": args.seed, "size": list(args.size)}
+    stamp = out / "params.json"
+    manifest = out / "manifest.csv"
+    if manifest.is_file() and stamp.is_file() and json.loads(stamp.read_text()) == params:
+        print(f"      reusing {manifest} (same parameters)")
+        return manifest
+    width, height = args.size
+
+    def progress(done: int, total: int) -> None:
+        if done == total or done % max(1, total // 10) == 0:
+            print(f"      {done}/{total}", flush=True)
+
+    manifest = generate(
+        out, count=args.count, oct_count=args.oct_count, seed=args.seed, width=width, height=height, progress=progress
+    )
+    stamp.write_text(json.dumps(params))
+    return manifest
+
+
+DEMO_IMAGE_SIZE = 128
+DEMO_WIDTHS = "[24, 48, 96]"
+# Local tokens and the evidence heatmap, so that a finding's heatmap points at its lesions; chosen
+# on the validation split over 2-3 seeds against the default conv backbone (benchmarks/results/
+# localisation-2026-11-26c-local-evidence.md), at 16 epochs a stage (at 8, seed 0 reached test macro AUROC
+# 0.916 with conv and 0.835 with conv-local). 24 epochs a stage rather than 16: chosen on the validation
+# split over 3 seeds by a rule written first (benchmarks/results/localisation-2026-11-26d-epochs.md).
+DEMO_BACKBONE, DEMO_HEATMAP = "conv-local", "evidence"
+DEMO_PRETRAIN_EPOCHS, DEMO_FINETUNE_EPOCHS = 24, 24
+
+
+def _train(args: argparse.Namespace, manifest: Path) -> Path:
+    """Both UOPSL stages at a small size: stage 1 (fundus/OCT <-> text, sites learned on OCT),
+    then stage 2 (fundus only) writes the checkpoint that is exported and served."""
+    import shutil
+
+    from predilect.training.loop import LoopCfg
+    from predilect.training.train import runs, train
+
+    checkpoint = Artifacts(args.workdir).checkpoint
+    shutil.rmtree(checkpoint.parent, ignore_errors=True)  # a fresh run each time (no stale run state)
+    oct_manifest = manifest.with_name("oct_manifest.csv")
+    common = [
+        f"loop.seed={args.seed}",
+        f"data.preprocess.size={DEMO_IMAGE_SIZE}",
+        f"model.widths={DEMO_WIDTHS}",
+        f'model.backbone="{DEMO_BACKBONE}"',
+        f'model.heatmap="{DEMO_HEATMAP}"',
+        "loop.lr=0.002",
+        "pretrain.in_memory=true",
+        "finetune.in_memory=true",
+    ]
+    if args.count < 4 * LoopCfg().batch_size:  # a small demo (tests): batches must fit its train split
+        common.append(f"loop.batch_size={max(2, min(args.count, args.oct_count) // 4)}")
+    first, second = runs(
+        manifest,
+        oct_manifest=oct_manifest if oct_manifest.is_file() else None,
+        common=common,
+        pretrain=[f"loop.epochs={args.epochs or DEMO_PRETRAIN_EPOCHS}"],
+        finetune=[f"loop.epochs={args.epochs or DEMO_FINETUNE_EPOCHS}"],
+    )
+    result = train(
+        first, second, checkpoint, cache_dir=Artifacts(args.workdir).cache, report=lambda line: print(f"      {line}")
+    )
+    stage2 = result.finetune
+    assert stage2.meta is not None
+    auroc = "n/a" if stage2.test_macro_auroc is None else f"{stage2.test_macro_auroc:.4f}"
+    print(f"      in-process test macro AUROC {auroc}; checkpoint {checkpoint} ({stage2.meta.version})")
+    return checkpoint
+
+
+def _export(args: argparse.Namespace, checkpoint: Path, manifest: Path) -> Path:
+    from predilect.build.export import check_parity, export_onnx
+    from predilect.manifest import read_manifest
+    from predilect.pixels import load_fundus_pixels
+
+    onnx_path = Artifacts(args.workdir).onnx
+    meta = export_onnx(checkpoint, onnx_path)
+    records = read_manifest(manifest, catalog=meta.catalog, split="test")
+    pixels = load_fundus_pixels(records, meta.preprocess, cache_dir=Artifacts(args.workdir).cache)
+    report = check_parity(checkpoint, onnx_path, pixels)
+    print(
+        f"      ONNX Runtime vs PyTorch on {report.images} held-out images: "
+        f"max |delta p| = {report.max_abs_prob_diff:.1e} (<= {report.tolerance:.0e}: {report.ok})"
+    )
+    if not report.ok:
+        raise DemoError("ONNX parity check failed; not serving this export")
+    return onnx_path
+
+
+def _screen_all(url: str, paths: list[Path], concurrency: int):
+    from predilect.client import ScreeningClient
+
+    with ScreeningClient(url) as client, ThreadPoolExecutor(max_workers=concurrency) as pool:
+        list(pool.map(client.screen, paths[: min(len(paths), concurrency)]))  # warm-up
+        start = time.monotonic()
+        results = list(pool.map(client.screen, paths))
+        seconds = time.monotonic() - start
+    return results, seconds
+
+
+def _print_table(records, results, ids: list[str], rows: int) -> None:
+    print(f"      {'image':<22} {'truth':<18} {'screened positive':<18} " + " ".join(f"{d:>8}" for d in ids))
+    for record, result in list(zip(records, results, strict=True))[:rows]:
+        truth = ";".join(sorted(record.labels)) or "normal"
+        if result.probabilities is None:  # no disease decision: the probabilities are for audit only
+            print(f"      {record.path.name:<22} {truth:<18} {result.quality.describe()}")
+            continue
+        found = ";".join(result.positive) or "normal"
+        probs = " ".join(f"{result.probabilities[d]:8.3f}" for d in ids)
+        print(f"      {record.path.name:<22} {truth:<18} {found:<18} {probs}")
+    if len(records) > rows:
+        print(f"      ... {len(records) - rows} more rows in results.jsonl")
+
+
+def _serve_and_screen(args: argparse.Namespace, repository: Path, manifest: Path, catalog) -> dict:
+    from predilect.manifest import label_matrix, read_manifest
+    from predilect.metrics import macro_auroc
+    from predilect.serving.server import TritonServer, free_port
+
+    grpc_port = args.grpc_port or free_port()
+    with TritonServer(
+        model_repository=repository, grpc_port=grpc_port, http_port=free_port(), metrics_port=free_port()
+    ) as server:
+        print(f"      tritonserver ready: gRPC {server.grpc_url}, HTTP {server.http_url}, metrics {server.metrics_url}")
+        t0 = _step(6, "screening the held-out images through the gRPC client")
+        records = read_manifest(manifest, catalog=catalog, split="test")
+        results, seconds = _screen_all(server.grpc_url, [r.path for r in records], args.concurrency)
+    ids = list(results[0].scores)
+    _print_table(records, results, ids, args.rows)
+    # The model's AUROC over every image: ungradable ones included through their audit probabilities.
+    served = np.array([[r.scores[d] for d in ids] for r in results])
+    if ids != catalog.ids:
+        raise DemoError(f"served catalog {ids} differs from the checkpoint's {catalog.ids}")
+    auroc = macro_auroc(label_matrix(records, catalog), served, ids)
+    with (args.workdir / "results.jsonl").open("w") as f:
+        for record, result in zip(records, results, strict=True):
+            f.write(json.dumps({"image": str(record.path), **json.loads(result.to_json())}) + "\n")
+    summary = {
+        "images": len(records),
+        "served_macro_auroc": auroc,
+        "images_per_s": len(records) / seconds,
+        "ungradable": sum(not r.gradable for r in results),
+        "concurrency": args.concurrency,
+        "model_version": results[0].model_version,
+    }
+    _done(t0, f"screened {len(records)} images")
+    return summary
+
+
+@command("demo")
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    begin = time.monotonic()
+    t0 = _step(
+        1,
+        f"phantom data: {args.count} fundus photographs at {args.size[0]}x{args.size[1]}, {args.oct_count} OCT B-scans",
+    )
+    manifest = _phantom(args)
+    _done(t0)
+    t0 = _step(2, "training: stage 1 OCT/fundus <-> text + sites matrix on OCT, stage 2 fundus only")
+    checkpoint = _train(args, manifest)
+    _done(t0)
+    t0 = _step(3, "export to ONNX + parity under ONNX Runtime")
+    onnx_path = _export(args, checkpoint, manifest)
+    _done(t0)
+    t0 = _step(4, "assembling the Triton model repository")
+    from predilect.serving.repository import assemble
+
+    repository = assemble(onnx_path, Artifacts(args.workdir).repository)
+    print(f"      {repository}")
+    _done(t0)
+    _step(5, "starting the real tritonserver on CPU")
+    from predilect.models.checkpoint import read_meta
+
+    summary = _serve_and_screen(args, repository, manifest, read_meta(checkpoint).catalog)
+    print(
+        f"\nserved macro AUROC {summary['served_macro_auroc']:.4f} on {summary['images']} held-out images; "
+        f"{summary['images_per_s']:.1f} images/s at concurrency {summary['concurrency']}; "
+        f"model {summary['model_version']}; total {time.monotonic() - begin:.0f}s"
+    )
+    (args.workdir / "demo_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    print(f"server stopped. Serve again with: predilect serve --model-repository {repository}")
+    return 0

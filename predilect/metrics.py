@@ -1,0 +1,245 @@
+"""Screening metrics in plain numpy (no scikit-learn dependency): AUROC, average precision,
+operating points (thresholds tuned on one split, applied to another), calibration (ECE), and
+the one bootstrap helper every confidence interval in the project uses (``bootstrap_ci``,
+``paired_bootstrap_ci`` for differences between two models on the same images)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+
+def auroc(labels: np.ndarray, scores: np.ndarray) -> float:
+    """Area under the ROC curve via the Mann-Whitney U statistic, ties counted half."""
+    labels = np.asarray(labels).astype(bool)
+    scores = np.asarray(scores, dtype=np.float64)
+    n_pos, n_neg = int(labels.sum()), int((~labels).sum())
+    if n_pos == 0 or n_neg == 0:
+        raise ValueError(f"AUROC needs positives and negatives, got {n_pos} and {n_neg}")
+    order = np.argsort(scores, kind="mergesort")
+    ranks = np.empty(len(scores), dtype=np.float64)
+    sorted_scores = scores[order]
+    # Average ranks over ties.
+    _, first, counts = np.unique(sorted_scores, return_index=True, return_counts=True)
+    avg = first + (counts + 1) / 2.0
+    ranks[order] = np.repeat(avg, counts)
+    return float((ranks[labels].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+
+
+def per_disease_auroc(labels: np.ndarray, scores: np.ndarray, ids: list[str]) -> dict[str, float]:
+    """AUROC for each column; columns without both classes are left out."""
+    result = {}
+    for j, disease in enumerate(ids):
+        column = labels[:, j]
+        if 0 < column.sum() < len(column):
+            result[disease] = auroc(column, scores[:, j])
+    return result
+
+
+def macro_auroc(labels: np.ndarray, scores: np.ndarray, ids: list[str]) -> float:
+    per = per_disease_auroc(labels, scores, ids)
+    if not per:
+        raise ValueError("no disease has both positives and negatives; macro AUROC is undefined")
+    return float(np.mean(list(per.values())))
+
+
+# ----------------------------------------------------------------------------- operating points
+
+
+def average_precision(labels: np.ndarray, scores: np.ndarray) -> float:
+    """Area under the precision-recall curve as the mean precision at each positive (ties
+    broken against the positives: the pessimistic step interpolation)."""
+    labels = np.asarray(labels).astype(bool)
+    n_pos = int(labels.sum())
+    if n_pos == 0:
+        raise ValueError("average precision needs at least one positive")
+    order = np.lexsort((labels, -np.asarray(scores, dtype=np.float64)))  # score desc, negatives first in ties
+    hits = labels[order]
+    precision_at = np.cumsum(hits) / np.arange(1, len(hits) + 1)
+    return float(precision_at[hits].sum() / n_pos)
+
+
+def threshold_for_specificity(labels: np.ndarray, scores: np.ndarray, specificity: float) -> float:
+    """The lowest threshold whose specificity (``score < t`` among negatives) reaches ``specificity``."""
+    negatives = np.sort(np.asarray(scores, dtype=np.float64)[~np.asarray(labels).astype(bool)])
+    if len(negatives) == 0:
+        raise ValueError("a specificity threshold needs negatives")
+    k = int(np.ceil(specificity * len(negatives)))  # negatives that must fall below the threshold
+    if k <= 0:
+        return float(negatives[0])
+    if k >= len(negatives):
+        return float(np.nextafter(negatives[-1], np.inf))
+    return float(np.nextafter(negatives[k - 1], np.inf)) if negatives[k] == negatives[k - 1] else float(negatives[k])
+
+
+def threshold_max_f1(labels: np.ndarray, scores: np.ndarray) -> float:
+    """The threshold (one of the scores) that maximises F1 of ``score >= t``."""
+    labels = np.asarray(labels).astype(bool)
+    scores = np.asarray(scores, dtype=np.float64)
+    best, best_f1 = float(scores.max()), -1.0
+    for t in np.unique(scores):
+        f1 = operating_point(labels, scores, float(t))["f1"]
+        if f1 > best_f1:
+            best, best_f1 = float(t), f1
+    return best
+
+
+def operating_point(labels: np.ndarray, scores: np.ndarray, threshold: float) -> dict[str, float]:
+    """Sensitivity, specificity, precision and F1 of ``score >= threshold``."""
+    labels = np.asarray(labels).astype(bool)
+    positive = np.asarray(scores) >= threshold
+    tp, fp = int((positive & labels).sum()), int((positive & ~labels).sum())
+    fn, tn = int((~positive & labels).sum()), int((~positive & ~labels).sum())
+    sensitivity = tp / (tp + fn) if tp + fn else float("nan")
+    specificity = tn / (tn + fp) if tn + fp else float("nan")
+    precision = tp / (tp + fp) if tp + fp else 0.0
+    f1 = 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0
+    return {"sensitivity": sensitivity, "specificity": specificity, "precision": precision, "f1": f1}
+
+
+def expected_calibration_error(labels: np.ndarray, probs: np.ndarray, *, bins: int = 10) -> float:
+    """ECE over equal-width probability bins: sum over bins of (share of items) x |accuracy -
+    confidence|, where for binary probabilities accuracy is the positive rate in the bin."""
+    labels = np.asarray(labels, dtype=np.float64).ravel()
+    probs = np.asarray(probs, dtype=np.float64).ravel()
+    if len(probs) == 0:
+        raise ValueError("ECE of no predictions")
+    which = np.minimum((probs * bins).astype(int), bins - 1)
+    total = 0.0
+    for b in range(bins):
+        inside = which == b
+        if inside.any():
+            total += inside.mean() * abs(labels[inside].mean() - probs[inside].mean())
+    return float(total)
+
+
+def reliability(labels: np.ndarray, probs: np.ndarray, *, bins: int = 10) -> list[tuple[float, float, int]]:
+    """Per non-empty bin: (mean predicted probability, observed positive rate, count)."""
+    labels = np.asarray(labels, dtype=np.float64).ravel()
+    probs = np.asarray(probs, dtype=np.float64).ravel()
+    which = np.minimum((probs * bins).astype(int), bins - 1)
+    return [
+        (float(probs[which == b].mean()), float(labels[which == b].mean()), int((which == b).sum()))
+        for b in range(bins)
+        if (which == b).any()
+    ]
+
+
+# ----------------------------------------------------------------------------- bootstrap
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A point estimate and its bootstrap percentile interval (``level``, e.g. 0.95)."""
+
+    value: float
+    low: float
+    high: float
+    level: float = 0.95
+    resamples: int = 0
+
+    def excludes_zero(self) -> bool:
+        return self.low > 0.0 or self.high < 0.0
+
+    def __str__(self) -> str:
+        return f"{self.value:.3f} [{self.low:.3f}, {self.high:.3f}]"
+
+
+def _resample(n: int, groups: np.ndarray | None, rng: np.random.Generator) -> np.ndarray:
+    """Row indices of one bootstrap resample: rows drawn with replacement, or whole groups
+    (e.g. both eyes of a patient) when ``groups`` is given."""
+    if groups is None:
+        return rng.integers(0, n, n)
+    _, inverse = np.unique(groups, return_inverse=True)
+    members = [np.flatnonzero(inverse == g) for g in range(inverse.max() + 1)]
+    picked = rng.integers(0, len(members), len(members))
+    return np.concatenate([members[g] for g in picked])
+
+
+def bootstrap_ci(
+    statistic: Callable[[np.ndarray], float],
+    n: int,
+    *,
+    groups: np.ndarray | None = None,
+    resamples: int = 1000,
+    level: float = 0.95,
+    seed: int = 0,
+) -> Interval:
+    """Percentile bootstrap of ``statistic(rows)`` over ``n`` rows (cluster bootstrap over
+    ``groups`` when given). Resamples where the statistic is undefined (it raises ValueError or
+    returns NaN, e.g. no positive drawn) are dropped; the count kept is in the result."""
+    value = float(statistic(np.arange(n)))
+    rng = np.random.default_rng(seed)
+    draws = []
+    for _ in range(resamples):
+        try:
+            stat = float(statistic(_resample(n, groups, rng)))
+        except ValueError:
+            continue
+        if np.isfinite(stat):
+            draws.append(stat)
+    if not draws:
+        return Interval(value, float("nan"), float("nan"), level, 0)
+    low, high = np.quantile(draws, [(1 - level) / 2, 1 - (1 - level) / 2])
+    return Interval(value, float(low), float(high), level, len(draws))
+
+
+def paired_bootstrap_ci(
+    labels: np.ndarray,
+    scores_a: np.ndarray,
+    scores_b: np.ndarray,
+    metric: Callable[[np.ndarray, np.ndarray], float],
+    *,
+    groups: np.ndarray | None = None,
+    resamples: int = 1000,
+    level: float = 0.95,
+    seed: int = 0,
+) -> Interval:
+    """Bootstrap interval of ``metric(labels, scores_a) - metric(labels, scores_b)`` with BOTH
+    models scored on the same resampled images (the pairing removes the images' own variance)."""
+    labels, scores_a, scores_b = np.asarray(labels), np.asarray(scores_a), np.asarray(scores_b)
+    if not (len(labels) == len(scores_a) == len(scores_b)):
+        raise ValueError(f"paired scores need equal lengths, got {len(labels)}, {len(scores_a)}, {len(scores_b)}")
+
+    def difference(rows: np.ndarray) -> float:
+        return metric(labels[rows], scores_a[rows]) - metric(labels[rows], scores_b[rows])
+
+    return bootstrap_ci(difference, len(labels), groups=groups, resamples=resamples, level=level, seed=seed)
+
+
+def macro(metric: Callable[[np.ndarray, np.ndarray], float]) -> Callable[[np.ndarray, np.ndarray], float]:
+    """A per-column metric averaged over the columns that have both classes (ValueError if none)."""
+
+    def averaged(labels: np.ndarray, scores: np.ndarray) -> float:
+        values = [
+            metric(labels[:, j], scores[:, j]) for j in range(labels.shape[1]) if 0 < labels[:, j].sum() < len(labels)
+        ]
+        if not values:
+            raise ValueError("no column has both classes")
+        return float(np.mean(values))
+
+    return averaged
+
+
+def on_rows(
+    metric: Callable[[np.ndarray, np.ndarray], float], labels: np.ndarray, scores: np.ndarray
+) -> Callable[[np.ndarray], float]:
+    """``rows -> metric(labels[rows], scores[rows])``: a statistic for ``bootstrap_ci``."""
+
+    def statistic(rows: np.ndarray) -> float:
+        return metric(labels[rows], scores[rows])
+
+    return statistic
+
+
+def wilson(successes: int, total: int, z: float = 1.96) -> tuple[float, float]:
+    """Wilson 95% interval of a proportion."""
+    if total == 0:
+        return (math.nan, math.nan)
+    p = successes / total
+    centre = (p + z * z / (2 * total)) / (1 + z * z / total)
+    half = z * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / (1 + z * z / total)
+    return (max(0.0, centre - half), min(1.0, centre + half))

@@ -1,0 +1,323 @@
+"""The GPU profile of the model repository: DALI on the GPU, a TensorRT engine, per-request rejection.
+
+Same ensemble name, same ``IMAGE`` in and the same screening results out
+(``configs.screening_outputs``: PROBABILITIES, QUALITY, FINDINGS, REFERRAL, FIELD_BOX), same
+parameters as the CPU profile, so the same client works against either. The one difference:
+no ``HEATMAPS``. The TensorRT engine fuses the predilection attention into one plugin that
+keeps the attention map on chip and returns logits only, so a client asking for heatmaps is
+refused by its own discovery check (``IncompatibleModelError``) before any request. Steps:
+
+1. ``validate_image`` (Python, CPU): the cheap header/structure check, so that one bad image
+   fails alone instead of failing the DALI batch it would have joined;
+2. ``preprocess`` (DALI backend, GPU): nvJPEG ``mixed`` decode, field-of-view crop, resize,
+   normalise: ``dali.py`` derived from the served ``PreprocessCfg``; ragged ``IMAGE`` batches;
+   returns PIXELS, FOV_EXTENT and FRAME_EXTENT (the decoded photograph's size), and QUALITY_SQUARE
+   (the same crop at the quality calibration's side) when the model input has another side;
+3. ``classifier`` (``tensorrt_plan``, GPU): the engine, whose optimisation profile is
+   min 1 / opt = the largest preferred batch / max = ``max_batch_size``;
+4. ``postprocess`` (Python, CPU): rejects images without a field of view, per request; grades
+   PIXELS, or QUALITY_SQUARE when sent (``Screening.quality``; Triton copies them to the CPU for the
+   Python backend), decides
+   (``Screening.decide``, the served rules) and places FIELD_BOX, as the CPU profile does.
+
+Every batched step has dynamic batching with preferred sizes and a queue policy (bounded
+queue, REJECT on timeout) so overload fails fast; DALI and TensorRT warm up at load.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from predilect import contract
+from predilect.errors import ConfigError
+from predilect.serving import configs
+
+WARMUP_IMAGE = "fundus.jpg"
+"""The warm-up JPEG in ``preprocess/warmup/`` (synthetic: a bright disc on black)."""
+
+
+@dataclass(frozen=True)
+class GpuServingOptions:
+    """Knobs of the GPU profile; ``predilect assemble --profile gpu`` takes one option per field."""
+
+    max_batch_size: int = field(default=16, metadata={"help": "largest dynamic batch; the engine profile's max"})
+    preferred_batch_sizes: tuple[int, ...] = field(
+        default=(4, 8, 16), metadata={"help": "dynamic batcher preferred sizes; the largest is the engine's opt"}
+    )
+    max_queue_delay_us: int = field(default=500, metadata={"help": "dynamic batcher wait for more requests, in us"})
+    max_queue_size: int = field(default=256, metadata={"help": "queued requests per model before REJECT (0: no bound)"})
+    queue_timeout_us: int = field(
+        default=2_000_000, metadata={"help": "a request queued longer is rejected, in us (0: never)"}
+    )
+    validate_instances: int = field(default=2, metadata={"help": "validate_image (CPU) model instances"})
+    dali_threads: int = field(default=4, metadata={"help": "DALI CPU threads per preprocess instance"})
+    hw_decoder_load: float = field(
+        default=0.65, metadata={"help": "share of JPEGs given to the hardware decoder (A100/H100), 0..1"}
+    )
+    classifier_instances: int = field(default=1, metadata={"help": "TensorRT execution contexts per GPU"})
+    precision: str = field(default="fp32", metadata={"help": "engine precision: fp32, fp16, bf16, int8, fp8"})
+
+    def __post_init__(self) -> None:
+        for name in ("max_batch_size", "validate_instances", "dali_threads", "classifier_instances"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if any(not 1 <= b <= self.max_batch_size for b in self.preferred_batch_sizes):
+            raise ConfigError(f"preferred_batch_sizes must lie in 1..max_batch_size, got {self.preferred_batch_sizes}")
+        if min(self.max_queue_delay_us, self.max_queue_size, self.queue_timeout_us) < 0:
+            raise ConfigError("queue delay, size and timeout must be >= 0")
+        if not 0.0 <= self.hw_decoder_load <= 1.0:
+            raise ConfigError(f"hw_decoder_load is a share, 0..1; got {self.hw_decoder_load}")
+        if self.precision not in ("fp32", "fp16", "bf16", "int8", "fp8"):
+            raise ConfigError(f"precision must be fp32, fp16, bf16, int8 or fp8; got {self.precision!r}")
+
+    @property
+    def opt_batch(self) -> int:
+        """The engine profile's optimum: the largest preferred batch (max_batch_size without one)."""
+        return max(self.preferred_batch_sizes, default=self.max_batch_size)
+
+    def queue_policy(self) -> configs.QueuePolicyDef:
+        return configs.QueuePolicyDef(
+            max_queue_size=self.max_queue_size, default_timeout_us=self.queue_timeout_us, timeout_action="REJECT"
+        )
+
+
+@dataclass(frozen=True)
+class EngineBuildRequest:
+    """``classifier/engine_build.json``: how the container builds ``model.plan`` from ``model.onnx``."""
+
+    precision: str
+    min_batch: int
+    opt_batch: int
+    max_batch: int
+    use_plugin: bool = True
+
+    def to_json(self) -> str:
+        return json.dumps(self.__dict__, indent=2, sort_keys=True) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str) -> EngineBuildRequest:
+        return cls(**json.loads(text))
+
+
+def engine_request(options: GpuServingOptions, *, use_plugin: bool = True) -> EngineBuildRequest:
+    return EngineBuildRequest(
+        precision=options.precision,
+        min_batch=1,
+        opt_batch=options.opt_batch,
+        max_batch=options.max_batch_size,
+        use_plugin=use_plugin,
+    )
+
+
+def _batched(options: GpuServingOptions) -> dict[str, object]:
+    return {
+        "max_batch_size": options.max_batch_size,
+        "max_queue_delay_us": options.max_queue_delay_us,
+        "preferred_batch_sizes": options.preferred_batch_sizes,
+        "queue_policy": options.queue_policy(),
+    }
+
+
+def gpu_screen_models(
+    served: configs.ServedModel, options: GpuServingOptions, *, warmup_image_bytes: int
+) -> list[configs.ModelDef]:
+    """The five model definitions of the GPU profile, composing models first, the ensemble last."""
+    size, classes = served.preprocess.size, len(served.catalog)
+    image = configs.TensorDef(contract.IMAGE, "TYPE_UINT8", (-1,))
+    ragged_image = configs.TensorDef(contract.IMAGE, "TYPE_UINT8", (-1,), allow_ragged_batch=True)
+    valid_image = configs.TensorDef(contract.VALID_IMAGE, "TYPE_UINT8", (-1,))
+    pixels = configs.TensorDef(contract.PIXELS, "TYPE_FP32", (3, size, size))
+    fov = configs.TensorDef(contract.FOV_EXTENT, "TYPE_FP32", (2,))
+    frame = configs.TensorDef(contract.FRAME_EXTENT, "TYPE_FP32", (2,))
+    # The crop at the quality calibration's side, when the model input's is another: graded by postprocess.
+    squares = (
+        (configs.TensorDef(contract.QUALITY_SQUARE, "TYPE_UINT8", served.preprocess.quality_shape),)
+        if served.preprocess.separate_quality_square
+        else ()
+    )
+    inner = {
+        contract.PIXELS: "pixels",
+        contract.FOV_EXTENT: "fov_extent",
+        contract.FRAME_EXTENT: "frame_extent",
+        contract.QUALITY_SQUARE: "quality_square",
+    }
+    logits = configs.TensorDef(contract.LOGITS, "TYPE_FP32", (classes,))
+    # The CPU profile's outputs but HEATMAPS: the TensorRT plugin keeps the attention map on chip.
+    outputs = configs.screening_outputs(served, heatmaps=False)
+    preprocess_params = {contract.KEY_PREPROCESS: served.preprocess.to_json()}
+    validate = configs.PythonModelDef(
+        name=contract.VALIDATE_MODEL,
+        inputs=(ragged_image,),
+        outputs=(valid_image,),
+        instance_count=options.validate_instances,
+        parameters=preprocess_params,
+        **_batched(options),  # type: ignore[arg-type]
+    )
+    warm_jpeg = configs.WarmupInputDef("TYPE_UINT8", (warmup_image_bytes,), source="file", input_data_file=WARMUP_IMAGE)
+    preprocess = configs.BackendModelDef(
+        name=contract.PREPROCESS_MODEL,
+        backend="dali",
+        inputs=(ragged_image,),
+        outputs=(pixels, fov, frame, *squares),  # the order of serving_graph's outputs (dali_pipeline.output_names)
+        instance_kind="KIND_GPU",
+        parameters={"num_threads": str(options.dali_threads)},  # the DALI backend's own parameter
+        warmup=(configs.WarmupDef("fundus", batch_size=1, inputs={contract.IMAGE: warm_jpeg}),),
+        **_batched(options),  # type: ignore[arg-type]
+    )
+    zeros = configs.WarmupInputDef("TYPE_FP32", (3, size, size))
+    classifier = configs.BackendModelDef(
+        name=contract.CLASSIFIER_MODEL,
+        platform="tensorrt_plan",
+        inputs=(pixels,),
+        outputs=(logits,),
+        instance_kind="KIND_GPU",
+        instance_count=options.classifier_instances,
+        warmup=tuple(
+            configs.WarmupDef(f"batch{b}", batch_size=b, inputs={contract.PIXELS: zeros})
+            for b in sorted({1, options.opt_batch, options.max_batch_size})
+        ),
+        **_batched(options),  # type: ignore[arg-type]
+    )
+    postprocess = configs.PythonModelDef(
+        name=contract.POSTPROCESS_MODEL,
+        inputs=(logits, fov, frame, pixels, *squares),
+        outputs=outputs,
+        parameters=configs.screening_parameters(served),
+        **_batched(options),  # type: ignore[arg-type]
+    )
+    ensemble = configs.EnsembleDef(
+        name=contract.ENSEMBLE,
+        inputs=(image,),
+        outputs=outputs,
+        steps=(
+            configs.EnsembleStepDef(
+                contract.VALIDATE_MODEL, {contract.IMAGE: contract.IMAGE}, {contract.VALID_IMAGE: "valid_image"}
+            ),
+            configs.EnsembleStepDef(
+                contract.PREPROCESS_MODEL,
+                {contract.IMAGE: "valid_image"},
+                {t.name: inner[t.name] for t in preprocess.outputs},
+            ),
+            configs.EnsembleStepDef(
+                contract.CLASSIFIER_MODEL, {contract.PIXELS: "pixels"}, {contract.LOGITS: "logits"}
+            ),
+            configs.EnsembleStepDef(
+                contract.POSTPROCESS_MODEL,
+                {contract.LOGITS: "logits", **{t.name: inner[t.name] for t in postprocess.inputs[1:]}},
+                {t.name: t.name for t in outputs},
+            ),
+        ),
+        max_batch_size=options.max_batch_size,
+        parameters=served.parameters(),
+    )
+    return [validate, preprocess, classifier, postprocess, ensemble]
+
+
+def warmup_jpeg(*, size_px: int = 512) -> bytes:
+    """A synthetic fundus-like JPEG (a textured bright disc on black) that passes every check."""
+    import numpy as np
+    from PIL import Image
+
+    yy, xx = np.mgrid[:size_px, :size_px]
+    disc = (yy - size_px / 2) ** 2 + (xx - size_px / 2) ** 2 < (0.45 * size_px) ** 2
+    rgb = np.zeros((size_px, size_px, 3), np.uint8)
+    rgb[disc] = (np.random.default_rng(0).integers(40, 220, (int(disc.sum()), 3))).astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(rgb).save(buffer, format="JPEG", quality=90)
+    return buffer.getvalue()
+
+
+def shim_dir() -> Path:
+    """The GPU profile's templates (``model_repository/gpu``)."""
+    from predilect.serving.repository import shim_source_dir
+
+    return shim_source_dir() / "gpu"
+
+
+def prepare_classifier_onnx(
+    onnx_path: Path, precision: str, *, calibration: Path | None = None, calibration_images: int = 256
+) -> bytes:
+    """The served ONNX in ``precision`` (ONNX Runtime form, FP32 I/O): what the engine is built from."""
+    import onnx
+    import onnx_graphsurgeon as gs
+
+    from predilect.build.tensorrt.onnx_rewrite import find_attention, rewrite
+    from predilect.build.tensorrt.precision import cast_float, quantize
+
+    model = onnx.load(str(onnx_path))
+    if precision == "fp32":
+        return model.SerializeToString()
+    if precision in ("fp16", "bf16"):
+        return cast_float(rewrite(model), precision).SerializeToString()
+    if calibration is None:
+        raise ConfigError(f"precision {precision} needs --calibration-manifest (training images to calibrate on)")
+    from predilect.build.tensorrt.gate_set import manifest_gate_set
+
+    pixels, _ = manifest_gate_set(calibration, onnx_path, split="train", limit=calibration_images)
+    head = [node.name for node in find_attention(gs.import_onnx(model)).nodes]
+    return quantize(model, pixels, precision, exclude_nodes=head).SerializeToString()
+
+
+def assemble_gpu(
+    onnx_path: Path,
+    out_dir: Path,
+    options: GpuServingOptions = GpuServingOptions(),
+    *,
+    gate_manifest: Path | None = None,
+    gate_images: int = 64,
+    calibration_manifest: Path | None = None,
+    use_plugin: bool = True,
+) -> Path:
+    """Write the GPU-profile repository for ``onnx_path`` into ``out_dir`` (replacing a previous one).
+
+    The classifier carries the ONNX in the requested precision, the engine build request, the
+    FP32 reference and the gate set; ``predilect trt-engine --model-repository`` (the container
+    entrypoint) turns them into ``model.plan`` on the serving GPU.
+    """
+    import numpy as np
+
+    from predilect.serving.dali_pipeline import DaliParams
+    from predilect.serving.repository import read_served_model, staged_repository, write_model
+
+    onnx_path, out_dir = Path(onnx_path), Path(out_dir)
+    served = read_served_model(onnx_path)
+    classifier_onnx = prepare_classifier_onnx(onnx_path, options.precision, calibration=calibration_manifest)
+    if gate_manifest is not None:
+        from predilect.build.tensorrt.gate_set import manifest_gate_set
+
+        pixels, labels = manifest_gate_set(gate_manifest, onnx_path, split="test", limit=gate_images)
+    else:  # random pixels: the gate then checks max |dp| only
+        pixels = np.random.default_rng(0).standard_normal((8, *served.preprocess.input_shape)).astype(np.float32)
+        labels = np.zeros((0, len(served.catalog)), np.float32)
+    jpeg = warmup_jpeg()
+    templates = shim_dir()
+    version = contract.TRITON_VERSION
+    with staged_repository(out_dir) as staging:
+        for definition in gpu_screen_models(served, options, warmup_image_bytes=len(jpeg)):
+            files = None
+            if definition.name in (contract.VALIDATE_MODEL, contract.POSTPROCESS_MODEL):
+                files = {"model.py": templates / definition.name / version / "model.py"}
+            elif definition.name == contract.PREPROCESS_MODEL:
+                files = {contract.DALI_FILENAME: templates / definition.name / version / contract.DALI_FILENAME}
+            write_model(staging, definition, files=files)
+        dali_dir = staging / contract.PREPROCESS_MODEL
+        params = DaliParams(
+            served.preprocess,
+            max_batch_size=options.max_batch_size,
+            num_threads=options.dali_threads,
+            hw_decoder_load=options.hw_decoder_load,
+        )
+        (dali_dir / version / contract.DALI_PARAMS_FILENAME).write_text(params.to_json(), encoding="utf-8")
+        (dali_dir / "warmup").mkdir()
+        (dali_dir / "warmup" / WARMUP_IMAGE).write_bytes(jpeg)
+        classifier = staging / contract.CLASSIFIER_MODEL
+        (classifier / version / contract.ONNX_FILENAME).write_bytes(classifier_onnx)
+        shutil.copy2(onnx_path, classifier / contract.REFERENCE_ONNX_FILENAME)
+        request = engine_request(options, use_plugin=use_plugin)
+        (classifier / contract.ENGINE_BUILD_FILENAME).write_text(request.to_json(), encoding="utf-8")
+        np.savez_compressed(classifier / contract.GATE_SET_FILENAME, pixels=pixels, labels=labels)
+    return out_dir

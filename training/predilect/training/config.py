@@ -1,0 +1,207 @@
+"""Typed run configuration: a TOML or JSON file, ``--set section.key=value`` overrides, saved with the run.
+
+    [data]
+    manifest = "phantom/manifest.csv"       # relative paths are relative to this file
+    sampling = "balanced"
+    [data.preprocess]
+    size = 224
+    [loop]
+    epochs = 20
+    batch_size = 64
+    lr = 3e-4
+
+``load_config(path, overrides=["loop.lr=1e-3", "data.augment.enabled=false"])`` validates the
+merged values (pydantic; unknown keys and out-of-range values are errors naming the key) and
+returns a ``RunConfig`` -- or the subclass a stage passes as ``cls``: stages add their own
+sections (``model``, ``pretrain``, ``finetune``) by subclassing ``RunConfig``. An override's
+value is read as JSON when it parses (numbers, true/false, lists, quoted strings), else as a
+bare string. ``save_config`` writes the resolved config to ``run_dir/config.json``, which
+``load_config`` reads back unchanged. ``add_config_options`` / ``config_from_args`` give a CLI
+``--config FILE`` and repeatable ``--set KEY=VALUE``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import typing
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+
+from predilect.errors import ConfigError
+from predilect.preprocess import PreprocessCfg
+from predilect.training.datasets.augment import AugmentCfg
+from predilect.training.datasets.oct import OctCfg
+from predilect.training.datasets.sampling import SAMPLING_MODES
+from predilect.training.loop import LoopCfg
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+CONFIG_FILE = "config.json"
+C = TypeVar("C", bound="RunConfig")
+
+
+class Section(BaseModel):
+    """Base of config sections: unknown keys are errors, values are immutable once loaded."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataSection(Section):
+    """Where the data is and how it becomes tensors."""
+
+    manifest: Path | None = None
+    """Fundus manifest (CSV, manifest v2)."""
+    oct_manifest: Path | None = None
+    """OCT manifest of the unpaired OCT corpus, when a stage uses one."""
+    catalog: Path | None = None
+    """Catalog JSON file; None means ``predilect.catalog.DEFAULT_CATALOG``."""
+    preprocess: PreprocessCfg = PreprocessCfg()
+    oct: OctCfg = OctCfg()
+    augment: AugmentCfg = AugmentCfg()
+    sampling: str = "shuffle"
+    """Training order: shuffle | balanced (class-balanced) | sequential."""
+
+    @field_validator("sampling")
+    @classmethod
+    def _known_sampling(cls, value: str) -> str:
+        if value not in SAMPLING_MODES:
+            raise ValueError(f"must be one of {SAMPLING_MODES}, got {value!r}")
+        return value
+
+
+class RunConfig(Section):
+    """The sections every run has; stages subclass it to add theirs."""
+
+    data: DataSection = DataSection()
+    loop: LoopCfg = LoopCfg()
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``"loop.lr=1e-3"`` -> ``(["loop", "lr"], 0.001)``; the value is JSON when it parses, else a string."""
+    key, sep, raw = text.partition("=")
+    parts = [p.strip() for p in key.split(".")]
+    if not sep or not all(parts):
+        raise ConfigError(f"override {text!r} must look like section.key=value")
+    try:
+        value: Any = json.loads(raw)
+    except json.JSONDecodeError:
+        value = raw.strip()
+    return parts, value
+
+
+def _set(data: dict[str, Any], parts: list[str], value: Any, text: str) -> None:
+    node = data
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {text!r}: {part!r} is a value, not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def _path_fields(model: type[BaseModel]) -> dict[str, set[str]]:
+    """Section -> names of its fields typed ``Path`` (or ``Path | None``)."""
+    found: dict[str, set[str]] = {}
+    for name, info in model.model_fields.items():
+        section = info.annotation
+        if isinstance(section, type) and issubclass(section, BaseModel):
+            for field_name, field_info in section.model_fields.items():
+                if Path in (field_info.annotation, *typing.get_args(field_info.annotation)):
+                    found.setdefault(name, set()).add(field_name)
+    return found
+
+
+def _read_file(path: Path, cls: type[RunConfig]) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read config: {e.strerror or e}") from e
+    try:
+        if path.suffix == ".toml":
+            data = tomllib.loads(text)
+        elif path.suffix == ".json":
+            data = json.loads(text)
+        else:
+            raise ConfigError(f"{path}: config files are .toml or .json")
+    except (tomllib.TOMLDecodeError, json.JSONDecodeError) as e:
+        raise ConfigError(f"{path}: {e}") from e
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a config is a table of sections")
+    for section, names in _path_fields(cls).items():  # relative paths are relative to the file
+        values = data.get(section)
+        if isinstance(values, dict):
+            for name in names & set(values):
+                if isinstance(values[name], str) and not os.path.isabs(values[name]):
+                    values[name] = str(path.parent / values[name])
+    return data
+
+
+@typing.overload
+def load_config(path: str | os.PathLike | None = None, *, overrides: Sequence[str] = ()) -> RunConfig: ...
+
+
+@typing.overload
+def load_config(path: str | os.PathLike | None = None, *, overrides: Sequence[str] = (), cls: type[C]) -> C: ...
+
+
+def load_config(
+    path: str | os.PathLike | None = None, *, overrides: Sequence[str] = (), cls: type[RunConfig] = RunConfig
+) -> RunConfig:
+    """The validated config of ``path`` (TOML or JSON; None: defaults) with ``overrides`` applied."""
+    data = _read_file(Path(path), cls) if path is not None else {}
+    for text in overrides:
+        parts, value = parse_override(text)
+        _set(data, parts, value, text)
+    try:
+        return cls.model_validate(data)
+    except ValidationError as e:
+        where = f"{path}: " if path is not None else ""
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg'].removeprefix('Value error, ')}" for err in e.errors()
+        )
+        raise ConfigError(f"{where}invalid config: {problems}") from e
+
+
+def save_config(config: RunConfig, run_dir: str | os.PathLike) -> Path:
+    """Write the resolved ``config`` to ``run_dir/config.json`` (atomically); returns the path."""
+    path = Path(run_dir) / CONFIG_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(json.dumps(config.model_dump(mode="json"), indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    partial.replace(path)
+    return path
+
+
+def add_config_options(parser: argparse.ArgumentParser) -> None:
+    """``--config FILE`` and repeatable ``--set section.key=value``."""
+    parser.add_argument("--config", type=Path, default=None, help="run config file (.toml or .json)")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one config value, e.g. --set loop.lr=1e-3 (repeatable)",
+    )
+
+
+@typing.overload
+def config_from_args(args: argparse.Namespace) -> RunConfig: ...
+
+
+@typing.overload
+def config_from_args(args: argparse.Namespace, cls: type[C]) -> C: ...
+
+
+def config_from_args(args: argparse.Namespace, cls: type[RunConfig] = RunConfig) -> RunConfig:
+    """The config ``add_config_options`` describes."""
+    return load_config(args.config, overrides=args.overrides, cls=cls)

@@ -1,0 +1,58 @@
+"""APTOS 2019 Blindness Detection (Kaggle), native layout::
+
+    ROOT/train.csv           id_code,diagnosis   (diagnosis: ICDR grade 0 no DR .. 4 proliferative DR)
+    ROOT/train_images/<id_code>.png
+    ROOT/test.csv            id_code             (no labels: not read)
+
+One image per row, no patient ids and no official validation split: splits are assigned by
+image hash. Grades map onto the catalog's referable-DR category (grade >= 2, moderate NPDR or
+worse) and proliferative DR (grade 4); grade 1 (mild NPDR) is neither normal nor referable, so
+it is unmapped unless the catalog or an override says otherwise.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from predilect.catalog import DEFAULT_CATALOG, Catalog
+from predilect.training.datasets.adapters.base import (
+    AdapterResult,
+    LabelMapper,
+    LabelMapping,
+    csv_rows,
+    find_first,
+    make_record,
+    parse_int,
+    require_file,
+)
+
+NAME = "aptos2019"
+MAPPING: LabelMapping = {
+    "0": (),  # no DR
+    "2": ("dr",),  # moderate NPDR
+    "3": ("dr",),  # severe NPDR
+    "4": ("dr", "pdr"),  # proliferative DR
+}
+"""ICDR grade (the ``diagnosis`` cell) -> catalog ids; grade 1 (mild NPDR) deliberately absent."""
+
+
+def read_aptos(
+    root: str | Path,
+    *,
+    catalog: Catalog = DEFAULT_CATALOG,
+    overrides: LabelMapping | None = None,
+    unmapped: str = "skip_if_unlabelled",
+) -> AdapterResult:
+    """Records of the labelled APTOS 2019 training images under ``root``."""
+    root = Path(root)
+    labels_csv = find_first(root, ["train.csv"], what="APTOS label file")
+    images = find_first(root, ["train_images"], what="APTOS image folder")
+    mapper = LabelMapper(MAPPING, catalog, overrides=overrides, policy=unmapped)
+    result = AdapterResult(NAME, [])
+    for line, row in csv_rows(labels_csv, required=("id_code", "diagnosis")):
+        grade = parse_int(row["diagnosis"], column="diagnosis", path=labels_csv, line=line, allowed=range(5))
+        image = require_file(images / f"{row['id_code']}.png", what="image", source=labels_csv, line=line)
+        labels = mapper.map([str(grade)], result)
+        if labels is not None:
+            result.records.append(make_record(image, labels, dataset=NAME, patient=None, extra={"grade": str(grade)}))
+    return result

@@ -1,0 +1,103 @@
+"""MultiEYE (Wang et al., IEEE TMI 2024; github.com/xmed-lab/MultiEYE), native layout::
+
+    ROOT/assemble/{train,dev,test}/large9cls.txt            fundus: "<image name> <class>" per line
+    ROOT/assemble/train/ImageData/<variant>/<image name>.png (every split's images live under train/)
+    ROOT/assemble_oct/{train,dev,test}/large9cls.txt        OCT B-scans, same layout
+    ROOT/assemble_oct/train/ImageData/<variant>/<image name>.png
+
+``<variant>`` is the released preprocessing folder (``cfp-clahe-224x224`` for fundus,
+``oct-filter-448x448`` for OCT); every folder under ``ImageData`` is searched. ``dev`` is the
+validation split. Classes (single-label): 0 normal, 1 dry AMD, 2 CSC, 3 DR, 4 glaucoma,
+5 macular epiretinal membrane, 6 RVO, 7 wet AMD; the README says classes run to 8 without
+naming class 8, so it stays unmapped unless overridden. The fundus and OCT sets are unpaired
+(different patients): use ``modality="oct"`` for the OCT corpus of stage-1 pretraining.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+from predilect.catalog import DEFAULT_CATALOG, Catalog
+from predilect.training.datasets.adapters.base import (
+    AdapterResult,
+    DatasetLayoutError,
+    LabelMapper,
+    LabelMapping,
+    find_first,
+    index_images,
+    make_record,
+    parse_int,
+)
+
+NAME = "multieye"
+LABEL_FILE = "large9cls.txt"
+SPLITS = (("train", "train"), ("val", "dev"), ("test", "test"))
+MODALITY_FOLDERS = {"fundus": "assemble", "oct": "assemble_oct"}
+MAPPING: LabelMapping = {
+    "0": (),
+    "1": ("amd",),
+    "2": ("csc",),
+    "3": ("dr",),  # MultiEYE does not grade DR
+    "4": ("glaucoma",),
+    "5": ("erm",),
+    "6": ("rvo",),  # retinal vein occlusion, branch or central (MultiEYE does not say which)
+    "7": ("namd",),
+}
+"""Class index -> catalog ids; class 8 is deliberately absent (unnamed in the release)."""
+
+
+def _image_index(base: Path) -> dict[str, Path]:
+    data = find_first(base, ["train/ImageData"], what="MultiEYE ImageData folder")
+    index: dict[str, Path] = {}
+    for folder in sorted(p for p in data.iterdir() if p.is_dir()):
+        for stem, path in index_images(folder, (".png", ".jpg")).items():
+            index.setdefault(stem, path)
+    index.update({stem: p for stem, p in index_images(data, (".png", ".jpg")).items() if stem not in index})
+    return index
+
+
+def _label_lines(path: Path) -> Iterator[tuple[int, str, int]]:
+    """``(line, image name, class)`` of a ``large9cls.txt`` file."""
+    with path.open(encoding="utf-8") as f:
+        for line, text in enumerate(f, 1):
+            if not text.strip():
+                continue
+            parts = text.split()
+            if len(parts) != 2:
+                raise DatasetLayoutError(f"{path}, line {line}: expected '<image name> <class>', got {text.strip()!r}")
+            yield line, parts[0], parse_int(parts[1], column="class", path=path, line=line, allowed=range(9))
+
+
+def read_multieye(
+    root: str | Path,
+    *,
+    modality: str = "fundus",
+    catalog: Catalog = DEFAULT_CATALOG,
+    overrides: LabelMapping | None = None,
+    unmapped: str = "skip_if_unlabelled",
+) -> AdapterResult:
+    """Records of MultiEYE's fundus (``modality="fundus"``) or OCT (``"oct"``) images under ``root``."""
+    if modality not in MODALITY_FOLDERS:
+        raise DatasetLayoutError(f"MultiEYE modality must be one of {sorted(MODALITY_FOLDERS)}, got {modality!r}")
+    base = find_first(Path(root), [MODALITY_FOLDERS[modality]], what=f"MultiEYE {modality} folder")
+    images = _image_index(base)
+    mapper = LabelMapper(MAPPING, catalog, overrides=overrides, policy=unmapped)
+    result = AdapterResult(NAME if modality == "fundus" else f"{NAME}_oct", [])
+    for split, folder in SPLITS:
+        labels_file = base / folder / LABEL_FILE
+        if not labels_file.is_file():
+            if split == "train":
+                raise DatasetLayoutError(f"{base}: MultiEYE label file not found: {labels_file}")
+            continue
+        for line, name, label in _label_lines(labels_file):
+            image = images.get(name)
+            if image is None:
+                where = base / "train" / "ImageData"
+                raise DatasetLayoutError(f"{labels_file}, line {line}: image {name!r} not found under {where}")
+            labels = mapper.map([str(label)], result)
+            if labels is not None:
+                extra = {"modality": modality, "class": str(label)}
+                record = make_record(image, labels, dataset=result.dataset, patient=None, split=split, extra=extra)
+                result.records.append(record)
+    return result

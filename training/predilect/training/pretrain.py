@@ -1,0 +1,306 @@
+"""Stage 1, ``predilect train pretrain``: unpaired fundus<->text and OCT<->text contrastive
+pretraining with the predilection-sites matrix learned in OCT latent space (``training.uopsl``).
+
+A run is a ``PretrainRun`` config: ``data`` and ``loop`` (``training.config``), ``model``
+(``ArchCfg``) and ``pretrain`` (``PretrainCfg``, below). Ablations are one option each:
+``matrix="ablate"`` (no sites: a plain contrastive model), ``text=False`` (``--no-text``: free
+class embeddings instead of encoded descriptions), ``oct=False`` (``--no-oct``: fundus only),
+``shuffle_oct_labels`` (the control: OCT labels permuted across OCT images, so the OCT stage
+keeps its images and compute but loses the disease knowledge). ``holdout`` removes categories
+from training entirely (images, labels and texts) for the zero-shot evaluation.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from predilect.catalog import Catalog
+from predilect.errors import ConfigError
+from predilect.metrics import macro_auroc
+from predilect.models.checkpoint import PretrainMeta, save_pretrain
+from predilect.models.classifier import ArchCfg, VitBackbone
+from predilect.models.text import CatalogTexts, TextCfg, build_tokenizer, byte_tokenizer, catalog_corpus, load_tokenizer
+from predilect.models.uopsl import OctGeometry, PretrainWeights, UopslCfg, UopslModel, pretrain_loss
+from predilect.training.config import RunConfig, save_config
+from predilect.training.datasets import FundusAugment
+from predilect.training.evaluate import site_scores
+from predilect.training.loop import fit, is_main_process, seed_everything
+from predilect.training.stages import (
+    PairedLoader,
+    fundus_dataset,
+    loader_factory,
+    model_device,
+    oct_dataset,
+    read_splits,
+    stage_inputs,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PretrainCfg:
+    """The ``pretrain`` section: what stage 1 learns and from what."""
+
+    matrix: str = field(default="learn", metadata={"help": "learn the sites matrix, or ablate it (plain CLIP)"})
+    text: bool = field(default=True, metadata={"help": "--no-text: free class embeddings instead of text"})
+    oct: bool = field(default=True, metadata={"help": "--no-oct: no OCT images (fundus<->text only)"})
+    shuffle_oct_labels: bool = field(default=False, metadata={"help": "control: permute the OCT labels"})
+    holdout: tuple[str, ...] = field(default=(), metadata={"help": "categories held out for zero-shot"})
+    in_memory: bool = field(default=False, metadata={"help": "hold preprocessed images in RAM (small sets)"})
+    tokenizer: str = field(default="wordpiece", metadata={"help": "wordpiece | bytes | a local tokenizer.json"})
+    vocab_size: int = field(default=2000, metadata={"help": "WordPiece vocabulary size (upper bound)"})
+    context_length: int = field(default=48, metadata={"help": "text tokens per description"})
+    text_width: int = field(default=128, metadata={"help": "text transformer width"})
+    text_layers: int = field(default=2, metadata={"help": "text transformer layers"})
+    text_heads: int = field(default=4, metadata={"help": "text transformer heads"})
+    embed_dim: int = field(default=128, metadata={"help": "joint (text) embedding dimension"})
+    text_checkpoint: str = field(default="", metadata={"help": "LOCAL open_clip weights for the text encoder"})
+    text_act: str = field(default="gelu", metadata={"help": "with --text-checkpoint: gelu | quick_gelu"})
+    w_clip_fundus: float = field(default=1.0, metadata={"help": "weight of fundus<->text CLIP loss"})
+    w_clip_oct: float = field(default=1.0, metadata={"help": "weight of OCT<->text CLIP loss"})
+    w_site_oct: float = field(default=1.0, metadata={"help": "weight of the OCT site loss (shapes the matrix)"})
+    w_site_fundus: float = field(default=1.0, metadata={"help": "weight of the fundus site loss (matrix frozen)"})
+    w_diversity: float = field(default=0.1, metadata={"help": "weight of the sites' diversity term"})
+    oct_centre_x: float = field(default=0.5, metadata={"help": "OCT line centre, fraction of fundus width"})
+    oct_centre_y: float = field(default=0.5, metadata={"help": "OCT line height, fraction of fundus height"})
+    oct_span: float = field(default=0.735, metadata={"help": "OCT line length, fraction of fundus width"})
+
+    def __post_init__(self) -> None:
+        if self.matrix not in ("learn", "ablate"):
+            raise ConfigError(f"pretrain matrix must be learn or ablate, got {self.matrix!r}")
+        if not self.oct and self.shuffle_oct_labels:
+            raise ConfigError("--shuffle-oct-labels needs the OCT stage; drop --no-oct")
+        if self.text_checkpoint and self.tokenizer in ("wordpiece", "bytes"):
+            raise ConfigError("--text-checkpoint needs the tokenizer.json its vocabulary comes from (--tokenizer FILE)")
+
+    def weights(self) -> PretrainWeights:
+        return PretrainWeights(
+            clip_fundus=self.w_clip_fundus,
+            clip_oct=self.w_clip_oct,
+            site_oct=self.w_site_oct,
+            site_fundus=self.w_site_fundus,
+            diversity=self.w_diversity,
+        )
+
+
+class PretrainRun(RunConfig):
+    """A stage-1 run: ``data``, ``loop``, ``model``, ``pretrain``."""
+
+    model: ArchCfg = ArchCfg()
+    pretrain: PretrainCfg = PretrainCfg()
+
+
+@dataclass(frozen=True)
+class PretrainResult:
+    meta: PretrainMeta | None  # None on DDP ranks other than 0
+    path: Path
+    val_site_macro_auroc: float | None
+    val_global_macro_auroc: float | None
+    seconds: float
+
+
+def trained_catalog(catalog: Catalog, holdout: tuple[str, ...]) -> Catalog:
+    """The catalog minus the held-out categories (the model's outputs)."""
+    unknown = sorted(set(holdout) - set(catalog.ids))
+    if unknown:
+        raise ConfigError(f"--holdout names categories not in the catalog: {unknown}; catalog has {catalog.ids}")
+    kept = [d for d in catalog.ids if d not in set(holdout)]
+    if not kept:
+        raise ConfigError("every category is held out; nothing to train")
+    return catalog.subset(kept)
+
+
+def make_tokenizer(cfg: PretrainCfg, catalog: Catalog):  # -> tokenizers.Tokenizer
+    if cfg.tokenizer == "wordpiece":
+        return build_tokenizer(catalog_corpus(catalog), vocab_size=cfg.vocab_size)
+    if cfg.tokenizer == "bytes":
+        return byte_tokenizer()
+    path = Path(cfg.tokenizer)
+    if not path.is_file():
+        raise ConfigError(f"--tokenizer must be wordpiece, bytes or a tokenizer.json file; {path} does not exist")
+    return load_tokenizer(path.read_text(encoding="utf-8"))
+
+
+def build_model(run: PretrainRun, catalog: Catalog, tokenizer) -> UopslModel:
+    """The stage-1 model; local pretrained weights (``model.image_checkpoint``,
+    ``pretrain.text_checkpoint``) are loaded here, never downloaded."""
+    from predilect.models.pretrained import (
+        load_text_encoder,
+        load_vit_backbone,
+        read_state,
+        timm_vit_state,
+        vit_cfg_from_state,
+    )
+
+    arch, cfg = run.model, run.pretrain
+    fundus = arch.model_cfg(num_diseases=len(catalog), image_size=run.data.preprocess.size, name="uopsl-fundus")
+    oct_cfg = arch.model_cfg(num_diseases=len(catalog), image_size=run.data.oct.size, in_channels=1, name="uopsl-oct")
+    if arch.image_checkpoint:
+        vit, _, _ = timm_vit_state(read_state(Path(arch.image_checkpoint)), arch.image_layout)
+        fundus = vit_cfg_from_state(fundus, vit, heads=arch.vit_heads)
+        oct_cfg = vit_cfg_from_state(oct_cfg, vit, heads=arch.vit_heads)
+    text_encoder = None
+    if cfg.text_checkpoint:
+        text_encoder, _ = load_text_encoder(Path(cfg.text_checkpoint), heads=cfg.text_heads, act=cfg.text_act)
+        text = text_encoder.cfg
+        if text.vocab_size != tokenizer.get_vocab_size():
+            raise ConfigError(
+                f"--tokenizer has {tokenizer.get_vocab_size()} tokens, the text checkpoint {text.vocab_size}"
+            )
+    else:
+        text = TextCfg(
+            vocab_size=tokenizer.get_vocab_size(),
+            context_length=cfg.context_length,
+            width=cfg.text_width,
+            layers=cfg.text_layers,
+            heads=cfg.text_heads,
+            embed_dim=cfg.embed_dim,
+        )
+    uopsl = UopslCfg(
+        fundus=fundus,
+        oct=oct_cfg,
+        text=text,
+        geometry=OctGeometry(cfg.oct_centre_x, cfg.oct_centre_y, cfg.oct_span),
+        matrix=cfg.matrix,
+        text_mode="text" if cfg.text else "labels",
+    )
+    texts = CatalogTexts.build(tokenizer, catalog, text.context_length) if cfg.text else None
+    model = UopslModel(uopsl, texts)
+    if text_encoder is not None:
+        model.text.load_state_dict(text_encoder.state_dict())
+    if arch.image_checkpoint:
+        for encoder in (model.fundus, model.oct):
+            assert isinstance(encoder.backbone, VitBackbone)
+            load_vit_backbone(
+                encoder.backbone,
+                Path(arch.image_checkpoint),
+                layout=arch.image_layout,
+                grid=encoder.cfg.grid,
+                in_channels=encoder.cfg.in_channels,
+            )
+    return model
+
+
+def pretrain(
+    run: PretrainRun,
+    out: Path,
+    *,
+    resume: bool = False,
+    cache_dir: Path | None = None,
+    report: Callable[[str], None] = log.info,
+) -> PretrainResult:
+    """Run stage 1 as ``run`` says and write the pretraining checkpoint ``out`` (the run's logs,
+    state and config go to ``out.parent``)."""
+    start = time.monotonic()
+    data, cfg, loop = run.data, run.pretrain, run.loop
+    manifest, catalog, source = stage_inputs(data.manifest, data.catalog)
+    trained = trained_catalog(catalog, cfg.holdout)
+    splits = read_splits(manifest, catalog=catalog, drop=cfg.holdout)
+    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+    report(f"catalog {source}: training {len(trained)} categories, held out {list(cfg.holdout) or 'none'}")
+    report(f"fundus: {len(splits.train)} train / {len(splits.val)} val images")
+    augment = FundusAugment(data.augment, data.preprocess) if data.augment.enabled else None
+    train_set = fundus_dataset(
+        splits.train,
+        data.preprocess,
+        trained,
+        augment=augment,
+        seed=loop.seed,
+        in_memory=cfg.in_memory,
+        cache_dir=cache_dir,
+    )
+    fundus_loaders = loader_factory(
+        train_set,
+        batch_size=loop.batch_size,
+        sampling=data.sampling,
+        seed=loop.seed,
+        workers=loop.workers,
+        distributed=distributed,
+    )
+    oct_loaders, oct_count = None, 0
+    if data.oct_manifest is not None and cfg.oct:
+        oct_records = read_splits(data.oct_manifest, catalog=catalog, drop=cfg.holdout).train
+        oct_set = oct_dataset(oct_records, data.oct, trained, augment=True, seed=loop.seed + 1, in_memory=cfg.in_memory)
+        if cfg.shuffle_oct_labels:
+            oct_set.targets = oct_set.targets[np.random.default_rng(loop.seed + 31).permutation(len(oct_set))]
+            if hasattr(oct_set, "source"):
+                oct_set.source.targets = oct_set.targets
+        oct_count = len(oct_set)
+        oct_loaders = loader_factory(
+            oct_set,
+            batch_size=loop.batch_size,
+            sampling=data.sampling,
+            seed=loop.seed + 1,
+            workers=loop.workers,
+            distributed=distributed,
+        )
+        shuffled = "; labels SHUFFLED (control)" if cfg.shuffle_oct_labels else ""
+        report(f"OCT: {oct_count} train scans (unpaired){shuffled}")
+    elif cfg.oct:
+        report("no OCT manifest: fundus<->text only")
+
+    tokenizer = make_tokenizer(cfg, trained)
+    seed_everything(loop.seed)  # the initial weights are a function of the seed too
+    model = build_model(run, trained, tokenizer)
+    weights = cfg.weights()
+    if is_main_process():
+        save_config(run, out.parent)
+    fit(
+        model,
+        lambda m, b: pretrain_loss(m, b, weights=weights),  # type: ignore[arg-type]
+        lambda epoch: PairedLoader(fundus_loaders(epoch), oct_loaders, epoch=epoch),
+        loop,
+        run_dir=out.parent,
+        resume=resume,
+    )
+    seconds = time.monotonic() - start
+    if not is_main_process():
+        return PretrainResult(None, out, None, None, seconds)
+    model.eval()
+    metrics: dict[str, float] = {"seconds": seconds}
+    site_auc = global_auc = None
+    if splits.val:
+        val_set = fundus_dataset(splits.val, data.preprocess, trained, in_memory=cfg.in_memory, cache_dir=cache_dir)
+        device = model_device(model)
+        scores = site_scores(model, val_set, device=device)
+        global_auc = _macro(val_set.targets, scores["global"], trained.ids)
+        site_auc = _macro(val_set.targets, scores["site"], trained.ids) if "site" in scores else None
+        metrics |= {k: v for k, v in (("val_site_macro_auroc", site_auc), ("val_global_macro_auroc", global_auc)) if v}
+        report(f"val macro AUROC: sites {_fmt(site_auc)}, global {_fmt(global_auc)}")
+    training = {
+        "stage": "pretrain",
+        **asdict(cfg),
+        "model": asdict(run.model),
+        "loop": asdict(loop),
+        "oct_images": oct_count,
+        "fundus_images": len(splits.train),
+    }
+    meta = save_pretrain(
+        out,
+        model.cpu(),
+        preprocess=data.preprocess,
+        catalog=trained,
+        tokenizer_json=tokenizer.to_str(),
+        training=training,
+        metrics=metrics,
+    )
+    return PretrainResult(meta, out, site_auc, global_auc, seconds)
+
+
+def _macro(labels: np.ndarray, scores: np.ndarray, ids: list[str]) -> float | None:
+    try:
+        return macro_auroc(labels, scores, ids)
+    except ValueError:
+        return None
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
