@@ -69,3 +69,22 @@ def test_load_catalog_names_file_when_not_json(tmp_path):
     path.write_text("{not json")
     with pytest.raises(CatalogError, match=r"catalog\.json.*JSON"):
         load_catalog(path)
+
+
+def test_default_catalog_is_the_packaged_file_through_load_catalog_when_imported():
+    from predilect.catalog import DEFAULT_CATALOG_FILE
+
+    assert DEFAULT_CATALOG_FILE.is_file() and DEFAULT_CATALOG_FILE.parent.name == "catalogs"
+    assert load_catalog(DEFAULT_CATALOG_FILE) == DEFAULT_CATALOG
+    # The digest the catalog had when it was Python literals: served models and results name it.
+    assert DEFAULT_CATALOG.digest() == "9674db304e8ed37f"
+    assert len(DEFAULT_CATALOG) == 22 and DEFAULT_CATALOG.version == "2"
+
+
+def test_load_catalog_names_the_file_and_entry_when_a_copy_of_the_default_is_broken(tmp_path):
+    data = json.loads(DEFAULT_CATALOG.to_json())
+    data["diseases"][1]["referral"] = "soon"
+    path = tmp_path / "mine.json"
+    path.write_text(json.dumps(data))
+    with pytest.raises(CatalogError, match=r"mine\.json: referral of 'dme' must be one of"):
+        load_catalog(path)
