@@ -35,11 +35,11 @@ def parser(name: str, doc: str | None) -> argparse.ArgumentParser:
 
 def add_request_limit(p: argparse.ArgumentParser) -> None:
     """``--max-request-mb``: the request-size limit in front of the server, as ``predilect serve`` sets it."""
-    from predilect.serving.serve_cli import DEFAULT_MAX_REQUEST_MB
+    from predilect.serving.serve_cli import DEFAULT_MAX_REQUEST_MB, request_limit_mb
 
     p.add_argument(
         "--max-request-mb",
-        type=float,
+        type=request_limit_mb,
         default=DEFAULT_MAX_REQUEST_MB,
         help="the request-size limit in front of the server, as `predilect serve` sets it (0: none)",
     )

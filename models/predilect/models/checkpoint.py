@@ -82,13 +82,13 @@ def _shared_fields(data: dict[str, str], format_: str, *, what: str, hint: str =
     """The ``_Meta`` fields of metadata ``data``; CheckpointError unless its format is ``format_``."""
     if data.get(contract.KEY_FORMAT) != format_:
         raise CheckpointError(f"not {what}: format is {data.get(contract.KEY_FORMAT)!r}, expected {format_!r}{hint}")
-    return {
-        "preprocess": PreprocessCfg.from_json(data[contract.KEY_PREPROCESS]),
-        "catalog": Catalog.from_json(data[contract.KEY_CATALOG]),
-        "version": data[contract.KEY_MODEL_VERSION],
-        "metrics": json.loads(data.get(contract.KEY_METRICS, "{}")),
-        "training": json.loads(data.get(contract.KEY_TRAINING, "{}")),
-    }
+    return dict(
+        preprocess=PreprocessCfg.from_json(data[contract.KEY_PREPROCESS]),
+        catalog=Catalog.from_json(data[contract.KEY_CATALOG]),
+        version=data[contract.KEY_MODEL_VERSION],
+        metrics=json.loads(data.get(contract.KEY_METRICS, "{}")),
+        training=json.loads(data.get(contract.KEY_TRAINING, "{}")),
+    )
 
 
 def _weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:

@@ -385,7 +385,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     unknown = sorted(set(variants) - set(VARIANTS))
     if unknown:
         raise CommandError(f"unknown variants {unknown}; choose from {list(VARIANTS)}")
-    seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    try:
+        seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    except ValueError as e:
+        raise CommandError(f"--seeds takes comma-separated integers like 0,1,2, got {args.seeds!r}") from e
     info = _phantom_info(args.manifest)
     holdout = _ids(args.zero_shot, info.get("zero_shot", ()))
     oct_visible = _ids(args.oct_visible, info.get("oct_visible", ()))
