@@ -57,11 +57,6 @@ class Disease:
         if self.referral not in REFERRALS:
             raise CatalogError(f"referral of {self.id!r} must be one of {REFERRALS}, got {self.referral!r}")
 
-    @property
-    def description(self) -> str:
-        """The short description: the first of ``descriptions``."""
-        return self.descriptions[0]
-
     def to_dict(self) -> dict[str, Any]:
         return {
             "id": self.id,

@@ -147,9 +147,6 @@ class Interval:
     level: float = 0.95
     resamples: int = 0
 
-    def excludes_zero(self) -> bool:
-        return self.low > 0.0 or self.high < 0.0
-
     def __str__(self) -> str:
         return f"{self.value:.3f} [{self.low:.3f}, {self.high:.3f}]"
 

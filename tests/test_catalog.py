@@ -11,7 +11,7 @@ def test_catalog_round_trips_when_serialised_to_json():
 
 def test_catalog_has_at_least_six_diseases_when_default():
     assert len(DEFAULT_CATALOG) >= 6
-    assert all(d.name and d.description and d.descriptions for d in DEFAULT_CATALOG)
+    assert all(d.name and d.descriptions and d.descriptions[0] for d in DEFAULT_CATALOG)
 
 
 def test_catalog_rejects_duplicates_when_ids_repeat():

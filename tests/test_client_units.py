@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from client_faces import core_settings
+from client_faces import core_settings, decided_result
 
 from predilect import contract
 from predilect.catalog import DEFAULT_CATALOG
@@ -214,11 +214,9 @@ def test_strip_metadata_raises_structure_error_when_truncated_and_not_allowed() 
 
 
 def _result(frame: int | None = None) -> ScreeningResult:
-    return ScreeningResult.from_probabilities(
+    return decided_result(
         [0.1] * len(DEFAULT_CATALOG),
         DEFAULT_CATALOG,
-        model_name="m",
-        model_version="1",
         latency_s=0.01,
         sop_instance_uid="1.2.3" if frame else None,
         frame=frame,

@@ -8,6 +8,7 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+from phantom_zones import fundus_zone, oct_zone
 from PIL import Image, ImageDraw, ImageFilter
 
 from predilect.catalog import DEFAULT_CATALOG, REFERRALS, load_catalog
@@ -19,7 +20,6 @@ from predilect.training.phantom.fundus import CameraProfile
 from predilect.training.phantom.generate import plan_hard_cohort
 from predilect.training.phantom.presets import CAMERAS, HARD
 from predilect.training.phantom.render import FundusStyle, OctStyle
-from predilect.training.phantom.sites import fundus_zone, oct_zone
 from predilect.training.phantom.vocabulary import DEFAULT_CONCEPTS, VOCABULARY, describe
 
 SIZE = (384, 288)

@@ -16,8 +16,8 @@ returns a ``RunConfig`` -- or the subclass a stage passes as ``cls``: stages add
 sections (``model``, ``pretrain``, ``finetune``) by subclassing ``RunConfig``. An override's
 value is read as JSON when it parses (numbers, true/false, lists, quoted strings), else as a
 bare string. ``save_config`` writes the resolved config to ``run_dir/config.json``, which
-``load_config`` reads back unchanged. ``add_config_options`` / ``config_from_args`` give a CLI
-``--config FILE`` and repeatable ``--set KEY=VALUE``.
+``load_config`` reads back unchanged. ``add_config_options`` gives a CLI ``--config FILE`` and
+repeatable ``--set KEY=VALUE`` (``load_config(args.config, overrides=args.overrides, cls=...)``).
 
 A file may hold both stages' sections (``[pretrain]`` and ``[finetune]``): one recipe for a
 two-stage run, each stage reading its own section and leaving the other's (``STAGE_SECTIONS``);
@@ -235,16 +235,3 @@ def add_config_options(parser: argparse.ArgumentParser) -> None:
         metavar="KEY=VALUE",
         help="override one config value, e.g. --set loop.lr=1e-3 (repeatable)",
     )
-
-
-@typing.overload
-def config_from_args(args: argparse.Namespace) -> RunConfig: ...
-
-
-@typing.overload
-def config_from_args(args: argparse.Namespace, cls: type[C]) -> C: ...
-
-
-def config_from_args(args: argparse.Namespace, cls: type[RunConfig] = RunConfig) -> RunConfig:
-    """The config ``add_config_options`` describes."""
-    return load_config(args.config, overrides=args.overrides, cls=cls)

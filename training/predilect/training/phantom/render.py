@@ -142,9 +142,9 @@ def draw_fundus(
     )
     camera = np.random.default_rng(camera_seed)
     findings = Findings(cup_ratio=anatomy.cup_ratio if style is None or style.cup_ratio is None else style.cup_ratio)
-    for entry, stream, severity in _drawn(labels, None if style is None else style.severity, lesion_seed):
+    for entry, rng_of_disease, severity in _drawn(labels, None if style is None else style.severity, lesion_seed):
         findings.disease = entry.id
-        entry.fundus(findings, anatomy, stream, severity)
+        entry.fundus(findings, anatomy, rng_of_disease, severity)
     n_lesions = len(findings.lesions)
     for kind in style.confounders if style else ():
         findings.disease = kind
@@ -194,9 +194,9 @@ def draw_oct(
         raise ValueError(f"scan must be at least {MIN_WIDTH}x{MIN_HEIGHT}, got {width}x{height}")
     scan_seed, image_seed, lesion_seed = _child_seeds(rng)
     scan = normal_scan(np.random.default_rng(scan_seed), width, height)
-    for entry, stream, severity in _drawn(labels, None if style is None else style.severity, lesion_seed):
+    for entry, rng_of_disease, severity in _drawn(labels, None if style is None else style.severity, lesion_seed):
         scan.disease = entry.id
-        entry.oct(scan, stream, severity)
+        entry.oct(scan, rng_of_disease, severity)
     image, lesions = scan_image(scan, np.random.default_rng(image_seed))
     fovea = scan.fovea
     if eye == "L":

@@ -6,8 +6,9 @@ adapter is an ``Adapter``: its name, its mapping table (native label -> catalog 
 tuple means "no disease", the native normal class), and a reader of the layout that yields
 each image's native findings (``NativeImage``) or why the layout leaves it out (``Skipped``);
 calling the adapter maps them onto the catalog. A native label without an entry, or whose
-entries are all missing from the catalog in use, is *unmapped*: the report counts it, and
-``UnmappedPolicy`` decides what happens to the image, so nothing is silently relabelled as normal.
+entries are all missing from the catalog in use, is *unmapped*: the report counts it, and the
+unmapped policy (``UNMAPPED_POLICIES``) decides what happens to the image, so nothing is
+silently relabelled as normal.
 """
 
 from __future__ import annotations
@@ -18,13 +19,11 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
 from predilect.catalog import DEFAULT_CATALOG, Catalog
 from predilect.errors import UserError
 from predilect.manifest import Record, assign_split
 
-UnmappedPolicy = Literal["skip_if_unlabelled", "skip_image", "ignore"]
 UNMAPPED_POLICIES: tuple[str, ...] = ("skip_if_unlabelled", "skip_image", "ignore")
 """What to do with an image that has a finding the catalog cannot express:
 ``skip_if_unlabelled`` (default) leaves it out only when none of its findings maps (it would
@@ -67,7 +66,7 @@ class AdapterResult:
 
 
 class LabelMapper:
-    """Native labels -> catalog ids under a mapping table and an ``UnmappedPolicy``."""
+    """Native labels -> catalog ids under a mapping table and an unmapped policy (``UNMAPPED_POLICIES``)."""
 
     def __init__(
         self,

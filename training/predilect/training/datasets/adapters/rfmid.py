@@ -35,12 +35,6 @@ SETS = (
     ("val", "Evaluation_Set", "RFMiD_Validation_Labels.csv", "Validation"),
     ("test", "Test_Set", "RFMiD_Testing_Labels.csv", "Test"),
 )
-CONDITIONS = (
-    "DR", "ARMD", "MH", "DN", "MYA", "BRVO", "TSLN", "ERM", "LS", "MS", "CSR", "ODC", "CRVO", "TV", "AH",
-    "ODP", "ODE", "ST", "AION", "PT", "RT", "RS", "CRS", "EDN", "RPEC", "MHL", "RP", "CWS", "CB", "ODPM",
-    "PRH", "MNF", "HR", "CRAO", "TD", "CME", "PTCR", "CF", "VH", "MCA", "VS", "BRAO", "PLQ", "HPED", "CL",
-)  # fmt: skip
-"""The 45 condition columns of the full release, in file order."""
 NOT_CONDITIONS = ("ID", "Disease_Risk")
 MAPPING: LabelMapping = {
     "DR": ("dr",),  # any diabetic retinopathy (RFMiD does not grade it)
