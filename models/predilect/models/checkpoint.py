@@ -91,8 +91,13 @@ def _shared_fields(data: dict[str, str], format_: str, *, what: str, hint: str =
     )
 
 
-def _weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+def _weights(model: FundusClassifier | UopslModel, catalog: Catalog) -> tuple[dict[str, torch.Tensor], str]:
+    """The CPU weights of ``model`` and their ``weights_version``; ValueError unless it has one output
+    per disease of ``catalog``."""
+    if model.cfg.num_diseases != len(catalog):
+        raise ValueError(f"model has {model.cfg.num_diseases} diseases but the catalog {len(catalog)}")
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    return state, weights_version(state)
 
 
 def _write(path: Path, state: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
@@ -121,14 +126,12 @@ def save_checkpoint(
     """Write ``model`` with its metadata; returns the metadata (with the computed version).
 
     ``training``: the options of the run (stage, ablation flags, the stage-1 checkpoint used)."""
-    if model.cfg.num_diseases != len(catalog):
-        raise ValueError(f"model has {model.cfg.num_diseases} outputs but the catalog {len(catalog)} diseases")
-    state = _weights(model)
+    state, version = _weights(model, catalog)
     meta = CheckpointMeta(
         model=model.cfg,
         preprocess=preprocess,
         catalog=catalog,
-        version=weights_version(state),
+        version=version,
         metrics=dict(metrics or {}),
         training=dict(training or {}),
     )
@@ -212,15 +215,13 @@ def save_pretrain(
     metrics: dict[str, float] | None = None,
 ) -> PretrainMeta:
     """Write a stage-1 model with everything needed to rebuild it (tokenizer included)."""
-    if model.cfg.num_diseases != len(catalog):
-        raise ValueError(f"model has {model.cfg.num_diseases} diseases but the catalog {len(catalog)}")
-    state = _weights(model)
+    state, version = _weights(model, catalog)
     meta = PretrainMeta(
         cfg=model.cfg,
         preprocess=preprocess,
         catalog=catalog,
         tokenizer_json=tokenizer_json,
-        version=weights_version(state),
+        version=version,
         training=dict(training or {}),
         metrics=dict(metrics or {}),
     )

@@ -107,9 +107,13 @@ def fundus_anatomy(
     profile: CameraProfile | None = None,
 ) -> Anatomy:
     """The anatomy ``draw_fundus`` would draw from an ``rng`` in the same state (and camera profile)."""
+    return _anatomy(_child_seeds(rng)[0], width=width, height=height, eye=eye, profile=profile)
+
+
+def _anatomy(seed: np.integer, *, width: int, height: int, eye: str, profile: CameraProfile | None) -> Anatomy:
     p = profile or CameraProfile("reference")
     return sample_anatomy(
-        np.random.default_rng(_child_seeds(rng)[0]),
+        np.random.default_rng(seed),
         width=width,
         height=height,
         eye=eye,
@@ -132,14 +136,7 @@ def draw_fundus(
     check_args(width, height, eye)
     profile = style.profile if style else CameraProfile("reference")
     anatomy_seed, camera_seed, lesion_seed = _child_seeds(rng)
-    anatomy = sample_anatomy(
-        np.random.default_rng(anatomy_seed),
-        width=width,
-        height=height,
-        eye=eye,
-        fov_diameter=profile.fov_diameter,
-        disc_fraction=profile.disc_fraction,
-    )
+    anatomy = _anatomy(anatomy_seed, width=width, height=height, eye=eye, profile=profile)
     camera = np.random.default_rng(camera_seed)
     findings = Findings(cup_ratio=anatomy.cup_ratio if style is None or style.cup_ratio is None else style.cup_ratio)
     for entry, rng_of_disease, severity in _drawn(labels, None if style is None else style.severity, lesion_seed):
