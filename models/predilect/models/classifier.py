@@ -101,7 +101,7 @@ class ModelCfg:
         """Tokens per side."""
         if self.image_size % self.stride:
             raise ConfigError(
-                f"image size {self.image_size} is not a multiple of the model's token stride {self.stride} "
+                f"image size {self.image_size} is not a multiple of {self.stride}, the model's token stride "
                 "(data.preprocess.size, --image-size)"
             )
         return self.image_size // self.stride
