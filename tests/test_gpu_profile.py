@@ -16,13 +16,13 @@ from tritonclient.grpc import model_config_pb2 as mc
 
 from predilect import contract
 from predilect.catalog import DEFAULT_CATALOG
-from predilect.preprocess import InvalidImageError, PreprocessCfg, Preprocessor
+from predilect.preprocess import InvalidImageError, PreprocessCfg, Preprocessor, dali_outputs
 from predilect.serving import configs
 from predilect.serving.assemble_cli import main
 from predilect.serving.backends.fov_postprocess import screen_requests
 from predilect.serving.backends.screening import Screening
 from predilect.serving.backends.validate import validate_image, validate_requests
-from predilect.serving.dali_pipeline import DaliParams, cpu_twin, gpu_pipeline, output_names
+from predilect.serving.dali_pipeline import DaliParams, cpu_twin, served_pipeline
 from predilect.serving.gpu_profile import EngineBuildRequest, GpuServingOptions, assemble_gpu
 from predilect.serving.repository import read_served_model
 
@@ -181,13 +181,14 @@ def test_dali_module_imports_and_defines_gpu_graph_without_gpu_when_loaded(gpu_r
     assert source.name == contract.IMAGE and source._op.device == "cpu"
     assert module.PARAMS.hw_decoder_load == GpuServingOptions().hw_decoder_load
     assert module.PARAMS.max_batch_size == pipe.max_batch_size == 16
+    assert pipe.prefetch_queue_depth == 1 and pipe.exec_dynamic  # the one factory's arguments, as everywhere
 
 
 @pytest.mark.skipif(HAS_GPU, reason="checks the CPU-only failure mode")
 def test_dali_serialization_needs_cuda_when_no_gpu(gpu_repository) -> None:
     # DALI 2.x creates its backend pipeline (and so initialises CUDA) to serialise a pipeline
     # with a device_id; the graph is checked by the definition test above instead.
-    pipe = gpu_pipeline(DaliParams(PreprocessCfg(), max_batch_size=4))
+    pipe = served_pipeline(DaliParams(PreprocessCfg(), max_batch_size=4))()
     with pytest.raises(RuntimeError, match="CUDA is not available"):
         pipe.serialize()
 
@@ -236,7 +237,7 @@ def test_cpu_twin_equals_reference_preprocessing_when_same_images() -> None:
     pipe.feed_input(contract.IMAGE, images)
     tensors, extents, frames, _ = pipe.run()  # and the 224-px quality square
     reference = Preprocessor(dataclasses.replace(cfg, decoder="dali_cpu"), max_batch_size=4, num_threads=1)
-    expected = reference.run(images)
+    expected = reference.run(images).per_payload()
     for i, image in enumerate(images):
         assert np.array_equal(np.array(tensors[i]), expected[i])
         rgb = np.asarray(Image.open(io.BytesIO(image.tobytes())).convert("RGB"))
@@ -258,10 +259,10 @@ def test_cpu_twin_quality_square_equals_224_px_model_input_when_model_input_is_1
     for cfg in (small, large):
         pipe = cpu_twin(DaliParams(cfg, max_batch_size=2, num_threads=1))
         pipe.feed_input(contract.IMAGE, images)
-        outputs[cfg.size] = dict(zip(output_names(cfg), pipe.run(), strict=True))
+        outputs[cfg.size] = dict(zip(dali_outputs(cfg), pipe.run(), strict=True))
     assert contract.QUALITY_SQUARE not in outputs[224] and contract.QUALITY_SQUARE in outputs[128]
     reference = Preprocessor(dataclasses.replace(small, decoder="dali_cpu"), max_batch_size=2, num_threads=1)
-    done = reference.run_with_quality(images)
+    done = reference.run(images, quality=True)
     assert done.quality_planes is not None and done.quality_planes.shape == (2, 3, 224, 224)
     for i in range(len(images)):
         square = np.array(outputs[128][contract.QUALITY_SQUARE][i])
@@ -282,8 +283,8 @@ def test_gpu_profile_carries_quality_square_from_dali_to_postprocess_when_model_
     square = (mc.TYPE_UINT8, [3, 224, 224])
     assert _tensors(loaded[contract.PREPROCESS_MODEL], "output")[contract.QUALITY_SQUARE] == square
     assert _tensors(loaded[contract.POSTPROCESS_MODEL], "input")[contract.QUALITY_SQUARE] == square
-    dali_outputs = [t.name for t in loaded[contract.PREPROCESS_MODEL].output]
-    assert dali_outputs == list(output_names(PreprocessCfg(size=128)))  # the order serving_graph returns them
+    declared = [t.name for t in loaded[contract.PREPROCESS_MODEL].output]
+    assert declared == list(dali_outputs(PreprocessCfg(size=128)))  # the order the DALI graph returns them
 
 
 def test_gpu_profile_sends_no_quality_square_when_model_input_is_224_px(gpu_repository) -> None:
@@ -298,7 +299,7 @@ def test_mixed_pipeline_matches_cpu_twin_within_decoder_tolerance_when_gpu_prese
     cfg = PreprocessCfg(size=64)
     params = DaliParams(cfg, max_batch_size=4, num_threads=1)
     images = [np.frombuffer(_fundus_jpeg(seed), np.uint8) for seed in range(3)]
-    gpu, cpu = gpu_pipeline(params), cpu_twin(params)
+    gpu, cpu = served_pipeline(params)(), cpu_twin(params)
     gpu.build()
     for pipe in (gpu, cpu):
         pipe.feed_input(contract.IMAGE, images)
@@ -392,7 +393,7 @@ def _twin_rows(cfg: PreprocessCfg, images: list[np.ndarray]) -> list[dict[str, n
     pipe = cpu_twin(DaliParams(cfg, max_batch_size=len(images), num_threads=1))
     pipe.feed_input(contract.IMAGE, images)
     outputs = pipe.run()
-    names = output_names(cfg)
+    names = dali_outputs(cfg)
     return [
         {name: np.array(out[i])[np.newaxis] for name, out in zip(names, outputs, strict=True)}
         for i in range(len(images))
@@ -507,7 +508,7 @@ def test_gpu_field_box_matches_default_cpu_profile_within_one_draft_pixel_when_d
     # The CPU profile's default decoder (pil_draft) measures the field of view on the DCT-scaled
     # frame: where it decodes at full resolution the boxes are bit-equal, else they differ by the
     # scaled pixel (draft scale / frame side) that the measurement is quantised to.
-    from predilect.preprocess import draft_scale
+    from predilect.preprocess.decoders.pil_draft import draft_scale
 
     cfg = PreprocessCfg()  # pil_draft, 224
     sizes = [(400, 300), (300, 400), (2000, 1500), (1600, 1200)]
@@ -516,7 +517,8 @@ def test_gpu_field_box_matches_default_cpu_profile_within_one_draft_pixel_when_d
     for row in rows:
         row[contract.LOGITS] = np.zeros((1, len(DEFAULT_CATALOG)), np.float32)
     gpu = screen_requests(_screening(cfg), rows)
-    _, errors, boxes = Preprocessor(cfg, max_batch_size=4, num_threads=1).run_with_fields(images)
+    done = Preprocessor(cfg, max_batch_size=4, num_threads=1).run(images)
+    errors, boxes = done.errors, done.boxes
     assert errors == [None] * len(images)
     for (width, height), answer, box in zip(sizes, gpu, boxes, strict=True):
         assert not isinstance(answer, InvalidImageError) and box is not None

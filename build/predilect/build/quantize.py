@@ -176,7 +176,7 @@ def quantize(onnx_path: Path, manifest: Path, out: Path, cfg: QuantizeCfg = Quan
     """
     from predilect.catalog import Catalog
     from predilect.manifest import label_matrix, read_manifest
-    from predilect.pixels import load_fundus_pixels
+    from predilect.preprocess.pixels import load_fundus_pixels
     from predilect.preprocess import PreprocessCfg
 
     meta = _metadata(onnx_path)
