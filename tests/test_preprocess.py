@@ -137,7 +137,9 @@ def test_pil_draft_decodes_finer_scale_when_disc_small_in_frame():
     buf = io.BytesIO()
     framed.save(buf, "JPEG", quality=92)
     done = Preprocessor(PreprocessCfg(), num_threads=1).run([buf.getvalue()])
-    left, _, right, _ = done.boxes[0]
+    (box,) = done.boxes
+    assert box is not None
+    left, _, right, _ = box
     assert done.pixels.shape == (1, 3, 224, 224) and 250 < (right - left) * 2048 < 330  # the square's side in px
 
 

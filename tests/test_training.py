@@ -9,8 +9,8 @@ from predilect import contract
 from predilect.catalog import DEFAULT_CATALOG, load_catalog
 from predilect.manifest import read_manifest
 from predilect.models.checkpoint import load_checkpoint, load_pretrain
-from predilect.preprocess.pixels import load_fundus_pixels, load_oct_scans
 from predilect.preprocess import PreprocessCfg, Preprocessor
+from predilect.preprocess.pixels import load_fundus_pixels, load_oct_scans
 from predilect.training.train import runs, train
 from predilect.training.train_cli import main as train_main
 

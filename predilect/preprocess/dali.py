@@ -190,12 +190,14 @@ class DaliDecoder:
         if placement(cfg).needs_gpu and device_id is None:
             raise ConfigError(f"decoder {cfg.decoder!r} needs a GPU device_id; use 'dali_cpu' on CPU")
         self.cfg = cfg
-        self._args = {"batch_size": max_batch_size, "num_threads": num_threads, "device_id": device_id}
+        self.max_batch_size, self.num_threads, self.device_id = max_batch_size, num_threads, device_id
         self._pipe: Any = None
 
     def _run(self, images: list[np.ndarray]) -> dict[str, list[np.ndarray]]:
         if self._pipe is None:
-            self._pipe = build_pipeline(self.cfg, **self._args)
+            self._pipe = build_pipeline(
+                self.cfg, batch_size=self.max_batch_size, num_threads=self.num_threads, device_id=self.device_id
+            )
         try:
             return run_pipeline(self._pipe, self.cfg, images)
         except RuntimeError:

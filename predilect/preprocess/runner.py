@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from predilect.preprocess.config import PreprocessCfg
-from predilect.preprocess.decoders import Decoder, DecodedBatch, Sniffed, joined, open_decoder
+from predilect.preprocess.decoders import DecodedBatch, Decoder, Sniffed, joined, open_decoder
 from predilect.preprocess.result import FieldBox, InvalidImageError, Preprocessed, decode_failure, field_box_in_frame
 from predilect.preprocess.sniff import Payload, as_uint8, inspect_image
 

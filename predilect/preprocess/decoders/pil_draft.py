@@ -238,7 +238,9 @@ class PilDraftDecoder:
             self._pool.shutdown(wait=True)
 
 
-def open_decoder(cfg: PreprocessCfg, *, max_batch_size: int, num_threads: int, device_id: int | None) -> PilDraftDecoder:
+def open_decoder(
+    cfg: PreprocessCfg, *, max_batch_size: int, num_threads: int, device_id: int | None
+) -> PilDraftDecoder:
     """The ``pil_draft`` backend of ``cfg`` (``max_batch_size`` and ``device_id`` do not apply to it)."""
     del max_batch_size, device_id
     return PilDraftDecoder(cfg, num_threads=num_threads)

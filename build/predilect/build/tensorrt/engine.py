@@ -30,7 +30,7 @@ from predilect.build.tensorrt.plugin import TensorRTUnavailableError, import_ten
 from predilect.build.tensorrt.precision import onnx_precision
 from predilect.build.tensorrt.sidecar import FRONTENDS, EngineSidecar, TensorShapes, write_sidecar
 from predilect.catalog import Catalog
-from predilect.contract import KEY_CATALOG, KEY_MODEL_NAME, KEY_MODEL_VERSION, PIXELS
+from predilect.contract import KEY_CATALOG, KEY_MODEL_NAME, KEY_MODEL_VERSION, LOGITS, PIXELS
 
 FRONTEND = FRONTENDS[0]
 
