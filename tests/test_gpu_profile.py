@@ -22,7 +22,7 @@ from predilect.serving.assemble_cli import main
 from predilect.serving.backends.fov_postprocess import screen_requests
 from predilect.serving.backends.screening import Screening
 from predilect.serving.backends.validate import validate_image, validate_requests
-from predilect.serving.dali_pipeline import DaliParams, cpu_twin, served_pipeline
+from predilect.serving.dali_pipeline import DaliParams, served_pipeline
 from predilect.serving.gpu_profile import EngineBuildRequest, GpuServingOptions, assemble_gpu
 from predilect.serving.repository import read_served_model
 
@@ -41,6 +41,13 @@ NUMPY_TYPES = {"TYPE_FP32": np.float32, "TYPE_BOOL": np.bool_, "TYPE_INT32": np.
 @pytest.fixture(scope="module")
 def gpu_repository(tiny_onnx: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return assemble_gpu(tiny_onnx, tmp_path_factory.mktemp("gpu") / "repo")
+
+
+def cpu_twin(params: DaliParams):
+    """The served pipeline on the host (``dali_cpu`` decode, no GPU), built: the GPU step's CPU twin."""
+    pipe = served_pipeline(params, device_id=None, decoder="dali_cpu")()
+    pipe.build()
+    return pipe
 
 
 def _load(repository: Path, names: tuple[str, ...]) -> dict[str, mc.ModelConfig]:
@@ -193,20 +200,31 @@ def test_dali_serialization_needs_cuda_when_no_gpu(gpu_repository) -> None:
         pipe.serialize()
 
 
-def test_gpu_graph_definition_rejects_gpu_named_argument_when_side_not_copied_to_cpu() -> None:
-    import nvidia.dali.fn as fn
-    import nvidia.dali.types as types
-    from nvidia.dali import pipeline_def
+def test_gpu_graph_definition_rejects_gpu_named_argument_when_side_not_copied_to_cpu(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The one factory with a placement that keeps the crop side on the GPU: the defect DALI catches
+    # at definition, and why ``dali_mixed`` copies the side to the CPU.
+    from predilect.preprocess import dali
 
-    @pipeline_def(batch_size=2, num_threads=1, device_id=0, exec_dynamic=True)
-    def broken():  # the defect the issue names: crop_w computed on the GPU
-        encoded = fn.external_source(name=contract.IMAGE, dtype=types.UINT8, ndim=1)
-        image = fn.decoders.image(encoded, device="mixed")
-        side = fn.reductions.sum(fn.reductions.max(fn.cast(image, dtype=types.FLOAT), axes=[0, 2]))
-        return fn.crop(image, crop_w=side, crop_h=side)
-
+    on_gpu = dataclasses.replace(dali.PLACEMENTS["dali_mixed"], arguments_to_cpu=False)
+    monkeypatch.setitem(dali.PLACEMENTS, "dali_mixed", on_gpu)
+    definition = dali.pipeline_definition(PreprocessCfg(decoder="dali_mixed"), batch_size=2, num_threads=1, device_id=0)
     with pytest.raises(ValueError, match="Named arguments must be on CPU"):
-        broken()._build_graph()
+        definition()._build_graph()
+
+
+def test_every_dali_layout_runs_with_the_factory_arguments_when_built() -> None:
+    # The CPU profile's dali_cpu decoder and the GPU profile's CPU twin: one factory, one set of arguments.
+    from predilect.preprocess.dali import PIPELINE_ARGS
+
+    cfg = PreprocessCfg(size=64, decoder="dali_cpu")
+    preprocessor = Preprocessor(cfg, max_batch_size=2, num_threads=1)
+    preprocessor.run([_fundus_jpeg(0)])
+    pipes = [preprocessor._decoder._pipe, cpu_twin(DaliParams(cfg, max_batch_size=2, num_threads=1))]
+    for pipe in pipes:
+        assert pipe.prefetch_queue_depth == PIPELINE_ARGS["prefetch_queue_depth"] == 1
+        assert pipe.exec_dynamic is PIPELINE_ARGS["exec_dynamic"] is True
 
 
 @pytest.mark.gpu

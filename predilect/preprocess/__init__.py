@@ -29,23 +29,15 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from predilect.preprocess.config import DECODERS, INTERPOLATIONS, PreprocessCfg, dali_outputs
-from predilect.preprocess.result import (
-    FieldBox,
-    InvalidImageError,
-    Preprocessed,
-    decode_failure,
-    field_box_in_frame,
-    fov_error,
-)
+from predilect.preprocess.result import FieldBox, InvalidImageError, Preprocessed, field_box_in_frame, fov_error
 
 if TYPE_CHECKING:
     from predilect.preprocess.runner import Preprocessor
-    from predilect.preprocess.sniff import ImageHeader, Payload, as_uint8, inspect_image
+    from predilect.preprocess.sniff import ImageHeader, as_uint8, inspect_image
 
 _ON_FIRST_USE = {
     "Preprocessor": "predilect.preprocess.runner",
     "ImageHeader": "predilect.preprocess.sniff",
-    "Payload": "predilect.preprocess.sniff",
     "as_uint8": "predilect.preprocess.sniff",
     "inspect_image": "predilect.preprocess.sniff",
 }
@@ -56,13 +48,11 @@ __all__ = [
     "FieldBox",
     "ImageHeader",
     "InvalidImageError",
-    "Payload",
     "PreprocessCfg",
     "Preprocessed",
     "Preprocessor",
     "as_uint8",
     "dali_outputs",
-    "decode_failure",
     "field_box_in_frame",
     "fov_error",
     "inspect_image",

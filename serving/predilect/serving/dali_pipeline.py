@@ -14,8 +14,8 @@ grades the quality square.
 The served decoder is ``DaliParams.decoder`` (``dali_mixed``, nvJPEG), not necessarily the one
 the checkpoint was trained with (``DaliParams.preprocess.decoder``): the params file records both
 (``contract.KEY_SERVED_DECODER``) and the decoder gate's report (``contract.KEY_DECODER_GATE``,
-``predilect.build.decoder_gate``). ``cpu_twin`` builds the same pipeline with the ``dali_cpu``
-decoder and no GPU, which is how CI checks it against the reference preprocessing.
+``predilect.build.decoder_gate``). ``served_pipeline(params, device_id=None, decoder="dali_cpu")``
+is the same pipeline on the host, no GPU: how CI checks it against the reference preprocessing.
 """
 
 from __future__ import annotations
@@ -97,10 +97,3 @@ def served_pipeline(params: DaliParams, *, device_id: int | None = 0, decoder: s
         device_id=device_id,
         hw_decoder_load=params.hw_decoder_load,
     )
-
-
-def cpu_twin(params: DaliParams) -> Any:
-    """The same pipeline on the CPU (``dali_cpu`` decode, ``device_id=None``), built."""
-    pipe = served_pipeline(params, device_id=None, decoder="dali_cpu")()
-    pipe.build()
-    return pipe
