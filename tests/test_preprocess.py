@@ -1,6 +1,7 @@
 """The shared preprocessing: the one definition training and serving both run."""
 
 import io
+import json
 import subprocess
 import sys
 import threading
@@ -164,21 +165,22 @@ def test_preprocessor_gives_serial_results_when_called_from_threads_at_once(dali
         assert len(runs) == 4 and all(r.shape == expected[k].shape and np.array_equal(r, expected[k]) for r in runs)
 
 
+def _loaded_after(code: str, modules: tuple[str, ...]) -> list[str]:
+    """Which of ``modules`` a fresh interpreter has imported after running ``code``."""
+    probe = f"import json, sys\n{code}\nprint(json.dumps(sorted(m for m in {modules!r} if m in sys.modules)))"
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 def test_import_preprocess_loads_no_decoder_library_when_only_cfg_and_results_used():
     code = (
-        "import sys, predilect.preprocess, predilect.lesions, predilect.quality; "
-        "from predilect.preprocess import PreprocessCfg, Preprocessed, InvalidImageError, field_box_in_frame; "
-        "print(sorted(m for m in ('PIL', 'simplejpeg', 'nvidia') if m in sys.modules))"
+        "import predilect.preprocess, predilect.lesions, predilect.quality\n"
+        "from predilect.preprocess import PreprocessCfg, Preprocessed, InvalidImageError, field_box_in_frame"
     )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
-    assert done.stdout.strip() == "[]"
+    assert _loaded_after(code, ("PIL", "simplejpeg", "nvidia")) == []
 
 
 def test_preprocessor_imports_only_its_own_backend_when_decoder_is_pil_draft():
-    code = (
-        "import sys; from predilect.preprocess import Preprocessor, PreprocessCfg; "
-        "Preprocessor(PreprocessCfg()).run([b'not an image']); "
-        "print(sorted(m for m in ('predilect.preprocess.decoders.pil_draft', 'nvidia') if m in sys.modules))"
-    )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
-    assert done.stdout.strip() == "['predilect.preprocess.decoders.pil_draft']"
+    code = "from predilect.preprocess import Preprocessor, PreprocessCfg\nPreprocessor(PreprocessCfg()).run([b'x'])"
+    backend = "predilect.preprocess.decoders.pil_draft"
+    assert _loaded_after(code, (backend, "nvidia")) == [backend]
