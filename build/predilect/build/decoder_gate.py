@@ -139,10 +139,14 @@ def gate_decoder(
     ``DecoderGateError`` past tolerance (or when the decoders disagree on which images they screen)."""
     checked = check_with or served
     payloads: Sequence[bytes] = images.payloads
-    trained = Preprocessor(cfg, max_batch_size=batch_size, num_threads=2).run(payloads)
-    candidate = Preprocessor(
-        dataclasses.replace(cfg, decoder=checked), max_batch_size=batch_size, num_threads=2, device_id=device_id
-    ).run(payloads)
+    runs = []
+    for decoder, device in ((cfg.decoder, None), (checked, device_id)):
+        preprocessor = Preprocessor(
+            dataclasses.replace(cfg, decoder=decoder), max_batch_size=batch_size, num_threads=2, device_id=device
+        )
+        runs.append(preprocessor.run(payloads))
+        preprocessor.close()
+    trained, candidate = runs
     both = sorted(set(trained.accepted) & set(candidate.accepted))
     if not both:
         raise DecoderGateError(
