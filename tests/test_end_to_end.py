@@ -11,7 +11,7 @@ from predilect.client import ScreeningClient
 from predilect.manifest import read_manifest
 from predilect.models.checkpoint import load_checkpoint
 from predilect.models.inference import predict_proba
-from predilect.pixels import load_fundus_pixels
+from predilect.preprocess.pixels import load_fundus_pixels
 
 pytestmark = pytest.mark.integration
 
@@ -57,7 +57,7 @@ def test_served_quality_equals_quality_on_224_px_square_when_model_input_is_64_p
     payloads = [r.path.read_bytes() for r in heldout[:6]]
     at_224 = dataclasses.replace(meta.preprocess, size=meta.preprocess.quality_size)
     expected = quality.assess_pixels(
-        Preprocessor(at_224, num_threads=1).run_strict(payloads),
+        Preprocessor(at_224, num_threads=1).run(payloads).pixels_or_raise(),
         quality.default_quality_cfg(),
         mean=at_224.mean,
         std=at_224.std,

@@ -79,7 +79,7 @@ def test_served_int8_probabilities_equal_onnx_runtime_when_assembled_with_precis
     assert served.model_version.endswith(".int8")
     images = [r.path.read_bytes() for r in read_manifest(pipeline.manifest, split="test")[:6]]
     cfg = PreprocessCfg.from_json(_meta(fp32)[contract.KEY_PREPROCESS])
-    expected = onnx_probabilities(quantized, Preprocessor(cfg, num_threads=1).run_strict(images))
+    expected = onnx_probabilities(quantized, Preprocessor(cfg, num_threads=1).run(images).pixels_or_raise())
     with (
         TritonServer.on_free_ports(
             model_repository=repository,

@@ -55,7 +55,8 @@ def _expected(tiny_onnx: Path, payload: bytes) -> dict[str, np.ndarray]:
     import onnxruntime as ort
 
     cfg = PreprocessCfg()
-    pixels, errors, boxes = Preprocessor(cfg).run_with_fields([payload])
+    done = Preprocessor(cfg).run([payload])
+    pixels, errors, boxes = done.pixels, done.errors, done.boxes
     assert errors == [None]
     session = ort.InferenceSession(str(tiny_onnx), providers=["CPUExecutionProvider"])
     logits, attention = session.run([contract.LOGITS, contract.ATTENTION], {contract.PIXELS: pixels})

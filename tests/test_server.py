@@ -18,9 +18,11 @@ import pytest
 from predilect import contract
 from predilect.catalog import DEFAULT_CATALOG
 from predilect.preprocess import InvalidImageError, PreprocessCfg, Preprocessor
+from predilect.serving import configs
 from predilect.serving.backends.classifier import OnnxClassifier
 from predilect.serving.backends.postprocess import stable_sigmoid
-from predilect.serving.backends.preprocess import preprocess_requests
+from predilect.serving.backends.preprocess import preprocess_and_grade
+from predilect.serving.backends.screening import Screening
 from predilect.serving.server import ServerStartError, TritonServer, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -158,13 +160,20 @@ def test_onnx_classifier_splits_logits_back_per_request_when_batched(tiny_onnx: 
         np.testing.assert_allclose(logits, classifier.run([batch])[0], rtol=0, atol=1e-6)
 
 
-def test_preprocess_requests_rejects_only_bad_payloads_when_batched(fundus_jpeg) -> None:
-    preprocessor = Preprocessor(PreprocessCfg(), max_batch_size=4, num_threads=1)
+def test_preprocess_and_grade_rejects_only_bad_payloads_when_batched(fundus_jpeg) -> None:
+    cfg = PreprocessCfg()
+    preprocessor = Preprocessor(cfg, max_batch_size=4, num_threads=1)
+    screening = Screening.from_parameters(
+        configs.screening_parameters(configs.ServedModel(DEFAULT_CATALOG, cfg, "tiny", "1"))
+    )
     good = np.frombuffer(fundus_jpeg(1), np.uint8)
-    images = [good[None], np.frombuffer(b"GIF89a not supported", np.uint8)[None], np.stack([good, good])]
-    results = preprocess_requests(preprocessor, images)
-    assert results[0].shape == (1, 3, 224, 224)
-    np.testing.assert_array_equal(results[0], preprocessor.run_strict([good]))
+    images = [good[None], np.frombuffer(b"GIF89a not supported", np.uint8)[None], np.stack([good, good]), good[None]]
+    results = preprocess_and_grade(preprocessor, screening, images)
+    alone = preprocessor.run([good])
+    for answer in (results[0], results[3]):
+        assert not isinstance(answer, InvalidImageError)
+        np.testing.assert_array_equal(answer[contract.PIXELS], alone.pixels_or_raise())
+        np.testing.assert_array_equal(answer[contract.FIELD_BOX], np.asarray(alone.boxes, np.float32))
     assert isinstance(results[1], InvalidImageError) and "not a JPEG or PNG" in str(results[1])
     assert isinstance(results[2], InvalidImageError) and "one image per request" in str(results[2])
 

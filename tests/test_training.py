@@ -9,8 +9,8 @@ from predilect import contract
 from predilect.catalog import DEFAULT_CATALOG, load_catalog
 from predilect.manifest import read_manifest
 from predilect.models.checkpoint import load_checkpoint, load_pretrain
-from predilect.pixels import load_fundus_pixels, load_oct_scans
 from predilect.preprocess import PreprocessCfg, Preprocessor
+from predilect.preprocess.pixels import load_fundus_pixels, load_oct_scans
 from predilect.training.train import runs, train
 from predilect.training.train_cli import main as train_main
 
@@ -99,7 +99,7 @@ def test_training_tensors_equal_serving_pipeline_when_same_files(phantom_manifes
     records = read_manifest(phantom_manifest, split="test")[:5]
     cached = load_fundus_pixels(records, cfg, cache_dir=tmp_path)
     again = load_fundus_pixels(records, cfg, cache_dir=tmp_path)  # from the cache file
-    direct = Preprocessor(cfg).run_strict([r.path.read_bytes() for r in records])
+    direct = Preprocessor(cfg).run([r.path.read_bytes() for r in records]).pixels_or_raise()
     assert np.array_equal(cached, direct) and np.array_equal(again, direct)
     screening = Screening.from_parameters(screening_parameters(ServedModel(DEFAULT_CATALOG, cfg, "m", "1")))
     images = [np.frombuffer(r.path.read_bytes(), np.uint8)[np.newaxis] for r in records]

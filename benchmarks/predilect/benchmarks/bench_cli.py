@@ -314,8 +314,10 @@ def _int8(run: _Run) -> bool:
     if served:
         meta = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
         run.results["int8"] = {"gate": json.loads(meta[contract.KEY_QUANTIZATION])}
-    pixels = Preprocessor(read_served_model(args.onnx).preprocess, num_threads=1).run_strict(
-        [p.read_bytes() for p in run.camera[:32]]
+    pixels = (
+        Preprocessor(read_served_model(args.onnx).preprocess, num_threads=1)
+        .run([p.read_bytes() for p in run.camera[:32]])
+        .pixels_or_raise()
     )
     run.results["int8"]["served"] = served
     run.results["int8"]["inference_ms_per_image"] = {

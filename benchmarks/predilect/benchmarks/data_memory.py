@@ -81,7 +81,7 @@ def run_case(mode: str, manifest: Path, *, steps: int, batch_size: int, workers:
     records = read_manifest(manifest, catalog=DEFAULT_CATALOG)
     after_manifest = _peak_mib(resource.RUSAGE_SELF)
     if mode == "legacy":
-        from predilect.pixels import load_fundus_pixels
+        from predilect.preprocess.pixels import load_fundus_pixels
 
         pixels = load_fundus_pixels(records, preprocess, num_threads=1)
         held = pixels.nbytes / 2**20

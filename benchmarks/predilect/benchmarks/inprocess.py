@@ -60,7 +60,7 @@ def _worker(
     preprocessor = Preprocessor(served.preprocess, max_batch_size=len(batches[0]), num_threads=1)
     classifier = OnnxClassifier(onnx_path, intra_op_threads=1)
     screening = Screening(served.rules, served.preprocess)
-    classifier.run_all(preprocessor.run_with_quality(batches[0]).pixels)  # warm-up
+    classifier.run_all(preprocessor.run(batches[0], quality=True).pixels)  # warm-up
     ready.wait()
     i = offset
     while time.perf_counter() < deadline[0]:
@@ -68,7 +68,7 @@ def _worker(
         i += 1
         # FusedScreen.outputs' steps, timed in two parts.
         t0 = time.perf_counter()
-        done = preprocessor.run_with_quality(batch)
+        done = preprocessor.run(batch, quality=True)
         quality = screening.quality(done.pixels, done.quality_planes)
         t1 = time.perf_counter()
         model = classifier.run_all(done.pixels)

@@ -61,11 +61,8 @@ def _planes(images: Path, count: int) -> np.ndarray:
     if not paths:
         raise CommandError(f"no .jpg images in {images}")
     cfg = PreprocessCfg()
-    pixels, errors = Preprocessor(cfg, max_batch_size=len(paths), num_threads=1).run_packed(
-        [p.read_bytes() for p in paths]
-    )
-    kept = [i for i, e in enumerate(errors) if e is None]
-    return np.ascontiguousarray(quality.planes_from_pixels(pixels[kept], cfg.mean, cfg.std))
+    done = Preprocessor(cfg, max_batch_size=len(paths), num_threads=1).run([p.read_bytes() for p in paths])
+    return np.ascontiguousarray(quality.planes_from_pixels(done.pixels, cfg.mean, cfg.std))
 
 
 def _ms_per_image(measure: Callable[[np.ndarray], np.ndarray], planes: np.ndarray, batch: int) -> float:

@@ -4,7 +4,7 @@
 
 For a 128-px and a 224-px model, times what the served preprocessing step does per request batch:
 ``Preprocessor`` (the ``pil_draft`` decoder) and the gradability grading, in this checkout
-(``run_with_quality``, then ``Screening.quality`` on the quality square) and with
+(``Preprocessor.run(..., quality=True)``, then ``Screening.quality`` on the quality square) and with
 ``predilect/preprocess.py`` and ``predilect/quality.py`` as they were at ``--baseline-rev`` (read
 with ``git show``; ``run_packed`` then ``assess_pixels`` on the model input). Batches of
 ``--batch`` images, one decode thread, CPU time of this thread, passes interleaved across the
@@ -59,7 +59,7 @@ def _after(size: int) -> Step:
     )
 
     def step(batch: list[bytes]) -> Callable[[], object]:
-        done = preprocessor.run_with_quality(batch)
+        done = preprocessor.run(batch, quality=True)
         return lambda: screening.quality(done.pixels, done.quality_planes)
 
     return step

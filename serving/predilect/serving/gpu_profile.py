@@ -12,7 +12,11 @@ refused by its own discovery check (``IncompatibleModelError``) before any reque
 2. ``preprocess`` (DALI backend, GPU): nvJPEG ``mixed`` decode, field-of-view crop, resize,
    normalise: ``dali.py`` derived from the served ``PreprocessCfg``; ragged ``IMAGE`` batches;
    returns PIXELS, FOV_EXTENT and FRAME_EXTENT (the decoded photograph's size), and QUALITY_SQUARE
-   (the same crop at the quality calibration's side) when the model input has another side;
+   (the same crop at the quality calibration's side) when the model input has another side.
+   nvJPEG (``dali_mixed``) replaces the checkpoint's decoder (``pil_draft`` by default): the
+   substitution is gated (``predilect.build.decoder_gate``: here with the ``dali_cpu`` twin, on
+   the serving GPU again with nvJPEG) and recorded (``contract.KEY_SERVED_DECODER``,
+   ``contract.KEY_DECODER_GATE``) in ``dali_params.json`` and the ensemble's parameters;
 3. ``classifier`` (``tensorrt_plan``, GPU): the engine, whose optimisation profile is
    min 1 / opt = the largest preferred batch / max = ``max_batch_size``;
 4. ``postprocess`` (Python, CPU): rejects images without a field of view, per request; grades
@@ -33,8 +37,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from predilect import contract
+from predilect.build.decoder_gate import (
+    DEFAULT_TOLERANCE_AUROC,
+    DEFAULT_TOLERANCE_DP,
+    DecoderGateReport,
+    GateImages,
+    gate_decoder,
+    manifest_gate_images,
+)
 from predilect.errors import ConfigError
+from predilect.preprocess import PreprocessCfg
 from predilect.serving import configs
+from predilect.serving.dali_pipeline import SERVED_DECODER, DaliParams
 
 WARMUP_IMAGE = "fundus.jpg"
 """The warm-up JPEG in ``preprocess/warmup/`` (synthetic: a bright disc on black)."""
@@ -58,6 +72,14 @@ class GpuServingOptions:
     hw_decoder_load: float = field(
         default=0.65, metadata={"help": "share of JPEGs given to the hardware decoder (A100/H100), 0..1"}
     )
+    decoder_tolerance_dp: float = field(
+        default=DEFAULT_TOLERANCE_DP,
+        metadata={"help": "decoder gate: largest |dp| between nvJPEG's and the training decoder's probabilities"},
+    )
+    decoder_tolerance_auroc: float = field(
+        default=DEFAULT_TOLERANCE_AUROC,
+        metadata={"help": "decoder gate: largest macro-AUROC change (labelled gate images)"},
+    )
     classifier_instances: int = field(default=1, metadata={"help": "TensorRT execution contexts per GPU"})
     precision: str = field(default="fp32", metadata={"help": "engine precision: fp32, fp16, bf16, int8, fp8"})
 
@@ -71,6 +93,8 @@ class GpuServingOptions:
             raise ConfigError("queue delay, size and timeout must be >= 0")
         if not 0.0 <= self.hw_decoder_load <= 1.0:
             raise ConfigError(f"hw_decoder_load is a share, 0..1; got {self.hw_decoder_load}")
+        if min(self.decoder_tolerance_dp, self.decoder_tolerance_auroc) < 0:
+            raise ConfigError("decoder gate tolerances must be >= 0")
         if self.precision not in ("fp32", "fp16", "bf16", "int8", "fp8"):
             raise ConfigError(f"precision must be fp32, fp16, bf16, int8 or fp8; got {self.precision!r}")
 
@@ -122,10 +146,21 @@ def _batched(options: GpuServingOptions) -> dict[str, object]:
     }
 
 
+def decoder_parameters(gate: DecoderGateReport | None) -> dict[str, str]:
+    """The record of the served decoder (and of the gate its substitution passed), as config parameters."""
+    record = {contract.KEY_SERVED_DECODER: SERVED_DECODER}
+    return record if gate is None else {**record, contract.KEY_DECODER_GATE: gate.to_json()}
+
+
 def gpu_screen_models(
-    served: configs.ServedModel, options: GpuServingOptions, *, warmup_image_bytes: int
+    served: configs.ServedModel,
+    options: GpuServingOptions,
+    *,
+    warmup_image_bytes: int,
+    decoder_gate: DecoderGateReport | None = None,
 ) -> list[configs.ModelDef]:
-    """The five model definitions of the GPU profile, composing models first, the ensemble last."""
+    """The five model definitions of the GPU profile, composing models first, the ensemble last;
+    ``decoder_gate``: the report of the gate nvJPEG passed in place of the checkpoint's decoder."""
     size, classes = served.preprocess.size, len(served.catalog)
     image = configs.TensorDef(contract.IMAGE, "TYPE_UINT8", (-1,))
     ragged_image = configs.TensorDef(contract.IMAGE, "TYPE_UINT8", (-1,), allow_ragged_batch=True)
@@ -162,7 +197,7 @@ def gpu_screen_models(
         name=contract.PREPROCESS_MODEL,
         backend="dali",
         inputs=(ragged_image,),
-        outputs=(pixels, fov, frame, *squares),  # the order of serving_graph's outputs (dali_pipeline.output_names)
+        outputs=(pixels, fov, frame, *squares),  # the order of the DALI graph's outputs (preprocess.dali_outputs)
         instance_kind="KIND_GPU",
         parameters={"num_threads": str(options.dali_threads)},  # the DALI backend's own parameter
         warmup=(configs.WarmupDef("fundus", batch_size=1, inputs={contract.IMAGE: warm_jpeg}),),
@@ -212,12 +247,12 @@ def gpu_screen_models(
             ),
         ),
         max_batch_size=options.max_batch_size,
-        parameters=served.parameters(),
+        parameters={**served.parameters(), **decoder_parameters(decoder_gate)},
     )
     return [validate, preprocess, classifier, postprocess, ensemble]
 
 
-def warmup_jpeg(*, size_px: int = 512) -> bytes:
+def warmup_jpeg(*, size_px: int = 512, seed: int = 0) -> bytes:
     """A synthetic fundus-like JPEG (a textured bright disc on black) that passes every check."""
     import numpy as np
     from PIL import Image
@@ -225,10 +260,40 @@ def warmup_jpeg(*, size_px: int = 512) -> bytes:
     yy, xx = np.mgrid[:size_px, :size_px]
     disc = (yy - size_px / 2) ** 2 + (xx - size_px / 2) ** 2 < (0.45 * size_px) ** 2
     rgb = np.zeros((size_px, size_px, 3), np.uint8)
-    rgb[disc] = (np.random.default_rng(0).integers(40, 220, (int(disc.sum()), 3))).astype(np.uint8)
+    rgb[disc] = (np.random.default_rng(seed).integers(40, 220, (int(disc.sum()), 3))).astype(np.uint8)
     buffer = io.BytesIO()
     Image.fromarray(rgb).save(buffer, format="JPEG", quality=90)
     return buffer.getvalue()
+
+
+SYNTHETIC_GATE_SIDES_PX = (256, 384, 512, 768, 1024, 1536)
+"""Without a gate manifest, the decoder gate's images: warm-up-style discs at sides that take ``pil_draft`` through
+its DCT scales (1, 1/2, 1/4, 1/8 for a 224-px square); they stand in for photographs, which the report names."""
+
+
+def synthetic_gate_images() -> GateImages:
+    """The decoder gate's images when no manifest is given: synthetic discs (``SYNTHETIC_GATE_SIDES_PX``)."""
+    payloads = tuple(warmup_jpeg(size_px=side, seed=i) for i, side in enumerate(SYNTHETIC_GATE_SIDES_PX))
+    return GateImages(payloads, None, f"synthetic discs ({len(payloads)} images, no photographs)")
+
+
+def gate_served_decoder(
+    onnx_path: Path, preprocess: PreprocessCfg, options: GpuServingOptions, images: GateImages
+) -> DecoderGateReport | None:
+    """The decoder gate of serving nvJPEG in place of ``preprocess.decoder``, run here with the ``dali_cpu`` twin
+    (None when the checkpoint was trained with it); raises ``DecoderGateError`` past the options' tolerances."""
+    if preprocess.decoder == SERVED_DECODER:
+        return None
+    return gate_decoder(
+        preprocess,
+        served=SERVED_DECODER,
+        images=images,
+        reference_onnx=onnx_path,
+        check_with="dali_cpu",
+        device_id=None,
+        tolerance_dp=options.decoder_tolerance_dp,
+        tolerance_auroc=options.decoder_tolerance_auroc,
+    )
 
 
 def shim_dir() -> Path:
@@ -276,11 +341,13 @@ def assemble_gpu(
 
     The classifier carries the ONNX in the requested precision, the engine build request, the
     FP32 reference and the gate set; ``predilect trt-engine --model-repository`` (the container
-    entrypoint) turns them into ``model.plan`` on the serving GPU.
+    entrypoint) turns them into ``model.plan`` on the serving GPU. Serving nvJPEG in place of the
+    checkpoint's decoder passes the decoder gate first (``gate_served_decoder``, on the held-out
+    images of ``gate_manifest`` or synthetic ones); its report and images go into ``preprocess/``
+    and the ensemble's parameters, and the container runs it again on the GPU.
     """
     import numpy as np
 
-    from predilect.serving.dali_pipeline import DaliParams
     from predilect.serving.repository import read_served_model, staged_repository, write_model
 
     onnx_path, out_dir = Path(onnx_path), Path(out_dir)
@@ -293,11 +360,18 @@ def assemble_gpu(
     else:  # random pixels: the gate then checks max |dp| only
         pixels = np.random.default_rng(0).standard_normal((8, *served.preprocess.input_shape)).astype(np.float32)
         labels = np.zeros((0, len(served.catalog)), np.float32)
+    decoder_images = (
+        manifest_gate_images(gate_manifest, onnx_path, limit=gate_images)
+        if gate_manifest is not None
+        else synthetic_gate_images()
+    )
+    decoder_gate = gate_served_decoder(onnx_path, served.preprocess, options, decoder_images)
     jpeg = warmup_jpeg()
     templates = shim_dir()
     version = contract.TRITON_VERSION
     with staged_repository(out_dir) as staging:
-        for definition in gpu_screen_models(served, options, warmup_image_bytes=len(jpeg)):
+        models = gpu_screen_models(served, options, warmup_image_bytes=len(jpeg), decoder_gate=decoder_gate)
+        for definition in models:
             files = None
             if definition.name in (contract.VALIDATE_MODEL, contract.POSTPROCESS_MODEL):
                 files = {"model.py": templates / definition.name / version / "model.py"}
@@ -310,8 +384,12 @@ def assemble_gpu(
             max_batch_size=options.max_batch_size,
             num_threads=options.dali_threads,
             hw_decoder_load=options.hw_decoder_load,
+            decoder=SERVED_DECODER,
+            decoder_gate=None if decoder_gate is None else decoder_gate.to_json(),
         )
         (dali_dir / version / contract.DALI_PARAMS_FILENAME).write_text(params.to_json(), encoding="utf-8")
+        if decoder_gate is not None:  # the container gates nvJPEG itself on these, on its GPU
+            decoder_images.save(dali_dir / contract.DECODER_GATE_SET_FILENAME)
         (dali_dir / "warmup").mkdir()
         (dali_dir / "warmup" / WARMUP_IMAGE).write_bytes(jpeg)
         classifier = staging / contract.CLASSIFIER_MODEL

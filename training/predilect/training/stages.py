@@ -20,8 +20,8 @@ from torch import Tensor, nn
 from predilect.catalog import Catalog, resolve_catalog
 from predilect.errors import ConfigError
 from predilect.manifest import Record, label_matrix, read_manifest
-from predilect.pixels import load_fundus_pixels
 from predilect.preprocess import PreprocessCfg
+from predilect.preprocess.pixels import load_fundus_pixels
 from predilect.training.datasets import FundusAugment, FundusDataset, OctCfg, OctDataset, item_rng, make_loader
 
 log = logging.getLogger(__name__)

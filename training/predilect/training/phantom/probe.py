@@ -34,7 +34,7 @@ def pooled_pixels(
     records: Sequence[Record], grid: int, cfg: PreprocessCfg = PreprocessCfg(), *, cache_dir: Path | None = None
 ) -> np.ndarray:
     """``(N, 3 * grid * grid)`` features: preprocessed images average-pooled to ``grid`` x ``grid``."""
-    from predilect.pixels import load_fundus_pixels
+    from predilect.preprocess.pixels import load_fundus_pixels
 
     pixels = load_fundus_pixels(list(records), cfg, cache_dir=cache_dir)
     n, c, s, _ = pixels.shape

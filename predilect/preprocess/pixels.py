@@ -1,4 +1,4 @@
-"""Turn manifests into tensors: fundus images through the shared preprocessing, OCT scans
+"""Manifest records -> tensors: fundus images through the served preprocessing (cached), OCT scans
 through the OCT-only resize used by the teaching stage."""
 
 from __future__ import annotations
@@ -8,9 +8,11 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from predilect.manifest import Record
-from predilect.preprocess import PreprocessCfg, Preprocessor
+from predilect.preprocess.config import PreprocessCfg
+from predilect.preprocess.runner import Preprocessor
 
 OCT_INPUT_SIZE = 128
 """Side of the square OCT model input; OCT never reaches serving, so this is a training-only choice."""
@@ -44,7 +46,7 @@ def load_fundus_pixels(
     out = np.empty((len(records), *cfg.input_shape), dtype=np.float32)
     for start in range(0, len(records), batch_size):
         chunk = records[start : start + batch_size]
-        out[start : start + len(chunk)] = preprocessor.run_strict([r.path.read_bytes() for r in chunk])
+        out[start : start + len(chunk)] = preprocessor.run([r.path.read_bytes() for r in chunk]).pixels_or_raise()
         if progress:
             progress(start + len(chunk), len(records))
     if cache is not None:
@@ -57,8 +59,6 @@ def load_fundus_pixels(
 
 def load_oct_scans(records: Sequence[Record], *, size: int = OCT_INPUT_SIZE) -> np.ndarray:
     """OCT B-scans as ``(N, 1, size, size)`` float32, roughly zero-mean unit-variance."""
-    from PIL import Image
-
     out = np.empty((len(records), 1, size, size), dtype=np.float32)
     for i, r in enumerate(records):
         with Image.open(r.path) as im:
