@@ -528,7 +528,7 @@ def test_gpu_field_box_matches_default_cpu_profile_within_one_draft_pixel_when_d
 
 
 def test_gpu_postprocess_answers_and_rejects_per_request_when_served_by_real_tritonserver(
-    gpu_repository: Path, tmp_path: Path
+    tritonserver, gpu_repository: Path, tmp_path: Path
 ) -> None:
     # The GPU postprocess model alone (DALI and TensorRT do not load without a GPU), on the real
     # Python backend: the adapter's tensors match its config, and a no-FOV request fails alone.
@@ -538,7 +538,7 @@ def test_gpu_postprocess_answers_and_rejects_per_request_when_served_by_real_tri
     import tritonclient.grpc as grpcclient
     from tritonclient.utils import InferenceServerException
 
-    from predilect.serving.server import TritonServer, free_port
+    from predilect.serving.server import free_port
 
     shutil.copytree(gpu_repository / contract.POSTPROCESS_MODEL, tmp_path / "repo" / contract.POSTPROCESS_MODEL)
     served = configs.ServedModel(DEFAULT_CATALOG, PreprocessCfg(), "tiny", "1")
@@ -549,7 +549,7 @@ def test_gpu_postprocess_answers_and_rejects_per_request_when_served_by_real_tri
     expected = screen_requests(Screening.from_parameters(configs.screening_parameters(served)), requests)
     names = [t.name for t in screening_outputs(served, heatmaps=False)]
     ports = {"grpc_port": free_port(), "http_port": free_port(), "metrics_port": free_port()}
-    with TritonServer(model_repository=tmp_path / "repo", log_path=tmp_path / "triton.log", **ports) as server:
+    with tritonserver(model_repository=tmp_path / "repo", log_path=tmp_path / "triton.log", **ports) as server:
         client = grpcclient.InferenceServerClient(server.grpc_url)
 
         def infer(request: dict[str, np.ndarray]) -> dict[str, np.ndarray] | InferenceServerException:
