@@ -56,7 +56,7 @@ test-unit: install system-deps
 	$(VENV)/bin/pytest -m unit $(PYTEST_ARGS)
 
 test-integration: install system-deps
-	$(VENV)/bin/pytest -m integration $(PYTEST_ARGS)
+	$(VENV)/bin/pytest -m "integration and not bench" $(PYTEST_ARGS)
 
 test-bench: install system-deps
 	$(VENV)/bin/pytest -m bench $(PYTEST_ARGS)
