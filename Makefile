@@ -9,7 +9,7 @@ ARTIFACTS ?= artifacts
 PYTEST_ARGS ?=
 export PYTHONSAFEPATH := 1
 
-.PHONY: install lint system-deps demo test serve bench gpu-check clean
+.PHONY: install lint system-deps demo test test-unit test-integration test-bench serve bench gpu-check clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -46,8 +46,20 @@ system-deps:
 		command -v chromium >/dev/null && { command -v nginx || test -x /usr/sbin/nginx; } >/dev/null || \
 		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dcmtk nginx-light shellcheck chromium >/dev/null; }
 
+# The test lanes (tests/conftest.py marks them from the fixtures each test uses; README "Tests").
+# `make test` is what CI runs: lint, then the unit and integration lanes (the gpu tests skip
+# without a GPU); the bench lane, the long variants of the benchmark and learning tests, runs apart.
 test: lint system-deps
-	$(VENV)/bin/pytest $(PYTEST_ARGS)
+	$(VENV)/bin/pytest -m "not bench" $(PYTEST_ARGS)
+
+test-unit: install system-deps
+	$(VENV)/bin/pytest -m unit $(PYTEST_ARGS)
+
+test-integration: install system-deps
+	$(VENV)/bin/pytest -m "integration and not bench" $(PYTEST_ARGS)
+
+test-bench: install system-deps
+	$(VENV)/bin/pytest -m bench $(PYTEST_ARGS)
 
 serve: install
 	$(VENV)/bin/predilect serve --model-repository $(ARTIFACTS)/model_repository

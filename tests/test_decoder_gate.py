@@ -13,7 +13,7 @@ from predilect import contract
 from predilect.build.decoder_gate import DecoderGateError, GateImages, gate_decoder, gate_repository
 from predilect.errors import UserError
 from predilect.preprocess import PreprocessCfg
-from predilect.serving import configs
+from predilect.serving import triton_config
 from predilect.serving.dali_pipeline import DaliParams
 from predilect.serving.gpu_profile import GpuServingOptions, assemble_gpu, synthetic_gate_images
 
@@ -93,7 +93,7 @@ def test_assemble_gpu_records_served_decoder_and_gate_when_checkpoint_trained_wi
     assert raw[contract.KEY_DECODER_GATE]["checked_with"] == "dali_cpu"
     gate = GateImages.load(preprocess / contract.DECODER_GATE_SET_FILENAME)
     assert gate.payloads == synthetic_gate_images().payloads and "synthetic" in gate.source
-    ensemble = configs.read_config(gpu_repository / contract.ENSEMBLE / contract.CONFIG_FILENAME)
+    ensemble = triton_config.read_config(gpu_repository / contract.ENSEMBLE / contract.CONFIG_FILENAME)
     served = {key: value.string_value for key, value in ensemble.parameters.items()}
     assert served[contract.KEY_SERVED_DECODER] == "dali_mixed"
     assert json.loads(served[contract.KEY_DECODER_GATE]) == raw[contract.KEY_DECODER_GATE]

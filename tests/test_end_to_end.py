@@ -13,8 +13,6 @@ from predilect.models.checkpoint import load_checkpoint
 from predilect.models.inference import predict_proba
 from predilect.preprocess.pixels import load_fundus_pixels
 
-pytestmark = pytest.mark.integration
-
 
 @pytest.fixture(scope="module")
 def heldout(pipeline):
@@ -82,6 +80,7 @@ def test_served_catalog_equals_checkpoint_catalog_when_discovered(pipeline, pipe
     assert params[contract.KEY_MODEL_VERSION] == meta.version
 
 
+@pytest.mark.usefixtures("tritonserver")  # the demo starts its own
 def test_demo_cli_screens_heldout_when_run_small(tmp_path, capsys):
     from predilect.demo_cli import main as demo_main
 

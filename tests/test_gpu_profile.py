@@ -25,6 +25,8 @@ from predilect.serving.backends.validate import validate_image, validate_request
 from predilect.serving.dali_pipeline import DaliParams, served_pipeline
 from predilect.serving.gpu_profile import EngineBuildRequest, GpuServingOptions, assemble_gpu
 from predilect.serving.repository import read_served_model
+from predilect.serving.topology import screening_outputs
+from predilect.serving.triton_config import read_config
 
 GPU_MODELS = (
     contract.VALIDATE_MODEL,
@@ -51,7 +53,7 @@ def cpu_twin(params: DaliParams):
 
 
 def _load(repository: Path, names: tuple[str, ...]) -> dict[str, mc.ModelConfig]:
-    return {name: configs.read_config(repository / name / contract.CONFIG_FILENAME) for name in names}
+    return {name: read_config(repository / name / contract.CONFIG_FILENAME) for name in names}
 
 
 def _tensors(config: mc.ModelConfig, kind: str) -> dict[str, tuple[int, list[int]]]:
@@ -89,7 +91,7 @@ def test_both_profiles_wire_ensemble_consistently_when_assembled(profile, tiny_o
     # One definition for both profiles: the screening results; HEATMAPS only where the model's
     # attention leaves the engine (the CPU profile; the GPU profile's TensorRT plugin keeps it on chip).
     served = read_served_model(tiny_onnx)
-    results = {t.name: (mc.DataType.Value(t.data_type), list(t.dims)) for t in configs.screening_outputs(served)}
+    results = {t.name: (mc.DataType.Value(t.data_type), list(t.dims)) for t in screening_outputs(served)}
     outputs = _tensors(ensemble, "output")
     assert {name: spec for name, spec in outputs.items() if name != contract.HEATMAPS} == {
         name: spec for name, spec in results.items() if name != contract.HEATMAPS
@@ -104,7 +106,7 @@ def test_gpu_ensemble_passes_client_discovery_and_refuses_heatmaps_when_assemble
     from predilect.client.inputs import Prepared
     from predilect.client.protocol import RESULT_OUTPUTS, served_info
 
-    config = configs.read_config(gpu_repository / contract.ENSEMBLE / contract.CONFIG_FILENAME)
+    config = read_config(gpu_repository / contract.ENSEMBLE / contract.CONFIG_FILENAME)
     served = served_info(config, model_name=contract.ENSEMBLE, url="gpu:8001")  # the client's own check
     assert not served.heatmaps and set(RESULT_OUTPUTS) <= {o.name for o in config.output}
     settings = core_settings("gpu:8001")
@@ -147,7 +149,7 @@ def test_gpu_profile_places_dali_and_tensorrt_on_gpu_when_assembled(gpu_reposito
 def test_engine_request_spans_serving_batch_profile_when_assembled(gpu_repository) -> None:
     classifier = gpu_repository / contract.CLASSIFIER_MODEL
     request = EngineBuildRequest.from_json((classifier / contract.ENGINE_BUILD_FILENAME).read_text())
-    config = configs.read_config(classifier / contract.CONFIG_FILENAME)
+    config = read_config(classifier / contract.CONFIG_FILENAME)
     assert (request.min_batch, request.opt_batch, request.max_batch) == (1, 16, config.max_batch_size)
     assert request.opt_batch == max(config.dynamic_batching.preferred_batch_size)
     assert (classifier / contract.TRITON_VERSION / contract.ONNX_FILENAME).is_file()
@@ -441,7 +443,7 @@ def test_gpu_screen_equals_cpu_screening_and_rejects_no_fov_request_alone_when_b
     # What the ensemble declares is what is answered: names, dtypes, [1, *dims].
     served = configs.ServedModel(DEFAULT_CATALOG, cfg, "tiny", "1")
     for answer in answered:
-        declared = configs.screening_outputs(served, heatmaps=False)
+        declared = screening_outputs(served, heatmaps=False)
         assert sorted(answer) == sorted(t.name for t in declared)
         for t in declared:
             assert answer[t.name].dtype == NUMPY_TYPES[t.data_type] and answer[t.name].shape == (1, *t.dims), t.name
@@ -546,7 +548,7 @@ def test_gpu_field_box_matches_default_cpu_profile_within_one_draft_pixel_when_d
 
 
 def test_gpu_postprocess_answers_and_rejects_per_request_when_served_by_real_tritonserver(
-    gpu_repository: Path, tmp_path: Path
+    tritonserver, gpu_repository: Path, tmp_path: Path
 ) -> None:
     # The GPU postprocess model alone (DALI and TensorRT do not load without a GPU), on the real
     # Python backend: the adapter's tensors match its config, and a no-FOV request fails alone.
@@ -556,7 +558,7 @@ def test_gpu_postprocess_answers_and_rejects_per_request_when_served_by_real_tri
     import tritonclient.grpc as grpcclient
     from tritonclient.utils import InferenceServerException
 
-    from predilect.serving.server import TritonServer, free_port
+    from predilect.serving.server import free_port
 
     shutil.copytree(gpu_repository / contract.POSTPROCESS_MODEL, tmp_path / "repo" / contract.POSTPROCESS_MODEL)
     served = configs.ServedModel(DEFAULT_CATALOG, PreprocessCfg(), "tiny", "1")
@@ -565,9 +567,9 @@ def test_gpu_postprocess_answers_and_rejects_per_request_when_served_by_real_tri
     requests = [{**row, contract.LOGITS: logits[i : i + 1]} for i, row in enumerate(rows)]
     requests[1] = {**requests[1], contract.FOV_EXTENT: np.array([[30.0, 400.0]], np.float32)}
     expected = screen_requests(Screening.from_parameters(configs.screening_parameters(served)), requests)
-    names = [t.name for t in configs.screening_outputs(served, heatmaps=False)]
+    names = [t.name for t in screening_outputs(served, heatmaps=False)]
     ports = {"grpc_port": free_port(), "http_port": free_port(), "metrics_port": free_port()}
-    with TritonServer(model_repository=tmp_path / "repo", log_path=tmp_path / "triton.log", **ports) as server:
+    with tritonserver(model_repository=tmp_path / "repo", log_path=tmp_path / "triton.log", **ports) as server:
         client = grpcclient.InferenceServerClient(server.grpc_url)
 
         def infer(request: dict[str, np.ndarray]) -> dict[str, np.ndarray] | InferenceServerException:
@@ -590,7 +592,7 @@ def test_gpu_postprocess_answers_and_rejects_per_request_when_served_by_real_tri
     assert contract.REJECTED_PREFIX in str(rejected.message()) and "field of view" in str(rejected.message())
     for answer, reference in ((answers[0], expected[0]), (answers[2], expected[2])):
         assert isinstance(answer, dict) and isinstance(reference, dict)
-        for t in configs.screening_outputs(served, heatmaps=False):  # the backend sends the dtype it is given
+        for t in screening_outputs(served, heatmaps=False):  # the backend sends the dtype it is given
             assert answer[t.name].dtype == NUMPY_TYPES[t.data_type] and answer[t.name].shape == (1, *t.dims), t.name
             np.testing.assert_array_equal(answer[t.name], reference[t.name], err_msg=t.name)
 
@@ -599,7 +601,7 @@ def test_dali_params_round_trip_when_written_beside_dali_py(gpu_repository) -> N
     path = gpu_repository / contract.PREPROCESS_MODEL / contract.TRITON_VERSION / contract.DALI_PARAMS_FILENAME
     params = DaliParams.from_json(path.read_text())
     served = json.loads(
-        configs.read_config(gpu_repository / contract.ENSEMBLE / contract.CONFIG_FILENAME)
+        read_config(gpu_repository / contract.ENSEMBLE / contract.CONFIG_FILENAME)
         .parameters[contract.KEY_PREPROCESS]
         .string_value
     )

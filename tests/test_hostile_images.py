@@ -8,6 +8,7 @@ import struct
 import zlib
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
@@ -18,6 +19,9 @@ from PIL import Image, ImageOps
 from predilect import contract
 from predilect.preprocess import InvalidImageError, PreprocessCfg, Preprocessor, inspect_image
 from predilect.preprocess.decoders.pil_draft import decode_rgb
+
+if TYPE_CHECKING:
+    from predilect.serving.server import TritonServer
 
 # --------------------------------------------------------------------------- hostile payloads
 
@@ -233,12 +237,10 @@ def _infer(url: str, payload: bytes) -> np.ndarray | tuple[str, str]:
         client.close()
 
 
-@pytest.mark.integration
-@pytest.mark.parametrize("layout", ["fused", "split"])
 def test_server_refuses_hostile_and_answers_valid_unchanged_when_traffic_mixed_concurrently(
-    layout: str, request: pytest.FixtureRequest, fundus_jpeg: Callable[..., bytes]
+    layout_server: TritonServer, fundus_jpeg: Callable[..., bytes]
 ) -> None:
-    server = request.getfixturevalue("fused_server" if layout == "fused" else "triton_server")
+    server = layout_server
     valid = [fundus_jpeg(seed) for seed in range(8)]
     alone = [_infer(server.grpc_url, v) for v in valid]
     cases = hostile_payloads(valid[0])

@@ -199,24 +199,22 @@ def test_screening_refuses_to_grade_model_input_when_quality_square_is_separate(
 
 
 @pytest.fixture(scope="module")
-def fused_128_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+def fused_128_server(tritonserver, tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
     from serving_fixtures import build_tiny_onnx
 
     from predilect.serving.configs import ServingOptions
     from predilect.serving.repository import assemble
-    from predilect.serving.server import TritonServer
 
     work = tmp_path_factory.mktemp("fused128")
     onnx_path = build_tiny_onnx(work / "model.onnx", cfg=SMALL)
     options = ServingOptions(max_batch_size=8, fused_instances=1, max_queue_size=0, queue_timeout_us=0)
     repository = assemble(onnx_path, work / "repo", options)
-    with TritonServer.on_free_ports(
+    with tritonserver.on_free_ports(
         model_repository=repository, log_path=work / "tritonserver.log", startup_timeout_s=180
     ) as server:
         yield server
 
 
-@pytest.mark.integration
 def test_served_quality_of_128_px_model_equals_quality_on_224_px_square_when_fused(
     fused_128_server, fundus_jpeg: Callable[[int], bytes]
 ) -> None:

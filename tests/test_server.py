@@ -54,8 +54,8 @@ def _broken_repository(root: Path, model_py: str | None) -> Path:
     return root / "repo"
 
 
-def _start_broken(repository: Path) -> ServerStartError:
-    server = TritonServer.on_free_ports(
+def _start_broken(tritonserver: type[TritonServer], repository: Path) -> ServerStartError:
+    server = tritonserver.on_free_ports(
         model_repository=repository,
         startup_timeout_s=60,
     )
@@ -67,16 +67,20 @@ def _start_broken(repository: Path) -> ServerStartError:
     return caught.value
 
 
-def test_server_start_raises_server_start_error_when_a_model_fails_to_initialize(tmp_path: Path) -> None:
+def test_server_start_raises_server_start_error_when_a_model_fails_to_initialize(
+    tritonserver: type[TritonServer], tmp_path: Path
+) -> None:
     model_py = "class TritonPythonModel:\n    def initialize(self, args):\n        raise ValueError('weights gone')\n"
-    error = _start_broken(_broken_repository(tmp_path, model_py))
+    error = _start_broken(tritonserver, _broken_repository(tmp_path, model_py))
     assert "exited with code" in str(error)
     assert "ValueError: weights gone" in str(error)  # the cause, from the log's error lines
 
 
-def test_server_start_raises_server_start_error_when_model_py_is_missing(tmp_path: Path) -> None:
+def test_server_start_raises_server_start_error_when_model_py_is_missing(
+    tritonserver: type[TritonServer], tmp_path: Path
+) -> None:
     # tritonserver itself never gives up on such a model: the log is how we know.
-    error = _start_broken(_broken_repository(tmp_path, None))
+    error = _start_broken(tritonserver, _broken_repository(tmp_path, None))
     assert "Python model file not found" in str(error)
 
 
@@ -93,6 +97,7 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+@pytest.mark.usefixtures("tritonserver")  # `predilect serve` starts its own
 def test_serve_cli_exits_zero_and_stops_tritonserver_when_sent_sigterm(model_repository: Path, tmp_path: Path) -> None:
     import tritonclient.grpc as grpcclient
 
@@ -245,13 +250,13 @@ def _dead_pid() -> int:
 
 
 def test_server_shm_regions_are_reclaimed_when_server_and_stubs_were_killed_with_sigkill(
-    model_repository: Path, tmp_path: Path
+    tritonserver: type[TritonServer], model_repository: Path, tmp_path: Path
 ) -> None:
     """SIGKILL of the server's process group (OOM killer, ``kill -9 -<pgid>``) leaves its Python-backend
     regions in /dev/shm with nobody to unlink them: ``clean_stale_shm_regions`` (run at every start) does."""
     from predilect.serving.server import SHM_DIR, clean_stale_shm_regions
 
-    server = TritonServer.on_free_ports(
+    server = tritonserver.on_free_ports(
         model_repository=model_repository,
         log_path=tmp_path / "triton.log",
         startup_timeout_s=180,

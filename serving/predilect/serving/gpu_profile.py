@@ -1,11 +1,12 @@
 """The GPU profile of the model repository: DALI on the GPU, a TensorRT engine, per-request rejection.
 
 Same ensemble name, same ``IMAGE`` in and the same screening results out
-(``configs.screening_outputs``: PROBABILITIES, QUALITY, FINDINGS, REFERRAL, FIELD_BOX), same
+(``topology.screening_outputs``: PROBABILITIES, QUALITY, FINDINGS, REFERRAL, FIELD_BOX), same
 parameters as the CPU profile, so the same client works against either. The one difference:
 no ``HEATMAPS``. The TensorRT engine fuses the predilection attention into one plugin that
 keeps the attention map on chip and returns logits only, so a client asking for heatmaps is
-refused by its own discovery check (``IncompatibleModelError``) before any request. Steps:
+refused by its own discovery check (``IncompatibleModelError``) before any request. Steps
+(``topology.gpu_layout``, which derives the ensemble from them):
 
 1. ``validate_image`` (Python, CPU): the cheap header/structure check, so that one bad image
    fails alone instead of failing the DALI batch it would have joined;
@@ -47,11 +48,9 @@ from predilect.build.decoder_gate import (
 )
 from predilect.errors import ConfigError
 from predilect.preprocess import PreprocessCfg
-from predilect.serving import configs
+from predilect.serving import topology
 from predilect.serving.dali_pipeline import SERVED_DECODER, DaliParams
-
-WARMUP_IMAGE = "fundus.jpg"
-"""The warm-up JPEG in ``preprocess/warmup/`` (synthetic: a bright disc on black)."""
+from predilect.serving.triton_config import QueuePolicyDef
 
 
 @dataclass(frozen=True)
@@ -103,8 +102,8 @@ class GpuServingOptions:
         """The engine profile's optimum: the largest preferred batch (max_batch_size without one)."""
         return max(self.preferred_batch_sizes, default=self.max_batch_size)
 
-    def queue_policy(self) -> configs.QueuePolicyDef:
-        return configs.QueuePolicyDef(
+    def queue_policy(self) -> QueuePolicyDef:
+        return QueuePolicyDef(
             max_queue_size=self.max_queue_size, default_timeout_us=self.queue_timeout_us, timeout_action="REJECT"
         )
 
@@ -137,119 +136,10 @@ def engine_request(options: GpuServingOptions, *, use_plugin: bool = True) -> En
     )
 
 
-def _batched(options: GpuServingOptions) -> dict[str, object]:
-    return {
-        "max_batch_size": options.max_batch_size,
-        "max_queue_delay_us": options.max_queue_delay_us,
-        "preferred_batch_sizes": options.preferred_batch_sizes,
-        "queue_policy": options.queue_policy(),
-    }
-
-
 def decoder_parameters(gate: DecoderGateReport | None) -> dict[str, str]:
     """The record of the served decoder (and of the gate its substitution passed), as config parameters."""
     record = {contract.KEY_SERVED_DECODER: SERVED_DECODER}
     return record if gate is None else {**record, contract.KEY_DECODER_GATE: gate.to_json()}
-
-
-def gpu_screen_models(
-    served: configs.ServedModel,
-    options: GpuServingOptions,
-    *,
-    warmup_image_bytes: int,
-    decoder_gate: DecoderGateReport | None = None,
-) -> list[configs.ModelDef]:
-    """The five model definitions of the GPU profile, composing models first, the ensemble last;
-    ``decoder_gate``: the report of the gate nvJPEG passed in place of the checkpoint's decoder."""
-    size, classes = served.preprocess.size, len(served.catalog)
-    image = configs.TensorDef(contract.IMAGE, "TYPE_UINT8", (-1,))
-    ragged_image = configs.TensorDef(contract.IMAGE, "TYPE_UINT8", (-1,), allow_ragged_batch=True)
-    valid_image = configs.TensorDef(contract.VALID_IMAGE, "TYPE_UINT8", (-1,))
-    pixels = configs.TensorDef(contract.PIXELS, "TYPE_FP32", (3, size, size))
-    fov = configs.TensorDef(contract.FOV_EXTENT, "TYPE_FP32", (2,))
-    frame = configs.TensorDef(contract.FRAME_EXTENT, "TYPE_FP32", (2,))
-    # The crop at the quality calibration's side, when the model input's is another: graded by postprocess.
-    squares = (
-        (configs.TensorDef(contract.QUALITY_SQUARE, "TYPE_UINT8", served.preprocess.quality_shape),)
-        if served.preprocess.separate_quality_square
-        else ()
-    )
-    inner = {
-        contract.PIXELS: "pixels",
-        contract.FOV_EXTENT: "fov_extent",
-        contract.FRAME_EXTENT: "frame_extent",
-        contract.QUALITY_SQUARE: "quality_square",
-    }
-    logits = configs.TensorDef(contract.LOGITS, "TYPE_FP32", (classes,))
-    # The CPU profile's outputs but HEATMAPS: the TensorRT plugin keeps the attention map on chip.
-    outputs = configs.screening_outputs(served, heatmaps=False)
-    preprocess_params = {contract.KEY_PREPROCESS: served.preprocess.to_json()}
-    validate = configs.PythonModelDef(
-        name=contract.VALIDATE_MODEL,
-        inputs=(ragged_image,),
-        outputs=(valid_image,),
-        instance_count=options.validate_instances,
-        parameters=preprocess_params,
-        **_batched(options),  # type: ignore[arg-type]
-    )
-    warm_jpeg = configs.WarmupInputDef("TYPE_UINT8", (warmup_image_bytes,), source="file", input_data_file=WARMUP_IMAGE)
-    preprocess = configs.BackendModelDef(
-        name=contract.PREPROCESS_MODEL,
-        backend="dali",
-        inputs=(ragged_image,),
-        outputs=(pixels, fov, frame, *squares),  # the order of the DALI graph's outputs (preprocess.dali_outputs)
-        instance_kind="KIND_GPU",
-        parameters={"num_threads": str(options.dali_threads)},  # the DALI backend's own parameter
-        warmup=(configs.WarmupDef("fundus", batch_size=1, inputs={contract.IMAGE: warm_jpeg}),),
-        **_batched(options),  # type: ignore[arg-type]
-    )
-    zeros = configs.WarmupInputDef("TYPE_FP32", (3, size, size))
-    classifier = configs.BackendModelDef(
-        name=contract.CLASSIFIER_MODEL,
-        platform="tensorrt_plan",
-        inputs=(pixels,),
-        outputs=(logits,),
-        instance_kind="KIND_GPU",
-        instance_count=options.classifier_instances,
-        warmup=tuple(
-            configs.WarmupDef(f"batch{b}", batch_size=b, inputs={contract.PIXELS: zeros})
-            for b in sorted({1, options.opt_batch, options.max_batch_size})
-        ),
-        **_batched(options),  # type: ignore[arg-type]
-    )
-    postprocess = configs.PythonModelDef(
-        name=contract.POSTPROCESS_MODEL,
-        inputs=(logits, fov, frame, pixels, *squares),
-        outputs=outputs,
-        parameters=configs.screening_parameters(served),
-        **_batched(options),  # type: ignore[arg-type]
-    )
-    ensemble = configs.EnsembleDef(
-        name=contract.ENSEMBLE,
-        inputs=(image,),
-        outputs=outputs,
-        steps=(
-            configs.EnsembleStepDef(
-                contract.VALIDATE_MODEL, {contract.IMAGE: contract.IMAGE}, {contract.VALID_IMAGE: "valid_image"}
-            ),
-            configs.EnsembleStepDef(
-                contract.PREPROCESS_MODEL,
-                {contract.IMAGE: "valid_image"},
-                {t.name: inner[t.name] for t in preprocess.outputs},
-            ),
-            configs.EnsembleStepDef(
-                contract.CLASSIFIER_MODEL, {contract.PIXELS: "pixels"}, {contract.LOGITS: "logits"}
-            ),
-            configs.EnsembleStepDef(
-                contract.POSTPROCESS_MODEL,
-                {contract.LOGITS: "logits", **{t.name: inner[t.name] for t in postprocess.inputs[1:]}},
-                {t.name: t.name for t in outputs},
-            ),
-        ),
-        max_batch_size=options.max_batch_size,
-        parameters={**served.parameters(), **decoder_parameters(decoder_gate)},
-    )
-    return [validate, preprocess, classifier, postprocess, ensemble]
 
 
 def warmup_jpeg(*, size_px: int = 512, seed: int = 0) -> bytes:
@@ -370,8 +260,10 @@ def assemble_gpu(
     templates = shim_dir()
     version = contract.TRITON_VERSION
     with staged_repository(out_dir) as staging:
-        models = gpu_screen_models(served, options, warmup_image_bytes=len(jpeg), decoder_gate=decoder_gate)
-        for definition in models:
+        layout = topology.gpu_layout(
+            served, options, warmup_image_bytes=len(jpeg), ensemble_parameters=decoder_parameters(decoder_gate)
+        )
+        for definition in layout.models():
             files = None
             if definition.name in (contract.VALIDATE_MODEL, contract.POSTPROCESS_MODEL):
                 files = {"model.py": templates / definition.name / version / "model.py"}
@@ -391,7 +283,7 @@ def assemble_gpu(
         if decoder_gate is not None:  # the container gates nvJPEG itself on these, on its GPU
             decoder_images.save(dali_dir / contract.DECODER_GATE_SET_FILENAME)
         (dali_dir / "warmup").mkdir()
-        (dali_dir / "warmup" / WARMUP_IMAGE).write_bytes(jpeg)
+        (dali_dir / "warmup" / topology.GPU_WARMUP_IMAGE).write_bytes(jpeg)
         classifier = staging / contract.CLASSIFIER_MODEL
         (classifier / version / contract.ONNX_FILENAME).write_bytes(classifier_onnx)
         shutil.copy2(onnx_path, classifier / contract.REFERENCE_ONNX_FILENAME)

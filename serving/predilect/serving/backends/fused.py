@@ -1,6 +1,6 @@
 """The ``fused_screen`` model (CPU profile): IMAGE -> the screening outputs in one Python-backend process.
 
-Outputs (``configs.screening_outputs``): PROBABILITIES, QUALITY (gradability of the same crop,
+Outputs (``topology.screening_outputs``): PROBABILITIES, QUALITY (gradability of the same crop,
 at the calibrated size: ``PreprocessCfg.quality_size``), FINDINGS and REFERRAL (the served
 referral rules), and HEATMAPS when the model exports its ATTENTION (``backends.screening.Screening``).
 
@@ -45,7 +45,7 @@ class FusedScreen:
         self.screening = screening
 
     def outputs(self, pixels: np.ndarray, boxes: Sequence[FieldBox], planes: np.ndarray | None = None) -> Outputs:
-        """Batch-level outputs by tensor name for the accepted ``pixels`` (``configs.fused_outputs`` lists them);
+        """Batch-level outputs by tensor name for the accepted ``pixels`` (``topology.screening_outputs`` lists them);
         ``planes``: their quality squares when preprocessing cuts them apart (``Preprocessed.quality_planes``)."""
         if self.screening is None:
             (logits,) = self.classifier.run([pixels])
