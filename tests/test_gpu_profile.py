@@ -198,7 +198,7 @@ def test_gpu_graph_definition_rejects_gpu_named_argument_when_side_not_copied_to
     from nvidia.dali import pipeline_def
 
     @pipeline_def(batch_size=2, num_threads=1, device_id=0, exec_dynamic=True)
-    def broken():  # the defect the issue names: crop_w computed on the GPU
+    def broken():  # the defect to catch: crop_w computed on the GPU
         encoded = fn.external_source(name=contract.IMAGE, dtype=types.UINT8, ndim=1)
         image = fn.decoders.image(encoded, device="mixed")
         side = fn.reductions.sum(fn.reductions.max(fn.cast(image, dtype=types.FLOAT), axes=[0, 2]))

@@ -18,7 +18,7 @@ from predilect.metrics import auroc, macro
 ROOT = Path(__file__).resolve().parent.parent
 EXPERIMENTS = ROOT / "experiments"
 RESULTS = ROOT / "benchmarks" / "results"
-GRID = EXPERIMENTS / "2026-11-26-uopsl-ablation-grid" / "grid"
+(GRID,) = (p / "grid" for p in EXPERIMENTS.glob("*-uopsl-ablation-grid"))  # the scores behind training/RESULTS.md
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
 PORTIONS = PYPROJECT["tool"]["hatch"]["build"]["targets"]["wheel"]["packages"]
 REQUIRED = ("date", "question", "commit", "command", "inputs", "outputs", "verdict")
@@ -200,9 +200,14 @@ def _one_off_marks(source: str, filename: str) -> list[str]:
             items = [e.value for e in node.elts if isinstance(e, ast.Constant) and isinstance(e.value, str)]
             if "git" in items and "show" in items:
                 marks.append("runs `git show`")
-        if isinstance(node, ast.Call) and getattr(node.func, "attr", None) in ("kill", "waitpid"):
-            if node.args and isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, int):
-                marks.append(f"a hard-coded pid {node.args[0].value}")
+        if (
+            isinstance(node, ast.Call)
+            and getattr(node.func, "attr", None) in ("kill", "waitpid")
+            and node.args
+            and isinstance(node.args[0], ast.Constant)
+            and isinstance(node.args[0].value, int)
+        ):
+            marks.append(f"a hard-coded pid {node.args[0].value}")
     for text in _string_constants(tree):
         if re.search(r"\bgit show\b", text) and "\n" not in text:
             marks.append(f"runs {text!r}")
