@@ -12,15 +12,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tomllib
+from portions import ROOT
+from portions import module_files as _module_files
 
 from predilect.metrics import auroc, macro
 
-ROOT = Path(__file__).resolve().parent.parent
 EXPERIMENTS = ROOT / "experiments"
 RESULTS = ROOT / "benchmarks" / "results"
 (GRID,) = (p / "grid" for p in EXPERIMENTS.glob("*-uopsl-ablation-grid"))  # the scores behind training/RESULTS.md
-PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
-PORTIONS = PYPROJECT["tool"]["hatch"]["build"]["targets"]["wheel"]["packages"]
 REQUIRED = ("date", "question", "commit", "command", "inputs", "outputs", "verdict")
 DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
 SCRIPT_SUFFIXES = (".py", ".sh", ".ipynb")
@@ -129,18 +128,6 @@ def test_benchmark_results_history_is_older_than_current_when_dated() -> None:
 
 
 # ----------------------------------------------------------------------------- the package
-
-
-def _module_files() -> dict[str, Path]:
-    modules: dict[str, Path] = {}
-    for portion in PORTIONS:
-        base = (ROOT / portion).parent
-        for path in sorted((ROOT / portion).rglob("*.py")):
-            parts = list(path.relative_to(base).with_suffix("").parts)
-            if parts[-1] == "__init__":
-                parts.pop()
-            modules[".".join(parts)] = path
-    return modules
 
 
 def _string_constants(tree: ast.AST) -> list[str]:
