@@ -109,7 +109,7 @@ KEY_TOKENIZER = "predilect.tokenizer"
 KEY_TRAINING = "predilect.training_run"
 """The options of the run that wrote a checkpoint (stage, ablation flags, held-out categories)."""
 LOOP_STATE_FORMAT = "predilect.loop_state.v1"
-"""Format of a training run's resumable state (``run_dir/state.pt``, written by ``training.loop``)."""
+"""Format of a training run's resumable state (``run_dir/state.pt``, written by ``predilect.training.loop``)."""
 
 SERVED_KEYS = (KEY_CATALOG, KEY_PREPROCESS, KEY_MODEL_NAME, KEY_MODEL_VERSION, KEY_MODEL_CFG)
 """The metadata_props every exported model carries."""

@@ -1,4 +1,4 @@
-"""The localisation chain: phantom coordinates -> served preprocessing -> token grid -> scorer (issue 12).
+"""The localisation chain: phantom coordinates -> served preprocessing -> token grid -> scorer.
 
 An oracle heatmap read from the model input's own pixels (the brightest grid cell: the optic
 disc, in images without bright lesions -- exudates and drusen can outshine it) must hit the disc

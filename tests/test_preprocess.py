@@ -184,3 +184,13 @@ def test_preprocessor_imports_only_its_own_backend_when_decoder_is_pil_draft():
     code = "from predilect.preprocess import Preprocessor, PreprocessCfg\nPreprocessor(PreprocessCfg()).run([b'x'])"
     backend = "predilect.preprocess.decoders.pil_draft"
     assert _loaded_after(code, (backend, "nvidia")) == [backend]
+
+
+def test_decoder_table_names_a_backend_module_when_a_decoder_is_allowed() -> None:
+    import importlib.util
+
+    from predilect.preprocess.config import DECODERS
+    from predilect.preprocess.decoders import BACKEND_MODULES
+
+    assert set(BACKEND_MODULES) == set(DECODERS)
+    assert all(importlib.util.find_spec(module) is not None for module in BACKEND_MODULES.values())

@@ -1,4 +1,4 @@
-"""Gradability on a square of its own (issue #12): quality is measured at the calibrated size whatever
+"""Gradability on a square of its own: quality is measured at the calibrated size whatever
 the model's input side, from the same decoded frame and crop; sizes that disagree are refused."""
 
 from __future__ import annotations

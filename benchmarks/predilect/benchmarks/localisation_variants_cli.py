@@ -1,6 +1,6 @@
 """`predilect bench localisation-variants`: which attention-derived heatmap peaks on the drawn lesions?
 
-Issue 12 asks that a positive finding's heatmap peak falls on a lesion the phantom drew. The
+The goal: a positive finding's heatmap peak falls on a lesion the phantom drew. The
 served heatmap is each disease's predilection attention averaged over its K sites. This runs a
 checkpoint in process (the reference attention path: the served computation) on one split of a
 phantom through the served preprocessing, derives other maps from the same forward pass, and

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
-from predilect.preprocess.config import DECODERS, PreprocessCfg
+from predilect.preprocess.config import PreprocessCfg
 from predilect.preprocess.result import InvalidImageError
 
 if TYPE_CHECKING:
@@ -63,11 +63,19 @@ class Decoder(Protocol):
         ...
 
 
+BACKEND_MODULES: dict[str, str] = {
+    "pil_draft": "predilect.preprocess.decoders.pil_draft",
+    "dali_cpu": "predilect.preprocess.decoders.dali_cpu",
+    "dali_mixed": "predilect.preprocess.decoders.dali_mixed",
+}
+"""Each decoder's backend module, imported only when a ``PreprocessCfg`` selects it."""
+
+
 def open_decoder(cfg: PreprocessCfg, *, max_batch_size: int, num_threads: int, device_id: int | None) -> Decoder:
     """The backend ``cfg.decoder`` names, built for ``cfg`` (its module imported now)."""
-    if cfg.decoder not in DECODERS:  # PreprocessCfg checks it; the module name is built from it
+    if cfg.decoder not in BACKEND_MODULES:  # PreprocessCfg checks it against DECODERS too
         raise ValueError(f"unknown decoder {cfg.decoder!r}")
-    backend = importlib.import_module(f"{__name__}.{cfg.decoder}")
+    backend = importlib.import_module(BACKEND_MODULES[cfg.decoder])
     decoder: Decoder = backend.open_decoder(
         cfg, max_batch_size=max_batch_size, num_threads=num_threads, device_id=device_id
     )

@@ -24,9 +24,11 @@ PRECISIONS = ("fp32", "int8")
 class ServingOptions:
     """Knobs of the served pipeline; everything else follows from the exported model.
 
-    The defaults are the CPU profile's, tuned on 2 cores by ``predilect bench sweep``
-    (``benchmarks/results/sweep-2core*.json``; the fused layout with two instances in
-    ``sweep-2core-layouts.json``); ``predilect assemble`` takes one option per field.
+    The defaults are the CPU profile's, tuned on 2 cores by ``predilect bench sweep``: at 16
+    users the fused layout with two instances, two decode threads and one ONNX Runtime thread
+    answered the most requests per second of the layouts tried (split; one fused instance with
+    two ONNX Runtime threads; two with one decode thread); ``predilect assemble`` takes one
+    option per field.
     """
 
     max_batch_size: int = field(default=16, metadata={"help": "largest dynamic batch of every model"})

@@ -1,7 +1,7 @@
 """What both training stages share: the catalog and splits of a run, the datasets (streaming, or
 held in memory for small experiments), the unpaired fundus + OCT loader, and batched inference.
 
-The loop itself is ``training.loop.fit`` and the loaders ``training.datasets.make_loader``."""
+The loop itself is ``predilect.training.loop.fit`` and the loaders ``predilect.training.datasets.make_loader``."""
 
 from __future__ import annotations
 
