@@ -9,7 +9,7 @@ ARTIFACTS ?= artifacts
 PYTEST_ARGS ?=
 export PYTHONSAFEPATH := 1
 
-.PHONY: install lint system-deps demo test serve bench gpu-check clean
+.PHONY: install lint system-deps demo test test-unit test-integration test-bench serve bench gpu-check clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -47,23 +47,37 @@ system-deps:
 		command -v chromium >/dev/null && { command -v nginx || test -x /usr/sbin/nginx; } >/dev/null || \
 		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dcmtk nginx-light shellcheck chromium >/dev/null; }
 
+# The test lanes (tests/conftest.py marks them from the fixtures each test uses; README "Tests").
+# `make test` is what CI runs: lint, then the unit and integration lanes (the gpu tests skip
+# without a GPU); the bench lane, the long variants of the benchmark and learning tests, runs apart.
 test: lint system-deps
-	$(VENV)/bin/pytest $(PYTEST_ARGS)
+	$(VENV)/bin/pytest -m "not bench" $(PYTEST_ARGS)
+
+test-unit: install system-deps
+	$(VENV)/bin/pytest -m unit $(PYTEST_ARGS)
+
+test-integration: install system-deps
+	$(VENV)/bin/pytest -m "integration and not bench" $(PYTEST_ARGS)
+
+test-bench: install system-deps
+	$(VENV)/bin/pytest -m bench $(PYTEST_ARGS)
 
 serve: install
 	$(VENV)/bin/predilect serve --model-repository $(ARTIFACTS)/model_repository
 
 # The CPU profile side by side, on what `make demo` built: preprocessing vs the decode floor, the
 # in-process bound, the Triton ensemble (both layouts, FP32 and gated INT8), FastAPI + PyTorch and
-# BentoML; writes benchmarks/results/<date>-<machine>.md. Sub-benchmarks: `predilect bench --help`.
+# BentoML; writes benchmarks/results/cpu-profile/<date>-<machine>.md (benchmarks/results/README.md says
+# where older runs go). Sub-benchmarks: `predilect bench --help`.
 bench: install
 	$(VENV)/bin/predilect bench --onnx $(ARTIFACTS)/onnx/model.onnx \
-		--checkpoint $(ARTIFACTS)/checkpoint/model.safetensors --manifest $(ARTIFACTS)/phantom/manifest.csv
+		--checkpoint $(ARTIFACTS)/checkpoint/model.safetensors --manifest $(ARTIFACTS)/phantom/manifest.csv \
+		--out-dir benchmarks/results/cpu-profile
 
 # On a CUDA host only: a separate virtualenv with the CUDA torch build (constraints-gpu.txt),
 # TensorRT >= 10.9 and cuda-python; then every `gpu`-marked test (kernel on CUDA in fp32/fp16/bf16,
 # the AOT PTX through TensorRT, engine build + accuracy gate, DALI mixed vs dali_cpu), then the
-# kernel benchmark, which writes benchmarks/results/gpu-<date>-<gpu>.md. The Torch-TensorRT
+# kernel benchmark, which writes benchmarks/results/kernel/gpu-<date>-<gpu>.md. The Torch-TensorRT
 # frontend's tests (tests/test_torch_tensorrt.py) run too where torch_tensorrt imports:
 # `make gpu-check GPU_EXTRAS=train,serve,torchtrt,test` installs it (in a fresh .venv-gpu).
 GPU_VENV ?= .venv-gpu
@@ -79,8 +93,8 @@ gpu-check:
 	@$(GPU_VENV)/bin/python -c "import torch_tensorrt as t; print('torch_tensorrt', t.__version__, 'imports: the torch-frontend engine tests run')" \
 		2>/dev/null || echo "torch_tensorrt does not import: the torch-frontend engine tests skip (GPU_EXTRAS=train,serve,torchtrt,test)"
 	$(GPU_VENV)/bin/python -m pytest -m gpu -v -rs $(PYTEST_ARGS)
-	$(GPU_VENV)/bin/python -m predilect.benchmarks.kernels.bench_predilection_attention --dtype bf16
-	$(GPU_VENV)/bin/python -m predilect.benchmarks.kernels.bench_predilection_attention --dtype fp16
+	$(GPU_VENV)/bin/python -m predilect.benchmarks.kernels.bench_predilection_attention --dtype bf16 --out benchmarks/results/kernel
+	$(GPU_VENV)/bin/python -m predilect.benchmarks.kernels.bench_predilection_attention --dtype fp16 --out benchmarks/results/kernel
 
 clean:
 	rm -rf $(ARTIFACTS) .pytest_cache dist

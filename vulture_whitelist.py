@@ -11,7 +11,9 @@ _ = object()
 
 # Attributes a third-party object reads once set: onnxruntime.SessionOptions, ssl.SSLContext,
 # pynetdicom.AE, pydicom Dataset attributes (DICOM keywords), tokenizers.Tokenizer, torch's
-# cudnn/dynamo switches, tensorrt.plugin launch parameters, Triton model-config protobuf fields.
+# cudnn/dynamo switches, tensorrt.plugin launch parameters, Triton model-config protobuf fields; and an
+# exception's __cause__, which Python's traceback reads.
+_.__cause__
 _.intra_op_num_threads
 _.inter_op_num_threads
 _.execution_mode
@@ -55,6 +57,8 @@ _.compute_infer_ms
 _.compute_output_ms
 _.auroc_reference  # build.tensorrt.accuracy: the gate report in the engine sidecar
 _.auroc_engine
+_.max_abs_dpixel  # build.decoder_gate: the decoder gate's report
+_.auroc_served
 _.min_shape  # build.tensorrt.sidecar: the engine's optimisation profile
 _.opt_shape
 _.schema_version  # client.records / client.exam: JSON Schema fields
@@ -82,12 +86,10 @@ _.test_images
 _.wait_idle  # dicom.gateway.DicomGateway: lets an embedding program (and the tests) wait for the queue
 pooled_pixel_probe  # training.phantom.probe: reproduces training/RESULTS.md's pixel-probe figure
 
-# The preprocessing rewrite (predilect/preprocess.py, predilect/pixels.py, the DALI pipeline and the
-# preprocess backend) is another change's: these go or stay with it; remove them from here then.
-pil_draft_preprocess
-_.__cause__
+# Nothing calls it yet: the Triton config read-back the ensembles change added (serving.triton_config);
+# its owner uses or deletes it.
+from_model_config
+
+# The preprocessing package (predilect/preprocess/) is another change's: only tests call this one; its
+# owner keeps it or deletes it with them.
 load_oct_scans
-preprocess_requests
-cpu_twin
-output_names
-gpu_pipeline

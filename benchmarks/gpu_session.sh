@@ -20,7 +20,7 @@ nvidia-smi --query-gpu=name,driver_version,compute_cap,clocks.sm,clocks.max.sm,t
 triton.__version__, torch.cuda.get_device_name())" | tee -a "$out/gpu-card.txt"
 # --noconftest: the shared fixtures import the serving stack (tritonclient, pydantic), absent there.
 impls=${IMPLS:-fused,fused_unsplit,eager,sdpa}
-# TESTS_S=0 skips the tests (a lease that only needs timings; they passed on 2026-11-26's H200).
+# TESTS_S=0 skips the tests (a lease that only needs timings, after a lease where they passed).
 [ "${TESTS_S:-150}" = 0 ] || timeout "${TESTS_S:-150}" "$py" -m pytest -p no:cacheprovider --noconftest -m gpu -v -rs -k "${TEST_K:-}" \
   tests/test_kernel_gpu.py tests/test_loop.py 2>&1 | tee "$out/gpu-tests.log"
 timeout "${BF16_S:-240}" "$py" -m predilect.benchmarks.kernels.bench_predilection_attention --dtype bf16 --reps 100 \

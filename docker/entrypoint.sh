@@ -22,8 +22,9 @@ cp -a "${MODEL_REPOSITORY}" "${SERVE_REPOSITORY}"
 mkdir -p "${ENGINE_CACHE}"
 
 if [[ -f "${SERVE_REPOSITORY}/classifier/engine_build.json" ]]; then
-    # Checks TensorRT >= 10.9, builds with the accuracy gate (exit 1 when it fails) or reuses
-    # ${ENGINE_CACHE}/sm<cc>-trt<version>/<onnx sha256>/model.plan.
+    # Runs the decoder gate on this GPU (nvJPEG against the training decoder, when the repository
+    # serves another), checks TensorRT >= 10.9, builds with the accuracy gate (exit 1 when either
+    # gate fails) or reuses ${ENGINE_CACHE}/sm<cc>-trt<version>/<onnx sha256>/model.plan.
     predilect trt-engine --model-repository "${SERVE_REPOSITORY}" --cache "${ENGINE_CACHE}"
 fi
 

@@ -84,6 +84,9 @@ REFERENCE_ONNX_FILENAME = "reference.onnx"
 """In ``classifier/`` of a GPU repository: the FP32 export the accuracy gate compares the engine with."""
 GATE_SET_FILENAME = "gate_set.npz"
 """In ``classifier/`` of a GPU repository: held-out pixels and labels for the engine's accuracy gate."""
+DECODER_GATE_SET_FILENAME = "decoder_gate_set.npz"
+"""In ``preprocess/`` of a GPU repository whose served decoder is not the training one: the encoded gate images
+(and labels) the decoder gate compares the two decoders on, again on the serving GPU."""
 ENGINE_SIDECAR_SCHEMA = "predilect.engine.v1"
 """Schema of the JSON written beside every serialized engine."""
 PROFILES = ("cpu", "gpu")
@@ -109,7 +112,7 @@ KEY_TOKENIZER = "predilect.tokenizer"
 KEY_TRAINING = "predilect.training_run"
 """The options of the run that wrote a checkpoint (stage, ablation flags, held-out categories)."""
 LOOP_STATE_FORMAT = "predilect.loop_state.v1"
-"""Format of a training run's resumable state (``run_dir/state.pt``, written by ``training.loop``)."""
+"""Format of a training run's resumable state (``run_dir/state.pt``, written by ``predilect.training.loop``)."""
 
 SERVED_KEYS = (KEY_CATALOG, KEY_PREPROCESS, KEY_MODEL_NAME, KEY_MODEL_VERSION, KEY_MODEL_CFG)
 """The metadata_props every exported model carries."""
@@ -129,6 +132,13 @@ KEY_DECODE_THREADS = "predilect.decode_threads"
 KEY_ORT_THREADS = "predilect.ort_threads"
 KEY_QUANTIZATION = "predilect.quantization"
 """ONNX metadata of an INT8 model: the JSON report of the accuracy gate it passed against FP32."""
+KEY_SERVED_DECODER = "predilect.served_decoder"
+"""The decoder a repository's ``preprocess`` step runs (``PreprocessCfg.decoder`` names), where it may differ from
+the one the checkpoint was trained with (``KEY_PREPROCESS``): the GPU profile serves ``dali_mixed`` (nvJPEG).
+A parameter of the GPU profile's ``preprocess`` model and a key of its ``dali_params.json``."""
+KEY_DECODER_GATE = "predilect.decoder_gate"
+"""Beside ``KEY_SERVED_DECODER``: the JSON report of the decoder gate the substitution passed (the served decoder's,
+or its CPU twin's, probabilities against the training decoder's on the gate images)."""
 
 # --------------------------------------------------------------------------- errors and records
 

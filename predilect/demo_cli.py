@@ -119,7 +119,7 @@ def _train(args: argparse.Namespace, manifest: Path) -> Path:
 def _export(args: argparse.Namespace, checkpoint: Path, manifest: Path) -> Path:
     from predilect.build.export import check_parity, export_onnx
     from predilect.manifest import read_manifest
-    from predilect.pixels import load_fundus_pixels
+    from predilect.preprocess.pixels import load_fundus_pixels
 
     onnx_path = Artifacts(args.workdir).onnx
     meta = export_onnx(checkpoint, onnx_path)

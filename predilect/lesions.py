@@ -55,7 +55,7 @@ class DrawnImage:
     def field_box(self) -> FieldBox:
         """The square preprocessing crops, from the drawn field of view (``preprocess.field_box_in_frame``).
 
-        The served pipeline measures the field from the pixels (``Preprocessor.run_with_fields``);
+        The served pipeline measures the field from the pixels (``Preprocessed.boxes``);
         this is the same square computed from the circle the phantom drew, without decoding.
         """
         w, h = float(self.width), float(self.height)

@@ -3,7 +3,7 @@
 One row per image, a header row first. Columns, in any order:
 
 * ``path`` (required): the image, relative to the manifest's folder (POSIX separators) or absolute;
-  for OCT also a folder of B-scans or a volume stack (see ``training.datasets.oct``).
+  for OCT also a folder of B-scans or a volume stack (see ``predilect.training.datasets.oct``).
 * ``labels`` (required): ``;``-joined catalog disease ids, or ``normal`` when the image shows none.
 * ``split`` (optional): ``train`` | ``val`` | ``test``; the legacy ``heldout`` is read as ``test``.
   Where the column is missing or a cell is empty the split is assigned deterministically by

@@ -4,11 +4,12 @@
 the thresholds were calibrated at (``QualityCfg.size``, ``PreprocessCfg.quality_size``): when
 the model's input has that side, the uint8 image preprocessing resized before normalising it,
 recovered exactly from the normalised tensor by ``planes_from_pixels``; otherwise a second square
-of that side cut from the same decoded frame with the same crop (``Preprocessor.run_with_quality``,
+of that side cut from the same decoded frame with the same crop (``Preprocessor.run(..., quality=True)``,
 and the GPU profile's DALI step). So every serving layout (split, fused, the GPU profile) grades
 the crop the classifier sees, at the size its thresholds mean something at: measures are not
-comparable across sizes (a 128-px square is too coarse for defocus or dust,
-``benchmarks/results/gradability-2026-11-26c-128px.md``). ``grade`` compares the measures with
+comparable across sizes (a 128-px square is too coarse for defocus or dust: graded at 128 px
+with thresholds calibrated at 224 px, clean photographs fail and dust goes unseen). ``grade``
+compares the measures with
 calibrated thresholds (``QualityCfg``, chosen by ``predilect gradability`` on phantom photographs
 with controlled degradations) and returns a score and one flag per reason of
 ``contract.QUALITY_REASONS``.

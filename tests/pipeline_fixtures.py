@@ -59,8 +59,6 @@ def pipeline(phantom_manifest, tmp_path_factory) -> Pipeline:
 
 
 @pytest.fixture(scope="session")
-def pipeline_server(pipeline):
-    from predilect.serving.server import TritonServer
-
-    with TritonServer.on_free_ports(model_repository=pipeline.repository) as server:
+def pipeline_server(tritonserver, pipeline):
+    with tritonserver.on_free_ports(model_repository=pipeline.repository) as server:
         yield server

@@ -173,11 +173,26 @@ def model_repository(tmp_path_factory: pytest.TempPathFactory, tiny_onnx: Path) 
 
 
 @pytest.fixture(scope="session")
-def triton_server(model_repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonServer]:
-    """One real tritonserver on free ports for the whole session."""
-    from predilect.serving.server import TritonServer
+def tritonserver() -> type[TritonServer]:
+    """The real ``tritonserver`` launcher, ``TritonServer``: use it as a context manager.
 
-    server = TritonServer.on_free_ports(
+    Every test or fixture that starts tritonserver, itself or through a command it runs, requests
+    this fixture (``@pytest.mark.usefixtures("tritonserver")`` where it needs no launcher), which
+    puts the test in the integration lane (tests/conftest.py).
+    """
+    from predilect.serving.server import TritonServer, server_binary
+
+    if not server_binary().is_file():
+        pytest.fail(f"no tritonserver at {server_binary()}: `make install` installs nvidia-pytriton")
+    return TritonServer
+
+
+@pytest.fixture(scope="session")
+def triton_server(
+    tritonserver: type[TritonServer], model_repository: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[TritonServer]:
+    """One real tritonserver on free ports for the whole session."""
+    server = tritonserver.on_free_ports(
         model_repository=model_repository,
         log_path=tmp_path_factory.mktemp("triton-log") / "tritonserver.log",
         startup_timeout_s=180,
@@ -187,20 +202,29 @@ def triton_server(model_repository: Path, tmp_path_factory: pytest.TempPathFacto
 
 
 @pytest.fixture(scope="session")
-def fused_server(tiny_onnx: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonServer]:
+def fused_server(
+    tritonserver: type[TritonServer], tiny_onnx: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[TritonServer]:
     """The default (fused) CPU layout on the real tritonserver, for the whole session."""
     from predilect.serving.configs import ServingOptions
     from predilect.serving.repository import assemble
-    from predilect.serving.server import TritonServer
 
     work = tmp_path_factory.mktemp("fused")
     repository = assemble(tiny_onnx, work / "repo", ServingOptions(max_batch_size=16, max_queue_delay_us=20_000))
-    with TritonServer.on_free_ports(
+    with tritonserver.on_free_ports(
         model_repository=repository,
         log_path=work / "tritonserver.log",
         startup_timeout_s=180,
     ) as server:
         yield server
+
+
+@pytest.fixture(scope="session", params=["split", "fused"])
+def layout_server(
+    request: pytest.FixtureRequest, triton_server: TritonServer, fused_server: TritonServer
+) -> TritonServer:
+    """The session's server of each CPU layout in turn: tests that hold for both take this one."""
+    return fused_server if request.param == "fused" else triton_server
 
 
 # Type 1 attributes of Ophthalmic Photography that img2dcm cannot invent.
@@ -322,12 +346,13 @@ def tls_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 @pytest.fixture(scope="session")
 def mutual_tls_server(
-    model_repository: Path, tls_files: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
+    tritonserver: type[TritonServer],
+    model_repository: Path,
+    tls_files: dict[str, Path],
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[TritonServer]:
     """A second real tritonserver whose gRPC endpoint requires mutual TLS (client certificate)."""
-    from predilect.serving.server import TritonServer
-
-    server = TritonServer.on_free_ports(
+    server = tritonserver.on_free_ports(
         model_repository=model_repository,
         log_path=tmp_path_factory.mktemp("triton-tls-log") / "tritonserver.log",
         startup_timeout_s=180,

@@ -1,14 +1,28 @@
-"""`predilect bench` smoke tests: the short sweep writes its report, Locust runs distributed.
+"""`predilect bench`: the quick run writes its report, Locust runs distributed, sub-benchmarks run small.
 
-Locust (and its gevent monkey-patching) runs only in subprocesses started by the bench.
+Locust (and its gevent monkey-patching) runs only in subprocesses started by the bench. The quick
+run with every stack (FastAPI + PyTorch, BentoML, the other layout) is the bench lane's; `make test`
+runs it on the Triton stack alone.
 """
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.integration
+# What `predilect bench --quick` runs at each size: its extra options and the stacks it then measures.
+QUICK_RUNS = {
+    "triton": (["--no-baseline", "--no-bento", "--no-layouts", "--no-int8"], {"triton"}),
+    "every-stack": ([], {"triton", "fastapi_torch", "bentoml", "triton_split"}),
+}
+
+
+@dataclass(frozen=True)
+class QuickBench:
+    rc: int
+    out: Path
+    stacks: set[str]
 
 
 @pytest.fixture(scope="module")
@@ -27,36 +41,33 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
     return path
 
 
-def test_bench_writes_report_with_plots_when_run_quick(tmp_path, tiny_onnx, tiny_checkpoint):
+@pytest.fixture(scope="module", params=["triton", pytest.param("every-stack", marks=pytest.mark.bench)])
+def quick_bench(request, tritonserver, tmp_path_factory, tiny_onnx, tiny_checkpoint) -> QuickBench:
+    """`predilect bench --quick` on the tiny model (it starts its own tritonserver)."""
     from predilect.benchmarks.bench_cli import main
 
-    out = tmp_path / "results"
-    rc = main(
-        [
-            "--quick",
-            "--onnx",
-            str(tiny_onnx),
-            "--checkpoint",
-            str(tiny_checkpoint),
-            "--out-dir",
-            str(out),
-            "--name",
-            "smoke",
-            "--workdir",
-            str(tmp_path / "work"),
-        ]
-    )
-    assert rc == 0
+    extra, stacks = QUICK_RUNS[request.param]
+    tmp = tmp_path_factory.mktemp(f"bench-{request.param}")
+    argv = ["--quick", "--onnx", str(tiny_onnx), "--checkpoint", str(tiny_checkpoint), *extra]
+    rc = main([*argv, "--out-dir", str(tmp / "results"), "--name", "smoke", "--workdir", str(tmp / "work")])
+    return QuickBench(rc, tmp / "results", stacks)
+
+
+def test_bench_writes_report_with_plots_when_run_quick(quick_bench: QuickBench) -> None:
+    assert quick_bench.rc == 0
+    out = quick_bench.out
     text = (out / "smoke.md").read_text()
     assert "Headline" in text and "machine:" in text and "command:" in text
     for plot in ("throughput", "latency", "breakdown"):
         assert (out / f"smoke-{plot}.png").stat().st_size > 0
     results = json.loads((out / "smoke.json").read_text())
-    assert [p["users"] for p in results["sweeps"]["triton"]] == [1, 2]
-    assert [p["users"] for p in results["sweeps"]["fastapi_torch"]] == [1, 2]
-    assert [p["users"] for p in results["sweeps"]["bentoml"]] == [1, 2]
-    assert [p["users"] for p in results["sweeps"]["triton_split"]] == [2]  # the other layout, headline point
-    assert all(p["error_rate"] == 0 for points in results["sweeps"].values() for p in points)
+    sweeps = results["sweeps"]
+    assert set(sweeps) == quick_bench.stacks
+    for stack in {"triton", "fastapi_torch", "bentoml"} & quick_bench.stacks:
+        assert [p["users"] for p in sweeps[stack]] == [1, 2]
+    if "triton_split" in quick_bench.stacks:
+        assert [p["users"] for p in sweeps["triton_split"]] == [2]  # the other layout, headline point
+    assert all(p["error_rate"] == 0 for points in sweeps.values() for p in points)
     assert results["inprocess"]["images_per_s"] > 0
     assert results["preprocessing"]["served_equals_previous"] is True
     # The report says only what the run measured: payload and tensor sizes come from the run.

@@ -40,8 +40,10 @@ RETRYING = RetryPolicy(max_attempts=5, initial_backoff_s=0.05, max_backoff_s=0.1
 
 
 @pytest.fixture(scope="module")
-def guarded_server(model_repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonServer]:
-    server = TritonServer.on_free_ports(
+def guarded_server(
+    tritonserver: type[TritonServer], model_repository: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[TritonServer]:
+    server = tritonserver.on_free_ports(
         model_repository=model_repository,
         log_path=tmp_path_factory.mktemp("triton-auth-log") / "tritonserver.log",
         startup_timeout_s=180,

@@ -70,7 +70,7 @@ def reference(tiny_onnx: Path) -> Callable[[bytes], np.ndarray]:
     session = ort.InferenceSession(str(tiny_onnx), providers=["CPUExecutionProvider"])
 
     def run(image: bytes) -> np.ndarray:
-        (logits,) = session.run([contract.LOGITS], {contract.PIXELS: preprocessor.run_strict([image])})
+        (logits,) = session.run([contract.LOGITS], {contract.PIXELS: preprocessor.run([image]).pixels_or_raise()})
         return 1.0 / (1.0 + np.exp(-logits[0].astype(np.float64)))
 
     return run

@@ -1,4 +1,4 @@
-"""Generated Triton configs: parse, round-trip, and wire the ensemble consistently."""
+"""The assembled CPU-profile repository: every model written, wired consistently, options applied."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from predilect import contract
@@ -18,6 +17,7 @@ from predilect.referral import ReferralRules
 from predilect.serving import configs
 from predilect.serving.assemble_cli import main
 from predilect.serving.repository import ModelMetadataError, assemble, read_served_model
+from predilect.serving.triton_config import read_config
 
 SPLIT_MODELS = (contract.PREPROCESS_MODEL, contract.CLASSIFIER_MODEL, contract.POSTPROCESS_MODEL, contract.ENSEMBLE)
 FUSED_MODELS = (contract.FUSED_MODEL, contract.ENSEMBLE)
@@ -26,7 +26,7 @@ LAYOUT_MODELS = {"split": SPLIT_MODELS, "fused": FUSED_MODELS}
 
 @pytest.fixture(scope="module")
 def split_repository(model_repository: Path) -> Path:
-    assert configs.read_config(model_repository / contract.PREPROCESS_MODEL / contract.CONFIG_FILENAME)
+    assert read_config(model_repository / contract.PREPROCESS_MODEL / contract.CONFIG_FILENAME)
     return model_repository
 
 
@@ -41,28 +41,12 @@ def any_repository(request: pytest.FixtureRequest, fused_repository: Path, split
     return fused_repository if request.param == "fused" else split_repository
 
 
-def _served() -> configs.ServedModel:
-    return configs.ServedModel(
-        catalog=DEFAULT_CATALOG, preprocess=PreprocessCfg(), model_name="uopsl-tiny", model_version="1+deadbeef"
-    )
-
-
 def _load(repository: Path) -> dict[str, mc.ModelConfig]:
-    return {p.name: configs.read_config(p / contract.CONFIG_FILENAME) for p in repository.iterdir()}
+    return {p.name: read_config(p / contract.CONFIG_FILENAME) for p in repository.iterdir()}
 
 
 def _tensors(config: mc.ModelConfig, kind: str) -> dict[str, tuple[int, list[int]]]:
     return {t.name: (t.data_type, list(t.dims)) for t in getattr(config, kind)}
-
-
-@pytest.mark.parametrize(("layout", "index"), [("split", i) for i in range(4)] + [("fused", i) for i in range(2)])
-def test_to_pbtxt_round_trips_when_parsed_back(layout: str, index: int) -> None:
-    options = configs.ServingOptions(layout=layout)
-    config = configs.to_model_config(configs.fundus_screen_models(_served(), options)[index])
-    text = configs.to_pbtxt(config)
-    parsed = text_format.Parse(text, mc.ModelConfig())
-    assert parsed == config
-    assert configs.to_pbtxt(parsed) == text
 
 
 def test_assemble_writes_every_model_when_given_exported_model(split_repository: Path) -> None:
@@ -207,15 +191,10 @@ def test_main_returns_zero_when_assembling_and_two_when_metadata_missing(tiny_on
         main(["--onnx", str(tiny_onnx), "--out", str(tmp_path / "repo"), "--ort-threads", "1", "--layout", "split"])
         == 0
     )
-    config = configs.read_config(tmp_path / "repo" / contract.CLASSIFIER_MODEL / contract.CONFIG_FILENAME)
+    config = read_config(tmp_path / "repo" / contract.CLASSIFIER_MODEL / contract.CONFIG_FILENAME)
     assert config.parameters[contract.KEY_ORT_THREADS].string_value == "1"
     bare = build_tiny_onnx(tmp_path / "bare.onnx", metadata=False)
     assert main(["--onnx", str(bare), "--out", str(tmp_path / "other")]) == 2
-
-
-def test_parse_pbtxt_raises_parse_error_when_text_is_not_a_model_config() -> None:
-    with pytest.raises(text_format.ParseError):
-        configs.parse_pbtxt('name: "x"\nnot_a_field: 3\n')
 
 
 @pytest.mark.parametrize(

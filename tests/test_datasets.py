@@ -45,7 +45,7 @@ def _records(count: int = 12) -> list[Record]:
 def test_fundus_dataset_yields_serving_tensors_when_not_augmented():
     records = _records(len(IMAGES))
     dataset = FundusDataset(records, CFG, CATALOG)
-    served = Preprocessor(CFG).run_strict([r.path.read_bytes() for r in records])
+    served = Preprocessor(CFG).run([r.path.read_bytes() for r in records]).pixels_or_raise()
     for i in range(len(records)):
         item = dataset[i]
         assert item["index"] == i and item["pixels"].dtype == torch.float32
@@ -179,7 +179,7 @@ def test_oct_dataset_reads_file_folder_tiff_and_npy_volumes_when_center_slice(tm
 
 
 def test_oct_dataset_matches_previous_loader_when_8bit_png():
-    from predilect.pixels import load_oct_scans
+    from predilect.preprocess.pixels import load_oct_scans
 
     records = [Record(p, frozenset()) for p in sorted((FIXTURES / "MultiEYE" / "assemble_oct").rglob("*.png"))]
     dataset = OctDataset(records, OctCfg(size=128), CATALOG)

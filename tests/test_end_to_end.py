@@ -11,9 +11,7 @@ from predilect.client import ScreeningClient
 from predilect.manifest import read_manifest
 from predilect.models.checkpoint import load_checkpoint
 from predilect.models.inference import predict_proba
-from predilect.pixels import load_fundus_pixels
-
-pytestmark = pytest.mark.integration
+from predilect.preprocess.pixels import load_fundus_pixels
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +55,7 @@ def test_served_quality_equals_quality_on_224_px_square_when_model_input_is_64_p
     payloads = [r.path.read_bytes() for r in heldout[:6]]
     at_224 = dataclasses.replace(meta.preprocess, size=meta.preprocess.quality_size)
     expected = quality.assess_pixels(
-        Preprocessor(at_224, num_threads=1).run_strict(payloads),
+        Preprocessor(at_224, num_threads=1).run(payloads).pixels_or_raise(),
         quality.default_quality_cfg(),
         mean=at_224.mean,
         std=at_224.std,
@@ -82,6 +80,7 @@ def test_served_catalog_equals_checkpoint_catalog_when_discovered(pipeline, pipe
     assert params[contract.KEY_MODEL_VERSION] == meta.version
 
 
+@pytest.mark.usefixtures("tritonserver")  # the demo starts its own
 def test_demo_cli_screens_heldout_when_run_small(tmp_path, capsys):
     from predilect.demo_cli import main as demo_main
 

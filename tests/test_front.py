@@ -30,10 +30,13 @@ if shutil.which("nginx") is None and not Path("/usr/sbin/nginx").exists():
 
 @pytest.fixture(scope="module")
 def fronted_server(
-    model_repository: Path, tls_files: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
+    tritonserver: type[TritonServer],
+    model_repository: Path,
+    tls_files: dict[str, Path],
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[TritonServer]:
     tls = ServerTls(tls_files["server"], tls_files["server_key"], root_cert_path=tls_files["ca"], mutual=True)
-    server = TritonServer.on_free_ports(
+    server = tritonserver.on_free_ports(
         model_repository=model_repository,
         http=False,
         security=ServerSecurity(auth_token=TOKEN, tls=tls),

@@ -16,15 +16,17 @@ from tritonclient.grpc import model_config_pb2 as mc
 
 from predilect import contract
 from predilect.catalog import DEFAULT_CATALOG
-from predilect.preprocess import InvalidImageError, PreprocessCfg, Preprocessor
+from predilect.preprocess import InvalidImageError, PreprocessCfg, Preprocessor, dali_outputs
 from predilect.serving import configs
 from predilect.serving.assemble_cli import main
 from predilect.serving.backends.fov_postprocess import screen_requests
 from predilect.serving.backends.screening import Screening
 from predilect.serving.backends.validate import validate_image, validate_requests
-from predilect.serving.dali_pipeline import DaliParams, cpu_twin, gpu_pipeline, output_names
+from predilect.serving.dali_pipeline import DaliParams, served_pipeline
 from predilect.serving.gpu_profile import EngineBuildRequest, GpuServingOptions, assemble_gpu
 from predilect.serving.repository import read_served_model
+from predilect.serving.topology import screening_outputs
+from predilect.serving.triton_config import read_config
 
 GPU_MODELS = (
     contract.VALIDATE_MODEL,
@@ -43,8 +45,15 @@ def gpu_repository(tiny_onnx: Path, tmp_path_factory: pytest.TempPathFactory) ->
     return assemble_gpu(tiny_onnx, tmp_path_factory.mktemp("gpu") / "repo")
 
 
+def cpu_twin(params: DaliParams):
+    """The served pipeline on the host (``dali_cpu`` decode, no GPU), built: the GPU step's CPU twin."""
+    pipe = served_pipeline(params, device_id=None, decoder="dali_cpu")()
+    pipe.build()
+    return pipe
+
+
 def _load(repository: Path, names: tuple[str, ...]) -> dict[str, mc.ModelConfig]:
-    return {name: configs.read_config(repository / name / contract.CONFIG_FILENAME) for name in names}
+    return {name: read_config(repository / name / contract.CONFIG_FILENAME) for name in names}
 
 
 def _tensors(config: mc.ModelConfig, kind: str) -> dict[str, tuple[int, list[int]]]:
@@ -82,7 +91,7 @@ def test_both_profiles_wire_ensemble_consistently_when_assembled(profile, tiny_o
     # One definition for both profiles: the screening results; HEATMAPS only where the model's
     # attention leaves the engine (the CPU profile; the GPU profile's TensorRT plugin keeps it on chip).
     served = read_served_model(tiny_onnx)
-    results = {t.name: (mc.DataType.Value(t.data_type), list(t.dims)) for t in configs.screening_outputs(served)}
+    results = {t.name: (mc.DataType.Value(t.data_type), list(t.dims)) for t in screening_outputs(served)}
     outputs = _tensors(ensemble, "output")
     assert {name: spec for name, spec in outputs.items() if name != contract.HEATMAPS} == {
         name: spec for name, spec in results.items() if name != contract.HEATMAPS
@@ -97,7 +106,7 @@ def test_gpu_ensemble_passes_client_discovery_and_refuses_heatmaps_when_assemble
     from predilect.client.inputs import Prepared
     from predilect.client.protocol import RESULT_OUTPUTS, served_info
 
-    config = configs.read_config(gpu_repository / contract.ENSEMBLE / contract.CONFIG_FILENAME)
+    config = read_config(gpu_repository / contract.ENSEMBLE / contract.CONFIG_FILENAME)
     served = served_info(config, model_name=contract.ENSEMBLE, url="gpu:8001")  # the client's own check
     assert not served.heatmaps and set(RESULT_OUTPUTS) <= {o.name for o in config.output}
     settings = core_settings("gpu:8001")
@@ -140,7 +149,7 @@ def test_gpu_profile_places_dali_and_tensorrt_on_gpu_when_assembled(gpu_reposito
 def test_engine_request_spans_serving_batch_profile_when_assembled(gpu_repository) -> None:
     classifier = gpu_repository / contract.CLASSIFIER_MODEL
     request = EngineBuildRequest.from_json((classifier / contract.ENGINE_BUILD_FILENAME).read_text())
-    config = configs.read_config(classifier / contract.CONFIG_FILENAME)
+    config = read_config(classifier / contract.CONFIG_FILENAME)
     assert (request.min_batch, request.opt_batch, request.max_batch) == (1, 16, config.max_batch_size)
     assert request.opt_batch == max(config.dynamic_batching.preferred_batch_size)
     assert (classifier / contract.TRITON_VERSION / contract.ONNX_FILENAME).is_file()
@@ -181,31 +190,43 @@ def test_dali_module_imports_and_defines_gpu_graph_without_gpu_when_loaded(gpu_r
     assert source.name == contract.IMAGE and source._op.device == "cpu"
     assert module.PARAMS.hw_decoder_load == GpuServingOptions().hw_decoder_load
     assert module.PARAMS.max_batch_size == pipe.max_batch_size == 16
+    assert pipe.prefetch_queue_depth == 1 and pipe.exec_dynamic  # the one factory's arguments, as everywhere
 
 
 @pytest.mark.skipif(HAS_GPU, reason="checks the CPU-only failure mode")
 def test_dali_serialization_needs_cuda_when_no_gpu(gpu_repository) -> None:
     # DALI 2.x creates its backend pipeline (and so initialises CUDA) to serialise a pipeline
     # with a device_id; the graph is checked by the definition test above instead.
-    pipe = gpu_pipeline(DaliParams(PreprocessCfg(), max_batch_size=4))
+    pipe = served_pipeline(DaliParams(PreprocessCfg(), max_batch_size=4))()
     with pytest.raises(RuntimeError, match="CUDA is not available"):
         pipe.serialize()
 
 
-def test_gpu_graph_definition_rejects_gpu_named_argument_when_side_not_copied_to_cpu() -> None:
-    import nvidia.dali.fn as fn
-    import nvidia.dali.types as types
-    from nvidia.dali import pipeline_def
+def test_gpu_graph_definition_rejects_gpu_named_argument_when_side_not_copied_to_cpu(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The one factory with a placement that keeps the crop side on the GPU: the defect DALI catches
+    # at definition, and why ``dali_mixed`` copies the side to the CPU.
+    from predilect.preprocess import dali
 
-    @pipeline_def(batch_size=2, num_threads=1, device_id=0, exec_dynamic=True)
-    def broken():  # the defect the issue names: crop_w computed on the GPU
-        encoded = fn.external_source(name=contract.IMAGE, dtype=types.UINT8, ndim=1)
-        image = fn.decoders.image(encoded, device="mixed")
-        side = fn.reductions.sum(fn.reductions.max(fn.cast(image, dtype=types.FLOAT), axes=[0, 2]))
-        return fn.crop(image, crop_w=side, crop_h=side)
-
+    on_gpu = dataclasses.replace(dali.PLACEMENTS["dali_mixed"], arguments_to_cpu=False)
+    monkeypatch.setitem(dali.PLACEMENTS, "dali_mixed", on_gpu)
+    definition = dali.pipeline_definition(PreprocessCfg(decoder="dali_mixed"), batch_size=2, num_threads=1, device_id=0)
     with pytest.raises(ValueError, match="Named arguments must be on CPU"):
-        broken()._build_graph()
+        definition()._build_graph()
+
+
+def test_every_dali_layout_runs_with_the_factory_arguments_when_built() -> None:
+    # The CPU profile's dali_cpu decoder and the GPU profile's CPU twin: one factory, one set of arguments.
+    from predilect.preprocess.dali import PIPELINE_ARGS
+
+    cfg = PreprocessCfg(size=64, decoder="dali_cpu")
+    preprocessor = Preprocessor(cfg, max_batch_size=2, num_threads=1)
+    preprocessor.run([_fundus_jpeg(0)])
+    pipes = [preprocessor._decoder._pipe, cpu_twin(DaliParams(cfg, max_batch_size=2, num_threads=1))]
+    for pipe in pipes:
+        assert pipe.prefetch_queue_depth == PIPELINE_ARGS["prefetch_queue_depth"] == 1
+        assert pipe.exec_dynamic is PIPELINE_ARGS["exec_dynamic"] is True
 
 
 @pytest.mark.gpu
@@ -236,7 +257,7 @@ def test_cpu_twin_equals_reference_preprocessing_when_same_images() -> None:
     pipe.feed_input(contract.IMAGE, images)
     tensors, extents, frames, _ = pipe.run()  # and the 224-px quality square
     reference = Preprocessor(dataclasses.replace(cfg, decoder="dali_cpu"), max_batch_size=4, num_threads=1)
-    expected = reference.run(images)
+    expected = reference.run(images).per_payload()
     for i, image in enumerate(images):
         assert np.array_equal(np.array(tensors[i]), expected[i])
         rgb = np.asarray(Image.open(io.BytesIO(image.tobytes())).convert("RGB"))
@@ -258,10 +279,10 @@ def test_cpu_twin_quality_square_equals_224_px_model_input_when_model_input_is_1
     for cfg in (small, large):
         pipe = cpu_twin(DaliParams(cfg, max_batch_size=2, num_threads=1))
         pipe.feed_input(contract.IMAGE, images)
-        outputs[cfg.size] = dict(zip(output_names(cfg), pipe.run(), strict=True))
+        outputs[cfg.size] = dict(zip(dali_outputs(cfg), pipe.run(), strict=True))
     assert contract.QUALITY_SQUARE not in outputs[224] and contract.QUALITY_SQUARE in outputs[128]
     reference = Preprocessor(dataclasses.replace(small, decoder="dali_cpu"), max_batch_size=2, num_threads=1)
-    done = reference.run_with_quality(images)
+    done = reference.run(images, quality=True)
     assert done.quality_planes is not None and done.quality_planes.shape == (2, 3, 224, 224)
     for i in range(len(images)):
         square = np.array(outputs[128][contract.QUALITY_SQUARE][i])
@@ -282,8 +303,8 @@ def test_gpu_profile_carries_quality_square_from_dali_to_postprocess_when_model_
     square = (mc.TYPE_UINT8, [3, 224, 224])
     assert _tensors(loaded[contract.PREPROCESS_MODEL], "output")[contract.QUALITY_SQUARE] == square
     assert _tensors(loaded[contract.POSTPROCESS_MODEL], "input")[contract.QUALITY_SQUARE] == square
-    dali_outputs = [t.name for t in loaded[contract.PREPROCESS_MODEL].output]
-    assert dali_outputs == list(output_names(PreprocessCfg(size=128)))  # the order serving_graph returns them
+    declared = [t.name for t in loaded[contract.PREPROCESS_MODEL].output]
+    assert declared == list(dali_outputs(PreprocessCfg(size=128)))  # the order the DALI graph returns them
 
 
 def test_gpu_profile_sends_no_quality_square_when_model_input_is_224_px(gpu_repository) -> None:
@@ -298,7 +319,7 @@ def test_mixed_pipeline_matches_cpu_twin_within_decoder_tolerance_when_gpu_prese
     cfg = PreprocessCfg(size=64)
     params = DaliParams(cfg, max_batch_size=4, num_threads=1)
     images = [np.frombuffer(_fundus_jpeg(seed), np.uint8) for seed in range(3)]
-    gpu, cpu = gpu_pipeline(params), cpu_twin(params)
+    gpu, cpu = served_pipeline(params)(), cpu_twin(params)
     gpu.build()
     for pipe in (gpu, cpu):
         pipe.feed_input(contract.IMAGE, images)
@@ -392,7 +413,7 @@ def _twin_rows(cfg: PreprocessCfg, images: list[np.ndarray]) -> list[dict[str, n
     pipe = cpu_twin(DaliParams(cfg, max_batch_size=len(images), num_threads=1))
     pipe.feed_input(contract.IMAGE, images)
     outputs = pipe.run()
-    names = output_names(cfg)
+    names = dali_outputs(cfg)
     return [
         {name: np.array(out[i])[np.newaxis] for name, out in zip(names, outputs, strict=True)}
         for i in range(len(images))
@@ -422,7 +443,7 @@ def test_gpu_screen_equals_cpu_screening_and_rejects_no_fov_request_alone_when_b
     # What the ensemble declares is what is answered: names, dtypes, [1, *dims].
     served = configs.ServedModel(DEFAULT_CATALOG, cfg, "tiny", "1")
     for answer in answered:
-        declared = configs.screening_outputs(served, heatmaps=False)
+        declared = screening_outputs(served, heatmaps=False)
         assert sorted(answer) == sorted(t.name for t in declared)
         for t in declared:
             assert answer[t.name].dtype == NUMPY_TYPES[t.data_type] and answer[t.name].shape == (1, *t.dims), t.name
@@ -507,7 +528,7 @@ def test_gpu_field_box_matches_default_cpu_profile_within_one_draft_pixel_when_d
     # The CPU profile's default decoder (pil_draft) measures the field of view on the DCT-scaled
     # frame: where it decodes at full resolution the boxes are bit-equal, else they differ by the
     # scaled pixel (draft scale / frame side) that the measurement is quantised to.
-    from predilect.preprocess import draft_scale
+    from predilect.preprocess.decoders.pil_draft import draft_scale
 
     cfg = PreprocessCfg()  # pil_draft, 224
     sizes = [(400, 300), (300, 400), (2000, 1500), (1600, 1200)]
@@ -516,7 +537,8 @@ def test_gpu_field_box_matches_default_cpu_profile_within_one_draft_pixel_when_d
     for row in rows:
         row[contract.LOGITS] = np.zeros((1, len(DEFAULT_CATALOG)), np.float32)
     gpu = screen_requests(_screening(cfg), rows)
-    _, errors, boxes = Preprocessor(cfg, max_batch_size=4, num_threads=1).run_with_fields(images)
+    done = Preprocessor(cfg, max_batch_size=4, num_threads=1).run(images)
+    errors, boxes = done.errors, done.boxes
     assert errors == [None] * len(images)
     for (width, height), answer, box in zip(sizes, gpu, boxes, strict=True):
         assert not isinstance(answer, InvalidImageError) and box is not None
@@ -526,7 +548,7 @@ def test_gpu_field_box_matches_default_cpu_profile_within_one_draft_pixel_when_d
 
 
 def test_gpu_postprocess_answers_and_rejects_per_request_when_served_by_real_tritonserver(
-    gpu_repository: Path, tmp_path: Path
+    tritonserver, gpu_repository: Path, tmp_path: Path
 ) -> None:
     # The GPU postprocess model alone (DALI and TensorRT do not load without a GPU), on the real
     # Python backend: the adapter's tensors match its config, and a no-FOV request fails alone.
@@ -536,7 +558,7 @@ def test_gpu_postprocess_answers_and_rejects_per_request_when_served_by_real_tri
     import tritonclient.grpc as grpcclient
     from tritonclient.utils import InferenceServerException
 
-    from predilect.serving.server import TritonServer, free_port
+    from predilect.serving.server import free_port
 
     shutil.copytree(gpu_repository / contract.POSTPROCESS_MODEL, tmp_path / "repo" / contract.POSTPROCESS_MODEL)
     served = configs.ServedModel(DEFAULT_CATALOG, PreprocessCfg(), "tiny", "1")
@@ -545,9 +567,9 @@ def test_gpu_postprocess_answers_and_rejects_per_request_when_served_by_real_tri
     requests = [{**row, contract.LOGITS: logits[i : i + 1]} for i, row in enumerate(rows)]
     requests[1] = {**requests[1], contract.FOV_EXTENT: np.array([[30.0, 400.0]], np.float32)}
     expected = screen_requests(Screening.from_parameters(configs.screening_parameters(served)), requests)
-    names = [t.name for t in configs.screening_outputs(served, heatmaps=False)]
+    names = [t.name for t in screening_outputs(served, heatmaps=False)]
     ports = {"grpc_port": free_port(), "http_port": free_port(), "metrics_port": free_port()}
-    with TritonServer(model_repository=tmp_path / "repo", log_path=tmp_path / "triton.log", **ports) as server:
+    with tritonserver(model_repository=tmp_path / "repo", log_path=tmp_path / "triton.log", **ports) as server:
         client = grpcclient.InferenceServerClient(server.grpc_url)
 
         def infer(request: dict[str, np.ndarray]) -> dict[str, np.ndarray] | InferenceServerException:
@@ -571,7 +593,7 @@ def test_gpu_postprocess_answers_and_rejects_per_request_when_served_by_real_tri
     assert kind == contract.ERROR_IMAGE_REJECTED and "field of view" in cause
     for answer, reference in ((answers[0], expected[0]), (answers[2], expected[2])):
         assert isinstance(answer, dict) and isinstance(reference, dict)
-        for t in configs.screening_outputs(served, heatmaps=False):  # the backend sends the dtype it is given
+        for t in screening_outputs(served, heatmaps=False):  # the backend sends the dtype it is given
             assert answer[t.name].dtype == NUMPY_TYPES[t.data_type] and answer[t.name].shape == (1, *t.dims), t.name
             np.testing.assert_array_equal(answer[t.name], reference[t.name], err_msg=t.name)
 
@@ -580,7 +602,7 @@ def test_dali_params_round_trip_when_written_beside_dali_py(gpu_repository) -> N
     path = gpu_repository / contract.PREPROCESS_MODEL / contract.TRITON_VERSION / contract.DALI_PARAMS_FILENAME
     params = DaliParams.from_json(path.read_text())
     served = json.loads(
-        configs.read_config(gpu_repository / contract.ENSEMBLE / contract.CONFIG_FILENAME)
+        read_config(gpu_repository / contract.ENSEMBLE / contract.CONFIG_FILENAME)
         .parameters[contract.KEY_PREPROCESS]
         .string_value
     )

@@ -8,6 +8,7 @@ import struct
 import zlib
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
@@ -16,7 +17,11 @@ from hypothesis import strategies as st
 from PIL import Image, ImageOps
 
 from predilect import contract
-from predilect.preprocess import InvalidImageError, PreprocessCfg, Preprocessor, decode_rgb, inspect_image
+from predilect.preprocess import InvalidImageError, PreprocessCfg, Preprocessor, inspect_image
+from predilect.preprocess.decoders.pil_draft import decode_rgb
+
+if TYPE_CHECKING:
+    from predilect.serving.server import TritonServer
 
 # --------------------------------------------------------------------------- hostile payloads
 
@@ -91,10 +96,10 @@ def test_preprocessor_refuses_each_hostile_payload_naming_cause_when_batched_wit
 ) -> None:
     cases = hostile_payloads(good)
     payloads = [good] + [payload for payload, _ in cases.values()] + [good]
-    out = preprocessor.run(payloads)
+    out = preprocessor.run(payloads).per_payload()
     first, last = out[0], out[-1]
     assert isinstance(first, np.ndarray) and isinstance(last, np.ndarray) and np.array_equal(first, last)
-    np.testing.assert_array_equal(first, preprocessor.run_strict([good])[0])
+    np.testing.assert_array_equal(first, preprocessor.run([good]).pixels_or_raise()[0])
     for (name, (_, phrase)), result in zip(cases.items(), out[1:-1], strict=True):
         assert isinstance(result, InvalidImageError), f"{name} was screened"
         assert phrase in str(result), f"{name}: {result}"
@@ -110,7 +115,7 @@ def test_preprocessor_rejects_any_decoder_exception_as_invalid_image_when_decode
         raise MemoryError("libjpeg could not allocate")
 
     monkeypatch.setattr(simplejpeg, "decode_jpeg", explode)
-    (out,) = preprocessor.run([good])
+    (out,) = preprocessor.run([good]).per_payload()
     assert isinstance(out, InvalidImageError) and "MemoryError: libjpeg could not allocate" in str(out)
     assert isinstance(out.__cause__, MemoryError)
 
@@ -124,7 +129,7 @@ def test_inspect_image_reads_size_without_decoding_when_header_claims_bomb() -> 
 def test_preprocessor_screens_png_when_mode_converts_exactly(preprocessor: Preprocessor, mode: str) -> None:
     rgb = Image.open(io.BytesIO(_fundus_png())).convert("RGB")
     image = rgb.convert(mode) if mode != "P" else rgb.quantize(64)
-    out, reference = preprocessor.run_strict([_encoded(image, "PNG"), _encoded(image.convert("RGB"), "PNG")])
+    out, reference = preprocessor.run([_encoded(image, "PNG"), _encoded(image.convert("RGB"), "PNG")]).pixels_or_raise()
     assert np.array_equal(out, reference)
 
 
@@ -132,7 +137,7 @@ def test_preprocessor_screens_rgba_png_as_rgb_when_alpha_fully_opaque(preprocess
     rgb = Image.open(io.BytesIO(_fundus_png())).convert("RGB")
     opaque = rgb.copy()
     opaque.putalpha(255)
-    a, b = preprocessor.run_strict([_encoded(opaque, "PNG"), _encoded(rgb, "PNG")])
+    a, b = preprocessor.run([_encoded(opaque, "PNG"), _encoded(rgb, "PNG")]).pixels_or_raise()
     assert np.array_equal(a, b)
 
 
@@ -165,13 +170,13 @@ def test_preprocessor_gives_upright_tensor_when_exif_says_rotated(preprocessor: 
     exif = Image.Exif()
     exif[0x0112] = 6  # stored rotated 90 degrees counter-clockwise; shown by rotating it clockwise
     stored = upright.transpose(Image.Transpose.ROTATE_90)
-    a, b, c = preprocessor.run_strict(
+    a, b, c = preprocessor.run(
         [
             _encoded(upright, "JPEG", quality=95),
             _encoded(stored, "JPEG", quality=95, exif=exif.tobytes()),
             _encoded(stored, "JPEG", quality=95),
         ]
-    )
+    ).pixels_or_raise()
     assert np.mean(np.abs(a - b)) < 0.05  # the same picture, up to JPEG noise
     assert np.mean(np.abs(a - c)) > 4 * np.mean(np.abs(a - b))  # ignoring the tag would differ
 
@@ -193,7 +198,7 @@ def test_preprocessor_never_raises_when_payload_is_mutated(data: st.DataObject, 
             base[at:at] = data.draw(st.binary(min_size=1, max_size=32))
         else:
             del base[at : at + data.draw(st.integers(1, 4096))]
-    (out,) = _fuzz_preprocessor().run([bytes(base)])
+    (out,) = _fuzz_preprocessor().run([bytes(base)]).per_payload()
     assert isinstance(out, InvalidImageError) or (out.shape == (3, 224, 224) and np.isfinite(out).all())
 
 
@@ -232,12 +237,10 @@ def _infer(url: str, payload: bytes) -> np.ndarray | tuple[str, str]:
         client.close()
 
 
-@pytest.mark.integration
-@pytest.mark.parametrize("layout", ["fused", "split"])
 def test_server_refuses_hostile_and_answers_valid_unchanged_when_traffic_mixed_concurrently(
-    layout: str, request: pytest.FixtureRequest, fundus_jpeg: Callable[..., bytes]
+    layout_server: TritonServer, fundus_jpeg: Callable[..., bytes]
 ) -> None:
-    server = request.getfixturevalue("fused_server" if layout == "fused" else "triton_server")
+    server = layout_server
     valid = [fundus_jpeg(seed) for seed in range(8)]
     alone = [_infer(server.grpc_url, v) for v in valid]
     cases = hostile_payloads(valid[0])
@@ -270,7 +273,9 @@ def test_preprocessor_screens_rotated_png_when_disc_small_in_frame(preprocessor:
     frame.paste(disc.resize((200, 150)), (500, 375))  # the field of view spans < 224 px
     exif = Image.Exif()
     exif[0x0112] = 6
-    rotated, upright = preprocessor.run([_encoded(frame, "PNG", exif=exif.tobytes()), _encoded(frame, "PNG")])
+    rotated, upright = preprocessor.run(
+        [_encoded(frame, "PNG", exif=exif.tobytes()), _encoded(frame, "PNG")]
+    ).per_payload()
     assert isinstance(rotated, np.ndarray) and isinstance(upright, np.ndarray)
     turned = np.rot90(upright, -1, axes=(1, 2))  # equal up to the centre crop's one-pixel rounding
     assert np.mean(np.abs(rotated - turned)) < 0.25 * np.mean(np.abs(rotated - upright))

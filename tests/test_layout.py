@@ -9,27 +9,8 @@ import sys
 from pathlib import Path
 
 import pytest
-import tomllib
-
-ROOT = Path(__file__).resolve().parent.parent
-PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
-PORTIONS = PYPROJECT["tool"]["hatch"]["build"]["targets"]["wheel"]["packages"]
-"""Each entry is a folder holding (part of) the ``predilect`` namespace: ``predilect`` or ``<part>/predilect``."""
-
-
-def _module_files() -> dict[str, Path]:
-    """Every module of the namespace, by the one name its path gives it."""
-    modules: dict[str, Path] = {}
-    for portion in PORTIONS:
-        base = (ROOT / portion).parent
-        for path in sorted((ROOT / portion).rglob("*.py")):
-            parts = list(path.relative_to(base).with_suffix("").parts)
-            if parts[-1] == "__init__":
-                parts.pop()
-            name = ".".join(parts)
-            assert name not in modules, f"{name} is both {modules[name]} and {path}"
-            modules[name] = path
-    return modules
+from portions import PORTIONS, ROOT
+from portions import module_files as _module_files
 
 
 def test_tree_has_no_symlinks_when_listed_by_git() -> None:

@@ -1,4 +1,4 @@
-"""The localisation chain: phantom coordinates -> served preprocessing -> token grid -> scorer (issue 12).
+"""The localisation chain: phantom coordinates -> served preprocessing -> token grid -> scorer.
 
 An oracle heatmap read from the model input's own pixels (the brightest grid cell: the optic
 disc, in images without bright lesions -- exudates and drusen can outshine it) must hit the disc
@@ -65,9 +65,8 @@ def test_oracle_heatmap_hits_recorded_disc_and_mirrored_one_misses_when_scored_t
         dark = {row["path"] for row in csv.DictReader(f) if set(row["labels"].split(";")) <= DARK_LESIONS}
     paths = sorted(p for p in discs if p in dark)[:24]
     assert len(paths) >= 12
-    pixels, errors, boxes = Preprocessor(cfg, max_batch_size=8).run_with_fields(
-        [(phantom / p).read_bytes() for p in paths]
-    )
+    done = Preprocessor(cfg, max_batch_size=8).run([(phantom / p).read_bytes() for p in paths])
+    pixels, errors, boxes = done.pixels, done.errors, done.boxes
     assert not any(errors)
     tally = {"oracle": 0, "mirrored": 0, "transposed": 0}
     eyes = set()

@@ -93,7 +93,7 @@ def test_thresholds_travel_from_checkpoint_to_onnx_to_served_rules_when_written(
     props = {p.key: p.value for p in onnx.load(str(onnx_path)).metadata_props}
     assert props[contract.KEY_CATALOG] == updated.to_json()
     repository = assemble(onnx_path, tmp_path / "repo", ServingOptions(layout="split"))
-    from predilect.serving.configs import read_config
+    from predilect.serving.triton_config import read_config
 
     params = read_config(repository / contract.ENSEMBLE / contract.CONFIG_FILENAME).parameters
     rules = json.loads(params[contract.KEY_RULES].string_value)

@@ -20,7 +20,9 @@ from predilect.serving.server import TritonServer
 
 
 @pytest.fixture(scope="module")
-def small_queue_server(tiny_onnx: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonServer]:
+def small_queue_server(
+    tritonserver: type[TritonServer], tiny_onnx: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[TritonServer]:
     from predilect.serving.configs import ServingOptions
     from predilect.serving.repository import assemble
 
@@ -28,7 +30,7 @@ def small_queue_server(tiny_onnx: Path, tmp_path_factory: pytest.TempPathFactory
         layout="fused", fused_instances=1, max_batch_size=2, max_queue_size=2, queue_timeout_us=2_000_000
     )
     repository = assemble(tiny_onnx, tmp_path_factory.mktemp("overload") / "model_repository", options)
-    server = TritonServer.on_free_ports(
+    server = tritonserver.on_free_ports(
         model_repository=repository,
         log_path=tmp_path_factory.mktemp("overload-log") / "tritonserver.log",
         startup_timeout_s=180,

@@ -153,7 +153,7 @@ def test_render_fundus_stays_black_outside_fov_and_preprocesses_when_default_siz
     assert decoded[_outside_fov(decoded.shape, margin=4)].max() <= 8
     columns = (decoded > PreprocessCfg().fov_threshold).any(axis=0).sum()
     assert abs(columns - 1.02 * 1536) < 12  # the disc spans 1.02 frame heights
-    [tensor] = Preprocessor(PreprocessCfg()).run([data])
+    [tensor] = Preprocessor(PreprocessCfg()).run([data]).per_payload()
     assert not isinstance(tensor, InvalidImageError), tensor
     assert tensor.shape == (3, 224, 224) and np.isfinite(tensor).all()
 
@@ -171,7 +171,7 @@ def test_preprocessor_accepts_phantoms_when_small_frames_and_both_eyes():
         decoded = np.asarray(Image.open(io.BytesIO(payload))).max(axis=2)
         # JPEG block noise reaches a few pixels past the rim; far below the FOV threshold of 20
         assert decoded[_outside_fov(decoded.shape, margin=4)].max() <= 10
-    outputs = Preprocessor(PreprocessCfg()).run(payloads)
+    outputs = Preprocessor(PreprocessCfg()).run(payloads).per_payload()
     assert all(isinstance(o, np.ndarray) and o.shape == (3, 224, 224) for o in outputs)
 
 

@@ -1,11 +1,16 @@
 """The shared preprocessing: the one definition training and serving both run."""
 
 import io
+import json
+import subprocess
+import sys
+import threading
 
 import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
+from predilect.errors import ConfigError, UserError
 from predilect.preprocess import InvalidImageError, PreprocessCfg, Preprocessor
 
 
@@ -34,15 +39,13 @@ def test_preprocess_cfg_round_trips_when_serialised_to_json():
     assert PreprocessCfg.from_json(cfg.to_json()) == cfg
 
 
-def test_preprocess_cfg_rejects_gpu_decoder_when_no_device():
-    from predilect.preprocess import build_pipeline
-
-    with pytest.raises(ValueError, match="GPU"):
-        build_pipeline(PreprocessCfg(decoder="dali_mixed"), batch_size=1, num_threads=1, device_id=None)
+def test_preprocessor_refuses_gpu_decoder_when_no_device():
+    with pytest.raises(ConfigError, match="GPU"):
+        Preprocessor(PreprocessCfg(decoder="dali_mixed"), device_id=None).run([_fundus_like()])
 
 
 def test_preprocessor_outputs_normalised_chw_when_image_valid(preprocessor):
-    (out,) = preprocessor.run([_fundus_like()])
+    (out,) = preprocessor.run([_fundus_like()]).per_payload()
     assert out.shape == (3, 224, 224) and out.dtype == np.float32
     cfg = preprocessor.cfg
     black = (0 - np.array(cfg.mean)) / np.array(cfg.std)
@@ -52,14 +55,14 @@ def test_preprocessor_outputs_normalised_chw_when_image_valid(preprocessor):
 
 def test_preprocessor_results_identical_when_batched_differently(preprocessor):
     images = [_fundus_like(seed=s) for s in range(6)]
-    together = preprocessor.run(images)
-    alone = [preprocessor.run([im])[0] for im in images]
+    together = preprocessor.run(images).per_payload()
+    alone = [preprocessor.run([im]).per_payload()[0] for im in images]
     for a, b in zip(together, alone, strict=True):
         assert np.array_equal(a, b)
 
 
 def test_preprocessor_crops_field_of_view_when_frame_size_differs(preprocessor):
-    small, large = preprocessor.run([_fundus_like(1024, 768), _fundus_like(2048, 1536)])
+    small, large = preprocessor.run([_fundus_like(1024, 768), _fundus_like(2048, 1536)]).pixels_or_raise()
     # Same drawing at two camera sizes: after the FOV crop and resize they nearly coincide.
     assert np.mean(np.abs(small - large)) < 0.1
 
@@ -68,7 +71,10 @@ def test_preprocessor_isolates_bad_payloads_when_mixed_with_good(preprocessor):
     good = _fundus_like()
     black = io.BytesIO()
     Image.new("RGB", (640, 480)).save(black, "PNG")
-    out = preprocessor.run([good, b"GIF89a-not-supported", good[:4000], black.getvalue(), b"", good])
+    done = preprocessor.run([good, b"GIF89a-not-supported", good[:4000], black.getvalue(), b"", good])
+    assert done.accepted == [0, 5] and len(done.pixels) == 2
+    assert done.boxes[1:5] == [None] * 4 and done.frames[0] == (1024.0, 768.0)
+    out = done.per_payload()
     assert isinstance(out[0], np.ndarray) and np.array_equal(out[0], out[5])
     messages = [str(e) for e in out[1:5]]
     assert all(isinstance(e, InvalidImageError) for e in out[1:5])
@@ -79,20 +85,24 @@ def test_preprocessor_isolates_bad_payloads_when_mixed_with_good(preprocessor):
 
 
 def test_preprocessor_accepts_png_when_lossless(preprocessor):
-    (out,) = preprocessor.run([_fundus_like(fmt="PNG")])
+    (out,) = preprocessor.run([_fundus_like(fmt="PNG")]).per_payload()
     assert out.shape == (3, 224, 224)
 
 
 def test_preprocessor_rejects_tiny_images_when_below_min_side(preprocessor):
     buf = io.BytesIO()
     Image.new("RGB", (40, 30), (200, 100, 50)).save(buf, "JPEG")
-    (out,) = preprocessor.run([buf.getvalue()])
+    (out,) = preprocessor.run([buf.getvalue()]).per_payload()
     assert isinstance(out, InvalidImageError) and "too small" in str(out)
 
 
-def test_run_strict_raises_with_index_when_any_image_invalid(preprocessor):
+def test_pixels_or_raise_raises_with_index_when_any_image_invalid(preprocessor):
     with pytest.raises(InvalidImageError, match="image 1"):
-        preprocessor.run_strict([_fundus_like(), b"nope"])
+        preprocessor.run([_fundus_like(), b"nope"]).pixels_or_raise()
+
+
+def test_invalid_image_error_is_user_error_when_raised():
+    assert issubclass(InvalidImageError, UserError)
 
 
 @pytest.fixture(scope="module")
@@ -108,26 +118,79 @@ def test_pil_draft_results_identical_when_batched_differently():
     threaded = Preprocessor(PreprocessCfg(decoder="pil_draft"), max_batch_size=3, num_threads=2)
     serial = Preprocessor(PreprocessCfg(decoder="pil_draft"), max_batch_size=16, num_threads=1)
     images = [_fundus_like(2048, 1536, seed=s) for s in range(5)]
-    together, chunked = threaded.run(images), serial.run(images)
-    alone = [serial.run([im])[0] for im in images]
+    together, chunked = threaded.run(images).per_payload(), serial.run(images).per_payload()
+    alone = [serial.run([im]).per_payload()[0] for im in images]
     for a, b, c in zip(together, chunked, alone, strict=True):
         assert np.array_equal(a, b) and np.array_equal(a, c)
 
 
 def test_pil_draft_matches_dali_cpu_closely_when_same_image(preprocessor, dali_preprocessor):
     images = [_fundus_like(2048, 1536, seed=s) for s in range(3)]
-    for fast, full in zip(preprocessor.run(images), dali_preprocessor.run(images), strict=True):
+    for fast, full in zip(preprocessor.run(images).pixels, dali_preprocessor.run(images).pixels, strict=True):
         assert fast.shape == full.shape and np.mean(np.abs(fast - full)) < 0.05
 
 
 def test_pil_draft_decodes_finer_scale_when_disc_small_in_frame():
-    from predilect.preprocess import pil_draft_preprocess
-
     small_disc = _fundus_like(2048, 1536, seed=4)
     im = Image.open(io.BytesIO(small_disc)).resize((1024, 768))
     framed = Image.new("RGB", (2048, 1536))
     framed.paste(im.resize((400, 300)), (824, 618))  # the disc now spans ~300 px of the frame
     buf = io.BytesIO()
     framed.save(buf, "JPEG", quality=92)
-    tensor, fov_w, fov_h = pil_draft_preprocess(np.frombuffer(buf.getvalue(), np.uint8), PreprocessCfg())
-    assert tensor.shape == (3, 224, 224) and 250 < max(fov_w, fov_h) < 330
+    done = Preprocessor(PreprocessCfg(), num_threads=1).run([buf.getvalue()])
+    (box,) = done.boxes
+    assert box is not None
+    left, _, right, _ = box
+    assert done.pixels.shape == (1, 3, 224, 224) and 250 < (right - left) * 2048 < 330  # the square's side in px
+
+
+@pytest.mark.timeout(120)  # without the lock, concurrent DALI runs hang or swap results
+def test_preprocessor_gives_serial_results_when_called_from_threads_at_once(dali_preprocessor):
+    batches = [[_fundus_like(640, 480, seed=10 * k + s) for s in range(1 + k)] for k in range(3)]
+    expected = [dali_preprocessor.run(batch).pixels_or_raise() for batch in batches]
+    results: dict[int, list[np.ndarray]] = {k: [] for k in range(len(batches))}
+    start = threading.Barrier(len(batches))
+
+    def worker(k: int) -> None:
+        start.wait()
+        for _ in range(4):
+            results[k].append(dali_preprocessor.run(batches[k]).pixels_or_raise())
+
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(len(batches))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for k, runs in results.items():  # each thread gets its own images' tensors, as if run alone
+        assert len(runs) == 4 and all(r.shape == expected[k].shape and np.array_equal(r, expected[k]) for r in runs)
+
+
+def _loaded_after(code: str, modules: tuple[str, ...]) -> list[str]:
+    """Which of ``modules`` a fresh interpreter has imported after running ``code``."""
+    probe = f"import json, sys\n{code}\nprint(json.dumps(sorted(m for m in {modules!r} if m in sys.modules)))"
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_import_preprocess_loads_no_decoder_library_when_only_cfg_and_results_used():
+    code = (
+        "import predilect.preprocess, predilect.lesions, predilect.quality\n"
+        "from predilect.preprocess import PreprocessCfg, Preprocessed, InvalidImageError, field_box_in_frame"
+    )
+    assert _loaded_after(code, ("PIL", "simplejpeg", "nvidia")) == []
+
+
+def test_preprocessor_imports_only_its_own_backend_when_decoder_is_pil_draft():
+    code = "from predilect.preprocess import Preprocessor, PreprocessCfg\nPreprocessor(PreprocessCfg()).run([b'x'])"
+    backend = "predilect.preprocess.decoders.pil_draft"
+    assert _loaded_after(code, (backend, "nvidia")) == [backend]
+
+
+def test_decoder_table_names_a_backend_module_when_a_decoder_is_allowed() -> None:
+    import importlib.util
+
+    from predilect.preprocess.config import DECODERS
+    from predilect.preprocess.decoders import BACKEND_MODULES
+
+    assert set(BACKEND_MODULES) == set(DECODERS)
+    assert all(importlib.util.find_spec(module) is not None for module in BACKEND_MODULES.values())

@@ -16,7 +16,8 @@ CFG = PreprocessCfg()
 
 
 def _planes(payloads: list[bytes]) -> np.ndarray:
-    pixels, errors = Preprocessor(CFG, max_batch_size=8).run_packed(payloads)
+    done = Preprocessor(CFG, max_batch_size=8).run(payloads)
+    pixels, errors = done.pixels, done.errors
     assert errors == [None] * len(payloads)
     return quality.planes_from_pixels(pixels, CFG.mean, CFG.std)
 
@@ -32,10 +33,12 @@ def _grade(payloads: list[bytes]) -> quality.Grade:
 
 
 def test_planes_from_pixels_recovers_uint8_square_exactly_when_tensor_made_by_preprocessing(fundus_jpeg) -> None:
-    from predilect.preprocess import pil_draft_resized
+    from predilect.preprocess.decoders.pil_draft import squares
+    from predilect.preprocess.sniff import inspect_image
 
-    square, _, _ = pil_draft_resized(np.frombuffer(fundus_jpeg(1), np.uint8), CFG)
-    np.testing.assert_array_equal(_planes([fundus_jpeg(1)])[0], np.asarray(square).transpose(2, 0, 1))
+    data = np.frombuffer(fundus_jpeg(1), np.uint8)
+    square = squares(data, CFG, inspect_image(data, CFG)).model  # the uint8 square the decoder normalised
+    np.testing.assert_array_equal(_planes([fundus_jpeg(1)])[0], square.transpose(2, 0, 1))
 
 
 def test_grade_passes_clean_fixture_photographs_when_default_calibration(fundus_jpeg) -> None:
@@ -139,7 +142,7 @@ def test_calibrate_places_threshold_between_clean_and_degraded_tails_when_separa
 def test_assess_pixels_returns_one_quality_row_per_image_when_batched(
     fundus_jpeg: Callable[[int], bytes],
 ) -> None:
-    pixels = Preprocessor(CFG).run_strict([fundus_jpeg(7), fundus_jpeg(8)])
+    pixels = Preprocessor(CFG).run([fundus_jpeg(7), fundus_jpeg(8)]).pixels_or_raise()
     rows = quality.assess_pixels(
         pixels, quality.default_quality_cfg(), mean=CFG.mean, std=CFG.std, fov_threshold=CFG.fov_threshold
     )

@@ -1,4 +1,4 @@
-"""Gradability on a square of its own (issue #12): quality is measured at the calibrated size whatever
+"""Gradability on a square of its own: quality is measured at the calibrated size whatever
 the model's input side, from the same decoded frame and crop; sizes that disagree are refused."""
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ GRADED_ON_224_ONLY = 26
 def _old_128_px_rows(payloads: list[bytes]) -> np.ndarray:
     """QUALITY rows as the code before the quality square graded a 128-px model: its own input, 224-px thresholds."""
     before = PreprocessCfg(size=128, quality_size=128)  # decodes for 128 and grades the model input
-    pixels = Preprocessor(before, num_threads=1).run_strict(payloads)
+    pixels = Preprocessor(before, num_threads=1).run(payloads).pixels_or_raise()
     planes = quality.planes_from_pixels(pixels, before.mean, before.std)
     return quality.grade(
         quality.measure(planes, fov_threshold=before.fov_threshold), quality.default_quality_cfg()
@@ -38,7 +38,7 @@ def _old_128_px_rows(payloads: list[bytes]) -> np.ndarray:
 
 def _rows_on_224_px_square(payloads: list[bytes]) -> np.ndarray:
     """QUALITY rows of a 224-px model (its input is the quality square), computed in process."""
-    pixels = Preprocessor(LARGE, num_threads=1).run_strict(payloads)
+    pixels = Preprocessor(LARGE, num_threads=1).run(payloads).pixels_or_raise()
     return quality.assess_pixels(
         pixels, quality.default_quality_cfg(), mean=LARGE.mean, std=LARGE.std, fov_threshold=LARGE.fov_threshold
     )
@@ -137,25 +137,25 @@ def test_assess_planes_raises_when_square_not_calibrated_size() -> None:
 
 def test_preprocessor_quality_square_equals_224_px_model_square_when_model_input_is_128_px(fundus_jpeg) -> None:
     payloads = [fundus_jpeg(seed) for seed in (1, 2)] + [b"not an image", fundus_jpeg(3)]
-    done = Preprocessor(SMALL, max_batch_size=2, num_threads=2).run_with_quality(payloads)
+    done = Preprocessor(SMALL, max_batch_size=2, num_threads=2).run(payloads, quality=True)
     assert [e is None for e in done.errors] == [True, True, False, True]
     assert done.pixels.shape == (3, 3, 128, 128) and done.quality_planes is not None
     assert done.quality_planes.shape == (3, 3, 224, 224) and done.quality_planes.dtype == np.uint8
     good = [payloads[i] for i in (0, 1, 3)]
-    model_224 = Preprocessor(LARGE, num_threads=1).run_strict(good)
+    model_224 = Preprocessor(LARGE, num_threads=1).run(good).pixels_or_raise()
     np.testing.assert_array_equal(done.quality_planes, quality.planes_from_pixels(model_224, LARGE.mean, LARGE.std))
     # The model input does not depend on whether the quality square was asked for.
-    np.testing.assert_array_equal(done.pixels, Preprocessor(SMALL, num_threads=1).run_strict(good))
-    assert done.boxes == Preprocessor(SMALL, num_threads=1).run_with_fields(payloads)[2]
+    np.testing.assert_array_equal(done.pixels, Preprocessor(SMALL, num_threads=1).run(good).pixels_or_raise())
+    assert done.boxes == Preprocessor(SMALL, num_threads=1).run(payloads).boxes
 
 
 def test_preprocessor_cuts_no_quality_square_when_model_input_has_quality_size(fundus_jpeg) -> None:
-    done = Preprocessor(LARGE, num_threads=1).run_with_quality([fundus_jpeg(1)])
+    done = Preprocessor(LARGE, num_threads=1).run([fundus_jpeg(1)], quality=True)
     assert done.quality_planes is None and done.pixels.shape == (1, 3, 224, 224)
 
 
 def test_preprocessor_gives_empty_quality_planes_when_every_payload_rejected() -> None:
-    done = Preprocessor(SMALL, num_threads=1).run_with_quality([b"junk", b""])
+    done = Preprocessor(SMALL, num_threads=1).run([b"junk", b""], quality=True)
     assert all(isinstance(e, InvalidImageError) for e in done.errors)
     assert done.quality_planes is not None and done.quality_planes.shape == (0, 3, 224, 224)
 
@@ -165,10 +165,10 @@ def test_dali_cpu_decoder_quality_square_matches_pixels_order_when_batch_has_rej
     buffer = io.BytesIO()
     Image.new("RGB", (320, 240)).save(buffer, format="JPEG")  # no field of view: rejected after decoding
     payloads = [fundus_jpeg(1), buffer.getvalue(), fundus_jpeg(2)]
-    done = Preprocessor(cfg, max_batch_size=4, num_threads=1).run_with_quality(payloads)
+    done = Preprocessor(cfg, max_batch_size=4, num_threads=1).run(payloads, quality=True)
     assert isinstance(done.errors[1], InvalidImageError) and done.quality_planes is not None
     assert len(done.quality_planes) == len(done.pixels) == 2
-    alone = Preprocessor(cfg, max_batch_size=4, num_threads=1).run_with_quality([payloads[2]])
+    alone = Preprocessor(cfg, max_batch_size=4, num_threads=1).run([payloads[2]], quality=True)
     assert alone.quality_planes is not None
     np.testing.assert_array_equal(done.quality_planes[1], alone.quality_planes[0])
 
@@ -200,24 +200,22 @@ def test_screening_refuses_to_grade_model_input_when_quality_square_is_separate(
 
 
 @pytest.fixture(scope="module")
-def fused_128_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+def fused_128_server(tritonserver, tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
     from serving_fixtures import build_tiny_onnx
 
     from predilect.serving.configs import ServingOptions
     from predilect.serving.repository import assemble
-    from predilect.serving.server import TritonServer
 
     work = tmp_path_factory.mktemp("fused128")
     onnx_path = build_tiny_onnx(work / "model.onnx", cfg=SMALL)
     options = ServingOptions(max_batch_size=8, fused_instances=1, max_queue_size=0, queue_timeout_us=0)
     repository = assemble(onnx_path, work / "repo", options)
-    with TritonServer.on_free_ports(
+    with tritonserver.on_free_ports(
         model_repository=repository, log_path=work / "tritonserver.log", startup_timeout_s=180
     ) as server:
         yield server
 
 
-@pytest.mark.integration
 def test_served_quality_of_128_px_model_equals_quality_on_224_px_square_when_fused(
     fused_128_server, fundus_jpeg: Callable[[int], bytes]
 ) -> None:

@@ -61,9 +61,8 @@ def test_quantize_cli_exits_two_when_gate_refuses(pipeline, tmp_path: Path, caps
     assert "REFUSED" in capsys.readouterr().err
 
 
-@pytest.mark.integration
 def test_served_int8_probabilities_equal_onnx_runtime_when_assembled_with_precision_int8(
-    int8: tuple[Path, Path], pipeline, tmp_path: Path
+    tritonserver, int8: tuple[Path, Path], pipeline, tmp_path: Path
 ) -> None:
     from predilect.build.export import onnx_probabilities
     from predilect.client import ScreeningClient
@@ -71,7 +70,6 @@ def test_served_int8_probabilities_equal_onnx_runtime_when_assembled_with_precis
     from predilect.preprocess import PreprocessCfg, Preprocessor
     from predilect.serving.configs import ServingOptions
     from predilect.serving.repository import assemble, read_served_model
-    from predilect.serving.server import TritonServer
 
     fp32, quantized = int8
     repository = assemble(fp32, tmp_path / "repo", ServingOptions(precision="int8", fused_instances=1))
@@ -79,9 +77,9 @@ def test_served_int8_probabilities_equal_onnx_runtime_when_assembled_with_precis
     assert served.model_version.endswith(".int8")
     images = [r.path.read_bytes() for r in read_manifest(pipeline.manifest, split="test")[:6]]
     cfg = PreprocessCfg.from_json(_meta(fp32)[contract.KEY_PREPROCESS])
-    expected = onnx_probabilities(quantized, Preprocessor(cfg, num_threads=1).run_strict(images))
+    expected = onnx_probabilities(quantized, Preprocessor(cfg, num_threads=1).run(images).pixels_or_raise())
     with (
-        TritonServer.on_free_ports(
+        tritonserver.on_free_ports(
             model_repository=repository,
             log_path=tmp_path / "tritonserver.log",
         ) as server,

@@ -55,7 +55,8 @@ def _expected(tiny_onnx: Path, payload: bytes) -> dict[str, np.ndarray]:
     import onnxruntime as ort
 
     cfg = PreprocessCfg()
-    pixels, errors, boxes = Preprocessor(cfg).run_with_fields([payload])
+    done = Preprocessor(cfg).run([payload])
+    pixels, errors, boxes = done.pixels, done.errors, done.boxes
     assert errors == [None]
     session = ort.InferenceSession(str(tiny_onnx), providers=["CPUExecutionProvider"])
     logits, attention = session.run([contract.LOGITS, contract.ATTENTION], {contract.PIXELS: pixels})
@@ -67,12 +68,11 @@ def _expected(tiny_onnx: Path, payload: bytes) -> dict[str, np.ndarray]:
     return {**outputs, contract.QUALITY: quality, contract.FIELD_BOX: np.asarray(boxes, np.float32)}
 
 
-@pytest.mark.parametrize("layout", ["split", "fused"])
 @pytest.mark.parametrize("image", ["gradable", "ungradable"])
 def test_ensemble_answers_quality_decision_and_heatmaps_computed_from_same_frame_when_layout(
-    request: pytest.FixtureRequest, tiny_onnx: Path, fundus_jpeg, layout: str, image: str
+    layout_server: TritonServer, tiny_onnx: Path, fundus_jpeg, image: str
 ) -> None:
-    server: TritonServer = request.getfixturevalue("fused_server" if layout == "fused" else "triton_server")
+    server = layout_server
     payload = fundus_jpeg(33) if image == "gradable" else _skin_jpeg()
     got, want = _infer(server.grpc_url, payload), _expected(tiny_onnx, payload)
     for name in ALL:

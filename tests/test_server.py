@@ -18,9 +18,11 @@ import pytest
 from predilect import contract
 from predilect.catalog import DEFAULT_CATALOG
 from predilect.preprocess import InvalidImageError, PreprocessCfg, Preprocessor
+from predilect.serving import configs
 from predilect.serving.backends.classifier import OnnxClassifier
 from predilect.serving.backends.postprocess import stable_sigmoid
-from predilect.serving.backends.preprocess import preprocess_requests
+from predilect.serving.backends.preprocess import preprocess_and_grade
+from predilect.serving.backends.screening import Screening
 from predilect.serving.server import ServerStartError, TritonServer, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -52,8 +54,8 @@ def _broken_repository(root: Path, model_py: str | None) -> Path:
     return root / "repo"
 
 
-def _start_broken(repository: Path) -> ServerStartError:
-    server = TritonServer.on_free_ports(
+def _start_broken(tritonserver: type[TritonServer], repository: Path) -> ServerStartError:
+    server = tritonserver.on_free_ports(
         model_repository=repository,
         startup_timeout_s=60,
     )
@@ -65,16 +67,20 @@ def _start_broken(repository: Path) -> ServerStartError:
     return caught.value
 
 
-def test_server_start_raises_server_start_error_when_a_model_fails_to_initialize(tmp_path: Path) -> None:
+def test_server_start_raises_server_start_error_when_a_model_fails_to_initialize(
+    tritonserver: type[TritonServer], tmp_path: Path
+) -> None:
     model_py = "class TritonPythonModel:\n    def initialize(self, args):\n        raise ValueError('weights gone')\n"
-    error = _start_broken(_broken_repository(tmp_path, model_py))
+    error = _start_broken(tritonserver, _broken_repository(tmp_path, model_py))
     assert "exited with code" in str(error)
     assert "ValueError: weights gone" in str(error)  # the cause, from the log's error lines
 
 
-def test_server_start_raises_server_start_error_when_model_py_is_missing(tmp_path: Path) -> None:
+def test_server_start_raises_server_start_error_when_model_py_is_missing(
+    tritonserver: type[TritonServer], tmp_path: Path
+) -> None:
     # tritonserver itself never gives up on such a model: the log is how we know.
-    error = _start_broken(_broken_repository(tmp_path, None))
+    error = _start_broken(tritonserver, _broken_repository(tmp_path, None))
     assert "Python model file not found" in str(error)
 
 
@@ -91,6 +97,7 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+@pytest.mark.usefixtures("tritonserver")  # `predilect serve` starts its own
 def test_serve_cli_exits_zero_and_stops_tritonserver_when_sent_sigterm(model_repository: Path, tmp_path: Path) -> None:
     import tritonclient.grpc as grpcclient
 
@@ -158,13 +165,20 @@ def test_onnx_classifier_splits_logits_back_per_request_when_batched(tiny_onnx: 
         np.testing.assert_allclose(logits, classifier.run([batch])[0], rtol=0, atol=1e-6)
 
 
-def test_preprocess_requests_rejects_only_bad_payloads_when_batched(fundus_jpeg) -> None:
-    preprocessor = Preprocessor(PreprocessCfg(), max_batch_size=4, num_threads=1)
+def test_preprocess_and_grade_rejects_only_bad_payloads_when_batched(fundus_jpeg) -> None:
+    cfg = PreprocessCfg()
+    preprocessor = Preprocessor(cfg, max_batch_size=4, num_threads=1)
+    screening = Screening.from_parameters(
+        configs.screening_parameters(configs.ServedModel(DEFAULT_CATALOG, cfg, "tiny", "1"))
+    )
     good = np.frombuffer(fundus_jpeg(1), np.uint8)
-    images = [good[None], np.frombuffer(b"GIF89a not supported", np.uint8)[None], np.stack([good, good])]
-    results = preprocess_requests(preprocessor, images)
-    assert results[0].shape == (1, 3, 224, 224)
-    np.testing.assert_array_equal(results[0], preprocessor.run_strict([good]))
+    images = [good[None], np.frombuffer(b"GIF89a not supported", np.uint8)[None], np.stack([good, good]), good[None]]
+    results = preprocess_and_grade(preprocessor, screening, images)
+    alone = preprocessor.run([good])
+    for answer in (results[0], results[3]):
+        assert not isinstance(answer, InvalidImageError)
+        np.testing.assert_array_equal(answer[contract.PIXELS], alone.pixels_or_raise())
+        np.testing.assert_array_equal(answer[contract.FIELD_BOX], np.asarray(alone.boxes, np.float32))
     assert isinstance(results[1], InvalidImageError) and "not a JPEG or PNG" in str(results[1])
     assert isinstance(results[2], InvalidImageError) and "one image per request" in str(results[2])
 
@@ -236,13 +250,13 @@ def _dead_pid() -> int:
 
 
 def test_server_shm_regions_are_reclaimed_when_server_and_stubs_were_killed_with_sigkill(
-    model_repository: Path, tmp_path: Path
+    tritonserver: type[TritonServer], model_repository: Path, tmp_path: Path
 ) -> None:
     """SIGKILL of the server's process group (OOM killer, ``kill -9 -<pgid>``) leaves its Python-backend
     regions in /dev/shm with nobody to unlink them: ``clean_stale_shm_regions`` (run at every start) does."""
     from predilect.serving.server import SHM_DIR, clean_stale_shm_regions
 
-    server = TritonServer.on_free_ports(
+    server = tritonserver.on_free_ports(
         model_repository=model_repository,
         log_path=tmp_path / "triton.log",
         startup_timeout_s=180,

@@ -1,6 +1,7 @@
 """Training on phantom data, through the CLI and the library."""
 
 import json
+from dataclasses import dataclass
 
 import numpy as np
 import pytest
@@ -9,8 +10,8 @@ from predilect import contract
 from predilect.catalog import DEFAULT_CATALOG, load_catalog
 from predilect.manifest import read_manifest
 from predilect.models.checkpoint import load_checkpoint, load_pretrain
-from predilect.pixels import load_fundus_pixels, load_oct_scans
 from predilect.preprocess import PreprocessCfg, Preprocessor
+from predilect.preprocess.pixels import load_fundus_pixels, load_oct_scans
 from predilect.training.train import runs, train
 from predilect.training.train_cli import main as train_main
 
@@ -57,23 +58,47 @@ def test_train_cli_exits_2_with_one_line_when_options_invalid(argv, message, pha
     assert rc == 2 and message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
 
 
-def test_train_learns_held_out_diseases_when_both_stages_run_on_small_phantom(tmp_path):
+@dataclass(frozen=True)
+class LearningRun:
+    """A phantom (320 photographs at width x height, oct_count OCT scans) and both stages on it."""
+
+    width: int
+    height: int
+    oct_count: int
+    image_size: int
+    pretrain_epochs: int
+    finetune_epochs: int
+    min_macro_auroc: float
+
+
+# "short" reached 0.76-0.77 held-out macro AUROC when its size was chosen, "full" 0.82.
+LEARNING_RUNS = {
+    "short": LearningRun(320, 240, 80, 64, pretrain_epochs=4, finetune_epochs=8, min_macro_auroc=0.65),
+    "full": LearningRun(512, 384, 160, 96, pretrain_epochs=6, finetune_epochs=10, min_macro_auroc=0.8),
+}
+
+
+@pytest.mark.parametrize("size", ["short", pytest.param("full", marks=pytest.mark.bench)])
+def test_train_learns_held_out_diseases_when_both_stages_run_on_small_phantom(tmp_path, size):
     # Chance is 0.5; a model that did not learn (broken loss, frozen weights, shuffled labels)
     # stays near it. The easy phantom is separable, so the two stages must get far above it.
     from predilect.training.phantom import generate
 
-    manifest = generate(tmp_path / "phantom", count=320, oct_count=160, seed=3, width=512, height=384, workers=2)
-    small = ["data.preprocess.size=96", "model.widths=[16, 32, 64]", "loop.lr=0.002"]
+    run = LEARNING_RUNS[size]
+    manifest = generate(
+        tmp_path / "phantom", count=320, oct_count=run.oct_count, seed=3, width=run.width, height=run.height, workers=2
+    )
+    small = [f"data.preprocess.size={run.image_size}", "model.widths=[16, 32, 64]", "loop.lr=0.002"]
     first, second = runs(
         manifest,
         oct_manifest=manifest.with_name("oct_manifest.csv"),
         common=[*small, "pretrain.in_memory=true", "finetune.in_memory=true"],
-        pretrain=["loop.epochs=6", "data.oct.size=64"],
-        finetune=["loop.epochs=10"],
+        pretrain=[f"loop.epochs={run.pretrain_epochs}", "data.oct.size=64"],
+        finetune=[f"loop.epochs={run.finetune_epochs}"],
     )
     result = train(first, second, tmp_path / "run" / "model.safetensors", cache_dir=tmp_path / "cache")
     assert result.finetune.test_macro_auroc is not None
-    assert result.finetune.test_macro_auroc >= 0.8, result.finetune.test_auroc
+    assert result.finetune.test_macro_auroc >= run.min_macro_auroc, result.finetune.test_auroc
 
 
 def test_train_gives_same_version_when_run_twice_with_same_seed(phantom_manifest, tmp_path):
@@ -99,7 +124,7 @@ def test_training_tensors_equal_serving_pipeline_when_same_files(phantom_manifes
     records = read_manifest(phantom_manifest, split="test")[:5]
     cached = load_fundus_pixels(records, cfg, cache_dir=tmp_path)
     again = load_fundus_pixels(records, cfg, cache_dir=tmp_path)  # from the cache file
-    direct = Preprocessor(cfg).run_strict([r.path.read_bytes() for r in records])
+    direct = Preprocessor(cfg).run([r.path.read_bytes() for r in records]).pixels_or_raise()
     assert np.array_equal(cached, direct) and np.array_equal(again, direct)
     screening = Screening.from_parameters(screening_parameters(ServedModel(DEFAULT_CATALOG, cfg, "m", "1")))
     images = [np.frombuffer(r.path.read_bytes(), np.uint8)[np.newaxis] for r in records]

@@ -8,15 +8,16 @@
     predilect bench soak [options]          # minutes at saturation, server memory and /dev/shm over time
     predilect bench large [options]         # what oversized gRPC requests leave in server memory
     predilect bench http-body [options]     # does tritonserver survive an HTTP body of N MB?
-    predilect bench heatmaps [options]      # HEATMAPS served vs not, asked vs not (issue 12)
-    predilect bench localisation-variants   # which attention-derived heatmap peaks on the lesions (issue 12)
+    predilect bench heatmaps [options]      # HEATMAPS served vs not, asked vs not
+    predilect bench localisation-variants   # which attention-derived heatmap peaks on the lesions
 
 `serving`, one stack after the other on this machine, same images, same concurrency points:
 (a) the in-process bound (the served computation: decode, grade, ONNX Runtime, decide; no server); (c) the Triton
 ensemble in the default layout through the gRPC client SDK, plus single points for the other
 layout and for INT8; (b) FastAPI + PyTorch eager; (d) BentoML serving the same Preprocessor
 and ONNX model. Also: preprocessing ms/image against the decode floor, the INT8 accuracy gate.
-Writes ``<out-dir>/<date>-<machine>.md`` with PNG plots and the raw figures as JSON.
+Writes ``<out-dir>/<date>-<machine>.md`` with PNG plots and the raw figures as JSON (``make bench``:
+``benchmarks/results/cpu-profile/``).
 """
 
 from __future__ import annotations
@@ -314,8 +315,10 @@ def _int8(run: _Run) -> bool:
     if served:
         meta = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
         run.results["int8"] = {"gate": json.loads(meta[contract.KEY_QUANTIZATION])}
-    pixels = Preprocessor(read_served_model(args.onnx).preprocess, num_threads=1).run_strict(
-        [p.read_bytes() for p in run.camera[:32]]
+    pixels = (
+        Preprocessor(read_served_model(args.onnx).preprocess, num_threads=1)
+        .run([p.read_bytes() for p in run.camera[:32]])
+        .pixels_or_raise()
     )
     run.results["int8"]["served"] = served
     run.results["int8"]["inference_ms_per_image"] = {

@@ -1,15 +1,15 @@
 """Peak memory of training against data-set size: streaming loader vs the old load-everything path.
 
-    python -m predilect.benchmarks.data_memory --out benchmarks/results/data-memory.md
+    python -m predilect.benchmarks.data_memory --out benchmarks/results/data-memory/<date>-<machine>.md
 
 For each size it builds a manifest of N distinct image files (hard links to a few synthetic
 fundus JPEGs, so 20k files cost little disk; each item is still opened and decoded), then, in a
 FRESH process per case, either
 
 * ``stream``: reads the manifest, builds ``FundusDataset`` (the shared ``Preprocessor``,
-  augmentation on) and trains a small CNN with ``training.loop.fit`` for a fixed number of steps
+  augmentation on) and trains a small CNN with ``predilect.training.loop.fit`` for a fixed number of steps
   (the epoch's order is cut to ``steps x batch`` images drawn from all N), or
-* ``legacy``: the previous path, ``training.data.load_fundus_pixels`` on every image (the
+* ``legacy``: the previous path, ``predilect.pixels.load_fundus_pixels`` on every image (the
   control: it holds every preprocessed tensor, so its peak must grow with N).
 
 and reports the peak resident set size of the training process (``ru_maxrss``) and of its
@@ -81,7 +81,7 @@ def run_case(mode: str, manifest: Path, *, steps: int, batch_size: int, workers:
     records = read_manifest(manifest, catalog=DEFAULT_CATALOG)
     after_manifest = _peak_mib(resource.RUSAGE_SELF)
     if mode == "legacy":
-        from predilect.pixels import load_fundus_pixels
+        from predilect.preprocess.pixels import load_fundus_pixels
 
         pixels = load_fundus_pixels(records, preprocess, num_threads=1)
         held = pixels.nbytes / 2**20

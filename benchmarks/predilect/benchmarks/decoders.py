@@ -100,19 +100,19 @@ def preprocess_timings(data: Sequence[bytes], cfg: PreprocessCfg, *, repeats: in
     timings = {
         FLOOR: _per_image_ms(lambda: [floor_simplejpeg(d, cfg) for d in data], n, repeats=repeats),
         FLOOR_PIL: _per_image_ms(lambda: [floor_pillow(d, cfg) for d in data], n, repeats=repeats),
-        SERVED: _per_image_ms(lambda: served.run_strict(list(data)), n, repeats=repeats),
+        SERVED: _per_image_ms(lambda: served.run(list(data)).pixels_or_raise(), n, repeats=repeats),
         PREVIOUS: _per_image_ms(lambda: [previous_pil_draft(d, cfg) for d in data], n, repeats=repeats),
     }
     if dali:
         pipe = Preprocessor(dataclasses.replace(cfg, decoder="dali_cpu"), max_batch_size=16, num_threads=1)
-        timings[DALI] = _per_image_ms(lambda: pipe.run_strict(list(data)), n, repeats=repeats)
+        timings[DALI] = _per_image_ms(lambda: pipe.run(list(data)).pixels_or_raise(), n, repeats=repeats)
     reference = np.stack([previous_pil_draft(d, cfg) for d in data])
     return {
         "images": n,
         "mean_payload_bytes": float(np.mean([len(d) for d in data])),
         "ms_per_image": timings,
         "served_over_floor": timings[SERVED] / min(timings[FLOOR], timings[FLOOR_PIL]),
-        "served_equals_previous": bool(np.array_equal(served.run_strict(list(data)), reference)),
+        "served_equals_previous": bool(np.array_equal(served.run(list(data)).pixels_or_raise(), reference)),
     }
 
 
@@ -123,7 +123,7 @@ def heldout_auroc(checkpoint: Path, manifest: Path, decoders: Sequence[str], *, 
     from predilect.metrics import auroc, macro, macro_auroc, paired_bootstrap_ci
     from predilect.models.checkpoint import load_checkpoint
     from predilect.models.inference import predict_proba
-    from predilect.pixels import load_fundus_pixels
+    from predilect.preprocess.pixels import load_fundus_pixels
 
     model, meta = load_checkpoint(checkpoint)
     records = read_manifest(manifest, catalog=meta.catalog, split="test")
@@ -162,7 +162,7 @@ def retrained_auroc(
     from predilect.metrics import auroc, macro, macro_auroc, paired_bootstrap_ci
     from predilect.models.checkpoint import load_checkpoint
     from predilect.models.inference import predict_proba
-    from predilect.pixels import load_fundus_pixels
+    from predilect.preprocess.pixels import load_fundus_pixels
     from predilect.training.train import runs, train
 
     if not decoders:

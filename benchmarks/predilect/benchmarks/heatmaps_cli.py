@@ -97,7 +97,7 @@ def _in_process(payloads: list[bytes], preprocess: Any) -> dict[str, float]:
         for start in range(0, len(payloads), 16):
             chunk = payloads[start : start + 16]
             t0 = time.thread_time()
-            done = preprocessor.run_with_quality(chunk)
+            done = preprocessor.run(chunk, quality=True)
             t1 = time.thread_time()
             planes = done.quality_planes
             if planes is None:  # the model input is the quality square
@@ -117,7 +117,7 @@ def _component_costs(payloads: list[bytes], models: dict[str, Path], preprocess:
     from predilect.serving.backends.classifier import OnnxClassifier
     from predilect.serving.backends.screening import Screening
 
-    done = Preprocessor(preprocess, max_batch_size=8, num_threads=1).run_with_quality(payloads[:8])
+    done = Preprocessor(preprocess, max_batch_size=8, num_threads=1).run(payloads[:8], quality=True)
     pixels = done.pixels
     classifiers = {key: OnnxClassifier(path, intra_op_threads=1) for key, path in models.items()}
     screening = Screening(rules, preprocess)

@@ -1,12 +1,12 @@
 """Baseline (a): the in-process upper bound: the served computation, no server.
 
-Runs what the ``fused_screen`` model runs on a batch (``serving.backends.fused.FusedScreen``:
+Runs what the ``fused_screen`` model runs on a batch (``predilect.serving.backends.fused.FusedScreen``:
 decode + preprocess, the gradability step on its quality square, ONNX Runtime, the referral
 decision) in this process, with no gRPC, no serialisation and no inter-process copies. One
 worker per core loops over batches, so decoding on one core overlaps inference on the other
 as it does inside Triton; a single serial loop would leave a core idle and understate the
-bound. Until 2026-11-26 the bound left out the gradability step and the decision, so it
-overstated what a server could reach with them; ``preprocess_ms_per_image`` now covers decode,
+bound. The bound runs the gradability step and the decision too, as the server does (without
+them it would overstate what a server can reach); ``preprocess_ms_per_image`` covers decode,
 preprocessing and grading, ``infer_ms_per_image`` inference and the decision.
 """
 
@@ -60,7 +60,7 @@ def _worker(
     preprocessor = Preprocessor(served.preprocess, max_batch_size=len(batches[0]), num_threads=1)
     classifier = OnnxClassifier(onnx_path, intra_op_threads=1)
     screening = Screening(served.rules, served.preprocess)
-    classifier.run_all(preprocessor.run_with_quality(batches[0]).pixels)  # warm-up
+    classifier.run_all(preprocessor.run(batches[0], quality=True).pixels)  # warm-up
     ready.wait()
     i = offset
     while time.perf_counter() < deadline[0]:
@@ -68,7 +68,7 @@ def _worker(
         i += 1
         # FusedScreen.outputs' steps, timed in two parts.
         t0 = time.perf_counter()
-        done = preprocessor.run_with_quality(batch)
+        done = preprocessor.run(batch, quality=True)
         quality = screening.quality(done.pixels, done.quality_planes)
         t1 = time.perf_counter()
         model = classifier.run_all(done.pixels)

@@ -1,6 +1,6 @@
 """`predilect bench localisation-variants`: which attention-derived heatmap peaks on the drawn lesions?
 
-Issue 12 asks that a positive finding's heatmap peak falls on a lesion the phantom drew. The
+The goal: a positive finding's heatmap peak falls on a lesion the phantom drew. The
 served heatmap is each disease's predilection attention averaged over its K sites. This runs a
 checkpoint in process (the reference attention path: the served computation) on one split of a
 phantom through the served preprocessing, derives other maps from the same forward pass, and
@@ -152,7 +152,8 @@ def site_maps(
     background = read_manifest(phantom / "manifest.csv", catalog=labels_catalog, split=baseline_split)
     for start in range(0, len(background), 16):
         chunk = background[start : start + 16]
-        pixels, errors, _ = preprocessor.run_with_fields([r.path.read_bytes() for r in chunk])
+        done = preprocessor.run([r.path.read_bytes() for r in chunk])
+        pixels, errors = done.pixels, done.errors
         attention, _ = _site_attention(model, pixels)
         for j, record in enumerate(r for r, error in zip(chunk, errors, strict=True) if error is None):
             absent = np.array([d not in record.labels for d in catalog.ids])
@@ -171,7 +172,8 @@ def site_maps(
     rows: list[dict[str, Any]] = []
     for start in range(0, len(records), 16):
         chunk = records[start : start + 16]
-        pixels, errors, boxes = preprocessor.run_with_fields([r.path.read_bytes() for r in chunk])
+        done = preprocessor.run([r.path.read_bytes() for r in chunk])
+        pixels, errors, boxes = done.pixels, done.errors, done.boxes
         attention, token_logit = _site_attention(model, pixels)
         accepted = [i for i, error in enumerate(errors) if error is None]
         for j, i in enumerate(accepted):
@@ -185,7 +187,7 @@ def site_maps(
                     c = catalog.index(disease)
                     maps = {"sites": attention[j, c], "v": token_logit[j, c], "negatives": negatives[c]}
                     rows.append({"disease": disease, "box": box, "image": image, "lit": lit, **maps})
-    sample = preprocessor.run_strict([r.path.read_bytes() for r in records[:8]])
+    sample = preprocessor.run([r.path.read_bytes() for r in records[:8]]).pixels_or_raise()
     offsets = token_offsets(model, sample)
     return rows, {d: negative_peaks[c].reshape(grid, grid) for c, d in enumerate(catalog.ids)}, offsets
 

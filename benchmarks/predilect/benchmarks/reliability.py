@@ -205,7 +205,7 @@ def executed_count(grpc_url: str, model: str, *, headers: dict[str, str] | None 
 
 def first_step(repository: Path) -> str:
     """The name of the ensemble's first step in an assembled repository (fused or preprocess)."""
-    from predilect.serving.configs import read_config
+    from predilect.serving.triton_config import read_config
 
     config = read_config(repository / contract.ENSEMBLE / contract.CONFIG_FILENAME)
     return str(config.ensemble_scheduling.step[0].model_name)

@@ -38,7 +38,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     meta = export_onnx(args.checkpoint, args.out)
     if args.manifest is not None:
         from predilect.manifest import read_manifest
-        from predilect.pixels import load_fundus_pixels
+        from predilect.preprocess.pixels import load_fundus_pixels
 
         records = read_manifest(args.manifest, catalog=meta.catalog, split="test")
         pixels = load_fundus_pixels(records, meta.preprocess, cache_dir=args.cache_dir)

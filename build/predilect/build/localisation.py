@@ -110,7 +110,8 @@ def measure_localisation(
     todo = [r for r in records if any(d in catalog.ids for d in r.labels)]
     for start in range(0, len(todo), batch_size):
         chunk = todo[start : start + batch_size]
-        pixels, errors, boxes = preprocessor.run_with_fields([r.path.read_bytes() for r in chunk])
+        done = preprocessor.run([r.path.read_bytes() for r in chunk])
+        pixels, errors, boxes = done.pixels, done.errors, done.boxes
         accepted = [(r, box) for r, error, box in zip(chunk, errors, boxes, strict=True) if error is None]
         if not accepted:
             continue

@@ -189,6 +189,6 @@ def checkpoint_scores(checkpoint: Path, paths: Sequence[Path], *, batch_size: in
     with torch.inference_mode():
         for start in range(0, len(paths), batch_size):
             chunk = paths[start : start + batch_size]
-            pixels = preprocessor.run_strict([Path(p).read_bytes() for p in chunk])
+            pixels = preprocessor.run([Path(p).read_bytes() for p in chunk]).pixels_or_raise()
             out[start : start + len(chunk)] = torch.sigmoid(model(torch.from_numpy(pixels))).numpy()
     return out

@@ -176,8 +176,8 @@ def quantize(onnx_path: Path, manifest: Path, out: Path, cfg: QuantizeCfg = Quan
     """
     from predilect.catalog import Catalog
     from predilect.manifest import label_matrix, read_manifest
-    from predilect.pixels import load_fundus_pixels
     from predilect.preprocess import PreprocessCfg
+    from predilect.preprocess.pixels import load_fundus_pixels
 
     meta = _metadata(onnx_path)
     if not meta.get(contract.KEY_CATALOG) or not meta.get(contract.KEY_PREPROCESS):

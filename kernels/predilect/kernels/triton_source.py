@@ -384,10 +384,11 @@ MIN_SPLIT_TOKENS = 32  # a token slice shorter than this costs more in combining
 def choose_splits(batch: int, n_tokens: int, n_diseases: int, *, block_c: int, sm_count: int) -> int:
     """Token slices per image so that B x cdiv(C, block_c) x S programs reach about 2 waves of the SMs.
 
-    1 (no split) once the unsplit grid fills half the SMs or more: on an H200 (2026-11-26,
-    benchmarks/results/gpu-2026-11-26-nvidia-h200.md) 128 unsplit programs (B = 64, C = 22) ran
-    faster than the split's 3 slices plus its combine (bf16, N x D = 576 x 768: 141 vs 164 us;
-    196 x 128: 14.6 vs 17.5 us), while 32 programs (B = 16) gained 2.4x from splitting.
+    1 (no split) once the unsplit grid fills half the SMs or more: measured on an H200, 128
+    unsplit programs (B = 64, C = 22) ran faster than the split's 3 slices plus its combine
+    (bf16, N x D = 576 x 768: 141 vs 164 us; 196 x 128: 14.6 vs 17.5 us), while 32 programs
+    (B = 16) gained 2.4x from splitting: past half a wave, the combine costs more than the
+    occupancy it buys.
     Never slices shorter than ``MIN_SPLIT_TOKENS`` tokens.
     """
     if batch < 1 or n_tokens < 1 or sm_count < 1:

@@ -10,8 +10,8 @@ the vertical midline (``|x - 0.5|``, ``y``): the served model gets no laterality
 right eye and of a left eye then share one coordinate. The predilection-sites matrix (C x K x D)
 is a set of queries over these tokens: each site's last D_p entries are a spatial preference that
 means the same thing for an OCT B-scan (whose columns map to a line through the fovea, see
-``training.uopsl.OctGeometry``) and for a fundus photograph. That shared coordinate frame is how
-*where* a disease's OCT lesions lie reaches the fundus model (see ``training.uopsl``).
+``predilect.models.uopsl.OctGeometry``) and for a fundus photograph. That shared coordinate frame is how
+*where* a disease's OCT lesions lie reaches the fundus model (see ``predilect.models.uopsl``).
 
 ``FundusClassifier`` is the model that is checkpointed, exported to ONNX and served:
 ``contract.PIXELS [B, 3, S, S] -> contract.LOGITS [B, C]``. Its head is exactly the

@@ -1,4 +1,4 @@
-"""The losses of the two stages (see ``training.uopsl`` for which term shapes what, and why).
+"""The losses of the two stages (see ``predilect.models.uopsl`` for which term shapes what, and why).
 
 * ``soft_clip_loss``: CLIP's symmetric InfoNCE between image embeddings and CLASS text
   embeddings, with soft multi-label targets (an image with two diseases puts half its target

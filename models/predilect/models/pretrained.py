@@ -13,7 +13,7 @@ Layouts (key names as the libraries save them):
   ``transformer.resblocks.N.{ln_1,attn.in_proj_*,attn.out_proj.*,ln_2,mlp.c_fc,mlp.c_proj}``,
   ``ln_post``, ``proj``) or a timm trunk (``visual.trunk.<timm keys>``); the text tower at the
   root (``token_embedding``, ``positional_embedding``, ``transformer.resblocks.N...``,
-  ``ln_final``, ``text_projection``), which ``training.text.TextEncoder`` mirrors by name.
+  ``ln_final``, ``text_projection``), which ``predilect.models.text.TextEncoder`` mirrors by name.
 
 The image backbone's shape (width, depth, patch, MLP ratio, pre-norm) is read from the
 weights; the number of heads cannot be, and defaults to width / 64 (timm and open_clip's ViTs).

@@ -10,7 +10,7 @@ transformer text encoder, both built here with no downloaded weights.
 * ``TextEncoder`` is a pre-LayerNorm transformer whose parameter names follow open_clip's text
   tower (``token_embedding``, ``positional_embedding``, ``transformer.resblocks.N.{ln_1,attn,
   ln_2,mlp.c_fc,mlp.c_proj}``, ``ln_final``, ``text_projection``), so a LOCAL open_clip
-  checkpoint loads into it by name (``training.pretrained.load_text_encoder``).
+  checkpoint loads into it by name (``predilect.models.pretrained.load_text_encoder``).
 * ``CatalogTexts`` tokenises every description of every disease once, plus the built-in
   descriptions of a normal eye (``normal`` is the absence of disease, not a catalog entry), and
   turns encoder outputs into one L2-normalised embedding per class (the mean of its

@@ -4,9 +4,9 @@ space tells the fundus-only model where each disease's lesions lie.
 
 The pieces (all in ``UopslModel``):
 
-* a text encoder (``training.text``) embeds every description of every class; a class's
+* a text encoder (``predilect.models.text``) embeds every description of every class; a class's
   embedding t_c is the mean of its descriptions' (``normal`` has built-in descriptions);
-* a fundus encoder and an OCT encoder (``training.model.PatchEncoder``) emit tokens in ONE layout,
+* a fundus encoder and an OCT encoder (``predilect.models.classifier.PatchEncoder``) emit tokens in ONE layout,
   [content | anatomical position]. OCT columns get the fundus-plane position of the line the
   B-scan runs along (``OctGeometry``: by default a horizontal line through the fovea, as the
   phantom and the usual macular line scan); so a site that prefers some OCT columns prefers
@@ -37,7 +37,7 @@ What shapes the matrix (stage 1, ``pretrain_loss``), and why:
    produce tokens that the OCT-learned sites read correctly: the matrix is carried into fundus
    token space without the fundus data rewriting it.
 
-Stage 2 (``training.finetune``) drops the OCT encoder and the text encoder: the served
+Stage 2 (``predilect.training.finetune``) drops the OCT encoder and the text encoder: the served
 ``FundusClassifier`` gets the fundus encoder, the sites ``carry(P)``, and the read-out
 ``s * W^T t_c`` / ``b_c`` as its head, then fine-tunes on fundus labels.
 """

@@ -1,18 +1,21 @@
 """The GPU profile's DALI pipeline: the one ``PreprocessCfg`` as a DALI-backend model.
 
 ``preprocess/1/dali.py`` in a GPU model repository is a few lines that read
-``dali_params.json`` beside it (written by ``predilect assemble --profile gpu``) and decorate
-``serving_graph`` with ``@autoserialize`` / ``@pipeline_def``; Triton's DALI backend
-serialises it at load. The graph is ``predilect.preprocess.fundus_graph``, the very operators
-training and the CPU profile run, fed from an external source named ``IMAGE`` (the ensemble's
-ragged input) and returning ``PIXELS``, ``FOV_EXTENT`` (the field of view's width, height)
-and ``FRAME_EXTENT`` (the decoded photograph's width, height), and, when the model input's side
-is not the quality calibration's (``PreprocessCfg.separate_quality_square``), ``QUALITY_SQUARE``
-(the same crop at ``quality_size``, uint8 planes), in the order of the model config's outputs;
-``postprocess`` places ``FIELD_BOX`` from the two extents and grades the quality square.
+``dali_params.json`` beside it (written by ``predilect assemble --profile gpu``) and mark
+``served_pipeline(PARAMS)`` with ``@autoserialize``; Triton's DALI backend serialises it at
+load. The pipeline comes from ``predilect.preprocess.dali.pipeline_definition``, the one factory
+(and the one graph, ``fundus_graph``) that the CPU profile's ``dali_cpu`` decoder, the tests and
+the benchmarks build too: fed from an external source named ``IMAGE`` (the ensemble's ragged
+input), returning ``predilect.preprocess.dali_outputs(cfg)`` (PIXELS, FOV_EXTENT, FRAME_EXTENT,
+and QUALITY_SQUARE when the model input's side is not the quality calibration's), in the order
+of the model config's outputs; ``postprocess`` places ``FIELD_BOX`` from the two extents and
+grades the quality square.
 
-``cpu_twin`` builds the same graph with the ``dali_cpu`` decoder and no GPU, which is how CI
-checks it against the reference preprocessing.
+The served decoder is ``DaliParams.decoder`` (``dali_mixed``, nvJPEG), not necessarily the one
+the checkpoint was trained with (``DaliParams.preprocess.decoder``): the params file records both
+(``contract.KEY_SERVED_DECODER``) and the decoder gate's report (``contract.KEY_DECODER_GATE``,
+``predilect.build.decoder_gate``). ``served_pipeline(params, device_id=None, decoder="dali_cpu")``
+is the same pipeline on the host, no GPU: how CI checks it against the reference preprocessing.
 """
 
 from __future__ import annotations
@@ -24,23 +27,36 @@ from pathlib import Path
 from typing import Any
 
 from predilect import contract
-from predilect.preprocess import PreprocessCfg, fundus_graph
+from predilect.preprocess import DECODERS, PreprocessCfg
+
+SERVED_DECODER = "dali_mixed"
+"""What the GPU profile's ``preprocess`` step decodes with: nvJPEG (and the hardware JPEG decoder)."""
 
 
 @dataclass(frozen=True)
 class DaliParams:
-    """What ``dali.py`` is derived from: the served PreprocessCfg and the pipeline's knobs."""
+    """What ``dali.py`` is derived from: the checkpoint's PreprocessCfg, the served decoder, the pipeline's
+    knobs, and the decoder gate's report (JSON) when the served decoder is not the training one."""
 
     preprocess: PreprocessCfg
     max_batch_size: int
     num_threads: int = 4
     hw_decoder_load: float = 0.65
+    decoder: str = SERVED_DECODER
+    decoder_gate: str | None = None
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.hw_decoder_load <= 1.0:
             raise ValueError(f"hw_decoder_load is a share of the images, 0..1; got {self.hw_decoder_load}")
         if self.max_batch_size < 1 or self.num_threads < 1:
             raise ValueError("max_batch_size and num_threads must be >= 1")
+        if self.decoder not in DECODERS:
+            raise ValueError(f"decoder must be one of {DECODERS}, got {self.decoder!r}")
+
+    @property
+    def served(self) -> PreprocessCfg:
+        """The PreprocessCfg the step runs: the checkpoint's, with the served decoder."""
+        return dataclasses.replace(self.preprocess, decoder=self.decoder)
 
     def to_json(self) -> str:
         data: dict[str, Any] = {
@@ -48,14 +64,19 @@ class DaliParams:
             "num_threads": self.num_threads,
             "hw_decoder_load": self.hw_decoder_load,
             contract.KEY_PREPROCESS: json.loads(self.preprocess.to_json()),  # the key checkpoints use
+            contract.KEY_SERVED_DECODER: self.decoder,
         }
+        if self.decoder_gate is not None:
+            data[contract.KEY_DECODER_GATE] = json.loads(self.decoder_gate)
         return json.dumps(data, indent=2, sort_keys=True) + "\n"
 
     @classmethod
     def from_json(cls, text: str) -> DaliParams:
         data = json.loads(text)
         cfg = PreprocessCfg.from_json(json.dumps(data.pop(contract.KEY_PREPROCESS)))
-        return cls(cfg, **data)
+        decoder = data.pop(contract.KEY_SERVED_DECODER, SERVED_DECODER)  # older files: nvJPEG, unrecorded
+        gate = data.pop(contract.KEY_DECODER_GATE, None)
+        return cls(cfg, **data, decoder=decoder, decoder_gate=None if gate is None else json.dumps(gate))
 
     @classmethod
     def beside(cls, module_file: str | Path) -> DaliParams:
@@ -63,57 +84,16 @@ class DaliParams:
         return cls.from_json((Path(module_file).parent / contract.DALI_PARAMS_FILENAME).read_text(encoding="utf-8"))
 
 
-def serving_graph(params: DaliParams, *, decoder: str = "dali_mixed") -> tuple[Any, ...]:
-    """Inside a pipeline definition: IMAGE -> (PIXELS, FOV_EXTENT, FRAME_EXTENT[, QUALITY_SQUARE]), the DALI
-    model's outputs in order (``output_names``)."""
-    import nvidia.dali.fn as fn
-    import nvidia.dali.types as types
+def served_pipeline(params: DaliParams, *, device_id: int | None = 0, decoder: str | None = None) -> Any:
+    """The served pipeline definition (a ``pipeline_def``, from the one factory): ``params.served``, or its
+    ``decoder`` variant; ``device_id=0`` is the placeholder Triton's DALI backend replaces per instance."""
+    from predilect.preprocess.dali import pipeline_definition  # DALI loads where a pipeline is made, not for params
 
-    cfg = dataclasses.replace(params.preprocess, decoder=decoder)
-    encoded = fn.external_source(name=contract.IMAGE, device="cpu", dtype=types.UINT8, ndim=1)
-    tensor, fov_w, fov_h, frame, *square = fundus_graph(
-        cfg, encoded, hw_decoder_load=params.hw_decoder_load, frame_extent=True, quality_square=True
-    )
-    return (tensor, fn.stack(fov_w, fov_h), frame, *square)
-
-
-def output_names(cfg: PreprocessCfg) -> tuple[str, ...]:
-    """The DALI model's output tensors, in ``serving_graph``'s order."""
-    names = (contract.PIXELS, contract.FOV_EXTENT, contract.FRAME_EXTENT)
-    return (*names, contract.QUALITY_SQUARE) if cfg.separate_quality_square else names
-
-
-def gpu_pipeline(params: DaliParams, *, device_id: int = 0) -> Any:
-    """The served pipeline (nvJPEG ``mixed`` decode) as an unbuilt DALI Pipeline."""
-    from nvidia.dali import pipeline_def
-
-    @pipeline_def(
+    cfg = params.served if decoder is None else dataclasses.replace(params.preprocess, decoder=decoder)
+    return pipeline_definition(
+        cfg,
         batch_size=params.max_batch_size,
         num_threads=params.num_threads,
         device_id=device_id,
-        exec_dynamic=True,
-        prefetch_queue_depth=1,
+        hw_decoder_load=params.hw_decoder_load,
     )
-    def fundus_preprocess() -> tuple[Any, ...]:
-        return serving_graph(params)
-
-    return fundus_preprocess()
-
-
-def cpu_twin(params: DaliParams) -> Any:
-    """The same graph on the CPU (``dali_cpu`` decode, ``device_id=None``), built."""
-    from nvidia.dali import pipeline_def
-
-    @pipeline_def(
-        batch_size=params.max_batch_size,
-        num_threads=params.num_threads,
-        device_id=None,
-        exec_dynamic=True,
-        prefetch_queue_depth=1,  # one feed_input per run, as the CPU profile's Preprocessor
-    )
-    def fundus_preprocess_cpu() -> tuple[Any, ...]:
-        return serving_graph(params, decoder="dali_cpu")
-
-    pipe = fundus_preprocess_cpu()
-    pipe.build()
-    return pipe

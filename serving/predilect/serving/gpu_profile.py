@@ -1,18 +1,23 @@
 """The GPU profile of the model repository: DALI on the GPU, a TensorRT engine, per-request rejection.
 
 Same ensemble name, same ``IMAGE`` in and the same screening results out
-(``configs.screening_outputs``: PROBABILITIES, QUALITY, FINDINGS, REFERRAL, FIELD_BOX), same
+(``topology.screening_outputs``: PROBABILITIES, QUALITY, FINDINGS, REFERRAL, FIELD_BOX), same
 parameters as the CPU profile, so the same client works against either. The one difference:
 no ``HEATMAPS``. The TensorRT engine fuses the predilection attention into one plugin that
 keeps the attention map on chip and returns logits only, so a client asking for heatmaps is
-refused by its own discovery check (``IncompatibleModelError``) before any request. Steps:
+refused by its own discovery check (``IncompatibleModelError``) before any request. Steps
+(``topology.gpu_layout``, which derives the ensemble from them):
 
 1. ``validate_image`` (Python, CPU): the cheap header/structure check, so that one bad image
    fails alone instead of failing the DALI batch it would have joined;
 2. ``preprocess`` (DALI backend, GPU): nvJPEG ``mixed`` decode, field-of-view crop, resize,
    normalise: ``dali.py`` derived from the served ``PreprocessCfg``; ragged ``IMAGE`` batches;
    returns PIXELS, FOV_EXTENT and FRAME_EXTENT (the decoded photograph's size), and QUALITY_SQUARE
-   (the same crop at the quality calibration's side) when the model input has another side;
+   (the same crop at the quality calibration's side) when the model input has another side.
+   nvJPEG (``dali_mixed``) replaces the checkpoint's decoder (``pil_draft`` by default): the
+   substitution is gated (``predilect.build.decoder_gate``: here with the ``dali_cpu`` twin, on
+   the serving GPU again with nvJPEG) and recorded (``contract.KEY_SERVED_DECODER``,
+   ``contract.KEY_DECODER_GATE``) in ``dali_params.json`` and the ensemble's parameters;
 3. ``classifier`` (``tensorrt_plan``, GPU): the engine, whose optimisation profile is
    min 1 / opt = the largest preferred batch / max = ``max_batch_size``;
 4. ``postprocess`` (Python, CPU): rejects images without a field of view, per request; grades
@@ -33,11 +38,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from predilect import contract
+from predilect.build.decoder_gate import (
+    DEFAULT_TOLERANCE_AUROC,
+    DEFAULT_TOLERANCE_DP,
+    DecoderGateReport,
+    GateImages,
+    gate_decoder,
+    manifest_gate_images,
+)
 from predilect.errors import ConfigError
-from predilect.serving import configs
-
-WARMUP_IMAGE = "fundus.jpg"
-"""The warm-up JPEG in ``preprocess/warmup/`` (synthetic: a bright disc on black)."""
+from predilect.preprocess import PreprocessCfg
+from predilect.serving import topology
+from predilect.serving.dali_pipeline import SERVED_DECODER, DaliParams
+from predilect.serving.triton_config import QueuePolicyDef
 
 
 @dataclass(frozen=True)
@@ -58,6 +71,14 @@ class GpuServingOptions:
     hw_decoder_load: float = field(
         default=0.65, metadata={"help": "share of JPEGs given to the hardware decoder (A100/H100), 0..1"}
     )
+    decoder_tolerance_dp: float = field(
+        default=DEFAULT_TOLERANCE_DP,
+        metadata={"help": "decoder gate: largest |dp| between nvJPEG's and the training decoder's probabilities"},
+    )
+    decoder_tolerance_auroc: float = field(
+        default=DEFAULT_TOLERANCE_AUROC,
+        metadata={"help": "decoder gate: largest macro-AUROC change (labelled gate images)"},
+    )
     classifier_instances: int = field(default=1, metadata={"help": "TensorRT execution contexts per GPU"})
     precision: str = field(default="fp32", metadata={"help": "engine precision: fp32, fp16, bf16, int8, fp8"})
 
@@ -71,6 +92,8 @@ class GpuServingOptions:
             raise ConfigError("queue delay, size and timeout must be >= 0")
         if not 0.0 <= self.hw_decoder_load <= 1.0:
             raise ConfigError(f"hw_decoder_load is a share, 0..1; got {self.hw_decoder_load}")
+        if min(self.decoder_tolerance_dp, self.decoder_tolerance_auroc) < 0:
+            raise ConfigError("decoder gate tolerances must be >= 0")
         if self.precision not in ("fp32", "fp16", "bf16", "int8", "fp8"):
             raise ConfigError(f"precision must be fp32, fp16, bf16, int8 or fp8; got {self.precision!r}")
 
@@ -79,8 +102,8 @@ class GpuServingOptions:
         """The engine profile's optimum: the largest preferred batch (max_batch_size without one)."""
         return max(self.preferred_batch_sizes, default=self.max_batch_size)
 
-    def queue_policy(self) -> configs.QueuePolicyDef:
-        return configs.QueuePolicyDef(
+    def queue_policy(self) -> QueuePolicyDef:
+        return QueuePolicyDef(
             max_queue_size=self.max_queue_size, default_timeout_us=self.queue_timeout_us, timeout_action="REJECT"
         )
 
@@ -113,111 +136,13 @@ def engine_request(options: GpuServingOptions, *, use_plugin: bool = True) -> En
     )
 
 
-def _batched(options: GpuServingOptions) -> dict[str, object]:
-    return {
-        "max_batch_size": options.max_batch_size,
-        "max_queue_delay_us": options.max_queue_delay_us,
-        "preferred_batch_sizes": options.preferred_batch_sizes,
-        "queue_policy": options.queue_policy(),
-    }
+def decoder_parameters(gate: DecoderGateReport | None) -> dict[str, str]:
+    """The record of the served decoder (and of the gate its substitution passed), as config parameters."""
+    record = {contract.KEY_SERVED_DECODER: SERVED_DECODER}
+    return record if gate is None else {**record, contract.KEY_DECODER_GATE: gate.to_json()}
 
 
-def gpu_screen_models(
-    served: configs.ServedModel, options: GpuServingOptions, *, warmup_image_bytes: int
-) -> list[configs.ModelDef]:
-    """The five model definitions of the GPU profile, composing models first, the ensemble last."""
-    size, classes = served.preprocess.size, len(served.catalog)
-    image = configs.TensorDef(contract.IMAGE, "TYPE_UINT8", (-1,))
-    ragged_image = configs.TensorDef(contract.IMAGE, "TYPE_UINT8", (-1,), allow_ragged_batch=True)
-    valid_image = configs.TensorDef(contract.VALID_IMAGE, "TYPE_UINT8", (-1,))
-    pixels = configs.TensorDef(contract.PIXELS, "TYPE_FP32", (3, size, size))
-    fov = configs.TensorDef(contract.FOV_EXTENT, "TYPE_FP32", (2,))
-    frame = configs.TensorDef(contract.FRAME_EXTENT, "TYPE_FP32", (2,))
-    # The crop at the quality calibration's side, when the model input's is another: graded by postprocess.
-    squares = (
-        (configs.TensorDef(contract.QUALITY_SQUARE, "TYPE_UINT8", served.preprocess.quality_shape),)
-        if served.preprocess.separate_quality_square
-        else ()
-    )
-    inner = {
-        contract.PIXELS: "pixels",
-        contract.FOV_EXTENT: "fov_extent",
-        contract.FRAME_EXTENT: "frame_extent",
-        contract.QUALITY_SQUARE: "quality_square",
-    }
-    logits = configs.TensorDef(contract.LOGITS, "TYPE_FP32", (classes,))
-    # The CPU profile's outputs but HEATMAPS: the TensorRT plugin keeps the attention map on chip.
-    outputs = configs.screening_outputs(served, heatmaps=False)
-    preprocess_params = {contract.KEY_PREPROCESS: served.preprocess.to_json()}
-    validate = configs.PythonModelDef(
-        name=contract.VALIDATE_MODEL,
-        inputs=(ragged_image,),
-        outputs=(valid_image,),
-        instance_count=options.validate_instances,
-        parameters=preprocess_params,
-        **_batched(options),  # type: ignore[arg-type]
-    )
-    warm_jpeg = configs.WarmupInputDef("TYPE_UINT8", (warmup_image_bytes,), source="file", input_data_file=WARMUP_IMAGE)
-    preprocess = configs.BackendModelDef(
-        name=contract.PREPROCESS_MODEL,
-        backend="dali",
-        inputs=(ragged_image,),
-        outputs=(pixels, fov, frame, *squares),  # the order of serving_graph's outputs (dali_pipeline.output_names)
-        instance_kind="KIND_GPU",
-        parameters={"num_threads": str(options.dali_threads)},  # the DALI backend's own parameter
-        warmup=(configs.WarmupDef("fundus", batch_size=1, inputs={contract.IMAGE: warm_jpeg}),),
-        **_batched(options),  # type: ignore[arg-type]
-    )
-    zeros = configs.WarmupInputDef("TYPE_FP32", (3, size, size))
-    classifier = configs.BackendModelDef(
-        name=contract.CLASSIFIER_MODEL,
-        platform="tensorrt_plan",
-        inputs=(pixels,),
-        outputs=(logits,),
-        instance_kind="KIND_GPU",
-        instance_count=options.classifier_instances,
-        warmup=tuple(
-            configs.WarmupDef(f"batch{b}", batch_size=b, inputs={contract.PIXELS: zeros})
-            for b in sorted({1, options.opt_batch, options.max_batch_size})
-        ),
-        **_batched(options),  # type: ignore[arg-type]
-    )
-    postprocess = configs.PythonModelDef(
-        name=contract.POSTPROCESS_MODEL,
-        inputs=(logits, fov, frame, pixels, *squares),
-        outputs=outputs,
-        parameters=configs.screening_parameters(served),
-        **_batched(options),  # type: ignore[arg-type]
-    )
-    ensemble = configs.EnsembleDef(
-        name=contract.ENSEMBLE,
-        inputs=(image,),
-        outputs=outputs,
-        steps=(
-            configs.EnsembleStepDef(
-                contract.VALIDATE_MODEL, {contract.IMAGE: contract.IMAGE}, {contract.VALID_IMAGE: "valid_image"}
-            ),
-            configs.EnsembleStepDef(
-                contract.PREPROCESS_MODEL,
-                {contract.IMAGE: "valid_image"},
-                {t.name: inner[t.name] for t in preprocess.outputs},
-            ),
-            configs.EnsembleStepDef(
-                contract.CLASSIFIER_MODEL, {contract.PIXELS: "pixels"}, {contract.LOGITS: "logits"}
-            ),
-            configs.EnsembleStepDef(
-                contract.POSTPROCESS_MODEL,
-                {contract.LOGITS: "logits", **{t.name: inner[t.name] for t in postprocess.inputs[1:]}},
-                {t.name: t.name for t in outputs},
-            ),
-        ),
-        max_batch_size=options.max_batch_size,
-        parameters=served.parameters(),
-    )
-    return [validate, preprocess, classifier, postprocess, ensemble]
-
-
-def warmup_jpeg(*, size_px: int = 512) -> bytes:
+def warmup_jpeg(*, size_px: int = 512, seed: int = 0) -> bytes:
     """A synthetic fundus-like JPEG (a textured bright disc on black) that passes every check."""
     import numpy as np
     from PIL import Image
@@ -225,10 +150,40 @@ def warmup_jpeg(*, size_px: int = 512) -> bytes:
     yy, xx = np.mgrid[:size_px, :size_px]
     disc = (yy - size_px / 2) ** 2 + (xx - size_px / 2) ** 2 < (0.45 * size_px) ** 2
     rgb = np.zeros((size_px, size_px, 3), np.uint8)
-    rgb[disc] = (np.random.default_rng(0).integers(40, 220, (int(disc.sum()), 3))).astype(np.uint8)
+    rgb[disc] = (np.random.default_rng(seed).integers(40, 220, (int(disc.sum()), 3))).astype(np.uint8)
     buffer = io.BytesIO()
     Image.fromarray(rgb).save(buffer, format="JPEG", quality=90)
     return buffer.getvalue()
+
+
+SYNTHETIC_GATE_SIDES_PX = (256, 384, 512, 768, 1024, 1536)
+"""Without a gate manifest, the decoder gate's images: warm-up-style discs at sides that take ``pil_draft`` through
+its DCT scales (1, 1/2, 1/4, 1/8 for a 224-px square); they stand in for photographs, which the report names."""
+
+
+def synthetic_gate_images() -> GateImages:
+    """The decoder gate's images when no manifest is given: synthetic discs (``SYNTHETIC_GATE_SIDES_PX``)."""
+    payloads = tuple(warmup_jpeg(size_px=side, seed=i) for i, side in enumerate(SYNTHETIC_GATE_SIDES_PX))
+    return GateImages(payloads, None, f"synthetic discs ({len(payloads)} images, no photographs)")
+
+
+def gate_served_decoder(
+    onnx_path: Path, preprocess: PreprocessCfg, options: GpuServingOptions, images: GateImages
+) -> DecoderGateReport | None:
+    """The decoder gate of serving nvJPEG in place of ``preprocess.decoder``, run here with the ``dali_cpu`` twin
+    (None when the checkpoint was trained with it); raises ``DecoderGateError`` past the options' tolerances."""
+    if preprocess.decoder == SERVED_DECODER:
+        return None
+    return gate_decoder(
+        preprocess,
+        served=SERVED_DECODER,
+        images=images,
+        reference_onnx=onnx_path,
+        check_with="dali_cpu",
+        device_id=None,
+        tolerance_dp=options.decoder_tolerance_dp,
+        tolerance_auroc=options.decoder_tolerance_auroc,
+    )
 
 
 def shim_dir() -> Path:
@@ -276,11 +231,13 @@ def assemble_gpu(
 
     The classifier carries the ONNX in the requested precision, the engine build request, the
     FP32 reference and the gate set; ``predilect trt-engine --model-repository`` (the container
-    entrypoint) turns them into ``model.plan`` on the serving GPU.
+    entrypoint) turns them into ``model.plan`` on the serving GPU. Serving nvJPEG in place of the
+    checkpoint's decoder passes the decoder gate first (``gate_served_decoder``, on the held-out
+    images of ``gate_manifest`` or synthetic ones); its report and images go into ``preprocess/``
+    and the ensemble's parameters, and the container runs it again on the GPU.
     """
     import numpy as np
 
-    from predilect.serving.dali_pipeline import DaliParams
     from predilect.serving.repository import read_served_model, staged_repository, write_model
 
     onnx_path, out_dir = Path(onnx_path), Path(out_dir)
@@ -293,11 +250,20 @@ def assemble_gpu(
     else:  # random pixels: the gate then checks max |dp| only
         pixels = np.random.default_rng(0).standard_normal((8, *served.preprocess.input_shape)).astype(np.float32)
         labels = np.zeros((0, len(served.catalog)), np.float32)
+    decoder_images = (
+        manifest_gate_images(gate_manifest, onnx_path, limit=gate_images)
+        if gate_manifest is not None
+        else synthetic_gate_images()
+    )
+    decoder_gate = gate_served_decoder(onnx_path, served.preprocess, options, decoder_images)
     jpeg = warmup_jpeg()
     templates = shim_dir()
     version = contract.TRITON_VERSION
     with staged_repository(out_dir) as staging:
-        for definition in gpu_screen_models(served, options, warmup_image_bytes=len(jpeg)):
+        layout = topology.gpu_layout(
+            served, options, warmup_image_bytes=len(jpeg), ensemble_parameters=decoder_parameters(decoder_gate)
+        )
+        for definition in layout.models():
             files = None
             if definition.name in (contract.VALIDATE_MODEL, contract.POSTPROCESS_MODEL):
                 files = {"model.py": templates / definition.name / version / "model.py"}
@@ -310,10 +276,14 @@ def assemble_gpu(
             max_batch_size=options.max_batch_size,
             num_threads=options.dali_threads,
             hw_decoder_load=options.hw_decoder_load,
+            decoder=SERVED_DECODER,
+            decoder_gate=None if decoder_gate is None else decoder_gate.to_json(),
         )
         (dali_dir / version / contract.DALI_PARAMS_FILENAME).write_text(params.to_json(), encoding="utf-8")
+        if decoder_gate is not None:  # the container gates nvJPEG itself on these, on its GPU
+            decoder_images.save(dali_dir / contract.DECODER_GATE_SET_FILENAME)
         (dali_dir / "warmup").mkdir()
-        (dali_dir / "warmup" / WARMUP_IMAGE).write_bytes(jpeg)
+        (dali_dir / "warmup" / topology.GPU_WARMUP_IMAGE).write_bytes(jpeg)
         classifier = staging / contract.CLASSIFIER_MODEL
         (classifier / version / contract.ONNX_FILENAME).write_bytes(classifier_onnx)
         shutil.copy2(onnx_path, classifier / contract.REFERENCE_ONNX_FILENAME)

@@ -1,9 +1,10 @@
 """Assemble the Triton model repository from an exported ONNX model.
 
 The exported model carries its catalog, preprocessing constants and identity in its ONNX
-``metadata_props``; ``assemble`` reads them, generates every ``config.pbtxt`` from the typed
-definitions in ``predilect.serving.configs``, copies ``model.onnx`` into ``classifier/1/``
-and the ``model.py`` shims of the Python-backend models next to their configs.
+``metadata_props``; ``assemble`` reads them, lays the models out (``predilect.serving.topology``),
+renders every ``config.pbtxt`` from their typed definitions (``predilect.serving.triton_config``),
+copies ``model.onnx`` into ``classifier/1/`` and the ``model.py`` shims of the Python-backend
+models next to their configs.
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ from predilect.contract import KEY_CATALOG, KEY_MODEL_NAME, KEY_MODEL_VERSION, K
 from predilect.errors import UserError
 from predilect.preprocess import PreprocessCfg
 from predilect.quality import QualityCfg, default_quality_cfg
-from predilect.serving import configs
+from predilect.serving import configs, topology
+from predilect.serving.triton_config import ModelDef, to_model_config, to_pbtxt
 
 _REQUIRED_META = (KEY_CATALOG, KEY_PREPROCESS, KEY_MODEL_NAME, KEY_MODEL_VERSION)
 _PYTHON_MODELS = (
@@ -143,11 +145,11 @@ def staged_repository(out_dir: Path) -> Iterator[Path]:
             shutil.rmtree(staging)
 
 
-def write_model(staging: Path, definition: configs.ModelDef, *, files: dict[str, Path] | None = None) -> Path:
+def write_model(staging: Path, definition: ModelDef, *, files: dict[str, Path] | None = None) -> Path:
     """``<name>/config.pbtxt`` and ``<name>/1/``, with ``files`` (name in ``1/`` -> source) copied in."""
     model_dir = staging / definition.name
     (model_dir / contract.TRITON_VERSION).mkdir(parents=True)
-    text = configs.to_pbtxt(configs.to_model_config(definition))
+    text = to_pbtxt(to_model_config(definition))
     (model_dir / contract.CONFIG_FILENAME).write_text(text, encoding="utf-8")
     for name, source in (files or {}).items():
         if not source.is_file():
@@ -194,7 +196,7 @@ def assemble(
     served = read_served_model(onnx_path, quality=quality)
     shims = shim_source_dir()
     with staged_repository(out_dir) as staging:
-        for definition in configs.fundus_screen_models(served, options):
+        for definition in topology.cpu_layout(served, options).models():
             shim = shims / definition.name / contract.TRITON_VERSION / "model.py"
             write_model(staging, definition, files={"model.py": shim} if definition.name in _PYTHON_MODELS else None)
         for name in _ONNX_MODELS:

@@ -144,7 +144,7 @@ def localisation(
 ) -> dict[str, Localisation]:
     """Score each positive (image, disease) with drawn lesions; ``attention (N, C, g, g)``; ``lesions``
     keyed by resolved image path (``lesions.by_resolved_path``). Lesion cells: those that meet a
-    lesion in the square cropped from the drawn field of view (``training.lesions``, the geometry
+    lesion in the square cropped from the drawn field of view (``predilect.lesions``, the geometry
     ``predilect localisation`` scores served heatmaps with). The key ``all`` pools every pair."""
     grid = attention.shape[-1]
     per: dict[str, list[tuple[float, float, float]]] = {}

@@ -117,7 +117,7 @@ def _classifier(args: argparse.Namespace) -> int:
 
 
 def _template_pixels(records: list, normal: np.ndarray, meta: CheckpointMeta) -> np.ndarray:
-    from predilect.pixels import load_fundus_pixels
+    from predilect.preprocess.pixels import load_fundus_pixels
 
     chosen = [r for r, n in zip(records, normal, strict=True) if n][:32] or list(records)[:32]
     return load_fundus_pixels(chosen, meta.preprocess)

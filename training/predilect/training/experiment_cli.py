@@ -105,7 +105,7 @@ def _ids(text: str | None, fallback: Sequence[str]) -> list[str]:
 
 def run_cell(args: argparse.Namespace, variant: str, seed: int, holdout: list[str]) -> Path:
     """Train one (variant, seed) unless done; returns its folder (holding ``scores.npz``). A cell
-    stopped mid-run resumes from its run state (``training.loop``)."""
+    stopped mid-run resumes from its run state (``predilect.training.loop``)."""
     _, fine_set, reuse = VARIANTS[variant]
     cell = args.out / variant / f"seed{seed}"
     if (cell / "scores.npz").is_file():

@@ -3,7 +3,7 @@
 The calibration set is the phantom's train + val images and degraded copies of them; the
 measurement set is its test images (every one, clean) and degraded copies of other test
 images made with another seed -- patients, and the test-only camera profile, never seen by the
-calibration. Images go through the served path: ``Preprocessor.run_with_quality`` (the square
+calibration. Images go through the served path: ``Preprocessor.run(..., quality=True)`` (the square
 the gradability step measures, at ``PreprocessCfg.quality_size``: the model input itself, through
 ``quality.planes_from_pixels``, when the model's side is that size), ``quality.measure``,
 ``quality.grade``; the thresholds record that size (``QualityCfg.size``), the only one serving
@@ -91,7 +91,7 @@ def measure_records(records: Sequence[Record], preprocess: PreprocessCfg, *, bat
     refused = np.zeros(len(records), dtype=bool)
     for start in range(0, len(records), batch_size):
         chunk = records[start : start + batch_size]
-        done = preprocessor.run_with_quality([r.path.read_bytes() for r in chunk])
+        done = preprocessor.run([r.path.read_bytes() for r in chunk], quality=True)
         accepted = [start + i for i, e in enumerate(done.errors) if e is None]
         refused[[start + i for i, e in enumerate(done.errors) if e is not None]] = True
         if accepted:

@@ -1,7 +1,7 @@
 """Stage 1, ``predilect train pretrain``: unpaired fundus<->text and OCT<->text contrastive
-pretraining with the predilection-sites matrix learned in OCT latent space (``training.uopsl``).
+pretraining with the predilection-sites matrix learned in OCT latent space (``predilect.models.uopsl``).
 
-A run is a ``PretrainRun`` config: ``data`` and ``loop`` (``training.config``), ``model``
+A run is a ``PretrainRun`` config: ``data`` and ``loop`` (``predilect.training.config``), ``model``
 (``ArchCfg``) and ``pretrain`` (``PretrainCfg``, below). Ablations are one option each:
 ``matrix="ablate"`` (no sites: a plain contrastive model), ``text=False`` (``--no-text``: free
 class embeddings instead of encoded descriptions), ``oct=False`` (``--no-oct``: fundus only),

@@ -5,7 +5,7 @@ markdown report with PNG plots (ROC curves, reliability diagram, learned predile
 Thresholds are chosen on ``val`` and applied to ``test``: F1 at the val threshold that maximises
 F1; sensitivity (and the specificity actually reached) at the val threshold that gives the
 requested specificity. Intervals are percentile bootstraps over patients (both eyes of a
-patient resampled together; ``training.metrics.bootstrap_ci``).
+patient resampled together; ``predilect.metrics.bootstrap_ci``).
 """
 
 from __future__ import annotations

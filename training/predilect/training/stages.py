@@ -1,7 +1,7 @@
 """What both training stages share: the catalog and splits of a run, the datasets (streaming, or
 held in memory for small experiments), the unpaired fundus + OCT loader, and batched inference.
 
-The loop itself is ``training.loop.fit`` and the loaders ``training.datasets.make_loader``."""
+The loop itself is ``predilect.training.loop.fit`` and the loaders ``predilect.training.datasets.make_loader``."""
 
 from __future__ import annotations
 
@@ -20,8 +20,8 @@ from torch import Tensor, nn
 from predilect.catalog import Catalog, resolve_catalog
 from predilect.errors import ConfigError
 from predilect.manifest import Record, label_matrix, read_manifest
-from predilect.pixels import load_fundus_pixels
 from predilect.preprocess import PreprocessCfg
+from predilect.preprocess.pixels import load_fundus_pixels
 from predilect.training.datasets import FundusAugment, FundusDataset, OctCfg, OctDataset, item_rng, make_loader
 
 log = logging.getLogger(__name__)

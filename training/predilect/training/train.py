@@ -42,7 +42,7 @@ def runs(
     finetune: Sequence[str] = (),
 ) -> tuple[PretrainRun, FinetuneRun]:
     """The two stages' configs: the ``recipe`` file (a run config holding both stages' sections, as
-    ``training.config.recipe("demo")``; None: the defaults), then ``--set``-style overrides:
+    ``predilect.training.config.recipe("demo")``; None: the defaults), then ``--set``-style overrides:
     ``common`` for both (``loop.*``, ``model.*``, ``data.*``; a ``pretrain.*`` or ``finetune.*`` one
     goes to its stage only), then each stage's own."""
     paths = [f'data.manifest="{manifest}"'] + ([f'data.catalog="{catalog}"'] if catalog else [])

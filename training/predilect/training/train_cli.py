@@ -1,9 +1,9 @@
-"""`predilect train pretrain|finetune`: the two UOPSL stages (``training.pretrain``, ``training.finetune``).
+"""`predilect train pretrain|finetune`: the two UOPSL stages (``predilect.training.pretrain``, ``.finetune``).
 
     predilect train pretrain --manifest M --oct-manifest O --out RUN/pretrain.safetensors [--no-oct ...]
     predilect train finetune --manifest M --pretrained RUN/pretrain.safetensors --out RUN2/model.safetensors
 
-A run is a typed config (``--config FILE.toml`` + ``--set section.key=value``; ``training.config``)
+A run is a typed config (``--config FILE.toml`` + ``--set section.key=value``; ``predilect.training.config``)
 with sections ``data``, ``loop``, ``model`` and the stage's (``pretrain`` / ``finetune``; one file
 may hold both, as the packaged recipes do: ``--config demo``); the resolved config is saved beside
 the checkpoint. The flags below are shorthands for ``--set``

@@ -10,7 +10,7 @@ size, K = 4 (served) and 8, (N, D) of the served backbone (196 tokens x 128) and
 and ViT-B/16@384. Each point is timed two ways: ``launch`` (one call per timing, Python
 dispatch included) and ``graph`` (the same call captured in a CUDA graph and replayed, which is
 how a server amortises dispatch); median over many CUDA-event-timed runs; achieved GB/s and
-TFLOP/s (``training.kernels.byte_count`` / ``flop_count``: the same compulsory traffic and
+TFLOP/s (``predilect.kernels._spec.byte_count`` / ``flop_count``: the same compulsory traffic and
 useful FLOPs for every implementation) and their share of the ceilings. ``fused_unsplit`` is
 the kernel without the token-axis split, to show what the split buys at small batches.
 Writes ``<out>/gpu-<date>-<gpu>.md`` (default ``benchmarks/results`` under the working
@@ -215,7 +215,7 @@ def write_table(rows: Iterable[str], dtype_name: str, ceilings: Ceilings, out: P
         f"Measured ceilings: {ceilings.tflops:.0f} TFLOP/s (bf16 8192^3 matmul), "
         f"{ceilings.gbps:.0f} GB/s (1 GiB device-to-device copy, read + write).",
         "FLOPs and bytes are the fused kernel's useful work and compulsory traffic for every row "
-        "(training.kernels.flop_count / byte_count); logits only.",
+        "(predilect.kernels._spec.flop_count / byte_count); logits only.",
         "",
         "| B | N | D | K | impl | mode | median us | GB/s | % copy | TFLOP/s | % matmul |",
         "|---|---|---|---|---|---|---|---|---|---|---|",

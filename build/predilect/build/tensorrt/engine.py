@@ -24,7 +24,7 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from predilect.build.tensorrt.accuracy import GateReport, check_accuracy
+from predilect.build.tensorrt.accuracy import GateReport, check_accuracy, reference_probabilities, sigmoid
 from predilect.build.tensorrt.onnx_rewrite import drop_attention_output, for_tensorrt, rewrite
 from predilect.build.tensorrt.plugin import TensorRTUnavailableError, import_tensorrt, register_plugin
 from predilect.build.tensorrt.precision import onnx_precision
@@ -182,27 +182,13 @@ def engine_logits(engine: Path | bytes, pixels: np.ndarray) -> np.ndarray:
     return outputs
 
 
-def _sigmoid(logits: np.ndarray) -> np.ndarray:
-    x = logits.astype(np.float64)
-    return np.where(x >= 0, 1.0 / (1.0 + np.exp(-np.abs(x))), np.exp(-np.abs(x)) / (1.0 + np.exp(-np.abs(x))))
-
-
-def reference_probabilities(onnx_path: Path, pixels: np.ndarray, *, batch_size: int = 32) -> np.ndarray:
-    """Probabilities (N, C) of the FP32 export under ONNX Runtime on the CPU (no torch, unlike build.export)."""
-    import onnxruntime as ort
-
-    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    logits = [session.run([LOGITS], {PIXELS: pixels[i : i + batch_size]})[0] for i in range(0, len(pixels), batch_size)]
-    return _sigmoid(np.concatenate(logits))
-
-
 def gate_engine(plan: bytes, gate: GateData, precision: str, *, max_batch: int) -> GateReport:
     """Engine vs the FP32 reference ONNX under ONNX Runtime on the gate images; raises past tolerance."""
     reference = reference_probabilities(gate.reference_onnx, gate.pixels)
     logits = np.concatenate(
         [engine_logits(plan, gate.pixels[i : i + max_batch]) for i in range(0, len(gate.pixels), max_batch)]
     )
-    return check_accuracy(reference, _sigmoid(logits), precision=precision, labels=gate.labels)
+    return check_accuracy(reference, sigmoid(logits), precision=precision, labels=gate.labels)
 
 
 def _shapes(model: onnx.ModelProto, cfg: EngineCfg) -> tuple[tuple[TensorShapes, ...], tuple[TensorShapes, ...]]:

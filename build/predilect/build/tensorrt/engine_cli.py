@@ -1,8 +1,10 @@
 """`predilect trt-engine`: build a TensorRT engine from the exported ONNX, gated against ONNX Runtime.
 
 Two ways in: ``--onnx``/``--engine`` (one model; gate images from ``--manifest``, else random
-pixels and no AUROC), or ``--model-repository`` (a GPU-profile repository: build or reuse the
-classifier's engine for this host under ``--cache``; what the container entrypoint runs).
+pixels and no AUROC), or ``--model-repository`` (a GPU-profile repository: first its decoder
+gate on this GPU, nvJPEG against the training decoder, when the repository serves another
+decoder than its model was trained with; then build or reuse the classifier's engine for this
+host under ``--cache``; what the container entrypoint runs).
 
 Two frontends write the same plan, sidecar and gate report: ``--frontend onnx`` (the default:
 TensorRT's ONNX parser, precision from the ONNX types) and ``--frontend torch`` (Torch-TensorRT
@@ -21,6 +23,7 @@ import numpy as np
 import onnx
 
 from predilect.artifacts import default_artifacts
+from predilect.build.decoder_gate import DecoderGateError, gate_repository
 from predilect.build.tensorrt.accuracy import AccuracyGateError
 from predilect.build.tensorrt.plugin import TensorRTUnavailableError
 from predilect.build.tensorrt.sidecar import FRONTENDS, TORCH_LOWERINGS, TORCH_PRECISIONS
@@ -110,6 +113,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not 1 <= args.opt_batch <= args.max_batch:
         raise CommandError(f"need 1 <= --opt-batch <= --max-batch, got {args.opt_batch}, {args.max_batch}")
     try:
+        if args.model_repository is not None:
+            decoder = gate_repository(args.model_repository, device_id=0)
+            if decoder is not None:
+                print(f"decoder gate passed: {decoder.describe()}")
         if args.frontend == "torch":
             print(_torch(args))
             return 0
@@ -131,7 +138,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         shape = [d.dim_value for d in onnx.load(str(args.onnx)).graph.input[0].type.tensor_type.shape.dim[1:]]
         sidecar = build_engine(args.onnx, args.engine, cfg, gate=_gate(args, shape, args.reference_onnx or args.onnx))
-    except AccuracyGateError as e:
+    except (AccuracyGateError, DecoderGateError) as e:
         print(f"predilect trt-engine: {e}")
         return EXIT_INCOMPLETE
     except TensorRTUnavailableError as e:

@@ -6,7 +6,7 @@ What ``torch_engine`` compiles, and everything of the Torch-TensorRT route that 
   and activations behind FP32 ``PIXELS`` in and ``LOGITS`` out, as the ONNX route's
   ``precision.cast_float``), so that Torch-TensorRT's strongly typed network takes its
   precision from the program's types, as TensorRT's parser does from the ONNX;
-* traced under ``training.attention.custom_op_attention`` so the head is exactly one
+* traced under ``predilect.kernels.attention.custom_op_attention`` so the head is exactly one
   ``predilect::predilection_attention`` node (the Torch-TensorRT plugin's anchor), even on a CPU;
 * one dynamic batch dimension with the serving profile's range (1 .. max_batch).
 

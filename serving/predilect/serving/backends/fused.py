@@ -1,6 +1,6 @@
 """The ``fused_screen`` model (CPU profile): IMAGE -> the screening outputs in one Python-backend process.
 
-Outputs (``configs.screening_outputs``): PROBABILITIES, QUALITY (gradability of the same crop,
+Outputs (``topology.screening_outputs``): PROBABILITIES, QUALITY (gradability of the same crop,
 at the calibrated size: ``PreprocessCfg.quality_size``), FINDINGS and REFERRAL (the served
 referral rules), and HEATMAPS when the model exports its ATTENTION (``backends.screening.Screening``).
 
@@ -45,7 +45,7 @@ class FusedScreen:
         self.screening = screening
 
     def outputs(self, pixels: np.ndarray, boxes: Sequence[FieldBox], planes: np.ndarray | None = None) -> Outputs:
-        """Batch-level outputs by tensor name for the accepted ``pixels`` (``configs.fused_outputs`` lists them);
+        """Batch-level outputs by tensor name for the accepted ``pixels`` (``topology.screening_outputs`` lists them);
         ``planes``: their quality squares when preprocessing cuts them apart (``Preprocessed.quality_planes``)."""
         if self.screening is None:
             (logits,) = self.classifier.run([pixels])
@@ -61,20 +61,15 @@ class FusedScreen:
         answers: list[Answer | None] = [p if isinstance(p, InvalidImageError) else None for p in payloads]
         good = [i for i, p in enumerate(payloads) if not isinstance(p, InvalidImageError)]
         payloads_ok = [p for p in payloads if not isinstance(p, InvalidImageError)]
-        if self.screening is None:
-            pixels, errors, boxes = self.preprocessor.run_with_fields(payloads_ok)
-            planes = None
-        else:
-            done = self.preprocessor.run_with_quality(payloads_ok)
-            pixels, errors, boxes, planes = done.pixels, done.errors, done.boxes, done.quality_planes
-        accepted = [i for i, error in zip(good, errors, strict=True) if error is None]
-        for i, error in zip(good, errors, strict=True):
+        done = self.preprocessor.run(payloads_ok, quality=self.screening is not None)
+        for i, error in zip(good, done.errors, strict=True):
             if error is not None:
                 answers[i] = error
-        if accepted:
-            batch = self.outputs(pixels, [box for box in boxes if box is not None], planes)
-            for row, i in enumerate(accepted):
-                answers[i] = {name: np.ascontiguousarray(value[row : row + 1]) for name, value in batch.items()}
+        if done.accepted:
+            boxes = [box for box in done.boxes if box is not None]
+            batch = self.outputs(done.pixels, boxes, done.quality_planes)
+            for row, j in enumerate(done.accepted):
+                answers[good[j]] = {name: np.ascontiguousarray(value[row : row + 1]) for name, value in batch.items()}
         return answers  # type: ignore[return-value]
 
 

@@ -26,20 +26,6 @@ def request_payload(image: np.ndarray) -> np.ndarray | InvalidImageError:
     return image[0]
 
 
-def preprocess_requests(
-    preprocessor: Preprocessor, images: Sequence[np.ndarray]
-) -> list[np.ndarray | InvalidImageError]:
-    """One ``[1, 3, S, S]`` float32 tensor or one ``InvalidImageError`` per request, in order."""
-    payloads = [request_payload(image) for image in images]
-    good = [i for i, p in enumerate(payloads) if not isinstance(p, InvalidImageError)]
-    results: list[np.ndarray | InvalidImageError] = list(payloads)
-    pixels, errors = preprocessor.run_packed([p for p in payloads if not isinstance(p, InvalidImageError)])
-    accepted = iter(range(len(pixels)))
-    for i, error in zip(good, errors, strict=True):
-        results[i] = error if error is not None else pixels[next(accepted)][np.newaxis]
-    return results
-
-
 Graded = dict[str, np.ndarray]
 
 
@@ -54,23 +40,21 @@ def preprocess_and_grade(
     results: list[Graded | InvalidImageError] = [
         p if isinstance(p, InvalidImageError) else InvalidImageError("not preprocessed") for p in payloads
     ]
-    done = preprocessor.run_with_quality([payloads[i] for i in good])  # type: ignore[misc]
-    pixels, errors, boxes = done.pixels, done.errors, done.boxes
+    done = preprocessor.run([payloads[i] for i in good], quality=True)  # type: ignore[misc]
+    pixels = done.pixels
     grades = (
         screening.quality(pixels, done.quality_planes)
         if len(pixels)
         else np.zeros((0, 1 + len(contract.QUALITY_REASONS)))
     )
-    accepted = iter(range(len(pixels)))
-    for i, error, box in zip(good, errors, boxes, strict=True):
+    for i, error in zip(good, done.errors, strict=True):
         if error is not None:
             results[i] = error
-            continue
-        row = next(accepted)
-        results[i] = {
+    for row, j in enumerate(done.accepted):
+        results[good[j]] = {
             contract.PIXELS: pixels[row : row + 1],
             contract.QUALITY: np.ascontiguousarray(grades[row : row + 1], dtype=np.float32),
-            contract.FIELD_BOX: np.asarray([box], dtype=np.float32),
+            contract.FIELD_BOX: np.asarray([done.boxes[j]], dtype=np.float32),
         }
     return results
 
@@ -92,7 +76,7 @@ def warm_up(preprocessor: Preprocessor) -> None:
 
 
 class TritonPythonModel:
-    """Triton adapter of ``preprocess_requests``."""
+    """Triton adapter of ``preprocess_and_grade``."""
 
     def initialize(self, args: dict[str, str]) -> None:
         import triton_python_backend_utils as pb_utils

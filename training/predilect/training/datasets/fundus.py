@@ -105,7 +105,7 @@ class FundusDataset(Dataset):
             self._preprocessor = Preprocessor(self.preprocess, max_batch_size=1, num_threads=1)
         path = self.path(index)
         frame = int(self._frames[index]) if self._frames is not None else 1
-        (out,) = self._preprocessor.run([read_payload(path, frame=frame)])
+        (out,) = self._preprocessor.run([read_payload(path, frame=frame)]).per_payload()
         if isinstance(out, InvalidImageError):
             raise DatasetItemError(f"{path}: {out}") from out
         return out

@@ -1,4 +1,4 @@
-"""Epoch orders, class-balanced sampling and the loader that feeds ``training.loop.fit``.
+"""Epoch orders, class-balanced sampling and the loader that feeds ``predilect.training.loop.fit``.
 
 One rule makes single-process, multi-process (DDP) and resumed runs see the same data:
 every process computes the same *global* order for an epoch from ``(seed, epoch)`` alone, cut

@@ -1,4 +1,4 @@
-"""Controlled degradations of fundus photographs, for calibrating a gradability step (issue 12).
+"""Controlled degradations of fundus photographs, for calibrating a gradability step.
 
 ``degrade(image, kind, strength=..., rng=...)`` returns a degraded copy: ``strength`` in (0, 1]
 grades it from borderline to clearly ungradable. Kinds:
@@ -110,8 +110,8 @@ def clean_exposure_floor(profiles: Sequence[CameraProfile] = tuple(CAMERAS.value
     ``colour_cast``'s lowest brightness, white balance and highest gamma, then the darkest camera
     profile's red gain, gamma and vignette with ``apply_camera``'s jitter. Texture, illumination
     tilt, the macula and noise are left out (the upper quantile read lies above their dips); each
-    profile's own floor lay below all of its clean photographs in the 1,000 measured for
-    benchmarks/results/gradability-2026-11-26e-dark-anchored.md.
+    profile's own floor lay below all of its clean photographs in the 1,000 measured when the
+    floor was introduced (both phantoms' clean sets).
 
     Why ``dark`` is anchored on the population's floor, not on its source: a gain on the source
     alone (the old definition) left a weak dark copy of a brightly exposed eye brighter than half

@@ -1,10 +1,10 @@
 """`predilect phantom`: generate a synthetic fundus + OCT data set, its manifests and ground truth.
 
 ``--preset easy`` is the original data set (the default, used by ``make demo``); ``--preset
-hard`` is issue 9's (subtle and florid disease, confounders, camera profiles, long tail, label
-noise in training, zero-shot categories). ``--degrade`` adds degraded copies of some images
-(issue 12's gradability calibration); with ``--source MANIFEST`` it degrades an existing
-manifest's images instead of generating.
+hard`` is the one that can tell the method from its controls (subtle and florid disease,
+confounders, camera profiles, long tail, label noise in training, zero-shot categories).
+``--degrade`` adds degraded copies of some images (what ``predilect gradability`` calibrates
+on); with ``--source MANIFEST`` it degrades an existing manifest's images instead of generating.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 ``easy``: six diseases at florid, high-contrast severity, balanced prevalence, one camera,
 no confounders, clean labels; the same images for the same seed as before presets existed.
 
-``hard`` (issue 9): severity from a single faint lesion to florid; healthy and glaucomatous
+``hard``: severity from a single faint lesion to florid; healthy and glaucomatous
 cup-to-disc ratios overlap; confounders in any eye (drusen-like spots, laser scars, dust,
 vessel reflex, tilted discs); four camera profiles, one seen only in the test split;
 long-tailed prevalence; label noise in the training split only (the true labels are kept);

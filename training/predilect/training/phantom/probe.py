@@ -3,8 +3,8 @@
 Each photograph goes through the serving preprocessing, is average-pooled to ``grid`` x ``grid``
 x 3 and standardised; one logistic regression per category (full-batch L-BFGS in torch, L2
 weight chosen on the val split) is fitted on the training split and scored on the test split.
-Categories without training positives (zero-shot ones) are left out. Issue 9 measured 0.824
-on the easy preset with such a probe. The CNN baseline is the method's to report.
+Categories without training positives (zero-shot ones) are left out. The CNN baseline is the
+method's to report.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ def pooled_pixels(
     records: Sequence[Record], grid: int, cfg: PreprocessCfg = PreprocessCfg(), *, cache_dir: Path | None = None
 ) -> np.ndarray:
     """``(N, 3 * grid * grid)`` features: preprocessed images average-pooled to ``grid`` x ``grid``."""
-    from predilect.pixels import load_fundus_pixels
+    from predilect.preprocess.pixels import load_fundus_pixels
 
     pixels = load_fundus_pixels(list(records), cfg, cache_dir=cache_dir)
     n, c, s, _ = pixels.shape

@@ -1,0 +1,104 @@
+"""``PreprocessCfg``: the preprocessing constants a checkpoint carries and a model repository serves.
+
+Standard library only. Every decoder (``predilect.preprocess.decoders``) and the DALI graph
+(``predilect.preprocess.dali``) are derived from one of these; ``dali_outputs`` names the
+tensors that graph returns, for the model configs that declare them without importing DALI.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+
+from predilect import contract
+from predilect.errors import ConfigError
+
+INTERPOLATIONS = ("linear", "cubic", "lanczos3", "triangular")
+"""The antialiased resize filters; each decoder maps them to its library's own."""
+DECODERS = ("pil_draft", "dali_cpu", "dali_mixed")
+"""The decoders, each a module of ``predilect.preprocess.decoders`` of the same name."""
+
+
+@dataclass(frozen=True)
+class PreprocessCfg:
+    """Preprocessing constants; saved with the checkpoint and served with the model.
+
+    Attributes:
+        size: side of the square model input, in pixels.
+        mean, std: per-channel normalisation, in units of the [0, 1] intensity range.
+        fov_threshold: 8-bit level; a pixel whose brightest channel exceeds it lies inside
+            the camera's field of view (the fundus disc), darker pixels are the black mask.
+        interpolation: antialiased resize filter.
+        decoder: ``pil_draft`` (libjpeg DCT-domain downscaled decode, the CPU profile),
+            ``dali_cpu`` (full-resolution host decode in DALI) or ``dali_mixed`` (nvJPEG, GPU
+            profile). Checkpoints carry their cfg, so older ones keep ``dali_cpu``.
+        min_side_px, max_pixels: accepted image dimensions, checked before decoding.
+        quality_size: side of the square the gradability step measures (``predilect.quality``), in
+            pixels: the side its thresholds were calibrated at (``QualityCfg.size``). When it differs
+            from ``size``, preprocessing cuts a second square of this side from the same decoded
+            frame with the same crop (``Preprocessor.run(..., quality=True)``); the ``pil_draft``
+            decoder then decodes for ``max(size, quality_size)`` so that neither square is upsampled,
+            for training as for serving. Older cfg JSON without the key reads as 224.
+    """
+
+    size: int = 224
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    fov_threshold: int = 20
+    interpolation: str = "linear"
+    decoder: str = "pil_draft"
+    min_side_px: int = 64
+    max_pixels: int = 40_000_000
+    quality_size: int = 224
+
+    def __post_init__(self) -> None:
+        if self.size < 16:
+            raise ConfigError(f"size must be >= 16, got {self.size}")
+        if self.quality_size < 32:
+            raise ConfigError(
+                f"quality_size must be >= 32 (the gradability measures' smallest square), got {self.quality_size}"
+            )
+        if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
+            raise ConfigError("mean and std need three channels, std > 0")
+        if self.interpolation not in INTERPOLATIONS:
+            raise ConfigError(f"interpolation must be one of {INTERPOLATIONS}, got {self.interpolation!r}")
+        if self.decoder not in DECODERS:
+            raise ConfigError(f"decoder must be one of {DECODERS}, got {self.decoder!r}")
+        if not 0 <= self.fov_threshold < 255:
+            raise ConfigError(f"fov_threshold must be an 8-bit level, got {self.fov_threshold}")
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        return (3, self.size, self.size)
+
+    @property
+    def separate_quality_square(self) -> bool:
+        """Whether quality is measured on a square of its own (``quality_size != size``), not on the model input."""
+        return self.quality_size != self.size
+
+    @property
+    def quality_shape(self) -> tuple[int, int, int]:
+        """The uint8 colour planes ``(3, Q, Q)`` the gradability step measures, Q = ``quality_size``."""
+        return (3, self.quality_size, self.quality_size)
+
+    @property
+    def decode_px(self) -> int:
+        """The side the field-of-view square must reach when decoded: the larger of the two squares cut from it."""
+        return max(self.size, self.quality_size)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str) -> PreprocessCfg:
+        data = json.loads(text)
+        for key in ("mean", "std"):
+            data[key] = tuple(data[key])
+        return cls(**data)
+
+
+def dali_outputs(cfg: PreprocessCfg) -> tuple[str, ...]:
+    """The tensors the DALI graph of ``cfg`` returns, in order (``predilect.preprocess.dali.fundus_graph``):
+    PIXELS, FOV_EXTENT, FRAME_EXTENT, and QUALITY_SQUARE when ``cfg.separate_quality_square``."""
+    names = (contract.PIXELS, contract.FOV_EXTENT, contract.FRAME_EXTENT)
+    return (*names, contract.QUALITY_SQUARE) if cfg.separate_quality_square else names
