@@ -27,13 +27,14 @@ $(VENV)/.deps: pyproject.toml constraints.txt | $(VENV)/bin/python
 
 install: $(VENV)/.deps
 
-# Static checks: ruff (lint + format), mypy and the layering contracts (import-linter), as configured
-# in pyproject.toml.
+# Static checks: ruff (lint + format), mypy, the layering contracts (import-linter) and dead code
+# (vulture; its reviewed exceptions in vulture_whitelist.py), as configured in pyproject.toml.
 lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports --no-cache
+	$(VENV)/bin/vulture
 
 demo: install
 	$(VENV)/bin/predilect demo --workdir $(ARTIFACTS)

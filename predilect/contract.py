@@ -6,10 +6,13 @@ the code base spells these strings (``tests/test_contract.py`` greps for them):
 * the model repository: ensemble and step names, tensor names, file names;
 * config parameters: what the ensemble advertises to clients and what each backend reads;
 * metadata keys carried by checkpoints and exported ONNX models;
-* the message prefix of a rejected image, eye codes, and the schema versions of records.
+* the kinds of error the server's own steps send (``error_message`` / ``parse_error_message``), eye codes, and
+  the schema versions of records.
 """
 
 from __future__ import annotations
+
+import re
 
 # --------------------------------------------------------------------------- model repository
 
@@ -139,8 +142,36 @@ or its CPU twin's, probabilities against the training decoder's on the gate imag
 
 # --------------------------------------------------------------------------- errors and records
 
-REJECTED_PREFIX = "image rejected: "
-"""Prefix of the error message of a request whose payload was refused (INVALID_ARGUMENT)."""
+# The kind of an error the server's own steps send, machine-readable in the one place a Triton error
+# response carries anything: its message (an error response has no outputs or parameters). The message
+# is ``error_message(kind, detail)``, the tag ``[predilect-error <kind>]`` then the detail for people;
+# clients classify on the kind ``parse_error_message`` reads, never on the detail. Errors Triton itself
+# produces carry no tag: classify those by their gRPC status code.
+ERROR_IMAGE_REJECTED = "image_rejected"
+"""The payload is not a screenable image (not a JPEG or PNG, truncated, too small, no field of view, ...):
+sent with INVALID_ARGUMENT; the input itself is bad and resending it cannot help."""
+ERROR_REQUEST_TOO_LARGE = "request_too_large"
+"""The request was larger than the server's limit and was refused unread (INVALID_ARGUMENT, from the
+request-size front): resending the same input cannot help."""
+ERROR_KINDS = (ERROR_IMAGE_REJECTED, ERROR_REQUEST_TOO_LARGE)
+_ERROR_TAG = "[predilect-error {}] "
+_ERROR_TAG_PATTERN = re.compile(r"\[predilect-error ([a-z_]+)\] ")
+
+
+def error_message(kind: str, detail: str) -> str:
+    """The message of an error response of kind ``kind`` (one of ``ERROR_KINDS``): its tag, then ``detail``."""
+    if kind not in ERROR_KINDS:
+        raise ValueError(f"error kind must be one of {ERROR_KINDS}, got {kind!r}")
+    return _ERROR_TAG.format(kind) + detail
+
+
+def parse_error_message(message: str) -> tuple[str, str] | None:
+    """``(kind, detail)`` of an error message ``error_message`` wrote, wherever in ``message`` Triton put
+    it (an ensemble prefixes the step's message with its own name); None for a message without the tag,
+    i.e. one Triton or gRPC produced. A kind this version does not know is returned as it is."""
+    found = _ERROR_TAG_PATTERN.search(message)
+    return None if found is None else (found.group(1), message[found.end() :])
+
 
 AUTH_KEY = "predilect-auth-token"
 """The key of the screening token: ``tritonserver --grpc-restricted-protocol=health,metadata,model-config,

@@ -41,7 +41,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--oct-count", type=int, default=480, help="phantom OCT B-scans (unpaired)")
     p.add_argument("--size", type=parse_size, default=(2048, 1536), help="camera frame, WxH")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--epochs", type=int, default=None, help="epochs of each stage (default: the demo's)")
+    p.add_argument("--epochs", type=int, default=None, help="epochs of each stage (default: the recipe's)")
+    p.add_argument(
+        "--recipe",
+        type=Path,
+        default=None,
+        help="training recipe, a run config of both stages (default: the packaged demo recipe)",
+    )
     p.add_argument("--concurrency", type=int, default=8, help="requests in flight while screening")
     p.add_argument("--grpc-port", type=int, default=0, help="0 picks a free port")
     p.add_argument("--rows", type=int, default=12, help="result rows to print")
@@ -71,48 +77,35 @@ def _phantom(args: argparse.Namespace) -> Path:
     return manifest
 
 
-DEMO_IMAGE_SIZE = 128
-DEMO_WIDTHS = "[24, 48, 96]"
-# Local tokens and the evidence heatmap, so that a finding's heatmap points at its lesions: with the
-# default conv backbone's wide, off-centre tokens and the plain attention map the peaks landed on the
-# lesions at or below chance for 4 of 6 diseases, while this pair kept the validation AUROC within
-# 0.02 (chosen on the validation split over 2-3 seeds, by a rule written before the runs were
-# scored). 24 epochs a stage rather than 16: more of the peaks land on lesions and the validation
-# AUROC rises (same kind of rule, 3 seeds).
-DEMO_BACKBONE, DEMO_HEATMAP = "conv-local", "evidence"
-DEMO_PRETRAIN_EPOCHS, DEMO_FINETUNE_EPOCHS = 24, 24
+DEMO_RECIPE = "demo"
+"""The packaged training recipe the demo trains (``training/predilect/training/recipes/demo.toml``)."""
 
 
 def _train(args: argparse.Namespace, manifest: Path) -> Path:
-    """Both UOPSL stages at a small size: stage 1 (fundus/OCT <-> text, sites learned on OCT),
+    """Both UOPSL stages of the recipe: stage 1 (fundus/OCT <-> text, sites learned on OCT),
     then stage 2 (fundus only) writes the checkpoint that is exported and served."""
     import shutil
 
-    from predilect.training.loop import LoopCfg
+    from predilect.training.config import recipe
     from predilect.training.train import runs, train
 
     checkpoint = Artifacts(args.workdir).checkpoint
     shutil.rmtree(checkpoint.parent, ignore_errors=True)  # a fresh run each time (no stale run state)
     oct_manifest = manifest.with_name("oct_manifest.csv")
-    common = [
-        f"loop.seed={args.seed}",
-        f"data.preprocess.size={DEMO_IMAGE_SIZE}",
-        f"model.widths={DEMO_WIDTHS}",
-        f'model.backbone="{DEMO_BACKBONE}"',
-        f'model.heatmap="{DEMO_HEATMAP}"',
-        "loop.lr=0.002",
-        "pretrain.in_memory=true",
-        "finetune.in_memory=true",
-    ]
-    if args.count < 4 * LoopCfg().batch_size:  # a small demo (tests): batches must fit its train split
-        common.append(f"loop.batch_size={max(2, min(args.count, args.oct_count) // 4)}")
-    first, second = runs(
-        manifest,
-        oct_manifest=oct_manifest if oct_manifest.is_file() else None,
-        common=common,
-        pretrain=[f"loop.epochs={args.epochs or DEMO_PRETRAIN_EPOCHS}"],
-        finetune=[f"loop.epochs={args.epochs or DEMO_FINETUNE_EPOCHS}"],
-    )
+    common = [f"loop.seed={args.seed}", *([f"loop.epochs={args.epochs}"] if args.epochs else [])]
+
+    def stages(overrides: list[str]):  # the two stages' configs
+        return runs(
+            manifest,
+            recipe=args.recipe or recipe(DEMO_RECIPE),
+            oct_manifest=oct_manifest if oct_manifest.is_file() else None,
+            common=overrides,
+        )
+
+    first, second = stages(common)
+    batch_size = first.loop.batch_size
+    if args.count < 4 * batch_size:  # a small demo (tests): batches must fit its train split
+        first, second = stages([*common, f"loop.batch_size={max(2, min(args.count, args.oct_count) // 4)}"])
     result = train(
         first, second, checkpoint, cache_dir=Artifacts(args.workdir).cache, report=lambda line: print(f"      {line}")
     )

@@ -141,9 +141,6 @@ class _Layout:
     flags: tuple[str, ...]
     extras: tuple[str, ...]
 
-    def has(self, column: str) -> bool:
-        return column in self.columns
-
 
 def _layout(fieldnames: Sequence[str] | None, catalog: Catalog, path: Path) -> _Layout:
     if not fieldnames:

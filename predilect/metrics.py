@@ -11,6 +11,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from predilect.errors import UserError
+
+
+class UndefinedMetricError(UserError, ValueError):
+    """A metric the labels scored cannot define (no positive, or no negative, image): score a set with both."""
+
 
 def auroc(labels: np.ndarray, scores: np.ndarray) -> float:
     """Area under the ROC curve via the Mann-Whitney U statistic, ties counted half."""
@@ -18,7 +24,7 @@ def auroc(labels: np.ndarray, scores: np.ndarray) -> float:
     scores = np.asarray(scores, dtype=np.float64)
     n_pos, n_neg = int(labels.sum()), int((~labels).sum())
     if n_pos == 0 or n_neg == 0:
-        raise ValueError(f"AUROC needs positives and negatives, got {n_pos} and {n_neg}")
+        raise UndefinedMetricError(f"AUROC needs positives and negatives, got {n_pos} and {n_neg}")
     order = np.argsort(scores, kind="mergesort")
     ranks = np.empty(len(scores), dtype=np.float64)
     sorted_scores = scores[order]
@@ -42,7 +48,7 @@ def per_disease_auroc(labels: np.ndarray, scores: np.ndarray, ids: list[str]) ->
 def macro_auroc(labels: np.ndarray, scores: np.ndarray, ids: list[str]) -> float:
     per = per_disease_auroc(labels, scores, ids)
     if not per:
-        raise ValueError("no disease has both positives and negatives; macro AUROC is undefined")
+        raise UndefinedMetricError("no disease has both positives and negatives; macro AUROC is undefined")
     return float(np.mean(list(per.values())))
 
 
@@ -55,7 +61,7 @@ def average_precision(labels: np.ndarray, scores: np.ndarray) -> float:
     labels = np.asarray(labels).astype(bool)
     n_pos = int(labels.sum())
     if n_pos == 0:
-        raise ValueError("average precision needs at least one positive")
+        raise UndefinedMetricError("average precision needs at least one positive")
     order = np.lexsort((labels, -np.asarray(scores, dtype=np.float64)))  # score desc, negatives first in ties
     hits = labels[order]
     precision_at = np.cumsum(hits) / np.arange(1, len(hits) + 1)
@@ -66,7 +72,7 @@ def threshold_for_specificity(labels: np.ndarray, scores: np.ndarray, specificit
     """The lowest threshold whose specificity (``score < t`` among negatives) reaches ``specificity``."""
     negatives = np.sort(np.asarray(scores, dtype=np.float64)[~np.asarray(labels).astype(bool)])
     if len(negatives) == 0:
-        raise ValueError("a specificity threshold needs negatives")
+        raise UndefinedMetricError("a specificity threshold needs negatives")
     k = int(np.ceil(specificity * len(negatives)))  # negatives that must fall below the threshold
     if k <= 0:
         return float(negatives[0])
@@ -106,7 +112,7 @@ def expected_calibration_error(labels: np.ndarray, probs: np.ndarray, *, bins: i
     labels = np.asarray(labels, dtype=np.float64).ravel()
     probs = np.asarray(probs, dtype=np.float64).ravel()
     if len(probs) == 0:
-        raise ValueError("ECE of no predictions")
+        raise UndefinedMetricError("ECE of no predictions")
     which = np.minimum((probs * bins).astype(int), bins - 1)
     total = 0.0
     for b in range(bins):
@@ -141,9 +147,6 @@ class Interval:
     level: float = 0.95
     resamples: int = 0
 
-    def excludes_zero(self) -> bool:
-        return self.low > 0.0 or self.high < 0.0
-
     def __str__(self) -> str:
         return f"{self.value:.3f} [{self.low:.3f}, {self.high:.3f}]"
 
@@ -169,8 +172,9 @@ def bootstrap_ci(
     seed: int = 0,
 ) -> Interval:
     """Percentile bootstrap of ``statistic(rows)`` over ``n`` rows (cluster bootstrap over
-    ``groups`` when given). Resamples where the statistic is undefined (it raises ValueError or
-    returns NaN, e.g. no positive drawn) are dropped; the count kept is in the result."""
+    ``groups`` when given). Resamples where the statistic is undefined (it raises ValueError, as
+    ``UndefinedMetricError`` is, or returns NaN, e.g. no positive drawn) are dropped; the count kept
+    is in the result."""
     value = float(statistic(np.arange(n)))
     rng = np.random.default_rng(seed)
     draws = []
@@ -218,7 +222,7 @@ def macro(metric: Callable[[np.ndarray, np.ndarray], float]) -> Callable[[np.nda
             metric(labels[:, j], scores[:, j]) for j in range(labels.shape[1]) if 0 < labels[:, j].sum() < len(labels)
         ]
         if not values:
-            raise ValueError("no column has both classes")
+            raise UndefinedMetricError("no disease has both positive and negative images among those scored")
         return float(np.mean(values))
 
     return averaged

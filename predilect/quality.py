@@ -477,11 +477,6 @@ def grade(measures: np.ndarray, cfg: QualityCfg) -> Grade:
     return Grade(score=score, flags=flags, badness=badness)
 
 
-def reasons_of(flags_row: np.ndarray | list[float] | list[bool]) -> list[str]:
-    """The reason names of one ``flags`` row (or of the flag part of a ``QUALITY`` row)."""
-    return [reason for reason, flag in zip(QUALITY_REASONS, flags_row, strict=True) if bool(flag)]
-
-
 def assess_planes(planes: np.ndarray, cfg: QualityCfg, *, fov_threshold: int) -> np.ndarray:
     """The ``contract.QUALITY`` rows of a batch of uint8 squares ``(N, 3, S, S)``; S must be ``cfg.size``."""
     planes = np.asarray(planes)

@@ -102,10 +102,6 @@ class ReferralRules:
     def thresholds(self) -> dict[str, float]:
         return {d.id: d.threshold for d in self.diseases}
 
-    def referable_ids(self) -> list[str]:
-        """The diseases whose positive finding refers (urgent or routine)."""
-        return [d.id for d in self.diseases if d.referral != "none"]
-
     def check_catalog(self, catalog: Catalog) -> None:
         """Raise ``RulesError`` unless these rules are exactly the catalog's thresholds and referrals."""
         expected = [(d.id, d.threshold, d.referral) for d in catalog]

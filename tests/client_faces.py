@@ -20,10 +20,43 @@ import numpy as np
 from predilect import contract
 from predilect.catalog import Catalog
 from predilect.client import AsyncScreeningClient, ScreeningClient, ScreeningItem, ScreeningResult
+from predilect.client.results import QualityReport
 from predilect.client.retry import RetryPolicy
 from predilect.client.settings import DEFAULT_TIMEOUT_S, ClientSettings
+from predilect.referral import ReferralRules
 
 OP_8BIT = "1.2.840.10008.5.1.4.1.1.77.1.5.1"
+
+
+def decided_result(
+    probabilities: list[float],
+    catalog: Catalog,
+    *,
+    quality: list[float] | None = None,
+    rules: ReferralRules | None = None,
+    latency_s: float = 0.01,
+    sop_instance_uid: str | None = None,
+    frame: int | None = None,
+) -> ScreeningResult:
+    """The result the server would send for ``probabilities``: ``rules`` (default: the catalog's, no
+    gradability thresholds) decide as the server's step does, ``ScreeningResult.from_outputs`` reads
+    the outputs; ``quality`` defaults to a gradable photograph of score 1."""
+    rules = rules or ReferralRules.from_catalog(catalog, {})
+    row = list(quality) if quality is not None else [1.0] + [0.0] * len(contract.QUALITY_REASONS)
+    decided = rules.decide(probabilities, gradable=QualityReport.from_row(row).gradable)
+    return ScreeningResult.from_outputs(
+        probabilities=probabilities,
+        quality=row,
+        findings=[d.id in decided.findings for d in catalog],
+        decision_code=decided.code,
+        catalog=catalog,
+        rules=rules,
+        model_name="m",
+        model_version="1",
+        latency_s=latency_s,
+        sop_instance_uid=sop_instance_uid,
+        frame=frame,
+    )
 
 
 class SyncFace:

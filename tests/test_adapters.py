@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ from predilect.catalog import DEFAULT_CATALOG, Catalog, Disease
 from predilect.manifest import SPLITS, read_manifest, write_manifest
 from predilect.training.datasets.adapters import (
     ADAPTERS,
+    AdapterResult,
     DatasetLayoutError,
     aptos,
     messidor,
@@ -192,7 +194,12 @@ def _delete(relative: str):
 def test_adapter_raises_naming_file_and_line_when_layout_broken(tmp_path, name, damage, message):
     root = _copy(name, tmp_path)
     damage(root)
-    adapters = {"aptos2019": read_aptos, "RFMiD": read_rfmid, "messidor2": read_messidor2, "MultiEYE": read_multieye}
+    adapters: dict[str, Callable[..., AdapterResult]] = {
+        "aptos2019": read_aptos,
+        "RFMiD": read_rfmid,
+        "messidor2": read_messidor2,
+        "MultiEYE": read_multieye,
+    }
     with pytest.raises(DatasetLayoutError, match=message):
         adapters[name](root, catalog=CATALOG)
 

@@ -11,7 +11,7 @@ def test_catalog_round_trips_when_serialised_to_json():
 
 def test_catalog_has_at_least_six_diseases_when_default():
     assert len(DEFAULT_CATALOG) >= 6
-    assert all(d.name and d.description and d.descriptions for d in DEFAULT_CATALOG)
+    assert all(d.name and d.descriptions and d.descriptions[0] for d in DEFAULT_CATALOG)
 
 
 def test_catalog_rejects_duplicates_when_ids_repeat():
@@ -68,4 +68,23 @@ def test_load_catalog_names_file_when_not_json(tmp_path):
     path = tmp_path / "catalog.json"
     path.write_text("{not json")
     with pytest.raises(CatalogError, match=r"catalog\.json.*JSON"):
+        load_catalog(path)
+
+
+def test_default_catalog_is_the_packaged_file_through_load_catalog_when_imported():
+    from predilect.catalog import DEFAULT_CATALOG_FILE
+
+    assert DEFAULT_CATALOG_FILE.is_file() and DEFAULT_CATALOG_FILE.parent.name == "catalogs"
+    assert load_catalog(DEFAULT_CATALOG_FILE) == DEFAULT_CATALOG
+    # The digest the catalog had when it was Python literals: served models and results name it.
+    assert DEFAULT_CATALOG.digest() == "9674db304e8ed37f"
+    assert len(DEFAULT_CATALOG) == 22 and DEFAULT_CATALOG.version == "2"
+
+
+def test_load_catalog_names_the_file_and_entry_when_a_copy_of_the_default_is_broken(tmp_path):
+    data = json.loads(DEFAULT_CATALOG.to_json())
+    data["diseases"][1]["referral"] = "soon"
+    path = tmp_path / "mine.json"
+    path.write_text(json.dumps(data))
+    with pytest.raises(CatalogError, match=r"mine\.json: referral of 'dme' must be one of"):
         load_catalog(path)

@@ -95,7 +95,7 @@ def test_screen_raises_image_rejected_error_naming_cause_when_payload_is_bad(
 ) -> None:
     with pytest.raises(ImageRejectedError, match=cause) as caught:
         client.screen(make_bad(fundus_jpeg(5)))
-    assert cause in caught.value.cause
+    assert cause in caught.value.cause and caught.value.kind == contract.ERROR_IMAGE_REJECTED
     assert type(caught.value.__cause__).__name__ == "InferenceServerException"
 
 
@@ -147,6 +147,21 @@ def test_connect_raises_server_unavailable_error_when_nobody_listens() -> None:
 def test_connect_raises_model_not_ready_error_when_model_unknown(triton_server: TritonServer) -> None:
     with pytest.raises(ModelNotReadyError, match="no_such_model"):
         ScreeningClient(triton_server.grpc_url, model_name="no_such_model", timeout_s=5).connect()
+
+
+def test_translate_raises_model_not_ready_by_status_code_when_real_triton_lacks_the_model(
+    triton_server: TritonServer,
+) -> None:
+    import tritonclient.grpc as grpcclient
+    from tritonclient.utils import InferenceServerException
+
+    from predilect.client import protocol
+
+    with grpcclient.InferenceServerClient(triton_server.grpc_url) as raw, pytest.raises(InferenceServerException) as e:
+        raw.get_model_config("no_such_model")
+    assert protocol.status_code(e.value) == "NOT_FOUND"
+    error = protocol.translate(e.value, url=triton_server.grpc_url, model_name="no_such_model", timeout_s=5)
+    assert isinstance(error, ModelNotReadyError)
 
 
 def test_screen_raises_deadline_exceeded_error_when_timeout_is_too_short(client, fundus_jpeg) -> None:

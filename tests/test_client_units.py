@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from client_faces import core_settings
+from client_faces import core_settings, decided_result
 
 from predilect import contract
 from predilect.catalog import DEFAULT_CATALOG
@@ -214,11 +214,9 @@ def test_strip_metadata_raises_structure_error_when_truncated_and_not_allowed() 
 
 
 def _result(frame: int | None = None) -> ScreeningResult:
-    return ScreeningResult.from_probabilities(
+    return decided_result(
         [0.1] * len(DEFAULT_CATALOG),
         DEFAULT_CATALOG,
-        model_name="m",
-        model_version="1",
         latency_s=0.01,
         sop_instance_uid="1.2.3" if frame else None,
         frame=frame,
@@ -432,6 +430,48 @@ def test_screen_items_plan_yields_frame1_result_and_frame2_error_when_frame_2_fa
     result = items[0].result
     assert result is not None and result.decision == "no_referral" and result.probabilities is not None
     assert result.rules_digest == rules.digest() and result.catalog_digest == DEFAULT_CATALOG.digest()
+
+
+@pytest.mark.parametrize("status", ["INVALID_ARGUMENT", "INTERNAL", "UNAVAILABLE"])
+@pytest.mark.parametrize("kind", [contract.ERROR_IMAGE_REJECTED, contract.ERROR_REQUEST_TOO_LARGE])
+def test_translate_raises_image_rejected_by_error_kind_when_any_code_carries_it(kind: str, status: str) -> None:
+    from predilect.client.errors import ImageRejectedError, is_final
+
+    raw = _grpc_error(status, f"in ensemble 'e', {contract.error_message(kind, 'truncated JPEG')}")
+    error = protocol.translate(raw, url="u", model_name="m", timeout_s=1)
+    assert isinstance(error, ImageRejectedError) and error.kind == kind and error.cause == "truncated JPEG"
+    assert is_final(error) and protocol.status_code(raw) == "INVALID_ARGUMENT", "never retried"
+
+
+def test_translate_classifies_untagged_message_by_code_when_it_only_reads_like_a_rejection() -> None:
+    from predilect.client.errors import ImageRejectedError, ModelNotReadyError
+
+    for text in ("image rejected: not a JPEG", "model not found", "[predilect-error teapot] short"):
+        error = protocol.translate(_grpc_error("INTERNAL", text), url="u", model_name="m", timeout_s=1)
+        assert type(error) is PredilectClientError, (text, error)
+        assert not isinstance(error, (ImageRejectedError, ModelNotReadyError))
+
+
+def test_translate_raises_model_not_ready_when_status_not_found() -> None:
+    from predilect.client.errors import ModelNotReadyError
+
+    message = "Request for unknown model: 'm' has no available versions"
+    error = protocol.translate(_grpc_error("NOT_FOUND", message), url="u", model_name="m", timeout_s=1)
+    assert isinstance(error, ModelNotReadyError) and "'m' is not ready" in str(error)
+
+
+@pytest.mark.parametrize(
+    ("message", "reason"),
+    [
+        ("Exceeds maximum queue size", protocol.BUSY),
+        ("Request timeout expired", protocol.BUSY),
+        (f"This protocol is restricted, expecting header '{contract.GRPC_AUTH_HEADER}'", protocol.RESTRICTED),
+        ("failed to connect to all addresses; last error: UNKNOWN: ipv4:127.0.0.1:1: Connection refused", None),
+        ("Socket closed", None),
+    ],
+)
+def test_triton_unavailable_reason_reads_triton_refusals_only_when_message_is_one(message: str, reason) -> None:
+    assert protocol.triton_unavailable_reason(message) == reason
 
 
 def test_translate_raises_server_busy_when_triton_queue_refuses() -> None:

@@ -50,7 +50,7 @@ def _sources() -> list[Path]:
 
 def test_contract_guard_covers_tensor_names_and_metadata_keys_when_collected() -> None:
     names = {contract.IMAGE, contract.PIXELS, contract.LOGITS, contract.PROBABILITIES, contract.ENSEMBLE}
-    assert names | {contract.KEY_CATALOG, contract.REJECTED_PREFIX} <= set(GUARDED.values())
+    assert names | {contract.KEY_CATALOG, *contract.ERROR_KINDS} <= set(GUARDED.values())
 
 
 @pytest.mark.parametrize("name", sorted(GUARDED))
@@ -100,3 +100,24 @@ def test_subprocess_imports_same_files_as_test_process_when_run_from_checkout_ro
     here = f"{predilect.training.train.__file__} {predilect.catalog.__file__}"
     assert _module_files_in_subprocess(ROOT).split() == here.split()
     assert _module_files_in_subprocess(Path("/")).split() == here.split()
+
+
+@pytest.mark.parametrize("kind", contract.ERROR_KINDS)
+def test_parse_error_message_reads_kind_and_detail_when_triton_prefixed_the_message(kind: str) -> None:
+    message = contract.error_message(kind, "not a JPEG or PNG image: payload of 10 bytes")
+    assert contract.parse_error_message(message) == (kind, "not a JPEG or PNG image: payload of 10 bytes")
+    forwarded = f"in ensemble '{contract.ENSEMBLE}', {message}"  # what the ensemble makes of a step's error
+    assert contract.parse_error_message(forwarded) == (kind, "not a JPEG or PNG image: payload of 10 bytes")
+
+
+@pytest.mark.parametrize(
+    "message",
+    ["Request for unknown model: 'x' is not found", "Exceeds maximum queue size", "image rejected: old wording", ""],
+)
+def test_parse_error_message_returns_none_when_message_has_no_tag(message: str) -> None:
+    assert contract.parse_error_message(message) is None
+
+
+def test_error_message_raises_value_error_when_kind_unknown() -> None:
+    with pytest.raises(ValueError, match="error kind must be one of"):
+        contract.error_message("teapot", "short and stout")

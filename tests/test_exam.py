@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from client_faces import decided_result
 
 from predilect import contract
 from predilect.catalog import Catalog, Disease
@@ -29,12 +30,8 @@ PROBABILITIES = {"none": [0.1, 0.1], "routine": [0.9, 0.1], "urgent": [0.1, 0.9]
 def _result(kind: str, *, heatmaps: bool = False) -> ScreeningResult:
     if kind == "ungradable":
         row = [0.1] + [1.0 if r == "focus" else 0.0 for r in contract.QUALITY_REASONS]
-        return ScreeningResult.from_probabilities(
-            [0.9, 0.9], CATALOG, model_name="m", model_version="1", latency_s=0.1, quality=row, rules=RULES
-        )
-    result = ScreeningResult.from_probabilities(
-        PROBABILITIES[kind], CATALOG, model_name="m", model_version="1", latency_s=0.1, rules=RULES
-    )
+        return decided_result([0.9, 0.9], CATALOG, latency_s=0.1, quality=row, rules=RULES)
+    result = decided_result(PROBABILITIES[kind], CATALOG, latency_s=0.1, rules=RULES)
     if not heatmaps:
         return result
     grid = np.zeros((len(CATALOG), 14, 14), np.float32)

@@ -70,6 +70,7 @@ def test_front_refuses_oversized_request_before_server_sees_it_when_limit_set(
             with pytest.raises(ImageRejectedError, match="larger than 8 MiB") as caught:
                 client.screen(random.Random(size).randbytes(size))
             assert caught.value.attempts == 1, "a refusal of the request itself is never retried"
+            assert caught.value.kind == contract.ERROR_REQUEST_TOO_LARGE
         assert reliability.executed_count(inner, step, headers=headers) == ran_before
         assert reliability.shm_bytes(fronted_server.shm_prefix) == shm_before
         assert client.screen(fundus_jpeg(990)).scores == expected
@@ -82,7 +83,7 @@ def test_front_passes_token_check_through_to_server_when_token_missing(
         _client(fronted_server, tls_files).connect()
 
 
-def test_front_config_names_limit_with_rejection_prefix_when_rendered(tmp_path: Path) -> None:
+def test_front_config_names_limit_with_its_error_kind_when_rendered(tmp_path: Path) -> None:
     text = render_config(
         prefix=tmp_path,
         listen_host="::",
@@ -94,5 +95,6 @@ def test_front_config_names_limit_with_rejection_prefix_when_rendered(tmp_path: 
     )
     assert f"client_max_body_size {LIMIT};" in text and "grpc_pass grpc://127.0.0.1:9001;" in text
     assert "listen [::]:8001 ssl http2;" in text and "ssl_verify_client on;" in text
-    assert f'grpc-message "{contract.REJECTED_PREFIX}request larger than 8 MiB' in text
+    too_large = contract.error_message(contract.ERROR_REQUEST_TOO_LARGE, "request larger than 8 MiB")
+    assert f'grpc-message "{too_large}' in text
     assert "add_header grpc-status 3 always;" in text and "access_log off;" in text

@@ -589,7 +589,8 @@ def test_gpu_postprocess_answers_and_rejects_per_request_when_served_by_real_tri
             answers = list(pool.map(infer, requests))
     rejected = answers[1]
     assert isinstance(rejected, InferenceServerException) and rejected.status() == "StatusCode.INVALID_ARGUMENT"
-    assert contract.REJECTED_PREFIX in str(rejected.message()) and "field of view" in str(rejected.message())
+    kind, cause = contract.parse_error_message(str(rejected.message())) or ("", "")
+    assert kind == contract.ERROR_IMAGE_REJECTED and "field of view" in cause
     for answer, reference in ((answers[0], expected[0]), (answers[2], expected[2])):
         assert isinstance(answer, dict) and isinstance(reference, dict)
         for t in screening_outputs(served, heatmaps=False):  # the backend sends the dtype it is given

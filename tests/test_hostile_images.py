@@ -260,7 +260,8 @@ def test_server_refuses_hostile_and_answers_valid_unchanged_when_traffic_mixed_c
             assert isinstance(answer, tuple), f"{name} was screened"
             status, message = answer
             assert status == "StatusCode.INVALID_ARGUMENT", f"{name}: {status} {message}"
-            assert contract.REJECTED_PREFIX in message and cases[name][1] in message, f"{name}: {message}"
+            kind, cause = contract.parse_error_message(message) or ("", "")
+            assert kind == contract.ERROR_IMAGE_REJECTED and cases[name][1] in cause, f"{name}: {message}"
             assert "Traceback" not in message and ".py" not in message, f"{name}: {message}"
 
 

@@ -8,9 +8,10 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+from phantom_zones import fundus_zone, oct_zone
 from PIL import Image, ImageDraw, ImageFilter
 
-from predilect.catalog import DEFAULT_CATALOG, DEFAULT_CONCEPTS, REFERRALS, VOCABULARY, describe, load_catalog
+from predilect.catalog import DEFAULT_CATALOG, REFERRALS, load_catalog
 from predilect.manifest import read_manifest
 from predilect.training.phantom import REGISTRY, draw_fundus, draw_oct, generate
 from predilect.training.phantom import phantom_cli as cli
@@ -19,7 +20,7 @@ from predilect.training.phantom.fundus import CameraProfile
 from predilect.training.phantom.generate import plan_hard_cohort
 from predilect.training.phantom.presets import CAMERAS, HARD
 from predilect.training.phantom.render import FundusStyle, OctStyle
-from predilect.training.phantom.sites import fundus_zone, oct_zone
+from predilect.training.phantom.vocabulary import DEFAULT_CONCEPTS, VOCABULARY, describe
 
 SIZE = (384, 288)
 PLAIN = CameraProfile("plain")  # no blur, vignetting or noise: pixel differences are the lesions'

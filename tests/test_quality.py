@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from predilect import contract, quality
+from predilect.client.results import QualityReport
 from predilect.preprocess import PreprocessCfg, Preprocessor
 
 CFG = PreprocessCfg()
@@ -68,8 +69,8 @@ def test_grade_flags_expected_reason_when_photograph_clearly_degraded(fundus_jpe
     images = [_jpeg(degrade(Image.open(io.BytesIO(fundus_jpeg(seed))), kind, strength=1.0, rng=rng)) for seed in (1, 2)]
     grade = _grade(images)
     assert not grade.gradable.any() and (grade.score <= 0.5).all()
-    for flags in grade.flags:
-        assert reason in quality.reasons_of(flags)
+    for row in grade.tensor():  # the QUALITY rows, as the client reads them
+        assert reason in QualityReport.from_row(row).reasons
 
 
 def test_grade_agrees_flags_and_score_when_measures_vary() -> None:
@@ -182,7 +183,7 @@ def test_measure_flags_dust_when_neutral_shadows_lie_only_near_the_rim(fundus_jp
     assert (_dust(clean) < cfg.thresholds["dust"]).all()
     assert (_dust(dusty) >= cfg.thresholds["dust"]).all()
     grade = quality.grade(quality.measure(dusty), cfg)
-    assert all("artefact" in quality.reasons_of(flags) for flags in grade.flags)
+    assert all("artefact" in QualityReport.from_row(row).reasons for row in grade.tensor())
 
 
 def test_measure_ignores_spots_when_green_darkens_far_more_than_red(fundus_jpeg) -> None:

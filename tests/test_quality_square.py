@@ -14,6 +14,7 @@ from PIL import Image
 
 from predilect import contract, quality
 from predilect.catalog import DEFAULT_CATALOG
+from predilect.client.results import QualityReport
 from predilect.errors import ConfigError, UserError
 from predilect.preprocess import InvalidImageError, PreprocessCfg, Preprocessor
 from predilect.serving import configs
@@ -236,7 +237,7 @@ def test_served_quality_of_128_px_model_equals_quality_on_224_px_square_when_fus
     np.testing.assert_array_equal(np.stack(served), expected)
     # The clean image that grading the 128-px model input flagged (the bug) is now gradable.
     old = _old_128_px_rows(payloads)
-    assert old[2, 0] < 0.5 and quality.reasons_of(old[2, 1:]) == ["artefact"]
+    assert old[2, 0] < 0.5 and QualityReport.from_row(old[2]).reasons == ["artefact"]
     assert served[2][0] > 0.5 and not served[2][1:].any()
 
 

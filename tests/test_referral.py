@@ -6,6 +6,7 @@ import dataclasses
 from types import SimpleNamespace
 
 import pytest
+from client_faces import decided_result
 from pydantic import ValidationError
 
 from predilect import contract
@@ -88,9 +89,7 @@ def test_check_catalog_raises_when_rules_are_not_the_catalogs() -> None:
 
 
 def _result(**overrides) -> dict:
-    made = ScreeningResult.from_probabilities(
-        [0.9, 0.1, 0.1], CATALOG, model_name="m", model_version="1", latency_s=0.1, rules=RULES
-    )
+    made = decided_result([0.9, 0.1, 0.1], CATALOG, latency_s=0.1, rules=RULES)
     return {**made.model_dump(), **overrides}
 
 
@@ -110,11 +109,9 @@ def test_screening_result_raises_validation_error_when_fields_disagree(overrides
         ScreeningResult.model_validate(_result(**overrides))
 
 
-def test_from_probabilities_keeps_probabilities_for_audit_only_when_ungradable() -> None:
+def test_from_outputs_keeps_probabilities_for_audit_only_when_ungradable() -> None:
     row = [0.2] + [1.0 if r == "focus" else 0.0 for r in contract.QUALITY_REASONS]
-    result = ScreeningResult.from_probabilities(
-        [0.9, 0.9, 0.9], CATALOG, model_name="m", model_version="1", latency_s=0.1, quality=row, rules=RULES
-    )
+    result = decided_result([0.9, 0.9, 0.9], CATALOG, latency_s=0.1, quality=row, rules=RULES)
     assert (result.decision, result.gradable, result.referable, result.positive) == ("ungradable", False, False, [])
     assert result.probabilities is None and result.audit_probabilities == pytest.approx({d: 0.9 for d in CATALOG.ids})
     assert result.quality == QualityReport(score=0.2, gradable=False, reasons=["focus"])

@@ -12,7 +12,6 @@ from predilect.training.config import (
     RunConfig,
     Section,
     add_config_options,
-    config_from_args,
     load_config,
     save_config,
 )
@@ -108,9 +107,9 @@ def test_load_config_validates_a_stage_section_when_config_subclassed(tmp_path):
     assert config.stage.depth == 6 and config.stage.checkpoint == path.parent / "weights.pt"
 
 
-def test_config_from_args_reads_file_and_repeated_set_when_parsed(tmp_path):
+def test_config_options_read_file_and_repeated_set_when_parsed(tmp_path):
     parser = argparse.ArgumentParser()
     add_config_options(parser)
     args = parser.parse_args(["--config", str(_file(tmp_path)), "--set", "loop.epochs=9", "--set", "loop.seed=2"])
-    config = config_from_args(args)
+    config = load_config(args.config, overrides=args.overrides)
     assert (config.loop.epochs, config.loop.seed) == (9, 2)

@@ -41,16 +41,11 @@ def _team_normalise(crop, *, size: int, mean: Sequence[float], std: Sequence[flo
     return np.ascontiguousarray(x.transpose(2, 0, 1))
 
 
-def team_preprocess(data: bytes, *, size: int, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
-    """What a team would write: decode, centre square crop, resize, normalise."""
-    return _team_normalise(_team_crop(data), size=size, mean=mean, std=std)
-
-
 def team_squares(
     data: bytes, *, size: int, mean: Sequence[float], std: Sequence[float], quality_size: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """``team_preprocess``'s model input and the same crop at ``quality_size`` as uint8 planes
-    ``(3, Q, Q)`` for ``predilect.quality.measure``."""
+    """What a team would write: decode, centre square crop, resize, normalise (the model input), and the
+    same crop at ``quality_size`` as uint8 planes ``(3, Q, Q)`` for ``predilect.quality.measure``."""
     from PIL import Image
 
     crop = _team_crop(data)

@@ -11,38 +11,23 @@ the first step, which refuses it by its header alone; this measures what memory 
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
-from predilect.artifacts import default_artifacts
-from predilect.benchmarks import machine, payloads, reliability
+from predilect.benchmarks import machine, reliability, reliability_cli
+from predilect.benchmarks.reliability_cli import MB as _MB
 from predilect.cli import command
-from predilect.serving.serve_cli import DEFAULT_MAX_REQUEST_MB
-
-_MB = 1024 * 1024
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="predilect bench large", description=(__doc__ or "").splitlines()[0])
-    p.add_argument("--onnx", type=Path, default=default_artifacts().onnx, help="exported model to serve")
-    p.add_argument("--model-repository", type=Path, help="serve this repository as is instead of assembling one")
+    p = reliability_cli.parser("large", __doc__)
     p.add_argument("--mb", type=float, default=150.0, help="size of each large request")
     p.add_argument("--concurrent", type=int, default=3)
     p.add_argument("--rounds", type=int, default=2, help="send the burst this many times (does memory keep growing?)")
     p.add_argument("--settle-s", type=float, default=10.0)
-    p.add_argument(
-        "--max-request-mb",
-        type=float,
-        default=DEFAULT_MAX_REQUEST_MB,
-        help="the request-size limit in front of the server, as `predilect serve` sets it (0: none)",
-    )
-    p.add_argument("--out", type=Path)
+    reliability_cli.add_request_limit(p)
     return p
 
 
@@ -60,17 +45,9 @@ def _send(url: str, payload: bytes) -> str:
 def run(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
     import random
 
-    from predilect.serving.repository import assemble
-    from predilect.serving.server import TritonServer
-
-    work = Path(tempfile.mkdtemp(prefix="predilect-large-"))
-    (image,) = payloads.render_set(work / "images", count=1, sizes=[payloads.CAMERA_SIZE])
-    repository = args.model_repository or assemble(args.onnx, work / "model_repository")
-    server = TritonServer.on_free_ports(
-        model_repository=repository,
-        log_path=work / "tritonserver.log",
-        max_request_bytes=int(args.max_request_mb * _MB) or None,
-    )
+    work = reliability_cli.workdir("large")
+    (image,) = reliability_cli.camera_frames(work, 1)
+    server = reliability_cli.server(args, work)
     samples: list[dict[str, Any]] = []
     with server:
         pid = server.pid or 0
@@ -85,7 +62,7 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
                 }
             )
 
-        valid = _send(server.grpc_url, image.read_bytes())
+        valid = _send(server.grpc_url, image)
         sample("after one valid image", outcome=valid)
         rng = random.Random(0)
         for round_ in range(1, args.rounds + 1):
@@ -95,26 +72,21 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
                 outcomes = list(pool.map(_send, [server.grpc_url] * args.concurrent, [payload] * args.concurrent))
             sample(f"round {round_}: right after", outcomes=outcomes, took_s=round(time.perf_counter() - started, 2))
             time.sleep(args.settle_s)
-            sample(f"round {round_}: {args.settle_s:g} s later", valid_after=_send(server.grpc_url, image.read_bytes()))
+            sample(f"round {round_}: {args.settle_s:g} s later", valid_after=_send(server.grpc_url, image))
     return {
-        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "machine": machine.describe(),
+        **reliability_cli.header("large", argv),
         "load_average": machine.load_average(),
-        "command": " ".join(["predilect bench large", *argv]),
         "max_request_mb": args.max_request_mb,
         "samples": samples,
     }
 
 
+def render(figures: dict[str, Any]) -> str:
+    limit = f"request limit {figures['max_request_mb']:g} MiB" if figures["max_request_mb"] else "no request limit"
+    head = f"large requests, {limit} ({figures['date']}, {figures['machine']}, load average {figures['load_average']})"
+    return "\n".join([head, *(f"  {s}" for s in figures["samples"])])
+
+
 @command("bench large")
 def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[3:] if argv is None else argv)
-    args = _parser().parse_args(argv)
-    reliability.require_model(args.onnx, args.model_repository)
-    figures = run(args, argv)
-    limit = f"request limit {args.max_request_mb:g} MiB" if args.max_request_mb else "no request limit"
-    print(f"large requests, {limit} ({figures['date']}, {figures['machine']}, load average {figures['load_average']})")
-    for s in figures["samples"]:
-        print(f"  {s}")
-    reliability.write_figures(args.out, figures)
-    return 0
+    return reliability_cli.main(argv, make_parser=_parser, run=run, render=render)

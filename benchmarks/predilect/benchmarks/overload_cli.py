@@ -18,44 +18,26 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import datetime as dt
-import sys
-import tempfile
 import time
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
-from predilect.artifacts import default_artifacts
-from predilect.benchmarks import machine, payloads, reliability
+from predilect.benchmarks import machine, reliability, reliability_cli
+from predilect.benchmarks.payloads import CAMERA_SIZE
 from predilect.cli import CommandError, command
 
 TARGET_SHARE, WITHIN_S = 0.90, 2.0
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="predilect bench overload", description=(__doc__ or "").splitlines()[0])
-    p.add_argument("--onnx", type=Path, default=default_artifacts().onnx, help="exported model to serve")
-    p.add_argument("--model-repository", type=Path, help="serve this repository as is instead of assembling one")
+    p = reliability_cli.parser("overload", __doc__)
     p.add_argument("--images", type=int, default=24, help="phantom camera frames (2048x1536) sent round-robin")
     p.add_argument("--users", type=int, default=32, help="closed-loop senders for the capacity measurement")
     p.add_argument("--capacity-s", type=float, default=20.0)
     p.add_argument("--factor", type=float, default=2.0, help="offered load, as a multiple of capacity")
     p.add_argument("--seconds", type=float, default=60.0, help="length of the overload phase")
     p.add_argument("--timeout-s", type=float, default=10.0, help="client deadline per request, retries included")
-    p.add_argument("--out", type=Path, help="write the figures here as JSON")
     return p
-
-
-def _serve(args: argparse.Namespace, work: Path) -> Any:
-    from predilect.serving.repository import assemble
-    from predilect.serving.server import TritonServer
-
-    repository = args.model_repository or assemble(args.onnx, work / "model_repository")
-    return TritonServer.on_free_ports(
-        model_repository=repository,
-        log_path=work / "tritonserver.log",
-    )
 
 
 async def _measure(url: str, images: list[bytes], args: argparse.Namespace) -> dict[str, Any]:
@@ -92,12 +74,10 @@ async def _measure(url: str, images: list[bytes], args: argparse.Namespace) -> d
 
 def run(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
     """The whole measurement; the figures as a dict."""
-    work = Path(tempfile.mkdtemp(prefix="predilect-overload-"))
-    images = [
-        p.read_bytes() for p in payloads.render_set(work / "images", count=args.images, sizes=[payloads.CAMERA_SIZE])
-    ]
+    work = reliability_cli.workdir("overload")
+    images = reliability_cli.camera_frames(work, args.images)
     load_before = machine.load_average()
-    with _serve(args, work) as server:
+    with reliability_cli.server(args, work) as server:
         step = reliability.first_step(server.model_repository)
         executed_before = reliability.executed_count(server.grpc_url, step)
         measured = asyncio.run(_measure(server.grpc_url, images, args))
@@ -106,13 +86,11 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
     summary = reliability.summarise(outcomes, within_s=WITHIN_S)
     answered_total = measured["capacity_summary"]["counts"]["answered"] + summary.counts["answered"] + 2
     return {
-        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "machine": machine.describe(),
+        **reliability_cli.header("overload", argv),
         "load_average_before": load_before,
         "load_average_after": machine.load_average(),
-        "command": " ".join(["predilect bench overload", *argv]),
         "first_step": step,
-        "payload": f"{args.images} phantom JPEGs {payloads.CAMERA_SIZE[0]}x{payloads.CAMERA_SIZE[1]}",
+        "payload": f"{args.images} phantom JPEGs {CAMERA_SIZE[0]}x{CAMERA_SIZE[1]}",
         **measured,
         "overload": summary.to_dict(),
         "server_ran": executed,
@@ -148,10 +126,4 @@ def render(figures: dict[str, Any]) -> str:
 
 @command("bench overload")
 def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[3:] if argv is None else argv)
-    args = _parser().parse_args(argv)
-    reliability.require_model(args.onnx, args.model_repository)
-    figures = run(args, argv)
-    print(render(figures))
-    reliability.write_figures(args.out, figures)
-    return 0 if figures["passed"] else 1
+    return reliability_cli.main(argv, make_parser=_parser, run=run, render=render)

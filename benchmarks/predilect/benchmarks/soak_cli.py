@@ -17,28 +17,21 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import datetime as dt
 import os
-import sys
-import tempfile
 import time
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
-from predilect.artifacts import default_artifacts
-from predilect.benchmarks import machine, payloads, reliability
+from predilect.benchmarks import machine, reliability, reliability_cli
+from predilect.benchmarks.payloads import CAMERA_SIZE
+from predilect.benchmarks.reliability_cli import MB as _MB
 from predilect.cli import command
-from predilect.serving.serve_cli import DEFAULT_MAX_REQUEST_MB
 
-_MB = 1024 * 1024
 _BACK_OFF_S = 0.2
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="predilect bench soak", description=(__doc__ or "").splitlines()[0])
-    p.add_argument("--onnx", type=Path, default=default_artifacts().onnx, help="exported model to serve")
-    p.add_argument("--model-repository", type=Path, help="serve this repository as is instead of assembling one")
+    p = reliability_cli.parser("soak", __doc__)
     p.add_argument("--images", type=int, default=24, help="phantom camera frames (2048x1536) sent round-robin")
     p.add_argument("--users", type=int, default=48, help="closed-loop senders (saturation)")
     p.add_argument("--seconds", type=float, default=300.0)
@@ -46,13 +39,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--large-every-s", type=float, default=30.0, help="0: no large requests")
     p.add_argument("--large-mb", type=float, default=48.0)
     p.add_argument("--timeout-s", type=float, default=30.0, help="client deadline per request, retries included")
-    p.add_argument(
-        "--max-request-mb",
-        type=float,
-        default=DEFAULT_MAX_REQUEST_MB,
-        help="the request-size limit in front of the server, as `predilect serve` sets it (0: none)",
-    )
-    p.add_argument("--out", type=Path, help="write the figures here as JSON")
+    reliability_cli.add_request_limit(p)
     return p
 
 
@@ -109,21 +96,11 @@ def _memory(samples: list[dict[str, float]], key: str) -> dict[str, float]:
 
 
 def run(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
-    from predilect.serving.repository import assemble
-    from predilect.serving.server import TritonServer
-
-    work = Path(tempfile.mkdtemp(prefix="predilect-soak-"))
-    images = [
-        p.read_bytes() for p in payloads.render_set(work / "images", count=args.images, sizes=[payloads.CAMERA_SIZE])
-    ]
-    repository = args.model_repository or assemble(args.onnx, work / "model_repository")
+    work = reliability_cli.workdir("soak")
+    images = reliability_cli.camera_frames(work, args.images)
+    server = reliability_cli.server(args, work)
     load_before = machine.load_average()
     counts: dict[str, int] = {}
-    server = TritonServer.on_free_ports(
-        model_repository=repository,
-        log_path=work / "tritonserver.log",
-        max_request_bytes=int(args.max_request_mb * _MB) or None,
-    )
     with server:
         pid = server.pid or 0
 
@@ -144,12 +121,10 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
     summary = measured["summary"]
     bad = summary["counts"]["failed"] + summary["counts"]["timed out"]
     return {
-        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "machine": machine.describe(),
-        "command": " ".join(["predilect bench soak", *argv]),
+        **reliability_cli.header("soak", argv),
         "load_average_before": load_before,
         "load_average_after": machine.load_average(),
-        "payload": f"{args.images} phantom JPEGs {payloads.CAMERA_SIZE[0]}x{payloads.CAMERA_SIZE[1]}, "
+        "payload": f"{args.images} phantom JPEGs {CAMERA_SIZE[0]}x{CAMERA_SIZE[1]}, "
         f"{args.users} closed-loop users, one {args.large_mb:g} MB random payload every {args.large_every_s:g} s, "
         f"request limit {args.max_request_mb:g} MiB",
         **measured,
@@ -182,10 +157,4 @@ def render(figures: dict[str, Any]) -> str:
 
 @command("bench soak")
 def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[3:] if argv is None else argv)
-    args = _parser().parse_args(argv)
-    reliability.require_model(args.onnx, args.model_repository)
-    figures = run(args, argv)
-    print(render(figures))
-    reliability.write_figures(args.out, figures)
-    return 0 if figures["passed"] else 1
+    return reliability_cli.main(argv, make_parser=_parser, run=run, render=render)

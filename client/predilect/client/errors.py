@@ -15,6 +15,7 @@ Errors about what the user gave (an input, a TLS file, a token) are also
 
 from __future__ import annotations
 
+from predilect import contract
 from predilect.errors import UserError
 
 
@@ -52,11 +53,16 @@ class IncompatibleModelError(PredilectClientError):
 
 
 class ImageRejectedError(PredilectClientError, UserError, ValueError):
-    """The server rejected the payload; ``cause`` names why (not an image, truncated, ...). Never retried."""
+    """The server rejected the payload. ``kind`` is the server's error kind (``contract.ERROR_KINDS``:
+    ``ERROR_IMAGE_REJECTED``, ``ERROR_REQUEST_TOO_LARGE``), ``cause`` says why in words (not an image,
+    truncated, ...). Never retried."""
 
-    def __init__(self, message: str, *, cause: str, attempts: int = 1) -> None:
+    def __init__(
+        self, message: str, *, cause: str, kind: str = contract.ERROR_IMAGE_REJECTED, attempts: int = 1
+    ) -> None:
         super().__init__(message, attempts=attempts)
         self.cause = cause
+        self.kind = kind
 
 
 class DeadlineExceededError(PredilectClientError, TimeoutError):

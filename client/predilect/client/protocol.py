@@ -29,17 +29,33 @@ from predilect.client.errors import (
     ServerUnavailableError,
 )
 from predilect.client.results import ScreeningResult
-from predilect.contract import IMAGE, PROBABILITIES, REJECTED_PREFIX
+from predilect.contract import IMAGE, PROBABILITIES
 from predilect.referral import ReferralRules
 
 _MAX_MESSAGE_BYTES = 2**31 - 1
 INVALID_ARGUMENT = "INVALID_ARGUMENT"
 UNAUTHENTICATED = "UNAUTHENTICATED"
-# Triton's answer to a call without the header a --grpc-restricted-protocol group requires. It
-# comes with status UNAVAILABLE, which would otherwise read as "server down, retry".
-_TRITON_RESTRICTED = "This protocol is restricted"
-# Triton's refusals of a bounded queue (dynamic batcher queue policy), both sent as UNAVAILABLE.
-_TRITON_BUSY = ("Exceeds maximum queue size", "Request timeout expired")
+UNAVAILABLE = "UNAVAILABLE"
+_FINAL_KINDS = frozenset({contract.ERROR_IMAGE_REJECTED, contract.ERROR_REQUEST_TOO_LARGE})
+"""Error kinds (``contract.ERROR_KINDS``) that say the input itself is bad: an ``ImageRejectedError``."""
+
+BUSY, RESTRICTED = "busy", "restricted"
+# Triton's refusals that no gRPC code tells apart. tritonserver sends all three with UNAVAILABLE, the code
+# gRPC itself gives a call that reached no server, and no other field: an error response carries a
+# status and a message only. So these, and nothing else, are read from the message text, here, against
+# Triton's own wording (tritonserver 2.51; tests/test_client_units.py pins the strings, and the real-server
+# tests test_overload.py and test_client_auth.py fail if a Triton release rewords them).
+_TRITON_UNAVAILABLE_REASONS = {
+    "Exceeds maximum queue size": BUSY,  # the dynamic batcher's bounded queue is full (queue policy REJECT)
+    "Request timeout expired": BUSY,  # the request waited in that queue past its timeout
+    "This protocol is restricted": RESTRICTED,  # --grpc-restricted-protocol: the token header is missing/wrong
+}
+
+
+def triton_unavailable_reason(message: str) -> str | None:
+    """Why Triton answered UNAVAILABLE, when the message is one of its refusals: ``BUSY`` (at capacity) or
+    ``RESTRICTED`` (credentials refused); None otherwise (then no server answered, or it is going away)."""
+    return next((reason for text, reason in _TRITON_UNAVAILABLE_REASONS.items() if text in message), None)
 
 
 @dataclass(frozen=True)
@@ -136,15 +152,22 @@ def request_headers(*, auth_token: str | None, headers: Mapping[str, str] | None
 
 
 def status_code(error: InferenceServerException) -> str:
-    """The gRPC code name of an error ("StatusCode.UNAVAILABLE" -> "UNAVAILABLE"); rejections are
-    INVALID_ARGUMENT whatever code the ensemble forwarded them with, and Triton's refusal of a
-    restricted protocol is UNAUTHENTICATED, not the UNAVAILABLE it is sent with."""
+    """The gRPC code name of an error ("StatusCode.UNAVAILABLE" -> "UNAVAILABLE") as retries see it: a
+    final error kind of ours (``contract.parse_error_message``) is INVALID_ARGUMENT whatever code it was
+    forwarded with, and Triton's refusal of a restricted protocol is UNAUTHENTICATED, not the UNAVAILABLE
+    it is sent with."""
+    code = str(error.status() or "").rsplit(".", 1)[-1]
     message = str(error.message() or error)
-    if REJECTED_PREFIX in message:
+    if _final_kind(message) is not None:
         return INVALID_ARGUMENT
-    if _TRITON_RESTRICTED in message:
+    if code == UNAVAILABLE and triton_unavailable_reason(message) == RESTRICTED:
         return UNAUTHENTICATED
-    return str(error.status() or "").rsplit(".", 1)[-1]
+    return code
+
+
+def _final_kind(message: str) -> tuple[str, str] | None:
+    parsed = contract.parse_error_message(message)
+    return parsed if parsed is not None and parsed[0] in _FINAL_KINDS else None
 
 
 def translate(
@@ -157,14 +180,17 @@ def translate(
     gave_up_because: str = "",
     token_sent: bool = False,
 ) -> PredilectClientError:
-    """The client error for a tritonclient error, with a message that says what to do."""
+    """The client error for a tritonclient error, with a message that says what to do: by the error kind
+    our steps tag their errors with, else by the gRPC status code."""
     status, message = status_code(error), str(error.message() or error)
     tried = f" after {attempts} attempts ({gave_up_because})" if attempts > 1 else ""
-    if REJECTED_PREFIX in message:
-        cause = message.split(REJECTED_PREFIX, 1)[1]
+    final = _final_kind(message)
+    if final is not None:
+        kind, cause = final
         return ImageRejectedError(
             f"the server rejected the image: {cause}; send the bytes of a colour fundus photograph (JPEG or PNG)",
             cause=cause,
+            kind=kind,
             attempts=attempts,
         )
     if status in (UNAUTHENTICATED, "PERMISSION_DENIED"):
@@ -179,20 +205,19 @@ def translate(
             f"no answer from {url} within {timeout_s} s{tried}; raise timeout_s or check the server's load",
             attempts=attempts,
         )
-    lowered = message.lower()
-    if status == "NOT_FOUND" or "unknown model" in lowered or "not ready" in lowered or "not found" in lowered:
+    if status == "NOT_FOUND":  # Triton: an unknown model, or one with no version loaded (not ready)
         return ModelNotReadyError(
             f"model {model_name!r} is not ready on {url}: {message}; wait for the server "
             "to finish loading it or check the model name",
             attempts=attempts,
         )
-    if status in ("UNAVAILABLE", "RESOURCE_EXHAUSTED") and any(busy in message for busy in _TRITON_BUSY):
+    if status == UNAVAILABLE and triton_unavailable_reason(message) == BUSY:
         return ServerBusyError(
             f"{url} is at capacity and refused the request{tried}: {message}; retry later, or send fewer "
             "requests at once (--max-in-flight)",
             attempts=attempts,
         )
-    if status in ("UNAVAILABLE", "RESOURCE_EXHAUSTED"):
+    if status in (UNAVAILABLE, "RESOURCE_EXHAUSTED"):
         return ServerUnavailableError(
             f"no Triton server answers at {url}{tried}: {message}; start one with "
             "`predilect serve`, check the address, or retry later",

@@ -8,7 +8,7 @@ in ``audit_probabilities``, and ``probabilities`` is None, so that nothing reads
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -197,39 +197,6 @@ class ScreeningResult(BaseModel):
             frame=frame,
         )
 
-    @classmethod
-    def from_probabilities(
-        cls,
-        probabilities: Sequence[float],
-        catalog: Catalog,
-        *,
-        model_name: str,
-        model_version: str,
-        latency_s: float,
-        quality: Sequence[float] | None = None,
-        rules: ReferralRules | None = None,
-        sop_instance_uid: str | None = None,
-        frame: int | None = None,
-    ) -> ScreeningResult:
-        """Apply ``rules`` (default: the catalog's, with no gradability thresholds) locally, as the server does;
-        ``quality`` defaults to a gradable photograph of score 1."""
-        rules = rules or ReferralRules.from_catalog(catalog, {})
-        row = list(quality) if quality is not None else [1.0] + [0.0] * len(contract.QUALITY_REASONS)
-        decided = rules.decide(probabilities, gradable=QualityReport.from_row(row).gradable)
-        return cls.from_outputs(
-            probabilities=probabilities,
-            quality=row,
-            findings=[d.id in decided.findings for d in catalog],
-            decision_code=decided.code,
-            catalog=catalog,
-            rules=rules,
-            model_name=model_name,
-            model_version=model_version,
-            latency_s=latency_s,
-            sop_instance_uid=sop_instance_uid,
-            frame=frame,
-        )
-
     def to_json(self, *, indent: int | None = None) -> str:
         """The result as JSON (keys as the fields, probabilities in catalog order)."""
         return self.model_dump_json(indent=indent)
@@ -245,11 +212,6 @@ class ScreeningResult(BaseModel):
 def _heatmap(disease: str, grid: np.ndarray, box: FieldBox | None) -> Heatmap:
     square: FieldBox = box if box is not None else (0.0, 0.0, 1.0, 1.0)
     return Heatmap(disease=disease, grid=np.round(grid, 6).tolist(), peak=peak_of(grid, square))
-
-
-def result_from_mapping(data: Mapping[str, Any]) -> ScreeningResult:
-    """Validate a result read back from JSON."""
-    return ScreeningResult.model_validate(dict(data))
 
 
 @dataclass(frozen=True)

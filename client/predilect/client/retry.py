@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 # Safe to resend: the server did not take the request (down, overloaded). INVALID_ARGUMENT
-# (image rejected) and the rest would fail the same way again.
+# (an image rejected, a request too large) and the rest would fail the same way again.
 RETRYABLE_CODES = frozenset({"UNAVAILABLE", "RESOURCE_EXHAUSTED"})
 DEADLINE_EXCEEDED = "DEADLINE_EXCEEDED"
 

@@ -32,8 +32,6 @@ from dataclasses import dataclass
 import triton
 import triton.language as tl
 
-LOG2E = 1.4426950408889634
-
 
 @triton.jit
 def _scan_tokens(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,31 +41,68 @@ class CheckpointMeta:
 
     def to_strings(self) -> dict[str, str]:
         return {
-            contract.KEY_TRAINING: json.dumps(self.training, sort_keys=True, default=str),
-            contract.KEY_FORMAT: contract.CHECKPOINT_FORMAT,
+            **_shared_strings(self, contract.CHECKPOINT_FORMAT),
             contract.KEY_MODEL_CFG: self.model.to_json(),
-            contract.KEY_PREPROCESS: self.preprocess.to_json(),
-            contract.KEY_CATALOG: self.catalog.to_json(),
             contract.KEY_MODEL_NAME: self.model.name,
-            contract.KEY_MODEL_VERSION: self.version,
-            contract.KEY_METRICS: json.dumps(self.metrics, sort_keys=True),
         }
 
     @classmethod
     def from_strings(cls, data: dict[str, str]) -> CheckpointMeta:
-        if data.get(contract.KEY_FORMAT) != contract.CHECKPOINT_FORMAT:
-            raise CheckpointError(
-                f"not a predilect checkpoint: format is {data.get(contract.KEY_FORMAT)!r}, "
-                f"expected {contract.CHECKPOINT_FORMAT!r}"
-            )
-        return cls(
-            model=ModelCfg.from_json(data[contract.KEY_MODEL_CFG]),
-            preprocess=PreprocessCfg.from_json(data[contract.KEY_PREPROCESS]),
-            catalog=Catalog.from_json(data[contract.KEY_CATALOG]),
-            version=data[contract.KEY_MODEL_VERSION],
-            metrics=json.loads(data.get(contract.KEY_METRICS, "{}")),
-            training=json.loads(data.get(contract.KEY_TRAINING, "{}")),
-        )
+        shared = _shared_fields(data, contract.CHECKPOINT_FORMAT, what="a predilect checkpoint")
+        return cls(model=ModelCfg.from_json(data[contract.KEY_MODEL_CFG]), **shared)
+
+
+class _Meta(typing.Protocol):
+    """What both checkpoint formats carry beside their model config."""
+
+    @property
+    def preprocess(self) -> PreprocessCfg: ...
+    @property
+    def catalog(self) -> Catalog: ...
+    @property
+    def version(self) -> str: ...
+    @property
+    def metrics(self) -> dict[str, float]: ...
+    @property
+    def training(self) -> dict[str, Any]: ...
+
+
+def _shared_strings(meta: _Meta, format_: str) -> dict[str, str]:
+    return {
+        contract.KEY_FORMAT: format_,
+        contract.KEY_PREPROCESS: meta.preprocess.to_json(),
+        contract.KEY_CATALOG: meta.catalog.to_json(),
+        contract.KEY_MODEL_VERSION: meta.version,
+        contract.KEY_TRAINING: json.dumps(meta.training, sort_keys=True, default=str),
+        contract.KEY_METRICS: json.dumps(meta.metrics, sort_keys=True),
+    }
+
+
+def _shared_fields(data: dict[str, str], format_: str, *, what: str, hint: str = "") -> dict[str, Any]:
+    """The ``_Meta`` fields of metadata ``data``; CheckpointError unless its format is ``format_``."""
+    if data.get(contract.KEY_FORMAT) != format_:
+        raise CheckpointError(f"not {what}: format is {data.get(contract.KEY_FORMAT)!r}, expected {format_!r}{hint}")
+    return dict(
+        preprocess=PreprocessCfg.from_json(data[contract.KEY_PREPROCESS]),
+        catalog=Catalog.from_json(data[contract.KEY_CATALOG]),
+        version=data[contract.KEY_MODEL_VERSION],
+        metrics=json.loads(data.get(contract.KEY_METRICS, "{}")),
+        training=json.loads(data.get(contract.KEY_TRAINING, "{}")),
+    )
+
+
+def _weights(model: FundusClassifier | UopslModel, catalog: Catalog) -> tuple[dict[str, torch.Tensor], str]:
+    """The CPU weights of ``model`` and their ``weights_version``; ValueError unless it has one output
+    per disease of ``catalog``."""
+    if model.cfg.num_diseases != len(catalog):
+        raise ValueError(f"model has {model.cfg.num_diseases} diseases but the catalog {len(catalog)}")
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    return state, weights_version(state)
+
+
+def _write(path: Path, state: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(state, str(path), metadata=metadata)
 
 
 def weights_version(state: dict[str, torch.Tensor], *, major: int = 1) -> str:
@@ -88,19 +126,16 @@ def save_checkpoint(
     """Write ``model`` with its metadata; returns the metadata (with the computed version).
 
     ``training``: the options of the run (stage, ablation flags, the stage-1 checkpoint used)."""
-    if model.cfg.num_diseases != len(catalog):
-        raise ValueError(f"model has {model.cfg.num_diseases} outputs but the catalog {len(catalog)} diseases")
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    state, version = _weights(model, catalog)
     meta = CheckpointMeta(
         model=model.cfg,
         preprocess=preprocess,
         catalog=catalog,
-        version=weights_version(state),
+        version=version,
         metrics=dict(metrics or {}),
         training=dict(training or {}),
     )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_file(state, str(path), metadata=meta.to_strings())
+    _write(path, state, meta.to_strings())
     return meta
 
 
@@ -139,31 +174,23 @@ class PretrainMeta:
 
     def to_strings(self) -> dict[str, str]:
         return {
-            contract.KEY_FORMAT: contract.PRETRAIN_FORMAT,
+            **_shared_strings(self, contract.PRETRAIN_FORMAT),
             contract.KEY_UOPSL_CFG: self.cfg.to_json(),
-            contract.KEY_PREPROCESS: self.preprocess.to_json(),
-            contract.KEY_CATALOG: self.catalog.to_json(),
             contract.KEY_TOKENIZER: self.tokenizer_json,
-            contract.KEY_MODEL_VERSION: self.version,
-            contract.KEY_TRAINING: json.dumps(self.training, sort_keys=True, default=str),
-            contract.KEY_METRICS: json.dumps(self.metrics, sort_keys=True),
         }
 
     @classmethod
     def from_strings(cls, data: dict[str, str]) -> PretrainMeta:
-        if data.get(contract.KEY_FORMAT) != contract.PRETRAIN_FORMAT:
-            raise CheckpointError(
-                f"not a pretraining checkpoint: format is {data.get(contract.KEY_FORMAT)!r}, "
-                f"expected {contract.PRETRAIN_FORMAT!r} (written by `predilect train pretrain`)"
-            )
+        shared = _shared_fields(
+            data,
+            contract.PRETRAIN_FORMAT,
+            what="a pretraining checkpoint",
+            hint=" (written by `predilect train pretrain`)",
+        )
         return cls(
             cfg=UopslCfg.from_json(data[contract.KEY_UOPSL_CFG]),
-            preprocess=PreprocessCfg.from_json(data[contract.KEY_PREPROCESS]),
-            catalog=Catalog.from_json(data[contract.KEY_CATALOG]),
             tokenizer_json=data[contract.KEY_TOKENIZER],
-            version=data[contract.KEY_MODEL_VERSION],
-            training=json.loads(data.get(contract.KEY_TRAINING, "{}")),
-            metrics=json.loads(data.get(contract.KEY_METRICS, "{}")),
+            **shared,
         )
 
 
@@ -188,20 +215,17 @@ def save_pretrain(
     metrics: dict[str, float] | None = None,
 ) -> PretrainMeta:
     """Write a stage-1 model with everything needed to rebuild it (tokenizer included)."""
-    if model.cfg.num_diseases != len(catalog):
-        raise ValueError(f"model has {model.cfg.num_diseases} diseases but the catalog {len(catalog)}")
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    state, version = _weights(model, catalog)
     meta = PretrainMeta(
         cfg=model.cfg,
         preprocess=preprocess,
         catalog=catalog,
         tokenizer_json=tokenizer_json,
-        version=weights_version(state),
+        version=version,
         training=dict(training or {}),
         metrics=dict(metrics or {}),
     )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_file(state, str(path), metadata=meta.to_strings())
+    _write(path, state, meta.to_strings())
     return meta
 
 

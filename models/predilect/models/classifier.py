@@ -100,7 +100,10 @@ class ModelCfg:
     def grid(self) -> int:
         """Tokens per side."""
         if self.image_size % self.stride:
-            raise ValueError(f"image_size must be a multiple of {self.stride}, got {self.image_size}")
+            raise ConfigError(
+                f"image size {self.image_size} is not a multiple of {self.stride}, the model's token stride "
+                "(data.preprocess.size, --image-size)"
+            )
         return self.image_size // self.stride
 
     def to_json(self) -> str:

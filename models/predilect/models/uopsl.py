@@ -46,7 +46,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -300,8 +300,3 @@ def fundus_head_init(model: UopslModel, *, matrix: str) -> dict[str, Tensor]:
             return {"sites": torch.zeros(c, k, d), "weight": weight, "bias": torch.zeros(c)}
         weight, bias = model.readout(diseases)
         return {"sites": model.carry_sites(model.sites(diseases)), "weight": weight, "bias": bias.clone()}
-
-
-def fundus_cfg_of(cfg: UopslCfg) -> ModelCfg:
-    """The served classifier's config: the fundus encoder's, same C and K."""
-    return replace(cfg.fundus)

@@ -5,7 +5,7 @@ and offers no flag), so an oversized request reaches the first step's Python-bac
 shared-memory region grows to hold it and never shrinks (docs/RELIABILITY.md). nginx (C, from the
 distribution: ``apt-get install nginx-light``) in front of it counts each request's body as it
 streams in and refuses one past ``client_max_body_size`` before a byte of the rest is read or
-forwarded: the caller gets INVALID_ARGUMENT naming the limit (with ``contract.REJECTED_PREFIX``,
+forwarded: the caller gets INVALID_ARGUMENT naming the limit (of kind ``contract.ERROR_REQUEST_TOO_LARGE``,
 so the client reports an ``ImageRejectedError`` and never retries it), and the server never sees a
 complete message. The front also terminates TLS / mutual TLS when the server is given any; the
 auth token travels on as gRPC metadata and tritonserver itself checks it.
@@ -26,7 +26,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from predilect.contract import REJECTED_PREFIX
+from predilect import contract
 
 _PR_SET_PDEATHSIG = 1
 _MIB = 1024 * 1024
@@ -71,7 +71,9 @@ def render_config(
 ) -> str:
     """The nginx configuration of the front (one worker: the server's cores belong to tritonserver)."""
     limit = f"{max_request_bytes / _MIB:g} MiB"
-    message = f"{REJECTED_PREFIX}request larger than {limit}, the server's limit"
+    message = contract.error_message(
+        contract.ERROR_REQUEST_TOO_LARGE, f"request larger than {limit}, the server's limit"
+    )
     ssl = ""
     if tls is not None:
         ssl = (

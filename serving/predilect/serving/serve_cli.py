@@ -43,6 +43,17 @@ def _on_signal(signum: int, _frame: object) -> None:
     raise _Shutdown(signal.Signals(signum).name)
 
 
+def request_limit_mb(text: str) -> float:
+    """A ``--max-request-mb`` value: MiB >= 0 (0: no limit)."""
+    try:
+        value = float(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"expected a size in MiB, got {text!r}") from e
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0 MiB (0: no limit), got {text}")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="predilect serve", description=(__doc__ or "").split("\n\n")[0])
     p.add_argument("--model-repository", type=Path, default=default_artifacts().repository)
@@ -65,7 +76,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--no-metrics", action="store_true", help="no Prometheus metrics endpoint")
     p.add_argument(
         "--max-request-mb",
-        type=float,
+        type=request_limit_mb,
         default=DEFAULT_MAX_REQUEST_MB,
         help="refuse gRPC requests larger than this before they reach the server (nginx in front; 0: no limit)",
     )

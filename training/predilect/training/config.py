@@ -16,8 +16,14 @@ returns a ``RunConfig`` -- or the subclass a stage passes as ``cls``: stages add
 sections (``model``, ``pretrain``, ``finetune``) by subclassing ``RunConfig``. An override's
 value is read as JSON when it parses (numbers, true/false, lists, quoted strings), else as a
 bare string. ``save_config`` writes the resolved config to ``run_dir/config.json``, which
-``load_config`` reads back unchanged. ``add_config_options`` / ``config_from_args`` give a CLI
-``--config FILE`` and repeatable ``--set KEY=VALUE``.
+``load_config`` reads back unchanged. ``add_config_options`` gives a CLI ``--config FILE`` and
+repeatable ``--set KEY=VALUE`` (``load_config(args.config, overrides=args.overrides, cls=...)``).
+
+A file may hold both stages' sections (``[pretrain]`` and ``[finetune]``): one recipe for a
+two-stage run, each stage reading its own section and leaving the other's (``STAGE_SECTIONS``);
+any other unknown section is still an error. The recipes Predilect ships (the demo's) are such
+files, in ``recipes/`` beside this module: ``recipe("demo")`` is the path of ``recipes/demo.toml``,
+and ``--config demo`` reads it.
 """
 
 from __future__ import annotations
@@ -46,6 +52,10 @@ else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
 CONFIG_FILE = "config.json"
+STAGE_SECTIONS = ("pretrain", "finetune")
+"""The sections one training stage owns; a config file may carry both (see the module docstring)."""
+RECIPES = Path(__file__).with_name("recipes")
+"""The packaged recipes: run configs, one ``<name>.toml`` each."""
 C = TypeVar("C", bound="RunConfig")
 
 
@@ -120,6 +130,19 @@ def _path_fields(model: type[BaseModel]) -> dict[str, set[str]]:
     return found
 
 
+def recipe(name: str) -> Path:
+    """The file of the packaged recipe ``name`` (``recipes/<name>.toml``); ConfigError naming those there are."""
+    path = RECIPES / f"{name}.toml"
+    if not path.is_file():
+        known = _recipe_names()
+        raise ConfigError(f"no packaged recipe {name!r}; the recipes are {known} (or give a .toml or .json file)")
+    return path
+
+
+def _recipe_names() -> list[str]:
+    return sorted(p.stem for p in RECIPES.glob("*.toml"))
+
+
 def _read_file(path: Path, cls: type[RunConfig]) -> dict[str, Any]:
     try:
         text = path.read_text(encoding="utf-8")
@@ -136,6 +159,9 @@ def _read_file(path: Path, cls: type[RunConfig]) -> dict[str, Any]:
         raise ConfigError(f"{path}: {e}") from e
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a config is a table of sections")
+    for section in STAGE_SECTIONS:  # the other stage's section of a two-stage recipe
+        if section not in cls.model_fields:
+            data.pop(section, None)
     for section, names in _path_fields(cls).items():  # relative paths are relative to the file
         values = data.get(section)
         if isinstance(values, dict):
@@ -181,9 +207,26 @@ def save_config(config: RunConfig, run_dir: str | os.PathLike) -> Path:
     return path
 
 
+def config_file(value: str) -> Path:
+    """A ``--config`` value: a file, or the name of a packaged recipe (``demo``) when it names no file."""
+    path = Path(value)
+    if path.suffix or os.sep in value or path.exists():
+        return path
+    try:
+        return recipe(value)
+    except ConfigError as e:
+        raise argparse.ArgumentTypeError(str(e)) from e
+
+
 def add_config_options(parser: argparse.ArgumentParser) -> None:
     """``--config FILE`` and repeatable ``--set section.key=value``."""
-    parser.add_argument("--config", type=Path, default=None, help="run config file (.toml or .json)")
+    parser.add_argument(
+        "--config",
+        type=config_file,
+        default=None,
+        metavar="FILE|RECIPE",
+        help=f"run config file (.toml or .json), or a packaged recipe ({', '.join(_recipe_names())})",
+    )
     parser.add_argument(
         "--set",
         dest="overrides",
@@ -192,16 +235,3 @@ def add_config_options(parser: argparse.ArgumentParser) -> None:
         metavar="KEY=VALUE",
         help="override one config value, e.g. --set loop.lr=1e-3 (repeatable)",
     )
-
-
-@typing.overload
-def config_from_args(args: argparse.Namespace) -> RunConfig: ...
-
-
-@typing.overload
-def config_from_args(args: argparse.Namespace, cls: type[C]) -> C: ...
-
-
-def config_from_args(args: argparse.Namespace, cls: type[RunConfig] = RunConfig) -> RunConfig:
-    """The config ``add_config_options`` describes."""
-    return load_config(args.config, overrides=args.overrides, cls=cls)

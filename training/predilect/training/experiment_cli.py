@@ -106,7 +106,7 @@ def _ids(text: str | None, fallback: Sequence[str]) -> list[str]:
 def run_cell(args: argparse.Namespace, variant: str, seed: int, holdout: list[str]) -> Path:
     """Train one (variant, seed) unless done; returns its folder (holding ``scores.npz``). A cell
     stopped mid-run resumes from its run state (``predilect.training.loop``)."""
-    pre_set, fine_set, reuse = VARIANTS[variant]
+    _, fine_set, reuse = VARIANTS[variant]
     cell = args.out / variant / f"seed{seed}"
     if (cell / "scores.npz").is_file():
         return cell
@@ -385,7 +385,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     unknown = sorted(set(variants) - set(VARIANTS))
     if unknown:
         raise CommandError(f"unknown variants {unknown}; choose from {list(VARIANTS)}")
-    seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    try:
+        seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    except ValueError as e:
+        raise CommandError(f"--seeds takes comma-separated integers like 0,1,2, got {args.seeds!r}") from e
     info = _phantom_info(args.manifest)
     holdout = _ids(args.zero_shot, info.get("zero_shot", ()))
     oct_visible = _ids(args.oct_visible, info.get("oct_visible", ()))

@@ -36,6 +36,7 @@ import numpy as np
 from predilect import quality
 from predilect.catalog import Catalog
 from predilect.contract import QUALITY_REASONS
+from predilect.errors import UserError
 from predilect.manifest import Record, read_manifest, write_manifest
 from predilect.metrics import wilson
 from predilect.preprocess import PreprocessCfg, Preprocessor
@@ -109,15 +110,22 @@ def measure_records(records: Sequence[Record], preprocess: PreprocessCfg, *, bat
     )
 
 
+class CalibrationError(UserError, ValueError):
+    """A phantom (or option) the gradability thresholds cannot be calibrated from; the message says what to change."""
+
+
 def calibrate(measured: Measured, *, clean_quantile: float = 0.995, source: str = "") -> quality.QualityCfg:
     """Thresholds from clean and degraded calibration images (see the module docstring), for their square size."""
     if not 0.5 < clean_quantile <= 1.0:
-        raise ValueError(f"clean_quantile must lie in (0.5, 1], got {clean_quantile}")
+        raise CalibrationError(f"clean_quantile must lie in (0.5, 1], got {clean_quantile}")
     kinds = np.array(measured.kinds)
     ok = ~measured.refused
     clean = measured.measures[(kinds == CLEAN) & ok]
     if len(clean) < 20:
-        raise ValueError(f"calibration needs at least 20 clean images, got {len(clean)}")
+        raise CalibrationError(
+            f"calibration needs at least 20 clean images, got {len(clean)}: give a larger phantom "
+            "(`predilect phantom --count`)"
+        )
     thresholds: dict[str, float] = {}
     for check in quality.CHECKS:
         col = quality.MEASURES.index(check.measure)
@@ -296,7 +304,7 @@ def degraded_set(
 
     clean = [r for r in read_manifest(phantom_manifest, catalog=catalog) if r.split in splits]
     if not clean:
-        raise ValueError(f"{phantom_manifest} has no {'/'.join(splits)} images")
+        raise CalibrationError(f"{phantom_manifest} has no {'/'.join(splits)} images")
     folder.mkdir(parents=True, exist_ok=True)
     source = write_manifest(folder / "clean_manifest.csv", clean, catalog=catalog)
     degraded = degrade_dataset(source, folder, kinds=KINDS, catalog=catalog, count=count_per_kind, seed=seed)

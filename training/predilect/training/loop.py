@@ -382,17 +382,15 @@ class _Sums:
 
     def means(self, runtime: Runtime) -> dict[str, float]:
         """Means over micro-batches (and processes); every rank must call it at the same point."""
-        keys = sorted(self.values)
-        if not keys:
+        sums = self.state(runtime)
+        if not sums:
             return {}
-        packed = torch.stack([self.values[k] for k in keys])
-        if runtime.distributed:
-            torch.distributed.all_reduce(packed)
-        count = packed[keys.index("_count")].item()
-        return {k: v / count for k, v in zip(keys, packed.tolist(), strict=True) if k != "_count"}
+        count = sums.pop("_count")
+        return {k: v / count for k, v in sums.items()}
 
     def state(self, runtime: Runtime) -> dict[str, float]:
-        """The sums over all processes (every rank must call it); rank 0 saves them, the others resume at 0."""
+        """The sums over all processes, in key order (every rank must call it at the same point, in one
+        all-reduce); rank 0 saves them, the others resume at 0."""
         keys = sorted(self.values)
         if not keys:
             return {}

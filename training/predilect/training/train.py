@@ -34,22 +34,24 @@ class TrainResult:
 def runs(
     manifest: Path,
     *,
+    recipe: Path | None = None,
     oct_manifest: Path | None = None,
     catalog: Path | None = None,
     common: Sequence[str] = (),
     pretrain: Sequence[str] = (),
     finetune: Sequence[str] = (),
 ) -> tuple[PretrainRun, FinetuneRun]:
-    """The two stages' configs from ``--set``-style overrides: ``common`` for both (``loop.*``,
-    ``model.*``, ``data.*``; a ``pretrain.*`` or ``finetune.*`` one goes to its stage only), then
-    each stage's own."""
+    """The two stages' configs: the ``recipe`` file (a run config holding both stages' sections, as
+    ``predilect.training.config.recipe("demo")``; None: the defaults), then ``--set``-style overrides:
+    ``common`` for both (``loop.*``, ``model.*``, ``data.*``; a ``pretrain.*`` or ``finetune.*`` one
+    goes to its stage only), then each stage's own."""
     paths = [f'data.manifest="{manifest}"'] + ([f'data.catalog="{catalog}"'] if catalog else [])
     first_common = [o for o in common if not o.startswith("finetune.")]
     second_common = [o for o in common if not o.startswith("pretrain.")]
-    first = load_config(None, overrides=[*paths, *first_common, *pretrain], cls=PretrainRun)
+    first = load_config(recipe, overrides=[*paths, *first_common, *pretrain], cls=PretrainRun)
     if oct_manifest is not None:
         first = first.model_copy(update={"data": first.data.model_copy(update={"oct_manifest": oct_manifest})})
-    second = load_config(None, overrides=[*paths, *second_common, *finetune], cls=FinetuneRun)
+    second = load_config(recipe, overrides=[*paths, *second_common, *finetune], cls=FinetuneRun)
     return first, second
 
 

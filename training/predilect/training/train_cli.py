@@ -4,8 +4,9 @@
     predilect train finetune --manifest M --pretrained RUN/pretrain.safetensors --out RUN2/model.safetensors
 
 A run is a typed config (``--config FILE.toml`` + ``--set section.key=value``; ``predilect.training.config``)
-with sections ``data``, ``loop``, ``model`` and the stage's (``pretrain`` / ``finetune``); the
-resolved config is saved beside the checkpoint. The flags below are shorthands for ``--set``
+with sections ``data``, ``loop``, ``model`` and the stage's (``pretrain`` / ``finetune``; one file
+may hold both, as the packaged recipes do: ``--config demo``); the resolved config is saved beside
+the checkpoint. The flags below are shorthands for ``--set``
 (they win over the file), so each ablation is one flag: ``--no-oct``, ``--no-text``,
 ``--shuffle-oct-labels``, ``--matrix ablate|freeze|tune``, ``--holdout ID[,ID]``.
 Stage 1 writes a pretraining checkpoint (never served); stage 2 writes the served checkpoint
@@ -28,12 +29,12 @@ import torch
 from predilect.artifacts import default_artifacts
 from predilect.cli import CommandError, command
 from predilect.models.classifier import ArchCfg
-from predilect.training.config import add_config_options, load_config
+from predilect.training.config import STAGE_SECTIONS, add_config_options, load_config
 from predilect.training.finetune import FinetuneCfg, FinetuneRun, finetune
 from predilect.training.loop import LoopCfg
 from predilect.training.pretrain import PretrainCfg, PretrainRun, pretrain
 
-STAGES = ("pretrain", "finetune")
+STAGES = STAGE_SECTIONS
 LOOP_FLAGS = ("epochs", "batch_size", "grad_accum", "lr", "weight_decay", "seed", "device", "workers", "amp")
 DATA_FLAGS = {  # flag dest -> config key
     "manifest": "data.manifest",

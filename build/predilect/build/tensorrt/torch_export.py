@@ -12,7 +12,8 @@ What ``torch_engine`` compiles, and everything of the Torch-TensorRT route that 
 
 ``export_fundus`` checks the op count and raises ``ExportError`` rather than hand a program
 without the op (e.g. a head past the kernel's limits, which falls back to the reference ops) to
-the compiler. ``save_program`` / ``load_program`` are ``torch.export.save`` / ``load``.
+the compiler. A program saves and loads with ``torch.export.save`` / ``load`` once this module
+(which registers the op) is imported.
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import copy
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from torch import Tensor, nn
@@ -109,16 +109,3 @@ def export_fundus(
             "fused kernel's limits (N, D <= 1024, C*K <= 512) or the model no longer calls it"
         )
     return FundusProgram(program=program, precision=precision, max_batch=max_batch, input_shape=shape)
-
-
-def save_program(program: torch.export.ExportedProgram, path: Path) -> Path:
-    """``torch.export.save`` to ``path`` (a ``.pt2`` archive)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.export.save(program, str(path))
-    return path
-
-
-def load_program(path: Path) -> torch.export.ExportedProgram:
-    """``torch.export.load``; the custom op must be registered (importing this module does)."""
-    return torch.export.load(str(path))

@@ -14,7 +14,6 @@ from typing import Any
 import numpy as np
 
 from predilect import contract
-from predilect.contract import REJECTED_PREFIX
 from predilect.preprocess import InvalidImageError, PreprocessCfg, Preprocessor
 from predilect.serving.backends import model_parameters, parse_model_config
 from predilect.serving.backends.screening import Screening
@@ -61,10 +60,10 @@ def preprocess_and_grade(
 
 
 def rejection_response(pb: Any, error: InvalidImageError) -> Any:
-    """The INVALID_ARGUMENT response of one refused request: the prefix and the cause, no traceback."""
-    return pb.InferenceResponse(
-        output_tensors=[], error=pb.TritonError(f"{REJECTED_PREFIX}{error}", pb.TritonError.INVALID_ARG)
-    )
+    """The INVALID_ARGUMENT response of one refused request: its kind (``contract.ERROR_IMAGE_REJECTED``) and
+    the cause, no traceback."""
+    message = contract.error_message(contract.ERROR_IMAGE_REJECTED, str(error))
+    return pb.InferenceResponse(output_tensors=[], error=pb.TritonError(message, pb.TritonError.INVALID_ARG))
 
 
 def warm_up(preprocessor: Preprocessor) -> None:

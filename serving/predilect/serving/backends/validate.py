@@ -3,7 +3,7 @@
 The DALI backend decodes a whole dynamic batch in one pipeline run, and one payload that the
 decoder cannot read fails every request of that batch. This Python-backend step (on the CPU,
 before the ensemble reaches the GPU) answers each bad request on its own, with the same
-``image rejected: ...`` error as the CPU profile, and passes the good bytes on unchanged.
+``contract.ERROR_IMAGE_REJECTED`` error as the CPU profile, and passes the good bytes on unchanged.
 
 It reads headers and container structure only, never the compressed pixels: the checks of
 ``predilect.preprocess.inspect_image`` (format, truncation, dimensions) plus the segment
@@ -24,10 +24,9 @@ from typing import Any
 import numpy as np
 
 from predilect import contract
-from predilect.contract import REJECTED_PREFIX
 from predilect.preprocess import InvalidImageError, PreprocessCfg, as_uint8, inspect_image
 from predilect.serving.backends import model_parameters, parse_model_config
-from predilect.serving.backends.preprocess import request_payload
+from predilect.serving.backends.preprocess import rejection_response, request_payload
 
 _SOF_MARKERS = {0xC0, 0xC1, 0xC2}  # baseline, extended sequential, progressive (Huffman): nvJPEG's formats
 _UNSUPPORTED_SOF = {0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}  # lossless, hierarchical, arithmetic
@@ -135,8 +134,7 @@ class TritonPythonModel:
         responses = []
         for out in validate_requests(images, self._cfg):
             if isinstance(out, InvalidImageError):
-                error = pb.TritonError(f"{REJECTED_PREFIX}{out}", pb.TritonError.INVALID_ARG)
-                responses.append(pb.InferenceResponse(output_tensors=[], error=error))
+                responses.append(rejection_response(pb, out))
             else:
                 responses.append(pb.InferenceResponse(output_tensors=[pb.Tensor(contract.VALID_IMAGE, out)]))
         return responses

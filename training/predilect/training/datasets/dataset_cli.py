@@ -20,25 +20,7 @@ from pathlib import Path
 from predilect.catalog import DEFAULT_CATALOG, Catalog, load_catalog
 from predilect.cli import CommandError, add_dataclass_options, command, dataclass_from_args
 from predilect.manifest import label_counts, write_manifest
-from predilect.training.datasets.adapters import (
-    ADAPTERS,
-    UNMAPPED_POLICIES,
-    aptos,
-    messidor,
-    multieye,
-    odir,
-    read_native,
-    rfmid,
-)
-
-TABLES = {
-    "odir5k": odir.MAPPING,
-    "rfmid": rfmid.MAPPING,
-    "aptos2019": aptos.MAPPING,
-    "messidor2": messidor.MAPPING,
-    "multieye": multieye.MAPPING,
-    "multieye_oct": multieye.MAPPING,
-}
+from predilect.training.datasets.adapters import ADAPTERS, UNMAPPED_POLICIES, read_native
 
 
 @dataclass(frozen=True)
@@ -79,7 +61,7 @@ def _overrides(path: Path | None) -> dict[str, list[str]] | None:
 
 def _print_mapping(name: str, catalog: Catalog) -> None:
     known = set(catalog.ids)
-    for native, targets in TABLES[name].items():
+    for native, targets in ADAPTERS[name].mapping.items():
         kept = [t for t in targets if t in known]
         missing = [t for t in targets if t not in known]
         shown = ", ".join(kept) if kept else ("normal" if not targets else "(unmapped)")

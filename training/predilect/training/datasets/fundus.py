@@ -80,7 +80,6 @@ class FundusDataset(Dataset):
         seed: int = 0,
     ) -> None:
         self.preprocess = preprocess
-        self.catalog_ids = tuple(catalog.ids)
         self.augment = augment
         self.seed = seed
         self._paths = encode_paths(records)

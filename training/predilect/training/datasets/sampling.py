@@ -16,7 +16,7 @@ skipped images). Workers get the epoch with the dataset, so augmentation draws d
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
@@ -24,7 +24,6 @@ from torch.utils.data import DataLoader, Dataset
 
 from predilect.errors import ConfigError
 
-Sampling = Literal["shuffle", "balanced", "sequential"]
 SAMPLING_MODES: tuple[str, ...] = ("shuffle", "balanced", "sequential")
 
 

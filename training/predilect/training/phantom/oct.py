@@ -98,10 +98,6 @@ class Scan:
         """Each column's distance from the fovea towards the disc, in disc diameters."""
         return (self.x - self.fovea) / self.dd
 
-    def at_u(self, u: float) -> float:
-        """The column fraction ``u`` disc diameters from the fovea towards the disc."""
-        return self.fovea + u * self.dd
-
     def mark(self, x: float, half_width: float) -> None:
         """Record a lesion of the current ``disease`` around column fraction ``x``."""
         self.lesions.append((self.disease, float(x), float(half_width)))

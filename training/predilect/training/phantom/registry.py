@@ -2,7 +2,7 @@
 
 Every disease the phantom can draw is one ``PhantomDisease``: a fundus recipe and an OCT recipe
 composed of the concept painters (``fundus_lesions``, ``oct``), and the vocabulary keys it
-draws (``draws``, a subset of the catalog's ``DEFAULT_CONCEPTS`` for that id, so what is drawn
+draws (``draws``, a subset of ``vocabulary.DEFAULT_CONCEPTS`` for that id, so what is drawn
 is what the descriptions say). Recipes take ``severity``: ``None`` for the easy preset (the
 original fixed ranges, same pixels for the same seed) or a value in [0, 1] for the hard preset
 (from a single faint lesion to florid). The order of ``REGISTRY`` fixes each disease's random
@@ -16,12 +16,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from predilect.catalog import DEFAULT_CONCEPTS, Concepts
 from predilect.training.phantom import fundus_lesions as fl
 from predilect.training.phantom import oct as oc
 from predilect.training.phantom.dose import Dose, graded, lerp
 from predilect.training.phantom.fundus import Anatomy, Findings
 from predilect.training.phantom.oct import Scan
+from predilect.training.phantom.vocabulary import DEFAULT_CONCEPTS, Concepts
 
 FundusRecipe = Callable[[Findings, Anatomy, np.random.Generator, "float | None"], None]
 OctRecipe = Callable[[Scan, np.random.Generator, "float | None"], None]

@@ -8,7 +8,7 @@ by the caller (``generate``) so a manifest can say what each image shows.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -31,7 +31,7 @@ from predilect.training.phantom.fundus import (
 )
 from predilect.training.phantom.fundus_lesions import CONFOUNDERS
 from predilect.training.phantom.oct import MIN_HEIGHT, MIN_WIDTH, normal_scan, scan_image
-from predilect.training.phantom.registry import DISEASES, REGISTRY
+from predilect.training.phantom.registry import DISEASES, REGISTRY, PhantomDisease
 
 _EXTRA_STREAM = 10_000  # lesion-seed sub-streams beyond the diseases' own: confounders, camera
 
@@ -80,11 +80,22 @@ def _check_labels(labels: frozenset[str]) -> None:
 
 
 def _child_seeds(rng: np.random.Generator) -> np.ndarray:
-    """Three seeds drawn first, whatever the labels: anatomy, camera, lesions.
+    """Three seeds drawn first, whatever the labels: anatomy, camera, lesions (OCT: scan, image, lesions).
 
     So the same ``rng`` state gives the same eye with and without disease.
     """
     return rng.integers(0, 2**63 - 1, size=3)
+
+
+def _drawn(
+    labels: frozenset[str], severity: Mapping[str, float] | None, lesion_seed: np.integer
+) -> Iterator[tuple[PhantomDisease, np.random.Generator, float | None]]:
+    """The diseases of ``labels`` in the registry's fixed order, each with its own random stream
+    (``[lesion_seed, its index]``) and its severity (None: the easy preset; missing: 1)."""
+    for i, disease in enumerate(DISEASES):
+        if disease in labels:
+            level = None if severity is None else severity.get(disease, 1.0)
+            yield REGISTRY[disease], np.random.default_rng([int(lesion_seed), i]), level
 
 
 def fundus_anatomy(
@@ -96,9 +107,13 @@ def fundus_anatomy(
     profile: CameraProfile | None = None,
 ) -> Anatomy:
     """The anatomy ``draw_fundus`` would draw from an ``rng`` in the same state (and camera profile)."""
+    return _anatomy(_child_seeds(rng)[0], width=width, height=height, eye=eye, profile=profile)
+
+
+def _anatomy(seed: np.integer, *, width: int, height: int, eye: str, profile: CameraProfile | None) -> Anatomy:
     p = profile or CameraProfile("reference")
     return sample_anatomy(
-        np.random.default_rng(_child_seeds(rng)[0]),
+        np.random.default_rng(seed),
         width=width,
         height=height,
         eye=eye,
@@ -121,21 +136,12 @@ def draw_fundus(
     check_args(width, height, eye)
     profile = style.profile if style else CameraProfile("reference")
     anatomy_seed, camera_seed, lesion_seed = _child_seeds(rng)
-    anatomy = sample_anatomy(
-        np.random.default_rng(anatomy_seed),
-        width=width,
-        height=height,
-        eye=eye,
-        fov_diameter=profile.fov_diameter,
-        disc_fraction=profile.disc_fraction,
-    )
+    anatomy = _anatomy(anatomy_seed, width=width, height=height, eye=eye, profile=profile)
     camera = np.random.default_rng(camera_seed)
     findings = Findings(cup_ratio=anatomy.cup_ratio if style is None or style.cup_ratio is None else style.cup_ratio)
-    for i, disease in enumerate(DISEASES):  # fixed order: each disease has its own stream
-        if disease in labels:
-            findings.disease = disease
-            severity = None if style is None else style.severity.get(disease, 1.0)
-            REGISTRY[disease].fundus(findings, anatomy, np.random.default_rng([int(lesion_seed), i]), severity)
+    for entry, rng_of_disease, severity in _drawn(labels, None if style is None else style.severity, lesion_seed):
+        findings.disease = entry.id
+        entry.fundus(findings, anatomy, rng_of_disease, severity)
     n_lesions = len(findings.lesions)
     for kind in style.confounders if style else ():
         findings.disease = kind
@@ -183,13 +189,11 @@ def draw_oct(
         raise ValueError(f"eye must be one of {EYES}, got {eye!r}")
     if width < MIN_WIDTH or height < MIN_HEIGHT:
         raise ValueError(f"scan must be at least {MIN_WIDTH}x{MIN_HEIGHT}, got {width}x{height}")
-    scan_seed, image_seed, lesion_seed = rng.integers(0, 2**63 - 1, size=3)
+    scan_seed, image_seed, lesion_seed = _child_seeds(rng)
     scan = normal_scan(np.random.default_rng(scan_seed), width, height)
-    for i, disease in enumerate(DISEASES):  # fixed order: each disease has its own stream
-        if disease in labels:
-            scan.disease = disease
-            severity = None if style is None else style.severity.get(disease, 1.0)
-            REGISTRY[disease].oct(scan, np.random.default_rng([int(lesion_seed), i]), severity)
+    for entry, rng_of_disease, severity in _drawn(labels, None if style is None else style.severity, lesion_seed):
+        scan.disease = entry.id
+        entry.oct(scan, rng_of_disease, severity)
     image, lesions = scan_image(scan, np.random.default_rng(image_seed))
     fovea = scan.fovea
     if eye == "L":

@@ -1,37 +1,37 @@
 """Adapters for public data sets in their native layouts -> manifest ``Record``s on a catalog.
 
 ``read_native(name, root, catalog=..., overrides=..., unmapped=...)`` dispatches to one of
-``ADAPTERS``; each module documents the exact layout it reads and owns its ``MAPPING`` table
-(native label -> catalog ids). ``predilect dataset import`` writes the result as a manifest.
+``ADAPTERS`` (each an ``Adapter``: name, ``mapping`` table, layout reader); each module documents
+the exact layout it reads and owns its ``MAPPING`` table (native label -> catalog ids).
+``predilect dataset`` writes the result as a manifest.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from functools import partial
 from pathlib import Path
 from typing import Any
 
 from predilect.training.datasets.adapters.aptos import read_aptos
 from predilect.training.datasets.adapters.base import (
     UNMAPPED_POLICIES,
+    Adapter,
     AdapterResult,
     DatasetLayoutError,
     LabelMapper,
     LabelMapping,
 )
 from predilect.training.datasets.adapters.messidor import read_messidor2
-from predilect.training.datasets.adapters.multieye import read_multieye
+from predilect.training.datasets.adapters.multieye import MODALITIES, read_multieye
 from predilect.training.datasets.adapters.odir import read_odir
 from predilect.training.datasets.adapters.rfmid import read_rfmid
 
-ADAPTERS: dict[str, Callable[..., AdapterResult]] = {
+ADAPTERS: dict[str, Adapter] = {
     "odir5k": read_odir,
     "rfmid": read_rfmid,
     "aptos2019": read_aptos,
     "messidor2": read_messidor2,
-    "multieye": read_multieye,
-    "multieye_oct": partial(read_multieye, modality="oct"),
+    "multieye": MODALITIES["fundus"],
+    "multieye_oct": MODALITIES["oct"],
 }
 
 
@@ -47,6 +47,7 @@ def read_native(name: str, root: str | Path, **options: Any) -> AdapterResult:
 __all__ = [
     "ADAPTERS",
     "UNMAPPED_POLICIES",
+    "Adapter",
     "AdapterResult",
     "DatasetLayoutError",
     "LabelMapper",

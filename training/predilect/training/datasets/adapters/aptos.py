@@ -12,16 +12,15 @@ it is unmapped unless the catalog or an override says otherwise.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
-from predilect.catalog import DEFAULT_CATALOG, Catalog
 from predilect.training.datasets.adapters.base import (
-    AdapterResult,
-    LabelMapper,
+    Adapter,
     LabelMapping,
+    NativeImage,
     csv_rows,
     find_first,
-    make_record,
     parse_int,
     require_file,
 )
@@ -36,23 +35,15 @@ MAPPING: LabelMapping = {
 """ICDR grade (the ``diagnosis`` cell) -> catalog ids; grade 1 (mild NPDR) deliberately absent."""
 
 
-def read_aptos(
-    root: str | Path,
-    *,
-    catalog: Catalog = DEFAULT_CATALOG,
-    overrides: LabelMapping | None = None,
-    unmapped: str = "skip_if_unlabelled",
-) -> AdapterResult:
-    """Records of the labelled APTOS 2019 training images under ``root``."""
-    root = Path(root)
+def _layout(root: Path) -> Iterator[NativeImage]:
+    """The labelled APTOS 2019 training images under ``root``."""
     labels_csv = find_first(root, ["train.csv"], what="APTOS label file")
     images = find_first(root, ["train_images"], what="APTOS image folder")
-    mapper = LabelMapper(MAPPING, catalog, overrides=overrides, policy=unmapped)
-    result = AdapterResult(NAME, [])
     for line, row in csv_rows(labels_csv, required=("id_code", "diagnosis")):
         grade = parse_int(row["diagnosis"], column="diagnosis", path=labels_csv, line=line, allowed=range(5))
         image = require_file(images / f"{row['id_code']}.png", what="image", source=labels_csv, line=line)
-        labels = mapper.map([str(grade)], result)
-        if labels is not None:
-            result.records.append(make_record(image, labels, dataset=NAME, patient=None, extra={"grade": str(grade)}))
-    return result
+        yield NativeImage(image, [str(grade)], extra={"grade": str(grade)})
+
+
+read_aptos = Adapter(NAME, MAPPING, _layout)
+"""Records of the labelled APTOS 2019 training images under a root folder."""

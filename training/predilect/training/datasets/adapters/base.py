@@ -2,10 +2,13 @@
 
 An adapter reads a public data set in its native layout (annotation files and image folders
 exactly as distributed) and returns manifest ``Record``s labelled with catalog ids. Each
-adapter owns a mapping table, native label -> catalog ids; an empty tuple means "no disease"
-(the native normal class). A native label without an entry, or whose entries are all missing
-from the catalog in use, is *unmapped*: the report counts it, and ``UnmappedPolicy`` decides
-what happens to the image, so nothing is silently relabelled as normal.
+adapter is an ``Adapter``: its name, its mapping table (native label -> catalog ids; an empty
+tuple means "no disease", the native normal class), and a reader of the layout that yields
+each image's native findings (``NativeImage``) or why the layout leaves it out (``Skipped``);
+calling the adapter maps them onto the catalog. A native label without an entry, or whose
+entries are all missing from the catalog in use, is *unmapped*: the report counts it, and the
+unmapped policy (``UNMAPPED_POLICIES``) decides what happens to the image, so nothing is
+silently relabelled as normal.
 """
 
 from __future__ import annotations
@@ -13,16 +16,14 @@ from __future__ import annotations
 import csv
 import os
 from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
-from predilect.catalog import Catalog
+from predilect.catalog import DEFAULT_CATALOG, Catalog
 from predilect.errors import UserError
 from predilect.manifest import Record, assign_split
 
-UnmappedPolicy = Literal["skip_if_unlabelled", "skip_image", "ignore"]
 UNMAPPED_POLICIES: tuple[str, ...] = ("skip_if_unlabelled", "skip_image", "ignore")
 """What to do with an image that has a finding the catalog cannot express:
 ``skip_if_unlabelled`` (default) leaves it out only when none of its findings maps (it would
@@ -65,7 +66,7 @@ class AdapterResult:
 
 
 class LabelMapper:
-    """Native labels -> catalog ids under a mapping table and an ``UnmappedPolicy``."""
+    """Native labels -> catalog ids under a mapping table and an unmapped policy (``UNMAPPED_POLICIES``)."""
 
     def __init__(
         self,
@@ -98,6 +99,70 @@ class LabelMapper:
             result.skipped["finding not in catalog"] += 1
             return None
         return frozenset(labels)
+
+
+@dataclass(frozen=True)
+class NativeImage:
+    """One image as its data set's annotation has it: the file, its native findings (keys of the
+    mapping table) and, where the layout says, patient, eye, official split and extra columns."""
+
+    path: Path
+    findings: Sequence[str]
+    patient: str | None = None
+    eye: str | None = None
+    split: str | None = None
+    extra: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """An image the layout leaves out (ungradable, not a fundus photograph, ...); the report counts ``reason``."""
+
+    reason: str
+
+
+Layout = Callable[[Path], Iterable["NativeImage | Skipped"]]
+"""A data set's reader: the native images under a root folder, in order."""
+
+
+@dataclass(frozen=True)
+class Adapter:
+    """One public data set: ``name`` (the records' ``dataset``), its ``mapping`` table and its ``layout``
+    reader. Called with a root folder (and ``catalog``, ``overrides``, ``unmapped`` policy), it returns
+    the records of the images that map onto the catalog and a report of the rest."""
+
+    name: str
+    mapping: LabelMapping
+    layout: Layout
+
+    def __call__(
+        self,
+        root: str | Path,
+        *,
+        catalog: Catalog = DEFAULT_CATALOG,
+        overrides: LabelMapping | None = None,
+        unmapped: str = "skip_if_unlabelled",
+    ) -> AdapterResult:
+        mapper = LabelMapper(self.mapping, catalog, overrides=overrides, policy=unmapped)
+        result = AdapterResult(self.name, [])
+        for image in self.layout(Path(root)):
+            if isinstance(image, Skipped):
+                result.skipped[image.reason] += 1
+                continue
+            labels = mapper.map(image.findings, result)
+            if labels is not None:
+                result.records.append(
+                    make_record(
+                        image.path,
+                        labels,
+                        dataset=self.name,
+                        patient=image.patient,
+                        eye=image.eye,
+                        split=image.split,
+                        extra=image.extra,
+                    )
+                )
+        return result
 
 
 def make_record(

@@ -14,17 +14,17 @@ DR grades map as for APTOS (referable DR = ICDR >= 2); DME=1 maps to the catalog
 from __future__ import annotations
 
 import csv
+from collections.abc import Iterator
 from pathlib import Path
 
-from predilect.catalog import DEFAULT_CATALOG, Catalog
 from predilect.training.datasets.adapters.base import (
-    AdapterResult,
+    Adapter,
     DatasetLayoutError,
-    LabelMapper,
     LabelMapping,
+    NativeImage,
+    Skipped,
     csv_rows,
     find_first,
-    make_record,
     parse_int,
     require_file,
 )
@@ -55,35 +55,26 @@ def _pairs(path: Path) -> dict[str, str]:
     return exams
 
 
-def read_messidor2(
-    root: str | Path,
-    *,
-    catalog: Catalog = DEFAULT_CATALOG,
-    overrides: LabelMapping | None = None,
-    unmapped: str = "skip_if_unlabelled",
-) -> AdapterResult:
-    """Records of the gradable MESSIDOR-2 images under ``root``."""
-    root = Path(root)
+def _layout(root: Path) -> Iterator[NativeImage | Skipped]:
+    """The MESSIDOR-2 images under ``root``; the ungradable ones skipped."""
     grades = find_first(root, ["messidor_data.csv"], what="MESSIDOR-2 adjudicated grades")
     images = find_first(root, ["IMAGES", "images"], what="MESSIDOR-2 image folder")
     pairing = root / "messidor-2.csv"
     exams = _pairs(pairing) if pairing.is_file() else {}
-    mapper = LabelMapper(MAPPING, catalog, overrides=overrides, policy=unmapped)
-    result = AdapterResult(NAME, [])
     for line, row in csv_rows(grades, required=COLUMNS):
         image = require_file(images / row["image_id"], what="image", source=grades, line=line)
         gradable = parse_int(row["adjudicated_gradable"], column="adjudicated_gradable", path=grades, line=line)
         if not gradable:
-            result.skipped["ungradable"] += 1
+            yield Skipped("ungradable")
             continue
         grade = parse_int(
             row["adjudicated_dr_grade"], column="adjudicated_dr_grade", path=grades, line=line, allowed=range(5)
         )
         dme = parse_int(row["adjudicated_dme"], column="adjudicated_dme", path=grades, line=line, allowed=(0, 1))
         native = [f"dr_grade={grade}"] + (["dme=1"] if dme else [])
-        labels = mapper.map(native, result)
-        if labels is not None:
-            patient = exams.get(row["image_id"], row["image_id"])
-            extra = {"grade": str(grade), "dme_grade": str(dme)}
-            result.records.append(make_record(image, labels, dataset=NAME, patient=patient, extra=extra))
-    return result
+        patient = exams.get(row["image_id"], row["image_id"])
+        yield NativeImage(image, native, patient=patient, extra={"grade": str(grade), "dme_grade": str(dme)})
+
+
+read_messidor2 = Adapter(NAME, MAPPING, _layout)
+"""Records of the gradable MESSIDOR-2 images under a root folder."""

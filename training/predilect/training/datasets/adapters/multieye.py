@@ -16,17 +16,18 @@ naming class 8, so it stays unmapped unless overridden. The fundus and OCT sets 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
+from typing import Any
 
-from predilect.catalog import DEFAULT_CATALOG, Catalog
 from predilect.training.datasets.adapters.base import (
+    Adapter,
     AdapterResult,
     DatasetLayoutError,
-    LabelMapper,
     LabelMapping,
+    NativeImage,
     find_first,
     index_images,
-    make_record,
     parse_int,
 )
 
@@ -69,21 +70,10 @@ def _label_lines(path: Path) -> Iterator[tuple[int, str, int]]:
             yield line, parts[0], parse_int(parts[1], column="class", path=path, line=line, allowed=range(9))
 
 
-def read_multieye(
-    root: str | Path,
-    *,
-    modality: str = "fundus",
-    catalog: Catalog = DEFAULT_CATALOG,
-    overrides: LabelMapping | None = None,
-    unmapped: str = "skip_if_unlabelled",
-) -> AdapterResult:
-    """Records of MultiEYE's fundus (``modality="fundus"``) or OCT (``"oct"``) images under ``root``."""
-    if modality not in MODALITY_FOLDERS:
-        raise DatasetLayoutError(f"MultiEYE modality must be one of {sorted(MODALITY_FOLDERS)}, got {modality!r}")
-    base = find_first(Path(root), [MODALITY_FOLDERS[modality]], what=f"MultiEYE {modality} folder")
+def _layout(root: Path, *, modality: str) -> Iterator[NativeImage]:
+    """MultiEYE's fundus or OCT images under ``root``, the splits as released (``dev`` is val)."""
+    base = find_first(root, [MODALITY_FOLDERS[modality]], what=f"MultiEYE {modality} folder")
     images = _image_index(base)
-    mapper = LabelMapper(MAPPING, catalog, overrides=overrides, policy=unmapped)
-    result = AdapterResult(NAME if modality == "fundus" else f"{NAME}_oct", [])
     for split, folder in SPLITS:
         labels_file = base / folder / LABEL_FILE
         if not labels_file.is_file():
@@ -95,9 +85,19 @@ def read_multieye(
             if image is None:
                 where = base / "train" / "ImageData"
                 raise DatasetLayoutError(f"{labels_file}, line {line}: image {name!r} not found under {where}")
-            labels = mapper.map([str(label)], result)
-            if labels is not None:
-                extra = {"modality": modality, "class": str(label)}
-                record = make_record(image, labels, dataset=result.dataset, patient=None, split=split, extra=extra)
-                result.records.append(record)
-    return result
+            yield NativeImage(image, [str(label)], split=split, extra={"modality": modality, "class": str(label)})
+
+
+MODALITIES = {
+    "fundus": Adapter(NAME, MAPPING, partial(_layout, modality="fundus")),
+    "oct": Adapter(f"{NAME}_oct", MAPPING, partial(_layout, modality="oct")),
+}
+"""The fundus set and the (unpaired) OCT corpus, each an ``Adapter``."""
+
+
+def read_multieye(root: str | Path, *, modality: str = "fundus", **options: Any) -> AdapterResult:
+    """Records of MultiEYE's fundus (``modality="fundus"``) or OCT (``"oct"``) images under ``root``;
+    ``options`` as every adapter takes them (``catalog``, ``overrides``, ``unmapped``)."""
+    if modality not in MODALITIES:
+        raise DatasetLayoutError(f"MultiEYE modality must be one of {sorted(MODALITIES)}, got {modality!r}")
+    return MODALITIES[modality](root, **options)

@@ -19,15 +19,14 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 
-from predilect.catalog import DEFAULT_CATALOG, Catalog
 from predilect.training.datasets.adapters.base import (
-    AdapterResult,
+    Adapter,
     DatasetLayoutError,
-    LabelMapper,
     LabelMapping,
+    NativeImage,
+    Skipped,
     csv_rows,
     find_first,
-    make_record,
     require_file,
 )
 
@@ -112,20 +111,11 @@ def _xlsx_rows(path: Path) -> Iterator[tuple[int, dict[str, str]]]:
         workbook.close()
 
 
-def read_odir(
-    root: str | Path,
-    *,
-    catalog: Catalog = DEFAULT_CATALOG,
-    overrides: LabelMapping | None = None,
-    unmapped: str = "skip_if_unlabelled",
-) -> AdapterResult:
-    """Records of the ODIR-5K training images under ``root``, labelled per eye."""
-    root = Path(root)
+def _layout(root: Path) -> Iterator[NativeImage | Skipped]:
+    """The ODIR-5K training images under ``root``, each eye with its own keywords."""
     annotations = find_first(root, ANNOTATIONS, what="ODIR-5K annotation file")
     images = find_first(root, IMAGE_FOLDERS, what="ODIR-5K image folder")
     rows = _xlsx_rows(annotations) if annotations.suffix == ".xlsx" else csv_rows(annotations, required=COLUMNS)
-    mapper = LabelMapper(MAPPING, catalog, overrides=overrides, policy=unmapped)
-    result = AdapterResult(NAME, [])
     seen: set[str] = set()
     for line, row in rows:
         patient = row["ID"].removesuffix(".0")
@@ -138,15 +128,15 @@ def read_odir(
                 raise DatasetLayoutError(f"{annotations}, line {line}: empty {side}-Fundus cell")
             found = keywords(row[f"{side}-Diagnostic Keywords"])
             if NOT_FUNDUS_KEYWORDS & set(found):
-                result.skipped["not a fundus photograph"] += 1
+                yield Skipped("not a fundus photograph")
                 continue
             image = require_file(images / name, what="image", source=annotations, line=line)
             findings = [k for k in found if k not in QUALITY_KEYWORDS]
             if not findings:  # only remarks on the photograph: the eye's state is unknown, not normal
-                result.skipped["no diagnostic keyword"] += 1
+                yield Skipped("no diagnostic keyword")
                 continue
-            labels = mapper.map(findings, result)
-            if labels is not None:
-                extra = {"keywords": ";".join(found)}
-                result.records.append(make_record(image, labels, dataset=NAME, patient=patient, eye=eye, extra=extra))
-    return result
+            yield NativeImage(image, findings, patient=patient, eye=eye, extra={"keywords": ";".join(found)})
+
+
+read_odir = Adapter(NAME, MAPPING, _layout)
+"""Records of the ODIR-5K training images under a root folder, labelled per eye."""

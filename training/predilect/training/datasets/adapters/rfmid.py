@@ -15,17 +15,16 @@ full release (45 conditions) and the challenge variant (27 conditions + ``OTHER`
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
-from predilect.catalog import DEFAULT_CATALOG, Catalog
 from predilect.training.datasets.adapters.base import (
-    AdapterResult,
+    Adapter,
     DatasetLayoutError,
-    LabelMapper,
     LabelMapping,
+    NativeImage,
     csv_rows,
     find_first,
-    make_record,
     parse_int,
     require_file,
 )
@@ -36,12 +35,6 @@ SETS = (
     ("val", "Evaluation_Set", "RFMiD_Validation_Labels.csv", "Validation"),
     ("test", "Test_Set", "RFMiD_Testing_Labels.csv", "Test"),
 )
-CONDITIONS = (
-    "DR", "ARMD", "MH", "DN", "MYA", "BRVO", "TSLN", "ERM", "LS", "MS", "CSR", "ODC", "CRVO", "TV", "AH",
-    "ODP", "ODE", "ST", "AION", "PT", "RT", "RS", "CRS", "EDN", "RPEC", "MHL", "RP", "CWS", "CB", "ODPM",
-    "PRH", "MNF", "HR", "CRAO", "TD", "CME", "PTCR", "CF", "VH", "MCA", "VS", "BRAO", "PLQ", "HPED", "CL",
-)  # fmt: skip
-"""The 45 condition columns of the full release, in file order."""
 NOT_CONDITIONS = ("ID", "Disease_Risk")
 MAPPING: LabelMapping = {
     "DR": ("dr",),  # any diabetic retinopathy (RFMiD does not grade it)
@@ -65,17 +58,8 @@ MAPPING: LabelMapping = {
 """Condition column -> catalog ids; the other conditions (tessellation, laser scars, ...) stay unmapped."""
 
 
-def read_rfmid(
-    root: str | Path,
-    *,
-    catalog: Catalog = DEFAULT_CATALOG,
-    overrides: LabelMapping | None = None,
-    unmapped: str = "skip_if_unlabelled",
-) -> AdapterResult:
-    """Records of the three official RFMiD sets found under ``root`` (at least the training set)."""
-    root = Path(root)
-    mapper = LabelMapper(MAPPING, catalog, overrides=overrides, policy=unmapped)
-    result = AdapterResult(NAME, [])
+def _layout(root: Path) -> Iterator[NativeImage]:
+    """The images of the three official RFMiD sets found under ``root`` (at least the training set)."""
     for split, folder, labels_name, images_name in SETS:
         try:
             base = find_first(root, [f"{folder}/{folder}", folder], what=f"RFMiD {folder}")
@@ -85,13 +69,11 @@ def read_rfmid(
             continue
         labels_csv = require_file(base / labels_name, what="RFMiD label file", source=base)
         images = find_first(base, [images_name], what="RFMiD image folder")
-        _read_set(labels_csv, images, split, mapper, result)
-    return result
+        yield from _read_set(labels_csv, images, split)
 
 
-def _read_set(labels_csv: Path, images: Path, split: str, mapper: LabelMapper, result: AdapterResult) -> None:
-    rows = csv_rows(labels_csv, required=NOT_CONDITIONS)
-    for line, row in rows:
+def _read_set(labels_csv: Path, images: Path, split: str) -> Iterator[NativeImage]:
+    for line, row in csv_rows(labels_csv, required=NOT_CONDITIONS):
         present = []
         for column, cell in row.items():
             if column in NOT_CONDITIONS:
@@ -103,6 +85,8 @@ def _read_set(labels_csv: Path, images: Path, split: str, mapper: LabelMapper, r
             present.append("Disease_Risk")  # abnormal without a named condition: not normal, not mappable
         image_id = parse_int(row["ID"], column="ID", path=labels_csv, line=line)
         image = require_file(images / f"{image_id}.png", what="image", source=labels_csv, line=line)
-        labels = mapper.map(present, result)
-        if labels is not None:
-            result.records.append(make_record(image, labels, dataset=NAME, patient=None, split=split))
+        yield NativeImage(image, present, split=split)
+
+
+read_rfmid = Adapter(NAME, MAPPING, _layout)
+"""Records of the three official RFMiD sets found under a root folder (at least the training set)."""

@@ -6,8 +6,8 @@ fovea and disc in terms of ``u``, the distance from the fovea towards the disc i
 line crosses the macula and the disc, not the arcades or the mid-periphery: for those, the
 scan's zone is where the same disease process shows on that line (the whole posterior pole
 for scattered lesions, both ends outside the central island for the mid-periphery).
-Registry entries draw lesions inside their locations' zones; tests check that they do, in
-both modalities.
+Registry entries draw lesions inside their locations' zones; ``tests/test_phantom_hard.py``
+checks that they do, in both modalities, against these zones.
 """
 
 from __future__ import annotations
