@@ -19,7 +19,7 @@ from predilect.catalog import DEFAULT_CATALOG
 from predilect.preprocess import InvalidImageError, PreprocessCfg, Preprocessor, dali_outputs
 from predilect.serving import configs
 from predilect.serving.assemble_cli import main
-from predilect.serving.backends.fov_postprocess import screen_requests
+from predilect.serving.backends.fov_postprocess import field_boxes, screen_requests
 from predilect.serving.backends.screening import Screening
 from predilect.serving.backends.validate import validate_image, validate_requests
 from predilect.serving.dali_pipeline import DaliParams, served_pipeline
@@ -97,7 +97,7 @@ def test_both_profiles_wire_ensemble_consistently_when_assembled(profile, tiny_o
         name: spec for name, spec in results.items() if name != contract.HEATMAPS
     }
     assert set(results) - set(outputs) == (set() if profile == "cpu" else {contract.HEATMAPS})
-    assert len(results) == 6 and outputs[contract.PROBABILITIES] == (mc.TYPE_FP32, [len(DEFAULT_CATALOG)])
+    assert len(results) == 7 and outputs[contract.PROBABILITIES] == (mc.TYPE_FP32, [len(DEFAULT_CATALOG)])
 
 
 def test_gpu_ensemble_passes_client_discovery_and_refuses_heatmaps_when_assembled(gpu_repository) -> None:
@@ -432,8 +432,17 @@ def test_gpu_screen_equals_cpu_screening_and_rejects_no_fov_request_alone_when_b
     out = screen_requests(screening, [requests[0], no_fov, requests[1], requests[2]])
     assert isinstance(out[1], InvalidImageError) and "field of view" in str(out[1])
     pixels = np.concatenate([r[contract.PIXELS] for r in requests])
-    quality = screening.quality(pixels, np.concatenate([r[contract.QUALITY_SQUARE] for r in requests]))
-    expected = {**screening.decide(logits, quality), contract.QUALITY: quality}
+    frames = np.concatenate([r[contract.FRAME_EXTENT] for r in requests])
+    boxes = field_boxes(np.concatenate([r[contract.FOV_EXTENT] for r in requests]), frames)
+    graded = screening.quality(
+        pixels, np.concatenate([r[contract.QUALITY_SQUARE] for r in requests]), boxes=boxes, frames=frames
+    )
+    quality = graded.quality
+    expected = {
+        **screening.decide(logits, quality),
+        contract.QUALITY: quality,
+        contract.QUALITY_MEASURES_TENSOR: graded.measures,
+    }
     answered = [answer for answer in out if not isinstance(answer, InvalidImageError)]
     assert len(answered) == 3
     for row, answer in enumerate(answered):

@@ -168,6 +168,7 @@ def screening_outputs(served: ServedModel, *, heatmaps: bool = True) -> tuple[Te
     outputs = (
         TensorDef(contract.PROBABILITIES, "TYPE_FP32", (classes,)),
         TensorDef(contract.QUALITY, "TYPE_FP32", (1 + len(contract.QUALITY_REASONS),)),
+        TensorDef(contract.QUALITY_MEASURES_TENSOR, "TYPE_FP32", (len(contract.QUALITY_MEASURES),)),
         TensorDef(contract.FINDINGS, "TYPE_BOOL", (classes,)),
         TensorDef(contract.REFERRAL, "TYPE_INT32", (1,)),
         TensorDef(contract.FIELD_BOX, "TYPE_FP32", (4,)),
@@ -247,6 +248,7 @@ def split_layout(served: ServedModel, options: ServingOptions = ServingOptions()
     outputs = screening_outputs(served)
     by_name = {t.name: t for t in outputs}
     quality, field_box = by_name[contract.QUALITY], by_name[contract.FIELD_BOX]
+    measures = by_name[contract.QUALITY_MEASURES_TENSOR]
     attention = (attention_tensor(served),) if served.attention_grid is not None else ()
     batching: dict[str, Any] = {
         "max_batch_size": options.max_batch_size,
@@ -256,7 +258,7 @@ def split_layout(served: ServedModel, options: ServingOptions = ServingOptions()
     preprocess = PythonModelDef(
         name=contract.PREPROCESS_MODEL,
         inputs=(_image(ragged=True),),
-        outputs=(_pixels(served), quality, field_box),
+        outputs=(_pixels(served), quality, measures, field_box),
         instance_count=options.preprocess_instances,
         parameters={**screening_parameters(served), contract.KEY_DECODE_THREADS: str(options.decode_threads)},
         queue_policy=options.first_step_queue(),
@@ -273,7 +275,9 @@ def split_layout(served: ServedModel, options: ServingOptions = ServingOptions()
     postprocess = PythonModelDef(
         name=contract.POSTPROCESS_MODEL,
         inputs=(_logits(served), quality, *attention),
-        outputs=tuple(t for t in outputs if t.name not in (contract.QUALITY, contract.FIELD_BOX)),
+        outputs=tuple(
+            t for t in outputs if t.name not in (contract.QUALITY, contract.QUALITY_MEASURES_TENSOR, contract.FIELD_BOX)
+        ),
         parameters=screening_parameters(served),
         **batching,
     )

@@ -69,10 +69,13 @@ def screen_requests(
         return np.concatenate([np.asarray(r[name]) for r in accepted], axis=0)
 
     planes = batch(contract.QUALITY_SQUARE) if screening.preprocess.separate_quality_square else None
-    grades = np.ascontiguousarray(screening.quality(batch(contract.PIXELS), planes), dtype=np.float32)
-    outputs = screening.decide(batch(contract.LOGITS), grades)
-    outputs[contract.QUALITY] = grades
-    outputs[contract.FIELD_BOX] = field_boxes(batch(contract.FOV_EXTENT), batch(contract.FRAME_EXTENT))
+    boxes = field_boxes(batch(contract.FOV_EXTENT), batch(contract.FRAME_EXTENT))
+    frames = np.asarray(batch(contract.FRAME_EXTENT), dtype=np.float64).reshape(-1, 2)
+    graded = screening.quality(batch(contract.PIXELS), planes, boxes=boxes, frames=frames)
+    outputs = screening.decide(batch(contract.LOGITS), graded.quality)
+    outputs[contract.QUALITY] = np.ascontiguousarray(graded.quality, dtype=np.float32)
+    outputs[contract.QUALITY_MEASURES_TENSOR] = np.ascontiguousarray(graded.measures, dtype=np.float32)
+    outputs[contract.FIELD_BOX] = boxes
     per_request = iter(split_rows(outputs, [len(r[contract.LOGITS]) for r in accepted]))
     return [result if isinstance(result, InvalidImageError) else next(per_request) for result in results]
 

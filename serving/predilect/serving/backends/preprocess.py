@@ -32,7 +32,8 @@ Graded = dict[str, np.ndarray]
 def preprocess_and_grade(
     preprocessor: Preprocessor, screening: Screening, images: Sequence[np.ndarray]
 ) -> list[Graded | InvalidImageError]:
-    """Per request, in order: ``{PIXELS [1, 3, S, S], QUALITY [1, 1 + reasons], FIELD_BOX [1, 4]}``, or
+    """Per request, in order: ``{PIXELS [1, 3, S, S], QUALITY [1, 1 + reasons], QUALITY_MEASURES [1, measures],
+    FIELD_BOX [1, 4]}``, or
     its ``InvalidImageError``. The quality of the whole accepted batch is graded at once, on the squares
     at the calibrated size (the packed tensors, or the quality squares cut beside them)."""
     payloads = [request_payload(image) for image in images]
@@ -42,18 +43,18 @@ def preprocess_and_grade(
     ]
     done = preprocessor.run([payloads[i] for i in good], quality=True)  # type: ignore[misc]
     pixels = done.pixels
-    grades = (
-        screening.quality(pixels, done.quality_planes)
-        if len(pixels)
-        else np.zeros((0, 1 + len(contract.QUALITY_REASONS)))
+    accepted = done.accepted
+    graded = screening.quality(
+        pixels, done.quality_planes, boxes=[done.boxes[j] for j in accepted], frames=[done.frames[j] for j in accepted]
     )
     for i, error in zip(good, done.errors, strict=True):
         if error is not None:
             results[i] = error
-    for row, j in enumerate(done.accepted):
+    for row, j in enumerate(accepted):
         results[good[j]] = {
             contract.PIXELS: pixels[row : row + 1],
-            contract.QUALITY: np.ascontiguousarray(grades[row : row + 1], dtype=np.float32),
+            contract.QUALITY: np.ascontiguousarray(graded.quality[row : row + 1], dtype=np.float32),
+            contract.QUALITY_MEASURES_TENSOR: np.ascontiguousarray(graded.measures[row : row + 1], dtype=np.float32),
             contract.FIELD_BOX: np.asarray([done.boxes[j]], dtype=np.float32),
         }
     return results
