@@ -20,7 +20,7 @@ import numpy as np
 
 from predilect import contract
 from predilect.preprocess import InvalidImageError, field_box_in_frame, fov_error
-from predilect.serving.backends import model_parameters, parse_model_config
+from predilect.serving.backends import model_parameters, parse_model_config, shift_metrics
 from predilect.serving.backends.preprocess import rejection_response
 from predilect.serving.backends.screening import Outputs, Screening, split_rows
 
@@ -87,16 +87,20 @@ class TritonPythonModel:
         import triton_python_backend_utils as pb_utils
 
         self._pb = pb_utils
-        self._screening = Screening.from_parameters(model_parameters(parse_model_config(args)))
+        params = model_parameters(parse_model_config(args))
+        self._screening = Screening.from_parameters(params)
         self._inputs = inputs_of(self._screening)
+        self._metrics = shift_metrics.from_parameters(pb_utils, params, quality=True, scores=True)
 
     def execute(self, requests: list[Any]) -> list[Any]:
         pb = self._pb
         inputs = [{name: pb.get_input_tensor_by_name(r, name).as_numpy() for name in self._inputs} for r in requests]
         responses = []
-        for out in screen_requests(self._screening, inputs):
+        answers = screen_requests(self._screening, inputs)
+        for out in answers:
             if isinstance(out, InvalidImageError):
                 responses.append(rejection_response(pb, out))
             else:
                 responses.append(pb.InferenceResponse(output_tensors=[pb.Tensor(n, v) for n, v in out.items()]))
+        shift_metrics.observe_answers(self._metrics, shift_metrics.cameras_of(requests), answers)
         return responses

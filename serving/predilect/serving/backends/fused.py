@@ -21,7 +21,7 @@ import numpy as np
 
 from predilect import contract
 from predilect.preprocess import FieldBox, InvalidImageError, PreprocessCfg, Preprocessor
-from predilect.serving.backends import model_parameters, parse_model_config
+from predilect.serving.backends import model_parameters, parse_model_config, shift_metrics
 from predilect.serving.backends.classifier import OnnxClassifier
 from predilect.serving.backends.postprocess import stable_sigmoid
 from predilect.serving.backends.preprocess import rejection_response, request_payload, warm_up
@@ -105,14 +105,17 @@ class TritonPythonModel:
         model_path = Path(args["model_repository"]) / args["model_version"] / contract.ONNX_FILENAME
         classifier = OnnxClassifier(model_path, intra_op_threads=int(params[contract.KEY_ORT_THREADS]))
         self._screen = FusedScreen(preprocessor, classifier, Screening.from_parameters(params))
+        self._metrics = shift_metrics.from_parameters(pb_utils, params, quality=True, scores=True)
 
     def execute(self, requests: list[Any]) -> list[Any]:
         pb = self._pb
         images = [pb.get_input_tensor_by_name(r, contract.IMAGE).as_numpy() for r in requests]
         responses = []
-        for answer in self._screen.run(images):
+        answers = self._screen.run(images)
+        for answer in answers:
             if isinstance(answer, InvalidImageError):
                 responses.append(rejection_response(pb, answer))
             else:
                 responses.append(pb.InferenceResponse(output_tensors=[pb.Tensor(k, v) for k, v in answer.items()]))
+        shift_metrics.observe_answers(self._metrics, shift_metrics.cameras_of(requests), answers)
         return responses

@@ -15,7 +15,7 @@ import numpy as np
 
 from predilect import contract
 from predilect.preprocess import InvalidImageError, PreprocessCfg, Preprocessor
-from predilect.serving.backends import model_parameters, parse_model_config
+from predilect.serving.backends import model_parameters, parse_model_config, shift_metrics
 from predilect.serving.backends.screening import Screening
 
 
@@ -93,15 +93,28 @@ class TritonPythonModel:
             device_id=None,
         )
         warm_up(self._preprocessor)
+        self._metrics = shift_metrics.from_parameters(pb_utils, params, quality=True, scores=False)
 
     def execute(self, requests: list[Any]) -> list[Any]:
         pb = self._pb
         images = [pb.get_input_tensor_by_name(r, contract.IMAGE).as_numpy() for r in requests]
         responses = []
-        for out in preprocess_and_grade(self._preprocessor, self._screening, images):
+        graded: list[tuple[str, Graded]] = []
+        for camera, out in zip(
+            shift_metrics.cameras_of(requests),
+            preprocess_and_grade(self._preprocessor, self._screening, images),
+            strict=True,
+        ):
             if isinstance(out, InvalidImageError):
                 responses.append(rejection_response(pb, out))
             else:
+                graded.append((camera, out))
                 tensors = [pb.Tensor(name, value) for name, value in out.items()]
                 responses.append(pb.InferenceResponse(output_tensors=tensors))
+        if graded:
+            self._metrics.observe_quality(
+                [camera for camera, _ in graded],
+                np.concatenate([g[contract.QUALITY] for _, g in graded]),
+                np.concatenate([g[contract.QUALITY_MEASURES_TENSOR] for _, g in graded]),
+            )
         return responses
