@@ -35,7 +35,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "gradability": (
         "predilect.training.gradability_cli",
-        "calibrate and measure the gradability step on phantom degradations",
+        "calibrate the gradability step on phantom degradations, or on a site's labelled images (--manifest)",
     ),
     "dataset": ("predilect.training.datasets.dataset_cli", "a public data set in its native layout -> a manifest"),
     "train": ("predilect.training.train_cli", "UOPSL stages: train pretrain (OCT/fundus <-> text) | train finetune"),
@@ -53,6 +53,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("predilect.demo_cli", "phantom -> train -> export -> assemble -> serve -> screen, end to end"),
     "screen": ("predilect.client.screen_cli", "screen a folder, manifest or DICOM files; resumable JSONL output"),
     "gateway": ("predilect.dicom.gateway_cli", "DICOM C-STORE gateway that screens what it receives"),
+    "drift": (
+        "predilect.client.drift_cli",
+        "compare a screening journal with the model's reference distributions (PSI, KS, alert levels)",
+    ),
     "report": ("predilect.client.report_cli", "an HTML summary per patient of a screening journal, with overlays"),
     "schema": ("predilect.client.schema_cli", "write or check the JSON Schemas of the journal record and exam result"),
     "localisation": (

@@ -286,7 +286,8 @@ def report_markdown(drifts: Sequence[Drift], reference: Reference, *, header: Se
     ]
     for drift in drifts:
         lines += [
-            f"## {drift.group}: **{drift.level}** ({drift.count} images, ungradable {100 * drift.ungradable_share:.1f}%)",
+            f"## {drift.group}: **{drift.level}** "
+            f"({drift.count} images, ungradable {100 * drift.ungradable_share:.1f}%)",
             "",
             "| series | images | PSI | KS | level |",
             "|---|---|---|---|---|",

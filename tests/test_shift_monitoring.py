@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import urllib.request
 
 import numpy as np
@@ -110,5 +111,6 @@ def test_request_camera_cleans_label_when_parameter_is_odd() -> None:
     from predilect.serving.backends.shift_metrics import request_camera
 
     assert request_camera(None) == "unknown" and request_camera("{}") == "unknown"
-    assert request_camera('{"%s": "Topcon {NW}\\n400"}' % contract.REQUEST_CAMERA) == "Topcon _NW__400"
+    odd = json.dumps({contract.REQUEST_CAMERA: "Topcon {NW}\n400"})
+    assert request_camera(odd) == "Topcon _NW__400"
     assert request_camera("not json") == "unknown"

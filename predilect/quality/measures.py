@@ -155,7 +155,7 @@ def _window_sums(image: np.ndarray, half: int) -> np.ndarray:
 
 
 def _shifted(mask: np.ndarray, combine: np.ufunc, *, outside: bool) -> np.ndarray:
-    """``combine`` (np.logical_and / _or) over each pixel's 3 x 3 neighbourhood, the square surrounded by ``outside``."""
+    """``combine`` (np.logical_and / _or) over each pixel's 3 x 3 neighbourhood, beyond the square ``outside``."""
     padded = np.pad(mask, 1, constant_values=outside)
     out = padded[1:-1, 1:-1].copy()
     for dy in (-1, 0, 1):

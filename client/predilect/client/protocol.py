@@ -69,6 +69,8 @@ class ServedModelInfo:
     preprocess: dict[str, Any]
     rules: ReferralRules
     heatmaps: bool = False
+    reference: str | None = None
+    """The model's reference distributions (``predilect.drift.Reference`` JSON) when the repository has them."""
 
     @property
     def rules_digest(self) -> str:
@@ -278,6 +280,7 @@ def served_info(config: Any, *, model_name: str, url: str) -> ServedModelInfo:
         preprocess=preprocess,
         rules=rules,
         heatmaps=contract.HEATMAPS in outputs,
+        reference=params.get(contract.KEY_REFERENCE) or None,
     )
 
 

@@ -46,6 +46,7 @@ from predilect.build.decoder_gate import (
     gate_decoder,
     manifest_gate_images,
 )
+from predilect.drift import Reference
 from predilect.errors import ConfigError
 from predilect.preprocess import PreprocessCfg
 from predilect.serving import topology
@@ -226,6 +227,7 @@ def assemble_gpu(
     gate_images: int = 64,
     calibration_manifest: Path | None = None,
     use_plugin: bool = True,
+    reference: Reference | None = None,
 ) -> Path:
     """Write the GPU-profile repository for ``onnx_path`` into ``out_dir`` (replacing a previous one).
 
@@ -241,7 +243,7 @@ def assemble_gpu(
     from predilect.serving.repository import read_served_model, staged_repository, write_model
 
     onnx_path, out_dir = Path(onnx_path), Path(out_dir)
-    served = read_served_model(onnx_path)
+    served = read_served_model(onnx_path, reference=reference)
     classifier_onnx = prepare_classifier_onnx(onnx_path, options.precision, calibration=calibration_manifest)
     if gate_manifest is not None:
         from predilect.build.tensorrt.gate_set import manifest_gate_set

@@ -407,7 +407,8 @@ def _spread_lines(evaluation: Evaluation, cfg: quality.QualityCfg, missed: Seque
         sign = "<=" if check.direction == "min" else ">="
         lines += [
             "",
-            f"Where `{check.measure}` lies for check `{check.name}` (fails at {sign} {cfg.thresholds[check.name]:.4g}):",
+            f"Where `{check.measure}` lies for check `{check.name}` "
+            f"(fails at {sign} {cfg.thresholds[check.name]:.4g}):",
             "",
         ]
         lines += [
