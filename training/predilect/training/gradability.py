@@ -36,10 +36,11 @@ import numpy as np
 from predilect import quality
 from predilect.catalog import Catalog
 from predilect.contract import QUALITY_REASONS
-from predilect.errors import UserError
 from predilect.manifest import Record, read_manifest, write_manifest
 from predilect.metrics import wilson
 from predilect.preprocess import PreprocessCfg, Preprocessor
+from predilect.quality import calibration
+from predilect.quality.calibration import DEFINED, CalibrationError
 
 CLEAN = "none"
 TARGET_KINDS: Mapping[str, tuple[str, ...]] = {
@@ -58,18 +59,6 @@ TARGET_KINDS: Mapping[str, tuple[str, ...]] = {
     "redness_unmasked": ("external", "oct"),
 }
 """Per check (``quality.CHECKS`` names): the degradation kinds it is aimed at."""
-DEFINED: Mapping[str, float] = {
-    "field_px": 200.0,
-    "field_visible": 0.8,
-    "hue_spread": 1.5,
-    "redness": 0.05,
-}
-"""Thresholds set by what they mean, not chosen on images: a field under 200 px across is upsampled by more
-than 12% into the 224-px grading square, finer than it holds (``too_small``); a grader needs at least four
-fifths of the camera's field (a 3:2 frame keeps about nine tenths); the colours of a colour photograph
-spread more than 1.5 degrees from its median colour (vessels, disc and background differ by 5 to 15 degrees;
-a red-free or greyscale one lies within JPEG's chroma noise, 0 to 1.2); a colour fundus in a camera mask has red above
-blue (blood and melanin absorb blue first), pale, pigmented or cast, by more than 0.05 of its brightness."""
 EXPECTED_REASON: Mapping[str, str] = {
     "blur": "focus",
     "dark": "underexposed",
@@ -81,11 +70,7 @@ EXPECTED_REASON: Mapping[str, str] = {
     "external": "wrong_image_type",
     "oct": "wrong_image_type",
 }
-_DEGRADED_TAIL = 0.05
 _FLAG_SHARE = 0.95
-MIN_AREA: Mapping[str, float] = {"saturated": 0.01, "unlit": 0.01, "glare": 0.01, "dust": 0.002}
-"""The smallest share of the field each area check may fail at: glare, saturation or shadow on under 1% of
-the field, or dust shadows (measured as blob cores) on under 0.2%, do not stop a grader."""
 
 
 @dataclass(frozen=True)
@@ -140,20 +125,9 @@ def measure_records(records: Sequence[Record], preprocess: PreprocessCfg, *, bat
     )
 
 
-class CalibrationError(UserError, ValueError):
-    """A phantom (or option) the gradability thresholds cannot be calibrated from; the message says what to change."""
-
-
 def check_values(measured: Measured, check: quality.Check) -> np.ndarray:
     """The measure ``check`` reads, NaN where it does not apply (refused images, or masked / unmasked only)."""
-    values = measured.measures[:, quality.MEASURES.index(check.measure)].copy()
-    circular = measured.measures[:, quality.MEASURES.index("circular")] > 0.5
-    if check.when == "masked":
-        values[~circular] = np.nan
-    elif check.when == "unmasked":
-        values[circular] = np.nan
-    values[measured.refused] = np.nan
-    return values
+    return calibration.check_values(measured.measures, check, usable=~measured.refused)
 
 
 def calibrate(measured: Measured, *, clean_quantile: float = 0.995, source: str = "") -> quality.QualityCfg:
@@ -178,23 +152,9 @@ def calibrate(measured: Measured, *, clean_quantile: float = 0.995, source: str 
             all_values = measured.measures[:, quality.MEASURES.index(check.measure)]
             clean = all_values[(kinds == CLEAN) & ~measured.refused]
         target = values[np.isin(kinds, TARGET_KINDS[check.name]) & np.isfinite(values)]
-        thresholds[check.name] = tail_threshold(clean, target, upper=upper, clean_quantile=clean_quantile)
-        thresholds[check.name] = max(thresholds[check.name], MIN_AREA.get(check.name, thresholds[check.name]))
+        threshold = calibration.tail_threshold(clean, target, upper=upper, clean_quantile=clean_quantile)
+        thresholds[check.name] = calibration.floored(check.name, threshold)
     return quality.QualityCfg(thresholds=thresholds, source=source, size=measured.size)
-
-
-def tail_threshold(clean: np.ndarray, target: np.ndarray, *, upper: bool, clean_quantile: float) -> float:
-    """The clean images' ``clean_quantile`` tail (its complement for a lower bound), moved to the midpoint
-    between it and the target images' 5% tail where that lies beyond it."""
-    if not len(clean):
-        raise CalibrationError("a check has no clean calibration image to place its threshold on")
-    clean_tail = float(np.quantile(clean, clean_quantile if upper else 1.0 - clean_quantile))
-    if not len(target):
-        return clean_tail
-    degraded_tail = float(np.quantile(target, _DEGRADED_TAIL if upper else 1.0 - _DEGRADED_TAIL))
-    if (degraded_tail > clean_tail) if upper else (degraded_tail < clean_tail):
-        return (clean_tail + degraded_tail) / 2.0
-    return clean_tail
 
 
 @dataclass
