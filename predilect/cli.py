@@ -70,6 +70,12 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "bench": ("predilect.benchmarks.bench_cli", "Locust concurrency sweep against the server and baselines"),
 }
 
+ROUTES: dict[tuple[str, str], str] = {
+    ("gradability", "--manifest"): "predilect.client.site_calibration_cli",
+}
+"""A command whose option hands it to another part's module: ``predilect gradability --manifest`` calibrates on
+a site's own graded photographs through its server (the client), not on a phantom (training)."""
+
 Main = Callable[[Sequence[str] | None], int]
 D = TypeVar("D")
 
@@ -172,6 +178,10 @@ def passive_openmp() -> None:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
+def _given(option: str, args: Sequence[str]) -> bool:
+    return any(a == option or a.startswith(option + "=") for a in args)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     passive_openmp()
     args = list(sys.argv[1:] if argv is None else argv)
@@ -182,7 +192,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if name not in COMMANDS:
         print(f"predilect: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
         return EXIT_USAGE
-    module = importlib.import_module(COMMANDS[name][0])
+    routed = [m for (command_name, option), m in ROUTES.items() if command_name == name and _given(option, rest)]
+    module = importlib.import_module(routed[0] if routed else COMMANDS[name][0])
     return int(module.main(rest) or 0)
 
 
