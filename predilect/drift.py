@@ -14,8 +14,8 @@ bands: below ``PSI_WARN`` stable, up to ``PSI_ALERT`` a shift to watch, beyond i
 camera, a changed protocol). The ungradable share is a two-bin series of its own. Fewer than
 ``MIN_IMAGES`` images are too few to tell (level ``too_few``). Between two samples of one population PSI
 over k bins is about ``(k - 1) (1/n + 1/m)`` by chance alone (``chance_psi``: 0.07 for 200 images against a
-400-image reference), so the level is read from PSI less that expectation; the report shows both. Bin values fall in ``(e[i-1], e[i]]``, the
-buckets' ``le`` semantics.
+400-image reference), so the level is read from PSI less that expectation. Bin values fall in
+``(e[i-1], e[i]]``, the buckets' ``le`` semantics.
 """
 
 from __future__ import annotations
