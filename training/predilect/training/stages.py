@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from predilect.catalog import Catalog, resolve_catalog
 from predilect.errors import ConfigError
-from predilect.manifest import Record, label_matrix, read_manifest
+from predilect.manifest import Record, colour_screened, label_matrix, read_manifest
 from predilect.preprocess import PreprocessCfg
 from predilect.preprocess.pixels import load_fundus_pixels
 from predilect.training.datasets import FundusAugment, FundusDataset, OctCfg, OctDataset, item_rng, make_loader
@@ -56,8 +56,9 @@ def _in_carved_val(record: Record, fraction: float) -> bool:
 def read_splits(manifest: Path, *, catalog: Catalog, drop: Sequence[str] = (), val_fraction: float = 0.15) -> Splits:
     """Train/val/test records of ``manifest``; records with a disease in ``drop`` (held out for
     zero-shot) leave train and val. A manifest without a val split gets one carved from train by
-    patient (``val_fraction`` of the patients, deterministic)."""
-    records = read_manifest(manifest, catalog=catalog)
+    patient (``val_fraction`` of the patients, deterministic). Only colour captures are kept
+    (``colour_screened``): a red-free photograph is not a colour model's to train on or to score."""
+    records = colour_screened(read_manifest(manifest, catalog=catalog))
     by_split: dict[str, list[Record]] = {"train": [], "val": [], "test": []}
     for record in records:
         by_split[record.split].append(record)
