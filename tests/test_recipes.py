@@ -16,7 +16,8 @@ from predilect.training.train import runs
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "training" / "examples" / "run.toml"
 
-# What `predilect demo` passed as --set overrides before its recipe became a file (seed 0, default epochs).
+# What `predilect demo` passed as --set overrides before its recipe became a file (seed 0, default epochs),
+# and the acquisition-shift policy the recipe has trained with since.
 FORMER_DEMO_COMMON = [
     "loop.seed=0",
     "data.preprocess.size=128",
@@ -26,6 +27,7 @@ FORMER_DEMO_COMMON = [
     "loop.lr=0.002",
     "pretrain.in_memory=true",
     "finetune.in_memory=true",
+    "data.augment.acquisition.enabled=true",  # added with the acquisition-shift policy
 ]
 FORMER_DEMO_STAGE = ["loop.epochs=24"]
 

@@ -10,6 +10,7 @@
     predilect bench http-body [options]     # does tritonserver survive an HTTP body of N MB?
     predilect bench heatmaps [options]      # HEATMAPS served vs not, asked vs not
     predilect bench localisation-variants   # which attention-derived heatmap peaks on the lesions
+    predilect bench cameras [options]       # served AUROC and gradable share per camera of the zoo, over seeds
 
 `serving`, one stack after the other on this machine, same images, same concurrency points:
 (a) the in-process bound (the served computation: decode, grade, ONNX Runtime, decide; no server); (c) the Triton
@@ -53,6 +54,7 @@ SUBCOMMANDS = {
     "http-body": "predilect.benchmarks.http_body_cli",
     "heatmaps": "predilect.benchmarks.heatmaps_cli",
     "localisation-variants": "predilect.benchmarks.localisation_variants_cli",
+    "cameras": "predilect.benchmarks.cameras_cli",
 }
 
 ARTIFACTS = default_artifacts()

@@ -41,7 +41,7 @@ def _parser() -> argparse.ArgumentParser:
 
 @command("operating-points")
 def main(argv: Sequence[str] | None = None) -> int:
-    from predilect.manifest import label_matrix, read_manifest
+    from predilect.manifest import colour_screened, label_matrix, read_manifest
     from predilect.models.checkpoint import read_meta
 
     args = _parser().parse_args(argv)
@@ -49,10 +49,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise CommandError(f"--target-sensitivity must lie in (0, 1], got {args.target_sensitivity}")
     meta = read_meta(args.checkpoint)
     catalog = meta.catalog
-    val = read_manifest(args.manifest, catalog=catalog, split="val")
+    val = colour_screened(read_manifest(args.manifest, catalog=catalog, split="val"))
     if not val:
         raise CommandError(f"{args.manifest} has no 'val' split to choose operating points on")
-    test = read_manifest(args.manifest, catalog=catalog, split="test")
+    test = colour_screened(read_manifest(args.manifest, catalog=catalog, split="test"))
     print(f"scoring {len(val)} val and {len(test)} test images ...", flush=True)
     validation = (label_matrix(val, catalog), checkpoint_scores(args.checkpoint, [r.path for r in val]))
     held_out = (
