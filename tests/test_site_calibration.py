@@ -44,11 +44,11 @@ def _write(folder: Path, payloads: dict[str, bytes]) -> list[Path]:
 
 @pytest.fixture(scope="module")
 def reference_server(tritonserver, tiny_onnx: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
-    """A fused repository assembled with reference distributions from 400 held-out photographs."""
+    """A fused repository assembled with reference distributions from 400 validation photographs."""
     work = tmp_path_factory.mktemp("reference")
     paths = _write(work / "heldout", {f"r{seed}.jpg": _fundus(1000 + seed) for seed in range(400)})
     manifest = work / "manifest.csv"
-    manifest.write_text("path,labels,split\n" + "".join(f"heldout/{p.name},normal,test\n" for p in paths))
+    manifest.write_text("path,labels,split\n" + "".join(f"heldout/{p.name},normal,val\n" for p in paths))
     repository = work / "repo"
     argv = ["assemble", "--onnx", str(tiny_onnx), "--out", str(repository), "--reference-manifest", str(manifest)]
     assert predilect(argv) == 0

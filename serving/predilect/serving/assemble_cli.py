@@ -37,9 +37,10 @@ def _parser(profile: str) -> argparse.ArgumentParser:
         "--reference-manifest",
         type=Path,
         default=None,
-        help="labelled images whose test split gives the reference distributions shift monitoring compares with",
+        help="labelled images whose --reference-split gives the reference distributions shift monitoring compares with",
     )
-    p.add_argument("--reference-images", type=int, default=400, help="test images the reference is taken on")
+    p.add_argument("--reference-split", default="val", help="split of --reference-manifest (default: val)")
+    p.add_argument("--reference-images", type=int, default=400, help="images the reference is taken on, at most")
     if profile == "gpu":
         p.add_argument("--gate-manifest", type=Path, help="labelled held-out images for the engine's accuracy gate")
         p.add_argument("--gate-images", type=int, default=64, help="held-out images in the gate set")
@@ -64,7 +65,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         onnx_path = served_onnx(args.onnx, getattr(args, "precision", "fp32")) if args.profile == "cpu" else args.onnx
         served = read_served_model(onnx_path, quality=quality)
-        reference = reference_from_manifest(onnx_path, served, args.reference_manifest, limit=args.reference_images)
+        reference = reference_from_manifest(
+            onnx_path, served, args.reference_manifest, split=args.reference_split, limit=args.reference_images
+        )
         print(f"reference distributions: {reference.source}")
     if args.profile == "gpu":
         from predilect.serving.gpu_profile import assemble_gpu

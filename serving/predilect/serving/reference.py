@@ -1,6 +1,6 @@
 """The reference distributions stored with a model at assemble time (``predilect assemble --reference-manifest``).
 
-The held-out images of a manifest go through what the repository serves -- preprocessing, the
+The validation images of a manifest go through what the repository serves -- preprocessing, the
 gradability step (``Screening.quality``, with each frame's place on its square) and the exported model
 under ONNX Runtime -- and ``predilect.drift.Reference.build`` keeps each quality measure's and each disease
 probability's distribution and the ungradable share. The served shift metrics bucket by them, and
@@ -17,7 +17,7 @@ import numpy as np
 from predilect import contract
 from predilect.drift import Reference
 from predilect.errors import UserError
-from predilect.manifest import read_manifest
+from predilect.manifest import colour_screened, read_manifest
 from predilect.preprocess import Preprocessor
 from predilect.serving.backends.classifier import OnnxClassifier
 from predilect.serving.backends.postprocess import stable_sigmoid
@@ -63,10 +63,12 @@ def screen_in_process(
 
 
 def reference_from_manifest(
-    onnx_path: Path, served: ServedModel, manifest: Path, *, split: str = "test", limit: int = 400
+    onnx_path: Path, served: ServedModel, manifest: Path, *, split: str = "val", limit: int = 400
 ) -> Reference:
-    """The reference distributions of the model on up to ``limit`` images of ``split`` of ``manifest``."""
-    records = read_manifest(manifest, catalog=served.catalog, split=split)[:limit]
+    """The reference distributions of the model on up to ``limit`` colour photographs of ``split`` of ``manifest``:
+    by default the validation split, the cameras and population the model was chosen on (a zoo phantom's
+    held-out cameras photograph test eyes only, so that they show as drift)."""
+    records = colour_screened(read_manifest(manifest, catalog=served.catalog, split=split))[:limit]
     if not records:
         raise ReferenceManifestError(f"{manifest} has no {split} images to take the reference distributions on")
     quality, measures, probabilities = screen_in_process(onnx_path, served, [r.path.read_bytes() for r in records])

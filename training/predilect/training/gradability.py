@@ -36,13 +36,16 @@ import numpy as np
 from predilect import quality
 from predilect.catalog import Catalog
 from predilect.contract import QUALITY_REASONS
-from predilect.manifest import Record, read_manifest, write_manifest
+from predilect.manifest import Record, capture_of, colour_screened, read_manifest, write_manifest
 from predilect.metrics import wilson
 from predilect.preprocess import PreprocessCfg, Preprocessor
 from predilect.quality import calibration
 from predilect.quality.calibration import DEFINED, CalibrationError
 
 CLEAN = "none"
+RED_FREE = "red_free"
+"""The kind of a clean red-free capture: another image type, for the gradability step to name (``monochrome``),
+never a clean colour photograph; it is counted as a kind to flag, and never degraded."""
 TARGET_KINDS: Mapping[str, tuple[str, ...]] = {
     "field_px": (),
     "field_visible": ("fov",),
@@ -54,7 +57,7 @@ TARGET_KINDS: Mapping[str, tuple[str, ...]] = {
     "glare": ("reflection",),
     "haze": ("reflection",),
     "dust": ("dust",),
-    "hue_spread": (),
+    "hue_spread": (RED_FREE,),
     "redness": (),
     "redness_unmasked": ("external", "oct"),
 }
@@ -69,6 +72,7 @@ EXPECTED_REASON: Mapping[str, str] = {
     "reflection": "artefact",
     "external": "wrong_image_type",
     "oct": "wrong_image_type",
+    RED_FREE: "monochrome",
 }
 _FLAG_SHARE = 0.95
 
@@ -111,11 +115,16 @@ def measure_payloads(
     return rows, refused
 
 
+def _kind(record: Record) -> str:
+    kind = record.extra.get("degradation", CLEAN) or CLEAN
+    return RED_FREE if kind == CLEAN and capture_of(record) == "red_free" else kind
+
+
 def measure_records(records: Sequence[Record], preprocess: PreprocessCfg, *, batch_size: int = 32) -> Measured:
     """Measure each record's image through preprocessing (its quality square) and ``quality.measure``."""
     rows, refused = measure_payloads([r.path.read_bytes() for r in records], preprocess, batch_size=batch_size)
     return Measured(
-        kinds=[r.extra.get("degradation", CLEAN) or CLEAN for r in records],
+        kinds=[_kind(r) for r in records],
         strengths=[float(r.extra.get("degradation_strength") or 0.0) for r in records],
         cameras=[r.extra.get("camera", "") for r in records],
         paths=[str(r.path) for r in records],
@@ -329,7 +338,7 @@ def degraded_set(
     if not clean:
         raise CalibrationError(f"{phantom_manifest} has no {'/'.join(splits)} images")
     folder.mkdir(parents=True, exist_ok=True)
-    source = write_manifest(folder / "clean_manifest.csv", clean, catalog=catalog)
+    source = write_manifest(folder / "clean_manifest.csv", colour_screened(clean), catalog=catalog)
     degraded = degrade_dataset(source, folder, kinds=KINDS, catalog=catalog, count=count_per_kind, seed=seed)
     copies = [r for r in read_manifest(degraded, catalog=catalog) if r.extra.get("degradation", CLEAN) != CLEAN]
     return [*clean, *copies]
