@@ -228,7 +228,7 @@ QUALITY_MEASURES = (
     "field_px",
     "field_visible",
     "field_offset",
-    "circular",
+    "masked",
     "unlit",
     "blur",
     "exposure",
@@ -236,7 +236,7 @@ QUALITY_MEASURES = (
     "glare",
     "haze",
     "dust",
-    "hue_spread",
+    "chroma",
     "redness",
 )
 """What the gradability step measures on each photograph, in the order of ``QUALITY_MEASURES_TENSOR``

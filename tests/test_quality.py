@@ -31,7 +31,7 @@ def _jpeg(image) -> bytes:
 def _clean_rows(rng: np.random.Generator, count: int) -> np.ndarray:
     """Synthetic measures of clean photographs: every measure near 1, but the defined ones where photographs lie."""
     rows = rng.normal(1.0, 0.05, size=(count, len(quality.MEASURES))).clip(0.01)
-    for name, value in {"field_px": 800.0, "hue_spread": 8.0, "circular": 1.0}.items():
+    for name, value in {"field_px": 800.0, "chroma": 0.5, "masked": 1.0}.items():
         rows[:, quality.MEASURES.index(name)] = value
     rows[:, quality.MEASURES.index("field_offset")] = rng.uniform(0.0, 0.02, count)
     rows[:, quality.MEASURES.index("redness")] = rng.uniform(0.45, 0.6, count)
@@ -100,7 +100,7 @@ def test_grade_agrees_flags_and_score_when_measures_vary() -> None:
     cfg = quality.default_quality_cfg()
     base = np.array([cfg.thresholds.get(m, 1.0) for m in quality.MEASURES])
     measures = base[None, :] * rng.uniform(0.3, 3.0, size=(500, len(quality.MEASURES)))
-    measures[:, quality.MEASURES.index("circular")] = rng.integers(0, 2, 500)
+    measures[:, quality.MEASURES.index("masked")] = rng.integers(0, 2, 500)
     grade = quality.grade(measures, cfg)
     np.testing.assert_array_equal(grade.gradable, grade.score > 0.5)
     tensor = grade.tensor()

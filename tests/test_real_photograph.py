@@ -138,7 +138,7 @@ def test_served_result_grades_real_fundus_and_never_screens_red_free_when_layout
         real = client.screen(retina_path())
         red_free = client.screen(_jpeg(np.stack([retina[..., 1]] * 3, axis=-1)))
     assert real.gradable and real.decision != "ungradable" and real.probabilities is not None, real.quality
-    assert real.quality.measures is not None and real.quality.measures["circular"] == 1.0
+    assert real.quality.measures is not None and real.quality.measures["masked"] == 1.0
     assert not red_free.gradable and red_free.decision == "ungradable" and red_free.probabilities is None
     assert "monochrome" in red_free.quality.reasons and not red_free.positive
     assert contract.QUALITY_REASONS.index("monochrome") >= 0

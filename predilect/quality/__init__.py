@@ -20,7 +20,7 @@ images, or on a site's own labelled images with ``--manifest``):
 * ``underexposed``: a quarter of the field or more darker than ``exposure``; ``overexposed``:
   ``saturated``.
 * ``artefact``: lid or lash shadow (``unlit``), glare, haze, dust.
-* ``monochrome``: a red-free or greyscale photograph (``hue_spread`` below its threshold) in a camera
+* ``monochrome``: a red-free or greyscale photograph (``chroma`` below its threshold) in a camera
   mask: its own type, reported, never screened as colour by a colour model.
 * ``wrong_image_type``: not a colour fundus photograph: too little red for a fundus in a camera mask
   (unless over-exposure, glare or haze explain it), or, without a mask, not fundus-red or of one colour

@@ -22,14 +22,14 @@ from predilect.quality.config import ALWAYS, MASKED, MEASURES, Check
 DEFINED: Mapping[str, float] = {
     "field_px": 200.0,
     "field_visible": 0.8,
-    "hue_spread": 1.5,
+    "chroma": 0.1,
     "redness": 0.05,
 }
 """Thresholds set by what they mean, not chosen on images: a field under 200 px across is upsampled by more
 than 12% into the 224-px grading square, finer than it holds (``too_small``); a grader needs at least four
-fifths of the camera's field (a 3:2 frame keeps about nine tenths); the colours of a colour photograph
-spread more than 1.5 degrees from its median colour (vessels, disc and background differ by 5 to 15 degrees;
-a red-free or greyscale one lies within JPEG's chroma noise, 0 to 1.2); a colour fundus in a camera mask has
+fifths of the camera's field (a 3:2 frame keeps about nine tenths); a second colour channel carries
+at least a tenth of the light in a colour photograph (a colour fundus, pale, cast or pseudo-colour, a quarter
+or more; a red-free or greyscale one 0 to 0.02 after JPEG); a colour fundus in a camera mask has
 red above blue (blood and melanin absorb blue first), pale, pigmented or cast, by more than 0.05 of its
 brightness."""
 MIN_AREA: Mapping[str, float] = {"saturated": 0.01, "unlit": 0.01, "glare": 0.01, "dust": 0.002}
@@ -46,7 +46,7 @@ def check_values(measures: np.ndarray, check: Check, *, usable: np.ndarray | Non
     """The measure ``check`` reads from rows ``(N, len(MEASURES))``, NaN where it does not apply (masked or
     unmasked photographs only) or where ``usable`` is False."""
     values = np.asarray(measures, dtype=np.float64)[:, MEASURES.index(check.measure)].copy()
-    circular = np.asarray(measures)[:, MEASURES.index("circular")] > 0.5
+    circular = np.asarray(measures)[:, MEASURES.index("masked")] > 0.5
     if check.when != ALWAYS:
         values[~circular if check.when == MASKED else circular] = np.nan
     if usable is not None:

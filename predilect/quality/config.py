@@ -31,7 +31,7 @@ DEFAULT_SIZE = 224
 
 ALWAYS, MASKED, UNMASKED = "always", "masked", "unmasked"
 """When a check applies: on every photograph, only where the field of view is a camera's circular mask
-(``circular`` measure 1), or only where it is not (a frame-filling crop, or no field found)."""
+(``masked`` measure 1), or only where it is not (a frame-filling crop, or no field found)."""
 
 
 @dataclass(frozen=True)
@@ -64,7 +64,7 @@ CHECKS = (
     Check("glare", "glare", "artefact", "max"),
     Check("haze", "haze", "artefact", "max"),
     Check("dust", "dust", "artefact", "max"),
-    Check("hue_spread", "hue_spread", "monochrome", "min"),
+    Check("chroma", "chroma", "monochrome", "min"),
     Check("redness", "redness", "wrong_image_type", "min", when=MASKED),
     Check("redness_unmasked", "redness", "wrong_image_type", "min", when=UNMASKED),
 )

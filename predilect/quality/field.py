@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -35,6 +36,8 @@ from rows and columns together, average 4/pi: see ``_support``)."""
 FILL_LIT = 0.85
 EDGE_PX = 2.0
 """Ends of lit runs within this distance of the frame's edge are cuts by the frame, not the mask."""
+MAX_ASPECT = 1.6
+"""The most elongated mask accepted (a wide-field camera's ellipse is about 1.25)."""
 RANSAC_TRIES = 128
 _SCORED_POINTS = 240
 """RANSAC scores each candidate circle on at most this many of the points, evenly taken."""
@@ -79,19 +82,30 @@ class Frame:
 
 @dataclass(frozen=True)
 class Field:
-    """The field of view found on one square: its ``shape`` (``CIRCLE``, ``FILL`` or ``NONE``), the circle
-    (centre and radius in square px; for a fill or none, the inscribed circle of the lit frame), ``expected``
-    (the pixels a grader reads: circle within the frame, or the frame), ``distance`` (px from the centre,
-    over the radius) and ``support`` (share of the circumference seen as mask edge)."""
+    """The field of view found on one square: its ``shape`` (``CIRCLE``: a camera's mask, a circle or an
+    upright ellipse; ``FILL`` or ``NONE``), the mask (centre and semi-axes in square px; for a fill or none,
+    the inscribed circle of the lit frame), ``expected`` (the pixels a grader reads: the mask within the
+    frame, or the frame), ``distance`` (the elliptical radius: 1 on the mask's edge) and ``support`` (share
+    of the mask's edge seen)."""
 
     shape: str
     cx: float
     cy: float
-    radius: float
+    rx: float
+    ry: float
     expected: np.ndarray
     distance: np.ndarray
     support: float
     frame: Frame
+
+    @property
+    def radius(self) -> float:
+        """The mask's size as one radius: the geometric mean of its semi-axes (the circle's radius)."""
+        return math.sqrt(self.rx * self.ry)
+
+    @property
+    def short_radius(self) -> float:
+        return min(self.rx, self.ry)
 
 
 def _longest_runs(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -178,34 +192,115 @@ def fit_circle(points: np.ndarray, size: int) -> tuple[float, float, float, int]
     return (*circle, int(inliers.sum()))
 
 
-def _support(inliers: int, radius: float) -> float:
-    """Share of the circumference seen as edge: rows and columns each give a point per pixel they cross, on
-    average 4/pi points per pixel of arc over all directions."""
-    return inliers / (4.0 / math.pi * 2.0 * math.pi * max(radius, 1.0))
+def _support(inliers: int, rx: float, ry: float) -> float:
+    """Share of the edge seen: rows and columns each give a point per pixel they cross, on average 4/pi points
+    per pixel of arc over all directions (Ramanujan's perimeter of the ellipse)."""
+    a, b = max(rx, 1.0), max(ry, 1.0)
+    perimeter = math.pi * (3.0 * (a + b) - math.sqrt((3.0 * a + b) * (a + 3.0 * b)))
+    return inliers / (4.0 / math.pi * perimeter)
 
 
-def _distance(size: int, cx: float, cy: float, radius: float) -> np.ndarray:
+def _distance(size: int, cx: float, cy: float, rx: float, ry: float | None = None) -> np.ndarray:
     c = np.arange(size, dtype=np.float32) + np.float32(0.5)
-    dx2 = np.square((c - np.float32(cx)) / np.float32(max(radius, 1e-9)))
-    dy2 = np.square((c - np.float32(cy)) / np.float32(max(radius, 1e-9)))
+    dx2 = np.square((c - np.float32(cx)) / np.float32(max(rx, 1e-9)))
+    dy2 = np.square((c - np.float32(cy)) / np.float32(max(ry if ry is not None else rx, 1e-9)))
     return np.sqrt(dy2[:, None] + dx2[None, :])
+
+
+def _ellipse_params(coefficients: np.ndarray, shift: float) -> tuple[np.ndarray, ...]:
+    """Centres and semi-axes of upright ellipses ``A x^2 + C y^2 + D x + E y = 1`` (coordinates less ``shift``);
+    NaN where the conic is no ellipse."""
+    a, c, d, e = (coefficients[..., i] for i in range(4))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        cx, cy = -d / (2.0 * a), -e / (2.0 * c)
+        constant = 1.0 + d * d / (4.0 * a) + e * e / (4.0 * c)
+        rx, ry = np.sqrt(constant / a), np.sqrt(constant / c)
+    ok = (a > 0) & (c > 0) & (constant > 0)
+    return (
+        np.where(ok, cx + shift, np.nan),
+        np.where(ok, cy + shift, np.nan),
+        np.where(ok, rx, np.nan),
+        np.where(ok, ry, np.nan),
+    )
+
+
+def fit_ellipse(points: np.ndarray, size: int) -> tuple[float, float, float, float, int] | None:
+    """The upright ellipse most ``points`` lie on (RANSAC over four-point ellipses, then least squares on the
+    inliers): cx, cy, rx, ry, inliers. For masks that are not circles (a wide-field camera's ellipse)."""
+    if len(points) < 16:
+        return None
+    shift = size / 2.0
+    x, y = points[:, 0] - shift, points[:, 1] - shift
+    design = np.stack([x * x, y * y, x, y], axis=1)
+    rng = np.random.default_rng(1)
+    picks = rng.integers(0, len(points), size=(RANSAC_TRIES, 4))
+    systems = design[picks]
+    solvable = np.abs(np.linalg.det(systems)) > 1e-6
+    if not solvable.any():
+        return None
+    coefficients = np.linalg.solve(systems[solvable], np.ones((int(solvable.sum()), 4, 1)))[..., 0]
+    cx, cy, rx, ry = _ellipse_params(coefficients, shift)
+    aspect = np.maximum(rx, ry) / np.minimum(rx, ry)
+    valid = np.isfinite(rx) & np.isfinite(ry) & (np.minimum(rx, ry) >= MIN_RADIUS * size)
+    valid &= (np.maximum(rx, ry) <= MAX_RADIUS * size) & (aspect <= MAX_ASPECT)
+    if not valid.any():
+        return None
+    cx, cy, rx, ry = cx[valid], cy[valid], rx[valid], ry[valid]
+    scored = points[:: max(1, len(points) // _SCORED_POINTS)]
+
+    def residuals(px: np.ndarray, py: np.ndarray, ux: Any, uy: Any, ax: Any, ay: Any) -> Any:
+        r = np.sqrt(np.square((px - ux) / ax) + np.square((py - uy) / ay))
+        return np.abs(r - 1.0) * np.sqrt(ax * ay)
+
+    counts = (
+        residuals(scored[None, :, 0], scored[None, :, 1], cx[:, None], cy[:, None], rx[:, None], ry[:, None])
+        < INLIER_PX
+    ).sum(axis=1)
+    best = int(np.argmax(counts))
+    fit = (float(cx[best]), float(cy[best]), float(rx[best]), float(ry[best]))
+    for _ in range(2):
+        inliers = residuals(points[:, 0], points[:, 1], *fit) < 2.0 * INLIER_PX / 1.5
+        if inliers.sum() < 16:
+            return None
+        (coef, *_) = np.linalg.lstsq(design[inliers], np.ones(int(inliers.sum())), rcond=None)
+        ux, uy, ax, ay = (float(v) for v in _ellipse_params(coef, shift))
+        if not all(math.isfinite(v) for v in (ux, uy, ax, ay)):
+            return None
+        fit = (ux, uy, ax, ay)
+    inliers = residuals(points[:, 0], points[:, 1], *fit) < INLIER_PX
+    return (*fit, int(inliers.sum()))
+
+
+def _mask(lit: np.ndarray, in_frame: np.ndarray, frame: Frame, fit: tuple[float, ...] | None) -> Field | None:
+    """The mask ``fit`` (cx, cy, rx, ry, inliers) describes, if its edge is seen enough, its inside is lit and
+    the frame beyond it dark."""
+    if fit is None:
+        return None
+    cx, cy, rx, ry, inliers = fit
+    distance = _distance(lit.shape[0], cx, cy, rx, ry)
+    inside = (distance < 1.0) & in_frame
+    outside = (distance >= 1.04) & in_frame
+    lit_inside = lit[inside].mean() if inside.any() else 0.0
+    lit_outside = lit[outside].mean() if outside.any() else 0.0
+    support = _support(int(inliers), rx, ry)
+    if support >= MIN_SUPPORT and lit_inside >= 0.5 and lit_outside <= 0.5:
+        return Field(CIRCLE, cx, cy, rx, ry, inside, distance, support, frame)
+    return None
 
 
 def find_field(lit: np.ndarray, frame: Frame) -> Field:
     """The field of view of one square's lit mask (S, S) bool: see the module docstring."""
     size = lit.shape[0]
     in_frame = frame.mask(size)
-    fit = fit_circle(edge_points(lit, frame), size)
-    if fit is not None:
-        cx, cy, radius, inliers = fit
-        distance = _distance(size, cx, cy, radius)
-        inside = (distance < 1.0) & in_frame
-        outside = (distance >= 1.04) & in_frame
-        lit_inside = lit[inside].mean() if inside.any() else 0.0
-        lit_outside = lit[outside].mean() if outside.any() else 0.0
-        support = _support(inliers, radius)
-        if support >= MIN_SUPPORT and lit_inside >= 0.5 and lit_outside <= 0.5:
-            return Field(CIRCLE, cx, cy, radius, inside, distance, support, frame)
+    points = edge_points(lit, frame)
+    circle = fit_circle(points, size)
+    found = _mask(
+        lit, in_frame, frame, None if circle is None else (circle[0], circle[1], circle[2], circle[2], circle[3])
+    )
+    if found is None:
+        found = _mask(lit, in_frame, frame, fit_ellipse(points, size))
+    if found is not None:
+        return found
     lit_share = float(lit[in_frame].mean()) if in_frame.any() else 0.0
     rows, columns = np.nonzero(in_frame)
     if len(rows):
@@ -214,4 +309,4 @@ def find_field(lit: np.ndarray, frame: Frame) -> Field:
     else:
         cx = cy = radius = size / 2.0
     shape = FILL if lit_share >= FILL_LIT else NONE
-    return Field(shape, cx, cy, radius, in_frame, _distance(size, cx, cy, radius), 0.0, frame)
+    return Field(shape, cx, cy, radius, radius, in_frame, _distance(size, cx, cy, radius), 0.0, frame)

@@ -19,8 +19,9 @@ _ALONE = ("wrong_image_type",)
 """Reasons that stand alone: the other checks say nothing useful about a photograph that is not of a fundus."""
 _TYPED = ("wrong_image_type", "monochrome", "too_small")
 """Reasons given by their own rule rather than by one check's failure alone."""
-_COLOUR_CHECKS = ("glare",)
-"""Checks that read hue: meaningless on a monochrome photograph (its blue is its red), which says so instead."""
+_COLOUR_CHECKS = ("glare", "dust")
+"""Checks that read hue (glare: blue against red; dust: red and green darkened alike): meaningless on a
+monochrome photograph, whose channels are one, which says so instead."""
 
 
 def frames_of(
@@ -82,7 +83,7 @@ def grade(measures: np.ndarray, cfg: QualityCfg) -> Grade:
     if measures.ndim != 2 or measures.shape[1] != len(MEASURES):
         raise ValueError(f"measures must be shaped (N, {len(MEASURES)}), got {measures.shape}")
     column = {m: i for i, m in enumerate(MEASURES)}
-    circular = measures[:, column["circular"]] > 0.5
+    circular = measures[:, column["masked"]] > 0.5
     applies = np.stack(
         [np.ones_like(circular) if c.when == ALWAYS else circular if c.when == MASKED else ~circular for c in CHECKS],
         axis=1,
@@ -96,7 +97,7 @@ def grade(measures: np.ndarray, cfg: QualityCfg) -> Grade:
     explained = np.zeros(len(measures), dtype=bool)
     for name in _EXPLAINS_COLOUR:
         explained |= by_name[name]
-    single_colour = by_name["hue_spread"]
+    single_colour = by_name["chroma"]
     typed = {
         "wrong_image_type": (~circular & (by_name["redness_unmasked"] | single_colour))
         | (circular & by_name["redness"] & ~explained & ~single_colour),

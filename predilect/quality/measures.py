@@ -8,7 +8,7 @@ distance from the field's centre over its radius, ``brightest`` each pixel's bri
 * ``field_visible``: share of the mask circle inside the frame and the square (1 for a frame-filling crop,
   the frame's lit share when no field was found).
 * ``field_offset``: distance of the circle's centre from the square's centre, over its radius.
-* ``circular``: 1 when the field is a camera's circular mask, else 0.
+* ``masked``: 1 when the field is a camera's mask (a circle, cut or whole, or an upright ellipse), else 0.
 * ``unlit``: share of ``E`` (clear of the soft rim) below the field-of-view level: lid and lash shadows,
   a field cut off by something other than the frame.
 * ``blur``: how far the sharpest edges of the field -- vessel walls, the disc rim -- are spread (px), by the
@@ -32,9 +32,11 @@ distance from the field's centre over its radius, ``brightest`` each pixel's bri
   same ring around the field's centre (vignetting removed), both below 0.8 of their lit neighbourhood's
   (a 20% of S box) and within 0.08 of each other (dirt darkens every channel by one factor; vessels and
   haemorrhages darken green far more), thin lines removed by a 3 x 3 opening; on the 2 x 2 averaged square.
-* ``hue_spread``: the 95th percentile of the angle (degrees) between each well-exposed pixel's colour and
-  the field's median colour: a colour fundus spreads from the red vessels to the yellow disc; a red-free or
-  greyscale photograph has one colour direction (JPEG chroma aside). 90 when too few pixels tell.
+* ``chroma``: how much a second colour channel carries, over the well-exposed field: the smaller of the
+  mean ``(max - min) / max`` of each pixel's channels (0 when the channels are equal: a greyscale or
+  grey-stored red-free photograph) and the mean second-brightest channel over the mean brightest one (0
+  when one channel alone carries light: a red-free photograph stored in green). A colour fundus, pale,
+  pigmented, cast or two-laser pseudo-colour, lies above 0.25; 1 when too few pixels tell.
 * ``redness``: mean ``(R - B) / (R + G + B)`` over lit ``E`` (r < 0.85): a colour fundus is red-orange
   (blood and melanin absorb blue first); skin, a room or an OCT scan are not.
 """
@@ -194,14 +196,15 @@ def _dust(planes: np.ndarray, field: Field, fov_threshold: int) -> float:
     return float(opened[expected].mean())
 
 
-def _hue_spread(colours: np.ndarray) -> float:
-    """The ``hue_spread`` measure (degrees) of colours ``(P, 3)``: see the module docstring."""
-    if len(colours) < 50:
-        return 90.0
-    median = np.median(colours, axis=0)
-    norms = np.linalg.norm(colours, axis=1) * max(float(np.linalg.norm(median)), 1e-9)
-    cosine = colours @ median / np.maximum(norms, 1e-9)
-    return float(np.degrees(np.arccos(np.clip(np.percentile(cosine, 5), -1.0, 1.0))))
+def _chroma(colours: np.ndarray) -> float:
+    """The ``chroma`` measure of colours ``(3, P)``: see the module docstring."""
+    if colours.shape[1] < 50:
+        return 1.0
+    brightest, dimmest = colours.max(axis=0), colours.min(axis=0)
+    spread = float((brightest - dimmest).mean() / max(float(brightest.mean()), 1e-9))
+    means = np.sort(colours.mean(axis=1))[::-1]
+    second = float(means[1] / max(float(means[0]), 1e-9))
+    return min(spread, second)
 
 
 def measure_square(planes: np.ndarray, frame: Frame, *, fov_threshold: int) -> np.ndarray:
@@ -212,19 +215,19 @@ def measure_square(planes: np.ndarray, frame: Frame, *, fov_threshold: int) -> n
     field = find_field(lit, frame)
     expected, distance = field.expected, field.distance
     if field.shape == CIRCLE:
-        visible = float(expected.sum()) / (math.pi * field.radius**2)
+        visible = float(expected.sum()) / (math.pi * field.rx * field.ry)
         offset = math.hypot(field.cx - size / 2.0, field.cy - size / 2.0) / field.radius
     else:
         in_frame = expected
         visible = 1.0 if field.shape == FILL else float(lit[in_frame].mean()) if in_frame.any() else 0.0
         offset = 0.0
-    rim = 2.0 / field.radius
+    rim = 2.0 / field.short_radius
     clear = expected & (distance < 1.0 - rim)
     if field.shape != CIRCLE:
         clear = expected & _inset(frame, size, 2.0)
     unlit = 1.0 - float(lit[clear].mean()) if clear.any() else 1.0
     margin = 6.0
-    focus_region = lit & expected & (distance < 1.0 - margin / field.radius) & _inset(frame, size, margin)
+    focus_region = lit & expected & (distance < 1.0 - margin / field.short_radius) & _inset(frame, size, margin)
     blur = _blur(planes[1].astype(np.float32), focus_region) * min(1.0, frame.scale)
     exposure = _exposure(brightest, expected)
     near = expected & (distance < 0.9)
@@ -236,13 +239,13 @@ def measure_square(planes: np.ndarray, frame: Frame, *, fov_threshold: int) -> n
     haze = float(np.percentile(blue[inner_lit], 2) / (np.median(blue[inner_lit]) + 1.0)) if inner_lit.any() else 0.0
     dust = _dust(planes, field, fov_threshold)
     exposed = (near & lit & (brightest >= 40) & (brightest <= 245))[::2, ::2]
-    hue_spread = _hue_spread(planes[:, ::2, ::2][:, exposed].T.astype(np.float64))
+    chroma = _chroma(planes[:, ::2, ::2][:, exposed].astype(np.float64))
     redness = float(((red - blue) / (red + green + blue + 1.0))[inner_lit].mean()) if inner_lit.any() else 0.0
     values = {
-        "field_px": 2.0 * field.radius * frame.scale,
+        "field_px": 2.0 * field.short_radius * frame.scale,
         "field_visible": visible,
         "field_offset": offset,
-        "circular": 1.0 if field.shape == CIRCLE else 0.0,
+        "masked": 1.0 if field.shape == CIRCLE else 0.0,
         "unlit": unlit,
         "blur": blur,
         "exposure": exposure,
@@ -250,7 +253,7 @@ def measure_square(planes: np.ndarray, frame: Frame, *, fov_threshold: int) -> n
         "glare": glare,
         "haze": haze,
         "dust": dust,
-        "hue_spread": hue_spread,
+        "chroma": chroma,
         "redness": redness,
     }
     return np.array([values[m] for m in MEASURES], dtype=np.float64)

@@ -57,7 +57,7 @@ TARGET_KINDS: Mapping[str, tuple[str, ...]] = {
     "glare": ("reflection",),
     "haze": ("reflection",),
     "dust": ("dust",),
-    "hue_spread": (RED_FREE,),
+    "chroma": (RED_FREE,),
     "redness": (),
     "redness_unmasked": ("external", "oct"),
 }
