@@ -111,12 +111,23 @@ def _blur(green: np.ndarray, region: np.ndarray) -> float:
     ratio2 = magnitude2[edges] / np.maximum(reblurred2[edges], 1e-6)
     sigma = np.sqrt(np.clip(_SIGMA0**2 / np.maximum(ratio2 - 1.0, 1e-6), 0.0, _MAX_BLUR**2))
     cells = _cell_index(green.shape[0], _FOCUS_CELLS)[edges]
-    sharpest = [
-        float(np.percentile(sigma[cells == c], _SHARPEST))
-        for c in range(_FOCUS_CELLS**2)
-        if (cells == c).sum() >= _MIN_EDGES
-    ]
-    return float(np.median(sharpest)) if sharpest else _MAX_BLUR
+    sharpest = _group_percentiles(sigma, cells, _FOCUS_CELLS**2, _SHARPEST / 100.0, _MIN_EDGES)
+    return float(np.median(sharpest)) if len(sharpest) else _MAX_BLUR
+
+
+def _group_percentiles(values: np.ndarray, groups: np.ndarray, count: int, q: float, minimum: int) -> np.ndarray:
+    """The ``q`` quantile (linear, as ``np.percentile``) of ``values`` in each of ``count`` groups holding at
+    least ``minimum`` of them, in group order; one sort for all groups."""
+    order = np.lexsort((values, groups))
+    ordered = values[order]
+    sizes = np.bincount(groups, minlength=count)
+    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+    kept = sizes >= max(minimum, 1)
+    position = starts[kept] + q * (sizes[kept] - 1)
+    low = np.floor(position).astype(np.int64)
+    high = np.minimum(low + 1, starts[kept] + sizes[kept] - 1)
+    frac = position - low
+    return ordered[low] * (1.0 - frac) + ordered[high] * frac
 
 
 def _cell_quantiles(values: np.ndarray, chosen: np.ndarray, cells: int, q: float, min_share: float) -> np.ndarray:
