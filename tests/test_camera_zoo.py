@@ -167,7 +167,7 @@ def test_encode_writes_the_profile_jpeg_quality_and_reencodings_when_saved():
     twice = acquisition.jpeg_bytes(acquisition.jpeg_roundtrip(photo, [40]), quality=profile.reencode[-1])
     assert data == twice and data != once
     with Image.open(io.BytesIO(data)) as decoded:
-        assert decoded.size == photo.size and decoded.layers == 3
+        assert decoded.size == photo.size and decoded.mode == "RGB"
 
 
 def test_acquisition_refuses_a_field_label_its_geometry_contradicts_when_defined():

@@ -120,6 +120,8 @@ class Acquisition:
                 raise ConfigError(f"{where}: {name} must be 0 < low <= high, got {(low, high)}")
         if min(self.full_well_e, self.signal, self.band_gain) <= 0 or self.read_noise_e < 0 or self.signal > 1:
             raise ConfigError(f"{where}: full_well_e, band_gain > 0, read_noise_e >= 0 and signal in (0, 1] needed")
+        if self.field not in FIELDS:
+            raise ConfigError(f"{where}: field must be one of {FIELDS}, got {self.field!r}")
         shape = _field_shape(self)
         if shape != self.field:
             raise ConfigError(
