@@ -58,6 +58,7 @@ _.compute_output_ms
 _.auroc_reference  # build.tensorrt.accuracy: the gate report in the engine sidecar
 _.auroc_engine
 _.max_abs_dpixel  # build.decoder_gate: the decoder gate's report
+_.basis  # training.phantom.cameras.Acquisition: what a profile rests on, cameras.toml -> phantom.json
 _.auroc_served
 _.min_shape  # build.tensorrt.sidecar: the engine's optimisation profile
 _.opt_shape

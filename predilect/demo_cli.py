@@ -82,8 +82,11 @@ def _phantom(args: argparse.Namespace) -> Path:
         return manifest
     width, height = args.size or (None, None)
 
-    def progress(done: int, total: int) -> None:
-        if done == total or done % max(1, total // 10) == 0:
+    printed = [0]
+
+    def progress(done: int, total: int) -> None:  # a line each time another tenth is written
+        if done * 10 // total > printed[0]:
+            printed[0] = done * 10 // total
             print(f"      {done}/{total}", flush=True)
 
     manifest = generate(

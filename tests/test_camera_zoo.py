@@ -167,7 +167,7 @@ def test_encode_writes_the_profile_jpeg_quality_and_reencodings_when_saved():
     twice = acquisition.jpeg_bytes(acquisition.jpeg_roundtrip(photo, [40]), quality=profile.reencode[-1])
     assert data == twice and data != once
     with Image.open(io.BytesIO(data)) as decoded:
-        assert decoded.size == photo.size and decoded.layers == 3
+        assert decoded.size == photo.size and decoded.mode == "RGB"
 
 
 def test_acquisition_refuses_a_field_label_its_geometry_contradicts_when_defined():
@@ -186,13 +186,18 @@ def test_planck_gains_warm_a_halogen_picture_when_balanced_for_daylight():
     assert cool[0] < 1.0 < cool[2]
 
 
-def test_sensor_noise_has_shot_and_read_variance_when_levels_flat():
+def test_expose_has_shot_and_read_variance_and_the_tone_curve_when_light_flat():
     rng = np.random.default_rng(0)
-    levels = np.full((400, 400), 100.0, np.float32)
-    noisy = acquisition.sensor_noise(levels, full_well_e=5100.0, read_noise_e=4.0, signal=0.5, rng=rng)
+    light = np.full((400, 400, 1), 50, np.uint8)
+    out = acquisition.expose(
+        light, np.array([2.0]), full_well_e=5100.0, read_noise_e=4.0, signal=0.5, gamma=1.0, rng=rng
+    )
     per_level = 0.5 * 5100.0 / 255.0  # 10 electrons a level
     expected = np.sqrt(100.0 * per_level + 16.0) / per_level
-    assert noisy.mean() == pytest.approx(100.0, abs=0.1) and noisy.std() == pytest.approx(expected, rel=0.03)
+    assert out.dtype == np.uint8 and out.mean() == pytest.approx(100.0, abs=0.1)
+    assert out.std() == pytest.approx(expected, rel=0.05)
+    dark = acquisition.expose(light, np.array([2.0]), full_well_e=1e9, read_noise_e=0.0, signal=1.0, gamma=2.0, rng=rng)
+    assert int(dark[0, 0, 0]) == round(255 * (100 / 255) ** 2)
 
 
 def test_standard_normal_is_deterministic_and_unit_when_drawn_large():

@@ -7,8 +7,8 @@ in the order a camera applies them:
 * illumination and white balance: the flash or LED is a near-black-body source, so a mismatch
   between its colour temperature and the one the camera balances for scales each colour channel by
   the ratio of Planck's law at that channel's wavelength (``planck_gains``);
-* the sensor: photo-electrons with shot noise, read noise, the black level clipped (``sensor_noise``);
-* the tone curve (``tone``) and 8-bit quantisation;
+* the sensor: photo-electrons with shot noise, read noise, the black level clipped, then the tone
+  curve and 8-bit quantisation (``expose``);
 * JPEG at a quality and chroma subsampling, possibly re-encoded later (``jpeg_bytes``, ``jpeg_roundtrip``).
 """
 
@@ -63,30 +63,41 @@ def vignette_shade(
     return (1.0 - strength * r**power).astype(np.float32)
 
 
-def sensor_noise(
-    levels: np.ndarray,
+def expose(
+    pixels: np.ndarray,
+    gains: np.ndarray,
     *,
     full_well_e: float,
     read_noise_e: float,
     signal: float,
+    gamma: float,
     rng: np.random.Generator,
 ) -> np.ndarray:
-    """``levels`` (float32, linear) after the sensor: photo-electrons with shot noise, read noise, black level clipped.
+    """What the sensor and the tone curve make of light ``pixels`` (HxWxC uint8, linear levels) scaled by
+    ``gains`` (C,): photo-electrons with shot noise, read noise, the black level clipped, the tone curve
+    ``255 * (x / 255) ** gamma``, 8 bits.
 
     Level 255 collects ``signal * full_well_e`` electrons (a dim flash, or a small pixel, collects
     fewer: relatively more shot noise). Shot noise is Poisson; with the counts a photograph holds it
-    is drawn as its normal limit (variance = mean), which costs far less per pixel. Computed in
-    level units, in place on one copy: ``levels + sqrt(levels / k + (read / k) ** 2) * z``, k the
-    electrons per level.
+    is drawn as its normal limit (variance = mean). In level units, with k electrons a level, a pixel
+    of level ``v`` in channel ``c`` becomes ``v g_c + sqrt(v g_c / k + (read / k) ** 2) z``: the mean and
+    the spread are looked up per level, so a multi-megapixel frame costs a few passes per channel.
     """
-    per_level = np.float32(signal * full_well_e / 255.0)
-    out = np.maximum(levels, np.float32(0.0))
-    spread = out / per_level
-    spread += np.float32((read_noise_e / per_level) ** 2)
-    np.sqrt(spread, out=spread)
-    spread *= standard_normal(levels.shape, rng)
-    out += spread
-    return np.maximum(out, np.float32(0.0), out=out)
+    per_level = signal * full_well_e / 255.0
+    levels = np.arange(256, dtype=np.float64)[None, :] * np.asarray(gains, np.float64).reshape(-1, 1)
+    means = levels.astype(np.float32)
+    spreads = np.sqrt(levels / per_level + (read_noise_e / per_level) ** 2).astype(np.float32)
+    curve = to_uint8(255.0 * (np.arange(256, dtype=np.float64) / 255.0) ** gamma)
+    out = np.empty(pixels.shape, np.uint8)
+    for c in range(pixels.shape[2]):
+        index = pixels[..., c]
+        noisy = spreads[c][index]
+        noisy *= standard_normal(index.shape, rng)
+        noisy += means[c][index]
+        np.maximum(noisy, 0.0, out=noisy)
+        np.minimum(noisy, 255.0, out=noisy)
+        out[..., c] = curve[np.rint(noisy, out=noisy).astype(np.uint8)]
+    return out
 
 
 NORMAL_TABLE_SIZE = 1 << 24
@@ -118,15 +129,6 @@ def standard_normal(shape: tuple[int, ...], rng: np.random.Generator) -> np.ndar
         out[done : done + take] = table[start : start + take]
         done += take
     return out.reshape(shape)
-
-
-def tone(levels: np.ndarray, gamma: float) -> np.ndarray:
-    """The camera's tone curve and 8-bit quantisation: ``255 * (levels / 255) ** gamma``, rounded, as uint8."""
-    pixels = to_uint8(levels)
-    if gamma == 1.0:
-        return pixels
-    lut = to_uint8(255.0 * (np.arange(256, dtype=np.float64) / 255.0) ** gamma)
-    return lut[pixels]
 
 
 def to_uint8(levels: np.ndarray) -> np.ndarray:

@@ -46,10 +46,9 @@ from predilect.preprocess import InvalidImageError, PreprocessCfg
 from predilect.training.acquisition import (
     SUBSAMPLINGS,
     defocus,
+    expose,
     jpeg_bytes,
     planck_gains,
-    sensor_noise,
-    tone,
     vignette_shade,
 )
 
@@ -217,10 +216,9 @@ def photograph(square: np.ndarray, shot: Shot, cfg: AcquisitionCfg) -> bytes:
     if small != side:
         pixels = pixels.resize((small, small), Image.Resampling.BILINEAR, reducing_gap=None)
     gains = planck_gains(shot.illuminant_k, cfg.white_balance_k) * np.float32(shot.exposure)
-    levels = np.asarray(pixels, dtype=np.float32) * gains
-    noise = np.random.default_rng(shot.noise_seed)
-    noisy = sensor_noise(levels, full_well_e=shot.electrons, read_noise_e=cfg.read_noise_e, signal=1.0, rng=noise)
-    photo = Image.fromarray(tone(noisy, shot.gamma), "RGB")
+    sensor = {"full_well_e": shot.electrons, "read_noise_e": cfg.read_noise_e, "signal": 1.0}
+    exposed = expose(np.asarray(pixels), gains, **sensor, gamma=shot.gamma, rng=np.random.default_rng(shot.noise_seed))
+    photo = Image.fromarray(exposed, "RGB")
     if shot.quality is None:
         return encode_png(np.asarray(photo), compression_level=1)
     return jpeg_bytes(photo, quality=shot.quality, subsampling=cfg.subsampling)

@@ -36,12 +36,11 @@ from predilect.manifest import CAPTURES
 from predilect.training.acquisition import (
     SUBSAMPLINGS,
     defocus,
+    expose,
     jpeg_bytes,
     jpeg_roundtrip,
     planck_gains,
-    sensor_noise,
     to_uint8,
-    tone,
     vignette_shade,
 )
 from predilect.training.phantom.fundus import DISC_DIAMETER, FOV_DIAMETER, REFERENCE_RADIUS, Anatomy, Point
@@ -121,6 +120,8 @@ class Acquisition:
                 raise ConfigError(f"{where}: {name} must be 0 < low <= high, got {(low, high)}")
         if min(self.full_well_e, self.signal, self.band_gain) <= 0 or self.read_noise_e < 0 or self.signal > 1:
             raise ConfigError(f"{where}: full_well_e, band_gain > 0, read_noise_e >= 0 and signal in (0, 1] needed")
+        if self.field not in FIELDS:
+            raise ConfigError(f"{where}: field must be one of {FIELDS}, got {self.field!r}")
         shape = _field_shape(self)
         if shape != self.field:
             raise ConfigError(
@@ -325,21 +326,19 @@ def acquire_with_draws(
         stop = stop * vignette_shade(size, anatomy.centre, anatomy.radius, profile.vignette)
     on_sensor = Image.fromarray(to_uint8(optics * stop[..., None]), "RGB")
     if on_sensor.size != profile.frame:
-        on_sensor = on_sensor.resize(profile.frame, Image.Resampling.LANCZOS)
+        on_sensor = on_sensor.resize(profile.frame, Image.Resampling.BICUBIC)
     if profile.capture == "red_free":
-        levels = np.asarray(on_sensor.getchannel("G"), dtype=np.float32)[..., None]
-        levels *= np.float32(profile.band_gain * shot.exposure)
+        light = np.asarray(on_sensor.getchannel("G"))[..., None]
+        gains = np.array([profile.band_gain * shot.exposure], np.float32)
     else:
+        light = np.asarray(on_sensor)
         gains = np.asarray(profile.cast, np.float32) * np.float32(shot.exposure)
         if profile.capture == "pseudo_colour":  # red and green lasers; no blue
             gains = gains * np.array([1.0, profile.band_gain, 0.0], np.float32)
         else:
             gains = gains * planck_gains(shot.illuminant_k, profile.white_balance_k)
-        levels = np.asarray(on_sensor, dtype=np.float32) * gains
-    levels = sensor_noise(
-        levels, full_well_e=profile.full_well_e, read_noise_e=profile.read_noise_e, signal=profile.signal, rng=rng
-    )
-    pixels = tone(levels, profile.gamma)
+    sensor = {"full_well_e": profile.full_well_e, "read_noise_e": profile.read_noise_e, "signal": profile.signal}
+    pixels = expose(light, gains, **sensor, gamma=profile.gamma, rng=rng)
     if profile.capture == "red_free":
         pixels = np.repeat(pixels, 3, axis=2) if profile.grey_as_rgb else pixels[..., 0]
     photo = Image.fromarray(pixels, "L" if pixels.ndim == 2 else "RGB")

@@ -1,6 +1,6 @@
 """`predilect phantom`: generate a synthetic fundus + OCT data set, its manifests and ground truth.
 
-``--preset easy`` is the original data set (the default, used by ``make demo``); ``--preset
+``--preset easy`` is the original data set (the default); ``--preset
 hard`` is the one that can tell the method from its controls (subtle and florid disease,
 confounders, camera profiles, long tail, label noise in training, zero-shot categories).
 ``--preset zoo`` photographs easy's eyes through the camera zoo (``cameras.toml``: seen cameras for
