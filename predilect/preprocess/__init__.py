@@ -28,7 +28,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from predilect.preprocess.config import DECODERS, INTERPOLATIONS, PreprocessCfg, dali_outputs
+from predilect.preprocess.config import DECODERS, INTERPOLATIONS, PreprocessCfg, dali_inputs, dali_outputs
 from predilect.preprocess.result import FieldBox, InvalidImageError, Preprocessed, field_box_in_frame, fov_error
 
 if TYPE_CHECKING:
@@ -52,6 +52,7 @@ __all__ = [
     "Preprocessed",
     "Preprocessor",
     "as_uint8",
+    "dali_inputs",
     "dali_outputs",
     "field_box_in_frame",
     "fov_error",
