@@ -234,25 +234,21 @@ def shim_dir() -> Path:
 def prepare_classifier_onnx(
     onnx_path: Path, precision: str, *, calibration: Path | None = None, calibration_images: int = 256
 ) -> bytes:
-    """The served ONNX in ``precision`` (ONNX Runtime form, FP32 I/O): what the engine is built from."""
+    """The served ONNX in ``precision`` (``precision.served_onnx``: ONNX Runtime form, FP32 I/O): what the
+    engine is built from; INT8/FP8 calibrate on ``calibration_images`` training images of ``calibration``."""
     import onnx
-    import onnx_graphsurgeon as gs
 
-    from predilect.build.tensorrt.onnx_rewrite import find_attention, rewrite
-    from predilect.build.tensorrt.precision import cast_float, quantize
+    from predilect.build.tensorrt.precision import served_onnx
 
     model = onnx.load(str(onnx_path))
-    if precision == "fp32":
-        return model.SerializeToString()
-    if precision in ("fp16", "bf16"):
-        return cast_float(rewrite(model), precision).SerializeToString()
-    if calibration is None:
-        raise ConfigError(f"precision {precision} needs --calibration-manifest (training images to calibrate on)")
-    from predilect.build.tensorrt.gate_set import manifest_gate_set
+    pixels = None
+    if precision in ("int8", "fp8"):
+        if calibration is None:
+            raise ConfigError(f"precision {precision} needs --calibration-manifest (training images to calibrate on)")
+        from predilect.build.tensorrt.gate_set import manifest_gate_set
 
-    pixels, _ = manifest_gate_set(calibration, onnx_path, split="train", limit=calibration_images)
-    head = [node.name for node in find_attention(gs.import_onnx(model)).nodes]
-    return quantize(model, pixels, precision, exclude_nodes=head).SerializeToString()
+        pixels, _ = manifest_gate_set(calibration, onnx_path, split="train", limit=calibration_images)
+    return served_onnx(model, precision, calibration_pixels=pixels).SerializeToString()
 
 
 def assemble_gpu(

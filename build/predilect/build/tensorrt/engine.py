@@ -25,7 +25,13 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from predilect.build.tensorrt.accuracy import GateReport, check_accuracy, reference_probabilities, sigmoid
-from predilect.build.tensorrt.onnx_rewrite import drop_attention_output, for_tensorrt, rewrite
+from predilect.build.tensorrt.onnx_rewrite import (
+    drop_attention_output,
+    for_tensorrt,
+    has_plugin_node,
+    inline_reference,
+    rewrite,
+)
 from predilect.build.tensorrt.plugin import TensorRTUnavailableError, import_tensorrt, register_plugin
 from predilect.build.tensorrt.precision import onnx_precision
 from predilect.build.tensorrt.sidecar import FRONTENDS, EngineSidecar, TensorShapes, write_sidecar
@@ -64,12 +70,26 @@ class GateData:
 
 
 def tensorrt_onnx(model: onnx.ModelProto, *, use_plugin: bool = True) -> onnx.ModelProto:
-    """The ONNX TensorRT should parse: the plugin form, or the model as is; either way with
-    ``LOGITS`` as its only output (the engine serves no ``ATTENTION``)."""
+    """The ONNX TensorRT should parse: the plugin form, or the reference graph; either way with
+    ``LOGITS`` as its only output (the engine serves no ``ATTENTION``).
+
+    The rewrite is applied exactly once, whatever the precision: a model that already holds the
+    plugin node (the FP16/BF16 ONNX of a GPU repository, rewritten before its cast because the
+    cast head no longer matches) is only marked for TensorRT; without the plugin, that node's
+    reference function is inlined back. FP32 and INT8/FP8 models are stored plugin-free.
+    """
+    rewritten = has_plugin_node(model)
     if use_plugin:
-        return for_tensorrt(rewrite(model))
-    graph = gs.import_onnx(model)
-    return gs.export_onnx(graph) if drop_attention_output(graph) else model
+        return for_tensorrt(model if rewritten else rewrite(model))
+    plain = inline_reference(model) if rewritten else model
+    graph = gs.import_onnx(plain)
+    return gs.export_onnx(graph) if drop_attention_output(graph) else plain
+
+
+def network_onnx(model: onnx.ModelProto, cfg: EngineCfg) -> onnx.ModelProto:
+    """What ``build_engine`` hands TensorRT's parser for ``model`` (as stored, in its precision): every
+    step of the build before the one that needs TensorRT."""
+    return tensorrt_onnx(model, use_plugin=cfg.use_plugin)
 
 
 def _network_flags(trt: Any) -> int:
@@ -208,7 +228,7 @@ def build_engine(onnx_path: Path, engine_path: Path, cfg: EngineCfg = EngineCfg(
     source = Path(onnx_path).read_bytes()
     model = onnx.load_from_string(source)
     precision = onnx_precision(model)
-    plan = build_serialized(tensorrt_onnx(model, use_plugin=cfg.use_plugin), cfg)
+    plan = build_serialized(network_onnx(model, cfg), cfg)
     report = gate_engine(plan, gate, precision, max_batch=cfg.max_batch)
     meta = {p.key: p.value for p in model.metadata_props}
     gpu_name, capability = gpu_identity()
