@@ -15,7 +15,6 @@ nothing here imports torch.
 from __future__ import annotations
 
 import hashlib
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from predilect.build.tensorrt.accuracy import GateReport, check_accuracy, reference_probabilities, sigmoid
+from predilect.build.tensorrt.engine_cache import atomic_write
 from predilect.build.tensorrt.onnx_rewrite import (
     drop_attention_output,
     for_tensorrt,
@@ -98,10 +98,14 @@ def _network_flags(trt: Any) -> int:
     return 0 if flag is None else 1 << int(flag)
 
 
-def _timing_cache(trt: Any, config: Any, path: Path | None) -> Any:
+def _timing_cache(config: Any, path: Path | None) -> Any:
+    """The builder's timing cache: ``path``'s (written whole by ``atomic_write``, so never a part), or an
+    empty one where TensorRT refuses it (another device's timings: ``set_timing_cache`` returns False)."""
     blob = path.read_bytes() if path is not None and path.is_file() else b""
     cache = config.create_timing_cache(blob)
-    config.set_timing_cache(cache, ignore_mismatch=False)
+    if not config.set_timing_cache(cache, ignore_mismatch=False):
+        cache = config.create_timing_cache(b"")
+        config.set_timing_cache(cache, ignore_mismatch=False)
     return cache
 
 
@@ -119,7 +123,7 @@ def build_serialized(model: onnx.ModelProto, cfg: EngineCfg) -> bytes:
         raise RuntimeError(f"TensorRT could not parse the ONNX: {errors}")
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(cfg.workspace_gib * (1 << 30)))
-    cache = _timing_cache(trt, config, cfg.timing_cache)
+    cache = _timing_cache(config, cfg.timing_cache)
     pixels = network.get_input(0)
     item = tuple(pixels.shape)[1:]
     profile = builder.create_optimization_profile()
@@ -129,8 +133,7 @@ def build_serialized(model: onnx.ModelProto, cfg: EngineCfg) -> bytes:
     if serialized is None:
         raise RuntimeError("TensorRT failed to build an engine (see the TensorRT log above)")
     if cfg.timing_cache is not None:
-        cfg.timing_cache.parent.mkdir(parents=True, exist_ok=True)
-        cfg.timing_cache.write_bytes(bytes(cache.serialize()))
+        atomic_write(cfg.timing_cache, bytes(cache.serialize()))
     return bytes(serialized)
 
 
@@ -253,10 +256,8 @@ def build_engine(onnx_path: Path, engine_path: Path, cfg: EngineCfg = EngineCfg(
 
 
 def write_engine(engine_path: Path, plan: bytes, sidecar: EngineSidecar) -> None:
-    """Write the plan and its sidecar (the plan last, by rename, so a plan never lacks its sidecar)."""
+    """Write the plan and its sidecar, each through a uniquely named temporary file and a rename
+    (``engine_cache.atomic_write``), the plan last, so a plan never lacks its sidecar."""
     engine_path = Path(engine_path)
-    engine_path.parent.mkdir(parents=True, exist_ok=True)
-    partial = engine_path.with_name(f".{engine_path.name}.{os.getpid()}.partial")
-    partial.write_bytes(plan)
     write_sidecar(engine_path, sidecar)
-    partial.replace(engine_path)
+    atomic_write(engine_path, plan)
