@@ -51,6 +51,12 @@ def served_requirement() -> str:
     return f"{TENSORRT_WHEEL}>={major}.{minor},<{major}.{minor + 1}"
 
 
+def bindings_requirement(libnvinfer: str) -> str:
+    """The pip requirement of exactly the bindings of ``libnvinfer`` ("10.13.2" -> ``tensorrt-cu13==10.13.2.*``)."""
+    check_served_tensorrt(libnvinfer)
+    return f"{TENSORRT_WHEEL}=={libnvinfer}.*"
+
+
 def check_served_tensorrt(version: str) -> None:
     """Raise ``TensorRTVersionError`` unless ``version`` is of the serving container's series."""
     if series(version) != SERVING_TENSORRT:
