@@ -78,9 +78,9 @@ bench: install
 # the serving container's TensorRT series (the `gpu` extra; checked by versions_cli --bindings) and
 # cuda-python; then every `gpu`-marked test (kernel on CUDA in fp32/fp16/bf16, the AOT PTX through
 # TensorRT, engine build + accuracy gate, DALI mixed vs dali_cpu under the legacy executor), then
-# the plugin engine against the --no-plugin engine at the served shapes (latency and accuracy) with
-# the unsplit kernel timed at the engine's shapes (benchmarks/results/engine/gpu-<date>-<gpu>.md),
-# then the kernel benchmark (benchmarks/results/kernel/gpu-<date>-<gpu>.md). The Torch-TensorRT
+# the kernel benchmark (benchmarks/results/kernel/gpu-<date>-<gpu>.md), then the plugin engine
+# against the --no-plugin engine at the served shapes (latency and accuracy) with the unsplit kernel
+# timed at the engine's shapes, on ENGINE_ONNX (benchmarks/results/engine/gpu-<date>-<gpu>.md). The Torch-TensorRT
 # frontend's tests (tests/test_torch_tensorrt.py) run too where torch_tensorrt imports:
 # `make gpu-check GPU_EXTRAS=train,serve,torchtrt,test` installs it (in a fresh .venv-gpu; TensorRT 11.0,
 # not the serving series: the version check then says so and the engine comparison is skipped).

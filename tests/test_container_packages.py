@@ -65,7 +65,8 @@ def test_one_tensorrt_series_in_container_gpu_extra_and_gpu_check_when_compared(
     makefile = (ROOT / "Makefile").read_text()
     gpu_check = makefile[makefile.index("\ngpu-check:") :].split("\n\n")[0]
     assert "-c constraints-gpu.txt" in gpu_check and "versions_cli --bindings" in gpu_check
-    assert "gpu" in re.search(r"^GPU_EXTRAS \?= (\S+)$", makefile, flags=re.M)[1].split(",")
+    extras_line = re.search(r"^GPU_EXTRAS \?= (\S+)$", makefile, flags=re.M)
+    assert extras_line is not None and "gpu" in extras_line[1].split(",")
     constraints = (ROOT / "constraints-gpu.txt").read_text()
     assert not re.search(r"^tensorrt", constraints, flags=re.M), "the gpu extra pins TensorRT, not the constraints"
     # Torch-TensorRT brings TensorRT 11.0: not the serving series, so its plans are refused for a repository.

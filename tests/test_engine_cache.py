@@ -54,7 +54,7 @@ def _race(target, plan: Path, builders: tuple[str, ...], results: Path) -> dict[
 
 
 def _as_in_a_container() -> None:
-    os.getpid = lambda: CONTAINER_PID  # type: ignore[assignment]
+    os.getpid = lambda: CONTAINER_PID
 
 
 def _write(plan: Path, builder: str, barrier, results: Path) -> None:

@@ -28,9 +28,10 @@ the date. Exits 2 without a GPU or without TensorRT of the serving series.
 from __future__ import annotations
 
 import argparse
+import functools
 import statistics
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -188,10 +189,8 @@ def kernel_rows(onnx_path: Path, precisions: Sequence[str], batches: Sequence[in
     for precision in precisions:
         for batch in batches:
             args = make_inputs(batch, shapes.n_tokens, shapes.dim, shapes.diseases, shapes.sites, DTYPES[precision])
-            timed = {
-                name: time_graph_ms(lambda impl=impl, args=args: impl(*args))
-                for name, impl in (("unsplit", fused_unsplit), ("split", fused), ("eager", eager))
-            }
+            impls: dict[str, Callable[..., Any]] = {"unsplit": fused_unsplit, "split": fused, "eager": eager}
+            timed = {name: time_graph_ms(functools.partial(impl, *args)) for name, impl in impls.items()}
             torch.cuda.synchronize()
             rows.append(
                 f"| {precision} | {batch} | {shapes.n_tokens} x {shapes.dim}, C={shapes.diseases}, K={shapes.sites} | "

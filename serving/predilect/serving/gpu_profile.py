@@ -224,6 +224,20 @@ def gate_served_decoder(
     )
 
 
+def check_legacy_executor(params: DaliParams) -> None:
+    """Refuse a served DALI graph that Triton's DALI backend would not load: its legacy executor allows
+    no GPU->CPU transition (``predilect.preprocess.dali.gpu_to_cpu_edges``; the Python graph only, no GPU)."""
+    from predilect.preprocess.dali import gpu_to_cpu_edges
+    from predilect.serving.dali_pipeline import served_pipeline
+
+    edges = gpu_to_cpu_edges(served_pipeline(params)())
+    if edges:
+        raise ConfigError(
+            "the served DALI graph has GPU->CPU transitions, which the DALI backend's legacy executor refuses: "
+            + "; ".join(edges)
+        )
+
+
 def shim_dir() -> Path:
     """The GPU profile's templates (``model_repository/gpu``)."""
     from predilect.serving.repository import shim_source_dir
@@ -314,6 +328,7 @@ def assemble_gpu(
             decoder_gate=None if decoder_gate is None else decoder_gate.to_json(),
         )
         (dali_dir / version / contract.DALI_PARAMS_FILENAME).write_text(params.to_json(), encoding="utf-8")
+        check_legacy_executor(params)
         if decoder_gate is not None:  # the container gates nvJPEG itself on these, on its GPU
             decoder_images.save(dali_dir / contract.DECODER_GATE_SET_FILENAME)
         (dali_dir / "warmup").mkdir()
