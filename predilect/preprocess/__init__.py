@@ -15,7 +15,8 @@ resized to ``quality_size`` (uint8 planes): the square the gradability step meas
 Modules: ``config`` (``PreprocessCfg``), ``result`` (``Preprocessed``, ``InvalidImageError``,
 field boxes), ``sniff`` (header checks), ``decoders`` (the interface, and one backend module per
 decoder: ``pil_draft`` via simplejpeg and Pillow, ``dali_cpu`` and ``dali_mixed`` via DALI),
-``dali`` (the DALI graph and the one pipeline factory every layout uses), ``runner``
+``field`` (the field of view measured on the host, which every DALI graph crops by), ``dali``
+(the DALI graph and the one pipeline factory every layout uses), ``runner``
 (``Preprocessor``), ``pixels`` (manifest records -> cached tensors).
 
 ``import predilect.preprocess`` needs NumPy only: the names below that live in modules with
