@@ -10,28 +10,18 @@ from pathlib import Path
 import onnx
 import pytest
 import torch
+from serving_fixtures import build_attention_onnx
 
 from predilect import contract
 from predilect.benchmarks.engine_compare import EngineRow, head_shapes, profile_batches, render_report
-from predilect.build.export import export_onnx
 from predilect.catalog import DEFAULT_CATALOG
-from predilect.models.checkpoint import save_checkpoint
-from predilect.models.classifier import FundusClassifier, ModelCfg
-from predilect.preprocess import PreprocessCfg
 
 REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    model = FundusClassifier(
-        ModelCfg(num_diseases=len(DEFAULT_CATALOG), image_size=64, widths=(8, 16, 32), sites_per_disease=3)
-    ).eval()
-    folder = tmp_path_factory.mktemp("compare")
-    save_checkpoint(folder / "model.safetensors", model, preprocess=PreprocessCfg(size=64), catalog=DEFAULT_CATALOG)
-    export_onnx(folder / "model.safetensors", folder / "model.onnx")
-    return folder / "model.onnx"
+    return build_attention_onnx(tmp_path_factory.mktemp("attention"))
 
 
 def test_head_shapes_read_engine_attention_shapes_when_export_parsed(exported: Path) -> None:

@@ -13,33 +13,23 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 import pytest
-import torch
+from serving_fixtures import build_attention_onnx
 
 from predilect import contract
-from predilect.build.export import export_onnx, onnx_probabilities
+from predilect.build.export import onnx_probabilities
 from predilect.build.tensorrt import plugin
 from predilect.build.tensorrt.accuracy import AccuracyGateError, check_accuracy
 from predilect.build.tensorrt.onnx_rewrite import OP_TYPE, find_attention, rewrite
 from predilect.build.tensorrt.precision import PRECISIONS, cast_float, onnx_precision, quantize, served_onnx
 from predilect.build.tensorrt.sidecar import EngineSidecar, TensorShapes, engine_key, read_sidecar, write_sidecar
 from predilect.catalog import DEFAULT_CATALOG
-from predilect.models.checkpoint import save_checkpoint
-from predilect.models.classifier import FundusClassifier, ModelCfg
-from predilect.preprocess import PreprocessCfg
 
 REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    model = FundusClassifier(
-        ModelCfg(num_diseases=len(DEFAULT_CATALOG), image_size=64, widths=(8, 16, 32), sites_per_disease=3)
-    ).eval()
-    folder = tmp_path_factory.mktemp("engine")
-    save_checkpoint(folder / "model.safetensors", model, preprocess=PreprocessCfg(size=64), catalog=DEFAULT_CATALOG)
-    export_onnx(folder / "model.safetensors", folder / "model.onnx")
-    return folder / "model.onnx"
+    return build_attention_onnx(tmp_path_factory.mktemp("attention"))
 
 
 def _pixels(n: int = 6, seed: int = 0) -> np.ndarray:
