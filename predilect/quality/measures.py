@@ -31,7 +31,10 @@ distance from the field's centre over its radius, ``brightest`` each pixel's bri
 * ``dust``: share of ``E`` in blob-shaped neutral shadows: red and green, each divided by its mean on the
   same ring around the field's centre (vignetting removed), both below 0.8 of their lit neighbourhood's
   (a 20% of S box) and within 0.08 of each other (dirt darkens every channel by one factor; vessels and
-  haemorrhages darken green far more), thin lines removed by a 3 x 3 opening; on the 2 x 2 averaged square.
+  haemorrhages darken green far more); on the 2 x 2 averaged square, a size band by two openings: thin
+  lines (vessels, lashes) are removed by a 3 x 3 opening, and shadows a tenth of the field across or
+  wider (lids, the edge of a wide-field image) by an 11 x 11 one. Not measured (0) on a two-laser
+  pseudo-colour capture (blue under 2% of red), where the hue test does not hold.
 * ``chroma``: how much a second colour channel carries, over the well-exposed field: the smaller of the
   mean ``(max - min) / max`` of each pixel's channels (0 when the channels are equal: a greyscale or
   grey-stored red-free photograph) and the mean second-brightest channel over the mean brightest one (0
@@ -57,6 +60,13 @@ _MAX_BLUR = 10.0
 _FOCUS_CELLS, _EXPOSURE_CELLS = 4, 8
 _MIN_EDGES = 15
 _DUST_DARKER, _DUST_HUE = 0.8, 0.08
+_TWO_CHANNEL = 0.02
+"""A field whose blue is under 2% of its red is a two-laser pseudo-colour capture (red and green lasers, no
+blue), where red and green darken together over all choroidal texture: the hue test of dust does not hold
+there, and dust is not measured (0)."""
+_DUST_LARGEST = 5
+"""Neutral shadows that survive an opening by an 11-px square of the half-size square (a tenth of the field
+across) are lids, not dust: dust is spots between 3 and 11 px there (a granulometry's band)."""
 _RING_UNIT = 256
 
 
@@ -185,7 +195,7 @@ def _dust(planes: np.ndarray, field: Field, fov_threshold: int) -> float:
         quads += planes[:, dy:even:2, dx:even:2]
     half_lit = quads.max(axis=0) > 4 * fov_threshold
     expected = field.expected[0:even:2, 0:even:2] & (field.distance[0:even:2, 0:even:2] < 0.96)
-    if not expected.any():
+    if not expected.any() or quads[2][expected].mean() < _TWO_CHANNEL * quads[0][expected].mean():
         return 0.0
     size = quads.shape[1]
     c = np.arange(size) * 2 + 1.0
@@ -203,8 +213,18 @@ def _dust(planes: np.ndarray, field: Field, fov_threshold: int) -> float:
     ratio_g = flat[1] * lit_sum / np.maximum(_window_sums(flat[1], half), 1)
     solid = _shifted(_shifted(half_lit, np.logical_and, outside=False), np.logical_and, outside=False)
     shadow = solid & (ratio_r < _DUST_DARKER) & (ratio_g < _DUST_DARKER) & (np.abs(ratio_r - ratio_g) < _DUST_HUE)
-    opened = _shifted(_shifted(shadow, np.logical_and, outside=True), np.logical_or, outside=False)
-    return float(opened[expected].mean())
+    spots = _opening(shadow, 1) & ~_opening(shadow, _DUST_LARGEST)
+    return float(spots[expected].mean())
+
+
+def _opening(mask: np.ndarray, steps: int) -> np.ndarray:
+    """Binary opening by a (2 steps + 1)-square: what is left of ``mask`` once parts narrower than it are gone."""
+    out = mask
+    for _ in range(steps):
+        out = _shifted(out, np.logical_and, outside=True)
+    for _ in range(steps):
+        out = _shifted(out, np.logical_or, outside=False)
+    return out
 
 
 def _chroma(colours: np.ndarray) -> float:
