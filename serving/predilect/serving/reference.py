@@ -42,13 +42,7 @@ def screen_in_process(
         done = preprocessor.run(list(payloads[start : start + batch_size]), quality=True)
         if not done.accepted:
             continue
-        accepted = done.accepted
-        graded = screening.quality(
-            done.pixels,
-            done.quality_planes,
-            boxes=[done.boxes[j] for j in accepted],
-            frames=[done.frames[j] for j in accepted],
-        )
+        graded = screening.quality_of(done)
         quality.append(graded.quality)
         measures.append(graded.measures)
         probabilities.append(stable_sigmoid(classifier.run_all(done.pixels)[contract.LOGITS]))

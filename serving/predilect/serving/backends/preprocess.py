@@ -44,9 +44,7 @@ def preprocess_and_grade(
     done = preprocessor.run([payloads[i] for i in good], quality=True)  # type: ignore[misc]
     pixels = done.pixels
     accepted = done.accepted
-    graded = screening.quality(
-        pixels, done.quality_planes, boxes=[done.boxes[j] for j in accepted], frames=[done.frames[j] for j in accepted]
-    )
+    graded = screening.quality_of(done)
     for i, error in zip(good, done.errors, strict=True):
         if error is not None:
             results[i] = error

@@ -18,7 +18,8 @@ from typing import Any
 import numpy as np
 
 from predilect import contract, quality
-from predilect.preprocess import PreprocessCfg
+from predilect.preprocess import PreprocessCfg, Preprocessed
+from predilect.quality import Assessment
 from predilect.referral import ReferralRules
 from predilect.serving.backends.postprocess import stable_sigmoid
 
@@ -73,6 +74,16 @@ class Screening:
             self.quality_cfg,
             fov_threshold=cfg.fov_threshold,
             frames=quality.frames_of(self.quality_cfg.size, boxes, frames),
+        )
+
+    def quality_of(self, done: Preprocessed) -> Assessment:
+        """``quality`` of a ``Preprocessor.run(..., quality=True)`` batch: its accepted images, each with its frame."""
+        accepted = done.accepted
+        return self.quality(
+            done.pixels,
+            done.quality_planes,
+            boxes=[done.boxes[j] for j in accepted],
+            frames=[done.frames[j] for j in accepted],
         )
 
     def decide(self, logits: np.ndarray, quality_rows: np.ndarray, attention: np.ndarray | None = None) -> Outputs:
