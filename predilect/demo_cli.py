@@ -252,9 +252,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     onnx_path = _export(args, checkpoint, manifest)
     _done(t0)
     t0 = _step(4, "assembling the Triton model repository")
-    from predilect.serving.repository import assemble
+    from predilect.serving.reference import reference_from_manifest
+    from predilect.serving.repository import assemble, read_served_model
 
-    repository = assemble(onnx_path, Artifacts(args.workdir).repository)
+    # The validation photographs (seen cameras) as the model's reference: a held-out camera shows as drift.
+    reference = reference_from_manifest(onnx_path, read_served_model(onnx_path), manifest, split="val")
+    repository = assemble(onnx_path, Artifacts(args.workdir).repository, reference=reference)
     print(f"      {repository}")
     _done(t0)
     _step(5, "starting the real tritonserver on CPU")

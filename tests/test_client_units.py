@@ -411,6 +411,7 @@ def test_screen_items_plan_yields_frame1_result_and_frame2_error_when_frame_2_fa
     outputs = {
         contract.PROBABILITIES: np.full((1, classes), 0.2, dtype=np.float32),
         contract.QUALITY: np.array([[0.9] + [0.0] * len(contract.QUALITY_REASONS)], dtype=np.float32),
+        contract.QUALITY_MEASURES_TENSOR: np.ones((1, len(contract.QUALITY_MEASURES)), dtype=np.float32),
         contract.FINDINGS: np.zeros((1, classes), dtype=bool),
         contract.REFERRAL: np.array([[contract.DECISIONS.index("no_referral")]], dtype=np.int32),
         contract.FIELD_BOX: np.array([[0.1, 0.0, 0.9, 1.0]], dtype=np.float32),

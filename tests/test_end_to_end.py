@@ -55,13 +55,15 @@ def test_served_quality_equals_quality_on_224_px_square_when_model_input_is_64_p
     assert meta.preprocess.size == 64 and meta.preprocess.quality_size == 224
     payloads = [r.path.read_bytes() for r in heldout[:6]]
     at_224 = dataclasses.replace(meta.preprocess, size=meta.preprocess.quality_size)
+    done = Preprocessor(at_224, num_threads=1).run(payloads)
     expected = quality.assess_pixels(
-        Preprocessor(at_224, num_threads=1).run(payloads).pixels_or_raise(),
+        done.pixels_or_raise(),
         quality.default_quality_cfg(),
         mean=at_224.mean,
         std=at_224.std,
         fov_threshold=at_224.fov_threshold,
-    )
+        frames=quality.frames_of(at_224.quality_size, done.boxes, done.frames),
+    ).quality
     client = grpcclient.InferenceServerClient(pipeline_server.grpc_url)
     for payload, row in zip(payloads, expected, strict=True):
         data = np.frombuffer(payload, dtype=np.uint8)[None, :]

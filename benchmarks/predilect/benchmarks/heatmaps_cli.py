@@ -121,7 +121,7 @@ def _component_costs(payloads: list[bytes], models: dict[str, Path], preprocess:
     pixels = done.pixels
     classifiers = {key: OnnxClassifier(path, intra_op_threads=1) for key, path in models.items()}
     screening = Screening(rules, preprocess)
-    quality = screening.quality(pixels, done.quality_planes)
+    quality = screening.quality(pixels, done.quality_planes, boxes=done.boxes, frames=done.frames).quality
     outputs = classifiers["with_attention"].run_all(pixels)
     work = {
         "classifier_without_attention": lambda: classifiers["without"].run_all(pixels),

@@ -22,6 +22,7 @@ from typing import Any, TypeVar, Union
 
 from tritonclient.utils import InferenceServerException
 
+from predilect import contract
 from predilect.client import protocol
 from predilect.client.errors import (
     DeadlineExceededError,
@@ -153,9 +154,18 @@ def screen_prepared(
     if heatmaps:
         protocol.check_heatmaps(served, url=settings.url, model_name=settings.model_name)
     inputs, outputs = protocol.infer_inputs(prepared.payload), protocol.requested_outputs(heatmaps=heatmaps)
+    camera = prepared.camera or settings.camera
+    extra = {"parameters": {contract.REQUEST_CAMERA: camera}} if camera else {}
     start = time.perf_counter()
     response = yield from call(
-        settings, "infer", settings.model_name, inputs, outputs=outputs, timeout_s=timeout_s, server_timeout=True
+        settings,
+        "infer",
+        settings.model_name,
+        inputs,
+        outputs=outputs,
+        timeout_s=timeout_s,
+        server_timeout=True,
+        **extra,
     )
     latency_s = time.perf_counter() - start
     _log.debug("screened a %d-byte payload in %.3f s", len(prepared.payload), latency_s)
@@ -168,6 +178,7 @@ def screen_prepared(
         sop_instance_uid=prepared.sop_instance_uid,
         frame=prepared.frame,
         heatmaps=heatmaps,
+        camera=camera,
     )
 
 
@@ -263,6 +274,7 @@ class ClientBase:
         tls: TlsConfig | None = None,
         keepalive_time_s: float = DEFAULT_KEEPALIVE_TIME_S,
         keepalive_timeout_s: float = DEFAULT_KEEPALIVE_TIMEOUT_S,
+        camera: str | None = None,
     ) -> None:
         self._settings = ClientSettings(
             url,
@@ -276,6 +288,7 @@ class ClientBase:
             tls=tls,
             keepalive_time_s=keepalive_time_s,
             keepalive_timeout_s=keepalive_timeout_s,
+            camera=camera,
         )
         self.url, self.model_name, self.timeout_s = url, model_name, timeout_s
         self._client: Any = None  # the face's tritonclient InferenceServerClient, once connected

@@ -19,7 +19,16 @@ from predilect.dicom.reader import DicomFrame, is_dataset, is_dicom_bytes
 if TYPE_CHECKING:
     from pydicom import Dataset
 
-__all__ = ["DicomFrame", "identity", "is_dataset", "is_dicom_bytes", "iter_frames", "pydicom_module", "read_dataset"]
+__all__ = [
+    "DicomFrame",
+    "camera",
+    "identity",
+    "is_dataset",
+    "is_dicom_bytes",
+    "iter_frames",
+    "pydicom_module",
+    "read_dataset",
+]
 
 
 @contextlib.contextmanager
@@ -50,6 +59,11 @@ def iter_frames(dataset: Dataset) -> Iterator[DicomFrame]:
     """The instance's frames as payloads (pixels only); UnsupportedDicomError saying why not."""
     with _client_errors():
         yield from reader.iter_frames(dataset)
+
+
+def camera(dataset: Dataset) -> str | None:
+    """The acquisition device named in the header (Manufacturer and model), or None."""
+    return reader.camera(dataset)
 
 
 def identity(dataset: Dataset) -> tuple[str | None, str | None]:

@@ -27,6 +27,7 @@ class Prepared:
     payload: bytes
     sop_instance_uid: str | None = None
     frame: int | None = None
+    camera: str | None = None
 
 
 def _read(path: str | os.PathLike) -> bytes:
@@ -45,8 +46,9 @@ def _plain(data: bytes) -> Prepared:
 
 
 def _frames(dataset: Any) -> Iterator[Prepared]:
+    camera = dicom.camera(dataset)
     for frame in dicom.iter_frames(dataset):
-        yield Prepared(payload=frame.payload, sop_instance_uid=frame.sop_instance_uid, frame=frame.frame)
+        yield Prepared(payload=frame.payload, sop_instance_uid=frame.sop_instance_uid, frame=frame.frame, camera=camera)
 
 
 def prepare(image: ImageInput) -> Iterator[Prepared]:
