@@ -126,6 +126,6 @@ def test_bench_cameras_serves_each_checkpoint_and_reports_every_camera_when_run(
     assert group["models"] == 2 and set(group["splits"]) == set(PROFILES)
     assert set(group["screened_as_colour"]) == {"redfree_desk", "redfree_handheld"}
     assert result["difference"]["seen"]["value"] == 0.0  # the same checkpoint under two names
-    assert len(list((tmp_path / "work").glob("screened-*.json"))) == 1  # served once, reused thrice
+    assert len(list((tmp_path / "work").glob("*/screened.jsonl"))) == 1  # served once, used three times
     report = (tmp_path / "out" / "run.md").read_text()
     assert "handheld_50_lowres" in report and "within 0.03" in report

@@ -12,8 +12,9 @@ training seeds and are pooled per camera (``predilect.training.by_camera.compare
 over seeds of each camera's macro AUROC, patient-level bootstrap intervals, each held-out camera's gap
 to the seen cameras against the 0.03 target); with two names, the first minus the second on the seen
 and on the held-out cameras (paired bootstrap) says what one recipe costs or gains on each. Red-free
-captures are counted as screened as colour or not. Writes ``<name>.md`` and ``<name>.json``; the
-screenings themselves go to ``--work-dir`` and are reused by a rerun on the same checkpoint and phantom.
+captures are counted as screened as colour or not. Writes ``<name>.md`` and ``<name>.json``; each
+checkpoint's repository and screenings (``screened.jsonl``, the results as the client returned them)
+go to ``--work-dir``. A checkpoint named twice is screened once.
 """
 
 from __future__ import annotations
@@ -80,32 +81,19 @@ def _test_records(phantom: Path) -> list[Record]:
     return records
 
 
-def _key(checkpoint: Path, records: Sequence[Record], quality: Path | None) -> str:
-    digest = hashlib.sha256(checkpoint.read_bytes())
-    for r in records:
-        digest.update(f"{r.path}|{r.path.stat().st_size}".encode())
-    if quality is not None:
-        digest.update(quality.read_bytes())
-    return digest.hexdigest()[:16]
-
-
 def screen(
     checkpoint: Path, records: Sequence[Record], work: Path, *, quality: Path | None, concurrency: int
 ) -> Screened:
-    """Serve ``checkpoint`` (export, assemble, tritonserver) and screen ``records`` through the client."""
-    cache = work / f"screened-{_key(checkpoint, records, quality)}.json"
-    if cache.is_file():
-        saved = json.loads(cache.read_text(encoding="utf-8"))
-        return Screened(records, np.array(saved["scores"]), np.array(saved["gradable"], bool), saved["ids"])
+    """Serve ``checkpoint`` (export, assemble, tritonserver) and screen ``records`` through the client;
+    the served repository and the screenings (``screened.json``) stay in ``work``."""
     from predilect.build.export import export_onnx
     from predilect.quality import load_quality_cfg
     from predilect.serving.repository import assemble
     from predilect.serving.server import TritonServer, free_port
 
-    folder = work / cache.stem
-    onnx = folder / "model.onnx"
+    onnx = work / "model.onnx"
     export_onnx(checkpoint, onnx)
-    repository = assemble(onnx, folder / "repository", quality=load_quality_cfg(quality) if quality else None)
+    repository = assemble(onnx, work / "repository", quality=load_quality_cfg(quality) if quality else None)
     with TritonServer(
         model_repository=repository, grpc_port=free_port(), http_port=free_port(), metrics_port=free_port()
     ) as server:
@@ -113,7 +101,8 @@ def screen(
     ids = list(results[0].scores)
     scores = np.array([[r.scores[d] for d in ids] for r in results])
     gradable = np.array([r.gradable for r in results], bool)
-    cache.write_text(json.dumps({"ids": ids, "scores": scores.tolist(), "gradable": gradable.tolist()}) + "\n")
+    rows = [{"image": str(r.path), **json.loads(result.to_json())} for r, result in zip(records, results, strict=True)]
+    (work / "screened.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
     return Screened(records, scores, gradable, ids)
 
 
@@ -180,11 +169,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     from predilect.models.checkpoint import read_meta
 
     versions = {name: [read_meta(p).version for p in paths] for name, paths in groups.items()}
+    screened: dict[str, Screened] = {}  # one screening per distinct checkpoint
     for name, paths in groups.items():
         for path in paths:
-            print(f"screening {len(records)} test images with {name} {path} ...", flush=True)
-            found = screen(path, records, args.work_dir, quality=args.quality, concurrency=args.concurrency)
-            runs.setdefault(name, []).append(found)
+            digest = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+            if digest not in screened:
+                print(f"screening {len(records)} test images with {name} {path} ...", flush=True)
+                work = args.work_dir / digest
+                screened[digest] = screen(path, records, work, quality=args.quality, concurrency=args.concurrency)
+            runs.setdefault(name, []).append(screened[digest])
     comparisons = {name: compare_cameras(found, split_of, resamples=args.resamples) for name, found in runs.items()}
     command_line = "predilect bench cameras " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
     today = dt.date.today().isoformat()
