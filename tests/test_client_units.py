@@ -250,10 +250,12 @@ def test_journal_drops_torn_line_and_incomplete_group_when_reopened(tmp_path: Pa
     ("tamper", "message"),
     [
         (lambda lines: [lines[0].replace(b'"schema_version":"2"', b'"schema_version":"1"'), *lines[1:]], "version"),
-        (lambda lines: [b"garbage\n", *lines], "damaged and records follow"),
+        (lambda lines: [lines[0], b"garbage\n", *lines[1:]], "line 2 is damaged and records follow"),
+        (lambda lines: [b"path,patient_id,eye\n", b"a.jpg,P1,R\n"], "not a screening journal.*looks like a CSV"),
+        (lambda lines: [b"garbage\n", *lines], "not a screening journal.*first line is not a JSON record"),
         (lambda lines: [lines[0], lines[2], lines[1]], "before the one above it is complete"),
     ],
-    ids=["other_schema_version", "damaged_in_the_middle", "interleaved_groups"],
+    ids=["other_schema_version", "damaged_in_the_middle", "a_manifest", "another_file", "interleaved_groups"],
 )
 def test_journal_refuses_file_and_keeps_it_when_damage_is_not_a_torn_tail(tmp_path: Path, tamper, message) -> None:
     path = tmp_path / "results.jsonl"
