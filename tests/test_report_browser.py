@@ -86,7 +86,8 @@ def test_report_opens_in_chromium_with_worklist_matching_journal_when_folder_is_
                 else:
                     resolved = (copied / urllib.parse.unquote(target)).resolve()
                     assert resolved.is_file() and copied.resolve() in resolved.parents, f"{target} is not in the copy"
-            broken = page.eval_on_selector_all("img", "is => is.filter(i => !(i.complete && i.naturalWidth > 0)).length")
+            loaded = "is => is.filter(i => !(i.complete && i.naturalWidth > 0)).length"
+            broken = page.eval_on_selector_all("img", loaded)
             assert broken == 0 and failed == [], f"images that did not load: {failed}"
 
             first = page.locator("table.worklist a").first
