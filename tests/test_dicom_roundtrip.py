@@ -115,11 +115,14 @@ def test_gateway_sr_round_trips_charset_laterality_and_peaks_when_dcmtk_sends(
         forward_to=RemoteAE("127.0.0.1", archive.port, "ARCHIVE"),
     )
     try:
-        with _no_warnings(), ScreeningClient(triton_server.grpc_url, timeout_s=60) as client:
-            with DicomGateway(client, config) as gateway:
-                sent = _storescu(gateway.port, [fundus, skin])
-                assert sent.returncode == 0, sent.stderr
-                assert gateway.wait_idle(timeout_s=120)
+        with (
+            _no_warnings(),
+            ScreeningClient(triton_server.grpc_url, timeout_s=60) as client,
+            DicomGateway(client, config) as gateway,
+        ):
+            sent = _storescu(gateway.port, [fundus, skin])
+            assert sent.returncode == 0, sent.stderr
+            assert gateway.wait_idle(timeout_s=120)
     finally:
         archive.close()
     written = sorted((tmp_path / "results").glob("*.sr.dcm"))

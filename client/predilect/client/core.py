@@ -141,7 +141,8 @@ def discover(settings: ClientSettings) -> Plan[ServedModelInfo]:
             raise
         tried = f" after {e.attempts} attempts" if e.attempts > 1 else ""
         raise ServerUnavailableError(
-            f"no Triton server answers at {url}{tried}: {cause}; start one with `predilect serve`, or check the address",
+            f"no Triton server answers at {url}{tried}: {cause}; start one with `predilect serve`, "
+            "or check the address",
             attempts=e.attempts,
         ) from e
     if not live:

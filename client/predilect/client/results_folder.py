@@ -1,6 +1,6 @@
 """The results folder ``predilect screen --out DIR`` writes, and what ``predilect report`` reads.
 
-Every ``--out`` of the ``predilect`` commands names a folder; this one holds:
+Every ``--out`` of the ``predilect`` commands names a folder (``predilect.outdir``); this one holds:
 
 * ``results.jsonl``: the journal, one ``JournalRecord`` per image (the gateway's ``--out`` folder
   holds one of the same name);
@@ -15,38 +15,26 @@ from __future__ import annotations
 from pathlib import Path
 
 from predilect.catalog import Catalog
-from predilect.errors import UserError
+from predilect.outdir import OutFolderError, check_out_folder, out_folder
+
+__all__ = [
+    "CATALOG_FILE",
+    "EXAMS_FILE",
+    "JOURNAL_FILE",
+    "OVERLAYS_DIR",
+    "REPORT_DIR",
+    "OutFolderError",
+    "check_out_folder",
+    "out_folder",
+    "read_catalog",
+    "write_catalog",
+]
 
 JOURNAL_FILE = "results.jsonl"
 EXAMS_FILE = "exams.json"
 CATALOG_FILE = "catalog.json"
 OVERLAYS_DIR = "overlays"
 REPORT_DIR = "report"
-FILE_SUFFIXES = frozenset({".jsonl", ".json", ".csv", ".html", ".md", ".onnx", ".safetensors", ".png", ".txt"})
-"""Suffixes that say a path names a file: given as an ``--out`` folder, it is refused (a folder named
-``results.jsonl`` would surprise everyone)."""
-
-
-class OutFolderError(UserError):
-    """``--out`` names a file where the command writes a folder."""
-
-
-def check_out_folder(path: Path, *, holds: str) -> None:
-    """``OutFolderError`` when ``--out`` ``path`` is a file or looks like a file name; nothing is created.
-
-    ``holds`` says what the folder gets, for the message (``"results.jsonl, exams.json"``)."""
-    if path.is_file() or (not path.exists() and path.suffix.lower() in FILE_SUFFIXES):
-        raise OutFolderError(
-            f"--out is a folder (it gets {holds}); {path} names a file: give a folder, "
-            f"e.g. --out {path.with_suffix('')}"
-        )
-
-
-def out_folder(path: Path, *, holds: str) -> Path:
-    """``path`` as an ``--out`` folder, created; ``OutFolderError`` as ``check_out_folder`` says."""
-    check_out_folder(path, holds=holds)
-    path.mkdir(parents=True, exist_ok=True)
-    return path
 
 
 def write_catalog(folder: Path, catalog: Catalog) -> Path:
