@@ -75,7 +75,7 @@ serve: install
 bench: install
 	$(VENV)/bin/predilect bench --onnx $(ARTIFACTS)/onnx/model.onnx \
 		--checkpoint $(ARTIFACTS)/checkpoint/model.safetensors --manifest $(ARTIFACTS)/phantom/manifest.csv \
-		--out-dir benchmarks/results/cpu-profile
+		--out benchmarks/results/cpu-profile
 
 # On a CUDA host only: a separate virtualenv with the CUDA torch build (constraints-gpu.txt),
 # TensorRT >= 10.9 and cuda-python; then every `gpu`-marked test (kernel on CUDA in fp32/fp16/bf16,

@@ -83,7 +83,7 @@ def test_screen_cli_records_every_input_exactly_once_when_killed_and_restarted(
     )
     assert by_name["p05.jpg"]["patient_id"] == "p05"
     assert "patients (exams)" in second.stdout and "what to do" in second.stdout
-    exams = json.loads((tmp_path / "results.exams.json").read_text())
+    exams = json.loads((results / "exams.json").read_text())
     assert {e["patient_id"] for e in exams} == {r["patient_id"] for r in records}
     assert by_name["eye3.dcm"]["patient_id"] == "PID-3" and by_name["eye3.dcm"]["result"] is not None
     assert out.stat().st_mode & 0o777 == 0o600, "the journal names patients: owner-only"

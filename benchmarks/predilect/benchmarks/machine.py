@@ -38,6 +38,13 @@ def describe() -> str:
     )
 
 
+def dated_name(what: str) -> str:
+    """The default file stem of a benchmark's results: ``<date>-<what>`` (UTC date)."""
+    import datetime as dt
+
+    return f"{dt.datetime.now(dt.timezone.utc).date().isoformat()}-{what}"
+
+
 def slug() -> str:
     """``<cores>core-<cpu model>``, lower-case, for file names."""
     model = re.sub(r"\(r\)|\(tm\)|cpu|@.*$", "", cpu_model().lower())
