@@ -285,3 +285,44 @@ def test_screen_cli_leaves_inputs_unrecorded_for_rerun_when_server_side_deadline
         assert _run(client, entries, journal, progress, 2, timeout_s=None, **given) == 0
     journal.close()
     assert sorted(r.key for r in journal.records) == sorted(e.key for e in entries)
+
+
+def test_screen_cli_says_heatmaps_are_not_drawn_when_journal_is_finished_without_them(
+    triton_server: TritonServer, fundus_jpeg, tmp_path: Path, capsys
+) -> None:
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "a.jpg").write_bytes(fundus_jpeg(420))
+    results = tmp_path / "out"
+    argv = [str(tmp_path / "in"), "--out", str(results), "--server", triton_server.grpc_url]
+    assert main(argv) == 0
+    capsys.readouterr()
+    assert main([*argv, "--heatmaps"]) == 2, "nothing to screen and nothing drawn: not a silent success"
+    line = _one_line(capsys.readouterr().err)
+    assert "every input is already in" in line and "--heatmaps draws overlays only for inputs screened now" in line
+    assert "new --out folder" in line and not (results / "overlays").exists()
+
+
+@pytest.mark.parametrize(
+    ("server", "cause"),
+    [
+        ("no-such-host.invalid:8001", "cannot resolve the host name 'no-such-host.invalid'"),
+        ("localhost", f"localhost:{contract.DEFAULT_GRPC_PORT}"),  # not gRPC's 443
+        ("http://localhost:8001", "without a scheme"),
+    ],
+)
+def test_screen_cli_names_the_real_cause_in_one_line_when_server_address_is_wrong(
+    server: str, cause: str, fundus_jpeg, tmp_path: Path, capsys
+) -> None:
+    (tmp_path / "a.jpg").write_bytes(fundus_jpeg(453))
+    out = tmp_path / "r"
+    code = main([str(tmp_path / "a.jpg"), "--out", str(out), "--server", server, "--timeout-s", "2"])
+    line = _one_line(capsys.readouterr().err)
+    assert code in (2, 3) and cause in line and "not ready" not in line and ":443" not in line, line
+    assert not out.exists(), "nothing written"
+
+
+def test_screen_cli_refuses_out_that_names_a_file_when_given_journal_name(fundus_jpeg, tmp_path: Path, capsys) -> None:
+    (tmp_path / "a.jpg").write_bytes(fundus_jpeg(454))
+    assert main([str(tmp_path / "a.jpg"), "--out", str(tmp_path / "results.jsonl")]) == 2
+    line = _one_line(capsys.readouterr().err)
+    assert "--out is a folder" in line and "results.jsonl" in line

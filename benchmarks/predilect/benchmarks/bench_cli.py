@@ -90,7 +90,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--images", type=int, default=180, help="camera-size images sent round-robin (the held-out split)")
     p.add_argument("--users", type=_users, default=[1, 4, 16, 64], help="concurrency points, e.g. 1,4,16")
-    p.add_argument("--seconds-per-point", type=int, default=20)
+    p.add_argument("--seconds-per-point", type=int, default=20, help="seconds each concurrency point runs (default 20)")
     p.add_argument("--locust-workers", type=int, default=0, help="0: one local locust process; N: master + N workers")
     p.add_argument("--no-baseline", action="store_true", help="skip baseline (b), FastAPI + PyTorch")
     p.add_argument("--no-bento", action="store_true", help="skip baseline (d), BentoML")
