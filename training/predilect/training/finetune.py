@@ -89,7 +89,6 @@ class FinetuneResult:
     meta: CheckpointMeta | None  # None on DDP ranks other than 0
     path: Path
     val_macro_auroc: float | None
-    val_auroc: dict[str, float]
     seconds: float
 
 
@@ -209,7 +208,7 @@ def finetune(
     sites.requires_grad_(cfg.matrix == "tune")
     seconds = time.monotonic() - start
     if not is_main_process():
-        return FinetuneResult(None, out, None, {}, seconds)
+        return FinetuneResult(None, out, None, seconds)
     metrics: dict[str, float] = {"seconds": seconds}
     found = _aurocs(model, val_set, trained) if val_set is not None else {}
     if found:
@@ -226,7 +225,7 @@ def finetune(
         "fundus_images": len(splits.train),
     }
     meta = save_checkpoint(out, model.cpu(), preprocess=preprocess, catalog=trained, metrics=metrics, training=training)
-    return FinetuneResult(meta, out, val_auc, found, seconds)
+    return FinetuneResult(meta, out, val_auc, seconds)
 
 
 def _aurocs(model: FundusClassifier, dataset: Any, catalog: Catalog) -> dict[str, float]:
