@@ -101,15 +101,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--quick", action="store_true", help="CI smoke: 2 rendered images, users 1,2, 3 s per point, no mix, no AUROC"
     )
-    p.add_argument(
-        "--out",
-        dest="out_dir",
-        type=Path,
-        default=Path("benchmarks/results"),
-        metavar="DIR",
-        help="folder the report (<name>.md, .json, plots) goes into (default benchmarks/results)",
-    )
-    p.add_argument("--out-dir", dest="out_dir", type=Path, help=argparse.SUPPRESS)  # the spelling recorded runs used
+    machine.add_report_folder(p)
     p.add_argument("--name", default=None, help="report name (default: <date>-<machine>)")
     p.add_argument("--workdir", type=Path, default=None, help="scratch folder (default: a new temp folder)")
     return p

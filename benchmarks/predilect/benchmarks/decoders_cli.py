@@ -38,15 +38,7 @@ def _parser() -> argparse.ArgumentParser:
         help="config override for both training stages when retraining (repeatable), e.g. loop.batch_size=8",
     )
     p.add_argument("--resamples", type=int, default=1000, help="paired bootstrap resamples")
-    p.add_argument(
-        "--out",
-        dest="out_dir",
-        type=Path,
-        default=Path("benchmarks/results"),
-        metavar="DIR",
-        help="folder the report (<name>.md, .json, plots) goes into (default benchmarks/results)",
-    )
-    p.add_argument("--out-dir", dest="out_dir", type=Path, help=argparse.SUPPRESS)  # the spelling recorded runs used
+    machine.add_report_folder(p)
     p.add_argument("--name", default="decoders", help="writes <out-dir>/<name>.json and .md")
     return p
 
