@@ -42,8 +42,6 @@ def _all(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
     ],
 )
 def test_command_has_description_and_help_on_every_option_when_parsed(name: str) -> None:
-    if COMMANDS[name][0].startswith(("predilect.benchmarks", "predilect.demo")):
-        pytest.importorskip("locust")
     for parser in (q for p in _parsers(name) for q in _all(p)):
         assert (parser.description or "").strip(), f"{parser.prog} has no description"
         for action in parser._actions:
