@@ -144,7 +144,7 @@ def discover(settings: ClientSettings) -> Plan[ServedModelInfo]:
             f"no Triton server answers at {url}{tried}: {cause}; start one with `predilect serve`, "
             "or check the address",
             attempts=e.attempts,
-        ) from e
+        ) from (e.__cause__ or e)  # the gRPC error that gave up, as for every other client error
     if not live:
         raise ServerUnavailableError(f"the Triton server at {url} is not live; check `predilect serve`")
     if not (yield from call(settings, "is_model_ready", name, timeout_s=None)):
