@@ -40,7 +40,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--count", type=int, default=720, help="phantom fundus photographs")
     p.add_argument("--oct-count", type=int, default=480, help="phantom OCT B-scans (unpaired)")
     p.add_argument("--size", type=parse_size, default=(2048, 1536), help="camera frame, WxH")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the phantom and of training (default 0)")
     p.add_argument("--epochs", type=int, default=None, help="epochs of each stage (default: the recipe's)")
     p.add_argument(
         "--recipe",
@@ -111,8 +111,8 @@ def _train(args: argparse.Namespace, manifest: Path) -> Path:
     )
     stage2 = result.finetune
     assert stage2.meta is not None
-    auroc = "n/a" if stage2.test_macro_auroc is None else f"{stage2.test_macro_auroc:.4f}"
-    print(f"      in-process test macro AUROC {auroc}; checkpoint {checkpoint} ({stage2.meta.version})")
+    auroc = "n/a" if stage2.val_macro_auroc is None else f"{stage2.val_macro_auroc:.4f}"
+    print(f"      validation macro AUROC {auroc}; checkpoint {checkpoint} ({stage2.meta.version})")
     return checkpoint
 
 

@@ -19,7 +19,16 @@ from predilect.dicom.reader import DicomFrame, is_dataset, is_dicom_bytes
 if TYPE_CHECKING:
     from pydicom import Dataset
 
-__all__ = ["DicomFrame", "identity", "is_dataset", "is_dicom_bytes", "iter_frames", "pydicom_module", "read_dataset"]
+__all__ = [
+    "DicomFrame",
+    "identity",
+    "is_dataset",
+    "is_dicom_bytes",
+    "iter_frames",
+    "pydicom_module",
+    "read_dataset",
+    "study_uid",
+]
 
 
 @contextlib.contextmanager
@@ -55,3 +64,8 @@ def iter_frames(dataset: Dataset) -> Iterator[DicomFrame]:
 def identity(dataset: Dataset) -> tuple[str | None, str | None]:
     """(patient ID, eye) from the header, for local bookkeeping only."""
     return reader.identity(dataset)
+
+
+def study_uid(dataset: Dataset) -> str | None:
+    """The header's StudyInstanceUID (the visit), for local bookkeeping only."""
+    return reader.study_uid(dataset)

@@ -69,6 +69,8 @@ class ServedModelInfo:
     preprocess: dict[str, Any]
     rules: ReferralRules
     heatmaps: bool = False
+    heatmap_kind: str | None = None
+    """Which map HEATMAPS holds (``contract.HEATMAP_KINDS``); None when the repository does not say."""
 
     @property
     def rules_digest(self) -> str:
@@ -277,6 +279,7 @@ def served_info(config: Any, *, model_name: str, url: str) -> ServedModelInfo:
         preprocess=preprocess,
         rules=rules,
         heatmaps=contract.HEATMAPS in outputs,
+        heatmap_kind=params.get(contract.KEY_HEATMAP) or None,
     )
 
 
@@ -350,6 +353,7 @@ def parse_result(
         latency_s=latency_s,
         field_box=output(contract.FIELD_BOX, 4).tolist(),
         heatmaps=maps,
+        heatmap_kind=served.heatmap_kind,
         sop_instance_uid=sop_instance_uid,
         frame=frame,
     )

@@ -106,6 +106,7 @@ class ServedModel:
     model_version: str
     quality: QualityCfg = field(default_factory=default_quality_cfg)
     attention_grid: int | None = None
+    heatmap_kind: str | None = None
 
     def __post_init__(self) -> None:
         try:
@@ -127,6 +128,7 @@ class ServedModel:
             contract.KEY_RULES: self.rules.to_json(),
             contract.KEY_RULES_DIGEST: self.rules.digest(),
             contract.KEY_CATALOG_DIGEST: self.catalog.digest(),
+            **({contract.KEY_HEATMAP: self.heatmap_kind} if self.heatmap_kind and self.attention_grid else {}),
         }
 
 
