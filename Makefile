@@ -39,13 +39,16 @@ lint: install
 demo: install
 	$(VENV)/bin/predilect demo --workdir $(ARTIFACTS)
 
-# DCMTK (storescu, img2dcm) is the real DICOM sender the gateway tests use; nginx is the
-# request-size limit `predilect serve` puts in front of tritonserver's gRPC port (serving/predilect/serving/front.py);
-# shellcheck checks the container scripts; headless chromium renders the HTML screening report.
+# DCMTK (storescu, img2dcm, dcmdump) is the real DICOM sender the gateway tests use; dicom3tools' dciodvfy
+# validates the SRs against the standard's IODs; nginx is the request-size limit `predilect serve` puts in
+# front of tritonserver's gRPC port (serving/predilect/serving/front.py); shellcheck checks the container
+# scripts; chromium renders the HTML screening report (Playwright drives it: tests/test_report_browser.py).
 system-deps:
 	@command -v storescu >/dev/null && command -v img2dcm >/dev/null && command -v shellcheck >/dev/null && \
-		command -v chromium >/dev/null && { command -v nginx || test -x /usr/sbin/nginx; } >/dev/null || \
-		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dcmtk nginx-light shellcheck chromium >/dev/null; }
+		command -v dciodvfy >/dev/null && command -v chromium >/dev/null && \
+		{ command -v nginx || test -x /usr/sbin/nginx; } >/dev/null || \
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dcmtk dicom3tools nginx-light \
+			shellcheck chromium >/dev/null; }
 
 # The test lanes (tests/conftest.py marks them from the fixtures each test uses; README "Tests").
 # `make test` is what CI runs: lint, then the unit and integration lanes (the gpu tests skip
@@ -72,7 +75,7 @@ serve: install
 bench: install
 	$(VENV)/bin/predilect bench --onnx $(ARTIFACTS)/onnx/model.onnx \
 		--checkpoint $(ARTIFACTS)/checkpoint/model.safetensors --manifest $(ARTIFACTS)/phantom/manifest.csv \
-		--out-dir benchmarks/results/cpu-profile
+		--out benchmarks/results/cpu-profile
 
 # On a CUDA host only: a separate virtualenv with the CUDA torch build (constraints-gpu.txt),
 # the serving container's TensorRT series (the `gpu` extra; checked by versions_cli --bindings) and

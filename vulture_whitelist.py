@@ -25,6 +25,11 @@ _.require_calling_aet
 _.ManufacturerModelName
 _.SoftwareVersions
 _.SeriesDescription
+_.SpecificCharacterSet
+_.CodingSchemeDesignator
+_.CodingSchemeName
+_.CodingSchemeResponsibleOrganization
+_.CodingSchemeIdentificationSequence
 _.post_processor
 _.benchmark
 _.recompile_limit
@@ -94,3 +99,12 @@ from_model_config
 # The preprocessing package (predilect/preprocess/) is another change's: only tests call this one; its
 # owner keeps it or deletes it with them.
 load_oct_scans
+
+# Read by the HTML report's Jinja template (client/predilect/client/report.html.j2), not by Python code.
+_.anchor  # client.report.ExamView
+_.patients  # client.report.Worklist
+_.urgent
+_.recall
+_.referable_by_disease
+_.ungradable_by_reason
+_.refused_by_kind

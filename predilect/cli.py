@@ -84,6 +84,24 @@ class CommandError(UserError):
     """Raised by a command for a user error it detects itself (e.g. two options that conflict)."""
 
 
+def description(doc: str | None) -> str:
+    """A command's ``--help`` description from its module docstring (``"`predilect x`: what it does ..."``):
+    the docstring without that prefix."""
+    text = (doc or "").strip()
+    head, sep, rest = text.partition(": ")
+    return rest if sep and head.startswith("`predilect") else text
+
+
+def version() -> str:
+    """The installed distribution's version (``importlib.metadata``), or ``unknown`` when not installed."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("predilect")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
 def _describe_os_error(error: OSError) -> str:
     if error.filename is not None and error.strerror:
         return f"{error.filename}: {error.strerror}"
@@ -162,7 +180,7 @@ def dataclass_from_args(cls: type[D], args: argparse.Namespace) -> D:
 
 
 def _usage() -> str:
-    lines = ["usage: predilect <command> [options]", "", "commands:"]
+    lines = ["usage: predilect [--version] <command> [options]", "", "commands:"]
     lines += [f"  {name:<12} {help_}" for name, (_, help_) in COMMANDS.items()]
     lines += ["", "Run `predilect <command> --help` for a command's options."]
     return "\n".join(lines)
@@ -188,6 +206,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args or args[0] in ("-h", "--help"):
         print(_usage())
         return EXIT_OK if args else EXIT_USAGE
+    if args[0] in ("-V", "--version"):
+        print(f"predilect {version()}")
+        return EXIT_OK
     name, rest = args[0], args[1:]
     if name not in COMMANDS:
         print(f"predilect: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)

@@ -122,6 +122,13 @@ SERVED_KEYS = (KEY_CATALOG, KEY_PREPROCESS, KEY_MODEL_NAME, KEY_MODEL_VERSION, K
 DISCOVERY_KEYS = (KEY_CATALOG, KEY_PREPROCESS, KEY_MODEL_NAME, KEY_MODEL_VERSION)
 """The ensemble parameters a client reads at connect ("model discovery"); ``assemble`` needs them."""
 
+KEY_HEATMAP = "predilect.heatmap"
+"""Which map ``HEATMAPS`` holds (one of ``HEATMAP_KINDS``): an ensemble parameter of a repository that serves
+heatmaps and whose model says which (``ModelCfg.heatmap``), so a caption can say what a reader sees."""
+HEATMAP_KINDS = ("attention", "evidence")
+"""``attention``: the predilection attention over the token grid (mean over a disease's sites); ``evidence``:
+that attention times each token's contribution to the disease's logit, clipped at 0."""
+
 KEY_RULES = "predilect.rules"
 """The referral rules (``predilect.referral.ReferralRules`` JSON): per-disease thresholds and referral
 levels, and the gradability thresholds; config parameter of the ensemble and of the steps applying them."""

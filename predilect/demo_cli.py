@@ -48,7 +48,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=parse_size, default=None, help="camera frame WxH of a one-camera preset")
     p.add_argument("--render-height", type=int, default=None, help="zoo: the painted scene's largest height, px")
     p.add_argument("--max-side", type=int, default=None, help="zoo: cap every camera's frame side (quick runs)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the phantom and of training (default 0)")
     p.add_argument("--epochs", type=int, default=None, help="epochs of each stage (default: the recipe's)")
     p.add_argument(
         "--recipe",
@@ -139,8 +139,8 @@ def _train(args: argparse.Namespace, manifest: Path) -> Path:
     )
     stage2 = result.finetune
     assert stage2.meta is not None
-    auroc = "n/a" if stage2.test_macro_auroc is None else f"{stage2.test_macro_auroc:.4f}"
-    print(f"      in-process test macro AUROC {auroc}; checkpoint {checkpoint} ({stage2.meta.version})")
+    auroc = "n/a" if stage2.val_macro_auroc is None else f"{stage2.val_macro_auroc:.4f}"
+    print(f"      validation macro AUROC {auroc}; checkpoint {checkpoint} ({stage2.meta.version})")
     return checkpoint
 
 

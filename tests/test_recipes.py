@@ -95,8 +95,8 @@ def test_load_config_raises_config_error_when_a_two_stage_file_or_override_is_wr
 def test_example_run_config_loads_for_both_stages_with_paths_beside_it_when_given():
     first = load_config(EXAMPLE, cls=PretrainRun)
     second = load_config(EXAMPLE, cls=FinetuneRun)
-    assert first.data.manifest == EXAMPLE.parent / "../../data/odir.csv"
-    assert first.data.oct_manifest == EXAMPLE.parent / "../../data/multieye_oct.csv"
+    assert first.data.manifest == (EXAMPLE.parent / "../../data/odir/manifest.csv").resolve()
+    assert first.data.oct_manifest == (EXAMPLE.parent / "../../data/multieye_oct/manifest.csv").resolve()
     assert (first.loop.epochs, first.loop.lr, first.data.sampling) == (20, 3e-4, "balanced")
     assert first.pretrain.matrix == "learn" and second.finetune.matrix == "tune"
     assert second.model.backbone == "conv-local" and second.data.preprocess.size == 224

@@ -92,7 +92,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--images", type=int, default=180, help="camera-size images sent round-robin (the held-out split)")
     p.add_argument("--users", type=_users, default=[1, 4, 16, 64], help="concurrency points, e.g. 1,4,16")
-    p.add_argument("--seconds-per-point", type=int, default=20)
+    p.add_argument("--seconds-per-point", type=int, default=20, help="seconds each concurrency point runs (default 20)")
     p.add_argument("--locust-workers", type=int, default=0, help="0: one local locust process; N: master + N workers")
     p.add_argument("--no-baseline", action="store_true", help="skip baseline (b), FastAPI + PyTorch")
     p.add_argument("--no-bento", action="store_true", help="skip baseline (d), BentoML")
@@ -103,7 +103,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--quick", action="store_true", help="CI smoke: 2 rendered images, users 1,2, 3 s per point, no mix, no AUROC"
     )
-    p.add_argument("--out-dir", type=Path, default=Path("benchmarks/results"))
+    machine.add_report_folder(p)
     p.add_argument("--name", default=None, help="report name (default: <date>-<machine>)")
     p.add_argument("--workdir", type=Path, default=None, help="scratch folder (default: a new temp folder)")
     return p

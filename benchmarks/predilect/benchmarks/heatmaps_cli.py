@@ -52,7 +52,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds (A, B, C, A, B, C, ...)")
     p.add_argument("--concurrency", type=int, default=8, help="requests in flight")
     p.add_argument("--layout", default="fused", choices=("fused", "split"), help="CPU layout of both repositories")
-    p.add_argument("--out-dir", type=Path, default=Path("benchmarks/results"), help="where the report goes")
+    machine.add_report_folder(p)
     return p
 
 

@@ -26,6 +26,7 @@ from predilect.build.operating_points import (
     write_catalog,
 )
 from predilect.cli import CommandError, command
+from predilect.outdir import out_folder
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -34,7 +35,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", type=Path, default=artifacts.checkpoint, help="checkpoint to read and update")
     p.add_argument("--manifest", type=Path, default=artifacts.manifest, help="manifest with val (and test) splits")
     p.add_argument("--target-sensitivity", type=float, default=0.9, help="sensitivity each disease must reach on val")
-    p.add_argument("--out", type=Path, default=None, help="write the updated checkpoint here (default: in place)")
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="folder to write the updated checkpoint into, same name (default: update it in place)",
+    )
     p.add_argument("--report", type=Path, default=None, help="also write the table (markdown) and a .json beside it")
     return p
 
@@ -59,7 +66,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         (label_matrix(test, catalog), checkpoint_scores(args.checkpoint, [r.path for r in test])) if test else None
     )
     points = operating_points(catalog, validation, target_sensitivity=args.target_sensitivity, test=held_out)
-    out = write_catalog(args.checkpoint, with_thresholds(catalog, points), args.out)
+    target = out_folder(args.out, holds=args.checkpoint.name) / args.checkpoint.name if args.out else None
+    out = write_catalog(args.checkpoint, with_thresholds(catalog, points), target)
     command_line = "predilect operating-points " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
     text = report_markdown(
         points,

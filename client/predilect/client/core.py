@@ -23,11 +23,12 @@ from typing import Any, TypeVar, Union
 from tritonclient.utils import InferenceServerException
 
 from predilect import contract
-from predilect.client import protocol
+from predilect.client import network, protocol
 from predilect.client.errors import (
     DeadlineExceededError,
     ModelNotReadyError,
     PredilectClientError,
+    ServerNotFoundError,
     ServerUnavailableError,
 )
 from predilect.client.inputs import ImageInput, Prepared, prepare, single_frame
@@ -130,7 +131,22 @@ def call(
 def discover(settings: ClientSettings) -> Plan[ServedModelInfo]:
     """Model discovery: the server is live, the model ready, and its config names the catalog."""
     url, name = settings.url, settings.model_name
-    if not (yield from call(settings, "is_server_live", timeout_s=None)):
+    unresolved = yield Local(partial(network.resolve_error, url))
+    if unresolved is not None:
+        raise ServerNotFoundError(f"no Triton server at {url}: {unresolved}")
+    try:
+        live = yield from call(settings, "is_server_live", timeout_s=None)
+    except ServerUnavailableError as e:
+        cause = yield Local(partial(network.connect_error, url))
+        if cause is None:
+            raise
+        tried = f" after {e.attempts} attempts" if e.attempts > 1 else ""
+        raise ServerUnavailableError(
+            f"no Triton server answers at {url}{tried}: {cause}; start one with `predilect serve`, "
+            "or check the address",
+            attempts=e.attempts,
+        ) from (e.__cause__ or e)  # the gRPC error that gave up, as for every other client error
+    if not live:
         raise ServerUnavailableError(f"the Triton server at {url} is not live; check `predilect serve`")
     if not (yield from call(settings, "is_model_ready", name, timeout_s=None)):
         raise ModelNotReadyError(
@@ -290,7 +306,7 @@ class ClientBase:
             keepalive_timeout_s=keepalive_timeout_s,
             camera=camera,
         )
-        self.url, self.model_name, self.timeout_s = url, model_name, timeout_s
+        self.url, self.model_name, self.timeout_s = self._settings.url, model_name, timeout_s
         self._client: Any = None  # the face's tritonclient InferenceServerClient, once connected
         self._served: ServedModelInfo | None = None
         self._lock = self._new_lock()

@@ -28,6 +28,7 @@ __all__ = [
     "iter_frames",
     "pydicom_module",
     "read_dataset",
+    "study_uid",
 ]
 
 
@@ -69,3 +70,8 @@ def camera(dataset: Dataset) -> str | None:
 def identity(dataset: Dataset) -> tuple[str | None, str | None]:
     """(patient ID, eye) from the header, for local bookkeeping only."""
     return reader.identity(dataset)
+
+
+def study_uid(dataset: Dataset) -> str | None:
+    """The header's StudyInstanceUID (the visit), for local bookkeeping only."""
+    return reader.study_uid(dataset)

@@ -71,6 +71,8 @@ class ServedModelInfo:
     heatmaps: bool = False
     reference: str | None = None
     """The model's reference distributions (``predilect.drift.Reference`` JSON) when the repository has them."""
+    heatmap_kind: str | None = None
+    """Which map HEATMAPS holds (``contract.HEATMAP_KINDS``); None when the repository does not say."""
 
     @property
     def rules_digest(self) -> str:
@@ -281,6 +283,7 @@ def served_info(config: Any, *, model_name: str, url: str) -> ServedModelInfo:
         rules=rules,
         heatmaps=contract.HEATMAPS in outputs,
         reference=params.get(contract.KEY_REFERENCE) or None,
+        heatmap_kind=params.get(contract.KEY_HEATMAP) or None,
     )
 
 
@@ -363,6 +366,7 @@ def parse_result(
         latency_s=latency_s,
         field_box=output(contract.FIELD_BOX, 4).tolist(),
         heatmaps=maps,
+        heatmap_kind=served.heatmap_kind,
         sop_instance_uid=sop_instance_uid,
         frame=frame,
         camera=camera,

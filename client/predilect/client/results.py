@@ -73,9 +73,11 @@ class QualityReport(BaseModel):
 class Heatmap(BaseModel):
     """One positive finding's attention over the screened square (``ScreeningResult.field_box``).
 
-    ``grid[row][column]`` (rows top to bottom) are the attention weights over the model input's
-    token grid; ``peak`` is the centre of the hottest cell in the photograph's normalised
-    coordinates (x right, y down); ``overlay`` the PNG file ``predilect screen --heatmaps`` wrote.
+    ``grid[row][column]`` (rows top to bottom) are the map's values over the model input's token
+    grid; ``kind`` says which map it is (``contract.HEATMAP_KINDS``: the attention, or the evidence,
+    attention x each token's share of the logit; None when the server does not say); ``peak`` is the
+    centre of the hottest cell in the photograph's normalised coordinates (x right, y down);
+    ``overlay`` the PNG file ``predilect screen --heatmaps`` wrote, relative to the journal's folder.
     """
 
     model_config = ConfigDict(frozen=True)
@@ -83,7 +85,16 @@ class Heatmap(BaseModel):
     disease: str
     grid: list[list[float]]
     peak: tuple[float, float]
+    kind: str | None = Field(default=None, description="attention | evidence (contract.HEATMAP_KINDS); None: unsaid")
     overlay: str | None = None
+
+    def describe(self) -> str:
+        """What the map shows, in words for a caption."""
+        if self.kind == "evidence":
+            return "evidence map (where the finding's score came from: attention x each region's contribution)"
+        if self.kind == "attention":
+            return "attention map (where the model looked for this finding; not proof of a lesion)"
+        return "heatmap (the model's map for this finding; the server does not say which kind)"
 
     @property
     def array(self) -> np.ndarray:
@@ -173,6 +184,7 @@ class ScreeningResult(BaseModel):
         latency_s: float,
         field_box: Sequence[float] | None = None,
         heatmaps: np.ndarray | None = None,
+        heatmap_kind: str | None = None,
         sop_instance_uid: str | None = None,
         frame: int | None = None,
         camera: str | None = None,
@@ -189,7 +201,7 @@ class ScreeningResult(BaseModel):
         maps = None
         if heatmaps is not None:
             index = {d.id: i for i, d in enumerate(catalog)}
-            maps = [_heatmap(disease, np.asarray(heatmaps[index[disease]]), box) for disease in positive]
+            maps = [_heatmap(disease, np.asarray(heatmaps[index[disease]]), box, heatmap_kind) for disease in positive]
         gradable = report.gradable
         decision = contract.DECISIONS[decision_code]
         return cls(
@@ -225,9 +237,9 @@ class ScreeningResult(BaseModel):
         return f"{self.decision.replace('_', ' ')}: {found}"
 
 
-def _heatmap(disease: str, grid: np.ndarray, box: FieldBox | None) -> Heatmap:
+def _heatmap(disease: str, grid: np.ndarray, box: FieldBox | None, kind: str | None) -> Heatmap:
     square: FieldBox = box if box is not None else (0.0, 0.0, 1.0, 1.0)
-    return Heatmap(disease=disease, grid=np.round(grid, 6).tolist(), peak=peak_of(grid, square))
+    return Heatmap(disease=disease, grid=np.round(grid, 6).tolist(), peak=peak_of(grid, square), kind=kind)
 
 
 @dataclass(frozen=True)

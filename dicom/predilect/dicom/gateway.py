@@ -251,7 +251,7 @@ class DicomGateway:
         except PredilectClientError as e:
             items = [ScreeningItem(0, path, error=e)]
         else:
-            items = self.client.screen_items(dataset)
+            items = self.client.screen_items(dataset, heatmaps=self.client.served.heatmaps)  # peaks for the SR
         transient = [i.error for i in items if i.error is not None and not is_final(i.error)]
         if transient:
             reason = type(transient[0]).__name__

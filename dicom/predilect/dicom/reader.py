@@ -247,3 +247,12 @@ def identity(dataset: Dataset) -> tuple[str | None, str | None]:
     except ValueError:
         eye = None
     return patient, eye
+
+
+def study_uid(dataset: Dataset) -> str | None:
+    """The StudyInstanceUID of a header (the visit an exam belongs to); None where absent or unreadable."""
+    try:
+        with _malformed("the DICOM header"):
+            return str(dataset.get("StudyInstanceUID") or "") or None
+    except UnsupportedDicomError:
+        return None

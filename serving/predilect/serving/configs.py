@@ -109,6 +109,7 @@ class ServedModel:
     quality: QualityCfg = field(default_factory=default_quality_cfg)
     attention_grid: int | None = None
     reference: Reference | None = None
+    heatmap_kind: str | None = None
 
     def __post_init__(self) -> None:
         try:
@@ -131,6 +132,7 @@ class ServedModel:
             contract.KEY_RULES_DIGEST: self.rules.digest(),
             contract.KEY_CATALOG_DIGEST: self.catalog.digest(),
             **self.reference_parameters(),
+            **({contract.KEY_HEATMAP: self.heatmap_kind} if self.heatmap_kind and self.attention_grid else {}),
         }
 
     def reference_parameters(self) -> dict[str, str]:

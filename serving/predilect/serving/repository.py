@@ -10,6 +10,7 @@ models next to their configs.
 from __future__ import annotations
 
 import dataclasses
+import json
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -88,7 +89,23 @@ def read_served_model(
         reference=reference,
     )
     _check_tensors(model, served, onnx_path)
-    return dataclasses.replace(served, attention_grid=_attention_grid(model, served, onnx_path))
+    return dataclasses.replace(
+        served, attention_grid=_attention_grid(model, served, onnx_path), heatmap_kind=_heatmap_kind(meta, onnx_path)
+    )
+
+
+def _heatmap_kind(meta: dict[str, str], onnx_path: Path) -> str | None:
+    """Which map the model's ``ATTENTION`` output holds (``contract.HEATMAP_KINDS``), from its exported model
+    config; None when the export does not say (a model exported without ``predilect.model``)."""
+    if not meta.get(contract.KEY_MODEL_CFG):
+        return None
+    try:
+        kind = json.loads(meta[contract.KEY_MODEL_CFG]).get("heatmap", contract.HEATMAP_KINDS[0])
+    except (ValueError, AttributeError) as e:
+        raise ModelMetadataError(f"{onnx_path}: unreadable {contract.KEY_MODEL_CFG} metadata: {e}") from e
+    if kind not in contract.HEATMAP_KINDS:
+        raise ModelMetadataError(f"{onnx_path}: heatmap kind {kind!r} is not one of {contract.HEATMAP_KINDS}")
+    return str(kind)
 
 
 def _attention_grid(model, served: configs.ServedModel, onnx_path: Path) -> int | None:

@@ -90,7 +90,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--zero-shot", default=None, help="held-out categories to score (default: phantom.json)")
     p.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples")
     p.add_argument("--summary-only", action="store_true", help="train nothing; summarise the finished cells")
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, default=2, help="torch intra-op threads (default 2)")
     return p
 
 
