@@ -21,5 +21,5 @@ for recipe in policy baseline; do
 done
 args=()
 for recipe in policy baseline; do for seed in 0 1 2; do args+=(--checkpoint "$recipe=$RUNS/$recipe-$seed/checkpoint/model.safetensors"); done; done
-nice -n 15 $P bench cameras --phantom "$PHANTOM" "${args[@]}" --work-dir "$RUNS/bench" \
-  --out-dir benchmarks/results/cameras --name "${NAME:-$(date +%F)-2core-shared}"
+nice -n 15 $P bench cameras --phantom "$PHANTOM" "${args[@]}" --workdir "$RUNS/bench" \
+  --out benchmarks/results/cameras --name "${NAME:-$(date +%F)-2core-shared}"

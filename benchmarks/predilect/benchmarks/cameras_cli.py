@@ -2,7 +2,7 @@
 
     predilect bench cameras --phantom DIR --checkpoint policy=runs/s0/model.safetensors \\
         --checkpoint policy=runs/s1/model.safetensors --checkpoint baseline=runs/b0/model.safetensors \\
-        --out-dir benchmarks/results/cameras --name <date>-<machine>
+        --out benchmarks/results/cameras --name <date>-<machine>
 
 Each checkpoint is exported to ONNX, assembled into a model repository (the CPU profile, the packaged
 gradability calibration or ``--quality``) and served by the real tritonserver; every test image of a
@@ -14,7 +14,7 @@ to the seen cameras against the 0.03 target); with two names, the first minus th
 and on the held-out cameras (paired bootstrap) says what one recipe costs or gains on each. Red-free
 captures are counted as screened as colour or not. Writes ``<name>.md`` and ``<name>.json``; each
 checkpoint's repository and screenings (``screened.jsonl``, the results as the client returned them)
-go to ``--work-dir``. A checkpoint named twice is screened once.
+go to ``--workdir``. A checkpoint named twice is screened once.
 """
 
 from __future__ import annotations
@@ -62,9 +62,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--phantom", type=Path, required=True, help="a zoo phantom folder (its test split is screened)")
     p.add_argument("--checkpoint", type=_named, action="append", required=True, metavar="NAME=PATH")
-    p.add_argument("--out-dir", type=Path, required=True, help="where the report goes")
+    machine.add_report_folder(p)
     p.add_argument("--name", default=None, help="report file stem (default: <date>-<machine>)")
-    p.add_argument("--work-dir", type=Path, default=default_artifacts().root / "bench-cameras")
+    p.add_argument("--workdir", type=Path, default=default_artifacts().root / "bench-cameras")
     p.add_argument("--quality", type=Path, default=None, help="gradability thresholds to serve (default: packaged)")
     p.add_argument("--concurrency", type=int, default=8)
     p.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples")
@@ -163,7 +163,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     groups: dict[str, list[Path]] = {}
     for name, path in args.checkpoint:
         groups.setdefault(name, []).append(path)
-    args.work_dir.mkdir(parents=True, exist_ok=True)
+    args.workdir.mkdir(parents=True, exist_ok=True)
     start = time.monotonic()
     runs: dict[str, list[Screened]] = {}
     from predilect.models.checkpoint import read_meta
@@ -175,7 +175,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             digest = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
             if digest not in screened:
                 print(f"screening {len(records)} test images with {name} {path} ...", flush=True)
-                work = args.work_dir / digest
+                work = args.workdir / digest
                 screened[digest] = screen(path, records, work, quality=args.quality, concurrency=args.concurrency)
             runs.setdefault(name, []).append(screened[digest])
     comparisons = {name: compare_cameras(found, split_of, resamples=args.resamples) for name, found in runs.items()}
