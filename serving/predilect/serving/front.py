@@ -53,8 +53,8 @@ _PR_SET_PDEATHSIG = 1
 _MIB = 1024 * 1024
 HTTP_CRASH_BYTES = 4 * _MIB
 """The smallest HTTP request body that kills tritonserver 2.51 (SIGSEGV), measured (docs/RELIABILITY.md)."""
-HTTP_BODY_LIMIT_BYTES = 3 * _MIB
-"""The largest HTTP body the front passes on: below the crash size, with a margin."""
+HTTP_BODY_LIMIT_BYTES = HTTP_CRASH_BYTES - _MIB
+"""The largest HTTP body the front passes on: below the crash size, with a margin (3 MiB)."""
 GRPC_SERVICE = "inference.GRPCInferenceService"
 GRPC_OPEN_METHODS = (
     "ServerLive",
@@ -68,8 +68,6 @@ GRPC_OPEN_METHODS = (
     "ModelStreamInfer",
 )
 """The gRPC methods callers may use: health, metadata (model config and statistics included), inference."""
-CLOSED_API_GROUPS = ("shared-memory", "model-repository", "trace", "logging")
-"""Triton's API groups (its ``--grpc-restricted-protocol`` names) that no caller of the front reaches."""
 CONNECTION_SETTINGS = {
     # HTTP/2 with the clients. nginx ends a connection with one GOAWAY at either limit, and the
     # calls a client has in flight at that moment fail: neither limit should ever be reached.
@@ -195,6 +193,9 @@ def _ssl(tls: FrontTls | None) -> str:
     return "".join(f"    {line}\n" for line in lines)
 
 
+_CLOSED_LOCATION = (
+    "    location / {\n      return 403;\n      error_page 403 = @closed;\n      error_page 413 = @too_large;\n    }\n"
+)
 _CLOSED = "this API is closed on this server: it serves health, metadata and inference only"
 
 
@@ -212,7 +213,7 @@ def _grpc_server(listen: Listen, *, too_large: str, guarded: bool, tls: FrontTls
         "      error_page 413 = @too_large;\n"
         "      error_page 401 = @unauthenticated;\n"
         "    }\n"
-        "    location / {\n      return 403;\n      error_page 403 = @closed;\n      error_page 413 = @too_large;\n    }\n"
+        f"{_CLOSED_LOCATION}"
         f"{_grpc_error('too_large', 3, too_large)}"
         f"{_grpc_error('unauthenticated', 16, unauthenticated)}"
         f"{_grpc_error('closed', 7, _CLOSED)}"
@@ -240,7 +241,7 @@ def _http_server(listen: Listen, *, body_limit: int, too_large: str, guarded: bo
         f"    client_max_body_size {body_limit};\n"
         f"    location ~ {_quoted(health)} {{\n{proxy}    }}\n"
         f"{open_apis}"
-        "    location / {\n      return 403;\n      error_page 403 = @closed;\n      error_page 413 = @too_large;\n    }\n"
+        f"{_CLOSED_LOCATION}"
         f"{_kserve_error('too_large', 413, too_large)}"
         f"{_kserve_error('unauthenticated', 401, unauthenticated)}"
         f"{_kserve_error('closed', 403, closed)}"
