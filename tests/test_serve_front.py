@@ -65,13 +65,16 @@ def test_server_serves_repository_whose_path_has_spaces_when_fronted(
     shutil.copytree(model_repository, spaced)
     import tritonclient.grpc as grpcclient
 
-    with tritonserver.on_free_ports(
-        model_repository=spaced,
-        http=False,
-        max_request_bytes=1 << 20,
-        log_path=tmp_path / "t.log",
-        startup_timeout_s=180,
-    ) as server, grpcclient.InferenceServerClient(server.grpc_url) as raw:
+    with (
+        tritonserver.on_free_ports(
+            model_repository=spaced,
+            http=False,
+            max_request_bytes=1 << 20,
+            log_path=tmp_path / "t.log",
+            startup_timeout_s=180,
+        ) as server,
+        grpcclient.InferenceServerClient(server.grpc_url) as raw,
+    ):
         assert raw.is_model_ready(contract.ENSEMBLE)
 
 
