@@ -219,5 +219,4 @@ def test_pixel_budget_never_holds_more_than_its_capacity_when_threads_contend() 
         t.start()
     for t in threads:
         t.join()
-    assert most[0] <= 100 and budget.peak_pixels <= 100
-    assert budget.peak_pixels >= 90, "frames that fit together ran together"
+    assert 90 <= most[0] <= 100, "at most the capacity, and frames that fit together ran together"

@@ -21,14 +21,7 @@ class PixelBudget:
             raise ValueError(f"capacity_pixels must be >= 1, got {capacity_pixels}")
         self.capacity_pixels = capacity_pixels
         self._held = 0
-        self._peak = 0
         self._changed = threading.Condition()
-
-    @property
-    def peak_pixels(self) -> int:
-        """The most pixels ever held at once."""
-        with self._changed:
-            return self._peak
 
     @contextmanager
     def hold(self, pixels: int) -> Iterator[None]:
@@ -37,7 +30,6 @@ class PixelBudget:
         with self._changed:
             self._changed.wait_for(lambda: self._held + need <= self.capacity_pixels)
             self._held += need
-            self._peak = max(self._peak, self._held)
         try:
             yield
         finally:
