@@ -206,7 +206,7 @@ def test_pixel_budget_never_holds_more_than_its_capacity_when_threads_contend() 
     held, lock, most = [0], threading.Lock(), [0]
 
     def decode(pixels: int) -> None:
-        with budget.hold(pixels):
+        with budget.hold(pixels):  # a frame over the capacity holds all of it
             with lock:
                 held[0] += min(pixels, 100)
                 most[0] = max(most[0], held[0])
@@ -219,4 +219,4 @@ def test_pixel_budget_never_holds_more_than_its_capacity_when_threads_contend() 
         t.start()
     for t in threads:
         t.join()
-    assert 90 <= most[0] <= 100, "at most the capacity, and frames that fit together ran together"
+    assert most[0] <= 100, f"{most[0]} pixels held at once, over the capacity"
