@@ -95,13 +95,18 @@ bench: install
 		--out-dir benchmarks/results/cpu-profile
 
 # On a CUDA host only: a separate virtualenv with the CUDA torch build (constraints-gpu.txt),
-# TensorRT >= 10.9 and cuda-python; then every `gpu`-marked test (kernel on CUDA in fp32/fp16/bf16,
-# the AOT PTX through TensorRT, engine build + accuracy gate, DALI mixed vs dali_cpu), then the
-# kernel benchmark, which writes benchmarks/results/kernel/gpu-<date>-<gpu>.md. The Torch-TensorRT
+# the serving container's TensorRT series (the `gpu` extra; checked by versions_cli --bindings) and
+# cuda-python; then every `gpu`-marked test (kernel on CUDA in fp32/fp16/bf16, the AOT PTX through
+# TensorRT, engine build + accuracy gate, DALI mixed vs dali_cpu under the legacy executor), then
+# the kernel benchmark (benchmarks/results/kernel/gpu-<date>-<gpu>.md), then the plugin engine
+# against the --no-plugin engine at the served shapes (latency and accuracy) with the unsplit kernel
+# timed at the engine's shapes, on ENGINE_ONNX (benchmarks/results/engine/gpu-<date>-<gpu>.md). The Torch-TensorRT
 # frontend's tests (tests/test_torch_tensorrt.py) run too where torch_tensorrt imports:
-# `make gpu-check GPU_EXTRAS=train,serve,torchtrt,test` installs it (in a fresh .venv-gpu).
+# `make gpu-check GPU_EXTRAS=train,serve,torchtrt,test` installs it (in a fresh .venv-gpu; TensorRT 11.0,
+# not the serving series: the version check then says so and the engine comparison is skipped).
 GPU_VENV ?= .venv-gpu
 GPU_EXTRAS ?= train,serve,gpu,test
+ENGINE_ONNX ?= $(ARTIFACTS)/onnx/model.onnx
 gpu-check:
 	@command -v nvidia-smi >/dev/null || { echo "make gpu-check needs an NVIDIA GPU and driver (nvidia-smi not found)"; exit 2; }
 	nvidia-smi --query-gpu=name,driver_version,compute_cap --format=csv
@@ -112,9 +117,17 @@ gpu-check:
 	@$(GPU_VENV)/bin/python -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else f'torch {torch.__version__} sees no GPU (cuda {torch.version.cuda})')"
 	@$(GPU_VENV)/bin/python -c "import torch_tensorrt as t; print('torch_tensorrt', t.__version__, 'imports: the torch-frontend engine tests run')" \
 		2>/dev/null || echo "torch_tensorrt does not import: the torch-frontend engine tests skip (GPU_EXTRAS=train,serve,torchtrt,test)"
+	$(GPU_VENV)/bin/python -m predilect.build.tensorrt.versions_cli --bindings || case "$(GPU_EXTRAS)" in *torchtrt*) ;; *) exit 1;; esac
 	$(GPU_VENV)/bin/python -m pytest -m gpu -v -rs $(PYTEST_ARGS)
 	$(GPU_VENV)/bin/python -m predilect.benchmarks.kernels.bench_predilection_attention --dtype bf16 --out benchmarks/results/kernel
 	$(GPU_VENV)/bin/python -m predilect.benchmarks.kernels.bench_predilection_attention --dtype fp16 --out benchmarks/results/kernel
+	@if ! $(GPU_VENV)/bin/python -m predilect.build.tensorrt.versions_cli --bindings >/dev/null 2>&1; then \
+		echo "engine comparison skipped: the installed TensorRT is not the serving series (GPU_EXTRAS=$(GPU_EXTRAS))"; \
+	elif [ ! -f "$(ENGINE_ONNX)" ]; then \
+		echo "engine comparison needs the served model: $(ENGINE_ONNX) is missing (make demo, or ENGINE_ONNX=...)"; exit 2; \
+	else \
+		$(GPU_VENV)/bin/python -m predilect.benchmarks.engine_compare --onnx "$(ENGINE_ONNX)" --out benchmarks/results/engine; \
+	fi
 
 clean:
 	rm -rf $(ARTIFACTS) .pytest_cache dist

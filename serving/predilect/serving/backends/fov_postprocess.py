@@ -1,12 +1,12 @@
 """The ``postprocess`` model of the GPU profile: the screening results, per request.
 
-Inputs: LOGITS (TensorRT), and from the DALI step PIXELS, FOV_EXTENT and FRAME_EXTENT (and
-QUALITY_SQUARE when the model input's side is not the quality calibration's). The
-field of view is measured inside the DALI pipeline, which cannot fail a single request; this
-step rejects a request whose image holds no fundus field of view (the CPU profile's rule,
-``predilect.preprocess.fov_error``) with its own error, and answers the others with what the
-CPU profile answers: QUALITY from ``Screening.quality`` on the square at the calibrated size
-(PIXELS, or QUALITY_SQUARE when it is sent), PROBABILITIES,
+Inputs: LOGITS (TensorRT), FOV_EXTENT and FRAME_EXTENT (measured on the host by
+``validate_image``) and, from the DALI step, the square graded: PIXELS, or QUALITY_SQUARE when the
+model input's side is not the quality calibration's (then PIXELS is not sent here). The DALI
+batch cannot fail a single request; this step rejects a request whose image holds no fundus field
+of view (the CPU profile's rule, ``predilect.preprocess.fov_error``) with its own error, and
+answers the others with what the CPU profile answers: QUALITY from ``Screening.quality`` on the
+square at the calibrated size, PROBABILITIES,
 FINDINGS and REFERRAL from ``Screening.decide`` (the served referral rules), and FIELD_BOX
 placed by ``predilect.preprocess.field_box_in_frame``. No HEATMAPS: the engine returns logits only.
 """
@@ -19,18 +19,23 @@ from typing import Any
 import numpy as np
 
 from predilect import contract
-from predilect.preprocess import InvalidImageError, field_box_in_frame, fov_error
+from predilect.preprocess import InvalidImageError, PreprocessCfg, field_box_in_frame, fov_error
 from predilect.serving.backends import model_parameters, parse_model_config
 from predilect.serving.backends.preprocess import rejection_response
 from predilect.serving.backends.screening import Outputs, Screening, split_rows
 
-INPUTS = (contract.LOGITS, contract.PIXELS, contract.FOV_EXTENT, contract.FRAME_EXTENT)
-"""The tensors ``screen_requests`` reads from each request (and ``QUALITY_SQUARE``: ``inputs_of``)."""
+INPUTS = (contract.LOGITS, contract.FOV_EXTENT, contract.FRAME_EXTENT)
+"""The tensors ``screen_requests`` reads from each request, besides the graded square (``inputs_of``)."""
+
+
+def graded_square(cfg: PreprocessCfg) -> str:
+    """The tensor graded for quality: QUALITY_SQUARE where the model input has another side, else PIXELS."""
+    return contract.QUALITY_SQUARE if cfg.separate_quality_square else contract.PIXELS
 
 
 def inputs_of(screening: Screening) -> tuple[str, ...]:
     """The tensors read from each request of the model that serves ``screening``'s preprocessing."""
-    return (*INPUTS, contract.QUALITY_SQUARE) if screening.preprocess.separate_quality_square else INPUTS
+    return (*INPUTS, graded_square(screening.preprocess))
 
 
 def _rejection(screening: Screening, extents: np.ndarray) -> InvalidImageError | None:
@@ -68,8 +73,11 @@ def screen_requests(
     def batch(name: str) -> np.ndarray:
         return np.concatenate([np.asarray(r[name]) for r in accepted], axis=0)
 
-    planes = batch(contract.QUALITY_SQUARE) if screening.preprocess.separate_quality_square else None
-    grades = np.ascontiguousarray(screening.quality(batch(contract.PIXELS), planes), dtype=np.float32)
+    if screening.preprocess.separate_quality_square:
+        grades = screening.quality(np.empty((0,), np.float32), batch(contract.QUALITY_SQUARE))
+    else:
+        grades = screening.quality(batch(contract.PIXELS))
+    grades = np.ascontiguousarray(grades, dtype=np.float32)
     outputs = screening.decide(batch(contract.LOGITS), grades)
     outputs[contract.QUALITY] = grades
     outputs[contract.FIELD_BOX] = field_boxes(batch(contract.FOV_EXTENT), batch(contract.FRAME_EXTENT))
