@@ -47,10 +47,11 @@ import ssl
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, BinaryIO
 
 from predilect.client import dicom
 from predilect.client.errors import ClientConfigError, PredilectClientError, is_final
@@ -560,27 +561,26 @@ def _partial(path: Path) -> tuple[int, Path]:
     return fd, Path(name)
 
 
-def _store_private(source: Path, path: Path) -> None:
-    """Copy ``source`` to ``path`` owner-only, durably and atomically."""
-    fd, partial = _partial(path)
-    try:
-        with os.fdopen(fd, "wb") as f, open(source, "rb") as src:
-            shutil.copyfileobj(src, f, _MIB)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(partial, path)
-    finally:
-        partial.unlink(missing_ok=True)
-
-
-def _write_private(path: Path, data: bytes) -> None:
-    """Write ``path`` owner-only (0600), durably and atomically (a reader never sees half a file)."""
+def _replace_private(path: Path, write: Callable[[BinaryIO], object]) -> None:
+    """Write ``path`` owner-only (0600) through ``write``, durably and atomically (a reader never sees
+    half a file; concurrent writers never share a partial file)."""
     fd, partial = _partial(path)
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(partial, path)
     finally:
         partial.unlink(missing_ok=True)
+
+
+def _store_private(source: Path, path: Path) -> None:
+    """Copy ``source`` to ``path``, owner-only, durably and atomically."""
+    with open(source, "rb") as src:
+        _replace_private(path, lambda f: shutil.copyfileobj(src, f, _MIB))
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path``, owner-only, durably and atomically."""
+    _replace_private(path, lambda f: f.write(data))
