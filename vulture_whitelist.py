@@ -108,3 +108,9 @@ _.recall
 _.referable_by_disease
 _.ungradable_by_reason
 _.refused_by_kind
+
+# Settings written onto pynetdicom's objects, read by pynetdicom (dicom.gateway).
+_.STORE_RECV_CHUNKED_DATASET  # pynetdicom._config: received datasets go to a file, never whole into memory
+_.require_called_aet  # AE: refuse an association whose called AE title is not the gateway's
+_.verify_request  # AssociationServer (socketserver): the per-peer association limit
+_.inner_grpc_url  # serving.server.TritonServer: tritonserver's own socket behind the front, for tests and benchmarks

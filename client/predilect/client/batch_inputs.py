@@ -108,6 +108,14 @@ def _entry(path: Path, *, patient_id: str | None = None, eye: str | None = None,
 
 def _folder(folder: Path) -> list[Entry]:
     files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    inside = folder.resolve()
+    for p in files:
+        target = p.resolve()
+        if not target.is_relative_to(inside):
+            raise InputError(
+                f"{p} is a link to {target}, outside the input folder {folder}: remove the link, "
+                "or give that file as an input of its own"
+            )
     return [replace(_entry(p), relative=p.relative_to(folder).with_suffix("").as_posix()) for p in files]
 
 

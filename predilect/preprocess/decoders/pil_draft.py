@@ -25,6 +25,7 @@ import numpy as np
 import simplejpeg
 from PIL import Image, ImageOps
 
+from predilect.preprocess.budget import PixelBudget
 from predilect.preprocess.config import PreprocessCfg
 from predilect.preprocess.decoders import DecodedBatch, Sniffed
 from predilect.preprocess.result import InvalidImageError, decode_failure, fov_error
@@ -211,11 +212,22 @@ class Normaliser:
 _Outcome = tuple[Union[Squares, InvalidImageError], tuple[float, float], tuple[float, float]]
 
 
+def _decoded_pixels(header: ImageHeader, request_px: int) -> int:
+    """The pixels of the frame a decode holds: a PNG at full size, a JPEG at its first DCT scale."""
+    if header.format == "png":
+        return header.width * header.height
+    scale = draft_scale(header.width, header.height, request_px)
+    return -(-header.width // scale) * -(-header.height // scale)
+
+
 class PilDraftDecoder:
-    """The ``pil_draft`` backend: each image on its own, ``num_threads`` at a time."""
+    """The ``pil_draft`` backend: each image on its own, ``num_threads`` at a time, within a budget of
+    ``cfg.max_pixels`` decoded pixels at once (the largest frame accepted: a frame that large is
+    decoded alone; camera frames, DCT-scaled, many at a time)."""
 
     def __init__(self, cfg: PreprocessCfg, *, num_threads: int) -> None:
         self.cfg = cfg
+        self.budget = PixelBudget(cfg.max_pixels)
         self._normaliser = Normaliser.of(cfg)
         self._pool = (
             ThreadPoolExecutor(max_workers=num_threads, thread_name_prefix="predilect-decode")
@@ -226,7 +238,8 @@ class PilDraftDecoder:
     def _one(self, item: Sniffed, quality: bool) -> _Outcome:
         """One payload to its squares, or the reason it is refused; its FOV and frame extents."""
         try:
-            done = squares(item.data, self.cfg, item.header, quality=quality)
+            with self.budget.hold(_decoded_pixels(item.header, self.cfg.decode_px)):
+                done = squares(item.data, self.cfg, item.header, quality=quality)
         except InvalidImageError as e:
             return e, (0.0, 0.0), (0.0, 0.0)
         # The per-payload boundary: whatever the decoder raises on these bytes (libjpeg's
