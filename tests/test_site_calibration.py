@@ -117,8 +117,8 @@ def test_site_calibration_refuses_with_one_line_when_labelled_manifest_is_wrong(
     assert len(err.splitlines()) == 1 and "labelled.csv:2" in err and "gradable" in err
 
 
-def _screen_journal(server, folder: Path, journal: Path, *, camera: str) -> None:
-    argv = ["screen", str(folder), "--out", str(journal), "--server", server.grpc_url, "--camera", camera]
+def _screen_journal(server, folder: Path, out: Path, *, camera: str) -> None:
+    argv = ["screen", str(folder), "--out", str(out), "--server", server.grpc_url, "--camera", camera]
     assert predilect(argv) == 0
 
 
@@ -127,9 +127,9 @@ def test_drift_reports_stable_when_same_camera_and_alert_when_new_camera(referen
     new = {f"n{seed}.jpg": _other_camera(_fundus(7000 + seed)) for seed in range(drift.MIN_IMAGES)}
     _write(tmp_path / "same", same)
     _write(tmp_path / "new", new)
-    journal = tmp_path / "site.jsonl"
-    _screen_journal(reference_server, tmp_path / "same", journal, camera="Desk 1")
-    _screen_journal(reference_server, tmp_path / "new", journal, camera="Handheld 2")
+    _screen_journal(reference_server, tmp_path / "same", tmp_path / "site", camera="Desk 1")
+    _screen_journal(reference_server, tmp_path / "new", tmp_path / "site", camera="Handheld 2")
+    journal = tmp_path / "site" / "results.jsonl"
     argv = ["drift", str(journal), "--by-camera", "--server", reference_server.grpc_url, "--out", str(tmp_path / "d")]
     assert predilect(argv) == 0
     report = json.loads((tmp_path / "d" / "drift.json").read_text())
