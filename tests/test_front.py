@@ -267,7 +267,7 @@ def _upstream_connections(server: TritonServer) -> set[int]:
 def test_front_keeps_one_client_connection_and_reuses_upstream_ones_when_channel_makes_1100_calls(
     open_front: TritonServer, fundus_jpeg
 ) -> None:
-    jpeg, seen_upstream = fundus_jpeg(6), set()
+    jpeg, samples = fundus_jpeg(6), []
     with grpcclient.InferenceServerClient(open_front.grpc_url) as raw:
         raw.infer(contract.ENSEMBLE, [_image_input(jpeg)], headers=HEADERS)
         first = _client_connections(open_front.grpc_port)
@@ -275,9 +275,13 @@ def test_front_keeps_one_client_connection_and_reuses_upstream_ones_when_channel
         for call in range(1100):  # past nginx's default keepalive_requests (1,000), which ends with a GOAWAY
             raw.is_model_ready(contract.ENSEMBLE, headers=HEADERS)
             if call % 50 == 0:
-                seen_upstream |= _upstream_connections(open_front)
+                samples.append(_upstream_connections(open_front))
         assert _client_connections(open_front.grpc_port) == first, "the channel had to reconnect: a GOAWAY"
-    assert 1 <= len(seen_upstream) <= 4, f"{len(seen_upstream)} upstream connections: one per request"
+    # Kept upstream connections stay open from sample to sample; one per request would close each
+    # after its call. Under CPU load nginx may open a few more (a call arriving before the last one's
+    # connection is back in the pool), so the test asks that one lasts, not how many there are.
+    lasting = max((sum(inode in sample for sample in samples) for inode in set().union(*samples)), default=0)
+    assert lasting >= len(samples) // 2, f"no upstream connection outlived {lasting} of {len(samples)} samples"
 
 
 def test_front_config_names_limits_allow_list_and_connection_settings_when_rendered(tmp_path: Path) -> None:
