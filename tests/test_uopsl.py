@@ -136,3 +136,16 @@ def test_site_attention_sums_to_one_over_tokens_when_computed():
     attention = site_attention(torch.randn(2, 5, 4), torch.randn(3, 2, 4))
     assert attention.shape == (2, 3, 2, 5)
     torch.testing.assert_close(attention.sum(-1), torch.ones(2, 3, 2))
+
+
+def test_pretrain_loss_moves_sites_matrix_from_fundus_when_site_source_is_fundus():
+    model = _model()
+    model.zero_grad()
+    loss, _ = pretrain_loss(model, _batch(oct=False), site_source="fundus")
+    loss.backward()
+    assert float(model.site_gen.weight.grad.abs().sum()) > 0.0  # the control: fundus labels shape P
+
+
+def test_pretrain_loss_refuses_unknown_site_source_when_called():
+    with pytest.raises(ValueError, match="site_source"):
+        pretrain_loss(_model(), _batch(), site_source="both")

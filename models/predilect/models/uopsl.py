@@ -219,6 +219,9 @@ class UopslModel(nn.Module):
         return self.global_embedding(self.fundus.content(pixels), self.fundus_proj) @ class_emb.t()
 
 
+SITE_SOURCES = ("oct", "fundus")
+
+
 @dataclass(frozen=True)
 class PretrainWeights:
     """Weights of the stage-1 loss terms (names as in the module docstring)."""
@@ -239,10 +242,17 @@ def pretrain_loss(
     batch: dict[str, Tensor],
     *,
     weights: PretrainWeights = PretrainWeights(),
+    site_source: str = "oct",
 ) -> tuple[Tensor, dict[str, float]]:
     """Stage-1 loss on one batch ``{"pixels", "labels"}`` (fundus) and optionally
     ``{"scan", "oct_labels"}`` (OCT, unpaired); returns the loss and its terms. In training mode
-    each class is read through one of its descriptions drawn at random (text augmentation)."""
+    each class is read through one of its descriptions drawn at random (text augmentation).
+
+    ``site_source`` says whose labels shape the sites matrix: ``oct`` (the method: only the OCT
+    terms reach P) or ``fundus`` (a control: the fundus site term reaches P too, so the sites are
+    learned from fundus labels; without OCT images, from fundus labels alone)."""
+    if site_source not in SITE_SOURCES:
+        raise ConfigError(f"site_source must be one of {SITE_SOURCES}, got {site_source!r}")
     rows = model.texts.sample() if (model.texts is not None and model.training) else None
     classes = model.class_embeddings(rows)  # (1 + C, E)
     diseases = classes[1:]
@@ -258,7 +268,7 @@ def pretrain_loss(
         model.global_embedding(content, model.fundus_proj), classes, class_targets(labels), logit_scale=scale
     )
     if sites is not None:
-        carried = model.carry_sites(sites.detach())  # P is learned from OCT only
+        carried = model.carry_sites(sites.detach() if site_source == "oct" else sites)  # P from OCT only
         logits, _ = predilection(model.fundus.with_position(content), carried, weight, bias)
         terms["site_fundus"] = site_bce(logits, labels)
 

@@ -28,6 +28,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -46,20 +47,45 @@ from predilect.training.pretrain import PretrainRun, pretrain
 from predilect.training.report import patient_groups
 from predilect.training.stages import fundus_dataset, read_splits
 
-VARIANTS: dict[str, tuple[list[str], list[str], str | None]] = {
-    # name: (pretrain overrides, finetune overrides, whose pretraining it reuses)
-    "full": ([], [], None),
-    "no_oct": (["pretrain.oct=false"], [], None),
-    "shuffled": (["pretrain.shuffle_oct_labels=true"], [], None),
-    "no_text": (["pretrain.text=false"], [], None),
-    "no_matrix": (['pretrain.matrix="ablate"'], ['finetune.matrix="ablate"'], None),
-    "frozen": ([], ['finetune.matrix="freeze"'], "full"),
-    "scratch": ([], [], "none"),
+
+@dataclass(frozen=True)
+class Variant:
+    """One row of the grid: stage-1 and stage-2 overrides, and whose stage 1 it reuses (``None``:
+    its own; ``"none"``: no stage 1, trained from scratch)."""
+
+    pretrain: tuple[str, ...] = ()
+    finetune: tuple[str, ...] = ()
+    reuse: str | None = None
+    oct_manifest: str = "oct_manifest.csv"  # beside the fundus manifest, unless --oct-manifest
+
+
+VARIANTS: dict[str, Variant] = {
+    "full": Variant(),
+    "no_oct": Variant(("pretrain.oct=false",)),
+    "shuffled": Variant(("pretrain.shuffle_oct_labels=true",)),
+    "shuffled_redrawn": Variant(("pretrain.redraw_oct_labels=true",)),
+    "no_site_oct": Variant(("pretrain.w_site_oct=0.0", "pretrain.w_diversity=0.0")),
+    "fundus_sites": Variant(("pretrain.oct=false", 'pretrain.site_source="fundus"')),
+    "no_text": Variant(("pretrain.text=false",)),
+    "no_matrix": Variant(('pretrain.matrix="ablate"',), ('finetune.matrix="ablate"',)),
+    "frozen": Variant((), ('finetune.matrix="freeze"',), "full"),
+    "random_sites": Variant((), ('finetune.matrix="random"',), "full"),
+    "mean_pool": Variant((), ('finetune.matrix="ablate"',), "full"),
+    "scratch": Variant((), (), "none"),
 }
+"""The variants, one flag each as ``predilect train`` spells them (see the module docstring)."""
+
 COMPARISONS = (
     ("full", "shuffled"),
+    ("full", "shuffled_redrawn"),
     ("full", "no_oct"),
     ("shuffled", "no_oct"),
+    ("shuffled_redrawn", "no_oct"),
+    ("full", "no_site_oct"),
+    ("full", "fundus_sites"),
+    ("full", "random_sites"),
+    ("random_sites", "mean_pool"),
+    ("full", "mean_pool"),
     ("full", "no_text"),
     ("full", "no_matrix"),
     ("full", "frozen"),
@@ -90,6 +116,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--zero-shot", default=None, help="held-out categories to score (default: phantom.json)")
     p.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples")
     p.add_argument("--summary-only", action="store_true", help="train nothing; summarise the finished cells")
+    p.add_argument("--train-only", action="store_true", help="train the missing cells; write no summary")
     p.add_argument("--threads", type=int, default=2)
     return p
 
@@ -106,7 +133,8 @@ def _ids(text: str | None, fallback: Sequence[str]) -> list[str]:
 def run_cell(args: argparse.Namespace, variant: str, seed: int, holdout: list[str]) -> Path:
     """Train one (variant, seed) unless done; returns its folder (holding ``scores.npz``). A cell
     stopped mid-run resumes from its run state (``predilect.training.loop``)."""
-    _, fine_set, reuse = VARIANTS[variant]
+    spec = VARIANTS[variant]
+    fine_set, reuse = list(spec.finetune), spec.reuse
     cell = args.out / variant / f"seed{seed}"
     if (cell / "scores.npz").is_file():
         return cell
@@ -117,11 +145,12 @@ def run_cell(args: argparse.Namespace, variant: str, seed: int, holdout: list[st
         owner = reuse or variant
         source = args.out / owner / f"seed{seed}" / "pretrain" / "pretrain.safetensors"
         if not source.is_file():
-            owner_set = VARIANTS[owner][0]
+            owner_spec = VARIANTS[owner]
             held = [f"pretrain.holdout={json.dumps(holdout)}"]
             mine = [o for o in common if not o.startswith("finetune.")]
-            run = load_config(None, overrides=[*mine, *args.pretrain_set, *held, *owner_set], cls=PretrainRun)
-            oct_manifest = args.oct_manifest or args.manifest.with_name("oct_manifest.csv")
+            overrides = [*mine, *args.pretrain_set, *held, *owner_spec.pretrain]
+            run = load_config(None, overrides=overrides, cls=PretrainRun)
+            oct_manifest = args.oct_manifest or args.manifest.with_name(owner_spec.oct_manifest)
             run = run.model_copy(update={"data": run.data.model_copy(update={"oct_manifest": oct_manifest})})
             resume = (source.parent / STATE_FILE).is_file()
             pretrain(
@@ -147,6 +176,7 @@ def _reporter(variant: str, seed: int, stage: str) -> Callable[[str], None]:
 
 def _score(args: argparse.Namespace, cell: Path, checkpoint: Path, seconds: float) -> None:
     model, meta = load_checkpoint(checkpoint)
+    model.to(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
     catalog, _ = resolve_catalog(args.catalog, args.manifest)
     held = [d for d in catalog.ids if d not in set(meta.catalog.ids)]
     splits = read_splits(args.manifest, catalog=catalog, drop=held)
@@ -398,6 +428,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         for seed in seeds:
             for variant in variants:
                 run_cell(args, variant, seed, holdout)
+    if args.train_only:
+        print(f"cells done ({time.monotonic() - start:.0f}s); no summary (--train-only)")
+        return 0
     table = summarise(args, variants, seeds, oct_visible)
     zero = zero_shot_table(args, seeds, holdout) if holdout else {}
     command_line = "predilect experiment " + " ".join(argv if argv is not None else [])

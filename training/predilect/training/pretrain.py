@@ -27,13 +27,14 @@ from predilect.metrics import macro_auroc
 from predilect.models.checkpoint import PretrainMeta, save_pretrain
 from predilect.models.classifier import ArchCfg, VitBackbone
 from predilect.models.text import CatalogTexts, TextCfg, build_tokenizer, byte_tokenizer, catalog_corpus, load_tokenizer
-from predilect.models.uopsl import OctGeometry, PretrainWeights, UopslCfg, UopslModel, pretrain_loss
+from predilect.models.uopsl import SITE_SOURCES, OctGeometry, PretrainWeights, UopslCfg, UopslModel, pretrain_loss
 from predilect.training.config import RunConfig, save_config
 from predilect.training.datasets import FundusAugment
 from predilect.training.evaluate import site_scores
 from predilect.training.loop import fit, is_main_process, seed_everything
 from predilect.training.stages import (
     PairedLoader,
+    RedrawnLabels,
     fundus_dataset,
     loader_factory,
     model_device,
@@ -53,6 +54,9 @@ class PretrainCfg:
     text: bool = field(default=True, metadata={"help": "--no-text: free class embeddings instead of text"})
     oct: bool = field(default=True, metadata={"help": "--no-oct: no OCT images (fundus<->text only)"})
     shuffle_oct_labels: bool = field(default=False, metadata={"help": "control: permute the OCT labels"})
+    redraw_oct_labels: bool = field(
+        default=False, metadata={"help": "control: permute the OCT labels afresh every epoch (nothing to memorise)"}
+    )
     holdout: tuple[str, ...] = field(default=(), metadata={"help": "categories held out for zero-shot"})
     in_memory: bool = field(default=False, metadata={"help": "hold preprocessed images in RAM (small sets)"})
     tokenizer: str = field(default="wordpiece", metadata={"help": "wordpiece | bytes | a local tokenizer.json"})
@@ -69,6 +73,9 @@ class PretrainCfg:
     w_site_oct: float = field(default=1.0, metadata={"help": "weight of the OCT site loss (shapes the matrix)"})
     w_site_fundus: float = field(default=1.0, metadata={"help": "weight of the fundus site loss (matrix frozen)"})
     w_diversity: float = field(default=0.1, metadata={"help": "weight of the sites' diversity term"})
+    site_source: str = field(
+        default="oct", metadata={"help": "whose labels shape the sites: oct (the method) | fundus (a control)"}
+    )
     oct_centre_x: float = field(default=0.5, metadata={"help": "OCT line centre, fraction of fundus width"})
     oct_centre_y: float = field(default=0.5, metadata={"help": "OCT line height, fraction of fundus height"})
     oct_span: float = field(default=0.735, metadata={"help": "OCT line length, fraction of fundus width"})
@@ -76,8 +83,12 @@ class PretrainCfg:
     def __post_init__(self) -> None:
         if self.matrix not in ("learn", "ablate"):
             raise ConfigError(f"pretrain matrix must be learn or ablate, got {self.matrix!r}")
-        if not self.oct and self.shuffle_oct_labels:
-            raise ConfigError("--shuffle-oct-labels needs the OCT stage; drop --no-oct")
+        if self.site_source not in SITE_SOURCES:
+            raise ConfigError(f"pretrain site_source must be one of {SITE_SOURCES}, got {self.site_source!r}")
+        if not self.oct and (self.shuffle_oct_labels or self.redraw_oct_labels):
+            raise ConfigError("--shuffle-oct-labels / --redraw-oct-labels need the OCT stage; drop --no-oct")
+        if self.shuffle_oct_labels and self.redraw_oct_labels:
+            raise ConfigError("choose one control: --shuffle-oct-labels (one permutation) or --redraw-oct-labels")
         if self.text_checkpoint and self.tokenizer in ("wordpiece", "bytes"):
             raise ConfigError("--text-checkpoint needs the tokenizer.json its vocabulary comes from (--tokenizer FILE)")
 
@@ -233,6 +244,8 @@ def pretrain(
             oct_set.targets = oct_set.targets[np.random.default_rng(loop.seed + 31).permutation(len(oct_set))]
             if hasattr(oct_set, "source"):
                 oct_set.source.targets = oct_set.targets
+        elif cfg.redraw_oct_labels:
+            oct_set = RedrawnLabels(oct_set, seed=loop.seed + 31)
         oct_count = len(oct_set)
         oct_loaders = loader_factory(
             oct_set,
@@ -242,7 +255,13 @@ def pretrain(
             workers=loop.workers,
             distributed=distributed,
         )
-        shuffled = "; labels SHUFFLED (control)" if cfg.shuffle_oct_labels else ""
+        shuffled = (
+            "; labels SHUFFLED (control)"
+            if cfg.shuffle_oct_labels
+            else "; labels RE-DRAWN every epoch (control)"
+            if cfg.redraw_oct_labels
+            else ""
+        )
         report(f"OCT: {oct_count} train scans (unpaired){shuffled}")
     elif cfg.oct:
         report("no OCT manifest: fundus<->text only")
@@ -255,7 +274,7 @@ def pretrain(
         save_config(run, out.parent)
     fit(
         model,
-        lambda m, b: pretrain_loss(m, b, weights=weights),  # type: ignore[arg-type]
+        lambda m, b: pretrain_loss(m, b, weights=weights, site_source=cfg.site_source),  # type: ignore[arg-type]
         lambda epoch: PairedLoader(fundus_loaders(epoch), oct_loaders, epoch=epoch),
         loop,
         run_dir=out.parent,

@@ -131,6 +131,37 @@ class MemoryOctDataset:
         return self.get(index)
 
 
+class RedrawnLabels:
+    """A dataset whose label rows are permuted afresh every epoch (a new permutation of the same
+    rows, from ``(seed, epoch)`` alone): the control that keeps the images, the label marginals and
+    the compute of the labelled data but gives a model nothing to memorise, since an image's label
+    changes from one epoch to the next. ``targets`` stays the source's (what sampling reads)."""
+
+    def __init__(self, source: Any, *, seed: int) -> None:
+        self.source, self.seed = source, seed
+        self.targets = source.targets
+        self._epoch: int | None = None
+        self._order = np.arange(len(self.targets))
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def permutation(self, epoch: int) -> np.ndarray:
+        """Which row's labels item ``i`` carries in ``epoch``."""
+        if self._epoch != epoch:
+            self._order = np.random.default_rng([self.seed, epoch]).permutation(len(self.targets))
+            self._epoch = epoch
+        return self._order
+
+    def get(self, index: int, *, epoch: int = 0) -> dict[str, Any]:
+        item = dict(self.source.get(index, epoch=epoch))
+        item["labels"] = torch.from_numpy(self.targets[self.permutation(epoch)[index]])
+        return item
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return self.get(index)
+
+
 def restrict(records: Sequence[Record], catalog: Catalog) -> list[Record]:
     """``records`` with only the labels ``catalog`` has (a model's trained categories: an image
     of a held-out category counts as negative for every trained one it does not also show)."""
