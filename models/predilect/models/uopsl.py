@@ -54,7 +54,14 @@ from torch import Tensor, nn
 
 from predilect.errors import ConfigError
 from predilect.models.classifier import ModelCfg, PatchEncoder, predilection
-from predilect.models.losses import class_targets, site_attention, site_bce, site_diversity, soft_clip_loss
+from predilect.models.losses import (
+    class_targets,
+    pair_clip_loss,
+    site_attention,
+    site_bce,
+    site_diversity,
+    soft_clip_loss,
+)
 from predilect.models.text import CatalogTexts, TextCfg, TextEncoder
 
 MATRIX_MODES = ("learn", "ablate")
@@ -94,6 +101,7 @@ class UopslCfg:
     matrix: str = "learn"
     text_mode: str = "text"
     sites_from_text: bool = True
+    concepts: int = 0  # > 0: OCT-CoDA's concept classifiers over this many concepts (``predilect.models.coda``)
 
     def __post_init__(self) -> None:
         if self.matrix not in MATRIX_MODES:
@@ -123,6 +131,7 @@ class UopslCfg:
             matrix=data["matrix"],
             text_mode=data["text_mode"],
             sites_from_text=data["sites_from_text"],
+            concepts=data.get("concepts", 0),
         )
 
 
@@ -165,6 +174,9 @@ class UopslModel(nn.Module):
         self.logit_scale = nn.Parameter(torch.tensor(math.log(10.0)))
         self.site_scale = nn.Parameter(torch.tensor(math.log(10.0)))
         self.site_bias = nn.Parameter(torch.zeros(c))
+        if cfg.concepts:  # built last, so the other modules draw the same initial weights
+            self.fundus_concepts = nn.Linear(cfg.concepts, c)
+            self.oct_concepts = nn.Linear(cfg.concepts, c)
 
     # ------------------------------------------------------------------ text and matrix
 
@@ -231,6 +243,7 @@ class PretrainWeights:
     site_oct: float = 1.0
     site_fundus: float = 1.0
     diversity: float = 0.1
+    pair: float = 0.0  # fundus <-> OCT InfoNCE on paired batches (the paired upper bound)
 
     def __post_init__(self) -> None:
         if min(asdict(self).values()) < 0:
@@ -284,6 +297,12 @@ def pretrain_loss(
             terms["site_oct"] = site_bce(oct_logits, oct_labels)
             if weights.diversity > 0:
                 terms["diversity"] = site_diversity(site_attention(tokens, sites), oct_labels)
+        if weights.pair > 0:  # row i of the OCT batch is the scan of fundus image i's eye
+            terms["pair"] = pair_clip_loss(
+                model.global_embedding(content, model.fundus_proj),
+                model.global_embedding(oct_content, model.oct_proj),
+                logit_scale=scale,
+            )
 
     total = sum((getattr(weights, name) * value for name, value in terms.items()), start=labels.new_zeros(()))
     metrics = {name: float(value.detach()) for name, value in terms.items()}

@@ -72,6 +72,11 @@ VARIANTS: dict[str, Variant] = {
     "random_sites": Variant((), ('finetune.matrix="random"',), "full"),
     "mean_pool": Variant((), ('finetune.matrix="ablate"',), "full"),
     "scratch": Variant((), (), "none"),
+    "coda": Variant(
+        ('pretrain.matrix="ablate"', 'pretrain.objective="coda"', 'pretrain.oct_pairing="same_class"'),
+        ('finetune.matrix="ablate"',),
+    ),
+    "paired": Variant(('pretrain.oct_pairing="same_eye"', "pretrain.w_pair=1.0"), (), None, "oct_paired_manifest.csv"),
 }
 """The variants, one flag each as ``predilect train`` spells them (see the module docstring)."""
 
@@ -90,6 +95,10 @@ COMPARISONS = (
     ("full", "no_matrix"),
     ("full", "frozen"),
     ("full", "scratch"),
+    ("full", "coda"),
+    ("coda", "no_oct"),
+    ("paired", "full"),
+    ("paired", "no_oct"),
 )
 
 log = logging.getLogger(__name__)

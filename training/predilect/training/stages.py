@@ -196,12 +196,22 @@ def oct_dataset(
 
 
 class PairedLoader:
-    """One epoch of fundus batches, each joined with the next batch of an UNPAIRED OCT loader
-    (``scan``, ``oct_labels``); the OCT side cycles through its own epochs. Deterministic in
-    ``(seed, epoch)`` and resumable mid-epoch (``skip_batches``), as ``fit`` needs."""
+    """One epoch of fundus batches, each joined with OCT scans (``scan``, ``oct_labels``): the next
+    batch of an UNPAIRED OCT loader (the OCT side cycles through its own epochs), or, with
+    ``partners`` (``OctPartners``), one chosen scan per fundus image of ``oct_dataset``.
+    Deterministic in ``(seed, epoch)`` and resumable mid-epoch (``skip_batches``), as ``fit`` needs."""
 
-    def __init__(self, fundus: Any, oct_factory: Callable[[int], Any] | None, *, epoch: int) -> None:
+    def __init__(
+        self,
+        fundus: Any,
+        oct_factory: Callable[[int], Any] | None,
+        *,
+        epoch: int,
+        partners: OctPartners | None = None,
+        oct_dataset: Any = None,
+    ) -> None:
         self.fundus, self.oct_factory, self.epoch = fundus, oct_factory, epoch
+        self.partners, self.oct_dataset = partners, oct_dataset
         self.start = 0
 
     def __len__(self) -> int:
@@ -226,14 +236,80 @@ class PairedLoader:
                 yield from loader
             cycle += 1
 
+    def _partner_batch(self, indices: Tensor, batch: int) -> tuple[Tensor, Tensor]:
+        assert self.partners is not None
+        picks = self.partners.pick(indices.tolist(), epoch=self.epoch, batch=batch)
+        items = [self.oct_dataset.get(j, epoch=self.epoch) for j in picks]
+        return torch.stack([it["scan"] for it in items]), torch.stack([it["labels"] for it in items])
+
     def __iter__(self) -> Iterator[Batch]:
-        octs = self._oct_batches() if self.oct_factory is not None else None
-        for batch in self.fundus:
+        octs = self._oct_batches() if self.oct_factory is not None and self.partners is None else None
+        for k, batch in enumerate(self.fundus, start=self.start):
             out = {"pixels": batch["pixels"], "labels": batch["labels"]}
-            if octs is not None:
+            if self.partners is not None:
+                out["scan"], out["oct_labels"] = self._partner_batch(batch["index"], k)
+            elif octs is not None:
                 scan = next(octs)
                 out["scan"], out["oct_labels"] = scan["scan"], scan["labels"]
             yield out
+
+
+OCT_PAIRINGS = ("unpaired", "same_class", "same_eye")
+
+
+class OctPartners:
+    """For each fundus training image, the OCT scans it may be shown with (``OCT_PAIRINGS``):
+
+    * ``same_class``: the scans whose label set equals the image's (MultiEYE's sampling: a random
+      OCT image of the fundus image's class); when none has it, those sharing a finding, else all;
+    * ``same_eye``: the scan(s) of the same patient and eye (paired data: the upper bound a
+      paired method gets); an image without its own scan falls back to ``same_class``.
+
+    ``pick`` draws one partner per image from ``(seed, epoch, batch)``, so a resumed epoch sees
+    the same pairs."""
+
+    def __init__(
+        self,
+        fundus: Sequence[Record],
+        fundus_targets: np.ndarray,
+        oct_records: Sequence[Record],
+        oct_targets: np.ndarray,
+        *,
+        pairing: str,
+        seed: int,
+    ) -> None:
+        if pairing not in OCT_PAIRINGS[1:]:
+            raise ConfigError(f"OCT pairing must be one of {OCT_PAIRINGS[1:]} here, got {pairing!r}")
+        if not len(oct_records):
+            raise ConfigError(f"OCT pairing {pairing!r} needs OCT scans; the OCT manifest's train split is empty")
+        self.seed = seed
+        by_labels: dict[bytes, list[int]] = {}
+        for j, row in enumerate(oct_targets > 0.5):
+            by_labels.setdefault(row.tobytes(), []).append(j)
+        by_eye: dict[tuple[str, str], list[int]] = {}
+        for j, record in enumerate(oct_records):
+            if record.patient_id and record.eye:
+                by_eye.setdefault((record.patient_id, record.eye), []).append(j)
+        oct_positive = oct_targets > 0.5
+        everything = np.arange(len(oct_records))
+        self.candidates: list[np.ndarray] = []
+        self.paired = 0
+        for record, row in zip(fundus, fundus_targets > 0.5, strict=True):
+            own = by_eye.get((record.patient_id or "", record.eye or "")) if pairing == "same_eye" else None
+            if own:
+                self.paired += 1
+                self.candidates.append(np.asarray(own))
+                continue
+            same = by_labels.get(row.tobytes())
+            if same:
+                self.candidates.append(np.asarray(same))
+                continue
+            shared = np.flatnonzero((oct_positive & row).any(axis=1)) if row.any() else np.array([], dtype=np.int64)
+            self.candidates.append(shared if len(shared) else everything)
+
+    def pick(self, fundus_indices: Sequence[int], *, epoch: int, batch: int) -> list[int]:
+        rng = np.random.default_rng([self.seed, epoch, batch, 0x0C7])
+        return [int(c[rng.integers(len(c))]) for c in (self.candidates[int(i)] for i in fundus_indices)]
 
 
 def loader_factory(
