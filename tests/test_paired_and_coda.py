@@ -40,9 +40,7 @@ def test_add_paired_oct_draws_each_training_eye_and_changes_nothing_when_added(p
 
 
 def _record(patient: str, eye: str) -> Record:
-    return Record(
-        path=__import__("pathlib").Path(f"{patient}{eye}.png"), labels=frozenset(), patient_id=patient, eye=eye
-    )
+    return Record(path=Path(f"{patient}{eye}.png"), labels=frozenset(), patient_id=patient, eye=eye)
 
 
 def test_oct_partners_pick_same_class_or_own_eye_when_paired():
