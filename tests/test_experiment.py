@@ -32,10 +32,11 @@ def test_experiment_grid_writes_paired_differences_and_reuses_cells_when_rerun(p
     ]
     assert experiment_main(argv) == 0
     summary = json.loads((tmp_path / "grid" / "summary.json").read_text())
-    cells = summary["table"]["cells"]
+    cells = summary["cells"]
     assert set(cells) == {"full/seed0", "shuffled/seed0", "frozen/seed0"}
-    difference = summary["table"]["comparisons"]["full - shuffled"]["all"]["pooled"]
-    assert difference["low"] <= difference["value"] <= difference["high"]
+    difference = summary["comparisons"]["full - shuffled"]["all@all"]
+    assert difference["patients"]["low"] <= difference["value"] <= difference["patients"]["high"]
+    assert difference["verdict"] == "one seed"  # a claim needs the seeds' spread
     # frozen reused full's pretraining; no pretraining of its own
     assert not (tmp_path / "grid" / "frozen" / "seed0" / "pretrain").exists()
     shuffled = json.loads((tmp_path / "grid" / "shuffled" / "seed0" / "pretrain" / "config.json").read_text())
@@ -43,3 +44,8 @@ def test_experiment_grid_writes_paired_differences_and_reuses_cells_when_rerun(p
     capsys.readouterr()
     assert experiment_main([*argv, "--summary-only"]) == 0  # finished cells are read, not retrained
     assert "full - shuffled" in capsys.readouterr().out
+    first = (tmp_path / "grid" / "summary.md").read_text()
+    alone = ["--out", str(tmp_path / "grid"), "--seeds", "0", "--variants", "full,shuffled,frozen", "--resamples", "40"]
+    assert experiment_main([*alone, "--summary-only"]) == 0  # the grid folder alone, no manifest
+    again = (tmp_path / "grid" / "summary.md").read_text()
+    assert again.split("\n", 3)[3] == first.split("\n", 3)[3]  # the same figures (the command line differs)

@@ -288,13 +288,17 @@ class VitBackbone(nn.Module):
         )
         self.norm = nn.LayerNorm(w, eps=1e-6)
 
-    def forward(self, images: Tensor) -> Tensor:
+    def all_tokens(self, images: Tensor) -> Tensor:
+        """Every token after the final norm, the class token first: ``(B, 1 + N, vit_width)``."""
         x = self.patch_embed(images)
         x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1) + self.pos_embed
         x = self.norm_pre(x)
         for block in self.blocks:
             x = block(x)
-        return self.norm(x)[:, 1:]
+        return self.norm(x)
+
+    def forward(self, images: Tensor) -> Tensor:
+        return self.all_tokens(images)[:, 1:]
 
 
 def make_backbone(cfg: ModelCfg) -> nn.Module:

@@ -30,11 +30,12 @@ from predilect.models.coda import CodaWeights, coda_loss
 from predilect.models.text import CatalogTexts, TextCfg, build_tokenizer, byte_tokenizer, catalog_corpus, load_tokenizer
 from predilect.models.uopsl import SITE_SOURCES, OctGeometry, PretrainWeights, UopslCfg, UopslModel, pretrain_loss
 from predilect.training.config import RunConfig, save_config
-from predilect.training.datasets import FundusAugment
+from predilect.training.datasets import FundusAugment, OctDataset
 from predilect.training.evaluate import site_scores
 from predilect.training.loop import fit, is_main_process, seed_everything
 from predilect.training.stages import (
     OCT_PAIRINGS,
+    MemoryOctDataset,
     OctPartners,
     PairedLoader,
     RedrawnLabels,
@@ -278,7 +279,8 @@ def pretrain(
         workers=loop.workers,
         distributed=distributed,
     )
-    oct_loaders, oct_count, partners, oct_set = None, 0, None, None
+    oct_loaders, oct_count, partners = None, 0, None
+    oct_set: OctDataset | MemoryOctDataset | RedrawnLabels | None = None
     if data.oct_manifest is not None and cfg.oct:
         oct_records = read_splits(data.oct_manifest, catalog=catalog, drop=cfg.holdout).train
         oct_set = oct_dataset(oct_records, data.oct, trained, augment=True, seed=loop.seed + 1, in_memory=cfg.in_memory)
