@@ -112,7 +112,7 @@ def test_experiment_runs_every_new_control_end_to_end_when_asked(phantom_manifes
         argv += ["--set", option]
     argv += ["--set", "pretrain.in_memory=true", "--pretrain-set", "data.oct.size=64"]
     assert experiment_main(argv) == 0
-    cells = json.loads((tmp_path / "grid" / "summary.json").read_text())["table"]["cells"]
+    cells = json.loads((tmp_path / "grid" / "summary.json").read_text())["cells"]
     assert set(cells) == {f"{v}/seed0" for v in variants.split(",")}
     config = json.loads((tmp_path / "grid" / "coda" / "seed0" / "pretrain" / "config.json").read_text())
     assert config["pretrain"]["objective"] == "coda" and config["pretrain"]["oct_pairing"] == "same_class"

@@ -149,3 +149,21 @@ def test_pretrain_loss_moves_sites_matrix_from_fundus_when_site_source_is_fundus
 def test_pretrain_loss_refuses_unknown_site_source_when_called():
     with pytest.raises(ValueError, match="site_source"):
         pretrain_loss(_model(), _batch(), site_source="both")
+
+
+def test_scan_line_code_places_each_scan_on_its_own_line_when_geometry_given():
+    from predilect.models.uopsl import scan_line_code
+
+    model = _model()
+    grid, freqs = model.cfg.oct.grid, model.cfg.oct.pos_freqs
+    default = model.cfg.geometry
+    geometry = torch.tensor([[float("nan")] * 3, [default.centre_x, default.centre_y, default.span], [0.3, 0.4, 0.4]])
+    code = scan_line_code(geometry, default, grid, freqs)
+    torch.testing.assert_close(code[0], model.oct.anatomy)  # no geometry: the run's default line
+    torch.testing.assert_close(code[1], model.oct.anatomy)
+    assert not torch.allclose(code[2], model.oct.anatomy)  # an off-centre, shorter scan
+    model.eval()  # every description, no draw: the geometry is the only difference
+    batch = _batch() | {"oct_geometry": geometry[[0, 1, 2, 0]]}
+    _, with_lines = pretrain_loss(model, batch)
+    _, without = pretrain_loss(model, _batch())
+    assert with_lines["site_oct"] != without["site_oct"]

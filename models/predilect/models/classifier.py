@@ -329,9 +329,12 @@ class PatchEncoder(nn.Module):
         """LayerNorm-ed content tokens ``(B, N, D_c)``."""
         return self.norm(self.backbone(images))
 
-    def with_position(self, content: Tensor) -> Tensor:
-        code = self.anatomy.to(content.dtype).expand(content.shape[0], -1, -1)
-        return torch.cat([content, code], dim=-1)
+    def with_position(self, content: Tensor, code: Tensor | None = None) -> Tensor:
+        """``[content | anatomical code]``; ``code (B, N, D_p)`` replaces the encoder's own per image
+        (e.g. each OCT scan's own line on the fundus plane)."""
+        if code is None:
+            code = self.anatomy.expand(content.shape[0], -1, -1)
+        return torch.cat([content, code.to(content.dtype)], dim=-1)
 
     def forward(self, images: Tensor) -> Tensor:
         return self.with_position(self.content(images))

@@ -53,7 +53,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from predilect.errors import ConfigError
-from predilect.models.classifier import ModelCfg, PatchEncoder, predilection
+from predilect.models.classifier import ModelCfg, PatchEncoder, fold, fourier_code, predilection
 from predilect.models.losses import (
     class_targets,
     pair_clip_loss,
@@ -88,6 +88,18 @@ class OctGeometry:
         u = (torch.arange(grid, dtype=torch.float32) + 0.5) / grid
         x = (self.centre_x + (u - 0.5) * self.span).repeat(grid)
         return x, torch.full_like(x, self.centre_y)
+
+
+def scan_line_code(geometry: Tensor, default: OctGeometry, grid: int, freqs: int) -> Tensor:
+    """The anatomical code ``(B, grid * grid, 4 * freqs)`` of each scan's tokens from its own line
+    ``geometry (B, 3)`` = (centre_x, centre_y, span); rows with NaN take ``default`` (the run's)."""
+    fallback = geometry.new_tensor([default.centre_x, default.centre_y, default.span])
+    geometry = torch.where(torch.isfinite(geometry), geometry, fallback)
+    u = (torch.arange(grid, dtype=geometry.dtype, device=geometry.device) + 0.5) / grid
+    x = (geometry[:, :1] + (u - 0.5) * geometry[:, 2:3]).repeat(1, grid)  # (B, N), rows = depth
+    y = geometry[:, 1:2].expand_as(x)
+    code = fourier_code(fold(x.reshape(-1), y.reshape(-1)), freqs)
+    return code.reshape(len(geometry), grid * grid, -1)
 
 
 @dataclass(frozen=True)
@@ -292,7 +304,11 @@ def pretrain_loss(
             model.global_embedding(oct_content, model.oct_proj), classes, class_targets(oct_labels), logit_scale=scale
         )
         if sites is not None:
-            tokens = model.oct.with_position(oct_content)
+            geometry = batch.get("oct_geometry")
+            code = None
+            if geometry is not None:
+                code = scan_line_code(geometry, model.cfg.geometry, model.cfg.oct.grid, model.cfg.oct.pos_freqs)
+            tokens = model.oct.with_position(oct_content, code)
             oct_logits, _ = predilection(tokens, sites, weight, bias)
             terms["site_oct"] = site_bce(oct_logits, oct_labels)
             if weights.diversity > 0:

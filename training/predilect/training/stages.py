@@ -125,7 +125,8 @@ class MemoryOctDataset:
         rng = item_rng(self.source.seed, epoch, index)
         if self.source.augment and rng.random() < self.source.cfg.mirror_p:
             scan = scan.flip(-1)
-        return {"scan": scan, "labels": torch.from_numpy(self.targets[index]), "index": index}
+        geometry = torch.from_numpy(self.source.geometry[int(self.source._record[index])])
+        return {"scan": scan, "labels": torch.from_numpy(self.targets[index]), "geometry": geometry, "index": index}
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         return self.get(index)
@@ -236,21 +237,25 @@ class PairedLoader:
                 yield from loader
             cycle += 1
 
-    def _partner_batch(self, indices: Tensor, batch: int) -> tuple[Tensor, Tensor]:
+    def _partner_batch(self, indices: Tensor, batch: int) -> Batch:
         assert self.partners is not None
         picks = self.partners.pick(indices.tolist(), epoch=self.epoch, batch=batch)
         items = [self.oct_dataset.get(j, epoch=self.epoch) for j in picks]
-        return torch.stack([it["scan"] for it in items]), torch.stack([it["labels"] for it in items])
+        return {key: torch.stack([it[key] for it in items]) for key in ("scan", "labels", "geometry")}
 
     def __iter__(self) -> Iterator[Batch]:
         octs = self._oct_batches() if self.oct_factory is not None and self.partners is None else None
         for k, batch in enumerate(self.fundus, start=self.start):
             out = {"pixels": batch["pixels"], "labels": batch["labels"]}
+            scan: Batch | None = None
             if self.partners is not None:
-                out["scan"], out["oct_labels"] = self._partner_batch(batch["index"], k)
+                scan = self._partner_batch(batch["index"], k)
             elif octs is not None:
                 scan = next(octs)
+            if scan is not None:
                 out["scan"], out["oct_labels"] = scan["scan"], scan["labels"]
+                if "geometry" in scan and bool(torch.isfinite(scan["geometry"]).any()):
+                    out["oct_geometry"] = scan["geometry"]  # per-scan lines; NaN rows: the run's default
             yield out
 
 
