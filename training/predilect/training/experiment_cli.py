@@ -75,6 +75,7 @@ VARIANTS: dict[str, Variant] = {
         ('pretrain.matrix="ablate"', 'pretrain.objective="coda"', 'pretrain.oct_pairing="same_class"'),
         ('finetune.matrix="ablate"',),
     ),
+    "full_local": Variant(('model.backbone="conv-local"', 'model.heatmap="evidence"')),
     "paired": Variant(('pretrain.oct_pairing="same_eye"', "pretrain.w_pair=1.0"), (), None, "oct_paired_manifest.csv"),
 }
 """The variants, one flag each as ``predilect train`` spells them (see the module docstring)."""
@@ -101,6 +102,7 @@ COMPARISONS = (
     ("coda", "no_oct"),
     ("paired", "full"),
     ("paired", "no_oct"),
+    ("full_local", "full"),
 )
 
 log = logging.getLogger(__name__)
