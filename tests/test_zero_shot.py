@@ -14,8 +14,49 @@ from predilect.training.experiment_cli import main as experiment_main
 from predilect.training.phantom.presets import HARD
 
 FUNCTION_WORDS = set(
-    "a an the of in on and with or to from by as at its it is are be that this which all each every one no not "
-    "like into over out up than more most both their there while where".split()
+    [
+        "a",
+        "an",
+        "the",
+        "of",
+        "in",
+        "on",
+        "and",
+        "with",
+        "or",
+        "to",
+        "from",
+        "by",
+        "as",
+        "at",
+        "its",
+        "it",
+        "is",
+        "are",
+        "be",
+        "that",
+        "this",
+        "which",
+        "all",
+        "each",
+        "every",
+        "one",
+        "no",
+        "not",
+        "like",
+        "into",
+        "over",
+        "out",
+        "up",
+        "than",
+        "more",
+        "most",
+        "both",
+        "their",
+        "there",
+        "while",
+        "where",
+    ]
 )
 
 
