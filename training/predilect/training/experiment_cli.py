@@ -76,6 +76,7 @@ VARIANTS: dict[str, Variant] = {
         ('finetune.matrix="ablate"',),
     ),
     "full_local": Variant(('model.backbone="conv-local"', 'model.heatmap="evidence"')),
+    "full_local8": Variant(('model.backbone="conv-local8"', 'model.heatmap="evidence"')),
     "paired": Variant(('pretrain.oct_pairing="same_eye"', "pretrain.w_pair=1.0"), (), None, "oct_paired_manifest.csv"),
 }
 """The variants, one flag each as ``predilect train`` spells them (see the module docstring)."""
@@ -103,6 +104,7 @@ COMPARISONS = (
     ("paired", "full"),
     ("paired", "no_oct"),
     ("full_local", "full"),
+    ("full_local8", "full"),
 )
 
 log = logging.getLogger(__name__)
