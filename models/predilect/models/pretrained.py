@@ -270,8 +270,8 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 class ClipZeroShot(torch.nn.Module):
     """A local CLIP in open_clip's layout as the zero-shot baseline: ``image_embedding`` (the class
-    token after the final norm, times ``visual.proj``) and ``text_embedding`` (the text tower),
-    both L2-normalised, and ``logit_scale``. Images arrive as this project's preprocessed tensors
+    token after the final norm, times ``visual.proj``, L2-normalised), ``text`` (the text tower,
+    as ``CatalogTexts.embed`` reads it) and ``logit_scale``. Images arrive as this project's preprocessed tensors
     (``(x / 255 - mean) / std`` with the checkpoint's ``PreprocessCfg``): they are mapped back to
     [0, 1], resized to ``image_size`` and normalised with CLIP's statistics."""
 
@@ -303,9 +303,6 @@ class ClipZeroShot(torch.nn.Module):
         if x.shape[-1] != self.image_size:
             x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bicubic", align_corners=False)
         return F.normalize(self.visual.all_tokens(x)[:, 0] @ self.proj, dim=-1)
-
-    def text_embedding(self, ids: Tensor) -> Tensor:
-        return F.normalize(self.text(ids), dim=-1)
 
 
 def load_open_clip(

@@ -89,7 +89,6 @@ def zero_shot_scores(
 
 OPEN_VOCABULARY = Path(__file__).with_name("open_vocabulary.json")
 """The zero-shot categories' descriptions in words no trained category uses (``open`` vocabulary)."""
-VOCABULARIES = ("closed", "open")
 
 
 def open_vocabulary_catalog(catalog: Catalog, ids: list[str], path: Path = OPEN_VOCABULARY) -> Catalog | None:

@@ -108,7 +108,7 @@ class PretrainCfg:
         if self.w_pair > 0 and self.oct_pairing != "same_eye":
             raise ConfigError("w_pair > 0 contrasts same-eye pairs: set pretrain.oct_pairing=same_eye")
         if not self.oct and (self.shuffle_oct_labels or self.redraw_oct_labels):
-            raise ConfigError("--shuffle-oct-labels / --redraw-oct-labels need the OCT stage; drop --no-oct")
+            raise ConfigError("--shuffle-oct-labels and --redraw-oct-labels each needs the OCT stage; drop --no-oct")
         if self.shuffle_oct_labels and self.redraw_oct_labels:
             raise ConfigError("choose one control: --shuffle-oct-labels (one permutation) or --redraw-oct-labels")
         if self.text_checkpoint and self.tokenizer in ("wordpiece", "bytes"):
