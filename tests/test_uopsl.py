@@ -167,3 +167,16 @@ def test_scan_line_code_places_each_scan_on_its_own_line_when_geometry_given():
     _, with_lines = pretrain_loss(model, batch)
     _, without = pretrain_loss(model, _batch())
     assert with_lines["site_oct"] != without["site_oct"]
+
+
+def test_span_jitter_stretches_oct_lines_in_training_only_when_set():
+    model = _model()
+    torch.manual_seed(3)
+    _, plain = pretrain_loss(model, _batch())
+    torch.manual_seed(3)
+    _, stretched = pretrain_loss(model, _batch(), span_jitter=0.3)
+    assert plain["clip_oct"] == stretched["clip_oct"] and plain["site_oct"] != stretched["site_oct"]
+    model.eval()
+    _, a = pretrain_loss(model, _batch())
+    _, b = pretrain_loss(model, _batch(), span_jitter=0.3)
+    assert a == b  # evaluation reads the data set's lines as they are

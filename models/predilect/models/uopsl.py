@@ -268,6 +268,7 @@ def pretrain_loss(
     *,
     weights: PretrainWeights = PretrainWeights(),
     site_source: str = "oct",
+    span_jitter: float = 0.0,
 ) -> tuple[Tensor, dict[str, float]]:
     """Stage-1 loss on one batch ``{"pixels", "labels"}`` (fundus) and optionally
     ``{"scan", "oct_labels"}`` (OCT, unpaired); returns the loss and its terms. In training mode
@@ -275,7 +276,9 @@ def pretrain_loss(
 
     ``site_source`` says whose labels shape the sites matrix: ``oct`` (the method: only the OCT
     terms reach P) or ``fundus`` (a control: the fundus site term reaches P too, so the sites are
-    learned from fundus labels; without OCT images, from fundus labels alone)."""
+    learned from fundus labels; without OCT images, from fundus labels alone). ``span_jitter`` > 0
+    (training only) stretches each scan's line by a factor drawn from ``exp(U(-j, j))``: the sites
+    learn a spread of eccentricities instead of one camera's field angle."""
     if site_source not in SITE_SOURCES:
         raise ConfigError(f"site_source must be one of {SITE_SOURCES}, got {site_source!r}")
     rows = model.texts.sample() if (model.texts is not None and model.training) else None
@@ -305,6 +308,14 @@ def pretrain_loss(
         )
         if sites is not None:
             geometry = batch.get("oct_geometry")
+            if span_jitter > 0 and model.training:
+                if geometry is None:
+                    geometry = oct_content.new_full((len(oct_labels), 3), float("nan"))
+                default = model.cfg.geometry
+                fallback = geometry.new_tensor([default.centre_x, default.centre_y, default.span])
+                geometry = torch.where(torch.isfinite(geometry), geometry, fallback)
+                stretch = torch.exp((torch.rand(len(geometry), device=geometry.device) * 2 - 1) * span_jitter)
+                geometry = torch.cat([geometry[:, :2], geometry[:, 2:] * stretch[:, None]], dim=1)
             code = None
             if geometry is not None:
                 code = scan_line_code(geometry, model.cfg.geometry, model.cfg.oct.grid, model.cfg.oct.pos_freqs)

@@ -62,6 +62,9 @@ CLAIMS: tuple[Claim, ...] = (
     Claim("OCT-CoDA helps (vs no OCT)", ("coda", "no_oct")),
     Claim("paired data would add more (paired upper bound vs full)", ("paired", "full")),
     Claim("the paired upper bound vs no OCT", ("paired", "no_oct")),
+    Claim("geometry-robust training: OCT labels help beyond their images", ("full_geo", "shuffled_redrawn_geo")),
+    Claim("... on the OCT-visible diseases", ("full_geo", "shuffled_redrawn_geo"), "oct_visible"),
+    Claim("geometry-robust training: the OCT stage helps", ("full_geo", "no_oct_geo")),
 )
 
 

@@ -77,6 +77,13 @@ VARIANTS: dict[str, Variant] = {
     ),
     "full_local": Variant(('model.backbone="conv-local"', 'model.heatmap="evidence"')),
     "full_local8": Variant(('model.backbone="conv-local8"', 'model.heatmap="evidence"')),
+    # geometry-robust: a spread of field angles on both sides (fundus zoom, OCT line stretch)
+    "full_geo": Variant(("pretrain.oct_span_jitter=0.2", "data.augment.scale=0.2"), ("data.augment.scale=0.2",)),
+    "shuffled_redrawn_geo": Variant(
+        ("pretrain.redraw_oct_labels=true", "pretrain.oct_span_jitter=0.2", "data.augment.scale=0.2"),
+        ("data.augment.scale=0.2",),
+    ),
+    "no_oct_geo": Variant(("pretrain.oct=false", "data.augment.scale=0.2"), ("data.augment.scale=0.2",)),
     "paired": Variant(('pretrain.oct_pairing="same_eye"', "pretrain.w_pair=1.0"), (), None, "oct_paired_manifest.csv"),
 }
 """The variants, one flag each as ``predilect train`` spells them (see the module docstring)."""
@@ -105,6 +112,9 @@ COMPARISONS = (
     ("paired", "no_oct"),
     ("full_local", "full"),
     ("full_local8", "full"),
+    ("full_geo", "shuffled_redrawn_geo"),
+    ("full_geo", "no_oct_geo"),
+    ("full_geo", "full"),
 )
 
 log = logging.getLogger(__name__)

@@ -93,6 +93,9 @@ class PretrainCfg:
     oct_centre_x: float = field(default=0.5, metadata={"help": "OCT line centre, fraction of fundus width"})
     oct_centre_y: float = field(default=0.5, metadata={"help": "OCT line height, fraction of fundus height"})
     oct_span: float = field(default=0.735, metadata={"help": "OCT line length, fraction of fundus width"})
+    oct_span_jitter: float = field(
+        default=0.0, metadata={"help": "stretch each scan's line by exp(U(-j, j)) in training (field-angle spread)"}
+    )
 
     def __post_init__(self) -> None:
         if self.matrix not in ("learn", "ablate"):
@@ -139,7 +142,9 @@ class PretrainCfg:
             coda = self.coda_weights()
             return lambda m, b: coda_loss(m, b, weights=coda)
         weights = self.weights()
-        return lambda m, b: pretrain_loss(m, b, weights=weights, site_source=self.site_source)
+        return lambda m, b: pretrain_loss(
+            m, b, weights=weights, site_source=self.site_source, span_jitter=self.oct_span_jitter
+        )
 
 
 class PretrainRun(RunConfig):
