@@ -293,8 +293,9 @@ def markdown(summary: dict[str, Any], command_line: str) -> str:
         for disease, per in zero["categories"].items():
             for vocabulary, rows in per.items():
                 for name, d in rows.items():
-                    verdict = d.verdict if " - " in name else ""
-                    lines.append(f"| {disease} | {vocabulary} | {name} | {_row(d)} | {verdict} |")
+                    difference = " - " in name
+                    verdict = d.verdict if difference else ""
+                    lines.append(f"| {disease} | {vocabulary} | {name} | {_row(d, signed=difference)} | {verdict} |")
     return "\n".join(lines) + "\n"
 
 
