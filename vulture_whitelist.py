@@ -25,6 +25,11 @@ _.require_calling_aet
 _.ManufacturerModelName
 _.SoftwareVersions
 _.SeriesDescription
+_.SpecificCharacterSet
+_.CodingSchemeDesignator
+_.CodingSchemeName
+_.CodingSchemeResponsibleOrganization
+_.CodingSchemeIdentificationSequence
 _.post_processor
 _.benchmark
 _.recompile_limit
@@ -58,6 +63,7 @@ _.compute_output_ms
 _.auroc_reference  # build.tensorrt.accuracy: the gate report in the engine sidecar
 _.auroc_engine
 _.max_abs_dpixel  # build.decoder_gate: the decoder gate's report
+_.basis  # training.phantom.cameras.Acquisition: what a profile rests on, cameras.toml -> phantom.json
 _.auroc_served
 _.min_shape  # build.tensorrt.sidecar: the engine's optimisation profile
 _.opt_shape
@@ -96,3 +102,18 @@ from_model_config
 # The preprocessing package (predilect/preprocess/) is another change's: only tests call this one; its
 # owner keeps it or deletes it with them.
 load_oct_scans
+
+# Read by the HTML report's Jinja template (client/predilect/client/report.html.j2), not by Python code.
+_.anchor  # client.report.ExamView
+_.patients  # client.report.Worklist
+_.urgent
+_.recall
+_.referable_by_disease
+_.ungradable_by_reason
+_.refused_by_kind
+
+# Settings written onto pynetdicom's objects, read by pynetdicom (dicom.gateway).
+_.STORE_RECV_CHUNKED_DATASET  # pynetdicom._config: received datasets go to a file, never whole into memory
+_.require_called_aet  # AE: refuse an association whose called AE title is not the gateway's
+_.verify_request  # AssociationServer (socketserver): the per-peer association limit
+_.inner_grpc_url  # serving.server.TritonServer: tritonserver's own socket behind the front, for tests and benchmarks

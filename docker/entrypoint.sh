@@ -23,7 +23,7 @@ mkdir -p "${ENGINE_CACHE}"
 
 if [[ -f "${SERVE_REPOSITORY}/classifier/engine_build.json" ]]; then
     # Runs the decoder gate on this GPU (nvJPEG against the training decoder, when the repository
-    # serves another), checks TensorRT >= 10.9, builds with the accuracy gate (exit 1 when either
+    # serves another), checks TensorRT is the image's series, builds with the accuracy gate (exit 1 when either
     # gate fails) or reuses ${ENGINE_CACHE}/sm<cc>-trt<version>/<onnx sha256>/model.plan.
     predilect trt-engine --model-repository "${SERVE_REPOSITORY}" --cache "${ENGINE_CACHE}"
 fi

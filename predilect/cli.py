@@ -35,7 +35,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "gradability": (
         "predilect.training.gradability_cli",
-        "calibrate and measure the gradability step on phantom degradations",
+        "calibrate the gradability step on phantom degradations, or on a site's labelled images (--manifest)",
     ),
     "dataset": ("predilect.training.datasets.dataset_cli", "a public data set in its native layout -> a manifest"),
     "train": ("predilect.training.train_cli", "UOPSL stages: train pretrain (OCT/fundus <-> text) | train finetune"),
@@ -53,6 +53,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("predilect.demo_cli", "phantom -> train -> export -> assemble -> serve -> screen, end to end"),
     "screen": ("predilect.client.screen_cli", "screen a folder, manifest or DICOM files; resumable JSONL output"),
     "gateway": ("predilect.dicom.gateway_cli", "DICOM C-STORE gateway that screens what it receives"),
+    "drift": (
+        "predilect.client.drift_cli",
+        "compare a screening journal with the model's reference distributions (PSI, KS, alert levels)",
+    ),
     "report": ("predilect.client.report_cli", "an HTML summary per patient of a screening journal, with overlays"),
     "schema": ("predilect.client.schema_cli", "write or check the JSON Schemas of the journal record and exam result"),
     "localisation": (
@@ -66,12 +70,36 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "bench": ("predilect.benchmarks.bench_cli", "Locust concurrency sweep against the server and baselines"),
 }
 
+ROUTES: dict[tuple[str, str], str] = {
+    ("gradability", "--manifest"): "predilect.client.site_calibration_cli",
+}
+"""A command whose option hands it to another part's module: ``predilect gradability --manifest`` calibrates on
+a site's own graded photographs through its server (the client), not on a phantom (training)."""
+
 Main = Callable[[Sequence[str] | None], int]
 D = TypeVar("D")
 
 
 class CommandError(UserError):
     """Raised by a command for a user error it detects itself (e.g. two options that conflict)."""
+
+
+def description(doc: str | None) -> str:
+    """A command's ``--help`` description from its module docstring (``"`predilect x`: what it does ..."``):
+    the docstring without that prefix."""
+    text = (doc or "").strip()
+    head, sep, rest = text.partition(": ")
+    return rest if sep and head.startswith("`predilect") else text
+
+
+def version() -> str:
+    """The installed distribution's version (``importlib.metadata``), or ``unknown`` when not installed."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("predilect")
+    except metadata.PackageNotFoundError:
+        return "unknown"
 
 
 def _describe_os_error(error: OSError) -> str:
@@ -152,7 +180,7 @@ def dataclass_from_args(cls: type[D], args: argparse.Namespace) -> D:
 
 
 def _usage() -> str:
-    lines = ["usage: predilect <command> [options]", "", "commands:"]
+    lines = ["usage: predilect [--version] <command> [options]", "", "commands:"]
     lines += [f"  {name:<12} {help_}" for name, (_, help_) in COMMANDS.items()]
     lines += ["", "Run `predilect <command> --help` for a command's options."]
     return "\n".join(lines)
@@ -168,17 +196,25 @@ def passive_openmp() -> None:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
+def _given(option: str, args: Sequence[str]) -> bool:
+    return any(a == option or a.startswith(option + "=") for a in args)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     passive_openmp()
     args = list(sys.argv[1:] if argv is None else argv)
     if not args or args[0] in ("-h", "--help"):
         print(_usage())
         return EXIT_OK if args else EXIT_USAGE
+    if args[0] in ("-V", "--version"):
+        print(f"predilect {version()}")
+        return EXIT_OK
     name, rest = args[0], args[1:]
     if name not in COMMANDS:
         print(f"predilect: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
         return EXIT_USAGE
-    module = importlib.import_module(COMMANDS[name][0])
+    routed = [m for (command_name, option), m in ROUTES.items() if command_name == name and _given(option, rest)]
+    module = importlib.import_module(routed[0] if routed else COMMANDS[name][0])
     return int(module.main(rest) or 0)
 
 

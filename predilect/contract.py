@@ -46,6 +46,9 @@ attention over the g x g token grid of the model input (rows sum to 1 over the g
 QUALITY = "QUALITY"
 """FP32 [1, 1 + len(QUALITY_REASONS)] per request: the quality score in [0, 1] (gradable when >= 0.5),
 then one 0/1 flag per reason in ``QUALITY_REASONS`` order (1: that check failed)."""
+QUALITY_MEASURES_TENSOR = "QUALITY_MEASURES"
+"""FP32 [1, len(QUALITY_MEASURES)] per request: the gradability measures behind QUALITY, in
+``QUALITY_MEASURES`` order (journals keep them; ``predilect drift`` compares them with the reference)."""
 FINDINGS = "FINDINGS"
 """BOOL [1, C] per request: the server's positive findings (probability >= the disease's threshold),
 all false for an ungradable image."""
@@ -119,6 +122,13 @@ SERVED_KEYS = (KEY_CATALOG, KEY_PREPROCESS, KEY_MODEL_NAME, KEY_MODEL_VERSION, K
 DISCOVERY_KEYS = (KEY_CATALOG, KEY_PREPROCESS, KEY_MODEL_NAME, KEY_MODEL_VERSION)
 """The ensemble parameters a client reads at connect ("model discovery"); ``assemble`` needs them."""
 
+KEY_HEATMAP = "predilect.heatmap"
+"""Which map ``HEATMAPS`` holds (one of ``HEATMAP_KINDS``): an ensemble parameter of a repository that serves
+heatmaps and whose model says which (``ModelCfg.heatmap``), so a caption can say what a reader sees."""
+HEATMAP_KINDS = ("attention", "evidence")
+"""``attention``: the predilection attention over the token grid (mean over a disease's sites); ``evidence``:
+that attention times each token's contribution to the disease's logit, clipped at 0."""
+
 KEY_RULES = "predilect.rules"
 """The referral rules (``predilect.referral.ReferralRules`` JSON): per-disease thresholds and referral
 levels, and the gradability thresholds; config parameter of the ensemble and of the steps applying them."""
@@ -126,6 +136,15 @@ KEY_RULES_DIGEST = "predilect.rules_digest"
 KEY_CATALOG_DIGEST = "predilect.catalog_digest"
 RULES_KEYS = (KEY_RULES, KEY_RULES_DIGEST, KEY_CATALOG_DIGEST)
 """The ensemble parameters a client reads at connect beside ``DISCOVERY_KEYS`` (result schema 2)."""
+
+KEY_REFERENCE = "predilect.reference"
+"""The model's reference distributions (``predilect.drift.Reference`` JSON): histograms of every quality
+measure and disease probability and the ungradable share on held-out images, written by ``predilect assemble
+--reference-manifest``; a parameter of the ensemble (``predilect drift`` reads it) and of the steps that
+export shift metrics (their histogram buckets)."""
+REQUEST_CAMERA = "predilect.camera"
+"""Optional request parameter (string): the camera that took the photograph (a DICOM Manufacturer and model,
+or what the caller names), the ``camera`` label of the served shift metrics."""
 
 # Backend parameters, read by the Python-backend models at initialize.
 KEY_DECODE_THREADS = "predilect.decode_threads"
@@ -199,8 +218,36 @@ RESULT_SCHEMA_VERSION = "2"
 
 # --------------------------------------------------------------------------- screening decisions
 
-QUALITY_REASONS = ("focus", "underexposed", "overexposed", "field_of_view", "artefact", "wrong_image_type")
-"""The gradability checks, in the order of their flags in ``QUALITY``."""
+QUALITY_REASONS = (
+    "focus",
+    "underexposed",
+    "overexposed",
+    "field_of_view",
+    "artefact",
+    "wrong_image_type",
+    "too_small",
+    "monochrome",
+)
+"""The gradability checks, in the order of their flags in ``QUALITY``: ``too_small`` is a field of view
+too few pixels across to grade; ``monochrome`` a red-free or greyscale photograph, which a colour model
+does not screen (``predilect.quality``)."""
+QUALITY_MEASURES = (
+    "field_px",
+    "field_visible",
+    "field_offset",
+    "masked",
+    "unlit",
+    "blur",
+    "exposure",
+    "saturated",
+    "glare",
+    "haze",
+    "dust",
+    "chroma",
+    "redness",
+)
+"""What the gradability step measures on each photograph, in the order of ``QUALITY_MEASURES_TENSOR``
+(``predilect.quality`` defines each): what shift monitoring compares with the model's reference."""
 DECISIONS = ("ungradable", "no_referral", "refer_routine", "refer_urgent")
 """Per-image decisions, indexed by ``REFERRAL``: ungradable (no disease decision), no referable finding,
 refer routinely, refer urgently (the most urgent referral among the positive findings)."""

@@ -2,7 +2,12 @@
 
 phantom data -> UOPSL-style training -> ONNX export + parity -> model repository ->
 real tritonserver (CPU) -> every held-out image screened through the gRPC client ->
-results table, served macro AUROC, images/s -> server stopped.
+results table, served macro AUROC and gradable share per camera, images/s -> server stopped.
+
+The phantom is the ``zoo`` preset: training and validation eyes photographed by the cameras the
+camera split lets training see, and every test eye re-photographed by every camera of the zoo, the
+held-out ones included (``training/predilect/training/phantom/cameras.toml``); the recipe trains
+with the acquisition-shift augmentation.
 """
 
 from __future__ import annotations
@@ -37,10 +42,13 @@ def _done(t0: float, what: str = "done") -> None:
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="predilect demo", description=__doc__.splitlines()[0])
     p.add_argument("--workdir", type=Path, default=default_artifacts().root, help="artefact root (as every command)")
-    p.add_argument("--count", type=int, default=720, help="phantom fundus photographs")
+    p.add_argument("--preset", default="zoo", help="phantom preset (zoo: the camera zoo; easy: one camera)")
+    p.add_argument("--count", type=int, default=720, help="phantom eyes (zoo: each test eye once per camera)")
     p.add_argument("--oct-count", type=int, default=480, help="phantom OCT B-scans (unpaired)")
-    p.add_argument("--size", type=parse_size, default=(2048, 1536), help="camera frame, WxH")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--size", type=parse_size, default=None, help="camera frame WxH of a one-camera preset")
+    p.add_argument("--render-height", type=int, default=None, help="zoo: the painted scene's largest height, px")
+    p.add_argument("--max-side", type=int, default=None, help="zoo: cap every camera's frame side (quick runs)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the phantom and of training (default 0)")
     p.add_argument("--epochs", type=int, default=None, help="epochs of each stage (default: the recipe's)")
     p.add_argument(
         "--recipe",
@@ -58,20 +66,40 @@ def _phantom(args: argparse.Namespace) -> Path:
     from predilect.training.phantom import generate
 
     out = Artifacts(args.workdir).phantom
-    params = {"count": args.count, "oct_count": args.oct_count, "seed": args.seed, "size": list(args.size)}
+    params = {
+        "preset": args.preset,
+        "count": args.count,
+        "oct_count": args.oct_count,
+        "seed": args.seed,
+        "size": list(args.size) if args.size else None,
+        "render_height": args.render_height,
+        "max_side": args.max_side,
+    }
     stamp = out / "params.json"
     manifest = out / "manifest.csv"
     if manifest.is_file() and stamp.is_file() and json.loads(stamp.read_text()) == params:
         print(f"      reusing {manifest} (same parameters)")
         return manifest
-    width, height = args.size
+    width, height = args.size or (None, None)
 
-    def progress(done: int, total: int) -> None:
-        if done == total or done % max(1, total // 10) == 0:
+    printed = [0]
+
+    def progress(done: int, total: int) -> None:  # a line each time another tenth is written
+        if done * 10 // total > printed[0]:
+            printed[0] = done * 10 // total
             print(f"      {done}/{total}", flush=True)
 
     manifest = generate(
-        out, count=args.count, oct_count=args.oct_count, seed=args.seed, width=width, height=height, progress=progress
+        out,
+        preset=args.preset,
+        count=args.count,
+        oct_count=args.oct_count,
+        seed=args.seed,
+        width=width,
+        height=height,
+        render_height=args.render_height,
+        max_side=args.max_side,
+        progress=progress,
     )
     stamp.write_text(json.dumps(params))
     return manifest
@@ -111,8 +139,8 @@ def _train(args: argparse.Namespace, manifest: Path) -> Path:
     )
     stage2 = result.finetune
     assert stage2.meta is not None
-    auroc = "n/a" if stage2.test_macro_auroc is None else f"{stage2.test_macro_auroc:.4f}"
-    print(f"      in-process test macro AUROC {auroc}; checkpoint {checkpoint} ({stage2.meta.version})")
+    auroc = "n/a" if stage2.val_macro_auroc is None else f"{stage2.val_macro_auroc:.4f}"
+    print(f"      validation macro AUROC {auroc}; checkpoint {checkpoint} ({stage2.meta.version})")
     return checkpoint
 
 
@@ -147,23 +175,26 @@ def _screen_all(url: str, paths: list[Path], concurrency: int):
 
 
 def _print_table(records, results, ids: list[str], rows: int) -> None:
-    print(f"      {'image':<22} {'truth':<18} {'screened positive':<18} " + " ".join(f"{d:>8}" for d in ids))
-    for record, result in list(zip(records, results, strict=True))[:rows]:
+    shown = list(zip(records, results, strict=True))[:rows]
+    width = max([22, *(len(record.path.name) for record, _ in shown)])
+    print(f"      {'image':<{width}} {'truth':<18} {'screened positive':<18} " + " ".join(f"{d:>8}" for d in ids))
+    for record, result in shown:
         truth = ";".join(sorted(record.labels)) or "normal"
         if result.probabilities is None:  # no disease decision: the probabilities are for audit only
-            print(f"      {record.path.name:<22} {truth:<18} {result.quality.describe()}")
+            print(f"      {record.path.name:<{width}} {truth:<18} {result.quality.describe()}")
             continue
         found = ";".join(result.positive) or "normal"
         probs = " ".join(f"{result.probabilities[d]:8.3f}" for d in ids)
-        print(f"      {record.path.name:<22} {truth:<18} {found:<18} {probs}")
+        print(f"      {record.path.name:<{width}} {truth:<18} {found:<18} {probs}")
     if len(records) > rows:
         print(f"      ... {len(records) - rows} more rows in results.jsonl")
 
 
 def _serve_and_screen(args: argparse.Namespace, repository: Path, manifest: Path, catalog) -> dict:
-    from predilect.manifest import label_matrix, read_manifest
-    from predilect.metrics import macro_auroc
+    from predilect.manifest import read_manifest
     from predilect.serving.server import TritonServer, free_port
+    from predilect.training.by_camera import Screened, camera_rows, format_rows, pooled_auroc
+    from predilect.training.phantom.cameras import ZOO
 
     grpc_port = args.grpc_port or free_port()
     with TritonServer(
@@ -179,17 +210,27 @@ def _serve_and_screen(args: argparse.Namespace, repository: Path, manifest: Path
     served = np.array([[r.scores[d] for d in ids] for r in results])
     if ids != catalog.ids:
         raise DemoError(f"served catalog {ids} differs from the checkpoint's {catalog.ids}")
-    auroc = macro_auroc(label_matrix(records, catalog), served, ids)
+    screened = Screened(records, served, np.array([r.gradable for r in results]), ids)
+    rows = camera_rows(screened, ZOO.split_of)
+    print("\n      per camera (served; AUROC over every image, ungradable ones through their audit probabilities):")
+    for line in format_rows(rows):
+        print(f"      {line}")
+    auroc = {split: pooled_auroc(screened, ZOO.split_of, split) for split in ("seen", "held_out")}
     with (args.workdir / "results.jsonl").open("w") as f:
         for record, result in zip(records, results, strict=True):
             f.write(json.dumps({"image": str(record.path), **json.loads(result.to_json())}) + "\n")
+    red_free = [r for r in rows if r.screened_as_colour is not None]
     summary = {
         "images": len(records),
-        "served_macro_auroc": auroc,
+        "served_macro_auroc": auroc["seen"],
+        "served_macro_auroc_held_out": auroc["held_out"],
         "images_per_s": len(records) / seconds,
         "ungradable": sum(not r.gradable for r in results),
         "concurrency": args.concurrency,
         "model_version": results[0].model_version,
+        "red_free_screened_as_colour": sum(r.screened_as_colour or 0 for r in red_free),
+        "red_free_images": sum(r.images for r in red_free),
+        "cameras": [r.to_dict() for r in rows],
     }
     _done(t0, f"screened {len(records)} images")
     return summary
@@ -200,10 +241,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     args.workdir.mkdir(parents=True, exist_ok=True)
     begin = time.monotonic()
-    t0 = _step(
-        1,
-        f"phantom data: {args.count} fundus photographs at {args.size[0]}x{args.size[1]}, {args.oct_count} OCT B-scans",
-    )
+    frames = f"at {args.size[0]}x{args.size[1]}" if args.size else "through each camera of the preset"
+    t0 = _step(1, f"phantom data ({args.preset}): {args.count} eyes {frames}, {args.oct_count} OCT B-scans")
     manifest = _phantom(args)
     _done(t0)
     t0 = _step(2, "training: stage 1 OCT/fundus <-> text + sites matrix on OCT, stage 2 fundus only")
@@ -213,18 +252,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     onnx_path = _export(args, checkpoint, manifest)
     _done(t0)
     t0 = _step(4, "assembling the Triton model repository")
-    from predilect.serving.repository import assemble
+    from predilect.serving.reference import reference_from_manifest
+    from predilect.serving.repository import assemble, read_served_model
 
-    repository = assemble(onnx_path, Artifacts(args.workdir).repository)
+    # The validation photographs (seen cameras) as the model's reference: a held-out camera shows as drift.
+    reference = reference_from_manifest(onnx_path, read_served_model(onnx_path), manifest, split="val")
+    repository = assemble(onnx_path, Artifacts(args.workdir).repository, reference=reference)
     print(f"      {repository}")
     _done(t0)
     _step(5, "starting the real tritonserver on CPU")
     from predilect.models.checkpoint import read_meta
 
     summary = _serve_and_screen(args, repository, manifest, read_meta(checkpoint).catalog)
+    held_out = summary["served_macro_auroc_held_out"]
     print(
-        f"\nserved macro AUROC {summary['served_macro_auroc']:.4f} on {summary['images']} held-out images; "
-        f"{summary['images_per_s']:.1f} images/s at concurrency {summary['concurrency']}; "
+        f"\nserved macro AUROC {summary['served_macro_auroc']:.4f} on the seen cameras' test images"
+        + ("" if np.isnan(held_out) else f", {held_out:.4f} on the held-out cameras'")
+        + f" ({summary['images']} test images, {summary['ungradable']} called ungradable"
+        + (
+            f"; red-free screened as colour: {summary['red_free_screened_as_colour']}/{summary['red_free_images']}"
+            if summary["red_free_images"]
+            else ""
+        )
+        + f"); {summary['images_per_s']:.1f} images/s at concurrency {summary['concurrency']}; "
         f"model {summary['model_version']}; total {time.monotonic() - begin:.0f}s"
     )
     (args.workdir / "demo_summary.json").write_text(json.dumps(summary, indent=2) + "\n")

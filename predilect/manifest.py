@@ -13,6 +13,9 @@ One row per image, a header row first. Columns, in any order:
   (R/L, right/left, OD/OS); empty cells read as unknown (``None``).
 * optional 0/1 columns named by catalog ids: when present they must agree with ``labels``
   (``write_manifest`` writes them so spreadsheets can count positives).
+* ``capture`` (optional): what the camera recorded, one of ``CAPTURES`` (empty or missing: ``colour``).
+  A colour screening model trains and is evaluated on ``COLOUR_CAPTURES`` only (``colour_screened``):
+  a red-free photograph is another image type, for the gradability step to name, never to screen as colour.
 * any other column (``camera``, ``severity``, ``degradation``, ``modality`` ...) is kept in
   ``Record.extra`` and written back by ``write_manifest``.
 
@@ -46,6 +49,11 @@ REQUIRED_COLUMNS = ("path", "labels")
 BASE_COLUMNS = ("path", "patient_id", "eye", "split", "labels")
 """The columns ``write_manifest`` writes first, in this order."""
 LABEL_SEPARATOR = ";"
+CAPTURE_COLUMN = "capture"
+CAPTURES = ("colour", "pseudo_colour", "red_free")
+"""What a photograph records: true colour, a two-laser pseudo-colour composite, or the green (red-free) band alone."""
+COLOUR_CAPTURES = ("colour", "pseudo_colour")
+"""The captures a colour screening model is trained and evaluated on."""
 
 
 class ManifestError(UserError, ValueError):
@@ -104,6 +112,19 @@ class Record:
         clash = sorted(set(self.extra) & set(BASE_COLUMNS))
         if clash:
             raise ManifestError(f"extra columns {clash} clash with the manifest's own columns")
+
+
+def capture_of(record: Record) -> str:
+    """The record's ``capture`` (``colour`` when the column is missing or empty); ManifestError for an unknown one."""
+    value = record.extra.get(CAPTURE_COLUMN, "") or "colour"
+    if value not in CAPTURES:
+        raise ManifestError(f"{record.path}: capture must be one of {CAPTURES}, got {value!r}")
+    return value
+
+
+def colour_screened(records: Iterable[Record]) -> list[Record]:
+    """The records a colour screening model may train or be evaluated on (``COLOUR_CAPTURES``)."""
+    return [r for r in records if capture_of(r) in COLOUR_CAPTURES]
 
 
 def format_labels(labels: Iterable[str], catalog: Catalog = DEFAULT_CATALOG) -> str:

@@ -5,9 +5,11 @@ the one bootstrap helper every confidence interval in the project uses (``bootst
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -247,6 +249,44 @@ def wilson(successes: int, total: int, z: float = 1.96) -> tuple[float, float]:
     centre = (p + z * z / (2 * total)) / (1 + z * z / total)
     half = z * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / (1 + z * z / total)
     return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+_EDGE = 1e-6
+
+
+@dataclass(frozen=True)
+class Rates:
+    sensitivity: float
+    specificity: float
+    positives: int
+    negatives: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def threshold_for_sensitivity(labels: np.ndarray, scores: np.ndarray, target: float) -> float | None:
+    """The highest threshold with sensitivity >= ``target`` on (labels, scores); None without positives."""
+    if not 0.0 < target <= 1.0:
+        raise ValueError(f"target sensitivity must lie in (0, 1], got {target}")
+    positive = np.sort(np.asarray(scores, dtype=np.float64)[np.asarray(labels, dtype=bool)])[::-1]
+    if len(positive) == 0:
+        return None
+    k = max(1, math.ceil(target * len(positive) - 1e-9))
+    return float(np.clip(positive[k - 1], _EDGE, 1.0 - _EDGE))
+
+
+def rates(labels: np.ndarray, scores: np.ndarray, threshold: float) -> Rates:
+    """Sensitivity and specificity of ``scores >= threshold`` (NaN where a class is absent)."""
+    labels = np.asarray(labels, dtype=bool)
+    called = np.asarray(scores) >= threshold
+    positives, negatives = int(labels.sum()), int((~labels).sum())
+    return Rates(
+        sensitivity=float(called[labels].mean()) if positives else math.nan,
+        specificity=float((~called[~labels]).mean()) if negatives else math.nan,
+        positives=positives,
+        negatives=negatives,
+    )
 
 
 # ----------------------------------------------------------------------------- many resamples at once

@@ -103,6 +103,24 @@ def build_tiny_onnx(
     return path
 
 
+def build_attention_onnx(folder: Path) -> Path:
+    """A small FundusClassifier (64 px, predilection attention, 3 sites per disease) exported to ONNX: a
+    model the TensorRT rewrite finds its attention head in (the tiny ONNX above has none)."""
+    import torch
+
+    from predilect.build.export import export_onnx
+    from predilect.models.checkpoint import save_checkpoint
+    from predilect.models.classifier import FundusClassifier, ModelCfg
+
+    torch.manual_seed(0)
+    model = FundusClassifier(
+        ModelCfg(num_diseases=len(DEFAULT_CATALOG), image_size=64, widths=(8, 16, 32), sites_per_disease=3)
+    ).eval()
+    save_checkpoint(folder / "model.safetensors", model, preprocess=PreprocessCfg(size=64), catalog=DEFAULT_CATALOG)
+    export_onnx(folder / "model.safetensors", folder / "model.onnx")
+    return folder / "model.onnx"
+
+
 def make_fundus_jpeg(seed: int, *, size: tuple[int, int] = (1024, 768), quality: int = 92) -> bytes:
     """A synthetic, gradable fundus-like photograph: an orange disc on black with a bright optic
     disc, dark-red vessels, reddish blobs and sensor noise -- sharp, well exposed and centred, so

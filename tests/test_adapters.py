@@ -306,8 +306,8 @@ def test_dataset_cli_writes_manifest_and_reports_unmapped_when_fixture_imported(
 
     catalog = tmp_path / "catalog.json"
     catalog.write_text(CATALOG.to_json())
-    out = tmp_path / "odir.csv"
-    code = dataset_cli.main(["odir5k", str(FIXTURES / "ODIR-5K"), "--out", str(out), "--catalog", str(catalog)])
+    out = tmp_path / "odir" / "manifest.csv"
+    code = dataset_cli.main(["odir5k", str(FIXTURES / "ODIR-5K"), "--out", str(out.parent), "--catalog", str(catalog)])
     printed = capsys.readouterr().out
     assert code == 0 and f"wrote {out}" in printed and "tessellated fundus (1)" in printed
     assert len(read_manifest(out, catalog=CATALOG)) == 5
@@ -318,8 +318,8 @@ def test_dataset_cli_applies_mapping_file_when_given(tmp_path, capsys):
 
     mapping = tmp_path / "mapping.json"
     mapping.write_text('{"1": ["dr"]}')
-    out = tmp_path / "aptos.csv"
-    argv = ["aptos2019", str(FIXTURES / "aptos2019"), "--out", str(out), "--mapping", str(mapping)]
+    out = tmp_path / "aptos" / "manifest.csv"
+    argv = ["aptos2019", str(FIXTURES / "aptos2019"), "--out", str(out.parent), "--mapping", str(mapping)]
     assert dataset_cli.main(argv) == 0
     assert len(read_manifest(out)) == 5 and "unmapped" not in capsys.readouterr().out
 
@@ -329,12 +329,13 @@ def test_dataset_cli_applies_mapping_file_when_given(tmp_path, capsys):
     [
         (["aptos2019", "/nonexistent"], "no APTOS label file"),
         (["aptos2019", str(FIXTURES / "aptos2019"), "--unmapped", "drop"], "--unmapped must be one of"),
+        (["aptos2019", str(FIXTURES / "aptos2019"), "--out", "data/odir.csv"], "--out is a folder"),
     ],
 )
 def test_dataset_cli_exits_2_with_one_line_when_input_wrong(tmp_path, capsys, argv, message):
     from predilect.training.datasets import dataset_cli
 
-    assert dataset_cli.main([*argv, "--out", str(tmp_path / "m.csv")]) == 2
+    assert dataset_cli.main(["--out", str(tmp_path / "m"), *argv]) == 2
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1
 

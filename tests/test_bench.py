@@ -49,7 +49,7 @@ def quick_bench(request, tritonserver, tmp_path_factory, tiny_onnx, tiny_checkpo
     extra, stacks = QUICK_RUNS[request.param]
     tmp = tmp_path_factory.mktemp(f"bench-{request.param}")
     argv = ["--quick", "--onnx", str(tiny_onnx), "--checkpoint", str(tiny_checkpoint), *extra]
-    rc = main([*argv, "--out-dir", str(tmp / "results"), "--name", "smoke", "--workdir", str(tmp / "work")])
+    rc = main([*argv, "--out", str(tmp / "results"), "--name", "smoke", "--workdir", str(tmp / "work")])
     return QuickBench(rc, tmp / "results", stacks)
 
 
@@ -102,7 +102,7 @@ def test_bench_decoders_reports_floor_ratio_and_bootstrap_when_run_small(tmp_pat
 
     out = tmp_path / "results"
     argv = ["bench", "decoders", "--manifest", str(pipeline.manifest), "--checkpoint", str(pipeline.checkpoint)]
-    argv += ["--images", "4", "--repeats", "1", "--resamples", "50", "--out-dir", str(out), "--name", "dec"]
+    argv += ["--images", "4", "--repeats", "1", "--resamples", "50", "--out", str(out), "--name", "dec"]
     assert main(argv) == 0
     results = json.loads((out / "dec.json").read_text())
     timings = results["timings"]
@@ -132,7 +132,7 @@ def test_bench_decoders_retrains_one_model_per_decoder_when_asked(tmp_path, phan
     argv = ["--manifest", str(phantom_manifest), "--checkpoint", str(tmp_path / "none.safetensors"), "--no-auroc"]
     argv += ["--images", "2", "--repeats", "1", "--retrain", "--retrain-epochs", "1", "--resamples", "20"]
     argv += ["--retrain-set", "loop.batch_size=4", "--retrain-set", "data.preprocess.size=64"]
-    assert main([*argv, "--out-dir", str(out), "--name", "retrained"]) == 0
+    assert main([*argv, "--out", str(out), "--name", "retrained"]) == 0
     retrained = json.loads((out / "retrained.json").read_text())["retrained"]
     assert set(retrained["macro_auroc"]) == {"pil_draft", "dali_cpu"}
     from predilect.training.finetune import FinetuneRun

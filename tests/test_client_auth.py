@@ -160,7 +160,7 @@ def test_screen_cli_exits_2_with_one_line_when_token_is_wrong(guarded_server, fu
         "screen",
         str(tmp_path / "imgs"),
         "--out",
-        str(tmp_path / "r.jsonl"),
+        str(tmp_path / "r"),
     ]
     command += ["--server", guarded_server.grpc_url]
     env_base = {"PATH": "/usr/bin:/bin"}

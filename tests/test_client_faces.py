@@ -26,12 +26,16 @@ from client_faces import (
 from predilect import contract
 from predilect.catalog import DEFAULT_CATALOG
 from predilect.client import (
+    AsyncScreeningClient,
+    ClientConfigError,
     DeadlineExceededError,
     ImageRejectedError,
     InputError,
     RetryBudget,
     RetryPolicy,
+    ScreeningClient,
     ScreeningResult,
+    ServerNotFoundError,
     ServerUnavailableError,
     UnsupportedDicomError,
 )
@@ -179,9 +183,25 @@ def test_face_retries_until_server_answers_when_port_opens_late(make_face, trito
 
 def test_face_raises_server_unavailable_after_all_attempts_when_nobody_listens(make_face) -> None:
     face = make_face(f"127.0.0.1:{free_port()}", timeout_s=10, retry_policy=FAST)
-    with pytest.raises(ServerUnavailableError, match="after 3 attempts") as caught:
+    with pytest.raises(ServerUnavailableError, match="after 3 attempts: connection refused: nothing listens") as caught:
         face.connect()
     assert caught.value.attempts == 3
+
+
+def test_face_names_dns_failure_not_model_when_host_does_not_resolve(make_face) -> None:
+    face = make_face("no-such-host.invalid:8001", timeout_s=10, retry_policy=FAST)
+    with pytest.raises(ServerNotFoundError, match="cannot resolve the host name 'no-such-host.invalid'") as caught:
+        face.connect()
+    assert "not ready" not in str(caught.value) and "model" not in str(caught.value)
+
+
+@pytest.mark.parametrize("face_class", [ScreeningClient, AsyncScreeningClient])
+def test_client_goes_to_triton_grpc_port_not_443_when_server_has_no_port(face_class) -> None:
+    assert face_class("localhost").url == f"localhost:{contract.DEFAULT_GRPC_PORT}"
+    assert face_class("[::1]").url == f"[::1]:{contract.DEFAULT_GRPC_PORT}"
+    assert face_class("triton:9001").url == "triton:9001"
+    with pytest.raises(ClientConfigError, match="without a scheme"):
+        face_class("grpc://triton:8001")
 
 
 def test_face_raises_deadline_exceeded_when_timeout_is_too_short(face, fundus_jpeg) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import random
+import re
 from pathlib import Path
 
 import numpy as np
@@ -250,10 +251,12 @@ def test_journal_drops_torn_line_and_incomplete_group_when_reopened(tmp_path: Pa
     ("tamper", "message"),
     [
         (lambda lines: [lines[0].replace(b'"schema_version":"2"', b'"schema_version":"1"'), *lines[1:]], "version"),
-        (lambda lines: [b"garbage\n", *lines], "damaged and records follow"),
+        (lambda lines: [lines[0], b"garbage\n", *lines[1:]], "line 2 is damaged and records follow"),
+        (lambda lines: [b"path,patient_id,eye\n", b"a.jpg,P1,R\n"], "not a screening journal.*looks like a CSV"),
+        (lambda lines: [b"garbage\n", *lines], "not a screening journal.*first line is not a JSON record"),
         (lambda lines: [lines[0], lines[2], lines[1]], "before the one above it is complete"),
     ],
-    ids=["other_schema_version", "damaged_in_the_middle", "interleaved_groups"],
+    ids=["other_schema_version", "damaged_in_the_middle", "a_manifest", "another_file", "interleaved_groups"],
 )
 def test_journal_refuses_file_and_keeps_it_when_damage_is_not_a_torn_tail(tmp_path: Path, tamper, message) -> None:
     path = tmp_path / "results.jsonl"
@@ -411,6 +414,7 @@ def test_screen_items_plan_yields_frame1_result_and_frame2_error_when_frame_2_fa
     outputs = {
         contract.PROBABILITIES: np.full((1, classes), 0.2, dtype=np.float32),
         contract.QUALITY: np.array([[0.9] + [0.0] * len(contract.QUALITY_REASONS)], dtype=np.float32),
+        contract.QUALITY_MEASURES_TENSOR: np.ones((1, len(contract.QUALITY_MEASURES)), dtype=np.float32),
         contract.FINDINGS: np.zeros((1, classes), dtype=bool),
         contract.REFERRAL: np.array([[contract.DECISIONS.index("no_referral")]], dtype=np.int32),
         contract.FIELD_BOX: np.array([[0.1, 0.0, 0.9, 1.0]], dtype=np.float32),
@@ -573,3 +577,52 @@ def test_exif_orientation_is_none_when_exif_is_malformed() -> None:
     assert exif_orientation(good) == 6
     for bad in (b"Exif\x00\x00", good[:12], good[:6] + b"XX" + good[8:], good[:-8], b"JFIF" + good[4:]):
         assert exif_orientation(bad) is None
+
+
+@pytest.mark.parametrize(
+    ("pattern", "relative", "expected"),
+    [
+        ("{patient}_{eye}", "P001_left", ("P001", "L", None)),
+        ("{patient}_{eye}", "P001_OD", ("P001", "R", None)),
+        ("{patient}_{eye}", "site/P002_r", ("P002", "R", None)),
+        ("{patient}_{eye}", "p00", None),  # no eye: a patient of its own
+        ("{patient}/{eye}", "P003/left", ("P003", "L", None)),
+        ("{study}/{patient}-{eye}-{*}", "2026-01/P004-OS-002", ("P004", "L", "2026-01")),
+        (r"(?P<patient>\d+)(?P<eye>[LR])", "0042L", ("0042", "L", None)),
+    ],
+)
+def test_filename_pattern_reads_patient_eye_and_study_when_path_matches(pattern, relative, expected) -> None:
+    from predilect.client.batch_inputs import FilenamePattern
+
+    assert FilenamePattern.parse(pattern).identity(relative) == expected
+
+
+@pytest.mark.parametrize(
+    ("pattern", "message"),
+    [
+        ("{patient}_{side}", "unknown placeholder {side}"),
+        ("{eye}", "names no patient"),
+        ("(?P<patient>[", "not a valid"),
+    ],
+)
+def test_filename_pattern_raises_naming_the_problem_when_unusable(pattern, message) -> None:
+    from predilect.client.batch_inputs import FilenamePattern, FilenamePatternError
+
+    with pytest.raises(FilenamePatternError, match=re.escape(message)):
+        FilenamePattern.parse(pattern)
+
+
+def test_local_identity_groups_two_eyes_of_one_patient_when_files_follow_default_pattern(tmp_path: Path) -> None:
+    from predilect.client.batch_inputs import DEFAULT_FILENAME_PATTERN, FilenamePattern, collect_entries, local_identity
+
+    for name in ("P001_left.jpg", "P001_right.jpg", "other.jpg"):
+        (tmp_path / name).write_bytes(b"x")
+    pattern = FilenamePattern.parse(DEFAULT_FILENAME_PATTERN)
+    found = {Path(e.key).name: local_identity(e, pattern) for e in collect_entries([tmp_path])}
+    assert (found["P001_left.jpg"].patient_id, found["P001_left.jpg"].eye) == ("P001", "L")
+    assert (found["P001_right.jpg"].patient_id, found["P001_right.jpg"].eye) == ("P001", "R")
+    assert (found["other.jpg"].patient_id, found["other.jpg"].eye, found["other.jpg"].source) == (
+        "other",
+        None,
+        "file name",
+    )

@@ -99,9 +99,11 @@ def test_configs_match_contract_when_assembled(split_repository: Path) -> None:
     from serving_fixtures import TINY_GRID as grid
 
     quality = (mc.TYPE_FP32, [1 + len(contract.QUALITY_REASONS)])
+    measures = (mc.TYPE_FP32, [len(contract.QUALITY_MEASURES)])
     assert _tensors(ensemble, "output") == {
         contract.PROBABILITIES: (mc.TYPE_FP32, [classes]),
         contract.QUALITY: quality,
+        contract.QUALITY_MEASURES_TENSOR: measures,
         contract.FINDINGS: (mc.TYPE_BOOL, [classes]),
         contract.REFERRAL: (mc.TYPE_INT32, [1]),
         contract.FIELD_BOX: (mc.TYPE_FP32, [4]),
@@ -110,6 +112,7 @@ def test_configs_match_contract_when_assembled(split_repository: Path) -> None:
     assert _tensors(loaded[contract.PREPROCESS_MODEL], "output") == {
         contract.PIXELS: (mc.TYPE_FP32, [3, size, size]),
         contract.QUALITY: quality,
+        contract.QUALITY_MEASURES_TENSOR: measures,
         contract.FIELD_BOX: (mc.TYPE_FP32, [4]),
     }
     assert loaded[contract.PREPROCESS_MODEL].input[0].allow_ragged_batch

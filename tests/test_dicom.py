@@ -184,7 +184,10 @@ def test_structured_report_references_source_and_names_model_when_read_back(
     assert numbers.pop("quality_score") == pytest.approx(result.quality.score, abs=1e-6)
     assert result.probabilities is not None and list(numbers) == list(result.probabilities)
     np.testing.assert_allclose(list(numbers.values()), list(result.probabilities.values()), rtol=0, atol=1e-6)
-    codes = [i for i in items if i.ValueType == "CODE"]
+    (laterality,) = [i for i in items if i.ConceptNameCodeSequence[0].CodeMeaning == "Laterality"]
+    assert laterality.RelationshipType == "HAS CONCEPT MOD" and laterality.ConceptCodeSequence[0].CodeMeaning == "Right"
+    assert report.SpecificCharacterSet == "ISO_IR 192"
+    codes = [i for i in items if i.ValueType == "CODE" and i is not laterality]
     assert [_code(i.ConceptCodeSequence[0]) for i in codes] == result.positive
     for finding in codes:  # each finding's heatmap peak, in source pixels, selected from the source image
         (scoord,) = finding.ContentSequence

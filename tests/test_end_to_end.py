@@ -12,6 +12,7 @@ from predilect.manifest import read_manifest
 from predilect.models.checkpoint import load_checkpoint
 from predilect.models.inference import predict_proba
 from predilect.preprocess.pixels import load_fundus_pixels
+from predilect.training.phantom.cameras import PROFILES
 
 
 @pytest.fixture(scope="module")
@@ -54,13 +55,15 @@ def test_served_quality_equals_quality_on_224_px_square_when_model_input_is_64_p
     assert meta.preprocess.size == 64 and meta.preprocess.quality_size == 224
     payloads = [r.path.read_bytes() for r in heldout[:6]]
     at_224 = dataclasses.replace(meta.preprocess, size=meta.preprocess.quality_size)
+    done = Preprocessor(at_224, num_threads=1).run(payloads)
     expected = quality.assess_pixels(
-        Preprocessor(at_224, num_threads=1).run(payloads).pixels_or_raise(),
+        done.pixels_or_raise(),
         quality.default_quality_cfg(),
         mean=at_224.mean,
         std=at_224.std,
         fov_threshold=at_224.fov_threshold,
-    )
+        frames=quality.frames_of(at_224.quality_size, done.boxes, done.frames),
+    ).quality
     client = grpcclient.InferenceServerClient(pipeline_server.grpc_url)
     for payload, row in zip(payloads, expected, strict=True):
         data = np.frombuffer(payload, dtype=np.uint8)[None, :]
@@ -89,11 +92,13 @@ def test_demo_cli_screens_heldout_when_run_small(tmp_path, capsys):
             "--workdir",
             str(tmp_path),
             "--count",
-            "24",
+            "48",
             "--oct-count",
             "12",
-            "--size",
-            "640x480",
+            "--max-side",
+            "320",
+            "--render-height",
+            "160",
             "--epochs",
             "1",
             "--concurrency",
@@ -107,6 +112,11 @@ def test_demo_cli_screens_heldout_when_run_small(tmp_path, capsys):
     assert "served macro AUROC" in out and "images/s" in out and "server stopped" in out
     summary = json.loads((tmp_path / "demo_summary.json").read_text())
     assert summary["images"] == len((tmp_path / "results.jsonl").read_text().splitlines())
+    # Every camera of the zoo reports, seen and held out, each on the same test eyes.
+    cameras = {row["camera"]: row for row in summary["cameras"]}
+    assert set(cameras) == set(PROFILES) and len({row["images"] for row in cameras.values()}) == 1
+    assert {row["split"] for row in cameras.values()} == {"seen", "held_out"} and "per camera" in out
     # Clean phantom photographs at the demo's 128-px input: a gradability measure that drifts with
     # the input size once called every one of them ungradable.
-    assert summary["ungradable"] < summary["images"] / 2
+    seen = [row for row in cameras.values() if row["split"] == "seen" and row["capture"] == "colour"]
+    assert sum(row["gradable"] for row in seen) > sum(row["images"] for row in seen) / 2

@@ -1,6 +1,7 @@
 """`predilect evaluate`: the served model's report, lesion localisation, zero-shot categories."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -46,16 +47,39 @@ def test_localisation_scores_attention_on_lesions_against_uniform_chance_when_pe
     assert localisation(peaked, np.zeros((1, 1)), records, {path: entry}, ["dme"]) == {}  # negatives not scored
 
 
-def test_evaluate_cli_writes_report_plots_and_json_when_given_checkpoint(pipeline, tmp_path, capsys):
+def test_evaluate_cli_writes_report_plots_and_json_when_given_checkpoint(pipeline, tmp_path, capsys, monkeypatch):
+    from matplotlib.figure import Figure
+
+    figures: dict[str, Figure] = {}
+    save = Figure.savefig
+
+    def keep(self, fname, *args, **kwargs):  # each plot's figure, to read its axes and legends
+        figures[Path(fname).name] = self
+        return save(self, fname, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", keep)
     out = tmp_path / "eval"
-    argv = ["--checkpoint", str(pipeline.checkpoint), "--manifest", str(pipeline.manifest), "--out", str(out)]
+    argv = ["--checkpoint", str(pipeline.checkpoint.parent), "--out", str(out)]  # the run folder, its own data
     assert evaluate_main([*argv, "--resamples", "50", "--in-memory"]) == 0
     printed = capsys.readouterr().out
+    assert "the run's own data: " in printed and Path(printed.split("the run's own data: ")[1].split()[0]).samefile(
+        pipeline.manifest
+    )
     assert "test macro AUROC" in printed and "report" in printed
     report = (out / "report.md").read_text()
     assert "| class | positives | AUROC [95% CI]" in report and "Attention vs drawn lesions" in report
+    assert "Training: stage finetune, sites matrix tune, started from `" in report
+    assert "{" not in report and '"stage"' not in report, "no raw JSON in the report"
     for png in ("roc.png", "reliability.png", "sites.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        figure = figures[png]
+        plots = [ax for ax in figure.axes if ax.get_label() != "<colorbar>"]
+        assert all(ax.get_xlabel() or ax.get_xticks().size == 0 for ax in plots[-1:]), f"{png}: x axis unlabelled"
+        assert any(ax.get_ylabel() for ax in plots), f"{png}: y axis unlabelled"
+        assert any(ax.get_legend() for ax in plots) or figure.legends, f"{png} has no legend"
+    sites = figures["sites.png"]
+    bars = [ax for ax in sites.axes if ax.get_label() == "<colorbar>"]
+    assert bars and all(bar.get_ylabel() for bar in bars), "sites.png: every colour scale says what it is"
     data = json.loads((out / "evaluation.json").read_text())
     assert data["macro_auroc"]["low"] <= data["macro_auroc"]["value"] <= data["macro_auroc"]["high"]
     assert "all" in data["localisation"] and data["target_specificity"] == 0.9

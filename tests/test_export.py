@@ -79,8 +79,8 @@ def test_export_parity_within_1e4_when_run_under_onnxruntime(checkpoint, tmp_pat
 
 
 def test_export_cli_exits_zero_when_parity_holds(checkpoint, tmp_path, capsys):
-    assert export_main(["--checkpoint", str(checkpoint), "--out", str(tmp_path / "m.onnx")]) == 0
-    assert "OK" in capsys.readouterr().out
+    assert export_main(["--checkpoint", str(checkpoint.parent), "--out", str(tmp_path / "onnx")]) == 0
+    assert "OK" in capsys.readouterr().out and (tmp_path / "onnx" / "model.onnx").is_file()
 
 
 def test_export_serves_evidence_map_when_model_heatmap_is_evidence(tmp_path):

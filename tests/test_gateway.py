@@ -99,6 +99,32 @@ class SrReceiver:
         self._server.shutdown()
 
 
+IDLE_PEER = "127.0.0.2"  # another host on the network, as far as the gateway can tell (loopback is 127/8)
+
+
+def _connect_from(source: str, port: int):
+    import socket
+
+    return socket.create_connection(("127.0.0.1", port), timeout=30, source_address=(source, 0))
+
+
+def _pynetdicom_store(port: int, dataset, *, calling_aet: str = "STORESCU") -> int | None:
+    """C-STORE ``dataset`` with pynetdicom as the sender; the status, or None if the association failed."""
+    from pynetdicom import AE
+
+    ae = AE(ae_title=calling_aet)
+    ae.acse_timeout = ae.network_timeout = 30
+    ae.add_requested_context(dataset.SOPClassUID, dataset.file_meta.TransferSyntaxUID)
+    assoc = ae.associate("127.0.0.1", port, ae_title="PREDILECT")
+    if not assoc.is_established:
+        return None
+    try:
+        status = assoc.send_c_store(dataset)
+        return int(status.Status) if status is not None and "Status" in status else None
+    finally:
+        assoc.release()
+
+
 def _config(tmp_path: Path, **overrides) -> GatewayConfig:
     options = dict(
         incoming_dir=tmp_path / "incoming",
@@ -386,7 +412,6 @@ def test_gateway_keeps_one_result_and_its_sr_when_instance_is_sent_again(
 def test_gateway_accepts_sender_at_once_when_ten_idle_connections_are_open(
     triton_server: TritonServer, fundus_jpeg, dicom_from_jpeg, tmp_path: Path
 ) -> None:
-    import socket
     import time
 
     jpeg = tmp_path / "eye.jpg"
@@ -394,7 +419,7 @@ def test_gateway_accepts_sender_at_once_when_ten_idle_connections_are_open(
     path = dicom_from_jpeg(jpeg, tmp_path / "eye.dcm")
     config = _config(tmp_path)
     with ScreeningClient(triton_server.grpc_url, timeout_s=60) as client, DicomGateway(client, config) as gateway:
-        idle = [socket.create_connection(("127.0.0.1", gateway.port)) for _ in range(10)]
+        idle = [_connect_from(IDLE_PEER, gateway.port) for _ in range(10)]
         try:
             started = time.monotonic()
             sent = _storescu(gateway.port, [path])
@@ -434,7 +459,6 @@ def _tls_store(port: int, path: Path, tls_files: dict[str, Path], *, client_cert
 def test_gateway_stores_over_dicom_tls_only_from_certified_senders_when_tls_is_on(
     triton_server: TritonServer, fundus_jpeg, dicom_from_jpeg, tls_files: dict[str, Path], tmp_path: Path
 ) -> None:
-    import socket
 
     from predilect.dicom.gateway import DicomTls
 
@@ -444,7 +468,7 @@ def test_gateway_stores_over_dicom_tls_only_from_certified_senders_when_tls_is_o
     tls = DicomTls(tls_files["server"], tls_files["server_key"], client_ca_path=tls_files["ca"])
     config = _config(tmp_path, tls=tls)
     with ScreeningClient(triton_server.grpc_url, timeout_s=60) as client, DicomGateway(client, config) as gateway:
-        idle = [socket.create_connection(("127.0.0.1", gateway.port)) for _ in range(10)]  # never handshake
+        idle = [_connect_from(IDLE_PEER, gateway.port) for _ in range(10)]  # never handshake
         try:
             assert _tls_store(gateway.port, path, tls_files, client_cert=True) == 0
             assert _tls_store(gateway.port, path, tls_files, client_cert=False) is None, "no client certificate"
@@ -521,3 +545,156 @@ def test_gateway_cli_records_every_instance_exactly_once_when_killed_and_restart
         _, stderr = second.communicate(timeout=60)
     assert second.returncode == 0, stderr
     assert sorted(recorded()) == uids, "every instance exactly once"
+
+
+def test_gateway_answers_others_at_once_when_a_host_floods_it_with_slow_handshakes(
+    triton_server: TritonServer, fundus_jpeg, dicom_from_jpeg, tmp_path: Path
+) -> None:
+    import time
+
+    jpeg = tmp_path / "eye.jpg"
+    jpeg.write_bytes(fundus_jpeg(81))
+    path = dicom_from_jpeg(jpeg, tmp_path / "eye.dcm")
+    config = _config(tmp_path, handshake_timeout_s=3.0)
+    with ScreeningClient(triton_server.grpc_url, timeout_s=60) as client, DicomGateway(client, config) as gateway:
+        # 40 connections each sending an A-ASSOCIATE-RQ header, then one byte a second: never a whole request.
+        slow = [_connect_from(IDLE_PEER, gateway.port) for _ in range(40)]
+        stop = threading.Event()
+
+        def trickle() -> None:
+            for s in slow:
+                s.sendall(b"\x01\x00\x00\x00\x01\x00")  # A-ASSOCIATE-RQ, 256 bytes to follow
+            for _ in range(20):  # bounded: 20 s at most
+                if stop.wait(1.0):
+                    return
+                for s in slow:
+                    try:
+                        s.sendall(b"\x00")
+                    except OSError:
+                        continue  # the gateway closed it
+
+        trickler = threading.Thread(target=trickle)
+        trickler.start()
+        try:
+            time.sleep(0.5)
+            started = time.monotonic()
+            sent = _storescu(gateway.port, [path])
+            elapsed = time.monotonic() - started
+            time.sleep(config.handshake_timeout_s + 2.0)
+            closed = 0
+            for s in slow:
+                s.settimeout(0.5)
+                try:
+                    closed += s.recv(1) == b""
+                except ConnectionResetError:
+                    closed += 1
+                except TimeoutError:
+                    pass
+        finally:
+            stop.set()
+            trickler.join()
+            for s in slow:
+                s.close()
+        assert sent.returncode == 0, sent.stderr
+        assert elapsed < config.acse_timeout_s, f"a legitimate sender waited {elapsed:.1f} s"
+        assert closed == len(slow), f"{len(slow) - closed} slow handshakes still held a slot"
+        assert gateway.wait_idle(timeout_s=60)
+    assert len(_records(config)) == 1
+
+
+def test_gateway_refuses_and_logs_other_instance_under_used_uid_and_keeps_first_when_uid_is_reused(
+    triton_server: TritonServer, fundus_jpeg, dicom_from_jpeg, tmp_path: Path, caplog
+) -> None:
+    import logging
+
+    from predilect.dicom.gateway import STATUS_DUPLICATE_SOP_INSTANCE, uid_hash
+
+    uid = "1.2.826.0.1.3680043.10.999.1"
+    first, second = tmp_path / "black.jpg", tmp_path / "eye.jpg"
+    first.write_bytes(fundus_jpeg(82, size=(512, 384)))
+    second.write_bytes(fundus_jpeg(83))
+    keys = {"SOPInstanceUID": uid, "PatientName": NAME, "PatientID": PATIENT_ID}
+    datasets = [pydicom.dcmread(dicom_from_jpeg(j, tmp_path / f"{j.stem}.dcm", keys=keys)) for j in (first, second)]
+    config = _config(tmp_path)
+    caplog.set_level(logging.INFO, logger="predilect.dicom.gateway")
+    with ScreeningClient(triton_server.grpc_url, timeout_s=60) as client, DicomGateway(client, config) as gateway:
+        assert _pynetdicom_store(gateway.port, datasets[0]) == 0x0000
+        assert gateway.wait_idle(timeout_s=60)
+        assert _pynetdicom_store(gateway.port, datasets[1]) == STATUS_DUPLICATE_SOP_INSTANCE
+        assert _pynetdicom_store(gateway.port, datasets[0]) == 0x0000, "the same instance again is acknowledged"
+        assert gateway.wait_idle(timeout_s=60)
+    (record,) = _records(config)
+    assert record["sop_instance_uid"] == uid
+    kept = pydicom.dcmread(config.incoming_dir / f"{uid}.dcm")
+    assert kept.PixelData == datasets[0].PixelData, "the first instance keeps the UID"
+    log = caplog.text
+    assert f"uid={uid_hash(uid)}" in log and "aet=STORESCU" in log
+    assert "a different instance under a SOP Instance UID already received" in log
+    assert "screened uid=" in log and "outcome=" in log
+    assert NAME not in log and PATIENT_ID not in log and uid not in log
+
+
+def test_gateway_stores_one_file_and_one_result_when_one_uid_is_stored_twelve_times_at_once(
+    triton_server: TritonServer, fundus_jpeg, dicom_from_jpeg, tmp_path: Path
+) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    jpeg = tmp_path / "eye.jpg"
+    jpeg.write_bytes(fundus_jpeg(84))
+    dataset = pydicom.dcmread(dicom_from_jpeg(jpeg, tmp_path / "eye.dcm"))
+    config = _config(tmp_path, max_associations_per_peer=16)
+    with ScreeningClient(triton_server.grpc_url, timeout_s=60) as client, DicomGateway(client, config) as gateway:
+        with ThreadPoolExecutor(12) as pool:
+            statuses = list(pool.map(lambda _: _pynetdicom_store(gateway.port, dataset), range(12)))
+        assert gateway.wait_idle(timeout_s=60)
+    assert statuses == [0x0000] * 12
+    assert len(_records(config)) == 1
+    stored = sorted(p.name for p in config.incoming_dir.iterdir())
+    assert stored == [f"{dataset.SOPInstanceUID}.dcm"], stored
+    assert pydicom.dcmread(config.incoming_dir / stored[0]).PixelData == dataset.PixelData
+
+
+def test_gateway_refuses_wrong_called_aet_and_oversized_instance_and_logs_why_when_sent(
+    triton_server: TritonServer, fundus_jpeg, dicom_from_jpeg, tmp_path: Path, caplog
+) -> None:
+    import logging
+
+    jpeg = tmp_path / "eye.jpg"
+    jpeg.write_bytes(fundus_jpeg(85))
+    path = dicom_from_jpeg(jpeg, tmp_path / "eye.dcm")
+    config = _config(tmp_path, max_instance_bytes=path.stat().st_size // 2)
+    caplog.set_level(logging.INFO, logger="predilect.dicom.gateway")
+    with ScreeningClient(triton_server.grpc_url, timeout_s=60) as client, DicomGateway(client, config) as gateway:
+        wrong = subprocess.run(
+            [
+                "storescu",
+                "-xy",
+                "-R",
+                "-aet",
+                "STORESCU",
+                "-aec",
+                "ELSEWHERE",
+                "127.0.0.1",
+                str(gateway.port),
+                str(path),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert wrong.returncode != 0
+        assert _pynetdicom_store(gateway.port, pydicom.dcmread(path)) == 0xA700
+        assert _storescu(gateway.port, [path], calling_aet="INTRUDER").returncode != 0
+        assert gateway.wait_idle(timeout_s=30)
+    assert _records(config) == [] and not list(config.incoming_dir.glob("*.dcm"))
+    log = caplog.text
+    assert "called AE title 'ELSEWHERE' is not this gateway's ('PREDILECT')" in log
+    assert "instance limit" in log and "calling AE 'INTRUDER' is not allowed" in log
+
+
+def test_valid_uid_refuses_dots_and_malformed_uids_when_checked() -> None:
+    from predilect.dicom.gateway import valid_uid
+
+    assert valid_uid("1.2.840.10008.5.1.4.1.1.77.1.5.1") and valid_uid("0.1")
+    for bad in (".", "..", "", "1..2", ".1", "1.", "1.02", "1.2a", "1/2", "1." + "2" * 63):
+        assert not valid_uid(bad), bad

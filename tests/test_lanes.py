@@ -70,6 +70,8 @@ def test_lanes_mark_every_test_by_its_fixtures_when_collected(collected: dict[st
     bench = sorted(t["id"] for t in tests if "bench" in t["lanes"])
     assert bench == [
         "tests/test_bench.py::test_bench_writes_report_with_plots_when_run_quick[every-stack]",
+        "tests/test_front.py::test_front_answers_every_call_of_plain_tritonclient_without_retries_when_channel_is_long_lived[5200-calls]",
+        "tests/test_perf_analyzer.py::test_perf_analyzer_completes_without_errors_when_run_through_the_front[c1-16-30s]",
         "tests/test_training.py::test_train_learns_held_out_diseases_when_both_stages_run_on_small_phantom[full]",
     ]
     short = {t["id"]: t["lanes"] for t in tests if t["id"].endswith(("run_quick[triton]", "small_phantom[short]"))}

@@ -115,8 +115,8 @@ def test_operating_points_cli_writes_thresholds_and_report_when_manifest_has_val
     from predilect.build.operating_points_cli import main
     from predilect.models.checkpoint import read_meta
 
-    out, report = tmp_path / "tuned.safetensors", tmp_path / "points.md"
-    argv = ["--checkpoint", str(checkpoint), "--manifest", str(phantom_manifest), "--out", str(out)]
+    out, report = tmp_path / "tuned" / checkpoint.name, tmp_path / "points.md"
+    argv = ["--checkpoint", str(checkpoint), "--manifest", str(phantom_manifest), "--out", str(out.parent)]
     assert main([*argv, "--report", str(report), "--target-sensitivity", "0.8"]) == 0
     data = json.loads(report.with_suffix(".json").read_text())
     chosen = {p["disease"]: p["threshold"] for p in data["points"]}

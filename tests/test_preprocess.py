@@ -194,3 +194,29 @@ def test_decoder_table_names_a_backend_module_when_a_decoder_is_allowed() -> Non
 
     assert set(BACKEND_MODULES) == set(DECODERS)
     assert all(importlib.util.find_spec(module) is not None for module in BACKEND_MODULES.values())
+
+
+def test_pixel_budget_never_holds_more_than_its_capacity_when_threads_contend() -> None:
+    import threading
+    import time
+
+    from predilect.preprocess.budget import PixelBudget
+
+    budget = PixelBudget(100)
+    held, lock, most = [0], threading.Lock(), [0]
+
+    def decode(pixels: int) -> None:
+        with budget.hold(pixels):  # a frame over the capacity holds all of it
+            with lock:
+                held[0] += min(pixels, 100)
+                most[0] = max(most[0], held[0])
+            time.sleep(0.01)
+            with lock:
+                held[0] -= min(pixels, 100)
+
+    threads = [threading.Thread(target=decode, args=(p,)) for p in [60, 30, 250, 40, 10, 90] * 4]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert most[0] <= 100, f"{most[0]} pixels held at once, over the capacity"

@@ -28,8 +28,30 @@ def _jpeg(image) -> bytes:
     return buffer.getvalue()
 
 
+def _clean_rows(rng: np.random.Generator, count: int) -> np.ndarray:
+    """Synthetic measures of clean photographs: every measure near 1, but the defined ones where photographs lie."""
+    rows = rng.normal(1.0, 0.05, size=(count, len(quality.MEASURES))).clip(0.01)
+    for name, value in {"field_px": 800.0, "chroma": 0.5, "masked": 1.0}.items():
+        rows[:, quality.MEASURES.index(name)] = value
+    rows[:, quality.MEASURES.index("field_offset")] = rng.uniform(0.0, 0.02, count)
+    rows[:, quality.MEASURES.index("redness")] = rng.uniform(0.45, 0.6, count)
+    return rows
+
+
+def _measured(payloads: list[bytes]) -> np.ndarray:
+    """The measures of encoded photographs as served: their squares, and where each frame lies on its square."""
+    done = Preprocessor(CFG, max_batch_size=8).run(payloads, quality=True)
+    assert done.errors == [None] * len(payloads)
+    frames = quality.frames_of(CFG.quality_size, done.boxes, done.frames)
+    return quality.measure(quality.planes_from_pixels(done.pixels, CFG.mean, CFG.std), frames=frames)
+
+
 def _grade(payloads: list[bytes]) -> quality.Grade:
-    return quality.grade(quality.measure(_planes(payloads)), quality.default_quality_cfg())
+    return quality.grade(_measured(payloads), quality.default_quality_cfg())
+
+
+def _reasons(grade: quality.Grade) -> list[list[str]]:
+    return [QualityReport.from_row(row).reasons for row in grade.tensor()]
 
 
 def test_planes_from_pixels_recovers_uint8_square_exactly_when_tensor_made_by_preprocessing(fundus_jpeg) -> None:
@@ -76,14 +98,17 @@ def test_grade_flags_expected_reason_when_photograph_clearly_degraded(fundus_jpe
 def test_grade_agrees_flags_and_score_when_measures_vary() -> None:
     rng = np.random.default_rng(0)
     cfg = quality.default_quality_cfg()
-    base = np.array([cfg.thresholds[m] for m in quality.MEASURES])
+    base = np.array([cfg.thresholds.get(m, 1.0) for m in quality.MEASURES])
     measures = base[None, :] * rng.uniform(0.3, 3.0, size=(500, len(quality.MEASURES)))
+    measures[:, quality.MEASURES.index("masked")] = rng.integers(0, 2, 500)
     grade = quality.grade(measures, cfg)
     np.testing.assert_array_equal(grade.gradable, grade.score > 0.5)
     tensor = grade.tensor()
     assert tensor.shape == (500, 1 + len(contract.QUALITY_REASONS)) and tensor.dtype == np.float32
-    wrong_type = grade.flags[:, contract.QUALITY_REASONS.index("wrong_image_type")]
-    assert (grade.flags[wrong_type].sum(axis=1) == 1).all(), "the wrong image type stands alone"
+    alone = grade.flags[:, contract.QUALITY_REASONS.index("wrong_image_type")]
+    assert alone.any() and (grade.flags[alone].sum(axis=1) == 1).all(), "the wrong image type stands alone"
+    for reason in ("monochrome", "too_small"):
+        assert grade.flags[:, contract.QUALITY_REASONS.index(reason)].any()
 
 
 def test_quality_cfg_raises_naming_measures_when_thresholds_incomplete_or_not_finite() -> None:
@@ -118,10 +143,9 @@ def test_calibrate_places_threshold_between_clean_and_degraded_tails_when_separa
     from predilect.training.gradability import Measured, calibrate, evaluate
 
     rng = np.random.default_rng(1)
-    clean = rng.normal(1.0, 0.05, size=(200, len(quality.MEASURES))).clip(0.01)
-    clean[:, quality.MEASURES.index("redness")] = rng.uniform(0.45, 0.6, 200)
+    clean = _clean_rows(rng, 200)
     blurred = clean[:60].copy()
-    blurred[:, quality.MEASURES.index("sharpness")] *= 0.5
+    blurred[:, quality.MEASURES.index("blur")] *= 2.0
     kinds = ["none"] * 200 + ["blur"] * 60
     measured = Measured(
         kinds=kinds,
@@ -132,8 +156,8 @@ def test_calibrate_places_threshold_between_clean_and_degraded_tails_when_separa
         refused=np.zeros(260, dtype=bool),
     )
     cfg = calibrate(measured, clean_quantile=0.995)
-    sharp = clean[:, quality.MEASURES.index("sharpness")]
-    assert blurred[:, 0].max() < cfg.thresholds["sharpness"] < np.quantile(sharp, 0.005)
+    sharp = clean[:, quality.MEASURES.index("blur")]
+    assert np.quantile(sharp, 0.995) < cfg.thresholds["blur"] < blurred[:, quality.MEASURES.index("blur")].min()
     result = evaluate(measured, cfg)
     assert result.flagged["blur"].rate == 1.0 and result.clean_pass.rate >= 0.95
     assert result.expected_reason["blur"].rate == 1.0
@@ -149,8 +173,9 @@ def test_assess_pixels_returns_one_quality_row_per_image_when_batched(
     single = quality.assess_pixels(
         pixels[1:], quality.default_quality_cfg(), mean=CFG.mean, std=CFG.std, fov_threshold=CFG.fov_threshold
     )
-    assert rows.shape == (2, 1 + len(contract.QUALITY_REASONS))
-    np.testing.assert_array_equal(rows[1:], single, err_msg="a row does not depend on its batch")
+    assert rows.quality.shape == (2, 1 + len(contract.QUALITY_REASONS))
+    assert rows.measures.shape == (2, len(contract.QUALITY_MEASURES))
+    np.testing.assert_array_equal(rows.quality[1:], single.quality, err_msg="a row does not depend on its batch")
 
 
 def _paint_spots(
@@ -205,15 +230,15 @@ def test_measure_ignores_vignetting_when_the_field_darkens_smoothly_towards_the_
     assert (_dust(vignetted) < quality.default_quality_cfg().thresholds["dust"]).all()
 
 
-def test_measure_brightness_follows_exposure_when_only_green_and_blue_change(fundus_jpeg) -> None:
+def test_measure_exposure_follows_exposure_when_only_green_and_blue_change(fundus_jpeg) -> None:
     clean = _planes([fundus_jpeg(1)])
-    column = quality.MEASURES.index("brightness")
+    column = quality.MEASURES.index("exposure")
     pigmented = clean.copy()
     pigmented[:, 1:] = (pigmented[:, 1:] * 0.7).astype(np.uint8)  # darker pigment: green and blue only
     dim = (clean * 0.35).astype(np.uint8)  # every channel: from a bright photograph to below any clean one
-    brightness = quality.measure(np.concatenate([clean, pigmented, dim]))[:, column]
-    assert brightness[1] == brightness[0]
-    assert brightness[2] < quality.default_quality_cfg().thresholds["brightness"] < brightness[0]
+    exposure = quality.measure(np.concatenate([clean, pigmented, dim]))[:, column]
+    assert exposure[1] == exposure[0]
+    assert exposure[2] < quality.default_quality_cfg().thresholds["exposure"] < exposure[0]
 
 
 def test_measure_rows_do_not_depend_on_the_batch_when_images_are_mixed(fundus_jpeg) -> None:
@@ -230,10 +255,9 @@ def test_report_shows_where_the_measure_lies_when_a_kind_misses_its_target() -> 
     from predilect.training.gradability import Measured, calibrate, evaluate, report_markdown
 
     rng = np.random.default_rng(2)
-    clean = rng.normal(1.0, 0.05, size=(200, len(quality.MEASURES))).clip(0.01)
-    clean[:, quality.MEASURES.index("redness")] = rng.uniform(0.45, 0.6, 200)
+    clean = _clean_rows(rng, 200)
     blurred = clean[:40].copy()
-    blurred[:20, quality.MEASURES.index("sharpness")] *= 0.5  # strength 1: clearly blurred
+    blurred[:20, quality.MEASURES.index("blur")] *= 2.0  # strength 1: clearly blurred
     measured = Measured(
         kinds=["none"] * 200 + ["blur"] * 40,
         strengths=[0.0] * 200 + [1.0] * 20 + [0.25] * 20,  # strength 0.25 left as sharp as the clean images
@@ -244,7 +268,7 @@ def test_report_shows_where_the_measure_lies_when_a_kind_misses_its_target() -> 
     )
     cfg = calibrate(measured)
     result = evaluate(measured, cfg)
-    spread = result.spread["sharpness"]
+    spread = result.spread["blur"]
     assert {"clean", "clean a", "clean b", "blur 0.25", "blur 1.00"} <= set(spread)
     low_cost = spread["blur 0.25"].clean_cost
     assert spread["blur 1.00"].failing == 1.0 and spread["blur 0.25"].failing < 0.2
@@ -252,7 +276,7 @@ def test_report_shows_where_the_measure_lies_when_a_kind_misses_its_target() -> 
     assert spread["blur 1.00"].clean_cost == 0.0 and low_cost is not None and low_cost > 0.5, "inseparable"
     assert spread["clean a"].clean_cost is None
     text = report_markdown(result, result, cfg, header=["# t"])
-    assert "Where `sharpness` lies" in text and "Where `dust` lies" not in text
+    assert "Where `blur` lies for check `blur`" in text and "Where `dust` lies" not in text
 
 
 @pytest.mark.parametrize("size", [32, 33, 57, 224])
@@ -267,7 +291,7 @@ def test_measure_returns_finite_rows_when_square_is_black_white_or_noise(size: i
     )
     rows = quality.measure(squares)
     assert rows.shape == (3, len(quality.MEASURES)) and np.isfinite(rows).all()
-    assert rows[0, quality.MEASURES.index("dust")] == 0.0 and rows[0, quality.MEASURES.index("brightness")] == 0.0
+    assert rows[0, quality.MEASURES.index("dust")] == 0.0 and rows[0, quality.MEASURES.index("exposure")] == 0.0
 
 
 @pytest.mark.parametrize("size", [128, 224])

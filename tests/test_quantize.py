@@ -56,7 +56,7 @@ def test_quantize_refuses_and_writes_nothing_when_past_tolerance(pipeline, tmp_p
 def test_quantize_cli_exits_two_when_gate_refuses(pipeline, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     from predilect.build.quantize_cli import main
 
-    argv = ["--onnx", str(pipeline.onnx), "--manifest", str(pipeline.manifest), "--out", str(tmp_path / "m.onnx")]
+    argv = ["--onnx", str(pipeline.onnx), "--manifest", str(pipeline.manifest), "--out", str(tmp_path / "int8")]
     assert main([*argv, "--calibration-images", "8", "--max-abs-dp", "1e-9"]) == 2
     assert "REFUSED" in capsys.readouterr().err
 

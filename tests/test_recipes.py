@@ -16,7 +16,8 @@ from predilect.training.train import runs
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "training" / "examples" / "run.toml"
 
-# What `predilect demo` passed as --set overrides before its recipe became a file (seed 0, default epochs).
+# What `predilect demo` passed as --set overrides before its recipe became a file (seed 0, default epochs),
+# and the acquisition-shift policy the recipe has trained with since.
 FORMER_DEMO_COMMON = [
     "loop.seed=0",
     "data.preprocess.size=128",
@@ -26,6 +27,7 @@ FORMER_DEMO_COMMON = [
     "loop.lr=0.002",
     "pretrain.in_memory=true",
     "finetune.in_memory=true",
+    "data.augment.acquisition.enabled=true",  # added with the acquisition-shift policy
 ]
 FORMER_DEMO_STAGE = ["loop.epochs=24"]
 
@@ -93,8 +95,8 @@ def test_load_config_raises_config_error_when_a_two_stage_file_or_override_is_wr
 def test_example_run_config_loads_for_both_stages_with_paths_beside_it_when_given():
     first = load_config(EXAMPLE, cls=PretrainRun)
     second = load_config(EXAMPLE, cls=FinetuneRun)
-    assert first.data.manifest == EXAMPLE.parent / "../../data/odir.csv"
-    assert first.data.oct_manifest == EXAMPLE.parent / "../../data/multieye_oct.csv"
+    assert first.data.manifest == (EXAMPLE.parent / "../../data/odir/manifest.csv").resolve()
+    assert first.data.oct_manifest == (EXAMPLE.parent / "../../data/multieye_oct/manifest.csv").resolve()
     assert (first.loop.epochs, first.loop.lr, first.data.sampling) == (20, 3e-4, "balanced")
     assert first.pretrain.matrix == "learn" and second.finetune.matrix == "tune"
     assert second.model.backbone == "conv-local" and second.data.preprocess.size == 224

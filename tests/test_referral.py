@@ -130,6 +130,7 @@ def _config(params: dict[str, str], classes: int) -> SimpleNamespace:
         output=[
             tensor(contract.PROBABILITIES, classes),
             tensor(contract.QUALITY, 1 + len(contract.QUALITY_REASONS)),
+            tensor(contract.QUALITY_MEASURES_TENSOR, len(contract.QUALITY_MEASURES)),
             tensor(contract.FINDINGS, classes),
             tensor(contract.REFERRAL, 1),
             tensor(contract.FIELD_BOX, 4),

@@ -73,8 +73,28 @@ def test_save_config_writes_what_load_config_reads_back_when_round_tripped(tmp_p
     "text, overrides, message",
     [
         pytest.param(TOML, ["loop.lr=5"], r"loop: loop\.lr must lie in \(0, 1\)", id="out-of-range"),
-        pytest.param(TOML, ["loop.learning_rate=0.1"], r"loop\.learning_rate: Unexpected keyword", id="unknown-key"),
-        pytest.param(TOML, ["model.depth=3"], r"model: Extra inputs", id="unknown-section"),
+        pytest.param(
+            TOML,
+            ["loop.learning_rate=0.1"],
+            r"^--set loop\.learning_rate=0\.1: unknown config key 'loop\.learning_rate'; "
+            r"valid keys of \[loop\]: .*\blr\b",
+            id="unknown-key-blames-the-set",
+        ),
+        pytest.param(
+            TOML + "\nwarmup = 0.1\n",
+            [],
+            r"run\.toml: unknown config key 'loop\.warmup'; valid keys of \[loop\]: .*warmup_fraction",
+            id="unknown-key-blames-the-file",
+        ),
+        pytest.param(
+            TOML,
+            ["model.depth=3"],
+            r"^--set model\.depth=3: unknown config key 'model'; valid keys: data, loop$",
+            id="unknown-section",
+        ),
+        pytest.param(
+            TOML, ["loop.epochs=0"], r"^--set loop\.epochs=0: invalid config: loop: loop\.epochs", id="set-range"
+        ),
         pytest.param(TOML, ["data.sampling=random"], r"data\.sampling: must be one of", id="bad-choice"),
         pytest.param(TOML, ["loop.epochs=many"], r"loop\.epochs: Input should be a valid integer", id="bad-type"),
         pytest.param(TOML, ["loop"], r"section\.key=value", id="override-without-value"),

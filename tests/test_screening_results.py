@@ -21,6 +21,7 @@ from predilect.serving.server import TritonServer
 ALL = (
     contract.PROBABILITIES,
     contract.QUALITY,
+    contract.QUALITY_MEASURES_TENSOR,
     contract.FINDINGS,
     contract.REFERRAL,
     contract.FIELD_BOX,
@@ -63,9 +64,14 @@ def _expected(tiny_onnx: Path, payload: bytes) -> dict[str, np.ndarray]:
     from predilect.serving.backends.screening import Screening
 
     screening = Screening(RULES, cfg)
-    quality = screening.quality(pixels)
-    outputs = screening.decide(logits, quality, attention)
-    return {**outputs, contract.QUALITY: quality, contract.FIELD_BOX: np.asarray(boxes, np.float32)}
+    graded = screening.quality(pixels, boxes=boxes, frames=done.frames)
+    outputs = screening.decide(logits, graded.quality, attention)
+    return {
+        **outputs,
+        contract.QUALITY: graded.quality,
+        contract.QUALITY_MEASURES_TENSOR: graded.measures,
+        contract.FIELD_BOX: np.asarray(boxes, np.float32),
+    }
 
 
 @pytest.mark.parametrize("image", ["gradable", "ungradable"])

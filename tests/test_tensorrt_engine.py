@@ -13,33 +13,23 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 import pytest
-import torch
+from serving_fixtures import build_attention_onnx
 
 from predilect import contract
-from predilect.build.export import export_onnx, onnx_probabilities
+from predilect.build.export import onnx_probabilities
 from predilect.build.tensorrt import plugin
 from predilect.build.tensorrt.accuracy import AccuracyGateError, check_accuracy
 from predilect.build.tensorrt.onnx_rewrite import OP_TYPE, find_attention, rewrite
-from predilect.build.tensorrt.precision import cast_float, onnx_precision, quantize
+from predilect.build.tensorrt.precision import PRECISIONS, cast_float, onnx_precision, quantize, served_onnx
 from predilect.build.tensorrt.sidecar import EngineSidecar, TensorShapes, engine_key, read_sidecar, write_sidecar
 from predilect.catalog import DEFAULT_CATALOG
-from predilect.models.checkpoint import save_checkpoint
-from predilect.models.classifier import FundusClassifier, ModelCfg
-from predilect.preprocess import PreprocessCfg
 
 REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    model = FundusClassifier(
-        ModelCfg(num_diseases=len(DEFAULT_CATALOG), image_size=64, widths=(8, 16, 32), sites_per_disease=3)
-    ).eval()
-    folder = tmp_path_factory.mktemp("engine")
-    save_checkpoint(folder / "model.safetensors", model, preprocess=PreprocessCfg(size=64), catalog=DEFAULT_CATALOG)
-    export_onnx(folder / "model.safetensors", folder / "model.onnx")
-    return folder / "model.onnx"
+    return build_attention_onnx(tmp_path_factory.mktemp("attention"))
 
 
 def _pixels(n: int = 6, seed: int = 0) -> np.ndarray:
@@ -292,3 +282,37 @@ def test_tensorrt_onnx_serves_logits_only_when_export_has_attention(exported, us
     assert [o.name for o in parsed.graph.output] == [LOGITS]
     if not use_plugin:  # the plugin form names a custom op the checker cannot see
         onnx.checker.check_model(parsed)
+
+
+# ----------------------------------------------------------------------------- the rewrite, once per precision
+@pytest.mark.parametrize("use_plugin", [True, False], ids=["plugin", "no-plugin"])
+@pytest.mark.parametrize("precision", PRECISIONS)
+def test_network_onnx_has_attention_rewritten_once_when_stored_in_each_precision(
+    exported, precision: str, use_plugin: bool
+) -> None:
+    # What a GPU repository stores for each precision, then what the engine build parses from it.
+    from predilect.build.tensorrt.engine import EngineCfg, network_onnx
+
+    stored = served_onnx(onnx.load(str(exported)), precision, calibration_pixels=_pixels(16, seed=1))
+    assert onnx_precision(stored) == precision
+    parsed = network_onnx(onnx.load_from_string(stored.SerializeToString()), EngineCfg(use_plugin=use_plugin))
+    ops = [n.op_type for n in parsed.graph.node]
+    assert (ops.count(OP_TYPE), ops.count("Softmax")) == ((1, 0) if use_plugin else (0, 1))
+    assert [o.name for o in parsed.graph.output] == [contract.LOGITS]
+    if use_plugin:
+        (node,) = [n for n in parsed.graph.node if n.op_type == OP_TYPE]
+        assert {a.name for a in node.attribute} >= {"plugin_namespace", "aot"} and not parsed.functions
+    else:
+        onnx.checker.check_model(parsed, full_check=True)
+
+
+def test_assembled_fp16_repository_reaches_tensorrt_with_one_plugin_node_when_read_back(exported, tmp_path) -> None:
+    # The repository as the container entrypoint reads it (classifier/1/model.onnx + engine_build.json).
+    from predilect.build.tensorrt.engine import network_onnx
+    from predilect.build.tensorrt.repository_engine import engine_cfg
+    from predilect.serving.gpu_profile import GpuServingOptions, assemble_gpu
+
+    repo = assemble_gpu(exported, tmp_path / "repo", GpuServingOptions(precision="fp16"))
+    stored = onnx.load(str(repo / contract.CLASSIFIER_MODEL / contract.TRITON_VERSION / contract.ONNX_FILENAME))
+    parsed = network_onnx(stored, engine_cfg(repo))
+    assert [n.op_type for n in parsed.graph.node].count(OP_TYPE) == 1

@@ -102,8 +102,8 @@ def test_find_attention_raises_value_error_when_graph_has_no_attention():
 
 
 def test_onnx_rewrite_cli_writes_tensorrt_model_when_run(exported, tmp_path, capsys):
-    out = tmp_path / "trt.onnx"
-    assert main(["--onnx", str(exported), "--out", str(out), "--target", "tensorrt"]) == 0
+    out = tmp_path / "trt" / exported.name
+    assert main(["--onnx", str(exported), "--out", str(out.parent), "--target", "tensorrt"]) == 0
     assert _ops(onnx.load(str(out))).count(OP_TYPE) == 1
     assert OP_TYPE in capsys.readouterr().out
 

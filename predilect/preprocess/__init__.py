@@ -15,7 +15,8 @@ resized to ``quality_size`` (uint8 planes): the square the gradability step meas
 Modules: ``config`` (``PreprocessCfg``), ``result`` (``Preprocessed``, ``InvalidImageError``,
 field boxes), ``sniff`` (header checks), ``decoders`` (the interface, and one backend module per
 decoder: ``pil_draft`` via simplejpeg and Pillow, ``dali_cpu`` and ``dali_mixed`` via DALI),
-``dali`` (the DALI graph and the one pipeline factory every layout uses), ``runner``
+``field`` (the field of view measured on the host, which every DALI graph crops by), ``dali``
+(the DALI graph and the one pipeline factory every layout uses), ``runner``
 (``Preprocessor``), ``pixels`` (manifest records -> cached tensors).
 
 ``import predilect.preprocess`` needs NumPy only: the names below that live in modules with
@@ -28,7 +29,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from predilect.preprocess.config import DECODERS, INTERPOLATIONS, PreprocessCfg, dali_outputs
+from predilect.preprocess.config import DECODERS, INTERPOLATIONS, PreprocessCfg, dali_inputs, dali_outputs
 from predilect.preprocess.result import FieldBox, InvalidImageError, Preprocessed, field_box_in_frame, fov_error
 
 if TYPE_CHECKING:
@@ -52,6 +53,7 @@ __all__ = [
     "Preprocessed",
     "Preprocessor",
     "as_uint8",
+    "dali_inputs",
     "dali_outputs",
     "field_box_in_frame",
     "fov_error",

@@ -97,8 +97,14 @@ class PreprocessCfg:
         return cls(**data)
 
 
+def dali_inputs() -> tuple[str, ...]:
+    """The external sources of every DALI graph (``predilect.preprocess.dali.pipeline_definition``), in order:
+    IMAGE (the encoded bytes) and FOV_EXTENT (the field of view measured on the host,
+    ``predilect.preprocess.field``)."""
+    return (contract.IMAGE, contract.FOV_EXTENT)
+
+
 def dali_outputs(cfg: PreprocessCfg) -> tuple[str, ...]:
     """The tensors the DALI graph of ``cfg`` returns, in order (``predilect.preprocess.dali.fundus_graph``):
-    PIXELS, FOV_EXTENT, FRAME_EXTENT, and QUALITY_SQUARE when ``cfg.separate_quality_square``."""
-    names = (contract.PIXELS, contract.FOV_EXTENT, contract.FRAME_EXTENT)
-    return (*names, contract.QUALITY_SQUARE) if cfg.separate_quality_square else names
+    PIXELS, and QUALITY_SQUARE when ``cfg.separate_quality_square``."""
+    return (contract.PIXELS, contract.QUALITY_SQUARE) if cfg.separate_quality_square else (contract.PIXELS,)

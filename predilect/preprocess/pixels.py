@@ -3,6 +3,7 @@ through the OCT-only resize used by the teaching stage."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -49,6 +50,40 @@ def load_fundus_pixels(
         out[start : start + len(chunk)] = preprocessor.run([r.path.read_bytes() for r in chunk]).pixels_or_raise()
         if progress:
             progress(start + len(chunk), len(records))
+    if cache is not None:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_suffix(".tmp.npy")
+        np.save(tmp, out)
+        tmp.replace(cache)
+    return out
+
+
+def load_fundus_squares(
+    records: Sequence[Record],
+    cfg: PreprocessCfg,
+    *,
+    side: int,
+    cache_dir: Path | None = None,
+    batch_size: int = 32,
+    num_threads: int = 2,
+) -> np.ndarray:
+    """The field-of-view squares ``(N, side, side, 3)`` uint8 of ``records``: the decode and crop of
+    ``cfg``'s pipeline resized to ``side`` (``cfg`` with ``size=side``), before normalisation.
+
+    What the training augmentation re-photographs. Cached in ``cache_dir`` like ``load_fundus_pixels``.
+    """
+    from predilect.quality import planes_from_pixels  # exact inverse of the normalisation
+
+    square_cfg = dataclasses.replace(cfg, size=side)
+    cache = cache_dir / f"squares-{_cache_key(records, square_cfg)}.npy" if cache_dir else None
+    if cache is not None and cache.is_file():
+        return np.load(cache)
+    preprocessor = Preprocessor(square_cfg, max_batch_size=batch_size, num_threads=num_threads)
+    out = np.empty((len(records), side, side, 3), dtype=np.uint8)
+    for start in range(0, len(records), batch_size):
+        chunk = records[start : start + batch_size]
+        pixels = preprocessor.run([r.path.read_bytes() for r in chunk]).pixels_or_raise()
+        out[start : start + len(chunk)] = planes_from_pixels(pixels, cfg.mean, cfg.std).transpose(0, 2, 3, 1)
     if cache is not None:
         cache.parent.mkdir(parents=True, exist_ok=True)
         tmp = cache.with_suffix(".tmp.npy")

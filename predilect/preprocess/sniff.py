@@ -126,7 +126,10 @@ def inspect_image(data: np.ndarray, cfg: PreprocessCfg) -> ImageHeader:
             raise InvalidImageError(f"truncated PNG: no IEND chunk at the end of {data.size} bytes")
         header = _png_header(data)
     else:
-        raise InvalidImageError(f"not a JPEG or PNG image: payload of {data.size} bytes starts with {head[:8]!r}")
+        # The bytes themselves are never quoted: they may be anything (a file a symlink pointed at).
+        raise InvalidImageError(
+            f"not a JPEG or PNG image: a payload of {data.size} bytes with neither signature at its start"
+        )
     width, height = header.width, header.height
     if min(width, height) < cfg.min_side_px:
         raise InvalidImageError(f"image too small: {width}x{height}, need at least {cfg.min_side_px} px a side")

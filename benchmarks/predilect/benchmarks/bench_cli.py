@@ -10,6 +10,7 @@
     predilect bench http-body [options]     # does tritonserver survive an HTTP body of N MB?
     predilect bench heatmaps [options]      # HEATMAPS served vs not, asked vs not
     predilect bench localisation-variants   # which attention-derived heatmap peaks on the lesions
+    predilect bench cameras [options]       # served AUROC and gradable share per camera of the zoo, over seeds
 
 `serving`, one stack after the other on this machine, same images, same concurrency points:
 (a) the in-process bound (the served computation: decode, grade, ONNX Runtime, decide; no server); (c) the Triton
@@ -53,6 +54,7 @@ SUBCOMMANDS = {
     "http-body": "predilect.benchmarks.http_body_cli",
     "heatmaps": "predilect.benchmarks.heatmaps_cli",
     "localisation-variants": "predilect.benchmarks.localisation_variants_cli",
+    "cameras": "predilect.benchmarks.cameras_cli",
 }
 
 ARTIFACTS = default_artifacts()
@@ -90,7 +92,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--images", type=int, default=180, help="camera-size images sent round-robin (the held-out split)")
     p.add_argument("--users", type=_users, default=[1, 4, 16, 64], help="concurrency points, e.g. 1,4,16")
-    p.add_argument("--seconds-per-point", type=int, default=20)
+    p.add_argument("--seconds-per-point", type=int, default=20, help="seconds each concurrency point runs (default 20)")
     p.add_argument("--locust-workers", type=int, default=0, help="0: one local locust process; N: master + N workers")
     p.add_argument("--no-baseline", action="store_true", help="skip baseline (b), FastAPI + PyTorch")
     p.add_argument("--no-bento", action="store_true", help="skip baseline (d), BentoML")
@@ -101,7 +103,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--quick", action="store_true", help="CI smoke: 2 rendered images, users 1,2, 3 s per point, no mix, no AUROC"
     )
-    p.add_argument("--out-dir", type=Path, default=Path("benchmarks/results"))
+    machine.add_report_folder(p)
     p.add_argument("--name", default=None, help="report name (default: <date>-<machine>)")
     p.add_argument("--workdir", type=Path, default=None, help="scratch folder (default: a new temp folder)")
     return p

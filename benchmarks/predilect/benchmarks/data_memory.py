@@ -1,6 +1,6 @@
 """Peak memory of training against data-set size: streaming loader vs the old load-everything path.
 
-    python -m predilect.benchmarks.data_memory --out benchmarks/results/data-memory/<date>-<machine>.md
+    python -m predilect.benchmarks.data_memory --out benchmarks/results/data-memory     # <date>-<machine>.md
 
 For each size it builds a manifest of N distinct image files (hard links to a few synthetic
 fundus JPEGs, so 20k files cost little disk; each item is still opened and decoded), then, in a
@@ -29,6 +29,9 @@ import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
+
+from predilect.benchmarks import machine
+from predilect.outdir import out_folder
 
 SOURCES = 32  # distinct synthetic photographs the N files link to
 
@@ -179,7 +182,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, default=224, help="preprocessing size")
     p.add_argument("--frame", default="512x384", help="synthetic photograph size WxH")
     p.add_argument("--workdir", type=Path, default=None, help="where the images go (default: a temp dir)")
-    p.add_argument("--out", type=Path, default=None, help="write the markdown report here (and .json beside it)")
+    p.add_argument(
+        "--out", type=Path, default=None, metavar="DIR", help="folder for the report <name>.md and <name>.json"
+    )
+    p.add_argument("--name", default=None, help="file stem of the report (default <date>-<machine>)")
     p.add_argument("--case", nargs=2, metavar=("MODE", "MANIFEST"), help=argparse.SUPPRESS)
     return p
 
@@ -210,9 +216,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     report = _report(results, args, command)
     print(report)
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(report, encoding="utf-8")
-        args.out.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+        name = args.name or machine.dated_name(machine.slug())
+        path = out_folder(args.out, holds=f"{name}.md, {name}.json") / f"{name}.md"
+        path.write_text(report, encoding="utf-8")
+        path.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     return 0
 
 

@@ -38,7 +38,7 @@ def _parser() -> argparse.ArgumentParser:
         help="config override for both training stages when retraining (repeatable), e.g. loop.batch_size=8",
     )
     p.add_argument("--resamples", type=int, default=1000, help="paired bootstrap resamples")
-    p.add_argument("--out-dir", type=Path, default=Path("benchmarks/results"))
+    machine.add_report_folder(p)
     p.add_argument("--name", default="decoders", help="writes <out-dir>/<name>.json and .md")
     return p
 

@@ -52,7 +52,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds (A, B, C, A, B, C, ...)")
     p.add_argument("--concurrency", type=int, default=8, help="requests in flight")
     p.add_argument("--layout", default="fused", choices=("fused", "split"), help="CPU layout of both repositories")
-    p.add_argument("--out-dir", type=Path, default=Path("benchmarks/results"), help="where the report goes")
+    machine.add_report_folder(p)
     return p
 
 
@@ -121,7 +121,7 @@ def _component_costs(payloads: list[bytes], models: dict[str, Path], preprocess:
     pixels = done.pixels
     classifiers = {key: OnnxClassifier(path, intra_op_threads=1) for key, path in models.items()}
     screening = Screening(rules, preprocess)
-    quality = screening.quality(pixels, done.quality_planes)
+    quality = screening.quality(pixels, done.quality_planes, boxes=done.boxes, frames=done.frames).quality
     outputs = classifiers["with_attention"].run_all(pixels)
     work = {
         "classifier_without_attention": lambda: classifiers["without"].run_all(pixels),

@@ -24,6 +24,7 @@ from predilect import contract
 from predilect.artifacts import default_artifacts
 from predilect.benchmarks import machine
 from predilect.cli import CommandError, command
+from predilect.outdir import out_folder
 
 _MB = 1024 * 1024
 _PATHS = (f"/v2/models/{contract.ENSEMBLE}/infer", "/v2/health/ready", "/v2/nowhere", "metrics")
@@ -35,7 +36,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--model-repository", type=Path, help="serve this repository as is instead of assembling one")
     p.add_argument("--mb", type=float, nargs="+", default=[1.0, 2.0, 4.0, 8.0])
     p.add_argument("--path", nargs="+", default=list(_PATHS), help="HTTP paths; 'metrics' is the metrics port")
-    p.add_argument("--out", type=Path)
+    p.add_argument(
+        "--out", type=Path, metavar="DIR", help="folder to write the figures into, as <name>.json (default: print only)"
+    )
+    p.add_argument("--name", default=None, help="file stem of the figures (default <date>-http-body)")
     return p
 
 
@@ -82,6 +86,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for p in probes:
         print(f"  {p['path']:<40} {p['mb']:>5g} MB -> {p['answer']}, server alive: {p['server_alive']}")
     if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(figures, indent=1, default=str))
+        name = args.name or machine.dated_name("http-body")
+        path = out_folder(args.out, holds=f"{name}.json") / f"{name}.json"
+        path.write_text(json.dumps(figures, indent=1, default=str))
     return 0

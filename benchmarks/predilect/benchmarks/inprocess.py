@@ -69,7 +69,7 @@ def _worker(
         # FusedScreen.outputs' steps, timed in two parts.
         t0 = time.perf_counter()
         done = preprocessor.run(batch, quality=True)
-        quality = screening.quality(done.pixels, done.quality_planes)
+        quality = screening.quality_of(done).quality
         t1 = time.perf_counter()
         model = classifier.run_all(done.pixels)
         screening.decide(model[contract.LOGITS], quality, model.get(contract.ATTENTION))

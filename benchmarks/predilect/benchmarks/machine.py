@@ -6,6 +6,7 @@ import os
 import platform
 import re
 from pathlib import Path
+from typing import Any
 
 
 def cpu_model() -> str:
@@ -36,6 +37,29 @@ def describe() -> str:
         f"{cores()} cores ({cpu_model()}){mem}, no GPU used, {platform.system()} {platform.release()}, "
         f"Python {platform.python_version()}"
     )
+
+
+def add_report_folder(parser: Any) -> None:
+    """``--out DIR`` (into ``args.out_dir``): the folder a benchmark's report goes into; ``--out-dir``, the
+    spelling recorded runs used, is still read but not shown."""
+    import argparse
+
+    parser.add_argument(
+        "--out",
+        dest="out_dir",
+        type=Path,
+        default=Path("benchmarks/results"),
+        metavar="DIR",
+        help="folder the report (<name>.md, .json, plots) goes into (default benchmarks/results)",
+    )
+    parser.add_argument("--out-dir", dest="out_dir", type=Path, help=argparse.SUPPRESS)
+
+
+def dated_name(what: str) -> str:
+    """The default file stem of a benchmark's results: ``<date>-<what>`` (UTC date)."""
+    import datetime as dt
+
+    return f"{dt.datetime.now(dt.timezone.utc).date().isoformat()}-{what}"
 
 
 def slug() -> str:

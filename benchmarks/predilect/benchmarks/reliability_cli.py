@@ -18,6 +18,7 @@ from typing import Any
 
 from predilect.artifacts import default_artifacts
 from predilect.benchmarks import machine, payloads, reliability
+from predilect.outdir import out_folder
 
 MB = 1024 * 1024
 Figures = dict[str, Any]
@@ -29,7 +30,10 @@ def parser(name: str, doc: str | None) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=f"predilect bench {name}", description=(doc or "").splitlines()[0])
     p.add_argument("--onnx", type=Path, default=default_artifacts().onnx, help="exported model to serve")
     p.add_argument("--model-repository", type=Path, help="serve this repository as is instead of assembling one")
-    p.add_argument("--out", type=Path, help="write the figures here as JSON")
+    p.add_argument(
+        "--out", type=Path, metavar="DIR", help="folder to write the figures into, as <name>.json (default: print only)"
+    )
+    p.add_argument("--name", default=None, help=f"file stem of the figures (default <date>-{name})")
     return p
 
 
@@ -92,5 +96,8 @@ def main(
     reliability.require_model(args.onnx, args.model_repository)
     figures = run(args, argv)
     print(render(figures))
-    reliability.write_figures(args.out, figures)
+    what = make_parser().prog.rsplit(" ", 1)[-1]
+    if args.out is not None:
+        name = args.name or machine.dated_name(what)
+        reliability.write_figures(out_folder(args.out, holds=f"{name}.json") / f"{name}.json", figures)
     return 0 if figures.get("passed", True) else 1

@@ -13,18 +13,26 @@ from predilect.artifacts import default_artifacts
 from predilect.benchmarks import machine, payloads
 from predilect.benchmarks.sweep import CONFIGS, run_point
 from predilect.cli import command
+from predilect.outdir import out_folder
 
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="predilect bench sweep", description=__doc__.splitlines()[0])
-    p.add_argument("--onnx", type=Path, default=default_artifacts().onnx)
-    p.add_argument("--manifest", type=Path, default=default_artifacts().manifest)
-    p.add_argument("--images", type=int, default=64)
-    p.add_argument("--users", type=int, default=16)
-    p.add_argument("--seconds-per-point", type=int, default=20)
+    p.add_argument("--onnx", type=Path, default=default_artifacts().onnx, help="exported model to serve")
+    p.add_argument("--manifest", type=Path, default=default_artifacts().manifest, help="held-out images to send")
+    p.add_argument("--images", type=int, default=64, help="how many held-out images (default 64)")
+    p.add_argument("--users", type=int, default=16, help="concurrent Locust users per point (default 16)")
+    p.add_argument("--seconds-per-point", type=int, default=20, help="seconds each point runs (default 20)")
     p.add_argument("--only", nargs="*", default=None, help="config names to run (default: all)")
-    p.add_argument("--out", type=Path, default=Path("benchmarks/results/sweep.json"))
-    p.add_argument("--workdir", type=Path, default=Path("/tmp/predilect-sweep"))
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=Path("benchmarks/results/sweep"),
+        metavar="DIR",
+        help="folder to write <name>.json into (default benchmarks/results/sweep)",
+    )
+    p.add_argument("--name", default=None, help="file stem (default <date>-<machine>)")
+    p.add_argument("--workdir", type=Path, default=Path("/tmp/predilect-sweep"), help="scratch folder")
     return p
 
 
@@ -53,8 +61,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"p99 {row['p99_ms']:5.0f} ms  errors {row['error_rate']:.1%}  batches {batches}",
             flush=True,
         )
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(
+    name = args.name or machine.dated_name(machine.slug())
+    path = out_folder(args.out, holds=f"{name}.json") / f"{name}.json"
+    path.write_text(
         json.dumps(
             {
                 "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),

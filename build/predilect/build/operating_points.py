@@ -24,19 +24,7 @@ import numpy as np
 
 from predilect import contract
 from predilect.catalog import Catalog
-
-_EDGE = 1e-6
-
-
-@dataclass(frozen=True)
-class Rates:
-    sensitivity: float
-    specificity: float
-    positives: int
-    negatives: int
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+from predilect.metrics import Rates, rates, threshold_for_sensitivity
 
 
 @dataclass(frozen=True)
@@ -59,30 +47,6 @@ class OperatingPoint:
             "previous_threshold": self.previous_threshold,
             "previous_test": self.previous_test.to_dict() if self.previous_test else None,
         }
-
-
-def threshold_for_sensitivity(labels: np.ndarray, scores: np.ndarray, target: float) -> float | None:
-    """The highest threshold with sensitivity >= ``target`` on (labels, scores); None without positives."""
-    if not 0.0 < target <= 1.0:
-        raise ValueError(f"target sensitivity must lie in (0, 1], got {target}")
-    positive = np.sort(np.asarray(scores, dtype=np.float64)[np.asarray(labels, dtype=bool)])[::-1]
-    if len(positive) == 0:
-        return None
-    k = max(1, math.ceil(target * len(positive) - 1e-9))
-    return float(np.clip(positive[k - 1], _EDGE, 1.0 - _EDGE))
-
-
-def rates(labels: np.ndarray, scores: np.ndarray, threshold: float) -> Rates:
-    """Sensitivity and specificity of ``scores >= threshold`` (NaN where a class is absent)."""
-    labels = np.asarray(labels, dtype=bool)
-    called = np.asarray(scores) >= threshold
-    positives, negatives = int(labels.sum()), int((~labels).sum())
-    return Rates(
-        sensitivity=float(called[labels].mean()) if positives else math.nan,
-        specificity=float((~called[~labels]).mean()) if negatives else math.nan,
-        positives=positives,
-        negatives=negatives,
-    )
 
 
 def operating_points(

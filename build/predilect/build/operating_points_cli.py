@@ -26,6 +26,7 @@ from predilect.build.operating_points import (
     write_catalog,
 )
 from predilect.cli import CommandError, command
+from predilect.outdir import out_folder
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -34,14 +35,20 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", type=Path, default=artifacts.checkpoint, help="checkpoint to read and update")
     p.add_argument("--manifest", type=Path, default=artifacts.manifest, help="manifest with val (and test) splits")
     p.add_argument("--target-sensitivity", type=float, default=0.9, help="sensitivity each disease must reach on val")
-    p.add_argument("--out", type=Path, default=None, help="write the updated checkpoint here (default: in place)")
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="folder to write the updated checkpoint into, same name (default: update it in place)",
+    )
     p.add_argument("--report", type=Path, default=None, help="also write the table (markdown) and a .json beside it")
     return p
 
 
 @command("operating-points")
 def main(argv: Sequence[str] | None = None) -> int:
-    from predilect.manifest import label_matrix, read_manifest
+    from predilect.manifest import colour_screened, label_matrix, read_manifest
     from predilect.models.checkpoint import read_meta
 
     args = _parser().parse_args(argv)
@@ -49,17 +56,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise CommandError(f"--target-sensitivity must lie in (0, 1], got {args.target_sensitivity}")
     meta = read_meta(args.checkpoint)
     catalog = meta.catalog
-    val = read_manifest(args.manifest, catalog=catalog, split="val")
+    val = colour_screened(read_manifest(args.manifest, catalog=catalog, split="val"))
     if not val:
         raise CommandError(f"{args.manifest} has no 'val' split to choose operating points on")
-    test = read_manifest(args.manifest, catalog=catalog, split="test")
+    test = colour_screened(read_manifest(args.manifest, catalog=catalog, split="test"))
     print(f"scoring {len(val)} val and {len(test)} test images ...", flush=True)
     validation = (label_matrix(val, catalog), checkpoint_scores(args.checkpoint, [r.path for r in val]))
     held_out = (
         (label_matrix(test, catalog), checkpoint_scores(args.checkpoint, [r.path for r in test])) if test else None
     )
     points = operating_points(catalog, validation, target_sensitivity=args.target_sensitivity, test=held_out)
-    out = write_catalog(args.checkpoint, with_thresholds(catalog, points), args.out)
+    target = out_folder(args.out, holds=args.checkpoint.name) / args.checkpoint.name if args.out else None
+    out = write_catalog(args.checkpoint, with_thresholds(catalog, points), target)
     command_line = "predilect operating-points " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
     text = report_markdown(
         points,

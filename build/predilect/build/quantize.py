@@ -175,7 +175,7 @@ def quantize(onnx_path: Path, manifest: Path, out: Path, cfg: QuantizeCfg = Quan
     Raises ``QuantizationRefused`` (with the report) when the gate fails.
     """
     from predilect.catalog import Catalog
-    from predilect.manifest import label_matrix, read_manifest
+    from predilect.manifest import colour_screened, label_matrix, read_manifest
     from predilect.preprocess import PreprocessCfg
     from predilect.preprocess.pixels import load_fundus_pixels
 
@@ -186,8 +186,8 @@ def quantize(onnx_path: Path, manifest: Path, out: Path, cfg: QuantizeCfg = Quan
         Catalog.from_json(meta[contract.KEY_CATALOG]),
         PreprocessCfg.from_json(meta[contract.KEY_PREPROCESS]),
     )
-    train = read_manifest(manifest, catalog=catalog, split="train")[: cfg.calibration_images]
-    heldout = read_manifest(manifest, catalog=catalog, split="test")
+    train = colour_screened(read_manifest(manifest, catalog=catalog, split="train"))[: cfg.calibration_images]
+    heldout = colour_screened(read_manifest(manifest, catalog=catalog, split="test"))
     if not train or not heldout:
         raise ConfigError(f"{manifest} needs train and test rows to calibrate and gate INT8")
     out.parent.mkdir(parents=True, exist_ok=True)

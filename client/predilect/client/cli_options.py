@@ -23,5 +23,10 @@ def client_from_args(args: argparse.Namespace) -> ScreeningClient:
     options = dataclass_from_args(ClientOptions, args)
     token = os.environ.get(options.auth_token_env) or None
     return ScreeningClient(
-        options.server, model_name=options.model, timeout_s=options.timeout_s, auth_token=token, tls=options.tls()
+        options.server,
+        model_name=options.model,
+        timeout_s=options.timeout_s,
+        auth_token=token,
+        tls=options.tls(),
+        camera=options.camera,
     )

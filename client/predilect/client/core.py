@@ -22,11 +22,13 @@ from typing import Any, TypeVar, Union
 
 from tritonclient.utils import InferenceServerException
 
-from predilect.client import protocol
+from predilect import contract
+from predilect.client import network, protocol
 from predilect.client.errors import (
     DeadlineExceededError,
     ModelNotReadyError,
     PredilectClientError,
+    ServerNotFoundError,
     ServerUnavailableError,
 )
 from predilect.client.inputs import ImageInput, Prepared, prepare, single_frame
@@ -129,7 +131,22 @@ def call(
 def discover(settings: ClientSettings) -> Plan[ServedModelInfo]:
     """Model discovery: the server is live, the model ready, and its config names the catalog."""
     url, name = settings.url, settings.model_name
-    if not (yield from call(settings, "is_server_live", timeout_s=None)):
+    unresolved = yield Local(partial(network.resolve_error, url))
+    if unresolved is not None:
+        raise ServerNotFoundError(f"no Triton server at {url}: {unresolved}")
+    try:
+        live = yield from call(settings, "is_server_live", timeout_s=None)
+    except ServerUnavailableError as e:
+        cause = yield Local(partial(network.connect_error, url))
+        if cause is None:
+            raise
+        tried = f" after {e.attempts} attempts" if e.attempts > 1 else ""
+        raise ServerUnavailableError(
+            f"no Triton server answers at {url}{tried}: {cause}; start one with `predilect serve`, "
+            "or check the address",
+            attempts=e.attempts,
+        ) from (e.__cause__ or e)  # the gRPC error that gave up, as for every other client error
+    if not live:
         raise ServerUnavailableError(f"the Triton server at {url} is not live; check `predilect serve`")
     if not (yield from call(settings, "is_model_ready", name, timeout_s=None)):
         raise ModelNotReadyError(
@@ -153,9 +170,18 @@ def screen_prepared(
     if heatmaps:
         protocol.check_heatmaps(served, url=settings.url, model_name=settings.model_name)
     inputs, outputs = protocol.infer_inputs(prepared.payload), protocol.requested_outputs(heatmaps=heatmaps)
+    camera = prepared.camera or settings.camera
+    extra = {"parameters": {contract.REQUEST_CAMERA: camera}} if camera else {}
     start = time.perf_counter()
     response = yield from call(
-        settings, "infer", settings.model_name, inputs, outputs=outputs, timeout_s=timeout_s, server_timeout=True
+        settings,
+        "infer",
+        settings.model_name,
+        inputs,
+        outputs=outputs,
+        timeout_s=timeout_s,
+        server_timeout=True,
+        **extra,
     )
     latency_s = time.perf_counter() - start
     _log.debug("screened a %d-byte payload in %.3f s", len(prepared.payload), latency_s)
@@ -168,6 +194,7 @@ def screen_prepared(
         sop_instance_uid=prepared.sop_instance_uid,
         frame=prepared.frame,
         heatmaps=heatmaps,
+        camera=camera,
     )
 
 
@@ -263,6 +290,7 @@ class ClientBase:
         tls: TlsConfig | None = None,
         keepalive_time_s: float = DEFAULT_KEEPALIVE_TIME_S,
         keepalive_timeout_s: float = DEFAULT_KEEPALIVE_TIMEOUT_S,
+        camera: str | None = None,
     ) -> None:
         self._settings = ClientSettings(
             url,
@@ -276,8 +304,9 @@ class ClientBase:
             tls=tls,
             keepalive_time_s=keepalive_time_s,
             keepalive_timeout_s=keepalive_timeout_s,
+            camera=camera,
         )
-        self.url, self.model_name, self.timeout_s = url, model_name, timeout_s
+        self.url, self.model_name, self.timeout_s = self._settings.url, model_name, timeout_s
         self._client: Any = None  # the face's tritonclient InferenceServerClient, once connected
         self._served: ServedModelInfo | None = None
         self._lock = self._new_lock()

@@ -19,7 +19,17 @@ from predilect.dicom.reader import DicomFrame, is_dataset, is_dicom_bytes
 if TYPE_CHECKING:
     from pydicom import Dataset
 
-__all__ = ["DicomFrame", "identity", "is_dataset", "is_dicom_bytes", "iter_frames", "pydicom_module", "read_dataset"]
+__all__ = [
+    "DicomFrame",
+    "camera",
+    "identity",
+    "is_dataset",
+    "is_dicom_bytes",
+    "iter_frames",
+    "pydicom_module",
+    "read_dataset",
+    "study_uid",
+]
 
 
 @contextlib.contextmanager
@@ -52,6 +62,16 @@ def iter_frames(dataset: Dataset) -> Iterator[DicomFrame]:
         yield from reader.iter_frames(dataset)
 
 
+def camera(dataset: Dataset) -> str | None:
+    """The acquisition device named in the header (Manufacturer and model), or None."""
+    return reader.camera(dataset)
+
+
 def identity(dataset: Dataset) -> tuple[str | None, str | None]:
     """(patient ID, eye) from the header, for local bookkeeping only."""
     return reader.identity(dataset)
+
+
+def study_uid(dataset: Dataset) -> str | None:
+    """The header's StudyInstanceUID (the visit), for local bookkeeping only."""
+    return reader.study_uid(dataset)

@@ -35,6 +35,10 @@ class ServerUnavailableError(PredilectClientError):
     """No Triton server answers at the address (after the retries the policy allows)."""
 
 
+class ServerNotFoundError(ServerUnavailableError):
+    """The server's host name does not resolve (DNS): the address is wrong, or the name service is down."""
+
+
 class ServerBusyError(ServerUnavailableError):
     """The server is at capacity and refused the request at once (its queue is full, or the request
     waited past the queue timeout). Retried within the budget; a batch run leaves the input for later."""

@@ -1,9 +1,10 @@
 """The exam-level result: per patient, both eyes' results together -- what a screening programme acts on.
 
-Records of a journal are grouped by patient (``patient_id``, from the manifest or the DICOM
-header; the input's key when unknown) and laterality (``eye``: R, L, or ``unknown``). An eye's
-decision is the most urgent decision among its gradable images; an eye whose every screened
-image is ungradable is ungradable (a second, good photograph of the same eye is enough). Then:
+Records of a journal are grouped by patient (``patient_id``, from the manifest, the DICOM header or
+the filename pattern; the input's key when unknown) and visit (``study``, when known), then by
+laterality (``eye``: R, L, or ``unknown``). An eye's decision is the most urgent decision among
+its gradable images; an eye whose every screened image is ungradable is ungradable (a second,
+good photograph of the same eye is enough). Then:
 
 * ``refer_urgent`` / ``refer_routine``: any eye is referable (the most urgent referral wins);
   ungradable eyes are still called out;
@@ -14,7 +15,7 @@ image is ungradable is ungradable (a second, good photograph of the same eye is 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -58,6 +59,7 @@ class ExamResult(BaseModel):
 
     schema_version: str = Field(default=contract.RESULT_SCHEMA_VERSION)
     patient_id: str
+    study: str | None = Field(default=None, description="the visit, when the records say (DICOM StudyInstanceUID)")
     outcome: OutcomeName
     referable: bool
     eyes: list[EyeResult]
@@ -106,12 +108,12 @@ def _eye_name(eye: str) -> str:
     return {contract.RIGHT_EYE: "right eye", contract.LEFT_EYE: "left eye"}.get(eye, "eye of unknown side")
 
 
-def _message(outcome: str, eyes: Sequence[EyeResult], missing: Sequence[str]) -> str:
+def _message(outcome: str, eyes: Sequence[EyeResult], missing: Sequence[str], names: Mapping[str, str]) -> str:
     parts = []
     referred = [e for e in eyes if e.decision in (REFER_ROUTINE, REFER_URGENT)]
     if outcome in (REFER_URGENTLY, REFER_ROUTINELY):
         how = "urgently" if outcome == REFER_URGENTLY else "routinely"
-        found = "; ".join(f"{_eye_name(e.eye)}: {', '.join(e.findings)}" for e in referred)
+        found = "; ".join(f"{_eye_name(e.eye)}: {', '.join(names.get(f, f) for f in e.findings)}" for e in referred)
         parts.append(f"refer {how} ({found})")
     elif outcome == RECALL:
         parts.append("recall for re-photography")
@@ -127,15 +129,20 @@ def _message(outcome: str, eyes: Sequence[EyeResult], missing: Sequence[str]) ->
     return "; ".join(parts)
 
 
-def exam_results(records: Iterable[JournalRecord]) -> list[ExamResult]:
-    """One exam result per patient, sorted by patient id."""
-    by_patient: dict[str, dict[str, list[JournalRecord]]] = {}
+def exam_key(record: JournalRecord) -> tuple[str, str]:
+    """The exam a record belongs to: (patient, study); the input's key stands for an unknown patient."""
+    return record.patient_id or record.key, record.study or ""
+
+
+def exam_results(records: Iterable[JournalRecord], *, names: Mapping[str, str] | None = None) -> list[ExamResult]:
+    """One exam result per patient and visit, sorted by patient id; ``names`` (catalog id -> disease name) word the
+    messages (``findings`` keep the ids)."""
+    by_exam: dict[tuple[str, str], dict[str, list[JournalRecord]]] = {}
     for record in records:
-        patient = record.patient_id or record.key
-        by_patient.setdefault(patient, {}).setdefault(record.eye or UNKNOWN_EYE, []).append(record)
+        by_exam.setdefault(exam_key(record), {}).setdefault(record.eye or UNKNOWN_EYE, []).append(record)
     exams = []
-    for patient in sorted(by_patient):
-        groups = by_patient[patient]
+    for patient, study in sorted(by_exam):
+        groups = by_exam[(patient, study)]
         eyes = [_eye_result(eye, groups[eye]) for eye in sorted(groups, key=_EYE_ORDER.__getitem__)]
         sides = {e.eye for e in eyes} & set(contract.EYES)
         missing = [eye for eye in contract.EYES if sides and eye not in sides]
@@ -144,12 +151,13 @@ def exam_results(records: Iterable[JournalRecord]) -> list[ExamResult]:
         exams.append(
             ExamResult(
                 patient_id=patient,
+                study=study or None,
                 outcome=outcome,
                 referable=outcome in (REFER_URGENTLY, REFER_ROUTINELY),
                 eyes=eyes,
                 ungradable_eyes=[e.eye for e in eyes if e.decision == UNGRADABLE],
                 missing_eyes=missing,
-                message=_message(outcome, eyes, missing),
+                message=_message(outcome, eyes, missing, names or {}),
                 models=sorted({f"{r.model_name} {r.model_version}" for r in results}),
                 rules_digests=sorted({r.rules_digest for r in results}),
             )
@@ -175,6 +183,7 @@ __all__ = [
     "REFER_URGENTLY",
     "EyeResult",
     "ExamResult",
+    "exam_key",
     "exam_results",
     "exams_table",
 ]

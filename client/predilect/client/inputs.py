@@ -27,11 +27,28 @@ class Prepared:
     payload: bytes
     sop_instance_uid: str | None = None
     frame: int | None = None
+    camera: str | None = None
+
+
+MAX_IMAGE_BYTES = 32 * 1024 * 1024
+"""The largest JPEG/PNG file read: `predilect serve`'s request limit (32 MiB) refuses any larger one."""
+MAX_DICOM_BYTES = 512 * 1024 * 1024
+"""The largest DICOM file read (its frames are sent one request each)."""
 
 
 def _read(path: str | os.PathLike) -> bytes:
+    """The file's bytes, its size checked before a byte is read (a link may point at anything)."""
+    file = Path(path)
     try:
-        return Path(path).read_bytes()
+        size = file.stat().st_size
+        limit = MAX_DICOM_BYTES if file.suffix.lower() == ".dcm" else MAX_IMAGE_BYTES
+        if size > limit:
+            raise InputError(
+                f"{file} is {size / 1024 / 1024:.0f} MiB, larger than the {limit / 1024 / 1024:.0f} MiB a "
+                f"{'DICOM file' if limit == MAX_DICOM_BYTES else 'photograph'} may be; not read"
+                + (f" (it is a link to {file.resolve()})" if file.is_symlink() else "")
+            )
+        return file.read_bytes()
     except OSError as e:
         raise InputError(f"cannot read image {path}: {e.strerror}; check the path and its permissions") from e
 
@@ -45,8 +62,9 @@ def _plain(data: bytes) -> Prepared:
 
 
 def _frames(dataset: Any) -> Iterator[Prepared]:
+    camera = dicom.camera(dataset)
     for frame in dicom.iter_frames(dataset):
-        yield Prepared(payload=frame.payload, sop_instance_uid=frame.sop_instance_uid, frame=frame.frame)
+        yield Prepared(payload=frame.payload, sop_instance_uid=frame.sop_instance_uid, frame=frame.frame, camera=camera)
 
 
 def prepare(image: ImageInput) -> Iterator[Prepared]:

@@ -124,6 +124,8 @@ def _complete_prefix(data: bytes, records: list[JournalRecord], path: Path) -> t
                 f"{e.errors()[0]['msg']}; write to a new --out file"
             ) from e
         if record is None:
+            if number == 1 and line.endswith(b"\n"):  # a whole first line that is no record: another kind of file
+                raise JournalError(_not_a_journal(path, line))
             if number < len(lines):  # a crash tears only the last write
                 raise JournalError(f"{path} line {number} is damaged and records follow it; repair or move the file")
             break
@@ -137,3 +139,10 @@ def _complete_prefix(data: bytes, records: list[JournalRecord], path: Path) -> t
         if not open_groups:
             good_end = offset
     return good_end, done
+
+
+def _not_a_journal(path: Path, first_line: bytes) -> str:
+    message = f"{path} is not a screening journal (JSON lines written by `predilect screen` or the gateway)"
+    if path.suffix.lower() == ".csv" or b"," in first_line:
+        return f"{message}: it looks like a CSV manifest; screen it first (`predilect screen {path} --out DIR`)"
+    return f"{message}: its first line is not a JSON record"

@@ -1,9 +1,10 @@
-"""Heatmap overlays: each positive finding's attention drawn over the original photograph, as PNG.
+"""Heatmap overlays: each positive finding's map (attention or evidence) drawn over the original photograph, as PNG.
 
 The heatmap (``ScreeningResult.heatmaps``) covers the square the model screened, whose place on
 the photograph the server returns (``ScreeningResult.field_box``); it is upsampled bilinearly
-onto that square, coloured, blended over the photograph where the attention is high, and its
-peak is ringed. Decoding and resizing need Pillow, from the optional ``[report]`` extra
+onto that square, normalised to its peak, coloured, blended over the photograph where the map is
+high, and its peak is ringed; a band above names the finding and its probability, and the colour
+scale is drawn on the right. Decoding and resizing need Pillow, from the optional ``[report]`` extra
 (``pip install 'predilect[report]'``), imported on first use: the thin client never loads it.
 """
 
@@ -11,7 +12,8 @@ from __future__ import annotations
 
 import hashlib
 import io
-from collections.abc import Sequence
+import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -95,23 +97,54 @@ def shrink(photograph: np.ndarray, *, max_side_px: int = 1024) -> np.ndarray:
     return np.asarray(image)
 
 
-def render_overlay(photograph: np.ndarray, heatmap: Heatmap, box: FieldBox, *, max_side_px: int = 1024) -> bytes:
-    """PNG bytes: ``photograph`` (HxWx3 uint8) with ``heatmap`` blended over it and its peak ringed."""
+def _font(size_px: int) -> Any:
+    from PIL import ImageFont
+
+    return ImageFont.load_default(size=size_px)
+
+
+def render_overlay(
+    photograph: np.ndarray,
+    heatmap: Heatmap,
+    box: FieldBox,
+    *,
+    label: str | None = None,
+    probability: float | None = None,
+    max_side_px: int = 1024,
+) -> bytes:
+    """PNG bytes: ``photograph`` (HxWx3 uint8) with ``heatmap`` blended over it, its peak ringed, a title band
+    (``label``, default the disease id, and the finding's ``probability``) and the colour scale it was drawn with."""
     image_module = pillow()
+    from PIL import ImageDraw
+
     rgb = shrink(photograph, max_side_px=max_side_px).astype(np.float32)
     height, width = rgb.shape[:2]
     heat = heat_on_photograph(heatmap.array, box, width, height)
     alpha = (_MAX_ALPHA * heat)[..., None]
     blended = (rgb * (1 - alpha) + colourise(heat) * alpha + 0.5).astype(np.uint8)
-    out = image_module.fromarray(blended)
-    from PIL import ImageDraw
-
-    draw = ImageDraw.Draw(out)
-    x, y = heatmap.peak[0] * width, heatmap.peak[1] * height
+    text_px = max(14, round(min(width, height) / 28))
+    band = text_px * 2
+    scale_width = max(12, text_px)
+    canvas = image_module.new("RGB", (width, height + band), (20, 20, 20))
+    canvas.paste(image_module.fromarray(blended), (0, band))
+    draw = ImageDraw.Draw(canvas)
+    x, y = heatmap.peak[0] * width, heatmap.peak[1] * height + band
     radius = max(6, round(0.03 * min(width, height)))
     draw.ellipse((x - radius, y - radius, x + radius, y + radius), outline=(255, 255, 255), width=max(2, radius // 4))
-    draw.text((8, 8), heatmap.disease, fill=(255, 255, 255))
-    return encode_png(np.asarray(out), compression_level=3)
+    title = label or heatmap.disease
+    if probability is not None:
+        title += f"  p = {probability:.2f}"
+    draw.text((text_px // 2, band // 2), title, fill=(255, 255, 255), font=_font(text_px), anchor="lm")
+    # The colour scale, top = the map's peak, bottom = 0 (the map is drawn relative to its own peak).
+    left, top = width - scale_width - text_px // 2, band + text_px
+    bottom = band + height - text_px
+    ramp = colourise(np.linspace(1.0, 0.0, max(2, bottom - top))[:, None].repeat(scale_width, axis=1))
+    canvas.paste(image_module.fromarray(ramp), (left, top))
+    draw.rectangle((left, top, left + scale_width, bottom), outline=(255, 255, 255))
+    small = _font(max(12, text_px * 3 // 4))
+    draw.text((left - 4, top), "peak", fill=(255, 255, 255), font=small, anchor="ra", stroke_width=2, stroke_fill=0)
+    draw.text((left - 4, bottom), "0", fill=(255, 255, 255), font=small, anchor="rd", stroke_width=2, stroke_fill=0)
+    return encode_png(np.asarray(canvas), compression_level=3)
 
 
 def overlay_name(key: str, frame: int | None, disease: str) -> str:
@@ -122,10 +155,17 @@ def overlay_name(key: str, frame: int | None, disease: str) -> str:
 
 
 def write_overlays(
-    key: str, source: ImageInput, results: Sequence[ScreeningResult], out_dir: Path
+    key: str,
+    source: ImageInput,
+    results: Sequence[ScreeningResult],
+    out_dir: Path,
+    *,
+    names: Mapping[str, str] | None = None,
+    relative_to: Path | None = None,
 ) -> list[ScreeningResult]:
-    """Render every heatmap of ``results`` (the frames of one input) over its photograph into ``out_dir``;
-    the results with each heatmap's ``overlay`` set to the file written."""
+    """Render every heatmap of ``results`` (the frames of one input) over its photograph into ``out_dir``,
+    titled with the disease's name (``names``: catalog id -> name) and probability; the results with each
+    heatmap's ``overlay`` set to the file written (relative to ``relative_to`` when given, else absolute)."""
     from predilect.client.inputs import prepare
 
     if not any(r.heatmaps for r in results):
@@ -141,7 +181,13 @@ def write_overlays(
         maps = []
         for heatmap in result.heatmaps:
             path = out_dir / overlay_name(key, result.frame, heatmap.disease)
-            path.write_bytes(render_overlay(photographs[result.frame], heatmap, result.field_box))
-            maps.append(heatmap.model_copy(update={"overlay": str(path.resolve())}))
+            label = (names or {}).get(heatmap.disease, heatmap.disease)
+            probability = result.scores.get(heatmap.disease)
+            png = render_overlay(
+                photographs[result.frame], heatmap, result.field_box, label=label, probability=probability
+            )
+            path.write_bytes(png)
+            where = os.path.relpath(path.resolve(), relative_to.resolve()) if relative_to else str(path.resolve())
+            maps.append(heatmap.model_copy(update={"overlay": where}))
         updated.append(result.model_copy(update={"heatmaps": maps}))
     return updated

@@ -69,6 +69,10 @@ class ServedModelInfo:
     preprocess: dict[str, Any]
     rules: ReferralRules
     heatmaps: bool = False
+    reference: str | None = None
+    """The model's reference distributions (``predilect.drift.Reference`` JSON) when the repository has them."""
+    heatmap_kind: str | None = None
+    """Which map HEATMAPS holds (``contract.HEATMAP_KINDS``); None when the repository does not say."""
 
     @property
     def rules_digest(self) -> str:
@@ -230,6 +234,7 @@ def _expected_outputs(classes: int) -> dict[str, list[int]]:
     return {
         PROBABILITIES: [classes],
         contract.QUALITY: [1 + len(contract.QUALITY_REASONS)],
+        contract.QUALITY_MEASURES_TENSOR: [len(contract.QUALITY_MEASURES)],
         contract.FINDINGS: [classes],
         contract.REFERRAL: [1],
         contract.FIELD_BOX: [4],
@@ -277,6 +282,8 @@ def served_info(config: Any, *, model_name: str, url: str) -> ServedModelInfo:
         preprocess=preprocess,
         rules=rules,
         heatmaps=contract.HEATMAPS in outputs,
+        reference=params.get(contract.KEY_REFERENCE) or None,
+        heatmap_kind=params.get(contract.KEY_HEATMAP) or None,
     )
 
 
@@ -288,7 +295,14 @@ def infer_inputs(payload: bytes) -> list[grpcclient.InferInput]:
     return [tensor]
 
 
-RESULT_OUTPUTS = (PROBABILITIES, contract.QUALITY, contract.FINDINGS, contract.REFERRAL, contract.FIELD_BOX)
+RESULT_OUTPUTS = (
+    PROBABILITIES,
+    contract.QUALITY,
+    contract.QUALITY_MEASURES_TENSOR,
+    contract.FINDINGS,
+    contract.REFERRAL,
+    contract.FIELD_BOX,
+)
 """What every request asks for; HEATMAPS only when asked (``requested_outputs(heatmaps=True)``)."""
 
 
@@ -325,6 +339,7 @@ def parse_result(
     sop_instance_uid: str | None,
     frame: int | None,
     heatmaps: bool = False,
+    camera: str | None = None,
 ) -> ScreeningResult:
     """The ScreeningResult of an infer response; the DICOM correlation fields are filled locally."""
     classes = len(served.catalog)
@@ -341,6 +356,7 @@ def parse_result(
     return ScreeningResult.from_outputs(
         probabilities=output(PROBABILITIES, classes).tolist(),
         quality=output(contract.QUALITY, 1 + len(contract.QUALITY_REASONS)).tolist(),
+        measures=output(contract.QUALITY_MEASURES_TENSOR, len(contract.QUALITY_MEASURES)).tolist(),
         findings=output(contract.FINDINGS, classes).astype(bool).tolist(),
         decision_code=int(output(contract.REFERRAL, 1)[0]),
         catalog=served.catalog,
@@ -350,6 +366,8 @@ def parse_result(
         latency_s=latency_s,
         field_box=output(contract.FIELD_BOX, 4).tolist(),
         heatmaps=maps,
+        heatmap_kind=served.heatmap_kind,
         sop_instance_uid=sop_instance_uid,
         frame=frame,
+        camera=camera,
     )

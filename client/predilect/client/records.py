@@ -30,6 +30,9 @@ class JournalRecord(BaseModel):
     )
     patient_id: str | None = Field(default=None, description="local bookkeeping; never sent to the server")
     eye: str | None = Field(default=None, description="R or L (contract.EYES), when known")
+    study: str | None = Field(
+        default=None, description="the visit (DICOM StudyInstanceUID, a manifest's study column): exams group by it"
+    )
     sop_instance_uid: str | None = None
     result: ScreeningResult | None = None
     error: str | None = Field(default=None, description="what went wrong, when the input itself is bad")
@@ -70,6 +73,7 @@ class JournalRecord(BaseModel):
         *,
         patient_id: str | None = None,
         eye: str | None = None,
+        study: str | None = None,
         sop_instance_uid: str | None = None,
         sr_files: Mapping[int | None, str] | None = None,
     ) -> list[JournalRecord]:
@@ -86,6 +90,7 @@ class JournalRecord(BaseModel):
                     frame=item.frame,
                     patient_id=patient_id,
                     eye=eye,
+                    study=study,
                     sop_instance_uid=result.sop_instance_uid if result is not None else sop_instance_uid or known_uid,
                     result=result,
                     error=str(error) if error is not None else None,

@@ -38,6 +38,9 @@ class QualityReport(BaseModel):
     score: float = Field(ge=0.0, le=1.0)
     gradable: bool
     reasons: list[ReasonName] = Field(description="the checks that failed (contract.QUALITY_REASONS)")
+    measures: dict[str, float] | None = Field(
+        default=None, description="what the checks read (contract.QUALITY_MEASURES): shift monitoring compares them"
+    )
 
     @model_validator(mode="after")
     def _reasons_iff_ungradable(self) -> QualityReport:
@@ -46,12 +49,19 @@ class QualityReport(BaseModel):
         return self
 
     @classmethod
-    def from_row(cls, row: Sequence[float]) -> QualityReport:
-        """From one ``contract.QUALITY`` row: ``[score, flag per reason]``."""
+    def from_row(cls, row: Sequence[float], measures: Sequence[float] | None = None) -> QualityReport:
+        """From one ``contract.QUALITY`` row, ``[score, flag per reason]``, and its ``QUALITY_MEASURES`` row."""
         if len(row) != 1 + len(contract.QUALITY_REASONS):
             raise ValueError(f"a quality row has {1 + len(contract.QUALITY_REASONS)} values, got {len(row)}")
+        if measures is not None and len(measures) != len(contract.QUALITY_MEASURES):
+            raise ValueError(f"a quality measures row has {len(contract.QUALITY_MEASURES)} values, got {len(measures)}")
         reasons = [r for r, flag in zip(contract.QUALITY_REASONS, row[1:], strict=True) if float(flag) > 0.5]
-        return cls(score=min(1.0, max(0.0, float(row[0]))), gradable=not reasons, reasons=reasons)
+        named = (
+            None
+            if measures is None
+            else {m: round(float(v), 6) for m, v in zip(contract.QUALITY_MEASURES, measures, strict=True)}
+        )
+        return cls(score=min(1.0, max(0.0, float(row[0]))), gradable=not reasons, reasons=reasons, measures=named)
 
     def describe(self) -> str:
         """``gradable (score 0.83)`` or ``ungradable — focus, artefact``."""
@@ -63,9 +73,11 @@ class QualityReport(BaseModel):
 class Heatmap(BaseModel):
     """One positive finding's attention over the screened square (``ScreeningResult.field_box``).
 
-    ``grid[row][column]`` (rows top to bottom) are the attention weights over the model input's
-    token grid; ``peak`` is the centre of the hottest cell in the photograph's normalised
-    coordinates (x right, y down); ``overlay`` the PNG file ``predilect screen --heatmaps`` wrote.
+    ``grid[row][column]`` (rows top to bottom) are the map's values over the model input's token
+    grid; ``kind`` says which map it is (``contract.HEATMAP_KINDS``: the attention, or the evidence,
+    attention x each token's share of the logit; None when the server does not say); ``peak`` is the
+    centre of the hottest cell in the photograph's normalised coordinates (x right, y down);
+    ``overlay`` the PNG file ``predilect screen --heatmaps`` wrote, relative to the journal's folder.
     """
 
     model_config = ConfigDict(frozen=True)
@@ -73,7 +85,16 @@ class Heatmap(BaseModel):
     disease: str
     grid: list[list[float]]
     peak: tuple[float, float]
+    kind: str | None = Field(default=None, description="attention | evidence (contract.HEATMAP_KINDS); None: unsaid")
     overlay: str | None = None
+
+    def describe(self) -> str:
+        """What the map shows, in words for a caption."""
+        if self.kind == "evidence":
+            return "evidence map (where the finding's score came from: attention x each region's contribution)"
+        if self.kind == "attention":
+            return "attention map (where the model looked for this finding; not proof of a lesion)"
+        return "heatmap (the model's map for this finding; the server does not say which kind)"
 
     @property
     def array(self) -> np.ndarray:
@@ -101,6 +122,8 @@ class ScreeningResult(BaseModel):
     applied; ``catalog_digest`` and ``rules_digest`` name the exact catalog and referral rules.
     ``field_box`` is the square the model screened, in the photograph's normalised coordinates.
     ``sop_instance_uid`` and ``frame`` (1-based) are filled locally for DICOM inputs: never sent.
+    ``camera`` is the acquisition device sent with the request (``contract.REQUEST_CAMERA``: from the
+    DICOM header, or the client's ``camera``), the label the server's shift metrics count it under.
     """
 
     model_config = ConfigDict(frozen=True, protected_namespaces=())
@@ -122,6 +145,7 @@ class ScreeningResult(BaseModel):
     latency_s: float
     sop_instance_uid: str | None = None
     frame: int | None = None
+    camera: str | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> ScreeningResult:
@@ -151,6 +175,7 @@ class ScreeningResult(BaseModel):
         probabilities: Sequence[float],
         quality: Sequence[float],
         findings: Sequence[bool],
+        measures: Sequence[float] | None = None,
         decision_code: int,
         catalog: Catalog,
         rules: ReferralRules,
@@ -159,8 +184,10 @@ class ScreeningResult(BaseModel):
         latency_s: float,
         field_box: Sequence[float] | None = None,
         heatmaps: np.ndarray | None = None,
+        heatmap_kind: str | None = None,
         sop_instance_uid: str | None = None,
         frame: int | None = None,
+        camera: str | None = None,
     ) -> ScreeningResult:
         """The result of one response's tensors (catalog order); ``heatmaps`` ``(C, g, g)`` when asked for."""
         if not len(probabilities) == len(findings) == len(catalog):
@@ -168,13 +195,13 @@ class ScreeningResult(BaseModel):
         if not 0 <= decision_code < len(contract.DECISIONS):
             raise ValueError(f"decision code {decision_code} is not an index of {contract.DECISIONS}")
         by_id = {d.id: float(p) for d, p in zip(catalog, probabilities, strict=True)}
-        report = QualityReport.from_row(quality)
+        report = QualityReport.from_row(quality, measures)
         positive = [d.id for d, f in zip(catalog, findings, strict=True) if bool(f)]
         box: FieldBox | None = tuple(float(v) for v in field_box) if field_box is not None else None  # type: ignore[assignment]
         maps = None
         if heatmaps is not None:
             index = {d.id: i for i, d in enumerate(catalog)}
-            maps = [_heatmap(disease, np.asarray(heatmaps[index[disease]]), box) for disease in positive]
+            maps = [_heatmap(disease, np.asarray(heatmaps[index[disease]]), box, heatmap_kind) for disease in positive]
         gradable = report.gradable
         decision = contract.DECISIONS[decision_code]
         return cls(
@@ -195,6 +222,7 @@ class ScreeningResult(BaseModel):
             latency_s=latency_s,
             sop_instance_uid=sop_instance_uid,
             frame=frame,
+            camera=camera,
         )
 
     def to_json(self, *, indent: int | None = None) -> str:
@@ -209,9 +237,9 @@ class ScreeningResult(BaseModel):
         return f"{self.decision.replace('_', ' ')}: {found}"
 
 
-def _heatmap(disease: str, grid: np.ndarray, box: FieldBox | None) -> Heatmap:
+def _heatmap(disease: str, grid: np.ndarray, box: FieldBox | None, kind: str | None) -> Heatmap:
     square: FieldBox = box if box is not None else (0.0, 0.0, 1.0, 1.0)
-    return Heatmap(disease=disease, grid=np.round(grid, 6).tolist(), peak=peak_of(grid, square))
+    return Heatmap(disease=disease, grid=np.round(grid, 6).tolist(), peak=peak_of(grid, square), kind=kind)
 
 
 @dataclass(frozen=True)

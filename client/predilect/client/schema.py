@@ -1,7 +1,7 @@
 """The versioned JSON Schemas of what the client writes, generated from its pydantic models.
 
 ``journal-record`` is one line of a ``predilect screen`` / gateway journal (a ``JournalRecord``
-holding a ``ScreeningResult``); ``exam-result`` is one entry of ``<out>.exams.json``. Both are
+holding a ``ScreeningResult``); ``exam-result`` is one entry of ``<out>/exams.json``. Both are
 at ``contract.RESULT_SCHEMA_VERSION``; the committed files under ``schemas/`` are the generated
 ones (``predilect schema --check`` and the tests compare them), so a change to the models that
 changes the files is a change of the schema: bump the version.

@@ -69,6 +69,8 @@ class ScreeningClient(ClientBase):
         headers: further gRPC metadata sent on every call.
         tls: TLS / mutual TLS settings; None for a plaintext channel.
         keepalive_time_s, keepalive_timeout_s: HTTP/2 keepalive pings while calls are in flight.
+        camera: the camera these photographs come from, sent with each request (``contract.REQUEST_CAMERA``)
+            for the server's per-camera shift metrics; a DICOM instance's own Manufacturer and model win.
     """
 
     _new_lock = threading.Lock

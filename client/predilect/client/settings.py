@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from predilect import contract
-from predilect.client import protocol
+from predilect.client import network, protocol
 from predilect.client.errors import ClientConfigError
 from predilect.client.protocol import TlsConfig
 from predilect.client.retry import Attempts, RetryBudget, RetryPolicy
@@ -27,7 +27,10 @@ DEFAULT_KEEPALIVE_TIMEOUT_S = 20.0
 class ClientOptions:
     """The command-line options of a client (``predilect.cli.add_dataclass_options``)."""
 
-    server: str = field(default=DEFAULT_URL, metadata={"help": "Triton gRPC endpoint host:port"})
+    server: str = field(
+        default=DEFAULT_URL,
+        metadata={"help": f"Triton gRPC endpoint host:port (a host alone gets port {contract.DEFAULT_GRPC_PORT})"},
+    )
     model: str = field(default=DEFAULT_MODEL, metadata={"help": "ensemble name"})
     timeout_s: float = field(default=DEFAULT_TIMEOUT_S, metadata={"help": "deadline per image, retries included"})
     auth_token_env: str = field(
@@ -38,6 +41,12 @@ class ClientOptions:
     tls_client_cert: Path | None = field(default=None, metadata={"help": "PEM client certificate (mutual TLS)"})
     tls_client_key: Path | None = field(default=None, metadata={"help": "PEM client key (mutual TLS)"})
     tls_server_name: str | None = field(default=None, metadata={"help": "expected name in the server certificate"})
+    camera: str | None = field(
+        default=None,
+        metadata={
+            "help": "the camera that took the photographs (DICOM inputs name their own): per-camera shift metrics"
+        },
+    )
 
     def tls(self) -> TlsConfig | None:
         """The TLS settings these options ask for; None for a plaintext channel."""
@@ -69,12 +78,14 @@ class ClientSettings:
         tls: TlsConfig | None,
         keepalive_time_s: float,
         keepalive_timeout_s: float,
+        camera: str | None = None,
     ) -> None:
         if not timeout_s > 0:
             raise ClientConfigError(f"timeout_s must be > 0, got {timeout_s}")
         if attempt_timeout_s is not None and not attempt_timeout_s > 0:
             raise ClientConfigError(f"attempt_timeout_s must be > 0, got {attempt_timeout_s}")
-        self.url, self.model_name, self.timeout_s = url, model_name, timeout_s
+        self.url, self.model_name, self.timeout_s = network.with_default_port(url), model_name, timeout_s
+        self.camera = camera.strip() if camera and camera.strip() else None
         self.attempt_timeout_s = attempt_timeout_s
         self.retry_policy = retry_policy
         self.retry_budget = retry_budget if retry_budget is not None else RetryBudget()

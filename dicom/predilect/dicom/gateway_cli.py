@@ -21,6 +21,7 @@ from predilect.dicom.gateway import DicomGateway, DicomTls, GatewayConfig, Remot
 from predilect.errors import UserError
 
 _MB = 1024 * 1024
+_NOISY_LIBRARIES = ("pynetdicom", "highdicom")
 _DEFAULTS = GatewayConfig()
 
 
@@ -64,7 +65,33 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--max-associations", type=int, default=_DEFAULTS.max_associations, help="associations served at once"
     )
-    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    parser.add_argument(
+        "--max-associations-per-peer",
+        type=int,
+        default=_DEFAULTS.max_associations_per_peer,
+        help="associations served at once from one address",
+    )
+    parser.add_argument(
+        "--handshake-timeout-s",
+        type=float,
+        default=_DEFAULTS.handshake_timeout_s,
+        help="drop a connection whose association is not established this long after it connected",
+    )
+    parser.add_argument(
+        "--max-instance-mb",
+        type=float,
+        default=_DEFAULTS.max_instance_bytes / _MB,
+        help="refuse (0xA700) an instance larger than this",
+    )
+    parser.add_argument(
+        "--screen-workers", type=int, default=_DEFAULTS.screen_workers, help="instances screened at once"
+    )
+    parser.add_argument(
+        "--log-level",
+        default="INFO",
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        help="the gateway's log level; pynetdicom's and highdicom's own INFO lines show at DEBUG only",
+    )
     add_client_options(parser)
     return parser
 
@@ -73,6 +100,10 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for library in _NOISY_LIBRARIES:  # a line per PDU and per SR written: noise for an operator
+        logging.getLogger(library).setLevel(args.log_level if args.log_level == "DEBUG" else "WARNING")
+    if args.screen_workers < 1 or args.max_associations_per_peer < 1:
+        raise CommandError("--screen-workers and --max-associations-per-peer must be >= 1")
     if (args.dicom_tls_cert is None) != (args.dicom_tls_key is None):
         raise CommandError("--dicom-tls-cert and --dicom-tls-key go together")
     if args.dicom_tls_ca is not None and args.dicom_tls_cert is None:
@@ -90,6 +121,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         retry_interval_s=args.retry_interval_s,
         idle_timeout_s=args.idle_timeout_s,
         max_associations=args.max_associations,
+        max_associations_per_peer=args.max_associations_per_peer,
+        handshake_timeout_s=args.handshake_timeout_s,
+        max_instance_bytes=int(args.max_instance_mb * _MB),
+        screen_workers=args.screen_workers,
         tls=tls,
     )
     client = client_from_args(args)  # reads the TLS files: a missing one is a user error, reported at once

@@ -222,6 +222,17 @@ def iter_frames(dataset: Dataset) -> Iterator[DicomFrame]:
         yield DicomFrame(payload=payload, sop_instance_uid=uid, frame=number)
 
 
+def camera(dataset: Dataset) -> str | None:
+    """The acquisition device, "Manufacturer ManufacturerModelName", from a header; None where absent or
+    unreadable. Sent with the request (``contract.REQUEST_CAMERA``): the label of the served shift metrics."""
+    try:
+        with _malformed("the DICOM header"):
+            parts = [str(dataset.get(keyword) or "").strip() for keyword in ("Manufacturer", "ManufacturerModelName")]
+    except UnsupportedDicomError:
+        return None
+    return " ".join(p for p in parts if p) or None
+
+
 def identity(dataset: Dataset) -> tuple[str | None, str | None]:
     """(patient ID, canonical eye) from a header, for local bookkeeping only; None where absent,
     unreadable, or a laterality that is not one eye (B, U)."""
@@ -236,3 +247,12 @@ def identity(dataset: Dataset) -> tuple[str | None, str | None]:
     except ValueError:
         eye = None
     return patient, eye
+
+
+def study_uid(dataset: Dataset) -> str | None:
+    """The StudyInstanceUID of a header (the visit an exam belongs to); None where absent or unreadable."""
+    try:
+        with _malformed("the DICOM header"):
+            return str(dataset.get("StudyInstanceUID") or "") or None
+    except UnsupportedDicomError:
+        return None

@@ -2,31 +2,38 @@
 
 The SR copies the patient and study modules of the source, as a derived document does, and
 references the source instance (and frame) it was computed from; it names the model, its
-version and the digests of the catalog and referral rules, the gradability and the decision.
-Per-disease probabilities are reported only for a gradable image (an ungradable one has no
-disease decision). A positive finding with a heatmap carries its peak as a spatial coordinate
-(SCOORD POINT, in the source frame's pixel coordinates, selected from the source image).
-It is built locally and never sent to the screening server.
+version and the digests of the catalog and referral rules, the eye (the source's laterality, as
+a concept modifier of the report), the gradability and the decision. Per-disease probabilities
+are reported only for a gradable image (an ungradable one has no disease decision). A positive
+finding with a heatmap carries its peak as a spatial coordinate (SCOORD POINT, in the source
+frame's pixel coordinates, selected from the source image), named after the kind of map.
+
+Its text is UTF-8 and says so (SpecificCharacterSet ``ISO_IR 192``): the em dash of a gradability
+and a patient's name in any script round-trip, and pydicom never falls back to replacement
+characters (with a warning per instance). The private coding scheme of the catalog's diseases is
+declared in the Coding Scheme Identification Sequence. It is built locally and never sent to the
+screening server.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from predilect import contract
 from predilect.catalog import Catalog
 from predilect.client.results import ScreeningResult
-from predilect.dicom.reader import pydicom_module
+from predilect.dicom.reader import identity, pydicom_module
 
 if TYPE_CHECKING:
     from pydicom import Dataset
 
 CODING_SCHEME = "99PREDILECT"  # private scheme for the catalog's diseases
+UTF8 = "ISO_IR 192"
 _SOURCE_ATTRIBUTES = (
     "SOPClassUID",
     "SOPInstanceUID",
     "StudyInstanceUID",
     "SeriesInstanceUID",
-    "SpecificCharacterSet",
     "PatientID",
     "PatientName",
     "PatientBirthDate",
@@ -96,8 +103,9 @@ def _finding(result: ScreeningResult, concept: Any, source: Dataset, frame: int 
     if heatmap is None:
         return item
     point = np.array([[heatmap.peak[0] * int(source.Columns), heatmap.peak[1] * int(source.Rows)]], dtype=float)
+    meaning = {"evidence": "Peak of the evidence map", "attention": "Peak of the attention map"}
     scoord = hd.sr.ScoordContentItem(
-        name=_private("attention_peak", "Peak of the predilection attention"),
+        name=_private("heatmap_peak", meaning.get(heatmap.kind or "", "Peak of the heatmap")),
         graphic_type=hd.sr.GraphicTypeValues.POINT,
         graphic_data=point,
         pixel_origin_interpretation=hd.sr.PixelOriginInterpretationValues.FRAME,
@@ -119,11 +127,20 @@ def _content(result: ScreeningResult, source: Dataset, catalog: Catalog, *, fram
     root = hd.sr.ContainerContentItem(
         name=hd.sr.CodedConcept(value="18748-4", scheme_designator="LN", meaning="Diagnostic imaging report")
     )
+    _, eye = identity(source)
 
     def text(value: str, meaning: str, content: str) -> Any:
         return hd.sr.TextContentItem(name=_private(value, meaning), value=content, relationship_type=contains)
 
-    items: list[Any] = [
+    items: list[Any] = []
+    if eye is not None:  # the eye the photograph is of, from the source's (Image) Laterality
+        side = codes.SCT.Right if eye == contract.RIGHT_EYE else codes.SCT.Left
+        items.append(
+            hd.sr.CodeContentItem(
+                name=codes.SCT.Laterality, value=side, relationship_type=hd.sr.RelationshipTypeValues.HAS_CONCEPT_MOD
+            )
+        )
+    items += [
         hd.sr.TextContentItem(name=codes.DCM.AlgorithmName, value=result.model_name, relationship_type=contains),
         hd.sr.TextContentItem(name=codes.DCM.AlgorithmVersion, value=result.model_version, relationship_type=contains),
         text("catalog_digest", "Disease catalog digest", result.catalog_digest),
@@ -181,6 +198,12 @@ def structured_report(
         manufacturer=manufacturer,
         is_complete=True,
     )
+    report.SpecificCharacterSet = UTF8  # the text is written as UTF-8: declared, so every reader decodes it
+    scheme = pydicom_module().Dataset()
+    scheme.CodingSchemeDesignator = CODING_SCHEME
+    scheme.CodingSchemeName = "Predilect screening catalog"
+    scheme.CodingSchemeResponsibleOrganization = manufacturer
+    report.CodingSchemeIdentificationSequence = [scheme]
     report.ManufacturerModelName = result.model_name[:64]
     report.SoftwareVersions = result.model_version[:64]
     report.SeriesDescription = "Predilect fundus screening"

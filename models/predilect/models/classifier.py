@@ -29,12 +29,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from predilect import contract
 from predilect.errors import ConfigError
 from predilect.kernels import is_supported, predilection_attention
 from predilect.kernels.attention import predilection_attention_reference, use_custom_op_attention, use_fused_attention
 
 BACKBONES = ("conv", "conv-local", "conv-local8", "vit")
-HEATMAPS = ("attention", "evidence")
+HEATMAPS = contract.HEATMAP_KINDS
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,7 @@
 """The ``dali_cpu`` decoder: the DALI graph (``predilect.preprocess.dali``) on the host, full-resolution decode.
 
-libjpeg-turbo / libpng inside DALI; no GPU (``device_id`` may be None). The CPU twin of the GPU
+libjpeg-turbo / libpng inside DALI; no GPU (``device_id`` may be None); the field of view measured
+on the host first, as for every DALI graph (``predilect.preprocess.field``). The CPU twin of the GPU
 profile's ``dali_mixed`` step: the same graph, the same pipeline factory.
 """
 

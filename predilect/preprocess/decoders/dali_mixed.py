@@ -1,7 +1,8 @@
 """The ``dali_mixed`` decoder: the DALI graph (``predilect.preprocess.dali``) with nvJPEG decode on a GPU.
 
 What the GPU profile's ``preprocess`` step serves (``dali.py``, the same pipeline factory); in a
-``Preprocessor`` it needs a ``device_id``, and its outputs are copied back to the host.
+``Preprocessor`` it needs a ``device_id``, the field of view is measured on the host before each
+run (``predilect.preprocess.field``), and its outputs are copied back to the host.
 """
 
 from __future__ import annotations

@@ -25,6 +25,7 @@ import numpy as np
 import simplejpeg
 from PIL import Image, ImageOps
 
+from predilect.preprocess.budget import PixelBudget
 from predilect.preprocess.config import PreprocessCfg
 from predilect.preprocess.decoders import DecodedBatch, Sniffed
 from predilect.preprocess.result import InvalidImageError, decode_failure, fov_error
@@ -119,30 +120,26 @@ def _resized(square: Image.Image, side_px: int, cfg: PreprocessCfg) -> np.ndarra
 
 
 @dataclass(frozen=True)
-class Squares:
-    """One image through the ``pil_draft`` steps up to the resized squares (HxWx3 uint8).
+class DraftField:
+    """One image decoded at its draft scale and its field of view measured there.
 
-    ``model``: the model input's square; ``quality``: the same crop at ``cfg.quality_size`` (or None);
-    ``fov``: the field of view's (width, height) and ``frame``: the photograph's (width, height), both
-    in full-resolution source pixels as displayed (EXIF orientation applied).
+    ``rgb``: the decoded frame (DCT-scaled JPEG, full-resolution PNG; EXIF orientation applied);
+    ``side_px``: the field-of-view square's side on ``rgb``; ``fov``: the field of view's (width,
+    height) and ``frame``: the photograph's (width, height), both in full-resolution source pixels as
+    displayed.
     """
 
-    model: np.ndarray
-    quality: np.ndarray | None
+    rgb: np.ndarray
+    side_px: int
     fov: tuple[float, float]
     frame: tuple[float, float]
 
 
-def squares(data: np.ndarray, cfg: PreprocessCfg, header: ImageHeader, *, quality: bool = False) -> Squares:
-    """The ``pil_draft`` steps on one encoded image up to its resized squares.
-
-    Both squares are resized from the one field-of-view crop of the one decoded frame; the
-    quality square only with ``quality`` and ``cfg.separate_quality_square``. The JPEG is
-    DCT-scaled for ``cfg.decode_px`` whether or not the quality square is asked for, so the
-    model square does not depend on it. The field of view is found on the DCT-scaled frame and
-    returned in full-resolution source pixels. Raises the decoder's ``ValueError``/``OSError``
-    (or ``InvalidImageError``) when the bytes do not decode cleanly.
-    """
+def draft_field(data: np.ndarray, cfg: PreprocessCfg, header: ImageHeader) -> DraftField:
+    """Decode at the smallest DCT scale that leaves the field-of-view square at least ``cfg.decode_px``
+    and measure the field of view there: the one measurement every decoder crops by (the DALI graph
+    takes it as an input). Raises the decoder's ``ValueError``/``OSError`` (or ``InvalidImageError``)
+    when the bytes do not decode cleanly."""
     full_w, full_h = (header.height, header.width) if header.orientation >= 5 else (header.width, header.height)
     target = request_px = cfg.decode_px
     while True:
@@ -156,10 +153,36 @@ def squares(data: np.ndarray, cfg: PreprocessCfg, header: ImageHeader, *, qualit
             break
         # The disc fills less of the frame than the first guess assumed: decode one scale finer.
         request_px = max(math.ceil(min(width, height) * target / side), min(width, height) + 1)
-    square = _crop_square(rgb, max(side, 1))
-    graded = _resized(square, cfg.quality_size, cfg) if quality and cfg.separate_quality_square else None
     fov = (fov_w * full_w / width, fov_h * full_h / height)
-    return Squares(_resized(square, cfg.size, cfg), graded, fov, (float(full_w), float(full_h)))
+    return DraftField(rgb, side, fov, (float(full_w), float(full_h)))
+
+
+@dataclass(frozen=True)
+class Squares:
+    """One image through the ``pil_draft`` steps up to the resized squares (HxWx3 uint8).
+
+    ``model``: the model input's square; ``quality``: the same crop at ``cfg.quality_size`` (or None);
+    ``fov`` and ``frame``: as ``DraftField``'s.
+    """
+
+    model: np.ndarray
+    quality: np.ndarray | None
+    fov: tuple[float, float]
+    frame: tuple[float, float]
+
+
+def squares(data: np.ndarray, cfg: PreprocessCfg, header: ImageHeader, *, quality: bool = False) -> Squares:
+    """The ``pil_draft`` steps on one encoded image up to its resized squares.
+
+    Both squares are resized from the one field-of-view crop of the one decoded frame
+    (``draft_field``); the quality square only with ``quality`` and ``cfg.separate_quality_square``.
+    The JPEG is DCT-scaled for ``cfg.decode_px`` whether or not the quality square is asked for, so
+    the model square does not depend on it.
+    """
+    field = draft_field(data, cfg, header)
+    square = _crop_square(field.rgb, max(field.side_px, 1))
+    graded = _resized(square, cfg.quality_size, cfg) if quality and cfg.separate_quality_square else None
+    return Squares(_resized(square, cfg.size, cfg), graded, field.fov, field.frame)
 
 
 @dataclass(frozen=True)
@@ -189,11 +212,22 @@ class Normaliser:
 _Outcome = tuple[Union[Squares, InvalidImageError], tuple[float, float], tuple[float, float]]
 
 
+def _decoded_pixels(header: ImageHeader, request_px: int) -> int:
+    """The pixels of the frame a decode holds: a PNG at full size, a JPEG at its first DCT scale."""
+    if header.format == "png":
+        return header.width * header.height
+    scale = draft_scale(header.width, header.height, request_px)
+    return -(-header.width // scale) * -(-header.height // scale)
+
+
 class PilDraftDecoder:
-    """The ``pil_draft`` backend: each image on its own, ``num_threads`` at a time."""
+    """The ``pil_draft`` backend: each image on its own, ``num_threads`` at a time, within a budget of
+    ``cfg.max_pixels`` decoded pixels at once (the largest frame accepted: a frame that large is
+    decoded alone; camera frames, DCT-scaled, many at a time)."""
 
     def __init__(self, cfg: PreprocessCfg, *, num_threads: int) -> None:
         self.cfg = cfg
+        self.budget = PixelBudget(cfg.max_pixels)
         self._normaliser = Normaliser.of(cfg)
         self._pool = (
             ThreadPoolExecutor(max_workers=num_threads, thread_name_prefix="predilect-decode")
@@ -204,7 +238,8 @@ class PilDraftDecoder:
     def _one(self, item: Sniffed, quality: bool) -> _Outcome:
         """One payload to its squares, or the reason it is refused; its FOV and frame extents."""
         try:
-            done = squares(item.data, self.cfg, item.header, quality=quality)
+            with self.budget.hold(_decoded_pixels(item.header, self.cfg.decode_px)):
+                done = squares(item.data, self.cfg, item.header, quality=quality)
         except InvalidImageError as e:
             return e, (0.0, 0.0), (0.0, 0.0)
         # The per-payload boundary: whatever the decoder raises on these bytes (libjpeg's

@@ -33,6 +33,14 @@ def _parser(profile: str) -> argparse.ArgumentParser:
         default=None,
         help="gradability thresholds (a quality_calibration.json from `predilect gradability`; default: packaged)",
     )
+    p.add_argument(
+        "--reference-manifest",
+        type=Path,
+        default=None,
+        help="labelled images whose --reference-split gives the reference distributions shift monitoring compares with",
+    )
+    p.add_argument("--reference-split", default="val", help="split of --reference-manifest (default: val)")
+    p.add_argument("--reference-images", type=int, default=400, help="images the reference is taken on, at most")
     if profile == "gpu":
         p.add_argument("--gate-manifest", type=Path, help="labelled held-out images for the engine's accuracy gate")
         p.add_argument("--gate-images", type=int, default=64, help="held-out images in the gate set")
@@ -49,6 +57,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(argv) if argv is not None else None
     known, _ = _parser(PROFILES[0]).parse_known_args(argv)
     args = _parser(known.profile).parse_args(argv)
+    quality = load_quality_cfg(args.quality) if args.quality is not None else None
+    reference = None
+    if args.reference_manifest is not None:
+        from predilect.serving.reference import reference_from_manifest
+        from predilect.serving.repository import read_served_model, served_onnx
+
+        onnx_path = served_onnx(args.onnx, getattr(args, "precision", "fp32")) if args.profile == "cpu" else args.onnx
+        served = read_served_model(onnx_path, quality=quality)
+        reference = reference_from_manifest(
+            onnx_path, served, args.reference_manifest, split=args.reference_split, limit=args.reference_images
+        )
+        print(f"reference distributions: {reference.source}")
     if args.profile == "gpu":
         from predilect.serving.gpu_profile import assemble_gpu
 
@@ -60,10 +80,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             gate_images=args.gate_images,
             calibration_manifest=args.calibration_manifest,
             use_plugin=not args.no_plugin,
+            reference=reference,
         )
         print(f"GPU model repository written to {out}; its engine is built on the GPU host by the container")
         return 0
-    quality = load_quality_cfg(args.quality) if args.quality is not None else None
-    out = assemble(args.onnx, args.out, dataclass_from_args(ServingOptions, args), quality=quality)
+    out = assemble(args.onnx, args.out, dataclass_from_args(ServingOptions, args), quality=quality, reference=reference)
     print(f"model repository written to {out}")
     return 0

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 from predilect import contract
 from predilect.catalog import Catalog
+from predilect.drift import Reference
 from predilect.errors import ConfigError
 from predilect.preprocess import PreprocessCfg
 from predilect.quality import QualityCfg, QualitySizeError, check_size, default_quality_cfg
@@ -97,7 +98,8 @@ class ServedModel:
     ``quality`` holds the gradability thresholds (default: the packaged calibration), which must
     have been calibrated at ``preprocess.quality_size`` (else ``ConfigError``: nothing is assembled);
     ``attention_grid`` is the side g of the model's ``ATTENTION`` output ``[batch, C, g, g]``, or
-    None when the exported model has none (then the repository serves no ``HEATMAPS``).
+    None when the exported model has none (then the repository serves no ``HEATMAPS``); ``reference``
+    the model's reference distributions (``predilect.drift``), served for shift monitoring when given.
     """
 
     catalog: Catalog
@@ -106,6 +108,8 @@ class ServedModel:
     model_version: str
     quality: QualityCfg = field(default_factory=default_quality_cfg)
     attention_grid: int | None = None
+    reference: Reference | None = None
+    heatmap_kind: str | None = None
 
     def __post_init__(self) -> None:
         try:
@@ -127,10 +131,23 @@ class ServedModel:
             contract.KEY_RULES: self.rules.to_json(),
             contract.KEY_RULES_DIGEST: self.rules.digest(),
             contract.KEY_CATALOG_DIGEST: self.catalog.digest(),
+            **self.reference_parameters(),
+            **({contract.KEY_HEATMAP: self.heatmap_kind} if self.heatmap_kind and self.attention_grid else {}),
         }
+
+    def reference_parameters(self) -> dict[str, str]:
+        """``KEY_REFERENCE`` when the repository carries reference distributions, else nothing."""
+        return {contract.KEY_REFERENCE: self.reference.to_json()} if self.reference is not None else {}
 
 
 def screening_parameters(served: ServedModel) -> dict[str, str]:
     """The parameters ``Screening.from_parameters`` reads (every profile's models that grade or decide):
-    the referral rules, with the quality calibration inside them, and the preprocessing."""
-    return {contract.KEY_RULES: served.rules.to_json(), contract.KEY_PREPROCESS: served.preprocess.to_json()}
+    the referral rules, with the quality calibration inside them, and the preprocessing; and what their
+    shift metrics name and bucket by (``backends.shift_metrics``): the model's identity and reference."""
+    return {
+        contract.KEY_RULES: served.rules.to_json(),
+        contract.KEY_PREPROCESS: served.preprocess.to_json(),
+        contract.KEY_MODEL_NAME: served.model_name,
+        contract.KEY_MODEL_VERSION: served.model_version,
+        **served.reference_parameters(),
+    }

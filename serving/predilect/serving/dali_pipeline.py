@@ -5,11 +5,13 @@
 ``served_pipeline(PARAMS)`` with ``@autoserialize``; Triton's DALI backend serialises it at
 load. The pipeline comes from ``predilect.preprocess.dali.pipeline_definition``, the one factory
 (and the one graph, ``fundus_graph``) that the CPU profile's ``dali_cpu`` decoder, the tests and
-the benchmarks build too: fed from an external source named ``IMAGE`` (the ensemble's ragged
-input), returning ``predilect.preprocess.dali_outputs(cfg)`` (PIXELS, FOV_EXTENT, FRAME_EXTENT,
-and QUALITY_SQUARE when the model input's side is not the quality calibration's), in the order
-of the model config's outputs; ``postprocess`` places ``FIELD_BOX`` from the two extents and
-grades the quality square.
+the benchmarks build too: fed from two external sources, ``IMAGE`` (the ensemble's ragged input)
+and ``FOV_EXTENT`` (the field of view ``validate_image`` measured on the host:
+``predilect.preprocess.dali_inputs``), returning ``predilect.preprocess.dali_outputs(cfg)`` (PIXELS,
+and QUALITY_SQUARE when the model input's side is not the quality calibration's), in the order of
+the model config's outputs; ``postprocess`` places ``FIELD_BOX`` from the two extents
+``validate_image`` measured and grades the quality square. The graph is defined for DALI's legacy
+executor, the one Triton's DALI backend runs (``gpu_profile.check_legacy_executor``).
 
 The served decoder is ``DaliParams.decoder`` (``dali_mixed``, nvJPEG), not necessarily the one
 the checkpoint was trained with (``DaliParams.preprocess.decoder``): the params file records both

@@ -8,22 +8,25 @@ keeps the attention map on chip and returns logits only, so a client asking for 
 refused by its own discovery check (``IncompatibleModelError``) before any request. Steps
 (``topology.gpu_layout``, which derives the ensemble from them):
 
-1. ``validate_image`` (Python, CPU): the cheap header/structure check, so that one bad image
-   fails alone instead of failing the DALI batch it would have joined;
-2. ``preprocess`` (DALI backend, GPU): nvJPEG ``mixed`` decode, field-of-view crop, resize,
+1. ``validate_image`` (Python, CPU): the header/structure check, so that one bad image fails
+   alone instead of failing the DALI batch it would have joined, and the field-of-view measure
+   (a DCT-scaled decode, ``predilect.preprocess.field``): FOV_EXTENT and FRAME_EXTENT;
+2. ``preprocess`` (DALI backend, GPU): nvJPEG ``mixed`` decode, crop by FOV_EXTENT (its side
+   computed on the CPU: the backend's legacy executor allows no GPU->CPU transition), resize,
    normalise: ``dali.py`` derived from the served ``PreprocessCfg``; ragged ``IMAGE`` batches;
-   returns PIXELS, FOV_EXTENT and FRAME_EXTENT (the decoded photograph's size), and QUALITY_SQUARE
-   (the same crop at the quality calibration's side) when the model input has another side.
+   returns PIXELS, and QUALITY_SQUARE (the same crop at the quality calibration's side) when the
+   model input has another side.
    nvJPEG (``dali_mixed``) replaces the checkpoint's decoder (``pil_draft`` by default): the
    substitution is gated (``predilect.build.decoder_gate``: here with the ``dali_cpu`` twin, on
    the serving GPU again with nvJPEG) and recorded (``contract.KEY_SERVED_DECODER``,
    ``contract.KEY_DECODER_GATE``) in ``dali_params.json`` and the ensemble's parameters;
 3. ``classifier`` (``tensorrt_plan``, GPU): the engine, whose optimisation profile is
    min 1 / opt = the largest preferred batch / max = ``max_batch_size``;
-4. ``postprocess`` (Python, CPU): rejects images without a field of view, per request; grades
-   PIXELS, or QUALITY_SQUARE when sent (``Screening.quality``; Triton copies them to the CPU for the
-   Python backend), decides
-   (``Screening.decide``, the served rules) and places FIELD_BOX, as the CPU profile does.
+4. ``postprocess`` (Python; ``postprocess_instances`` of them, on ``KIND_CPU`` or per GPU with
+   ``KIND_GPU``): rejects images without a field of view, per request; grades PIXELS, or
+   QUALITY_SQUARE in its place where the model input has another side (``Screening.quality``;
+   Triton copies it to the host for the Python backend), decides (``Screening.decide``, the served
+   rules) and places FIELD_BOX, as the CPU profile does.
 
 Every batched step has dynamic batching with preferred sizes and a queue policy (bounded
 queue, REJECT on timeout) so overload fails fast; DALI and TensorRT warm up at load.
@@ -46,11 +49,15 @@ from predilect.build.decoder_gate import (
     gate_decoder,
     manifest_gate_images,
 )
+from predilect.drift import Reference
 from predilect.errors import ConfigError
 from predilect.preprocess import PreprocessCfg
 from predilect.serving import topology
 from predilect.serving.dali_pipeline import SERVED_DECODER, DaliParams
 from predilect.serving.triton_config import QueuePolicyDef
+
+POSTPROCESS_KINDS = ("KIND_CPU", "KIND_GPU")
+"""Where the postprocess instances are counted: in all (CPU), or per GPU (the Python code runs on the host)."""
 
 
 @dataclass(frozen=True)
@@ -66,7 +73,16 @@ class GpuServingOptions:
     queue_timeout_us: int = field(
         default=2_000_000, metadata={"help": "a request queued longer is rejected, in us (0: never)"}
     )
-    validate_instances: int = field(default=2, metadata={"help": "validate_image (CPU) model instances"})
+    validate_instances: int = field(
+        default=2, metadata={"help": "validate_image (CPU) model instances (each measures the field of view)"}
+    )
+    postprocess_instances: int = field(
+        default=1, metadata={"help": "postprocess (Python) model instances, per GPU with --postprocess-kind KIND_GPU"}
+    )
+    postprocess_kind: str = field(
+        default="KIND_CPU",
+        metadata={"help": "postprocess placement: KIND_CPU (a count in all) or KIND_GPU (that count per GPU)"},
+    )
     dali_threads: int = field(default=4, metadata={"help": "DALI CPU threads per preprocess instance"})
     hw_decoder_load: float = field(
         default=0.65, metadata={"help": "share of JPEGs given to the hardware decoder (A100/H100), 0..1"}
@@ -83,7 +99,13 @@ class GpuServingOptions:
     precision: str = field(default="fp32", metadata={"help": "engine precision: fp32, fp16, bf16, int8, fp8"})
 
     def __post_init__(self) -> None:
-        for name in ("max_batch_size", "validate_instances", "dali_threads", "classifier_instances"):
+        for name in (
+            "max_batch_size",
+            "validate_instances",
+            "postprocess_instances",
+            "dali_threads",
+            "classifier_instances",
+        ):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if any(not 1 <= b <= self.max_batch_size for b in self.preferred_batch_sizes):
@@ -94,6 +116,8 @@ class GpuServingOptions:
             raise ConfigError(f"hw_decoder_load is a share, 0..1; got {self.hw_decoder_load}")
         if min(self.decoder_tolerance_dp, self.decoder_tolerance_auroc) < 0:
             raise ConfigError("decoder gate tolerances must be >= 0")
+        if self.postprocess_kind not in POSTPROCESS_KINDS:
+            raise ConfigError(f"postprocess_kind must be one of {POSTPROCESS_KINDS}, got {self.postprocess_kind!r}")
         if self.precision not in ("fp32", "fp16", "bf16", "int8", "fp8"):
             raise ConfigError(f"precision must be fp32, fp16, bf16, int8 or fp8; got {self.precision!r}")
 
@@ -156,6 +180,21 @@ def warmup_jpeg(*, size_px: int = 512, seed: int = 0) -> bytes:
     return buffer.getvalue()
 
 
+def warmup_fov_extent(jpeg: bytes, cfg: PreprocessCfg) -> bytes:
+    """The warm-up image's FOV_EXTENT as Triton reads a warm-up file: two float32, raw, in order."""
+    import numpy as np
+
+    from predilect.preprocess.decoders import Sniffed
+    from predilect.preprocess.field import HostField, measure_field
+    from predilect.preprocess.sniff import inspect_image
+
+    data = np.frombuffer(jpeg, np.uint8)
+    field = measure_field(Sniffed(data, inspect_image(data, cfg)), cfg)
+    if not isinstance(field, HostField):
+        raise ConfigError(f"the warm-up image does not pass preprocessing: {field}")
+    return field.fov_extent().astype("<f4").tobytes()
+
+
 SYNTHETIC_GATE_SIDES_PX = (256, 384, 512, 768, 1024, 1536)
 """Without a gate manifest, the decoder gate's images: warm-up-style discs at sides that take ``pil_draft`` through
 its DCT scales (1, 1/2, 1/4, 1/8 for a 224-px square); they stand in for photographs, which the report names."""
@@ -186,6 +225,20 @@ def gate_served_decoder(
     )
 
 
+def check_legacy_executor(params: DaliParams) -> None:
+    """Refuse a served DALI graph that Triton's DALI backend would not load: its legacy executor allows
+    no GPU->CPU transition (``predilect.preprocess.dali.gpu_to_cpu_edges``; the Python graph only, no GPU)."""
+    from predilect.preprocess.dali import gpu_to_cpu_edges
+    from predilect.serving.dali_pipeline import served_pipeline
+
+    edges = gpu_to_cpu_edges(served_pipeline(params)())
+    if edges:
+        raise ConfigError(
+            "the served DALI graph has GPU->CPU transitions, which the DALI backend's legacy executor refuses: "
+            + "; ".join(edges)
+        )
+
+
 def shim_dir() -> Path:
     """The GPU profile's templates (``model_repository/gpu``)."""
     from predilect.serving.repository import shim_source_dir
@@ -196,25 +249,21 @@ def shim_dir() -> Path:
 def prepare_classifier_onnx(
     onnx_path: Path, precision: str, *, calibration: Path | None = None, calibration_images: int = 256
 ) -> bytes:
-    """The served ONNX in ``precision`` (ONNX Runtime form, FP32 I/O): what the engine is built from."""
+    """The served ONNX in ``precision`` (``precision.served_onnx``: ONNX Runtime form, FP32 I/O): what the
+    engine is built from; INT8/FP8 calibrate on ``calibration_images`` training images of ``calibration``."""
     import onnx
-    import onnx_graphsurgeon as gs
 
-    from predilect.build.tensorrt.onnx_rewrite import find_attention, rewrite
-    from predilect.build.tensorrt.precision import cast_float, quantize
+    from predilect.build.tensorrt.precision import served_onnx
 
     model = onnx.load(str(onnx_path))
-    if precision == "fp32":
-        return model.SerializeToString()
-    if precision in ("fp16", "bf16"):
-        return cast_float(rewrite(model), precision).SerializeToString()
-    if calibration is None:
-        raise ConfigError(f"precision {precision} needs --calibration-manifest (training images to calibrate on)")
-    from predilect.build.tensorrt.gate_set import manifest_gate_set
+    pixels = None
+    if precision in ("int8", "fp8"):
+        if calibration is None:
+            raise ConfigError(f"precision {precision} needs --calibration-manifest (training images to calibrate on)")
+        from predilect.build.tensorrt.gate_set import manifest_gate_set
 
-    pixels, _ = manifest_gate_set(calibration, onnx_path, split="train", limit=calibration_images)
-    head = [node.name for node in find_attention(gs.import_onnx(model)).nodes]
-    return quantize(model, pixels, precision, exclude_nodes=head).SerializeToString()
+        pixels, _ = manifest_gate_set(calibration, onnx_path, split="train", limit=calibration_images)
+    return served_onnx(model, precision, calibration_pixels=pixels).SerializeToString()
 
 
 def assemble_gpu(
@@ -226,6 +275,7 @@ def assemble_gpu(
     gate_images: int = 64,
     calibration_manifest: Path | None = None,
     use_plugin: bool = True,
+    reference: Reference | None = None,
 ) -> Path:
     """Write the GPU-profile repository for ``onnx_path`` into ``out_dir`` (replacing a previous one).
 
@@ -241,7 +291,7 @@ def assemble_gpu(
     from predilect.serving.repository import read_served_model, staged_repository, write_model
 
     onnx_path, out_dir = Path(onnx_path), Path(out_dir)
-    served = read_served_model(onnx_path)
+    served = read_served_model(onnx_path, reference=reference)
     classifier_onnx = prepare_classifier_onnx(onnx_path, options.precision, calibration=calibration_manifest)
     if gate_manifest is not None:
         from predilect.build.tensorrt.gate_set import manifest_gate_set
@@ -280,10 +330,12 @@ def assemble_gpu(
             decoder_gate=None if decoder_gate is None else decoder_gate.to_json(),
         )
         (dali_dir / version / contract.DALI_PARAMS_FILENAME).write_text(params.to_json(), encoding="utf-8")
+        check_legacy_executor(params)
         if decoder_gate is not None:  # the container gates nvJPEG itself on these, on its GPU
             decoder_images.save(dali_dir / contract.DECODER_GATE_SET_FILENAME)
         (dali_dir / "warmup").mkdir()
         (dali_dir / "warmup" / topology.GPU_WARMUP_IMAGE).write_bytes(jpeg)
+        (dali_dir / "warmup" / topology.GPU_WARMUP_FOV).write_bytes(warmup_fov_extent(jpeg, served.preprocess))
         classifier = staging / contract.CLASSIFIER_MODEL
         (classifier / version / contract.ONNX_FILENAME).write_bytes(classifier_onnx)
         shutil.copy2(onnx_path, classifier / contract.REFERENCE_ONNX_FILENAME)

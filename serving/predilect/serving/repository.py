@@ -10,6 +10,7 @@ models next to their configs.
 from __future__ import annotations
 
 import dataclasses
+import json
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -19,6 +20,7 @@ from pathlib import Path
 from predilect import contract
 from predilect.catalog import Catalog
 from predilect.contract import KEY_CATALOG, KEY_MODEL_NAME, KEY_MODEL_VERSION, KEY_PREPROCESS
+from predilect.drift import Reference
 from predilect.errors import UserError
 from predilect.preprocess import PreprocessCfg
 from predilect.quality import QualityCfg, default_quality_cfg
@@ -54,10 +56,13 @@ def _dims(value_info) -> list[int | str]:
     return [d.dim_param or d.dim_value for d in value_info.type.tensor_type.shape.dim]
 
 
-def read_served_model(onnx_path: Path, *, quality: QualityCfg | None = None) -> configs.ServedModel:
+def read_served_model(
+    onnx_path: Path, *, quality: QualityCfg | None = None, reference: Reference | None = None
+) -> configs.ServedModel:
     """Read the served identity from an exported model's metadata, checking its tensors.
 
-    ``quality``: the gradability thresholds to serve (default: the packaged calibration).
+    ``quality``: the gradability thresholds to serve (default: the packaged calibration);
+    ``reference``: the model's reference distributions for shift monitoring (``predilect.drift``).
     """
     import onnx
 
@@ -81,9 +86,26 @@ def read_served_model(onnx_path: Path, *, quality: QualityCfg | None = None) -> 
         model_name=meta[KEY_MODEL_NAME],
         model_version=meta[KEY_MODEL_VERSION],
         quality=quality or default_quality_cfg(),
+        reference=reference,
     )
     _check_tensors(model, served, onnx_path)
-    return dataclasses.replace(served, attention_grid=_attention_grid(model, served, onnx_path))
+    return dataclasses.replace(
+        served, attention_grid=_attention_grid(model, served, onnx_path), heatmap_kind=_heatmap_kind(meta, onnx_path)
+    )
+
+
+def _heatmap_kind(meta: dict[str, str], onnx_path: Path) -> str | None:
+    """Which map the model's ``ATTENTION`` output holds (``contract.HEATMAP_KINDS``), from its exported model
+    config; None when the export does not say (a model exported without ``predilect.model``)."""
+    if not meta.get(contract.KEY_MODEL_CFG):
+        return None
+    try:
+        kind = json.loads(meta[contract.KEY_MODEL_CFG]).get("heatmap", contract.HEATMAP_KINDS[0])
+    except (ValueError, AttributeError) as e:
+        raise ModelMetadataError(f"{onnx_path}: unreadable {contract.KEY_MODEL_CFG} metadata: {e}") from e
+    if kind not in contract.HEATMAP_KINDS:
+        raise ModelMetadataError(f"{onnx_path}: heatmap kind {kind!r} is not one of {contract.HEATMAP_KINDS}")
+    return str(kind)
 
 
 def _attention_grid(model, served: configs.ServedModel, onnx_path: Path) -> int | None:
@@ -186,14 +208,16 @@ def assemble(
     options: configs.ServingOptions = configs.ServingOptions(),
     *,
     quality: QualityCfg | None = None,
+    reference: Reference | None = None,
 ) -> Path:
     """Write the model repository for ``onnx_path`` into ``out_dir`` (replacing a previous one).
 
     ``options.precision == "int8"`` serves the gated INT8 model ``predilect quantize`` wrote beside it.
-    ``quality``: the gradability thresholds to serve (default: the packaged calibration).
+    ``quality``: the gradability thresholds to serve (default: the packaged calibration); ``reference``:
+    the model's reference distributions (``predilect.serving.reference``), served for shift monitoring.
     """
     onnx_path, out_dir = served_onnx(Path(onnx_path), options.precision), Path(out_dir)
-    served = read_served_model(onnx_path, quality=quality)
+    served = read_served_model(onnx_path, quality=quality, reference=reference)
     shims = shim_source_dir()
     with staged_repository(out_dir) as staging:
         for definition in topology.cpu_layout(served, options).models():

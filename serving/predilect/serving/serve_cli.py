@@ -2,15 +2,17 @@
 
 Secure by default: gRPC only, on loopback; another address needs the screening token
 (``$PREDILECT_AUTH_TOKEN``, see ``contract.AUTH_TOKEN_ENV``) or an explicit
-``--allow-unauthenticated``. With the token set every gRPC call must carry it. ``--tls-cert`` /
-``--tls-key`` turn on gRPC TLS, ``--tls-mutual`` requires client certificates. A gRPC request
-larger than ``--max-request-mb`` (32) is refused before it reaches the server: nginx runs in front
-of tritonserver's gRPC port for that (``serving/predilect/serving/front.py``; tritonserver 2.51 has no such limit)
-and terminates TLS there. HTTP is off: the tritonserver of this wheel (2.51) dies of SIGSEGV on
-any HTTP request whose body is 4 MB or more (docs/RELIABILITY.md); ``--http`` turns it on, with
-every API but health under the token (health only with TLS: Triton's HTTP has no TLS). Metrics
-listen on loopback (``--no-metrics``: off); the metrics endpoint has the same crash, so never
-expose it to untrusted callers.
+``--allow-unauthenticated``. nginx runs in front of tritonserver (``serving/predilect/serving/front.py``)
+and is the only way in: tritonserver listens on Unix sockets only its user reaches. The front
+refuses a gRPC request larger than ``--max-request-mb`` (32) before it reaches the server, passes
+only health, metadata and inference (shared memory, repository and model control, trace and
+logging are closed), checks the token (every gRPC call must carry it) and ends TLS (``--tls-cert`` /
+``--tls-key``, ``--tls-mutual`` for client certificates). ``--http`` adds KServe over HTTP through
+the front, every API but health under the token (health only with TLS), bodies refused from 3 MiB
+(tritonserver 2.51 dies of SIGSEGV on one of 4 MiB: docs/RELIABILITY.md). Metrics listen on
+loopback (``--no-metrics``: off), ``GET /metrics`` only. ``--max-request-mb 0`` runs tritonserver
+alone, without nginx and without those guards (no token then: tritonserver would take it on its
+command line, which every local user can read).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from pathlib import Path
 from predilect.artifacts import default_artifacts
 from predilect.cli import EXIT_INCOMPLETE, EXIT_UNAVAILABLE, CommandError, command
 from predilect.contract import AUTH_TOKEN_ENV, DEFAULT_GRPC_PORT, DEFAULT_HTTP_PORT, DEFAULT_METRICS_PORT
+from predilect.serving.front import NGINX_MISSING, FrontStartError, nginx_binary, port_in_use
 from predilect.serving.server import LOOPBACK, ServerSecurity, ServerStartError, ServerTls, TritonServer
 
 _LOOPBACKS = (LOOPBACK, "localhost", "::1")
@@ -70,15 +73,16 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--http",
         action="store_true",
-        help="also serve HTTP (health; every other API under the token, none with TLS); "
-        "tritonserver 2.51 crashes on HTTP bodies >= 4 MB",
+        help="also serve KServe over HTTP through the front (health; every other API under the token, none "
+        "with TLS); bodies of 3 MiB or more refused (tritonserver 2.51 crashes on 4 MiB)",
     )
     p.add_argument("--no-metrics", action="store_true", help="no Prometheus metrics endpoint")
     p.add_argument(
         "--max-request-mb",
         type=request_limit_mb,
         default=DEFAULT_MAX_REQUEST_MB,
-        help="refuse gRPC requests larger than this before they reach the server (nginx in front; 0: no limit)",
+        help="refuse gRPC requests larger than this before they reach the server (nginx in front); "
+        "0: no front, tritonserver alone (no limit, no API allow-list, no token)",
     )
     p.add_argument("--tls-cert", type=Path, help="gRPC TLS: the server certificate (PEM)")
     p.add_argument("--tls-key", type=Path, help="gRPC TLS: its private key (PEM)")
@@ -111,10 +115,38 @@ def security_from_args(args: argparse.Namespace, environ: dict[str, str] | os._E
     return ServerSecurity(auth_token=token, tls=tls, http_api=args.http)
 
 
+def check_can_listen(args: argparse.Namespace) -> None:
+    """Refuse at once, naming the cause, what would otherwise fail inside nginx or tritonserver: nginx
+    missing, a port already taken, a token without the front."""
+    if args.max_request_mb:
+        try:
+            nginx_binary()
+        except FrontStartError as e:
+            raise CommandError(NGINX_MISSING) from e
+    elif os.environ.get(AUTH_TOKEN_ENV):
+        raise CommandError(
+            f"${AUTH_TOKEN_ENV} is set but --max-request-mb 0 runs tritonserver without the front: the token "
+            "would be on tritonserver's command line, which every local user can read; keep the front "
+            f"(drop --max-request-mb 0) or unset ${AUTH_TOKEN_ENV}"
+        )
+    wanted = [("--grpc-port", args.bind_address, args.grpc_port)]
+    if args.http:
+        wanted.append(("--http-port", args.bind_address, args.http_port))
+    if not args.no_metrics:
+        wanted.append(("--metrics-port", args.metrics_bind_address, args.metrics_port))
+    for option, host, port in wanted:
+        if port_in_use(host, port):
+            raise CommandError(
+                f"port {port} on {host} ({option}) is already in use by another process "
+                f"(another `predilect serve`?); stop it or pass another {option}"
+            )
+
+
 @command("serve")
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     security = security_from_args(args, os.environ)
+    check_can_listen(args)
     server = TritonServer(
         model_repository=args.model_repository,
         grpc_port=args.grpc_port,
@@ -147,6 +179,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 flush=True,
             )
             while server.is_running:
+                server.restrict_shm_regions()  # a stub that restarted made a new region
                 time.sleep(0.5)
             print(
                 f"predilect serve: tritonserver exited on its own; last log lines:\n{server.log_tail()}",

@@ -45,11 +45,16 @@ from predilect.errors import ConfigError
 _PR_SET_PDEATHSIG = 1
 # Log lines after which tritonserver never becomes ready nor exits (a stub that cannot even
 # preinitialize, e.g. no model.py, leaves the model loading forever): fail fast on them.
-_FATAL_MARKERS = ("Failed to preinitialize Python stub",)
+_FATAL_MARKERS = (
+    "Failed to preinitialize Python stub",
+    # A Python-backend stub that dies while it starts (e.g. a C++ exception in its argument parsing)
+    # leaves its model loading forever too.
+    "terminate called after throwing an instance of",
+)
 # Error lines that every CPU-only start logs; they say nothing about the failure at hand.
 _CPU_NOISE = ("CudaDriverHelper", "CUDA driver version is insufficient")
 _GRPC_STARTED = "Started GRPCInferenceService at "
-_ERROR_LINE = re.compile(r"^E\d{4} |^error: |Failed to (?:pre)?initialize")
+_ERROR_LINE = re.compile(r"^E\d{4} |^error: |Failed to (?:pre)?initialize|^terminate called after|^\s*what\(\): ")
 _ANY_ADDRESS = ("0.0.0.0", "::", "")
 LOOPBACK = "127.0.0.1"
 _SHM_BYTES = 16 * 1024 * 1024  # Python-backend shared memory per stub: one full PIXELS batch fits
@@ -71,6 +76,12 @@ GRPC_PROTOCOLS = (
 )
 HTTP_APIS_BUT_HEALTH = tuple(p for p in GRPC_PROTOCOLS if p != "health")
 """HTTP health (server and model readiness) stays open: the readiness probe and load balancers use it."""
+CLOSED_PROTOCOLS = ("shared-memory", "model-repository", "trace", "logging")
+"""The API groups the product does not use: behind the front they are closed with a key nobody holds
+(the front refuses them by RPC path before that)."""
+# Behind the front: glibc returns large freed blocks (decoded frames) to the system at once instead
+# of keeping them in its heaps, so a burst of large images does not leave the stubs' memory high.
+_STUB_MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(1024 * 1024), "MALLOC_TRIM_THRESHOLD_": str(4 * 1024 * 1024)}
 
 
 class ServerStartError(RuntimeError):
@@ -137,8 +148,17 @@ class ServerSecurity:
     def http_health_only(self) -> bool:
         return not self.http_api or self.tls is not None
 
+    def fronted_args(self) -> list[str]:
+        """The ``tritonserver`` flags behind the front, which checks the token and ends TLS: the API
+        groups the product does not use closed with a random key nobody holds."""
+        closed = ",".join(CLOSED_PROTOCOLS)
+        return [
+            f"--grpc-restricted-protocol={closed}:{AUTH_KEY}={secrets.token_hex(32)}",
+            f"--http-restricted-api={closed}:{AUTH_KEY}={secrets.token_hex(32)}",
+        ]
+
     def args(self, *, tls: bool = True) -> list[str]:
-        """The ``tritonserver`` flags (``tls`` False: TLS ends at a front in front of it, see ``front``)."""
+        """The ``tritonserver`` flags without a front (the token, if any, is on its command line)."""
         args = self.tls.args() if self.tls is not None and tls else []
         if self.auth_token is not None:
             args.append(f"--grpc-restricted-protocol={','.join(GRPC_PROTOCOLS)}:{AUTH_KEY}={self.auth_token}")
@@ -339,7 +359,7 @@ class TritonServer:
         # (``front``) and tritonserver listens on a loopback port of its own behind it.
         self.max_request_bytes = max_request_bytes
         self._front: Any = None
-        self._triton_grpc_port = free_port() if max_request_bytes else grpc_port
+        self._private_dir: Path | None = None  # owner-only: tritonserver's sockets behind the front
         self.log_verbose = log_verbose
         self.log_path = Path(log_path) if log_path is not None else None
         self.startup_timeout_s = startup_timeout_s
@@ -382,6 +402,35 @@ class TritonServer:
         return f"http://{host}:{self.metrics_port}/metrics"
 
     @property
+    def fronted(self) -> bool:
+        """Whether nginx fronts tritonserver, which then listens on Unix sockets only its user reaches."""
+        return bool(self.max_request_bytes)
+
+    def _private(self) -> Path:
+        if self._private_dir is None:
+            self._private_dir = Path(tempfile.mkdtemp(prefix="predilect-triton-sockets-"))  # 0700
+        return self._private_dir
+
+    def _socket(self, name: str) -> Path:
+        """tritonserver's Unix socket ``name`` (gRPC's gets ``:0`` appended: Triton adds the port)."""
+        return self._private() / (f"{name}.sock:0" if name == "grpc" else f"{name}.sock")
+
+    @property
+    def inner_grpc_url(self) -> str:
+        """tritonserver's own gRPC endpoint (behind the front: its Unix socket), for tests and benchmarks."""
+        return f"unix:{self._socket('grpc')}" if self.fronted else self.grpc_url
+
+    def _repository_arg(self) -> Path:
+        """The repository path tritonserver gets: a path with whitespace breaks the Python-backend
+        stubs' argument parsing, so such a path is given through a link without any."""
+        if not any(c.isspace() for c in str(self.model_repository)):
+            return self.model_repository
+        link = self._private() / "model_repository"
+        if not link.is_symlink():
+            link.symlink_to(self.model_repository, target_is_directory=True)
+        return link
+
+    @property
     def pid(self) -> int | None:
         return self._process.pid if self._process is not None else None
 
@@ -392,18 +441,34 @@ class TritonServer:
 
     def command(self, backend_dir: Path) -> list[str]:
         """The ``tritonserver`` command line."""
+        if self.fronted:
+            grpc_private, http_private, metrics_private = (self._socket(n) for n in ("grpc", "http", "metrics"))
+            endpoints = [
+                f"--grpc-address=unix:{str(grpc_private).removesuffix(':0')}",
+                "--grpc-port=0",
+                f"--http-address=unix:{http_private}",
+                "--http-port=0",
+                f"--metrics-address=unix:{metrics_private}",
+                "--metrics-port=0",
+            ]
+            security = self.security.fronted_args()
+        else:
+            endpoints = [
+                f"--grpc-address={self.bind_address}",
+                f"--grpc-port={self.grpc_port}",
+                f"--http-address={self.bind_address}",
+                f"--http-port={self.http_port}",
+                f"--metrics-address={self.metrics_bind_address}",
+                f"--metrics-port={self.metrics_port}",
+            ]
+            security = self.security.args()
         return [
             str(server_binary()),
-            f"--model-repository={self.model_repository}",
+            f"--model-repository={self._repository_arg()}",
             f"--backend-directory={backend_dir}",
-            f"--grpc-address={LOOPBACK if self.max_request_bytes else self.bind_address}",
-            f"--grpc-port={self._triton_grpc_port}",
+            *endpoints,
             f"--allow-http={str(self.http).lower()}",
-            f"--http-address={self.bind_address}",
-            f"--http-port={self.http_port}",
             f"--allow-metrics={str(self.metrics).lower()}",
-            f"--metrics-address={self.metrics_bind_address}",
-            f"--metrics-port={self.metrics_port}",
             "--allow-gpu-metrics=false",
             "--disable-auto-complete-config",
             f"--log-verbose={self.log_verbose}",
@@ -411,7 +476,7 @@ class TritonServer:
             f"--backend-config=python,shm-region-prefix-name={self.shm_prefix}",
             f"--backend-config=python,shm-default-byte-size={_SHM_BYTES}",
             f"--backend-config=python,shm-growth-byte-size={_SHM_BYTES}",
-            *self.security.args(tls=not self.max_request_bytes),
+            *security,
             *self.extra_args,
         ]
 
@@ -423,6 +488,8 @@ class TritonServer:
         # make it this interpreter's, so the stubs import the predilect installed here (the wheel,
         # or the checkout through the exact editable install) -- the same copy as this process.
         env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}"
+        for key, value in _STUB_MALLOC_ENV.items():
+            env.setdefault(key, value)
         return env
 
     def start(self) -> TritonServer:
@@ -447,31 +514,49 @@ class TritonServer:
             stderr=subprocess.STDOUT,
             env=self._environment(),
             start_new_session=True,
+            # Owner-only: its sockets, and the Python backend's shared-memory regions holding image bytes.
+            umask=0o077,
             preexec_fn=_die_with_parent_hook() if in_main_thread and sys.platform == "linux" else None,
         )
         try:
             self._wait_ready()
-            if self.max_request_bytes:
+            self.restrict_shm_regions()
+            if self.fronted:
                 self._start_front()
         except BaseException:
             self.stop()
             raise
         return self
 
+    @property
+    def front_log_path(self) -> Path | None:
+        """The front's (nginx's) error log, beside the server log."""
+        return self.log_path.with_name(self.log_path.stem + "-front.log") if self.log_path else None
+
     def _start_front(self) -> None:
-        from predilect.serving.front import FrontStartError, FrontTls, GrpcFront
+        from predilect.serving.front import FrontStartError, FrontTls, Listen, ServingFront, Upstream
 
         tls = self.security.tls
         front_tls = None
         if tls is not None:
             front_tls = FrontTls(tls.cert_path, tls.key_path, tls.root_cert_path if tls.mutual else None)
-        log = self.log_path.with_name(self.log_path.stem + "-front.log") if self.log_path else None
-        self._front = GrpcFront(
-            listen_host=self.bind_address,
-            listen_port=self.grpc_port,
-            upstream_port=self._triton_grpc_port,
+        self._front = ServingFront(
+            listen=Listen(
+                host=self.bind_address,
+                grpc_port=self.grpc_port,
+                http_port=self.http_port if self.http else None,
+                metrics_port=self.metrics_port if self.metrics else None,
+                metrics_host=self.metrics_bind_address,
+            ),
+            upstream=Upstream(
+                grpc=self._socket("grpc"),
+                http=self._socket("http") if self.http else None,
+                metrics=self._socket("metrics") if self.metrics else None,
+            ),
             max_request_bytes=int(self.max_request_bytes or 0),
-            log_path=log or Path(tempfile.mkdtemp(prefix="predilect-front-log-")) / "front.log",
+            log_path=self.front_log_path or self._private() / "front.log",
+            auth_token=self.security.auth_token,
+            http_health_only=self.security.http_health_only,
             tls=front_tls,
         )
         try:
@@ -488,20 +573,25 @@ class TritonServer:
             return False
 
     def _grpc_started(self) -> bool:
-        """Without HTTP: tritonserver starts its gRPC service only once every model has loaded (a model
-        that fails to load makes it exit), so the log line plus a listening port mean ready."""
+        """Without HTTP (or behind the front): tritonserver starts its gRPC service only once every model
+        has loaded (a model that fails to load makes it exit), so the log line plus a listening socket
+        mean ready."""
         if not any(_GRPC_STARTED in line for line in self._log_lines()):
             return False
-        behind_front = self.max_request_bytes or self.bind_address in _ANY_ADDRESS
-        host = LOOPBACK if behind_front else self.bind_address
         try:
-            with socket.create_connection((host, self._triton_grpc_port), timeout=2):
+            if self.fronted:
+                with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as unix:
+                    unix.settimeout(2)
+                    unix.connect(str(self._socket("grpc")))
+                    return True
+            host = LOOPBACK if self.bind_address in _ANY_ADDRESS else self.bind_address
+            with socket.create_connection((host, self.grpc_port), timeout=2):
                 return True
         except OSError:
             return False
 
     def _is_ready(self, checks: list[str]) -> bool:
-        return all(self._ready(path) for path in checks) if self.http else self._grpc_started()
+        return all(self._ready(path) for path in checks) if self.http and not self.fronted else self._grpc_started()
 
     def _wait_ready(self) -> None:
         checks = ["/v2/health/ready"]
@@ -532,7 +622,13 @@ class TritonServer:
         return self.log_path.read_text(encoding="utf-8", errors="replace").splitlines()
 
     def _fatal_line(self) -> str | None:
-        return next((line for line in self._log_lines() if any(m in line for m in _FATAL_MARKERS)), None)
+        """The first line saying a model can never load, with the line after it when that says why."""
+        lines = self._log_lines()
+        for i, line in enumerate(lines):
+            if any(m in line for m in _FATAL_MARKERS):
+                why = lines[i + 1].strip() if i + 1 < len(lines) and lines[i + 1].lstrip().startswith("what():") else ""
+                return f"{line.strip()} {why}".strip()
+        return None
 
     def log_errors(self) -> list[str]:
         """The error lines of the server log, without the noise of a CPU-only machine."""
@@ -569,7 +665,27 @@ class TritonServer:
         if self._log_file is not None:
             self._log_file.close()
             self._log_file = None
+        if self._private_dir is not None:
+            shutil.rmtree(self._private_dir, ignore_errors=True)
+            self._private_dir = None
         return code
+
+    def restrict_shm_regions(self) -> list[Path]:
+        """Make this server's shared-memory regions owner-only; the ones changed.
+
+        The Python backend creates each stub's region mode 0644 whatever the umask (it sets the mode
+        itself), and the regions hold the request bytes: ``start()`` restricts them before the front
+        takes any call, and ``predilect serve`` again while it runs (a stub that restarts makes a new one).
+        """
+        changed = []
+        for path in SHM_DIR.glob(f"{self.shm_prefix}*"):
+            try:
+                if path.stat().st_mode & 0o077:
+                    path.chmod(0o600)
+                    changed.append(path)
+            except FileNotFoundError:
+                continue
+        return changed
 
     def _remove_own_shm_regions(self) -> None:
         """After a stop that skipped the server's own clean-up (SIGKILL), its regions are still there."""

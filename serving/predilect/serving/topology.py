@@ -41,6 +41,8 @@ if TYPE_CHECKING:
 
 GPU_WARMUP_IMAGE = "fundus.jpg"
 """The warm-up JPEG of the GPU profile's ``preprocess`` step, in its ``warmup/`` folder."""
+GPU_WARMUP_FOV = "fundus.fov_extent"
+"""Its field of view (``FOV_EXTENT``: two float32, raw), beside it."""
 
 
 class TopologyError(ValueError):
@@ -168,6 +170,7 @@ def screening_outputs(served: ServedModel, *, heatmaps: bool = True) -> tuple[Te
     outputs = (
         TensorDef(contract.PROBABILITIES, "TYPE_FP32", (classes,)),
         TensorDef(contract.QUALITY, "TYPE_FP32", (1 + len(contract.QUALITY_REASONS),)),
+        TensorDef(contract.QUALITY_MEASURES_TENSOR, "TYPE_FP32", (len(contract.QUALITY_MEASURES),)),
         TensorDef(contract.FINDINGS, "TYPE_BOOL", (classes,)),
         TensorDef(contract.REFERRAL, "TYPE_INT32", (1,)),
         TensorDef(contract.FIELD_BOX, "TYPE_FP32", (4,)),
@@ -247,6 +250,7 @@ def split_layout(served: ServedModel, options: ServingOptions = ServingOptions()
     outputs = screening_outputs(served)
     by_name = {t.name: t for t in outputs}
     quality, field_box = by_name[contract.QUALITY], by_name[contract.FIELD_BOX]
+    measures = by_name[contract.QUALITY_MEASURES_TENSOR]
     attention = (attention_tensor(served),) if served.attention_grid is not None else ()
     batching: dict[str, Any] = {
         "max_batch_size": options.max_batch_size,
@@ -256,7 +260,7 @@ def split_layout(served: ServedModel, options: ServingOptions = ServingOptions()
     preprocess = PythonModelDef(
         name=contract.PREPROCESS_MODEL,
         inputs=(_image(ragged=True),),
-        outputs=(_pixels(served), quality, field_box),
+        outputs=(_pixels(served), quality, measures, field_box),
         instance_count=options.preprocess_instances,
         parameters={**screening_parameters(served), contract.KEY_DECODE_THREADS: str(options.decode_threads)},
         queue_policy=options.first_step_queue(),
@@ -273,7 +277,9 @@ def split_layout(served: ServedModel, options: ServingOptions = ServingOptions()
     postprocess = PythonModelDef(
         name=contract.POSTPROCESS_MODEL,
         inputs=(_logits(served), quality, *attention),
-        outputs=tuple(t for t in outputs if t.name not in (contract.QUALITY, contract.FIELD_BOX)),
+        outputs=tuple(
+            t for t in outputs if t.name not in (contract.QUALITY, contract.QUALITY_MEASURES_TENSOR, contract.FIELD_BOX)
+        ),
         parameters=screening_parameters(served),
         **batching,
     )
@@ -294,13 +300,16 @@ def gpu_layout(
     warmup_image_bytes: int,
     ensemble_parameters: dict[str, str] | None = None,
 ) -> Topology:
-    """The GPU profile: validate_image (CPU) -> preprocess (DALI) -> classifier (TensorRT) -> postprocess (CPU).
+    """The GPU profile: validate_image (CPU) -> preprocess (DALI) -> classifier (TensorRT) -> postprocess.
 
     The same outputs as the CPU profile but HEATMAPS (the TensorRT plugin keeps the attention map
-    on chip). ``preprocess`` decodes the image ``validate_image`` passed (VALID_IMAGE); the
-    postprocess step grades PIXELS, or QUALITY_SQUARE (the crop at the quality calibration's side)
-    when the model input has another side. Every step bounds its queue; DALI warms up on
-    ``GPU_WARMUP_IMAGE`` (``warmup_image_bytes`` long), TensorRT on zeros at each profile batch.
+    on chip). ``validate_image`` passes the image (VALID_IMAGE) with the field of view and frame it
+    measured on the host (FOV_EXTENT, FRAME_EXTENT); ``preprocess`` decodes the image and crops by
+    the field (no GPU->CPU transition: the DALI backend's legacy executor allows none); the
+    postprocess step reads the extents and grades PIXELS, or QUALITY_SQUARE (the crop at the quality
+    calibration's side) when the model input has another side, and then PIXELS is not sent to it.
+    Every step bounds its queue; DALI warms up on ``GPU_WARMUP_IMAGE`` (``warmup_image_bytes`` long,
+    with its field in ``GPU_WARMUP_FOV``), TensorRT on zeros at each profile batch.
     ``ensemble_parameters`` join the served model's (the decoder record, ``gpu_profile.decoder_parameters``).
     """
     batching: dict[str, Any] = {
@@ -322,20 +331,21 @@ def gpu_layout(
     validate = PythonModelDef(
         name=contract.VALIDATE_MODEL,
         inputs=(_image(ragged=True),),
-        outputs=(TensorDef(contract.VALID_IMAGE, "TYPE_UINT8", (-1,)),),
+        outputs=(TensorDef(contract.VALID_IMAGE, "TYPE_UINT8", (-1,)), fov, frame),
         instance_count=options.validate_instances,
         parameters={contract.KEY_PREPROCESS: served.preprocess.to_json()},
         **batching,
     )
     warm_jpeg = WarmupInputDef("TYPE_UINT8", (warmup_image_bytes,), source="file", input_data_file=GPU_WARMUP_IMAGE)
+    warm_fov = WarmupInputDef("TYPE_FP32", (2,), source="file", input_data_file=GPU_WARMUP_FOV)
     preprocess = BackendModelDef(
         name=contract.PREPROCESS_MODEL,
         backend="dali",
-        inputs=(_image(ragged=True),),
-        outputs=(pixels, fov, frame, *squares),  # the order of serving_graph's outputs (dali_pipeline.output_names)
+        inputs=(_image(ragged=True), fov),  # the DALI graph's external sources (preprocess.dali_inputs)
+        outputs=(pixels, *squares),  # the order of the graph's outputs (preprocess.dali_outputs)
         instance_kind="KIND_GPU",
         parameters={"num_threads": str(options.dali_threads)},  # the DALI backend's own parameter
-        warmup=(WarmupDef("fundus", batch_size=1, inputs={contract.IMAGE: warm_jpeg}),),
+        warmup=(WarmupDef("fundus", batch_size=1, inputs={contract.IMAGE: warm_jpeg, contract.FOV_EXTENT: warm_fov}),),
         **batching,
     )
     zeros = WarmupInputDef("TYPE_FP32", (3, size, size))
@@ -352,13 +362,28 @@ def gpu_layout(
         ),
         **batching,
     )
-    postprocess = PythonModelDef(
-        name=contract.POSTPROCESS_MODEL,
-        inputs=(logits, fov, frame, pixels, *squares),
-        outputs=outputs,
-        parameters=screening_parameters(served),
-        **batching,
-    )
+    post_inputs = (logits, fov, frame, *(squares or (pixels,)))  # the square graded, and nothing unused
+    postprocess: ComposingModelDef
+    if options.postprocess_kind == "KIND_CPU":
+        postprocess = PythonModelDef(
+            name=contract.POSTPROCESS_MODEL,
+            inputs=post_inputs,
+            outputs=outputs,
+            instance_count=options.postprocess_instances,
+            parameters=screening_parameters(served),
+            **batching,
+        )
+    else:  # Python on KIND_GPU: that many instances per GPU (inputs still reach it on the host)
+        postprocess = BackendModelDef(
+            name=contract.POSTPROCESS_MODEL,
+            backend="python",
+            inputs=post_inputs,
+            outputs=outputs,
+            instance_kind=options.postprocess_kind,
+            instance_count=options.postprocess_instances,
+            parameters=screening_parameters(served),
+            **batching,
+        )
     return Topology(
         name=contract.ENSEMBLE,
         inputs=(_image(),),

@@ -15,9 +15,13 @@ merged values (pydantic; unknown keys and out-of-range values are errors naming 
 returns a ``RunConfig`` -- or the subclass a stage passes as ``cls``: stages add their own
 sections (``model``, ``pretrain``, ``finetune``) by subclassing ``RunConfig``. An override's
 value is read as JSON when it parses (numbers, true/false, lists, quoted strings), else as a
-bare string. ``save_config`` writes the resolved config to ``run_dir/config.json``, which
-``load_config`` reads back unchanged. ``add_config_options`` gives a CLI ``--config FILE`` and
-repeatable ``--set KEY=VALUE`` (``load_config(args.config, overrides=args.overrides, cls=...)``).
+bare string; an invalid value is blamed on what gave it (``--set loop.lr=5: ...`` or the file), and
+an unknown key lists the valid ones. ``save_config`` writes the resolved config to
+``run_dir/config.json``, its paths relative to the run folder, which ``load_config`` reads back
+unchanged from any working directory: ``predilect train <stage> --config RUN/config.json`` trains
+the same run again. ``add_config_options`` gives a CLI ``--config FILE`` and repeatable
+``--set KEY=VALUE`` (``load_config(args.config, overrides=args.overrides, cls=...)``).
+An example to start from: ``training/examples/run.toml``.
 
 A file may hold both stages' sections (``[pretrain]`` and ``[finetune]``): one recipe for a
 two-stage run, each stage reading its own section and leaving the other's (``STAGE_SECTIONS``);
@@ -29,6 +33,7 @@ and ``--config demo`` reads it.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -162,13 +167,28 @@ def _read_file(path: Path, cls: type[RunConfig]) -> dict[str, Any]:
     for section in STAGE_SECTIONS:  # the other stage's section of a two-stage recipe
         if section not in cls.model_fields:
             data.pop(section, None)
-    for section, names in _path_fields(cls).items():  # relative paths are relative to the file
+    # relative paths are relative to the file
+    _map_paths(data, cls, lambda value: value if os.path.isabs(value) else os.path.normpath(path.parent / value))
+    return data
+
+
+STRING_PATHS = {"finetune": {"pretrained"}, "pretrain": {"text_checkpoint", "tokenizer"}}
+"""Fields typed ``str`` that hold a file path when set (``""`` and the tokenizer names are not paths)."""
+_NOT_PATHS = {"", "wordpiece", "bytes"}
+
+
+def _map_paths(data: dict[str, Any], cls: type[BaseModel], fn: Any) -> None:
+    """Apply ``fn`` to every file path a config's ``data`` holds (``Path`` fields and ``STRING_PATHS``), in place."""
+    fields = _path_fields(cls)
+    for section, names in STRING_PATHS.items():
+        if section in cls.model_fields:
+            fields.setdefault(section, set()).update(names)
+    for section, names in fields.items():
         values = data.get(section)
         if isinstance(values, dict):
             for name in names & set(values):
-                if isinstance(values[name], str) and not os.path.isabs(values[name]):
-                    values[name] = str(path.parent / values[name])
-    return data
+                if isinstance(values[name], str) and values[name] not in _NOT_PATHS:
+                    values[name] = fn(values[name])
 
 
 @typing.overload
@@ -184,25 +204,86 @@ def load_config(
 ) -> RunConfig:
     """The validated config of ``path`` (TOML or JSON; None: defaults) with ``overrides`` applied."""
     data = _read_file(Path(path), cls) if path is not None else {}
+    given: dict[tuple[str, ...], str] = {}  # the key path of each --set, and its text
     for text in overrides:
         parts, value = parse_override(text)
         _set(data, parts, value, text)
+        given[tuple(parts)] = text
     try:
         return cls.model_validate(data)
     except ValidationError as e:
-        where = f"{path}: " if path is not None else ""
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg'].removeprefix('Value error, ')}" for err in e.errors()
-        )
-        raise ConfigError(f"{where}invalid config: {problems}") from e
+        problems = [_problem(cls, err, given, path) for err in e.errors()]
+        raise ConfigError("; ".join(problems)) from e
+
+
+def _problem(cls: type[BaseModel], err: Any, given: dict[tuple[str, ...], str], path: str | os.PathLike | None) -> str:
+    """One validation error in words, blamed on what gave the value: the ``--set`` that set it, else the file."""
+    loc = tuple(str(p) for p in err["loc"])
+    message = str(err["msg"]).removeprefix("Value error, ")
+
+    def gave(key: tuple[str, ...]) -> bool:  # the value at ``key`` is where, or inside what, the error is
+        inside = key[: len(loc)] == loc  # the error is about a section that holds the key set
+        return loc[: len(key)] == key or (inside and (key[-1] in message or err["type"] == "extra_forbidden"))
+
+    setting = next((text for key, text in given.items() if gave(key)), None)
+    if setting is not None:
+        where = f"--set {setting}"
+    elif path is not None:
+        where = f"{path}"
+    else:
+        where = "config"
+    key = ".".join(loc)
+    if err["type"] in ("extra_forbidden", "unexpected_keyword_argument"):
+        valid = _valid_keys(cls, loc[:-1])
+        return f"{where}: unknown config key {key!r}; valid keys{_under(loc[:-1])}: {', '.join(valid)}"
+    return f"{where}: invalid config: {key}: {message}"
+
+
+def _under(section: tuple[str, ...]) -> str:
+    return f" of [{'.'.join(section)}]" if section else ""
+
+
+def _valid_keys(cls: type[BaseModel], section: tuple[str, ...]) -> list[str]:
+    """The keys a section of ``cls`` takes (``section`` a path of field names: ``("loop",)``)."""
+    node: Any = cls
+    for name in section:
+        annotation = _fields(node).get(name)
+        node = _section_type(annotation)
+        if node is None:
+            return []
+    return sorted(_fields(node))
+
+
+def _fields(node: Any) -> dict[str, Any]:
+    if isinstance(node, type) and issubclass(node, BaseModel):
+        return {name: info.annotation for name, info in node.model_fields.items()}
+    if dataclasses.is_dataclass(node):
+        hints = typing.get_type_hints(node)
+        return {f.name: hints[f.name] for f in dataclasses.fields(node) if f.init and not f.name.startswith("_")}
+    return {}
+
+
+def _section_type(annotation: Any) -> Any:
+    """The model or dataclass a field holds (``X | None`` unwrapped), or None for a plain value."""
+    for candidate in (annotation, *typing.get_args(annotation)):
+        if isinstance(candidate, type) and (issubclass(candidate, BaseModel) or dataclasses.is_dataclass(candidate)):
+            return candidate
+    return None
 
 
 def save_config(config: RunConfig, run_dir: str | os.PathLike) -> Path:
-    """Write the resolved ``config`` to ``run_dir/config.json`` (atomically); returns the path."""
+    """Write the resolved ``config`` to ``run_dir/config.json`` (atomically); returns the path.
+
+    Its file paths are written relative to ``run_dir`` (as ``load_config`` reads a file's relative
+    paths), so ``load_config`` of the saved file from any working directory, or of a copy of the
+    run folder with the data beside it as before, gives the same config."""
     path = Path(run_dir) / CONFIG_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
+    data = config.model_dump(mode="json")
+    folder = os.path.abspath(path.parent)
+    _map_paths(data, type(config), lambda value: os.path.relpath(os.path.abspath(value), folder))
     partial = path.with_name(path.name + ".partial")
-    partial.write_text(json.dumps(config.model_dump(mode="json"), indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    partial.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     partial.replace(path)
     return path
 

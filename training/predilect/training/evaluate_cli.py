@@ -23,10 +23,12 @@ import torch
 
 from predilect.artifacts import default_artifacts
 from predilect.catalog import Catalog, resolve_catalog
-from predilect.cli import CommandError, command
+from predilect.cli import CommandError, command, description
 from predilect.lesions import by_resolved_path, read_lesions
 from predilect.metrics import Interval, auroc, bootstrap_ci, on_rows, paired_bootstrap_ci
 from predilect.models.checkpoint import CheckpointMeta, load_checkpoint, load_pretrain
+from predilect.outdir import check_out_folder
+from predilect.training.config import CONFIG_FILE
 from predilect.training.evaluate import (
     localisation,
     open_vocabulary_catalog,
@@ -50,14 +52,32 @@ ZERO_SHOT_SCORES = ("site", "global", "sum")
 
 def _parser() -> argparse.ArgumentParser:
     artifacts = default_artifacts()
-    p = argparse.ArgumentParser(prog="predilect evaluate", description=__doc__.splitlines()[0])
-    p.add_argument("--checkpoint", type=Path, default=artifacts.checkpoint, help="served checkpoint to evaluate")
-    p.add_argument("--manifest", type=Path, default=artifacts.manifest, help="manifest with val and test splits")
+    p = argparse.ArgumentParser(
+        prog="predilect evaluate",
+        description=description(__doc__),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--checkpoint",
+        type=Path,
+        default=artifacts.checkpoint,
+        metavar="FILE|RUN",
+        help="served checkpoint to evaluate, or the run folder holding it (model.safetensors)",
+    )
+    p.add_argument(
+        "--manifest",
+        type=Path,
+        default=None,
+        help="manifest with val and test splits (default: the run's own data, from config.json beside the "
+        "checkpoint; else the artefacts' phantom manifest)",
+    )
     p.add_argument(
         "--catalog", type=Path, default=None, help="catalog JSON (default: beside the manifest, else built-in)"
     )
     p.add_argument("--lesions", type=Path, default=None, help="lesions.jsonl (default: beside the manifest if present)")
-    p.add_argument("--out", type=Path, default=None, help="report folder (default: <checkpoint folder>/evaluation)")
+    p.add_argument(
+        "--out", type=Path, default=None, metavar="DIR", help="report folder (default: <checkpoint folder>/evaluation)"
+    )
     p.add_argument("--specificity", type=float, default=0.9, help="fixed specificity for the sensitivity column")
     p.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
@@ -115,7 +135,7 @@ def _classifier(args: argparse.Namespace) -> int:
     ).name
     header = [
         f"Checkpoint `{args.checkpoint}` (version {meta.version}), manifest `{args.manifest}`.",
-        f"Training: {json.dumps({k: meta.training.get(k) for k in ('stage', 'matrix', 'pretrained')})}.",
+        f"Training: {_training_words(meta.training)}.",
     ]
     (out / "report.md").write_text(markdown(evaluation, title="Evaluation", header=header, images=images))
     (out / "evaluation.json").write_text(json.dumps(evaluation.to_dict(), indent=2, sort_keys=True) + "\n")
@@ -127,6 +147,31 @@ def _classifier(args: argparse.Namespace) -> int:
         print(f"attention on lesions: mass {loc.mass:.3f} vs chance {loc.chance:.3f} (lift {loc.lift:.2f})")
     print(f"report {out / 'report.md'}")
     return 0
+
+
+def _training_words(training: dict) -> str:
+    """How the checkpoint was trained, for people: ``stage 2 (finetune), sites matrix tune, from `pre.safetensors```."""
+    stage = training.get("stage") or "unknown stage"
+    words = [f"stage {stage}"]
+    if training.get("matrix"):
+        words.append(f"sites matrix {training['matrix']}")
+    pretrained = training.get("pretrained")
+    words.append(f"started from `{pretrained}`" if pretrained else "trained from scratch")
+    return ", ".join(words)
+
+
+def _run_data(checkpoint: Path) -> tuple[Path | None, Path | None]:
+    """The fundus manifest and catalog of the run that wrote ``checkpoint`` (its ``config.json``), if it says."""
+    saved = checkpoint.parent / CONFIG_FILE
+    if not saved.is_file():
+        return None, None
+    try:
+        data = json.loads(saved.read_text(encoding="utf-8")).get("data") or {}
+    except ValueError:
+        return None, None
+    paths = [data.get("manifest"), data.get("catalog")]
+    manifest, catalog = (saved.parent / p if isinstance(p, str) and p else None for p in paths)
+    return manifest, catalog
 
 
 def _template_pixels(records: list, normal: np.ndarray, meta: CheckpointMeta) -> np.ndarray:
@@ -240,6 +285,17 @@ def _zero_shot(args: argparse.Namespace) -> int:
 @command("evaluate")
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.checkpoint.is_dir():
+        args.checkpoint = args.checkpoint / "model.safetensors"
+    if args.manifest is None:
+        manifest, catalog = _run_data(args.checkpoint)
+        if manifest is not None:
+            print(f"the run's own data: {manifest}")
+            args.manifest, args.catalog = manifest, args.catalog or catalog
+        else:
+            args.manifest = default_artifacts().manifest
+    if args.out is not None:
+        check_out_folder(args.out, holds="report.md, evaluation.json and the plots")
     torch.set_num_threads(args.threads)
     if not 0.0 < args.specificity < 1.0:
         raise CommandError(f"--specificity must lie in (0, 1), got {args.specificity}")

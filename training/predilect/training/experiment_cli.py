@@ -144,7 +144,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples")
     p.add_argument("--summary-only", action="store_true", help="train nothing; summarise the finished cells")
     p.add_argument("--train-only", action="store_true", help="train the missing cells; write no summary")
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, default=2, help="torch intra-op threads (default 2)")
     clip = p.add_argument_group("a local CLIP as a second zero-shot baseline (open_clip layout; never downloaded)")
     clip.add_argument("--clip-checkpoint", type=Path, default=None, help="open_clip CLIP state dict (native ViT)")
     clip.add_argument("--clip-tokenizer", type=Path, default=None, help="tokenizer.json of its vocabulary")

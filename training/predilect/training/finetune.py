@@ -16,6 +16,8 @@ fine-tuned with per-disease BCE on fundus labels. ``matrix``:
   the head (attention against mean pooling).
 
 Without ``pretrained`` the classifier starts from random weights (the supervised baseline).
+Each epoch ends with the validation split's macro AUROC (in ``epochs.csv`` and the epoch's log
+line); training never scores the test split.
 A run is a ``FinetuneRun`` config: ``data``, ``loop``, ``model`` (used only without
 ``pretrained``) and ``finetune``.
 """
@@ -88,11 +90,11 @@ class FinetuneRun(RunConfig):
 
 @dataclass(frozen=True)
 class FinetuneResult:
+    """What stage 2 measured: on the validation split only (the test split is for ``predilect evaluate``)."""
+
     meta: CheckpointMeta | None  # None on DDP ranks other than 0
     path: Path
     val_macro_auroc: float | None
-    test_macro_auroc: float | None
-    test_auroc: dict[str, float]
     seconds: float
 
 
@@ -121,6 +123,23 @@ class _SitesSchedule:
     def __call__(self, epoch: int, model: nn.Module) -> dict[str, float]:
         self.set(epoch + 1)  # fit's epochs count from 0; this runs after epoch ``epoch``
         return {"sites_trainable": float(self.sites.requires_grad)}
+
+
+class _Validation:
+    """``on_epoch_end`` hook: the schedule's, then the validation split's macro AUROC (the metric training
+    shows each epoch; never the test split's)."""
+
+    def __init__(self, schedule: _SitesSchedule, dataset: Any, catalog: Catalog) -> None:
+        self.schedule, self.dataset, self.catalog = schedule, dataset, catalog
+
+    def __call__(self, epoch: int, model: nn.Module) -> dict[str, float]:
+        row = self.schedule(epoch, model)
+        if self.dataset is not None and is_main_process():
+            found = _aurocs(model, self.dataset, self.catalog)  # type: ignore[arg-type]
+            model.train()
+            if found:
+                row["val_macro_auroc"] = float(np.mean(list(found.values())))
+        return row
 
 
 def finetune(
@@ -187,22 +206,24 @@ def finetune(
         save_config(run, out.parent)
     if resume and (out.parent / STATE_FILE).is_file():  # the epoch the resumed run continues from
         schedule.set(int(torch.load(out.parent / STATE_FILE, map_location="cpu", weights_only=True)["epoch"]))
-    fit(model, loss_fn, loaders, loop, run_dir=out.parent, resume=resume, param_groups=groups, on_epoch_end=schedule)
+    val_set = (
+        fundus_dataset(splits.val, preprocess, trained, in_memory=cfg.in_memory, cache_dir=cache_dir)
+        if splits.val
+        else None
+    )
+    hook = _Validation(schedule, val_set, trained)
+    fit(model, loss_fn, loaders, loop, run_dir=out.parent, resume=resume, param_groups=groups, on_epoch_end=hook)
     sites.requires_grad_(cfg.matrix == "tune")
     seconds = time.monotonic() - start
     if not is_main_process():
-        return FinetuneResult(None, out, None, None, {}, seconds)
+        return FinetuneResult(None, out, None, seconds)
     metrics: dict[str, float] = {"seconds": seconds}
-    found: dict[str, dict[str, float]] = {}
-    for split, records in (("val", splits.val), ("test", splits.test)):
-        if records:
-            dataset = fundus_dataset(records, preprocess, trained, in_memory=cfg.in_memory, cache_dir=cache_dir)
-            found[split] = _aurocs(model, dataset, trained)
-            if found[split]:
-                metrics[f"{split}_macro_auroc"] = float(np.mean(list(found[split].values())))
-                metrics |= {f"{split}_auroc_{k}": v for k, v in found[split].items()}
-    val_auc, test_auc = metrics.get("val_macro_auroc"), metrics.get("test_macro_auroc")
-    report(f"macro AUROC: val {_fmt(val_auc)}, test {_fmt(test_auc)}")
+    found = _aurocs(model, val_set, trained) if val_set is not None else {}
+    if found:
+        metrics["val_macro_auroc"] = float(np.mean(list(found.values())))
+        metrics |= {f"val_auroc_{k}": v for k, v in found.items()}
+    val_auc = metrics.get("val_macro_auroc")
+    report(f"val macro AUROC {_fmt(val_auc)} (the test split is for `predilect evaluate`)")
     training = {
         "stage": "finetune",
         **asdict(cfg),
@@ -212,7 +233,7 @@ def finetune(
         "fundus_images": len(splits.train),
     }
     meta = save_checkpoint(out, model.cpu(), preprocess=preprocess, catalog=trained, metrics=metrics, training=training)
-    return FinetuneResult(meta, out, val_auc, test_auc, found.get("test", {}), seconds)
+    return FinetuneResult(meta, out, val_auc, seconds)
 
 
 def _randomise_sites(sites: nn.Parameter, *, seed: int) -> None:

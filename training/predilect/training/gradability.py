@@ -36,23 +36,32 @@ import numpy as np
 from predilect import quality
 from predilect.catalog import Catalog
 from predilect.contract import QUALITY_REASONS
-from predilect.errors import UserError
-from predilect.manifest import Record, read_manifest, write_manifest
+from predilect.manifest import Record, capture_of, colour_screened, read_manifest, write_manifest
 from predilect.metrics import wilson
 from predilect.preprocess import PreprocessCfg, Preprocessor
+from predilect.quality import calibration
+from predilect.quality.calibration import DEFINED, CalibrationError
 
 CLEAN = "none"
+RED_FREE = "red_free"
+"""The kind of a clean red-free capture: another image type, for the gradability step to name (``monochrome``),
+never a clean colour photograph; it is counted as a kind to flag, and never degraded."""
 TARGET_KINDS: Mapping[str, tuple[str, ...]] = {
-    "sharpness": ("blur",),
-    "brightness": ("dark",),
+    "field_px": (),
+    "field_visible": ("fov",),
+    "field_offset": ("fov",),
+    "unlit": ("occlusion",),
+    "blur": ("blur",),
+    "exposure": ("dark",),
     "saturated": ("bright",),
-    "outside": ("fov",),
-    "occluded": ("occlusion",),
     "glare": ("reflection",),
     "haze": ("reflection",),
     "dust": ("dust",),
-    "redness": ("external", "oct"),
+    "chroma": (RED_FREE,),
+    "redness": (),
+    "redness_unmasked": ("external", "oct"),
 }
+"""Per check (``quality.CHECKS`` names): the degradation kinds it is aimed at."""
 EXPECTED_REASON: Mapping[str, str] = {
     "blur": "focus",
     "dark": "underexposed",
@@ -63,12 +72,9 @@ EXPECTED_REASON: Mapping[str, str] = {
     "reflection": "artefact",
     "external": "wrong_image_type",
     "oct": "wrong_image_type",
+    RED_FREE: "monochrome",
 }
-_DEGRADED_TAIL = 0.05
 _FLAG_SHARE = 0.95
-MIN_AREA: Mapping[str, float] = {"saturated": 0.01, "outside": 0.01, "occluded": 0.01, "glare": 0.01, "dust": 0.002}
-"""The smallest share of the field each area check may fail at: glare, saturation or shadow on under 1% of
-the field, or dust shadows (measured as blob cores) on under 0.2%, do not stop a grader."""
 
 
 @dataclass(frozen=True)
@@ -84,23 +90,41 @@ class Measured:
     size: int = quality.DEFAULT_SIZE  # side of the squares measured (PreprocessCfg.quality_size)
 
 
-def measure_records(records: Sequence[Record], preprocess: PreprocessCfg, *, batch_size: int = 32) -> Measured:
-    """Measure each record's image through preprocessing (its quality square) and ``quality.measure``."""
+def measure_payloads(
+    payloads: Sequence[bytes], preprocess: PreprocessCfg, *, batch_size: int = 32
+) -> tuple[np.ndarray, np.ndarray]:
+    """The measures of encoded images through the served preprocessing (their quality squares and frames) and
+    ``quality.measure``: ``(N, len(MEASURES))`` with NaN rows, and the refused mask."""
     preprocessor = Preprocessor(preprocess, max_batch_size=batch_size, num_threads=2)
-    rows = np.full((len(records), len(quality.MEASURES)), np.nan)
-    refused = np.zeros(len(records), dtype=bool)
-    for start in range(0, len(records), batch_size):
-        chunk = records[start : start + batch_size]
-        done = preprocessor.run([r.path.read_bytes() for r in chunk], quality=True)
-        accepted = [start + i for i, e in enumerate(done.errors) if e is None]
+    rows = np.full((len(payloads), len(quality.MEASURES)), np.nan)
+    refused = np.zeros(len(payloads), dtype=bool)
+    for start in range(0, len(payloads), batch_size):
+        done = preprocessor.run(list(payloads[start : start + batch_size]), quality=True)
         refused[[start + i for i, e in enumerate(done.errors) if e is not None]] = True
-        if accepted:
+        if done.accepted:
             planes = done.quality_planes
             if planes is None:  # the model input is the quality square
                 planes = quality.planes_from_pixels(done.pixels, preprocess.mean, preprocess.std)
-            rows[accepted] = quality.measure(planes, fov_threshold=preprocess.fov_threshold)
+            frames = quality.frames_of(
+                planes.shape[2], [done.boxes[i] for i in done.accepted], [done.frames[i] for i in done.accepted]
+            )
+            rows[[start + i for i in done.accepted]] = quality.measure(
+                planes, fov_threshold=preprocess.fov_threshold, frames=frames
+            )
+    preprocessor.close()
+    return rows, refused
+
+
+def _kind(record: Record) -> str:
+    kind = record.extra.get("degradation", CLEAN) or CLEAN
+    return RED_FREE if kind == CLEAN and capture_of(record) == "red_free" else kind
+
+
+def measure_records(records: Sequence[Record], preprocess: PreprocessCfg, *, batch_size: int = 32) -> Measured:
+    """Measure each record's image through preprocessing (its quality square) and ``quality.measure``."""
+    rows, refused = measure_payloads([r.path.read_bytes() for r in records], preprocess, batch_size=batch_size)
     return Measured(
-        kinds=[r.extra.get("degradation", CLEAN) or CLEAN for r in records],
+        kinds=[_kind(r) for r in records],
         strengths=[float(r.extra.get("degradation_strength") or 0.0) for r in records],
         cameras=[r.extra.get("camera", "") for r in records],
         paths=[str(r.path) for r in records],
@@ -110,8 +134,9 @@ def measure_records(records: Sequence[Record], preprocess: PreprocessCfg, *, bat
     )
 
 
-class CalibrationError(UserError, ValueError):
-    """A phantom (or option) the gradability thresholds cannot be calibrated from; the message says what to change."""
+def check_values(measured: Measured, check: quality.Check) -> np.ndarray:
+    """The measure ``check`` reads, NaN where it does not apply (refused images, or masked / unmasked only)."""
+    return calibration.check_values(measured.measures, check, usable=~measured.refused)
 
 
 def calibrate(measured: Measured, *, clean_quantile: float = 0.995, source: str = "") -> quality.QualityCfg:
@@ -119,26 +144,25 @@ def calibrate(measured: Measured, *, clean_quantile: float = 0.995, source: str 
     if not 0.5 < clean_quantile <= 1.0:
         raise CalibrationError(f"clean_quantile must lie in (0.5, 1], got {clean_quantile}")
     kinds = np.array(measured.kinds)
-    ok = ~measured.refused
-    clean = measured.measures[(kinds == CLEAN) & ok]
-    if len(clean) < 20:
+    if int(((kinds == CLEAN) & ~measured.refused).sum()) < 20:
         raise CalibrationError(
-            f"calibration needs at least 20 clean images, got {len(clean)}: give a larger phantom "
-            "(`predilect phantom --count`)"
+            f"calibration needs at least 20 clean images, got {int(((kinds == CLEAN) & ~measured.refused).sum())}: "
+            "give a larger phantom (`predilect phantom --count`)"
         )
     thresholds: dict[str, float] = {}
     for check in quality.CHECKS:
-        col = quality.MEASURES.index(check.measure)
+        if check.name in DEFINED:
+            thresholds[check.name] = DEFINED[check.name]
+            continue
+        values = check_values(measured, check)
         upper = check.direction == "max"
-        clean_tail = float(np.quantile(clean[:, col], clean_quantile if upper else 1.0 - clean_quantile))
-        target = measured.measures[np.isin(kinds, TARGET_KINDS[check.measure]) & ok, col]
-        threshold = clean_tail
-        if len(target):
-            degraded_tail = float(np.quantile(target, _DEGRADED_TAIL if upper else 1.0 - _DEGRADED_TAIL))
-            if (degraded_tail > clean_tail) if upper else (degraded_tail < clean_tail):
-                threshold = (clean_tail + degraded_tail) / 2.0
-        threshold = max(threshold, MIN_AREA.get(check.measure, threshold))
-        thresholds[check.measure] = threshold
+        clean = values[(kinds == CLEAN) & np.isfinite(values)]
+        if not len(clean):  # no clean image is masked (or unmasked): the clean images' measure whatever their field
+            all_values = measured.measures[:, quality.MEASURES.index(check.measure)]
+            clean = all_values[(kinds == CLEAN) & ~measured.refused]
+        target = values[np.isin(kinds, TARGET_KINDS[check.name]) & np.isfinite(values)]
+        threshold = calibration.tail_threshold(clean, target, upper=upper, clean_quantile=clean_quantile)
+        thresholds[check.name] = calibration.floored(check.name, threshold)
     return quality.QualityCfg(thresholds=thresholds, source=source, size=measured.size)
 
 
@@ -200,16 +224,16 @@ def spreads(measured: Measured, cfg: quality.QualityCfg) -> dict[str, dict[str, 
     kinds, cameras, strengths = np.array(measured.kinds), np.array(measured.cameras), np.array(measured.strengths)
     out: dict[str, dict[str, Spread]] = {}
     for check in quality.CHECKS:
-        values = measured.measures[:, quality.MEASURES.index(check.measure)]
-        failing = check.badness(values, cfg.thresholds[check.measure]) >= 1.0
+        values = check_values(measured, check)
+        failing = check.badness(values, cfg.thresholds[check.name]) >= 1.0
         upper = check.direction == "max"
-        clean = ok & (kinds == CLEAN)
+        clean = ok & (kinds == CLEAN) & np.isfinite(values)
         groups = {CLEAN_GROUP: clean}
         groups |= {f"{CLEAN_GROUP} {c}": clean & (cameras == c) for c in sorted(set(cameras[kinds == CLEAN]))}
-        for kind in TARGET_KINDS[check.measure]:
+        for kind in TARGET_KINDS[check.name]:
             levels = sorted(set(strengths[kinds == kind]))
-            groups |= {f"{kind} {s:.2f}": ok & (kinds == kind) & (strengths == s) for s in levels}
-        out[check.measure] = {
+            groups |= {f"{kind} {s:.2f}": ok & (kinds == kind) & (strengths == s) & np.isfinite(values) for s in levels}
+        out[check.name] = {
             name: Spread(
                 count=int(rows.sum()),
                 low=float(np.quantile(values[rows], 0.005)),
@@ -236,9 +260,12 @@ class Evaluation:
     refused: dict[str, int]
     reasons_on_clean: dict[str, int] = field(default_factory=dict)
     spread: dict[str, dict[str, Spread]] = field(default_factory=dict)
+    flagged_by_camera: dict[str, dict[str, Rate]] = field(default_factory=dict)
+    """Per degradation kind and camera profile: the share flagged."""
 
     def to_dict(self) -> dict[str, Any]:
         return {
+            "flagged_by_camera": {k: {c: r.to_dict() for c, r in v.items()} for k, v in self.flagged_by_camera.items()},
             "clean_pass": self.clean_pass.to_dict(),
             "clean_pass_by_camera": {k: v.to_dict() for k, v in self.clean_pass_by_camera.items()},
             "flagged": {k: v.to_dict() for k, v in self.flagged.items()},
@@ -266,10 +293,14 @@ def evaluate(measured: Measured, cfg: quality.QualityCfg) -> Evaluation:
         str(c): Rate(int((~ungradable[clean & (cameras == c)]).sum()), int((clean & (cameras == c)).sum()))
         for c in sorted(set(cameras[clean]))
     }
-    flagged, by_strength, reason_hits, refused = {}, {}, {}, {}
+    flagged, by_strength, reason_hits, refused, by_kind_camera = {}, {}, {}, {}, {}
     for kind in sorted(set(measured.kinds) - {CLEAN}):
         rows = kinds == kind
         flagged[kind] = Rate(int(ungradable[rows].sum()), int(rows.sum()))
+        by_kind_camera[kind] = {
+            str(c): Rate(int(ungradable[rows & (cameras == c)].sum()), int((rows & (cameras == c)).sum()))
+            for c in sorted(set(cameras[rows]))
+        }
         strengths = np.array(measured.strengths)
         by_strength[kind] = {
             f"{s:.2f}": Rate(int(ungradable[rows & (strengths == s)].sum()), int((rows & (strengths == s)).sum()))
@@ -293,6 +324,7 @@ def evaluate(measured: Measured, cfg: quality.QualityCfg) -> Evaluation:
         refused=refused,
         reasons_on_clean=reasons_on_clean,
         spread=spreads(measured, cfg),
+        flagged_by_camera=by_kind_camera,
     )
 
 
@@ -306,7 +338,7 @@ def degraded_set(
     if not clean:
         raise CalibrationError(f"{phantom_manifest} has no {'/'.join(splits)} images")
     folder.mkdir(parents=True, exist_ok=True)
-    source = write_manifest(folder / "clean_manifest.csv", clean, catalog=catalog)
+    source = write_manifest(folder / "clean_manifest.csv", colour_screened(clean), catalog=catalog)
     degraded = degrade_dataset(source, folder, kinds=KINDS, catalog=catalog, count=count_per_kind, seed=seed)
     copies = [r for r in read_manifest(degraded, catalog=catalog) if r.extra.get("degradation", CLEAN) != CLEAN]
     return [*clean, *copies]
@@ -339,10 +371,15 @@ def _spread_lines(evaluation: Evaluation, cfg: quality.QualityCfg, missed: Seque
     """Tables of where the measure lies, for each check aimed at a kind in ``missed``."""
     lines: list[str] = []
     for check in quality.CHECKS:
-        if not set(TARGET_KINDS[check.measure]) & set(missed) or check.measure not in evaluation.spread:
+        if not set(TARGET_KINDS[check.name]) & set(missed) or check.name not in evaluation.spread:
             continue
         sign = "<=" if check.direction == "min" else ">="
-        lines += ["", f"Where `{check.measure}` lies (fails at {sign} {cfg.thresholds[check.measure]:.4g}):", ""]
+        lines += [
+            "",
+            f"Where `{check.measure}` lies for check `{check.name}` "
+            f"(fails at {sign} {cfg.thresholds[check.name]:.4g}):",
+            "",
+        ]
         lines += [
             "| images | n | 0.5% quantile | median | 99.5% quantile | failing | clean failing if 95% of these failed |",
             "|---|---|---|---|---|---|---|",
@@ -351,8 +388,29 @@ def _spread_lines(evaluation: Evaluation, cfg: quality.QualityCfg, missed: Seque
             f"| {name} | {v.count} | {v.low:.4g} | {v.median:.4g} | {v.high:.4g} | {100 * v.failing:.0f}% | "
             + ("-" if v.clean_cost is None else f"{100 * v.clean_cost:.1f}%")
             + " |"
-            for name, v in evaluation.spread[check.measure].items()
+            for name, v in evaluation.spread[check.name].items()
         ]
+    return lines
+
+
+def camera_table(evaluation: Evaluation) -> list[str]:
+    """Per camera profile: clean photographs graded gradable and each degradation flagged, with counts."""
+    cameras = sorted(
+        set(evaluation.clean_pass_by_camera) | {c for v in evaluation.flagged_by_camera.values() for c in v}
+    )
+    kinds = sorted(evaluation.flagged_by_camera)
+    lines = ["", "Per camera profile (clean: graded gradable; each degradation: flagged ungradable):", ""]
+    lines += ["| camera | clean | " + " | ".join(kinds) + " |", "|---|---|" + "---|" * len(kinds)]
+
+    def cell(rate: Rate | None) -> str:
+        if rate is None or not rate.total:
+            return "-"
+        mark = "" if rate.rate >= _FLAG_SHARE else " **<95%**"
+        return f"{100 * rate.rate:.0f}% ({rate.hits}/{rate.total}){mark}"
+
+    for camera in cameras:
+        cells = [cell(evaluation.flagged_by_camera[k].get(camera)) for k in kinds]
+        lines.append(f"| {camera} | {cell(evaluation.clean_pass_by_camera.get(camera))} | " + " | ".join(cells) + " |")
     return lines
 
 
@@ -384,6 +442,7 @@ def report_markdown(
             f"| {kind} | {pct(rate)} | {'yes' if rate.rate >= 0.95 else 'no'} | "
             f"{pct(reason) if reason else '-'} | {measurement.refused.get(kind, 0)} |"
         )
+    lines += camera_table(measurement)
     strengths = sorted({s for v in measurement.flagged_by_strength.values() for s in v})
     lines += ["", "Flagged by strength (0.25 borderline ... 1.00 clearly ungradable):", ""]
     lines += ["| degradation | " + " | ".join(strengths) + " |", "|---|" + "---|" * len(strengths)]
@@ -397,10 +456,16 @@ def report_markdown(
     lines += ["| degradation | flagged |", "|---|---|"]
     lines += [f"| {kind} | {pct(rate)} |" for kind, rate in calibration.flagged.items()]
     lines += _spread_lines(calibration, cfg, missed)
-    lines += ["", "## Thresholds", "", "| check | reason | fails when | threshold |", "|---|---|---|---|"]
+    lines += ["", "## Thresholds", ""]
+    lines += [
+        "| check | measure | reason | applies | fails when | threshold | chosen |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for check in quality.CHECKS:
-        sign = "<" if check.direction == "min" else ">="
-        if check.direction == "min":
-            sign = "<="
-        lines.append(f"| {check.measure} | {check.reason} | {sign} | {cfg.thresholds[check.measure]:.4g} |")
+        sign = "<=" if check.direction == "min" else ">="
+        chosen = "by definition" if check.name in DEFINED else "on the calibration set"
+        lines.append(
+            f"| {check.name} | {check.measure} | {check.reason} | {check.when} | {sign} | "
+            f"{cfg.thresholds[check.name]:.4g} | {chosen} |"
+        )
     return "\n".join(lines) + "\n"

@@ -36,7 +36,12 @@ class GradabilityOptions:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="predilect gradability", description=(__doc__ or "").split("\n\n")[0])
+    p = argparse.ArgumentParser(
+        prog="predilect gradability",
+        description=(__doc__ or "").split("\n\n")[0],
+        epilog="On a site's own graded photographs, through its server: predilect gradability --manifest "
+        "LABELLED.csv --out DIR [--server HOST:PORT] (see its --help and docs/SITE_CALIBRATION.md).",
+    )
     p.add_argument("--phantom", type=Path, required=True, help="a `predilect phantom` output folder")
     p.add_argument("--also", type=Path, nargs="*", default=[], help="more phantom folders: measure their test split")
     p.add_argument("--out", type=Path, required=True, help="folder for the degraded sets, calibration and results")

@@ -225,14 +225,17 @@ def summarise(
     }
 
 
-def _fmt(i: Interval) -> str:
-    return f"[{i.low:+.3f}, {i.high:+.3f}]" if np.isfinite(i.low) else "n/a"
+def _fmt(i: Interval, *, signed: bool = True) -> str:
+    spec = "+.3f" if signed else ".3f"
+    return f"[{i.low:{spec}}, {i.high:{spec}}]" if np.isfinite(i.low) else "n/a"
 
 
-def _row(d: Difference) -> str:
-    return (
-        f"{d.value:+.3f} | {_fmt(d.patients)} | {_fmt(d.seeds_and_patients)} | {_fmt(d.between_seeds)} | {len(d.seeds)}"
-    )
+def _row(d: Difference, *, signed: bool = True) -> str:
+    """A difference's cells (signed) or an AUROC's (``signed=False``)."""
+    spec = "+.3f" if signed else ".3f"
+    intervals = (d.patients, d.seeds_and_patients, d.between_seeds)
+    cells = " | ".join(_fmt(i, signed=signed) for i in intervals)
+    return f"{d.value:{spec}} | {cells} | {len(d.seeds)}"
 
 
 HEADER = (

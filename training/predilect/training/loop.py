@@ -17,7 +17,9 @@ no stage should rewrite:
   the consumed batches without reading them, and truncates the logs to the resumed step;
 * logs: ``run_dir/steps.csv`` (every ``log_every_steps``) and ``run_dir/epochs.csv`` (mean loss
   and what ``on_epoch_end`` returns), plus TensorBoard under ``run_dir/tensorboard`` when the
-  ``tensorboard`` package is importable; a tqdm progress bar on rank 0 when stderr is a TTY;
+  ``tensorboard`` package is importable; a tqdm progress bar on rank 0 when stderr is a TTY, and
+  a log line per epoch with its loss, what ``on_epoch_end`` returns (the stages' validation
+  metric), the seconds per epoch and the ETA;
 * deterministic seeding of Python, NumPy and torch from ``cfg.seed``.
 
 Training stops after ``cfg.epochs`` epochs, never on a clock. ``loss_fn(model, batch)`` returns
@@ -406,6 +408,18 @@ class _Sums:
 # ----------------------------------------------------------------------------- fit
 
 
+def _duration(seconds: float) -> str:
+    """``42 s``, ``3 min 05 s``, ``1 h 02 min``: an ETA for people."""
+    seconds = max(0.0, seconds)
+    if seconds < 60:
+        return f"{seconds:.0f} s"
+    minutes, secs = divmod(round(seconds), 60)
+    if minutes < 60:
+        return f"{minutes} min {secs:02d} s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes:02d} min"
+
+
 def _progress(total: int, initial: int, desc: str, enabled: bool) -> Any:
     if not enabled:
         return None
@@ -592,7 +606,18 @@ def _fit(
             row.update({k: float(v) for k, v in (extra or {}).items()})
             logs.epoch(row, step)
             history.append(row)
-            log.info("epoch %d/%d: %s", epoch + 1, cfg.epochs, ", ".join(f"{k} {v:.4g}" for k, v in row.items()))
+            elapsed_s = time.monotonic() - started
+            per_epoch_s = elapsed_s / (epoch + 1 - epoch0)
+            shown = ", ".join(f"{k} {v:.4g}" for k, v in row.items() if k not in ("epoch", "step"))
+            log.info(
+                "epoch %d/%d (step %d): %s; %.1f s/epoch, ETA %s",
+                epoch + 1,
+                cfg.epochs,
+                step,
+                shown,
+                per_epoch_s,
+                _duration(per_epoch_s * (cfg.epochs - epoch - 1)),
+            )
             save(epoch + 1, 0)
     finally:
         logs.close()

@@ -333,6 +333,22 @@ def pretrain(
     model = build_model(run, trained, tokenizer)
     if is_main_process():
         save_config(run, out.parent)
+    val_set = (
+        fundus_dataset(splits.val, data.preprocess, trained, in_memory=cfg.in_memory, cache_dir=cache_dir)
+        if splits.val
+        else None
+    )
+
+    def validate(epoch: int, trained_model: torch.nn.Module) -> dict[str, float]:
+        """Each epoch's validation metric: the sites' (else the global embedding's) macro AUROC on val."""
+        if val_set is None or not is_main_process():
+            return {}
+        scores = site_scores(trained_model, val_set, device=model_device(trained_model))  # type: ignore[arg-type]
+        trained_model.train()
+        name = "site" if "site" in scores else "global"
+        value = _macro(val_set.targets, scores[name], trained.ids)
+        return {f"val_{name}_macro_auroc": value} if value is not None else {}
+
     fit(
         model,
         cfg.loss(),  # type: ignore[arg-type]
@@ -342,6 +358,7 @@ def pretrain(
         loop,
         run_dir=out.parent,
         resume=resume,
+        on_epoch_end=validate,
     )
     seconds = time.monotonic() - start
     if not is_main_process():
@@ -349,8 +366,7 @@ def pretrain(
     model.eval()
     metrics: dict[str, float] = {"seconds": seconds}
     site_auc = global_auc = None
-    if splits.val:
-        val_set = fundus_dataset(splits.val, data.preprocess, trained, in_memory=cfg.in_memory, cache_dir=cache_dir)
+    if val_set is not None:
         device = model_device(model)
         scores = site_scores(model, val_set, device=device)
         global_auc = _macro(val_set.targets, scores["global"], trained.ids)

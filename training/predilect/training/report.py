@@ -185,7 +185,7 @@ def plot_roc(scores: ClassifierScores, ids: list[str], path: Path) -> Path:
         tpr = np.concatenate([[0], np.cumsum(y[order]) / y.sum()])
         fpr = np.concatenate([[0], np.cumsum(~y[order]) / (~y).sum()])
         ax.plot(fpr, tpr, lw=1.2, label=f"{disease} ({auroc(y, p):.2f})")
-    ax.plot([0, 1], [0, 1], "k:", lw=0.8)
+    ax.plot([0, 1], [0, 1], "k:", lw=0.8, label="chance (0.50)")
     ax.set(xlabel="1 - specificity", ylabel="sensitivity", title="ROC (test)", xlim=(0, 1), ylim=(0, 1))
     ax.legend(fontsize=7, loc="lower right", ncol=2)
     fig.tight_layout()
@@ -198,11 +198,12 @@ def plot_reliability(scores: ClassifierScores, path: Path) -> Path:
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(5, 5))
     bins = reliability(scores.labels, scores.probs)
-    ax.plot([0, 1], [0, 1], "k:", lw=0.8)
-    ax.plot([b[0] for b in bins], [b[1] for b in bins], "o-")
+    ax.plot([0, 1], [0, 1], "k:", lw=0.8, label="perfect calibration")
+    ax.plot([b[0] for b in bins], [b[1] for b in bins], "o-", label="model (number: predictions in the bin)")
     for conf, acc, n in bins:
         ax.annotate(str(n), (conf, acc), fontsize=6, xytext=(3, -8), textcoords="offset points")
     ax.set(xlabel="predicted probability", ylabel="observed positive rate", title="Reliability (all classes, test)")
+    ax.legend(fontsize=7, loc="upper left")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -214,17 +215,21 @@ def plot_sites(
 ) -> Path:
     """Each disease's learned predilection sites over a fundus template: row 1 the sites'
     content-free spatial preference (their anatomical slice; dots at each site's peak), row 2 the
-    mean attention on test images that have the disease."""
+    mean attention on test images that have the disease. Axes are the fraction of the field of view
+    across and down; colour bars and a legend say what the colours and dots are."""
     plt = _pyplot()
+    from matplotlib.lines import Line2D
+
     rows = 2 if mean_attention is not None else 1
     cols = len(ids)
-    fig, axes = plt.subplots(rows, cols, figsize=(1.9 * cols, 2.0 * rows + 0.4), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(1.9 * cols + 1.2, 2.0 * rows + 1.0), squeeze=False)
     extent = (0.0, 1.0, 1.0, 0.0)
+    shown: list[Any] = [None, None]
     for j, disease in enumerate(ids):
         ax = axes[0][j]
         ax.imshow(template, extent=extent)
         heat = priors[j].sum(axis=0)
-        ax.imshow(heat / max(heat.max(), 1e-12), extent=extent, cmap="magma", alpha=0.55, vmin=0, vmax=1)
+        shown[0] = ax.imshow(heat / max(heat.max(), 1e-12), extent=extent, cmap="magma", alpha=0.55, vmin=0, vmax=1)
         g = priors.shape[-1]
         for k in range(priors.shape[1]):
             iy, ix = np.unravel_index(int(np.argmax(priors[j, k])), priors[j, k].shape)
@@ -235,15 +240,25 @@ def plot_sites(
             ax2.imshow(template, extent=extent)
             m = mean_attention[j]
             if np.isfinite(m).all() and m.max() > 0:
-                ax2.imshow(m / m.max(), extent=extent, cmap="viridis", alpha=0.55, vmin=0, vmax=1)
+                shown[1] = ax2.imshow(m / m.max(), extent=extent, cmap="viridis", alpha=0.55, vmin=0, vmax=1)
     for ax in axes.flat:
-        ax.set_xticks([])
-        ax.set_yticks([])
-    axes[0][0].set_ylabel("site priors", fontsize=8)
+        ax.set_xticks([0, 0.5, 1])
+        ax.set_yticks([0, 0.5, 1])
+        ax.tick_params(labelsize=6)
+    for ax in axes[-1]:
+        ax.set_xlabel("across the field (0-1)", fontsize=7)
+    axes[0][0].set_ylabel("site priors\ndown the field (0-1)", fontsize=7)
     if rows == 2:
-        axes[1][0].set_ylabel("attention, positives", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+        axes[1][0].set_ylabel("mean attention, positives\ndown the field (0-1)", fontsize=7)
+    labels = ("site prior (relative to its peak)", "mean attention (relative to its peak)")
+    for row, image in enumerate(shown[:rows]):
+        if image is not None:
+            bar = fig.colorbar(image, ax=list(axes[row]), fraction=0.02, pad=0.01)
+            bar.set_label(labels[row], fontsize=7)
+            bar.ax.tick_params(labelsize=6)
+    peak = Line2D([], [], color="c", marker=".", linestyle="none", markersize=7, label="peak of one site")
+    fig.legend(handles=[peak], loc="lower left", fontsize=7, frameon=False)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return path
 

@@ -19,9 +19,9 @@ from torch import Tensor, nn
 
 from predilect.catalog import Catalog, resolve_catalog
 from predilect.errors import ConfigError
-from predilect.manifest import Record, label_matrix, read_manifest
+from predilect.manifest import Record, colour_screened, label_matrix, read_manifest
 from predilect.preprocess import PreprocessCfg
-from predilect.preprocess.pixels import load_fundus_pixels
+from predilect.preprocess.pixels import load_fundus_pixels, load_fundus_squares
 from predilect.training.datasets import FundusAugment, FundusDataset, OctCfg, OctDataset, item_rng, make_loader
 
 log = logging.getLogger(__name__)
@@ -56,8 +56,9 @@ def _in_carved_val(record: Record, fraction: float) -> bool:
 def read_splits(manifest: Path, *, catalog: Catalog, drop: Sequence[str] = (), val_fraction: float = 0.15) -> Splits:
     """Train/val/test records of ``manifest``; records with a disease in ``drop`` (held out for
     zero-shot) leave train and val. A manifest without a val split gets one carved from train by
-    patient (``val_fraction`` of the patients, deterministic)."""
-    records = read_manifest(manifest, catalog=catalog)
+    patient (``val_fraction`` of the patients, deterministic). Only colour captures are kept
+    (``colour_screened``): a red-free photograph is not a colour model's to train on or to score."""
+    records = colour_screened(read_manifest(manifest, catalog=catalog))
     by_split: dict[str, list[Record]] = {"train": [], "val": [], "test": []}
     for record in records:
         by_split[record.split].append(record)
@@ -79,7 +80,8 @@ def read_splits(manifest: Path, *, catalog: Catalog, drop: Sequence[str] = (), v
 class MemoryFundusDataset:
     """``FundusDataset``'s items from tensors preprocessed once (by the same shared pipeline, cached
     as ``.npy`` under ``cache_dir``) and held in RAM: for small experiment sets, where decoding
-    every image every epoch would cost more than the model. Same items, same augmentation stream."""
+    every image every epoch would cost more than the model. Same items, same augmentation stream; with the
+    acquisition policy on, the field squares it starts from are held too (uint8, ``load_fundus_squares``)."""
 
     def __init__(
         self,
@@ -94,6 +96,10 @@ class MemoryFundusDataset:
         self.pixels = torch.from_numpy(load_fundus_pixels(records, preprocess, cache_dir=cache_dir))
         self.targets = label_matrix(records, catalog)
         self.augment, self.seed = augment, seed
+        side = augment.source_px if augment is not None else None
+        self.squares = (
+            None if side is None else load_fundus_squares(records, preprocess, side=side, cache_dir=cache_dir)
+        )
 
     def __len__(self) -> int:
         return len(self.targets)
@@ -101,7 +107,9 @@ class MemoryFundusDataset:
     def get(self, index: int, *, epoch: int = 0) -> dict[str, Any]:
         pixels = self.pixels[index]
         if self.augment is not None:
-            pixels = self.augment(pixels, item_rng(self.seed, epoch, index))
+            squares = self.squares
+            source = None if squares is None else (lambda: squares[index])
+            pixels = self.augment(pixels, item_rng(self.seed, epoch, index), source=source)
         return {"pixels": pixels, "labels": torch.from_numpy(self.targets[index]), "index": index}
 
     def __getitem__(self, index: int) -> dict[str, Any]:

@@ -1,14 +1,20 @@
 """`predilect train pretrain|finetune`: the two UOPSL stages (``predilect.training.pretrain``, ``.finetune``).
 
-    predilect train pretrain --manifest M --oct-manifest O --out RUN/pretrain.safetensors [--no-oct ...]
-    predilect train finetune --manifest M --pretrained RUN/pretrain.safetensors --out RUN2/model.safetensors
+    predilect train pretrain --manifest M --oct-manifest O --out runs/pre          # runs/pre/pretrain.safetensors
+    predilect train finetune --manifest M --pretrained runs/pre --out runs/ft      # runs/ft/model.safetensors
+    predilect train finetune --config runs/ft/config.json --out runs/ft-again     # the same run again
+    predilect train finetune --out runs/ft --resume                               # continue a stopped run
 
-A run is a typed config (``--config FILE.toml`` + ``--set section.key=value``; ``predilect.training.config``)
-with sections ``data``, ``loop``, ``model`` and the stage's (``pretrain`` / ``finetune``; one file
-may hold both, as the packaged recipes do: ``--config demo``); the resolved config is saved beside
-the checkpoint. The flags below are shorthands for ``--set``
-(they win over the file), so each ablation is one flag: ``--no-oct``, ``--no-text``,
-``--shuffle-oct-labels``, ``--matrix ablate|freeze|tune``, ``--holdout ID[,ID]``.
+``--out`` is the run's folder: the checkpoint, ``config.json`` (the resolved config, its paths
+relative to the folder), ``metrics.json``, ``state.pt`` (resumable state), ``steps.csv`` and
+``epochs.csv``. A run is a typed config (``--config FILE.toml`` + ``--set section.key=value``;
+``predilect.training.config``; an example: ``training/examples/run.toml``) with sections ``data``,
+``loop``, ``model`` and the stage's (``pretrain`` / ``finetune``; one file may hold both, as the
+packaged recipes do: ``--config demo``). ``--resume`` continues the run in ``--out`` from its own
+``config.json``. The flags below are shorthands for ``--set`` (they win over the file), so each
+ablation is one flag: ``--no-oct``, ``--no-text``, ``--shuffle-oct-labels``, ``--matrix
+ablate|freeze|tune``, ``--holdout ID[,ID]``. Each epoch prints its loss, the validation split's
+macro AUROC and an ETA; training never scores the test split (``predilect evaluate`` does).
 Stage 1 writes a pretraining checkpoint (never served); stage 2 writes the served checkpoint
 that ``predilect export`` turns into ONNX.
 """
@@ -27,9 +33,10 @@ from typing import Any
 import torch
 
 from predilect.artifacts import default_artifacts
-from predilect.cli import CommandError, command
+from predilect.cli import CommandError, command, description
 from predilect.models.classifier import ArchCfg
-from predilect.training.config import STAGE_SECTIONS, add_config_options, load_config
+from predilect.outdir import check_out_folder
+from predilect.training.config import CONFIG_FILE, STAGE_SECTIONS, add_config_options, load_config
 from predilect.training.finetune import FinetuneCfg, FinetuneRun, finetune
 from predilect.training.loop import LoopCfg
 from predilect.training.pretrain import PretrainCfg, PretrainRun, pretrain
@@ -69,17 +76,34 @@ def _field_option(group: argparse._ArgumentGroup, cls: type, name: str, dest: st
     group.add_argument(flag, dest=dest, type=hint, default=argparse.SUPPRESS, help=help_, metavar=metavar)
 
 
+CHECKPOINTS = {"pretrain": "pretrain.safetensors", "finetune": "model.safetensors"}
+"""The checkpoint each stage writes into its run folder (``--out``)."""
+
+
 def _parser(stage: str) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=f"predilect train {stage}", description=_DESCRIPTIONS[stage])
+    p = argparse.ArgumentParser(
+        prog=f"predilect train {stage}",
+        description=f"{_DESCRIPTIONS[stage]}\n\n{description(__doc__)}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     artifacts = default_artifacts()
-    default_out = artifacts.pretrain_checkpoint if stage == "pretrain" else artifacts.checkpoint
-    p.add_argument("--out", type=Path, default=default_out, help="checkpoint to write; the run lives in its folder")
-    p.add_argument("--resume", action="store_true", help="continue the run in the --out folder")
+    default_out = (artifacts.pretrain_checkpoint if stage == "pretrain" else artifacts.checkpoint).parent
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=default_out,
+        metavar="DIR",
+        help=f"the run's folder: {CHECKPOINTS[stage]}, config.json, metrics.json, logs (default {default_out})",
+    )
+    p.add_argument(
+        "--resume", action="store_true", help="continue the run in the --out folder, from its own config.json"
+    )
     p.add_argument("--cache-dir", type=Path, default=artifacts.cache, help="cache of preprocessed tensors")
     p.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
     add_config_options(p)
     data = p.add_argument_group("data (shorthands for --set data.*)")
     data.add_argument("--manifest", type=Path, default=argparse.SUPPRESS, help="fundus manifest CSV (v2)")
+
     data.add_argument(
         "--catalog",
         type=Path,
@@ -140,29 +164,41 @@ def _overrides(args: argparse.Namespace) -> list[str]:
     return out
 
 
+def _config_file(args: argparse.Namespace) -> Path | None:
+    """The config the run starts from: ``--config``; with ``--resume`` and none given, the run's own."""
+    if args.config is not None or not args.resume:
+        return args.config
+    saved = args.out / CONFIG_FILE
+    if not saved.is_file():
+        raise CommandError(f"nothing to resume in {args.out}: it holds no {CONFIG_FILE} (is --out the run's folder?)")
+    return saved
+
+
 def _run(stage: str, argv: Sequence[str]) -> int:
     args = _parser(stage).parse_args(argv)
+    check_out_folder(args.out, holds=f"{CHECKPOINTS[stage]}, {CONFIG_FILE}, metrics.json")
+    checkpoint = args.out / CHECKPOINTS[stage]
     torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     overrides = [*args.overrides, *_overrides(args)]
+    config = _config_file(args)
     report = lambda line: print(line, flush=True)  # noqa: E731
+    if config is not None and config != args.config:
+        report(f"resuming with the run's own config {config}")
     if stage == "pretrain":
-        run = load_config(args.config, overrides=overrides, cls=PretrainRun)
+        run = load_config(config, overrides=overrides, cls=PretrainRun)
         run = _default_paths(run)
-        result = pretrain(run, args.out, resume=args.resume, cache_dir=args.cache_dir, report=report)
+        result = pretrain(run, checkpoint, resume=args.resume, cache_dir=args.cache_dir, report=report)
         meta = result.meta
     else:
-        frun = load_config(args.config, overrides=overrides, cls=FinetuneRun)
+        frun = load_config(config, overrides=overrides, cls=FinetuneRun)
         frun = _default_paths(frun)
-        result2 = finetune(frun, args.out, resume=args.resume, cache_dir=args.cache_dir, report=report)
+        result2 = finetune(frun, checkpoint, resume=args.resume, cache_dir=args.cache_dir, report=report)
         meta = result2.meta  # type: ignore[assignment]
-        if result2.test_macro_auroc is not None:
-            per = ", ".join(f"{k} {v:.3f}" for k, v in result2.test_auroc.items())
-            print(f"test macro AUROC {result2.test_macro_auroc:.4f} ({per})")
     if meta is not None:
-        print(f"checkpoint {args.out} version {meta.version}")
+        print(f"checkpoint {checkpoint} version {meta.version}")
         metrics = {"version": meta.version, **meta.metrics}
-        (args.out.parent / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+        (args.out / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
     return 0
 
 
@@ -176,6 +212,12 @@ def _default_paths(run: R) -> R:
     if not manifest.is_file():
         raise CommandError(f"fundus manifest not found: {manifest}")
     update: dict[str, Any] = {"manifest": manifest}
+    if isinstance(run, FinetuneRun) and run.finetune.pretrained and Path(run.finetune.pretrained).is_dir():
+        # a stage-1 run folder stands for the checkpoint in it
+        section = dataclasses.replace(
+            run.finetune, pretrained=str(Path(run.finetune.pretrained) / CHECKPOINTS["pretrain"])
+        )
+        run = run.model_copy(update={"finetune": section})
     if isinstance(run, PretrainRun) and run.pretrain.oct:
         if data.oct_manifest is None:
             beside = manifest.with_name("oct_manifest.csv")
@@ -190,7 +232,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = list(argv or [])
     usage = "usage: predilect train {pretrain,finetune} [options]  (predilect train <stage> --help)"
     if args and args[0] in ("-h", "--help"):
-        print(usage)
+        stages = "\n".join(f"  {name:<9} {text}" for name, text in _DESCRIPTIONS.items())
+        print(f"{usage}\n\nstages:\n{stages}\n\n{description(__doc__)}")
         return 0
     if not args or args[0] not in STAGES:
         raise CommandError(f"choose a stage: {' or '.join(STAGES)} ({usage})")

@@ -15,7 +15,6 @@ nothing here imports torch.
 from __future__ import annotations
 
 import hashlib
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,7 +24,14 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from predilect.build.tensorrt.accuracy import GateReport, check_accuracy, reference_probabilities, sigmoid
-from predilect.build.tensorrt.onnx_rewrite import drop_attention_output, for_tensorrt, rewrite
+from predilect.build.tensorrt.engine_cache import atomic_write
+from predilect.build.tensorrt.onnx_rewrite import (
+    drop_attention_output,
+    for_tensorrt,
+    has_plugin_node,
+    inline_reference,
+    rewrite,
+)
 from predilect.build.tensorrt.plugin import TensorRTUnavailableError, import_tensorrt, register_plugin
 from predilect.build.tensorrt.precision import onnx_precision
 from predilect.build.tensorrt.sidecar import FRONTENDS, EngineSidecar, TensorShapes, write_sidecar
@@ -64,12 +70,26 @@ class GateData:
 
 
 def tensorrt_onnx(model: onnx.ModelProto, *, use_plugin: bool = True) -> onnx.ModelProto:
-    """The ONNX TensorRT should parse: the plugin form, or the model as is; either way with
-    ``LOGITS`` as its only output (the engine serves no ``ATTENTION``)."""
+    """The ONNX TensorRT should parse: the plugin form, or the reference graph; either way with
+    ``LOGITS`` as its only output (the engine serves no ``ATTENTION``).
+
+    The rewrite is applied exactly once, whatever the precision: a model that already holds the
+    plugin node (the FP16/BF16 ONNX of a GPU repository, rewritten before its cast because the
+    cast head no longer matches) is only marked for TensorRT; without the plugin, that node's
+    reference function is inlined back. FP32 and INT8/FP8 models are stored plugin-free.
+    """
+    rewritten = has_plugin_node(model)
     if use_plugin:
-        return for_tensorrt(rewrite(model))
-    graph = gs.import_onnx(model)
-    return gs.export_onnx(graph) if drop_attention_output(graph) else model
+        return for_tensorrt(model if rewritten else rewrite(model))
+    plain = inline_reference(model) if rewritten else model
+    graph = gs.import_onnx(plain)
+    return gs.export_onnx(graph) if drop_attention_output(graph) else plain
+
+
+def network_onnx(model: onnx.ModelProto, cfg: EngineCfg) -> onnx.ModelProto:
+    """What ``build_engine`` hands TensorRT's parser for ``model`` (as stored, in its precision): every
+    step of the build before the one that needs TensorRT."""
+    return tensorrt_onnx(model, use_plugin=cfg.use_plugin)
 
 
 def _network_flags(trt: Any) -> int:
@@ -78,10 +98,14 @@ def _network_flags(trt: Any) -> int:
     return 0 if flag is None else 1 << int(flag)
 
 
-def _timing_cache(trt: Any, config: Any, path: Path | None) -> Any:
+def _timing_cache(config: Any, path: Path | None) -> Any:
+    """The builder's timing cache: ``path``'s (written whole by ``atomic_write``, so never a part), or an
+    empty one where TensorRT refuses it (another device's timings: ``set_timing_cache`` returns False)."""
     blob = path.read_bytes() if path is not None and path.is_file() else b""
     cache = config.create_timing_cache(blob)
-    config.set_timing_cache(cache, ignore_mismatch=False)
+    if not config.set_timing_cache(cache, ignore_mismatch=False):
+        cache = config.create_timing_cache(b"")
+        config.set_timing_cache(cache, ignore_mismatch=False)
     return cache
 
 
@@ -99,7 +123,7 @@ def build_serialized(model: onnx.ModelProto, cfg: EngineCfg) -> bytes:
         raise RuntimeError(f"TensorRT could not parse the ONNX: {errors}")
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(cfg.workspace_gib * (1 << 30)))
-    cache = _timing_cache(trt, config, cfg.timing_cache)
+    cache = _timing_cache(config, cfg.timing_cache)
     pixels = network.get_input(0)
     item = tuple(pixels.shape)[1:]
     profile = builder.create_optimization_profile()
@@ -109,8 +133,7 @@ def build_serialized(model: onnx.ModelProto, cfg: EngineCfg) -> bytes:
     if serialized is None:
         raise RuntimeError("TensorRT failed to build an engine (see the TensorRT log above)")
     if cfg.timing_cache is not None:
-        cfg.timing_cache.parent.mkdir(parents=True, exist_ok=True)
-        cfg.timing_cache.write_bytes(bytes(cache.serialize()))
+        atomic_write(cfg.timing_cache, bytes(cache.serialize()))
     return bytes(serialized)
 
 
@@ -208,7 +231,7 @@ def build_engine(onnx_path: Path, engine_path: Path, cfg: EngineCfg = EngineCfg(
     source = Path(onnx_path).read_bytes()
     model = onnx.load_from_string(source)
     precision = onnx_precision(model)
-    plan = build_serialized(tensorrt_onnx(model, use_plugin=cfg.use_plugin), cfg)
+    plan = build_serialized(network_onnx(model, cfg), cfg)
     report = gate_engine(plan, gate, precision, max_batch=cfg.max_batch)
     meta = {p.key: p.value for p in model.metadata_props}
     gpu_name, capability = gpu_identity()
@@ -233,10 +256,8 @@ def build_engine(onnx_path: Path, engine_path: Path, cfg: EngineCfg = EngineCfg(
 
 
 def write_engine(engine_path: Path, plan: bytes, sidecar: EngineSidecar) -> None:
-    """Write the plan and its sidecar (the plan last, by rename, so a plan never lacks its sidecar)."""
+    """Write the plan and its sidecar, each through a uniquely named temporary file and a rename
+    (``engine_cache.atomic_write``), the plan last, so a plan never lacks its sidecar."""
     engine_path = Path(engine_path)
-    engine_path.parent.mkdir(parents=True, exist_ok=True)
-    partial = engine_path.with_name(f".{engine_path.name}.{os.getpid()}.partial")
-    partial.write_bytes(plan)
     write_sidecar(engine_path, sidecar)
-    partial.replace(engine_path)
+    atomic_write(engine_path, plan)

@@ -35,13 +35,15 @@ def _parser() -> argparse.ArgumentParser:
     artifacts = default_artifacts()
     p.add_argument("--onnx", type=Path, default=artifacts.onnx, help="model whose types set the precision")
     p.add_argument("--reference-onnx", type=Path, help="FP32 export for the gate (default: --onnx)")
-    p.add_argument("--engine", type=Path, default=artifacts.engine)
+    p.add_argument(
+        "--engine", type=Path, default=artifacts.engine, help=f"the plan to write (default {artifacts.engine})"
+    )
     p.add_argument("--max-batch", type=int, default=16, help="profile max (= the served max_batch_size)")
     p.add_argument("--opt-batch", type=int, default=8, help="profile opt (= the preferred batch)")
     p.add_argument("--no-plugin", action="store_true", help="build the reference graph (for comparison)")
     p.add_argument("--manifest", type=Path, help="labelled images for the accuracy gate (AUROC change)")
     p.add_argument("--split", default="test", help="manifest split the gate uses")
-    p.add_argument("--gate-images", type=int, default=64)
+    p.add_argument("--gate-images", type=int, default=64, help="held-out images the accuracy gate runs (default 64)")
     p.add_argument("--timing-cache", type=Path, help="TensorRT timing cache to reuse and update")
     p.add_argument("--model-repository", type=Path, help="build/reuse the engine of a GPU-profile repository")
     p.add_argument("--cache", type=Path, default=artifacts.cache / "engines", help="engine cache (repository mode)")

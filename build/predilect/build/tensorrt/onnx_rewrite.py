@@ -225,6 +225,27 @@ def rewrite(model: onnx.ModelProto) -> onnx.ModelProto:
     return out
 
 
+def has_plugin_node(model: onnx.ModelProto) -> bool:
+    """Whether ``rewrite`` has run on ``model``: it holds the ``predilect.PredilectionAttention`` node."""
+    return any(n.domain == DOMAIN and n.op_type == OP_TYPE for n in model.graph.node)
+
+
+def inline_reference(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A rewritten model with its plugin node replaced by the node's reference ops again (the local
+    function ``rewrite`` attached, inlined): the reference graph, in the model's own types."""
+    if not any(f.domain == DOMAIN and f.name == OP_TYPE for f in model.functions):
+        raise ValueError(f"the {DOMAIN}.{OP_TYPE} node has no reference function to inline (a TensorRT-form model?)")
+    from onnx import inliner
+
+    out = inliner.inline_local_functions(model)
+    del out.functions[:]
+    kept = [o for o in out.opset_import if o.domain != DOMAIN]
+    del out.opset_import[:]
+    out.opset_import.extend(kept)
+    onnx.checker.check_model(out)
+    return out
+
+
 def for_tensorrt(model: onnx.ModelProto) -> onnx.ModelProto:
     """TensorRT form: no local function (the parser would inline it), node marked as an AOT plugin."""
     out = onnx.ModelProto()

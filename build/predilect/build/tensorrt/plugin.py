@@ -65,7 +65,7 @@ def check_tensorrt_version(version: str) -> None:
         raise TensorRTUnavailableError(
             f"TensorRT {version} is too old: the PredilectionAttention AOT plugin needs TensorRT >= "
             f"{MIN_TENSORRT[0]}.{MIN_TENSORRT[1]} (tensorrt.plugin.aot_impl); use an NGC container or "
-            "`pip install tensorrt-cu12` of 10.9 or later"
+            "the `gpu` extra (the serving container's series, predilect.build.tensorrt.versions)"
         )
 
 

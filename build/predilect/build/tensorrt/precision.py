@@ -143,6 +143,32 @@ def quantize(
         return onnx.load(str(target))
 
 
+def served_onnx(
+    model: onnx.ModelProto, precision: str, *, calibration_pixels: np.ndarray | None = None
+) -> onnx.ModelProto:
+    """The export in ``precision``, as a GPU repository stores it (ONNX Runtime form, FP32 I/O).
+
+    FP32: the export as it is; FP16/BF16: ``cast_float`` of the rewritten model (the head is
+    rewritten first: cast, it no longer matches); INT8/FP8: ``quantize`` calibrated on
+    ``calibration_pixels``, the head excluded, plugin-free. ``engine.tensorrt_onnx`` then rewrites
+    whatever is not yet rewritten, so every precision reaches TensorRT rewritten exactly once.
+    """
+    from predilect.build.tensorrt.onnx_rewrite import find_attention, rewrite
+
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if precision == "fp32":
+        return model
+    if precision in _FLOAT_TYPES:
+        return cast_float(rewrite(model), precision)
+    if calibration_pixels is None:
+        raise ValueError(f"precision {precision} needs calibration images")
+    import onnx_graphsurgeon as gs
+
+    head = [node.name for node in find_attention(gs.import_onnx(model)).nodes]
+    return quantize(model, calibration_pixels, precision, exclude_nodes=head)
+
+
 def onnx_precision(model: onnx.ModelProto) -> str:
     """The precision a strongly typed engine of ``model`` runs in, read from its types."""
     zero_points = {init.name: init.data_type for init in model.graph.initializer}

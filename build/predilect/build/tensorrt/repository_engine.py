@@ -13,15 +13,16 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
 
 from predilect import contract
 from predilect.build.tensorrt.engine import EngineCfg, GateData, build_engine, gpu_identity
+from predilect.build.tensorrt.engine_cache import atomic_write, cached_plan
 from predilect.build.tensorrt.plugin import import_tensorrt
-from predilect.build.tensorrt.sidecar import engine_key, read_sidecar, sidecar_path
+from predilect.build.tensorrt.sidecar import engine_key, read_sidecar, sidecar_path, timing_cache_name
+from predilect.build.tensorrt.versions import check_served_tensorrt
 
 
 def _classifier(repository: Path) -> Path:
@@ -56,28 +57,38 @@ def cached_engine_dir(cache_dir: Path, *, capability: str, tensorrt_version: str
 
 
 def ensure_engine(repository: Path, cache_dir: Path) -> tuple[Path, bool]:
-    """``classifier/1/model.plan`` for this host; returns ``(path, built)`` (False: reused from the cache)."""
+    """``classifier/1/model.plan`` for this host; returns ``(path, built)`` (False: reused from the cache).
+
+    Replicas sharing ``cache_dir`` build each plan once: ``engine_cache.cached_plan`` holds the plan
+    folder's lock while it checks and builds, and every file is written through a unique temporary
+    name and a rename. The timing cache is kept per GPU model (``sidecar.timing_cache_name``).
+    """
     trt = import_tensorrt()
+    check_served_tensorrt(trt.__version__)
     classifier = _classifier(repository)
     onnx_path = classifier / contract.TRITON_VERSION / contract.ONNX_FILENAME
     sha = hashlib.sha256(onnx_path.read_bytes()).hexdigest()
-    _, capability = gpu_identity()
+    gpu_name, capability = gpu_identity()
     folder = cached_engine_dir(cache_dir, capability=capability, tensorrt_version=trt.__version__, onnx_sha256=sha)
     cached = folder / contract.PLAN_FILENAME
-    cfg = engine_cfg(
-        repository, timing_cache=Path(cache_dir) / engine_key(capability, trt.__version__) / "timing.cache"
-    )
-    built = False
-    reusable = cached.is_file() and sidecar_path(cached).is_file()
-    if reusable:
-        sidecar = read_sidecar(cached)
-        reusable = (
-            sidecar.onnx_sha256 == sha and sidecar.max_batch >= cfg.max_batch and sidecar.plugin == cfg.use_plugin
-        )
-    if not reusable:
-        build_engine(onnx_path, cached, cfg, gate=gate_data(repository))
-        built = True
-    target = classifier / contract.TRITON_VERSION / contract.PLAN_FILENAME
-    shutil.copy2(cached, target)
-    shutil.copy2(sidecar_path(cached), sidecar_path(target))
-    return target, built
+    timing = Path(cache_dir) / engine_key(capability, trt.__version__) / timing_cache_name(gpu_name)
+    cfg = engine_cfg(repository, timing_cache=timing)
+
+    def reusable(plan: Path) -> bool:
+        if not sidecar_path(plan).is_file():
+            return False
+        sidecar = read_sidecar(plan)
+        return sidecar.onnx_sha256 == sha and sidecar.max_batch >= cfg.max_batch and sidecar.plugin == cfg.use_plugin
+
+    def build(plan: Path) -> None:
+        build_engine(onnx_path, plan, cfg, gate=gate_data(repository))
+
+    built = cached_plan(cached, reusable=reusable, build=build)
+    install_plan(cached, classifier / contract.TRITON_VERSION / contract.PLAN_FILENAME)
+    return classifier / contract.TRITON_VERSION / contract.PLAN_FILENAME, built
+
+
+def install_plan(cached: Path, target: Path) -> None:
+    """Copy a cached plan and its sidecar into a repository (the sidecar first, each whole)."""
+    atomic_write(sidecar_path(target), sidecar_path(cached).read_bytes())
+    atomic_write(target, Path(cached).read_bytes())

@@ -10,14 +10,22 @@ import onnx
 
 from predilect.artifacts import default_artifacts
 from predilect.build.tensorrt.onnx_rewrite import DOMAIN, OP_TYPE, for_tensorrt, rewrite
-from predilect.cli import command
+from predilect.cli import CommandError, command
+from predilect.outdir import out_folder
 
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="predilect trt-rewrite", description=__doc__.splitlines()[0])
     p.add_argument("--onnx", type=Path, default=default_artifacts().onnx, help="the exported model")
-    p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--target", choices=("ort", "tensorrt"), default="ort")
+    p.add_argument(
+        "--out", type=Path, required=True, metavar="DIR", help="folder to write the rewritten model into (same name)"
+    )
+    p.add_argument(
+        "--target",
+        choices=("ort", "tensorrt"),
+        default="ort",
+        help="ort: the plugin node runs under ONNX Runtime (tests); tensorrt: as TensorRT's parser takes it",
+    )
     return p
 
 
@@ -27,10 +35,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     model = rewrite(onnx.load(str(args.onnx)))
     if args.target == "tensorrt":
         model = for_tensorrt(model)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    onnx.save(model, str(args.out))
+    out = out_folder(args.out, holds=args.onnx.name) / args.onnx.name
+    if out.resolve() == args.onnx.resolve():
+        raise CommandError(f"--out {args.out} is the folder of --onnx: the rewrite would replace the export")
+    onnx.save(model, str(out))
     print(
-        f"wrote {args.out}: attention head -> one {DOMAIN}.{OP_TYPE} node ({len(model.graph.node)} nodes, "
+        f"wrote {out}: attention head -> one {DOMAIN}.{OP_TYPE} node ({len(model.graph.node)} nodes, "
         f"target {args.target})"
     )
     return 0

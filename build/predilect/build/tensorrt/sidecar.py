@@ -10,10 +10,12 @@ that writes a plan (ONNX parser, Torch-TensorRT) writes the same sidecar.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from predilect.build.tensorrt.engine_cache import atomic_write
 from predilect.contract import ENGINE_SIDECAR_SCHEMA
 
 _SUFFIX = ".json"  # model.plan -> model.plan.json
@@ -80,6 +82,13 @@ class EngineSidecar:
         return cls(**data)
 
 
+def timing_cache_name(gpu_name: str) -> str:
+    """The timing cache's file name under an engine key: per GPU model, since TensorRT refuses timings of
+    another device (two cards of one compute capability differ in clocks and memory)."""
+    slug = re.sub(r"[^a-z0-9]+", "-", gpu_name.lower()).strip("-") or "gpu"
+    return f"timing-{slug}.cache"
+
+
 def engine_key(compute_capability: str, tensorrt_version: str) -> str:
     """Cache key of an engine: ``sm90-trt10.9.0.34`` (plans are tied to both)."""
     return f"sm{compute_capability.replace('.', '')}-trt{tensorrt_version}"
@@ -91,8 +100,9 @@ def sidecar_path(engine_path: Path) -> Path:
 
 
 def write_sidecar(engine_path: Path, sidecar: EngineSidecar) -> Path:
+    """Write ``engine_path``'s sidecar whole (``engine_cache.atomic_write``); returns its path."""
     path = sidecar_path(engine_path)
-    path.write_text(sidecar.to_json(), encoding="utf-8")
+    atomic_write(path, sidecar.to_json().encode("utf-8"))
     return path
 
 

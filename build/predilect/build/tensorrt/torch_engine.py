@@ -29,7 +29,6 @@ import contextlib
 import hashlib
 import importlib
 import json
-import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -344,33 +343,44 @@ def ensure_torch_engine(
 ) -> tuple[Path, bool]:
     """``classifier/1/model.plan`` of a GPU-profile repository compiled from ``checkpoint``; ``(path, built)``.
 
-    Profile and precision come from the repository's ``engine_build.json`` (what ``assemble``
-    recorded from the serving options), the gate from its gate set and FP32 reference, as
-    ``repository_engine.ensure_engine`` does for the ONNX route; the plan is cached under
+    Refused (``versions.TensorRTVersionError``) unless the installed TensorRT is the serving
+    container's series: with ``torch-tensorrt`` 2.13 (TensorRT 11.0) it always is, because the
+    25.08 server cannot deserialize its plans (``versions``); the code stays for a container of
+    Torch-TensorRT's series. Profile and precision come from the repository's ``engine_build.json``,
+    the gate from its gate set and FP32 reference, as ``repository_engine.ensure_engine`` does for the
+    ONNX route, with the same locked, atomic cache (``engine_cache``); the plan is cached under
     ``<cache>/<sm..-trt..>/torch-<checkpoint sha256>-<precision>/``.
     """
-    from predilect.build.tensorrt.repository_engine import engine_cfg, gate_data
+    from predilect.build.tensorrt.engine_cache import cached_plan
+    from predilect.build.tensorrt.repository_engine import engine_cfg, gate_data, install_plan
+    from predilect.build.tensorrt.sidecar import timing_cache_name
+    from predilect.build.tensorrt.versions import check_served_tensorrt
 
     trt = import_tensorrt()
+    check_served_tensorrt(trt.__version__)
     request = _request(repository)
-    _, capability = gpu_identity()
+    gpu_name, capability = gpu_identity()
     key = engine_key(capability, trt.__version__)
-    cfg = engine_cfg(repository, timing_cache=Path(cache_dir) / key / "timing.cache")
+    cfg = engine_cfg(repository, timing_cache=Path(cache_dir) / key / timing_cache_name(gpu_name))
     sha = _sha256(checkpoint)
     cached = Path(cache_dir) / key / f"torch-{sha[:16]}-{request['precision']}" / contract.PLAN_FILENAME
-    reusable = cached.is_file() and sidecar_path(cached).is_file()
-    if reusable:
-        sidecar = read_sidecar(cached)
-        reusable = (
+
+    def reusable(plan: Path) -> bool:
+        if not sidecar_path(plan).is_file():
+            return False
+        sidecar = read_sidecar(plan)
+        return (
             sidecar.frontend == FRONTEND
             and sidecar.checkpoint_sha256 == sha
             and sidecar.max_batch >= cfg.max_batch
             and sidecar.plugin == cfg.use_plugin
         )
-    if not reusable:
-        build = TorchBuild(precision=request["precision"], lowering=lowering)
-        build_torch_engine(checkpoint, cached, cfg, build, gate=gate_data(repository))
+
+    def build(plan: Path) -> None:
+        torch_build = TorchBuild(precision=request["precision"], lowering=lowering)
+        build_torch_engine(checkpoint, plan, cfg, torch_build, gate=gate_data(repository))
+
+    built = cached_plan(cached, reusable=reusable, build=build)
     target = Path(repository) / contract.CLASSIFIER_MODEL / contract.TRITON_VERSION / contract.PLAN_FILENAME
-    shutil.copy2(cached, target)
-    shutil.copy2(sidecar_path(cached), sidecar_path(target))
-    return target, not reusable
+    install_plan(cached, target)
+    return target, built

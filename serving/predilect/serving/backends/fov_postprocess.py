@@ -1,12 +1,12 @@
 """The ``postprocess`` model of the GPU profile: the screening results, per request.
 
-Inputs: LOGITS (TensorRT), and from the DALI step PIXELS, FOV_EXTENT and FRAME_EXTENT (and
-QUALITY_SQUARE when the model input's side is not the quality calibration's). The
-field of view is measured inside the DALI pipeline, which cannot fail a single request; this
-step rejects a request whose image holds no fundus field of view (the CPU profile's rule,
-``predilect.preprocess.fov_error``) with its own error, and answers the others with what the
-CPU profile answers: QUALITY from ``Screening.quality`` on the square at the calibrated size
-(PIXELS, or QUALITY_SQUARE when it is sent), PROBABILITIES,
+Inputs: LOGITS (TensorRT), FOV_EXTENT and FRAME_EXTENT (measured on the host by
+``validate_image``) and, from the DALI step, the square graded: PIXELS, or QUALITY_SQUARE when the
+model input's side is not the quality calibration's (then PIXELS is not sent here). The DALI
+batch cannot fail a single request; this step rejects a request whose image holds no fundus field
+of view (the CPU profile's rule, ``predilect.preprocess.fov_error``) with its own error, and
+answers the others with what the CPU profile answers: QUALITY from ``Screening.quality`` on the
+square at the calibrated size, PROBABILITIES,
 FINDINGS and REFERRAL from ``Screening.decide`` (the served referral rules), and FIELD_BOX
 placed by ``predilect.preprocess.field_box_in_frame``. No HEATMAPS: the engine returns logits only.
 """
@@ -19,18 +19,23 @@ from typing import Any
 import numpy as np
 
 from predilect import contract
-from predilect.preprocess import InvalidImageError, field_box_in_frame, fov_error
-from predilect.serving.backends import model_parameters, parse_model_config
+from predilect.preprocess import InvalidImageError, PreprocessCfg, field_box_in_frame, fov_error
+from predilect.serving.backends import model_parameters, parse_model_config, shift_metrics
 from predilect.serving.backends.preprocess import rejection_response
 from predilect.serving.backends.screening import Outputs, Screening, split_rows
 
-INPUTS = (contract.LOGITS, contract.PIXELS, contract.FOV_EXTENT, contract.FRAME_EXTENT)
-"""The tensors ``screen_requests`` reads from each request (and ``QUALITY_SQUARE``: ``inputs_of``)."""
+INPUTS = (contract.LOGITS, contract.FOV_EXTENT, contract.FRAME_EXTENT)
+"""The tensors ``screen_requests`` reads from each request, besides the graded square (``inputs_of``)."""
+
+
+def graded_square(cfg: PreprocessCfg) -> str:
+    """The tensor graded for quality: QUALITY_SQUARE where the model input has another side, else PIXELS."""
+    return contract.QUALITY_SQUARE if cfg.separate_quality_square else contract.PIXELS
 
 
 def inputs_of(screening: Screening) -> tuple[str, ...]:
     """The tensors read from each request of the model that serves ``screening``'s preprocessing."""
-    return (*INPUTS, contract.QUALITY_SQUARE) if screening.preprocess.separate_quality_square else INPUTS
+    return (*INPUTS, graded_square(screening.preprocess))
 
 
 def _rejection(screening: Screening, extents: np.ndarray) -> InvalidImageError | None:
@@ -68,11 +73,18 @@ def screen_requests(
     def batch(name: str) -> np.ndarray:
         return np.concatenate([np.asarray(r[name]) for r in accepted], axis=0)
 
-    planes = batch(contract.QUALITY_SQUARE) if screening.preprocess.separate_quality_square else None
-    grades = np.ascontiguousarray(screening.quality(batch(contract.PIXELS), planes), dtype=np.float32)
-    outputs = screening.decide(batch(contract.LOGITS), grades)
-    outputs[contract.QUALITY] = grades
-    outputs[contract.FIELD_BOX] = field_boxes(batch(contract.FOV_EXTENT), batch(contract.FRAME_EXTENT))
+    boxes = field_boxes(batch(contract.FOV_EXTENT), batch(contract.FRAME_EXTENT))
+    frames = np.asarray(batch(contract.FRAME_EXTENT), dtype=np.float64).reshape(-1, 2)
+    if screening.preprocess.separate_quality_square:
+        graded = screening.quality(
+            np.empty((0,), np.float32), batch(contract.QUALITY_SQUARE), boxes=boxes, frames=frames
+        )
+    else:
+        graded = screening.quality(batch(contract.PIXELS), boxes=boxes, frames=frames)
+    outputs = screening.decide(batch(contract.LOGITS), graded.quality)
+    outputs[contract.QUALITY] = np.ascontiguousarray(graded.quality, dtype=np.float32)
+    outputs[contract.QUALITY_MEASURES_TENSOR] = np.ascontiguousarray(graded.measures, dtype=np.float32)
+    outputs[contract.FIELD_BOX] = boxes
     per_request = iter(split_rows(outputs, [len(r[contract.LOGITS]) for r in accepted]))
     return [result if isinstance(result, InvalidImageError) else next(per_request) for result in results]
 
@@ -84,16 +96,20 @@ class TritonPythonModel:
         import triton_python_backend_utils as pb_utils
 
         self._pb = pb_utils
-        self._screening = Screening.from_parameters(model_parameters(parse_model_config(args)))
+        params = model_parameters(parse_model_config(args))
+        self._screening = Screening.from_parameters(params)
         self._inputs = inputs_of(self._screening)
+        self._metrics = shift_metrics.from_parameters(pb_utils, params, quality=True, scores=True)
 
     def execute(self, requests: list[Any]) -> list[Any]:
         pb = self._pb
         inputs = [{name: pb.get_input_tensor_by_name(r, name).as_numpy() for name in self._inputs} for r in requests]
         responses = []
-        for out in screen_requests(self._screening, inputs):
+        answers = screen_requests(self._screening, inputs)
+        for out in answers:
             if isinstance(out, InvalidImageError):
                 responses.append(rejection_response(pb, out))
             else:
                 responses.append(pb.InferenceResponse(output_tensors=[pb.Tensor(n, v) for n, v in out.items()]))
+        shift_metrics.observe_answers(self._metrics, shift_metrics.cameras_of(requests), answers)
         return responses

@@ -21,7 +21,7 @@ import numpy as np
 
 from predilect import contract
 from predilect.preprocess import FieldBox, InvalidImageError, PreprocessCfg, Preprocessor
-from predilect.serving.backends import model_parameters, parse_model_config
+from predilect.serving.backends import model_parameters, parse_model_config, shift_metrics
 from predilect.serving.backends.classifier import OnnxClassifier
 from predilect.serving.backends.postprocess import stable_sigmoid
 from predilect.serving.backends.preprocess import rejection_response, request_payload, warm_up
@@ -44,16 +44,28 @@ class FusedScreen:
         self.classifier = classifier
         self.screening = screening
 
-    def outputs(self, pixels: np.ndarray, boxes: Sequence[FieldBox], planes: np.ndarray | None = None) -> Outputs:
+    def outputs(
+        self,
+        pixels: np.ndarray,
+        boxes: Sequence[FieldBox],
+        planes: np.ndarray | None = None,
+        frames: Sequence[tuple[float, float]] | None = None,
+    ) -> Outputs:
         """Batch-level outputs by tensor name for the accepted ``pixels`` (``topology.screening_outputs`` lists them);
-        ``planes``: their quality squares when preprocessing cuts them apart (``Preprocessed.quality_planes``)."""
+        ``planes``: their quality squares when preprocessing cuts them apart (``Preprocessed.quality_planes``);
+        ``frames``: the decoded photographs' (width, height), where each frame lies on the graded square."""
         if self.screening is None:
             (logits,) = self.classifier.run([pixels])
             return {contract.PROBABILITIES: stable_sigmoid(logits)}
         model = self.classifier.run_all(pixels)
-        quality = self.screening.quality(pixels, planes)
-        outputs = self.screening.decide(model[contract.LOGITS], quality, model.get(contract.ATTENTION))
-        return {**outputs, contract.QUALITY: quality, contract.FIELD_BOX: np.asarray(boxes, dtype=np.float32)}
+        graded = self.screening.quality(pixels, planes, boxes=boxes, frames=frames)
+        outputs = self.screening.decide(model[contract.LOGITS], graded.quality, model.get(contract.ATTENTION))
+        return {
+            **outputs,
+            contract.QUALITY: graded.quality,
+            contract.QUALITY_MEASURES_TENSOR: graded.measures,
+            contract.FIELD_BOX: np.asarray(boxes, dtype=np.float32),
+        }
 
     def run(self, images: Sequence[np.ndarray]) -> list[Answer]:
         """One ``{name: [1, ...] array}`` or one ``InvalidImageError`` per request's IMAGE tensor, in order."""
@@ -67,7 +79,8 @@ class FusedScreen:
                 answers[i] = error
         if done.accepted:
             boxes = [box for box in done.boxes if box is not None]
-            batch = self.outputs(done.pixels, boxes, done.quality_planes)
+            frames = [frame for frame in done.frames if frame is not None]
+            batch = self.outputs(done.pixels, boxes, done.quality_planes, frames)
             for row, j in enumerate(done.accepted):
                 answers[good[j]] = {name: np.ascontiguousarray(value[row : row + 1]) for name, value in batch.items()}
         return answers  # type: ignore[return-value]
@@ -92,14 +105,17 @@ class TritonPythonModel:
         model_path = Path(args["model_repository"]) / args["model_version"] / contract.ONNX_FILENAME
         classifier = OnnxClassifier(model_path, intra_op_threads=int(params[contract.KEY_ORT_THREADS]))
         self._screen = FusedScreen(preprocessor, classifier, Screening.from_parameters(params))
+        self._metrics = shift_metrics.from_parameters(pb_utils, params, quality=True, scores=True)
 
     def execute(self, requests: list[Any]) -> list[Any]:
         pb = self._pb
         images = [pb.get_input_tensor_by_name(r, contract.IMAGE).as_numpy() for r in requests]
         responses = []
-        for answer in self._screen.run(images):
+        answers = self._screen.run(images)
+        for answer in answers:
             if isinstance(answer, InvalidImageError):
                 responses.append(rejection_response(pb, answer))
             else:
                 responses.append(pb.InferenceResponse(output_tensors=[pb.Tensor(k, v) for k, v in answer.items()]))
+        shift_metrics.observe_answers(self._metrics, shift_metrics.cameras_of(requests), answers)
         return responses

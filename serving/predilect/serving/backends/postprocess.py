@@ -26,15 +26,18 @@ class TritonPythonModel:
     def initialize(self, args: dict[str, str]) -> None:
         import triton_python_backend_utils as pb_utils
 
-        from predilect.serving.backends import model_parameters, parse_model_config
+        from predilect.serving.backends import model_parameters, parse_model_config, shift_metrics
         from predilect.serving.backends.screening import Screening
 
         self._pb = pb_utils
         config = parse_model_config(args)
-        self._screening = Screening.from_parameters(model_parameters(config))
+        params = model_parameters(config)
+        self._screening = Screening.from_parameters(params)
         self._attention = any(i["name"] == contract.ATTENTION for i in config.get("input", []))
+        self._metrics = shift_metrics.from_parameters(pb_utils, params, quality=False, scores=True)
 
     def execute(self, requests: list[Any]) -> list[Any]:
+        from predilect.serving.backends import shift_metrics
         from predilect.serving.backends.screening import split_rows
 
         pb = self._pb
@@ -45,8 +48,12 @@ class TritonPythonModel:
 
         logits = batch(contract.LOGITS)
         attention = batch(contract.ATTENTION) if self._attention else None
-        outputs = self._screening.decide(logits, batch(contract.QUALITY), attention)
+        quality = batch(contract.QUALITY)
+        outputs = self._screening.decide(logits, quality, attention)
         sizes = [len(pb.get_input_tensor_by_name(r, contract.LOGITS).as_numpy()) for r in requests]
+        cameras = [c for c, n in zip(shift_metrics.cameras_of(requests), sizes, strict=True) for _ in range(n)]
+        gradable = ~(np.asarray(quality)[:, 1:] > 0.5).any(axis=1)
+        self._metrics.observe_scores(cameras, outputs[contract.PROBABILITIES], gradable)
         return [
             pb.InferenceResponse(output_tensors=[pb.Tensor(name, value) for name, value in per_request.items()])
             for per_request in split_rows(outputs, sizes)

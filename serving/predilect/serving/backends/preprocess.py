@@ -15,7 +15,7 @@ import numpy as np
 
 from predilect import contract
 from predilect.preprocess import InvalidImageError, PreprocessCfg, Preprocessor
-from predilect.serving.backends import model_parameters, parse_model_config
+from predilect.serving.backends import model_parameters, parse_model_config, shift_metrics
 from predilect.serving.backends.screening import Screening
 
 
@@ -32,7 +32,8 @@ Graded = dict[str, np.ndarray]
 def preprocess_and_grade(
     preprocessor: Preprocessor, screening: Screening, images: Sequence[np.ndarray]
 ) -> list[Graded | InvalidImageError]:
-    """Per request, in order: ``{PIXELS [1, 3, S, S], QUALITY [1, 1 + reasons], FIELD_BOX [1, 4]}``, or
+    """Per request, in order: ``{PIXELS [1, 3, S, S], QUALITY [1, 1 + reasons], QUALITY_MEASURES [1, measures],
+    FIELD_BOX [1, 4]}``, or
     its ``InvalidImageError``. The quality of the whole accepted batch is graded at once, on the squares
     at the calibrated size (the packed tensors, or the quality squares cut beside them)."""
     payloads = [request_payload(image) for image in images]
@@ -42,18 +43,16 @@ def preprocess_and_grade(
     ]
     done = preprocessor.run([payloads[i] for i in good], quality=True)  # type: ignore[misc]
     pixels = done.pixels
-    grades = (
-        screening.quality(pixels, done.quality_planes)
-        if len(pixels)
-        else np.zeros((0, 1 + len(contract.QUALITY_REASONS)))
-    )
+    accepted = done.accepted
+    graded = screening.quality_of(done)
     for i, error in zip(good, done.errors, strict=True):
         if error is not None:
             results[i] = error
-    for row, j in enumerate(done.accepted):
+    for row, j in enumerate(accepted):
         results[good[j]] = {
             contract.PIXELS: pixels[row : row + 1],
-            contract.QUALITY: np.ascontiguousarray(grades[row : row + 1], dtype=np.float32),
+            contract.QUALITY: np.ascontiguousarray(graded.quality[row : row + 1], dtype=np.float32),
+            contract.QUALITY_MEASURES_TENSOR: np.ascontiguousarray(graded.measures[row : row + 1], dtype=np.float32),
             contract.FIELD_BOX: np.asarray([done.boxes[j]], dtype=np.float32),
         }
     return results
@@ -92,15 +91,28 @@ class TritonPythonModel:
             device_id=None,
         )
         warm_up(self._preprocessor)
+        self._metrics = shift_metrics.from_parameters(pb_utils, params, quality=True, scores=False)
 
     def execute(self, requests: list[Any]) -> list[Any]:
         pb = self._pb
         images = [pb.get_input_tensor_by_name(r, contract.IMAGE).as_numpy() for r in requests]
         responses = []
-        for out in preprocess_and_grade(self._preprocessor, self._screening, images):
+        graded: list[tuple[str, Graded]] = []
+        for camera, out in zip(
+            shift_metrics.cameras_of(requests),
+            preprocess_and_grade(self._preprocessor, self._screening, images),
+            strict=True,
+        ):
             if isinstance(out, InvalidImageError):
                 responses.append(rejection_response(pb, out))
             else:
+                graded.append((camera, out))
                 tensors = [pb.Tensor(name, value) for name, value in out.items()]
                 responses.append(pb.InferenceResponse(output_tensors=tensors))
+        if graded:
+            self._metrics.observe_quality(
+                [camera for camera, _ in graded],
+                np.concatenate([g[contract.QUALITY] for _, g in graded]),
+                np.concatenate([g[contract.QUALITY_MEASURES_TENSOR] for _, g in graded]),
+            )
         return responses

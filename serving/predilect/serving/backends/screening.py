@@ -12,12 +12,14 @@ the fused layout runs both in its one model.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
 from predilect import contract, quality
-from predilect.preprocess import PreprocessCfg
+from predilect.preprocess import PreprocessCfg, Preprocessed
+from predilect.quality import Assessment
 from predilect.referral import ReferralRules
 from predilect.serving.backends.postprocess import stable_sigmoid
 
@@ -44,22 +46,44 @@ class Screening:
             PreprocessCfg.from_json(params[contract.KEY_PREPROCESS]),
         )
 
-    def quality(self, pixels: np.ndarray, planes: np.ndarray | None = None) -> np.ndarray:
-        """The ``QUALITY`` rows ``(N, 1 + reasons)`` of a batch of model inputs ``(N, 3, S, S)``.
+    def quality(
+        self,
+        pixels: np.ndarray,
+        planes: np.ndarray | None = None,
+        *,
+        boxes: Sequence[Any] | np.ndarray | None = None,
+        frames: Sequence[Any] | np.ndarray | None = None,
+    ) -> quality.Assessment:
+        """The ``QUALITY`` and ``QUALITY_MEASURES`` rows of a batch of model inputs ``(N, 3, S, S)``.
 
         ``planes``: the quality squares ``(N, 3, Q, Q)`` uint8 (``Preprocessed.quality_planes``),
         required when ``preprocess.separate_quality_square``; otherwise the pixels are graded.
+        ``boxes`` and ``frames``: each image's field box (``FIELD_BOX`` row) and decoded frame (width,
+        height), where the frame lies on the square and how many source pixels it spans
+        (``quality.frames_of``).
         """
         cfg = self.preprocess
-        if planes is not None:
-            return quality.assess_planes(planes, self.quality_cfg, fov_threshold=cfg.fov_threshold)
-        if cfg.separate_quality_square:
+        if planes is None and cfg.separate_quality_square:
             raise ValueError(
                 f"a {cfg.size}-px model input cannot be graded: quality is measured on the {cfg.quality_size}-px "
                 "square preprocessing cuts beside it (pass its planes)"
             )
-        return quality.assess_pixels(
-            pixels, self.quality_cfg, mean=cfg.mean, std=cfg.std, fov_threshold=cfg.fov_threshold
+        squares = planes if planes is not None else quality.planes_from_pixels(pixels, cfg.mean, cfg.std)
+        return quality.assess_planes(
+            squares,
+            self.quality_cfg,
+            fov_threshold=cfg.fov_threshold,
+            frames=quality.frames_of(self.quality_cfg.size, boxes, frames),
+        )
+
+    def quality_of(self, done: Preprocessed) -> Assessment:
+        """``quality`` of a ``Preprocessor.run(..., quality=True)`` batch: its accepted images, each with its frame."""
+        accepted = done.accepted
+        return self.quality(
+            done.pixels,
+            done.quality_planes,
+            boxes=[done.boxes[j] for j in accepted],
+            frames=[done.frames[j] for j in accepted],
         )
 
     def decide(self, logits: np.ndarray, quality_rows: np.ndarray, attention: np.ndarray | None = None) -> Outputs:

@@ -1,17 +1,21 @@
-"""The ``validate_image`` model of the GPU profile: a cheap per-request check before DALI.
+"""The ``validate_image`` model of the GPU profile: the per-request check and field measure before DALI.
 
 The DALI backend decodes a whole dynamic batch in one pipeline run, and one payload that the
 decoder cannot read fails every request of that batch. This Python-backend step (on the CPU,
 before the ensemble reaches the GPU) answers each bad request on its own, with the same
-``contract.ERROR_IMAGE_REJECTED`` error as the CPU profile, and passes the good bytes on unchanged.
+``contract.ERROR_IMAGE_REJECTED`` error as the CPU profile, and passes the good bytes on unchanged,
+with the field of view and the frame they were measured to have (``FOV_EXTENT``,
+``FRAME_EXTENT``): the DALI graph crops by the first (the backend's legacy executor cannot take
+a crop side measured on the GPU; ``predilect.preprocess.field``), ``postprocess`` places
+``FIELD_BOX`` from both.
 
-It reads headers and container structure only, never the compressed pixels: the checks of
-``predilect.preprocess.inspect_image`` (format, truncation, dimensions) plus the segment
-structure nvJPEG and libpng depend on -- JPEG marker segments up to the scan, an 8-bit frame of
-1 or 3 components, quantisation and Huffman tables present (or the standard ones implied by
-a motion-JPEG frame); PNG chunk lengths and CRCs. An image that passes but whose entropy-coded
-data is damaged still decodes (libjpeg-turbo and nvJPEG fill what they cannot read); the
-no-field-of-view rejection happens after DALI, per request, in the postprocess step.
+Checks, in order: ``predilect.preprocess.inspect_image`` (format, truncation, dimensions); the
+segment structure nvJPEG and libpng depend on -- JPEG marker segments up to the scan, an 8-bit
+frame of 1 or 3 components, quantisation and Huffman tables present (or the standard ones
+implied by a motion-JPEG frame); PNG chunk lengths and CRCs; then the field measure, a
+DCT-scaled decode with libjpeg-turbo in strict mode (full resolution for PNG): what the CPU
+profile's decoder reads, so scan data it calls corrupt is refused here too. The
+no-field-of-view rejection stays in the postprocess step, per request.
 """
 
 from __future__ import annotations
@@ -19,12 +23,15 @@ from __future__ import annotations
 import struct
 import zlib
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from predilect import contract
 from predilect.preprocess import InvalidImageError, PreprocessCfg, as_uint8, inspect_image
+from predilect.preprocess.decoders import Sniffed
+from predilect.preprocess.field import HostField, measure_field
 from predilect.serving.backends import model_parameters, parse_model_config
 from predilect.serving.backends.preprocess import rejection_response, request_payload
 
@@ -93,28 +100,55 @@ def png_structure_error(data: bytes) -> str | None:
     return "corrupt PNG: no IEND chunk"
 
 
-def validate_image(payload: np.ndarray, cfg: PreprocessCfg) -> InvalidImageError | None:
-    """The rejection of one encoded image (1-D uint8), or None when DALI can be given it."""
+def validate_image(payload: np.ndarray, cfg: PreprocessCfg) -> HostField | InvalidImageError:
+    """One encoded image (1-D uint8): its field of view and frame, or the rejection that keeps it from DALI."""
     data = as_uint8(payload)
     try:
-        fmt = inspect_image(data, cfg).format
+        header = inspect_image(data, cfg)
     except InvalidImageError as e:
         return e
     raw = data.tobytes()
-    problem = jpeg_structure_error(raw) if fmt == "jpeg" else png_structure_error(raw)
-    return InvalidImageError(problem) if problem else None
+    problem = jpeg_structure_error(raw) if header.format == "jpeg" else png_structure_error(raw)
+    if problem:
+        return InvalidImageError(problem)
+    return measure_field(Sniffed(data, header), cfg)
 
 
-def validate_requests(images: Sequence[np.ndarray], cfg: PreprocessCfg) -> list[np.ndarray | InvalidImageError]:
-    """Per request: the unchanged ``[1, n]`` bytes, or the ``InvalidImageError`` that rejects it."""
-    results: list[np.ndarray | InvalidImageError] = []
+@dataclass(frozen=True)
+class ValidImage:
+    """One request's output tensors: the unchanged ``[1, n]`` bytes and its ``[1, 2]`` extents."""
+
+    image: np.ndarray
+    fov_extent: np.ndarray
+    frame_extent: np.ndarray
+
+    def tensors(self) -> dict[str, np.ndarray]:
+        return {
+            contract.VALID_IMAGE: self.image,
+            contract.FOV_EXTENT: self.fov_extent,
+            contract.FRAME_EXTENT: self.frame_extent,
+        }
+
+
+def validate_requests(images: Sequence[np.ndarray], cfg: PreprocessCfg) -> list[ValidImage | InvalidImageError]:
+    """Per request: its ``ValidImage``, or the ``InvalidImageError`` that rejects it."""
+    results: list[ValidImage | InvalidImageError] = []
     for image in images:
         payload = request_payload(image)
         if isinstance(payload, InvalidImageError):
             results.append(payload)
             continue
-        error = validate_image(payload, cfg)
-        results.append(error if error is not None else np.ascontiguousarray(image, dtype=np.uint8))
+        field = validate_image(payload, cfg)
+        if isinstance(field, InvalidImageError):
+            results.append(field)
+            continue
+        results.append(
+            ValidImage(
+                np.ascontiguousarray(image, dtype=np.uint8),
+                field.fov_extent()[np.newaxis],
+                field.frame_extent()[np.newaxis],
+            )
+        )
     return results
 
 
@@ -136,5 +170,6 @@ class TritonPythonModel:
             if isinstance(out, InvalidImageError):
                 responses.append(rejection_response(pb, out))
             else:
-                responses.append(pb.InferenceResponse(output_tensors=[pb.Tensor(contract.VALID_IMAGE, out)]))
+                tensors = [pb.Tensor(name, value) for name, value in out.tensors().items()]
+                responses.append(pb.InferenceResponse(output_tensors=tensors))
         return responses

@@ -1,6 +1,6 @@
 """`predilect dataset`: a public data set in its native layout -> a manifest (v2) on a catalog.
 
-    predilect dataset odir5k /data/ODIR-5K --out data/odir.csv
+    predilect dataset odir5k /data/ODIR-5K --out data/odir          # data/odir/manifest.csv
     predilect dataset rfmid /data/RFMiD --catalog my_catalog.json --mapping rfmid_extra.json
     predilect dataset aptos2019 /data/aptos --print-mapping
 
@@ -18,14 +18,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from predilect.catalog import DEFAULT_CATALOG, Catalog, load_catalog
-from predilect.cli import CommandError, add_dataclass_options, command, dataclass_from_args
+from predilect.cli import CommandError, add_dataclass_options, command, dataclass_from_args, description
 from predilect.manifest import label_counts, write_manifest
+from predilect.outdir import out_folder
 from predilect.training.datasets.adapters import ADAPTERS, UNMAPPED_POLICIES, read_native
 
 
 @dataclass(frozen=True)
 class DatasetOptions:
-    out: Path = field(default=Path("manifest.csv"), metadata={"help": "manifest to write"})
+    out: Path = field(default=Path("data"), metadata={"help": "folder to write manifest.csv into"})
     catalog: Path | None = field(default=None, metadata={"help": "catalog JSON file (default: the built-in catalog)"})
     mapping: Path | None = field(
         default=None, metadata={"help": "JSON {native label: [catalog ids]} merged over the adapter's table"}
@@ -38,7 +39,9 @@ class DatasetOptions:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="predilect dataset", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(
+        prog="predilect dataset", description=description(__doc__), formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("format", choices=sorted(ADAPTERS), help="the data set's native layout")
     p.add_argument("root", type=Path, help="the data set's folder, as distributed")
     add_dataclass_options(p, DatasetOptions)
@@ -85,7 +88,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     if not result.records:
         raise CommandError(f"{args.root}: no image of {args.format} maps onto the catalog; see --print-mapping")
-    manifest = write_manifest(options.out, result.records, catalog=catalog)
+    folder = out_folder(options.out, holds="manifest.csv")
+    manifest = write_manifest(folder / "manifest.csv", result.records, catalog=catalog)
     print(result.summary())
     for split, counts in label_counts(result.records, catalog).items():
         positives = ", ".join(f"{d} {counts[d]}" for d in catalog.ids if counts[d])

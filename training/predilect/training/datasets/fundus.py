@@ -5,7 +5,8 @@ and its multi-hot labels (``N x C`` float32), about a hundred bytes per image, s
 not grow with the pixels of the data set, and DataLoader workers (forked or spawned) share no
 Python objects per record. Each item is made by ``predilect.preprocess.Preprocessor`` -- the
 object the Triton ``preprocess`` model runs -- so evaluation tensors equal served tensors bit
-for bit; augmentation (training only) applies to the tensor afterwards.
+for bit; augmentation (training only) applies afterwards, the acquisition policy from the item's
+field square at its own side (``square``).
 
 DICOM inputs: a record whose file is DICOM is read through ``predilect.dicom.reader`` (the SDK's
 own frame extraction), so training sees the payload the client would send for that frame
@@ -14,6 +15,8 @@ own frame extraction), so training sees the payload the client would send for th
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -28,6 +31,7 @@ from predilect.dicom.reader import DicomInputError, DicomSupportMissingError, is
 from predilect.errors import UserError
 from predilect.manifest import Record, label_matrix
 from predilect.preprocess import InvalidImageError, PreprocessCfg, Preprocessor
+from predilect.quality import planes_from_pixels
 from predilect.training.datasets.augment import FundusAugment
 
 
@@ -87,6 +91,7 @@ class FundusDataset(Dataset):
         frames = [int(r.extra.get("frame", "1") or 1) for r in records]
         self._frames = np.asarray(frames, np.int32) if any(f != 1 for f in frames) else None
         self._preprocessor: Preprocessor | None = None
+        self._squares: Preprocessor | None = None  # the acquisition augmentation's field squares
 
     def __len__(self) -> int:
         return len(self._paths)
@@ -97,23 +102,39 @@ class FundusDataset(Dataset):
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
         state["_preprocessor"] = None  # one per worker process, made on first use
+        state["_squares"] = None
         return state
+
+    def _run(self, preprocessor: Preprocessor, index: int) -> np.ndarray:
+        path = self.path(index)
+        frame = int(self._frames[index]) if self._frames is not None else 1
+        (out,) = preprocessor.run([read_payload(path, frame=frame)]).per_payload()
+        if isinstance(out, InvalidImageError):
+            raise DatasetItemError(f"{path}: {out}") from out
+        return out
 
     def pixels(self, index: int) -> np.ndarray:
         """The preprocessed ``(3, S, S)`` float32 tensor of item ``index``, exactly as served."""
         if self._preprocessor is None:
             self._preprocessor = Preprocessor(self.preprocess, max_batch_size=1, num_threads=1)
-        path = self.path(index)
-        frame = int(self._frames[index]) if self._frames is not None else 1
-        (out,) = self._preprocessor.run([read_payload(path, frame=frame)]).per_payload()
-        if isinstance(out, InvalidImageError):
-            raise DatasetItemError(f"{path}: {out}") from out
-        return out
+        return self._run(self._preprocessor, index)
+
+    def square(self, index: int, side: int) -> np.ndarray:
+        """Item ``index``'s field-of-view square at ``side`` px, ``(side, side, 3)`` uint8: the same decode
+        and crop as ``pixels``, before normalisation (``load_fundus_squares``, one item)."""
+        if self._squares is None or self._squares.cfg.size != side:
+            self._squares = Preprocessor(
+                dataclasses.replace(self.preprocess, size=side), max_batch_size=1, num_threads=1
+            )
+        planes = planes_from_pixels(self._run(self._squares, index)[None], self.preprocess.mean, self.preprocess.std)
+        return planes[0].transpose(1, 2, 0)
 
     def get(self, index: int, *, epoch: int = 0) -> dict[str, Any]:
         pixels = torch.from_numpy(self.pixels(index))
         if self.augment is not None:
-            pixels = self.augment(pixels, item_rng(self.seed, epoch, index))
+            side = self.augment.source_px
+            source = None if side is None else functools.partial(self.square, index, side)
+            pixels = self.augment(pixels, item_rng(self.seed, epoch, index), source=source)
         return {"pixels": pixels, "labels": torch.from_numpy(self.targets[index]), "index": index}
 
     def __getitem__(self, index: int) -> dict[str, Any]:

@@ -214,12 +214,12 @@ def _grow_trunk(frame: _Frame, name: str, kind: str, controls: list[Point], rng:
 
 
 def _grow_branch(
-    frame: _Frame, start: np.ndarray, heading: float, length: float, rng: np.random.Generator
+    frame: _Frame, start: np.ndarray, heading: float, length: float, rng: np.random.Generator, drift: float = 0.09
 ) -> np.ndarray:
     """A branch centreline: a random walk of slowly drifting heading, cut at the FOV or the pit."""
     step = 0.06 * frame.dd
     n = max(3, int(length / step))
-    headings = heading + np.cumsum(rng.normal(0.0, 0.09, n))
+    headings = heading + np.cumsum(rng.normal(0.0, drift, n))
     steps = step * np.column_stack([np.cos(headings), np.sin(headings)])
     points = start + np.vstack([np.zeros((1, 2)), np.cumsum(steps, axis=0)])
     return points[: _keep_until(points, frame)]
@@ -251,7 +251,9 @@ def _branches_of(frame: _Frame, parent: Vessel, rng: np.random.Generator, depth:
     return out
 
 
-def _vessel_tree(frame: _Frame, fovea_v: float, rng: np.random.Generator) -> tuple[Vessel, ...]:
+def _vessel_tree(
+    frame: _Frame, fovea_v: float, rng: np.random.Generator, *, to_rim: bool = False
+) -> tuple[Vessel, ...]:
     vessels: list[Vessel] = []
     for name, controls in _trunk_controls(fovea_v).items():
         for kind in ("vein", "artery"):
@@ -260,7 +262,23 @@ def _vessel_tree(frame: _Frame, fovea_v: float, rng: np.random.Generator) -> tup
                 continue
             vessels.append(trunk)
             vessels.extend(_branches_of(frame, trunk, rng, depth=2 if "macular" not in name else 1))
+            if to_rim and "macular" not in name:
+                vessels.extend(_towards_rim(frame, trunk, rng))
     return tuple(vessels)
+
+
+def _towards_rim(frame: _Frame, trunk: Vessel, rng: np.random.Generator) -> list[Vessel]:
+    """A trunk that ends inside a wide field continued on its heading to the rim, thinning, with branches."""
+    end = trunk.points[-1]
+    if len(trunk.points) < 3 or np.linalg.norm(end - np.array(frame.centre)) > 0.95 * frame.radius:
+        return []
+    tangent = unit_tangents(trunk.points)[-1]
+    points = _grow_branch(frame, end, math.atan2(tangent[1], tangent[0]), 2.0 * frame.radius, rng, drift=0.03)
+    if len(points) < 3:
+        return []
+    widths = np.linspace(trunk.widths[-1], 0.5 * trunk.widths[-1], len(points))
+    extension = Vessel(points=points, widths=widths, kind=trunk.kind, trunk=trunk.trunk)
+    return [extension, *_branches_of(frame, extension, rng, depth=1)]
 
 
 def check_frame(width: int, height: int) -> None:
@@ -285,18 +303,27 @@ def sample_anatomy(
     eye: str,
     fov_diameter: float = FOV_DIAMETER,
     disc_fraction: float = DISC_DIAMETER,
+    centre: Point | None = None,
+    fovea_shift: float = 0.0,
+    vessels_to_rim: bool = False,
 ) -> Anatomy:
     """Random but plausible anatomy: field of view, disc, cup, fovea and vessel tree.
 
     ``fov_diameter`` (in frame heights) and ``disc_fraction`` (disc diameter over FOV
-    diameter: a narrower field angle magnifies the retina) describe the camera.
+    diameter: a narrower field angle magnifies the retina) describe the camera; ``centre`` is
+    the field's centre in the frame (default: the frame's centre) and ``fovea_shift`` moves the
+    fovea that many disc diameters temporally of it (1.25: the field centred between disc and
+    fovea, as a narrow field is aimed to hold both); ``vessels_to_rim`` continues the trunks to the
+    rim of a field wider than the arcades reach (the older presets' trunks stop near 7 DD).
     """
     check_args(width, height, eye)
     radius = fov_diameter * height / 2.0
-    centre = (width / 2.0, height / 2.0)
+    centre = (width / 2.0, height / 2.0) if centre is None else centre
     dd = 2.0 * radius * disc_fraction * rng.uniform(0.92, 1.08)
     fovea = (centre[0] + rng.normal(0.0, 0.12) * dd, centre[1] + rng.normal(0.0, 0.12) * dd)
     temporal = 1.0 if eye == "L" else -1.0
+    if fovea_shift:
+        fovea = (fovea[0] + temporal * fovea_shift * dd, fovea[1])
     fovea_v = rng.uniform(0.15, 0.4)  # the fovea lies a little below the disc centre
     disc = (fovea[0] - temporal * rng.uniform(2.35, 2.65) * dd, fovea[1] - fovea_v * dd)
     frame = _Frame(centre=centre, radius=radius, disc=disc, dd=dd, fovea=fovea, temporal=temporal)
@@ -310,7 +337,7 @@ def sample_anatomy(
         disc_radius=dd / 2.0,
         fovea=fovea,
         cup_ratio=float(rng.uniform(0.2, 0.42)),
-        vessels=_vessel_tree(frame, fovea_v, rng),
+        vessels=_vessel_tree(frame, fovea_v, rng, to_rim=vessels_to_rim),
         disc_fraction=disc_fraction,
     )
 

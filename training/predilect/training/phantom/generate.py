@@ -3,7 +3,9 @@
 Layout under ``out_dir``:
 
 * ``fundus/<patient>_<eye>.jpg`` and ``manifest.csv`` (manifest v2, splits train/val/test by
-  patient; extra columns ``true_labels``, ``camera``, ``severity``, ``confounders``);
+  patient; extra columns ``true_labels``, ``camera``, ``severity``, ``confounders``); a zoo preset
+  names each photograph ``<patient>_<eye>_<camera>.jpg`` (a test eye has one per test camera) and
+  adds the column ``capture``;
 * ``oct/<patient>_<eye>.png`` and ``oct_manifest.csv``: B-scans of *other* patients (unpaired);
 * ``lesions.jsonl``: per image, where each lesion was drawn (normalised image coordinates);
 * ``phantom_catalog.json``: the catalog of the drawn categories (default-catalog descriptions);
@@ -11,7 +13,10 @@ Layout under ``out_dir``:
 
 Everything is a function of ``seed``: image ``i`` draws from ``SeedSequence(seed, spawn_key=
 (stream, i))`` (stream 0 fundus, 1 OCT) and the cohort from streams 2 (fundus) and 3 (OCT),
-so the bytes written do not depend on the number of workers.
+so the bytes written do not depend on the number of workers. A zoo preset draws the training
+eyes' cameras from stream 5; a test eye re-photographed by several cameras keeps its image's
+stream (the same eye, lesions and colour), each camera adding its own draws. The paired B-scans
+(``add_paired_oct``) draw from stream 6, one per training fundus image.
 """
 
 from __future__ import annotations
@@ -29,11 +34,12 @@ import numpy as np
 
 from predilect.catalog import DEFAULT_CATALOG, Catalog
 from predilect.errors import ConfigError
-from predilect.manifest import Record, write_manifest
+from predilect.manifest import CAPTURE_COLUMN, Record, write_manifest
+from predilect.training.phantom.cameras import HELD_OUT, PROFILES, SEEN, Acquisition, encode, profile_stream
 from predilect.training.phantom.fundus import check_frame
 from predilect.training.phantom.presets import CAMERAS, CONFOUNDER_KINDS, EASY, Preset, get_preset
 from predilect.training.phantom.registry import DISEASES
-from predilect.training.phantom.render import FundusStyle, OctStyle, draw_fundus, draw_oct
+from predilect.training.phantom.render import FundusDrawing, FundusStyle, OctStyle, draw_fundus, draw_oct
 
 FUNDUS_MANIFEST = "manifest.csv"
 OCT_MANIFEST = "oct_manifest.csv"
@@ -45,7 +51,7 @@ SPLITS = ("train", "val", "test")
 JPEG_QUALITY = 92
 OCT_FRAME = (512, 256)
 
-_FUNDUS, _OCT, _FUNDUS_COHORT, _OCT_COHORT, _VAL, _PAIRED = range(6)  # seed streams
+_FUNDUS, _OCT, _FUNDUS_COHORT, _OCT_COHORT, _VAL, _ZOO_CAMERAS, _PAIRED = range(7)  # seed streams
 
 
 @dataclass(frozen=True)
@@ -65,10 +71,12 @@ class Planned:
     severity: Mapping[str, float] = field(default_factory=dict)
     confounders: tuple[str, ...] = ()
     cup_ratio: float | None = None
+    scene: int | None = None  # the image stream it is drawn from (None: its own place in the plan)
+    zoo: bool = False  # photographed through a zoo camera: the file name carries the camera
 
     @property
     def name(self) -> str:
-        return f"{self.patient_id}_{self.eye}"
+        return f"{self.patient_id}_{self.eye}" + (f"_{self.camera}" if self.zoo else "")
 
     @property
     def drawn(self) -> frozenset[str]:
@@ -92,6 +100,8 @@ class _Job:
     camera: str = "reference"
     confounders: tuple[str, ...] = ()
     cup_ratio: float | None = None
+    scene: int = -1  # the image stream (-1: ``index``)
+    frame: tuple[int, int] | None = None  # a zoo camera's frame (its own, or scaled down for a quick run)
 
 
 # ----------------------------------------------------------------------------- cohort: easy
@@ -271,6 +281,27 @@ def plan_hard_cohort(
 # ----------------------------------------------------------------------------- rendering
 
 
+def plan_zoo_cameras(planned: list[Planned], preset: Preset, rng: np.random.Generator) -> list[Planned]:
+    """Zoo cameras for a planned cohort: a training or validation patient is photographed by one seen
+    camera (both eyes; drawn with ``preset.cameras``' weights; the hard planner's choice is kept), and
+    every test eye by each of ``preset.test_cameras`` in turn, all from the eye's own image stream."""
+    names = list(preset.cameras)
+    weights = np.array([preset.cameras[c] for c in names], dtype=np.float64)
+    chosen: dict[str, str] = {}
+    out: list[Planned] = []
+    for index, p in enumerate(planned):
+        if p.split == "test" and preset.test_cameras:
+            out += [replace(p, camera=c, scene=index, zoo=True) for c in preset.test_cameras]
+            continue
+        if not preset.hard and p.patient_id not in chosen:
+            chosen[p.patient_id] = names[int(rng.choice(len(names), p=weights / weights.sum()))]
+        out.append(replace(p, camera=p.camera if preset.hard else chosen[p.patient_id], scene=index, zoo=True))
+    leaked = sorted({p.camera for p in out if p.split != "test"} - set(SEEN))
+    if leaked:  # the preset's own check makes this unreachable; the split is the rule, so check it here too
+        raise ConfigError(f"held-out cameras {leaked} planned into training or validation")
+    return out
+
+
 def image_rng(seed: int, stream: int, index: int) -> np.random.Generator:
     """The generator of image ``index`` of ``stream`` (0 fundus, 1 OCT) for ``seed``."""
     return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(stream, index)))
@@ -278,17 +309,22 @@ def image_rng(seed: int, stream: int, index: int) -> np.random.Generator:
 
 def _render(job: _Job) -> dict[str, Any]:
     """Render and write one image; returns its ground truth for ``lesions.jsonl``."""
-    rng = image_rng(job.seed, job.kind, job.index)
+    rng = image_rng(job.seed, job.kind, job.index if job.scene < 0 else job.scene)
     severity = dict(job.severity)
     if job.kind == _FUNDUS:
-        style = FundusStyle(severity, CAMERAS[job.camera], job.confounders, job.cup_ratio) if job.hard else None
-        drawing = draw_fundus(job.labels, rng=rng, width=job.width, height=job.height, eye=job.eye, style=style)
-        drawing.image.save(job.path, "JPEG", quality=JPEG_QUALITY)
-        w, h, a = job.width, job.height, drawing.anatomy
+        camera = PROFILES.get(job.camera)
+        if camera is not None:
+            drawing = _photograph(job, replace(camera, frame=job.frame or camera.frame), rng)
+        else:
+            style = FundusStyle(severity, CAMERAS[job.camera], job.confounders, job.cup_ratio) if job.hard else None
+            drawing = draw_fundus(job.labels, rng=rng, width=job.width, height=job.height, eye=job.eye, style=style)
+            drawing.image.save(job.path, "JPEG", quality=JPEG_QUALITY)
+        a = drawing.anatomy
+        w, h = a.width, a.height  # lesion coordinates are the painted canvas's, normalised
         return {
             "modality": "fundus",
-            "width": w,
-            "height": h,
+            "width": drawing.image.width,
+            "height": drawing.image.height,
             "fov": {"x": a.centre[0] / w, "y": a.centre[1] / h, "r": a.radius / w},
             "disc": {"x": a.disc[0] / w, "y": a.disc[1] / h, "r": a.disc_radius / w},
             "fovea": {"x": a.fovea[0] / w, "y": a.fovea[1] / h},
@@ -308,6 +344,17 @@ def _render(job: _Job) -> dict[str, Any]:
         "dd": scan.dd,
         "lesions": [_normalised(d, x, y, r) for d, x, y, r in scan.lesions],
     }
+
+
+def _photograph(job: _Job, camera: Acquisition, rng: np.random.Generator) -> FundusDrawing:
+    """A zoo camera's photograph of the job's eye, written as that camera's JPEG."""
+    severity = dict(job.severity) if job.hard else None
+    style = FundusStyle(severity, confounders=job.confounders, cup_ratio=job.cup_ratio, acquisition=camera)
+    drawing = draw_fundus(job.labels, rng=rng, width=job.width, height=job.height, eye=job.eye, style=style)
+    scene = job.index if job.scene < 0 else job.scene
+    encoder = np.random.default_rng([job.seed, job.kind, scene, profile_stream(camera), 1])
+    Path(job.path).write_bytes(encode(drawing.image, camera, encoder))
+    return drawing
 
 
 def _normalised(disease: str, x: float, y: float, r: float, *, key: str | None = "disease") -> dict[str, Any]:
@@ -342,11 +389,23 @@ def _run_jobs(
 
 
 def _jobs(
-    planned: list[Planned], kind: int, folder: Path, suffix: str, seed: int, size: tuple[int, int], hard: bool
+    planned: list[Planned],
+    kind: int,
+    folder: Path,
+    suffix: str,
+    seed: int,
+    size: tuple[int, int],
+    hard: bool,
+    *,
+    render_height: int = 768,
+    max_side: int | None = None,
 ) -> tuple[list[_Job], list[Record]]:
     jobs, records = [], []
     for i, p in enumerate(planned):
         path = folder / f"{p.name}{suffix}"
+        camera = PROFILES.get(p.camera) if kind == _FUNDUS else None
+        frame = camera.scaled(max_side).frame if camera else None
+        work = replace(camera, frame=camera.scaled(max_side).frame).work_size(render_height) if camera else size
         jobs.append(
             _Job(
                 kind,
@@ -355,13 +414,15 @@ def _jobs(
                 p.drawn,
                 p.eye,
                 str(path),
-                size[0],
-                size[1],
+                work[0],
+                work[1],
                 hard,
                 tuple(sorted(p.severity.items())),
                 p.camera,
                 p.confounders,
                 p.cup_ratio,
+                -1 if p.scene is None else p.scene,
+                frame,
             )
         )
         extra = {
@@ -371,6 +432,8 @@ def _jobs(
         }
         if kind == _FUNDUS:
             extra |= {"camera": p.camera, "confounders": ";".join(p.confounders)}
+            if camera is not None:
+                extra[CAPTURE_COLUMN] = camera.capture
         records.append(
             Record(path=path, labels=p.labels, patient_id=p.patient_id, eye=p.eye, split=p.split, extra=extra)
         )
@@ -402,6 +465,15 @@ def _check_generate_args(count: int, oct_count: int, fractions: tuple[float, flo
 def _plan(
     preset: Preset, count: int, prefix: str, catalog: Catalog, seed: int, stream: int, oct: bool
 ) -> list[Planned]:
+    planned = _cohort(preset, count, prefix, catalog, seed, stream, oct)
+    if oct or not preset.zoo:
+        return planned
+    return plan_zoo_cameras(planned, preset, image_rng(seed, _ZOO_CAMERAS, 0))
+
+
+def _cohort(
+    preset: Preset, count: int, prefix: str, catalog: Catalog, seed: int, stream: int, oct: bool
+) -> list[Planned]:
     rng = image_rng(seed, stream, 0)
     if preset.hard:
         return plan_hard_cohort(count, prefix=prefix, preset=preset, rng=rng, oct=oct)
@@ -430,12 +502,17 @@ def generate(
     workers: int = 2,
     catalog: Catalog | None = None,
     progress: Callable[[int, int], None] | None = None,
+    render_height: int | None = None,
+    max_side: int | None = None,
 ) -> Path:
     """Write a phantom data set under ``out_dir``; returns the fundus manifest's path.
 
     Options left ``None`` take the preset's values. ``catalog`` restricts the easy preset to
     some of its diseases (default: the preset's diseases from ``DEFAULT_CATALOG``).
     ``progress(done, total)`` is called as images (fundus and OCT together) are written.
+    A zoo preset's frames are its cameras' own: ``width`` / ``height`` do not apply to it;
+    ``render_height`` caps the painted scene and ``max_side`` scales every camera's frame down
+    to at most that many pixels a side (quick runs and tests; the zoo's measurements use neither).
     """
     p = get_preset(preset) if isinstance(preset, str) else preset
     p = replace(
@@ -445,6 +522,13 @@ def generate(
         test_fraction=p.test_fraction if test_fraction is None else test_fraction,
         val_fraction=p.val_fraction if val_fraction is None else val_fraction,
     )
+    if p.zoo and (width or height):
+        raise ConfigError(f"preset {p.name!r} photographs with the camera zoo: each camera has its own frame size")
+    if not p.zoo and (render_height or max_side):
+        raise ConfigError(f"render_height and max_side apply to zoo presets only, not {p.name!r}")
+    p = replace(p, render_height=render_height or p.render_height)
+    if max_side is not None and max_side < 64:
+        raise ConfigError(f"max_side must be >= 64, got {max_side}")
     size = (width or p.size[0], height or p.size[1])
     _check_generate_args(p.count, p.oct_count, (p.test_fraction, p.val_fraction), workers)
     check_frame(*size)
@@ -452,7 +536,17 @@ def generate(
     out = Path(out_dir).resolve()
     (out / "fundus").mkdir(parents=True, exist_ok=True)
     fundus_plan = _plan(p, p.count, "P", phantom_catalog, seed, _FUNDUS_COHORT, oct=False)
-    jobs, fundus_records = _jobs(fundus_plan, _FUNDUS, out / "fundus", ".jpg", seed, size, p.hard)
+    jobs, fundus_records = _jobs(
+        fundus_plan,
+        _FUNDUS,
+        out / "fundus",
+        ".jpg",
+        seed,
+        size,
+        p.hard,
+        render_height=p.render_height,
+        max_side=max_side,
+    )
     oct_records: list[Record] = []
     if p.oct_count:
         (out / "oct").mkdir(exist_ok=True)
@@ -462,7 +556,7 @@ def generate(
     truth = _run_jobs(jobs, workers, progress)
     _write_lesions(out, jobs, truth)
     (out / PHANTOM_CATALOG).write_text(json.dumps(phantom_catalog.to_dict(), indent=1) + "\n", encoding="utf-8")
-    _write_info(out, p, seed, size, fundus_records, oct_records)
+    _write_info(out, p, seed, size, fundus_records, oct_records, max_side=max_side)
     if oct_records:
         write_manifest(out / OCT_MANIFEST, oct_records, catalog=phantom_catalog)
     return write_manifest(out / FUNDUS_MANIFEST, fundus_records, catalog=phantom_catalog)
@@ -479,10 +573,21 @@ def _write_lesions(out: Path, jobs: list[_Job], truth: dict[tuple[int, int], dic
 
 
 def _write_info(
-    out: Path, p: Preset, seed: int, size: tuple[int, int], fundus: list[Record], oct_records: list[Record]
+    out: Path,
+    p: Preset,
+    seed: int,
+    size: tuple[int, int],
+    fundus: list[Record],
+    oct_records: list[Record],
+    *,
+    max_side: int | None = None,
 ) -> None:
-    cameras = sorted({*p.cameras, *([p.test_only_camera] if p.test_only_camera else [])})
-    info = {
+    cameras = p.all_cameras
+    profiles = {
+        name: {**(PROFILES[name].to_dict() if name in PROFILES else asdict(CAMERAS[name])), "split": _split(name)}
+        for name in cameras
+    }
+    info: dict[str, Any] = {
         "preset": p.name,
         "seed": seed,
         "size": list(size),
@@ -492,12 +597,17 @@ def _write_info(
         "oct_visible": list(p.oct_visible),
         "label_noise": p.label_noise,
         "test_only_camera": p.test_only_camera,
-        "cameras": {name: asdict(CAMERAS[name]) for name in cameras},
+        "cameras": profiles if p.zoo else {name: asdict(CAMERAS[name]) for name in cameras},
         "images": {
             "fundus": {s: sum(r.split == s for r in fundus) for s in SPLITS},
             "oct": {s: sum(r.split == s for r in oct_records) for s in SPLITS},
         },
     }
+    if p.zoo:
+        info["camera_split"] = {s: [c for c in cameras if _split(c) == s] for s in ("seen", "held_out")}
+        info["test_cameras"] = list(p.test_cameras)
+        info["render_height"] = p.render_height
+        info["max_side"] = max_side
     (out / PHANTOM_INFO).write_text(json.dumps(info, indent=1) + "\n", encoding="utf-8")
 
 
@@ -557,3 +667,7 @@ def add_paired_oct(
         )
     _run_jobs(jobs, workers, progress)
     return write_manifest(out / PAIRED_OCT_MANIFEST, records, catalog=catalog)
+
+
+def _split(camera: str) -> str:
+    return "seen" if camera in SEEN else "held_out" if camera in HELD_OUT else "unknown"

@@ -1,8 +1,10 @@
 """`predilect phantom`: generate a synthetic fundus + OCT data set, its manifests and ground truth.
 
-``--preset easy`` is the original data set (the default, used by ``make demo``); ``--preset
+``--preset easy`` is the original data set (the default); ``--preset
 hard`` is the one that can tell the method from its controls (subtle and florid disease,
 confounders, camera profiles, long tail, label noise in training, zero-shot categories).
+``--preset zoo`` photographs easy's eyes through the camera zoo (``cameras.toml``: seen cameras for
+training and validation, every test eye re-photographed by every camera, held-out ones included).
 ``--degrade`` adds degraded copies of some images (what ``predilect gradability`` calibrates
 on); with ``--source MANIFEST`` it degrades an existing manifest's images instead of generating.
 """
@@ -36,6 +38,12 @@ class PhantomOptions:
     test_fraction: float | None = field(default=None, metadata={"help": "share of patients in test"})
     val_fraction: float | None = field(default=None, metadata={"help": "share of patients in val"})
     workers: int = field(default=min(2, os.cpu_count() or 1), metadata={"help": "worker processes"})
+    render_height: int | None = field(
+        default=None, metadata={"help": "zoo presets: the painted scene's largest height, px (None: the preset's)"}
+    )
+    max_side: int | None = field(
+        default=None, metadata={"help": "zoo presets: scale every camera's frame to at most this side (quick runs)"}
+    )
     degrade: str = field(default="", metadata={"help": "degradations to add: comma-separated kinds, or 'all'"})
     degrade_count: int = field(default=40, metadata={"help": "images degraded per kind"})
     degrade_strengths: tuple[float, ...] = field(
@@ -138,6 +146,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         val_fraction=opts.val_fraction,
         workers=opts.workers,
         progress=_progress_printer(),
+        render_height=opts.render_height,
+        max_side=opts.max_side,
     )
     catalog = load_catalog(manifest.with_name(PHANTOM_CATALOG))
     print(f"fundus manifest: {manifest}")

@@ -9,6 +9,13 @@ vessel reflex, tilted discs); four camera profiles, one seen only in the test sp
 long-tailed prevalence; label noise in the training split only (the true labels are kept);
 diseases subtle on the fundus but obvious on OCT (``oct_visible``); two categories composed
 of trained concepts that appear only in val/test, for zero-shot.
+
+``zoo``: easy's diseases and florid lesions photographed through the camera zoo (``cameras``):
+training and validation eyes each by one seen profile, and every test eye re-photographed by every
+profile, seen and held out, so that each camera's test set holds the same eyes.
+
+Which cameras a preset may put in training and validation is not the preset's choice: the zoo's
+split (``cameras.SEEN``) decides, and a preset naming a held-out camera there is refused.
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from predilect.errors import ConfigError
+from predilect.training.phantom.cameras import HELD_OUT, PROFILES, SEEN
 from predilect.training.phantom.fundus import CameraProfile
 from predilect.training.phantom.fundus_lesions import CONFOUNDERS
 from predilect.training.phantom.registry import REGISTRY
@@ -41,6 +49,8 @@ class Preset:
     cameras: Mapping[str, float] = field(default_factory=dict)  # profile name -> weight in train/val/test
     test_only_camera: str | None = None
     test_only_share: float = 0.0  # share of test patients photographed by it
+    test_cameras: tuple[str, ...] = ()  # zoo profiles that re-photograph every test eye (one image each)
+    render_height: int = 768  # zoo profiles: scenes are painted at most this high, then resampled to the frame
     confounder_rate: float = 0.0  # chance an eye shows confounders
     healthy_cup: tuple[float, float] = (0.31, 0.07)  # mean, sd of a healthy cup-to-disc ratio (hard only)
     label_noise: float = 0.0  # share of training images with a wrong label set
@@ -52,9 +62,22 @@ class Preset:
             raise ConfigError(f"preset {self.name!r}: the phantom cannot draw {unknown}")
         if not set(self.zero_shot) <= set(self.diseases):
             raise ConfigError(f"preset {self.name!r}: zero-shot ids {self.zero_shot} must be drawn")
-        cameras = {*self.cameras, *([self.test_only_camera] if self.test_only_camera else [])}
-        if not cameras <= set(CAMERAS):
-            raise ConfigError(f"preset {self.name!r}: unknown camera profiles {sorted(cameras - set(CAMERAS))}")
+        cameras = {*self.cameras, *([self.test_only_camera] if self.test_only_camera else []), *self.test_cameras}
+        unknown = sorted(cameras - set(CAMERAS) - set(PROFILES))
+        if unknown:
+            raise ConfigError(f"preset {self.name!r}: unknown camera profiles {unknown}")
+        if not set(self.test_cameras) <= set(PROFILES) or (self.test_cameras and self.test_only_camera):
+            raise ConfigError(f"preset {self.name!r}: test_cameras are zoo profiles, without a test_only_camera")
+        if cameras & set(PROFILES) and cameras & set(CAMERAS):
+            raise ConfigError(f"preset {self.name!r}: zoo profiles and the older profiles cannot be mixed")
+        trained_on = sorted(set(self.cameras) - set(SEEN))
+        if trained_on:
+            raise ConfigError(
+                f"preset {self.name!r}: cameras {trained_on} are held out of training and calibration "
+                f"(the camera split: {sorted(HELD_OUT)}); name them as test cameras only"
+            )
+        if self.render_height < 64:
+            raise ConfigError(f"preset {self.name!r}: render_height must be >= 64, got {self.render_height}")
 
     @property
     def oct_visible(self) -> tuple[str, ...]:
@@ -63,6 +86,18 @@ class Preset:
     @property
     def trained(self) -> tuple[str, ...]:
         return tuple(d for d in self.diseases if d not in self.zero_shot)
+
+    @property
+    def zoo(self) -> bool:
+        """Whether this preset photographs through the camera zoo (``cameras.PROFILES``)."""
+        return bool(set(self.cameras) & set(PROFILES) or self.test_cameras)
+
+    @property
+    def all_cameras(self) -> tuple[str, ...]:
+        """Every camera the preset draws with, sorted."""
+        return tuple(
+            sorted({*self.cameras, *([self.test_only_camera] if self.test_only_camera else []), *self.test_cameras})
+        )
 
 
 CAMERAS: dict[str, CameraProfile] = {
@@ -158,7 +193,28 @@ HARD = Preset(
     zero_shot=("crvo", "hypertensive"),
 )
 
-PRESETS: dict[str, Preset] = {p.name: p for p in (EASY, HARD)}
+ZOO = Preset(
+    name="zoo",
+    diseases=EASY.diseases,
+    size=(1024, 768),  # unused by zoo cameras (each has its frame); render_height caps the painted scene
+    count=720,  # eyes; each test eye gives one image per test camera
+    oct_count=480,
+    test_fraction=1.0 / 12.0,
+    val_fraction=0.15,
+    cameras={
+        "desk45_dslr_cut": 0.2,
+        "desk45_nonmyd_circle": 0.15,
+        "desk45_nonmyd_notch": 0.15,
+        "desk45_midres_cut": 0.1,
+        "handheld_40": 0.12,
+        "smartphone_50": 0.1,
+        "uwf_pseudocolour": 0.1,
+        "redfree_desk": 0.08,
+    },
+    test_cameras=tuple(PROFILES),
+)
+
+PRESETS: dict[str, Preset] = {p.name: p for p in (EASY, HARD, ZOO)}
 CONFOUNDER_KINDS: tuple[str, ...] = tuple(CONFOUNDERS)
 
 

@@ -3,7 +3,9 @@
 ``style=None`` is the easy preset: the original fixed lesion ranges and camera, the same
 pixels for the same seed. A ``FundusStyle`` / ``OctStyle`` is the hard preset's per-image
 choices (severity per disease, camera profile, confounders, cup ratio), decided and recorded
-by the caller (``generate``) so a manifest can say what each image shows.
+by the caller (``generate``) so a manifest can say what each image shows. A style with an
+``acquisition`` (a profile of the camera zoo, ``cameras``) paints the scene on the working
+canvas it is given and returns the photograph that camera takes of it, at the camera's frame.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import numpy as np
 from PIL import Image
 
 from predilect.contract import EYES
+from predilect.training.phantom.cameras import Acquisition, acquire, field_centre, fovea_shift, profile_stream
 from predilect.training.phantom.fundus import (
     Anatomy,
     CameraProfile,
@@ -40,10 +43,11 @@ _EXTRA_STREAM = 10_000  # lesion-seed sub-streams beyond the diseases' own: conf
 class FundusStyle:
     """The hard preset's choices for one photograph."""
 
-    severity: Mapping[str, float] = field(default_factory=dict)  # per disease drawn; missing: 1
+    severity: Mapping[str, float] | None = field(default_factory=dict)  # per disease; missing: 1; None: easy's
     profile: CameraProfile = CameraProfile("reference")
     confounders: tuple[str, ...] = ()
     cup_ratio: float | None = None  # the healthy cup; None keeps the anatomy's
+    acquisition: Acquisition | None = None  # a zoo camera (replaces ``profile``): see ``cameras.acquire``
 
 
 @dataclass(frozen=True)
@@ -55,7 +59,10 @@ class OctStyle:
 
 @dataclass(frozen=True)
 class FundusDrawing:
-    """A rendered photograph, its anatomy, and where lesions and confounders were drawn (pixels)."""
+    """A rendered photograph, its anatomy, and where lesions and confounders were drawn (pixels).
+
+    The anatomy and the lesions are in the pixels of the canvas painted (``anatomy.width`` x
+    ``anatomy.height``); a zoo camera's ``image`` is its own frame, of the same aspect."""
 
     image: Image.Image
     anatomy: Anatomy
@@ -135,8 +142,24 @@ def draw_fundus(
     _check_labels(labels)
     check_args(width, height, eye)
     profile = style.profile if style else CameraProfile("reference")
+    zoo = style.acquisition if style else None
     anatomy_seed, camera_seed, lesion_seed = _child_seeds(rng)
-    anatomy = _anatomy(anatomy_seed, width=width, height=height, eye=eye, profile=profile)
+    shot = None
+    if zoo is None:
+        anatomy = _anatomy(anatomy_seed, width=width, height=height, eye=eye, profile=profile)
+    else:
+        shot = np.random.default_rng([int(lesion_seed), _EXTRA_STREAM + 2, profile_stream(zoo)])
+        anatomy = sample_anatomy(
+            np.random.default_rng(anatomy_seed),
+            width=width,
+            height=height,
+            eye=eye,
+            fov_diameter=zoo.circle_diameter,
+            disc_fraction=zoo.disc_fraction,
+            centre=field_centre(zoo, (width, height), shot),
+            fovea_shift=fovea_shift(zoo),
+            vessels_to_rim=True,
+        )
     camera = np.random.default_rng(camera_seed)
     findings = Findings(cup_ratio=anatomy.cup_ratio if style is None or style.cup_ratio is None else style.cup_ratio)
     for entry, rng_of_disease, severity in _drawn(labels, None if style is None else style.severity, lesion_seed):
@@ -155,10 +178,13 @@ def draw_fundus(
     for layer in (*findings.layers, *findings.over_vessels):
         layer.apply(image)
     image = colour_cast(image, camera)
+    lesions, confounders = tuple(findings.lesions[:n_lesions]), tuple(findings.lesions[n_lesions:])
+    if zoo is not None and shot is not None:
+        return FundusDrawing(acquire(image, anatomy, zoo, shot), anatomy, lesions, confounders)
     if style is not None:
         image = apply_camera(image, anatomy, profile, np.random.default_rng([int(lesion_seed), _EXTRA_STREAM + 1]))
     image = Image.composite(image, Image.new("RGB", image.size), fov_mask(width, height, profile.fov_diameter))
-    return FundusDrawing(image, anatomy, tuple(findings.lesions[:n_lesions]), tuple(findings.lesions[n_lesions:]))
+    return FundusDrawing(image, anatomy, lesions, confounders)
 
 
 def render_fundus(
