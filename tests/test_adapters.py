@@ -170,16 +170,17 @@ def test_public_oct_manifest_feeds_stage_one_end_to_end_when_pretrained(phantom_
     from predilect.training.train_cli import main as train_main
 
     catalog = phantom_manifest.with_name("phantom_catalog.json")
-    oct_manifest = tmp_path / "kermany.csv"
-    argv = ["kermany_oct2017", str(FIXTURES / "OCT2017"), "--out", str(oct_manifest), "--catalog", str(catalog)]
+    oct_folder = tmp_path / "kermany"
+    argv = ["kermany_oct2017", str(FIXTURES / "OCT2017"), "--out", str(oct_folder), "--catalog", str(catalog)]
     assert dataset_cli.main(argv) == 0
+    oct_manifest = oct_folder / "manifest.csv"
     records = read_manifest(oct_manifest, catalog=load_catalog(catalog))
     assert {r.extra["oct_centre_x"] for r in records} == {"0.5"}  # the data set's line, per scan
-    out = tmp_path / "pre" / "pretrain.safetensors"
+    out = tmp_path / "pre"
     argv = ["pretrain", "--manifest", str(phantom_manifest), "--oct-manifest", str(oct_manifest), "--out", str(out)]
     sizes = {"--image-size": "64", "--oct-size": "64", "--epochs": "1", "--batch-size": "2"}
     argv += [part for flag, value in sizes.items() for part in (flag, value)] + ["--widths", "8", "16", "32"]
-    assert train_main(argv) == 0 and out.is_file()
+    assert train_main(argv) == 0 and (out / "pretrain.safetensors").is_file()
 
 
 @pytest.mark.parametrize("name", sorted(ADAPTERS))
