@@ -97,6 +97,7 @@ COMPARISONS = (
     ("full", "no_oct"),
     ("shuffled", "no_oct"),
     ("shuffled_redrawn", "no_oct"),
+    ("shuffled_redrawn", "shuffled"),
     ("full", "no_site_oct"),
     ("full", "fundus_sites"),
     ("full", "random_sites"),
