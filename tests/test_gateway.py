@@ -182,6 +182,7 @@ def test_gateway_screens_and_writes_sr_when_storescu_sends_jpeg_and_uncompressed
         record = records[source.SOPInstanceUID]
         assert record["error"] is None and record["frame"] == 1
         assert record["schema_version"] == contract.RESULT_SCHEMA_VERSION and record["patient_id"] == PATIENT_ID
+        assert record["study"] == source.StudyInstanceUID, "the worklist groups a study's instances by it"
         report = pydicom.dcmread(config.results_dir / record["sr"])
         assert report.SOPClassUID == COMPREHENSIVE_SR and report.PatientID == source.PatientID
         image = next(i for i in report.ContentSequence if i.ValueType == "IMAGE")
@@ -197,6 +198,9 @@ def test_gateway_screens_and_writes_sr_when_storescu_sends_jpeg_and_uncompressed
         list(jpeg_record["probabilities"].values()), list(expected.probabilities.values()), rtol=0, atol=1e-6
     )
     assert sorted(r.SOPClassUID for r in archive.received) == [COMPREHENSIVE_SR] * 2
+    catalog = config.results_dir / "catalog.json"
+    assert json.loads(catalog.read_text())["diseases"], "the report reads the catalog the gateway screened with"
+    assert catalog.stat().st_mode & 0o077 == 0, "results stay owner-only"
 
 
 def test_gateway_rejects_association_when_calling_aet_not_allowed(
@@ -246,7 +250,7 @@ def test_gateway_cli_screens_then_drains_when_sigterm_after_storescu(
             "gateway",
             "--port",
             str(port),
-            "--bind",
+            "--bind-address",
             "127.0.0.1",
             "--allow-aet",
             "STORESCU",

@@ -26,7 +26,7 @@ def test_screen_cli_keeps_under_1_gb_and_records_why_when_input_links_to_a_3_gb_
     (tmp_path / "eye.jpg").write_bytes(fundus_jpeg(61))
     link = tmp_path / "big.jpg"
     link.symlink_to(huge)
-    out = tmp_path / "r.jsonl"
+    out = tmp_path / "r"
     measure = (
         "import resource, subprocess, sys; "
         "code = subprocess.run(sys.argv[1:]).returncode; "
@@ -42,7 +42,8 @@ def test_screen_cli_keeps_under_1_gb_and_records_why_when_input_links_to_a_3_gb_
     assert run.returncode == 0, run.stderr
     peak_kib = int(run.stdout.strip().splitlines()[-1])
     assert peak_kib < 1024 * 1024, f"screen peaked at {peak_kib / 1024:.0f} MiB on a 3 GB input"
-    records = {json.loads(line)["key"]: json.loads(line) for line in out.read_text().splitlines()}
+    journal = out / "results.jsonl"
+    records = {json.loads(line)["key"]: json.loads(line) for line in journal.read_text().splitlines()}
     error = json.dumps(records[str(huge)])
     assert f"larger than the {MAX_IMAGE_BYTES // 1024 // 1024} MiB" in error and "not read" in error
     assert str((tmp_path / "eye.jpg").resolve()) in records  # the good input beside it is screened
@@ -53,12 +54,13 @@ def test_screen_cli_never_writes_file_bytes_into_journal_when_input_is_not_an_im
 ) -> None:
     secret = b"root:$6$s4ltS3cr3t$hashhashhash:19000:0:99999:7:::\n"
     (tmp_path / "shadow.jpg").write_bytes(secret * 4)
-    out = tmp_path / "r.jsonl"
+    out = tmp_path / "r"
     assert main([str(tmp_path / "shadow.jpg"), "--out", str(out), "--server", triton_server.grpc_url]) == 0
-    (record,) = [json.loads(line) for line in out.read_text().splitlines()]
+    journal = (out / "results.jsonl").read_text()
+    (record,) = [json.loads(line) for line in journal.splitlines()]
     assert "not a JPEG or PNG" in record["error"]
     for fragment in ("root:", "s4lt", "S3cr3t", "hashhash", "19000"):
-        assert fragment not in out.read_text(), fragment
+        assert fragment not in journal, fragment
 
 
 def test_screen_cli_exits_2_naming_link_and_target_when_folder_link_leaves_it(tmp_path: Path, capsys) -> None:
@@ -67,7 +69,7 @@ def test_screen_cli_exits_2_naming_link_and_target_when_folder_link_leaves_it(tm
     outside.mkdir()
     (outside / "secret.jpg").write_bytes(b"not for screening")
     (folder / "a.jpg").symlink_to(outside / "secret.jpg")
-    out = tmp_path / "r.jsonl"
+    out = tmp_path / "r"
     assert main([str(folder), "--out", str(out)]) == 2
     err = capsys.readouterr().err
     assert "Traceback" not in err

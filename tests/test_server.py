@@ -101,7 +101,7 @@ def _pid_alive(pid: int) -> bool:
 def test_serve_cli_exits_zero_and_stops_tritonserver_when_sent_sigterm(model_repository: Path, tmp_path: Path) -> None:
     import tritonclient.grpc as grpcclient
 
-    http_port, grpc_port = free_port(), free_port()
+    grpc_port = free_port()
     command = [
         sys.executable,
         "-m",
@@ -111,8 +111,6 @@ def test_serve_cli_exits_zero_and_stops_tritonserver_when_sent_sigterm(model_rep
         str(model_repository),
         "--grpc-port",
         str(grpc_port),
-        "--http-port",
-        str(http_port),
         "--metrics-port",
         str(free_port()),
         "--log-file",
@@ -126,9 +124,8 @@ def test_serve_cli_exits_zero_and_stops_tritonserver_when_sent_sigterm(model_rep
         with grpcclient.InferenceServerClient(f"127.0.0.1:{grpc_port}") as raw:
             assert raw.is_server_ready() and raw.is_model_ready(contract.ENSEMBLE)
         # HTTP is off by default: the 4 MB body that kills tritonserver 2.51's HTTP front end finds no listener.
-        # (A small GET only: on a shared machine another process may have taken the port since.)
-        with pytest.raises(urllib.error.URLError):
-            urllib.request.urlopen(f"http://127.0.0.1:{http_port}/v2/health/ready", timeout=5)
+        argv = Path(f"/proc/{server_pid}/cmdline").read_bytes().split(b"\0")
+        assert b"--allow-http=false" in argv
         with grpcclient.InferenceServerClient(f"127.0.0.1:{grpc_port}") as raw:
             assert raw.is_server_live()
         process.send_signal(signal.SIGTERM)
@@ -220,6 +217,15 @@ def test_serve_keeps_http_health_only_when_tls_is_on(tls_files: dict[str, Path])
         security_from_args(_serve_args("--tls-cert", str(tls_files["server"])), {})
     with pytest.raises(CommandError, match="need --tls-cert"):
         security_from_args(_serve_args("--tls-mutual"), {})
+
+
+def test_serve_refuses_http_port_when_http_is_off() -> None:
+    from predilect.cli import CommandError
+    from predilect.serving.serve_cli import security_from_args
+
+    with pytest.raises(CommandError, match="--http-port needs --http"):
+        security_from_args(_serve_args("--http-port", "8000"), {})
+    assert security_from_args(_serve_args("--http-port", "8000", "--http"), {}).http_api
 
 
 def test_clean_stale_shm_regions_removes_only_old_unmapped_regions(tmp_path: Path) -> None:

@@ -117,8 +117,8 @@ def test_site_calibration_refuses_with_one_line_when_labelled_manifest_is_wrong(
     assert len(err.splitlines()) == 1 and "labelled.csv:2" in err and "gradable" in err
 
 
-def _screen_journal(server, folder: Path, journal: Path, *, camera: str) -> None:
-    argv = ["screen", str(folder), "--out", str(journal), "--server", server.grpc_url, "--camera", camera]
+def _screen_journal(server, folder: Path, out: Path, *, camera: str) -> None:
+    argv = ["screen", str(folder), "--out", str(out), "--server", server.grpc_url, "--camera", camera]
     assert predilect(argv) == 0
 
 
@@ -127,12 +127,12 @@ def test_drift_reports_stable_when_same_camera_and_alert_when_new_camera(referen
     new = {f"n{seed}.jpg": _other_camera(_fundus(7000 + seed)) for seed in range(drift.MIN_IMAGES)}
     _write(tmp_path / "same", same)
     _write(tmp_path / "new", new)
-    journal = tmp_path / "site.jsonl"
-    _screen_journal(reference_server, tmp_path / "same", journal, camera="Desk 1")
-    _screen_journal(reference_server, tmp_path / "new", journal, camera="Handheld 2")
+    _screen_journal(reference_server, tmp_path / "same", tmp_path / "site", camera="Desk 1")
+    _screen_journal(reference_server, tmp_path / "new", tmp_path / "site", camera="Handheld 2")
+    journal = tmp_path / "site" / "results.jsonl"
     argv = ["drift", str(journal), "--by-camera", "--server", reference_server.grpc_url, "--out", str(tmp_path / "d")]
     assert predilect(argv) == 0
-    report = json.loads((tmp_path / "d.drift.json").read_text())
+    report = json.loads((tmp_path / "d" / "drift.json").read_text())
     groups = {g["group"]: g for g in report["groups"]}
     # The same camera: chance-scale differences at most ("watch" is what chance alone reaches now and then
     # over fourteen series of 200 images); the new camera: alerts.
@@ -142,7 +142,7 @@ def test_drift_reports_stable_when_same_camera_and_alert_when_new_camera(referen
     shifted = {s["name"] for s in groups["Handheld 2"]["series"] if s["level"] == "alert"}
     assert {"quality.blur", "quality.exposure"} <= shifted
     assert predilect([*argv, "--fail-on", "alert"]) == 1
-    assert "Handheld 2" in (tmp_path / "d.drift.md").read_text()
+    assert "Handheld 2" in (tmp_path / "d" / "drift.md").read_text()
 
 
 def test_drift_refuses_with_one_line_when_journal_holds_no_result(tmp_path: Path, capsys) -> None:

@@ -51,10 +51,7 @@ def load_fundus_pixels(
         if progress:
             progress(start + len(chunk), len(records))
     if cache is not None:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_suffix(".tmp.npy")
-        np.save(tmp, out)
-        tmp.replace(cache)
+        _save_atomically(cache, out)
     return out
 
 
@@ -85,10 +82,7 @@ def load_fundus_squares(
         pixels = preprocessor.run([r.path.read_bytes() for r in chunk]).pixels_or_raise()
         out[start : start + len(chunk)] = planes_from_pixels(pixels, cfg.mean, cfg.std).transpose(0, 2, 3, 1)
     if cache is not None:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_suffix(".tmp.npy")
-        np.save(tmp, out)
-        tmp.replace(cache)
+        _save_atomically(cache, out)
     return out
 
 
@@ -100,3 +94,11 @@ def load_oct_scans(records: Sequence[Record], *, size: int = OCT_INPUT_SIZE) -> 
             scan = np.asarray(im.convert("L").resize((size, size), Image.Resampling.BILINEAR), dtype=np.float32)
         out[i, 0] = (scan / 255.0 - 0.5) / 0.25
     return out
+
+
+def _save_atomically(path: Path, array: np.ndarray) -> None:
+    """``np.save`` to a temporary name beside ``path``, then renamed: a cache is whole or absent."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.npy")
+    np.save(tmp, array)
+    tmp.replace(path)

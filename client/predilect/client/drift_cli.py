@@ -24,6 +24,7 @@ from predilect.client.cli_options import add_client_options, client_from_args
 from predilect.client.journal import JournalError
 from predilect.client.records import JournalRecord
 from predilect.client.results import ScreeningResult
+from predilect.outdir import out_folder
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -31,7 +32,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("journal", type=Path, help="a screening journal (JSONL)")
     p.add_argument("--reference", type=Path, help="a reference JSON file (default: the server's, by discovery)")
     p.add_argument("--by-camera", action="store_true", help="also compare each camera's images on their own")
-    p.add_argument("--out", type=Path, help="write <out>.md and <out>.json (default: beside the journal)")
+    p.add_argument(
+        "--out",
+        type=Path,
+        metavar="DIR",
+        help="folder that gets drift.md and drift.json (default: the journal's folder, as <journal>.drift.md)",
+    )
     p.add_argument("--fail-on", choices=drift.LEVELS[1:], help="exit 1 when a group's level reaches this one")
     add_client_options(p)
     return p
@@ -98,14 +104,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.by_camera:
         cameras = sorted({r.camera or "unknown" for r in results})
         drifts += [compare_results(reference, [r for r in results if (r.camera or "unknown") == c], c) for c in cameras]
-    out = args.out if args.out is not None else args.journal.with_suffix("")
+    if args.out is not None:
+        folder = out_folder(args.out, holds="drift.md, drift.json")
+        md_path, json_path = folder / "drift.md", folder / "drift.json"
+    else:
+        stem = args.journal.with_suffix("")
+        md_path, json_path = Path(f"{stem}.drift.md"), Path(f"{stem}.drift.json")
     header = [f"# Drift of {args.journal} against the model's reference", ""]
     text = drift.report_markdown(drifts, reference, header=header)
-    Path(f"{out}.drift.md").write_text(text, encoding="utf-8")
+    md_path.write_text(text, encoding="utf-8")
     report = {"journal": str(args.journal), "reference": reference.source, "groups": [d.to_dict() for d in drifts]}
-    Path(f"{out}.drift.json").write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
+    json_path.write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
     print(text)
-    print(f"wrote {out}.drift.md and {out}.drift.json", file=sys.stderr)
+    print(f"wrote {md_path} and {json_path}", file=sys.stderr)
     if args.fail_on is not None:
         worst = [drift.LEVELS.index(d.level) for d in drifts if d.level in drift.LEVELS]
         if worst and max(worst) >= drift.LEVELS.index(args.fail_on):

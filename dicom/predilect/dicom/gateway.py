@@ -53,7 +53,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, BinaryIO
 
-from predilect.client import dicom
+from predilect.client import dicom, results_folder
 from predilect.client.errors import ClientConfigError, PredilectClientError, is_final
 from predilect.client.journal import FILE_MODE, ResultJournal
 from predilect.client.records import JournalRecord
@@ -205,6 +205,8 @@ class DicomGateway:
             folder.mkdir(parents=True, exist_ok=True)
             os.chmod(folder, DIR_MODE)
         self.client.connect()
+        catalog_json = self.client.catalog.to_json() + "\n"
+        _write_private(self.config.results_dir / results_folder.CATALOG_FILE, catalog_json.encode("utf-8"))
         self._done = self._journal.open()
         for partial in self.config.incoming_dir.glob(".*.part"):
             partial.unlink(missing_ok=True)  # a write cut short by a crash
@@ -433,9 +435,10 @@ class DicomGateway:
                 self._pending.add(key)
             return
         patient_id, eye = dicom.identity(dataset) if dataset is not None else (None, None)
+        study = dicom.study_uid(dataset) if dataset is not None else None
         sr_files = self._reports(key, items, dataset) if dataset is not None else {}
         record = JournalRecord.of_items(
-            key, items, patient_id=patient_id, eye=eye, sop_instance_uid=key, sr_files=sr_files
+            key, items, patient_id=patient_id, eye=eye, study=study, sop_instance_uid=key, sr_files=sr_files
         )
         with self._journal_lock:
             self._journal.append(record)

@@ -31,7 +31,9 @@ def _parser() -> argparse.ArgumentParser:
         "--port", type=int, default=_DEFAULTS.port, help=f"DICOM port to listen on (default {_DEFAULTS.port})"
     )
     parser.add_argument(
-        "--bind", default=_DEFAULTS.bind_address, help=f"address to listen on (default {_DEFAULTS.bind_address})"
+        "--bind-address",
+        default=_DEFAULTS.bind_address,
+        help=f"address to listen on (default {_DEFAULTS.bind_address})",
     )
     parser.add_argument("--ae-title", default=_DEFAULTS.ae_title, help="this gateway's AE title")
     parser.add_argument(
@@ -114,7 +116,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         results_dir=args.out,
         ae_title=args.ae_title,
         port=args.port,
-        bind_address=args.bind,
+        bind_address=args.bind_address,
         allowed_calling_aets=tuple(args.allow_aet),
         min_free_bytes=int(args.min_free_mb * _MB),
         forward_to=args.forward,
@@ -133,7 +135,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         with client, DicomGateway(client, config) as gateway:
             print(
-                f"predilect gateway: {args.ae_title} listening on {args.bind}:{gateway.port}"
+                f"predilect gateway: {args.ae_title} listening on {args.bind_address}:{gateway.port}"
                 f"{' (DICOM TLS)' if tls else ''}",
                 file=sys.stderr,
                 flush=True,

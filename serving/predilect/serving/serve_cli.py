@@ -59,10 +59,22 @@ def request_limit_mb(text: str) -> float:
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="predilect serve", description=(__doc__ or "").split("\n\n")[0])
-    p.add_argument("--model-repository", type=Path, default=default_artifacts().repository)
-    p.add_argument("--grpc-port", type=int, default=DEFAULT_GRPC_PORT)
-    p.add_argument("--http-port", type=int, default=DEFAULT_HTTP_PORT)
-    p.add_argument("--metrics-port", type=int, default=DEFAULT_METRICS_PORT)
+    p.add_argument(
+        "--model-repository",
+        type=Path,
+        default=default_artifacts().repository,
+        help="the model repository `predilect assemble` (or `make demo`) wrote (default: artifacts/model_repository)",
+    )
+    p.add_argument("--grpc-port", type=int, default=DEFAULT_GRPC_PORT, help=f"gRPC port (default {DEFAULT_GRPC_PORT})")
+    p.add_argument(
+        "--http-port", type=int, default=None, help=f"KServe HTTP port, with --http only (default {DEFAULT_HTTP_PORT})"
+    )
+    p.add_argument(
+        "--metrics-port",
+        type=int,
+        default=DEFAULT_METRICS_PORT,
+        help=f"Prometheus port (default {DEFAULT_METRICS_PORT})",
+    )
     p.add_argument("--bind-address", default=LOOPBACK, help=f"gRPC and HTTP listen here (default {LOOPBACK})")
     p.add_argument("--metrics-bind-address", default=LOOPBACK, help=f"metrics listen here (default {LOOPBACK})")
     p.add_argument(
@@ -90,13 +102,17 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--tls-mutual", action="store_true", help="require client certificates (mutual TLS)")
     p.add_argument("--log-verbose", type=int, default=0, help="tritonserver verbose log level (0: off)")
     p.add_argument("--log-file", type=Path, default=None, help="server log (default: a new temp file)")
-    p.add_argument("--startup-timeout-s", type=float, default=300.0)
+    p.add_argument(
+        "--startup-timeout-s", type=float, default=300.0, help="how long to wait for every model to load (default 300)"
+    )
     return p
 
 
 def security_from_args(args: argparse.Namespace, environ: dict[str, str] | os._Environ[str]) -> ServerSecurity:
     """The server's security settings from the options and ``$PREDILECT_AUTH_TOKEN``; CommandError when unsafe."""
     token = environ.get(AUTH_TOKEN_ENV) or None
+    if args.http_port is not None and not args.http:
+        raise CommandError("--http-port needs --http (HTTP is off unless asked for)")
     if (args.tls_cert is None) != (args.tls_key is None):
         raise CommandError("--tls-cert and --tls-key go together")
     if (args.tls_mutual or args.tls_root_cert is not None) and args.tls_cert is None:
@@ -146,6 +162,8 @@ def check_can_listen(args: argparse.Namespace) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     security = security_from_args(args, os.environ)
+    if args.http_port is None:
+        args.http_port = DEFAULT_HTTP_PORT
     check_can_listen(args)
     server = TritonServer(
         model_repository=args.model_repository,
