@@ -76,6 +76,9 @@ _.clip_fundus  # models.uopsl.PretrainWeights: the loss weights, saved with the 
 _.clip_oct
 _.site_oct
 _.site_fundus
+_.cls_fundus  # models.coda.CodaWeights: read by name, as PretrainWeights
+_.cls_oct
+_.prototype
 
 # Result records: what a run measured, returned to its caller (tests, notebooks) beside what the
 # command prints.

@@ -287,3 +287,58 @@ def rates(labels: np.ndarray, scores: np.ndarray, threshold: float) -> Rates:
         positives=positives,
         negatives=negatives,
     )
+
+
+# ----------------------------------------------------------------------------- many resamples at once
+
+
+def cluster_weights(groups: np.ndarray, resamples: int, *, seed: int = 0) -> np.ndarray:
+    """Row weights ``(resamples, n)`` of a cluster bootstrap: each resample draws the clusters
+    (``groups``, e.g. patients) with replacement, and a row weighs as often as its cluster was drawn."""
+    _, inverse = np.unique(np.asarray(groups), return_inverse=True)
+    n_groups = int(inverse.max()) + 1 if len(inverse) else 0
+    rng = np.random.default_rng(seed)
+    counts = rng.multinomial(n_groups, np.full(n_groups, 1.0 / n_groups), size=resamples) if n_groups else None
+    return np.zeros((resamples, 0)) if counts is None else counts[:, inverse].astype(np.float64)
+
+
+def weighted_auroc(labels: np.ndarray, scores: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """AUROC of ``scores`` for each row of ``weights (R, n)`` (a row's items counted that many
+    times; ties counted half), ``NaN`` where a weighting leaves no positive or no negative. With
+    integer weights it equals ``auroc`` of the rows repeated, so one sort serves every resample."""
+    labels = np.asarray(labels).astype(bool)
+    scores = np.asarray(scores, dtype=np.float64)
+    weights = np.atleast_2d(np.asarray(weights, dtype=np.float64))
+    order = np.argsort(scores, kind="mergesort")
+    ranked, positive = scores[order], labels[order]
+    w = weights[:, order]
+    starts = np.flatnonzero(np.r_[True, ranked[1:] != ranked[:-1]]) if len(ranked) else np.array([0])
+    pos = np.add.reduceat(w * positive, starts, axis=1)
+    neg = np.add.reduceat(w * ~positive, starts, axis=1)
+    below = np.cumsum(neg, axis=1) - neg
+    pairs = pos.sum(axis=1) * neg.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(pairs > 0, (pos * (below + 0.5 * neg)).sum(axis=1) / pairs, np.nan)
+
+
+_T975: tuple[float, ...] = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228)
+_T975 += (2.201, 2.179, 2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086)
+_T975 += (2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
+
+
+def t_quantile_975(df: int) -> float:
+    """The 97.5% quantile of Student's t with ``df`` degrees of freedom (a table to 30; beyond, within 0.002)."""
+    if df < 1:
+        raise ValueError(f"Student's t needs df >= 1, got {df}")
+    return _T975[df - 1] if df <= len(_T975) else 1.96 + 2.4 / df
+
+
+def t_interval(values: np.ndarray) -> Interval:
+    """95% interval of the mean of ``values`` (e.g. one difference per training seed) from Student's
+    t: the between-run interval. NaN bounds with fewer than two values."""
+    values = np.asarray(values, dtype=np.float64)
+    mean = float(values.mean()) if len(values) else float("nan")
+    if len(values) < 2:
+        return Interval(mean, float("nan"), float("nan"), 0.95, len(values))
+    half = t_quantile_975(len(values) - 1) * float(values.std(ddof=1)) / math.sqrt(len(values))
+    return Interval(mean, mean - half, mean + half, 0.95, len(values))

@@ -17,6 +17,7 @@ from predilect.training.datasets.adapters import (
     aptos,
     messidor,
     multieye,
+    oct_public,
     odir,
     read_aptos,
     read_messidor2,
@@ -28,7 +29,9 @@ from predilect.training.datasets.adapters import (
 )
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "datasets"
-TARGETS = sorted({t for m in (aptos, messidor, multieye, odir, rfmid) for ts in m.MAPPING.values() for t in ts})
+MAPPINGS = [m.MAPPING for m in (aptos, messidor, multieye, odir, rfmid)]
+MAPPINGS += [oct_public.KERMANY_MAPPING, oct_public.OCTDL_MAPPING, oct_public.OCTID_MAPPING]
+TARGETS = sorted({t for mapping in MAPPINGS for ts in mapping.values() for t in ts})
 CATALOG = Catalog(diseases=tuple(Disease(i, i, (f"{i} description",)) for i in TARGETS))
 """Every catalog id any mapping table targets, so the fixtures map fully."""
 
@@ -92,15 +95,16 @@ def test_read_messidor2_skips_ungradable_and_pairs_exams_when_fixture_read():
 
 
 def test_read_multieye_reads_fundus_and_unpaired_oct_with_dev_as_val_when_fixture_read():
-    fundus = read_multieye(FIXTURES / "MultiEYE", catalog=CATALOG)
+    fundus = read_multieye(FIXTURES / "MultiEYE", modality="fundus_all", catalog=CATALOG)
     got = sorted((r.split, r.path.name, tuple(sorted(r.labels))) for r in fundus.records)
-    assert got == [
-        ("test", "cfp_0005.png", ("rvo",)),
+    assert got == [  # the official code's class order: ... 6 myopia, 7 RVO, 8 wet AMD
+        ("test", "cfp_0005.png", ("myopia",)),
         ("train", "1ffa9353-8d87-11e8-9daf-6045cb817f5b..png", ()),  # names may end in a dot
         ("train", "cfp_0002.png", ("dr",)),
-        ("val", "cfp_0004.png", ("namd",)),
+        ("train", "cfp_0003.png", ("namd",)),
+        ("val", "cfp_0004.png", ("rvo",)),
     ]
-    assert fundus.unmapped == {"8": 1}
+    assert fundus.unmapped == {}
     scans = read_multieye(FIXTURES / "MultiEYE", modality="oct", catalog=CATALOG)
     assert sorted((r.split, r.path.name) for r in scans.records) == [
         ("train", "oct_0001.png"),
@@ -110,9 +114,79 @@ def test_read_multieye_reads_fundus_and_unpaired_oct_with_dev_as_val_when_fixtur
     assert all(r.extra["modality"] == "oct" for r in scans.records)
 
 
+def test_read_multieye_trains_on_official_balanced_list_when_release_has_it(tmp_path):
+    official = read_multieye(FIXTURES / "MultiEYE", catalog=CATALOG)
+    train = [r.path.name for r in official.records if r.split == "train"]
+    assert train == ["cfp_0002.png", "cfp_0003.png"]  # large9cls_balance.txt, tab-separated, once each
+    assert official.notes == ["training split from large9cls_balance.txt"]
+    assert sum(official.skipped.values()) == 1  # the repeated line
+    root = _copy("MultiEYE", tmp_path)
+    (root / "assemble" / "train" / "large9cls_balance.txt").unlink()
+    fallback = read_multieye(root, catalog=CATALOG)
+    assert "not in the release" in fallback.notes[0] and len([r for r in fallback.records if r.split == "train"]) == 3
+
+
+def test_read_kermany_takes_patient_from_file_name_and_released_splits_when_fixture_read():
+    result = oct_public.read_kermany(FIXTURES / "OCT2017", catalog=CATALOG)
+    got = sorted((r.split, r.path.name, r.patient_id, tuple(sorted(r.labels))) for r in result.records)
+    assert got[:3] == [
+        ("test", "DME-9925591-1.jpeg", "kermany_oct2017:9925591", ("dme",)),
+        ("test", "NORMAL-9925591-1.jpeg", "kermany_oct2017:9925591", ()),
+        ("train", "CNV-1016042-1.jpeg", "kermany_oct2017:1016042", ("namd",)),
+    ]
+    assert len(result.records) == 8 and {r.split for r in result.records} == {"train", "val", "test"}
+    drusen = next(r for r in result.records if r.path.name.startswith("DRUSEN"))
+    assert drusen.labels == {"amd", "drusen"}
+    assert all(r.extra["oct_span"] == "0.4" and r.extra["modality"] == "oct" for r in result.records)
+
+
+def test_read_octdl_reads_label_file_eyes_and_leaves_vid_unmapped_when_fixture_read():
+    result = oct_public.read_octdl(FIXTURES / "OCTDL", catalog=CATALOG)
+    by = _by_name(result.records)
+    assert set(by) == {
+        "amd_1047099_1.jpg",
+        "amd_1047099_2.jpg",
+        "dme_3251025_1.jpg",
+        "no_1500024_1.jpg",
+        "rvo_1284911_1.jpg",
+    }
+    assert by["amd_1047099_1.jpg"].eye == "R" and by["amd_1047099_2.jpg"].eye == "L"
+    assert by["amd_1047099_1.jpg"].split == by["amd_1047099_2.jpg"].split  # one patient, one split
+    assert by["rvo_1284911_1.jpg"].extra["subcategory"] == "BRVO"
+    assert result.unmapped == {"VID": 1} and result.skipped == {"finding not in catalog": 1}
+
+
+def test_read_octid_reads_class_folders_and_states_per_image_splits_when_fixture_read():
+    result = oct_public.read_octid(FIXTURES / "OCTID", catalog=CATALOG)
+    got = {r.path.name: set(r.labels) for r in result.records}
+    expected = {"NORMAL1.jpeg": set(), "AMRD1.jpeg": {"amd"}, "CSR1.jpeg": {"csc"}, "DR1.jpeg": {"dr"}}
+    assert got == expected | {"MH1.jpeg": {"macular_hole"}}
+    assert all(r.patient_id is None for r in result.records) and "per image" in result.summary()
+
+
+def test_public_oct_manifest_feeds_stage_one_end_to_end_when_pretrained(phantom_manifest, tmp_path):
+    from predilect.catalog import load_catalog
+    from predilect.training.datasets import dataset_cli
+    from predilect.training.train_cli import main as train_main
+
+    catalog = phantom_manifest.with_name("phantom_catalog.json")
+    oct_folder = tmp_path / "kermany"
+    argv = ["kermany_oct2017", str(FIXTURES / "OCT2017"), "--out", str(oct_folder), "--catalog", str(catalog)]
+    assert dataset_cli.main(argv) == 0
+    oct_manifest = oct_folder / "manifest.csv"
+    records = read_manifest(oct_manifest, catalog=load_catalog(catalog))
+    assert {r.extra["oct_centre_x"] for r in records} == {"0.5"}  # the data set's line, per scan
+    out = tmp_path / "pre"
+    argv = ["pretrain", "--manifest", str(phantom_manifest), "--oct-manifest", str(oct_manifest), "--out", str(out)]
+    sizes = {"--image-size": "64", "--oct-size": "64", "--epochs": "1", "--batch-size": "2"}
+    argv += [part for flag, value in sizes.items() for part in (flag, value)] + ["--widths", "8", "16", "32"]
+    assert train_main(argv) == 0 and (out / "pretrain.safetensors").is_file()
+
+
 @pytest.mark.parametrize("name", sorted(ADAPTERS))
 def test_read_native_round_trips_through_manifest_when_every_adapter_reads_its_fixture(name, tmp_path):
     folder = {"odir5k": "ODIR-5K", "rfmid": "RFMiD", "aptos2019": "aptos2019", "messidor2": "messidor2"}
+    folder |= {"kermany_oct2017": "OCT2017", "octdl": "OCTDL", "octid": "OCTID"}
     result = read_native(name, FIXTURES / folder.get(name, "MultiEYE"), catalog=CATALOG)
     assert result.records and name.split("_")[0] in result.summary()
     manifest = write_manifest(tmp_path / "manifest.csv", result.records, catalog=CATALOG)

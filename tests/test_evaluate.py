@@ -113,3 +113,6 @@ def test_zero_shot_scores_held_out_category_against_plain_clip_when_both_pretrai
     # a category the model trained on is not zero-shot
     assert evaluate_main([*argv[:1], "dr", *argv[2:]]) == 2
     assert "not zero-shot" in capsys.readouterr().err
+    # the open-vocabulary file describes the default catalog's zero-shot categories only
+    assert evaluate_main([*argv, "--open-vocabulary"]) == 2
+    assert "does not describe" in capsys.readouterr().err

@@ -110,13 +110,16 @@ def test_model_cfg_rejects_heatmap_when_unknown():
         ModelCfg(num_diseases=2, heatmap="gradcam")
 
 
-@pytest.mark.parametrize("backbone,first,last", [("conv", 12, 87), ("conv-local", 36, 75)])
-def test_conv_token_sees_receptive_field_when_backbone_chosen(backbone, first, last):
-    """The token of cell (3, 3) (pixels 48-63 of 128) depends on pixels first..last in each axis."""
+@pytest.mark.parametrize(
+    "backbone,cell,first,last", [("conv", 3, 12, 87), ("conv-local", 3, 36, 75), ("conv-local8", 6, 36, 67)]
+)
+def test_conv_token_sees_receptive_field_when_backbone_chosen(backbone, cell, first, last):
+    """The token of cell (c, c) (pixels 48-63 of 128 at stride 16, 48-55 at stride 8) depends on
+    pixels first..last in each axis: centred on its cell for the local backbones."""
     cfg = ModelCfg(num_diseases=2, image_size=128, widths=(8, 8, 16), backbone=backbone)
     body = FundusClassifier(cfg).eval().encoder.backbone.body
     assert isinstance(body, torch.nn.Sequential)
     x = torch.randn(1, 3, 128, 128, requires_grad=True)
-    (grad,) = torch.autograd.grad(body(x)[0, :, 3, 3].square().sum(), x)
+    (grad,) = torch.autograd.grad(body(x)[0, :, cell, cell].square().sum(), x)
     rows, cols = torch.nonzero(grad.abs().sum(dim=(0, 1)) > 0, as_tuple=True)
     assert (rows.min().item(), rows.max().item(), cols.min().item(), cols.max().item()) == (first, last, first, last)

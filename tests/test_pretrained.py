@@ -196,3 +196,35 @@ def test_pretrain_builds_vit_encoders_from_local_checkpoint_when_configured(tmp_
     assert isinstance(blocks, torch.nn.ModuleList)
     torch.testing.assert_close(blocks[1].mlp.fc2.weight, reference.blocks[1].mlp.fc2.weight)
     assert model.oct.backbone.patch_embed.proj.weight.shape == (32, 1, 16, 16) and model.oct.cfg.grid == 2
+
+
+def test_open_clip_zero_shot_baseline_embeds_as_the_original_towers_when_loaded(tmp_path):
+    from predilect.models.pretrained import CLIP_MEAN, CLIP_STD, load_open_clip
+
+    visual = _reference(pre_norm=True)
+    with torch.no_grad():
+        visual.patch_embed.proj.bias.zero_()  # CLIP's conv1 has no bias
+    text = _open_clip_text()
+    state = _open_clip_visual(visual.state_dict())
+    state |= dict(text.state_dict()) | {"logit_scale": torch.tensor(2.0)}
+    save_file(state, str(tmp_path / "open_clip_model.safetensors"))
+    mean, std = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)  # the project's preprocessing, not CLIP's
+    clip = load_open_clip(
+        tmp_path / "open_clip_model.safetensors", pixel_mean=mean, pixel_std=std, image_size=64, heads=2, text_heads=2
+    ).eval()
+    ours = torch.randn(2, 3, 64, 64)
+    unit = ours * torch.tensor(std).reshape(1, 3, 1, 1) + torch.tensor(mean).reshape(1, 3, 1, 1)
+    as_clip = (unit - torch.tensor(CLIP_MEAN).reshape(1, 3, 1, 1)) / torch.tensor(CLIP_STD).reshape(1, 3, 1, 1)
+    expected = torch.nn.functional.normalize(visual.all_tokens(as_clip)[:, 0] @ state["visual.proj"], dim=-1)
+    torch.testing.assert_close(clip.image_embedding(ours), expected, rtol=1e-4, atol=1e-5)
+    ids = torch.tensor([[2, 5, 9, 3, 0, 0, 0, 0, 0, 0, 0, 0]])
+    torch.testing.assert_close(clip.text(ids), text(ids))
+    assert float(clip.logit_scale) == pytest.approx(float(torch.tensor(2.0).exp()))
+
+
+def test_open_clip_zero_shot_baseline_refuses_file_without_projection_when_loaded(tmp_path):
+    from predilect.models.pretrained import load_open_clip
+
+    save_file(_open_clip_text().state_dict(), str(tmp_path / "text_only.safetensors"))
+    with pytest.raises(PretrainedError, match="visual.proj"):
+        load_open_clip(tmp_path / "text_only.safetensors", pixel_mean=(0, 0, 0), pixel_std=(1, 1, 1))

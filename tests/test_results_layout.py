@@ -5,6 +5,7 @@ committed scores still give the figures of training/RESULTS.md."""
 from __future__ import annotations
 
 import ast
+import json
 import re
 import subprocess
 from pathlib import Path
@@ -19,7 +20,8 @@ from predilect.metrics import auroc, macro
 
 EXPERIMENTS = ROOT / "experiments"
 RESULTS = ROOT / "benchmarks" / "results"
-(GRID,) = (p / "grid" for p in EXPERIMENTS.glob("*-uopsl-ablation-grid"))  # the scores behind training/RESULTS.md
+(FIRST_GRID,) = (p / "grid" for p in EXPERIMENTS.glob("*-uopsl-ablation-grid"))  # the first, 3-seed grid
+(EVIDENCE,) = EXPERIMENTS.glob("*-uopsl-evidence")  # the grids behind training/RESULTS.md
 REQUIRED = ("date", "question", "commit", "command", "inputs", "outputs", "verdict")
 DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
 SCRIPT_SUFFIXES = (".py", ".sh", ".ipynb")
@@ -227,26 +229,62 @@ def test_package_module_reads_no_old_code_pid_or_tmp_script_when_scanned() -> No
 # ----------------------------------------------------------------------------- the evidence
 
 
-def _results_table() -> dict[str, tuple[float, float]]:
-    """training/RESULTS.md's per-cell table: cell -> (all classes, OCT-visible)."""
-    text = (ROOT / "training" / "RESULTS.md").read_text(encoding="utf-8")
-    rows = re.findall(r"^\| (\w+/seed\d) \| ([0-9.]+) \| ([0-9.]+) \| \d+ \|$", text, re.MULTILINE)
-    return {cell: (float(a), float(b)) for cell, a, b in rows}
-
-
-def test_grid_scores_give_results_table_when_rescored() -> None:
-    summary = __import__("json").loads((GRID / "summary.json").read_text(encoding="utf-8"))
-    table = _results_table()
-    assert len(table) == 14 and set(table) == set(summary["table"]["cells"])
+def test_first_grid_scores_give_its_kept_summary_when_rescored() -> None:
+    """The 3-seed grid before the claim table: its kept summary still follows from its scores."""
+    summary = json.loads((FIRST_GRID / "summary.json").read_text(encoding="utf-8"))
     oct_visible = summary["table"]["oct_visible"]
     metric = macro(auroc)
-    for cell, (all_classes, visible) in table.items():
+    assert len(summary["table"]["cells"]) == 14
+    for cell, kept in summary["table"]["cells"].items():
         variant, seed = cell.split("/")
-        with np.load(GRID / variant / seed / "scores.npz") as scores:
+        with np.load(FIRST_GRID / variant / seed / "scores.npz") as scores:
             labels, probs, ids = scores["labels"], scores["probs"], scores["ids"].tolist()
         cols = [i for i, d in enumerate(ids) if d in oct_visible]
         rescored = (metric(labels, probs), metric(labels[:, cols], probs[:, cols]))
-        assert rescored == pytest.approx(
-            (summary["table"]["cells"][cell]["all"], summary["table"]["cells"][cell]["oct_visible"]), abs=1e-12
-        ), cell
-        assert (round(rescored[0], 4), round(rescored[1], 4)) == (all_classes, visible), cell
+        assert rescored == pytest.approx((kept["all"], kept["oct_visible"]), abs=1e-12), cell
+
+
+CLAIM_ROW = re.compile(
+    r"^\| (?P<claim>[^|]+) \| (?P<a>\w+) - (?P<b>\w+) \| (?P<classes>[\w -]+?) \| (?P<grid>grid\d) \| "
+    r"(?P<rows>all|seen|held_out) \| (?P<value>[+-][0-9.]+) \| (?P<patients>\[[^]]+\]|n/a) \| "
+    r"(?P<hier>\[[^]]+\]|n/a) \| (?P<t>\[[^]]+\]|n/a) \| (?P<seeds>\d+) \| (?P<verdict>[\w ]+) \|$",
+    re.MULTILINE,
+)
+
+
+def _claim_rows() -> list[dict[str, str]]:
+    text = (ROOT / "training" / "RESULTS.md").read_text(encoding="utf-8")
+    return [m.groupdict() for m in CLAIM_ROW.finditer(text)]
+
+
+def test_results_claim_table_recomputes_from_kept_scores_when_rescored() -> None:
+    """Every claim row of training/RESULTS.md, recomputed from the committed cells alone."""
+    from predilect.training.claims import Resampled, compare
+    from predilect.training.grid_report import load_grid
+
+    rows = _claim_rows()
+    assert len(rows) >= 20, "the claim table"
+    grids = {}
+    for row in rows:
+        if row["grid"] not in grids:
+            folder = EVIDENCE / row["grid"]
+            summary = json.loads((folder / "summary.json").read_text(encoding="utf-8"))
+            variants = sorted({cell.split("/")[0] for cell in summary["cells"]})
+            seeds = sorted({int(cell.split("/seed")[1]) for cell in summary["cells"]})
+            grid, _ = load_grid(folder, variants, seeds)
+            grids[row["grid"]] = Resampled(grid, resamples=summary["resamples"])
+        found = compare(grids[row["grid"]], row["a"], row["b"], rows=row["rows"], classes=row["classes"].strip())
+        assert found is not None, row
+        got = {
+            "value": f"{found.value:+.3f}",
+            "patients": _interval(found.patients),
+            "hier": _interval(found.seeds_and_patients),
+            "t": _interval(found.between_seeds),
+            "seeds": str(len(found.seeds)),
+            "verdict": found.verdict,
+        }
+        assert got == {k: row[k].strip() for k in got}, row["claim"]
+
+
+def _interval(i) -> str:
+    return f"[{i.low:+.3f}, {i.high:+.3f}]" if np.isfinite(i.low) else "n/a"

@@ -136,3 +136,47 @@ def test_site_attention_sums_to_one_over_tokens_when_computed():
     attention = site_attention(torch.randn(2, 5, 4), torch.randn(3, 2, 4))
     assert attention.shape == (2, 3, 2, 5)
     torch.testing.assert_close(attention.sum(-1), torch.ones(2, 3, 2))
+
+
+def test_pretrain_loss_moves_sites_matrix_from_fundus_when_site_source_is_fundus():
+    model = _model()
+    model.zero_grad()
+    loss, _ = pretrain_loss(model, _batch(oct=False), site_source="fundus")
+    loss.backward()
+    assert float(model.site_gen.weight.grad.abs().sum()) > 0.0  # the control: fundus labels shape P
+
+
+def test_pretrain_loss_refuses_unknown_site_source_when_called():
+    with pytest.raises(ValueError, match="site_source"):
+        pretrain_loss(_model(), _batch(), site_source="both")
+
+
+def test_scan_line_code_places_each_scan_on_its_own_line_when_geometry_given():
+    from predilect.models.uopsl import scan_line_code
+
+    model = _model()
+    grid, freqs = model.cfg.oct.grid, model.cfg.oct.pos_freqs
+    default = model.cfg.geometry
+    geometry = torch.tensor([[float("nan")] * 3, [default.centre_x, default.centre_y, default.span], [0.3, 0.4, 0.4]])
+    code = scan_line_code(geometry, default, grid, freqs)
+    torch.testing.assert_close(code[0], model.oct.anatomy)  # no geometry: the run's default line
+    torch.testing.assert_close(code[1], model.oct.anatomy)
+    assert not torch.allclose(code[2], model.oct.anatomy)  # an off-centre, shorter scan
+    model.eval()  # every description, no draw: the geometry is the only difference
+    batch = _batch() | {"oct_geometry": geometry[[0, 1, 2, 0]]}
+    _, with_lines = pretrain_loss(model, batch)
+    _, without = pretrain_loss(model, _batch())
+    assert with_lines["site_oct"] != without["site_oct"]
+
+
+def test_span_jitter_stretches_oct_lines_in_training_only_when_set():
+    model = _model()
+    torch.manual_seed(3)
+    _, plain = pretrain_loss(model, _batch())
+    torch.manual_seed(3)
+    _, stretched = pretrain_loss(model, _batch(), span_jitter=0.3)
+    assert plain["clip_oct"] == stretched["clip_oct"] and plain["site_oct"] != stretched["site_oct"]
+    model.eval()
+    _, a = pretrain_loss(model, _batch())
+    _, b = pretrain_loss(model, _batch(), span_jitter=0.3)
+    assert a == b  # evaluation reads the data set's lines as they are

@@ -22,7 +22,7 @@ Figures are given over every truly positive image, and over those the model also
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -69,11 +69,13 @@ class Tally:
 class Localisation:
     all_positive: dict[str, Tally] = field(default_factory=dict)
     called_positive: dict[str, Tally] = field(default_factory=dict)
+    by_group: dict[str, dict[str, Tally]] = field(default_factory=dict)  # e.g. seen / held-out cameras
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "all_positive": {d: t.to_dict() for d, t in self.all_positive.items()},
             "called_positive": {d: t.to_dict() for d, t in self.called_positive.items()},
+            "by_group": {g: {d: t.to_dict() for d, t in row.items()} for g, row in self.by_group.items()},
         }
 
 
@@ -97,8 +99,11 @@ def measure_localisation(
     preprocess: PreprocessCfg,
     *,
     batch_size: int = 16,
+    groups: Callable[[Any], Sequence[str]] | None = None,
 ) -> Localisation:
-    """Score every truly positive (record, disease) with drawn lesions; see the module docstring."""
+    """Score every truly positive (record, disease) with drawn lesions; see the module docstring.
+    ``groups(record)`` names the groups an image also counts in (``by_group``: e.g. its camera
+    profile, and whether the training split had that profile)."""
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
@@ -128,6 +133,8 @@ def measure_localisation(
                 c = catalog.index(disease)
                 scored = score_peak(attention[i, c], box, image, disease, lit)
                 result.all_positive.setdefault(disease, Tally()).add(scored)
+                for group in groups(record) if groups is not None else ():
+                    result.by_group.setdefault(group, {}).setdefault(disease, Tally()).add(scored)
                 if probabilities[i, c] >= catalog[disease].threshold:
                     result.called_positive.setdefault(disease, Tally()).add(scored)
     return result
@@ -154,4 +161,6 @@ def report_markdown(result: Localisation, *, header: Sequence[str]) -> str:
     lines = [*header, "", "## Every truly positive held-out image", "", *head, *rows(result.all_positive)]
     lines += ["", "## Those the model also called positive (the served heatmaps)", "", *head]
     lines += rows(result.called_positive)
+    for group in sorted(result.by_group):
+        lines += ["", f"## Every truly positive held-out image: {group}", "", *head, *rows(result.by_group[group])]
     return "\n".join(lines) + "\n"

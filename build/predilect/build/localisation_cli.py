@@ -15,6 +15,7 @@ import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from predilect.artifacts import default_artifacts
 from predilect.build.localisation import measure_localisation, report_markdown
@@ -48,7 +49,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     # learned, e.g. zero-shot ones); only the model's diseases are scored.
     labels_catalog, _ = resolve_catalog(None, manifest)
     records = read_manifest(manifest, catalog=labels_catalog, split=args.split)
-    result = measure_localisation(args.onnx, records, read_lesions(lesions_path), args.phantom, catalog, preprocess)
+    seen = {r.extra.get("camera", "") for r in read_manifest(manifest, catalog=labels_catalog, split="train")}
+
+    def groups(record: Any) -> list[str]:
+        camera = record.extra.get("camera", "")
+        if not camera:
+            return []
+        where = "seen cameras" if camera in seen else "held-out cameras"
+        return [where, f"camera {camera} ({where.split()[0]})"]
+
+    result = measure_localisation(
+        args.onnx, records, read_lesions(lesions_path), args.phantom, catalog, preprocess, groups=groups
+    )
     command_line = "predilect localisation " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
     text = report_markdown(
         result,

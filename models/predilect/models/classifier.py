@@ -34,7 +34,7 @@ from predilect.errors import ConfigError
 from predilect.kernels import is_supported, predilection_attention
 from predilect.kernels.attention import predilection_attention_reference, use_custom_op_attention, use_fused_attention
 
-BACKBONES = ("conv", "conv-local", "vit")
+BACKBONES = ("conv", "conv-local", "conv-local8", "vit")
 HEATMAPS = contract.HEATMAP_KINDS
 
 
@@ -42,7 +42,8 @@ HEATMAPS = contract.HEATMAP_KINDS
 class ModelCfg:
     """Architecture hyper-parameters of one image encoder + head; saved in every checkpoint.
 
-    ``backbone``: ``conv`` (small BatchNorm CNN, stride 16, the default), ``conv-local`` (the same
+    ``backbone``: ``conv`` (small BatchNorm CNN, stride 16, the default), ``conv-local8`` (a token
+    grid twice as fine: stride 8, each token seeing 32 px centred on its 8-px cell), ``conv-local`` (the same
     depth with 1 x 1 convolutions at stride 1 and centred 4 x 4 ones at stride 2: each token sees
     40 px centred on its 16-px cell, where ``conv``'s see 76 px centred 6 px up-left of it, so a
     token's evidence stays where its lesion lies) or ``vit`` (a ViT in
@@ -95,7 +96,7 @@ class ModelCfg:
 
     @property
     def stride(self) -> int:
-        return self.patch_size if self.backbone == "vit" else 16
+        return self.patch_size if self.backbone == "vit" else 8 if self.backbone == "conv-local8" else 16
 
     @property
     def grid(self) -> int:
@@ -124,7 +125,10 @@ class ArchCfg:
 
     backbone: str = field(
         default="conv",
-        metadata={"help": "conv (small CNN) | conv-local (40-px tokens centred on their cells) | vit (timm layout)"},
+        metadata={
+            "help": "conv (small CNN) | conv-local (40-px tokens centred on their cells) | conv-local8 (stride 8, "
+            "32-px tokens) | vit (timm layout)"
+        },
     )
     widths: tuple[int, int, int] = field(default=(32, 64, 128), metadata={"help": "conv encoder widths"})
     sites_per_disease: int = field(default=4, metadata={"help": "K, predilection sites per disease"})
@@ -199,23 +203,34 @@ def _conv_bn(cin: int, cout: int, kernel: int, stride: int, padding: int | None 
 
 
 class ConvBackbone(nn.Module):
-    """Image (B, in_channels, S, S) -> content tokens (B, (S/16)^2, widths[-1]) with learned positions."""
+    """Image (B, in_channels, S, S) -> content tokens (B, (S/stride)^2, widths[-1]) with learned positions."""
 
     def __init__(self, cfg: ModelCfg) -> None:
         super().__init__()
         w1, w2, w3 = cfg.widths
-        local = cfg.backbone == "conv-local"
-        # conv-local: 1 x 1 mixing, and 4 x 4 / stride 2 / padding 1 downsampling, whose window is
-        # centred on the output cell (3 x 3 / padding 1 shifts it 6 px up-left by the last layer).
-        mix = 1 if local else 3
-        down = (4, 2, 1) if local else (3, 2, None)
-        self.body = nn.Sequential(
-            _conv_bn(cfg.in_channels, w1, 4, 4),  # patchify: S/4
-            _conv_bn(w1, w2, *down),  # S/8
-            _conv_bn(w2, w2, mix, 1),
-            _conv_bn(w2, w3, *down),  # S/16
-            _conv_bn(w3, w3, mix, 1),
-        )
+        if cfg.backbone == "conv-local8":
+            # stride 8: one centred 4 x 4 / stride 2 downsampling, then one centred 3 x 3 mixing
+            # (padding 1 at stride 1 keeps the window on its cell) and 1 x 1 layers: 32 px per token.
+            self.body = nn.Sequential(
+                _conv_bn(cfg.in_channels, w1, 4, 4),  # patchify: S/4
+                _conv_bn(w1, w2, 4, 2, 1),  # S/8
+                _conv_bn(w2, w2, 3, 1),
+                _conv_bn(w2, w3, 1, 1),
+                _conv_bn(w3, w3, 1, 1),
+            )
+        else:
+            local = cfg.backbone == "conv-local"
+            # conv-local: 1 x 1 mixing, and 4 x 4 / stride 2 / padding 1 downsampling, whose window is
+            # centred on the output cell (3 x 3 / padding 1 shifts it 6 px up-left by the last layer).
+            mix = 1 if local else 3
+            down = (4, 2, 1) if local else (3, 2, None)
+            self.body = nn.Sequential(
+                _conv_bn(cfg.in_channels, w1, 4, 4),  # patchify: S/4
+                _conv_bn(w1, w2, *down),  # S/8
+                _conv_bn(w2, w2, mix, 1),
+                _conv_bn(w2, w3, *down),  # S/16
+                _conv_bn(w3, w3, mix, 1),
+            )
         self.pos = nn.Parameter(torch.randn(1, cfg.grid * cfg.grid, w3) * 0.02)
 
     def forward(self, images: Tensor) -> Tensor:
@@ -289,13 +304,17 @@ class VitBackbone(nn.Module):
         )
         self.norm = nn.LayerNorm(w, eps=1e-6)
 
-    def forward(self, images: Tensor) -> Tensor:
+    def all_tokens(self, images: Tensor) -> Tensor:
+        """Every token after the final norm, the class token first: ``(B, 1 + N, vit_width)``."""
         x = self.patch_embed(images)
         x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1) + self.pos_embed
         x = self.norm_pre(x)
         for block in self.blocks:
             x = block(x)
-        return self.norm(x)[:, 1:]
+        return self.norm(x)
+
+    def forward(self, images: Tensor) -> Tensor:
+        return self.all_tokens(images)[:, 1:]
 
 
 def make_backbone(cfg: ModelCfg) -> nn.Module:
@@ -326,9 +345,12 @@ class PatchEncoder(nn.Module):
         """LayerNorm-ed content tokens ``(B, N, D_c)``."""
         return self.norm(self.backbone(images))
 
-    def with_position(self, content: Tensor) -> Tensor:
-        code = self.anatomy.to(content.dtype).expand(content.shape[0], -1, -1)
-        return torch.cat([content, code], dim=-1)
+    def with_position(self, content: Tensor, code: Tensor | None = None) -> Tensor:
+        """``[content | anatomical code]``; ``code (B, N, D_p)`` replaces the encoder's own per image
+        (e.g. each OCT scan's own line on the fundus plane)."""
+        if code is None:
+            code = self.anatomy.expand(content.shape[0], -1, -1)
+        return torch.cat([content, code.to(content.dtype)], dim=-1)
 
     def forward(self, images: Tensor) -> Tensor:
         return self.with_position(self.content(images))

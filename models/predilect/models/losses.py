@@ -7,6 +7,8 @@
   class present in the batch, a softmax over the images with its positives as the target.
 * ``site_bce``: per-disease binary cross-entropy of the site read-out (what the sites attend to
   must decide whether the disease is there).
+* ``pair_clip_loss``: CLIP's symmetric InfoNCE between the fundus and the OCT image of the same
+  eye (row ``i`` of both batches is one eye): what paired data adds, for the paired upper bound.
 * ``site_diversity``: mean cosine overlap between the attention maps of a disease's K sites on
   images that have the disease (the K sites should cover different places, e.g. the superior
   and inferior arcades, instead of collapsing onto one).
@@ -43,6 +45,14 @@ def soft_clip_loss(
     t2i_target = cols / cols.sum(dim=0, keepdim=True)
     text_to_image = -(t2i_target * F.log_softmax(logits[:, present], dim=0)).sum(dim=0).mean()
     return 0.5 * (image_to_text + text_to_image)
+
+
+def pair_clip_loss(fundus_emb: Tensor, oct_emb: Tensor, *, logit_scale: Tensor) -> Tensor:
+    """Symmetric InfoNCE of ``fundus_emb (B, E)`` against ``oct_emb (B, E)`` (L2-normalised), row
+    ``i`` of each the same eye."""
+    logits = logit_scale * fundus_emb @ oct_emb.t()
+    target = torch.arange(len(logits), device=logits.device)
+    return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target))
 
 
 def site_bce(logits: Tensor, labels: Tensor, *, pos_weight: Tensor | None = None) -> Tensor:

@@ -258,3 +258,83 @@ def load_text_encoder(path: Path, *, heads: int | None = None, act: str = "gelu"
         )
     encoder.load_state_dict(text)
     return encoder, LoadReport("open_clip", len(text), (), ())
+
+
+# ----------------------------------------------------------------------------- a whole CLIP
+
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+"""The pixel statistics CLIP's image tower was trained with (open_clip's OPENAI_DATASET_MEAN/STD)."""
+
+
+class ClipZeroShot(torch.nn.Module):
+    """A local CLIP in open_clip's layout as the zero-shot baseline: ``image_embedding`` (the class
+    token after the final norm, times ``visual.proj``, L2-normalised), ``text`` (the text tower,
+    as ``CatalogTexts.embed`` reads it) and ``logit_scale``. Images arrive as this project's preprocessed tensors
+    (``(x / 255 - mean) / std`` with the checkpoint's ``PreprocessCfg``): they are mapped back to
+    [0, 1], resized to ``image_size`` and normalised with CLIP's statistics."""
+
+    def __init__(
+        self,
+        visual: VitBackbone,
+        proj: Tensor,
+        text: TextEncoder,
+        logit_scale: Tensor,
+        *,
+        image_size: int,
+        pixel_mean: tuple[float, float, float],
+        pixel_std: tuple[float, float, float],
+    ) -> None:
+        super().__init__()
+        self.visual, self.text = visual, text
+        self.proj = torch.nn.Parameter(proj, requires_grad=False)
+        self.logit_scale = torch.nn.Parameter(logit_scale.reshape(()), requires_grad=False)
+        self.image_size = image_size
+        ours = torch.tensor(pixel_mean).reshape(1, 3, 1, 1), torch.tensor(pixel_std).reshape(1, 3, 1, 1)
+        clip = torch.tensor(CLIP_MEAN).reshape(1, 3, 1, 1), torch.tensor(CLIP_STD).reshape(1, 3, 1, 1)
+        self.scale: Tensor
+        self.shift: Tensor
+        self.register_buffer("scale", ours[1] / clip[1], persistent=False)
+        self.register_buffer("shift", (ours[0] - clip[0]) / clip[1], persistent=False)
+
+    def image_embedding(self, pixels: Tensor) -> Tensor:
+        x = pixels * self.scale + self.shift  # the same [0, 1] pixels in CLIP's normalisation
+        if x.shape[-1] != self.image_size:
+            x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bicubic", align_corners=False)
+        return F.normalize(self.visual.all_tokens(x)[:, 0] @ self.proj, dim=-1)
+
+
+def load_open_clip(
+    path: Path,
+    *,
+    pixel_mean: tuple[float, float, float],
+    pixel_std: tuple[float, float, float],
+    image_size: int = 224,
+    heads: int | None = None,
+    text_heads: int | None = None,
+    act: str = "gelu",
+) -> ClipZeroShot:
+    """A whole CLIP (image and text towers, ``visual.proj``, ``logit_scale``) from a local open_clip
+    checkpoint; raises ``PretrainedError`` naming what is missing. ``act="quick_gelu"`` for OpenAI's
+    weights. The text tower reads token ids of the checkpoint's own vocabulary: pass the matching
+    ``tokenizer.json`` to whatever tokenises the descriptions."""
+    state = read_state(path)
+    if "visual.proj" not in state or "logit_scale" not in state:
+        raise PretrainedError(f"{path}: an open_clip CLIP needs visual.proj and logit_scale (native ViT layout)")
+    vit, _, _ = timm_vit_state(state, "open_clip")
+    grid = image_size // int(vit["patch_embed.proj.weight"].shape[-1])
+    cfg = vit_cfg_from_state(ModelCfg(num_diseases=1, image_size=image_size), vit, heads=heads)
+    cfg = replace(cfg, vit_act=act)
+    visual = VitBackbone(cfg)
+    load_vit_backbone(visual, path, layout="open_clip", grid=grid, in_channels=3)
+    text, _ = load_text_encoder(path, heads=text_heads, act=act)
+    return ClipZeroShot(
+        visual,
+        state["visual.proj"].float(),
+        text,
+        state["logit_scale"].float().exp(),
+        image_size=image_size,
+        pixel_mean=pixel_mean,
+        pixel_std=pixel_std,
+    )

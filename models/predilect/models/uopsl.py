@@ -53,8 +53,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from predilect.errors import ConfigError
-from predilect.models.classifier import ModelCfg, PatchEncoder, predilection
-from predilect.models.losses import class_targets, site_attention, site_bce, site_diversity, soft_clip_loss
+from predilect.models.classifier import ModelCfg, PatchEncoder, fold, fourier_code, predilection
+from predilect.models.losses import (
+    class_targets,
+    pair_clip_loss,
+    site_attention,
+    site_bce,
+    site_diversity,
+    soft_clip_loss,
+)
 from predilect.models.text import CatalogTexts, TextCfg, TextEncoder
 
 MATRIX_MODES = ("learn", "ablate")
@@ -83,6 +90,18 @@ class OctGeometry:
         return x, torch.full_like(x, self.centre_y)
 
 
+def scan_line_code(geometry: Tensor, default: OctGeometry, grid: int, freqs: int) -> Tensor:
+    """The anatomical code ``(B, grid * grid, 4 * freqs)`` of each scan's tokens from its own line
+    ``geometry (B, 3)`` = (centre_x, centre_y, span); rows with NaN take ``default`` (the run's)."""
+    fallback = geometry.new_tensor([default.centre_x, default.centre_y, default.span])
+    geometry = torch.where(torch.isfinite(geometry), geometry, fallback)
+    u = (torch.arange(grid, dtype=geometry.dtype, device=geometry.device) + 0.5) / grid
+    x = (geometry[:, :1] + (u - 0.5) * geometry[:, 2:3]).repeat(1, grid)  # (B, N), rows = depth
+    y = geometry[:, 1:2].expand_as(x)
+    code = fourier_code(fold(x.reshape(-1), y.reshape(-1)), freqs)
+    return code.reshape(len(geometry), grid * grid, -1)
+
+
 @dataclass(frozen=True)
 class UopslCfg:
     """Everything needed to rebuild a ``UopslModel``; saved in the pretraining checkpoint."""
@@ -94,6 +113,7 @@ class UopslCfg:
     matrix: str = "learn"
     text_mode: str = "text"
     sites_from_text: bool = True
+    concepts: int = 0  # > 0: OCT-CoDA's concept classifiers over this many concepts (``predilect.models.coda``)
 
     def __post_init__(self) -> None:
         if self.matrix not in MATRIX_MODES:
@@ -123,6 +143,7 @@ class UopslCfg:
             matrix=data["matrix"],
             text_mode=data["text_mode"],
             sites_from_text=data["sites_from_text"],
+            concepts=data.get("concepts", 0),
         )
 
 
@@ -165,6 +186,9 @@ class UopslModel(nn.Module):
         self.logit_scale = nn.Parameter(torch.tensor(math.log(10.0)))
         self.site_scale = nn.Parameter(torch.tensor(math.log(10.0)))
         self.site_bias = nn.Parameter(torch.zeros(c))
+        if cfg.concepts:  # built last, so the other modules draw the same initial weights
+            self.fundus_concepts = nn.Linear(cfg.concepts, c)
+            self.oct_concepts = nn.Linear(cfg.concepts, c)
 
     # ------------------------------------------------------------------ text and matrix
 
@@ -219,6 +243,9 @@ class UopslModel(nn.Module):
         return self.global_embedding(self.fundus.content(pixels), self.fundus_proj) @ class_emb.t()
 
 
+SITE_SOURCES = ("oct", "fundus")
+
+
 @dataclass(frozen=True)
 class PretrainWeights:
     """Weights of the stage-1 loss terms (names as in the module docstring)."""
@@ -228,6 +255,7 @@ class PretrainWeights:
     site_oct: float = 1.0
     site_fundus: float = 1.0
     diversity: float = 0.1
+    pair: float = 0.0  # fundus <-> OCT InfoNCE on paired batches (the paired upper bound)
 
     def __post_init__(self) -> None:
         if min(asdict(self).values()) < 0:
@@ -239,10 +267,20 @@ def pretrain_loss(
     batch: dict[str, Tensor],
     *,
     weights: PretrainWeights = PretrainWeights(),
+    site_source: str = "oct",
+    span_jitter: float = 0.0,
 ) -> tuple[Tensor, dict[str, float]]:
     """Stage-1 loss on one batch ``{"pixels", "labels"}`` (fundus) and optionally
     ``{"scan", "oct_labels"}`` (OCT, unpaired); returns the loss and its terms. In training mode
-    each class is read through one of its descriptions drawn at random (text augmentation)."""
+    each class is read through one of its descriptions drawn at random (text augmentation).
+
+    ``site_source`` says whose labels shape the sites matrix: ``oct`` (the method: only the OCT
+    terms reach P) or ``fundus`` (a control: the fundus site term reaches P too, so the sites are
+    learned from fundus labels; without OCT images, from fundus labels alone). ``span_jitter`` > 0
+    (training only) stretches each scan's line by a factor drawn from ``exp(U(-j, j))``: the sites
+    learn a spread of eccentricities instead of one camera's field angle."""
+    if site_source not in SITE_SOURCES:
+        raise ConfigError(f"site_source must be one of {SITE_SOURCES}, got {site_source!r}")
     rows = model.texts.sample() if (model.texts is not None and model.training) else None
     classes = model.class_embeddings(rows)  # (1 + C, E)
     diseases = classes[1:]
@@ -258,7 +296,7 @@ def pretrain_loss(
         model.global_embedding(content, model.fundus_proj), classes, class_targets(labels), logit_scale=scale
     )
     if sites is not None:
-        carried = model.carry_sites(sites.detach())  # P is learned from OCT only
+        carried = model.carry_sites(sites.detach() if site_source == "oct" else sites)  # P from OCT only
         logits, _ = predilection(model.fundus.with_position(content), carried, weight, bias)
         terms["site_fundus"] = site_bce(logits, labels)
 
@@ -269,11 +307,29 @@ def pretrain_loss(
             model.global_embedding(oct_content, model.oct_proj), classes, class_targets(oct_labels), logit_scale=scale
         )
         if sites is not None:
-            tokens = model.oct.with_position(oct_content)
+            geometry = batch.get("oct_geometry")
+            if span_jitter > 0 and model.training:
+                if geometry is None:
+                    geometry = oct_content.new_full((len(oct_labels), 3), float("nan"))
+                default = model.cfg.geometry
+                fallback = geometry.new_tensor([default.centre_x, default.centre_y, default.span])
+                geometry = torch.where(torch.isfinite(geometry), geometry, fallback)
+                stretch = torch.exp((torch.rand(len(geometry), device=geometry.device) * 2 - 1) * span_jitter)
+                geometry = torch.cat([geometry[:, :2], geometry[:, 2:] * stretch[:, None]], dim=1)
+            code = None
+            if geometry is not None:
+                code = scan_line_code(geometry, model.cfg.geometry, model.cfg.oct.grid, model.cfg.oct.pos_freqs)
+            tokens = model.oct.with_position(oct_content, code)
             oct_logits, _ = predilection(tokens, sites, weight, bias)
             terms["site_oct"] = site_bce(oct_logits, oct_labels)
             if weights.diversity > 0:
                 terms["diversity"] = site_diversity(site_attention(tokens, sites), oct_labels)
+        if weights.pair > 0:  # row i of the OCT batch is the scan of fundus image i's eye
+            terms["pair"] = pair_clip_loss(
+                model.global_embedding(content, model.fundus_proj),
+                model.global_embedding(oct_content, model.oct_proj),
+                logit_scale=scale,
+            )
 
     total = sum((getattr(weights, name) * value for name, value in terms.items()), start=labels.new_zeros(()))
     metrics = {name: float(value.detach()) for name, value in terms.items()}

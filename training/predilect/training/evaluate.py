@@ -10,6 +10,8 @@ their read-out from ``W^T t_c``.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -83,6 +85,105 @@ def zero_shot_scores(
     with torch.inference_mode():
         class_emb = model.embed_texts(texts)
     return site_scores(model, dataset, class_emb=class_emb, unseen=True, device=device)
+
+
+OPEN_VOCABULARY = Path(__file__).with_name("open_vocabulary.json")
+"""The zero-shot categories' descriptions in words no trained category uses (``open`` vocabulary)."""
+
+
+def open_vocabulary_catalog(catalog: Catalog, ids: list[str], path: Path = OPEN_VOCABULARY) -> Catalog | None:
+    """``catalog``'s categories ``ids`` with their open-vocabulary descriptions from ``path``, or
+    None when the file does not describe every one of them."""
+    described = json.loads(path.read_text(encoding="utf-8"))["descriptions"]
+    if not all(d in described for d in ids):
+        return None
+    diseases = tuple(dataclasses.replace(catalog[d], descriptions=tuple(described[d])) for d in ids)
+    return Catalog(diseases, version=catalog.version)
+
+
+def zero_shot_arrays(
+    model: UopslModel,
+    tokenizer_json: str,
+    catalog: Catalog,
+    heldout: list[str],
+    splits: dict[str, list[Record]],
+    *,
+    preprocess: PreprocessCfg,
+    trained: Catalog,
+) -> dict[str, np.ndarray]:
+    """Everything the zero-shot table needs from one stage-1 model, as arrays (kept beside it as
+    ``zero_shot.npz``, so the table recomputes without the checkpoint):
+
+    * ``{split}__{vocabulary}__{score}`` ``(N, H)``: each held-out category's score on ``val`` and
+      ``test``, read from its catalog descriptions (``closed``) and from its open-vocabulary ones
+      (``open``, when described), for the scores ``global``, ``site`` and ``sum`` the model has;
+    * ``{split}__labels`` ``(N, H)``, ``{split}__paths``;
+    * ``val_trained__{score}`` and ``val_trained__labels``: the TRAINED categories on val, read as
+      if unseen (no residual, the mean bias): the only data a zero-shot score may be chosen on.
+    """
+    from predilect.training.stages import fundus_dataset
+
+    out: dict[str, np.ndarray] = {"heldout": np.array(heldout), "trained": np.array(trained.ids)}
+    vocabularies = {"closed": catalog.subset(heldout), "open": open_vocabulary_catalog(catalog, heldout)}
+    for split, records in splits.items():
+        if not records:
+            continue
+        dataset = fundus_dataset(records, preprocess, catalog, in_memory=True)
+        out[f"{split}__paths"] = np.array([str(r.path) for r in records])
+        out[f"{split}__labels"] = np.array([[d in r.labels for d in heldout] for r in records], dtype=np.float32)
+        for vocabulary, texts in vocabularies.items():
+            if texts is None:
+                continue
+            found = zero_shot_scores(model, tokenizer_json, texts, heldout, dataset)
+            if "site" in found:
+                found["sum"] = found["site"] + found["global"]
+            out |= {f"{split}__{vocabulary}__{name}": v for name, v in found.items()}
+    val = [r for r in splits.get("val", []) if not (r.labels & set(heldout))]
+    if val:
+        dataset = fundus_dataset(val, preprocess, trained, in_memory=True)
+        found = site_scores(model, dataset, unseen=True)
+        if "site" in found:
+            found["sum"] = found["site"] + found["global"]
+        out["val_trained__labels"] = dataset.targets
+        out |= {f"val_trained__{name}": v for name, v in found.items()}
+    return out
+
+
+def clip_zero_shot_arrays(
+    clip: Any,
+    tokenizer: Any,
+    catalog: Catalog,
+    heldout: list[str],
+    splits: dict[str, list[Record]],
+    *,
+    preprocess: PreprocessCfg,
+) -> dict[str, np.ndarray]:
+    """``zero_shot_arrays``' ``global`` scores of a local CLIP (``ClipZeroShot``): ``s (cos(g, t_c) -
+    cos(g, t_normal))``, each class the mean of its descriptions' embeddings (a prompt ensemble)."""
+    from predilect.training.stages import fundus_dataset
+
+    device = next(clip.parameters()).device
+    context = clip.text.cfg.context_length
+    out: dict[str, np.ndarray] = {"heldout": np.array(heldout), "trained": np.array([])}
+    vocabularies = {"closed": catalog.subset(heldout), "open": open_vocabulary_catalog(catalog, heldout)}
+    with torch.inference_mode():
+        classes = {
+            v: texts.embed(clip.text.to(device))
+            for v, t in vocabularies.items()
+            if t is not None
+            for texts in [CatalogTexts.build(tokenizer, t, context)]
+        }
+    for split, records in splits.items():
+        if not records:
+            continue
+        dataset = fundus_dataset(records, preprocess, catalog, in_memory=True)
+        image = predict(lambda x: clip.image_embedding(x.to(device)), dataset)["out"]
+        out[f"{split}__paths"] = np.array([str(r.path) for r in records])
+        out[f"{split}__labels"] = np.array([[d in r.labels for d in heldout] for r in records], dtype=np.float32)
+        for vocabulary, emb in classes.items():
+            cos = image @ emb.cpu().numpy().T
+            out[f"{split}__{vocabulary}__global"] = float(clip.logit_scale) * (cos[:, 1:] - cos[:, :1])
+    return out
 
 
 # ----------------------------------------------------------------------------- the served model

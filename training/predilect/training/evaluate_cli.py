@@ -29,7 +29,13 @@ from predilect.metrics import Interval, auroc, bootstrap_ci, on_rows, paired_boo
 from predilect.models.checkpoint import CheckpointMeta, load_checkpoint, load_pretrain
 from predilect.outdir import check_out_folder
 from predilect.training.config import CONFIG_FILE
-from predilect.training.evaluate import localisation, score_classifier, site_priors, zero_shot_scores
+from predilect.training.evaluate import (
+    localisation,
+    open_vocabulary_catalog,
+    score_classifier,
+    site_priors,
+    zero_shot_scores,
+)
 from predilect.training.report import (
     evaluate_scores,
     fundus_template,
@@ -81,7 +87,14 @@ def _parser() -> argparse.ArgumentParser:
     z.add_argument("--zero-shot", default=None, metavar="ID[,ID]", help="categories to score from their texts alone")
     z.add_argument("--pretrained", type=Path, default=artifacts.pretrain_checkpoint, help="stage-1 checkpoint")
     z.add_argument("--baseline", type=Path, default=None, help="stage-1 checkpoint of a plain contrastive model")
-    z.add_argument("--score", choices=ZERO_SHOT_SCORES, default="site", help="the UOPSL score compared (default site)")
+    z.add_argument(
+        "--score", choices=ZERO_SHOT_SCORES, default="site", help="the UOPSL score compared, fixed beforehand (site)"
+    )
+    z.add_argument(
+        "--open-vocabulary",
+        action="store_true",
+        help="read the categories from descriptions in words no trained category uses (open_vocabulary.json)",
+    )
     return p
 
 
@@ -229,6 +242,12 @@ def _zero_shot(args: argparse.Namespace) -> int:
     unknown = sorted(set(ids) - set(catalog.ids))
     if unknown:
         raise CommandError(f"--zero-shot names categories not in the catalog: {unknown}")
+    if args.open_vocabulary:
+        described = open_vocabulary_catalog(catalog, ids)
+        if described is None:
+            raise CommandError(f"the open-vocabulary file does not describe every one of {ids}")
+        diseases = tuple(described[d] if d in set(ids) else catalog[d] for d in catalog.ids)
+        catalog = Catalog(diseases, version=catalog.version)
     results = zero_shot(
         args.pretrained,
         args.baseline,

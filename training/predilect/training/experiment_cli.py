@@ -28,6 +28,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,34 +37,85 @@ import torch
 
 from predilect.catalog import resolve_catalog
 from predilect.cli import CommandError, command
-from predilect.metrics import Interval, auroc, bootstrap_ci, macro
 from predilect.models.checkpoint import load_checkpoint, load_pretrain
 from predilect.training.config import load_config
-from predilect.training.evaluate import score_classifier, zero_shot_scores
+from predilect.training.evaluate import clip_zero_shot_arrays, score_classifier, zero_shot_arrays
 from predilect.training.finetune import FinetuneRun, finetune
+from predilect.training.grid_report import CLIP_ZERO_SHOT, ZERO_SHOT, jsonable, markdown, summarise, write_split
 from predilect.training.loop import STATE_FILE
 from predilect.training.pretrain import PretrainRun, pretrain
-from predilect.training.report import patient_groups
-from predilect.training.stages import fundus_dataset, read_splits
+from predilect.training.stages import read_splits
 
-VARIANTS: dict[str, tuple[list[str], list[str], str | None]] = {
-    # name: (pretrain overrides, finetune overrides, whose pretraining it reuses)
-    "full": ([], [], None),
-    "no_oct": (["pretrain.oct=false"], [], None),
-    "shuffled": (["pretrain.shuffle_oct_labels=true"], [], None),
-    "no_text": (["pretrain.text=false"], [], None),
-    "no_matrix": (['pretrain.matrix="ablate"'], ['finetune.matrix="ablate"'], None),
-    "frozen": ([], ['finetune.matrix="freeze"'], "full"),
-    "scratch": ([], [], "none"),
+
+@dataclass(frozen=True)
+class Variant:
+    """One row of the grid: stage-1 and stage-2 overrides, and whose stage 1 it reuses (``None``:
+    its own; ``"none"``: no stage 1, trained from scratch)."""
+
+    pretrain: tuple[str, ...] = ()
+    finetune: tuple[str, ...] = ()
+    reuse: str | None = None
+    oct_manifest: str = "oct_manifest.csv"  # beside the fundus manifest, unless --oct-manifest
+
+
+VARIANTS: dict[str, Variant] = {
+    "full": Variant(),
+    "no_oct": Variant(("pretrain.oct=false",)),
+    "shuffled": Variant(("pretrain.shuffle_oct_labels=true",)),
+    "shuffled_redrawn": Variant(("pretrain.redraw_oct_labels=true",)),
+    "no_site_oct": Variant(("pretrain.w_site_oct=0.0", "pretrain.w_diversity=0.0")),
+    "fundus_sites": Variant(("pretrain.oct=false", 'pretrain.site_source="fundus"')),
+    "no_text": Variant(("pretrain.text=false",)),
+    "no_matrix": Variant(('pretrain.matrix="ablate"',), ('finetune.matrix="ablate"',)),
+    "frozen": Variant((), ('finetune.matrix="freeze"',), "full"),
+    "random_sites": Variant((), ('finetune.matrix="random"',), "full"),
+    "mean_pool": Variant((), ('finetune.matrix="ablate"',), "full"),
+    "scratch": Variant((), (), "none"),
+    "coda": Variant(
+        ('pretrain.matrix="ablate"', 'pretrain.objective="coda"', 'pretrain.oct_pairing="same_class"'),
+        ('finetune.matrix="ablate"',),
+    ),
+    "full_local": Variant(('model.backbone="conv-local"', 'model.heatmap="evidence"')),
+    "full_local8": Variant(('model.backbone="conv-local8"', 'model.heatmap="evidence"')),
+    # geometry-robust: a spread of field angles on both sides (fundus zoom, OCT line stretch)
+    "full_geo": Variant(("pretrain.oct_span_jitter=0.2", "data.augment.scale=0.2"), ("data.augment.scale=0.2",)),
+    "shuffled_redrawn_geo": Variant(
+        ("pretrain.redraw_oct_labels=true", "pretrain.oct_span_jitter=0.2", "data.augment.scale=0.2"),
+        ("data.augment.scale=0.2",),
+    ),
+    "no_oct_geo": Variant(("pretrain.oct=false", "data.augment.scale=0.2"), ("data.augment.scale=0.2",)),
+    "paired": Variant(('pretrain.oct_pairing="same_eye"', "pretrain.w_pair=1.0"), (), None, "oct_paired_manifest.csv"),
 }
+"""The variants, one flag each as ``predilect train`` spells them (see the module docstring)."""
+
+ZERO_SHOT_VARIANTS = ("full", "no_matrix")
+"""Whose stage-1 models score the zero-shot categories: UOPSL and the plain contrastive baseline."""
+
 COMPARISONS = (
     ("full", "shuffled"),
+    ("full", "shuffled_redrawn"),
     ("full", "no_oct"),
     ("shuffled", "no_oct"),
+    ("shuffled_redrawn", "no_oct"),
+    ("shuffled_redrawn", "shuffled"),
+    ("full", "no_site_oct"),
+    ("full", "fundus_sites"),
+    ("full", "random_sites"),
+    ("random_sites", "mean_pool"),
+    ("full", "mean_pool"),
     ("full", "no_text"),
     ("full", "no_matrix"),
     ("full", "frozen"),
     ("full", "scratch"),
+    ("full", "coda"),
+    ("coda", "no_oct"),
+    ("paired", "full"),
+    ("paired", "no_oct"),
+    ("full_local", "full"),
+    ("full_local8", "full"),
+    ("full_geo", "shuffled_redrawn_geo"),
+    ("full_geo", "no_oct_geo"),
+    ("full_geo", "full"),
 )
 
 log = logging.getLogger(__name__)
@@ -71,7 +123,9 @@ log = logging.getLogger(__name__)
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="predilect experiment", description=__doc__.splitlines()[0])
-    p.add_argument("--manifest", type=Path, required=True, help="fundus manifest (train/val/test)")
+    p.add_argument(
+        "--manifest", type=Path, default=None, help="fundus manifest (train/val/test); --summary-only reads OUT alone"
+    )
     p.add_argument("--oct-manifest", type=Path, default=None, help="default: oct_manifest.csv beside --manifest")
     p.add_argument("--catalog", type=Path, default=None, help="default: the catalog beside the manifest")
     p.add_argument("--out", type=Path, required=True, help="experiment folder")
@@ -90,7 +144,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--zero-shot", default=None, help="held-out categories to score (default: phantom.json)")
     p.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples")
     p.add_argument("--summary-only", action="store_true", help="train nothing; summarise the finished cells")
+    p.add_argument("--train-only", action="store_true", help="train the missing cells; write no summary")
     p.add_argument("--threads", type=int, default=2, help="torch intra-op threads (default 2)")
+    clip = p.add_argument_group("a local CLIP as a second zero-shot baseline (open_clip layout; never downloaded)")
+    clip.add_argument("--clip-checkpoint", type=Path, default=None, help="open_clip CLIP state dict (native ViT)")
+    clip.add_argument("--clip-tokenizer", type=Path, default=None, help="tokenizer.json of its vocabulary")
+    clip.add_argument("--clip-heads", type=int, default=None, help="attention heads (default width / 64)")
+    clip.add_argument("--clip-act", default="gelu", help="gelu | quick_gelu (OpenAI weights)")
     return p
 
 
@@ -106,7 +166,8 @@ def _ids(text: str | None, fallback: Sequence[str]) -> list[str]:
 def run_cell(args: argparse.Namespace, variant: str, seed: int, holdout: list[str]) -> Path:
     """Train one (variant, seed) unless done; returns its folder (holding ``scores.npz``). A cell
     stopped mid-run resumes from its run state (``predilect.training.loop``)."""
-    _, fine_set, reuse = VARIANTS[variant]
+    spec = VARIANTS[variant]
+    fine_set, reuse = list(spec.finetune), spec.reuse
     cell = args.out / variant / f"seed{seed}"
     if (cell / "scores.npz").is_file():
         return cell
@@ -117,11 +178,12 @@ def run_cell(args: argparse.Namespace, variant: str, seed: int, holdout: list[st
         owner = reuse or variant
         source = args.out / owner / f"seed{seed}" / "pretrain" / "pretrain.safetensors"
         if not source.is_file():
-            owner_set = VARIANTS[owner][0]
+            owner_spec = VARIANTS[owner]
             held = [f"pretrain.holdout={json.dumps(holdout)}"]
             mine = [o for o in common if not o.startswith("finetune.")]
-            run = load_config(None, overrides=[*mine, *args.pretrain_set, *held, *owner_set], cls=PretrainRun)
-            oct_manifest = args.oct_manifest or args.manifest.with_name("oct_manifest.csv")
+            overrides = [*mine, *args.pretrain_set, *held, *owner_spec.pretrain]
+            run = load_config(None, overrides=overrides, cls=PretrainRun)
+            oct_manifest = args.oct_manifest or args.manifest.with_name(owner_spec.oct_manifest)
             run = run.model_copy(update={"data": run.data.model_copy(update={"oct_manifest": oct_manifest})})
             resume = (source.parent / STATE_FILE).is_file()
             pretrain(
@@ -138,6 +200,8 @@ def run_cell(args: argparse.Namespace, variant: str, seed: int, holdout: list[st
         fine, checkpoint, resume=resume, cache_dir=args.out / "cache", report=_reporter(variant, seed, "finetune")
     )
     _score(args, cell, checkpoint, result.seconds)
+    if variant in ZERO_SHOT_VARIANTS and reuse is None:
+        zero_shot_record(args, cell / "pretrain", holdout)
     return cell
 
 
@@ -147,6 +211,7 @@ def _reporter(variant: str, seed: int, stage: str) -> Callable[[str], None]:
 
 def _score(args: argparse.Namespace, cell: Path, checkpoint: Path, seconds: float) -> None:
     model, meta = load_checkpoint(checkpoint)
+    model.to(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
     catalog, _ = resolve_catalog(args.catalog, args.manifest)
     held = [d for d in catalog.ids if d not in set(meta.catalog.ids)]
     splits = read_splits(args.manifest, catalog=catalog, drop=held)
@@ -161,219 +226,69 @@ def _score(args: argparse.Namespace, cell: Path, checkpoint: Path, seconds: floa
     )
 
 
-# ----------------------------------------------------------------------------- summary
+# ----------------------------------------------------------------------------- per-cell records
 
 
-def _load(cell: Path) -> dict[str, np.ndarray]:
-    with np.load(cell / "scores.npz") as data:
-        return {k: data[k] for k in data.files}
-
-
-def _columns(ids: np.ndarray, wanted: Sequence[str]) -> list[int]:
-    return [i for i, d in enumerate(ids.tolist()) if d in set(wanted)]
-
-
-def pooled_difference(
-    labels: np.ndarray,
-    a: list[np.ndarray],
-    b: list[np.ndarray],
-    metric: Callable[[np.ndarray, np.ndarray], float],
-    *,
-    groups: np.ndarray,
-    resamples: int,
-    seed: int = 0,
-) -> Interval:
-    """Mean over seeds of ``metric(a_s) - metric(b_s)``, bootstrapped over patients jointly."""
-
-    def stat(rows: np.ndarray) -> float:
-        pairs = zip(a, b, strict=True)
-        return float(np.mean([metric(labels[rows], x[rows]) - metric(labels[rows], y[rows]) for x, y in pairs]))
-
-    return bootstrap_ci(stat, len(labels), groups=groups, resamples=resamples, seed=seed)
-
-
-def summarise(args: argparse.Namespace, variants: list[str], seeds: list[int], oct_visible: list[str]) -> dict:
-    cells = {
-        (v, s): _load(args.out / v / f"seed{s}")
-        for v in variants
-        for s in seeds
-        if (args.out / v / f"seed{s}" / "scores.npz").is_file()
-    }
-    if not cells:
-        raise CommandError(f"no finished cells under {args.out}")
-    any_cell = next(iter(cells.values()))
-    ids, labels, paths = any_cell["ids"], any_cell["labels"], any_cell["paths"]
-    catalog, _ = resolve_catalog(args.catalog, args.manifest)
-    records = {str(r.path): r for r in read_splits(args.manifest, catalog=catalog).test}
-    groups = patient_groups([records[p] for p in paths.tolist()])
-    subsets = {"all": list(range(len(ids))), "oct_visible": _columns(ids, oct_visible)}
-    metric = macro(auroc)
-    table: dict[str, Any] = {"ids": ids.tolist(), "oct_visible": oct_visible, "cells": {}, "comparisons": {}}
-    for (v, s), cell in cells.items():
-        if not np.array_equal(cell["paths"], paths):
-            raise CommandError(f"{v} seed{s} was scored on other test images")
-        table["cells"][f"{v}/seed{s}"] = {
-            name: metric(labels[:, cols], cell["probs"][:, cols]) for name, cols in subsets.items() if cols
-        } | {"seconds": float(cell["seconds"])}
-    for a, b in COMPARISONS:
-        common = [s for s in seeds if (a, s) in cells and (b, s) in cells]
-        if not common:
-            continue
-        row: dict[str, Any] = {}
-        for name, cols in subsets.items():
-            if not cols:
-                continue
-            y = labels[:, cols]
-            per_seed = {
-                f"seed{s}": pooled_difference(
-                    y,
-                    [cells[(a, s)]["probs"][:, cols]],
-                    [cells[(b, s)]["probs"][:, cols]],
-                    metric,
-                    groups=groups,
-                    resamples=args.resamples,
-                )
-                for s in common
-            }
-            pooled = pooled_difference(
-                y,
-                [cells[(a, s)]["probs"][:, cols] for s in common],
-                [cells[(b, s)]["probs"][:, cols] for s in common],
-                metric,
-                groups=groups,
-                resamples=args.resamples,
-            )
-            row[name] = {"pooled": pooled, **per_seed}
-        table["comparisons"][f"{a} - {b}"] = row
-    return table
-
-
-def _zero_shot_scores(args: argparse.Namespace, seed: int, records: list, ids: list[str]) -> dict[str, np.ndarray]:
-    """``uopsl_{site,global,sum}`` (the ``full`` stage-1 model) and ``clip_global`` (``no_matrix``)."""
-    catalog, _ = resolve_catalog(args.catalog, args.manifest)
-    scores: dict[str, np.ndarray] = {}
-    for variant, prefix in (("full", "uopsl"), ("no_matrix", "clip")):
-        path = args.out / variant / f"seed{seed}" / "pretrain" / "pretrain.safetensors"
-        if not path.is_file():
-            continue
-        model, meta = load_pretrain(path)
-        dataset = fundus_dataset(records, meta.preprocess, catalog, in_memory=True)
-        found = zero_shot_scores(model, meta.tokenizer_json, catalog, ids, dataset)
-        if "site" in found:
-            found["sum"] = found["site"] + found["global"]
-        scores |= {f"{prefix}_{k}": v for k, v in found.items()}
-    return scores
-
-
-def pooled_metric(
-    labels: np.ndarray, scores: list[np.ndarray], metric: Callable[[np.ndarray, np.ndarray], float], **kw: Any
-) -> Interval:
-    """Mean over seeds of ``metric(labels, scores_s)``, bootstrapped over patients jointly."""
-
-    def stat(rows: np.ndarray) -> float:
-        return float(np.mean([metric(labels[rows], x[rows]) for x in scores]))
-
-    return bootstrap_ci(stat, len(labels), **kw)
-
-
-def zero_shot_table(args: argparse.Namespace, seeds: list[int], ids: list[str]) -> dict[str, Any]:
-    """Zero-shot AUROC of the ``full`` (UOPSL) and ``no_matrix`` (plain CLIP) stage-1 models.
-
-    The UOPSL score compared (``site``, ``global`` or ``sum``) is chosen on VAL: the highest mean
-    val AUROC over the categories and seeds; test then reports every score, pooled over seeds and
-    per seed, and the paired difference chosen - ``clip_global`` (same seeds, same patients)."""
+def zero_shot_record(args: argparse.Namespace, pretrain_dir: Path, holdout: list[str]) -> None:
+    """``pretrain_dir/zero_shot.npz`` from its stage-1 checkpoint (once; see ``zero_shot_arrays``)."""
+    path, checkpoint = pretrain_dir / ZERO_SHOT, pretrain_dir / "pretrain.safetensors"
+    if path.is_file() or not checkpoint.is_file() or not holdout:
+        return
+    model, meta = load_pretrain(checkpoint)
+    if model.cfg.text_mode != "text":
+        return  # a model without text cannot read descriptions
+    model.to(_device())
     catalog, _ = resolve_catalog(args.catalog, args.manifest)
     splits = read_splits(args.manifest, catalog=catalog)
-    per_split: dict[str, dict[int, dict[str, np.ndarray]]] = {}
-    labels: dict[str, np.ndarray] = {}
-    groups: dict[str, np.ndarray] = {}
-    for split in ("val", "test"):
-        records = getattr(splits, split)
-        labels[split] = np.array([[d in r.labels for d in ids] for r in records], dtype=np.float32)
-        groups[split] = patient_groups(records)
-        per_split[split] = {s: _zero_shot_scores(args, s, records, ids) for s in seeds}
-    names = sorted({n for by_seed in per_split["val"].values() for n in by_seed})
-    if not names:
-        return {}
-    val_means = {}
-    for name in names:
-        values = [
-            auroc(labels["val"][:, j], by_seed[name][:, j])
-            for s, by_seed in per_split["val"].items()
-            if name in by_seed
-            for j in range(len(ids))
-            if 0 < labels["val"][:, j].sum() < len(labels["val"])
-        ]
-        if values:
-            val_means[name] = float(np.mean(values))
-    uopsl = {n: v for n, v in val_means.items() if n.startswith("uopsl_")}
-    chosen = max(uopsl, key=lambda n: uopsl[n]) if uopsl else None
-    kw = {"groups": groups["test"], "resamples": args.resamples}
-    test: dict[str, Any] = {}
-    for j, disease in enumerate(ids):
-        y = labels["test"][:, j]
-        row: dict[str, Any] = {}
-        for name in names:
-            have = [s for s in seeds if name in per_split["test"][s]]
-            runs = [per_split["test"][s][name][:, j] for s in have]
-            row[name] = {"pooled": pooled_metric(y, runs, auroc, **kw)} | {
-                f"seed{s}": pooled_metric(y, [r], auroc, **kw) for s, r in zip(have, runs, strict=True)
-            }
-        if chosen is not None and "clip_global" in names:
-            both = [s for s in seeds if chosen in per_split["test"][s] and "clip_global" in per_split["test"][s]]
-            a = [per_split["test"][s][chosen][:, j : j + 1] for s in both]
-            b = [per_split["test"][s]["clip_global"][:, j : j + 1] for s in both]
-            row[f"{chosen} - clip_global"] = {"pooled": pooled_difference(y[:, None], a, b, macro(auroc), **kw)} | {
-                f"seed{s}": pooled_difference(y[:, None], [x], [z], macro(auroc), **kw)
-                for s, x, z in zip(both, a, b, strict=True)
-            }
-        test[disease] = row
-    return {"chosen": chosen, "val_mean_auroc": val_means, "test": test}
+    arrays = zero_shot_arrays(
+        model,
+        meta.tokenizer_json,
+        catalog,
+        holdout,
+        {"val": splits.val, "test": splits.test},
+        preprocess=meta.preprocess,
+        trained=meta.catalog,
+    )
+    np.savez_compressed(path, **arrays)
 
 
-def _markdown(table: dict[str, Any], zero: dict[str, Any], command_line: str) -> str:
-    lines = ["# Experiment summary", "", f"Command: `{command_line}`", ""]
-    lines += ["## Test macro AUROC per cell", "", "| cell | all classes | OCT-visible | seconds |", "|---|---|---|---|"]
-    for name, row in table["cells"].items():
-        lines.append(
-            f"| {name} | {row['all']:.4f} | {row.get('oct_visible', float('nan')):.4f} | {row['seconds']:.0f} |"
-        )
-    lines += [
-        "",
-        "## Differences (paired bootstrap over patients, 95% CI)",
-        "",
-        "| comparison | classes | pooled over seeds | per seed |",
-        "|---|---|---|---|",
-    ]
-    for comparison, row in table["comparisons"].items():
-        for subset, intervals in row.items():
-            per = "; ".join(f"{k}: {v}" for k, v in intervals.items() if k != "pooled")
-            lines.append(f"| {comparison} | {subset} | {intervals['pooled']} | {per} |")
-    if zero:
-        lines += [
-            "",
-            "## Zero-shot (categories held out of training, scored from their descriptions)",
-            "",
-            f"UOPSL score chosen on val: `{zero['chosen']}` (mean val AUROC: "
-            + ", ".join(f"{k} {v:.3f}" for k, v in zero["val_mean_auroc"].items())
-            + "). Test AUROC, 95% CI; pooled = mean over seeds, patients resampled jointly.",
-            "",
-            "| category | score | pooled over seeds | per seed |",
-            "|---|---|---|---|",
-        ]
-        for disease, row in zero["test"].items():
-            for name, intervals in row.items():
-                per = "; ".join(f"{k}: {v}" for k, v in intervals.items() if k != "pooled")
-                lines.append(f"| {disease} | {name} | {intervals['pooled']} | {per} |")
-    return "\n".join(lines) + "\n"
+def clip_record(args: argparse.Namespace, holdout: list[str]) -> None:
+    """``OUT/clip_zero_shot.npz``: a local open_clip model's zero-shot scores (``--clip-checkpoint``)."""
+    path = args.out / CLIP_ZERO_SHOT
+    if args.clip_checkpoint is None or path.is_file() or not holdout:
+        return
+    from predilect.models.pretrained import load_open_clip
+    from predilect.models.text import load_tokenizer
+    from predilect.preprocess import PreprocessCfg
+
+    if args.clip_tokenizer is None:
+        raise CommandError("--clip-checkpoint needs --clip-tokenizer, the tokenizer.json of its vocabulary")
+    catalog, _ = resolve_catalog(args.catalog, args.manifest)
+    preprocess = _first_preprocess(args) or PreprocessCfg()
+    clip = load_open_clip(
+        args.clip_checkpoint,
+        pixel_mean=preprocess.mean,
+        pixel_std=preprocess.std,
+        heads=args.clip_heads,
+        text_heads=args.clip_heads,
+        act=args.clip_act,
+    ).to(_device())
+    tokenizer = load_tokenizer(args.clip_tokenizer.read_text(encoding="utf-8"))
+    splits = read_splits(args.manifest, catalog=catalog)
+    arrays = clip_zero_shot_arrays(
+        clip, tokenizer, catalog, holdout, {"val": splits.val, "test": splits.test}, preprocess=preprocess
+    )
+    np.savez_compressed(path, **arrays)
 
 
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, Interval):
-        return dataclasses.asdict(value)
-    if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
-    return value
+def _first_preprocess(args: argparse.Namespace):  # -> PreprocessCfg | None
+    for cell in sorted(args.out.glob("*/seed*/pretrain/pretrain.safetensors")):
+        return load_pretrain(cell)[1].preprocess
+    return None
+
+
+def _device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 @command("experiment")
@@ -389,22 +304,33 @@ def main(argv: Sequence[str] | None = None) -> int:
         seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     except ValueError as e:
         raise CommandError(f"--seeds takes comma-separated integers like 0,1,2, got {args.seeds!r}") from e
-    info = _phantom_info(args.manifest)
-    holdout = _ids(args.zero_shot, info.get("zero_shot", ()))
-    oct_visible = _ids(args.oct_visible, info.get("oct_visible", ()))
+    if args.manifest is None and not args.summary_only:
+        raise CommandError("--manifest is needed to train; only --summary-only reads a grid folder alone")
     args.out.mkdir(parents=True, exist_ok=True)
     start = time.monotonic()
-    if not args.summary_only:
-        for seed in seeds:
-            for variant in variants:
-                run_cell(args, variant, seed, holdout)
-    table = summarise(args, variants, seeds, oct_visible)
-    zero = zero_shot_table(args, seeds, holdout) if holdout else {}
+    if args.manifest is not None:
+        info = _phantom_info(args.manifest)
+        holdout = _ids(args.zero_shot, info.get("zero_shot", ()))
+        oct_visible = _ids(args.oct_visible, info.get("oct_visible", ()))
+        if not args.summary_only:
+            for seed in seeds:
+                for variant in variants:
+                    run_cell(args, variant, seed, holdout)
+        catalog, _ = resolve_catalog(args.catalog, args.manifest)
+        splits = read_splits(args.manifest, catalog=catalog)
+        write_split(args.out, splits.test, splits.train, {"oct_visible": oct_visible, "zero_shot": holdout})
+        for variant in ZERO_SHOT_VARIANTS:
+            for seed in seeds:
+                zero_shot_record(args, args.out / variant / f"seed{seed}" / "pretrain", holdout)
+        clip_record(args, holdout)
+    if args.train_only:
+        print(f"cells done ({time.monotonic() - start:.0f}s); no summary (--train-only)")
+        return 0
+    summary = summarise(args.out, variants, seeds, COMPARISONS, resamples=args.resamples)
     command_line = "predilect experiment " + " ".join(argv if argv is not None else [])
-    (args.out / "summary.md").write_text(_markdown(table, zero, command_line))
-    (args.out / "summary.json").write_text(
-        json.dumps(_jsonable({"table": table, "zero_shot": zero}), indent=2, default=str) + "\n"
-    )
-    print(_markdown(table, zero, command_line))
+    text = markdown(summary, command_line)
+    (args.out / "summary.md").write_text(text, encoding="utf-8")
+    (args.out / "summary.json").write_text(json.dumps(jsonable(summary), indent=1) + "\n", encoding="utf-8")
+    print(text)
     print(f"summary {args.out / 'summary.md'} ({time.monotonic() - start:.0f}s)")
     return 0

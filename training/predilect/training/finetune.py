@@ -9,7 +9,11 @@ fine-tuned with per-disease BCE on fundus labels. ``matrix``:
   into the matrix's space first), then trained with everything else;
 * ``freeze``: the sites stay exactly as stage 1 left them;
 * ``ablate``: no matrix: sites fixed at zero, i.e. uniform attention = mean pooling, with the
-  global fundus embedding's read-out as the head (the same graph, so export is unchanged).
+  global fundus embedding's read-out as the head (the same graph, so export is unchanged);
+* ``random``: the attention head kept, its sites replaced by random ones (drawn from the run's
+  seed) that never train: attention that carries no OCT knowledge, so ``tune`` against
+  ``random`` measures the matrix with the head held fixed, and ``random`` against ``ablate``
+  the head (attention against mean pooling).
 
 Without ``pretrained`` the classifier starts from random weights (the supervised baseline).
 Each epoch ends with the validation split's macro AUROC (in ``epochs.csv`` and the epoch's log
@@ -53,7 +57,7 @@ from predilect.training.stages import (
 )
 
 log = logging.getLogger(__name__)
-FINETUNE_MATRIX = ("tune", "freeze", "ablate")
+FINETUNE_MATRIX = ("tune", "freeze", "ablate", "random")
 
 
 @dataclass(frozen=True)
@@ -61,7 +65,9 @@ class FinetuneCfg:
     """The ``finetune`` section."""
 
     pretrained: str = field(default="", metadata={"help": "stage-1 checkpoint; empty: train from scratch"})
-    matrix: str = field(default="tune", metadata={"help": "tune | freeze | ablate the predilection-sites matrix"})
+    matrix: str = field(
+        default="tune", metadata={"help": "tune | freeze | ablate | random (fixed random sites) the sites matrix"}
+    )
     freeze_sites_epochs: int = field(default=2, metadata={"help": "with --matrix tune: epochs before sites train"})
     holdout: tuple[str, ...] = field(
         default=(), metadata={"help": "without --pretrained: categories left out (with it: the pretraining's)"}
@@ -165,6 +171,8 @@ def finetune(
         if cfg.matrix == "ablate":
             with torch.no_grad():
                 model.head.sites.zero_()
+    if cfg.matrix == "random":
+        _randomise_sites(model.head.sites, seed=loop.seed)
     held = [d for d in catalog.ids if d not in set(trained.ids)]
     splits = read_splits(manifest, catalog=catalog, drop=held)
     report(f"catalog {source}: {len(trained)} categories; held out of training: {held or 'none'}")
@@ -226,6 +234,13 @@ def finetune(
     }
     meta = save_checkpoint(out, model.cpu(), preprocess=preprocess, catalog=trained, metrics=metrics, training=training)
     return FinetuneResult(meta, out, val_auc, seconds)
+
+
+def _randomise_sites(sites: nn.Parameter, *, seed: int) -> None:
+    """Sites drawn from ``seed`` alone, scaled as ``PredilectionHead`` initialises them."""
+    g = torch.Generator().manual_seed(seed * 7919 + 17)
+    with torch.no_grad():
+        sites.copy_(torch.randn(sites.shape, generator=g) * sites.shape[-1] ** -0.5)
 
 
 def _aurocs(model: FundusClassifier, dataset: Any, catalog: Catalog) -> dict[str, float]:

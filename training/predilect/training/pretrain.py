@@ -26,14 +26,19 @@ from predilect.errors import ConfigError
 from predilect.metrics import macro_auroc
 from predilect.models.checkpoint import PretrainMeta, save_pretrain
 from predilect.models.classifier import ArchCfg, VitBackbone
+from predilect.models.coda import CodaWeights, coda_loss
 from predilect.models.text import CatalogTexts, TextCfg, build_tokenizer, byte_tokenizer, catalog_corpus, load_tokenizer
-from predilect.models.uopsl import OctGeometry, PretrainWeights, UopslCfg, UopslModel, pretrain_loss
+from predilect.models.uopsl import SITE_SOURCES, OctGeometry, PretrainWeights, UopslCfg, UopslModel, pretrain_loss
 from predilect.training.config import RunConfig, save_config
-from predilect.training.datasets import FundusAugment
+from predilect.training.datasets import FundusAugment, OctDataset
 from predilect.training.evaluate import site_scores
 from predilect.training.loop import fit, is_main_process, seed_everything
 from predilect.training.stages import (
+    OCT_PAIRINGS,
+    MemoryOctDataset,
+    OctPartners,
     PairedLoader,
+    RedrawnLabels,
     fundus_dataset,
     loader_factory,
     model_device,
@@ -43,6 +48,7 @@ from predilect.training.stages import (
 )
 
 log = logging.getLogger(__name__)
+OBJECTIVES = ("uopsl", "coda")
 
 
 @dataclass(frozen=True)
@@ -53,6 +59,9 @@ class PretrainCfg:
     text: bool = field(default=True, metadata={"help": "--no-text: free class embeddings instead of text"})
     oct: bool = field(default=True, metadata={"help": "--no-oct: no OCT images (fundus<->text only)"})
     shuffle_oct_labels: bool = field(default=False, metadata={"help": "control: permute the OCT labels"})
+    redraw_oct_labels: bool = field(
+        default=False, metadata={"help": "control: permute the OCT labels afresh every epoch (nothing to memorise)"}
+    )
     holdout: tuple[str, ...] = field(default=(), metadata={"help": "categories held out for zero-shot"})
     in_memory: bool = field(default=False, metadata={"help": "hold preprocessed images in RAM (small sets)"})
     tokenizer: str = field(default="wordpiece", metadata={"help": "wordpiece | bytes | a local tokenizer.json"})
@@ -69,15 +78,42 @@ class PretrainCfg:
     w_site_oct: float = field(default=1.0, metadata={"help": "weight of the OCT site loss (shapes the matrix)"})
     w_site_fundus: float = field(default=1.0, metadata={"help": "weight of the fundus site loss (matrix frozen)"})
     w_diversity: float = field(default=0.1, metadata={"help": "weight of the sites' diversity term"})
+    site_source: str = field(
+        default="oct", metadata={"help": "whose labels shape the sites: oct (the method) | fundus (a control)"}
+    )
+    objective: str = field(default="uopsl", metadata={"help": "uopsl (the method) | coda (OCT-CoDA, MultiEYE)"})
+    oct_pairing: str = field(
+        default="unpaired",
+        metadata={"help": "OCT scans shown with each fundus batch: unpaired | same_class | same_eye (paired data)"},
+    )
+    w_pair: float = field(default=0.0, metadata={"help": "weight of the fundus<->OCT InfoNCE of same-eye pairs"})
+    coda_prototype: float = field(default=0.05, metadata={"help": "OCT-CoDA: prototype distillation weight"})
+    coda_contrast: float = field(default=0.6, metadata={"help": "OCT-CoDA: contrastive distillation weight"})
+    coda_temperature: float = field(default=0.1, metadata={"help": "OCT-CoDA: contrastive temperature"})
     oct_centre_x: float = field(default=0.5, metadata={"help": "OCT line centre, fraction of fundus width"})
     oct_centre_y: float = field(default=0.5, metadata={"help": "OCT line height, fraction of fundus height"})
     oct_span: float = field(default=0.735, metadata={"help": "OCT line length, fraction of fundus width"})
+    oct_span_jitter: float = field(
+        default=0.0, metadata={"help": "stretch each scan's line by exp(U(-j, j)) in training (field-angle spread)"}
+    )
 
     def __post_init__(self) -> None:
         if self.matrix not in ("learn", "ablate"):
             raise ConfigError(f"pretrain matrix must be learn or ablate, got {self.matrix!r}")
-        if not self.oct and self.shuffle_oct_labels:
-            raise ConfigError("--shuffle-oct-labels needs the OCT stage; drop --no-oct")
+        if self.site_source not in SITE_SOURCES:
+            raise ConfigError(f"pretrain site_source must be one of {SITE_SOURCES}, got {self.site_source!r}")
+        if self.objective not in OBJECTIVES:
+            raise ConfigError(f"pretrain objective must be one of {OBJECTIVES}, got {self.objective!r}")
+        if self.objective == "coda" and self.matrix != "ablate":
+            raise ConfigError('OCT-CoDA learns no sites matrix: set pretrain.matrix="ablate" with objective coda')
+        if self.oct_pairing not in OCT_PAIRINGS:
+            raise ConfigError(f"pretrain oct_pairing must be one of {OCT_PAIRINGS}, got {self.oct_pairing!r}")
+        if self.w_pair > 0 and self.oct_pairing != "same_eye":
+            raise ConfigError("w_pair > 0 contrasts same-eye pairs: set pretrain.oct_pairing=same_eye")
+        if not self.oct and (self.shuffle_oct_labels or self.redraw_oct_labels):
+            raise ConfigError("--shuffle-oct-labels and --redraw-oct-labels each needs the OCT stage; drop --no-oct")
+        if self.shuffle_oct_labels and self.redraw_oct_labels:
+            raise ConfigError("choose one control: --shuffle-oct-labels (one permutation) or --redraw-oct-labels")
         if self.text_checkpoint and self.tokenizer in ("wordpiece", "bytes"):
             raise ConfigError("--text-checkpoint needs the tokenizer.json its vocabulary comes from (--tokenizer FILE)")
 
@@ -88,6 +124,26 @@ class PretrainCfg:
             site_oct=self.w_site_oct,
             site_fundus=self.w_site_fundus,
             diversity=self.w_diversity,
+            pair=self.w_pair,
+        )
+
+    def coda_weights(self) -> CodaWeights:
+        return CodaWeights(
+            clip_fundus=self.w_clip_fundus,
+            clip_oct=self.w_clip_oct,
+            prototype=self.coda_prototype,
+            contrast=self.coda_contrast,
+            temperature=self.coda_temperature,
+        )
+
+    def loss(self) -> Callable[[UopslModel, dict], tuple]:
+        """The stage-1 loss this section asks for."""
+        if self.objective == "coda":
+            coda = self.coda_weights()
+            return lambda m, b: coda_loss(m, b, weights=coda)
+        weights = self.weights()
+        return lambda m, b: pretrain_loss(
+            m, b, weights=weights, site_source=self.site_source, span_jitter=self.oct_span_jitter
         )
 
 
@@ -164,6 +220,7 @@ def build_model(run: PretrainRun, catalog: Catalog, tokenizer) -> UopslModel:
             heads=cfg.text_heads,
             embed_dim=cfg.embed_dim,
         )
+    texts = CatalogTexts.build(tokenizer, catalog, text.context_length) if cfg.text else None
     uopsl = UopslCfg(
         fundus=fundus,
         oct=oct_cfg,
@@ -171,8 +228,10 @@ def build_model(run: PretrainRun, catalog: Catalog, tokenizer) -> UopslModel:
         geometry=OctGeometry(cfg.oct_centre_x, cfg.oct_centre_y, cfg.oct_span),
         matrix=cfg.matrix,
         text_mode="text" if cfg.text else "labels",
+        concepts=len(texts.owner) if (texts is not None and cfg.objective == "coda") else 0,
     )
-    texts = CatalogTexts.build(tokenizer, catalog, text.context_length) if cfg.text else None
+    if cfg.objective == "coda" and texts is None:
+        raise ConfigError("OCT-CoDA reads the catalog's descriptions as concepts; drop --no-text")
     model = UopslModel(uopsl, texts)
     if text_encoder is not None:
         model.text.load_state_dict(text_encoder.state_dict())
@@ -225,7 +284,8 @@ def pretrain(
         workers=loop.workers,
         distributed=distributed,
     )
-    oct_loaders, oct_count = None, 0
+    oct_loaders, oct_count, partners = None, 0, None
+    oct_set: OctDataset | MemoryOctDataset | RedrawnLabels | None = None
     if data.oct_manifest is not None and cfg.oct:
         oct_records = read_splits(data.oct_manifest, catalog=catalog, drop=cfg.holdout).train
         oct_set = oct_dataset(oct_records, data.oct, trained, augment=True, seed=loop.seed + 1, in_memory=cfg.in_memory)
@@ -233,6 +293,8 @@ def pretrain(
             oct_set.targets = oct_set.targets[np.random.default_rng(loop.seed + 31).permutation(len(oct_set))]
             if hasattr(oct_set, "source"):
                 oct_set.source.targets = oct_set.targets
+        elif cfg.redraw_oct_labels:
+            oct_set = RedrawnLabels(oct_set, seed=loop.seed + 31)
         oct_count = len(oct_set)
         oct_loaders = loader_factory(
             oct_set,
@@ -242,15 +304,33 @@ def pretrain(
             workers=loop.workers,
             distributed=distributed,
         )
-        shuffled = "; labels SHUFFLED (control)" if cfg.shuffle_oct_labels else ""
-        report(f"OCT: {oct_count} train scans (unpaired){shuffled}")
+        shuffled = (
+            "; labels SHUFFLED (control)"
+            if cfg.shuffle_oct_labels
+            else "; labels RE-DRAWN every epoch (control)"
+            if cfg.redraw_oct_labels
+            else ""
+        )
+        if cfg.oct_pairing != "unpaired":
+            partners = OctPartners(
+                splits.train,
+                train_set.targets,
+                oct_records,
+                oct_set.targets,
+                pairing=cfg.oct_pairing,
+                seed=loop.seed + 2,
+            )
+            report(f"OCT: {oct_count} train scans, shown as {cfg.oct_pairing} partners ({partners.paired} own eyes)")
+        else:
+            report(f"OCT: {oct_count} train scans (unpaired){shuffled}")
     elif cfg.oct:
         report("no OCT manifest: fundus<->text only")
+    if (cfg.oct_pairing != "unpaired" or cfg.w_pair > 0) and partners is None:
+        raise ConfigError(f"pretrain.oct_pairing={cfg.oct_pairing} needs OCT scans (an OCT manifest, not --no-oct)")
 
     tokenizer = make_tokenizer(cfg, trained)
     seed_everything(loop.seed)  # the initial weights are a function of the seed too
     model = build_model(run, trained, tokenizer)
-    weights = cfg.weights()
     if is_main_process():
         save_config(run, out.parent)
     val_set = (
@@ -271,8 +351,10 @@ def pretrain(
 
     fit(
         model,
-        lambda m, b: pretrain_loss(m, b, weights=weights),  # type: ignore[arg-type]
-        lambda epoch: PairedLoader(fundus_loaders(epoch), oct_loaders, epoch=epoch),
+        cfg.loss(),  # type: ignore[arg-type]
+        lambda epoch: PairedLoader(
+            fundus_loaders(epoch), oct_loaders, epoch=epoch, partners=partners, oct_dataset=oct_set
+        ),
         loop,
         run_dir=out.parent,
         resume=resume,

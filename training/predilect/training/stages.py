@@ -133,7 +133,39 @@ class MemoryOctDataset:
         rng = item_rng(self.source.seed, epoch, index)
         if self.source.augment and rng.random() < self.source.cfg.mirror_p:
             scan = scan.flip(-1)
-        return {"scan": scan, "labels": torch.from_numpy(self.targets[index]), "index": index}
+        geometry = torch.from_numpy(self.source.geometry[int(self.source._record[index])])
+        return {"scan": scan, "labels": torch.from_numpy(self.targets[index]), "geometry": geometry, "index": index}
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return self.get(index)
+
+
+class RedrawnLabels:
+    """A dataset whose label rows are permuted afresh every epoch (a new permutation of the same
+    rows, from ``(seed, epoch)`` alone): the control that keeps the images, the label marginals and
+    the compute of the labelled data but gives a model nothing to memorise, since an image's label
+    changes from one epoch to the next. ``targets`` stays the source's (what sampling reads)."""
+
+    def __init__(self, source: Any, *, seed: int) -> None:
+        self.source, self.seed = source, seed
+        self.targets = source.targets
+        self._epoch: int | None = None
+        self._order = np.arange(len(self.targets))
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def permutation(self, epoch: int) -> np.ndarray:
+        """Which row's labels item ``i`` carries in ``epoch``."""
+        if self._epoch != epoch:
+            self._order = np.random.default_rng([self.seed, epoch]).permutation(len(self.targets))
+            self._epoch = epoch
+        return self._order
+
+    def get(self, index: int, *, epoch: int = 0) -> dict[str, Any]:
+        item = dict(self.source.get(index, epoch=epoch))
+        item["labels"] = torch.from_numpy(self.targets[self.permutation(epoch)[index]])
+        return item
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         return self.get(index)
@@ -173,12 +205,22 @@ def oct_dataset(
 
 
 class PairedLoader:
-    """One epoch of fundus batches, each joined with the next batch of an UNPAIRED OCT loader
-    (``scan``, ``oct_labels``); the OCT side cycles through its own epochs. Deterministic in
-    ``(seed, epoch)`` and resumable mid-epoch (``skip_batches``), as ``fit`` needs."""
+    """One epoch of fundus batches, each joined with OCT scans (``scan``, ``oct_labels``): the next
+    batch of an UNPAIRED OCT loader (the OCT side cycles through its own epochs), or, with
+    ``partners`` (``OctPartners``), one chosen scan per fundus image of ``oct_dataset``.
+    Deterministic in ``(seed, epoch)`` and resumable mid-epoch (``skip_batches``), as ``fit`` needs."""
 
-    def __init__(self, fundus: Any, oct_factory: Callable[[int], Any] | None, *, epoch: int) -> None:
+    def __init__(
+        self,
+        fundus: Any,
+        oct_factory: Callable[[int], Any] | None,
+        *,
+        epoch: int,
+        partners: OctPartners | None = None,
+        oct_dataset: Any = None,
+    ) -> None:
         self.fundus, self.oct_factory, self.epoch = fundus, oct_factory, epoch
+        self.partners, self.oct_dataset = partners, oct_dataset
         self.start = 0
 
     def __len__(self) -> int:
@@ -203,14 +245,84 @@ class PairedLoader:
                 yield from loader
             cycle += 1
 
+    def _partner_batch(self, indices: Tensor, batch: int) -> Batch:
+        assert self.partners is not None
+        picks = self.partners.pick(indices.tolist(), epoch=self.epoch, batch=batch)
+        items = [self.oct_dataset.get(j, epoch=self.epoch) for j in picks]
+        return {key: torch.stack([it[key] for it in items]) for key in ("scan", "labels", "geometry")}
+
     def __iter__(self) -> Iterator[Batch]:
-        octs = self._oct_batches() if self.oct_factory is not None else None
-        for batch in self.fundus:
+        octs = self._oct_batches() if self.oct_factory is not None and self.partners is None else None
+        for k, batch in enumerate(self.fundus, start=self.start):
             out = {"pixels": batch["pixels"], "labels": batch["labels"]}
-            if octs is not None:
+            scan: Batch | None = None
+            if self.partners is not None:
+                scan = self._partner_batch(batch["index"], k)
+            elif octs is not None:
                 scan = next(octs)
+            if scan is not None:
                 out["scan"], out["oct_labels"] = scan["scan"], scan["labels"]
+                if "geometry" in scan and bool(torch.isfinite(scan["geometry"]).any()):
+                    out["oct_geometry"] = scan["geometry"]  # per-scan lines; NaN rows: the run's default
             yield out
+
+
+OCT_PAIRINGS = ("unpaired", "same_class", "same_eye")
+
+
+class OctPartners:
+    """For each fundus training image, the OCT scans it may be shown with (``OCT_PAIRINGS``):
+
+    * ``same_class``: the scans whose label set equals the image's (MultiEYE's sampling: a random
+      OCT image of the fundus image's class); when none has it, those sharing a finding, else all;
+    * ``same_eye``: the scan(s) of the same patient and eye (paired data: the upper bound a
+      paired method gets); an image without its own scan falls back to ``same_class``.
+
+    ``pick`` draws one partner per image from ``(seed, epoch, batch)``, so a resumed epoch sees
+    the same pairs."""
+
+    def __init__(
+        self,
+        fundus: Sequence[Record],
+        fundus_targets: np.ndarray,
+        oct_records: Sequence[Record],
+        oct_targets: np.ndarray,
+        *,
+        pairing: str,
+        seed: int,
+    ) -> None:
+        if pairing not in OCT_PAIRINGS[1:]:
+            raise ConfigError(f"OCT pairing must be one of {OCT_PAIRINGS[1:]} here, got {pairing!r}")
+        if not len(oct_records):
+            raise ConfigError(f"OCT pairing {pairing!r} needs OCT scans; the OCT manifest's train split is empty")
+        self.seed = seed
+        by_labels: dict[bytes, list[int]] = {}
+        for j, row in enumerate(oct_targets > 0.5):
+            by_labels.setdefault(row.tobytes(), []).append(j)
+        by_eye: dict[tuple[str, str], list[int]] = {}
+        for j, record in enumerate(oct_records):
+            if record.patient_id and record.eye:
+                by_eye.setdefault((record.patient_id, record.eye), []).append(j)
+        oct_positive = oct_targets > 0.5
+        everything = np.arange(len(oct_records))
+        self.candidates: list[np.ndarray] = []
+        self.paired = 0
+        for record, row in zip(fundus, fundus_targets > 0.5, strict=True):
+            own = by_eye.get((record.patient_id or "", record.eye or "")) if pairing == "same_eye" else None
+            if own:
+                self.paired += 1
+                self.candidates.append(np.asarray(own))
+                continue
+            same = by_labels.get(row.tobytes())
+            if same:
+                self.candidates.append(np.asarray(same))
+                continue
+            shared = np.flatnonzero((oct_positive & row).any(axis=1)) if row.any() else np.array([], dtype=np.int64)
+            self.candidates.append(shared if len(shared) else everything)
+
+    def pick(self, fundus_indices: Sequence[int], *, epoch: int, batch: int) -> list[int]:
+        rng = np.random.default_rng([self.seed, epoch, batch, 0x0C7])
+        return [int(c[rng.integers(len(c))]) for c in (self.candidates[int(i)] for i in fundus_indices)]
 
 
 def loader_factory(

@@ -34,6 +34,25 @@ from predilect.training.datasets.fundus import DatasetItemError, encode_paths, i
 
 SCAN_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 SLICE_MODES = ("center", "random", "all")
+GEOMETRY_COLUMNS = ("oct_centre_x", "oct_centre_y", "oct_span")
+"""Manifest columns placing a scan's line on the fundus plane (``predilect.models.uopsl.OctGeometry``:
+fractions of the photograph's field); a record without them takes the run's (the data set's) default."""
+
+
+def scan_geometry(records: Sequence[Record]) -> np.ndarray:
+    """``(n, 3)`` float32 line geometry of each record from its ``GEOMETRY_COLUMNS`` cells, NaN where
+    absent; ConfigError naming the record for a cell that is not a number."""
+    out = np.full((len(records), 3), np.nan, dtype=np.float32)
+    for i, record in enumerate(records):
+        cells = [record.extra.get(c, "") for c in GEOMETRY_COLUMNS]
+        if not any(cells):
+            continue
+        try:
+            out[i] = [float(c) for c in cells]
+        except ValueError as e:
+            named = dict(zip(GEOMETRY_COLUMNS, cells, strict=True))
+            raise ConfigError(f"{record.path}: OCT geometry {named} must be three numbers") from e
+    return out
 
 
 @dataclass(frozen=True)
@@ -132,6 +151,7 @@ class OctDataset(Dataset):
         self.seed = seed
         self._paths = encode_paths(records)
         labels = label_matrix(records, catalog)
+        self.geometry = scan_geometry(records)
         self._slice: np.ndarray | None
         if cfg.slices == "all":
             counts = np.array([scan_count(r.path) for r in records], np.int64)
@@ -161,7 +181,13 @@ class OctDataset(Dataset):
         tensor = torch.from_numpy(scan).unsqueeze(0)
         if self.augment and rng.random() < self.cfg.mirror_p:
             tensor = tensor.flip(-1)
-        return {"scan": tensor, "labels": torch.from_numpy(self.targets[item]), "index": record, "slice": index}
+        return {
+            "scan": tensor,
+            "labels": torch.from_numpy(self.targets[item]),
+            "geometry": torch.from_numpy(self.geometry[record]),
+            "index": record,
+            "slice": index,
+        }
 
     def __getitem__(self, item: int) -> dict[str, Any]:
         return self.get(item)

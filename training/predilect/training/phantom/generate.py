@@ -15,7 +15,8 @@ Everything is a function of ``seed``: image ``i`` draws from ``SeedSequence(seed
 (stream, i))`` (stream 0 fundus, 1 OCT) and the cohort from streams 2 (fundus) and 3 (OCT),
 so the bytes written do not depend on the number of workers. A zoo preset draws the training
 eyes' cameras from stream 5; a test eye re-photographed by several cameras keeps its image's
-stream (the same eye, lesions and colour), each camera adding its own draws.
+stream (the same eye, lesions and colour), each camera adding its own draws. The paired B-scans
+(``add_paired_oct``) draw from stream 6, one per training fundus image.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from predilect.training.phantom.render import FundusDrawing, FundusStyle, OctSty
 
 FUNDUS_MANIFEST = "manifest.csv"
 OCT_MANIFEST = "oct_manifest.csv"
+PAIRED_OCT_MANIFEST = "oct_paired_manifest.csv"
 LESIONS = "lesions.jsonl"
 PHANTOM_CATALOG = "phantom_catalog.json"
 PHANTOM_INFO = "phantom.json"
@@ -49,7 +51,7 @@ SPLITS = ("train", "val", "test")
 JPEG_QUALITY = 92
 OCT_FRAME = (512, 256)
 
-_FUNDUS, _OCT, _FUNDUS_COHORT, _OCT_COHORT, _VAL, _ZOO_CAMERAS = range(6)  # seed streams
+_FUNDUS, _OCT, _FUNDUS_COHORT, _OCT_COHORT, _VAL, _ZOO_CAMERAS, _PAIRED = range(7)  # seed streams
 
 
 @dataclass(frozen=True)
@@ -331,7 +333,7 @@ def _render(job: _Job) -> dict[str, Any]:
                 {"kind": c.disease, **_normalised("", c.x / w, c.y / h, c.r / w, key=None)} for c in drawing.confounders
             ],
         }
-    oct_style = OctStyle(severity) if job.hard else None
+    oct_style = OctStyle(severity) if job.hard else None  # _OCT and _PAIRED
     scan = draw_oct(job.labels, rng=rng, width=job.width, height=job.height, eye=job.eye, style=oct_style)
     scan.image.save(job.path, "PNG")
     return {
@@ -607,6 +609,64 @@ def _write_info(
         info["render_height"] = p.render_height
         info["max_side"] = max_side
     (out / PHANTOM_INFO).write_text(json.dumps(info, indent=1) + "\n", encoding="utf-8")
+
+
+def add_paired_oct(
+    out_dir: str | Path,
+    *,
+    workers: int = 2,
+    progress: Callable[[int, int], None] | None = None,
+) -> Path:
+    """Add to a generated phantom the B-scan of every TRAINING fundus image's own eye (drawn from
+    its true findings and severities, from its own seed stream, so nothing already written
+    changes): ``oct_paired/<patient>_<eye>.png`` and ``oct_paired_manifest.csv`` (labels as the
+    fundus image is graded, the patient and eye of the photograph, ``fundus_path``). Paired data
+    the unpaired method never sees: it trains the paired upper bound. Returns the manifest."""
+    from predilect.manifest import read_manifest
+
+    out = Path(out_dir).resolve()
+    info_path = out / PHANTOM_INFO
+    if not info_path.is_file():
+        raise ConfigError(f"{out}: no {PHANTOM_INFO}; generate the phantom first (predilect phantom --out {out})")
+    info = json.loads(info_path.read_text(encoding="utf-8"))
+    catalog = Catalog.from_json((out / PHANTOM_CATALOG).read_text(encoding="utf-8"))
+    fundus = read_manifest(out / FUNDUS_MANIFEST, catalog=catalog)
+    hard = bool(info.get("oct_visible")) or info.get("preset") == "hard"
+    (out / "oct_paired").mkdir(exist_ok=True)
+    jobs, records = [], []
+    for i, record in enumerate(fundus):
+        if record.split != "train":
+            continue
+        truth = record.extra.get("true_labels", "")
+        drawn = frozenset() if truth in ("", "normal") else frozenset(truth.split(";"))
+        severity = tuple(
+            sorted(
+                (d, float(v))
+                for d, v in (pair.split(":") for pair in record.extra.get("severity", "").split(";") if pair)
+            )
+        )
+        path = out / "oct_paired" / f"{record.path.stem}.png"
+        jobs.append(
+            _Job(_PAIRED, i, int(info["seed"]), drawn, record.eye or "R", str(path), *OCT_FRAME, hard, severity)
+        )
+        extra = {
+            "true_labels": truth or "normal",
+            "severity": record.extra.get("severity", ""),
+            "modality": "oct",
+            "fundus_path": record.path.relative_to(out).as_posix(),
+        }
+        records.append(
+            Record(
+                path=path,
+                labels=record.labels,
+                patient_id=record.patient_id,
+                eye=record.eye,
+                split="train",
+                extra=extra,
+            )
+        )
+    _run_jobs(jobs, workers, progress)
+    return write_manifest(out / PAIRED_OCT_MANIFEST, records, catalog=catalog)
 
 
 def _split(camera: str) -> str:

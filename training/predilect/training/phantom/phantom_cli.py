@@ -23,7 +23,7 @@ from predilect.catalog import DEFAULT_CATALOG, Catalog, load_catalog
 from predilect.cli import add_dataclass_options, command, dataclass_from_args
 from predilect.manifest import label_counts, read_manifest
 from predilect.training.phantom.degrade import degrade_dataset, parse_kinds
-from predilect.training.phantom.generate import OCT_MANIFEST, PHANTOM_CATALOG, generate
+from predilect.training.phantom.generate import OCT_MANIFEST, PHANTOM_CATALOG, add_paired_oct, generate
 from predilect.training.phantom.presets import PRESETS
 
 
@@ -66,6 +66,16 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--source", type=Path, default=None, help="degrade this manifest's images; generate nothing")
     p.add_argument(
         "--catalog", type=Path, default=None, help="catalog JSON of --source (default: its folder's, else the default)"
+    )
+    p.add_argument(
+        "--paired-oct",
+        action="store_true",
+        help="also draw each training fundus image's own B-scan (oct_paired_manifest.csv: the paired upper bound)",
+    )
+    p.add_argument(
+        "--only-paired-oct",
+        action="store_true",
+        help="add those paired B-scans to the phantom already at --out; generate nothing else",
     )
     add_dataclass_options(p, PhantomOptions, title="data set")
     return p
@@ -117,6 +127,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         catalog = load_catalog(args.catalog or beside) if args.catalog or beside.is_file() else DEFAULT_CATALOG
         _degrade(args.source, args.out, catalog, opts if opts.degrade else replace(opts, degrade="all"))
         return 0
+    if args.only_paired_oct:
+        print(f"paired OCT: {add_paired_oct(args.out, workers=opts.workers, progress=_progress_printer())}")
+        return 0
     if opts.degrade:
         parse_kinds(opts.degrade)  # a typo fails before minutes of generation
     width, height = args.size or (None, None)
@@ -143,6 +156,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if oct_manifest.is_file():
         print(f"OCT manifest: {oct_manifest}")
         _print_summary(oct_manifest, catalog)
+    if args.paired_oct:
+        print(f"paired OCT: {add_paired_oct(args.out, workers=opts.workers, progress=_progress_printer())}")
     if opts.degrade:
         _degrade(manifest, args.out, catalog, opts)
     return 0

@@ -22,6 +22,7 @@ from predilect.training.datasets.adapters.base import (
 )
 from predilect.training.datasets.adapters.messidor import read_messidor2
 from predilect.training.datasets.adapters.multieye import MODALITIES, read_multieye
+from predilect.training.datasets.adapters.oct_public import read_kermany, read_octdl, read_octid
 from predilect.training.datasets.adapters.odir import read_odir
 from predilect.training.datasets.adapters.rfmid import read_rfmid
 
@@ -31,7 +32,11 @@ ADAPTERS: dict[str, Adapter] = {
     "aptos2019": read_aptos,
     "messidor2": read_messidor2,
     "multieye": MODALITIES["fundus"],
+    "multieye_all": MODALITIES["fundus_all"],
     "multieye_oct": MODALITIES["oct"],
+    "kermany_oct2017": read_kermany,
+    "octdl": read_octdl,
+    "octid": read_octid,
 }
 
 
@@ -53,9 +58,12 @@ __all__ = [
     "LabelMapper",
     "LabelMapping",
     "read_aptos",
+    "read_kermany",
     "read_messidor2",
     "read_multieye",
     "read_native",
+    "read_octdl",
+    "read_octid",
     "read_odir",
     "read_rfmid",
 ]

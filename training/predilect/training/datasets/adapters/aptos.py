@@ -5,9 +5,11 @@
     ROOT/test.csv            id_code             (no labels: not read)
 
 One image per row, no patient ids and no official validation split: splits are assigned by
-image hash. Grades map onto the catalog's referable-DR category (grade >= 2, moderate NPDR or
-worse) and proliferative DR (grade 4); grade 1 (mild NPDR) is neither normal nor referable, so
-it is unmapped unless the catalog or an override says otherwise.
+image hash, so the two eyes of one patient may fall in different splits and every image is its
+own bootstrap cluster (the report says so). Grades map onto the catalog's referable-DR
+category (grade >= 2, moderate NPDR or worse) and proliferative DR (grade 4); grade 1 (mild
+NPDR) is neither normal nor referable, so it is unmapped unless the catalog or an override says
+otherwise.
 """
 
 from __future__ import annotations
@@ -45,5 +47,10 @@ def _layout(root: Path) -> Iterator[NativeImage]:
         yield NativeImage(image, [str(grade)], extra={"grade": str(grade)})
 
 
-read_aptos = Adapter(NAME, MAPPING, _layout)
+read_aptos = Adapter(
+    NAME,
+    MAPPING,
+    _layout,
+    notes=("no patient ids: splits are per image (a patient's two eyes may be split) and so are bootstrap clusters",),
+)
 """Records of the labelled APTOS 2019 training images under a root folder."""

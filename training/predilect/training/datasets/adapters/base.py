@@ -47,6 +47,8 @@ class AdapterResult:
     """Native label -> number of images carrying it that no catalog id expresses."""
     skipped: Counter[str] = field(default_factory=Counter)
     """Reason -> number of images left out."""
+    notes: list[str] = field(default_factory=list)
+    """What a user of the manifest must know about how it was made (e.g. per-image splits)."""
 
     def summary(self) -> str:
         """A few lines for people: counts per split, unmapped labels, skipped images."""
@@ -62,6 +64,7 @@ class AdapterResult:
             )
         if self.skipped:
             lines.append("  skipped images: " + ", ".join(f"{k} ({v})" for k, v in self.skipped.most_common()))
+        lines += [f"  note: {note}" for note in self.notes]
         return "\n".join(lines)
 
 
@@ -121,7 +124,14 @@ class Skipped:
     reason: str
 
 
-Layout = Callable[[Path], Iterable["NativeImage | Skipped"]]
+@dataclass(frozen=True)
+class Note:
+    """Something the layout reader found that the report must say (e.g. which list it read)."""
+
+    text: str
+
+
+Layout = Callable[[Path], Iterable["NativeImage | Skipped | Note"]]
 """A data set's reader: the native images under a root folder, in order."""
 
 
@@ -134,6 +144,7 @@ class Adapter:
     name: str
     mapping: LabelMapping
     layout: Layout
+    notes: tuple[str, ...] = ()
 
     def __call__(
         self,
@@ -144,10 +155,13 @@ class Adapter:
         unmapped: str = "skip_if_unlabelled",
     ) -> AdapterResult:
         mapper = LabelMapper(self.mapping, catalog, overrides=overrides, policy=unmapped)
-        result = AdapterResult(self.name, [])
+        result = AdapterResult(self.name, [], notes=list(self.notes))
         for image in self.layout(Path(root)):
             if isinstance(image, Skipped):
                 result.skipped[image.reason] += 1
+                continue
+            if isinstance(image, Note):
+                result.notes.append(image.text)
                 continue
             labels = mapper.map(image.findings, result)
             if labels is not None:
