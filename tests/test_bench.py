@@ -97,6 +97,31 @@ def test_locust_distributed_writes_csv_when_master_and_one_worker(tmp_path, trit
     assert result.requests > 0 and result.failures == 0
 
 
+def test_run_locust_finishes_and_writes_stats_when_64_users_screen(tmp_path, monkeypatch, triton_server, fundus_jpeg):
+    """A high-concurrency point runs to completion: the Locust process leaves after writing its statistics
+    instead of risking gRPC's gevent teardown deadlock (experiments/2026-12-07-locust-64-users)."""
+    from predilect.benchmarks import locust_runner
+    from predilect.benchmarks.payloads import write_list
+
+    images = []
+    for k in range(4):
+        images.append(tmp_path / f"fundus{k}.jpg")
+        images[-1].write_bytes(fundus_jpeg(k))
+    monkeypatch.setattr(locust_runner, "_GRACE_S", 30)  # a 44 s limit on a 4 s point
+    prefix = tmp_path / "csv" / "u64"
+    result = locust_runner.run_locust(
+        "TritonGrpcUser",
+        triton_server.grpc_url,
+        users=64,
+        run_time_s=4,
+        images_list=write_list(images, tmp_path / "images.txt"),
+        csv_prefix=prefix,
+        request_timeout_s=10.0,
+    )
+    assert Path(f"{prefix}_stats.csv").is_file()
+    assert result.users == 64 and result.requests > 0
+
+
 def test_bench_decoders_reports_floor_ratio_and_bootstrap_when_run_small(tmp_path, pipeline):
     from predilect.cli import main
 

@@ -13,9 +13,11 @@ number of users is the number of requests in flight.
 
 from __future__ import annotations
 
+import atexit
 import itertools
 import os
 import random
+import sys
 import time
 from pathlib import Path
 
@@ -47,6 +49,25 @@ def _load_payloads(environment, **_kwargs) -> None:
     if not paths:
         raise SystemExit(f"{listing} lists no images")
     _PAYLOADS[:] = [p.read_bytes() for p in paths]
+
+
+@events.quit.add_listener
+def _leave_without_teardown(exit_code: int, **_kwargs) -> None:
+    """Once Locust has printed and written its statistics, leave before the interpreter's teardown.
+
+    At teardown gRPC's gevent integration can deadlock: its atexit hook wakes the worker it keeps in
+    gevent's thread pool, which then holds gRPC's channel-count mutex while it waits for a GIL a
+    finalising interpreter never gives back, and a Triton client freed by the last garbage
+    collection closes its channel again from ``__del__`` and blocks on that mutex. Registered
+    last, this hook runs first, after Locust has closed its CSV files.
+    """
+    atexit.register(_exit_now, exit_code)
+
+
+def _exit_now(exit_code: int) -> None:
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(exit_code)
 
 
 def _payload_cycle():
