@@ -19,6 +19,7 @@ from predilect.outdir import OutFolderError, check_out_folder, out_folder
 
 __all__ = [
     "CATALOG_FILE",
+    "catalog_text",
     "EXAMS_FILE",
     "JOURNAL_FILE",
     "OVERLAYS_DIR",
@@ -37,10 +38,15 @@ OVERLAYS_DIR = "overlays"
 REPORT_DIR = "report"
 
 
+def catalog_text(catalog: Catalog) -> str:
+    """The text of ``catalog.json``: what ``read_catalog`` reads back."""
+    return catalog.to_json() + "\n"
+
+
 def write_catalog(folder: Path, catalog: Catalog) -> Path:
     """Write the catalog a run screened with beside its journal (``catalog.json``)."""
     path = folder / CATALOG_FILE
-    path.write_text(catalog.to_json() + "\n", encoding="utf-8")
+    path.write_text(catalog_text(catalog), encoding="utf-8")
     return path
 
 

@@ -205,8 +205,8 @@ class DicomGateway:
             folder.mkdir(parents=True, exist_ok=True)
             os.chmod(folder, DIR_MODE)
         self.client.connect()
-        catalog_json = self.client.catalog.to_json() + "\n"
-        _write_private(self.config.results_dir / results_folder.CATALOG_FILE, catalog_json.encode("utf-8"))
+        catalog_json = results_folder.catalog_text(self.client.catalog).encode("utf-8")
+        _write_private(self.config.results_dir / results_folder.CATALOG_FILE, catalog_json)
         self._done = self._journal.open()
         for partial in self.config.incoming_dir.glob(".*.part"):
             partial.unlink(missing_ok=True)  # a write cut short by a crash
