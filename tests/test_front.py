@@ -279,9 +279,10 @@ def test_front_keeps_one_client_connection_and_reuses_upstream_ones_when_channel
         assert _client_connections(open_front.grpc_port) == first, "the channel had to reconnect: a GOAWAY"
     # Kept upstream connections stay open from sample to sample; one per request would close each
     # after its call. Under CPU load nginx may open a few more (a call arriving before the last one's
-    # connection is back in the pool), so the test asks that one lasts, not how many there are.
+    # connection is back in the pool) and let an old one go, so the test asks that a connection serves
+    # calls from more than one sample (50 calls apart), which a connection per request never does.
     lasting = max((sum(inode in sample for sample in samples) for inode in set().union(*samples)), default=0)
-    assert lasting >= len(samples) // 2, f"no upstream connection outlived {lasting} of {len(samples)} samples"
+    assert lasting >= 2, f"no upstream connection outlived one of {len(samples)} samples: one per request"
 
 
 def test_front_config_names_limits_allow_list_and_connection_settings_when_rendered(tmp_path: Path) -> None:
