@@ -67,7 +67,8 @@ VALIDATE_MODEL = "validate_image"
 VALID_IMAGE = "VALID_IMAGE"
 """UINT8 [1, n_bytes]: the IMAGE bytes that passed ``validate_image``, unchanged."""
 FOV_EXTENT = "FOV_EXTENT"
-"""FP32 [batch, 2]: field-of-view width and height in source pixels, measured by the DALI step."""
+"""FP32 [batch, 2]: the square the DALI step crops, (side, side) in source pixels, measured on the host
+(``predilect.preprocess.field``): the field of view's diameter, scaled to the model's field angle."""
 FRAME_EXTENT = "FRAME_EXTENT"
 """FP32 [batch, 2]: width and height in pixels of the photograph the DALI step decoded (EXIF orientation
 applied): with ``FOV_EXTENT``, what ``postprocess`` places ``FIELD_BOX`` from."""
@@ -145,6 +146,12 @@ export shift metrics (their histogram buckets)."""
 REQUEST_CAMERA = "predilect.camera"
 """Optional request parameter (string): the camera that took the photograph (a DICOM Manufacturer and model,
 or what the caller names), the ``camera`` label of the served shift metrics."""
+REQUEST_FIELD_ANGLE_DEG = "predilect.field_angle_deg"
+"""Optional request parameter (number, degrees): the camera's field angle, the retinal angle its field of
+view's diameter spans (a DICOM instance's Horizontal Field of View (0022,000C); the device's published
+field). Preprocessing scales the crop so that the model's square spans the model's own field angle
+(``PreprocessCfg.field_angle_deg``): a wide-field photograph is cut to its posterior pole, a narrow one
+placed on black at the scale the model was trained at. Without it, the field is taken as the model's."""
 
 # Backend parameters, read by the Python-backend models at initialize.
 KEY_DECODE_THREADS = "predilect.decode_threads"

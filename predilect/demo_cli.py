@@ -16,7 +16,6 @@ import argparse
 import json
 import time
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -163,15 +162,13 @@ def _export(args: argparse.Namespace, checkpoint: Path, manifest: Path) -> Path:
     return onnx_path
 
 
-def _screen_all(url: str, paths: list[Path], concurrency: int):
-    from predilect.client import ScreeningClient
+def _screen_all(url: str, records, concurrency: int):
+    from predilect.benchmarks.cameras_cli import screen_records
 
-    with ScreeningClient(url) as client, ThreadPoolExecutor(max_workers=concurrency) as pool:
-        list(pool.map(client.screen, paths[: min(len(paths), concurrency)]))  # warm-up
-        start = time.monotonic()
-        results = list(pool.map(client.screen, paths))
-        seconds = time.monotonic() - start
-    return results, seconds
+    screen_records(url, records[: min(len(records), concurrency)], concurrency)  # warm-up
+    start = time.monotonic()
+    results = screen_records(url, records, concurrency)
+    return results, time.monotonic() - start
 
 
 def _print_table(records, results, ids: list[str], rows: int) -> None:
@@ -203,7 +200,7 @@ def _serve_and_screen(args: argparse.Namespace, repository: Path, manifest: Path
         print(f"      tritonserver ready: gRPC {server.grpc_url}, HTTP {server.http_url}, metrics {server.metrics_url}")
         t0 = _step(6, "screening the held-out images through the gRPC client")
         records = read_manifest(manifest, catalog=catalog, split="test")
-        results, seconds = _screen_all(server.grpc_url, [r.path for r in records], args.concurrency)
+        results, seconds = _screen_all(server.grpc_url, records, args.concurrency)
     ids = list(results[0].scores)
     _print_table(records, results, ids, args.rows)
     # The model's AUROC over every image: ungradable ones included through their audit probabilities.

@@ -16,6 +16,9 @@ One row per image, a header row first. Columns, in any order:
 * ``capture`` (optional): what the camera recorded, one of ``CAPTURES`` (empty or missing: ``colour``).
   A colour screening model trains and is evaluated on ``COLOUR_CAPTURES`` only (``colour_screened``):
   a red-free photograph is another image type, for the gradability step to name, never to screen as colour.
+* ``field_angle_deg`` (optional): the camera's field angle in degrees (empty or missing: the model's,
+  ``PreprocessCfg.field_angle_deg``); training and evaluation send it to preprocessing as a client sends
+  ``contract.REQUEST_FIELD_ANGLE_DEG``, so every camera reaches the model at one retinal scale.
 * any other column (``camera``, ``severity``, ``degradation``, ``modality`` ...) is kept in
   ``Record.extra`` and written back by ``write_manifest``.
 
@@ -39,6 +42,7 @@ import numpy as np
 from predilect.catalog import DEFAULT_CATALOG, NORMAL_LABEL, Catalog
 from predilect.contract import EYES, parse_eye
 from predilect.errors import UserError
+from predilect.preprocess.config import check_field_angle
 
 SPLITS = ("train", "val", "test")
 LEGACY_SPLITS = {"heldout": "test"}
@@ -50,6 +54,7 @@ BASE_COLUMNS = ("path", "patient_id", "eye", "split", "labels")
 """The columns ``write_manifest`` writes first, in this order."""
 LABEL_SEPARATOR = ";"
 CAPTURE_COLUMN = "capture"
+FIELD_ANGLE_COLUMN = "field_angle_deg"
 CAPTURES = ("colour", "pseudo_colour", "red_free")
 """What a photograph records: true colour, a two-laser pseudo-colour composite, or the green (red-free) band alone."""
 COLOUR_CAPTURES = ("colour", "pseudo_colour")
@@ -120,6 +125,17 @@ def capture_of(record: Record) -> str:
     if value not in CAPTURES:
         raise ManifestError(f"{record.path}: capture must be one of {CAPTURES}, got {value!r}")
     return value
+
+
+def field_angle_of(record: Record) -> float | None:
+    """The record's ``field_angle_deg`` (None when the column is missing or empty); ManifestError for a bad one."""
+    value = record.extra.get(FIELD_ANGLE_COLUMN, "").strip()
+    if not value:
+        return None
+    try:
+        return check_field_angle(value)
+    except ValueError as e:
+        raise ManifestError(f"{record.path}: {FIELD_ANGLE_COLUMN}: {e}") from e
 
 
 def colour_screened(records: Iterable[Record]) -> list[Record]:

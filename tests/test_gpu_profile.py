@@ -162,7 +162,7 @@ def test_gpu_profile_places_dali_and_tensorrt_on_gpu_when_assembled(gpu_reposito
     assert not isinstance(field, InvalidImageError)
     fov = jpeg.parent / warm.inputs[contract.FOV_EXTENT].input_data_file
     assert list(warm.inputs[contract.FOV_EXTENT].dims) == [2]
-    assert fov.read_bytes() == field.fov_extent().astype("<f4").tobytes()  # the warm-up's own field
+    assert fov.read_bytes() == field.crop_extent().astype("<f4").tobytes()  # the warm-up's own field
 
 
 def test_engine_request_spans_serving_batch_profile_when_assembled(gpu_repository) -> None:
@@ -311,8 +311,8 @@ def test_cpu_twin_equals_reference_preprocessing_when_same_images() -> None:
         assert np.array_equal(np.array(tensors[i]), expected[i])
         rgb = np.asarray(Image.open(io.BytesIO(image.tobytes())).convert("RGB"))
         inside = rgb.max(axis=2) > cfg.fov_threshold  # 400 x 300: measured at full resolution
-        extent = [inside.any(axis=0).sum(), inside.any(axis=1).sum()]
-        assert fields[i][contract.FOV_EXTENT][0].tolist() == extent
+        side = max(inside.any(axis=0).sum(), inside.any(axis=1).sum())
+        assert fields[i][contract.FOV_EXTENT][0].tolist() == [side, side]  # the square DALI crops
         assert fields[i][contract.FRAME_EXTENT][0].tolist() == [rgb.shape[1], rgb.shape[0]]
 
 
@@ -604,10 +604,14 @@ def test_gpu_profile_screens_like_cpu_profile_when_dali_twin_preprocesses_same_i
     cpu = FusedScreen(Preprocessor(cfg, max_batch_size=8, num_threads=1), classifier, screening).run(
         [image[np.newaxis] for image in images]
     )
-    rows = _twin_rows(cfg, images)
+    # validate_image refuses an image without a field of view before DALI, with the CPU profile's words.
+    checked = validate_requests([image[np.newaxis] for image in images], cfg)
+    kept = [i for i, c in enumerate(checked) if not isinstance(c, InvalidImageError)]
+    rows = _twin_rows(cfg, [images[i] for i in kept])
     for row in rows:
         (row[contract.LOGITS],) = classifier.run([row[contract.PIXELS]])
-    gpu = screen_requests(screening, rows)
+    screened = iter(screen_requests(screening, rows))
+    gpu = [next(screened) if i in kept else checked[i] for i in range(len(images))]
     for name, cpu_answer, gpu_answer in zip(SAME_IMAGES, cpu, gpu, strict=True):
         if isinstance(cpu_answer, InvalidImageError):
             assert isinstance(gpu_answer, InvalidImageError) and str(gpu_answer) == str(cpu_answer), name

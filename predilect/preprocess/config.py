@@ -17,6 +17,8 @@ INTERPOLATIONS = ("linear", "cubic", "lanczos3", "triangular")
 """The antialiased resize filters; each decoder maps them to its library's own."""
 DECODERS = ("pil_draft", "dali_cpu", "dali_mixed")
 """The decoders, each a module of ``predilect.preprocess.decoders`` of the same name."""
+FIELD_ANGLES_DEG = (10.0, 220.0)
+"""Field angles a fundus camera has, degrees: a direct ophthalmoscope's narrowest to an ultra-wide-field scanner."""
 
 
 @dataclass(frozen=True)
@@ -39,6 +41,13 @@ class PreprocessCfg:
             frame with the same crop (``Preprocessor.run(..., quality=True)``); the ``pil_draft``
             decoder then decodes for ``max(size, quality_size)`` so that neither square is upsampled,
             for training as for serving. Older cfg JSON without the key reads as 224.
+        field_angle_deg: the retinal angle, in degrees, that the model square's side spans (the field
+            angle of the cameras the model is trained for). A request naming its camera's field angle
+            A (``contract.REQUEST_FIELD_ANGLE_DEG``) is cropped to ``field_angle_deg / A`` of its field's
+            diameter, so every camera reaches the model at one retinal scale; a field that fills the
+            frame (all four corners lit: a crop inside the field) is taken to be the frame's
+            circumscribed circle, the smallest field a crop without black corners fits in. None (cfg
+            JSON written before the key) keeps the older crop: the lit extent, no request angle.
     """
 
     size: int = 224
@@ -50,6 +59,7 @@ class PreprocessCfg:
     min_side_px: int = 64
     max_pixels: int = 40_000_000
     quality_size: int = 224
+    field_angle_deg: float | None = 45.0
 
     def __post_init__(self) -> None:
         if self.size < 16:
@@ -66,6 +76,14 @@ class PreprocessCfg:
             raise ConfigError(f"decoder must be one of {DECODERS}, got {self.decoder!r}")
         if not 0 <= self.fov_threshold < 255:
             raise ConfigError(f"fov_threshold must be an 8-bit level, got {self.fov_threshold}")
+        if self.field_angle_deg is not None and not FIELD_ANGLES_DEG[0] <= self.field_angle_deg <= FIELD_ANGLES_DEG[1]:
+            raise ConfigError(f"field_angle_deg must lie in {list(FIELD_ANGLES_DEG)}, got {self.field_angle_deg}")
+
+    def crop_scale(self, field_angle_deg: float | None) -> float:
+        """The crop's side over the field's diameter for a photograph of ``field_angle_deg`` (None: the model's)."""
+        if self.field_angle_deg is None or field_angle_deg is None:
+            return 1.0
+        return self.field_angle_deg / field_angle_deg
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -94,7 +112,22 @@ class PreprocessCfg:
         data = json.loads(text)
         for key in ("mean", "std"):
             data[key] = tuple(data[key])
+        data.setdefault("field_angle_deg", None)  # written before the key: the older crop
         return cls(**data)
+
+
+def check_field_angle(value: object) -> float:
+    """A camera field angle in degrees from a request or a manifest; ValueError names what is wrong."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise ValueError(f"a field angle must be a number of degrees, got {type(value).__name__}")
+    try:
+        angle = float(value)
+    except ValueError as e:
+        raise ValueError(f"a field angle must be a number of degrees, got {value!r}") from e
+    if not FIELD_ANGLES_DEG[0] <= angle <= FIELD_ANGLES_DEG[1]:
+        low, high = FIELD_ANGLES_DEG
+        raise ValueError(f"a field angle must lie in [{low:g}, {high:g}] degrees, got {angle:g}")
+    return angle
 
 
 def dali_inputs() -> tuple[str, ...]:

@@ -81,7 +81,8 @@ def fundus_graph(
     cfg: PreprocessCfg, encoded: Any, fov_extent: Any, *, hw_decoder_load: float | None = None
 ) -> tuple[Any, ...]:
     """The DALI operators derived from ``cfg``, applied to ``encoded`` (a DataNode of encoded bytes) and
-    ``fov_extent`` (a CPU DataNode: the field of view's float32 ``(width, height)`` in source pixels).
+    ``fov_extent`` (a CPU DataNode: the square to crop, float32 ``(side, side)`` in source pixels, measured
+    on the host: ``field.HostField.crop_extent``).
 
     Returns the nodes that ``dali_outputs(cfg)`` names, in its order: the CHW float32 tensor and, with
     ``cfg.separate_quality_square``, the same cropped square resized to ``cfg.quality_size`` as uint8
@@ -93,8 +94,9 @@ def fundus_graph(
     mixed = where.decode_device == "mixed"
     decode_args = {"hw_decoder_load": hw_decoder_load} if mixed and hw_decoder_load is not None else {}
     image = fn.decoders.image(encoded, device=where.decode_device, output_type=types.RGB, **decode_args)
-    # Square of side max(w, h), centred as fundus cameras centre the disc; where the disc is clipped
-    # by the frame the crop reaches past it and is padded with black. CPU arithmetic on a CPU input.
+    # Square of the side measured on the host, centred as fundus cameras centre the disc; where it reaches
+    # past the frame (a disc clipped by the frame, a narrow field) it is padded with black. CPU arithmetic
+    # on a CPU input.
     side = dmath.max(fov_extent[0], fov_extent[1])
     side = side + fn.cast(side < 1.0, dtype=types.FLOAT)  # an all-black frame: keep DALI valid
     square = fn.crop(image, crop_w=side, crop_h=side, out_of_bounds_policy="pad", fill_values=0)
@@ -193,8 +195,9 @@ def build_pipeline(
 def run_pipeline(
     pipe: Any, cfg: PreprocessCfg, images: Sequence[np.ndarray], fov_extents: Sequence[np.ndarray]
 ) -> dict[str, list[np.ndarray]]:
-    """Feed ``images`` (1-D uint8 each) and their ``fov_extents`` (float32 ``(width, height)``) to a built
-    pipeline and run it once: per ``dali_outputs(cfg)`` name, one host array per image."""
+    """Feed ``images`` (1-D uint8 each) and their ``fov_extents`` (float32 ``(side, side)``:
+    ``HostField.crop_extent``) to a built pipeline and run it once: per ``dali_outputs(cfg)`` name, one
+    host array per image."""
     pipe.feed_input(contract.IMAGE, list(images))
     pipe.feed_input(contract.FOV_EXTENT, [np.asarray(f, np.float32) for f in fov_extents])
     outputs = pipe.run()
@@ -233,7 +236,7 @@ class DaliDecoder:
                 self.cfg, batch_size=self.max_batch_size, num_threads=self.num_threads, device_id=self.device_id
             )
         try:
-            return run_pipeline(self._pipe, self.cfg, images, [f.fov_extent() for f in fields])
+            return run_pipeline(self._pipe, self.cfg, images, [f.crop_extent() for f in fields])
         except RuntimeError:
             self._pipe = None  # DALI invalidates a pipeline after a critical error
             raise
@@ -271,7 +274,9 @@ class DaliDecoder:
         planes = None
         if quality and cfg.separate_quality_square:
             planes = np.stack(out[contract.QUALITY_SQUARE]) if kept else np.empty((0, *cfg.quality_shape), np.uint8)
-        return DecodedBatch(pixels, errors, [f.fov for f in fields], [f.frame for f in fields], planes)
+        return DecodedBatch(
+            pixels, errors, [f.fov for f in fields], [f.frame for f in fields], planes, [f.side for f in fields]
+        )
 
     def close(self) -> None:
         self._pipe = None

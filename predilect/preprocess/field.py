@@ -25,14 +25,16 @@ from predilect.preprocess.result import InvalidImageError, decode_failure
 
 @dataclass(frozen=True)
 class HostField:
-    """One image's field of view and decoded frame, ``(width, height)`` each, in source pixels as displayed."""
+    """One image's field of view and decoded frame, ``(width, height)`` each, and the side of the square
+    to crop (``result.crop_side``), in source pixels as displayed."""
 
     fov: tuple[float, float]
     frame: tuple[float, float]
+    side: float
 
-    def fov_extent(self) -> np.ndarray:
-        """``FOV_EXTENT`` as the DALI graph reads it: float32 ``(width, height)``."""
-        return np.asarray(self.fov, np.float32)
+    def crop_extent(self) -> np.ndarray:
+        """``FOV_EXTENT`` as the DALI graph reads it: float32 ``(side, side)``, the square it crops."""
+        return np.asarray((self.side, self.side), np.float32)
 
     def frame_extent(self) -> np.ndarray:
         """``FRAME_EXTENT``: float32 ``(width, height)`` of the decoded photograph."""
@@ -40,12 +42,13 @@ class HostField:
 
 
 def measure_field(item: Sniffed, cfg: PreprocessCfg) -> HostField | InvalidImageError:
-    """The field of view of one sniffed payload, or its rejection when its bytes do not decode cleanly."""
+    """The field of view of one sniffed payload (and the crop its ``field_angle_deg`` asks for), or its
+    rejection when its bytes do not decode cleanly."""
     try:
-        field = draft_field(item.data, cfg, item.header)
+        field = draft_field(item.data, cfg, item.header, field_angle_deg=item.field_angle_deg)
     except InvalidImageError as e:
         return e
     # libjpeg-turbo's corrupt-data warnings (strict decoding) and Pillow's format errors: this payload's own.
     except (ValueError, OSError) as e:
         return decode_failure(e)
-    return HostField(field.fov, field.frame)
+    return HostField(field.fov, field.frame, field.side)

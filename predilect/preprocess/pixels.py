@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from predilect.manifest import Record
+from predilect.manifest import Record, field_angle_of
 from predilect.preprocess.config import PreprocessCfg
 from predilect.preprocess.runner import Preprocessor
 
@@ -23,8 +23,14 @@ def _cache_key(records: Sequence[Record], cfg: PreprocessCfg) -> str:
     digest = hashlib.sha256(cfg.to_json().encode())
     for r in records:
         stat = r.path.stat()
-        digest.update(f"{r.path}|{stat.st_size}|{stat.st_mtime_ns}".encode())
+        digest.update(f"{r.path}|{stat.st_size}|{stat.st_mtime_ns}|{field_angle_of(r)}".encode())
     return digest.hexdigest()[:16]
+
+
+def _run(preprocessor: Preprocessor, chunk: Sequence[Record]) -> np.ndarray:
+    """The model inputs of ``chunk``, each with its camera's field angle (``manifest.field_angle_of``)."""
+    done = preprocessor.run([r.path.read_bytes() for r in chunk], field_angles_deg=[field_angle_of(r) for r in chunk])
+    return done.pixels_or_raise()
 
 
 def load_fundus_pixels(
@@ -47,7 +53,7 @@ def load_fundus_pixels(
     out = np.empty((len(records), *cfg.input_shape), dtype=np.float32)
     for start in range(0, len(records), batch_size):
         chunk = records[start : start + batch_size]
-        out[start : start + len(chunk)] = preprocessor.run([r.path.read_bytes() for r in chunk]).pixels_or_raise()
+        out[start : start + len(chunk)] = _run(preprocessor, chunk)
         if progress:
             progress(start + len(chunk), len(records))
     if cache is not None:
@@ -79,7 +85,7 @@ def load_fundus_squares(
     out = np.empty((len(records), side, side, 3), dtype=np.uint8)
     for start in range(0, len(records), batch_size):
         chunk = records[start : start + batch_size]
-        pixels = preprocessor.run([r.path.read_bytes() for r in chunk]).pixels_or_raise()
+        pixels = _run(preprocessor, chunk)
         out[start : start + len(chunk)] = planes_from_pixels(pixels, cfg.mean, cfg.std).transpose(0, 2, 3, 1)
     if cache is not None:
         _save_atomically(cache, out)

@@ -6,6 +6,7 @@ without any decoder installed.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,10 +28,21 @@ FieldBox = tuple[float, float, float, float]
 x right and y down, 0..1 across the image (beyond where the square reaches past the frame)."""
 
 
-def field_box_in_frame(width: float, height: float, fov_w: float, fov_h: float) -> FieldBox:
-    """The square that preprocessing crops (centred, of side ``max(fov_w, fov_h)`` source pixels) in a
-    ``width`` x ``height`` photograph (as displayed: EXIF orientation applied), normalised."""
-    side = max(fov_w, fov_h, 1.0)
+def crop_side(fov_w: float, fov_h: float, *, fills_frame: bool, scale: float) -> float:
+    """The side, in source pixels, of the square preprocessing crops: the field's diameter (the lit extent's
+    larger side; the frame's diagonal when the field fills the frame) times ``scale``
+    (``PreprocessCfg.crop_scale`` of the photograph's field angle)."""
+    diameter = math.hypot(fov_w, fov_h) if fills_frame else max(fov_w, fov_h)
+    return diameter * scale
+
+
+def field_box_in_frame(
+    width: float, height: float, fov_w: float, fov_h: float, *, side: float | None = None
+) -> FieldBox:
+    """The square that preprocessing crops (centred, of side ``side`` source pixels; by default
+    ``max(fov_w, fov_h)``) in a ``width`` x ``height`` photograph (as displayed: EXIF orientation
+    applied), normalised."""
+    side = max(max(fov_w, fov_h) if side is None else side, 1.0)
     left, top = (width - side) / 2.0, (height - side) / 2.0
     return (left / width, top / height, (left + side) / width, (top + side) / height)
 

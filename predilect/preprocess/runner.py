@@ -34,11 +34,21 @@ class Preprocessor:
     _decoder: Decoder | None = field(default=None, init=False, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
 
-    def run(self, payloads: Sequence[Payload], *, quality: bool = False) -> Preprocessed:
+    def run(
+        self,
+        payloads: Sequence[Payload],
+        *,
+        quality: bool = False,
+        field_angles_deg: Sequence[float | None] | None = None,
+    ) -> Preprocessed:
         """Preprocess encoded images; ``quality``: also cut the squares the gradability step measures
-        (``Preprocessed.quality_planes``, where ``cfg.separate_quality_square``)."""
+        (``Preprocessed.quality_planes``, where ``cfg.separate_quality_square``); ``field_angles_deg``:
+        per payload, the field angle of its camera (None: the model's; ``PreprocessCfg.crop_scale``)."""
+        if field_angles_deg is not None and len(field_angles_deg) != len(payloads):
+            raise ValueError(f"{len(field_angles_deg)} field angles for {len(payloads)} payloads")
+        angles = list(field_angles_deg) if field_angles_deg is not None else [None] * len(payloads)
         with self._lock:
-            return self._run(payloads, quality=quality)
+            return self._run(payloads, angles, quality=quality)
 
     def close(self) -> None:
         """Release the decoder's threads and pipeline; a later ``run`` opens it again."""
@@ -47,13 +57,13 @@ class Preprocessor:
                 self._decoder.close()
                 self._decoder = None
 
-    def _run(self, payloads: Sequence[Payload], *, quality: bool) -> Preprocessed:
+    def _run(self, payloads: Sequence[Payload], angles: Sequence[float | None], *, quality: bool) -> Preprocessed:
         errors: list[InvalidImageError | None] = [None] * len(payloads)
         valid: list[tuple[int, Sniffed]] = []
-        for i, payload in enumerate(payloads):
+        for i, (payload, angle) in enumerate(zip(payloads, angles, strict=True)):
             try:
                 array = as_uint8(payload)
-                valid.append((i, Sniffed(array, inspect_image(array, self.cfg))))
+                valid.append((i, Sniffed(array, inspect_image(array, self.cfg), angle)))
             except InvalidImageError as e:
                 errors[i] = e
             # The per-payload boundary, as in the decoders: what reading this header raised is its rejection.
@@ -70,9 +80,9 @@ class Preprocessor:
         done = joined(self.cfg, batches, quality=quality)
         boxes: list[FieldBox | None] = [None] * len(payloads)
         frames: list[tuple[float, float] | None] = [None] * len(payloads)
-        for (i, _), error, fov, frame in zip(valid, done.errors, done.fov, done.frames, strict=True):
+        for (i, _), error, fov, frame, side in zip(valid, done.errors, done.fov, done.frames, done.sides, strict=True):
             if error is not None:
                 errors[i] = error
             else:
-                boxes[i], frames[i] = field_box_in_frame(*frame, *fov), frame
+                boxes[i], frames[i] = field_box_in_frame(*frame, *fov, side=side), frame
         return Preprocessed(done.pixels, errors, boxes, frames, done.planes)

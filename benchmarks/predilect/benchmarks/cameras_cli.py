@@ -37,7 +37,7 @@ from predilect.artifacts import default_artifacts
 from predilect.benchmarks import machine
 from predilect.catalog import load_catalog
 from predilect.cli import CommandError, command
-from predilect.manifest import Record, read_manifest
+from predilect.manifest import Record, field_angle_of, read_manifest
 from predilect.training.by_camera import (
     TARGET_GAP,
     CameraComparison,
@@ -97,7 +97,7 @@ def screen(
     with TritonServer(
         model_repository=repository, grpc_port=free_port(), http_port=free_port(), metrics_port=free_port()
     ) as server:
-        results = _screen_all(server.grpc_url, [r.path for r in records], concurrency)
+        results = screen_records(server.grpc_url, records, concurrency)
     ids = list(results[0].scores)
     scores = np.array([[r.scores[d] for d in ids] for r in results])
     gradable = np.array([r.gradable for r in results], bool)
@@ -106,11 +106,23 @@ def screen(
     return Screened(records, scores, gradable, ids)
 
 
-def _screen_all(url: str, paths: list[Path], concurrency: int) -> list[Any]:
+def screen_records(url: str, records: Sequence[Record], concurrency: int) -> list[Any]:
+    """Screen ``records`` through the client, ``concurrency`` at a time, each sent with its camera's field
+    angle (``manifest.field_angle_of``: one client per angle, as a site configures one per camera); the
+    results in record order."""
     from predilect.client import ScreeningClient
 
-    with ScreeningClient(url) as client, ThreadPoolExecutor(max_workers=concurrency) as pool:
-        return list(pool.map(client.screen, paths))
+    by_angle: dict[float | None, list[int]] = {}
+    for i, record in enumerate(records):
+        by_angle.setdefault(field_angle_of(record), []).append(i)
+    results: list[Any] = [None] * len(records)
+    with ThreadPoolExecutor(max_workers=concurrency) as pool:
+        for angle, index in by_angle.items():
+            with ScreeningClient(url, field_angle_deg=angle) as client:
+                paths = [records[i].path for i in index]
+                for i, result in zip(index, pool.map(client.screen, paths), strict=True):
+                    results[i] = result
+    return results
 
 
 def _interval(value: Any) -> str:

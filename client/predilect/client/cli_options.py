@@ -29,4 +29,5 @@ def client_from_args(args: argparse.Namespace) -> ScreeningClient:
         auth_token=token,
         tls=options.tls(),
         camera=options.camera,
+        field_angle_deg=options.field_angle_deg,
     )

@@ -171,7 +171,11 @@ def screen_prepared(
         protocol.check_heatmaps(served, url=settings.url, model_name=settings.model_name)
     inputs, outputs = protocol.infer_inputs(prepared.payload), protocol.requested_outputs(heatmaps=heatmaps)
     camera = prepared.camera or settings.camera
-    extra = {"parameters": {contract.REQUEST_CAMERA: camera}} if camera else {}
+    angle = prepared.field_angle_deg if prepared.field_angle_deg is not None else settings.field_angle_deg
+    parameters: dict[str, str | float] = {contract.REQUEST_CAMERA: camera} if camera else {}
+    if angle is not None:
+        parameters[contract.REQUEST_FIELD_ANGLE_DEG] = angle
+    extra = {"parameters": parameters} if parameters else {}
     start = time.perf_counter()
     response = yield from call(
         settings,
@@ -291,6 +295,7 @@ class ClientBase:
         keepalive_time_s: float = DEFAULT_KEEPALIVE_TIME_S,
         keepalive_timeout_s: float = DEFAULT_KEEPALIVE_TIMEOUT_S,
         camera: str | None = None,
+        field_angle_deg: float | None = None,
     ) -> None:
         self._settings = ClientSettings(
             url,
@@ -305,6 +310,7 @@ class ClientBase:
             keepalive_time_s=keepalive_time_s,
             keepalive_timeout_s=keepalive_timeout_s,
             camera=camera,
+            field_angle_deg=field_angle_deg,
         )
         self.url, self.model_name, self.timeout_s = self._settings.url, model_name, timeout_s
         self._client: Any = None  # the face's tritonclient InferenceServerClient, once connected

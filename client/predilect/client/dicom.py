@@ -67,6 +67,11 @@ def camera(dataset: Dataset) -> str | None:
     return reader.camera(dataset)
 
 
+def field_angle(dataset: Dataset) -> float | None:
+    """The camera's field angle in the header (Horizontal Field of View), degrees, or None."""
+    return reader.field_angle(dataset)
+
+
 def identity(dataset: Dataset) -> tuple[str | None, str | None]:
     """(patient ID, eye) from the header, for local bookkeeping only."""
     return reader.identity(dataset)

@@ -28,6 +28,7 @@ class Prepared:
     sop_instance_uid: str | None = None
     frame: int | None = None
     camera: str | None = None
+    field_angle_deg: float | None = None
 
 
 MAX_IMAGE_BYTES = 32 * 1024 * 1024
@@ -62,9 +63,15 @@ def _plain(data: bytes) -> Prepared:
 
 
 def _frames(dataset: Any) -> Iterator[Prepared]:
-    camera = dicom.camera(dataset)
+    camera, angle = dicom.camera(dataset), dicom.field_angle(dataset)
     for frame in dicom.iter_frames(dataset):
-        yield Prepared(payload=frame.payload, sop_instance_uid=frame.sop_instance_uid, frame=frame.frame, camera=camera)
+        yield Prepared(
+            payload=frame.payload,
+            sop_instance_uid=frame.sop_instance_uid,
+            frame=frame.frame,
+            camera=camera,
+            field_angle_deg=angle,
+        )
 
 
 def prepare(image: ImageInput) -> Iterator[Prepared]:

@@ -71,6 +71,11 @@ class ScreeningClient(ClientBase):
         keepalive_time_s, keepalive_timeout_s: HTTP/2 keepalive pings while calls are in flight.
         camera: the camera these photographs come from, sent with each request (``contract.REQUEST_CAMERA``)
             for the server's per-camera shift metrics; a DICOM instance's own Manufacturer and model win.
+        field_angle_deg: the camera's field angle in degrees, sent with each request
+            (``contract.REQUEST_FIELD_ANGLE_DEG``): the server scales its crop so that the model sees the
+            retina at the scale it was trained at (a wide-field photograph's posterior pole); a DICOM
+            instance's own Horizontal Field of View wins. Without it the camera is taken to have the
+            model's field angle (``PreprocessCfg.field_angle_deg``, 45 degrees by default).
     """
 
     _new_lock = threading.Lock

@@ -14,6 +14,7 @@ from predilect.client import network, protocol
 from predilect.client.errors import ClientConfigError
 from predilect.client.protocol import TlsConfig
 from predilect.client.retry import Attempts, RetryBudget, RetryPolicy
+from predilect.preprocess.config import check_field_angle
 
 DEFAULT_URL = f"localhost:{contract.DEFAULT_GRPC_PORT}"
 DEFAULT_MODEL = contract.ENSEMBLE
@@ -45,6 +46,13 @@ class ClientOptions:
         default=None,
         metadata={
             "help": "the camera that took the photographs (DICOM inputs name their own): per-camera shift metrics"
+        },
+    )
+    field_angle_deg: float | None = field(
+        default=None,
+        metadata={
+            "help": "the camera's field angle, degrees (DICOM inputs name their own): the crop is scaled to "
+            "the model's field angle; without it the photographs are taken to be at the model's"
         },
     )
 
@@ -79,6 +87,7 @@ class ClientSettings:
         keepalive_time_s: float,
         keepalive_timeout_s: float,
         camera: str | None = None,
+        field_angle_deg: float | None = None,
     ) -> None:
         if not timeout_s > 0:
             raise ClientConfigError(f"timeout_s must be > 0, got {timeout_s}")
@@ -86,6 +95,10 @@ class ClientSettings:
             raise ClientConfigError(f"attempt_timeout_s must be > 0, got {attempt_timeout_s}")
         self.url, self.model_name, self.timeout_s = network.with_default_port(url), model_name, timeout_s
         self.camera = camera.strip() if camera and camera.strip() else None
+        try:
+            self.field_angle_deg = check_field_angle(field_angle_deg) if field_angle_deg is not None else None
+        except ValueError as e:
+            raise ClientConfigError(f"field_angle_deg: {e}") from e
         self.attempt_timeout_s = attempt_timeout_s
         self.retry_policy = retry_policy
         self.retry_budget = retry_budget if retry_budget is not None else RetryBudget()

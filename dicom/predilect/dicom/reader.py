@@ -27,6 +27,7 @@ from predilect import contract
 from predilect.errors import UserError
 from predilect.jpeg import JpegStructureError, strip_metadata
 from predilect.png import encode_png
+from predilect.preprocess.config import check_field_angle
 
 if TYPE_CHECKING:
     from pydicom import Dataset
@@ -231,6 +232,23 @@ def camera(dataset: Dataset) -> str | None:
     except UnsupportedDicomError:
         return None
     return " ".join(p for p in parts if p) or None
+
+
+def field_angle(dataset: Dataset) -> float | None:
+    """The camera's field angle in degrees, Horizontal Field of View (0022,000C) of the ophthalmic photography
+    modules; None where absent, unreadable or not a fundus camera's angle. Sent with the request
+    (``contract.REQUEST_FIELD_ANGLE_DEG``): preprocessing scales the crop to the model's field angle."""
+    try:
+        with _malformed("the DICOM header"):
+            value = dataset.get("HorizontalFieldOfView")
+    except UnsupportedDicomError:
+        return None
+    if value is None or value == "":
+        return None
+    try:
+        return check_field_angle(float(value))
+    except (TypeError, ValueError):
+        return None
 
 
 def identity(dataset: Dataset) -> tuple[str | None, str | None]:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
@@ -31,10 +31,12 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class Sniffed:
-    """One payload that passed ``inspect_image``: its bytes (1-D uint8) and its header."""
+    """One payload that passed ``inspect_image``: its bytes (1-D uint8), its header and the field angle of
+    the camera that took it (None: the model's; ``PreprocessCfg.crop_scale``)."""
 
     data: np.ndarray
     header: ImageHeader
+    field_angle_deg: float | None = None
 
 
 @dataclass(frozen=True)
@@ -42,13 +44,15 @@ class DecodedBatch:
     """One decoder batch: ``pixels`` ``(n_accepted, 3, S, S)`` float32 in payload order; per payload its
     rejection or None, its field of view ``(width, height)`` and its frame ``(width, height)`` in
     source pixels (zeros when rejected before decoding); ``planes`` ``(n_accepted, 3, Q, Q)`` uint8 when
-    the quality square was asked for and ``cfg.separate_quality_square``, else None."""
+    the quality square was asked for and ``cfg.separate_quality_square``, else None; ``sides``: per
+    payload the side of the square it cropped, source pixels (``result.crop_side``; 0 when rejected)."""
 
     pixels: np.ndarray
     errors: list[InvalidImageError | None]
     fov: list[tuple[float, float]]
     frames: list[tuple[float, float]]
     planes: np.ndarray | None = None
+    sides: list[float] = field(default_factory=list)
 
 
 class Decoder(Protocol):
@@ -85,7 +89,7 @@ def open_decoder(cfg: PreprocessCfg, *, max_batch_size: int, num_threads: int, d
 def rejected(cfg: PreprocessCfg, error: InvalidImageError) -> DecodedBatch:
     """The batch of one payload refused by the decoder."""
     planes = np.empty((0, *cfg.quality_shape), np.uint8)
-    return DecodedBatch(np.empty((0, *cfg.input_shape), np.float32), [error], [(0.0, 0.0)], [(0.0, 0.0)], planes)
+    return DecodedBatch(np.empty((0, *cfg.input_shape), np.float32), [error], [(0.0, 0.0)], [(0.0, 0.0)], planes, [0.0])
 
 
 def joined(cfg: PreprocessCfg, batches: Sequence[DecodedBatch], *, quality: bool) -> DecodedBatch:
@@ -102,4 +106,5 @@ def joined(cfg: PreprocessCfg, batches: Sequence[DecodedBatch], *, quality: bool
         [x for b in batches for x in b.fov],
         [x for b in batches for x in b.frames],
         planes,
+        [x for b in batches for x in b.sides],
     )

@@ -28,7 +28,7 @@ from PIL import Image, ImageOps
 from predilect.preprocess.budget import PixelBudget
 from predilect.preprocess.config import PreprocessCfg
 from predilect.preprocess.decoders import DecodedBatch, Sniffed
-from predilect.preprocess.result import InvalidImageError, decode_failure, fov_error
+from predilect.preprocess.result import InvalidImageError, crop_side, decode_failure, fov_error
 from predilect.preprocess.sniff import ImageHeader
 
 _PIL_FILTERS = {
@@ -124,37 +124,56 @@ class DraftField:
     """One image decoded at its draft scale and its field of view measured there.
 
     ``rgb``: the decoded frame (DCT-scaled JPEG, full-resolution PNG; EXIF orientation applied);
-    ``side_px``: the field-of-view square's side on ``rgb``; ``fov``: the field of view's (width,
-    height) and ``frame``: the photograph's (width, height), both in full-resolution source pixels as
-    displayed.
+    ``side_px``: the side on ``rgb`` of the square to crop (``result.crop_side``); ``fov``: the field
+    of view's (width, height), ``frame``: the photograph's (width, height) and ``side``: the crop's
+    side, all in full-resolution source pixels as displayed.
     """
 
     rgb: np.ndarray
     side_px: int
     fov: tuple[float, float]
     frame: tuple[float, float]
+    side: float
 
 
-def draft_field(data: np.ndarray, cfg: PreprocessCfg, header: ImageHeader) -> DraftField:
-    """Decode at the smallest DCT scale that leaves the field-of-view square at least ``cfg.decode_px``
-    and measure the field of view there: the one measurement every decoder crops by (the DALI graph
-    takes it as an input). Raises the decoder's ``ValueError``/``OSError`` (or ``InvalidImageError``)
-    when the bytes do not decode cleanly."""
+CORNER = 0.02
+"""The corner patches that say whether the field fills the frame, in frame sides (at least 2 px)."""
+
+
+def fills_frame(rgb: np.ndarray, threshold: int) -> bool:
+    """Whether the lit field reaches all four corners of the frame (a crop inside the field): each corner
+    patch mostly brighter than the black mask, so burned-in text on a black corner does not count."""
+    height, width = rgb.shape[:2]
+    k = max(2, round(CORNER * min(width, height)))
+    patches = (rgb[:k, :k], rgb[:k, -k:], rgb[-k:, :k], rgb[-k:, -k:])
+    return all(float((patch.max(axis=2) > threshold).mean()) > 0.5 for patch in patches)
+
+
+def draft_field(
+    data: np.ndarray, cfg: PreprocessCfg, header: ImageHeader, *, field_angle_deg: float | None = None
+) -> DraftField:
+    """Decode at the smallest DCT scale that leaves the square to crop at least ``cfg.decode_px`` and
+    measure the field of view there: the one measurement every decoder crops by (the DALI graph takes
+    it as an input). ``field_angle_deg``: the camera's (``PreprocessCfg.crop_scale``). Raises the
+    decoder's ``ValueError``/``OSError`` (or ``InvalidImageError``) when the bytes do not decode cleanly."""
     full_w, full_h = (header.height, header.width) if header.orientation >= 5 else (header.width, header.height)
-    target = request_px = cfg.decode_px
+    scale = cfg.crop_scale(field_angle_deg)
+    target = cfg.decode_px
+    request_px = max(1, math.ceil(target / scale))
     while True:
         rgb = decode_rgb(data, header, request_px)
         height, width = rgb.shape[:2]
         if header.format == "png":  # decoded at full resolution, EXIF orientation applied by Pillow
             full_w, full_h = width, height
         fov_w, fov_h = _fov_extent(rgb, cfg.fov_threshold)
-        side = max(fov_w, fov_h)
+        fills = cfg.field_angle_deg is not None and fills_frame(rgb, cfg.fov_threshold)
+        side = crop_side(fov_w, fov_h, fills_frame=fills, scale=scale)
         if side >= target or side == 0 or (width, height) == (full_w, full_h):
             break
-        # The disc fills less of the frame than the first guess assumed: decode one scale finer.
+        # The square fills less of the frame than the first guess assumed: decode one scale finer.
         request_px = max(math.ceil(min(width, height) * target / side), min(width, height) + 1)
     fov = (fov_w * full_w / width, fov_h * full_h / height)
-    return DraftField(rgb, side, fov, (float(full_w), float(full_h)))
+    return DraftField(rgb, max(1, round(side)), fov, (float(full_w), float(full_h)), side * full_w / width)
 
 
 @dataclass(frozen=True)
@@ -162,27 +181,35 @@ class Squares:
     """One image through the ``pil_draft`` steps up to the resized squares (HxWx3 uint8).
 
     ``model``: the model input's square; ``quality``: the same crop at ``cfg.quality_size`` (or None);
-    ``fov`` and ``frame``: as ``DraftField``'s.
+    ``fov``, ``frame`` and ``side``: as ``DraftField``'s.
     """
 
     model: np.ndarray
     quality: np.ndarray | None
     fov: tuple[float, float]
     frame: tuple[float, float]
+    side: float
 
 
-def squares(data: np.ndarray, cfg: PreprocessCfg, header: ImageHeader, *, quality: bool = False) -> Squares:
+def squares(
+    data: np.ndarray,
+    cfg: PreprocessCfg,
+    header: ImageHeader,
+    *,
+    quality: bool = False,
+    field_angle_deg: float | None = None,
+) -> Squares:
     """The ``pil_draft`` steps on one encoded image up to its resized squares.
 
-    Both squares are resized from the one field-of-view crop of the one decoded frame
-    (``draft_field``); the quality square only with ``quality`` and ``cfg.separate_quality_square``.
-    The JPEG is DCT-scaled for ``cfg.decode_px`` whether or not the quality square is asked for, so
-    the model square does not depend on it.
+    Both squares are resized from the one crop of the one decoded frame (``draft_field``); the quality
+    square only with ``quality`` and ``cfg.separate_quality_square``. The JPEG is DCT-scaled for
+    ``cfg.decode_px`` whether or not the quality square is asked for, so the model square does not
+    depend on it.
     """
-    field = draft_field(data, cfg, header)
-    square = _crop_square(field.rgb, max(field.side_px, 1))
+    field = draft_field(data, cfg, header, field_angle_deg=field_angle_deg)
+    square = _crop_square(field.rgb, field.side_px)
     graded = _resized(square, cfg.quality_size, cfg) if quality and cfg.separate_quality_square else None
-    return Squares(_resized(square, cfg.size, cfg), graded, field.fov, field.frame)
+    return Squares(_resized(square, cfg.size, cfg), graded, field.fov, field.frame, field.side)
 
 
 @dataclass(frozen=True)
@@ -209,7 +236,7 @@ class Normaliser:
         return out
 
 
-_Outcome = tuple[Union[Squares, InvalidImageError], tuple[float, float], tuple[float, float]]
+_Outcome = tuple[Union[Squares, InvalidImageError], tuple[float, float], tuple[float, float], float]
 
 
 def _decoded_pixels(header: ImageHeader, request_px: int) -> int:
@@ -236,26 +263,27 @@ class PilDraftDecoder:
         )
 
     def _one(self, item: Sniffed, quality: bool) -> _Outcome:
-        """One payload to its squares, or the reason it is refused; its FOV and frame extents."""
+        """One payload to its squares, or the reason it is refused; its FOV and frame extents, its crop's side."""
+        request_px = max(1, math.ceil(self.cfg.decode_px / self.cfg.crop_scale(item.field_angle_deg)))
         try:
-            with self.budget.hold(_decoded_pixels(item.header, self.cfg.decode_px)):
-                done = squares(item.data, self.cfg, item.header, quality=quality)
+            with self.budget.hold(_decoded_pixels(item.header, request_px)):
+                done = squares(item.data, self.cfg, item.header, quality=quality, field_angle_deg=item.field_angle_deg)
         except InvalidImageError as e:
-            return e, (0.0, 0.0), (0.0, 0.0)
+            return e, (0.0, 0.0), (0.0, 0.0), 0.0
         # The per-payload boundary: whatever the decoder raises on these bytes (libjpeg's
         # corrupt-data warnings made errors, Pillow's format errors, a bomb guard) belongs to
         # this payload alone and becomes its rejection, with the cause named and chained.
         except Exception as e:  # noqa: BLE001 - see above; the type and message are kept
-            return decode_failure(e), (0.0, 0.0), (0.0, 0.0)
+            return decode_failure(e), (0.0, 0.0), (0.0, 0.0), 0.0
         refused = fov_error(self.cfg, *done.fov)
-        return (refused if refused is not None else done), done.fov, done.frame
+        return (refused if refused is not None else done), done.fov, done.frame, done.side
 
     def decode(self, batch: Sequence[Sniffed], *, quality: bool) -> DecodedBatch:
         if self._pool is None or len(batch) <= 1:
             results = [self._one(item, quality) for item in batch]
         else:
             results = list(self._pool.map(lambda item: self._one(item, quality), batch))
-        accepted = [done for done, _, _ in results if isinstance(done, Squares)]
+        accepted = [r[0] for r in results if isinstance(r[0], Squares)]
         pixels = np.empty((len(accepted), *self.cfg.input_shape), np.float32)
         if accepted:
             self._normaliser.into(np.stack([done.model for done in accepted]), pixels)
@@ -265,8 +293,10 @@ class PilDraftDecoder:
             planes = np.empty((len(graded), *self.cfg.quality_shape), np.uint8)
             if graded:
                 planes[...] = np.stack(graded).transpose(0, 3, 1, 2)
-        errors = [done if isinstance(done, InvalidImageError) else None for done, _, _ in results]
-        return DecodedBatch(pixels, errors, [fov for _, fov, _ in results], [frame for _, _, frame in results], planes)
+        errors = [r[0] if isinstance(r[0], InvalidImageError) else None for r in results]
+        return DecodedBatch(
+            pixels, errors, [r[1] for r in results], [r[2] for r in results], planes, [r[3] for r in results]
+        )
 
     def close(self) -> None:
         if self._pool is not None:

@@ -192,7 +192,7 @@ def warmup_fov_extent(jpeg: bytes, cfg: PreprocessCfg) -> bytes:
     field = measure_field(Sniffed(data, inspect_image(data, cfg)), cfg)
     if not isinstance(field, HostField):
         raise ConfigError(f"the warm-up image does not pass preprocessing: {field}")
-    return field.fov_extent().astype("<f4").tobytes()
+    return field.crop_extent().astype("<f4").tobytes()
 
 
 SYNTHETIC_GATE_SIDES_PX = (256, 384, 512, 768, 1024, 1536)

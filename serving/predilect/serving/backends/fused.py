@@ -24,7 +24,13 @@ from predilect.preprocess import FieldBox, InvalidImageError, PreprocessCfg, Pre
 from predilect.serving.backends import model_parameters, parse_model_config, shift_metrics
 from predilect.serving.backends.classifier import OnnxClassifier
 from predilect.serving.backends.postprocess import stable_sigmoid
-from predilect.serving.backends.preprocess import rejection_response, request_payload, warm_up
+from predilect.serving.backends.preprocess import (
+    FieldAngle,
+    checked_payloads,
+    field_angles_of,
+    rejection_response,
+    warm_up,
+)
 from predilect.serving.backends.screening import Screening
 
 Outputs = dict[str, np.ndarray]
@@ -67,13 +73,16 @@ class FusedScreen:
             contract.FIELD_BOX: np.asarray(boxes, dtype=np.float32),
         }
 
-    def run(self, images: Sequence[np.ndarray]) -> list[Answer]:
-        """One ``{name: [1, ...] array}`` or one ``InvalidImageError`` per request's IMAGE tensor, in order."""
-        payloads = [request_payload(image) for image in images]
+    def run(self, images: Sequence[np.ndarray], field_angles: Sequence[FieldAngle] | None = None) -> list[Answer]:
+        """One ``{name: [1, ...] array}`` or one ``InvalidImageError`` per request's IMAGE tensor, in order;
+        ``field_angles``: per request, its camera's (``preprocess.request_field_angle``)."""
+        payloads, angles = checked_payloads(images, field_angles)
         answers: list[Answer | None] = [p if isinstance(p, InvalidImageError) else None for p in payloads]
         good = [i for i, p in enumerate(payloads) if not isinstance(p, InvalidImageError)]
         payloads_ok = [p for p in payloads if not isinstance(p, InvalidImageError)]
-        done = self.preprocessor.run(payloads_ok, quality=self.screening is not None)
+        done = self.preprocessor.run(
+            payloads_ok, quality=self.screening is not None, field_angles_deg=[angles[i] for i in good]
+        )
         for i, error in zip(good, done.errors, strict=True):
             if error is not None:
                 answers[i] = error
@@ -111,7 +120,7 @@ class TritonPythonModel:
         pb = self._pb
         images = [pb.get_input_tensor_by_name(r, contract.IMAGE).as_numpy() for r in requests]
         responses = []
-        answers = self._screen.run(images)
+        answers = self._screen.run(images, field_angles_of(requests))
         for answer in answers:
             if isinstance(answer, InvalidImageError):
                 responses.append(rejection_response(pb, answer))

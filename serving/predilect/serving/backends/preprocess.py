@@ -8,13 +8,15 @@ requests of the batch are answered unchanged.
 from __future__ import annotations
 
 import io
+import json
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Union
 
 import numpy as np
 
 from predilect import contract
 from predilect.preprocess import InvalidImageError, PreprocessCfg, Preprocessor
+from predilect.preprocess.config import check_field_angle
 from predilect.serving.backends import model_parameters, parse_model_config, shift_metrics
 from predilect.serving.backends.screening import Screening
 
@@ -26,22 +28,66 @@ def request_payload(image: np.ndarray) -> np.ndarray | InvalidImageError:
     return image[0]
 
 
+FieldAngle = Union[float, None, InvalidImageError]
+
+
+def request_field_angle(parameters_json: str | None) -> FieldAngle:
+    """The camera field angle a request names (``contract.REQUEST_FIELD_ANGLE_DEG``, degrees); None without
+    one; the request's rejection when the value is not a field angle."""
+    if not parameters_json:
+        return None
+    try:
+        parameters = json.loads(parameters_json)
+    except json.JSONDecodeError:
+        return None
+    value = parameters.get(contract.REQUEST_FIELD_ANGLE_DEG) if isinstance(parameters, dict) else None
+    if value is None:
+        return None
+    try:
+        return check_field_angle(value)
+    except ValueError as e:
+        return InvalidImageError(f"request parameter {contract.REQUEST_FIELD_ANGLE_DEG}: {e}")
+
+
+def field_angles_of(requests: Sequence[Any]) -> list[FieldAngle]:
+    """The field angle of each Triton request (``request.parameters()``, a JSON string)."""
+    return [request_field_angle(r.parameters()) for r in requests]
+
+
+def checked_payloads(
+    images: Sequence[np.ndarray], angles: Sequence[FieldAngle] | None
+) -> tuple[list[np.ndarray | InvalidImageError], list[float | None]]:
+    """Per request its payload (``request_payload``) or rejection (a bad IMAGE or field angle), and its angle."""
+    angles = list(angles) if angles is not None else [None] * len(images)
+    payloads: list[np.ndarray | InvalidImageError] = []
+    for image, angle in zip(images, angles, strict=True):
+        payloads.append(angle if isinstance(angle, InvalidImageError) else request_payload(image))
+    return payloads, [None if isinstance(a, InvalidImageError) else a for a in angles]
+
+
 Graded = dict[str, np.ndarray]
 
 
 def preprocess_and_grade(
-    preprocessor: Preprocessor, screening: Screening, images: Sequence[np.ndarray]
+    preprocessor: Preprocessor,
+    screening: Screening,
+    images: Sequence[np.ndarray],
+    field_angles: Sequence[FieldAngle] | None = None,
 ) -> list[Graded | InvalidImageError]:
     """Per request, in order: ``{PIXELS [1, 3, S, S], QUALITY [1, 1 + reasons], QUALITY_MEASURES [1, measures],
-    FIELD_BOX [1, 4]}``, or
-    its ``InvalidImageError``. The quality of the whole accepted batch is graded at once, on the squares
+    FIELD_BOX [1, 4]}``, or its ``InvalidImageError``; ``field_angles``: per request, its camera's
+    (``request_field_angle``). The quality of the whole accepted batch is graded at once, on the squares
     at the calibrated size (the packed tensors, or the quality squares cut beside them)."""
-    payloads = [request_payload(image) for image in images]
+    payloads, angles = checked_payloads(images, field_angles)
     good = [i for i, p in enumerate(payloads) if not isinstance(p, InvalidImageError)]
     results: list[Graded | InvalidImageError] = [
         p if isinstance(p, InvalidImageError) else InvalidImageError("not preprocessed") for p in payloads
     ]
-    done = preprocessor.run([payloads[i] for i in good], quality=True)  # type: ignore[misc]
+    done = preprocessor.run(
+        [payloads[i] for i in good],  # type: ignore[misc]
+        quality=True,
+        field_angles_deg=[angles[i] for i in good],
+    )
     pixels = done.pixels
     accepted = done.accepted
     graded = screening.quality_of(done)
@@ -100,7 +146,7 @@ class TritonPythonModel:
         graded: list[tuple[str, Graded]] = []
         for camera, out in zip(
             shift_metrics.cameras_of(requests),
-            preprocess_and_grade(self._preprocessor, self._screening, images),
+            preprocess_and_grade(self._preprocessor, self._screening, images, field_angles_of(requests)),
             strict=True,
         ):
             if isinstance(out, InvalidImageError):

@@ -29,11 +29,11 @@ from typing import Any
 import numpy as np
 
 from predilect import contract
-from predilect.preprocess import InvalidImageError, PreprocessCfg, as_uint8, inspect_image
+from predilect.preprocess import InvalidImageError, PreprocessCfg, as_uint8, fov_error, inspect_image
 from predilect.preprocess.decoders import Sniffed
 from predilect.preprocess.field import HostField, measure_field
 from predilect.serving.backends import model_parameters, parse_model_config
-from predilect.serving.backends.preprocess import rejection_response, request_payload
+from predilect.serving.backends.preprocess import FieldAngle, checked_payloads, field_angles_of, rejection_response
 
 _SOF_MARKERS = {0xC0, 0xC1, 0xC2}  # baseline, extended sequential, progressive (Huffman): nvJPEG's formats
 _UNSUPPORTED_SOF = {0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}  # lossless, hierarchical, arithmetic
@@ -100,8 +100,11 @@ def png_structure_error(data: bytes) -> str | None:
     return "corrupt PNG: no IEND chunk"
 
 
-def validate_image(payload: np.ndarray, cfg: PreprocessCfg) -> HostField | InvalidImageError:
-    """One encoded image (1-D uint8): its field of view and frame, or the rejection that keeps it from DALI."""
+def validate_image(
+    payload: np.ndarray, cfg: PreprocessCfg, *, field_angle_deg: float | None = None
+) -> HostField | InvalidImageError:
+    """One encoded image (1-D uint8): its field of view, frame and crop (for a camera of ``field_angle_deg``),
+    or the rejection that keeps it from DALI."""
     data = as_uint8(payload)
     try:
         header = inspect_image(data, cfg)
@@ -111,7 +114,10 @@ def validate_image(payload: np.ndarray, cfg: PreprocessCfg) -> HostField | Inval
     problem = jpeg_structure_error(raw) if header.format == "jpeg" else png_structure_error(raw)
     if problem:
         return InvalidImageError(problem)
-    return measure_field(Sniffed(data, header), cfg)
+    field = measure_field(Sniffed(data, header, field_angle_deg), cfg)
+    if isinstance(field, HostField):
+        return fov_error(cfg, *field.fov) or field
+    return field
 
 
 @dataclass(frozen=True)
@@ -130,22 +136,25 @@ class ValidImage:
         }
 
 
-def validate_requests(images: Sequence[np.ndarray], cfg: PreprocessCfg) -> list[ValidImage | InvalidImageError]:
-    """Per request: its ``ValidImage``, or the ``InvalidImageError`` that rejects it."""
+def validate_requests(
+    images: Sequence[np.ndarray], cfg: PreprocessCfg, field_angles: Sequence[FieldAngle] | None = None
+) -> list[ValidImage | InvalidImageError]:
+    """Per request: its ``ValidImage``, or the ``InvalidImageError`` that rejects it; ``field_angles``: per
+    request, its camera's (``preprocess.request_field_angle``)."""
     results: list[ValidImage | InvalidImageError] = []
-    for image in images:
-        payload = request_payload(image)
+    payloads, angles = checked_payloads(images, field_angles)
+    for image, payload, angle in zip(images, payloads, angles, strict=True):
         if isinstance(payload, InvalidImageError):
             results.append(payload)
             continue
-        field = validate_image(payload, cfg)
+        field = validate_image(payload, cfg, field_angle_deg=angle)
         if isinstance(field, InvalidImageError):
             results.append(field)
             continue
         results.append(
             ValidImage(
                 np.ascontiguousarray(image, dtype=np.uint8),
-                field.fov_extent()[np.newaxis],
+                field.crop_extent()[np.newaxis],
                 field.frame_extent()[np.newaxis],
             )
         )
@@ -166,7 +175,7 @@ class TritonPythonModel:
         pb = self._pb
         images = [pb.get_input_tensor_by_name(r, contract.IMAGE).as_numpy() for r in requests]
         responses = []
-        for out in validate_requests(images, self._cfg):
+        for out in validate_requests(images, self._cfg, field_angles_of(requests)):
             if isinstance(out, InvalidImageError):
                 responses.append(rejection_response(pb, out))
             else:

@@ -9,8 +9,8 @@ that is not augmented is exactly the served tensor.
 re-photographed through a random camera before preprocessing. It starts from the item's field
 square at ``source_px`` (the same decode and crop, ``FundusDataset.square``) and applies, in the
 order a camera does (``predilect.training.acquisition``): a field-stop change (circle cut at top and
-bottom, frame-filling crop, orientation notch, off-centre field), defocus, fall-off towards the rim,
-resampling to fewer pixels, exposure and an illuminant's colour temperature against the white
+bottom, frame-filling crop, orientation notch, off-centre field, a narrower field angle), defocus,
+fall-off towards the rim, resampling to fewer pixels, exposure and an illuminant's colour temperature against the white
 balance (Planck), shot and read noise, a tone-curve gamma, and JPEG at a random quality with 4:2:0
 chroma (or lossless PNG); the photograph then goes through the served preprocessing itself
 (``Preprocessor``), which resizes it (back up, where it was made smaller) to the model's input.
@@ -52,9 +52,14 @@ from predilect.training.acquisition import (
     vignette_shade,
 )
 
-FIELD_SHAPES = ("cut", "fill", "notch", "offcentre")
+FIELD_SHAPES = ("cut", "fill", "notch", "offcentre", "narrow")
 """Field-stop changes: a circle cut at top and bottom (a 3:2 frame), a crop filling the frame, an
-orientation notch at the rim, the field off-centre (as a handheld camera holds it)."""
+orientation notch at the rim, the field off-centre (as a handheld camera holds it), and a narrower
+field angle (``NARROW_FIELD``: the smaller circle of retina such a camera sees, at the scale the served
+preprocessing gives it once the camera's field angle is sent, ``PreprocessCfg.crop_scale``)."""
+NARROW_FIELD = (0.4, 1.0)
+"""The narrow field's diameter in field diameters: down to 18 degrees of a 45-degree model, the field of
+a direct ophthalmoscope on a smartphone (the narrowest fundus cameras screening programmes use)."""
 
 
 @dataclass(frozen=True)
@@ -167,6 +172,24 @@ def draw_shot(cfg: AcquisitionCfg, rng: np.random.Generator) -> Shot:
     )
 
 
+def narrow_diameter(draw: float) -> float:
+    """The ``narrow`` field's diameter in field diameters for a uniform ``draw`` in [0, 1)."""
+    low, high = NARROW_FIELD
+    return low + (high - low) * draw
+
+
+def _distance_from_centre(side: int) -> np.ndarray:
+    c = np.arange(side, dtype=np.float32) + 0.5 - side / 2
+    return np.hypot(c[None, :], c[:, None])
+
+
+def shot_field_angle(shot: Shot, model_angle_deg: float | None) -> float | None:
+    """The field angle the served preprocessing is told for ``shot``'s photograph: a narrow field's, else None."""
+    if shot.shape != "narrow" or model_angle_deg is None:
+        return None
+    return model_angle_deg * narrow_diameter(shot.shape_draws[0])
+
+
 def reshape_field(square: np.ndarray, shape: str | None, draws: tuple[float, float, float]) -> np.ndarray:
     """The field square (HxWx3 uint8, the field filling it) seen through another field stop."""
     if shape is None:
@@ -194,6 +217,8 @@ def reshape_field(square: np.ndarray, shape: str | None, draws: tuple[float, flo
         image = Image.fromarray(out)
         ImageDraw.Draw(image).rectangle((x - size / 2, y - size / 2, x + size / 2, y + size / 2), fill=(0, 0, 0))
         out = np.asarray(image).copy()
+    elif shape == "narrow":
+        out[_distance_from_centre(side) > narrow_diameter(a) * side / 2] = 0
     elif shape == "offcentre":
         shift = 0.08 * side * math.sqrt(a)
         dx, dy = round(shift * math.cos(2 * math.pi * b)), round(shift * math.sin(2 * math.pi * b))
@@ -278,7 +303,9 @@ class FundusAugment:
             from predilect.preprocess import Preprocessor
 
             self._served = Preprocessor(self.preprocess, max_batch_size=1, num_threads=1)
-        (out,) = self._served.run([photograph(square, shot, self.cfg.acquisition)]).per_payload()
+        angle = shot_field_angle(shot, self.preprocess.field_angle_deg)
+        encoded = photograph(square, shot, self.cfg.acquisition)
+        (out,) = self._served.run([encoded], field_angles_deg=[angle]).per_payload()
         return None if isinstance(out, InvalidImageError) else torch.from_numpy(np.array(out))
 
     def __call__(

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -29,7 +30,7 @@ from torch.utils.data import Dataset
 from predilect.catalog import Catalog
 from predilect.dicom.reader import DicomInputError, DicomSupportMissingError, is_dicom_bytes, iter_frames, read_dataset
 from predilect.errors import UserError
-from predilect.manifest import Record, label_matrix
+from predilect.manifest import Record, field_angle_of, label_matrix
 from predilect.preprocess import InvalidImageError, PreprocessCfg, Preprocessor
 from predilect.quality import planes_from_pixels
 from predilect.training.datasets.augment import FundusAugment
@@ -90,6 +91,12 @@ class FundusDataset(Dataset):
         self.targets = label_matrix(records, catalog)
         frames = [int(r.extra.get("frame", "1") or 1) for r in records]
         self._frames = np.asarray(frames, np.int32) if any(f != 1 for f in frames) else None
+        angles = [field_angle_of(r) for r in records]
+        self._angles = (
+            np.asarray([np.nan if a is None else a for a in angles], np.float64)
+            if any(a is not None for a in angles)
+            else None
+        )
         self._preprocessor: Preprocessor | None = None
         self._squares: Preprocessor | None = None  # the acquisition augmentation's field squares
 
@@ -108,7 +115,10 @@ class FundusDataset(Dataset):
     def _run(self, preprocessor: Preprocessor, index: int) -> np.ndarray:
         path = self.path(index)
         frame = int(self._frames[index]) if self._frames is not None else 1
-        (out,) = preprocessor.run([read_payload(path, frame=frame)]).per_payload()
+        angle = float(self._angles[index]) if self._angles is not None else math.nan
+        (out,) = preprocessor.run(
+            [read_payload(path, frame=frame)], field_angles_deg=[None if math.isnan(angle) else angle]
+        ).per_payload()
         if isinstance(out, InvalidImageError):
             raise DatasetItemError(f"{path}: {out}") from out
         return out

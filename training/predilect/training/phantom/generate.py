@@ -34,7 +34,7 @@ import numpy as np
 
 from predilect.catalog import DEFAULT_CATALOG, Catalog
 from predilect.errors import ConfigError
-from predilect.manifest import CAPTURE_COLUMN, Record, write_manifest
+from predilect.manifest import CAPTURE_COLUMN, FIELD_ANGLE_COLUMN, Record, write_manifest
 from predilect.training.phantom.cameras import HELD_OUT, PROFILES, SEEN, Acquisition, encode, profile_stream
 from predilect.training.phantom.fundus import check_frame
 from predilect.training.phantom.presets import CAMERAS, CONFOUNDER_KINDS, EASY, Preset, get_preset
@@ -434,6 +434,7 @@ def _jobs(
             extra |= {"camera": p.camera, "confounders": ";".join(p.confounders)}
             if camera is not None:
                 extra[CAPTURE_COLUMN] = camera.capture
+                extra[FIELD_ANGLE_COLUMN] = f"{camera.field_angle_deg:g}"
         records.append(
             Record(path=path, labels=p.labels, patient_id=p.patient_id, eye=p.eye, split=p.split, extra=extra)
         )
