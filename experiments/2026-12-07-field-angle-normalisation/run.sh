@@ -18,9 +18,9 @@ for recipe in policy baseline; do
     run="$RUNS/$recipe-$seed"
     [ -f "$run/checkpoint/model.safetensors" ] && continue
     nice -n 15 $P train pretrain --config demo --manifest "$PHANTOM/manifest.csv" --oct-manifest "$PHANTOM/oct_manifest.csv" \
-      --cache-dir "$RUNS/cache" --set loop.seed=$seed "${extra[@]}" --out "$run/pretrain/pretrain.safetensors"
+      --cache-dir "$RUNS/cache" --set loop.seed=$seed "${extra[@]}" --out "$run/pretrain"
     nice -n 15 $P train finetune --config demo --manifest "$PHANTOM/manifest.csv" --pretrained "$run/pretrain/pretrain.safetensors" \
-      --cache-dir "$RUNS/cache" --set loop.seed=$seed "${extra[@]}" --out "$run/checkpoint/model.safetensors"
+      --cache-dir "$RUNS/cache" --set loop.seed=$seed "${extra[@]}" --out "$run/checkpoint"
   done
 done
 args=()
