@@ -114,7 +114,9 @@ def test_preprocessor_takes_circumscribed_field_when_field_fills_frame(preproces
     (left, _, right, _) = done.boxes[0]
     assert (right - left) * 800 == pytest.approx(800 * math.sqrt(2), abs=3)
     legacy = Preprocessor(PreprocessCfg(size=128, quality_size=128, field_angle_deg=None), num_threads=1)
-    (old_left, _, old_right, _) = legacy.run([_field_photograph(width=800, height=800, fill=True)]).boxes[0]
+    old_box = legacy.run([_field_photograph(width=800, height=800, fill=True)]).boxes[0]
+    assert old_box is not None
+    (old_left, _, old_right, _) = old_box
     assert (old_right - old_left) * 800 == pytest.approx(800, abs=2)  # older checkpoints keep the lit extent
 
 
@@ -204,8 +206,8 @@ def test_narrow_augmentation_masks_outside_field_and_sends_its_angle():
     class _Shot:
         shape, shape_draws = "narrow", (0.5, 0.0, 0.0)
 
-    assert shot_field_angle(_Shot(), 45.0) == pytest.approx(45.0 * 0.7)  # type: ignore[arg-type]
-    assert shot_field_angle(_Shot(), None) is None  # type: ignore[arg-type]
+    assert shot_field_angle(_Shot(), 45.0) == pytest.approx(45.0 * 0.7)
+    assert shot_field_angle(_Shot(), None) is None
 
 
 def test_served_crop_follows_field_angle_when_client_sends_it(
@@ -234,3 +236,16 @@ def test_served_crop_follows_field_angle_when_client_sends_it(
             caller.infer(plain.model_name, [tensor], parameters={contract.REQUEST_FIELD_ANGLE_DEG: 5000.0})
     finally:
         caller.close()
+
+
+def test_read_labelled_reads_field_angle_when_column_set_and_names_line_when_bad(tmp_path: Path):
+    from predilect.client.site_calibration import LabelledManifestError, read_labelled
+
+    (tmp_path / "a.png").write_bytes(_field_photograph(width=200, height=150))
+    labelled = tmp_path / "labelled.csv"
+    labelled.write_text("path,gradable,camera,field_angle_deg\na.png,1,Wide,133\na.png,1,Desk,\n")
+    wide, desk = read_labelled(labelled)
+    assert wide.field_angle_deg == 133.0 and desk.field_angle_deg is None
+    labelled.write_text("path,gradable,field_angle_deg\na.png,1,900\n")
+    with pytest.raises(LabelledManifestError, match=r"labelled.csv:2: field_angle_deg"):
+        read_labelled(labelled)

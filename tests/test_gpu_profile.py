@@ -611,7 +611,9 @@ def test_gpu_profile_screens_like_cpu_profile_when_dali_twin_preprocesses_same_i
     for row in rows:
         (row[contract.LOGITS],) = classifier.run([row[contract.PIXELS]])
     screened = iter(screen_requests(screening, rows))
-    gpu = [next(screened) if i in kept else checked[i] for i in range(len(images))]
+    gpu: list[dict[str, np.ndarray] | InvalidImageError] = []
+    for i, check in enumerate(checked):
+        gpu.append(next(screened) if i in kept else check)
     for name, cpu_answer, gpu_answer in zip(SAME_IMAGES, cpu, gpu, strict=True):
         if isinstance(cpu_answer, InvalidImageError):
             assert isinstance(gpu_answer, InvalidImageError) and str(gpu_answer) == str(cpu_answer), name

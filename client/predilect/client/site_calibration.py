@@ -33,6 +33,7 @@ from predilect import contract, drift, quality
 from predilect.catalog import NORMAL_LABEL
 from predilect.errors import UserError
 from predilect.metrics import Rates, auroc, rates, threshold_for_sensitivity, wilson
+from predilect.preprocess.config import check_field_angle
 from predilect.quality import calibration
 
 MIN_CLEAN = 20
@@ -54,12 +55,13 @@ class Labelled:
     reasons: frozenset[str] = frozenset()
     camera: str | None = None
     labels: frozenset[str] | None = None
+    field_angle_deg: float | None = None
 
 
 def read_labelled(path: Path, *, diseases: Sequence[str] = ()) -> list[Labelled]:
     """The rows of a labelled manifest: CSV with ``path`` (relative to the file) and ``gradable`` (1/0, yes/no,
-    true/false), optional ``reasons`` (``;``-joined ``contract.QUALITY_REASONS``), ``camera`` and ``labels``
-    (``;``-joined disease ids of ``diseases``, or ``normal``)."""
+    true/false), optional ``reasons`` (``;``-joined ``contract.QUALITY_REASONS``), ``camera``, ``field_angle_deg``
+    (the camera's, degrees) and ``labels`` (``;``-joined disease ids of ``diseases``, or ``normal``)."""
     try:
         text = path.read_text(encoding="utf-8-sig")
     except OSError as e:
@@ -93,7 +95,12 @@ def read_labelled(path: Path, *, diseases: Sequence[str] = ()) -> list[Labelled]
                 raise LabelledManifestError(f"{where}: unknown disease ids {sorted(ids - set(diseases))}")
             labels = ids
         camera = (row.get("camera") or "").strip() or None
-        rows.append(Labelled(image, value in _TRUE, reasons, camera, labels))
+        angle_text = (row.get("field_angle_deg") or "").strip()
+        try:
+            angle = check_field_angle(angle_text) if angle_text else None
+        except ValueError as e:
+            raise LabelledManifestError(f"{where}: field_angle_deg: {e}") from e
+        rows.append(Labelled(image, value in _TRUE, reasons, camera, labels, angle))
     if not rows:
         raise LabelledManifestError(f"{path} lists no photograph")
     return rows

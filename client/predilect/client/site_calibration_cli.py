@@ -44,11 +44,16 @@ def _parser() -> argparse.ArgumentParser:
 def screen_labelled(
     args: argparse.Namespace, rows: Sequence[site_calibration.Labelled]
 ) -> tuple[site_calibration.Screened, ScreeningResult]:
-    """Screen every labelled photograph (each camera's under its name); the arrays, and one result."""
+    """Screen every labelled photograph (each camera's under its name and with its field angle); the arrays,
+    and one result."""
     results: list[ScreeningResult | None] = [None] * len(rows)
-    for camera in sorted({r.camera or "" for r in rows}):
-        args.camera = camera or args.camera
-        indices = [i for i, r in enumerate(rows) if (r.camera or "") == camera]
+    groups: dict[tuple[str | None, float | None], list[int]] = {}
+    for i, r in enumerate(rows):
+        groups.setdefault((r.camera, r.field_angle_deg), []).append(i)
+    default_camera, default_angle = args.camera, args.field_angle_deg
+    for (camera, angle), indices in groups.items():
+        args.camera = camera or default_camera
+        args.field_angle_deg = angle if angle is not None else default_angle
         with client_from_args(args) as client:
             for item in client.screen_many([rows[i].path for i in indices], max_in_flight=args.max_in_flight):
                 if item.error is not None:

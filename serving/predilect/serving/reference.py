@@ -17,7 +17,7 @@ import numpy as np
 from predilect import contract
 from predilect.drift import Reference
 from predilect.errors import UserError
-from predilect.manifest import colour_screened, read_manifest
+from predilect.manifest import colour_screened, field_angle_of, read_manifest
 from predilect.preprocess import Preprocessor
 from predilect.serving.backends.classifier import OnnxClassifier
 from predilect.serving.backends.postprocess import stable_sigmoid
@@ -30,16 +30,23 @@ class ReferenceManifestError(UserError):
 
 
 def screen_in_process(
-    onnx_path: Path, served: ServedModel, payloads: Sequence[bytes], *, batch_size: int = 16
+    onnx_path: Path,
+    served: ServedModel,
+    payloads: Sequence[bytes],
+    *,
+    batch_size: int = 16,
+    field_angles_deg: Sequence[float | None] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """What the repository would answer for ``payloads`` (the ones preprocessing accepts): quality rows,
-    quality measures and probabilities, each ``(N, ...)`` float32."""
+    """What the repository would answer for ``payloads`` (the ones preprocessing accepts), each sent with its
+    camera's field angle: quality rows, quality measures and probabilities, each ``(N, ...)`` float32."""
+    angles = list(field_angles_deg) if field_angles_deg is not None else [None] * len(payloads)
     preprocessor = Preprocessor(served.preprocess, max_batch_size=batch_size, num_threads=2)
     classifier = OnnxClassifier(Path(onnx_path), intra_op_threads=2)
     screening = Screening(served.rules, served.preprocess)
     quality, measures, probabilities = [], [], []
     for start in range(0, len(payloads), batch_size):
-        done = preprocessor.run(list(payloads[start : start + batch_size]), quality=True)
+        chunk = slice(start, start + batch_size)
+        done = preprocessor.run(list(payloads[chunk]), quality=True, field_angles_deg=angles[chunk])
         if not done.accepted:
             continue
         graded = screening.quality_of(done)
@@ -65,7 +72,9 @@ def reference_from_manifest(
     records = colour_screened(read_manifest(manifest, catalog=served.catalog, split=split))[:limit]
     if not records:
         raise ReferenceManifestError(f"{manifest} has no {split} images to take the reference distributions on")
-    quality, measures, probabilities = screen_in_process(onnx_path, served, [r.path.read_bytes() for r in records])
+    quality, measures, probabilities = screen_in_process(
+        onnx_path, served, [r.path.read_bytes() for r in records], field_angles_deg=[field_angle_of(r) for r in records]
+    )
     if not len(quality):
         raise ReferenceManifestError(f"preprocessing refused every {split} image of {manifest}")
     return Reference.build(

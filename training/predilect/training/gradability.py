@@ -36,7 +36,7 @@ import numpy as np
 from predilect import quality
 from predilect.catalog import Catalog
 from predilect.contract import QUALITY_REASONS
-from predilect.manifest import Record, capture_of, colour_screened, read_manifest, write_manifest
+from predilect.manifest import Record, capture_of, colour_screened, field_angle_of, read_manifest, write_manifest
 from predilect.metrics import wilson
 from predilect.preprocess import PreprocessCfg, Preprocessor
 from predilect.quality import calibration
@@ -91,15 +91,25 @@ class Measured:
 
 
 def measure_payloads(
-    payloads: Sequence[bytes], preprocess: PreprocessCfg, *, batch_size: int = 32
+    payloads: Sequence[bytes],
+    preprocess: PreprocessCfg,
+    *,
+    batch_size: int = 32,
+    field_angles_deg: Sequence[float | None] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """The measures of encoded images through the served preprocessing (their quality squares and frames) and
-    ``quality.measure``: ``(N, len(MEASURES))`` with NaN rows, and the refused mask."""
+    ``quality.measure``: ``(N, len(MEASURES))`` with NaN rows, and the refused mask; ``field_angles_deg``: per
+    payload, its camera's (as the request would send it)."""
+    angles = list(field_angles_deg) if field_angles_deg is not None else [None] * len(payloads)
     preprocessor = Preprocessor(preprocess, max_batch_size=batch_size, num_threads=2)
     rows = np.full((len(payloads), len(quality.MEASURES)), np.nan)
     refused = np.zeros(len(payloads), dtype=bool)
     for start in range(0, len(payloads), batch_size):
-        done = preprocessor.run(list(payloads[start : start + batch_size]), quality=True)
+        done = preprocessor.run(
+            list(payloads[start : start + batch_size]),
+            quality=True,
+            field_angles_deg=angles[start : start + batch_size],
+        )
         refused[[start + i for i, e in enumerate(done.errors) if e is not None]] = True
         if done.accepted:
             planes = done.quality_planes
@@ -122,7 +132,12 @@ def _kind(record: Record) -> str:
 
 def measure_records(records: Sequence[Record], preprocess: PreprocessCfg, *, batch_size: int = 32) -> Measured:
     """Measure each record's image through preprocessing (its quality square) and ``quality.measure``."""
-    rows, refused = measure_payloads([r.path.read_bytes() for r in records], preprocess, batch_size=batch_size)
+    rows, refused = measure_payloads(
+        [r.path.read_bytes() for r in records],
+        preprocess,
+        batch_size=batch_size,
+        field_angles_deg=[field_angle_of(r) for r in records],
+    )
     return Measured(
         kinds=[_kind(r) for r in records],
         strengths=[float(r.extra.get("degradation_strength") or 0.0) for r in records],

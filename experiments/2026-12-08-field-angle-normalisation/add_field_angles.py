@@ -3,7 +3,7 @@
 The value is what ``predilect phantom`` now writes itself: the camera profile's published field angle
 (``training/predilect/training/phantom/cameras.toml``), formatted ``%g``. The images are untouched.
 
-    python experiments/2026-12-07-field-angle-normalisation/add_field_angles.py /tmp/cams_exp/zoo/manifest.csv
+    python experiments/2026-12-08-field-angle-normalisation/add_field_angles.py /tmp/cams_exp/zoo/manifest.csv
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ set -euo pipefail
 PHANTOM=${PHANTOM:-/tmp/cams_exp/zoo}
 RUNS=${RUNS:-/tmp/angle_exp/runs}
 P=.venv/bin/predilect
-HERE=experiments/2026-12-07-field-angle-normalisation
+HERE=experiments/2026-12-08-field-angle-normalisation
 [ -f "$PHANTOM/manifest.csv" ] || nice -n 15 $P phantom --preset zoo --count 840 --test-fraction 0.2 --seed 0 --workers 2 --out "$PHANTOM"
 .venv/bin/python "$HERE/add_field_angles.py" "$PHANTOM/manifest.csv"  # a phantom made before the column
 for recipe in policy baseline; do
