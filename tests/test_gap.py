@@ -104,21 +104,23 @@ def test_constant_outputs_match_config_tensors_when_built():
 
 
 def test_stage_table_puts_bound_beside_served_steps_when_given_both():
+    from predilect import contract
     from predilect.benchmarks.report import stage_table
 
     bound = {"preprocess_ms_per_image": 4.0, "infer_ms_per_image": 3.0, "batch_size": 8}
-    fused = {"model": "fused_screen", "requests": 80, "executions": 10, "queue_ms": 5.0, "compute_input_ms": 0.5}
+    fused = {"model": contract.FUSED_MODEL, "requests": 80, "executions": 10, "queue_ms": 5.0, "compute_input_ms": 0.5}
     fused |= {"compute_infer_ms": 64.0, "compute_output_ms": 1.0, "mean_batch": 8.0, "request_ms": 71.0}
-    ensemble = {**fused, "model": "fundus_screen", "mean_batch": 1.0, "request_ms": 72.0}
+    ensemble = {**fused, "model": contract.ENSEMBLE, "mean_batch": 1.0, "request_ms": 72.0}
     rows = stage_table(bound, [("16 users", {"triton_times": [ensemble, fused]})])
     assert rows[2].startswith("| (a) bound, one worker: preprocess + grade 4.0, inference + decision 3.0 |")
     assert "| 7.0 |" in rows[2]
-    assert rows[3] == "| 16 users: fundus_screen (ensemble) | | | | | | | 72.0 |"
-    assert rows[4] == "| 16 users: fused_screen | 5.0 | 0.50 | 64.0 | 1.00 | 8.0 | 8.0 | 71.0 |"
+    assert rows[3] == f"| 16 users: {contract.ENSEMBLE} (ensemble) | | | | | | | 72.0 |"
+    assert rows[4] == f"| 16 users: {contract.FUSED_MODEL} | 5.0 | 0.50 | 64.0 | 1.00 | 8.0 | 8.0 | 71.0 |"
 
 
 @pytest.mark.parametrize(("front", "noop"), [(False, True), (True, False)], ids=["noop-direct", "model-front"])
 def test_gap_variant_serves_one_request_when_assembled(tmp_path, tritonserver, tiny_onnx, fundus_jpeg, front, noop):
+    from predilect import contract
     from predilect.benchmarks.sweep import front_limit_bytes, noop_repository
     from predilect.benchmarks.triton_stats import interval_times, snapshot
     from predilect.client import ScreeningClient
@@ -127,7 +129,7 @@ def test_gap_variant_serves_one_request_when_assembled(tmp_path, tritonserver, t
 
     options = ServingOptions(fused_instances=1)
     repository = (noop_repository if noop else assemble)(tiny_onnx, tmp_path / "repo", options)
-    assert (repository / "fused_screen" / "1" / "model.onnx").is_file() != noop
+    assert (repository / contract.FUSED_MODEL / contract.TRITON_VERSION / contract.ONNX_FILENAME).is_file() != noop
     limit = front_limit_bytes() if front else None
     with tritonserver.on_free_ports(
         model_repository=repository, log_path=tmp_path / "triton.log", max_request_bytes=limit, startup_timeout_s=180
@@ -137,7 +139,7 @@ def test_gap_variant_serves_one_request_when_assembled(tmp_path, tritonserver, t
         with ScreeningClient(server.grpc_url, timeout_s=60) as client:
             result = client.screen(fundus_jpeg(0))
         times = {t.model: t for t in interval_times(before, snapshot(server.inner_grpc_url))}
-    assert times["fused_screen"].requests == 1 and times["fundus_screen"].request_ms > 0
+    assert times[contract.FUSED_MODEL].requests == 1 and times[contract.ENSEMBLE].request_ms > 0
     if noop:
         assert result.decision == "no_referral" and set(result.scores.values()) == {0.0}
     else:

@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from predilect import contract
 from predilect.artifacts import default_artifacts
 from predilect.benchmarks import gap, machine, payloads
 from predilect.benchmarks.locust_runner import LocustRunError
@@ -56,7 +57,7 @@ def _parser() -> argparse.ArgumentParser:
 def _row(point: gap.GapPoint, result: dict[str, Any], bound_ips: float) -> str:
     o = result.get("options", {})
     where = "nginx front" if point.front else "direct"
-    model = "no-op" if point.noop else "fused_screen"
+    model = "no-op" if point.noop else contract.FUSED_MODEL
     head = f"| {point.name} | {where} | {model} | {o.get('max_queue_delay_us', '')} | {o.get('fused_instances', '')} |"
     if "failed" in result:
         return f"{head} no measurement: {result['failed']} | | | | | | |"
