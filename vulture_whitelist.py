@@ -50,6 +50,7 @@ _.p50_ms
 _.p90_ms
 _.p99_ms
 _.loadgen_cpu_cores
+_.loadgen_cpu_s  # read back by name from the JSON of `predilect bench gap` (gap.Measured.of_point)
 _.ended_within_s  # benchmarks.reliability.Summary
 _.answered_p50_s
 _.answered_p90_s
@@ -58,6 +59,7 @@ _.refused_p50_s
 _.attempts_mean
 _.queue_ms  # benchmarks.triton_stats
 _.compute_input_ms
+_.request_ms  # read back by name from the JSON (report.stage_table)
 _.compute_infer_ms
 _.compute_output_ms
 _.auroc_reference  # build.tensorrt.accuracy: the gate report in the engine sidecar

@@ -3,6 +3,7 @@
     predilect bench [serving] [options]     # the whole comparison (what `make bench` runs)
     predilect bench decoders [options]      # preprocessing vs the decode floor; AUROC per decoder
     predilect bench sweep [options]         # one Locust point per serving config
+    predilect bench gap [options]           # the bound vs served gap, part by part (front, no-op step, batcher)
     predilect bench baseline-server ...     # run the FastAPI + PyTorch baseline alone
     predilect bench overload [options]      # open-loop load at 2x capacity (docs/RELIABILITY.md)
     predilect bench soak [options]          # minutes at saturation, server memory and /dev/shm over time
@@ -47,6 +48,7 @@ MIX_USERS = 16
 SUBCOMMANDS = {
     "decoders": "predilect.benchmarks.decoders_cli",
     "sweep": "predilect.benchmarks.sweep_cli",
+    "gap": "predilect.benchmarks.gap_cli",
     "baseline-server": "predilect.benchmarks.baseline_server_cli",
     "overload": "predilect.benchmarks.overload_cli",
     "soak": "predilect.benchmarks.soak_cli",

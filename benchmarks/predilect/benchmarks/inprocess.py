@@ -30,10 +30,16 @@ class InProcessResult:
     workers: int
     preprocess_ms_per_image: float
     infer_ms_per_image: float
+    # CPU seconds this process used over the timed interval (every worker thread; set-up excluded).
+    cpu_s: float = float("nan")
 
     @property
     def images_per_s(self) -> float:
         return self.images / self.seconds if self.seconds else 0.0
+
+    @property
+    def cpu_ms_per_image(self) -> float:
+        return self.cpu_s / self.images * 1000.0 if self.images else float("nan")
 
 
 @dataclass
@@ -96,11 +102,11 @@ def run_inprocess(
     for t in threads:
         t.start()
     ready.wait()
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     deadline[0] = start + duration_s
     for t in threads:
         t.join()
-    seconds = time.perf_counter() - start
+    seconds, cpu_s = time.perf_counter() - start, time.process_time() - cpu_start
     images = sum(t.images for t in tallies)
     return InProcessResult(
         images=images,
@@ -109,6 +115,7 @@ def run_inprocess(
         workers=workers,
         preprocess_ms_per_image=sum(t.preprocess_s for t in tallies) / images * 1000.0,
         infer_ms_per_image=sum(t.infer_s for t in tallies) / images * 1000.0,
+        cpu_s=cpu_s,
     )
 
 

@@ -39,6 +39,8 @@ class LoadResult:
     # CPU the load generator itself burnt, in cores (CPU seconds / wall seconds of its run):
     # on a shared machine it is capacity the server under test did not have.
     loadgen_cpu_cores: float = float("nan")
+    # The same CPU in seconds, over the whole Locust process (start-up and stop included).
+    loadgen_cpu_s: float = float("nan")
 
     @property
     def error_rate(self) -> float:
@@ -145,7 +147,7 @@ def run_locust(
     wall_s, after = time.monotonic() - start, resource.getrusage(resource.RUSAGE_CHILDREN)
     _check(process, "locust")
     cpu_s = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    return replace(read_stats(csv_prefix, users=users), loadgen_cpu_cores=cpu_s / wall_s)
+    return replace(read_stats(csv_prefix, users=users), loadgen_cpu_cores=cpu_s / wall_s, loadgen_cpu_s=cpu_s)
 
 
 def run_locust_distributed(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import platform
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -77,3 +78,29 @@ def load_average() -> tuple[float, float, float]:
 def describe_load() -> str:
     one, five, fifteen = load_average()
     return f"load average {one:.2f} / {five:.2f} / {fifteen:.2f} (1 / 5 / 15 min) on {cores()} cores"
+
+
+def process_tree_cpu_s(pids: Sequence[int | None]) -> float:
+    """CPU seconds (user + system) used so far by the processes ``pids`` and every live descendant of
+    theirs (tritonserver's Python-backend stubs, nginx's workers); a process gone in between counts 0."""
+    import psutil
+
+    total, seen = 0.0, set()
+    for pid in pids:
+        if pid is None:
+            continue
+        try:
+            root = psutil.Process(pid)
+            tree = [root, *root.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            continue
+        for process in tree:
+            if process.pid in seen:
+                continue
+            seen.add(process.pid)
+            try:
+                times = process.cpu_times()
+            except psutil.NoSuchProcess:
+                continue
+            total += times.user + times.system
+    return total

@@ -250,6 +250,42 @@ def _breakdown_table(points: Sequence[Mapping[str, Any]]) -> list[str]:
     return lines
 
 
+def stage_table(bound: Mapping[str, Any] | None, points: Sequence[tuple[str, Mapping[str, Any]]]) -> list[str]:
+    """The bound's per-stage costs beside the served ones (Triton's statistics extension), one row per model.
+
+    ``points``: ``(label, point)`` with the point's ``triton_times``. The bound's row is one worker's time per
+    image (decode, preprocess and grade, then inference and decision); a served step's ``per image`` is its
+    compute-infer time per execution over its mean batch, the same per-image time on one instance, so the
+    two columns compare; queue, compute input / output and the time in the server are per request, and
+    the bound has none of them.
+    """
+    lines = [
+        "| where | queue ms | compute input ms | compute infer ms | compute output ms | batch | per image ms "
+        "| in the server ms/request |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    if bound:
+        per_image = bound["preprocess_ms_per_image"] + bound["infer_ms_per_image"]
+        lines.append(
+            f"| (a) bound, one worker: preprocess + grade {bound['preprocess_ms_per_image']:.1f}, inference + "
+            f"decision {bound['infer_ms_per_image']:.1f} | - | - | {per_image * bound['batch_size']:.1f} | - | "
+            f"{bound['batch_size']} | {per_image:.1f} | - |"
+        )
+    for label, point in points:
+        for t in point.get("triton_times", []):
+            batch = t["mean_batch"]
+            if t["model"] == contract.ENSEMBLE:  # its compute figures are its steps'; its own time is the request's
+                lines.append(f"| {label}: {t['model']} (ensemble) | | | | | | | {t.get('request_ms', math.nan):.1f} |")
+                continue
+            per_image = t["compute_infer_ms"] / batch if batch else math.nan
+            lines.append(
+                f"| {label}: {t['model']} | {t['queue_ms']:.1f} | {t['compute_input_ms']:.2f} | "
+                f"{t['compute_infer_ms']:.1f} | {t['compute_output_ms']:.2f} | {batch:.1f} | {per_image:.1f} | "
+                f"{t.get('request_ms', math.nan):.1f} |"
+            )
+    return lines
+
+
 def write_report(results: Mapping[str, Any], out_dir: Path, name: str) -> Path:
     """Write ``<name>.md`` and its PNGs into ``out_dir``; returns the markdown path."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -324,6 +360,13 @@ def write_report(results: Mapping[str, Any], out_dir: Path, name: str) -> Path:
             *_breakdown_table(results["sweeps"][STACK_TRITON]),
             "",
             f"![breakdown]({plots['breakdown']})",
+            "",
+            "## Per-stage costs: the in-process bound beside the served steps",
+            "",
+            "Per image on one worker (the bound) or one instance (a served step: compute infer over its batch); "
+            "per request: what the bound does not pay (queue, the copies in and out of the Python backend).",
+            "",
+            *stage_table(bound, [(f"{p['users']} users", p) for p in results["sweeps"][STACK_TRITON]]),
             "",
         ]
     if results.get("mix"):

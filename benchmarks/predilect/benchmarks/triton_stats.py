@@ -20,6 +20,8 @@ class ModelTimes:
     compute_input_ms: float
     compute_infer_ms: float
     compute_output_ms: float
+    # Mean time in the server from arrival to response (the statistics' ``success`` duration).
+    request_ms: float = float("nan")
 
     @property
     def mean_batch(self) -> float:
@@ -46,6 +48,7 @@ def snapshot(grpc_url: str) -> Snapshot:
         inference = model.get("inference_stats", {})
         counters = {
             "requests": int(inference.get("success", {}).get("count", 0)),
+            "success_ns": int(inference.get("success", {}).get("ns", 0)),
             "executions": int(model.get("execution_count", 0)),
         }
         for phase in PHASES:
@@ -72,6 +75,7 @@ def interval_times(before: Mapping[str, Mapping[str, int]], after: Mapping[str, 
                 compute_input_ms=per_request["compute_input"],
                 compute_infer_ms=per_request["compute_infer"],
                 compute_output_ms=per_request["compute_output"],
+                request_ms=(end.get("success_ns", 0) - start.get("success_ns", 0)) / requests / 1e6,
             )
         )
     return times

@@ -435,6 +435,11 @@ class TritonServer:
         return self._process.pid if self._process is not None else None
 
     @property
+    def front_pid(self) -> int | None:
+        """The front's (nginx's) master process, while it runs; None without a front."""
+        return self._front.pid if self._front is not None else None
+
+    @property
     def is_running(self) -> bool:
         front_ok = self._front is None or self._front.is_running
         return self._process is not None and self._process.poll() is None and front_ok
