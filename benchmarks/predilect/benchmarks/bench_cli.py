@@ -31,7 +31,6 @@ import importlib
 import json
 import shlex
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
@@ -41,6 +40,7 @@ from typing import Any
 from predilect.artifacts import default_artifacts
 from predilect.benchmarks import machine, payloads, report
 from predilect.benchmarks.locust_runner import LoadResult, LocustRunError, run_locust, run_locust_distributed
+from predilect.benchmarks.workdirs import in_workdir
 from predilect.cli import CommandError, command
 
 HEADLINE_USERS = 16
@@ -455,12 +455,7 @@ def serving_main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = _parser().parse_args(argv)
     start = time.monotonic()
-    if args.workdir is not None:
-        args.workdir.mkdir(parents=True, exist_ok=True)
-        path = run(args, args.workdir, argv)
-    else:
-        with tempfile.TemporaryDirectory(prefix="predilect-bench-") as tmp:
-            path = run(args, Path(tmp), argv)
+    path = in_workdir(args.workdir, lambda folder: run(args, folder, argv), prefix="predilect-bench-")
     print(f"report: {path} ({time.monotonic() - start:.0f} s)")
     return 0
 

@@ -15,7 +15,6 @@ import dataclasses
 import datetime as dt
 import json
 import shlex
-import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -25,6 +24,7 @@ from predilect import contract
 from predilect.artifacts import default_artifacts
 from predilect.benchmarks import gap, machine, payloads
 from predilect.benchmarks.locust_runner import LocustRunError
+from predilect.benchmarks.workdirs import in_workdir
 from predilect.cli import CommandError, command
 from predilect.outdir import out_folder
 
@@ -209,11 +209,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"report: {rerender(args.from_json)}")
         return 0
     start = time.monotonic()
-    if args.workdir is not None:
-        args.workdir.mkdir(parents=True, exist_ok=True)
-        path = run(args, args.workdir, argv)
-    else:
-        with tempfile.TemporaryDirectory(prefix="predilect-gap-") as tmp:
-            path = run(args, Path(tmp), argv)
+    path = in_workdir(args.workdir, lambda folder: run(args, folder, argv), prefix="predilect-gap-")
     print(f"report: {path} ({time.monotonic() - start:.0f} s)")
     return 0

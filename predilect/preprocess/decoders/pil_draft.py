@@ -149,6 +149,12 @@ def fills_frame(rgb: np.ndarray, threshold: int) -> bool:
     return all(float((patch.max(axis=2) > threshold).mean()) > 0.5 for patch in patches)
 
 
+def first_request_px(cfg: PreprocessCfg, field_angle_deg: float | None) -> int:
+    """The side the first DCT-scaled decode asks for: the square to crop reaches ``cfg.decode_px`` when the
+    field spans the frame (a finer decode follows where it spans less)."""
+    return max(1, math.ceil(cfg.decode_px / cfg.crop_scale(field_angle_deg)))
+
+
 def draft_field(
     data: np.ndarray, cfg: PreprocessCfg, header: ImageHeader, *, field_angle_deg: float | None = None
 ) -> DraftField:
@@ -159,7 +165,7 @@ def draft_field(
     full_w, full_h = (header.height, header.width) if header.orientation >= 5 else (header.width, header.height)
     scale = cfg.crop_scale(field_angle_deg)
     target = cfg.decode_px
-    request_px = max(1, math.ceil(target / scale))
+    request_px = first_request_px(cfg, field_angle_deg)
     while True:
         rgb = decode_rgb(data, header, request_px)
         height, width = rgb.shape[:2]
@@ -264,9 +270,8 @@ class PilDraftDecoder:
 
     def _one(self, item: Sniffed, quality: bool) -> _Outcome:
         """One payload to its squares, or the reason it is refused; its FOV and frame extents, its crop's side."""
-        request_px = max(1, math.ceil(self.cfg.decode_px / self.cfg.crop_scale(item.field_angle_deg)))
         try:
-            with self.budget.hold(_decoded_pixels(item.header, request_px)):
+            with self.budget.hold(_decoded_pixels(item.header, first_request_px(self.cfg, item.field_angle_deg))):
                 done = squares(item.data, self.cfg, item.header, quality=quality, field_angle_deg=item.field_angle_deg)
         except InvalidImageError as e:
             return e, (0.0, 0.0), (0.0, 0.0), 0.0
