@@ -249,3 +249,11 @@ def test_read_labelled_reads_field_angle_when_column_set_and_names_line_when_bad
     labelled.write_text("path,gradable,field_angle_deg\na.png,1,900\n")
     with pytest.raises(LabelledManifestError, match=r"labelled.csv:2: field_angle_deg"):
         read_labelled(labelled)
+
+
+def test_preprocessor_refuses_image_when_narrow_angle_would_pad_past_pixel_limit():
+    cfg = PreprocessCfg(size=128, quality_size=128, max_pixels=4_000_000)
+    photo = _field_photograph()  # 1200 x 900, a field of 810 px: 10 degrees would pad it to 3645 px a side
+    narrow, normal = Preprocessor(cfg, num_threads=1).run([photo, photo], field_angles_deg=[10.0, 45.0]).errors
+    assert isinstance(narrow, InvalidImageError) and "field angle of 10 degrees" in str(narrow)
+    assert normal is None

@@ -179,7 +179,15 @@ def draft_field(
         # The square fills less of the frame than the first guess assumed: decode one scale finer.
         request_px = max(math.ceil(min(width, height) * target / side), min(width, height) + 1)
     fov = (fov_w * full_w / width, fov_h * full_h / height)
-    return DraftField(rgb, max(1, round(side)), fov, (float(full_w), float(full_h)), side * full_w / width)
+    side_src = side * full_w / width
+    # A narrow field angle pads the field with black: bound that canvas by the old worst case (a square of
+    # the frame's longer side) or the decoded-pixel limit, so no request parameter can ask for more memory.
+    if side_src**2 > max(cfg.max_pixels, max(full_w, full_h) ** 2):
+        raise InvalidImageError(
+            f"a field angle of {field_angle_deg:g} degrees would pad this {full_w}x{full_h} photograph to a "
+            f"{side_src:.0f}-px square; is the angle the camera's?"
+        )
+    return DraftField(rgb, max(1, round(side)), fov, (float(full_w), float(full_h)), side_src)
 
 
 @dataclass(frozen=True)
